@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package zfarm needs to build, test and run (CPU build).
+# Usage: deploy/install-deps.sh            (as root, or with sudo available)
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+pkgs=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config ccache clang libclang-rt-14-dev git
+  # RPC, storage, images, metrics, logging, JSON, Unicode, crypto
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev libsqlite3-dev libpng-dev prometheus-cpp-dev libcivetweb-dev
+  libgoogle-glog-dev libgflags-dev nlohmann-json3-dev libicu-dev libssl-dev zlib1g-dev
+  # the worker's model runtime (CPU libtorch 1.13)
+  libtorch-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
+  # test prerequisites: the tokenizer reference (node), syscall tracing, clock faults, netns
+  nodejs npm strace faketime iproute2 openssl curl procps python3
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${#missing[@]} packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "install-deps: all packages present"

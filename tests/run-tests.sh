@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a clean Debian 12,
+# builds everything with -Werror and runs every ctest except the `gpu` label.
+# Usage: bash tests/run-tests.sh [extra ctest args]
+set -euo pipefail
+start=$(date +%s)
+cd "$(dirname "$0")/.."
+bash deploy/install-deps.sh
+build=${ZFARM_BUILD_DIR:-build}
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZFARM_WERROR=ON "${launcher[@]}"
+cmake --build "$build" -j"$(nproc)"
+rc=0
+(cd "$build" && ctest -LE gpu --output-on-failure -j"$(nproc)" --timeout 900 "$@") || rc=$?
+echo "run-tests: total $(( $(date +%s) - start )) s, ctest exit $rc"
+exit $rc
