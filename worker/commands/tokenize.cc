@@ -90,7 +90,6 @@ int RunTokenize(int argc, char** argv) {
     return 1;
   }
 
-  std::ios::sync_with_stdio(false);
   std::string line;
   std::string out;
   long line_no = 0;
