@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <fstream>
+#include <cerrno>
+#include <cstdio>
 #include <functional>
 #include <queue>
-#include <sstream>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -233,9 +233,176 @@ uint64_t PairKey(int32_t a, int32_t b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
 }
 
+// tokenizer.json as parsed for loading: the DOM of everything except the two
+// big tables (model.vocab, model.merges), which are streamed into vectors —
+// a full DOM of the 11 MB file costs more than the whole load budget.
+struct RawMerge {
+  std::string a, b;     // the two parts; for a legacy "a b" string, a holds it
+  bool legacy = false;  // b is empty
+};
+struct ParsedJson {
+  json root;
+  bool has_vocab = false;
+  bool has_merges = false;
+  std::vector<std::pair<std::string, int32_t>> vocab;
+  std::vector<RawMerge> merges;
+};
+
+class LoaderSax final : public nlohmann::json_sax<json> {
+ public:
+  explicit LoaderSax(ParsedJson* out) : out_(out) {}
+  const std::string& error() const { return error_; }
+
+  bool null() override { return Scalar(nullptr, "null"); }
+  bool boolean(bool v) override { return Scalar(v, "a boolean"); }
+  bool number_integer(number_integer_t v) override {
+    if (mode_ == kVocab) return VocabId(v);
+    return Scalar(v, "a number");
+  }
+  bool number_unsigned(number_unsigned_t v) override {
+    if (mode_ == kVocab) return VocabId(v > (1u << 30) ? -1 : static_cast<int64_t>(v));
+    return Scalar(v, "a number");
+  }
+  bool number_float(number_float_t v, const string_t&) override { return Scalar(v, "a number"); }
+  bool binary(binary_t&) override { return Fail("binary data is not JSON"); }
+  bool string(string_t& v) override {
+    if (mode_ == kMerges) {
+      out_->merges.push_back({std::move(v), std::string(), true});
+      return true;
+    }
+    if (mode_ == kMergePair) {
+      if (pair_size_ == 0) pair_.a = std::move(v);
+      if (pair_size_ == 1) pair_.b = std::move(v);
+      ++pair_size_;
+      return true;
+    }
+    return Scalar(std::move(v), "a string");
+  }
+  bool key(string_t& k) override {
+    key_ = std::move(k);
+    return true;
+  }
+  bool start_object(std::size_t) override {
+    if (mode_ != kNone) return BadInTable("an object");
+    if (AtModel() && key_ == "vocab") {
+      mode_ = kVocab;
+      out_->has_vocab = true;
+      out_->vocab.reserve(160000);
+      return true;
+    }
+    Push(json::object());
+    return true;
+  }
+  bool end_object() override {
+    if (mode_ == kVocab) {
+      mode_ = kNone;
+      return true;
+    }
+    stack_.pop_back();
+    keys_.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) override {
+    if (mode_ == kMerges) {
+      mode_ = kMergePair;
+      pair_ = RawMerge();
+      pair_size_ = 0;
+      return true;
+    }
+    if (mode_ != kNone) return BadInTable("an array");
+    if (AtModel() && key_ == "merges") {
+      mode_ = kMerges;
+      out_->has_merges = true;
+      out_->merges.reserve(160000);
+      return true;
+    }
+    Push(json::array());
+    return true;
+  }
+  bool end_array() override {
+    if (mode_ == kMergePair) {
+      if (pair_size_ != 2) return BadInTable("an array of other than 2 strings");
+      out_->merges.push_back(std::move(pair_));
+      mode_ = kMerges;
+      return true;
+    }
+    if (mode_ == kMerges) {
+      mode_ = kNone;
+      return true;
+    }
+    stack_.pop_back();
+    keys_.pop_back();
+    return true;
+  }
+  bool parse_error(std::size_t position, const std::string&,
+                   const nlohmann::detail::exception& e) override {
+    error_ = absl::StrCat("invalid JSON at byte ", position, ": ", e.what());
+    return false;
+  }
+
+ private:
+  enum Mode { kNone, kVocab, kMerges, kMergePair };
+
+  bool AtModel() const {
+    return stack_.size() == 2 && keys_[1] == "model" && stack_[1]->is_object();
+  }
+  bool Fail(std::string message) {
+    if (error_.empty()) error_ = std::move(message);
+    return false;
+  }
+  bool BadInTable(std::string_view what) {
+    if (mode_ == kVocab) {
+      return Fail(absl::StrCat("model.vocab['", key_,
+                               "'] must be an integer id in [0, 16777216], not ", A(what)));
+    }
+    return Fail(absl::StrCat("model.merges[", out_->merges.size(),
+                             "] must be a [\"a\", \"b\"] pair or an \"a b\" string, not ",
+                             A(what)));
+  }
+  bool VocabId(int64_t v) {
+    if (v < 0 || v > (1 << 24)) return BadInTable("out of range");
+    out_->vocab.emplace_back(std::move(key_), static_cast<int32_t>(v));
+    return true;
+  }
+  template <typename T>
+  bool Scalar(T&& v, std::string_view what) {
+    if (mode_ != kNone) return BadInTable(what);
+    Insert(json(std::forward<T>(v)));
+    return true;
+  }
+  json* Insert(json v) {
+    if (stack_.empty()) {
+      out_->root = std::move(v);
+      return &out_->root;
+    }
+    json* parent = stack_.back();
+    if (parent->is_array()) {
+      parent->push_back(std::move(v));
+      return &parent->back();
+    }
+    json& slot = (*parent)[key_];
+    slot = std::move(v);
+    return &slot;
+  }
+  void Push(json container) {
+    const bool in_object = !stack_.empty() && stack_.back()->is_object();
+    stack_.push_back(Insert(std::move(container)));
+    keys_.push_back(in_object ? key_ : std::string());
+  }
+
+  ParsedJson* out_;
+  std::vector<json*> stack_;
+  std::vector<std::string> keys_;  // key of each open container in its parent
+  std::string key_;
+  Mode mode_ = kNone;
+  RawMerge pair_;
+  int pair_size_ = 0;
+  std::string error_;
+};
+
 class BpeTokenizer final : public Tokenizer {
  public:
-  absl::Status Load(const json& root, const std::string& name);
+  absl::Status Load(const ParsedJson& parsed, const std::string& name);
 
   absl::StatusOr<std::vector<int32_t>> Encode(std::string_view utf8) const override;
   std::string Decode(absl::Span<const int32_t> ids) const override;
@@ -250,7 +417,7 @@ class BpeTokenizer final : public Tokenizer {
  private:
   absl::Status LoadNormalizer(const json& root, const std::string& name);
   absl::Status LoadPreTokenizer(const json& root, const std::string& name);
-  absl::Status LoadModel(const json& root, const std::string& name);
+  absl::Status LoadModel(const ParsedJson& parsed, const std::string& name);
   absl::Status LoadAddedTokens(const json& root, const std::string& name);
   absl::Status CheckDecoderAndPostProcessor(const json& root, const std::string& name);
 
@@ -359,7 +526,8 @@ absl::Status BpeTokenizer::LoadPreTokenizer(const json& root, const std::string&
   return absl::OkStatus();
 }
 
-absl::Status BpeTokenizer::LoadModel(const json& root, const std::string& name) {
+absl::Status BpeTokenizer::LoadModel(const ParsedJson& parsed, const std::string& name) {
+  const json& root = parsed.root;
   auto mit = root.find("model");
   if (mit == root.end() || !mit->is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": missing key 'model'"));
@@ -390,21 +558,12 @@ absl::Status BpeTokenizer::LoadModel(const json& root, const std::string& name) 
   u2b.fill(-1);
   for (int b = 0; b < 256; ++b) u2b[b2u[b]] = static_cast<int16_t>(b);
 
-  auto vit = model.find("vocab");
-  if (vit == model.end() || !vit->is_object()) {
+  if (!parsed.has_vocab) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": model.vocab must be an object"));
   }
-  vocab_.reserve(vit->size());
+  vocab_.reserve(parsed.vocab.size());
   int32_t max_id = -1;
-  std::vector<std::pair<int32_t, const std::string*>> entries;
-  entries.reserve(vit->size());
-  for (auto it = vit->begin(); it != vit->end(); ++it) {
-    const std::string& key = it.key();
-    if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > (1 << 24)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, ": model.vocab['", key, "'] must be an integer id in [0, 16777216]"));
-    }
-    const int32_t id = it->get<int32_t>();
+  for (const auto& [key, id] : parsed.vocab) {
     std::string bytes;
     bytes.reserve(key.size());
     int32_t i = 0;
@@ -448,11 +607,10 @@ absl::Status BpeTokenizer::LoadModel(const json& root, const std::string& name) 
     byte_id_[b] = it->second;
   }
 
-  auto merges = model.find("merges");
-  if (merges == model.end() || !merges->is_array()) {
+  if (!parsed.has_merges) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": model.merges must be an array"));
   }
-  merges_.reserve(merges->size());
+  merges_.reserve(parsed.merges.size());
   auto to_bytes = [&](std::string_view s, std::string* out) {
     out->clear();
     int32_t i = 0;
@@ -465,26 +623,18 @@ absl::Status BpeTokenizer::LoadModel(const json& root, const std::string& name) 
     }
     return !out->empty();
   };
-  std::string left, right;
+  std::string left, right, joined;
   int32_t rank = 0;
-  for (const json& m : *merges) {
-    std::string_view a, b;
-    std::string joined;
-    if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-      a = m[0].get_ref<const std::string&>();
-      b = m[1].get_ref<const std::string&>();
-    } else if (m.is_string()) {
-      const std::string& s = m.get_ref<const std::string&>();
-      size_t sp = s.find(' ');
-      if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            name, ": model.merges[", rank, "] '", s, "' is not two tokens separated by a space"));
+  for (const RawMerge& m : parsed.merges) {
+    std::string_view a = m.a, b = m.b;
+    if (m.legacy) {
+      const size_t sp = m.a.find(' ');
+      if (sp == std::string::npos || m.a.find(' ', sp + 1) != std::string::npos) {
+        return absl::InvalidArgumentError(absl::StrCat(name, ": model.merges[", rank, "] '", m.a,
+                                                       "' is not two tokens separated by a space"));
       }
-      a = std::string_view(s).substr(0, sp);
-      b = std::string_view(s).substr(sp + 1);
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, ": model.merges[", rank, "] must be a [\"a\", \"b\"] pair or an \"a b\" string"));
+      a = std::string_view(m.a).substr(0, sp);
+      b = std::string_view(m.a).substr(sp + 1);
     }
     if (!to_bytes(a, &left) || !to_bytes(b, &right)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -492,7 +642,8 @@ absl::Status BpeTokenizer::LoadModel(const json& root, const std::string& name) 
     }
     auto ia = vocab_.find(left);
     auto ib = vocab_.find(right);
-    auto ic = vocab_.find(left + right);
+    joined.assign(left).append(right);
+    auto ic = vocab_.find(joined);
     if (ia == vocab_.end() || ib == vocab_.end() || ic == vocab_.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat(name, ": model.merges[", rank, "] ('", A(a), "', '", A(b),
@@ -573,7 +724,8 @@ absl::Status BpeTokenizer::CheckDecoderAndPostProcessor(const json& root,
   return absl::OkStatus();
 }
 
-absl::Status BpeTokenizer::Load(const json& root, const std::string& name) {
+absl::Status BpeTokenizer::Load(const ParsedJson& parsed, const std::string& name) {
+  const json& root = parsed.root;
   if (!root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": top level must be a JSON object"));
   }
@@ -581,7 +733,7 @@ absl::Status BpeTokenizer::Load(const json& root, const std::string& name) {
   ZFARM_RETURN_IF_ERROR(LoadNormalizer(root, name));
   ZFARM_RETURN_IF_ERROR(LoadPreTokenizer(root, name));
   ZFARM_RETURN_IF_ERROR(CheckDecoderAndPostProcessor(root, name));
-  ZFARM_RETURN_IF_ERROR(LoadModel(root, name));
+  ZFARM_RETURN_IF_ERROR(LoadModel(parsed, name));
   ZFARM_RETURN_IF_ERROR(LoadAddedTokens(root, name));
   return absl::OkStatus();
 }
@@ -872,15 +1024,14 @@ absl::StatusOr<PromptTokens> Tokenizer::EncodePrompt(std::string_view prompt,
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view text,
                                                               const std::string& name) {
-  json root;
-  try {
-    root = json::parse(text.begin(), text.end());
-  } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(name, ": invalid JSON: ", e.what()));
-  }
+  ParsedJson parsed;
   auto tokenizer = std::make_unique<BpeTokenizer>();
   try {
-    ZFARM_RETURN_IF_ERROR(tokenizer->Load(root, name));
+    LoaderSax sax(&parsed);
+    if (!json::sax_parse(text.begin(), text.end(), &sax)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ": ", sax.error()));
+    }
+    ZFARM_RETURN_IF_ERROR(tokenizer->Load(parsed, name));
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": unexpected JSON: ", e.what()));
   }
@@ -888,17 +1039,19 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
     return absl::NotFoundError(absl::StrCat("cannot open tokenizer file ", path, ": ",
                                             std::strerror(errno)));
   }
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) {
-    return absl::DataLossError(absl::StrCat("cannot read tokenizer file ", path));
-  }
-  return FromJson(buffer.str(), path);
+  std::string text;
+  char buf[1 << 16];
+  size_t got;
+  while ((got = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, got);
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) return absl::DataLossError(absl::StrCat("cannot read tokenizer file ", path));
+  return FromJson(text, path);
 }
 
 }  // namespace zfarm::worker::text
