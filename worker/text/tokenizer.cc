@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <array>
-#include <cstring>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <queue>
 #include <utility>
@@ -213,7 +213,7 @@ class BpeCache {
 
  private:
   static constexpr size_t kShards = 32;
-  static constexpr size_t kEntriesPerShard = 8192;
+  static constexpr size_t kEntriesPerShard = 4096;
   struct Shard {
     absl::Mutex mu;
     absl::flat_hash_map<std::string, std::vector<int32_t>> map ABSL_GUARDED_BY(mu);
@@ -491,8 +491,7 @@ absl::Status BpeTokenizer::LoadPreTokenizer(const json& root, const std::string&
   }
   auto list = it->find("pretokenizers");
   if (list == it->end() || !list->is_array() || list->size() != 2) {
-    return Unsupported(name, "pre_tokenizer.pretokenizers",
-                       "anything but [Split, ByteLevel]");
+    return Unsupported(name, "pre_tokenizer.pretokenizers", "anything but [Split, ByteLevel]");
   }
   const json& split = (*list)[0];
   const json& byte_level = (*list)[1];
@@ -547,8 +546,7 @@ absl::Status BpeTokenizer::LoadModel(const ParsedJson& parsed, const std::string
       return Unsupported(name, absl::StrCat("model.", key), "a non-empty value");
     }
   }
-  ZFARM_ASSIGN_OR_RETURN(bool byte_fallback,
-                         OptionalBool(model, "byte_fallback", false, "model"));
+  ZFARM_ASSIGN_OR_RETURN(bool byte_fallback, OptionalBool(model, "byte_fallback", false, "model"));
   if (byte_fallback) return Unsupported(name, "model.byte_fallback", "true");
   ZFARM_ASSIGN_OR_RETURN(ignore_merges_, OptionalBool(model, "ignore_merges", false, "model"));
 
@@ -572,9 +570,8 @@ absl::Status BpeTokenizer::LoadModel(const ParsedJson& parsed, const std::string
       UChar32 c;
       U8_NEXT(key.data(), i, len, c);
       if (c < 0 || c >= 512 || u2b[c] < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(name, ": model.vocab key '", key,
-                         "' has a character outside the byte-level alphabet"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            name, ": model.vocab key '", key, "' has a character outside the byte-level alphabet"));
       }
       bytes.push_back(static_cast<char>(u2b[c]));
     }
@@ -601,8 +598,8 @@ absl::Status BpeTokenizer::LoadModel(const ParsedJson& parsed, const std::string
   for (int b = 0; b < 256; ++b) {
     auto it = vocab_.find(std::string(1, static_cast<char>(b)));
     if (it == vocab_.end()) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: model.vocab lacks the byte-level token of byte 0x%02X", name, b));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: model.vocab lacks the byte-level token of byte 0x%02X", name, b));
     }
     byte_id_[b] = it->second;
   }
@@ -710,8 +707,7 @@ absl::Status BpeTokenizer::LoadAddedTokens(const json& root, const std::string& 
   return absl::OkStatus();
 }
 
-absl::Status BpeTokenizer::CheckDecoderAndPostProcessor(const json& root,
-                                                        const std::string& name) {
+absl::Status BpeTokenizer::CheckDecoderAndPostProcessor(const json& root, const std::string& name) {
   for (const char* key : {"decoder", "post_processor"}) {
     auto it = root.find(key);
     if (it == root.end() || it->is_null()) continue;
@@ -940,9 +936,7 @@ void BpeTokenizer::BpeLong(std::string_view piece, std::vector<int32_t>* ids) co
   }
   struct Cand {
     int32_t rank, pos, left, right;
-    bool operator>(const Cand& o) const {
-      return rank != o.rank ? rank > o.rank : pos > o.pos;
-    }
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
   std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> queue;
   auto push = [&](int pos) {
@@ -969,9 +963,9 @@ void BpeTokenizer::BpeLong(std::string_view piece, std::vector<int32_t>* ids) co
 absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view utf8) const {
   const int64_t bad = Utf8ErrorOffset(utf8);
   if (bad >= 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "text is not valid UTF-8: bad byte 0x%02X at byte offset %d",
-        static_cast<unsigned char>(utf8[bad]), bad));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("text is not valid UTF-8: bad byte 0x%02X at byte offset %d",
+                        static_cast<unsigned char>(utf8[bad]), bad));
   }
   std::vector<int32_t> ids;
   ids.reserve(utf8.size() / 3 + 4);
@@ -1004,9 +998,9 @@ absl::StatusOr<PromptTokens> Tokenizer::EncodePrompt(std::string_view prompt,
         absl::StrCat("max_tokens must be at least 1, got ", max_tokens));
   }
   if (const int64_t bad = Utf8ErrorOffset(prompt); bad >= 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "prompt is not valid UTF-8: bad byte 0x%02X at byte offset %d",
-        static_cast<unsigned char>(prompt[bad]), bad));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("prompt is not valid UTF-8: bad byte 0x%02X at byte offset %d",
+                        static_cast<unsigned char>(prompt[bad]), bad));
   }
   // As diffusers: template applied to the text, then tokenized with
   // truncation=True, max_length=max_tokens (right side).
@@ -1023,7 +1017,7 @@ absl::StatusOr<PromptTokens> Tokenizer::EncodePrompt(std::string_view prompt,
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view text,
-                                                              const std::string& name) {
+                                                               const std::string& name) {
   ParsedJson parsed;
   auto tokenizer = std::make_unique<BpeTokenizer>();
   try {
@@ -1041,8 +1035,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) {
-    return absl::NotFoundError(absl::StrCat("cannot open tokenizer file ", path, ": ",
-                                            std::strerror(errno)));
+    return absl::NotFoundError(
+        absl::StrCat("cannot open tokenizer file ", path, ": ", std::strerror(errno)));
   }
   std::string text;
   char buf[1 << 16];

@@ -61,7 +61,7 @@ class Tokenizer {
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& tokenizer_json);
   // Same, from the JSON text; `name` is used in error messages.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(std::string_view json,
-                                                            const std::string& name);
+                                                             const std::string& name);
 
   virtual ~Tokenizer() = default;
   Tokenizer(const Tokenizer&) = delete;

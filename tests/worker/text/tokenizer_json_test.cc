@@ -40,8 +40,8 @@ std::string ByteChar(int b) {
 }
 
 json AddedToken(const std::string& content, int id) {
-  return {{"id", id},           {"content", content}, {"single_word", false}, {"lstrip", false},
-          {"rstrip", false},    {"normalized", false}, {"special", true}};
+  return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", false}, {"special", true}};
 }
 
 // A tiny Qwen-shaped tokenizer: ids 0..255 are the bytes, then merges
@@ -55,9 +55,8 @@ json MiniTokenizer() {
   vocab["Ġa"] = 259;
   json merges = json::array({json::array({"a", "b"}), json::array({"ab", "c"}),
                              json::array({"b", "c"}), json::array({"Ġ", "a"})});
-  json added = json::array({AddedToken("<s>", 300), AddedToken("[L]", 301),
-                            AddedToken("[R]", 302), AddedToken("[W]", 303),
-                            AddedToken("\xC3\xA9", 304)});
+  json added = json::array({AddedToken("<s>", 300), AddedToken("[L]", 301), AddedToken("[R]", 302),
+                            AddedToken("[W]", 303), AddedToken("\xC3\xA9", 304)});
   added[1]["lstrip"] = true;
   added[2]["rstrip"] = true;
   added[3]["single_word"] = true;
@@ -65,7 +64,9 @@ json MiniTokenizer() {
   added[4]["special"] = false;
   const std::string regex =
       R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-  json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false},
+  json byte_level = {{"type", "ByteLevel"},
+                     {"add_prefix_space", false},
+                     {"trim_offsets", false},
                      {"use_regex", false}};
   return {{"version", "1.0"},
           {"truncation", nullptr},
@@ -136,11 +137,11 @@ TEST(MiniTokenizerTest, LongPieceUsesSameMergeOrder) {
 TEST(MiniTokenizerTest, AddedTokenFlags) {
   ASSERT_OK_AND_ASSIGN(auto t, Load(MiniTokenizer()));
   EXPECT_THAT(Ids(*t, "x<s>y"), ElementsAre('x', 300, 'y'));
-  EXPECT_THAT(Ids(*t, "x  [L]y"), ElementsAre('x', 301, 'y'));         // lstrip eats "  "
-  EXPECT_THAT(Ids(*t, "x[R] \t y"), ElementsAre('x', 302, 'y'));       // rstrip eats " \t "
+  EXPECT_THAT(Ids(*t, "x  [L]y"), ElementsAre('x', 301, 'y'));    // lstrip eats "  "
+  EXPECT_THAT(Ids(*t, "x[R] \t y"), ElementsAre('x', 302, 'y'));  // rstrip eats " \t "
   EXPECT_THAT(Ids(*t, "x [W] y"), ElementsAre('x', ' ', 303, ' ', 'y'));
-  EXPECT_THAT(Ids(*t, "x[W]"), ElementsAre('x', '[', 'W', ']'));       // not a single word
-  EXPECT_THAT(Ids(*t, "e\xCC\x81"), ElementsAre(304));                 // normalized=true: NFC first
+  EXPECT_THAT(Ids(*t, "x[W]"), ElementsAre('x', '[', 'W', ']'));  // not a single word
+  EXPECT_THAT(Ids(*t, "e\xCC\x81"), ElementsAre(304));            // normalized=true: NFC first
   EXPECT_THAT(Ids(*t, "<s"), ElementsAre('<', 's'));
 }
 
@@ -166,14 +167,16 @@ TEST(MiniTokenizerTest, RefusesWhatItDoesNotImplement) {
   const BadCase cases[] = {
       {"nfkc", [](json& j) { j["normalizer"]["type"] = "NFKC"; }, "normalizer.type: 'NFKC'"},
       {"no pre_tokenizer", [](json& j) { j["pre_tokenizer"] = nullptr; }, "pre_tokenizer"},
-      {"whitespace pre_tokenizer", [](json& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; },
+      {"whitespace pre_tokenizer",
+       [](json& j) {
+         j["pre_tokenizer"] = {{"type", "Whitespace"}};
+       },
        "pre_tokenizer.type: 'Whitespace'"},
       {"other regex",
        [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\s+"; },
        "pattern.Regex"},
       {"merged behaviour",
-       [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"; },
-       "behavior"},
+       [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"; }, "behavior"},
       {"prefix space",
        [](json& j) { j["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = true; },
        "add_prefix_space"},
@@ -181,12 +184,24 @@ TEST(MiniTokenizerTest, RefusesWhatItDoesNotImplement) {
       {"dropout", [](json& j) { j["model"]["dropout"] = 0.1; }, "model.dropout"},
       {"byte fallback", [](json& j) { j["model"]["byte_fallback"] = true; }, "model.byte_fallback"},
       {"template post-processor",
-       [](json& j) { j["post_processor"] = {{"type", "TemplateProcessing"}}; },
+       [](json& j) {
+         j["post_processor"] = {{"type", "TemplateProcessing"}};
+       },
        "post_processor.type: 'TemplateProcessing'"},
-      {"decoder", [](json& j) { j["decoder"] = {{"type", "Metaspace"}}; }, "decoder.type"},
-      {"merge part missing", [](json& j) { j["model"]["merges"].push_back({"q", "zz"}); },
+      {"decoder",
+       [](json& j) {
+         j["decoder"] = {{"type", "Metaspace"}};
+       },
+       "decoder.type"},
+      {"merge part missing",
+       [](json& j) {
+         j["model"]["merges"].push_back({"q", "zz"});
+       },
        "model.merges[4]"},
-      {"merge result missing", [](json& j) { j["model"]["merges"].push_back({"x", "y"}); },
+      {"merge result missing",
+       [](json& j) {
+         j["model"]["merges"].push_back({"x", "y"});
+       },
        "model.merges[4]"},
       {"merge not a pair", [](json& j) { j["model"]["merges"].push_back(3); }, "model.merges[4]"},
       {"vocab outside alphabet", [](json& j) { j["model"]["vocab"]["\xE4\xBD\xA0"] = 400; },

@@ -72,9 +72,8 @@ TEST_F(OfficialTokenizerTest, MatchesReferenceCorpus) {
     if (ids != corpus[i].ids) {
       ++mismatches;
       if (mismatches <= 10) {
-        ADD_FAILURE() << "corpus line " << i + 1 << ": "
-                      << nlohmann::json(corpus[i].text).dump() << "\n  got      "
-                      << nlohmann::json(ids).dump() << "\n  expected "
+        ADD_FAILURE() << "corpus line " << i + 1 << ": " << nlohmann::json(corpus[i].text).dump()
+                      << "\n  got      " << nlohmann::json(ids).dump() << "\n  expected "
                       << nlohmann::json(corpus[i].ids).dump();
       }
     }
@@ -135,11 +134,12 @@ TEST_F(OfficialTokenizerTest, LongPromptLosesItsEndAndTheSuffixLikeDiffusers) {
   EXPECT_TRUE(p.truncated);
   EXPECT_EQ(p.untruncated_size, 608);
   ASSERT_EQ(p.ids.size(), 512u);
-  ASSERT_OK_AND_ASSIGN(std::vector<int32_t> whole,
-                       tok().Encode(std::string(kChatTemplatePrefix) + prompt +
-                                    std::string(kChatTemplateSuffix)));
+  ASSERT_OK_AND_ASSIGN(
+      std::vector<int32_t> whole,
+      tok().Encode(std::string(kChatTemplatePrefix) + prompt + std::string(kChatTemplateSuffix)));
   EXPECT_EQ(p.ids, std::vector<int32_t>(whole.begin(), whole.begin() + 512));
-  EXPECT_THAT(std::vector<int32_t>(p.ids.begin(), p.ids.begin() + 3), ElementsAre(kImStart, 872, 198));
+  EXPECT_THAT(std::vector<int32_t>(p.ids.begin(), p.ids.begin() + 3),
+              ElementsAre(kImStart, 872, 198));
   EXPECT_EQ(p.ids.back(), tok().TokenId(" a"));  // no <|im_end|>: the suffix was cut
 
   // One token over: only the final "\n" goes.
@@ -178,8 +178,8 @@ TEST_F(OfficialTokenizerTest, InvalidUtf8NamesTheByteOffset) {
                 StatusIs(absl::StatusCode::kInvalidArgument,
                          HasSubstr("byte offset " + std::to_string(c.offset))))
         << "case at offset " << c.offset;
-    EXPECT_THAT(tok().EncodePrompt(c.text), StatusIs(absl::StatusCode::kInvalidArgument,
-                                                     HasSubstr("byte offset")));
+    EXPECT_THAT(tok().EncodePrompt(c.text),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("byte offset")));
   }
   // Embedded NUL is valid UTF-8.
   EXPECT_OK(tok().Encode(std::string("a\0b", 3)).status());
