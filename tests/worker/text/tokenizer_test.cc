@@ -1,6 +1,7 @@
 #include "worker/text/tokenizer.h"
 
 #include <array>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -111,6 +112,26 @@ TEST_F(OfficialTokenizerTest, ChatTemplateTokenizesTheWholeString) {
   ASSERT_OK_AND_ASSIGN(std::vector<int32_t> nn, tok().Encode("\n\n"));
   ASSERT_EQ(nn.size(), 1u);
   EXPECT_EQ(p.ids[2], nn[0]);
+}
+
+// The reference tokenizer called like the pipeline (templated text,
+// truncation=true, max_length=512) on 146 prompts, some far over the limit.
+TEST_F(OfficialTokenizerTest, MatchesReferenceChatTemplateWithTruncation) {
+  std::ifstream in(ZFARM_SOURCE_DIR "/tests/testdata/tokenizer/template.jsonl");
+  std::string line;
+  int rows = 0, truncated = 0;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    const std::string prompt = j.at("prompt").get<std::string>();
+    const std::vector<int32_t> want = j.at("ids").get<std::vector<int32_t>>();
+    ASSERT_OK_AND_ASSIGN(PromptTokens p, tok().EncodePrompt(prompt));
+    EXPECT_EQ(p.ids, want) << "template.jsonl line " << rows + 1;
+    EXPECT_EQ(p.truncated, p.untruncated_size > kMaxPromptTokens);
+    if (p.truncated) ++truncated;
+    ++rows;
+  }
+  EXPECT_GE(rows, 100);
+  EXPECT_GE(truncated, 5);
 }
 
 // "a" + " a" x k is 1 + k tokens; the template adds 8.
