@@ -16,12 +16,15 @@ pkgs=(
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   # test prerequisites: the tokenizer reference (node), syscall tracing, clock faults, netns
-  nodejs npm strace faketime iproute2 openssl curl procps python3
+  strace faketime iproute2 openssl curl procps python3
 )
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# node + npm (the tokenizer reference): some images ship NodeSource's nodejs, which bundles npm
+# and conflicts with Debian's npm package, so only install them when the command is missing.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${#missing[@]} packages: ${missing[*]}"
   $SUDO apt-get update -qq
