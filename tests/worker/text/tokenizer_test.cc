@@ -217,6 +217,26 @@ TEST_F(OfficialTokenizerTest, SpecialTokensAreNotNormalizedOrMerged) {
   EXPECT_EQ(ids, want);
 }
 
+// \s is Unicode White_Space, as in Hugging Face tokenizers (Oniguruma). The JS
+// reference differs on two code points (so the corpus leaves them out): it
+// counts U+FEFF as \s and U+0085 not. Pin the HF behaviour for U+FEFF: not
+// a space, so " \uFEFF" is one punctuation-like piece.
+TEST_F(OfficialTokenizerTest, ByteOrderMarkIsNotWhiteSpace) {
+  const int32_t space_bom = tok().TokenId(" \xEF\xBB\xBF");
+  ASSERT_GE(space_bom, 0);
+  ASSERT_OK_AND_ASSIGN(std::vector<int32_t> ids, tok().Encode("a \xEF\xBB\xBF"
+                                                              "b"));
+  EXPECT_THAT(ids, ElementsAre(tok().TokenId("a"), space_bom, tok().TokenId("b")));
+  // U+0085 (NEL) is White_Space: "\u0085 " is a white-space run before " b".
+  ASSERT_OK_AND_ASSIGN(std::vector<int32_t> nel, tok().Encode("a\xC2\x85 b"));
+  ASSERT_OK_AND_ASSIGN(std::vector<int32_t> nel_alone, tok().Encode("\xC2\x85"));
+  ASSERT_OK_AND_ASSIGN(std::vector<int32_t> space_b, tok().Encode(" b"));
+  std::vector<int32_t> want = {tok().TokenId("a")};
+  want.insert(want.end(), nel_alone.begin(), nel_alone.end());
+  want.insert(want.end(), space_b.begin(), space_b.end());
+  EXPECT_EQ(nel, want);
+}
+
 // A 20,000-byte piece goes through the priority-queue BPE (the corpus holds
 // long pieces checked against the reference too).
 TEST_F(OfficialTokenizerTest, VeryLongPiece) {
