@@ -1,0 +1,95 @@
+#include "worker/sampling/sampling.h"
+
+#include <cassert>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace zfarm::worker::sampling {
+
+absl::StatusOr<std::vector<float>> FlowMatchSigmas(int steps, const SchedulerConfig& config) {
+  if (steps < 1 || steps > kMaxSteps) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steps must be within 1..", kMaxSteps, ", got ", steps));
+  }
+  if (config.use_dynamic_shifting) {
+    return absl::InvalidArgumentError(
+        "scheduler_config.json: use_dynamic_shifting=true is not supported");
+  }
+  if (!(config.shift > 0.0) || config.num_train_timesteps <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "scheduler_config.json: shift must be > 0 and num_train_timesteps > 0, got shift=",
+        config.shift, " num_train_timesteps=", config.num_train_timesteps));
+  }
+  // numpy.linspace(1.0, 1/steps, steps) in float64: start + i*step, last = stop.
+  const double start = 1.0;
+  const double stop = 1.0 / steps;
+  std::vector<float> sigmas;
+  sigmas.reserve(steps + 1);
+  const double step = steps > 1 ? (stop - start) / (steps - 1) : 0.0;
+  // numpy float32 array op python float: the scalar is used as float32 (NEP 50).
+  const float shift = static_cast<float>(config.shift);
+  const float shift_minus_one = static_cast<float>(config.shift - 1.0);
+  for (int i = 0; i < steps; ++i) {
+    double v = (i == steps - 1 && steps > 1) ? stop : start + i * step;
+    const float s = static_cast<float>(v);
+    const float num = shift * s;
+    const float den = 1.0f + shift_minus_one * s;
+    sigmas.push_back(num / den);
+  }
+  sigmas.push_back(0.0f);
+  return sigmas;
+}
+
+float SchedulerTimestep(float sigma, int64_t num_train_timesteps) {
+  return sigma * static_cast<float>(num_train_timesteps);
+}
+
+float TimestepInput(float sigma, int64_t num_train_timesteps) {
+  const float t = SchedulerTimestep(sigma, num_train_timesteps);
+  return (1000.0f - t) / 1000.0f;
+}
+
+void EulerStep(absl::Span<float> x, absl::Span<const float> velocity, float sigma,
+               float sigma_next) {
+  assert(x.size() == velocity.size());
+  const float dt = sigma_next - sigma;
+  for (size_t i = 0; i < x.size(); ++i) x[i] = x[i] + dt * velocity[i];
+}
+
+float GuidanceForStep(const CfgOptions& options, float t_in) {
+  if (!(options.guidance > 0.0f)) return 0.0f;
+  if (options.truncation <= 1.0f && t_in > options.truncation) return 0.0f;
+  return options.guidance;
+}
+
+bool CfgActive(const CfgOptions& options, float t_in) {
+  return GuidanceForStep(options, t_in) > 0.0f;
+}
+
+float CfgNormalizationFactor(float normalization, float pos_norm, float pred_norm) {
+  if (!(normalization > 0.0f)) return 1.0f;
+  const float max_norm = pos_norm * normalization;
+  if (pred_norm > max_norm) return max_norm / pred_norm;
+  return 1.0f;
+}
+
+std::vector<float> CfgCombine(absl::Span<const float> pos, absl::Span<const float> neg, float g,
+                              float normalization) {
+  assert(pos.size() == neg.size());
+  std::vector<float> pred(pos.size());
+  double pos_sq = 0.0, pred_sq = 0.0;
+  for (size_t i = 0; i < pos.size(); ++i) {
+    pred[i] = pos[i] + g * (pos[i] - neg[i]);
+    pos_sq += static_cast<double>(pos[i]) * pos[i];
+    pred_sq += static_cast<double>(pred[i]) * pred[i];
+  }
+  const float f = CfgNormalizationFactor(normalization, static_cast<float>(std::sqrt(pos_sq)),
+                                         static_cast<float>(std::sqrt(pred_sq)));
+  if (f != 1.0f) {
+    for (float& v : pred) v *= f;
+  }
+  return pred;
+}
+
+}  // namespace zfarm::worker::sampling
