@@ -120,6 +120,43 @@ float F16ToF32(uint16_t v);
 uint16_t F32ToBF16(float f);  // round to nearest even, NaN stays NaN
 uint16_t F32ToF16(float f);   // round to nearest even
 
+// Shape of a tensor to be written.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+};
+
+// Header JSON for `specs` laid out in the given order ("__metadata__" first), padded with
+// spaces to a multiple of 8 bytes. `offsets` (optional) gets each begin plus the total size.
+std::string SafetensorsHeaderJson(const std::vector<TensorSpec>& specs,
+                                  const std::map<std::string, std::string>& metadata,
+                                  std::vector<uint64_t>* offsets);
+
+class AtomicFile;
+
+// Streams a .safetensors file tensor by tensor (bounded memory): the header is written
+// first from the specs, then the caller appends each tensor's bytes in spec order, in as
+// many chunks as it likes. Written to <path>.tmp.* and renamed by Finish().
+class SafetensorsStreamWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<SafetensorsStreamWriter>> Create(
+      const std::string& path, std::vector<TensorSpec> specs,
+      const std::map<std::string, std::string>& metadata);
+  ~SafetensorsStreamWriter();
+  absl::Status Append(std::string_view bytes);
+  // Checks that every declared byte was written (or, with `sparse`, extends the file to its
+  // full size with a hole — for header-scan benchmarks), then renames into place.
+  absl::Status Finish(bool sparse = false);
+  uint64_t data_bytes() const { return total_; }
+
+ private:
+  SafetensorsStreamWriter() = default;
+  std::string path_;
+  std::unique_ptr<AtomicFile> out_;
+  uint64_t total_ = 0, written_ = 0, data_start_ = 0;
+};
+
 // Builds a .safetensors file. Tensors are laid out in the order the header lists them
 // (keys sorted, as the Python library writes them); the file is written to a temporary
 // name and renamed into place.

@@ -1,0 +1,357 @@
+#include "worker/io/model_folder.h"
+
+#include <numeric>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+#include "proto/status_macros.h"
+#include "worker/io/file_util.h"
+
+namespace zfarm::worker {
+namespace {
+
+using Json = nlohmann::json;
+
+const char* TypeName(const Json& j) { return j.type_name(); }
+
+// A parsed JSON file plus its path, with typed getters that name file and key on error.
+class JsonFile {
+ public:
+  static absl::StatusOr<JsonFile> Load(const std::string& path) {
+    ZFARM_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 16 << 20));
+    Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) {
+      std::string where;
+      try {
+        Json unused = Json::parse(text);
+        (void)unused;
+      } catch (const Json::parse_error& e) {
+        where = absl::StrCat(" (byte ", e.byte, ")");
+      } catch (...) {
+      }
+      return absl::InvalidArgumentError(absl::StrCat(path, ": invalid JSON", where));
+    }
+    if (!j.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": top level is not a JSON object"));
+    }
+    return JsonFile(path, std::move(j));
+  }
+
+  const std::string& path() const { return path_; }
+  const Json& json() const { return json_; }
+
+  absl::Status Error(std::string_view key, std::string_view what) const {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": key '", Sv(key), "': ", Sv(what)));
+  }
+
+  // Returns nullptr if absent (or null), error if required and absent.
+  absl::StatusOr<const Json*> Find(std::string_view key, bool required) const {
+    auto it = json_.find(std::string(key));
+    if (it == json_.end() || it->is_null()) {
+      if (required) {
+        return absl::InvalidArgumentError(absl::StrCat(path_, ": missing key '", Sv(key), "'"));
+      }
+      return nullptr;
+    }
+    return &*it;
+  }
+
+  absl::Status Int(std::string_view key, int64_t* out, bool required = true) const {
+    ZFARM_ASSIGN_OR_RETURN(const Json* j, Find(key, required));
+    if (j == nullptr) return absl::OkStatus();
+    if (!j->is_number_integer()) {
+      return Error(key, absl::StrCat("expected an integer, got ", TypeName(*j), " ", j->dump()));
+    }
+    *out = j->get<int64_t>();
+    return absl::OkStatus();
+  }
+  absl::Status Double(std::string_view key, double* out, bool required = true) const {
+    ZFARM_ASSIGN_OR_RETURN(const Json* j, Find(key, required));
+    if (j == nullptr) return absl::OkStatus();
+    if (!j->is_number()) {
+      return Error(key, absl::StrCat("expected a number, got ", TypeName(*j), " ", j->dump()));
+    }
+    *out = j->get<double>();
+    return absl::OkStatus();
+  }
+  absl::Status Bool(std::string_view key, bool* out, bool required = true) const {
+    ZFARM_ASSIGN_OR_RETURN(const Json* j, Find(key, required));
+    if (j == nullptr) return absl::OkStatus();
+    if (!j->is_boolean()) {
+      return Error(key, absl::StrCat("expected true/false, got ", TypeName(*j), " ", j->dump()));
+    }
+    *out = j->get<bool>();
+    return absl::OkStatus();
+  }
+  absl::Status IntArray(std::string_view key, std::vector<int64_t>* out,
+                        bool required = true) const {
+    ZFARM_ASSIGN_OR_RETURN(const Json* j, Find(key, required));
+    if (j == nullptr) return absl::OkStatus();
+    if (!j->is_array() || j->empty()) {
+      return Error(key, absl::StrCat("expected a non-empty array of integers, got ", j->dump()));
+    }
+    std::vector<int64_t> v;
+    for (const Json& e : *j) {
+      if (!e.is_number_integer()) {
+        return Error(key, absl::StrCat("expected integers, got ", TypeName(e), " ", e.dump()));
+      }
+      v.push_back(e.get<int64_t>());
+    }
+    *out = std::move(v);
+    return absl::OkStatus();
+  }
+  absl::Status String(std::string_view key, std::string* out, bool required = true) const {
+    ZFARM_ASSIGN_OR_RETURN(const Json* j, Find(key, required));
+    if (j == nullptr) return absl::OkStatus();
+    if (!j->is_string()) {
+      return Error(key, absl::StrCat("expected a string, got ", TypeName(*j), " ", j->dump()));
+    }
+    *out = j->get<std::string>();
+    return absl::OkStatus();
+  }
+  absl::Status ExpectString(std::string_view key, std::string_view want) const {
+    std::string got;
+    ZFARM_RETURN_IF_ERROR(String(key, &got));
+    if (got != want) {
+      return Error(key, absl::StrCat("unknown value '", got, "' (expected '", Sv(want), "')"));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  JsonFile(std::string path, Json j) : path_(std::move(path)), json_(std::move(j)) {}
+  std::string path_;
+  Json json_;
+};
+
+absl::Status CheckModelIndex(const JsonFile& f) {
+  ZFARM_RETURN_IF_ERROR(f.ExpectString("_class_name", "ZImagePipeline"));
+  struct Component {
+    const char* key;
+    const char* library;
+    std::vector<std::string> classes;
+  };
+  const Component components[] = {
+      {"scheduler", "diffusers", {"FlowMatchEulerDiscreteScheduler"}},
+      {"text_encoder", "transformers", {"Qwen3Model"}},
+      {"tokenizer", "transformers", {"Qwen2Tokenizer", "Qwen2TokenizerFast"}},
+      {"transformer", "diffusers", {"ZImageTransformer2DModel"}},
+      {"vae", "diffusers", {"AutoencoderKL"}},
+  };
+  for (const Component& c : components) {
+    ZFARM_ASSIGN_OR_RETURN(const Json* j, f.Find(c.key, true));
+    if (!j->is_array() || j->size() != 2 || !(*j)[0].is_string() || !(*j)[1].is_string()) {
+      return f.Error(c.key, absl::StrCat("expected [library, class], got ", j->dump()));
+    }
+    const std::string lib = (*j)[0].get<std::string>();
+    const std::string cls = (*j)[1].get<std::string>();
+    if (lib != c.library) {
+      return f.Error(c.key, absl::StrCat("unknown library '", lib, "' (expected '", c.library, "')"));
+    }
+    if (std::find(c.classes.begin(), c.classes.end(), cls) == c.classes.end()) {
+      return f.Error(c.key, absl::StrCat("unknown class '", cls, "' (expected ",
+                                         absl::StrJoin(c.classes, " or "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseTransformer(const JsonFile& f, TransformerConfig* c) {
+  ZFARM_RETURN_IF_ERROR(f.ExpectString("_class_name", "ZImageTransformer2DModel"));
+  ZFARM_RETURN_IF_ERROR(f.Int("in_channels", &c->in_channels));
+  ZFARM_RETURN_IF_ERROR(f.Int("dim", &c->dim));
+  ZFARM_RETURN_IF_ERROR(f.Int("n_layers", &c->n_layers));
+  ZFARM_RETURN_IF_ERROR(f.Int("n_refiner_layers", &c->n_refiner_layers));
+  ZFARM_RETURN_IF_ERROR(f.Int("n_heads", &c->n_heads));
+  ZFARM_RETURN_IF_ERROR(f.Int("n_kv_heads", &c->n_kv_heads, false));
+  ZFARM_RETURN_IF_ERROR(f.Double("norm_eps", &c->norm_eps));
+  ZFARM_RETURN_IF_ERROR(f.Bool("qk_norm", &c->qk_norm));
+  ZFARM_RETURN_IF_ERROR(f.Int("cap_feat_dim", &c->cap_feat_dim));
+  ZFARM_RETURN_IF_ERROR(f.Double("rope_theta", &c->rope_theta));
+  ZFARM_RETURN_IF_ERROR(f.Double("t_scale", &c->t_scale));
+  ZFARM_RETURN_IF_ERROR(f.IntArray("axes_dims", &c->axes_dims));
+  ZFARM_RETURN_IF_ERROR(f.IntArray("axes_lens", &c->axes_lens));
+  std::vector<int64_t> p = {c->patch_size}, fp = {c->f_patch_size};
+  ZFARM_RETURN_IF_ERROR(f.IntArray("all_patch_size", &p));
+  ZFARM_RETURN_IF_ERROR(f.IntArray("all_f_patch_size", &fp));
+  if (p.size() != 1) return f.Error("all_patch_size", "exactly one patch size is supported");
+  if (fp.size() != 1) return f.Error("all_f_patch_size", "exactly one patch size is supported");
+  c->patch_size = p[0];
+  c->f_patch_size = fp[0];
+  if (auto s = f.Find("siglip_feat_dim", false); s.ok() && *s != nullptr) {
+    return f.Error("siglip_feat_dim", "Omni (SigLIP) models are not supported");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseTextEncoder(const JsonFile& f, TextEncoderConfig* c) {
+  ZFARM_RETURN_IF_ERROR(f.ExpectString("model_type", "qwen3"));
+  ZFARM_RETURN_IF_ERROR(f.Int("vocab_size", &c->vocab_size));
+  ZFARM_RETURN_IF_ERROR(f.Int("hidden_size", &c->hidden_size));
+  ZFARM_RETURN_IF_ERROR(f.Int("num_hidden_layers", &c->num_hidden_layers));
+  ZFARM_RETURN_IF_ERROR(f.Int("num_attention_heads", &c->num_attention_heads));
+  ZFARM_RETURN_IF_ERROR(f.Int("num_key_value_heads", &c->num_key_value_heads));
+  c->head_dim = c->num_attention_heads > 0 ? c->hidden_size / c->num_attention_heads : 0;
+  ZFARM_RETURN_IF_ERROR(f.Int("head_dim", &c->head_dim, false));
+  ZFARM_RETURN_IF_ERROR(f.Int("intermediate_size", &c->intermediate_size));
+  ZFARM_RETURN_IF_ERROR(f.Double("rms_norm_eps", &c->rms_norm_eps));
+  ZFARM_RETURN_IF_ERROR(f.Double("rope_theta", &c->rope_theta));
+  ZFARM_RETURN_IF_ERROR(f.Int("max_position_embeddings", &c->max_position_embeddings, false));
+  ZFARM_RETURN_IF_ERROR(f.Bool("tie_word_embeddings", &c->tie_word_embeddings, false));
+  ZFARM_RETURN_IF_ERROR(f.Bool("attention_bias", &c->attention_bias, false));
+  std::string act = "silu";
+  ZFARM_RETURN_IF_ERROR(f.String("hidden_act", &act, false));
+  if (act != "silu") return f.Error("hidden_act", absl::StrCat("unsupported '", act, "'"));
+  if (auto s = f.Find("rope_scaling", false); s.ok() && *s != nullptr) {
+    return f.Error("rope_scaling", "RoPE scaling is not supported");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseVae(const JsonFile& f, VaeConfig* c) {
+  ZFARM_RETURN_IF_ERROR(f.ExpectString("_class_name", "AutoencoderKL"));
+  ZFARM_RETURN_IF_ERROR(f.Int("in_channels", &c->in_channels));
+  ZFARM_RETURN_IF_ERROR(f.Int("out_channels", &c->out_channels));
+  ZFARM_RETURN_IF_ERROR(f.Int("latent_channels", &c->latent_channels));
+  ZFARM_RETURN_IF_ERROR(f.IntArray("block_out_channels", &c->block_out_channels));
+  ZFARM_RETURN_IF_ERROR(f.Int("layers_per_block", &c->layers_per_block));
+  ZFARM_RETURN_IF_ERROR(f.Int("norm_num_groups", &c->norm_num_groups));
+  ZFARM_RETURN_IF_ERROR(f.Double("scaling_factor", &c->scaling_factor));
+  ZFARM_RETURN_IF_ERROR(f.Double("shift_factor", &c->shift_factor));
+  ZFARM_RETURN_IF_ERROR(f.Bool("use_quant_conv", &c->use_quant_conv, false));
+  ZFARM_RETURN_IF_ERROR(f.Bool("use_post_quant_conv", &c->use_post_quant_conv, false));
+  ZFARM_RETURN_IF_ERROR(f.Bool("mid_block_add_attention", &c->mid_block_add_attention, false));
+  std::string act = "silu";
+  ZFARM_RETURN_IF_ERROR(f.String("act_fn", &act, false));
+  if (act != "silu") return f.Error("act_fn", absl::StrCat("unsupported '", act, "'"));
+  return absl::OkStatus();
+}
+
+absl::Status ParseScheduler(const JsonFile& f, SchedulerConfig* c) {
+  ZFARM_RETURN_IF_ERROR(f.ExpectString("_class_name", "FlowMatchEulerDiscreteScheduler"));
+  ZFARM_RETURN_IF_ERROR(f.Int("num_train_timesteps", &c->num_train_timesteps));
+  ZFARM_RETURN_IF_ERROR(f.Double("shift", &c->shift));
+  ZFARM_RETURN_IF_ERROR(f.Bool("use_dynamic_shifting", &c->use_dynamic_shifting, false));
+  ZFARM_RETURN_IF_ERROR(f.Double("base_shift", &c->base_shift, false));
+  ZFARM_RETURN_IF_ERROR(f.Double("max_shift", &c->max_shift, false));
+  ZFARM_RETURN_IF_ERROR(f.Int("base_image_seq_len", &c->base_image_seq_len, false));
+  ZFARM_RETURN_IF_ERROR(f.Int("max_image_seq_len", &c->max_image_seq_len, false));
+  return absl::OkStatus();
+}
+
+absl::Status Check(bool ok, const std::string& file, std::string_view key, std::string_view what) {
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(file, ": key '", Sv(key), "': ", Sv(what)));
+}
+
+}  // namespace
+
+absl::Status ValidateModelConfig(const ModelConfig& m) {
+  const std::string tf = m.root + "/transformer/config.json";
+  const TransformerConfig& t = m.transformer;
+  ZFARM_RETURN_IF_ERROR(Check(t.dim > 0, tf, "dim", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(t.n_heads > 0 && t.dim % t.n_heads == 0, tf, "n_heads",
+                              absl::StrCat("dim ", t.dim, " is not divisible by n_heads ", t.n_heads)));
+  ZFARM_RETURN_IF_ERROR(Check(t.in_channels > 0, tf, "in_channels", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(t.n_layers > 0, tf, "n_layers", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(t.n_refiner_layers >= 0, tf, "n_refiner_layers", "must be >= 0"));
+  ZFARM_RETURN_IF_ERROR(Check(t.cap_feat_dim > 0, tf, "cap_feat_dim", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(t.patch_size > 0, tf, "all_patch_size", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(t.f_patch_size > 0, tf, "all_f_patch_size", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(t.axes_dims.size() == 3, tf, "axes_dims", "must have 3 entries"));
+  ZFARM_RETURN_IF_ERROR(Check(t.axes_lens.size() == t.axes_dims.size(), tf, "axes_lens",
+                              "must have as many entries as axes_dims"));
+  int64_t sum = 0;
+  for (int64_t d : t.axes_dims) {
+    ZFARM_RETURN_IF_ERROR(Check(d > 0 && d % 2 == 0, tf, "axes_dims", "entries must be positive and even"));
+    sum += d;
+  }
+  for (int64_t d : t.axes_lens) ZFARM_RETURN_IF_ERROR(Check(d > 0, tf, "axes_lens", "must be positive"));
+  if (t.n_heads > 0 && t.dim % t.n_heads == 0) {
+    ZFARM_RETURN_IF_ERROR(Check(sum == t.head_dim(), tf, "axes_dims",
+                                absl::StrCat("sum ", sum, " != head_dim ", t.head_dim(), " (dim / n_heads)")));
+  }
+  ZFARM_RETURN_IF_ERROR(Check(t.cap_feat_dim == m.text_encoder.hidden_size, tf, "cap_feat_dim",
+                              absl::StrCat(t.cap_feat_dim, " != text_encoder hidden_size ",
+                                           m.text_encoder.hidden_size)));
+  ZFARM_RETURN_IF_ERROR(Check(t.in_channels == m.vae.latent_channels, tf, "in_channels",
+                              absl::StrCat(t.in_channels, " != vae latent_channels ", m.vae.latent_channels)));
+
+  const std::string ef = m.root + "/text_encoder/config.json";
+  const TextEncoderConfig& e = m.text_encoder;
+  ZFARM_RETURN_IF_ERROR(Check(e.vocab_size > 0, ef, "vocab_size", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(e.hidden_size > 0, ef, "hidden_size", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(e.num_hidden_layers >= 2, ef, "num_hidden_layers",
+                              "must be >= 2 (Z-Image uses hidden_states[-2])"));
+  ZFARM_RETURN_IF_ERROR(Check(e.num_attention_heads > 0, ef, "num_attention_heads", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(e.num_key_value_heads > 0 && e.num_attention_heads % e.num_key_value_heads == 0,
+                              ef, "num_key_value_heads",
+                              absl::StrCat("num_attention_heads ", e.num_attention_heads,
+                                           " is not a multiple of num_key_value_heads ", e.num_key_value_heads)));
+  ZFARM_RETURN_IF_ERROR(Check(e.head_dim > 0 && e.head_dim % 2 == 0, ef, "head_dim", "must be positive and even"));
+  ZFARM_RETURN_IF_ERROR(Check(e.intermediate_size > 0, ef, "intermediate_size", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(e.rms_norm_eps > 0, ef, "rms_norm_eps", "must be positive"));
+
+  const std::string vf = m.root + "/vae/config.json";
+  const VaeConfig& v = m.vae;
+  ZFARM_RETURN_IF_ERROR(Check(v.latent_channels > 0, vf, "latent_channels", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(v.in_channels > 0 && v.out_channels > 0, vf, "out_channels", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(v.layers_per_block > 0, vf, "layers_per_block", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(v.norm_num_groups > 0, vf, "norm_num_groups", "must be positive"));
+  for (int64_t ch : v.block_out_channels) {
+    ZFARM_RETURN_IF_ERROR(Check(ch > 0 && ch % v.norm_num_groups == 0, vf, "block_out_channels",
+                                absl::StrCat(ch, " is not a positive multiple of norm_num_groups ",
+                                             v.norm_num_groups)));
+  }
+  ZFARM_RETURN_IF_ERROR(Check(v.scaling_factor != 0, vf, "scaling_factor", "must not be 0"));
+
+  const std::string sf = m.root + "/scheduler/scheduler_config.json";
+  ZFARM_RETURN_IF_ERROR(Check(m.scheduler.num_train_timesteps > 0, sf, "num_train_timesteps", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(Check(m.scheduler.shift > 0, sf, "shift", "must be positive"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
+  ModelConfig m;
+  m.root = dir;
+  while (m.root.size() > 1 && m.root.back() == '/') m.root.pop_back();
+  ZFARM_ASSIGN_OR_RETURN(JsonFile index, JsonFile::Load(m.root + "/model_index.json"));
+  ZFARM_RETURN_IF_ERROR(CheckModelIndex(index));
+  ZFARM_ASSIGN_OR_RETURN(JsonFile tf, JsonFile::Load(m.root + "/transformer/config.json"));
+  ZFARM_RETURN_IF_ERROR(ParseTransformer(tf, &m.transformer));
+  ZFARM_ASSIGN_OR_RETURN(JsonFile ef, JsonFile::Load(m.root + "/text_encoder/config.json"));
+  ZFARM_RETURN_IF_ERROR(ParseTextEncoder(ef, &m.text_encoder));
+  ZFARM_ASSIGN_OR_RETURN(JsonFile vf, JsonFile::Load(m.root + "/vae/config.json"));
+  ZFARM_RETURN_IF_ERROR(ParseVae(vf, &m.vae));
+  ZFARM_ASSIGN_OR_RETURN(JsonFile sf, JsonFile::Load(m.root + "/scheduler/scheduler_config.json"));
+  ZFARM_RETURN_IF_ERROR(ParseScheduler(sf, &m.scheduler));
+  m.tokenizer_json_path = m.root + "/tokenizer/tokenizer.json";
+  ZFARM_RETURN_IF_ERROR(ValidateModelConfig(m));
+  return m;
+}
+
+std::string_view StripModelPrefix(std::string_view name) {
+  if (name.substr(0, 6) == "model.") name.remove_prefix(6);
+  return name;
+}
+
+const TensorInfo* FindTextEncoderTensor(const WeightSet& weights, std::string_view name) {
+  name = StripModelPrefix(name);
+  if (const TensorInfo* t = weights.Find(name)) return t;
+  return weights.Find(absl::StrCat("model.", Sv(name)));
+}
+
+absl::StatusOr<TensorView> GetTextEncoderTensor(const WeightSet& weights, std::string_view name) {
+  name = StripModelPrefix(name);
+  auto v = weights.Get(name);
+  if (v.ok()) return v;
+  auto p = weights.Get(absl::StrCat("model.", Sv(name)));
+  if (p.ok()) return p;
+  return absl::NotFoundError(absl::StrCat(v.status().message(), " (nor 'model.", Sv(name), "')"));
+}
+
+}  // namespace zfarm::worker
