@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Prepares, on a Debian 12 machine with apt access, the dependency bundle that
+# deploy/gpu-build.sh needs on an offline GPU host: the .deb files (gRPC, protobuf, Abseil,
+# libpng, SQLite, ICU, glog, prometheus-cpp, gtest, ...) plus device-env.sh, which unpacks
+# them there. The bundle lands in the git-ignored folder .gpu-debs/ (about 40 MB) and is
+# copied (or carried) to the GPU host together with the checkout.
+#
+# Usage: deploy/fetch-gpu-debs.sh [DIR]       (default: <checkout>/.gpu-debs)
+#        ZFARM_SHARED=/path/to/shared deploy/fetch-gpu-debs.sh   (where gpu/fetch-debs.sh lives)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${1:-$root/.gpu-debs}
+shared=${ZFARM_SHARED:-$root/../shared}
+for f in "$shared/gpu/fetch-debs.sh" "$shared/gpu/device-env.sh"; do
+  [ -f "$f" ] || { echo "fetch-gpu-debs: missing $f (set ZFARM_SHARED)" >&2; exit 1; }
+done
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+bash "$shared/gpu/fetch-debs.sh" "$dir"
+cp "$shared/gpu/device-env.sh" "$dir/device-env.sh"
+echo "fetch-gpu-debs: $(ls -1 "$dir"/*.deb | wc -l) .deb files, $(du -sh "$dir" | cut -f1) in $dir"
