@@ -1,0 +1,81 @@
+#ifndef ZFARM_CLIENT_BATCH_PLAN_H_
+#define ZFARM_CLIENT_BATCH_PLAN_H_
+
+// File: batch_plan.h
+// Pure pieces of `zfarm batch`: the prompts file, seed sweeps and the
+// deterministic request ids that make re-runs safe.
+//
+// Prompts file: one entry per line. A line that starts with `{` is a JSON
+// object (JSON Lines) with "prompt" (required) and optional
+// "negative_prompt", "width", "height", "steps", "guidance", "seed",
+// "priority", "output_name", "model", "labels" ({"k": "v"}) and "seeds"
+// ([1, 2, 3]). Any other line is a plain prompt. An empty line, invalid JSON
+// or a bad key is an error naming the line: the whole file is rejected
+// (nothing is submitted).
+//
+// Request ids: "<prefix>-<line>-<hash>" where <hash> is 16 hex digits of the
+// SHA-256 of the canonical spec (deterministic protobuf serialization, the
+// deadline left out since it is relative to the run). Running the same batch
+// again with the same prefix therefore yields the same ids, and the scheduler
+// returns the existing jobs instead of creating new ones.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "zfarm/v1/job.pb.h"
+
+namespace zfarm::client {
+
+// One job to submit: where it came from and what it asks for.
+struct PlannedJob {
+  int line = 0;     // 1-based line in the prompts file (or 1 for `submit`)
+  int variant = 0;  // 0-based index within the line's seed sweep
+  zfarm::v1::JobSpec spec;
+  std::string request_id;
+};
+
+// Seed sweep options applied to every line (a line's own "seed"/"seeds" win).
+struct SweepOptions {
+  std::vector<uint64_t> seeds;  // --seeds 1,2,3
+  int variants = 1;             // --variants N
+};
+
+// Parses "1,2,3" (also "1, 2 ,3"). Empty items and non-numbers are errors.
+absl::StatusOr<std::vector<uint64_t>> ParseSeedList(absl::string_view text);
+
+// Parses the prompts file contents. Every line starts from `defaults`.
+// Errors name the file ("<name>:<line>: ...").
+absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(
+    absl::string_view contents, absl::string_view file_name,
+    const zfarm::v1::JobSpec& defaults, const SweepOptions& sweep);
+
+// Reads `path` then ParsePromptsFile. An unreadable file is an error naming it.
+absl::StatusOr<std::vector<PlannedJob>> LoadPromptsFile(
+    const std::string& path, const zfarm::v1::JobSpec& defaults,
+    const SweepOptions& sweep);
+
+// 64 hex chars of the SHA-256 of the canonical spec (deadline excluded).
+std::string CanonicalSpecHash(const zfarm::v1::JobSpec& spec);
+
+// "<prefix>-<line>-<first 16 hex of hash>", plus "-v<variant>" when the
+// variant has no seed of its own (so variants stay distinct).
+std::string DeriveRequestId(absl::string_view prefix, const PlannedJob& job);
+
+// Fills request_id of every job from `prefix`.
+void AssignRequestIds(absl::string_view prefix, std::vector<PlannedJob>* jobs);
+
+// The default prefix: $BUILD_TAG when set and non-empty, else `fallback`.
+std::string DefaultRequestIdPrefix(const char* build_tag,
+                                   absl::string_view fallback);
+
+// A batch id derived from the request ids (stable across re-runs).
+std::string DeriveBatchId(absl::string_view prefix,
+                          const std::vector<PlannedJob>& jobs);
+
+}  // namespace zfarm::client
+
+#endif  // ZFARM_CLIENT_BATCH_PLAN_H_
