@@ -1,13 +1,121 @@
-// PLACEHOLDER: replaced by the work that implements `zfarm-worker verify`.
-#include <cstdio>
+// zfarm-worker verify --model DIR [--fast] [--json] [--manifest FILE]
+//
+// Checks a model folder against the official Z-Image-Turbo md5 manifest (or an md5sum-format
+// FILE for other folders, e.g. the tiny test models). Full mode hashes every file (progress
+// with MB/s on stderr); --fast checks presence, sizes where known and safetensors headers.
+// Exit 0 only when every file is OK, 1 when any is missing or wrong, 2 on usage errors.
 
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
 #include "worker/commands/commands.h"
+#include "worker/io/file_util.h"
+#include "worker/io/manifest.h"
 
 namespace zfarm::worker {
+namespace {
 
-int RunVerify(int, char**) {
-  std::fprintf(stderr, "zfarm-worker verify: not built into this version yet\n");
-  return 1;
+void Usage() {
+  std::fprintf(stderr,
+               "usage: zfarm-worker verify --model DIR [--fast] [--json] [--manifest FILE]\n"
+               "  --fast           presence, sizes and safetensors headers only (no md5)\n"
+               "  --json           machine-readable report on stdout\n"
+               "  --manifest FILE  md5sum-format manifest instead of the official one\n");
+}
+
+}  // namespace
+
+int RunVerify(int argc, char** argv) {
+  std::string model, manifest_path;
+  bool fast = false, json = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if ((a == "--model" || a == "--manifest") && i + 1 < argc) {
+      (a == "--model" ? model : manifest_path) = argv[++i];
+    } else if (a == "--fast") {
+      fast = true;
+    } else if (a == "--json") {
+      json = true;
+    } else if (a == "--help" || a == "-h") {
+      Usage();
+      return 0;
+    } else {
+      std::fprintf(stderr, "zfarm-worker verify: unknown or incomplete argument '%s'\n", a.c_str());
+      Usage();
+      return 2;
+    }
+  }
+  if (model.empty()) {
+    std::fprintf(stderr, "zfarm-worker verify: --model DIR is required\n");
+    Usage();
+    return 2;
+  }
+  std::vector<ManifestEntry> manifest = OfficialManifest();
+  if (!manifest_path.empty()) {
+    auto text = ReadSmallFile(manifest_path, 16 << 20);
+    if (!text.ok()) {
+      std::fprintf(stderr, "zfarm-worker verify: %s\n", std::string(text.status().message()).c_str());
+      return 2;
+    }
+    auto parsed = ParseMd5Manifest(*text, manifest_path);
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "zfarm-worker verify: %s\n", std::string(parsed.status().message()).c_str());
+      return 2;
+    }
+    manifest = *std::move(parsed);
+  }
+  VerifyOptions options;
+  options.fast = fast;
+  const auto start = std::chrono::steady_clock::now();
+  options.progress = [start](uint64_t done, uint64_t total, const std::string& file) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::fprintf(stderr, "\rverify: %.0f / %.0f MB  %.0f MB/s  %s\033[K", done / 1e6, total / 1e6,
+                 s > 0 ? done / 1e6 / s : 0.0, file.c_str());
+  };
+  auto report = VerifyModelFolder(model, manifest, options);
+  if (!fast) std::fprintf(stderr, "\r\033[K");
+  if (!report.ok()) {
+    std::fprintf(stderr, "zfarm-worker verify: %s\n", std::string(report.status().message()).c_str());
+    return 1;
+  }
+  const double mbps = report->seconds > 0 ? report->bytes_hashed / 1e6 / report->seconds : 0;
+  if (json) {
+    nlohmann::ordered_json j;
+    j["ok"] = report->ok();
+    j["model"] = model;
+    j["mode"] = fast ? "fast" : "md5";
+    j["bytes_hashed"] = report->bytes_hashed;
+    j["seconds"] = report->seconds;
+    j["files"] = nlohmann::ordered_json::array();
+    for (const FileReport& f : report->files) {
+      j["files"].push_back({{"path", f.path},
+                            {"status", std::string(FileCheckName(f.check))},
+                            {"size", f.size},
+                            {"detail", f.detail}});
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    int bad = 0;
+    for (const FileReport& f : report->files) {
+      if (f.check == FileCheck::kOk) continue;
+      ++bad;
+      std::printf("%-10s %s: %s\n", std::string(FileCheckName(f.check)).c_str(), f.path.c_str(),
+                  f.detail.c_str());
+    }
+    if (bad == 0) {
+      std::printf("OK: %zu files verified (%s) in %s, %.1f s%s\n", report->files.size(),
+                  fast ? "fast: presence, sizes, safetensors headers" : "md5",
+                  model.c_str(), report->seconds,
+                  fast ? "" : (", " + std::to_string(static_cast<int64_t>(mbps)) + " MB/s").c_str());
+    } else {
+      std::printf("FAILED: %d of %zu files missing or wrong in %s\n", bad, report->files.size(),
+                  model.c_str());
+    }
+  }
+  return report->ok() ? 0 : 1;
 }
 
 }  // namespace zfarm::worker
