@@ -1,0 +1,144 @@
+#ifndef ZFARM_SCHEDULER_JOURNAL_H_
+#define ZFARM_SCHEDULER_JOURNAL_H_
+
+// The durable job journal: SQLite in <state_dir>/journal.db, WAL mode,
+// synchronous=FULL, schema versioned with PRAGMA user_version and forward
+// migrations.
+//
+// Group commit: Append() only queues operations; one writer thread takes every
+// queued batch, writes them in ONE transaction (one fsync) and then runs each
+// batch's `done` callback in append order. So N concurrent submits share one fsync,
+// and a caller acknowledges only from its callback, i.e. after durability.
+// Callbacks run on the writer thread: they must be short and must not call
+// Flush(). Append() is thread-safe; ordering = order of Append() calls.
+//
+// Open() refuses a state dir on a network filesystem (NFS, SMB/CIFS, ...):
+// SQLite's WAL needs shared memory that those filesystems do not provide.
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "zfarm/v1/job.pb.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace zfarm::scheduler {
+
+// A job plus the scheduler's private bookkeeping, as stored.
+struct JobRecord {
+  zfarm::v1::Job job;
+  // Attempts that counted toward --max-attempts (reached RUNNING and ended badly).
+  int32_t runs = 0;
+  // After an OUT_OF_MEMORY failure: only workers with more total memory qualify.
+  int64_t min_memory_bytes = 0;
+  // The worker's commit was accepted; waiting for Finalized.
+  bool commit_pending = false;
+  // A cancel was sent to the worker holding the job.
+  bool cancel_requested = false;
+  // Queue order within a priority level (assigned at submit).
+  uint64_t seq = 0;
+  // Fingerprint of the normalized spec (idempotency).
+  std::string fingerprint;
+};
+
+// An idempotency tombstone: request_id -> job, kept after the job is pruned.
+struct RequestRecord {
+  std::string request_id;
+  std::string job_id;
+  std::string fingerprint;
+  absl::Time create_time;
+};
+
+// Returns FAILED_PRECONDITION if `f_type` (statfs) is a network filesystem.
+absl::Status CheckLocalFilesystemType(const std::string& path, int64_t f_type);
+
+class Journal {
+ public:
+  struct Options {
+    std::string state_dir;
+    // Tests only: pretend the state dir has this statfs f_type.
+    int64_t fake_fs_type = 0;
+  };
+  struct Op {
+    enum class Kind { kPutJob, kDeleteJob, kPutRequest, kDeleteRequest };
+    Kind kind;
+    JobRecord job;            // kPutJob; kDeleteJob uses job.job.job_id()
+    RequestRecord request;    // kPutRequest; kDeleteRequest uses request_id
+  };
+  struct Contents {
+    std::vector<JobRecord> jobs;
+    std::vector<RequestRecord> requests;
+  };
+  using Done = absl::AnyInvocable<void(absl::Status) &&>;
+
+  // Opens (creating if needed) and migrates the journal, then starts the writer.
+  static absl::StatusOr<std::unique_ptr<Journal>> Open(const Options& options);
+  ~Journal();  // Flushes and closes.
+  Journal(const Journal&) = delete;
+  Journal& operator=(const Journal&) = delete;
+
+  // Reads everything (call before appending).
+  absl::StatusOr<Contents> Load();
+
+  // Queues `ops` (may be empty: a barrier); `done` runs on the writer thread once
+  // they are durable (or failed). `done` may be null.
+  void Append(std::vector<Op> ops, Done done);
+  // Waits until everything appended so far is durable; returns the first error.
+  absl::Status Flush();
+  // Flushes and stops the writer; further Append()s fail with UNAVAILABLE.
+  void Close();
+
+  // For tests and diagnostics: runs "PRAGMA <name>" and returns the first column.
+  absl::StatusOr<std::string> Pragma(const std::string& name);
+  static constexpr int kSchemaVersion = 1;
+  std::string path() const { return path_; }
+  // Commits (transactions) and batches written so far.
+  int64_t commits() const;
+  int64_t batches() const;
+
+ private:
+  struct Batch {
+    std::vector<Op> ops;
+    Done done;
+    uint64_t id;
+  };
+  Journal(sqlite3* db, std::string path);
+  absl::Status Migrate();
+  absl::Status Prepare();
+  absl::Status WriteOps(const std::vector<Batch>& batches);
+  void WriterLoop();
+
+  // Constant after construction.
+  sqlite3* db_;
+  const std::string path_;
+  sqlite3_stmt* put_job_ = nullptr;
+  sqlite3_stmt* del_job_ = nullptr;
+  sqlite3_stmt* put_req_ = nullptr;
+  sqlite3_stmt* del_req_ = nullptr;
+
+  mutable absl::Mutex mu_;
+  std::deque<Batch> pending_ ABSL_GUARDED_BY(mu_);
+  uint64_t appended_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t durable_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status first_error_ ABSL_GUARDED_BY(mu_);
+  int64_t commits_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t batches_ ABSL_GUARDED_BY(mu_) = 0;
+
+  std::thread writer_;
+};
+
+}  // namespace zfarm::scheduler
+
+#endif  // ZFARM_SCHEDULER_JOURNAL_H_

@@ -1,0 +1,143 @@
+// zfarm-scheduler: parses flags and runs SchedulerServer until SIGTERM/SIGINT.
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/time/time.h"
+#include "glog/logging.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "proto/version.h"
+#include "scheduler/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address HOST:PORT (port 0 = any free port)");
+ABSL_FLAG(std::string, state_dir, "", "Directory of the job journal (journal.db); must be on a local disk (required)");
+ABSL_FLAG(std::string, output_root, "", "Shared output root where workers write PNGs; read-only here, used by GetResult and commit checks (required)");
+ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT for Prometheus /metrics (empty = no metrics endpoint)");
+ABSL_FLAG(int32_t, max_queued_jobs, 100000, "QUEUED jobs beyond which submits fail with RESOURCE_EXHAUSTED");
+ABSL_FLAG(absl::Duration, retry_after, absl::Seconds(1), "Retry hint sent with RESOURCE_EXHAUSTED (message and retry-after-ms trailer)");
+ABSL_FLAG(int32_t, max_attempts, 3, "Attempts (leases that reached RUNNING) before a job is FAILED");
+ABSL_FLAG(absl::Duration, retention, absl::Hours(24 * 7), "Finished jobs are pruned from the journal after this long (PNGs are never deleted)");
+ABSL_FLAG(absl::Duration, tombstone_ttl, absl::Hours(24), "Minimum time a request_id stays deduplicated (at least 24h recommended)");
+ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(5), "Heartbeat interval asked of workers");
+ABSL_FLAG(absl::Duration, lease_timeout, absl::Seconds(30), "A worker silent this long is lost and its leases expire");
+ABSL_FLAG(double, aging_per_minute, 1.0, "Priority points a queued job gains per minute of waiting (anti-starvation)");
+ABSL_FLAG(int32_t, min_size_px, 256, "Smallest accepted width/height");
+ABSL_FLAG(int32_t, max_size_px, 2048, "Largest accepted width/height");
+ABSL_FLAG(int32_t, max_prompt_bytes, 4000, "Largest prompt / negative prompt in UTF-8 bytes");
+ABSL_FLAG(int32_t, max_steps, 50, "Largest accepted steps");
+ABSL_FLAG(int32_t, max_batch_jobs, 1000, "Largest SubmitJobs batch");
+ABSL_FLAG(int32_t, max_labels, 32, "Most labels per job");
+ABSL_FLAG(std::string, probe, "", "Do not serve: check grpc.health.v1 at this HOST:PORT, exit 0 if SERVING, 1 otherwise");
+ABSL_FLAG(absl::Duration, probe_timeout, absl::Seconds(2), "Timeout of --probe");
+ABSL_FLAG(bool, version, false, "Print the version and exit");
+
+namespace {
+std::string VersionString() { return std::string("zfarm-scheduler ") + ZFARM_VERSION; }
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::FlagsUsageConfig uc;
+  uc.version_string = [] { return VersionString() + "\n"; };
+  uc.contains_help_flags = [](absl::string_view f) { return f.find("scheduler/main.cc") != absl::string_view::npos; };
+  absl::SetFlagsUsageConfig(uc);
+  absl::SetProgramUsageMessage(
+      "zfarm-scheduler: the zfarm job scheduler (JobService, WorkerService, AdminService,\n"
+      "grpc.health.v1, reflection).\n"
+      "  zfarm-scheduler --listen 127.0.0.1:50051 --state-dir DIR --output-root DIR "
+      "[--metrics-listen 127.0.0.1:9464]\n"
+      "SIGTERM/SIGINT: stop accepting, flush the journal, exit 0.\n"
+      "Flags may be spelled with dashes or underscores (--state-dir = --state_dir).");
+  // Flags are spelled with dashes (--state-dir); absl names use underscores.
+  std::vector<std::string> args(argv, argv + argc);
+  std::vector<char*> fixed;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string& a = args[i];
+    if (i > 0 && a.rfind("--", 0) == 0) {
+      for (size_t k = 2; k < a.size() && a[k] != '='; ++k) {
+        if (a[k] == '-') a[k] = '_';
+      }
+    }
+    fixed.push_back(a.data());
+  }
+  absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+  if (absl::GetFlag(FLAGS_version)) {
+    std::cout << VersionString() << "\n";
+    return 0;
+  }
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+
+  if (!absl::GetFlag(FLAGS_probe).empty()) {
+    absl::Status s = zfarm::scheduler::ProbeHealth(absl::GetFlag(FLAGS_probe),
+                                                   absl::GetFlag(FLAGS_probe_timeout));
+    std::cout << (s.ok() ? "SERVING" : std::string(s.ToString())) << "\n";
+    return s.ok() ? 0 : 1;
+  }
+  if (absl::GetFlag(FLAGS_state_dir).empty() || absl::GetFlag(FLAGS_output_root).empty()) {
+    std::cerr << "zfarm-scheduler: --state-dir and --output-root are required (see --help)\n";
+    return 2;
+  }
+
+  // Block the stop signals in every thread; the main thread waits for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  zfarm::scheduler::ServerOptions o;
+  o.listen = absl::GetFlag(FLAGS_listen);
+  auto& so = o.scheduler;
+  so.state_dir = absl::GetFlag(FLAGS_state_dir);
+  so.output_root = absl::GetFlag(FLAGS_output_root);
+  so.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
+  so.retry_after = absl::GetFlag(FLAGS_retry_after);
+  so.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  so.retention = absl::GetFlag(FLAGS_retention);
+  so.tombstone_ttl = absl::GetFlag(FLAGS_tombstone_ttl);
+  so.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
+  so.lease_timeout = absl::GetFlag(FLAGS_lease_timeout);
+  so.aging_per_minute = absl::GetFlag(FLAGS_aging_per_minute);
+  so.limits.min_size_px = absl::GetFlag(FLAGS_min_size_px);
+  so.limits.max_size_px = absl::GetFlag(FLAGS_max_size_px);
+  so.limits.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
+  so.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
+  so.limits.max_batch_jobs = absl::GetFlag(FLAGS_max_batch_jobs);
+  so.limits.max_labels = absl::GetFlag(FLAGS_max_labels);
+  o.registry = std::make_shared<prometheus::Registry>();
+
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
+    try {  // prometheus-cpp/civetweb throw on bind failure: converted here.
+      exposer = std::make_unique<prometheus::Exposer>(absl::GetFlag(FLAGS_metrics_listen));
+    } catch (const std::exception& e) {
+      LOG(ERROR) << "event=startup_failed error=\"--metrics-listen "
+                 << absl::GetFlag(FLAGS_metrics_listen) << ": " << e.what() << "\"";
+      return 1;
+    }
+    exposer->RegisterCollectable(o.registry);
+  }
+
+  auto server = zfarm::scheduler::SchedulerServer::Start(o);
+  if (!server.ok()) {
+    LOG(ERROR) << "event=startup_failed error=\"" << server.status() << "\"";
+    std::cerr << "zfarm-scheduler: " << server.status().message() << "\n";
+    return 1;
+  }
+  std::cout << "zfarm-scheduler listening on " << (*server)->address() << std::endl;
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  LOG(INFO) << "event=signal signal=" << sig;
+  (*server)->Shutdown();
+  return 0;
+}

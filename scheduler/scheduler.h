@@ -1,0 +1,211 @@
+#ifndef ZFARM_SCHEDULER_SCHEDULER_H_
+#define ZFARM_SCHEDULER_SCHEDULER_H_
+
+// The scheduler's domain core, independent of gRPC: jobs, the priority queue,
+// idempotency tombstones, the worker registry with leases, retries, cancel,
+// deadlines, retention, and the journal every transition goes through.
+//
+// Durability contract: every mutation is appended to the Journal under mu_; its
+// results (RPC replies, watch events, leases sent to workers, GetJob answers)
+// are delivered from the journal's group-commit callback, i.e. only after the
+// transition is on disk. Callbacks therefore run on the journal writer thread and
+// must be short (finish a reactor, queue a stream write).
+//
+// Thread-safe. Time comes only from the injected Clock; Tick() runs periodic work
+// (deadlines, heartbeat expiry, retention) and is called by the server's timer
+// thread, or by tests after advancing a FakeClock.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "scheduler/clock.h"
+#include "scheduler/job_queue.h"
+#include "scheduler/journal.h"
+#include "scheduler/validation.h"
+#include "zfarm/v1/admin_service.pb.h"
+#include "zfarm/v1/job_service.pb.h"
+#include "zfarm/v1/worker_service.pb.h"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace zfarm::scheduler {
+
+// Outbound half of a worker's Connect stream. Send() must not block; Close()
+// ends the stream with `status`. Both may be called after the stream ended.
+class WorkerSink {
+ public:
+  virtual ~WorkerSink() = default;
+  virtual void Send(const zfarm::v1::SchedulerMessage& message) = 0;
+  virtual void Close(const absl::Status& status) = 0;
+};
+
+// Receives watch events, in order, from the journal thread. Must not block.
+class EventSink {
+ public:
+  virtual ~EventSink() = default;
+  virtual void OnEvent(const zfarm::v1::JobEvent& event) = 0;
+};
+
+class Scheduler {
+ public:
+  struct Options {
+    std::string state_dir;
+    // Read-only: used to check whether a committed result exists.
+    std::string output_root;
+    Limits limits;
+    // QUEUED jobs beyond which submits get RESOURCE_EXHAUSTED.
+    int max_queued_jobs = 100000;
+    // Retry hint returned with RESOURCE_EXHAUSTED.
+    absl::Duration retry_after = absl::Seconds(1);
+    // Attempts (leases that reached RUNNING and then failed or were lost).
+    int max_attempts = 3;
+    // Finished jobs are pruned from the journal after this long (PNGs are kept).
+    absl::Duration retention = absl::Hours(24 * 7);
+    // Idempotency tombstones live at least this long after submit.
+    absl::Duration tombstone_ttl = absl::Hours(24);
+    absl::Duration heartbeat_interval = absl::Seconds(5);
+    // A worker silent for this long is lost.
+    absl::Duration lease_timeout = absl::Seconds(30);
+    // Effective priority gained per minute in the queue.
+    double aging_per_minute = 1.0;
+    // Lost workers stay in ListWorkers this long.
+    absl::Duration lost_worker_ttl = absl::Minutes(10);
+    int64_t fake_fs_type = 0;  // tests: see Journal::Options
+  };
+
+  // Opens the journal, recovers every job (ASSIGNED/RUNNING -> QUEUED) and makes
+  // the recovery durable. `clock` must outlive the scheduler. `registry` (may be
+  // null) receives the Prometheus metrics.
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(
+      const Options& options, Clock* clock, std::shared_ptr<prometheus::Registry> registry);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  template <typename T>
+  using Callback = absl::AnyInvocable<void(absl::StatusOr<T>) &&>;
+
+  // ---- JobService. `done` runs once, after durability (or at once on error).
+  // RESOURCE_EXHAUSTED messages contain "retry after N ms" (see retry_after()).
+  void Submit(zfarm::v1::SubmitJobRequest request, const std::string& owner,
+              Callback<zfarm::v1::SubmitJobResponse> done);
+  void SubmitBatch(zfarm::v1::SubmitJobsRequest request, const std::string& owner,
+                   Callback<zfarm::v1::SubmitJobsResponse> done);
+  void GetJob(const std::string& job_id, Callback<zfarm::v1::Job> done);
+  void ListJobs(const zfarm::v1::ListJobsRequest& request,
+                Callback<zfarm::v1::ListJobsResponse> done);
+  void Cancel(const zfarm::v1::CancelJobRequest& request,
+              Callback<zfarm::v1::CancelJobResponse> done);
+  // Subscribes `sink` to a job (job_id), a batch or a "key=value" label (exactly
+  // one non-empty). Snapshots of the matching jobs arrive first, then changes.
+  // NOT_FOUND if nothing matches. Call Unwatch() before destroying the sink.
+  absl::Status Watch(const std::string& job_id, const std::string& batch_id,
+                     const std::string& label, std::shared_ptr<EventSink> sink);
+  void Unwatch(const std::shared_ptr<EventSink>& sink);
+  // The result of a SUCCEEDED job (path relative to the output root).
+  absl::StatusOr<zfarm::v1::JobResult> Result(const std::string& job_id);
+
+  // ---- WorkerService. Hello registers a session and sends Welcome through
+  // `sink`; errors (INVALID_ARGUMENT, FAILED_PRECONDITION) end the stream.
+  absl::StatusOr<uint64_t> WorkerHello(const zfarm::v1::WorkerHello& hello,
+                                       std::shared_ptr<WorkerSink> sink);
+  // Handles one message after Hello. A non-OK status means: end the stream with it
+  // (the worker is then treated as lost).
+  absl::Status WorkerMessage(uint64_t session, const zfarm::v1::WorkerMessage& message);
+  // The stream ended: the worker is lost, its leases expire.
+  void WorkerDisconnected(uint64_t session, const std::string& why);
+
+  // ---- AdminService.
+  std::vector<zfarm::v1::WorkerInfo> ListWorkers();
+  absl::StatusOr<zfarm::v1::WorkerInfo> DrainWorker(const std::string& worker_name);
+
+  // Periodic work: deadlines, heartbeat expiry, retention, metrics gauges.
+  void Tick();
+  // Waits until every transition so far is durable.
+  absl::Status Flush();
+  // Flushes and closes the journal; later calls fail with UNAVAILABLE.
+  void Shutdown();
+
+  Journal* journal() { return journal_.get(); }
+  const Options& options() const { return options_; }
+  int64_t QueuedJobs();
+
+ private:
+  struct Worker;
+  struct Txn;
+  struct Subscribers;
+  Scheduler(const Options& options, Clock* clock, std::unique_ptr<Journal> journal);
+
+  absl::Status Recover() ABSL_LOCKS_EXCLUDED(mu_);
+  // Validates and admits one request into `txn` (no journal write yet).
+  absl::StatusOr<zfarm::v1::SubmitJobResponse> AdmitLocked(zfarm::v1::SubmitJobRequest request,
+                                                           const std::string& owner,
+                                                           const std::string& batch_id,
+                                                           const std::string& field, Txn& txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CommitTxn(Txn& txn, absl::AnyInvocable<void(absl::Status) &&> done)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PutLocked(const JobRecord& r, Txn& txn, zfarm::v1::JobEventType type =
+                                                   zfarm::v1::JOB_EVENT_TYPE_STATE_CHANGED)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EnqueueLocked(JobRecord& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishLocked(JobRecord& r, zfarm::v1::JobState state, zfarm::v1::FailureReason reason,
+                    const std::string& message, Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseLeaseLocked(JobRecord& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A lease ended badly (lost, failed): requeue, fail or cancel per the rules.
+  void LeaseEndedLocked(JobRecord& r, zfarm::v1::FailureReason reason, bool retryable,
+                        const std::string& message, Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WorkerLostLocked(Worker& w, const std::string& why, Txn& txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DispatchLocked(Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool CanRunLocked(const Worker& w, const JobRecord& r) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CancelJobLocked(JobRecord& r, zfarm::v1::FailureReason reason, const std::string& message,
+                       Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  JobRecord* FindLeaseLocked(const Worker& w, const zfarm::v1::LeaseId& lease)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  zfarm::v1::Job ViewLocked(const JobRecord& r) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  zfarm::v1::WorkerInfo WorkerInfoLocked(const Worker& w) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string OutputPath(const JobRecord& r) const;
+  bool ResultExists(const zfarm::v1::JobResult& result) const;
+  std::vector<JobRecord*> SelectLocked(const std::string& job_id, const std::string& batch_id,
+                                       const std::string& label) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Constant after construction.
+  const Options options_;
+  Clock* const clock_;
+  const std::unique_ptr<Journal> journal_;
+  struct Metrics;
+  std::unique_ptr<Metrics> metrics_;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, JobRecord> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, std::string> by_seq_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, RequestRecord> requests_ ABSL_GUARDED_BY(mu_);
+  JobQueue queue_ ABSL_GUARDED_BY(mu_);
+  std::multimap<absl::Time, std::string> deadlines_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<Worker>> workers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Worker*> sessions_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> free_workers_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Subscribers> subs_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::Time last_prune_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace zfarm::scheduler
+
+#endif  // ZFARM_SCHEDULER_SCHEDULER_H_

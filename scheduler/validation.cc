@@ -1,0 +1,178 @@
+#include "scheduler/validation.h"
+
+#include <openssl/sha.h>
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+
+namespace zfarm::scheduler {
+namespace {
+
+absl::Status Invalid(const std::string& field, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+absl::Status CheckSize(const Limits& l, const std::string& field, int32_t* v) {
+  if (*v == 0) *v = 1024;
+  if (*v < l.min_size_px || *v > l.max_size_px || *v % 16 != 0) {
+    return Invalid(field, absl::StrCat(*v, " is outside the allowed sizes (multiples of 16 in [",
+                                       l.min_size_px, ", ", l.max_size_px, "])"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool IsValidUtf8(const std::string& s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  size_t n = s.size(), i = 0;
+  while (i < n) {
+    unsigned c = p[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    int len;
+    uint32_t cp;
+    if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > n) return false;
+    for (int k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
+                                      zfarm::v1::JobSpec* spec) {
+  if (spec->prompt().empty()) return Invalid(f + ".prompt", "must not be empty");
+  if (static_cast<int>(spec->prompt().size()) > l.max_prompt_bytes) {
+    return Invalid(f + ".prompt", absl::StrCat(spec->prompt().size(), " bytes exceeds the limit of ",
+                                               l.max_prompt_bytes, " bytes"));
+  }
+  if (!IsValidUtf8(spec->prompt())) return Invalid(f + ".prompt", "is not valid UTF-8");
+  if (static_cast<int>(spec->negative_prompt().size()) > l.max_prompt_bytes) {
+    return Invalid(f + ".negative_prompt",
+                   absl::StrCat(spec->negative_prompt().size(), " bytes exceeds the limit of ",
+                                l.max_prompt_bytes, " bytes"));
+  }
+  if (!IsValidUtf8(spec->negative_prompt())) {
+    return Invalid(f + ".negative_prompt", "is not valid UTF-8");
+  }
+  int32_t w = spec->width_px(), h = spec->height_px();
+  if (auto s = CheckSize(l, f + ".width_px", &w); !s.ok()) return s;
+  if (auto s = CheckSize(l, f + ".height_px", &h); !s.ok()) return s;
+  spec->set_width_px(w);
+  spec->set_height_px(h);
+  if (spec->steps() == 0) spec->set_steps(8);
+  if (spec->steps() < l.min_steps || spec->steps() > l.max_steps) {
+    return Invalid(f + ".steps", absl::StrCat(spec->steps(), " is outside [", l.min_steps, ", ",
+                                              l.max_steps, "]"));
+  }
+  float g = spec->guidance_scale();
+  if (!std::isfinite(g) || g < 0 || g > l.max_guidance) {
+    return Invalid(f + ".guidance_scale",
+                   absl::StrCat(g, " is outside [0, ", l.max_guidance, "]"));
+  }
+  const std::string& name = spec->output_name();
+  if (static_cast<int>(name.size()) > l.max_output_name_bytes) {
+    return Invalid(f + ".output_name", absl::StrCat(name.size(), " bytes exceeds the limit of ",
+                                                    l.max_output_name_bytes, " bytes"));
+  }
+  for (unsigned char c : name) {
+    if (c == '/' || c == '\\' || c < 0x20 || c == 0x7F) {
+      return Invalid(f + ".output_name",
+                     "must not contain '/', '\\' or control characters");
+    }
+  }
+  if (name.find("..") != std::string::npos) {
+    return Invalid(f + ".output_name", "must not contain \"..\"");
+  }
+  if (!IsValidUtf8(name)) return Invalid(f + ".output_name", "is not valid UTF-8");
+  if (spec->priority() < l.min_priority || spec->priority() > l.max_priority) {
+    return Invalid(f + ".priority", absl::StrCat(spec->priority(), " is outside [", l.min_priority,
+                                                 ", ", l.max_priority, "]"));
+  }
+  if (static_cast<int>(spec->labels_size()) > l.max_labels) {
+    return Invalid(f + ".labels", absl::StrCat(spec->labels_size(), " labels exceeds the limit of ",
+                                               l.max_labels));
+  }
+  for (const auto& [k, v] : spec->labels()) {
+    if (k.empty() || static_cast<int>(k.size()) > l.max_label_bytes ||
+        static_cast<int>(v.size()) > l.max_label_bytes || k.find('=') != std::string::npos ||
+        !IsValidUtf8(k) || !IsValidUtf8(v)) {
+      return Invalid(f + ".labels",
+                     absl::StrCat("label \"", absl::CHexEscape(k.substr(0, 64)),
+                                  "\": keys must be 1..", l.max_label_bytes,
+                                  " bytes of UTF-8 without '=', values at most ",
+                                  l.max_label_bytes, " bytes of UTF-8"));
+    }
+  }
+  if (spec->has_deadline() &&
+      (spec->deadline().seconds() <= 0 || spec->deadline().nanos() < 0 ||
+       spec->deadline().nanos() > 999'999'999)) {
+    return Invalid(f + ".deadline", "must be a valid positive timestamp");
+  }
+  if (!spec->webhook_url().empty()) {
+    return Invalid(f + ".webhook_url", "webhooks are not enabled on this scheduler (allow-list is empty)");
+  }
+  if (static_cast<int>(spec->model().size()) > 128) {
+    return Invalid(f + ".model", "exceeds the limit of 128 bytes");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRequestId(const Limits& l, const std::string& f, const std::string& id) {
+  if (static_cast<int>(id.size()) > l.max_request_id_bytes) {
+    return Invalid(f, absl::StrCat(id.size(), " bytes exceeds the limit of ",
+                                   l.max_request_id_bytes, " bytes"));
+  }
+  for (unsigned char c : id) {
+    if (c < 0x21 || c > 0x7E) return Invalid(f, "must be printable ASCII without spaces");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLabelSelector(const std::string& f, const std::string& label) {
+  auto eq = label.find('=');
+  if (eq == std::string::npos || eq == 0) return Invalid(f, "must be \"key=value\"");
+  return absl::OkStatus();
+}
+
+std::string SpecFingerprint(const zfarm::v1::JobSpec& spec) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream raw(&bytes);
+    google::protobuf::io::CodedOutputStream out(&raw);
+    out.SetSerializationDeterministic(true);
+    spec.SerializeToCodedStream(&out);
+  }
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
+}
+
+}  // namespace zfarm::scheduler
