@@ -562,8 +562,8 @@ absl::Status BpeTokenizer::LoadModel(const ParsedJson& parsed, const std::string
   vocab_.reserve(parsed.vocab.size());
   int32_t max_id = -1;
   for (const auto& [key, id] : parsed.vocab) {
-    std::string bytes;
-    bytes.reserve(key.size());
+    std::string bytes(key.size(), '\0');
+    size_t n = 0;
     int32_t i = 0;
     const int32_t len = static_cast<int32_t>(key.size());
     while (i < len) {
@@ -573,8 +573,9 @@ absl::Status BpeTokenizer::LoadModel(const ParsedJson& parsed, const std::string
         return absl::InvalidArgumentError(absl::StrCat(
             name, ": model.vocab key '", key, "' has a character outside the byte-level alphabet"));
       }
-      bytes.push_back(static_cast<char>(u2b[c]));
+      bytes[n++] = static_cast<char>(u2b[c]);
     }
+    bytes.resize(n);
     if (bytes.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(name, ": model.vocab has an empty key"));
     }
@@ -609,16 +610,18 @@ absl::Status BpeTokenizer::LoadModel(const ParsedJson& parsed, const std::string
   }
   merges_.reserve(parsed.merges.size());
   auto to_bytes = [&](std::string_view s, std::string* out) {
-    out->clear();
+    out->resize(s.size());
+    size_t n = 0;
     int32_t i = 0;
     const int32_t len = static_cast<int32_t>(s.size());
     while (i < len) {
       UChar32 c;
       U8_NEXT(s.data(), i, len, c);
       if (c < 0 || c >= 512 || u2b[c] < 0) return false;
-      out->push_back(static_cast<char>(u2b[c]));
+      (*out)[n++] = static_cast<char>(u2b[c]);
     }
-    return !out->empty();
+    out->resize(n);
+    return n > 0;
   };
   std::string left, right, joined;
   int32_t rank = 0;
