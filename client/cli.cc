@@ -765,10 +765,8 @@ int RunCancel(const std::vector<std::string>& args, const CliIo& io,
   if (!s.ok()) return Fail(io, s);
   for (const std::string& id : resp.job_ids()) {
     if (session.json()) {
-      io.out->operator<<(nlohmann::json{{"job", id}, {"cancel", "requested"}}
-                             .dump()
-                             .c_str());
-      *io.out << "\n";
+      *io.out << nlohmann::json{{"job", id}, {"cancel", "requested"}}.dump()
+              << "\n";
     } else {
       *io.out << "job=" << id << " cancel=requested\n";
     }

@@ -1,0 +1,200 @@
+#include "client/batch_plan.h"
+
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+
+namespace zfarm::client {
+namespace {
+
+using ::testing::HasSubstr;
+using ::zfarm::testing::StatusIs;
+using ::testing::SizeIs;
+
+zfarm::v1::JobSpec Defaults() {
+  zfarm::v1::JobSpec spec;
+  spec.set_width_px(1024);
+  spec.set_height_px(1024);
+  spec.set_steps(8);
+  return spec;
+}
+
+TEST(ParsePromptsFileTest, PlainLines) {
+  ASSERT_OK_AND_ASSIGN(auto jobs, ParsePromptsFile("a cat\nb dog\n", "p.txt",
+                                                   Defaults(), {}));
+  ASSERT_THAT(jobs, SizeIs(2));
+  EXPECT_EQ(jobs[0].spec.prompt(), "a cat");
+  EXPECT_EQ(jobs[0].line, 1);
+  EXPECT_EQ(jobs[1].spec.prompt(), "b dog");
+  EXPECT_EQ(jobs[1].line, 2);
+  EXPECT_EQ(jobs[1].spec.width_px(), 1024);
+  EXPECT_FALSE(jobs[0].spec.has_seed());
+}
+
+TEST(ParsePromptsFileTest, CrlfAndNoFinalNewline) {
+  ASSERT_OK_AND_ASSIGN(auto jobs,
+                       ParsePromptsFile("a\r\nb", "p.txt", Defaults(), {}));
+  ASSERT_THAT(jobs, SizeIs(2));
+  EXPECT_EQ(jobs[0].spec.prompt(), "a");
+  EXPECT_EQ(jobs[1].spec.prompt(), "b");
+}
+
+TEST(ParsePromptsFileTest, JsonLinesOverrideDefaults) {
+  ASSERT_OK_AND_ASSIGN(
+      auto jobs,
+      ParsePromptsFile(
+          "{\"prompt\": \"x\", \"width\": 768, \"height\": 512, \"steps\": 4, "
+          "\"seed\": 7, \"guidance\": 1.5, \"labels\": {\"team\": \"web\"}, "
+          "\"negative_prompt\": \"blur\", \"output_name\": \"hero\"}\n"
+          "plain\n",
+          "p.jsonl", Defaults(), {}));
+  ASSERT_THAT(jobs, SizeIs(2));
+  const auto& s = jobs[0].spec;
+  EXPECT_EQ(s.prompt(), "x");
+  EXPECT_EQ(s.width_px(), 768);
+  EXPECT_EQ(s.height_px(), 512);
+  EXPECT_EQ(s.steps(), 4);
+  EXPECT_EQ(s.seed(), 7u);
+  EXPECT_FLOAT_EQ(s.guidance_scale(), 1.5f);
+  EXPECT_EQ(s.labels().at("team"), "web");
+  EXPECT_EQ(s.negative_prompt(), "blur");
+  EXPECT_EQ(s.output_name(), "hero");
+  EXPECT_EQ(jobs[1].spec.width_px(), 1024);
+}
+
+TEST(ParsePromptsFileTest, EmptyLineNamesTheLine) {
+  EXPECT_THAT(ParsePromptsFile("a\n\nb\n", "p.txt", Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("p.txt:2: empty line")));
+  EXPECT_THAT(ParsePromptsFile("a\n   \n", "p.txt", Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("p.txt:2:")));
+}
+
+TEST(ParsePromptsFileTest, InvalidJsonNamesTheLine) {
+  EXPECT_THAT(ParsePromptsFile("a\nb\n{\"prompt\": \n", "p.jsonl", Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("p.jsonl:3: invalid JSON")));
+}
+
+TEST(ParsePromptsFileTest, BadKeysAndTypes) {
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"widht\": 5}", "f",
+                               Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("f:1: unknown key \"widht\"")));
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"width\": \"5\"}", "f",
+                               Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("\"width\" must be an integer")));
+  EXPECT_THAT(ParsePromptsFile("{\"width\": 512}", "f", Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("f:1: missing \"prompt\"")));
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"seed\": -1}", "f",
+                               Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("seed")));
+}
+
+TEST(ParsePromptsFileTest, EmptyFile) {
+  EXPECT_THAT(ParsePromptsFile("", "f", Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
+}
+
+TEST(ParsePromptsFileTest, UnreadableFileNamesIt) {
+  EXPECT_THAT(LoadPromptsFile("/nonexistent/prompts.txt", Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("/nonexistent/prompts.txt")));
+}
+
+TEST(SeedSweepTest, SeedsFlagMultipliesLines) {
+  SweepOptions sweep;
+  ASSERT_OK_AND_ASSIGN(sweep.seeds, ParseSeedList("1, 2,3"));
+  ASSERT_OK_AND_ASSIGN(auto jobs, ParsePromptsFile("a\nb\n", "f", Defaults(), sweep));
+  ASSERT_THAT(jobs, SizeIs(6));
+  EXPECT_EQ(jobs[0].spec.seed(), 1u);
+  EXPECT_EQ(jobs[2].spec.seed(), 3u);
+  EXPECT_EQ(jobs[3].spec.prompt(), "b");
+  EXPECT_EQ(jobs[3].spec.seed(), 1u);
+  EXPECT_EQ(jobs[5].variant, 2);
+}
+
+TEST(SeedSweepTest, LineSeedsWinOverFlag) {
+  SweepOptions sweep;
+  sweep.seeds = {1, 2};
+  ASSERT_OK_AND_ASSIGN(
+      auto jobs, ParsePromptsFile("{\"prompt\": \"a\", \"seeds\": [9, 10, 11]}",
+                                  "f", Defaults(), sweep));
+  ASSERT_THAT(jobs, SizeIs(3));
+  EXPECT_EQ(jobs[2].spec.seed(), 11u);
+}
+
+TEST(SeedSweepTest, VariantsFromBaseSeed) {
+  SweepOptions sweep;
+  sweep.variants = 3;
+  zfarm::v1::JobSpec d = Defaults();
+  d.set_seed(100);
+  ASSERT_OK_AND_ASSIGN(auto jobs, ParsePromptsFile("a\n", "f", d, sweep));
+  ASSERT_THAT(jobs, SizeIs(3));
+  EXPECT_EQ(jobs[0].spec.seed(), 100u);
+  EXPECT_EQ(jobs[2].spec.seed(), 102u);
+}
+
+TEST(SeedSweepTest, VariantsWithoutSeedGetDistinctIds) {
+  SweepOptions sweep;
+  sweep.variants = 3;
+  ASSERT_OK_AND_ASSIGN(auto jobs, ParsePromptsFile("a\n", "f", Defaults(), sweep));
+  ASSERT_THAT(jobs, SizeIs(3));
+  AssignRequestIds("p", &jobs);
+  EXPECT_NE(jobs[0].request_id, jobs[1].request_id);
+  EXPECT_NE(jobs[1].request_id, jobs[2].request_id);
+}
+
+TEST(SeedSweepTest, BadSeedList) {
+  EXPECT_THAT(ParseSeedList("1,,2"), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
+  EXPECT_THAT(ParseSeedList("1,x"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'x'")));
+  EXPECT_THAT(ParseSeedList("-3"), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
+}
+
+TEST(RequestIdTest, DeterministicAndSpecSensitive) {
+  ASSERT_OK_AND_ASSIGN(auto a, ParsePromptsFile("x\ny\n", "f", Defaults(), {}));
+  ASSERT_OK_AND_ASSIGN(auto b, ParsePromptsFile("x\ny\n", "f", Defaults(), {}));
+  AssignRequestIds("jenkins-7", &a);
+  AssignRequestIds("jenkins-7", &b);
+  EXPECT_EQ(a[0].request_id, b[0].request_id);
+  EXPECT_EQ(a[1].request_id, b[1].request_id);
+  EXPECT_NE(a[0].request_id, a[1].request_id);
+  EXPECT_THAT(a[0].request_id, ::testing::StartsWith("jenkins-7-1-"));
+  EXPECT_THAT(a[1].request_id, ::testing::StartsWith("jenkins-7-2-"));
+  // A different spec (steps) gives a different id; a different prefix too.
+  b[0].spec.set_steps(4);
+  AssignRequestIds("jenkins-7", &b);
+  EXPECT_NE(a[0].request_id, b[0].request_id);
+  AssignRequestIds("jenkins-8", &b);
+  EXPECT_NE(a[1].request_id, b[1].request_id);
+  EXPECT_EQ(DeriveBatchId("p", a), DeriveBatchId("p", a));
+}
+
+TEST(RequestIdTest, DeadlineAndLabelOrderDoNotChangeTheHash) {
+  zfarm::v1::JobSpec s1 = Defaults(), s2 = Defaults();
+  s1.set_prompt("a");
+  s2.set_prompt("a");
+  (*s1.mutable_labels())["a"] = "1";
+  (*s1.mutable_labels())["b"] = "2";
+  (*s2.mutable_labels())["b"] = "2";
+  (*s2.mutable_labels())["a"] = "1";
+  s2.mutable_deadline()->set_seconds(12345);
+  EXPECT_EQ(CanonicalSpecHash(s1), CanonicalSpecHash(s2));
+  EXPECT_EQ(CanonicalSpecHash(s1).size(), 64u);
+  s2.set_seed(3);
+  EXPECT_NE(CanonicalSpecHash(s1), CanonicalSpecHash(s2));
+}
+
+TEST(RequestIdTest, DefaultPrefix) {
+  EXPECT_EQ(DefaultRequestIdPrefix("jenkins-site-42", "rnd"), "jenkins-site-42");
+  EXPECT_EQ(DefaultRequestIdPrefix("", "rnd"), "rnd");
+  EXPECT_EQ(DefaultRequestIdPrefix(nullptr, "rnd"), "rnd");
+}
+
+}  // namespace
+}  // namespace zfarm::client

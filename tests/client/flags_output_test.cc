@@ -1,0 +1,175 @@
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "client/flags.h"
+#include "client/output.h"
+#include "client/sha256.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/status_matchers.h"
+
+namespace zfarm::client {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::zfarm::testing::StatusIs;
+
+TEST(FlagSetTest, ParsesAllForms) {
+  FlagSet flags("t");
+  std::string s;
+  int64_t n = 0;
+  bool b = false;
+  double d = 0;
+  absl::Duration dur;
+  std::vector<std::string> rep;
+  flags.String("name", &s, "");
+  flags.Int("n", &n, "");
+  flags.Bool("b", &b, "");
+  flags.Double("d", &d, "");
+  flags.Duration("t", &dur, "");
+  flags.Repeated("l", &rep, "");
+  bool help = false;
+  ASSERT_OK_AND_ASSIGN(
+      auto pos, flags.Parse({"pos1", "--name=x y", "--n", "-5", "--b", "--d=2.5",
+                             "--t", "1m30s", "--l", "a=1", "--l=b=2", "--",
+                             "--not-a-flag"},
+                            &help));
+  EXPECT_FALSE(help);
+  EXPECT_THAT(pos, ElementsAre("pos1", "--not-a-flag"));
+  EXPECT_EQ(s, "x y");
+  EXPECT_EQ(n, -5);
+  EXPECT_TRUE(b);
+  EXPECT_EQ(d, 2.5);
+  EXPECT_EQ(dur, absl::Seconds(90));
+  EXPECT_THAT(rep, ElementsAre("a=1", "b=2"));
+  ASSERT_OK(flags.Parse({"--b=false", "--help"}, &help).status());
+  EXPECT_FALSE(b);
+  EXPECT_TRUE(help);
+}
+
+TEST(FlagSetTest, Errors) {
+  FlagSet flags("t");
+  int64_t n = 0;
+  std::string s;
+  flags.Int("n", &n, "");
+  flags.String("s", &s, "");
+  bool help = false;
+  EXPECT_THAT(flags.Parse({"--bogus"}, &help),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--bogus")));
+  EXPECT_THAT(flags.Parse({"-x"}, &help),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("-x")));
+  EXPECT_THAT(flags.Parse({"--n", "abc"}, &help),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("--n: 'abc' is not an integer")));
+  EXPECT_THAT(flags.Parse({"--s"}, &help),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("'--s' needs a value")));
+  EXPECT_THAT(flags.Help(), HasSubstr("--n N"));
+}
+
+TEST(FlagSetTest, Durations) {
+  EXPECT_EQ(*ParseDurationFlag("30"), absl::Seconds(30));
+  EXPECT_EQ(*ParseDurationFlag("250ms"), absl::Milliseconds(250));
+  EXPECT_THAT(ParseDurationFlag("soon"),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
+  EXPECT_THAT(ParseDurationFlag("-5s"),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
+}
+
+zfarm::v1::Job SampleJob() {
+  zfarm::v1::Job job;
+  job.set_job_id("j-1");
+  job.set_request_id("r-1");
+  job.set_state(zfarm::v1::JOB_STATE_SUCCEEDED);
+  job.mutable_spec()->set_prompt("a \"quoted\" cat");
+  job.mutable_spec()->set_seed(42);
+  job.mutable_spec()->set_width_px(768);
+  job.mutable_spec()->set_height_px(512);
+  job.mutable_spec()->set_steps(8);
+  job.mutable_result()->set_path("2026-11-28/j-1.png");
+  job.mutable_result()->set_sha256("ab");
+  return job;
+}
+
+TEST(OutputTest, JsonLineHasTheContractFields) {
+  auto j = nlohmann::json::parse(JobJsonLine(SampleJob(), "out/0001.png"));
+  EXPECT_EQ(j["job"], "j-1");
+  EXPECT_EQ(j["state"], "succeeded");
+  EXPECT_EQ(j["path"], "2026-11-28/j-1.png");
+  EXPECT_EQ(j["sha256"], "ab");
+  EXPECT_EQ(j["seed"], 42);
+  EXPECT_EQ(j["width"], 768);
+  EXPECT_EQ(j["height"], 512);
+  EXPECT_EQ(j["steps"], 8);
+  EXPECT_EQ(j["prompt"], "a \"quoted\" cat");
+  EXPECT_EQ(j["local_path"], "out/0001.png");
+  EXPECT_FALSE(j.contains("error"));
+  zfarm::v1::Job failed = SampleJob();
+  failed.set_state(zfarm::v1::JOB_STATE_FAILED);
+  failed.mutable_error()->set_reason(zfarm::v1::FAILURE_REASON_OUT_OF_MEMORY);
+  auto f = nlohmann::json::parse(JobJsonLine(failed));
+  EXPECT_EQ(f["state"], "failed");
+  EXPECT_EQ(f["error"]["reason"], "FAILURE_REASON_OUT_OF_MEMORY");
+  // Invalid UTF-8 in a prompt must not break the JSON line.
+  failed.mutable_spec()->set_prompt("bad \xff byte");
+  EXPECT_TRUE(nlohmann::json::accept(JobJsonLine(failed)));
+}
+
+TEST(OutputTest, ProgressBar) {
+  EXPECT_EQ(ProgressBar(5, 10, "x", 10), "[#####-----] 5/10 x");
+  EXPECT_EQ(ProgressBar(0, 0, "x", 4), "[----] 0/0 x");
+  EXPECT_EQ(ProgressBar(12, 10, "x", 4), "[####] 12/10 x");
+}
+
+std::string TempDir() {
+  std::string t = ::testing::TempDir() + "/zfarm_out_XXXXXX";
+  return mkdtemp(t.data());
+}
+
+TEST(OutputTest, ManifestIsWrittenAtomically) {
+  const std::string dir = TempDir();
+  std::vector<ManifestEntry> entries = {{1, SampleJob(), "0001.png", "cafe"}};
+  zfarm::v1::Job failed = SampleJob();
+  failed.set_state(zfarm::v1::JOB_STATE_FAILED);
+  entries.push_back({2, failed, "", ""});
+  ASSERT_OK(WriteManifest(dir, entries));
+  std::ifstream in(dir + "/manifest.json");
+  auto m = nlohmann::json::parse(in);
+  ASSERT_EQ(m["jobs"].size(), 2u);
+  EXPECT_EQ(m["jobs"][0]["job"], "j-1");
+  EXPECT_EQ(m["jobs"][0]["seed"], 42);
+  EXPECT_EQ(m["jobs"][0]["path"], "0001.png");
+  EXPECT_EQ(m["jobs"][0]["sha256"], "cafe");
+  EXPECT_EQ(m["jobs"][0]["prompt"], "a \"quoted\" cat");
+  EXPECT_EQ(m["jobs"][0]["parameters"]["width"], 768);
+  EXPECT_EQ(m["jobs"][1]["state"], "failed");
+  EXPECT_TRUE(m["jobs"][1].contains("error"));
+  // No temp file left behind.
+  int files = 0;
+  for (const char* name : {"manifest.json"}) {
+    struct stat st;
+    files += stat((dir + "/" + name).c_str(), &st) == 0;
+  }
+  EXPECT_EQ(files, 1);
+  EXPECT_THAT(WriteManifest("/nonexistent/dir", entries),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("/nonexistent/dir")));
+}
+
+TEST(Sha256Test, KnownVectors) {
+  EXPECT_EQ(Sha256Hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  const std::string dir = TempDir();
+  ASSERT_OK(WriteFileAtomically(dir + "/f", "abc"));
+  ASSERT_OK_AND_ASSIGN(std::string sha, Sha256File(dir + "/f"));
+  EXPECT_EQ(sha, Sha256Hex("abc"));
+  EXPECT_THAT(Sha256File(dir + "/missing"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
+}
+
+}  // namespace
+}  // namespace zfarm::client
