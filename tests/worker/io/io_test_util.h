@@ -1,0 +1,84 @@
+#ifndef ZFARM_TESTS_WORKER_IO_IO_TEST_UTIL_H_
+#define ZFARM_TESTS_WORKER_IO_IO_TEST_UTIL_H_
+
+// Shared helpers for the worker/io tests: temp folders, running the binaries, hashes.
+
+#include <openssl/evp.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace zfarm::worker::testing {
+
+inline std::string TokenizerJson() {
+  if (const char* env = std::getenv("ZFARM_TOKENIZER_JSON")) return env;
+  return ZFARM_TOKENIZER_JSON_DEFAULT;
+}
+
+// A fresh empty folder under the gtest temp dir.
+inline std::string FreshDir(const std::string& name) {
+  namespace fs = std::filesystem;
+  fs::path p = fs::path(::testing::TempDir()) / ("zfarm_io_" + std::to_string(getpid()) + "_" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+};
+
+inline CommandResult RunCommand(const std::string& cmd) {
+  CommandResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int st = pclose(p);
+  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+// Generates a tiny model folder at `dir` (replacing it); returns the generator's exit code.
+inline int MakeTinyModel(const std::string& dir, const std::string& extra = "") {
+  return RunCommand(std::string(ZFARM_MAKE_TINY_MODEL) + " --force --out '" + dir +
+                    "' --tokenizer '" + TokenizerJson() + "' " + extra + " 2>&1")
+      .exit_code;
+}
+
+inline std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+inline void WriteAll(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+inline std::string Sha256Hex(const std::string& bytes) {
+  unsigned char d[EVP_MAX_MD_SIZE];
+  unsigned n = 0;
+  EVP_Digest(bytes.data(), bytes.size(), d, &n, EVP_sha256(), nullptr);
+  static const char kHex[] = "0123456789abcdef";
+  std::string s;
+  for (unsigned i = 0; i < n; ++i) {
+    s.push_back(kHex[d[i] >> 4]);
+    s.push_back(kHex[d[i] & 15]);
+  }
+  return s;
+}
+
+}  // namespace zfarm::worker::testing
+
+#endif  // ZFARM_TESTS_WORKER_IO_IO_TEST_UTIL_H_
