@@ -1,0 +1,76 @@
+#include "scheduler/job_queue.h"
+
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace zfarm::scheduler {
+namespace {
+
+const absl::Time t0 = absl::FromUnixSeconds(1'800'000'000);
+auto kAll = [](const std::string&) { return true; };
+
+std::vector<std::string> Drain(JobQueue& q, absl::Time now) {
+  std::vector<std::string> out;
+  while (auto id = q.Pick(now, kAll)) {
+    out.push_back(*id);
+    q.Remove(*id);
+  }
+  return out;
+}
+
+TEST(JobQueueTest, HigherPriorityFirstFifoWithinLevel) {
+  JobQueue q(/*aging_per_minute=*/0);
+  q.Push("low1", 0, 1, t0);
+  q.Push("high1", 5, 2, t0);
+  q.Push("low2", 0, 3, t0);
+  q.Push("high2", 5, 4, t0);
+  EXPECT_EQ(q.Position("high2"), 1);
+  EXPECT_EQ(q.Position("low1"), 2);
+  EXPECT_EQ(Drain(q, t0), (std::vector<std::string>{"high1", "high2", "low1", "low2"}));
+  EXPECT_EQ(q.size(), 0u);
+}
+
+TEST(JobQueueTest, AgingLetsOldLowPriorityOvertake) {
+  JobQueue q(/*aging_per_minute=*/1.0);
+  q.Push("old-low", 0, 1, t0);
+  q.Push("new-high", 10, 2, t0 + absl::Minutes(5));
+  // After 5 minutes old-low has effective 5 < 10.
+  EXPECT_EQ(*q.Pick(t0 + absl::Minutes(5), kAll), "new-high");
+  // After 11 minutes old-low has 11 > 10 + 6*1 = 16? no: new-high ages too.
+  // Aging is equal for both, so the gap closes only with time since enqueue:
+  // at t0+20m old-low = 20, new-high = 10 + 15 = 25.
+  EXPECT_EQ(*q.Pick(t0 + absl::Minutes(20), kAll), "new-high");
+  // A stream of NEW high-priority jobs cannot starve old-low.
+  q.Remove("new-high");
+  q.Push("fresh-high", 10, 3, t0 + absl::Minutes(20));
+  EXPECT_EQ(*q.Pick(t0 + absl::Minutes(20), kAll), "old-low");  // 20 > 10
+}
+
+TEST(JobQueueTest, PickSkipsRejectedWithoutRemoving) {
+  JobQueue q(0);
+  q.Push("big", 1, 1, t0);
+  q.Push("small", 0, 2, t0);
+  auto id = q.Pick(t0, [](const std::string& id) { return id != "big"; });
+  ASSERT_TRUE(id.has_value());
+  EXPECT_EQ(*id, "small");
+  EXPECT_TRUE(q.Contains("big"));
+  EXPECT_FALSE(q.Pick(t0, [](const std::string&) { return false; }).has_value());
+}
+
+TEST(JobQueueTest, RemoveAndDepth) {
+  JobQueue q(0);
+  q.Push("a", 1, 1, t0);
+  q.Push("b", 1, 2, t0);
+  q.Push("c", -3, 3, t0);
+  EXPECT_TRUE(q.Remove("a"));
+  EXPECT_FALSE(q.Remove("a"));
+  auto depth = q.DepthByPriority();
+  EXPECT_EQ(depth[1], 1u);
+  EXPECT_EQ(depth[-3], 1u);
+  EXPECT_EQ(q.Position("a"), -1);
+}
+
+}  // namespace
+}  // namespace zfarm::scheduler

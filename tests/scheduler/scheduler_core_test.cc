@@ -1,0 +1,563 @@
+// The Scheduler core with a FakeClock and in-memory worker/event sinks (no gRPC).
+#include "scheduler/scheduler.h"
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/time_util.h"
+#include "gtest/gtest.h"
+#include "tests/testing/fake_clock.h"
+#include "tests/testing/status_matchers.h"
+
+namespace zfarm::scheduler {
+namespace {
+
+using ::testing::HasSubstr;
+using ::zfarm::testing::FakeClock;
+using ::zfarm::testing::StatusIs;
+
+class RecordingSink : public WorkerSink {
+ public:
+  void Send(const v1::SchedulerMessage& m) override {
+    absl::MutexLock l(&mu_);
+    msgs_.push_back(m);
+  }
+  void Close(const absl::Status& s) override {
+    absl::MutexLock l(&mu_);
+    closed_ = s;
+  }
+  std::vector<v1::Lease> TakeLeases() {
+    absl::MutexLock l(&mu_);
+    std::vector<v1::Lease> out;
+    for (auto it = msgs_.begin(); it != msgs_.end();) {
+      if (it->has_assignment()) {
+        for (const auto& le : it->assignment().leases()) out.push_back(le);
+        it = msgs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return out;
+  }
+  std::vector<v1::SchedulerMessage> Take(v1::SchedulerMessage::MsgCase kind) {
+    absl::MutexLock l(&mu_);
+    std::vector<v1::SchedulerMessage> out;
+    for (auto it = msgs_.begin(); it != msgs_.end();) {
+      if (it->msg_case() == kind) {
+        out.push_back(*it);
+        it = msgs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return out;
+  }
+  absl::Status closed() {
+    absl::MutexLock l(&mu_);
+    return closed_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<v1::SchedulerMessage> msgs_ ABSL_GUARDED_BY(mu_);
+  absl::Status closed_ ABSL_GUARDED_BY(mu_);
+};
+
+class EventLog : public EventSink {
+ public:
+  void OnEvent(const v1::JobEvent& e) override {
+    absl::MutexLock l(&mu_);
+    events.push_back(e);
+  }
+  absl::Mutex mu_;
+  std::vector<v1::JobEvent> events ABSL_GUARDED_BY(mu_);
+};
+
+template <typename T, typename F>
+absl::StatusOr<T> Call(F&& f) {
+  absl::Notification n;
+  absl::StatusOr<T> out = absl::UnknownError("not called");
+  f([&](absl::StatusOr<T> r) {
+    out = std::move(r);
+    n.Notify();
+  });
+  n.WaitForNotification();
+  return out;
+}
+
+class SchedulerCoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ("core-" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "-" + std::to_string(getpid()));
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_ / "out");
+    options_.state_dir = (dir_ / "state").string();
+    options_.output_root = (dir_ / "out").string();
+  }
+  void Open() {
+    auto s = Scheduler::Create(options_, &clock_, nullptr);
+    ASSERT_OK(s.status());
+    sched_ = *std::move(s);
+  }
+  void TearDown() override {
+    sched_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  absl::StatusOr<v1::SubmitJobResponse> Submit(const std::string& request_id,
+                                               const std::string& prompt = "a cat",
+                                               int priority = 0, int size = 512) {
+    v1::SubmitJobRequest r;
+    r.set_request_id(request_id);
+    r.mutable_spec()->set_prompt(prompt);
+    r.mutable_spec()->set_priority(priority);
+    r.mutable_spec()->set_width_px(size);
+    r.mutable_spec()->set_height_px(size);
+    r.mutable_spec()->set_steps(2);
+    return Call<v1::SubmitJobResponse>(
+        [&](auto cb) { sched_->Submit(r, "anonymous", std::move(cb)); });
+  }
+  v1::Job Get(const std::string& id) {
+    auto j = Call<v1::Job>([&](auto cb) { sched_->GetJob(id, std::move(cb)); });
+    EXPECT_OK(j.status());
+    return j.ok() ? *j : v1::Job();
+  }
+  uint64_t Connect(const std::string& name, std::shared_ptr<RecordingSink> sink, int capacity = 1,
+                   int64_t memory = int64_t{80} << 30) {
+    v1::WorkerHello h;
+    h.set_worker_name(name);
+    h.set_capacity(capacity);
+    h.set_memory_total_bytes(memory);
+    h.set_model("z-image-turbo");
+    auto s = sched_->WorkerHello(h, sink);
+    EXPECT_OK(s.status());
+    Sync();
+    return s.ok() ? *s : 0;
+  }
+  void Sync() { ASSERT_OK(sched_->Flush()); }
+  absl::Status Msg(uint64_t session, const v1::WorkerMessage& m) {
+    absl::Status s = sched_->WorkerMessage(session, m);
+    EXPECT_OK(sched_->Flush());
+    return s;
+  }
+  static v1::WorkerMessage Started(const v1::LeaseId& l) {
+    v1::WorkerMessage m;
+    *m.mutable_started()->mutable_lease() = l;
+    return m;
+  }
+  static v1::WorkerMessage Commit(const v1::Lease& l) {
+    v1::WorkerMessage m;
+    *m.mutable_commit()->mutable_lease() = l.lease();
+    m.mutable_commit()->mutable_result()->set_path(l.output_path());
+    return m;
+  }
+  static v1::WorkerMessage Finalized(const v1::LeaseId& l) {
+    v1::WorkerMessage m;
+    *m.mutable_finalized()->mutable_lease() = l;
+    return m;
+  }
+  static v1::WorkerMessage Failure(const v1::LeaseId& l, v1::FailureReason r, bool retryable) {
+    v1::WorkerMessage m;
+    *m.mutable_failure()->mutable_lease() = l;
+    m.mutable_failure()->mutable_error()->set_reason(r);
+    m.mutable_failure()->mutable_error()->set_retryable(retryable);
+    return m;
+  }
+  void WriteResult(const v1::Lease& l) {
+    auto p = std::filesystem::path(options_.output_root) / l.output_path();
+    std::filesystem::create_directories(p.parent_path());
+    std::ofstream(p) << "png";
+  }
+
+  FakeClock clock_;
+  std::filesystem::path dir_;
+  Scheduler::Options options_;
+  std::unique_ptr<Scheduler> sched_;
+};
+
+TEST_F(SchedulerCoreTest, SubmitDispatchProgressCommitSucceeds) {
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto sub, Submit("r1"));
+  EXPECT_TRUE(sub.created());
+  EXPECT_TRUE(sub.job().spec().has_seed());
+  EXPECT_EQ(sub.job().state(), v1::JOB_STATE_QUEUED);
+  const std::string id = sub.job().job_id();
+  auto events = std::make_shared<EventLog>();
+  ASSERT_OK(sched_->Watch(id, "", "", events));
+
+  auto sink = std::make_shared<RecordingSink>();
+  uint64_t s = Connect("w1", sink);
+  EXPECT_EQ(sink->Take(v1::SchedulerMessage::kWelcome).size(), 1u);
+  auto leases = sink->TakeLeases();
+  ASSERT_EQ(leases.size(), 1u);
+  EXPECT_EQ(leases[0].lease().job_id(), id);
+  EXPECT_EQ(leases[0].lease().attempt(), 1);
+  EXPECT_EQ(leases[0].spec().seed(), sub.job().spec().seed());
+  EXPECT_THAT(leases[0].output_path(), HasSubstr(id + ".png"));
+  EXPECT_EQ(Get(id).state(), v1::JOB_STATE_ASSIGNED);
+
+  ASSERT_OK(Msg(s, Started(leases[0].lease())));
+  EXPECT_EQ(Get(id).state(), v1::JOB_STATE_RUNNING);
+  v1::WorkerMessage p;
+  *p.mutable_progress()->mutable_lease() = leases[0].lease();
+  p.mutable_progress()->set_step(1);
+  p.mutable_progress()->set_total_steps(2);
+  ASSERT_OK(Msg(s, p));
+  EXPECT_EQ(Get(id).progress().step(), 1);
+  ASSERT_OK(Msg(s, Commit(leases[0])));
+  auto replies = sink->Take(v1::SchedulerMessage::kCommitReply);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_TRUE(replies[0].commit_reply().accepted());
+  EXPECT_EQ(Get(id).state(), v1::JOB_STATE_RUNNING);  // not final before Finalized
+  ASSERT_OK(Msg(s, Finalized(leases[0].lease())));
+  v1::Job done = Get(id);
+  EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.result().path(), leases[0].output_path());
+
+  absl::MutexLock l(&events->mu_);
+  std::vector<v1::JobState> states;
+  ASSERT_GE(events->events.size(), 5u);
+  EXPECT_EQ(events->events.front().type(), v1::JOB_EVENT_TYPE_SNAPSHOT);
+  bool saw_progress = false;
+  for (const auto& e : events->events) {
+    if (e.type() == v1::JOB_EVENT_TYPE_PROGRESS) saw_progress = true;
+    if (e.type() == v1::JOB_EVENT_TYPE_STATE_CHANGED &&
+        (states.empty() || states.back() != e.job().state())) {
+      states.push_back(e.job().state());
+    }
+  }
+  EXPECT_TRUE(saw_progress);
+  EXPECT_EQ(states, (std::vector<v1::JobState>{v1::JOB_STATE_ASSIGNED, v1::JOB_STATE_RUNNING,
+                                               v1::JOB_STATE_SUCCEEDED}));
+  sched_->Unwatch(events);
+}
+
+TEST_F(SchedulerCoreTest, IdempotentResubmitSurvivesPruning) {
+  options_.retention = absl::Hours(1);
+  options_.tombstone_ttl = absl::Hours(24);
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto a, Submit("same"));
+  ASSERT_OK_AND_ASSIGN(auto b, Submit("same"));
+  EXPECT_FALSE(b.created());
+  EXPECT_EQ(a.job().job_id(), b.job().job_id());
+  EXPECT_EQ(a.job().spec().seed(), b.job().spec().seed());
+  EXPECT_THAT(Submit("same", "a different prompt"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("request_id"), HasSubstr("different spec"))));
+  // Finish and prune the job: the tombstone still answers.
+  v1::CancelJobRequest c;
+  c.set_job_id(a.job().job_id());
+  ASSERT_OK(Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }));
+  clock_.Advance(absl::Hours(2));
+  sched_->Tick();
+  Sync();
+  EXPECT_THAT(Call<v1::Job>([&](auto cb) { sched_->GetJob(a.job().job_id(), std::move(cb)); }),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("job_id")));
+  ASSERT_OK_AND_ASSIGN(auto again, Submit("same"));
+  EXPECT_FALSE(again.created());
+  EXPECT_EQ(again.job().job_id(), a.job().job_id());
+  // The tombstone survives a restart too.
+  sched_.reset();
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto after_restart, Submit("same"));
+  EXPECT_FALSE(after_restart.created());
+  EXPECT_EQ(after_restart.job().job_id(), a.job().job_id());
+  // After the tombstone TTL the id is free again.
+  clock_.Advance(absl::Hours(25));
+  sched_->Tick();
+  Sync();
+  ASSERT_OK_AND_ASSIGN(auto fresh, Submit("same"));
+  EXPECT_TRUE(fresh.created());
+  EXPECT_NE(fresh.job().job_id(), a.job().job_id());
+}
+
+TEST_F(SchedulerCoreTest, BackpressureCarriesRetryHint) {
+  options_.max_queued_jobs = 2;
+  options_.retry_after = absl::Milliseconds(750);
+  Open();
+  ASSERT_OK(Submit("a").status());
+  ASSERT_OK(Submit("b").status());
+  EXPECT_THAT(Submit("c"), StatusIs(absl::StatusCode::kResourceExhausted,
+                                    AllOf(HasSubstr("retry after 750 ms"), HasSubstr("2"))));
+  // A duplicate of an admitted request is still answered.
+  EXPECT_OK(Submit("a").status());
+}
+
+TEST_F(SchedulerCoreTest, PrioritiesAndAging) {
+  options_.aging_per_minute = 1.0;
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto low, Submit("low", "low", 0));
+  clock_.Advance(absl::Minutes(30));
+  ASSERT_OK_AND_ASSIGN(auto high, Submit("high", "high", 10));
+  ASSERT_OK_AND_ASSIGN(auto high2, Submit("high2", "high2", 50));
+  auto sink = std::make_shared<RecordingSink>();
+  uint64_t s = Connect("w", sink, 1);
+  auto first = sink->TakeLeases();
+  ASSERT_EQ(first.size(), 1u);
+  // high2 (50) beats low (0 + 30 aged) which beats high (10).
+  EXPECT_EQ(first[0].lease().job_id(), high2.job().job_id());
+  ASSERT_OK(Msg(s, Failure(first[0].lease(), v1::FAILURE_REASON_MODEL_ERROR, false)));
+  auto second = sink->TakeLeases();
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].lease().job_id(), low.job().job_id());
+  EXPECT_EQ(Get(high2.job().job_id()).state(), v1::JOB_STATE_FAILED);
+}
+
+TEST_F(SchedulerCoreTest, WorkerLostRequeuesAndStaleCommitIsRefused) {
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto sub, Submit("r"));
+  const std::string id = sub.job().job_id();
+  auto a = std::make_shared<RecordingSink>();
+  uint64_t sa = Connect("a", a);
+  auto la = a->TakeLeases();
+  ASSERT_EQ(la.size(), 1u);
+  ASSERT_OK(Msg(sa, Started(la[0].lease())));
+  // Heartbeats stop: lost after the lease timeout.
+  clock_.Advance(options_.lease_timeout + absl::Seconds(1));
+  sched_->Tick();
+  Sync();
+  EXPECT_THAT(a->closed(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("heartbeat")));
+  v1::Job j = Get(id);
+  EXPECT_EQ(j.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(j.error().reason(), v1::FAILURE_REASON_WORKER_LOST);
+  auto b = std::make_shared<RecordingSink>();
+  uint64_t sb = Connect("b", b);
+  auto lb = b->TakeLeases();
+  ASSERT_EQ(lb.size(), 1u);
+  EXPECT_EQ(lb[0].lease().attempt(), 2);
+  // Worker a comes back (new session) and tries to commit its old lease.
+  auto a2 = std::make_shared<RecordingSink>();
+  uint64_t sa2 = Connect("a", a2);
+  ASSERT_OK(Msg(sa2, Commit(la[0])));
+  auto refused = a2->Take(v1::SchedulerMessage::kCommitReply);
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_FALSE(refused[0].commit_reply().accepted());
+  EXPECT_THAT(refused[0].commit_reply().reason(), HasSubstr("stale"));
+  ASSERT_OK(Msg(sb, Started(lb[0].lease())));
+  ASSERT_OK(Msg(sb, Commit(lb[0])));
+  ASSERT_OK(Msg(sb, Finalized(lb[0].lease())));
+  EXPECT_EQ(Get(id).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(Get(id).worker(), "b");
+}
+
+TEST_F(SchedulerCoreTest, PoisonJobFailsAfterMaxAttempts) {
+  options_.max_attempts = 3;
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto sub, Submit("poison"));
+  for (int i = 1; i <= 3; ++i) {
+    auto sink = std::make_shared<RecordingSink>();
+    uint64_t s = Connect("w" + std::to_string(i), sink);
+    auto l = sink->TakeLeases();
+    ASSERT_EQ(l.size(), 1u) << "attempt " << i;
+    EXPECT_EQ(l[0].lease().attempt(), i);
+    ASSERT_OK(Msg(s, Started(l[0].lease())));
+    sched_->WorkerDisconnected(s, "crash");
+    Sync();
+  }
+  v1::Job j = Get(sub.job().job_id());
+  EXPECT_EQ(j.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(j.error().reason(), v1::FAILURE_REASON_TOO_MANY_ATTEMPTS);
+  EXPECT_THAT(j.error().message(), HasSubstr("WORKER_LOST"));
+}
+
+TEST_F(SchedulerCoreTest, PrefetchedLossDoesNotCountAnAttempt) {
+  options_.max_attempts = 1;
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto sub, Submit("p"));
+  auto a = std::make_shared<RecordingSink>();
+  uint64_t sa = Connect("a", a);
+  ASSERT_EQ(a->TakeLeases().size(), 1u);
+  sched_->WorkerDisconnected(sa, "gone");  // never started
+  Sync();
+  EXPECT_EQ(Get(sub.job().job_id()).state(), v1::JOB_STATE_QUEUED);
+}
+
+TEST_F(SchedulerCoreTest, OutOfMemoryRetriesOnlyOnBiggerWorker) {
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto sub, Submit("oom"));
+  auto small = std::make_shared<RecordingSink>();
+  uint64_t ss = Connect("small", small, 1, int64_t{16} << 30);
+  auto l = small->TakeLeases();
+  ASSERT_EQ(l.size(), 1u);
+  ASSERT_OK(Msg(ss, Started(l[0].lease())));
+  ASSERT_OK(Msg(ss, Failure(l[0].lease(), v1::FAILURE_REASON_OUT_OF_MEMORY, true)));
+  EXPECT_EQ(Get(sub.job().job_id()).state(), v1::JOB_STATE_QUEUED);
+  EXPECT_TRUE(small->TakeLeases().empty());  // not re-offered to the same size
+  auto same = std::make_shared<RecordingSink>();
+  Connect("same", same, 1, int64_t{16} << 30);
+  EXPECT_TRUE(same->TakeLeases().empty());
+  auto big = std::make_shared<RecordingSink>();
+  Connect("big", big, 1, int64_t{80} << 30);
+  auto lb = big->TakeLeases();
+  ASSERT_EQ(lb.size(), 1u);
+  EXPECT_EQ(lb[0].lease().job_id(), sub.job().job_id());
+}
+
+TEST_F(SchedulerCoreTest, CancelQueuedAndRunning) {
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto run, Submit("run"));
+  auto sink = std::make_shared<RecordingSink>();
+  uint64_t s = Connect("w", sink);
+  auto l = sink->TakeLeases();
+  ASSERT_EQ(l.size(), 1u);
+  ASSERT_OK(Msg(s, Started(l[0].lease())));
+  ASSERT_OK_AND_ASSIGN(auto queued, Submit("queued"));
+  v1::CancelJobRequest c;
+  c.set_job_id(queued.job().job_id());
+  ASSERT_OK_AND_ASSIGN(auto r, Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }));
+  EXPECT_EQ(r.job_ids_size(), 1);
+  EXPECT_EQ(Get(queued.job().job_id()).state(), v1::JOB_STATE_CANCELLED);
+  c.set_job_id(run.job().job_id());
+  ASSERT_OK(Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }));
+  EXPECT_EQ(Get(run.job().job_id()).state(), v1::JOB_STATE_RUNNING);  // until the worker confirms
+  auto cancels = sink->Take(v1::SchedulerMessage::kCancel);
+  ASSERT_EQ(cancels.size(), 1u);
+  EXPECT_EQ(cancels[0].cancel().lease().job_id(), run.job().job_id());
+  ASSERT_OK(Msg(s, Failure(l[0].lease(), v1::FAILURE_REASON_CANCELLED_BY_CLIENT, false)));
+  v1::Job j = Get(run.job().job_id());
+  EXPECT_EQ(j.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(j.error().reason(), v1::FAILURE_REASON_CANCELLED_BY_CLIENT);
+}
+
+TEST_F(SchedulerCoreTest, DeadlineCancels) {
+  Open();
+  v1::SubmitJobRequest r;
+  r.mutable_spec()->set_prompt("late");
+  *r.mutable_spec()->mutable_deadline() =
+      google::protobuf::util::TimeUtil::SecondsToTimestamp(absl::ToUnixSeconds(clock_.Now()) + 60);
+  ASSERT_OK_AND_ASSIGN(auto sub, Call<v1::SubmitJobResponse>([&](auto cb) {
+                         sched_->Submit(r, "anonymous", std::move(cb));
+                       }));
+  sched_->Tick();
+  Sync();
+  EXPECT_EQ(Get(sub.job().job_id()).state(), v1::JOB_STATE_QUEUED);
+  clock_.Advance(absl::Seconds(61));
+  sched_->Tick();
+  Sync();
+  v1::Job j = Get(sub.job().job_id());
+  EXPECT_EQ(j.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(j.error().reason(), v1::FAILURE_REASON_DEADLINE_EXCEEDED);
+  // A deadline already in the past is rejected at the edge.
+  EXPECT_THAT(Call<v1::SubmitJobResponse>([&](auto cb) {
+                sched_->Submit(r, "anonymous", std::move(cb));
+              }),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("spec.deadline")));
+}
+
+TEST_F(SchedulerCoreTest, LostAfterAcceptedCommitChecksTheFile) {
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto with_file, Submit("f1"));
+  ASSERT_OK_AND_ASSIGN(auto without, Submit("f2"));
+  auto sink = std::make_shared<RecordingSink>();
+  uint64_t s = Connect("w", sink, 2);
+  auto l = sink->TakeLeases();
+  ASSERT_EQ(l.size(), 2u);
+  for (const auto& le : l) {
+    ASSERT_OK(Msg(s, Started(le.lease())));
+    ASSERT_OK(Msg(s, Commit(le)));
+  }
+  WriteResult(l[0].lease().job_id() == with_file.job().job_id() ? l[0] : l[1]);
+  sched_->WorkerDisconnected(s, "partition");
+  Sync();
+  EXPECT_EQ(Get(with_file.job().job_id()).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(Get(without.job().job_id()).state(), v1::JOB_STATE_QUEUED);
+}
+
+TEST_F(SchedulerCoreTest, RestartRequeuesLeasedJobs) {
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto a, Submit("a"));
+  ASSERT_OK_AND_ASSIGN(auto b, Submit("b"));
+  ASSERT_OK_AND_ASSIGN(auto c, Submit("c"));
+  auto sink = std::make_shared<RecordingSink>();
+  uint64_t s = Connect("w", sink, 2);
+  auto l = sink->TakeLeases();
+  ASSERT_EQ(l.size(), 2u);
+  ASSERT_OK(Msg(s, Started(l[0].lease())));
+  ASSERT_OK(Msg(s, Commit(l[0])));
+  ASSERT_OK(Msg(s, Finalized(l[0].lease())));
+  ASSERT_OK(Msg(s, Started(l[1].lease())));
+  v1::Job done_before = Get(l[0].lease().job_id());
+  sched_.reset();
+  Open();
+  v1::Job done_after = Get(l[0].lease().job_id());
+  EXPECT_EQ(done_after.SerializeAsString(), done_before.SerializeAsString());
+  EXPECT_EQ(Get(l[1].lease().job_id()).state(), v1::JOB_STATE_QUEUED);
+  for (const auto& id : {a.job().job_id(), b.job().job_id(), c.job().job_id()}) {
+    EXPECT_NE(Get(id).state(), v1::JOB_STATE_UNSPECIFIED);
+  }
+  // The worker reconnects holding its lease: it is re-adopted, not re-rendered.
+  v1::WorkerHello h;
+  h.set_worker_name("w");
+  h.set_capacity(1);
+  h.set_model("z-image-turbo");
+  *h.add_held_leases() = l[1].lease();
+  auto sink2 = std::make_shared<RecordingSink>();
+  ASSERT_OK_AND_ASSIGN(uint64_t s2, sched_->WorkerHello(h, sink2));
+  Sync();
+  EXPECT_TRUE(sink2->TakeLeases().empty());
+  EXPECT_EQ(Get(l[1].lease().job_id()).state(), v1::JOB_STATE_ASSIGNED);
+  ASSERT_OK(Msg(s2, Commit(l[1])));
+  EXPECT_TRUE(sink2->Take(v1::SchedulerMessage::kCommitReply).at(0).commit_reply().accepted());
+}
+
+TEST_F(SchedulerCoreTest, MalformedAndOutOfOrderWorkerMessages) {
+  Open();
+  ASSERT_OK_AND_ASSIGN(auto sub, Submit("x"));
+  auto sink = std::make_shared<RecordingSink>();
+  uint64_t s = Connect("w", sink);
+  auto l = sink->TakeLeases();
+  ASSERT_EQ(l.size(), 1u);
+  EXPECT_THAT(sched_->WorkerMessage(s, v1::WorkerMessage()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
+  v1::WorkerMessage p;
+  *p.mutable_progress()->mutable_lease() = l[0].lease();
+  p.mutable_progress()->set_step(1);
+  p.mutable_progress()->set_total_steps(2);
+  EXPECT_THAT(sched_->WorkerMessage(s, p), StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::_));
+  EXPECT_THAT(sched_->WorkerMessage(s, Finalized(l[0].lease())),
+              StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::_));
+  v1::WorkerMessage hello;
+  hello.mutable_hello()->set_worker_name("w");
+  EXPECT_THAT(sched_->WorkerMessage(s, hello), StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::_));
+  v1::WorkerMessage no_lease;
+  no_lease.mutable_started();
+  EXPECT_THAT(sched_->WorkerMessage(s, no_lease), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
+  v1::WorkerHello bad;
+  bad.set_worker_name("z");
+  bad.set_capacity(0);
+  EXPECT_THAT(sched_->WorkerHello(bad, sink),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("capacity")));
+}
+
+TEST_F(SchedulerCoreTest, BatchIsAllOrNothing) {
+  Open();
+  v1::SubmitJobsRequest req;
+  for (int i = 0; i < 3; ++i) {
+    auto* j = req.add_jobs();
+    j->set_request_id("b" + std::to_string(i));
+    j->mutable_spec()->set_prompt("p");
+  }
+  req.mutable_jobs(2)->mutable_spec()->set_steps(99);
+  EXPECT_THAT(Call<v1::SubmitJobsResponse>([&](auto cb) { sched_->SubmitBatch(req, "o", std::move(cb)); }),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("jobs[2].spec.steps")));
+  EXPECT_EQ(sched_->QueuedJobs(), 0);
+  req.mutable_jobs(2)->mutable_spec()->set_steps(4);
+  ASSERT_OK_AND_ASSIGN(auto resp, Call<v1::SubmitJobsResponse>([&](auto cb) {
+                         sched_->SubmitBatch(req, "o", std::move(cb));
+                       }));
+  EXPECT_EQ(resp.jobs_size(), 3);
+  EXPECT_FALSE(resp.batch_id().empty());
+  EXPECT_EQ(sched_->QueuedJobs(), 3);
+  v1::SubmitJobsRequest big;
+  for (int i = 0; i < 1001; ++i) big.add_jobs()->mutable_spec()->set_prompt("p");
+  EXPECT_THAT(Call<v1::SubmitJobsResponse>([&](auto cb) { sched_->SubmitBatch(big, "o", std::move(cb)); }),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("1000")));
+}
+
+}  // namespace
+}  // namespace zfarm::scheduler
