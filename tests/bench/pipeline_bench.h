@@ -1,0 +1,62 @@
+#ifndef ZFARM_TESTS_BENCH_PIPELINE_BENCH_H_
+#define ZFARM_TESTS_BENCH_PIPELINE_BENCH_H_
+
+// Shared pieces of pipeline_bench (tests/bench/pipeline_bench.cc): the device, timing and the
+// markdown report, so that the pipeline section (pipeline_bench_pipeline.cc) stays separate
+// and can follow worker/pipeline's public interface without touching the rest.
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace zfarm::bench {
+
+// CUDA device 0 when visible, else the CPU.
+struct BenchDevice {
+  BenchDevice();
+  bool cuda = false;
+  at::Device device() const;
+  std::string Name() const;
+  void Sync() const;          // waits for the device (no-op on the CPU)
+  void ResetPeak() const;     // resets the caching allocator's peak statistics
+  double PeakGiB() const;     // peak allocated since ResetPeak (NaN without CUDA headers)
+  double ReservedGiB() const; // peak reserved by the caching allocator
+};
+
+// Median milliseconds per call of `fn` after `warmup` calls: `reps` samples, each `batch`
+// calls followed by a device synchronization.
+double TimeMs(const BenchDevice& dev, const std::function<void()>& fn, int warmup, int reps,
+              int batch);
+
+// Fixed-point formatting; NaN prints as "–".
+std::string Fmt(double v, int prec);
+
+// Markdown written to stdout as it is produced and kept for --out.
+class Report {
+ public:
+  void Line(const std::string& s);
+  void Table(const std::vector<std::string>& header,
+             const std::vector<std::vector<std::string>>& rows);
+  const std::string& text() const { return text_; }
+
+ private:
+  std::string text_;
+};
+
+struct PipelineBenchOptions {
+  std::vector<std::pair<int64_t, int64_t>> sizes;  // height x width
+  int steps = 8;
+  bool quick = false;
+  double matmul_peak_tflops = 0;  // measured in the same run
+};
+
+// Section 5: the pipeline per stage and end to end (pipeline_bench_pipeline.cc).
+void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
+
+}  // namespace zfarm::bench
+
+#endif  // ZFARM_TESTS_BENCH_PIPELINE_BENCH_H_

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The whole GPU session in one command (issue 4): build, `gpu` ctests, benchmarks, one summary.
+# Runs on the GPU host from the repository root, in under 9 minutes (each phase has a time box
+# taken from what is left of ZFARM_GPU_BUDGET_S, default 530 s):
+#   1. deploy/gpu-build.sh: the harness targets first (cuda_smoke_test, pipeline_bench), then
+#      everything else with ninja -k 0 (another area's broken file costs only its own targets);
+#   2. ctest -L gpu (every test labelled `gpu`; they skip where no CUDA device is visible);
+#   3. pipeline_bench (matmul peak, attention per SDPA backend, synthetic DiT block,
+#      safetensors load, the pipeline once it exists);
+#   4. tests/bench/diffusers_baseline.py when a diffusers source tarball is there
+#      (.carry/diffusers-src.tar.xz, its commit in .carry/diffusers-commit.txt, the tokenizer in
+#      .carry/qwen3-tokenizer.json.xz or ZFARM_TOKENIZER); ZFARM_DIFFUSERS_COMPILE=1 adds the
+#      torch.compile baseline (~5 min: only when the budget allows);
+#   5. one summary (phases, times, test counts, the tables) on stdout and in summary.md.
+# Logs and result files go to $OUT when it is set (the device tool brings them back), else to
+# <build>/gpu-run/. Needs .gpu-debs/ (deploy/fetch-gpu-debs.sh) next to the checkout's files.
+#
+# Usage: tests/gpu/run.sh        env: ZFARM_COMMIT (recorded), ZFARM_BUILD_DIR, ZFARM_GPU_BUDGET_S,
+#   ZFARM_GPU_BUILD_ALL=0: build only the harness targets (saves device minutes; other areas'
+#   gpu-labelled tests then show as not built),
+#   ZFARM_SOURCE_TARBALL: build and run this source snapshot (e.g. `git archive HEAD`, a .tar or
+#   .tar.xz) instead of the working tree — for a pinned commit while others edit the checkout;
+#   .gpu-debs/ and .carry/ are still taken from the checkout.
+set -uo pipefail
+start=$(date +%s)
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+build=${ZFARM_BUILD_DIR:-$root/build-gpu}
+export ZFARM_BUILD_DIR=$build
+logs=${OUT:-$build/gpu-run}
+mkdir -p "$logs"
+budget=${ZFARM_GPU_BUDGET_S:-530}
+export ZFARM_GPU_DEBS=${ZFARM_GPU_DEBS:-$root/.gpu-debs}
+src=$root
+if [ -n "${ZFARM_SOURCE_TARBALL:-}" ]; then
+  src=${TMPDIR:-/tmp}/zfarm-src
+  rm -rf "$src" && mkdir -p "$src" && tar -xf "$ZFARM_SOURCE_TARBALL" -C "$src" || { echo "run.sh: cannot unpack $ZFARM_SOURCE_TARBALL" >&2; exit 1; }
+fi
+commit=${ZFARM_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+# Never let NCCL/PyTorch use NVLink multicast on shared hosts.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONUNBUFFERED=1
+
+summary=()
+note() { summary+=("$*"); echo "run.sh: $*"; }
+elapsed() { echo $(( $(date +%s) - start )); }
+left() { echo $(( budget - $(elapsed) )); }
+# box SECONDS: a phase's time limit, at most what is left minus a reserve for the summary.
+box() { local l=$(( $(left) - 10 )); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
+
+gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
+torchv=$(python3 -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda, "visible", torch.cuda.is_available())' 2>&1 | tail -1)
+note "host: ${gpu:-no nvidia-smi}; torch ${torchv}; zfarm ${commit}; $(nproc) cores"
+
+# 1. Build.
+t=$(date +%s)
+[ "$src" != "$root" ] && note "building the source snapshot $ZFARM_SOURCE_TARBALL"
+ZFARM_KEEP_GOING=1 timeout "$(box 300)" bash "$src/deploy/gpu-build.sh" cuda_smoke_test pipeline_bench \
+  > "$logs/build.log" 2>&1
+rc=$?
+if [ ! -x "$build/tests/bench/pipeline_bench" ] && [ -f "$build/build.ninja" ]; then
+  # worker/io may be mid-change in a working tree: retry the harness without it.
+  echo "== pipeline_bench without zfarm_worker_io ==" >> "$logs/build.log"
+  (source "$build/gpu-env.sh" && cmake -S "$src" -B "$build" -DZFARM_BENCH_WITH_IO=OFF >> "$logs/build.log" 2>&1 &&
+   timeout "$(box 120)" cmake --build "$build" --target pipeline_bench >> "$logs/build.log" 2>&1)
+fi
+note "build (harness targets): exit $rc in $(( $(date +%s) - t )) s"
+t=$(date +%s)
+if [ "${ZFARM_GPU_BUILD_ALL:-1}" != 1 ]; then
+  note "build (all targets): skipped (ZFARM_GPU_BUILD_ALL=0)"
+elif [ -f "$build/build.ninja" ] && [ "$(left)" -gt 240 ]; then
+  # Everything else (other gpu-labelled tests, zfarm-worker), within a time box.
+  timeout "$(box $(( $(left) - 220 )))" cmake --build "$build" -j"$(nproc)" -- -k 0 >> "$logs/build.log" 2>&1
+  rc_all=$?
+  failed=$(grep -c '^FAILED: ' "$logs/build.log" || true)
+  note "build (all targets): exit $rc_all in $(( $(date +%s) - t )) s, ${failed} failed edges (see build.log)"
+  [ "${failed:-0}" -gt 0 ] && note "failed: $(grep '^FAILED: ' "$logs/build.log" | head -5 | sed 's/^FAILED: //' | tr '\n' ' ')"
+else
+  note "build (all targets): skipped (no configured build or too little time left)"
+fi
+[ -f "$build/gpu-env.sh" ] && source "$build/gpu-env.sh"
+
+# 2. gpu ctests.
+t=$(date +%s)
+if [ -f "$build/CTestTestfile.cmake" ]; then
+  (cd "$build" && timeout "$(box 150)" ctest -L gpu --output-on-failure --timeout 120) > "$logs/ctest-gpu.log" 2>&1
+  rc=$?
+  result=$(grep -E 'tests passed|No tests were found' "$logs/ctest-gpu.log" | tail -1)
+  skipped=$(grep -c '(Skipped)' "$logs/ctest-gpu.log" || true)
+  note "ctest -L gpu: exit $rc in $(( $(date +%s) - t )) s: ${result:-no result}; ${skipped} skipped"
+  bad=$(grep -E '\((Failed|Timeout|Subprocess|Not Run)' "$logs/ctest-gpu.log" | head -10 | tr -s ' ' | tr '\n' ';')
+  [ -n "$bad" ] && note "not passed: $bad"
+else
+  note "ctest -L gpu: not run (no build)"
+fi
+
+# 3. pipeline_bench.
+t=$(date +%s)
+if [ -x "$build/tests/bench/pipeline_bench" ]; then
+  timeout "$(box 150)" "$build/tests/bench/pipeline_bench" --out "$logs/pipeline_bench.md" \
+    --tmpdir "${TMPDIR:-/tmp}" > "$logs/pipeline_bench.log" 2>&1
+  note "pipeline_bench: exit $? in $(( $(date +%s) - t )) s"
+else
+  note "pipeline_bench: not built"
+fi
+
+# 4. diffusers baseline.
+t=$(date +%s)
+if [ -f .carry/diffusers-src.tar.xz ]; then
+  ddir=${TMPDIR:-/tmp}/zfarm-diffusers
+  rm -rf "$ddir" && mkdir -p "$ddir" && tar -xJf .carry/diffusers-src.tar.xz -C "$ddir"
+  tok=${ZFARM_TOKENIZER:-}
+  if [ -z "$tok" ] && [ -f .carry/qwen3-tokenizer.json.xz ]; then
+    tok=$ddir/tokenizer.json && xz -dc .carry/qwen3-tokenizer.json.xz > "$tok"
+  fi
+  dcommit=$(cat .carry/diffusers-commit.txt 2>/dev/null || echo unknown)
+  args=(--tokenizer "$tok" --diffusers-commit "$dcommit" --zfarm-commit "$commit")
+  if [ "${ZFARM_DIFFUSERS_COMPILE:-0}" = 1 ]; then args+=(--compile --sizes 1024x1024,512x512); fi
+  PYTHONPATH=$ddir/src${PYTHONPATH:+:$PYTHONPATH} timeout "$(box 240)" python3 "$src/tests/bench/diffusers_baseline.py" \
+    "${args[@]}" --out "$logs/diffusers_baseline.md" > "$logs/diffusers_baseline.log" 2>&1
+  note "diffusers_baseline: exit $? in $(( $(date +%s) - t )) s (diffusers ${dcommit:0:12})"
+else
+  note "diffusers_baseline: skipped (no .carry/diffusers-src.tar.xz)"
+fi
+
+# 5. Summary.
+{
+  echo "# GPU run $(date -u '+%Y-%m-%d %H:%M') UTC, zfarm ${commit}"
+  echo
+  for l in "${summary[@]}"; do echo "- $l"; done
+  echo "- total wall time: $(elapsed) s"
+  echo
+  for f in pipeline_bench.md diffusers_baseline.md; do [ -f "$logs/$f" ] && cat "$logs/$f" && echo; done
+} > "$logs/summary.md"
+echo
+echo "================ summary ================"
+cat "$logs/summary.md"
+echo "logs: $logs"
