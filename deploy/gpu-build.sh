@@ -22,6 +22,9 @@
 #              model/pipeline targets (a layering rule of the code; warned about here (grep): a file
 #              that includes a Torch header must not include *.pb.h / gRPC headers);
 #      trap 3: gRPC's CMake config links -lre2 by name — -L<bundle lib dir> on every link;
+#      and two more seen there: glog's config hard-codes its find modules under
+#      /usr/share/glog/cmake and needs Unwind; prometheus-cpp's config needs CURL — both are
+#      pointed at the bundle;
 #   3. builds and prints where the binaries are. The environment to RUN them is written to
 #      <build>/gpu-env.sh (source it: LD_LIBRARY_PATH for the bundle's libraries).
 set -euo pipefail
@@ -78,6 +81,9 @@ cmake -S "$root" -B "$build" -G Ninja -Wno-dev \
   -DCMAKE_BUILD_TYPE=Release -DZFARM_WERROR=OFF -DZFARM_BUILD_WORKER=ON -DZFARM_BUILD_TESTS=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DICU_ROOT=/opt/deps/usr -DOPENSSL_ROOT_DIR=/opt/deps/usr -DZLIB_ROOT=/opt/deps/usr \
+  -DCMAKE_MODULE_PATH=/opt/deps/usr/share/glog/cmake \
+  -DUnwind_INCLUDE_DIR=/opt/deps/usr/include/x86_64-linux-gnu -DUnwind_LIBRARY=$L/libunwind.so \
+  -DCURL_INCLUDE_DIR=/opt/deps/usr/include/x86_64-linux-gnu -DCURL_LIBRARY=$L/libcurl.so \
   "${args[@]}" "${extra[@]}" > "$build/configure.log" 2>&1 || {
   tail -60 "$build/configure.log"; die "configure failed (log: $build/configure.log)"; }
 grep -E 'Found (Torch|Protobuf|gRPC|CUDA)|CMAKE_CUDA|Warning' "$build/configure.log" | head -20 || true

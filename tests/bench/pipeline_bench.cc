@@ -253,7 +253,7 @@ void BenchAttention(const BenchDevice& dev, Report& rep, const Options& opt) {
       const double err = ((out.to(at::kFloat) - ref).norm() / ref.norm()).item<double>();
       const double ms = TimeMs(dev, [&] { Attention(q, k, v); }, 3, dev.cuda ? 10 : 3, dev.cuda ? 5 : 1);
       rows.push_back({c.name, Fmt(ms, 3), Fmt(flop / (ms * 1e-3) / 1e12, 1), Fmt(err, 4)});
-    } catch (const c10::Error& e) {
+    } catch (const c10::Error&) {
       rows.push_back({c.name, "unavailable", "–", "–"});
     }
   }

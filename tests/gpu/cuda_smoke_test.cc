@@ -9,6 +9,7 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <vector>
 
