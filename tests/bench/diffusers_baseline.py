@@ -229,7 +229,7 @@ def main():
         "",
         f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, GPU {gpu}, "
         f"torch {torch.__version__}, diffusers {diffusers.__version__} @ {args.diffusers_commit[:12]}, "
-        f"zfarm @ {args.zfarm_commit[:12]}; full-size random bf16 weights, {args.steps} steps, "
+        f"zfarm @ {args.zfarm_commit}; full-size random bf16 weights, {args.steps} steps, "
         f"guidance 0, SDPA default backend; median of {args.reps} end-to-end runs after a warm-up, "
         "stages from one further run with synchronizing timers.",
         "",
