@@ -21,7 +21,8 @@
 // on the CPU at reduced sizes (proves the plumbing; numbers are meaningless there).
 //
 // Usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] [--tmpdir DIR]
-//                       [--sizes 512x512,1024x1024,...] [--steps 8]
+//                       [--sizes 512x512,1024x1024,...] [--steps 8] [--reps 3]
+//                       [--tokenizer tokenizer.json]   (the pipeline's tokenize stage)
 
 #include <ATen/ATen.h>
 #include <torch/cuda.h>
@@ -153,6 +154,8 @@ struct Options {
   std::string tmpdir = "/tmp";
   std::vector<std::pair<int64_t, int64_t>> sizes = {{512, 512}, {768, 768}, {1024, 1024}, {1024, 1536}};
   int steps = 8;
+  int reps = 3;
+  std::string tokenizer;
 };
 
 // Image tokens of one size plus the caption padded to a multiple of 32 (spec: SEQ_MULTI_OF).
@@ -419,9 +422,11 @@ int Main(int argc, char** argv) {
     else if (a == "--tmpdir") opt.tmpdir = next();
     else if (a == "--sizes") opt.sizes = ParseSizes(next());
     else if (a == "--steps") opt.steps = std::stoi(next());
+    else if (a == "--reps") opt.reps = std::stoi(next());
+    else if (a == "--tokenizer") opt.tokenizer = next();
     else {
       std::cerr << "usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] [--tmpdir DIR]"
-                   " [--sizes WxH,...] [--steps N]\n";
+                   " [--sizes HxW,...] [--steps N] [--reps N] [--tokenizer tokenizer.json]\n";
       return 2;
     }
   }
@@ -453,6 +458,8 @@ int Main(int argc, char** argv) {
   popt.steps = opt.steps;
   popt.quick = opt.quick;
   popt.matmul_peak_tflops = peak;
+  popt.reps = opt.reps;
+  popt.tokenizer_json = opt.tokenizer;
   RunPipelineSection(dev, rep, popt);
   if (!opt.out.empty()) {
     std::ofstream f(opt.out);

@@ -52,6 +52,8 @@ struct PipelineBenchOptions {
   int steps = 8;
   bool quick = false;
   double matmul_peak_tflops = 0;  // measured in the same run
+  int reps = 3;                    // end-to-end repetitions after the warm-up
+  std::string tokenizer_json;      // Qwen3 tokenizer.json; empty: fixed token ids
 };
 
 // Section 5: the pipeline per stage and end to end (pipeline_bench_pipeline.cc).
