@@ -526,13 +526,16 @@ int RunSubmit(const std::vector<std::string>& args, const CliIo& io,
   }
   s = WaitForJobs(session, "", {resp.job().job_id()}, &jobs);
   if (!s.ok()) return Fail(io, s);
-  const Job& job = jobs.begin()->second;
+  Job& job = jobs.begin()->second;
   std::string local;
   if (!out_file.empty() && job.state() == zfarm::v1::JOB_STATE_SUCCEEDED) {
     absl::StatusOr<std::string> sha =
         FetchResult(session, job, session.OutputRoot(output_root), out_file);
     if (!sha.ok()) return Fail(io, sha.status());
     local = out_file;
+    if (job.result().sha256().empty()) {
+      jobs.begin()->second.mutable_result()->set_sha256(*sha);
+    }
   }
   session.PrintJob(job, local);
   return ExitCodeForJobs({job});
@@ -647,6 +650,9 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io,
           session, job, root, absl::StrCat(out_dir, "/", entry.file));
       if (sha.ok()) {
         entry.sha256 = *sha;
+        if (entry.job.result().sha256().empty()) {
+          entry.job.mutable_result()->set_sha256(*sha);
+        }
       } else {
         ++fetch_failed;
         *io.err << "zfarm: job " << job.job_id() << ": "
@@ -654,7 +660,7 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io,
         entry.file.clear();
       }
     }
-    session.PrintJob(job, entry.file.empty()
+    session.PrintJob(entry.job, entry.file.empty()
                               ? ""
                               : absl::StrCat(out_dir, "/", entry.file));
     manifest.push_back(std::move(entry));
@@ -735,6 +741,7 @@ int RunGet(const std::vector<std::string>& args, const CliIo& io,
   absl::StatusOr<std::string> sha =
       FetchResult(session, job, session.OutputRoot(output_root), out_file);
   if (!sha.ok()) return Fail(io, sha.status());
+  if (job.result().sha256().empty()) job.mutable_result()->set_sha256(*sha);
   session.PrintJob(job, out_file);
   return kExitOk;
 }
@@ -906,8 +913,20 @@ int RunHealth(const std::vector<std::string>& args, const CliIo& io,
   flags.String("service", &service, "service name to check (default: server)",
                "NAME");
   flags.Duration("timeout", &common.timeout, "give up after this long (5s)");
+  flags.String("scheduler", &common.scheduler,
+               "address when ADDR is not given (default $ZFARM_SCHEDULER)",
+               "HOST:PORT");
   std::vector<std::string> pos;
-  if (int rc = ParseOrExit(flags, cmd, args, io, &pos, 1, 1); rc >= 0) return rc;
+  if (int rc = ParseOrExit(flags, cmd, args, io, &pos, 0, 1); rc >= 0) return rc;
+  if (pos.empty()) {
+    if (common.scheduler.empty() && io.getenv) {
+      if (const char* env = io.getenv("ZFARM_SCHEDULER"); env && *env) {
+        common.scheduler = env;
+      }
+    }
+    if (common.scheduler.empty()) return Usage(io, flags, "missing ADDR");
+    pos.push_back(common.scheduler);
+  }
   const absl::Duration timeout =
       common.timeout == absl::ZeroDuration() ? absl::Seconds(5) : common.timeout;
   auto channel = grpc::CreateChannel(pos[0], grpc::InsecureChannelCredentials());
@@ -1002,7 +1021,7 @@ const Command kCommands[] = {
     {"drain", "zfarm drain WORKER [flags]",
      "Stop giving new jobs to a worker; running ones finish.",
      "  zfarm drain gpu-host-3/cuda:1\n", RunDrain},
-    {"health", "zfarm health HOST:PORT [--service NAME] [--timeout D]",
+    {"health", "zfarm health [HOST:PORT] [--service NAME] [--timeout D]",
      "Exit 0 when the grpc.health.v1 check says SERVING (1 not serving, 3 "
      "unreachable).",
      "  zfarm health localhost:50051\n"

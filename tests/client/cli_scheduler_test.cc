@@ -1,0 +1,238 @@
+// The `zfarm` CLI against the real in-process scheduler (journal on disk) with
+// FakeWorkers speaking the real Connect protocol.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "client/cli.h"
+#include "client/sha256.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "scheduler/server.h"
+#include "tests/testing/fake_worker.h"
+#include "tests/testing/status_matchers.h"
+#include "zfarm/v1/job_service.grpc.pb.h"
+
+namespace zfarm::client {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+using json = nlohmann::json;
+using zfarm::scheduler::SchedulerServer;
+using zfarm::scheduler::ServerOptions;
+using zfarm::testing::FakeWorker;
+
+struct Result {
+  int rc = -1;
+  std::string out, err;
+  std::vector<json> lines() const {
+    std::vector<json> v;
+    for (absl::string_view l : absl::StrSplit(out, '\n', absl::SkipEmpty())) {
+      v.push_back(json::parse(l));
+    }
+    return v;
+  }
+};
+
+class CliSchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string t = ::testing::TempDir() + "/zfarm_cli_sched_XXXXXX";
+    dir_ = mkdtemp(t.data());
+    options_.scheduler.state_dir = dir_ + "/state";
+    options_.scheduler.output_root = dir_ + "/out";
+    std::filesystem::create_directories(options_.scheduler.output_root);
+    options_.listen = "127.0.0.1:0";
+    StartScheduler();
+    options_.listen = address_;  // restarts reuse the port
+  }
+  void TearDown() override {
+    StopWorker();
+    if (server_) server_->Shutdown();
+  }
+
+  void StartScheduler() {
+    auto s = SchedulerServer::Start(options_);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+    address_ = server_->address();
+    channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+  }
+
+  // A worker thread that renders every lease it gets, until StopWorker().
+  void StartWorker(const std::string& name) {
+    stop_worker_ = false;
+    worker_ = std::thread([this, name] {
+      FakeWorker::Options o;
+      o.name = name;
+      o.capacity = 4;
+      auto w = FakeWorker::Connect(channel_, o);
+      if (!w.ok()) return;
+      while (!stop_worker_) {
+        auto lease = (*w)->NextLease(absl::Milliseconds(200));
+        if (!lease.ok()) continue;
+        if ((*w)->RunToSuccess(*lease, options_.scheduler.output_root).ok()) {
+          ++rendered_;
+        }
+      }
+    });
+  }
+  void StopWorker() {
+    stop_worker_ = true;
+    if (worker_.joinable()) worker_.join();
+  }
+
+  Result Run(std::vector<std::string> args) {
+    args.push_back("--scheduler");
+    args.push_back(address_);
+    std::ostringstream out, err;
+    CliIo io;
+    io.out = &out;
+    io.err = &err;
+    io.getenv = [this](const char* name) -> const char* {
+      auto it = env_.find(name);
+      return it == env_.end() ? nullptr : it->second.c_str();
+    };
+    int rc = RunCli(args, io);
+    return {rc, out.str(), err.str()};
+  }
+
+  int CountJobs() {
+    auto stub = zfarm::v1::JobService::NewStub(channel_);
+    zfarm::v1::ListJobsRequest req;
+    req.set_page_size(1000);
+    zfarm::v1::ListJobsResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    if (!stub->ListJobs(&ctx, req, &resp).ok()) return -1;
+    return resp.jobs_size();
+  }
+
+  std::string dir_, address_;
+  ServerOptions options_;
+  std::unique_ptr<SchedulerServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::map<std::string, std::string> env_;
+  std::thread worker_;
+  std::atomic<bool> stop_worker_{false};
+  std::atomic<int> rendered_{0};
+};
+
+TEST_F(CliSchedulerTest, SubmitWaitStatusGetWithAWorker) {
+  StartWorker("w1");
+  std::string png = dir_ + "/fox.png";
+  Result r = Run({"submit", "--prompt", "a fox", "--width", "256", "--height",
+                  "256", "--steps", "2", "--seed", "9", "--wait", "--out", png,
+                  "--json", "--timeout", "60s"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  json j = r.lines().back();
+  EXPECT_EQ(j["state"], "succeeded");
+  EXPECT_EQ(j["seed"], 9);
+  EXPECT_EQ(j["width"], 256);
+  EXPECT_EQ(j["steps"], 2);
+  EXPECT_FALSE(j["path"].get<std::string>().empty());
+  // The fake worker reports no sha256: the CLI fills it from the local copy.
+  ASSERT_OK_AND_ASSIGN(std::string fox_sha, Sha256File(png));
+  EXPECT_EQ(j["sha256"], fox_sha);
+  Result st = Run({"status", j["job"], "--json"});
+  ASSERT_EQ(st.rc, 0) << st.err;
+  EXPECT_EQ(st.lines()[0]["path"], j["path"]);
+  // get: through GetResult (no mount) and from the mount.
+  Result g = Run({"get", j["job"], "--out", dir_ + "/g.png"});
+  ASSERT_EQ(g.rc, 0) << g.err;
+  env_["ZFARM_OUTPUT_ROOT"] = options_.scheduler.output_root;
+  Result g2 = Run({"get", j["job"], "--out", dir_ + "/g2.png"});
+  ASSERT_EQ(g2.rc, 0) << g2.err;
+  ASSERT_OK_AND_ASSIGN(std::string sha, Sha256File(dir_ + "/g.png"));
+  EXPECT_EQ(sha, j["sha256"]);
+  ASSERT_OK_AND_ASSIGN(std::string sha2, Sha256File(dir_ + "/g2.png"));
+  EXPECT_EQ(sha2, j["sha256"]);
+  Result w = Run({"workers", "--json"});
+  ASSERT_EQ(w.rc, 0) << w.err;
+  EXPECT_EQ(w.lines()[0]["worker"], "w1");
+  EXPECT_EQ(Run({"drain", "w1"}).rc, 0);
+  EXPECT_EQ(Run({"health", address_}).rc, 0);
+}
+
+TEST_F(CliSchedulerTest, ValidationErrorsFromTheSchedulerExit2) {
+  Result r = Run({"submit", "--prompt", "x", "--width", "100"});
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_THAT(r.err, HasSubstr("width"));
+}
+
+TEST_F(CliSchedulerTest, CancelQueuedByLabelAndList) {
+  Result s = Run({"submit", "--prompt", "x", "--label", "campaign=spring",
+                  "--json"});
+  ASSERT_EQ(s.rc, 0) << s.err;
+  Result c = Run({"cancel", "--label", "campaign=spring", "--json"});
+  ASSERT_EQ(c.rc, 0) << c.err;
+  EXPECT_THAT(c.lines(), SizeIs(1));
+  Result w = Run({"watch", s.lines()[0]["job"], "--timeout", "20s"});
+  EXPECT_EQ(w.rc, 5) << w.err;
+  Result l = Run({"list", "--state", "cancelled", "--json"});
+  ASSERT_EQ(l.rc, 0) << l.err;
+  EXPECT_THAT(l.lines(), SizeIs(1));
+}
+
+// 200 prompts; the scheduler is stopped and restarted on its journal while the
+// CLI waits on one WatchJobs stream: exactly 200 results, and running the same
+// batch again (same BUILD_TAG) submits 0 new jobs.
+TEST_F(CliSchedulerTest, Batch200AcrossRestartThenRerunSubmitsNothing) {
+  std::string prompts;
+  for (int i = 1; i <= 200; ++i) absl::StrAppend(&prompts, "prompt ", i, "\n");
+  const std::string p = dir_ + "/prompts.txt";
+  std::ofstream(p) << prompts;
+  env_["BUILD_TAG"] = "jenkins-render-200";
+  const std::string out = dir_ + "/renders";
+  const std::vector<std::string> args = {
+      "batch", "--prompts", p, "--width", "256", "--height", "256", "--steps",
+      "1", "--wait", "--out-dir", out, "--json", "--timeout", "120s"};
+  env_["ZFARM_OUTPUT_ROOT"] = options_.scheduler.output_root;
+  Result r;
+  std::thread cli([&] { r = Run(args); });
+  while (CountJobs() < 200) absl::SleepFor(absl::Milliseconds(20));
+  StartWorker("w1");
+  while (rendered_ < 50) absl::SleepFor(absl::Milliseconds(10));
+  StopWorker();
+  server_->Shutdown();
+  server_.reset();
+  StartScheduler();
+  ASSERT_EQ(address_, options_.listen);
+  StartWorker("w2");
+  cli.join();
+  ASSERT_EQ(r.rc, 0) << r.err;
+  auto lines = r.lines();
+  ASSERT_THAT(lines, SizeIs(200));
+  std::set<std::string> ids;
+  for (const json& l : lines) {
+    ids.insert(l["job"].get<std::string>());
+    EXPECT_EQ(l["state"], "succeeded");
+  }
+  EXPECT_THAT(ids, SizeIs(200));
+  std::ifstream in(out + "/manifest.json");
+  json m = json::parse(in);
+  ASSERT_EQ(m["jobs"].size(), 200u);
+  ASSERT_OK_AND_ASSIGN(std::string sha, Sha256File(out + "/0200.png"));
+  EXPECT_EQ(m["jobs"][199]["sha256"], sha);
+
+  Result again = Run({"batch", "--prompts", p, "--width", "256", "--height",
+                      "256", "--steps", "1"});
+  ASSERT_EQ(again.rc, 0) << again.err;
+  EXPECT_THAT(again.err, HasSubstr("submitted=0 existing=200"));
+  EXPECT_EQ(CountJobs(), 200);
+}
+
+}  // namespace
+}  // namespace zfarm::client
