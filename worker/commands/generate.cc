@@ -1,13 +1,180 @@
-// PLACEHOLDER: replaced by the work that implements `zfarm-worker generate`.
+// zfarm-worker generate: render images with no scheduler (the seed's
+// run_z_image.py). Parses its own argv (no global flags).
+#include <algorithm>
 #include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "worker/commands/commands.h"
+#include "worker/pipeline/pipeline.h"
+#include "worker/pipeline/png.h"
 
 namespace zfarm::worker {
+namespace {
 
-int RunGenerate(int, char**) {
-  std::fprintf(stderr, "zfarm-worker generate: not built into this version yet\n");
-  return 1;
+constexpr char kUsage[] =
+    "usage: zfarm-worker generate --model DIR (--prompt TEXT --out FILE.png |\n"
+    "                             --prompts FILE --out-dir DIR)\n"
+    "  [--width 1024] [--height 1024] [--steps 8] [--seed N (random if absent)]\n"
+    "  [--guidance 0] [--negative-prompt TEXT] [--device cpu|cuda:N]\n"
+    "  [--vae-fp32] [--offload-text-encoder] [--vae-tiling]\n"
+    "Steps are transformer evaluations: the model card's \"9 steps\" are 8 here.\n";
+
+const std::vector<std::string> kBoolFlags = {"vae-fp32", "offload-text-encoder", "vae-tiling",
+                                             "help"};
+const std::vector<std::string> kValueFlags = {
+    "model",    "prompt",   "prompts", "out",      "out-dir",         "width",
+    "height",   "steps",    "seed",    "guidance", "negative-prompt", "device"};
+
+int Usage(const std::string& why) {
+  std::fprintf(stderr, "zfarm-worker generate: %s\n%s", why.c_str(), kUsage);
+  return 2;
+}
+
+}  // namespace
+
+int RunGenerate(int argc, char** argv) {
+  std::map<std::string, std::string> f;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) return Usage(absl::StrCat("unexpected argument '", a, "'"));
+    a = a.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (auto eq = a.find('='); eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+      has_value = true;
+    }
+    const bool is_bool = std::find(kBoolFlags.begin(), kBoolFlags.end(), a) != kBoolFlags.end();
+    const bool is_value = std::find(kValueFlags.begin(), kValueFlags.end(), a) != kValueFlags.end();
+    if (!is_bool && !is_value) return Usage(absl::StrCat("unknown flag --", a));
+    if (is_bool) {
+      f[a] = has_value ? value : "true";
+      continue;
+    }
+    if (!has_value) {
+      if (i + 1 >= argc) return Usage(absl::StrCat("--", a, " needs a value"));
+      value = argv[++i];
+    }
+    f[a] = value;
+  }
+  if (f.count("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  auto flag_true = [&](const std::string& k) { return f.count(k) && f[k] != "false" && f[k] != "0"; };
+  if (!f.count("model")) return Usage("--model is required");
+  const bool single = f.count("prompt") > 0;
+  if (single == (f.count("prompts") > 0)) return Usage("give exactly one of --prompt and --prompts");
+  if (single && !f.count("out")) return Usage("--prompt needs --out FILE.png");
+  if (!single && !f.count("out-dir")) return Usage("--prompts needs --out-dir DIR");
+
+  GenerateRequest req;
+  auto get_int = [&](const std::string& k, int* out) {
+    return !f.count(k) || absl::SimpleAtoi(f[k], out);
+  };
+  if (!get_int("width", &req.width) || !get_int("height", &req.height) ||
+      !get_int("steps", &req.steps)) {
+    return Usage("--width, --height and --steps take integers");
+  }
+  if (f.count("guidance") && !absl::SimpleAtof(f["guidance"], &req.guidance)) {
+    return Usage("--guidance takes a number");
+  }
+  bool random_seed = !f.count("seed");
+  if (!random_seed && !absl::SimpleAtoi(f["seed"], &req.seed)) {
+    return Usage("--seed takes a non-negative integer");
+  }
+  if (random_seed) req.seed = std::random_device{}() & 0xffffffffu;
+  req.negative_prompt = f.count("negative-prompt") ? f["negative-prompt"] : "";
+
+  std::vector<std::string> prompts;
+  if (single) {
+    prompts.push_back(f["prompt"]);
+  } else {
+    std::ifstream in(f["prompts"]);
+    if (!in) {
+      std::fprintf(stderr, "zfarm-worker generate: cannot read %s\n", f["prompts"].c_str());
+      return 1;
+    }
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (!line.empty()) prompts.push_back(line);
+    }
+    if (prompts.empty()) {
+      std::fprintf(stderr, "zfarm-worker generate: %s has no prompts\n", f["prompts"].c_str());
+      return 1;
+    }
+  }
+
+  PipelineOptions opts;
+  opts.model_dir = f["model"];
+  opts.device = f.count("device") ? f["device"] : "cpu";
+  opts.vae_fp32 = flag_true("vae-fp32");
+  opts.offload_text_encoder = flag_true("offload-text-encoder");
+  opts.vae_tiling = flag_true("vae-tiling");
+  auto pipeline = Pipeline::Create(opts);
+  if (!pipeline.ok()) {
+    std::fprintf(stderr, "zfarm-worker generate: %s\n", pipeline.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("loaded %s in %.2f s (%s)\n", opts.model_dir.c_str(), (*pipeline)->load_seconds(),
+              (*pipeline)->Describe().c_str());
+
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GenerateRequest r = req;
+    r.prompt = prompts[i];
+    if (i > 0 && random_seed) r.seed = std::random_device{}() & 0xffffffffu;
+    std::string out = single ? f["out"]
+                             : absl::StrFormat("%s/%05d.png", f["out-dir"], static_cast<int>(i + 1));
+    std::printf("[%zu/%zu] seed %llu -> %s\n", i + 1, prompts.size(),
+                static_cast<unsigned long long>(r.seed), out.c_str());
+    std::fflush(stdout);
+    auto img = (*pipeline)->Generate(
+        r,
+        [](int step, int total) {
+          std::fprintf(stderr, "\rstep %d/%d", step, total);
+          if (step == total) std::fputc('\n', stderr);
+        },
+        nullptr);
+    if (!img.ok()) {
+      std::fprintf(stderr, "zfarm-worker generate: %s\n", img.status().ToString().c_str());
+      return 1;
+    }
+    if (img->prompt_truncated) {
+      std::printf("warning: prompt truncated from %d to %d tokens\n",
+                  img->untruncated_prompt_tokens, img->prompt_tokens);
+    }
+    ImageParameters p;
+    p.prompt = r.prompt;
+    p.negative_prompt = r.guidance > 0 ? r.negative_prompt : "";
+    p.steps = r.steps;
+    p.guidance = r.guidance;
+    p.seed = r.seed;
+    p.width = r.width;
+    p.height = r.height;
+    p.device = opts.device;
+    p.prompt_tokens = img->prompt_tokens;
+    p.prompt_truncated = img->prompt_truncated;
+    if (absl::Status s = WritePng(out, img->rgb, p); !s.ok()) {
+      std::fprintf(stderr, "zfarm-worker generate: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    const StageTimings& t = img->timings;
+    std::printf(
+        "tokenize %.3f s, encode %.3f s, denoise %.3f s (%.3f s/step), decode %.3f s, total %.3f s, "
+        "peak memory %.1f MiB\n",
+        t.tokenize_s, t.encode_s, t.denoise_s, t.denoise_s / r.steps, t.decode_s, t.total_s,
+        img->peak_device_bytes / 1048576.0);
+  }
+  return 0;
 }
 
 }  // namespace zfarm::worker

@@ -1,0 +1,236 @@
+#ifndef ZFARM_WORKER_MODEL_MODULES_H_
+#define ZFARM_WORKER_MODEL_MODULES_H_
+
+// The three networks of Z-Image-Turbo as libtorch modules (spec §3, §7, §8):
+// the Qwen3 text encoder (embeddings + layers 0..n-2), the S3-DiT transformer
+// and the FLUX VAE decoder. Internal to worker/model and worker/pipeline: this
+// header includes Torch; the pipeline's public header does not.
+//
+// Every submodule is registered under its checkpoint key segment, so
+// named_parameters() equals the safetensors keys of the component
+// ("layers.3.attention.to_q.weight", "decoder.up_blocks.0.resnets.1.conv1.bias").
+// Parameters are created uninitialised (at::empty) on the given device and
+// dtype: fill them with LoadWeights() (weights.h) or InitRandom().
+//
+// Dtypes follow spec §9: activations in the parameter dtype (bf16 on CUDA,
+// fp32 on CPU), RMSNorm statistics, RoPE and the timestep sinusoid in fp32.
+//
+// Thread-safety: none; one inference thread owns a module (style rule 18).
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "worker/io/model_config.h"
+
+namespace zfarm::worker::model {
+
+// y = x W^T + b with W [out, in].
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in, int64_t out, bool bias, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;
+};
+TORCH_MODULE(Linear);
+
+// RMSNorm over the last dimension: (x_f32 * rsqrt(mean(x_f32^2) + eps)).to(x dtype) * w.
+class RmsNormImpl : public torch::nn::Module {
+ public:
+  RmsNormImpl(int64_t dim, double eps, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RmsNorm);
+
+// A container whose children are named "0", "1", ... (nn.ModuleList / nn.Sequential keys).
+class ListImpl : public torch::nn::Module {
+ public:
+  template <typename M>
+  M Add(M m) {
+    return register_module(std::to_string(count_++), std::move(m));
+  }
+  template <typename M>
+  M AddAt(int index, M m) {
+    count_ = index + 1;
+    return register_module(std::to_string(index), std::move(m));
+  }
+
+ private:
+  int count_ = 0;
+};
+TORCH_MODULE(List);
+
+// ---------------------------------------------------------------- Qwen3 ----
+
+class Qwen3LayerImpl : public torch::nn::Module {
+ public:
+  Qwen3LayerImpl(const TextEncoderConfig& c, const at::TensorOptions& options);
+  // x: [1, L, hidden]; cos/sin: [L, head_dim] in x's dtype.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+ private:
+  TextEncoderConfig c_;
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  RmsNorm q_norm{nullptr}, k_norm{nullptr}, input_layernorm{nullptr},
+      post_attention_layernorm{nullptr};
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(Qwen3Layer);
+
+// Keys without the "model." prefix: embed_tokens.weight, layers.{0..n-2}.*.
+class TextEncoderImpl : public torch::nn::Module {
+ public:
+  TextEncoderImpl(const TextEncoderConfig& c, const at::TensorOptions& options);
+  // ids: [L] int64 (any device). Returns hidden_states[-2] = the raw output of
+  // layer n-2 for the L tokens: [L, hidden] in the module dtype.
+  at::Tensor forward(const at::Tensor& ids);
+  // Checkpoint keys this module deliberately does not hold (last layer, final norm).
+  bool IsUnusedKey(const std::string& key) const;
+  const TextEncoderConfig& config() const { return c_; }
+
+ private:
+  TextEncoderConfig c_;
+  at::Tensor embed_weight_;
+  std::vector<Qwen3Layer> layers_;
+};
+TORCH_MODULE(TextEncoder);
+
+// ---------------------------------------------------------------- S3-DiT ---
+
+// 3-axis RoPE table (spec §7.4): cos/sin float32 [num_positions, head_dim/2].
+struct RopeTable {
+  at::Tensor cos, sin;  // [S, head_dim/2] float32
+};
+
+class DitBlockImpl : public torch::nn::Module {
+ public:
+  DitBlockImpl(const TransformerConfig& c, bool modulated, const at::TensorOptions& options);
+  // x: [1, S, dim]; c: [1, adaln_dim] (ignored when not modulated).
+  at::Tensor forward(const at::Tensor& x, const RopeTable& rope, const at::Tensor& c);
+
+ private:
+  at::Tensor Attention(const at::Tensor& x, const RopeTable& rope);
+  TransformerConfig c_;
+  bool modulated_;
+  Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
+  RmsNorm norm_q{nullptr}, norm_k{nullptr};
+  Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
+  RmsNorm attention_norm1{nullptr}, attention_norm2{nullptr}, ffn_norm1{nullptr},
+      ffn_norm2{nullptr};
+  Linear ada{nullptr};
+};
+TORCH_MODULE(DitBlock);
+
+// Intermediate values for parity tests.
+struct DitTrace {
+  at::Tensor t_emb;  // [1, adaln_dim]
+};
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  TransformerImpl(const TransformerConfig& c, const at::TensorOptions& options);
+  // latent: [C, 1, h, w] in the module dtype; t_in: the DiT timestep input
+  // (1 - sigma, see sampling::TimestepInput); cap: [L, cap_feat_dim].
+  // Returns the raw model output [C, 1, h, w] (approximates x0 - noise).
+  at::Tensor forward(const at::Tensor& latent, float t_in, const at::Tensor& cap,
+                     DitTrace* trace = nullptr);
+  // The adaLN conditioning vector for t_in: [1, adaln_dim].
+  at::Tensor TimestepEmbedding(float t_in);
+  const TransformerConfig& config() const { return c_; }
+
+ private:
+  RopeTable Rope(const at::Tensor& ids);  // ids: [S, 3] int64 positions
+  TransformerConfig c_;
+  at::TensorOptions options_;
+  Linear x_embedder{nullptr}, t_mlp0{nullptr}, t_mlp2{nullptr}, cap_linear{nullptr};
+  RmsNorm cap_norm{nullptr};
+  at::Tensor x_pad_token, cap_pad_token;
+  Linear final_ada{nullptr}, final_linear{nullptr};
+  std::vector<DitBlock> noise_refiner_, context_refiner_, layers_;
+  std::vector<at::Tensor> axis_freqs_;  // per axis: float32 [d_a/2] frequencies (as float64->f32)
+};
+TORCH_MODULE(Transformer);
+
+// ---------------------------------------------------------------- VAE ------
+
+class Conv2dImpl : public torch::nn::Module {
+ public:
+  Conv2dImpl(int64_t in, int64_t out, int64_t k, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;
+  int64_t pad;
+};
+TORCH_MODULE(Conv2d);
+
+class GroupNormImpl : public torch::nn::Module {
+ public:
+  GroupNormImpl(int64_t groups, int64_t channels, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;
+  int64_t groups;
+};
+TORCH_MODULE(GroupNorm);
+
+class ResnetImpl : public torch::nn::Module {
+ public:
+  ResnetImpl(int64_t in, int64_t out, int64_t groups, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  GroupNorm norm1{nullptr}, norm2{nullptr};
+  Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
+};
+TORCH_MODULE(Resnet);
+
+class VaeAttentionImpl : public torch::nn::Module {
+ public:
+  VaeAttentionImpl(int64_t channels, int64_t groups, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  GroupNorm group_norm{nullptr};
+  Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
+};
+TORCH_MODULE(VaeAttention);
+
+// Keys: decoder.* of vae/diffusion_pytorch_model.safetensors.
+class VaeDecoderImpl : public torch::nn::Module {
+ public:
+  VaeDecoderImpl(const VaeConfig& c, const at::TensorOptions& options);
+  // latents: [1, C, h, w] float32 pipeline latents. Casts to the module dtype,
+  // applies z / scaling + shift (in the module dtype, as diffusers), decodes.
+  // Returns [1, 3, 8h, 8w] in the module dtype, roughly in [-1, 1].
+  at::Tensor forward(const at::Tensor& latents);
+  // Same, decoding overlapping tiles of `tile` latent pixels (overlap `overlap`)
+  // and blending the seams linearly (diffusers AutoencoderKL.tiled_decode scheme).
+  at::Tensor TiledDecode(const at::Tensor& latents, int64_t tile, int64_t overlap);
+  bool IsUnusedKey(const std::string& key) const;
+  const VaeConfig& config() const { return c_; }
+
+ private:
+  at::Tensor Decode(const at::Tensor& z);  // z already transformed, module dtype
+  VaeConfig c_;
+  Conv2d conv_in{nullptr}, conv_out{nullptr};
+  std::vector<Resnet> mid_resnets_;
+  VaeAttention mid_attention_{nullptr};
+  std::vector<std::vector<Resnet>> up_resnets_;
+  std::vector<Conv2d> upsamplers_;  // nullptr for the last block
+  GroupNorm conv_norm_out{nullptr};
+};
+TORCH_MODULE(VaeDecoder);
+
+// Fills every parameter of `module` with deterministic random values from
+// `seed`: weights of rank >= 2 ~ N(0, 1/fan_in), norm weights 1, biases and pad
+// tokens ~ N(0, 0.02). For benchmarks and tests with a full-size architecture.
+void InitRandom(torch::nn::Module& module, uint64_t seed);
+
+}  // namespace zfarm::worker::model
+
+#endif  // ZFARM_WORKER_MODEL_MODULES_H_

@@ -1,0 +1,402 @@
+#include "worker/pipeline/pipeline.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
+#include <glog/logging.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "proto/status_macros.h"
+#include "worker/io/model_folder.h"
+#include "worker/io/safetensors.h"
+#include "worker/model/modules.h"
+#include "worker/model/weights.h"
+#include "worker/sampling/sampling.h"
+#include "worker/text/tokenizer.h"
+
+#ifdef ZFARM_TORCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace zfarm::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+absl::StatusOr<at::Device> ParseDevice(const std::string& s) {
+  if (s == "cpu") return at::Device(at::kCPU);
+  int index = -1;
+  if (absl::StartsWith(s, "cuda:") && absl::SimpleAtoi(s.substr(5), &index) && index >= 0) {
+    if (!at::hasCUDA()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("device '", s, "': this build or host has no CUDA support"));
+    }
+    return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("device '", s, "': expected \"cpu\" or \"cuda:N\""));
+}
+
+std::vector<float> ToVector(const at::Tensor& t) {
+  at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+at::Tensor DrawNoise(uint64_t seed, const std::vector<int64_t>& shape, const at::Device& device) {
+  // A fresh generator of the device's kind seeded like torch.Generator(dev).manual_seed(seed).
+  at::Generator gen = at::globalContext().defaultGenerator(device).clone();
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(seed);
+  }
+  return at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat).device(device));
+}
+
+int64_t PeakBytes(const at::Device& device) {
+#ifdef ZFARM_TORCH_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return stats.allocated_bytes[0].peak;
+  }
+#endif
+  (void)device;
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
+}
+
+void ResetPeak(const at::Device& device) {
+#ifdef ZFARM_TORCH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
+  (void)device;
+}
+
+void ReleaseCache(const at::Device& device) {
+#ifdef ZFARM_TORCH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+  (void)device;
+}
+
+}  // namespace
+
+class Pipeline::Impl {
+ public:
+  PipelineOptions options;
+  ModelConfig config;
+  at::Device device{at::kCPU};
+  at::ScalarType dtype = at::kFloat;
+  at::ScalarType vae_dtype = at::kFloat;
+  std::unique_ptr<text::Tokenizer> tokenizer;
+  model::TextEncoder text_encoder{nullptr};
+  model::Transformer transformer{nullptr};
+  model::VaeDecoder vae{nullptr};
+  double load_seconds = 0;
+  bool time_steps = false;
+
+  absl::Status Load();
+  absl::StatusOr<Image> Run(const GenerateRequest& r, const StepCallback& on_step,
+                            const CancelToken* cancel, GenerateTrace* trace);
+  absl::StatusOr<text::PromptTokens> Tokens(const std::string& prompt,
+                                            const std::vector<int32_t>& ids);
+  at::Tensor Encode(const std::vector<int32_t>& ids);
+};
+
+absl::Status Pipeline::Impl::Load() {
+  ZFARM_ASSIGN_OR_RETURN(device, ParseDevice(options.device));
+  switch (options.precision) {
+    case PipelineOptions::Precision::kAuto:
+      dtype = device.is_cuda() ? at::kBFloat16 : at::kFloat;
+      break;
+    case PipelineOptions::Precision::kFloat32:
+      dtype = at::kFloat;
+      break;
+    case PipelineOptions::Precision::kBFloat16:
+      dtype = at::kBFloat16;
+      break;
+  }
+  vae_dtype = options.vae_fp32 ? at::kFloat : dtype;
+  if (options.vae_tile_latent < 8 || options.vae_tile_overlap < 0 ||
+      options.vae_tile_overlap >= options.vae_tile_latent) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "vae tiling: need tile >= 8 and 0 <= overlap < tile latent pixels, got tile=",
+        options.vae_tile_latent, " overlap=", options.vae_tile_overlap));
+  }
+  if (options.random_weights && options.config.has_value()) {
+    config = *options.config;
+  } else if (!options.model_dir.empty()) {
+    ZFARM_ASSIGN_OR_RETURN(config, LoadModelConfig(options.model_dir));
+  } else if (!options.random_weights) {
+    return absl::InvalidArgumentError("PipelineOptions: model_dir is required");
+  }
+  ZFARM_RETURN_IF_ERROR(ValidateModelConfig(config));
+  if (!config.tokenizer_json_path.empty() && std::filesystem::exists(config.tokenizer_json_path)) {
+    ZFARM_ASSIGN_OR_RETURN(tokenizer, text::Tokenizer::FromFile(config.tokenizer_json_path));
+  } else if (!options.random_weights) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model folder ", options.model_dir, ": missing tokenizer/tokenizer.json"));
+  }
+  try {
+    at::NoGradGuard no_grad;
+    const at::Device te_device = options.offload_text_encoder ? at::Device(at::kCPU) : device;
+    text_encoder = model::TextEncoder(config.text_encoder, at::TensorOptions().dtype(dtype).device(te_device));
+    transformer = model::Transformer(config.transformer, at::TensorOptions().dtype(dtype).device(device));
+    vae = model::VaeDecoder(config.vae, at::TensorOptions().dtype(vae_dtype).device(device));
+    if (options.random_weights) {
+      model::InitRandom(*text_encoder, options.random_weights_seed);
+      model::InitRandom(*transformer, options.random_weights_seed + 1);
+      model::InitRandom(*vae, options.random_weights_seed + 2);
+      return absl::OkStatus();
+    }
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "out of memory allocating the model on ", options.device, "; try --offload-text-encoder"));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("creating the model: ", e.what_without_backtrace()));
+  }
+  const std::string& dir = options.model_dir;
+  {
+    ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(dir + "/text_encoder"));
+    model::LoadSpec spec;
+    spec.component = "text_encoder";
+    spec.key_map = [](std::string_view k) { return std::string(StripModelPrefix(k)); };
+    model::TextEncoderImpl* te = text_encoder.get();
+    spec.ignore = [te](const std::string& k) { return te->IsUnusedKey(k); };
+    ZFARM_RETURN_IF_ERROR(model::LoadWeights(*text_encoder, *ws, spec));
+  }
+  {
+    ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(dir + "/transformer"));
+    model::LoadSpec spec;
+    spec.component = "transformer";
+    ZFARM_RETURN_IF_ERROR(model::LoadWeights(*transformer, *ws, spec));
+  }
+  {
+    ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(dir + "/vae"));
+    model::LoadSpec spec;
+    spec.component = "vae";
+    model::VaeDecoderImpl* v = vae.get();
+    spec.ignore = [v](const std::string& k) { return v->IsUnusedKey(k); };
+    ZFARM_RETURN_IF_ERROR(model::LoadWeights(*vae, *ws, spec));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<text::PromptTokens> Pipeline::Impl::Tokens(const std::string& prompt,
+                                                          const std::vector<int32_t>& ids) {
+  if (!ids.empty()) {
+    text::PromptTokens t;
+    t.ids = ids;
+    t.untruncated_size = static_cast<int>(ids.size());
+    if (t.ids.size() > static_cast<size_t>(text::kMaxPromptTokens)) {
+      t.ids.resize(text::kMaxPromptTokens);
+      t.truncated = true;
+    }
+    return t;
+  }
+  if (tokenizer == nullptr) {
+    return absl::InvalidArgumentError("this pipeline has no tokenizer: pass prompt_ids");
+  }
+  return tokenizer->EncodePrompt(prompt, text::kMaxPromptTokens);
+}
+
+at::Tensor Pipeline::Impl::Encode(const std::vector<int32_t>& ids) {
+  at::Tensor t = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong);
+  c10::InferenceMode guard;
+  return text_encoder(t).to(device);
+}
+
+absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCallback& on_step,
+                                          const CancelToken* cancel, GenerateTrace* trace) {
+  const auto t0 = Clock::now();
+  Image img;
+  img.width = r.width;
+  img.height = r.height;
+  ZFARM_ASSIGN_OR_RETURN(std::vector<float> sigmas,
+                         sampling::FlowMatchSigmas(r.steps, config.scheduler));
+  sampling::CfgOptions cfg{r.guidance, r.cfg_truncation, r.cfg_normalization};
+  bool any_cfg = false;
+  for (int k = 0; k < r.steps; ++k) {
+    any_cfg = any_cfg || sampling::CfgActive(cfg, sampling::TimestepInput(sigmas[k]));
+  }
+
+  ZFARM_ASSIGN_OR_RETURN(text::PromptTokens pos, Tokens(r.prompt, r.prompt_ids));
+  if (pos.ids.empty()) return absl::InvalidArgumentError("prompt: no tokens");
+  text::PromptTokens neg;
+  if (any_cfg) {
+    ZFARM_ASSIGN_OR_RETURN(neg, Tokens(r.negative_prompt, r.negative_prompt_ids));
+  }
+  img.prompt_tokens = static_cast<int>(pos.ids.size());
+  img.prompt_truncated = pos.truncated;
+  img.untruncated_prompt_tokens = pos.untruncated_size;
+  if (trace != nullptr) trace->ids = pos.ids;
+  const auto t1 = Clock::now();
+  img.timings.tokenize_s = Seconds(t0, t1);
+
+  // Text encoder (moved to the device only for this stage when offloaded).
+  if (options.offload_text_encoder && device.is_cuda()) {
+    at::NoGradGuard ng;
+    text_encoder->to(device);
+  }
+  at::Tensor cap = Encode(pos.ids), neg_cap;
+  if (any_cfg) neg_cap = Encode(neg.ids);
+  if (options.offload_text_encoder && device.is_cuda()) {
+    at::NoGradGuard ng;
+    text_encoder->to(at::Device(at::kCPU));
+    ReleaseCache(device);
+  }
+  if (trace != nullptr) trace->caption = ToVector(cap);
+  const auto t2 = Clock::now();
+  img.timings.encode_s = Seconds(t1, t2);
+
+  c10::InferenceMode guard;
+  const int64_t lh = 2 * (r.height / 16), lw = 2 * (r.width / 16);
+  at::Tensor x = DrawNoise(r.seed, {1, config.transformer.in_channels, lh, lw}, device);
+  if (trace != nullptr) trace->noise = ToVector(x);
+  for (int k = 0; k < r.steps; ++k) {
+    if (cancel != nullptr && cancel->cancelled()) {
+      return absl::CancelledError(absl::StrCat("cancelled before step ", k + 1, " of ", r.steps));
+    }
+    const auto ts = Clock::now();
+    const float t_in = sampling::TimestepInput(sigmas[k]);
+    const float g = sampling::GuidanceForStep(cfg, t_in);
+    at::Tensor xin = x.to(dtype).squeeze(0).unsqueeze(1);  // [C, 1, h, w]
+    at::Tensor pred = transformer(xin, t_in, cap).to(at::kFloat);
+    if (g > 0) {
+      at::Tensor negp = transformer(xin, t_in, neg_cap).to(at::kFloat);
+      at::Tensor combined = pred + g * (pred - negp);
+      if (r.cfg_normalization > 0) {
+        // min(1, c*|pos|/|pred|) without a host sync.
+        at::Tensor f = (pred.norm() * r.cfg_normalization / combined.norm()).clamp_max(1.0);
+        combined = combined * f;
+      }
+      pred = combined;
+    }
+    // v = -DiT output; x += (sigma_next - sigma) * v, float32.
+    const float dt = sigmas[k + 1] - sigmas[k];
+    x = x + dt * (-pred).unsqueeze(0).squeeze(2);
+    if (trace != nullptr) trace->latents.push_back(ToVector(x));
+    if (time_steps) {
+      (void)x.cpu().numel();  // synchronise to time the step
+      img.timings.step_s.push_back(Seconds(ts, Clock::now()));
+    }
+    if (on_step) on_step(k + 1, r.steps);
+  }
+  const auto t3 = Clock::now();
+  img.timings.denoise_s = Seconds(t2, t3);
+
+  at::Tensor decoded;
+  const int64_t tile = options.vae_tile_latent;
+  if (options.vae_tiling && (lh > tile || lw > tile)) {
+    decoded = vae->TiledDecode(x, tile, options.vae_tile_overlap);
+  } else {
+    decoded = vae(x);
+  }
+  if (trace != nullptr) trace->decoded = ToVector(decoded);
+  // diffusers image_processor: (x / 2 + 0.5).clamp(0, 1) in the VAE dtype, then
+  // float32 * 255, numpy round (half to even) -> uint8 HWC.
+  at::Tensor rgb = (decoded / 2 + 0.5).clamp(0, 1).to(at::kFloat);
+  rgb = (rgb * 255).round().to(at::kByte).squeeze(0).permute({1, 2, 0}).contiguous().cpu();
+  img.rgb.assign(rgb.data_ptr<uint8_t>(), rgb.data_ptr<uint8_t>() + rgb.numel());
+  const auto t4 = Clock::now();
+  img.timings.decode_s = Seconds(t3, t4);
+  img.timings.total_s = Seconds(t0, t4);
+  img.peak_device_bytes = PeakBytes(device);
+  return img;
+}
+
+Pipeline::Pipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Pipeline::~Pipeline() = default;
+
+absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Create(const PipelineOptions& options) {
+  const auto t0 = Clock::now();
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  ZFARM_RETURN_IF_ERROR(impl->Load());
+  impl->load_seconds = Seconds(t0, Clock::now());
+  LOG(INFO) << "event=pipeline_loaded device=" << options.device
+            << " dtype=" << c10::toString(impl->dtype) << " vae_dtype=" << c10::toString(impl->vae_dtype)
+            << " seconds=" << impl->load_seconds;
+  return std::unique_ptr<Pipeline>(new Pipeline(std::move(impl)));
+}
+
+absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCallback& on_step,
+                                         const CancelToken* cancel, GenerateTrace* trace) {
+  if (r.width % 16 != 0 || r.height % 16 != 0 || r.width < kMinImageSide ||
+      r.height < kMinImageSide || r.width > kMaxImageSide || r.height > kMaxImageSide) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "size ", r.width, "x", r.height, ": width and height must be multiples of 16 within ",
+        kMinImageSide, "..", kMaxImageSide, " pixels"));
+  }
+  if (r.steps < 1 || r.steps > sampling::kMaxSteps) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steps must be within 1..", sampling::kMaxSteps, ", got ", r.steps));
+  }
+  if (!(r.guidance >= 0.0f) || !std::isfinite(r.guidance)) {
+    return absl::InvalidArgumentError(absl::StrCat("guidance must be >= 0, got ", r.guidance));
+  }
+  ResetPeak(impl_->device);
+  try {
+    return impl_->Run(r, on_step, cancel, trace);
+  } catch (const c10::OutOfMemoryError& e) {
+    ReleaseCache(impl_->device);
+    LOG(WARNING) << "event=generate_oom size=" << r.width << "x" << r.height
+                 << " device=" << impl_->options.device;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "out of device memory generating ", r.width, "x", r.height, " on ", impl_->options.device,
+        ": try a smaller size, --vae-tiling or --offload-text-encoder"));
+  } catch (const c10::Error& e) {
+    ReleaseCache(impl_->device);
+    return absl::InternalError(absl::StrCat("generate: ", e.what_without_backtrace()));
+  }
+}
+
+double Pipeline::load_seconds() const { return impl_->load_seconds; }
+const ModelConfig& Pipeline::config() const { return impl_->config; }
+void Pipeline::set_time_steps(bool on) { impl_->time_steps = on; }
+std::string Pipeline::Describe() const {
+  return absl::StrCat(impl_->options.device, " ", c10::toString(impl_->dtype), ", vae ",
+                      c10::toString(impl_->vae_dtype),
+                      impl_->options.offload_text_encoder ? ", text encoder offloaded" : "",
+                      impl_->options.vae_tiling ? ", tiled vae" : "");
+}
+
+std::vector<uint8_t> ToRgb8(const float* chw, int height, int width) {
+  std::vector<uint8_t> out(static_cast<size_t>(height) * width * 3);
+  const size_t plane = static_cast<size_t>(height) * width;
+  for (int c = 0; c < 3; ++c) {
+    for (size_t i = 0; i < plane; ++i) {
+      float v = chw[c * plane + i] / 2 + 0.5f;
+      v = std::min(1.0f, std::max(0.0f, v));
+      out[i * 3 + c] = static_cast<uint8_t>(std::nearbyint(v * 255.0f));  // half to even
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<float>> InitialNoise(uint64_t seed, const std::vector<int64_t>& shape,
+                                                const std::string& device) {
+  ZFARM_ASSIGN_OR_RETURN(at::Device d, ParseDevice(device));
+  try {
+    c10::InferenceMode guard;
+    return ToVector(DrawNoise(seed, shape, d));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("noise: ", e.what_without_backtrace()));
+  }
+}
+
+}  // namespace zfarm::worker

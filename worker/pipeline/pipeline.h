@@ -1,0 +1,163 @@
+#ifndef ZFARM_WORKER_PIPELINE_PIPELINE_H_
+#define ZFARM_WORKER_PIPELINE_PIPELINE_H_
+
+// The Z-Image-Turbo text-to-image pipeline (spec §2): tokenize -> Qwen3 text
+// encoder -> flow-matching DiT loop -> VAE decode -> 8-bit RGB. Torch-free
+// header (pimpl); libtorch stays private to the implementation.
+//
+//   PipelineOptions opts;
+//   opts.model_dir = "/models/Z-Image-Turbo";
+//   opts.device = "cuda:0";
+//   ZFARM_ASSIGN_OR_RETURN(std::unique_ptr<Pipeline> p, Pipeline::Create(opts));
+//   GenerateRequest req;
+//   req.prompt = "a red fox in the snow";
+//   req.seed = 42;
+//   ZFARM_ASSIGN_OR_RETURN(Image img, p->Generate(req, nullptr, nullptr));
+//
+// Thread-safety: a Pipeline is used by one thread at a time (the worker's
+// inference thread, style rule 18). CancelToken::Cancel may be called from any
+// thread.
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "worker/io/model_config.h"
+
+namespace zfarm::worker {
+
+// Largest and smallest image side the model supports (RoPE tables: 512 patches).
+inline constexpr int kMinImageSide = 16;
+inline constexpr int kMaxImageSide = 8192;
+
+struct PipelineOptions {
+  // Model folder in the diffusers layout. Required unless random_weights.
+  std::string model_dir;
+  // "cpu" or "cuda:N".
+  std::string device = "cpu";
+  // Compute precision: kAuto = float32 on CPU, bfloat16 on CUDA (spec §9).
+  enum class Precision { kAuto, kFloat32, kBFloat16 };
+  Precision precision = Precision::kAuto;
+  // Run the VAE in float32 even when the rest runs in bf16 (the official repo's choice).
+  bool vae_fp32 = false;
+  // Keep the text encoder on the CPU and move it to the device only while encoding.
+  bool offload_text_encoder = false;
+  // Decode the VAE in overlapping latent tiles (diffusers' tiled_decode blending).
+  bool vae_tiling = false;
+  int vae_tile_latent = 64;     // tile side in latent pixels (64 -> 512 px)
+  int vae_tile_overlap = 16;    // overlap in latent pixels (25 %)
+  // Benchmarks/tests: build the architecture of `config` with deterministic
+  // random weights instead of reading model_dir's weights. If model_dir is
+  // empty, requests must carry prompt_ids (no tokenizer).
+  bool random_weights = false;
+  std::optional<ModelConfig> config;
+  uint64_t random_weights_seed = 0;
+};
+
+struct GenerateRequest {
+  std::string prompt;
+  std::string negative_prompt;  // used only when guidance > 0
+  int width = 1024;
+  int height = 1024;
+  int steps = 8;                // transformer evaluations, 1..50
+  uint64_t seed = 0;
+  float guidance = 0.0f;        // CFG scale g (pred = pos + g (pos - neg)); 0 = off (Turbo)
+  float cfg_truncation = 1.0f;
+  float cfg_normalization = 0.0f;
+  // Tests/benchmarks: token ids to use instead of tokenizing `prompt`
+  // (and negative_prompt_ids for the negative branch).
+  std::vector<int32_t> prompt_ids;
+  std::vector<int32_t> negative_prompt_ids;
+};
+
+// Wall-clock seconds per stage of one Generate call.
+struct StageTimings {
+  double tokenize_s = 0, encode_s = 0, denoise_s = 0, decode_s = 0, total_s = 0;
+  std::vector<double> step_s;  // per DiT step (synchronised only when timing is requested)
+};
+
+struct Image {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;  // height * width * 3, row-major RGB
+  int prompt_tokens = 0;     // caption length L (template included)
+  bool prompt_truncated = false;
+  int untruncated_prompt_tokens = 0;
+  StageTimings timings;
+  int64_t peak_device_bytes = 0;  // CUDA: peak allocated during the call; CPU: process max RSS
+};
+
+// Set by any thread; the pipeline checks it at step boundaries.
+class CancelToken {
+ public:
+  void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+// Called after each DiT step with (step index from 1, total steps).
+using StepCallback = std::function<void(int step, int total)>;
+
+// Optional intermediate tensors (float32, flattened) for parity tests.
+struct GenerateTrace {
+  std::vector<int32_t> ids;
+  std::vector<float> caption;            // [L, cap_feat_dim]
+  std::vector<float> noise;              // initial latents
+  std::vector<std::vector<float>> latents;  // after every step
+  std::vector<float> decoded;            // VAE output [3, H, W] before post-processing
+};
+
+class Pipeline {
+ public:
+  // Loads configs, tokenizer and weights (strict) onto the device.
+  // INVALID_ARGUMENT: bad device string / options, missing component (named),
+  // wrong-shaped weights (key, expected and found). RESOURCE_EXHAUSTED: out of memory.
+  static absl::StatusOr<std::unique_ptr<Pipeline>> Create(const PipelineOptions& options);
+  ~Pipeline();
+
+  // Renders one image. INVALID_ARGUMENT for sizes not multiples of 16 or
+  // outside 16..8192, steps outside 1..50, an empty prompt without ids;
+  // CANCELLED if `cancel` fires (checked between steps); RESOURCE_EXHAUSTED on
+  // device out-of-memory (the message names the size and suggests a memory
+  // mode; the pipeline stays usable). A prompt longer than 512 tokens is
+  // truncated and Image::prompt_truncated says so. `on_step`, `cancel` and
+  // `trace` may be null.
+  absl::StatusOr<Image> Generate(const GenerateRequest& request, const StepCallback& on_step,
+                                 const CancelToken* cancel, GenerateTrace* trace = nullptr);
+
+  // Time Create() took, in seconds.
+  double load_seconds() const;
+  // The configuration in use.
+  const ModelConfig& config() const;
+  // A short description of the device and dtypes ("cuda:0 bf16, vae bf16").
+  std::string Describe() const;
+  // Synchronise device work after each step to time it (slower; off by default).
+  void set_time_steps(bool on);
+
+  class Impl;
+
+ private:
+  explicit Pipeline(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Post-processing (spec §8.4) on float32 CHW values in [-1, 1]:
+// round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255) -> uint8 HWC.
+std::vector<uint8_t> ToRgb8(const float* chw, int height, int width);
+
+// Draws the initial latents as the reference does: float32 randn of shape
+// [1, 16, h/8, w/8] from a generator seeded with `seed` on `device` ("cpu":
+// torch.Generator("cpu").manual_seed(seed) numbers). Returned flattened.
+absl::StatusOr<std::vector<float>> InitialNoise(uint64_t seed, const std::vector<int64_t>& shape,
+                                                const std::string& device);
+
+}  // namespace zfarm::worker
+
+#endif  // ZFARM_WORKER_PIPELINE_PIPELINE_H_

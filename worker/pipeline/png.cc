@@ -1,0 +1,181 @@
+#include "worker/pipeline/png.h"
+
+#include <fcntl.h>
+#include <png.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+// setjmp/longjmp error handling of libpng: every object touched after setjmp is
+// created before it and not modified between setjmp and a possible longjmp.
+#pragma GCC diagnostic ignored "-Wclobbered"
+
+namespace zfarm::worker {
+namespace {
+
+void ErrorFn(png_structp png, png_const_charp msg) {
+  auto* err = static_cast<std::string*>(png_get_error_ptr(png));
+  if (err != nullptr) *err = msg;
+  png_longjmp(png, 1);
+}
+void WarnFn(png_structp, png_const_charp) {}
+
+void WriteFn(png_structp png, png_bytep data, png_size_t n) {
+  auto* out = static_cast<std::string*>(png_get_io_ptr(png));
+  out->append(reinterpret_cast<const char*>(data), n);
+}
+void FlushFn(png_structp) {}
+
+struct ReadState {
+  const std::string* in;
+  size_t pos = 0;
+};
+void ReadFn(png_structp png, png_bytep data, png_size_t n) {
+  auto* s = static_cast<ReadState*>(png_get_io_ptr(png));
+  if (s->pos + n > s->in->size()) png_error(png, "truncated PNG data");
+  std::memcpy(data, s->in->data() + s->pos, n);
+  s->pos += n;
+}
+
+std::string FormatFloat(float v) { return absl::StrFormat("%g", v); }
+
+}  // namespace
+
+std::string A1111Parameters(const ImageParameters& p) {
+  std::string s = p.prompt;
+  if (!p.negative_prompt.empty()) absl::StrAppend(&s, "\nNegative prompt: ", p.negative_prompt);
+  absl::StrAppend(&s, "\nSteps: ", p.steps, ", Sampler: Euler, CFG scale: ", FormatFloat(p.guidance),
+                  ", Seed: ", p.seed, ", Size: ", p.width, "x", p.height, ", Model: ", p.model);
+  return s;
+}
+
+std::string ParametersJson(const ImageParameters& p) {
+  nlohmann::json j;
+  j["prompt"] = p.prompt;
+  j["negative_prompt"] = p.negative_prompt;
+  j["steps"] = p.steps;
+  j["guidance"] = p.guidance;
+  j["seed"] = p.seed;
+  j["width"] = p.width;
+  j["height"] = p.height;
+  j["sampler"] = "euler";
+  j["model"] = p.model;
+  j["device"] = p.device;
+  j["prompt_tokens"] = p.prompt_tokens;
+  j["prompt_truncated"] = p.prompt_truncated;
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width, int height,
+                                      const std::vector<std::pair<std::string, std::string>>& text) {
+  if (width <= 0 || height <= 0 ||
+      rgb.size() != static_cast<size_t>(width) * static_cast<size_t>(height) * 3) {
+    return absl::InvalidArgumentError(absl::StrCat("png: ", rgb.size(), " bytes do not hold ",
+                                                   width, "x", height, " RGB pixels"));
+  }
+  std::string out, err;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, ErrorFn, WarnFn);
+  if (png == nullptr) return absl::InternalError("png: png_create_write_struct failed");
+  png_infop info = png_create_info_struct(png);
+  std::vector<png_text> chunks(text.size());
+  if (info == nullptr || setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    return absl::InternalError(absl::StrCat("png: libpng error: ", err));
+  }
+  png_set_write_fn(png, &out, WriteFn, FlushFn);
+  png_set_IHDR(png, info, width, height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  for (size_t i = 0; i < text.size(); ++i) {
+    std::memset(&chunks[i], 0, sizeof(png_text));
+    chunks[i].compression = PNG_ITXT_COMPRESSION_NONE;
+    chunks[i].key = const_cast<char*>(text[i].first.c_str());
+    chunks[i].text = const_cast<char*>(text[i].second.c_str());
+    chunks[i].itxt_length = text[i].second.size();
+  }
+  if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
+  png_write_info(png, info);
+  for (int y = 0; y < height; ++y) {
+    png_write_row(png, const_cast<png_bytep>(rgb.data() + static_cast<size_t>(y) * width * 3));
+  }
+  png_write_end(png, info);
+  png_destroy_write_struct(&png, &info);
+  return out;
+}
+
+absl::Status WritePng(const std::string& path, const std::vector<uint8_t>& rgb,
+                      const ImageParameters& p) {
+  auto bytes = EncodePng(rgb, p.width, p.height,
+                         {{"parameters", A1111Parameters(p)}, {"zfarm", ParametersJson(p)}});
+  if (!bytes.ok()) return bytes.status();
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
+  }
+  size_t done = 0;
+  while (done < bytes->size()) {
+    ssize_t n = ::write(fd, bytes->data() + done, bytes->size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return absl::UnavailableError(absl::StrCat("writing ", tmp, ": ", why));
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    const std::string why = std::strerror(errno);
+    ::unlink(tmp.c_str());
+    return absl::UnavailableError(absl::StrCat("flushing ", tmp, ": ", why));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    ::unlink(tmp.c_str());
+    return absl::UnavailableError(absl::StrCat("renaming ", tmp, " to ", path, ": ", why));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DecodedPng> DecodePng(const std::string& bytes) {
+  DecodedPng out;
+  std::string err;
+  ReadState state{&bytes, 0};
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, ErrorFn, WarnFn);
+  if (png == nullptr) return absl::InternalError("png: png_create_read_struct failed");
+  png_infop info = png_create_info_struct(png);
+  if (info == nullptr || setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    return absl::InvalidArgumentError(absl::StrCat("png: ", err));
+  }
+  png_set_read_fn(png, &state, ReadFn);
+  png_read_info(png, info);
+  out.width = static_cast<int>(png_get_image_width(png, info));
+  out.height = static_cast<int>(png_get_image_height(png, info));
+  if (png_get_color_type(png, info) != PNG_COLOR_TYPE_RGB || png_get_bit_depth(png, info) != 8) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    return absl::InvalidArgumentError("png: only 8-bit RGB is supported");
+  }
+  out.rgb.resize(static_cast<size_t>(out.width) * out.height * 3);
+  for (int y = 0; y < out.height; ++y) {
+    png_read_row(png, out.rgb.data() + static_cast<size_t>(y) * out.width * 3, nullptr);
+  }
+  png_read_end(png, info);
+  png_textp texts = nullptr;
+  int n = png_get_text(png, info, &texts, nullptr);
+  for (int i = 0; i < n; ++i) {
+    out.text.emplace_back(texts[i].key, std::string(texts[i].text, texts[i].itxt_length
+                                                                       ? texts[i].itxt_length
+                                                                       : texts[i].text_length));
+  }
+  png_destroy_read_struct(&png, &info, nullptr);
+  return out;
+}
+
+}  // namespace zfarm::worker

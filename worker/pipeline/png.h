@@ -1,0 +1,59 @@
+#ifndef ZFARM_WORKER_PIPELINE_PNG_H_
+#define ZFARM_WORKER_PIPELINE_PNG_H_
+
+// PNG encoding (libpng) of generated images with their generation parameters
+// in tEXt chunks: "parameters" in the AUTOMATIC1111 style, which image viewers
+// and web UIs display, and "zfarm" with the same parameters as JSON.
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace zfarm::worker {
+
+// What produced an image (written into the text chunks).
+struct ImageParameters {
+  std::string prompt;
+  std::string negative_prompt;
+  int steps = 8;
+  float guidance = 0.0f;
+  uint64_t seed = 0;
+  int width = 0, height = 0;
+  std::string model = "z-image-turbo";
+  std::string device;
+  bool prompt_truncated = false;
+  int prompt_tokens = 0;
+};
+
+// "prompt\nNegative prompt: ...\nSteps: 8, Sampler: Euler, CFG scale: 0, Seed: 42,
+//  Size: 1024x1024, Model: z-image-turbo" (the negative line only when non-empty).
+std::string A1111Parameters(const ImageParameters& p);
+// The JSON object stored in the "zfarm" chunk.
+std::string ParametersJson(const ImageParameters& p);
+
+// Encodes 8-bit RGB (height * width * 3 bytes, row-major) as PNG bytes with
+// the given text chunks (key, value; values are stored as UTF-8 iTXt).
+// INVALID_ARGUMENT for a size mismatch; INTERNAL for a libpng error.
+absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width, int height,
+                                      const std::vector<std::pair<std::string, std::string>>& text);
+
+// EncodePng with the "parameters" and "zfarm" chunks of `p`, written to `path`
+// atomically (a temp file in the same folder, fsync, rename).
+absl::Status WritePng(const std::string& path, const std::vector<uint8_t>& rgb,
+                      const ImageParameters& p);
+
+// Decodes a PNG (for tests and tools): RGB bytes and its text chunks.
+struct DecodedPng {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;
+  std::vector<std::pair<std::string, std::string>> text;
+};
+absl::StatusOr<DecodedPng> DecodePng(const std::string& bytes);
+
+}  // namespace zfarm::worker
+
+#endif  // ZFARM_WORKER_PIPELINE_PNG_H_
