@@ -83,7 +83,27 @@ int JobQueue::Position(const std::string& job_id) const {
     if (level->first > it->second.priority) {
       pos += level->second.size();
     } else if (level->first == it->second.priority) {
-      pos += std::distance(level->second.begin(), level->second.find(it->second.seq));
+      // Walk from both ends at once: O(min(distance to front, distance to back)),
+      // so the newest job (a submit reply) and the oldest are both O(1).
+      const auto& items = level->second;
+      auto target = items.find(it->second.seq);
+      auto fwd = items.begin();
+      auto back = items.end();
+      size_t from_front = 0, from_back = 0;
+      for (;;) {
+        if (fwd == target) {
+          pos += from_front;
+          break;
+        }
+        --back;
+        ++from_back;
+        if (back == target) {
+          pos += items.size() - from_back;
+          break;
+        }
+        ++fwd;
+        ++from_front;
+      }
       break;
     }
   }
