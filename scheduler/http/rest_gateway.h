@@ -1,0 +1,78 @@
+#ifndef ZFARM_SCHEDULER_HTTP_REST_GATEWAY_H_
+#define ZFARM_SCHEDULER_HTTP_REST_GATEWAY_H_
+
+// File: rest_gateway.h
+// A REST/JSON door to JobService for tools that cannot speak gRPC. Every
+// request becomes one JobService call over `channel` (in the scheduler, an
+// in-process channel), so validation and authorization are exactly gRPC's;
+// the HTTP Authorization header is forwarded as gRPC metadata.
+//
+//   POST   /v1/jobs               body: SubmitJobRequest in protobuf's JSON
+//                                 mapping -> SubmitJobResponse (201 created,
+//                                 200 when the request_id already existed)
+//   GET    /v1/jobs/{id}          -> Job
+//   GET    /v1/jobs/{id}/image    -> image/png (GetResult)
+//   DELETE /v1/jobs/{id}          -> CancelJobResponse
+//   GET    /v1/jobs?state=queued,running&label=k=v&batch=ID&page_size=N
+//          &page_token=T          -> ListJobsResponse
+//
+// Errors: {"code": "INVALID_ARGUMENT", "message": "..."} with the HTTP status
+// mapped from the gRPC code (HttpStatusForCode). JSON output keeps the proto
+// field names (snake_case).
+//
+// Example:
+//   RestGateway::Options o;
+//   o.listen = "0.0.0.0:8080";
+//   ZFARM_ASSIGN_OR_RETURN(auto gw, RestGateway::Start(o, server->InProcessChannel({})));
+//
+// Thread-safe; civetweb serves requests on its own threads.
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/support/status.h"
+
+struct mg_context;
+
+namespace zfarm::scheduler::http {
+
+class RestGateway {
+ public:
+  struct Options {
+    // HOST:PORT; port 0 picks a free one (see port()).
+    std::string listen = "127.0.0.1:0";
+    int num_threads = 8;
+    size_t max_body_bytes = 1 << 20;
+    // Deadline of each JobService call.
+    absl::Duration rpc_timeout = absl::Seconds(30);
+  };
+
+  static absl::StatusOr<std::unique_ptr<RestGateway>> Start(
+      const Options& options, std::shared_ptr<grpc::Channel> channel);
+  ~RestGateway();  // Stops serving.
+  RestGateway(const RestGateway&) = delete;
+  RestGateway& operator=(const RestGateway&) = delete;
+
+  int port() const { return port_; }
+
+  struct Impl;  // implementation detail (civetweb callback data)
+
+ private:
+  RestGateway() = default;
+  std::unique_ptr<Impl> impl_;
+  mg_context* ctx_ = nullptr;
+  int port_ = 0;
+};
+
+// INVALID_ARGUMENT/FAILED_PRECONDITION/OUT_OF_RANGE 400, UNAUTHENTICATED 401,
+// PERMISSION_DENIED 403, NOT_FOUND 404, ALREADY_EXISTS/ABORTED 409,
+// RESOURCE_EXHAUSTED 429, CANCELLED 499, UNIMPLEMENTED 501, UNAVAILABLE 503,
+// DEADLINE_EXCEEDED 504, others 500.
+int HttpStatusForCode(grpc::StatusCode code);
+
+}  // namespace zfarm::scheduler::http
+
+#endif  // ZFARM_SCHEDULER_HTTP_REST_GATEWAY_H_
