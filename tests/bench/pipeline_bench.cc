@@ -25,6 +25,7 @@
 //                       [--tokenizer tokenizer.json]   (the pipeline's tokenize stage)
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
 
@@ -432,7 +433,7 @@ int Main(int argc, char** argv) {
   }
   BenchDevice dev;
   Report rep;
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   at::manual_seed(0);
   rep.Line("## pipeline_bench");
   rep.Line("");

@@ -69,6 +69,8 @@ for flags in "-DZFARM_BENCH_WITH_PIPELINE=OFF" "-DZFARM_BENCH_WITH_PIPELINE=OFF 
    timeout "$(box 120)" cmake --build "$build" --target pipeline_bench >> "$logs/build.log" 2>&1)
 done
 note "build (harness targets): exit $rc in $(( $(date +%s) - t )) s"
+first_error=$(grep -m1 -E 'error:|CMake Error' "$logs/build.log" | cut -c1-240)
+[ -n "$first_error" ] && note "first build error: $first_error"
 t=$(date +%s)
 if [ "${ZFARM_GPU_BUILD_ALL:-1}" != 1 ]; then
   note "build (all targets): skipped (ZFARM_GPU_BUILD_ALL=0)"
