@@ -29,8 +29,9 @@ const std::string& FullSparseFolder() {
   static const std::string* dir = [] {
     auto* d = new std::string(TmpRoot() + "/full");
     const char* tok = std::getenv("ZFARM_TOKENIZER_JSON");
-    std::string cmd = std::string(ZFARM_MAKE_TINY_MODEL) + " --force --variant full-random --sparse --out " +
-                      *d + " --tokenizer " + (tok ? tok : ZFARM_TOKENIZER_JSON_DEFAULT);
+    std::string cmd = std::string(ZFARM_MAKE_TINY_MODEL) +
+                      " --force --variant full-random --sparse --out " + *d + " --tokenizer " +
+                      (tok ? tok : ZFARM_TOKENIZER_JSON_DEFAULT);
     if (std::system(cmd.c_str()) != 0) std::abort();
     return d;
   }();
@@ -74,7 +75,8 @@ void BM_Convert(benchmark::State& state, DType from, bool to_bf16) {
       benchmark::DoNotOptimize(f32.data());
     }
   }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(src.size()));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(src.size()));
 }
 BENCHMARK_CAPTURE(BM_Convert, f32_to_bf16, DType::kF32, true)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_Convert, bf16_to_f32, DType::kBF16, false)->Unit(benchmark::kMillisecond);

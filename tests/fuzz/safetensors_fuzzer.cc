@@ -50,7 +50,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Round trip through the writer's header (data re-laid out in name order).
   std::string header = w.HeaderJson();
   std::string image(8, '\0');
-  for (int i = 0; i < 8; ++i) image[i] = static_cast<char>(static_cast<uint64_t>(header.size()) >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    image[i] = static_cast<char>(static_cast<uint64_t>(header.size()) >> (8 * i));
   image += header;
   std::vector<std::pair<std::string, const TensorInfo*>> sorted;
   for (const TensorInfo& t : (*f)->tensors()) sorted.emplace_back(t.name, &t);

@@ -169,7 +169,8 @@ std::vector<TensorSpec> TransformerTensors(const TransformerConfig& c) {
     }
   };
   for (int64_t i = 0; i < c.n_refiner_layers; ++i) block(absl::StrCat("noise_refiner.", i), true);
-  for (int64_t i = 0; i < c.n_refiner_layers; ++i) block(absl::StrCat("context_refiner.", i), false);
+  for (int64_t i = 0; i < c.n_refiner_layers; ++i)
+    block(absl::StrCat("context_refiner.", i), false);
   for (int64_t i = 0; i < c.n_layers; ++i) block(absl::StrCat("layers.", i), true);
   return t;
 }
@@ -240,7 +241,8 @@ std::vector<TensorSpec> VaeTensors(const VaeConfig& c) {
     for (int64_t j = 0; j < c.layers_per_block; ++j) {
       resnet(absl::StrCat("encoder.down_blocks.", i, ".resnets.", j), j == 0 ? prev : ch[i], ch[i]);
     }
-    if (i + 1 < nb) conv(absl::StrCat("encoder.down_blocks.", i, ".downsamplers.0.conv"), ch[i], ch[i], 3);
+    if (i + 1 < nb)
+      conv(absl::StrCat("encoder.down_blocks.", i, ".downsamplers.0.conv"), ch[i], ch[i], 3);
     prev = ch[i];
   }
   mid("encoder.mid_block", ch[nb - 1]);
@@ -350,7 +352,8 @@ OJson VaeJson(const VaeConfig& c) {
   j["_diffusers_version"] = kDiffusersVersion;
   j["act_fn"] = "silu";
   j["block_out_channels"] = c.block_out_channels;
-  j["down_block_types"] = std::vector<std::string>(c.block_out_channels.size(), "DownEncoderBlock2D");
+  j["down_block_types"] =
+      std::vector<std::string>(c.block_out_channels.size(), "DownEncoderBlock2D");
   j["force_upcast"] = true;
   j["in_channels"] = c.in_channels;
   j["latent_channels"] = c.latent_channels;
@@ -410,23 +413,26 @@ absl::Status WriteWeights(const fs::path& dir, std::vector<TensorSpec> tensors, 
   std::vector<std::vector<TensorSpec>> groups(static_cast<size_t>(std::max(shards, 1)));
   uint64_t acc = 0;
   for (const TensorSpec& t : tensors) {
-    size_t g = std::min<size_t>(groups.size() - 1,
-                                static_cast<size_t>((acc * groups.size()) / std::max<uint64_t>(total, 1)));
+    size_t g =
+        std::min<size_t>(groups.size() - 1,
+                         static_cast<size_t>((acc * groups.size()) / std::max<uint64_t>(total, 1)));
     groups[g].push_back(t);
     acc += Bytes(t);
   }
   const std::map<std::string, std::string> meta = {{"format", "pt"}};
   OJson weight_map = OJson::object();
   for (size_t g = 0; g < groups.size(); ++g) {
-    std::string name = shards <= 1 ? single
-                                   : absl::StrCat(prefix, "-", absl::StrFormat("%05d", g + 1), "-of-",
-                                                  absl::StrFormat("%05d", groups.size()),
-                                                  ".safetensors");
-    ZFARM_ASSIGN_OR_RETURN(auto w, SafetensorsStreamWriter::Create((dir / name).string(), groups[g], meta));
+    std::string name = shards <= 1
+                           ? single
+                           : absl::StrCat(prefix, "-", absl::StrFormat("%05d", g + 1), "-of-",
+                                          absl::StrFormat("%05d", groups.size()), ".safetensors");
+    ZFARM_ASSIGN_OR_RETURN(auto w,
+                           SafetensorsStreamWriter::Create((dir / name).string(), groups[g], meta));
     for (const TensorSpec& t : groups[g]) {
       weight_map[t.name] = name;
       if (!sparse) {
-        ZFARM_RETURN_IF_ERROR(GenerateTensor(t, [&](const std::string& b) { return w->Append(b); }));
+        ZFARM_RETURN_IF_ERROR(
+            GenerateTensor(t, [&](const std::string& b) { return w->Append(b); }));
       }
     }
     ZFARM_RETURN_IF_ERROR(w->Finish(sparse));
@@ -453,8 +459,8 @@ struct Options {
 absl::Status Make(const Options& o) {
   const bool full = o.variant == "full-random";
   if (!full && o.variant != "tiny") {
-    return absl::InvalidArgumentError(absl::StrCat("--variant: unknown '", o.variant,
-                                                   "' (tiny, full-random)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--variant: unknown '", o.variant, "' (tiny, full-random)"));
   }
   if (o.out.empty()) return absl::InvalidArgumentError("--out DIR is required");
   if (o.tokenizer.empty()) {
@@ -478,18 +484,21 @@ absl::Status Make(const Options& o) {
   }
   const ModelConfig m = full ? ModelConfig{} : TinyConfig();
   ZFARM_RETURN_IF_ERROR(WriteJson(tmp / "model_index.json", ModelIndexJson()));
-  ZFARM_RETURN_IF_ERROR(WriteJson(tmp / "scheduler/scheduler_config.json", SchedulerJson(m.scheduler)));
+  ZFARM_RETURN_IF_ERROR(
+      WriteJson(tmp / "scheduler/scheduler_config.json", SchedulerJson(m.scheduler)));
   ZFARM_RETURN_IF_ERROR(WriteJson(tmp / "transformer/config.json", TransformerJson(m.transformer)));
-  ZFARM_RETURN_IF_ERROR(WriteJson(tmp / "text_encoder/config.json", TextEncoderJson(m.text_encoder)));
+  ZFARM_RETURN_IF_ERROR(
+      WriteJson(tmp / "text_encoder/config.json", TextEncoderJson(m.text_encoder)));
   ZFARM_RETURN_IF_ERROR(WriteJson(tmp / "vae/config.json", VaeJson(m.vae)));
   ZFARM_RETURN_IF_ERROR(CopyFile(o.tokenizer, tmp / "tokenizer/tokenizer.json"));
-  ZFARM_RETURN_IF_ERROR(CopyFile(tok_dir / "tokenizer_config.json", tmp / "tokenizer/tokenizer_config.json"));
+  ZFARM_RETURN_IF_ERROR(
+      CopyFile(tok_dir / "tokenizer_config.json", tmp / "tokenizer/tokenizer_config.json"));
   const int n = full ? 3 : 2;
   ZFARM_RETURN_IF_ERROR(WriteWeights(tmp / "transformer", TransformerTensors(m.transformer), n, "",
                                      "diffusion_pytorch_model",
                                      "diffusion_pytorch_model.safetensors.index.json", o.sparse));
-  ZFARM_RETURN_IF_ERROR(WriteWeights(tmp / "text_encoder", TextEncoderTensors(m.text_encoder), n, "",
-                                     "model", "model.safetensors.index.json", o.sparse));
+  ZFARM_RETURN_IF_ERROR(WriteWeights(tmp / "text_encoder", TextEncoderTensors(m.text_encoder), n,
+                                     "", "model", "model.safetensors.index.json", o.sparse));
   ZFARM_RETURN_IF_ERROR(WriteWeights(tmp / "vae", VaeTensors(m.vae), 1,
                                      "diffusion_pytorch_model.safetensors", "", "", o.sparse));
   // Manifest of every file, sorted by path (sparse folders: header-only, skip the md5s).
@@ -506,7 +515,8 @@ absl::Status Make(const Options& o) {
     for (ManifestEntry& me : entries) {
       ZFARM_ASSIGN_OR_RETURN(me.md5, Md5File((tmp / me.path).string()));
     }
-    ZFARM_RETURN_IF_ERROR(WriteFileAtomically((tmp / "manifest.md5").string(), FormatMd5Manifest(entries)));
+    ZFARM_RETURN_IF_ERROR(
+        WriteFileAtomically((tmp / "manifest.md5").string(), FormatMd5Manifest(entries)));
   }
   if (fs::exists(out, ec)) fs::remove_all(out, ec);
   fs::rename(tmp, out, ec);

@@ -57,12 +57,14 @@ int RunVerify(int argc, char** argv) {
   if (!manifest_path.empty()) {
     auto text = ReadSmallFile(manifest_path, 16 << 20);
     if (!text.ok()) {
-      std::fprintf(stderr, "zfarm-worker verify: %s\n", std::string(text.status().message()).c_str());
+      std::fprintf(stderr, "zfarm-worker verify: %s\n",
+                   std::string(text.status().message()).c_str());
       return 2;
     }
     auto parsed = ParseMd5Manifest(*text, manifest_path);
     if (!parsed.ok()) {
-      std::fprintf(stderr, "zfarm-worker verify: %s\n", std::string(parsed.status().message()).c_str());
+      std::fprintf(stderr, "zfarm-worker verify: %s\n",
+                   std::string(parsed.status().message()).c_str());
       return 2;
     }
     manifest = *std::move(parsed);
@@ -71,14 +73,16 @@ int RunVerify(int argc, char** argv) {
   options.fast = fast;
   const auto start = std::chrono::steady_clock::now();
   options.progress = [start](uint64_t done, uint64_t total, const std::string& file) {
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::fprintf(stderr, "\rverify: %.0f / %.0f MB  %.0f MB/s  %s\033[K", done / 1e6, total / 1e6,
                  s > 0 ? done / 1e6 / s : 0.0, file.c_str());
   };
   auto report = VerifyModelFolder(model, manifest, options);
   if (!fast) std::fprintf(stderr, "\r\033[K");
   if (!report.ok()) {
-    std::fprintf(stderr, "zfarm-worker verify: %s\n", std::string(report.status().message()).c_str());
+    std::fprintf(stderr, "zfarm-worker verify: %s\n",
+                 std::string(report.status().message()).c_str());
     return 1;
   }
   const double mbps = report->seconds > 0 ? report->bytes_hashed / 1e6 / report->seconds : 0;
@@ -106,10 +110,11 @@ int RunVerify(int argc, char** argv) {
                   f.detail.c_str());
     }
     if (bad == 0) {
-      std::printf("OK: %zu files verified (%s) in %s, %.1f s%s\n", report->files.size(),
-                  fast ? "fast: presence, sizes, safetensors headers" : "md5",
-                  model.c_str(), report->seconds,
-                  fast ? "" : (", " + std::to_string(static_cast<int64_t>(mbps)) + " MB/s").c_str());
+      std::printf(
+          "OK: %zu files verified (%s) in %s, %.1f s%s\n", report->files.size(),
+          fast ? "fast: presence, sizes, safetensors headers" : "md5", model.c_str(),
+          report->seconds,
+          fast ? "" : (", " + std::to_string(static_cast<int64_t>(mbps)) + " MB/s").c_str());
     } else {
       std::printf("FAILED: %d of %zu files missing or wrong in %s\n", bad, report->files.size(),
                   model.c_str());

@@ -33,8 +33,8 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t max_
   }
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", st.st_size,
-                                                   " bytes exceeds the limit of ", max_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", st.st_size, " bytes exceeds the limit of ", max_bytes));
   }
   std::string out(static_cast<size_t>(st.st_size), '\0');
   size_t done = 0;

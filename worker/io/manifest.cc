@@ -138,8 +138,8 @@ absl::StatusOr<std::string> Md5File(const std::string& path,
     if (r < 0) {
       int err = errno;
       ::close(fd);
-      return absl::DataLossError(absl::StrCat(path, ": read error at byte ", done, ": ",
-                                              std::strerror(err)));
+      return absl::DataLossError(
+          absl::StrCat(path, ": read error at byte ", done, ": ", std::strerror(err)));
     }
     if (r == 0) break;
     EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(r));
@@ -248,8 +248,7 @@ absl::StatusOr<VerifyReport> VerifyModelFolder(const std::string& dir,
     report.files.push_back(std::move(r));
   }
   if (options.progress && !options.fast) options.progress(done_before, total, "");
-  report.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }
 

@@ -19,8 +19,8 @@
 namespace zfarm::worker {
 
 struct ManifestEntry {
-  std::string path;  // relative to the model folder, '/'-separated
-  std::string md5;   // 32 lowercase hex digits
+  std::string path;   // relative to the model folder, '/'-separated
+  std::string md5;    // 32 lowercase hex digits
   int64_t size = -1;  // bytes, -1 when unknown
 };
 

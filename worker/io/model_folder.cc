@@ -150,7 +150,8 @@ absl::Status CheckModelIndex(const JsonFile& f) {
     const std::string lib = (*j)[0].get<std::string>();
     const std::string cls = (*j)[1].get<std::string>();
     if (lib != c.library) {
-      return f.Error(c.key, absl::StrCat("unknown library '", lib, "' (expected '", c.library, "')"));
+      return f.Error(c.key,
+                     absl::StrCat("unknown library '", lib, "' (expected '", c.library, "')"));
     }
     if (std::find(c.classes.begin(), c.classes.end(), cls) == c.classes.end()) {
       return f.Error(c.key, absl::StrCat("unknown class '", cls, "' (expected ",
@@ -254,8 +255,9 @@ absl::Status ValidateModelConfig(const ModelConfig& m) {
   const std::string tf = m.root + "/transformer/config.json";
   const TransformerConfig& t = m.transformer;
   ZFARM_RETURN_IF_ERROR(Check(t.dim > 0, tf, "dim", "must be positive"));
-  ZFARM_RETURN_IF_ERROR(Check(t.n_heads > 0 && t.dim % t.n_heads == 0, tf, "n_heads",
-                              absl::StrCat("dim ", t.dim, " is not divisible by n_heads ", t.n_heads)));
+  ZFARM_RETURN_IF_ERROR(
+      Check(t.n_heads > 0 && t.dim % t.n_heads == 0, tf, "n_heads",
+            absl::StrCat("dim ", t.dim, " is not divisible by n_heads ", t.n_heads)));
   ZFARM_RETURN_IF_ERROR(Check(t.in_channels > 0, tf, "in_channels", "must be positive"));
   ZFARM_RETURN_IF_ERROR(Check(t.n_layers > 0, tf, "n_layers", "must be positive"));
   ZFARM_RETURN_IF_ERROR(Check(t.n_refiner_layers >= 0, tf, "n_refiner_layers", "must be >= 0"));
@@ -267,19 +269,23 @@ absl::Status ValidateModelConfig(const ModelConfig& m) {
                               "must have as many entries as axes_dims"));
   int64_t sum = 0;
   for (int64_t d : t.axes_dims) {
-    ZFARM_RETURN_IF_ERROR(Check(d > 0 && d % 2 == 0, tf, "axes_dims", "entries must be positive and even"));
+    ZFARM_RETURN_IF_ERROR(
+        Check(d > 0 && d % 2 == 0, tf, "axes_dims", "entries must be positive and even"));
     sum += d;
   }
-  for (int64_t d : t.axes_lens) ZFARM_RETURN_IF_ERROR(Check(d > 0, tf, "axes_lens", "must be positive"));
+  for (int64_t d : t.axes_lens)
+    ZFARM_RETURN_IF_ERROR(Check(d > 0, tf, "axes_lens", "must be positive"));
   if (t.n_heads > 0 && t.dim % t.n_heads == 0) {
-    ZFARM_RETURN_IF_ERROR(Check(sum == t.head_dim(), tf, "axes_dims",
-                                absl::StrCat("sum ", sum, " != head_dim ", t.head_dim(), " (dim / n_heads)")));
+    ZFARM_RETURN_IF_ERROR(
+        Check(sum == t.head_dim(), tf, "axes_dims",
+              absl::StrCat("sum ", sum, " != head_dim ", t.head_dim(), " (dim / n_heads)")));
   }
-  ZFARM_RETURN_IF_ERROR(Check(t.cap_feat_dim == m.text_encoder.hidden_size, tf, "cap_feat_dim",
-                              absl::StrCat(t.cap_feat_dim, " != text_encoder hidden_size ",
-                                           m.text_encoder.hidden_size)));
-  ZFARM_RETURN_IF_ERROR(Check(t.in_channels == m.vae.latent_channels, tf, "in_channels",
-                              absl::StrCat(t.in_channels, " != vae latent_channels ", m.vae.latent_channels)));
+  ZFARM_RETURN_IF_ERROR(Check(
+      t.cap_feat_dim == m.text_encoder.hidden_size, tf, "cap_feat_dim",
+      absl::StrCat(t.cap_feat_dim, " != text_encoder hidden_size ", m.text_encoder.hidden_size)));
+  ZFARM_RETURN_IF_ERROR(
+      Check(t.in_channels == m.vae.latent_channels, tf, "in_channels",
+            absl::StrCat(t.in_channels, " != vae latent_channels ", m.vae.latent_channels)));
 
   const std::string ef = m.root + "/text_encoder/config.json";
   const TextEncoderConfig& e = m.text_encoder;
@@ -287,30 +293,36 @@ absl::Status ValidateModelConfig(const ModelConfig& m) {
   ZFARM_RETURN_IF_ERROR(Check(e.hidden_size > 0, ef, "hidden_size", "must be positive"));
   ZFARM_RETURN_IF_ERROR(Check(e.num_hidden_layers >= 2, ef, "num_hidden_layers",
                               "must be >= 2 (Z-Image uses hidden_states[-2])"));
-  ZFARM_RETURN_IF_ERROR(Check(e.num_attention_heads > 0, ef, "num_attention_heads", "must be positive"));
-  ZFARM_RETURN_IF_ERROR(Check(e.num_key_value_heads > 0 && e.num_attention_heads % e.num_key_value_heads == 0,
-                              ef, "num_key_value_heads",
-                              absl::StrCat("num_attention_heads ", e.num_attention_heads,
-                                           " is not a multiple of num_key_value_heads ", e.num_key_value_heads)));
-  ZFARM_RETURN_IF_ERROR(Check(e.head_dim > 0 && e.head_dim % 2 == 0, ef, "head_dim", "must be positive and even"));
-  ZFARM_RETURN_IF_ERROR(Check(e.intermediate_size > 0, ef, "intermediate_size", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(
+      Check(e.num_attention_heads > 0, ef, "num_attention_heads", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(
+      Check(e.num_key_value_heads > 0 && e.num_attention_heads % e.num_key_value_heads == 0, ef,
+            "num_key_value_heads",
+            absl::StrCat("num_attention_heads ", e.num_attention_heads,
+                         " is not a multiple of num_key_value_heads ", e.num_key_value_heads)));
+  ZFARM_RETURN_IF_ERROR(
+      Check(e.head_dim > 0 && e.head_dim % 2 == 0, ef, "head_dim", "must be positive and even"));
+  ZFARM_RETURN_IF_ERROR(
+      Check(e.intermediate_size > 0, ef, "intermediate_size", "must be positive"));
   ZFARM_RETURN_IF_ERROR(Check(e.rms_norm_eps > 0, ef, "rms_norm_eps", "must be positive"));
 
   const std::string vf = m.root + "/vae/config.json";
   const VaeConfig& v = m.vae;
   ZFARM_RETURN_IF_ERROR(Check(v.latent_channels > 0, vf, "latent_channels", "must be positive"));
-  ZFARM_RETURN_IF_ERROR(Check(v.in_channels > 0 && v.out_channels > 0, vf, "out_channels", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(
+      Check(v.in_channels > 0 && v.out_channels > 0, vf, "out_channels", "must be positive"));
   ZFARM_RETURN_IF_ERROR(Check(v.layers_per_block > 0, vf, "layers_per_block", "must be positive"));
   ZFARM_RETURN_IF_ERROR(Check(v.norm_num_groups > 0, vf, "norm_num_groups", "must be positive"));
   for (int64_t ch : v.block_out_channels) {
-    ZFARM_RETURN_IF_ERROR(Check(ch > 0 && ch % v.norm_num_groups == 0, vf, "block_out_channels",
-                                absl::StrCat(ch, " is not a positive multiple of norm_num_groups ",
-                                             v.norm_num_groups)));
+    ZFARM_RETURN_IF_ERROR(Check(
+        ch > 0 && ch % v.norm_num_groups == 0, vf, "block_out_channels",
+        absl::StrCat(ch, " is not a positive multiple of norm_num_groups ", v.norm_num_groups)));
   }
   ZFARM_RETURN_IF_ERROR(Check(v.scaling_factor != 0, vf, "scaling_factor", "must not be 0"));
 
   const std::string sf = m.root + "/scheduler/scheduler_config.json";
-  ZFARM_RETURN_IF_ERROR(Check(m.scheduler.num_train_timesteps > 0, sf, "num_train_timesteps", "must be positive"));
+  ZFARM_RETURN_IF_ERROR(
+      Check(m.scheduler.num_train_timesteps > 0, sf, "num_train_timesteps", "must be positive"));
   ZFARM_RETURN_IF_ERROR(Check(m.scheduler.shift > 0, sf, "shift", "must be positive"));
   return absl::OkStatus();
 }

@@ -14,8 +14,8 @@
 #include <limits>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 #include "proto/status_macros.h"
@@ -198,7 +198,8 @@ absl::Status SafetensorsFile::Parse() {
       }
       t.shape.push_back(static_cast<int64_t>(dim));
       numel *= dim;
-      if (numel > (static_cast<unsigned __int128>(1) << 64)) numel = static_cast<unsigned __int128>(1) << 64;
+      if (numel > (static_cast<unsigned __int128>(1) << 64))
+        numel = static_cast<unsigned __int128>(1) << 64;
     }
     auto off = v.find("data_offsets");
     if (off == v.end() || !off->is_array() || off->size() != 2 || !AsU64((*off)[0], &t.begin) ||
@@ -224,8 +225,8 @@ absl::Status SafetensorsFile::Parse() {
                      want >= (static_cast<unsigned __int128>(1) << 64)
                          ? std::string("too many")
                          : absl::StrCat(static_cast<uint64_t>(want)),
-                     " bytes but data_offsets [", t.begin, ", ", t.end, "] hold ",
-                     t.end - t.begin, " (file offset ", data_offset_ + t.begin, ")");
+                     " bytes but data_offsets [", t.begin, ", ", t.end, "] hold ", t.end - t.begin,
+                     " (file offset ", data_offset_ + t.begin, ")");
     }
     if (index_.count(key) != 0) return invalid("tensor '", key, "' listed twice");
     index_.emplace(key, tensors_.size());
@@ -256,8 +257,9 @@ absl::Status SafetensorsFile::Parse() {
     prev = t;
   }
   if (expect != data_size) {
-    return invalid("data section has ", data_size - expect, " trailing bytes not covered by any tensor (file offset ",
-                   data_offset_ + expect, ")");
+    return invalid("data section has ", data_size - expect,
+                   " trailing bytes not covered by any tensor (file offset ", data_offset_ + expect,
+                   ")");
   }
   return absl::OkStatus();
 }
@@ -282,8 +284,10 @@ absl::StatusOr<std::unique_ptr<WeightSet>> WeightSet::Open(const std::string& co
   std::vector<std::string> indexes, singles;
   for (const auto& e : fs::directory_iterator(component_dir, ec)) {
     std::string name = e.path().filename().string();
-    if (absl::EndsWith(name, ".safetensors.index.json")) indexes.push_back(name);
-    else if (absl::EndsWith(name, ".safetensors")) singles.push_back(name);
+    if (absl::EndsWith(name, ".safetensors.index.json"))
+      indexes.push_back(name);
+    else if (absl::EndsWith(name, ".safetensors"))
+      singles.push_back(name);
   }
   std::sort(indexes.begin(), indexes.end());
   std::sort(singles.begin(), singles.end());
@@ -322,8 +326,8 @@ absl::StatusOr<std::unique_ptr<WeightSet>> WeightSet::Open(const std::string& co
         auto f = SafetensorsFile::Open(component_dir + "/" + shard);
         if (!f.ok()) {
           if (absl::IsNotFound(f.status())) {
-            return absl::NotFoundError(absl::StrCat(index_path, ": shard '", shard,
-                                                    "' (for key '", it.key(),
+            return absl::NotFoundError(absl::StrCat(index_path, ": shard '", shard, "' (for key '",
+                                                    it.key(),
                                                     "') is missing: ", f.status().message()));
           }
           return f.status();
@@ -344,9 +348,8 @@ absl::StatusOr<std::unique_ptr<WeightSet>> WeightSet::Open(const std::string& co
       for (const TensorInfo& t : f->tensors()) {
         auto e = ws->entries_.find(t.name);
         if (e == ws->entries_.end() || e->second.first != f.get()) {
-          return absl::InvalidArgumentError(absl::StrCat(f->path(), ": tensor '", t.name,
-                                                         "' is not mapped to this shard by ",
-                                                         index_path));
+          return absl::InvalidArgumentError(absl::StrCat(
+              f->path(), ": tensor '", t.name, "' is not mapped to this shard by ", index_path));
         }
       }
     }
@@ -437,12 +440,12 @@ uint16_t F32ToF16(float f) {
   std::memcpy(&x, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
   const uint32_t ax = x & 0x7fffffff;
-  if (ax > 0x7f800000) return sign | 0x7e00;                  // NaN
-  if (ax >= 0x477ff000) return sign | 0x7c00;                 // overflow -> inf
-  if (ax < 0x38800000) {                                      // subnormal or zero
-    if (ax < 0x33000000) return sign;                         // < half of smallest subnormal
+  if (ax > 0x7f800000) return sign | 0x7e00;   // NaN
+  if (ax >= 0x477ff000) return sign | 0x7c00;  // overflow -> inf
+  if (ax < 0x38800000) {                       // subnormal or zero
+    if (ax < 0x33000000) return sign;          // < half of smallest subnormal
     const uint32_t mant = (ax & 0x7fffff) | 0x800000;
-    const int shift = 126 - static_cast<int>(ax >> 23);      // 14..24
+    const int shift = 126 - static_cast<int>(ax >> 23);  // 14..24
     const uint32_t half = mant >> shift;
     const uint32_t rem = mant & ((1u << shift) - 1);
     const uint32_t mid = 1u << (shift - 1);
@@ -456,6 +459,7 @@ uint16_t F32ToF16(float f) {
 
 void ConvertToF32(const TensorView& v, float* out) {
   const size_t n = v.size / DTypeSize(v.info->dtype);
+  if (n == 0) return;  // empty tensors: `out` may be null
   switch (v.info->dtype) {
     case DType::kF32:
       std::memcpy(out, v.data, n * 4);
@@ -479,6 +483,7 @@ void ConvertToF32(const TensorView& v, float* out) {
 
 void ConvertToBF16(const TensorView& v, uint16_t* out) {
   const size_t n = v.size / DTypeSize(v.info->dtype);
+  if (n == 0) return;
   switch (v.info->dtype) {
     case DType::kBF16:
       std::memcpy(out, v.data, n * 2);
@@ -540,8 +545,8 @@ absl::Status SafetensorsWriter::Add(std::string name, DType dtype, std::vector<i
     n *= static_cast<uint64_t>(d);
   }
   if (n != bytes.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': ", bytes.size(),
-                                                   " bytes given, shape needs ", n));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "': ", bytes.size(), " bytes given, shape needs ", n));
   }
   if (name == "__metadata__" || tensors_.count(name) != 0) {
     return absl::AlreadyExistsError(absl::StrCat("tensor '", name, "' added twice or reserved"));
@@ -586,8 +591,8 @@ SafetensorsStreamWriter::~SafetensorsStreamWriter() = default;
 
 absl::Status SafetensorsStreamWriter::Append(std::string_view bytes) {
   if (written_ + bytes.size() > total_) {
-    return absl::OutOfRangeError(absl::StrCat(path_, ": more data than the header declares (",
-                                              total_, " bytes)"));
+    return absl::OutOfRangeError(
+        absl::StrCat(path_, ": more data than the header declares (", total_, " bytes)"));
   }
   written_ += bytes.size();
   return out_->Write(bytes);
@@ -597,8 +602,8 @@ absl::Status SafetensorsStreamWriter::Finish(bool sparse) {
   if (sparse) {
     ZFARM_RETURN_IF_ERROR(out_->Truncate(data_start_ + total_));
   } else if (written_ != total_) {
-    return absl::FailedPreconditionError(absl::StrCat(path_, ": ", written_, " of ", total_,
-                                                      " data bytes written"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path_, ": ", written_, " of ", total_, " data bytes written"));
   }
   return out_->Commit();
 }

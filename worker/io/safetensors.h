@@ -104,8 +104,7 @@ class WeightSet {
   WeightSet() = default;
   std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
-  std::map<std::string, std::pair<const SafetensorsFile*, const TensorInfo*>, std::less<>>
-      entries_;
+  std::map<std::string, std::pair<const SafetensorsFile*, const TensorInfo*>, std::less<>> entries_;
 };
 
 // Converts one tensor's bytes to float32 or bfloat16 (raw uint16) in a caller buffer, for

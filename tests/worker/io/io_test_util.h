@@ -26,7 +26,8 @@ inline std::string TokenizerJson() {
 // A fresh empty folder under the gtest temp dir.
 inline std::string FreshDir(const std::string& name) {
   namespace fs = std::filesystem;
-  fs::path p = fs::path(::testing::TempDir()) / ("zfarm_io_" + std::to_string(getpid()) + "_" + name);
+  fs::path p =
+      fs::path(::testing::TempDir()) / ("zfarm_io_" + std::to_string(getpid()) + "_" + name);
   fs::remove_all(p);
   fs::create_directories(p);
   return p.string();

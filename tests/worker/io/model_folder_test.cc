@@ -110,8 +110,8 @@ TEST(ModelFolderTest, UnknownClassNamesFileAndKey) {
                              HasSubstr("FluxTransformer2DModel"))));
   dir = MutatedConfigs("unknown_pipeline", "model_index.json",
                        [](nlohmann::json& j) { j["_class_name"] = "FluxPipeline"; });
-  EXPECT_THAT(LoadModelConfig(dir), StatusIs(absl::StatusCode::kInvalidArgument,
-                                             HasSubstr("key '_class_name'")));
+  EXPECT_THAT(LoadModelConfig(dir),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("key '_class_name'")));
 }
 
 TEST(ModelFolderTest, WrongTypeNamesFileAndKey) {
@@ -121,11 +121,12 @@ TEST(ModelFolderTest, WrongTypeNamesFileAndKey) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("transformer/config.json"), HasSubstr("key 'n_heads'"),
                              HasSubstr("expected an integer"))));
-  dir = MutatedConfigs("wrong_type_vae", "vae/config.json",
-                       [](nlohmann::json& j) { j["block_out_channels"] = {32, "x"}; });
-  EXPECT_THAT(LoadModelConfig(dir), StatusIs(absl::StatusCode::kInvalidArgument,
-                                             AllOf(HasSubstr("vae/config.json"),
-                                                   HasSubstr("key 'block_out_channels'"))));
+  dir = MutatedConfigs("wrong_type_vae", "vae/config.json", [](nlohmann::json& j) {
+    j["block_out_channels"] = {32, "x"};
+  });
+  EXPECT_THAT(LoadModelConfig(dir),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("vae/config.json"), HasSubstr("key 'block_out_channels'"))));
 }
 
 TEST(ModelFolderTest, MissingKeyNamesFileAndKey) {
@@ -139,8 +140,8 @@ TEST(ModelFolderTest, MissingKeyNamesFileAndKey) {
 TEST(ModelFolderTest, MissingAndInvalidFiles) {
   const std::string dir = MutatedConfigs("missing_file", "", nullptr);
   fs::remove(dir + "/scheduler/scheduler_config.json");
-  EXPECT_THAT(LoadModelConfig(dir), StatusIs(absl::StatusCode::kNotFound,
-                                             HasSubstr("scheduler/scheduler_config.json")));
+  EXPECT_THAT(LoadModelConfig(dir),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("scheduler/scheduler_config.json")));
   WriteAll(dir + "/scheduler/scheduler_config.json", "{\"shift\": ");
   EXPECT_THAT(LoadModelConfig(dir),
               StatusIs(absl::StatusCode::kInvalidArgument,
@@ -148,27 +149,28 @@ TEST(ModelFolderTest, MissingAndInvalidFiles) {
 }
 
 TEST(ModelFolderTest, ValidationErrors) {
-  auto dir = MutatedConfigs("axes", "transformer/config.json",
-                            [](nlohmann::json& j) { j["axes_dims"] = {8, 12, 14}; });
-  EXPECT_THAT(LoadModelConfig(dir), StatusIs(absl::StatusCode::kInvalidArgument,
-                                             AllOf(HasSubstr("key 'axes_dims'"),
-                                                   HasSubstr("sum 34 != head_dim 32"))));
+  auto dir = MutatedConfigs("axes", "transformer/config.json", [](nlohmann::json& j) {
+    j["axes_dims"] = {8, 12, 14};
+  });
+  EXPECT_THAT(LoadModelConfig(dir),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("key 'axes_dims'"), HasSubstr("sum 34 != head_dim 32"))));
   dir = MutatedConfigs("heads", "transformer/config.json",
                        [](nlohmann::json& j) { j["n_heads"] = 3; });
   EXPECT_THAT(LoadModelConfig(dir), StatusIs(absl::StatusCode::kInvalidArgument,
                                              HasSubstr("not divisible by n_heads 3")));
   dir = MutatedConfigs("gqa", "text_encoder/config.json",
                        [](nlohmann::json& j) { j["num_key_value_heads"] = 3; });
-  EXPECT_THAT(LoadModelConfig(dir), StatusIs(absl::StatusCode::kInvalidArgument,
-                                             HasSubstr("key 'num_key_value_heads'")));
+  EXPECT_THAT(LoadModelConfig(dir),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("key 'num_key_value_heads'")));
   dir = MutatedConfigs("groups", "vae/config.json",
                        [](nlohmann::json& j) { j["norm_num_groups"] = 5; });
-  EXPECT_THAT(LoadModelConfig(dir), StatusIs(absl::StatusCode::kInvalidArgument,
-                                             HasSubstr("norm_num_groups 5")));
+  EXPECT_THAT(LoadModelConfig(dir),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("norm_num_groups 5")));
   dir = MutatedConfigs("cap", "transformer/config.json",
                        [](nlohmann::json& j) { j["cap_feat_dim"] = 48; });
-  EXPECT_THAT(LoadModelConfig(dir), StatusIs(absl::StatusCode::kInvalidArgument,
-                                             HasSubstr("key 'cap_feat_dim'")));
+  EXPECT_THAT(LoadModelConfig(dir),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("key 'cap_feat_dim'")));
 }
 
 TEST(ModelFolderTest, TextEncoderPrefixHelper) {

@@ -182,9 +182,8 @@ INSTANTIATE_TEST_SUITE_P(
                           R"("data_offsets":[0,16]}})",
                           k16),
                     "tensor 'a'", "too many"},
-        CorruptCase{"MetadataNotString",
-                    Image(R"({"__metadata__":{"format":1}})", ""), "__metadata__.format",
-                    "not a string"}),
+        CorruptCase{"MetadataNotString", Image(R"({"__metadata__":{"format":1}})", ""),
+                    "__metadata__.format", "not a string"}),
     [](const ::testing::TestParamInfo<CorruptCase>& i) { return std::string(i.param.name); });
 
 TEST(SafetensorsTest, OpenMissingFileIsNotFound) {
@@ -253,9 +252,10 @@ TEST(WeightSetTest, MissingShardIsNamed) {
 TEST(WeightSetTest, KeyMappedToShardThatLacksIt) {
   const std::string dir = FreshDir("wrong_shard");
   WriteSharded(dir);
-  WriteAll(dir + "/m.safetensors.index.json",
-           R"({"weight_map":{"a":"m-00001-of-00002.safetensors","b":"m-00001-of-00002.safetensors",)"
-           R"("c":"m-00001-of-00002.safetensors"}})");
+  WriteAll(
+      dir + "/m.safetensors.index.json",
+      R"({"weight_map":{"a":"m-00001-of-00002.safetensors","b":"m-00001-of-00002.safetensors",)"
+      R"("c":"m-00001-of-00002.safetensors"}})");
   EXPECT_THAT(WeightSet::Open(dir),
               StatusIs(absl::StatusCode::kNotFound,
                        AllOf(HasSubstr("key 'c'"), HasSubstr("does not contain it"))));
@@ -265,16 +265,17 @@ TEST(WeightSetTest, BadIndexJson) {
   const std::string dir = FreshDir("bad_index");
   WriteSharded(dir);
   WriteAll(dir + "/m.safetensors.index.json", R"({"weight_map":{"a":1}})");
-  EXPECT_THAT(WeightSet::Open(dir), StatusIs(absl::StatusCode::kInvalidArgument,
-                                             HasSubstr("weight_map.a")));
+  EXPECT_THAT(WeightSet::Open(dir),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("weight_map.a")));
   WriteAll(dir + "/m.safetensors.index.json", R"({"weight_map":{"a":"../x.safetensors"}})");
-  EXPECT_THAT(WeightSet::Open(dir), StatusIs(absl::StatusCode::kInvalidArgument,
-                                             HasSubstr("invalid shard")));
+  EXPECT_THAT(WeightSet::Open(dir),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("invalid shard")));
 }
 
 TEST(SafetensorsStreamWriterTest, SparseKeepsFullSize) {
   const std::string dir = FreshDir("sparse");
-  std::vector<TensorSpec> specs = {{"big", DType::kF32, {1024, 1024}}, {"small", DType::kBF16, {3}}};
+  std::vector<TensorSpec> specs = {{"big", DType::kF32, {1024, 1024}},
+                                   {"small", DType::kBF16, {3}}};
   ASSERT_OK_AND_ASSIGN(auto w, SafetensorsStreamWriter::Create(dir + "/s.safetensors", specs, {}));
   EXPECT_EQ(w->data_bytes(), 4u * 1024 * 1024 + 6);
   ASSERT_OK(w->Finish(/*sparse=*/true));
@@ -285,8 +286,8 @@ TEST(SafetensorsStreamWriterTest, SparseKeepsFullSize) {
 
 TEST(SafetensorsStreamWriterTest, IncompleteDataIsRejected) {
   const std::string dir = FreshDir("incomplete");
-  ASSERT_OK_AND_ASSIGN(auto w, SafetensorsStreamWriter::Create(
-                                   dir + "/s.safetensors", {{"x", DType::kF32, {2}}}, {}));
+  ASSERT_OK_AND_ASSIGN(auto w, SafetensorsStreamWriter::Create(dir + "/s.safetensors",
+                                                               {{"x", DType::kF32, {2}}}, {}));
   ASSERT_OK(w->Append(Floats({1})));
   EXPECT_THAT(w->Append(Floats({2, 3})), StatusIs(absl::StatusCode::kOutOfRange, HasSubstr("8")));
   EXPECT_THAT(w->Finish(), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("4 of 8")));

@@ -33,7 +33,8 @@ TEST(TinyModelTest, FilesMatchCommittedSha256) {
   ASSERT_EQ(MakeTinyModel(dir), 0);
   std::map<std::string, std::string> got = HashFolder(dir);
   std::map<std::string, std::string> want;
-  std::istringstream in(ReadAll(std::string(ZFARM_SOURCE_DIR) + "/tests/worker/io/tiny_model.sha256"));
+  std::istringstream in(
+      ReadAll(std::string(ZFARM_SOURCE_DIR) + "/tests/worker/io/tiny_model.sha256"));
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;
@@ -48,9 +49,9 @@ TEST(TinyModelTest, RejectsBadArguments) {
   const std::string dir = FreshDir("tiny_args") + "/m";
   EXPECT_EQ(MakeTinyModel(dir, "--variant huge"), 2);
   EXPECT_FALSE(fs::exists(dir));
-  EXPECT_EQ(testing::RunCommand(std::string(ZFARM_MAKE_TINY_MODEL) + " --out " + dir + " 2>&1")
-                .exit_code,
-            2);  // --tokenizer is required
+  EXPECT_EQ(
+      testing::RunCommand(std::string(ZFARM_MAKE_TINY_MODEL) + " --out " + dir + " 2>&1").exit_code,
+      2);  // --tokenizer is required
 }
 
 }  // namespace

@@ -24,8 +24,8 @@ using ::zfarm::worker::testing::RunCommand;
 using ::zfarm::worker::testing::WriteAll;
 
 CommandResult Verify(const std::string& dir, const std::string& extra) {
-  return RunCommand(std::string(ZFARM_WORKER_BIN) + " verify --model '" + dir +
-                    "' --manifest '" + dir + "/manifest.md5' " + extra + " 2>/dev/null");
+  return RunCommand(std::string(ZFARM_WORKER_BIN) + " verify --model '" + dir + "' --manifest '" +
+                    dir + "/manifest.md5' " + extra + " 2>/dev/null");
 }
 
 class VerifyTest : public ::testing::Test {
@@ -93,9 +93,9 @@ TEST_F(VerifyTest, FastCatchesCorruptHeader) {
 
 TEST_F(VerifyTest, UsageErrors) {
   EXPECT_EQ(RunCommand(std::string(ZFARM_WORKER_BIN) + " verify 2>/dev/null").exit_code, 2);
-  EXPECT_EQ(RunCommand(std::string(ZFARM_WORKER_BIN) + " verify --model x --bogus 2>/dev/null")
-                .exit_code,
-            2);
+  EXPECT_EQ(
+      RunCommand(std::string(ZFARM_WORKER_BIN) + " verify --model x --bogus 2>/dev/null").exit_code,
+      2);
   WriteAll(dir_ + "/bad.md5", "not a manifest\n");
   EXPECT_EQ(RunCommand(std::string(ZFARM_WORKER_BIN) + " verify --model '" + dir_ +
                        "' --manifest '" + dir_ + "/bad.md5' 2>/dev/null")
