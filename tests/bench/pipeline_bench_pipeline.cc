@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -86,7 +87,8 @@ void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBench
     return;
   }
   std::unique_ptr<Pipeline> pipe = std::move(*created);
-  const bool have_tokenizer = !opt.tokenizer_json.empty();
+  const bool have_tokenizer =
+      !opt.tokenizer_json.empty() && std::filesystem::exists(opt.tokenizer_json);
   std::vector<std::vector<std::string>> mrows;
   for (auto [h, w] : opt.sizes) {
     GenerateRequest req;
