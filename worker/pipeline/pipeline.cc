@@ -276,6 +276,10 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
     const float g = sampling::GuidanceForStep(cfg, t_in);
     at::Tensor xin = x.to(dtype).squeeze(0).unsqueeze(1);  // [C, 1, h, w]
     at::Tensor pred = transformer(xin, t_in, cap).to(at::kFloat);
+    if (trace != nullptr) {
+      trace->t_emb.push_back(ToVector(transformer->TimestepEmbedding(t_in)));
+      if (k == 0) trace->dit_out0 = ToVector(pred);
+    }
     if (g > 0) {
       at::Tensor negp = transformer(xin, t_in, neg_cap).to(at::kFloat);
       at::Tensor combined = pred + g * (pred - negp);

@@ -110,6 +110,8 @@ struct GenerateTrace {
   std::vector<int32_t> ids;
   std::vector<float> caption;            // [L, cap_feat_dim]
   std::vector<float> noise;              // initial latents
+  std::vector<std::vector<float>> t_emb;  // adaLN input of every step [adaln_dim]
+  std::vector<float> dit_out0;           // first DiT output (positive branch) [C, 1, h, w]
   std::vector<std::vector<float>> latents;  // after every step
   std::vector<float> decoded;            // VAE output [3, H, W] before post-processing
 };

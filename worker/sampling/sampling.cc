@@ -21,18 +21,22 @@ absl::StatusOr<std::vector<float>> FlowMatchSigmas(int steps, const SchedulerCon
         "scheduler_config.json: shift must be > 0 and num_train_timesteps > 0, got shift=",
         config.shift, " num_train_timesteps=", config.num_train_timesteps));
   }
-  // numpy.linspace(1.0, 1/steps, steps) in float64: start + i*step, last = stop.
-  const double start = 1.0;
-  const double stop = 1.0 / steps;
-  std::vector<float> sigmas;
-  sigmas.reserve(steps + 1);
-  const double step = steps > 1 ? (stop - start) / (steps - 1) : 0.0;
-  // numpy float32 array op python float: the scalar is used as float32 (NEP 50).
+  // get_default_z_image_sigmas: torch.linspace(1.0, 1/steps, steps) in float32
+  // (ATen's kernel: start + step*i for the first half, end - step*(steps-1-i) after).
+  const float start = 1.0f;
+  const float end = static_cast<float>(1.0 / steps);
+  const float step = steps > 1 ? (end - start) / static_cast<float>(steps - 1) : 0.0f;
+  const int halfway = steps / 2;
+  // Then FlowMatchEulerDiscreteScheduler: shift*s / (1 + (shift-1)*s) on a float32
+  // numpy array (the python-float shift acts as float32).
   const float shift = static_cast<float>(config.shift);
   const float shift_minus_one = static_cast<float>(config.shift - 1.0);
+  std::vector<float> sigmas;
+  sigmas.reserve(steps + 1);
   for (int i = 0; i < steps; ++i) {
-    double v = (i == steps - 1 && steps > 1) ? stop : start + i * step;
-    const float s = static_cast<float>(v);
+    const float s = steps == 1 ? start
+                    : i < halfway ? start + step * static_cast<float>(i)
+                                  : end - step * static_cast<float>(steps - 1 - i);
     const float num = shift * s;
     const float den = 1.0f + shift_minus_one * s;
     sigmas.push_back(num / den);

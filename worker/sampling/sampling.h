@@ -28,7 +28,7 @@ inline constexpr int kMaxSteps = 50;
 
 // The sigma schedule for `steps` transformer evaluations: steps + 1 values,
 // sigmas[0] = 1 (pure noise) decreasing to sigmas[steps] = 0.
-// DIFF-P HEAD: s = linspace(1, 1/steps, steps) (float64, then cast to float32),
+// DIFF-P HEAD: s = torch.linspace(1, 1/steps, steps) (float32, ATen's formula),
 // sigma = shift*s / (1 + (shift-1)*s) in float32 (static shift from `config`;
 // use_dynamic_shifting is not supported), then a trailing 0.
 // INVALID_ARGUMENT if steps is outside 1..kMaxSteps, or the config asks for

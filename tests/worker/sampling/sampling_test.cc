@@ -36,8 +36,9 @@ TEST(FlowMatchSigmasTest, MatchesSpecTableForTurbo) {
 TEST(FlowMatchSigmasTest, Float32OpSequence) {
   // sigma = (3*s)/(1+2*s) with float32 s and float32 arithmetic, s = float(linspace).
   ASSERT_OK_AND_ASSIGN(std::vector<float> s, FlowMatchSigmas(8, SchedulerConfig{}));
-  const double step = (1.0 / 8 - 1.0) / 7;
-  const float base = static_cast<float>(1.0 + step);
+  // torch.linspace(1, 0.125, 8)[1] in float32: start + step * 1.
+  const float step = (0.125f - 1.0f) / 7.0f;
+  const float base = 1.0f + step;
   EXPECT_EQ(s[1], (3.0f * base) / (1.0f + 2.0f * base));
   // t_in is (1000 - 1000*sigma)/1000 in float32, not 1 - sigma.
   const float t = s[1] * 1000.0f;
