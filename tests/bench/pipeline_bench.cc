@@ -67,7 +67,9 @@ void BenchDevice::Sync() const {
   if (cuda) torch::cuda::synchronize();
 }
 
-at::Device BenchDevice::device() const { return cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU); }
+at::Device BenchDevice::device() const {
+  return cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+}
 
 std::string BenchDevice::Name() const {
 #ifdef ZFARM_BENCH_CUDA_HEADERS
@@ -153,14 +155,17 @@ struct Options {
   bool skip_io = false;
   int io_mb = 2048;
   std::string tmpdir = "/tmp";
-  std::vector<std::pair<int64_t, int64_t>> sizes = {{512, 512}, {768, 768}, {1024, 1024}, {1024, 1536}};
+  std::vector<std::pair<int64_t, int64_t>> sizes = {
+      {512, 512}, {768, 768}, {1024, 1024}, {1024, 1536}};
   int steps = 8;
   int reps = 3;
   std::string tokenizer;
 };
 
 // Image tokens of one size plus the caption padded to a multiple of 32 (spec: SEQ_MULTI_OF).
-int64_t DitTokens(int64_t h, int64_t w, int64_t caption = 32) { return (h / 16) * (w / 16) + caption; }
+int64_t DitTokens(int64_t h, int64_t w, int64_t caption = 32) {
+  return (h / 16) * (w / 16) + caption;
+}
 
 // ---- 1. matmul peak -----------------------------------------------------------------
 double BenchMatmul(const BenchDevice& dev, Report& rep, const Options& opt) {
@@ -190,8 +195,12 @@ double BenchMatmul(const BenchDevice& dev, Report& rep, const Options& opt) {
     }
     int i = 0;
     const double ms = TimeMs(
-        dev, [&] { at::matmul(as[i % 3], bs[i % 3]); ++i; }, dev.cuda ? 5 : 1,
-        dev.cuda ? 15 : 3, dev.cuda ? 10 : 1);
+        dev,
+        [&] {
+          at::matmul(as[i % 3], bs[i % 3]);
+          ++i;
+        },
+        dev.cuda ? 5 : 1, dev.cuda ? 15 : 3, dev.cuda ? 10 : 1);
     const double tflops = 2.0 * s.m * s.k * s.n / (ms * 1e-3) / 1e12;
     peak = std::max(peak, tflops);
     rows.push_back({s.what, Fmt(ms, 3), Fmt(tflops, 1)});
@@ -255,7 +264,8 @@ void BenchAttention(const BenchDevice& dev, Report& rep, const Options& opt) {
       at::Tensor out = Attention(q, k, v);
       if (!ref.defined()) ref = out.to(at::kFloat);
       const double err = ((out.to(at::kFloat) - ref).norm() / ref.norm()).item<double>();
-      const double ms = TimeMs(dev, [&] { Attention(q, k, v); }, 3, dev.cuda ? 10 : 3, dev.cuda ? 5 : 1);
+      const double ms = TimeMs(
+          dev, [&] { Attention(q, k, v); }, 3, dev.cuda ? 10 : 3, dev.cuda ? 5 : 1);
       rows.push_back({c.name, Fmt(ms, 3), Fmt(flop / (ms * 1e-3) / 1e12, 1), Fmt(err, 4)});
     } catch (const c10::Error&) {
       rows.push_back({c.name, "unavailable", "–", "–"});
@@ -295,12 +305,14 @@ void BenchSyntheticBlock(const BenchDevice& dev, Report& rep, const Options& opt
     };
     double ms;
     try {
-      ms = TimeMs(dev, [&] { block(); }, 3, dev.cuda ? 10 : 2, 1);
+      ms = TimeMs(
+          dev, [&] { block(); }, 3, dev.cuda ? 10 : 2, 1);
     } catch (const c10::Error&) {
       if (!use_cudnn) throw;
       SelectSdpa(kSdpaDefault);
       use_cudnn = false;
-      ms = TimeMs(dev, [&] { block(); }, 3, dev.cuda ? 10 : 2, 1);
+      ms = TimeMs(
+          dev, [&] { block(); }, 3, dev.cuda ? 10 : 2, 1);
     }
     const double gemm_flop = 2.0 * s * (4.0 * dim * dim + 3.0 * dim * ffn);
     const double attn_flop = 4.0 * static_cast<double>(s) * s * dim;
@@ -310,10 +322,11 @@ void BenchSyntheticBlock(const BenchDevice& dev, Report& rep, const Options& opt
                     Fmt(ms * blocks, 1), Fmt(ms * blocks * opt.steps / 1000.0, 3)});
   }
   SelectSdpa(kSdpaDefault);
-  rep.Line(std::string("### synthetic DiT block (GEMMs + attention") + (use_cudnn ? ", cuDNN SDPA" : "") +
-           ", dim " + std::to_string(dim) + ")");
+  rep.Line(std::string("### synthetic DiT block (GEMMs + attention") +
+           (use_cudnn ? ", cuDNN SDPA" : "") + ", dim " + std::to_string(dim) + ")");
   rep.Table({"image", "tokens", "ms/block", "TFLOP/s", "of matmul peak",
-             "ms/step (x" + std::to_string(blocks) + ")", "s for " + std::to_string(opt.steps) + " steps"},
+             "ms/step (x" + std::to_string(blocks) + ")",
+             "s for " + std::to_string(opt.steps) + " steps"},
             rows);
 }
 
@@ -329,12 +342,14 @@ void BenchSafetensors(const BenchDevice& dev, Report& rep, const Options& opt) {
   std::vector<zfarm::worker::TensorSpec> specs;
   for (int64_t i = 0; i < n; ++i)
     specs.push_back({"layers." + std::to_string(i) + ".weight", DType::kBF16, {rows_per, cols}});
-  const std::string path = opt.tmpdir + "/zfarm_pipeline_bench_" + std::to_string(::getpid()) + ".safetensors";
+  const std::string path =
+      opt.tmpdir + "/zfarm_pipeline_bench_" + std::to_string(::getpid()) + ".safetensors";
   auto t0 = Clock::now();
   {
     auto writer = zfarm::worker::SafetensorsStreamWriter::Create(path, specs, {{"format", "pt"}});
     if (!writer.ok()) {
-      rep.Line("safetensors: cannot create " + path + ": " + std::string(writer.status().message()));
+      rep.Line("safetensors: cannot create " + path + ": " +
+               std::string(writer.status().message()));
       return;
     }
     std::string chunk(tensor_bytes, '\0');
@@ -366,7 +381,8 @@ void BenchSafetensors(const BenchDevice& dev, Report& rep, const Options& opt) {
   // Read every byte (page cache warm after the write: this is the mmap + convert path).
   std::vector<uint16_t> host(static_cast<size_t>(rows_per * cols));
   t0 = Clock::now();
-  for (const auto& t : (*file)->tensors()) zfarm::worker::ConvertToBF16((*file)->View(t), host.data());
+  for (const auto& t : (*file)->tensors())
+    zfarm::worker::ConvertToBF16((*file)->View(t), host.data());
   const double read_s = std::chrono::duration<double>(Clock::now() - t0).count();
   // Straight from the mapping to device tensors.
   t0 = Clock::now();
@@ -382,14 +398,15 @@ void BenchSafetensors(const BenchDevice& dev, Report& rep, const Options& opt) {
   on_dev.clear();
   file->reset();
   std::remove(path.c_str());
-  rep.Line("### safetensors load (" + std::to_string(n) + " bf16 tensors of 3840x3840, " + Fmt(gib, 2) +
-           " GiB, page cache warm)");
-  rep.Table({"step", "time", "GiB/s"},
-            {{"write (stream writer, temp + rename)", Fmt(write_s, 2) + " s", Fmt(gib / write_s, 2)},
-             {"open + header check", Fmt(open_ms, 2) + " ms", "–"},
-             {"read + ConvertToBF16 every tensor", Fmt(read_s, 2) + " s", Fmt(gib / read_s, 2)},
-             {std::string("mmap -> ") + (dev.cuda ? "GPU" : "CPU") + " tensors", Fmt(upload_s, 2) + " s",
-              Fmt(gib / upload_s, 2)}});
+  rep.Line("### safetensors load (" + std::to_string(n) + " bf16 tensors of 3840x3840, " +
+           Fmt(gib, 2) + " GiB, page cache warm)");
+  rep.Table(
+      {"step", "time", "GiB/s"},
+      {{"write (stream writer, temp + rename)", Fmt(write_s, 2) + " s", Fmt(gib / write_s, 2)},
+       {"open + header check", Fmt(open_ms, 2) + " ms", "–"},
+       {"read + ConvertToBF16 every tensor", Fmt(read_s, 2) + " s", Fmt(gib / read_s, 2)},
+       {std::string("mmap -> ") + (dev.cuda ? "GPU" : "CPU") + " tensors", Fmt(upload_s, 2) + " s",
+        Fmt(gib / upload_s, 2)}});
 }
 #endif
 
@@ -416,17 +433,27 @@ int Main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--out") opt.out = next();
-    else if (a == "--quick") opt.quick = true;
-    else if (a == "--skip-io") opt.skip_io = true;
-    else if (a == "--io-mb") opt.io_mb = std::stoi(next());
-    else if (a == "--tmpdir") opt.tmpdir = next();
-    else if (a == "--sizes") opt.sizes = ParseSizes(next());
-    else if (a == "--steps") opt.steps = std::stoi(next());
-    else if (a == "--reps") opt.reps = std::stoi(next());
-    else if (a == "--tokenizer") opt.tokenizer = next();
+    if (a == "--out")
+      opt.out = next();
+    else if (a == "--quick")
+      opt.quick = true;
+    else if (a == "--skip-io")
+      opt.skip_io = true;
+    else if (a == "--io-mb")
+      opt.io_mb = std::stoi(next());
+    else if (a == "--tmpdir")
+      opt.tmpdir = next();
+    else if (a == "--sizes")
+      opt.sizes = ParseSizes(next());
+    else if (a == "--steps")
+      opt.steps = std::stoi(next());
+    else if (a == "--reps")
+      opt.reps = std::stoi(next());
+    else if (a == "--tokenizer")
+      opt.tokenizer = next();
     else {
-      std::cerr << "usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] [--tmpdir DIR]"
+      std::cerr << "usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] "
+                   "[--tmpdir DIR]"
                    " [--sizes HxW,...] [--steps N] [--reps N] [--tokenizer tokenizer.json]\n";
       return 2;
     }
@@ -437,7 +464,8 @@ int Main(int argc, char** argv) {
   at::manual_seed(0);
   rep.Line("## pipeline_bench");
   rep.Line("");
-  rep.Line("device: " + dev.Name() + ", torch " + TORCH_VERSION + (dev.cuda ? "" : " (no CUDA: CPU plumbing run)"));
+  rep.Line("device: " + dev.Name() + ", torch " + TORCH_VERSION +
+           (dev.cuda ? "" : " (no CUDA: CPU plumbing run)"));
   rep.Line("");
   dev.ResetPeak();
   const double peak = BenchMatmul(dev, rep, opt);

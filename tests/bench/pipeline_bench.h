@@ -21,10 +21,10 @@ struct BenchDevice {
   bool cuda = false;
   at::Device device() const;
   std::string Name() const;
-  void Sync() const;          // waits for the device (no-op on the CPU)
-  void ResetPeak() const;     // resets the caching allocator's peak statistics
-  double PeakGiB() const;     // peak allocated since ResetPeak (NaN without CUDA headers)
-  double ReservedGiB() const; // peak reserved by the caching allocator
+  void Sync() const;           // waits for the device (no-op on the CPU)
+  void ResetPeak() const;      // resets the caching allocator's peak statistics
+  double PeakGiB() const;      // peak allocated since ResetPeak (NaN without CUDA headers)
+  double ReservedGiB() const;  // peak reserved by the caching allocator
 };
 
 // Median milliseconds per call of `fn` after `warmup` calls: `reps` samples, each `batch`
@@ -52,8 +52,8 @@ struct PipelineBenchOptions {
   int steps = 8;
   bool quick = false;
   double matmul_peak_tflops = 0;  // measured in the same run
-  int reps = 3;                    // end-to-end repetitions after the warm-up
-  std::string tokenizer_json;      // Qwen3 tokenizer.json; empty: fixed token ids
+  int reps = 3;                   // end-to-end repetitions after the warm-up
+  std::string tokenizer_json;     // Qwen3 tokenizer.json; empty: fixed token ids
 };
 
 // Section 5: the pipeline per stage and end to end (pipeline_bench_pipeline.cc).

@@ -38,7 +38,9 @@ double DitStepFlops(const zfarm::worker::TransformerConfig& c, int64_t h, int64_
   const double dim = static_cast<double>(c.dim), ffn = static_cast<double>(c.ffn_hidden_dim());
   const double img = static_cast<double>((h / 8 / c.patch_size) * (w / 8 / c.patch_size));
   const double txt = std::ceil(static_cast<double>(cap) / 32.0) * 32.0;
-  auto block = [&](double s) { return 2.0 * s * (4.0 * dim * dim + 3.0 * dim * ffn) + 4.0 * s * s * dim; };
+  auto block = [&](double s) {
+    return 2.0 * s * (4.0 * dim * dim + 3.0 * dim * ffn) + 4.0 * s * s * dim;
+  };
   return static_cast<double>(c.n_layers) * block(img + txt) +
          static_cast<double>(c.n_refiner_layers) * (block(img) + block(txt));
 }
@@ -53,16 +55,23 @@ void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBench
     const double flop = DitStepFlops(cfg, h, w, caption);
     const double floor_ms =
         opt.matmul_peak_tflops > 0 ? flop / (opt.matmul_peak_tflops * 1e12) * 1e3 : std::nan("");
-    rows.push_back({std::to_string(h) + "x" + std::to_string(w), Fmt(flop / 1e12, 1), Fmt(floor_ms, 1),
-                    Fmt(floor_ms * opt.steps / 1000.0, 3)});
+    rows.push_back({std::to_string(h) + "x" + std::to_string(w), Fmt(flop / 1e12, 1),
+                    Fmt(floor_ms, 1), Fmt(floor_ms * opt.steps / 1000.0, 3)});
   }
-  rep.Line("### DiT arithmetic (full Turbo config, caption " + std::to_string(caption) + " tokens)");
+  rep.Line("### DiT arithmetic (full Turbo config, caption " + std::to_string(caption) +
+           " tokens)");
   rep.Table({"image", "TFLOP/step", "floor ms/step at measured peak",
              "floor s for " + std::to_string(opt.steps) + " steps"},
             rows);
-  const std::vector<std::string> header = {"image (HxW)", "tokenize ms", "encode ms",
-                                           "DiT step ms (mean / min / max)", "VAE ms", "PNG ms",
-                                           "end to end s", "peak GiB", "DiT of matmul peak"};
+  const std::vector<std::string> header = {"image (HxW)",
+                                           "tokenize ms",
+                                           "encode ms",
+                                           "DiT step ms (mean / min / max)",
+                                           "VAE ms",
+                                           "PNG ms",
+                                           "end to end s",
+                                           "peak GiB",
+                                           "DiT of matmul peak"};
   rep.Line("### zfarm pipeline (per stage, end to end)");
   rep.Line("");
 #ifdef ZFARM_BENCH_WITH_PIPELINE
@@ -126,31 +135,38 @@ void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBench
     const auto& t = img->timings;
     double mean = 0, lo = 0, hi = 0;
     if (!t.step_s.empty()) {
-      mean = std::accumulate(t.step_s.begin(), t.step_s.end(), 0.0) / static_cast<double>(t.step_s.size());
+      mean = std::accumulate(t.step_s.begin(), t.step_s.end(), 0.0) /
+             static_cast<double>(t.step_s.size());
       lo = *std::min_element(t.step_s.begin(), t.step_s.end());
       hi = *std::max_element(t.step_s.begin(), t.step_s.end());
     }
     auto p0 = std::chrono::steady_clock::now();
     auto png = zfarm::worker::EncodePng(img->rgb, img->width, img->height, {});
-    const double png_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - p0).count();
-    const double frac = opt.matmul_peak_tflops > 0 && mean > 0
-                            ? DitStepFlops(cfg, h, w, img->prompt_tokens) / mean / (opt.matmul_peak_tflops * 1e12)
-                            : std::nan("");
+    const double png_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - p0).count();
+    const double frac =
+        opt.matmul_peak_tflops > 0 && mean > 0
+            ? DitStepFlops(cfg, h, w, img->prompt_tokens) / mean / (opt.matmul_peak_tflops * 1e12)
+            : std::nan("");
     mrows.push_back({label, Fmt(t.tokenize_s * 1e3, 1), Fmt(t.encode_s * 1e3, 1),
                      Fmt(mean * 1e3, 1) + " / " + Fmt(lo * 1e3, 1) + " / " + Fmt(hi * 1e3, 1),
                      Fmt(t.decode_s * 1e3, 1), png.ok() ? Fmt(png_ms, 1) : "error",
                      Fmt(e2e[e2e.size() / 2], 3),
                      Fmt(static_cast<double>(peak) / (1024.0 * 1024.0 * 1024.0), 1), Fmt(frac, 2)});
   }
-  rep.Line(pipe->Describe() + ", random full-size weights, load " + Fmt(pipe->load_seconds(), 1) + " s, " +
-           std::to_string(opt.steps) + " steps, guidance 0; end to end = Generate() (to RGB8), median of " +
-           std::to_string(opt.reps) + " after a warm-up; stages from one further run with per-step sync" +
+  rep.Line(pipe->Describe() + ", random full-size weights, load " + Fmt(pipe->load_seconds(), 1) +
+           " s, " + std::to_string(opt.steps) +
+           " steps, guidance 0; end to end = Generate() (to RGB8), median of " +
+           std::to_string(opt.reps) +
+           " after a warm-up; stages from one further run with per-step sync" +
            (have_tokenizer ? "" : "; no tokenizer (fixed ids)"));
   rep.Line("");
   rep.Table(header, mrows);
 #else
   (void)dev;
-  rep.Line("not built: worker/pipeline (zfarm_worker_pipeline) is not available in this build; columns once it is:");
+  rep.Line(
+      "not built: worker/pipeline (zfarm_worker_pipeline) is not available in this build; columns "
+      "once it is:");
   rep.Line("");
   rep.Table(header, {});
 #endif

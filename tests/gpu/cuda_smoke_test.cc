@@ -17,8 +17,8 @@
 
 namespace {
 
-#define ZFARM_REQUIRE_CUDA()                                           \
-  do {                                                                 \
+#define ZFARM_REQUIRE_CUDA()                                            \
+  do {                                                                  \
     if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"; \
   } while (0)
 
@@ -56,8 +56,8 @@ TEST(CudaSmokeTest, Bf16MatmulMatchesCpuFp32Reference) {
     at::Tensor b = at::randn({s[1], s[2]}, at::kFloat);
     at::Tensor ref = at::matmul(a, b);  // CPU fp32
     // The same inputs rounded to bf16: isolates the product's own error.
-    at::Tensor ref_rounded = at::matmul(a.to(at::kBFloat16).to(at::kDouble),
-                                        b.to(at::kBFloat16).to(at::kDouble));
+    at::Tensor ref_rounded =
+        at::matmul(a.to(at::kBFloat16).to(at::kDouble), b.to(at::kBFloat16).to(at::kDouble));
     at::Tensor out = at::matmul(a.to(at::kCUDA, at::kBFloat16), b.to(at::kCUDA, at::kBFloat16));
     ASSERT_EQ(out.scalar_type(), at::kBFloat16);
     ASSERT_EQ(out.sizes(), ref.sizes());
@@ -76,7 +76,8 @@ TEST(CudaSmokeTest, Bf16MatmulMatchesCpuFp32Reference) {
 TEST(CudaSmokeTest, SeededCudaRandnMatchesDesignReference) {
   ZFARM_REQUIRE_CUDA();
   torch::cuda::manual_seed(42);  // resets the Philox offset too
-  at::Tensor noise = at::randn({1, 16, 128, 128}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+  at::Tensor noise =
+      at::randn({1, 16, 128, 128}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
   at::Tensor host = noise.to(at::kCPU).contiguous();
   const float* p = host.data_ptr<float>();
   EXPECT_NEAR(p[0], 0.19401880f, 1e-6);
@@ -86,10 +87,12 @@ TEST(CudaSmokeTest, SeededCudaRandnMatchesDesignReference) {
   EXPECT_NEAR(host.to(at::kDouble).sum().item<double>(), -220.21048, 5e-3);
   // Re-seeding reproduces the draw exactly; a different seed does not.
   torch::cuda::manual_seed(42);
-  at::Tensor again = at::randn({1, 16, 128, 128}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+  at::Tensor again =
+      at::randn({1, 16, 128, 128}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
   EXPECT_TRUE(at::equal(again, noise));
   torch::cuda::manual_seed(43);
-  at::Tensor other = at::randn({1, 16, 128, 128}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+  at::Tensor other =
+      at::randn({1, 16, 128, 128}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
   EXPECT_FALSE(at::equal(other, noise));
 }
 
