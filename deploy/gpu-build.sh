@@ -79,7 +79,7 @@ mkdir -p "$build"
 args=($ZFARM_CMAKE_ARGS)
 cmake -S "$root" -B "$build" -G Ninja -Wno-dev \
   -DCMAKE_BUILD_TYPE=Release -DZFARM_WERROR=OFF -DZFARM_BUILD_WORKER=ON -DZFARM_BUILD_TESTS=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DZFARM_BENCH_WITH_PIPELINE=ON -DZFARM_BENCH_WITH_IO=ON \
   -DICU_ROOT=/opt/deps/usr -DOPENSSL_ROOT_DIR=/opt/deps/usr -DZLIB_ROOT=/opt/deps/usr \
   -DCMAKE_MODULE_PATH=/opt/deps/usr/share/glog/cmake \
   -DUnwind_INCLUDE_DIR=/opt/deps/usr/include/x86_64-linux-gnu -DUnwind_LIBRARY=$L/libunwind.so \
