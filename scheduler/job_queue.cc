@@ -47,7 +47,8 @@ std::optional<std::string> JobQueue::Pick(absl::Time now,
   heads.reserve(levels_.size());
   for (auto it = levels_.rbegin(); it != levels_.rend(); ++it) {
     const Item& first = it->second.begin()->second;
-    heads.push_back({EffectivePriority(it->first, first.enqueue_time, now), it->first, &it->second});
+    heads.push_back(
+        {EffectivePriority(it->first, first.enqueue_time, now), it->first, &it->second});
   }
   std::stable_sort(heads.begin(), heads.end(),
                    [](const Head& a, const Head& b) { return a.eff > b.eff; });

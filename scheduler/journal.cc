@@ -59,11 +59,10 @@ absl::Status CheckLocalFilesystemType(const std::string& path, int64_t f_type) {
     int64_t magic;
     const char* name;
   };
-  static constexpr Fs kNetwork[] = {{0x6969, "NFS"},          {0xFF534D42, "CIFS/SMB"},
-                                    {0xFE534D42, "SMB2"},     {0x517B, "SMB"},
-                                    {0x65735546, "FUSE"},     {0x564c, "NCP"},
-                                    {0x6B414653, "AFS"},      {0x47504653, "GPFS"},
-                                    {0x00C36400, "CephFS"},   {0x0BD00BD0, "Lustre"}};
+  static constexpr Fs kNetwork[] = {
+      {0x6969, "NFS"},        {0xFF534D42, "CIFS/SMB"}, {0xFE534D42, "SMB2"}, {0x517B, "SMB"},
+      {0x65735546, "FUSE"},   {0x564c, "NCP"},          {0x6B414653, "AFS"},  {0x47504653, "GPFS"},
+      {0x00C36400, "CephFS"}, {0x0BD00BD0, "Lustre"}};
   for (const Fs& fs : kNetwork) {
     if (f_type == fs.magic) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -153,10 +152,10 @@ absl::Status Journal::Prepare() {
     }
     return absl::OkStatus();
   };
-  ZFARM_RETURN_IF_ERROR(prep(
-      "INSERT OR REPLACE INTO jobs(job_id,state,batch_id,seq,runs,min_memory_bytes,"
-      "commit_pending,cancel_requested,fingerprint,job) VALUES(?,?,?,?,?,?,?,?,?,?)",
-      &put_job_));
+  ZFARM_RETURN_IF_ERROR(
+      prep("INSERT OR REPLACE INTO jobs(job_id,state,batch_id,seq,runs,min_memory_bytes,"
+           "commit_pending,cancel_requested,fingerprint,job) VALUES(?,?,?,?,?,?,?,?,?,?)",
+           &put_job_));
   ZFARM_RETURN_IF_ERROR(prep("DELETE FROM jobs WHERE job_id=?", &del_job_));
   ZFARM_RETURN_IF_ERROR(prep(
       "INSERT OR REPLACE INTO requests(request_id,job_id,fingerprint,create_us) VALUES(?,?,?,?)",
@@ -237,9 +236,8 @@ absl::Status Journal::Flush() {
     uint64_t target;
   } arg{this, target};
   mu_.Await(absl::Condition(
-      +[](Arg* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        return a->j->durable_ >= a->target || a->j->closed_;
-      },
+      +[](Arg* a)
+           ABSL_NO_THREAD_SAFETY_ANALYSIS { return a->j->durable_ >= a->target || a->j->closed_; },
       &arg));
   return first_error_;
 }
@@ -284,8 +282,7 @@ absl::Status Journal::WriteOps(const std::vector<Batch>& batches) {
           r.job.SerializeToString(&blob);
           sqlite3_bind_text(st, 1, r.job.job_id().data(), r.job.job_id().size(), SQLITE_STATIC);
           sqlite3_bind_int(st, 2, r.job.state());
-          sqlite3_bind_text(st, 3, r.job.batch_id().data(), r.job.batch_id().size(),
-                            SQLITE_STATIC);
+          sqlite3_bind_text(st, 3, r.job.batch_id().data(), r.job.batch_id().size(), SQLITE_STATIC);
           sqlite3_bind_int64(st, 4, static_cast<int64_t>(r.seq));
           sqlite3_bind_int(st, 5, r.runs);
           sqlite3_bind_int64(st, 6, r.min_memory_bytes);
@@ -332,9 +329,8 @@ void Journal::WriterLoop() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](Journal* j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return !j->pending_.empty() || j->stopping_;
-          },
+          +[](Journal* j)
+               ABSL_NO_THREAD_SAFETY_ANALYSIS { return !j->pending_.empty() || j->stopping_; },
           this));
       if (pending_.empty() && stopping_) {
         closed_ = true;
@@ -346,7 +342,8 @@ void Journal::WriterLoop() {
       }
     }
     absl::Status s = WriteOps(batches);
-    if (!s.ok()) LOG(ERROR) << "event=journal_write_failed path=" << path_ << " error=\"" << s << "\"";
+    if (!s.ok())
+      LOG(ERROR) << "event=journal_write_failed path=" << path_ << " error=\"" << s << "\"";
     for (Batch& b : batches) {
       if (b.done) std::move(b.done)(s);
     }

@@ -72,8 +72,8 @@ class Journal {
   struct Op {
     enum class Kind { kPutJob, kDeleteJob, kPutRequest, kDeleteRequest };
     Kind kind;
-    JobRecord job;            // kPutJob; kDeleteJob uses job.job.job_id()
-    RequestRecord request;    // kPutRequest; kDeleteRequest uses request_id
+    JobRecord job;          // kPutJob; kDeleteJob uses job.job.job_id()
+    RequestRecord request;  // kPutRequest; kDeleteRequest uses request_id
   };
   struct Contents {
     std::vector<JobRecord> jobs;

@@ -18,25 +18,39 @@
 #include "proto/version.h"
 #include "scheduler/server.h"
 
-ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address HOST:PORT (port 0 = any free port)");
-ABSL_FLAG(std::string, state_dir, "", "Directory of the job journal (journal.db); must be on a local disk (required)");
-ABSL_FLAG(std::string, output_root, "", "Shared output root where workers write PNGs; read-only here, used by GetResult and commit checks (required)");
-ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT for Prometheus /metrics (empty = no metrics endpoint)");
-ABSL_FLAG(int32_t, max_queued_jobs, 100000, "QUEUED jobs beyond which submits fail with RESOURCE_EXHAUSTED");
-ABSL_FLAG(absl::Duration, retry_after, absl::Seconds(1), "Retry hint sent with RESOURCE_EXHAUSTED (message and retry-after-ms trailer)");
-ABSL_FLAG(int32_t, max_attempts, 3, "Attempts (leases that reached RUNNING) before a job is FAILED");
-ABSL_FLAG(absl::Duration, retention, absl::Hours(24 * 7), "Finished jobs are pruned from the journal after this long (PNGs are never deleted)");
-ABSL_FLAG(absl::Duration, tombstone_ttl, absl::Hours(24), "Minimum time a request_id stays deduplicated (at least 24h recommended)");
-ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(5), "Heartbeat interval asked of workers");
-ABSL_FLAG(absl::Duration, lease_timeout, absl::Seconds(30), "A worker silent this long is lost and its leases expire");
-ABSL_FLAG(double, aging_per_minute, 1.0, "Priority points a queued job gains per minute of waiting (anti-starvation)");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "gRPC address HOST:PORT (port 0 = any free port)");
+ABSL_FLAG(std::string, state_dir, "",
+          "Directory of the job journal (journal.db); must be on a local disk (required)");
+ABSL_FLAG(std::string, output_root, "",
+          "Shared output root where workers write PNGs; read-only here, used by GetResult and "
+          "commit checks (required)");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT for Prometheus /metrics (empty = no metrics endpoint)");
+ABSL_FLAG(int32_t, max_queued_jobs, 100000,
+          "QUEUED jobs beyond which submits fail with RESOURCE_EXHAUSTED");
+ABSL_FLAG(absl::Duration, retry_after, absl::Seconds(1),
+          "Retry hint sent with RESOURCE_EXHAUSTED (message and retry-after-ms trailer)");
+ABSL_FLAG(int32_t, max_attempts, 3,
+          "Attempts (leases that reached RUNNING) before a job is FAILED");
+ABSL_FLAG(absl::Duration, retention, absl::Hours(24 * 7),
+          "Finished jobs are pruned from the journal after this long (PNGs are never deleted)");
+ABSL_FLAG(absl::Duration, tombstone_ttl, absl::Hours(24),
+          "Minimum time a request_id stays deduplicated (at least 24h recommended)");
+ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(5),
+          "Heartbeat interval asked of workers");
+ABSL_FLAG(absl::Duration, lease_timeout, absl::Seconds(30),
+          "A worker silent this long is lost and its leases expire");
+ABSL_FLAG(double, aging_per_minute, 1.0,
+          "Priority points a queued job gains per minute of waiting (anti-starvation)");
 ABSL_FLAG(int32_t, min_size_px, 256, "Smallest accepted width/height");
 ABSL_FLAG(int32_t, max_size_px, 2048, "Largest accepted width/height");
 ABSL_FLAG(int32_t, max_prompt_bytes, 4000, "Largest prompt / negative prompt in UTF-8 bytes");
 ABSL_FLAG(int32_t, max_steps, 50, "Largest accepted steps");
 ABSL_FLAG(int32_t, max_batch_jobs, 1000, "Largest SubmitJobs batch");
 ABSL_FLAG(int32_t, max_labels, 32, "Most labels per job");
-ABSL_FLAG(std::string, probe, "", "Do not serve: check grpc.health.v1 at this HOST:PORT, exit 0 if SERVING, 1 otherwise");
+ABSL_FLAG(std::string, probe, "",
+          "Do not serve: check grpc.health.v1 at this HOST:PORT, exit 0 if SERVING, 1 otherwise");
 ABSL_FLAG(absl::Duration, probe_timeout, absl::Seconds(2), "Timeout of --probe");
 ABSL_FLAG(bool, version, false, "Print the version and exit");
 
@@ -47,7 +61,9 @@ std::string VersionString() { return std::string("zfarm-scheduler ") + ZFARM_VER
 int main(int argc, char** argv) {
   absl::FlagsUsageConfig uc;
   uc.version_string = [] { return VersionString() + "\n"; };
-  uc.contains_help_flags = [](absl::string_view f) { return f.find("scheduler/main.cc") != absl::string_view::npos; };
+  uc.contains_help_flags = [](absl::string_view f) {
+    return f.find("scheduler/main.cc") != absl::string_view::npos;
+  };
   absl::SetFlagsUsageConfig(uc);
   absl::SetProgramUsageMessage(
       "zfarm-scheduler: the zfarm job scheduler (JobService, WorkerService, AdminService,\n"

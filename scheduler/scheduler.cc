@@ -57,7 +57,8 @@ struct Scheduler::Txn {
 struct Scheduler::Subscribers {
   using List = std::vector<std::shared_ptr<EventSink>>;
   absl::flat_hash_map<std::string, List> by_job, by_batch, by_label;
-  static void Erase(absl::flat_hash_map<std::string, List>& m, const std::shared_ptr<EventSink>& s) {
+  static void Erase(absl::flat_hash_map<std::string, List>& m,
+                    const std::shared_ptr<EventSink>& s) {
     for (auto it = m.begin(); it != m.end();) {
       auto& l = it->second;
       l.erase(std::remove(l.begin(), l.end(), s), l.end());
@@ -77,9 +78,18 @@ struct Scheduler::Metrics {
                  .Name("zfarm_queue_depth")
                  .Help("QUEUED jobs by priority level")
                  .Register(*registry);
-    jobs = &prometheus::BuildGauge().Name("zfarm_jobs").Help("Jobs in the journal by state").Register(*registry);
-    workers = &prometheus::BuildGauge().Name("zfarm_workers").Help("Workers by state").Register(*registry);
-    auto& submits_f = prometheus::BuildCounter().Name("zfarm_submits_total").Help("Jobs accepted (new)").Register(*registry);
+    jobs = &prometheus::BuildGauge()
+                .Name("zfarm_jobs")
+                .Help("Jobs in the journal by state")
+                .Register(*registry);
+    workers = &prometheus::BuildGauge()
+                   .Name("zfarm_workers")
+                   .Help("Workers by state")
+                   .Register(*registry);
+    auto& submits_f = prometheus::BuildCounter()
+                          .Name("zfarm_submits_total")
+                          .Help("Jobs accepted (new)")
+                          .Register(*registry);
     submits = &submits_f.Add({});
     auto& rej = prometheus::BuildCounter()
                     .Name("zfarm_submit_rejections_total")
@@ -88,8 +98,8 @@ struct Scheduler::Metrics {
     rejected_invalid = &rej.Add({{"reason", "invalid_argument"}});
     rejected_full = &rej.Add({{"reason", "queue_full"}});
     rejected_conflict = &rej.Add({{"reason", "request_id_conflict"}});
-    prometheus::Histogram::BucketBoundaries b = {0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60,
-                                                 300, 900, 3600};
+    prometheus::Histogram::BucketBoundaries b = {0.001, 0.01, 0.1, 0.5, 1,   2,   5,
+                                                 10,    30,   60,  300, 900, 3600};
     queue_wait = &prometheus::BuildHistogram()
                       .Name("zfarm_queue_wait_seconds")
                       .Help("Time from submit (or requeue) to assignment")
@@ -145,47 +155,46 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
 
 absl::Status Scheduler::Recover() {
   ZFARM_ASSIGN_OR_RETURN(Journal::Contents contents, journal_->Load());
-  absl::MutexLock lock(&mu_);
-  Txn txn;
-  int requeued = 0;
-  for (JobRecord& r : contents.jobs) {
-    next_seq_ = std::max(next_seq_, r.seq + 1);
-    const std::string id = r.job.job_id();
-    by_seq_[r.seq] = id;
-    auto [it, inserted] = jobs_.emplace(id, std::move(r));
-    JobRecord& rec = it->second;
-    if (Leased(rec.job.state())) {
-      ++requeued;
-      if (rec.commit_pending && ResultExists(rec.job.result())) {
-        FinishLocked(rec, v1::JOB_STATE_SUCCEEDED, v1::FAILURE_REASON_UNSPECIFIED, "", txn);
-        continue;
+  {
+    absl::MutexLock lock(&mu_);
+    Txn txn;
+    int requeued = 0;
+    for (JobRecord& r : contents.jobs) {
+      next_seq_ = std::max(next_seq_, r.seq + 1);
+      const std::string id = r.job.job_id();
+      by_seq_[r.seq] = id;
+      auto [it, inserted] = jobs_.emplace(id, std::move(r));
+      JobRecord& rec = it->second;
+      if (Leased(rec.job.state())) {
+        ++requeued;
+        if (rec.commit_pending && ResultExists(rec.job.result())) {
+          FinishLocked(rec, v1::JOB_STATE_SUCCEEDED, v1::FAILURE_REASON_UNSPECIFIED, "", txn);
+          continue;
+        }
+        rec.commit_pending = false;
+        rec.job.clear_result();
+        if (rec.cancel_requested) {
+          FinishLocked(rec, v1::JOB_STATE_CANCELLED, rec.job.error().reason(),
+                       rec.job.error().message(), txn);
+          continue;
+        }
+        rec.job.set_state(v1::JOB_STATE_QUEUED);
+        rec.job.clear_worker();
+        rec.job.clear_progress();
+        txn.ops.push_back({Journal::Op::Kind::kPutJob, rec, {}});
       }
-      rec.commit_pending = false;
-      rec.job.clear_result();
-      if (rec.cancel_requested) {
-        FinishLocked(rec, v1::JOB_STATE_CANCELLED, rec.job.error().reason(),
-                     rec.job.error().message(), txn);
-        continue;
+      if (rec.job.state() == v1::JOB_STATE_QUEUED) EnqueueLocked(rec);
+      if (!IsFinal(rec.job.state()) && rec.job.spec().has_deadline()) {
+        deadlines_.emplace(FromProto(rec.job.spec().deadline()), id);
       }
-      rec.job.set_state(v1::JOB_STATE_QUEUED);
-      rec.job.clear_worker();
-      rec.job.clear_progress();
-      txn.ops.push_back({Journal::Op::Kind::kPutJob, rec, {}});
     }
-    if (rec.job.state() == v1::JOB_STATE_QUEUED) EnqueueLocked(rec);
-    if (!IsFinal(rec.job.state()) && rec.job.spec().has_deadline()) {
-      deadlines_.emplace(FromProto(rec.job.spec().deadline()), id);
-    }
+    for (RequestRecord& r : contents.requests) requests_[r.request_id] = std::move(r);
+    LOG(INFO) << "event=recovered jobs=" << jobs_.size() << " queued=" << queue_.size()
+              << " requeued=" << requeued << " tombstones=" << requests_.size()
+              << " journal=" << journal_->path();
+    CommitTxn(txn, nullptr);
   }
-  for (RequestRecord& r : contents.requests) requests_[r.request_id] = std::move(r);
-  LOG(INFO) << "event=recovered jobs=" << jobs_.size() << " queued=" << queue_.size()
-            << " requeued=" << requeued << " tombstones=" << requests_.size()
-            << " journal=" << journal_->path();
-  CommitTxn(txn, nullptr);
-  mu_.Unlock();
-  absl::Status st = journal_->Flush();
-  mu_.Lock();
-  return st;
+  return journal_->Flush();
 }
 
 void Scheduler::Shutdown() {
@@ -291,7 +300,10 @@ void Scheduler::FinishLocked(JobRecord& r, v1::JobState state, v1::FailureReason
     r.job.mutable_error()->set_reason(reason);
     r.job.mutable_error()->set_message(message);
     r.job.mutable_error()->set_retryable(false);
-  } else if (r.job.has_start_time()) {
+  } else {
+    r.job.clear_error();
+  }
+  if (state == v1::JOB_STATE_SUCCEEDED && r.job.has_start_time()) {
     metrics_->run_time->Observe(absl::ToDoubleSeconds(now - FromProto(r.job.start_time())));
   }
   LOG(INFO) << "event=job_final job=" << r.job.job_id() << " request=" << r.job.request_id()
@@ -315,8 +327,8 @@ void Scheduler::LeaseEndedLocked(JobRecord& r, v1::FailureReason reason, bool re
   }
   if (r.runs >= options_.max_attempts) {
     FinishLocked(r, v1::JOB_STATE_FAILED, v1::FAILURE_REASON_TOO_MANY_ATTEMPTS,
-                 absl::StrCat("gave up after ", r.runs, " attempts; last: ",
-                              v1::FailureReason_Name(reason), ": ", message),
+                 absl::StrCat("gave up after ", r.runs,
+                              " attempts; last: ", v1::FailureReason_Name(reason), ": ", message),
                  txn);
     return;
   }
@@ -372,9 +384,8 @@ void Scheduler::DispatchLocked(Txn& txn) {
     Worker& w = *workers_[name];
     std::map<std::pair<int, int>, v1::Assignment> by_size;
     while (static_cast<int>(w.leases.size()) < w.hello.capacity() && queue_.size() > 0) {
-      auto picked = queue_.Pick(now, [&](const std::string& id) {
-        return CanRunLocked(w, jobs_.at(id));
-      });
+      auto picked =
+          queue_.Pick(now, [&](const std::string& id) { return CanRunLocked(w, jobs_.at(id)); });
       if (!picked) break;
       JobRecord& r = jobs_.at(*picked);
       queue_.Remove(*picked);
@@ -427,9 +438,9 @@ absl::StatusOr<v1::SubmitJobResponse> Scheduler::AdmitLocked(v1::SubmitJobReques
     if (it != requests_.end()) {
       if (it->second.fingerprint != fp) {
         metrics_->rejected_conflict->Increment();
-        return absl::InvalidArgumentError(absl::StrCat(
-            field, "request_id: \"", req.request_id(), "\" was already used for job ",
-            it->second.job_id, " with a different spec"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, "request_id: \"", req.request_id(), "\" was already used for job ",
+                         it->second.job_id, " with a different spec"));
       }
       auto j = jobs_.find(it->second.job_id);
       if (j != jobs_.end()) {
@@ -483,10 +494,10 @@ void Scheduler::Submit(v1::SubmitJobRequest request, const std::string& owner,
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queued_jobs &&
       !requests_.contains(request.request_id())) {
     metrics_->rejected_full->Increment();
-    return std::move(done)(absl::ResourceExhaustedError(absl::StrCat(
-        "queue is full (", queue_.size(), " jobs queued, --max-queued-jobs=",
-        options_.max_queued_jobs, "); retry after ",
-        absl::ToInt64Milliseconds(options_.retry_after), " ms")));
+    return std::move(done)(absl::ResourceExhaustedError(
+        absl::StrCat("queue is full (", queue_.size(),
+                     " jobs queued, --max-queued-jobs=", options_.max_queued_jobs,
+                     "); retry after ", absl::ToInt64Milliseconds(options_.retry_after), " ms")));
   }
   Txn txn;
   auto resp = AdmitLocked(std::move(request), owner, "", "", txn);
@@ -499,7 +510,8 @@ void Scheduler::Submit(v1::SubmitJobRequest request, const std::string& owner,
   }
   DispatchLocked(txn);
   CommitTxn(txn, [done = std::move(done), resp = *std::move(resp)](absl::Status s) mutable {
-    if (!s.ok()) return std::move(done)(absl::UnavailableError(absl::StrCat("journal: ", s.message())));
+    if (!s.ok())
+      return std::move(done)(absl::UnavailableError(absl::StrCat("journal: ", s.message())));
     std::move(done)(std::move(resp));
   });
 }
@@ -534,8 +546,9 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
   std::string batch_id = request.batch_id();
   if (batch_id.empty()) {
     absl::BitGen gen;
-    batch_id = absl::StrFormat("b-%s-%09d-%04x", absl::FormatTime("%Y%m%d", now, absl::UTCTimeZone()),
-                               next_seq_, absl::Uniform<uint32_t>(gen, 0, 0x10000));
+    batch_id =
+        absl::StrFormat("b-%s-%09d-%04x", absl::FormatTime("%Y%m%d", now, absl::UTCTimeZone()),
+                        next_seq_, absl::Uniform<uint32_t>(gen, 0, 0x10000));
   }
   // Conflicts and capacity are checked before anything is admitted.
   int64_t fresh = 0;
@@ -553,10 +566,9 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
         ValidateAndNormalizeSpec(lim, "", &spec).IgnoreError();
         if (SpecFingerprint(spec) != it->second.fingerprint) {
           metrics_->rejected_conflict->Increment();
-          return std::move(done)(absl::InvalidArgumentError(
-              absl::StrCat("jobs[", i, "].request_id: \"", j.request_id(),
-                           "\" was already used for job ", it->second.job_id,
-                           " with a different spec")));
+          return std::move(done)(absl::InvalidArgumentError(absl::StrCat(
+              "jobs[", i, "].request_id: \"", j.request_id(), "\" was already used for job ",
+              it->second.job_id, " with a different spec")));
         }
         continue;
       }
@@ -565,10 +577,10 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
   }
   if (static_cast<int64_t>(queue_.size()) + fresh > options_.max_queued_jobs) {
     metrics_->rejected_full->Increment();
-    return std::move(done)(absl::ResourceExhaustedError(absl::StrCat(
-        "queue is full (", queue_.size(), " jobs queued + ", fresh, " new > --max-queued-jobs=",
-        options_.max_queued_jobs, "); retry after ",
-        absl::ToInt64Milliseconds(options_.retry_after), " ms")));
+    return std::move(done)(absl::ResourceExhaustedError(
+        absl::StrCat("queue is full (", queue_.size(), " jobs queued + ", fresh,
+                     " new > --max-queued-jobs=", options_.max_queued_jobs, "); retry after ",
+                     absl::ToInt64Milliseconds(options_.retry_after), " ms")));
   }
   Txn txn;
   v1::SubmitJobsResponse resp;
@@ -598,7 +610,8 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
             << " new=" << fresh;
   DispatchLocked(txn);
   CommitTxn(txn, [done = std::move(done), resp = std::move(resp)](absl::Status s) mutable {
-    if (!s.ok()) return std::move(done)(absl::UnavailableError(absl::StrCat("journal: ", s.message())));
+    if (!s.ok())
+      return std::move(done)(absl::UnavailableError(absl::StrCat("journal: ", s.message())));
     std::move(done)(std::move(resp));
   });
 }
@@ -707,7 +720,8 @@ void Scheduler::Cancel(const v1::CancelJobRequest& req, Callback<v1::CancelJobRe
   }
   DispatchLocked(txn);
   CommitTxn(txn, [done = std::move(done), resp = std::move(resp)](absl::Status s) mutable {
-    if (!s.ok()) return std::move(done)(absl::UnavailableError(absl::StrCat("journal: ", s.message())));
+    if (!s.ok())
+      return std::move(done)(absl::UnavailableError(absl::StrCat("journal: ", s.message())));
     std::move(done)(std::move(resp));
   });
 }
@@ -751,7 +765,8 @@ void Scheduler::Unwatch(const std::shared_ptr<EventSink>& sink) {
 absl::StatusOr<v1::JobResult> Scheduler::Result(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\""));
+  if (it == jobs_.end())
+    return absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\""));
   if (it->second.job.state() != v1::JOB_STATE_SUCCEEDED) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job ", job_id, " is ", v1::JobState_Name(it->second.job.state()), ", not SUCCEEDED"));
@@ -822,9 +837,11 @@ absl::StatusOr<uint64_t> Scheduler::WorkerHello(const v1::WorkerHello& hello,
   welcome.mutable_welcome()->set_session_id(absl::StrCat("s-", w.session));
   welcome.mutable_welcome()->set_heartbeat_interval_ms(
       absl::ToInt64Milliseconds(options_.heartbeat_interval));
-  welcome.mutable_welcome()->set_lease_timeout_ms(absl::ToInt64Milliseconds(options_.lease_timeout));
+  welcome.mutable_welcome()->set_lease_timeout_ms(
+      absl::ToInt64Milliseconds(options_.lease_timeout));
   sink->Send(welcome);
-  if (static_cast<int>(w.leases.size()) < hello.capacity()) free_workers_.insert(hello.worker_name());
+  if (static_cast<int>(w.leases.size()) < hello.capacity())
+    free_workers_.insert(hello.worker_name());
   LOG(INFO) << "event=worker_connected worker=" << hello.worker_name() << " session=" << w.session
             << " device=" << hello.device() << " model=" << hello.model()
             << " capacity=" << hello.capacity() << " kept_leases=" << w.leases.size();
@@ -856,7 +873,8 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
   Txn txn;
   auto need_lease = [](const v1::LeaseId& l, const char* what) -> absl::Status {
     if (l.job_id().empty() || l.attempt() < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ".lease: job_id and attempt >= 1 required"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ".lease: job_id and attempt >= 1 required"));
     }
     return absl::OkStatus();
   };
@@ -912,6 +930,10 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
       v1::SchedulerMessage reply;
       auto* cr = reply.mutable_commit_reply();
       *cr->mutable_lease() = msg.commit().lease();
+      // The reply goes out once the decision is durable.
+      auto send_reply = [&] {
+        txn.after.push_back([sink = w.sink, reply = std::move(reply)] { sink->Send(reply); });
+      };
       JobRecord* r = FindLeaseLocked(w, msg.commit().lease());
       if (!r) {
         cr->set_accepted(false);
@@ -919,8 +941,7 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
         LOG(WARNING) << "event=commit_refused worker=" << name
                      << " job=" << msg.commit().lease().job_id()
                      << " attempt=" << msg.commit().lease().attempt() << " reason=stale";
-        sink_send:
-        txn.after.push_back([sink = w.sink, reply = std::move(reply)] { sink->Send(reply); });
+        send_reply();
         break;
       }
       if (r->commit_pending) {
@@ -931,7 +952,8 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
         cr->set_reason("the job was cancelled");
         FinishLocked(*r, v1::JOB_STATE_CANCELLED, r->job.error().reason(), r->job.error().message(),
                      txn);
-        goto sink_send;
+        send_reply();
+        break;
       }
       if (r->job.state() == v1::JOB_STATE_ASSIGNED) {
         r->job.set_state(v1::JOB_STATE_RUNNING);
@@ -942,7 +964,8 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
       r->job.mutable_result()->set_path(OutputPath(*r));
       cr->set_accepted(true);
       PutLocked(*r, txn);
-      goto sink_send;
+      send_reply();
+      break;
     }
     case v1::WorkerMessage::kFinalized: {
       ZFARM_RETURN_IF_ERROR(need_lease(msg.finalized().lease(), "finalized"));
@@ -963,7 +986,8 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
       const v1::JobError& e = msg.failure().error();
       v1::FailureReason reason = e.reason();
       bool retryable = e.retryable();
-      if (reason == v1::FAILURE_REASON_INVALID_REQUEST || reason == v1::FAILURE_REASON_MODEL_ERROR) {
+      if (reason == v1::FAILURE_REASON_INVALID_REQUEST ||
+          reason == v1::FAILURE_REASON_MODEL_ERROR) {
         retryable = false;
       }
       if (reason == v1::FAILURE_REASON_OUT_OF_MEMORY) {
@@ -1104,7 +1128,8 @@ void Scheduler::Tick() {
     if (now - w->last_seen > options_.lease_timeout) silent.push_back(w);
   }
   for (Worker* w : silent) {
-    if (w->sink) w->sink->Close(absl::UnavailableError("heartbeat timeout: worker considered lost"));
+    if (w->sink)
+      w->sink->Close(absl::UnavailableError("heartbeat timeout: worker considered lost"));
     WorkerLostLocked(*w, "no message within the lease timeout", txn);
   }
   // Retention: finished jobs, then tombstones whose job is gone, then lost workers.

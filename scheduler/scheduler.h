@@ -157,8 +157,8 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CommitTxn(Txn& txn, absl::AnyInvocable<void(absl::Status) &&> done)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void PutLocked(const JobRecord& r, Txn& txn, zfarm::v1::JobEventType type =
-                                                   zfarm::v1::JOB_EVENT_TYPE_STATE_CHANGED)
+  void PutLocked(const JobRecord& r, Txn& txn,
+                 zfarm::v1::JobEventType type = zfarm::v1::JOB_EVENT_TYPE_STATE_CHANGED)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EnqueueLocked(JobRecord& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishLocked(JobRecord& r, zfarm::v1::JobState state, zfarm::v1::FailureReason reason,

@@ -4,8 +4,8 @@
 #include <fstream>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -147,8 +147,9 @@ class ResultReactor final : public grpc::ServerWriteReactor<v1::ResultChunk> {
   ResultReactor(const std::string& path, const v1::JobResult& result) : sha_(result.sha256()) {
     file_.open(path, std::ios::binary);
     if (!file_) {
-      Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          absl::StrCat("result file ", result.path(), " is missing under the output root")));
+      Finish(grpc::Status(
+          grpc::StatusCode::NOT_FOUND,
+          absl::StrCat("result file ", result.path(), " is missing under the output root")));
       return;
     }
     file_.seekg(0, std::ios::end);
@@ -293,8 +294,8 @@ class ConnectReactor final
 
   Scheduler* const core_;
   const std::shared_ptr<Sink> sink_;
-  v1::WorkerMessage in_;     // owned by the read side
-  uint64_t session_ = 0;     // read side only (and OnDone, after all reads)
+  v1::WorkerMessage in_;  // owned by the read side
+  uint64_t session_ = 0;  // read side only (and OnDone, after all reads)
   absl::Mutex mu_;
   std::deque<v1::SchedulerMessage> out_ ABSL_GUARDED_BY(mu_);
   v1::SchedulerMessage current_ ABSL_GUARDED_BY(mu_);
@@ -406,7 +407,8 @@ class SchedulerServer::Services {
         return new FailedWriter<v1::JobEvent>(owner.status());
       }
       if (req->job_id().empty()) {
-        return new FailedWriter<v1::JobEvent>(absl::InvalidArgumentError("job_id: must not be empty"));
+        return new FailedWriter<v1::JobEvent>(
+            absl::InvalidArgumentError("job_id: must not be empty"));
       }
       auto* r = new WatchReactor(core_);
       r->Begin(req->job_id(), "", "");
@@ -443,11 +445,13 @@ class SchedulerServer::Services {
 
   class Workers final : public v1::WorkerService::CallbackService {
    public:
-    Workers(Scheduler* core, std::shared_ptr<Authorizer> auth) : core_(core), auth_(std::move(auth)) {}
+    Workers(Scheduler* core, std::shared_ptr<Authorizer> auth)
+        : core_(core), auth_(std::move(auth)) {}
     grpc::ServerBidiReactor<v1::WorkerMessage, v1::SchedulerMessage>* Connect(
         grpc::CallbackServerContext* ctx) override {
       if (auto owner = Auth(auth_.get(), "Connect", ctx); !owner.ok()) {
-        class Denied final : public grpc::ServerBidiReactor<v1::WorkerMessage, v1::SchedulerMessage> {
+        class Denied final
+            : public grpc::ServerBidiReactor<v1::WorkerMessage, v1::SchedulerMessage> {
          public:
           explicit Denied(const absl::Status& s) { Finish(ToGrpcStatus(s)); }
           void OnDone() override { delete this; }
@@ -464,7 +468,8 @@ class SchedulerServer::Services {
 
   class Admin final : public v1::AdminService::CallbackService {
    public:
-    Admin(Scheduler* core, std::shared_ptr<Authorizer> auth) : core_(core), auth_(std::move(auth)) {}
+    Admin(Scheduler* core, std::shared_ptr<Authorizer> auth)
+        : core_(core), auth_(std::move(auth)) {}
     grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* ctx,
                                           const v1::ListWorkersRequest*,
                                           v1::ListWorkersResponse* resp) override {
@@ -502,7 +507,7 @@ class SchedulerServer::Services {
 };
 
 absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOptions options,
-                                                                       Clock* clock) {
+                                                                        Clock* clock) {
   if (!options.security.credentials) {
     options.security.credentials = [] { return grpc::InsecureServerCredentials(); };
   }
@@ -511,8 +516,9 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOp
   }
   auto colon = options.listen.rfind(':');
   int requested_port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(options.listen.substr(colon + 1), &requested_port) ||
-      requested_port < 0 || requested_port > 65535) {
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(options.listen.substr(colon + 1), &requested_port) || requested_port < 0 ||
+      requested_port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("--listen: \"", options.listen, "\" is not HOST:PORT"));
   }

@@ -78,7 +78,7 @@ class SchedulerServer {
  public:
   // Opens the journal (recovering jobs), then starts serving.
   static absl::StatusOr<std::unique_ptr<SchedulerServer>> Start(ServerOptions options,
-                                                               Clock* clock = Clock::Real());
+                                                                Clock* clock = Clock::Real());
   ~SchedulerServer();  // Shutdown().
   SchedulerServer(const SchedulerServer&) = delete;
   SchedulerServer& operator=(const SchedulerServer&) = delete;

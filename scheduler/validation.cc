@@ -69,8 +69,9 @@ absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
                                       zfarm::v1::JobSpec* spec) {
   if (spec->prompt().empty()) return Invalid(f + ".prompt", "must not be empty");
   if (static_cast<int>(spec->prompt().size()) > l.max_prompt_bytes) {
-    return Invalid(f + ".prompt", absl::StrCat(spec->prompt().size(), " bytes exceeds the limit of ",
-                                               l.max_prompt_bytes, " bytes"));
+    return Invalid(f + ".prompt",
+                   absl::StrCat(spec->prompt().size(), " bytes exceeds the limit of ",
+                                l.max_prompt_bytes, " bytes"));
   }
   if (!IsValidUtf8(spec->prompt())) return Invalid(f + ".prompt", "is not valid UTF-8");
   if (static_cast<int>(spec->negative_prompt().size()) > l.max_prompt_bytes) {
@@ -93,8 +94,7 @@ absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
   }
   float g = spec->guidance_scale();
   if (!std::isfinite(g) || g < 0 || g > l.max_guidance) {
-    return Invalid(f + ".guidance_scale",
-                   absl::StrCat(g, " is outside [0, ", l.max_guidance, "]"));
+    return Invalid(f + ".guidance_scale", absl::StrCat(g, " is outside [0, ", l.max_guidance, "]"));
   }
   const std::string& name = spec->output_name();
   if (static_cast<int>(name.size()) > l.max_output_name_bytes) {
@@ -103,8 +103,7 @@ absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
   }
   for (unsigned char c : name) {
     if (c == '/' || c == '\\' || c < 0x20 || c == 0x7F) {
-      return Invalid(f + ".output_name",
-                     "must not contain '/', '\\' or control characters");
+      return Invalid(f + ".output_name", "must not contain '/', '\\' or control characters");
     }
   }
   if (name.find("..") != std::string::npos) {
@@ -123,20 +122,19 @@ absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
     if (k.empty() || static_cast<int>(k.size()) > l.max_label_bytes ||
         static_cast<int>(v.size()) > l.max_label_bytes || k.find('=') != std::string::npos ||
         !IsValidUtf8(k) || !IsValidUtf8(v)) {
-      return Invalid(f + ".labels",
-                     absl::StrCat("label \"", absl::CHexEscape(k.substr(0, 64)),
-                                  "\": keys must be 1..", l.max_label_bytes,
-                                  " bytes of UTF-8 without '=', values at most ",
-                                  l.max_label_bytes, " bytes of UTF-8"));
+      return Invalid(f + ".labels", absl::StrCat("label \"", absl::CHexEscape(k.substr(0, 64)),
+                                                 "\": keys must be 1..", l.max_label_bytes,
+                                                 " bytes of UTF-8 without '=', values at most ",
+                                                 l.max_label_bytes, " bytes of UTF-8"));
     }
   }
-  if (spec->has_deadline() &&
-      (spec->deadline().seconds() <= 0 || spec->deadline().nanos() < 0 ||
-       spec->deadline().nanos() > 999'999'999)) {
+  if (spec->has_deadline() && (spec->deadline().seconds() <= 0 || spec->deadline().nanos() < 0 ||
+                               spec->deadline().nanos() > 999'999'999)) {
     return Invalid(f + ".deadline", "must be a valid positive timestamp");
   }
   if (!spec->webhook_url().empty()) {
-    return Invalid(f + ".webhook_url", "webhooks are not enabled on this scheduler (allow-list is empty)");
+    return Invalid(f + ".webhook_url",
+                   "webhooks are not enabled on this scheduler (allow-list is empty)");
   }
   if (static_cast<int>(spec->model().size()) > 128) {
     return Invalid(f + ".model", "exceeds the limit of 128 bytes");

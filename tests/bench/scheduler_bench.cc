@@ -85,8 +85,7 @@ void Submit() {
         {
           absl::MutexLock l(&mu);
           mu.Await(absl::Condition(
-              +[](std::pair<int*, int>* a) { return *a->first < a->second; },
-              &room));
+              +[](std::pair<int*, int>* a) { return *a->first < a->second; }, &room));
           ++outstanding;
         }
         auto* call = new Call;
@@ -101,16 +100,19 @@ void Submit() {
         });
       }
       absl::MutexLock l(&mu);
-      mu.Await(absl::Condition(+[](int* o) { return *o == 0; }, &outstanding));
+      mu.Await(absl::Condition(
+          +[](int* o) { return *o == 0; }, &outstanding));
     });
   }
   for (auto& t : threads) t.join();
   double s = absl::ToDoubleSeconds(absl::Now() - t0);
   auto* j = farm->scheduler()->journal();
-  printf("submit: %d jobs from %d clients x %d in flight in %.2f s = %.0f jobs/s (durable; %ld fsync'd "
-         "transactions, %.1f submits each; %d failed)\n",
-         n, clients, absl::GetFlag(FLAGS_inflight), s, n / s, static_cast<long>(j->commits()),
-         static_cast<double>(j->batches()) / std::max<int64_t>(1, j->commits()), failed.load());
+  printf(
+      "submit: %d jobs from %d clients x %d in flight in %.2f s = %.0f jobs/s (durable; %ld "
+      "fsync'd "
+      "transactions, %.1f submits each; %d failed)\n",
+      n, clients, absl::GetFlag(FLAGS_inflight), s, n / s, static_cast<long>(j->commits()),
+      static_cast<double>(j->batches()) / std::max<int64_t>(1, j->commits()), failed.load());
 }
 
 void Latency() {
@@ -145,9 +147,10 @@ void Latency() {
     CHECK(lease.ok());
   }
   std::sort(us.begin(), us.end());
-  printf("slot->assignment: %d samples p50 %.3f ms p99 %.3f ms max %.3f ms (includes the durable "
-         "SUCCEEDED+ASSIGNED transaction)\n",
-         n, us[n / 2] / 1000, us[n * 99 / 100] / 1000, us.back() / 1000);
+  printf(
+      "slot->assignment: %d samples p50 %.3f ms p99 %.3f ms max %.3f ms (includes the durable "
+      "SUCCEEDED+ASSIGNED transaction)\n",
+      n, us[n / 2] / 1000, us[n * 99 / 100] / 1000, us.back() / 1000);
 }
 
 void Workers() {
@@ -179,9 +182,10 @@ void Workers() {
   int leased = 0;
   for (auto& w : ws) leased += w->NextLease(absl::Seconds(30)).ok();
   double dispatch_s = absl::ToDoubleSeconds(absl::Now() - t0);
-  printf("workers: %d connected in %.2f s, %d READY in ListWorkers; %d jobs dispatched to %d "
-         "workers in %.3f s; RSS +%.0f MiB (client+server in one process)\n",
-         n, connect_s, ready, b.jobs_size(), leased, dispatch_s, RssMiB() - rss0);
+  printf(
+      "workers: %d connected in %.2f s, %d READY in ListWorkers; %d jobs dispatched to %d "
+      "workers in %.3f s; RSS +%.0f MiB (client+server in one process)\n",
+      n, connect_s, ready, b.jobs_size(), leased, dispatch_s, RssMiB() - rss0);
 }
 
 void Queued() {
@@ -205,9 +209,10 @@ void Queued() {
     CHECK(s.ok()) << s.error_message();
   }
   double s = absl::ToDoubleSeconds(absl::Now() - t0);
-  printf("queued: %d jobs held (batches of 1000 in %.1f s), queue=%ld, process RSS %.0f MiB "
-         "(+%.0f MiB for the jobs)\n",
-         n, s, static_cast<long>(farm->scheduler()->QueuedJobs()), RssMiB(), RssMiB() - rss0);
+  printf(
+      "queued: %d jobs held (batches of 1000 in %.1f s), queue=%ld, process RSS %.0f MiB "
+      "(+%.0f MiB for the jobs)\n",
+      n, s, static_cast<long>(farm->scheduler()->QueuedJobs()), RssMiB(), RssMiB() - rss0);
   // Restart cost: recovery of n jobs from the journal.
   std::string state = farm->state_dir();
   farm->Stop();

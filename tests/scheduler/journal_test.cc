@@ -112,7 +112,8 @@ TEST(JournalTest, CallbacksRunInAppendOrder) {
   std::vector<int> order;
   absl::Mutex mu;
   for (int i = 0; i < 100; ++i) {
-    j->Append(i % 3 ? std::vector<Journal::Op>{} : std::vector<Journal::Op>{PutJob("x", v1::JOB_STATE_QUEUED, i)},
+    j->Append(i % 3 ? std::vector<Journal::Op>{}
+                    : std::vector<Journal::Op>{PutJob("x", v1::JOB_STATE_QUEUED, i)},
               [&, i](absl::Status) {
                 absl::MutexLock l(&mu);
                 order.push_back(i);

@@ -1,8 +1,8 @@
 // The real zfarm-scheduler binary: SIGKILL mid-queue and restart on the same state
 // dir (every acknowledged job survives, finished ones unchanged), SIGTERM -> exit 0.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -156,7 +156,8 @@ TEST_F(ProcessTest, SigkillAndRestartKeepsEveryAcknowledgedJob) {
   Process p(dir_, "second");
   std::string addr = p.WaitForAddress();
   ASSERT_FALSE(addr.empty());
-  auto stub = v1::JobService::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::JobService::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   for (const auto& id : acked) {
     v1::GetJobRequest g;
     g.set_job_id(id);

@@ -1,6 +1,4 @@
 // The Scheduler core with a FakeClock and in-memory worker/event sinks (no gRPC).
-#include "scheduler/scheduler.h"
-
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -10,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
+#include "scheduler/scheduler.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/status_matchers.h"
 
@@ -409,7 +408,8 @@ TEST_F(SchedulerCoreTest, CancelQueuedAndRunning) {
   ASSERT_OK_AND_ASSIGN(auto queued, Submit("queued"));
   v1::CancelJobRequest c;
   c.set_job_id(queued.job().job_id());
-  ASSERT_OK_AND_ASSIGN(auto r, Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }));
+  ASSERT_OK_AND_ASSIGN(
+      auto r, Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }));
   EXPECT_EQ(r.job_ids_size(), 1);
   EXPECT_EQ(Get(queued.job().job_id()).state(), v1::JOB_STATE_CANCELLED);
   c.set_job_id(run.job().job_id());
@@ -443,10 +443,9 @@ TEST_F(SchedulerCoreTest, DeadlineCancels) {
   EXPECT_EQ(j.state(), v1::JOB_STATE_CANCELLED);
   EXPECT_EQ(j.error().reason(), v1::FAILURE_REASON_DEADLINE_EXCEEDED);
   // A deadline already in the past is rejected at the edge.
-  EXPECT_THAT(Call<v1::SubmitJobResponse>([&](auto cb) {
-                sched_->Submit(r, "anonymous", std::move(cb));
-              }),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("spec.deadline")));
+  EXPECT_THAT(
+      Call<v1::SubmitJobResponse>([&](auto cb) { sched_->Submit(r, "anonymous", std::move(cb)); }),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("spec.deadline")));
 }
 
 TEST_F(SchedulerCoreTest, LostAfterAcceptedCommitChecksTheFile) {
@@ -518,15 +517,18 @@ TEST_F(SchedulerCoreTest, MalformedAndOutOfOrderWorkerMessages) {
   *p.mutable_progress()->mutable_lease() = l[0].lease();
   p.mutable_progress()->set_step(1);
   p.mutable_progress()->set_total_steps(2);
-  EXPECT_THAT(sched_->WorkerMessage(s, p), StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::_));
+  EXPECT_THAT(sched_->WorkerMessage(s, p),
+              StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::_));
   EXPECT_THAT(sched_->WorkerMessage(s, Finalized(l[0].lease())),
               StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::_));
   v1::WorkerMessage hello;
   hello.mutable_hello()->set_worker_name("w");
-  EXPECT_THAT(sched_->WorkerMessage(s, hello), StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::_));
+  EXPECT_THAT(sched_->WorkerMessage(s, hello),
+              StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::_));
   v1::WorkerMessage no_lease;
   no_lease.mutable_started();
-  EXPECT_THAT(sched_->WorkerMessage(s, no_lease), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
+  EXPECT_THAT(sched_->WorkerMessage(s, no_lease),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
   v1::WorkerHello bad;
   bad.set_worker_name("z");
   bad.set_capacity(0);
@@ -543,8 +545,9 @@ TEST_F(SchedulerCoreTest, BatchIsAllOrNothing) {
     j->mutable_spec()->set_prompt("p");
   }
   req.mutable_jobs(2)->mutable_spec()->set_steps(99);
-  EXPECT_THAT(Call<v1::SubmitJobsResponse>([&](auto cb) { sched_->SubmitBatch(req, "o", std::move(cb)); }),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("jobs[2].spec.steps")));
+  EXPECT_THAT(
+      Call<v1::SubmitJobsResponse>([&](auto cb) { sched_->SubmitBatch(req, "o", std::move(cb)); }),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("jobs[2].spec.steps")));
   EXPECT_EQ(sched_->QueuedJobs(), 0);
   req.mutable_jobs(2)->mutable_spec()->set_steps(4);
   ASSERT_OK_AND_ASSIGN(auto resp, Call<v1::SubmitJobsResponse>([&](auto cb) {
@@ -555,8 +558,9 @@ TEST_F(SchedulerCoreTest, BatchIsAllOrNothing) {
   EXPECT_EQ(sched_->QueuedJobs(), 3);
   v1::SubmitJobsRequest big;
   for (int i = 0; i < 1001; ++i) big.add_jobs()->mutable_spec()->set_prompt("p");
-  EXPECT_THAT(Call<v1::SubmitJobsResponse>([&](auto cb) { sched_->SubmitBatch(big, "o", std::move(cb)); }),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("1000")));
+  EXPECT_THAT(
+      Call<v1::SubmitJobsResponse>([&](auto cb) { sched_->SubmitBatch(big, "o", std::move(cb)); }),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("1000")));
 }
 
 }  // namespace

@@ -53,7 +53,10 @@ TEST(ValidationTest, EveryLimitNamesFieldAndLimit) {
                        AllOf(HasSubstr("spec.height_px"), HasSubstr("[256, 2048]"))));
   EXPECT_THAT(bad([](JobSpec& s) { s.set_width_px(2064); }),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("2048")));
-  EXPECT_OK(bad([](JobSpec& s) { s.set_width_px(256); s.set_height_px(2048); }));
+  EXPECT_OK(bad([](JobSpec& s) {
+    s.set_width_px(256);
+    s.set_height_px(2048);
+  }));
   EXPECT_THAT(bad([](JobSpec& s) { s.set_steps(51); }),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("spec.steps"), HasSubstr("[1, 50]"))));

@@ -16,8 +16,7 @@ namespace zfarm::testing {
 
 class FakeClock final : public zfarm::scheduler::Clock {
  public:
-  explicit FakeClock(absl::Time start = absl::FromUnixSeconds(1'800'000'000))
-      : now_(start) {}
+  explicit FakeClock(absl::Time start = absl::FromUnixSeconds(1'800'000'000)) : now_(start) {}
 
   absl::Time Now() const override {
     absl::MutexLock lock(&mu_);

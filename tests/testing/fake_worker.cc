@@ -87,12 +87,14 @@ absl::StatusOr<v1::SchedulerMessage> FakeWorker::NextMessage(v1::SchedulerMessag
     }
     return messages_.end();
   };
-  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return find() != messages_.end() || ended_; };
+  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return find() != messages_.end() || ended_;
+  };
   mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
   auto it = find();
   if (it == messages_.end()) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("no message of kind ", kind, ended_ ? " (stream ended)" : " within the timeout"));
+    return absl::DeadlineExceededError(absl::StrCat(
+        "no message of kind ", kind, ended_ ? " (stream ended)" : " within the timeout"));
   }
   v1::SchedulerMessage m = std::move(*it);
   messages_.erase(it);
@@ -103,6 +105,12 @@ absl::Status FakeWorker::Send(const v1::WorkerMessage& m) {
   absl::MutexLock lock(&write_mu_);
   if (writes_done_ || !stream_->Write(m)) return absl::UnavailableError("stream closed");
   return absl::OkStatus();
+}
+
+absl::Status FakeWorker::Heartbeat() {
+  v1::WorkerMessage m;
+  m.mutable_heartbeat()->set_memory_free_bytes(1);
+  return Send(m);
 }
 
 absl::Status FakeWorker::Started(const v1::LeaseId& lease) {

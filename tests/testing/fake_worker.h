@@ -56,6 +56,9 @@ class FakeWorker {
   size_t PendingLeases();
 
   absl::Status Send(const zfarm::v1::WorkerMessage& message);
+  // Sends a heartbeat. The scheduler drops a worker silent for its lease timeout
+  // (30 s by default): long tests must call this (or send anything else).
+  absl::Status Heartbeat();
   absl::Status Started(const zfarm::v1::LeaseId& lease);
   absl::Status Progress(const zfarm::v1::LeaseId& lease, int step, int total);
   absl::Status Fail(const zfarm::v1::LeaseId& lease, zfarm::v1::FailureReason reason,
