@@ -384,8 +384,10 @@ void Scheduler::DispatchLocked(Txn& txn) {
     Worker& w = *workers_[name];
     std::map<std::pair<int, int>, v1::Assignment> by_size;
     while (static_cast<int>(w.leases.size()) < w.hello.capacity() && queue_.size() > 0) {
-      auto picked =
-          queue_.Pick(now, [&](const std::string& id) { return CanRunLocked(w, jobs_.at(id)); });
+      // Pick() calls the predicate synchronously, still under mu_.
+      auto picked = queue_.Pick(now, [&](const std::string& id) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return CanRunLocked(w, jobs_.at(id));
+      });
       if (!picked) break;
       JobRecord& r = jobs_.at(*picked);
       queue_.Remove(*picked);
