@@ -10,47 +10,41 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/sha256.h"
-#include "proto/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "nlohmann/json.hpp"
+#include "proto/status_macros.h"
 
 namespace zfarm::client {
 namespace {
 
 using json = nlohmann::json;
 
-absl::Status LineError(absl::string_view file, int line,
-                       absl::string_view message) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(file, ":", line, ": ", message));
+absl::Status LineError(absl::string_view file, int line, absl::string_view message) {
+  return absl::InvalidArgumentError(absl::StrCat(file, ":", line, ": ", message));
 }
 
 absl::StatusOr<int32_t> JsonInt(const json& v, absl::string_view key) {
   if (!v.is_number_integer()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("\"", key, "\" must be an integer"));
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be an integer"));
   }
   int64_t x = v.get<int64_t>();
   if (x < INT32_MIN || x > INT32_MAX) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("\"", key, "\" is out of range"));
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" is out of range"));
   }
   return static_cast<int32_t>(x);
 }
 
 absl::StatusOr<uint64_t> JsonSeed(const json& v) {
   if (!v.is_number_unsigned()) {
-    return absl::InvalidArgumentError(
-        "\"seed\" must be a non-negative integer");
+    return absl::InvalidArgumentError("\"seed\" must be a non-negative integer");
   }
   return v.get<uint64_t>();
 }
 
 absl::StatusOr<std::string> JsonString(const json& v, absl::string_view key) {
   if (!v.is_string()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("\"", key, "\" must be a string"));
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a string"));
   }
   return v.get<std::string>();
 }
@@ -69,8 +63,7 @@ absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
       ZFARM_ASSIGN_OR_RETURN(*spec->mutable_prompt(), JsonString(v, key));
       has_prompt = true;
     } else if (key == "negative_prompt") {
-      ZFARM_ASSIGN_OR_RETURN(*spec->mutable_negative_prompt(),
-                             JsonString(v, key));
+      ZFARM_ASSIGN_OR_RETURN(*spec->mutable_negative_prompt(), JsonString(v, key));
     } else if (key == "output_name") {
       ZFARM_ASSIGN_OR_RETURN(*spec->mutable_output_name(), JsonString(v, key));
     } else if (key == "model") {
@@ -91,8 +84,7 @@ absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
       spec->set_priority(x);
     } else if (key == "guidance" || key == "guidance_scale") {
       if (!v.is_number()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("\"", key, "\" must be a number"));
+        return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a number"));
       }
       spec->set_guidance_scale(v.get<float>());
     } else if (key == "seed") {
@@ -100,8 +92,7 @@ absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
       seeds->assign(1, s);
     } else if (key == "seeds") {
       if (!v.is_array() || v.empty()) {
-        return absl::InvalidArgumentError(
-            "\"seeds\" must be a non-empty array of integers");
+        return absl::InvalidArgumentError("\"seeds\" must be a non-empty array of integers");
       }
       seeds->clear();
       for (const json& s : v) {
@@ -110,20 +101,18 @@ absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
       }
     } else if (key == "labels") {
       if (!v.is_object()) {
-        return absl::InvalidArgumentError(
-            "\"labels\" must be an object of strings");
+        return absl::InvalidArgumentError("\"labels\" must be an object of strings");
       }
       for (auto l = v.begin(); l != v.end(); ++l) {
-        ZFARM_ASSIGN_OR_RETURN(std::string value,
-                               JsonString(l.value(), "labels." + l.key()));
+        ZFARM_ASSIGN_OR_RETURN(std::string value, JsonString(l.value(), "labels." + l.key()));
         (*spec->mutable_labels())[l.key()] = value;
       }
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown key \"", key,
-          "\" (known: prompt, negative_prompt, width, height, steps, "
-          "guidance, seed, seeds, priority, output_name, model, labels, "
-          "webhook_url)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown key \"", key,
+                       "\" (known: prompt, negative_prompt, width, height, steps, "
+                       "guidance, seed, seeds, priority, output_name, model, labels, "
+                       "webhook_url)"));
     }
   }
   if (!has_prompt) return absl::InvalidArgumentError("missing \"prompt\"");
@@ -138,17 +127,18 @@ absl::StatusOr<std::vector<uint64_t>> ParseSeedList(absl::string_view text) {
     item = absl::StripAsciiWhitespace(item);
     uint64_t s = 0;
     if (item.empty() || !absl::SimpleAtoi(item, &s)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--seeds: '", item, "' is not a non-negative integer (use 1,2,3)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--seeds: '", item, "' is not a non-negative integer (use 1,2,3)"));
     }
     seeds.push_back(s);
   }
   return seeds;
 }
 
-absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(
-    absl::string_view contents, absl::string_view file_name,
-    const zfarm::v1::JobSpec& defaults, const SweepOptions& sweep) {
+absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(absl::string_view contents,
+                                                         absl::string_view file_name,
+                                                         const zfarm::v1::JobSpec& defaults,
+                                                         const SweepOptions& sweep) {
   if (sweep.variants < 1) {
     return absl::InvalidArgumentError("--variants must be >= 1");
   }
@@ -157,15 +147,13 @@ absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(
   // A final newline does not start another line.
   if (!lines.empty() && lines.back().empty()) lines.pop_back();
   if (lines.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file_name, ": the prompts file is empty"));
+    return absl::InvalidArgumentError(absl::StrCat(file_name, ": the prompts file is empty"));
   }
   for (size_t i = 0; i < lines.size(); ++i) {
     const int line_no = static_cast<int>(i) + 1;
     absl::string_view line = absl::StripSuffix(lines[i], "\r");
     if (absl::StripAsciiWhitespace(line).empty()) {
-      return LineError(file_name, line_no,
-                       "empty line (one prompt per line; remove it)");
+      return LineError(file_name, line_no, "empty line (one prompt per line; remove it)");
     }
     zfarm::v1::JobSpec spec = defaults;
     std::vector<uint64_t> seeds = sweep.seeds;
@@ -207,19 +195,17 @@ absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(
   return jobs;
 }
 
-absl::StatusOr<std::vector<PlannedJob>> LoadPromptsFile(
-    const std::string& path, const zfarm::v1::JobSpec& defaults,
-    const SweepOptions& sweep) {
+absl::StatusOr<std::vector<PlannedJob>> LoadPromptsFile(const std::string& path,
+                                                        const zfarm::v1::JobSpec& defaults,
+                                                        const SweepOptions& sweep) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot read prompts file '", path, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("cannot read prompts file '", path, "'"));
   }
   std::stringstream buffer;
   buffer << in.rdbuf();
   if (in.bad()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("error reading prompts file '", path, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("error reading prompts file '", path, "'"));
   }
   return ParsePromptsFile(buffer.str(), path, defaults, sweep);
 }
@@ -238,8 +224,8 @@ std::string CanonicalSpecHash(const zfarm::v1::JobSpec& spec) {
 }
 
 std::string DeriveRequestId(absl::string_view prefix, const PlannedJob& job) {
-  std::string id = absl::StrCat(prefix, "-", job.line, "-",
-                                CanonicalSpecHash(job.spec).substr(0, 16));
+  std::string id =
+      absl::StrCat(prefix, "-", job.line, "-", CanonicalSpecHash(job.spec).substr(0, 16));
   if (!job.spec.has_seed() && job.variant > 0) {
     absl::StrAppend(&id, "-v", job.variant);
   }
@@ -250,14 +236,12 @@ void AssignRequestIds(absl::string_view prefix, std::vector<PlannedJob>* jobs) {
   for (PlannedJob& job : *jobs) job.request_id = DeriveRequestId(prefix, job);
 }
 
-std::string DefaultRequestIdPrefix(const char* build_tag,
-                                   absl::string_view fallback) {
+std::string DefaultRequestIdPrefix(const char* build_tag, absl::string_view fallback) {
   if (build_tag != nullptr && *build_tag != '\0') return build_tag;
   return std::string(fallback);
 }
 
-std::string DeriveBatchId(absl::string_view prefix,
-                          const std::vector<PlannedJob>& jobs) {
+std::string DeriveBatchId(absl::string_view prefix, const std::vector<PlannedJob>& jobs) {
   std::string all;
   for (const PlannedJob& job : jobs) absl::StrAppend(&all, job.request_id, "\n");
   return absl::StrCat(prefix, "-batch-", Sha256Hex(all).substr(0, 16));

@@ -49,14 +49,15 @@ absl::StatusOr<std::vector<uint64_t>> ParseSeedList(absl::string_view text);
 
 // Parses the prompts file contents. Every line starts from `defaults`.
 // Errors name the file ("<name>:<line>: ...").
-absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(
-    absl::string_view contents, absl::string_view file_name,
-    const zfarm::v1::JobSpec& defaults, const SweepOptions& sweep);
+absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(absl::string_view contents,
+                                                         absl::string_view file_name,
+                                                         const zfarm::v1::JobSpec& defaults,
+                                                         const SweepOptions& sweep);
 
 // Reads `path` then ParsePromptsFile. An unreadable file is an error naming it.
-absl::StatusOr<std::vector<PlannedJob>> LoadPromptsFile(
-    const std::string& path, const zfarm::v1::JobSpec& defaults,
-    const SweepOptions& sweep);
+absl::StatusOr<std::vector<PlannedJob>> LoadPromptsFile(const std::string& path,
+                                                        const zfarm::v1::JobSpec& defaults,
+                                                        const SweepOptions& sweep);
 
 // 64 hex chars of the SHA-256 of the canonical spec (deadline excluded).
 std::string CanonicalSpecHash(const zfarm::v1::JobSpec& spec);
@@ -69,12 +70,10 @@ std::string DeriveRequestId(absl::string_view prefix, const PlannedJob& job);
 void AssignRequestIds(absl::string_view prefix, std::vector<PlannedJob>* jobs);
 
 // The default prefix: $BUILD_TAG when set and non-empty, else `fallback`.
-std::string DefaultRequestIdPrefix(const char* build_tag,
-                                   absl::string_view fallback);
+std::string DefaultRequestIdPrefix(const char* build_tag, absl::string_view fallback);
 
 // A batch id derived from the request ids (stable across re-runs).
-std::string DeriveBatchId(absl::string_view prefix,
-                          const std::vector<PlannedJob>& jobs);
+std::string DeriveBatchId(absl::string_view prefix, const std::vector<PlannedJob>& jobs);
 
 }  // namespace zfarm::client
 

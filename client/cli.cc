@@ -76,8 +76,7 @@ struct Failure {
 
 class Session {
  public:
-  Session(const CliIo& io, const Common& common, bool waiting)
-      : io_(io), json_(common.json) {
+  Session(const CliIo& io, const Common& common, bool waiting) : io_(io), json_(common.json) {
     address_ = common.scheduler;
     if (address_.empty() && io.getenv) {
       if (const char* env = io.getenv("ZFARM_SCHEDULER"); env && *env) {
@@ -96,8 +95,7 @@ class Session {
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     // The one place where TLS / tokens will plug in (hardening issue).
-    channel_ = grpc::CreateCustomChannel(
-        address_, grpc::InsecureChannelCredentials(), args);
+    channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
     jobs_ = zfarm::v1::JobService::NewStub(channel_);
     admin_ = zfarm::v1::AdminService::NewStub(channel_);
   }
@@ -119,13 +117,11 @@ class Session {
     const absl::Time outage_end = std::min(deadline_, absl::Now() + kMaxOutage);
     while (true) {
       grpc::ClientContext ctx;
-      ctx.set_deadline(
-          absl::ToChronoTime(std::min(deadline_, absl::Now() + kPerCallDeadline)));
+      ctx.set_deadline(absl::ToChronoTime(std::min(deadline_, absl::Now() + kPerCallDeadline)));
       grpc::Status s = fn(&ctx);
       if (s.ok()) return absl::OkStatus();
       if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
-          channel_->GetState(false) != GRPC_CHANNEL_READY &&
-          absl::Now() < outage_end) {
+          channel_->GetState(false) != GRPC_CHANNEL_READY && absl::Now() < outage_end) {
         // Deadline hit while connecting: treat as an outage.
         s = grpc::Status(grpc::StatusCode::UNAVAILABLE, "connect timed out");
       }
@@ -135,8 +131,8 @@ class Session {
       if (absl::Now() + backoff >= outage_end) {
         return Annotate(what, absl::UnavailableError(s.error_message()));
       }
-      LOG(INFO) << "event=retry rpc=" << what << " code=UNAVAILABLE backoff_ms="
-                << absl::ToInt64Milliseconds(backoff);
+      LOG(INFO) << "event=retry rpc=" << what
+                << " code=UNAVAILABLE backoff_ms=" << absl::ToInt64Milliseconds(backoff);
       absl::SleepFor(backoff);
       backoff = std::min(backoff * 2, absl::Seconds(2));
     }
@@ -144,12 +140,12 @@ class Session {
 
   absl::Status Annotate(absl::string_view what, absl::Status s) {
     if (s.code() == absl::StatusCode::kUnavailable) {
-      return absl::UnavailableError(absl::StrCat(
-          "scheduler unavailable at ", address_, " (", what, "): ", s.message()));
+      return absl::UnavailableError(
+          absl::StrCat("scheduler unavailable at ", address_, " (", what, "): ", s.message()));
     }
     if (s.code() == absl::StatusCode::kDeadlineExceeded) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          what, " to ", address_, ": timed out: ", s.message()));
+      return absl::DeadlineExceededError(
+          absl::StrCat(what, " to ", address_, ": timed out: ", s.message()));
     }
     return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
   }
@@ -157,9 +153,7 @@ class Session {
   // Prints a job (JSON or human line), ending a progress line first.
   void PrintJob(const Job& job, const std::string& local_path = "") {
     EndProgress();
-    out() << (json_ ? JobJsonLine(job, local_path)
-                    : JobHumanLine(job, local_path))
-          << "\n";
+    out() << (json_ ? JobJsonLine(job, local_path) : JobHumanLine(job, local_path)) << "\n";
     out().flush();
   }
 
@@ -250,11 +244,9 @@ void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
   f->Repeated("label", &s->labels, "label k=v (repeatable)", "K=V");
   f->String("output-name", &s->output_name, "output file name stem");
   f->String("model", &s->model, "model name (default: any worker's)");
-  f->Duration("deadline", &s->deadline,
-              "cancel the job if not finished within this time");
+  f->Duration("deadline", &s->deadline, "cancel the job if not finished within this time");
   f->String("webhook-url", &s->webhook_url,
-            "POST the final state here (must be on the scheduler allow-list)",
-            "URL");
+            "POST the final state here (must be on the scheduler allow-list)", "URL");
 }
 
 absl::StatusOr<JobSpec> BuildSpec(const SpecFlags& s) {
@@ -283,8 +275,7 @@ absl::StatusOr<JobSpec> BuildSpec(const SpecFlags& s) {
   for (const std::string& l : s.labels) {
     size_t eq = l.find('=');
     if (eq == std::string::npos || eq == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--label '", l, "' must be key=value"));
+      return absl::InvalidArgumentError(absl::StrCat("--label '", l, "' must be key=value"));
     }
     (*spec.mutable_labels())[l.substr(0, eq)] = l.substr(eq + 1);
   }
@@ -302,8 +293,7 @@ std::string RandomPrefix() {
 
 std::string RequestIdPrefix(const CliIo& io, const std::string& flag) {
   if (!flag.empty()) return flag;
-  return DefaultRequestIdPrefix(io.getenv ? io.getenv("BUILD_TAG") : nullptr,
-                                RandomPrefix());
+  return DefaultRequestIdPrefix(io.getenv ? io.getenv("BUILD_TAG") : nullptr, RandomPrefix());
 }
 
 // ---------------------------------------------------------------------------
@@ -313,8 +303,7 @@ std::string RequestIdPrefix(const CliIo& io, const std::string& flag) {
 // has it, else streams it through GetResult. Verifies the sha256 when known.
 // Returns the local file's sha256.
 absl::StatusOr<std::string> FetchResult(Session& session, const Job& job,
-                                        const std::string& output_root,
-                                        const std::string& dest) {
+                                        const std::string& output_root, const std::string& dest) {
   const std::string& expected = job.result().sha256();
   if (!output_root.empty() && !job.result().path().empty()) {
     std::string src = absl::StrCat(output_root, "/", job.result().path());
@@ -350,8 +339,7 @@ absl::StatusOr<std::string> FetchResult(Session& session, const Job& job,
   std::string got = Sha256Hex(data);
   const std::string& want = expected.empty() ? sha_from_server : expected;
   if (!want.empty() && got != want) {
-    return absl::DataLossError(
-        absl::StrCat("sha256 mismatch for job ", job.job_id()));
+    return absl::DataLossError(absl::StrCat("sha256 mismatch for job ", job.job_id()));
   }
   ZFARM_RETURN_IF_ERROR(WriteFileAtomically(dest, data));
   return got;
@@ -375,13 +363,12 @@ absl::Status WaitForJobs(Session& session, const std::string& batch_id,
   int last_done = -1;
   while (!pending.empty()) {
     if (absl::Now() >= session.deadline()) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "timed out waiting for ", pending.size(), " job(s) on ",
-          session.address()));
+      return absl::DeadlineExceededError(
+          absl::StrCat("timed out waiting for ", pending.size(), " job(s) on ", session.address()));
     }
     grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(
-        std::min(session.deadline(), absl::Now() + absl::Hours(1))));
+    ctx.set_deadline(
+        absl::ToChronoTime(std::min(session.deadline(), absl::Now() + absl::Hours(1))));
     std::unique_ptr<grpc::ClientReader<JobEvent>> reader;
     if (!batch_id.empty()) {
       zfarm::v1::WatchJobsRequest req;
@@ -400,19 +387,15 @@ absl::Status WaitForJobs(Session& session, const std::string& batch_id,
       auto it = jobs->find(j.job_id());
       if (it == jobs->end()) continue;  // not ours (e.g. other chunk)
       it->second = j;
-      if (IsFinal(j.state()) && pending.erase(j.job_id()) > 0 &&
-          !session.json() && session.tty()) {
+      if (IsFinal(j.state()) && pending.erase(j.job_id()) > 0 && !session.json() && session.tty()) {
         session.PrintJob(j);
       }
       int done = static_cast<int>(job_ids.size() - pending.size());
       if (job_ids.size() == 1 && j.progress().total_steps() > 0) {
-        session.Progress(ProgressBar(j.progress().step(),
-                                     j.progress().total_steps(),
-                                     absl::StrCat(j.job_id(), " ",
-                                                  StateName(j.state()))));
+        session.Progress(ProgressBar(j.progress().step(), j.progress().total_steps(),
+                                     absl::StrCat(j.job_id(), " ", StateName(j.state()))));
       } else if (done != last_done) {
-        session.Progress(ProgressBar(done, static_cast<int>(job_ids.size()),
-                                     "jobs final"));
+        session.Progress(ProgressBar(done, static_cast<int>(job_ids.size()), "jobs final"));
         last_done = done;
       }
     }
@@ -436,8 +419,7 @@ absl::Status WaitForJobs(Session& session, const std::string& batch_id,
     if (absl::Now() - outage_start > kMaxOutage) {
       return session.Annotate("WatchJobs", absl::UnavailableError(s.error_message()));
     }
-    LOG(INFO) << "event=watch_reconnect batch=" << batch_id
-              << " pending=" << pending.size();
+    LOG(INFO) << "event=watch_reconnect batch=" << batch_id << " pending=" << pending.size();
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(2));
   }
@@ -457,29 +439,27 @@ struct Command {
 };
 
 // Parses flags, handling --help and usage errors. Returns -1 to continue.
-int ParseOrExit(FlagSet& flags, const Command& cmd,
-                const std::vector<std::string>& args, const CliIo& io,
-                std::vector<std::string>* positional, size_t min_pos,
+int ParseOrExit(FlagSet& flags, const Command& cmd, const std::vector<std::string>& args,
+                const CliIo& io, std::vector<std::string>* positional, size_t min_pos,
                 size_t max_pos) {
   bool help = false;
   absl::StatusOr<std::vector<std::string>> pos = flags.Parse(args, &help);
   if (help) {
-    *io.out << cmd.summary << "\n\n" << flags.Help() << "\nexamples:\n"
-            << cmd.examples;
+    *io.out << cmd.summary << "\n\n" << flags.Help() << "\nexamples:\n" << cmd.examples;
     return kExitOk;
   }
   if (!pos.ok()) return Usage(io, flags, pos.status().message());
-  if (pos->size() < min_pos) return Usage(io, flags, "missing argument");
+  if (pos->size() < min_pos) {
+    return Usage(io, flags, absl::StrCat("missing argument (usage: ", cmd.usage, ")"));
+  }
   if (pos->size() > max_pos) {
-    return Usage(io, flags, absl::StrCat("unexpected argument '",
-                                         (*pos)[max_pos], "'"));
+    return Usage(io, flags, absl::StrCat("unexpected argument '", (*pos)[max_pos], "'"));
   }
   *positional = std::move(*pos);
   return -1;
 }
 
-int RunSubmit(const std::vector<std::string>& args, const CliIo& io,
-              const Command& cmd) {
+int RunSubmit(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   SpecFlags sf;
   bool wait = false;
@@ -513,16 +493,16 @@ int RunSubmit(const std::vector<std::string>& args, const CliIo& io,
     return session.jobs()->SubmitJob(ctx, req, &resp);
   });
   if (!s.ok()) return Fail(io, s);
-  LOG(INFO) << "event=submit job=" << resp.job().job_id()
-            << " request=" << planned.request_id << " created=" << resp.created();
+  LOG(INFO) << "event=submit job=" << resp.job().job_id() << " request=" << planned.request_id
+            << " created=" << resp.created();
   if (!wait) {
     session.PrintJob(resp.job());
     return kExitOk;
   }
   std::map<std::string, Job> jobs{{resp.job().job_id(), resp.job()}};
   if (!session.json()) {
-    *io.err << "submitted job=" << resp.job().job_id()
-            << (resp.created() ? "" : " (existing)") << "\n";
+    *io.err << "submitted job=" << resp.job().job_id() << (resp.created() ? "" : " (existing)")
+            << "\n";
   }
   s = WaitForJobs(session, "", {resp.job().job_id()}, &jobs);
   if (!s.ok()) return Fail(io, s);
@@ -541,8 +521,7 @@ int RunSubmit(const std::vector<std::string>& args, const CliIo& io,
   return ExitCodeForJobs({job});
 }
 
-int RunBatch(const std::vector<std::string>& args, const CliIo& io,
-             const Command& cmd) {
+int RunBatch(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   SpecFlags sf;
   bool wait = false;
@@ -550,15 +529,14 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io,
   int64_t variants = 1;
   FlagSet flags(cmd.usage);
   flags.String("prompts", &prompts, "prompts file (required)", "FILE");
-  flags.String("seeds", &seeds_text, "seed sweep: one job per seed per line",
-               "1,2,3");
+  flags.String("seeds", &seeds_text, "seed sweep: one job per seed per line", "1,2,3");
   flags.Int("variants", &variants,
             "N jobs per line (seeds --seed, --seed+1, ... or picked by the "
             "scheduler)");
   AddSpecFlags(&flags, &sf, false);
   flags.Bool("wait", &wait, "block until every job is final (one WatchJobs stream)");
-  flags.String("out-dir", &out_dir,
-               "with --wait: copy PNGs as 0001.png, ... plus manifest.json", "DIR");
+  flags.String("out-dir", &out_dir, "with --wait: copy PNGs as 0001.png, ... plus manifest.json",
+               "DIR");
   flags.String("output-root", &output_root,
                "shared mount with the results (default $ZFARM_OUTPUT_ROOT)", "DIR");
   flags.String("request-id-prefix", &prefix,
@@ -579,11 +557,9 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io,
     if (!seeds.ok()) return Usage(io, flags, seeds.status().message());
     sweep.seeds = *seeds;
   }
-  absl::StatusOr<std::vector<PlannedJob>> planned =
-      LoadPromptsFile(prompts, *defaults, sweep);
+  absl::StatusOr<std::vector<PlannedJob>> planned = LoadPromptsFile(prompts, *defaults, sweep);
   if (!planned.ok()) {
-    *io.err << "zfarm: " << planned.status().message()
-            << "\nnothing was submitted\n";
+    *io.err << "zfarm: " << planned.status().message() << "\nnothing was submitted\n";
     return kExitUsage;
   }
   const std::string id_prefix = RequestIdPrefix(io, prefix);
@@ -615,11 +591,10 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io,
     }
     if (!resp.batch_id().empty()) batch_id = resp.batch_id();
   }
-  LOG(INFO) << "event=batch_submit batch=" << batch_id << " jobs="
-            << job_ids.size() << " created=" << created;
+  LOG(INFO) << "event=batch_submit batch=" << batch_id << " jobs=" << job_ids.size()
+            << " created=" << created;
   if (!session.json()) {
-    *io.err << "batch=" << batch_id << " jobs=" << job_ids.size()
-            << " submitted=" << created
+    *io.err << "batch=" << batch_id << " jobs=" << job_ids.size() << " submitted=" << created
             << " existing=" << job_ids.size() - created << "\n";
   }
   if (!wait) {
@@ -635,8 +610,8 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io,
     mkdir(out_dir.c_str(), 0755);
     struct stat st;
     if (stat(out_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-      return Fail(io, absl::InvalidArgumentError(absl::StrCat(
-                          "--out-dir '", out_dir, "' is not a directory")));
+      return Fail(io, absl::InvalidArgumentError(
+                          absl::StrCat("--out-dir '", out_dir, "' is not a directory")));
     }
   }
   int fetch_failed = 0;
@@ -646,8 +621,8 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io,
     ManifestEntry entry{static_cast<int>(i) + 1, job, "", ""};
     if (!out_dir.empty() && job.state() == zfarm::v1::JOB_STATE_SUCCEEDED) {
       entry.file = absl::StrFormat("%04d.png", entry.index);
-      absl::StatusOr<std::string> sha = FetchResult(
-          session, job, root, absl::StrCat(out_dir, "/", entry.file));
+      absl::StatusOr<std::string> sha =
+          FetchResult(session, job, root, absl::StrCat(out_dir, "/", entry.file));
       if (sha.ok()) {
         entry.sha256 = *sha;
         if (entry.job.result().sha256().empty()) {
@@ -655,14 +630,11 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io,
         }
       } else {
         ++fetch_failed;
-        *io.err << "zfarm: job " << job.job_id() << ": "
-                << sha.status().message() << "\n";
+        *io.err << "zfarm: job " << job.job_id() << ": " << sha.status().message() << "\n";
         entry.file.clear();
       }
     }
-    session.PrintJob(entry.job, entry.file.empty()
-                              ? ""
-                              : absl::StrCat(out_dir, "/", entry.file));
+    session.PrintJob(entry.job, entry.file.empty() ? "" : absl::StrCat(out_dir, "/", entry.file));
     manifest.push_back(std::move(entry));
   }
   if (!out_dir.empty()) {
@@ -675,8 +647,7 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io,
   return rc;
 }
 
-int RunWatch(const std::vector<std::string>& args, const CliIo& io,
-             const Command& cmd) {
+int RunWatch(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   FlagSet flags(cmd.usage);
   AddCommon(&flags, &common);
@@ -691,8 +662,7 @@ int RunWatch(const std::vector<std::string>& args, const CliIo& io,
   return ExitCodeForJobs({jobs[pos[0]]});
 }
 
-int RunStatus(const std::vector<std::string>& args, const CliIo& io,
-              const Command& cmd) {
+int RunStatus(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   FlagSet flags(cmd.usage);
   AddCommon(&flags, &common);
@@ -702,23 +672,22 @@ int RunStatus(const std::vector<std::string>& args, const CliIo& io,
   zfarm::v1::GetJobRequest req;
   req.set_job_id(pos[0]);
   Job job;
-  absl::Status s = session.Call("GetJob", [&](grpc::ClientContext* ctx) {
-    return session.jobs()->GetJob(ctx, req, &job);
-  });
+  absl::Status s = session.Call(
+      "GetJob", [&](grpc::ClientContext* ctx) { return session.jobs()->GetJob(ctx, req, &job); });
   if (!s.ok()) return Fail(io, s);
   session.PrintJob(job);
   return kExitOk;
 }
 
-int RunGet(const std::vector<std::string>& args, const CliIo& io,
-           const Command& cmd) {
+int RunGet(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   std::string out_file, output_root;
   FlagSet flags(cmd.usage);
   flags.String("out", &out_file, "destination file (required)", "FILE");
   flags.String("output-root", &output_root,
                "shared mount with the results (default $ZFARM_OUTPUT_ROOT); "
-               "without it the PNG streams through GetResult", "DIR");
+               "without it the PNG streams through GetResult",
+               "DIR");
   AddCommon(&flags, &common);
   std::vector<std::string> pos;
   if (int rc = ParseOrExit(flags, cmd, args, io, &pos, 1, 1); rc >= 0) return rc;
@@ -727,16 +696,13 @@ int RunGet(const std::vector<std::string>& args, const CliIo& io,
   zfarm::v1::GetJobRequest req;
   req.set_job_id(pos[0]);
   Job job;
-  absl::Status s = session.Call("GetJob", [&](grpc::ClientContext* ctx) {
-    return session.jobs()->GetJob(ctx, req, &job);
-  });
+  absl::Status s = session.Call(
+      "GetJob", [&](grpc::ClientContext* ctx) { return session.jobs()->GetJob(ctx, req, &job); });
   if (!s.ok()) return Fail(io, s);
   if (job.state() != zfarm::v1::JOB_STATE_SUCCEEDED) {
     session.PrintJob(job);
-    *io.err << "zfarm: job " << job.job_id() << " is "
-            << StateName(job.state()) << ", no image\n";
-    return job.state() == zfarm::v1::JOB_STATE_CANCELLED ? kExitCancelled
-                                                         : kExitJobFailed;
+    *io.err << "zfarm: job " << job.job_id() << " is " << StateName(job.state()) << ", no image\n";
+    return job.state() == zfarm::v1::JOB_STATE_CANCELLED ? kExitCancelled : kExitJobFailed;
   }
   absl::StatusOr<std::string> sha =
       FetchResult(session, job, session.OutputRoot(output_root), out_file);
@@ -746,8 +712,7 @@ int RunGet(const std::vector<std::string>& args, const CliIo& io,
   return kExitOk;
 }
 
-int RunCancel(const std::vector<std::string>& args, const CliIo& io,
-              const Command& cmd) {
+int RunCancel(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   std::string batch, label;
   FlagSet flags(cmd.usage);
@@ -772,8 +737,7 @@ int RunCancel(const std::vector<std::string>& args, const CliIo& io,
   if (!s.ok()) return Fail(io, s);
   for (const std::string& id : resp.job_ids()) {
     if (session.json()) {
-      *io.out << nlohmann::json{{"job", id}, {"cancel", "requested"}}.dump()
-              << "\n";
+      *io.out << nlohmann::json{{"job", id}, {"cancel", "requested"}}.dump() << "\n";
     } else {
       *io.out << "job=" << id << " cancel=requested\n";
     }
@@ -783,26 +747,23 @@ int RunCancel(const std::vector<std::string>& args, const CliIo& io,
 }
 
 absl::StatusOr<JobState> ParseState(absl::string_view name) {
-  for (int i = zfarm::v1::JOB_STATE_QUEUED; i <= zfarm::v1::JOB_STATE_CANCELLED;
-       ++i) {
+  for (int i = zfarm::v1::JOB_STATE_QUEUED; i <= zfarm::v1::JOB_STATE_CANCELLED; ++i) {
     if (StateName(static_cast<JobState>(i)) == absl::AsciiStrToLower(name)) {
       return static_cast<JobState>(i);
     }
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--state: unknown state '", name,
-      "' (queued, assigned, running, succeeded, failed, cancelled)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--state: unknown state '", name,
+                   "' (queued, assigned, running, succeeded, failed, cancelled)"));
 }
 
-int RunList(const std::vector<std::string>& args, const CliIo& io,
-            const Command& cmd) {
+int RunList(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   std::vector<std::string> states;
   std::string label, batch;
   int64_t limit = 100;
   FlagSet flags(cmd.usage);
-  flags.Repeated("state", &states, "only these states (repeatable or comma list)",
-                 "STATE");
+  flags.Repeated("state", &states, "only these states (repeatable or comma list)", "STATE");
   flags.String("label", &label, "only jobs with this label", "K=V");
   flags.String("batch", &batch, "only jobs of this batch", "ID");
   flags.Int("limit", &limit, "at most this many jobs, 0 = all (100)");
@@ -822,8 +783,8 @@ int RunList(const std::vector<std::string>& args, const CliIo& io,
   Session session(io, common, false);
   int64_t printed = 0;
   do {
-    req.set_page_size(static_cast<int32_t>(
-        limit > 0 ? std::min<int64_t>(limit - printed, 500) : 500));
+    req.set_page_size(
+        static_cast<int32_t>(limit > 0 ? std::min<int64_t>(limit - printed, 500) : 500));
     zfarm::v1::ListJobsResponse resp;
     absl::Status s = session.Call("ListJobs", [&](grpc::ClientContext* ctx) {
       return session.jobs()->ListJobs(ctx, req, &resp);
@@ -861,13 +822,11 @@ std::string WorkerLine(const zfarm::v1::WorkerInfo& w, bool json) {
     return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
   return absl::StrCat("worker=", w.worker_name(), " device=", w.device(),
-                      " state=", WorkerStateName(w.state()),
-                      " jobs=", w.current_job_ids_size(), "/", w.capacity(),
-                      " done=", w.jobs_done(), " failed=", w.jobs_failed());
+                      " state=", WorkerStateName(w.state()), " jobs=", w.current_job_ids_size(),
+                      "/", w.capacity(), " done=", w.jobs_done(), " failed=", w.jobs_failed());
 }
 
-int RunWorkers(const std::vector<std::string>& args, const CliIo& io,
-               const Command& cmd) {
+int RunWorkers(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   FlagSet flags(cmd.usage);
   AddCommon(&flags, &common);
@@ -886,8 +845,7 @@ int RunWorkers(const std::vector<std::string>& args, const CliIo& io,
   return kExitOk;
 }
 
-int RunDrain(const std::vector<std::string>& args, const CliIo& io,
-             const Command& cmd) {
+int RunDrain(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   FlagSet flags(cmd.usage);
   AddCommon(&flags, &common);
@@ -905,17 +863,14 @@ int RunDrain(const std::vector<std::string>& args, const CliIo& io,
   return kExitOk;
 }
 
-int RunHealth(const std::vector<std::string>& args, const CliIo& io,
-              const Command& cmd) {
+int RunHealth(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   std::string service;
   FlagSet flags(cmd.usage);
-  flags.String("service", &service, "service name to check (default: server)",
-               "NAME");
+  flags.String("service", &service, "service name to check (default: server)", "NAME");
   flags.Duration("timeout", &common.timeout, "give up after this long (5s)");
   flags.String("scheduler", &common.scheduler,
-               "address when ADDR is not given (default $ZFARM_SCHEDULER)",
-               "HOST:PORT");
+               "address when ADDR is not given (default $ZFARM_SCHEDULER)", "HOST:PORT");
   std::vector<std::string> pos;
   if (int rc = ParseOrExit(flags, cmd, args, io, &pos, 0, 1); rc >= 0) return rc;
   if (pos.empty()) {
@@ -946,8 +901,8 @@ int RunHealth(const std::vector<std::string>& args, const CliIo& io,
   ctx.set_wait_for_ready(true);
   absl::Notification done;
   grpc::Status status;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
-                 &req_buf, &resp_buf, [&](grpc::Status s) {
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &req_buf, &resp_buf,
+                 [&](grpc::Status s) {
                    status = std::move(s);
                    done.Notify();
                  });
@@ -956,8 +911,7 @@ int RunHealth(const std::vector<std::string>& args, const CliIo& io,
     int code = status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED
                    ? kExitUnavailable
                    : ExitCodeForStatus(FromGrpcStatus(status));
-    *io.err << "zfarm: health " << pos[0] << ": " << status.error_message()
-            << "\n";
+    *io.err << "zfarm: health " << pos[0] << ": " << status.error_message() << "\n";
     return code;
   }
   std::vector<grpc::Slice> slices;
@@ -983,8 +937,9 @@ const Command kCommands[] = {
      "--out fox.png\n"
      "  zfarm --json submit --prompt 'x' --request-id build-17-x\n",
      RunSubmit},
-    {"batch", "zfarm batch --prompts FILE [--seeds 1,2,3 | --variants N] "
-              "[--wait [--out-dir DIR]] [flags]",
+    {"batch",
+     "zfarm batch --prompts FILE [--seeds 1,2,3 | --variants N] "
+     "[--wait [--out-dir DIR]] [flags]",
      "Submit every line of a prompts file as one batch (all or nothing).\n"
      "Lines are plain prompts or JSON objects: {\"prompt\": \"...\", "
      "\"seed\": 7, \"width\": 768}.\n"
@@ -997,8 +952,7 @@ const Command kCommands[] = {
      RunBatch},
     {"watch", "zfarm watch JOB [flags]",
      "Follow one job until it is final (progress bar on a TTY).",
-     "  zfarm watch j-0001\n  zfarm watch j-0001 --json --timeout 10m\n",
-     RunWatch},
+     "  zfarm watch j-0001\n  zfarm watch j-0001 --json --timeout 10m\n", RunWatch},
     {"status", "zfarm status JOB [flags]", "Print one job's current state.",
      "  zfarm status j-0001\n  zfarm status j-0001 --json\n", RunStatus},
     {"get", "zfarm get JOB --out FILE [--output-root DIR] [flags]",
@@ -1019,8 +973,8 @@ const Command kCommands[] = {
     {"workers", "zfarm workers [flags]", "List the connected workers.",
      "  zfarm workers\n  zfarm workers --json\n", RunWorkers},
     {"drain", "zfarm drain WORKER [flags]",
-     "Stop giving new jobs to a worker; running ones finish.",
-     "  zfarm drain gpu-host-3/cuda:1\n", RunDrain},
+     "Stop giving new jobs to a worker; running ones finish.", "  zfarm drain gpu-host-3/cuda:1\n",
+     RunDrain},
     {"health", "zfarm health [HOST:PORT] [--service NAME] [--timeout D]",
      "Exit 0 when the grpc.health.v1 check says SERVING (1 not serving, 3 "
      "unreachable).",
@@ -1035,8 +989,7 @@ std::string MainHelp() {
       "commands:\n";
   for (const Command& c : kCommands) {
     absl::StrAppendFormat(&out, "  %-9s %s\n", c.name,
-                          std::string(c.summary).substr(
-                              0, std::string(c.summary).find('\n')));
+                          std::string(c.summary).substr(0, std::string(c.summary).find('\n')));
   }
   out +=
       "\ncommon flags: --scheduler HOST:PORT (or $ZFARM_SCHEDULER), "

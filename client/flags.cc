@@ -24,10 +24,8 @@ absl::StatusOr<absl::Duration> ParseDurationFlag(absl::string_view text) {
 
 void FlagSet::Add(Flag flag) { flags_.push_back(std::move(flag)); }
 
-void FlagSet::String(std::string name, std::string* out, std::string help,
-                     std::string value_name) {
-  Add({std::move(name), std::move(value_name), std::move(help),
-       [out](absl::string_view v) {
+void FlagSet::String(std::string name, std::string* out, std::string help, std::string value_name) {
+  Add({std::move(name), std::move(value_name), std::move(help), [out](absl::string_view v) {
          *out = std::string(v);
          return absl::OkStatus();
        }});
@@ -63,30 +61,27 @@ void FlagSet::Bool(std::string name, bool* out, std::string help) {
        }});
 }
 
-void FlagSet::Duration(std::string name, absl::Duration* out,
-                       std::string help) {
+void FlagSet::Duration(std::string name, absl::Duration* out, std::string help) {
   Add({name, "DURATION", std::move(help), [out, name](absl::string_view v) {
          absl::StatusOr<absl::Duration> d = ParseDurationFlag(v);
          if (!d.ok()) {
-           return absl::InvalidArgumentError(
-               absl::StrCat("--", name, ": ", d.status().message()));
+           return absl::InvalidArgumentError(absl::StrCat("--", name, ": ", d.status().message()));
          }
          *out = *d;
          return absl::OkStatus();
        }});
 }
 
-void FlagSet::Repeated(std::string name, std::vector<std::string>* out,
-                       std::string help, std::string value_name) {
-  Add({std::move(name), std::move(value_name), std::move(help),
-       [out](absl::string_view v) {
+void FlagSet::Repeated(std::string name, std::vector<std::string>* out, std::string help,
+                       std::string value_name) {
+  Add({std::move(name), std::move(value_name), std::move(help), [out](absl::string_view v) {
          out->emplace_back(v);
          return absl::OkStatus();
        }});
 }
 
-absl::StatusOr<std::vector<std::string>> FlagSet::Parse(
-    const std::vector<std::string>& args, bool* help_requested) {
+absl::StatusOr<std::vector<std::string>> FlagSet::Parse(const std::vector<std::string>& args,
+                                                        bool* help_requested) {
   *help_requested = false;
   std::vector<std::string> positional;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -99,7 +94,7 @@ absl::StatusOr<std::vector<std::string>> FlagSet::Parse(
       *help_requested = true;
       continue;
     }
-    if (arg.size() < 2 || arg[0] != '-' ) {
+    if (arg.size() < 2 || arg[0] != '-') {
       positional.push_back(arg);
       continue;
     }
@@ -120,8 +115,7 @@ absl::StatusOr<std::vector<std::string>> FlagSet::Parse(
       if (f.name == name) flag = &f;
     }
     if (flag == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown flag '--", name, "'"));
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag '--", name, "'"));
     }
     if (!has_value) {
       if (flag->value_name.empty()) {
@@ -129,8 +123,8 @@ absl::StatusOr<std::vector<std::string>> FlagSet::Parse(
       } else if (i + 1 < args.size()) {
         value = args[++i];
       } else {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "flag '--", name, "' needs a value (", flag->value_name, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag '--", name, "' needs a value (", flag->value_name, ")"));
       }
     }
     if (absl::Status s = flag->set(value); !s.ok()) return s;

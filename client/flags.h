@@ -42,13 +42,13 @@ class FlagSet {
   // Durations: "90s", "5m", "1h30m" or plain seconds ("30").
   void Duration(std::string name, absl::Duration* out, std::string help);
   // May be given several times; each value is appended.
-  void Repeated(std::string name, std::vector<std::string>* out,
-                std::string help, std::string value_name = "VALUE");
+  void Repeated(std::string name, std::vector<std::string>* out, std::string help,
+                std::string value_name = "VALUE");
 
   // Parses `args` (without the program and subcommand names). Returns the
   // positional arguments. Sets *help_requested when -h/--help is present.
-  absl::StatusOr<std::vector<std::string>> Parse(
-      const std::vector<std::string>& args, bool* help_requested);
+  absl::StatusOr<std::vector<std::string>> Parse(const std::vector<std::string>& args,
+                                                 bool* help_requested);
 
   const std::string& usage() const { return usage_; }
   // "usage: ..." followed by one line per flag.

@@ -30,8 +30,7 @@ std::string StateName(JobState state) {
 }
 
 bool IsFinal(JobState state) {
-  return state == zfarm::v1::JOB_STATE_SUCCEEDED ||
-         state == zfarm::v1::JOB_STATE_FAILED ||
+  return state == zfarm::v1::JOB_STATE_SUCCEEDED || state == zfarm::v1::JOB_STATE_FAILED ||
          state == zfarm::v1::JOB_STATE_CANCELLED;
 }
 
@@ -47,8 +46,7 @@ std::string JobJsonLine(const Job& job, const std::string& local_path) {
          {"steps", job.spec().steps()},
          {"prompt", job.spec().prompt()}};
   if (!job.batch_id().empty()) j["batch"] = job.batch_id();
-  if (job.state() == zfarm::v1::JOB_STATE_FAILED ||
-      job.state() == zfarm::v1::JOB_STATE_CANCELLED) {
+  if (job.state() == zfarm::v1::JOB_STATE_FAILED || job.state() == zfarm::v1::JOB_STATE_CANCELLED) {
     j["error"] = ErrorJson(job);
   }
   if (job.progress().total_steps() > 0 && !IsFinal(job.state())) {
@@ -60,22 +58,17 @@ std::string JobJsonLine(const Job& job, const std::string& local_path) {
 }
 
 std::string JobHumanLine(const Job& job, const std::string& local_path) {
-  std::string line = absl::StrCat("job=", job.job_id(),
-                                  " state=", StateName(job.state()));
+  std::string line = absl::StrCat("job=", job.job_id(), " state=", StateName(job.state()));
   if (job.spec().has_seed()) absl::StrAppend(&line, " seed=", job.spec().seed());
-  if (job.state() == zfarm::v1::JOB_STATE_RUNNING &&
-      job.progress().total_steps() > 0) {
-    absl::StrAppend(&line, " step=", job.progress().step(), "/",
-                    job.progress().total_steps());
+  if (job.state() == zfarm::v1::JOB_STATE_RUNNING && job.progress().total_steps() > 0) {
+    absl::StrAppend(&line, " step=", job.progress().step(), "/", job.progress().total_steps());
   }
   if (!job.result().path().empty()) {
     absl::StrAppend(&line, " path=", job.result().path());
   }
   if (!local_path.empty()) absl::StrAppend(&line, " file=", local_path);
-  if (job.state() == zfarm::v1::JOB_STATE_FAILED ||
-      job.state() == zfarm::v1::JOB_STATE_CANCELLED) {
-    absl::StrAppend(&line, " reason=",
-                    zfarm::v1::FailureReason_Name(job.error().reason()));
+  if (job.state() == zfarm::v1::JOB_STATE_FAILED || job.state() == zfarm::v1::JOB_STATE_CANCELLED) {
+    absl::StrAppend(&line, " reason=", zfarm::v1::FailureReason_Name(job.error().reason()));
     if (!job.error().message().empty()) {
       absl::StrAppend(&line, " message=\"", job.error().message(), "\"");
     }
@@ -83,16 +76,13 @@ std::string JobHumanLine(const Job& job, const std::string& local_path) {
   return line;
 }
 
-std::string ProgressBar(int done, int total, const std::string& label,
-                        int width) {
+std::string ProgressBar(int done, int total, const std::string& label, int width) {
   int filled = total > 0 ? std::clamp(done * width / total, 0, width) : 0;
-  return absl::StrCat("[", std::string(filled, '#'),
-                      std::string(width - filled, '-'), "] ", done, "/", total,
-                      " ", label);
+  return absl::StrCat("[", std::string(filled, '#'), std::string(width - filled, '-'), "] ", done,
+                      "/", total, " ", label);
 }
 
-absl::Status WriteManifest(const std::string& dir,
-                           const std::vector<ManifestEntry>& entries) {
+absl::Status WriteManifest(const std::string& dir, const std::vector<ManifestEntry>& entries) {
   json jobs = json::array();
   for (const ManifestEntry& e : entries) {
     const zfarm::v1::JobSpec& spec = e.job.spec();
@@ -122,9 +112,8 @@ absl::Status WriteManifest(const std::string& dir,
     jobs.push_back(std::move(j));
   }
   json manifest{{"version", 1}, {"jobs", jobs}};
-  return WriteFileAtomically(
-      absl::StrCat(dir, "/manifest.json"),
-      manifest.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+  return WriteFileAtomically(absl::StrCat(dir, "/manifest.json"),
+                             manifest.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
 }
 
 }  // namespace zfarm::client

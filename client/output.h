@@ -23,16 +23,13 @@ bool IsFinal(zfarm::v1::JobState state);
 // request_id, state, path, sha256, seed, width, height, steps, prompt; plus
 // "error" for a failed or cancelled job and "local_path" when the PNG was
 // copied to a local file.
-std::string JobJsonLine(const zfarm::v1::Job& job,
-                        const std::string& local_path = "");
+std::string JobJsonLine(const zfarm::v1::Job& job, const std::string& local_path = "");
 
 // A short human line: "job=<id> state=<state> seed=<s> path=<p>".
-std::string JobHumanLine(const zfarm::v1::Job& job,
-                         const std::string& local_path = "");
+std::string JobHumanLine(const zfarm::v1::Job& job, const std::string& local_path = "");
 
 // "[#####-----] 5/10 label" sized to `width` characters of bar.
-std::string ProgressBar(int done, int total, const std::string& label,
-                        int width = 30);
+std::string ProgressBar(int done, int total, const std::string& label, int width = 30);
 
 // One manifest entry (a job collected into --out-dir).
 struct ManifestEntry {
@@ -46,8 +43,7 @@ struct ManifestEntry {
 // job, request_id, state, prompt, negative_prompt, seed, parameters {width,
 // height, steps, guidance_scale, model, priority, labels}, path, sha256,
 // error}]}.
-absl::Status WriteManifest(const std::string& dir,
-                           const std::vector<ManifestEntry>& entries);
+absl::Status WriteManifest(const std::string& dir, const std::vector<ManifestEntry>& entries);
 
 }  // namespace zfarm::client
 

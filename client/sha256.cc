@@ -39,8 +39,7 @@ std::string Sha256Hex(absl::string_view data) {
 absl::StatusOr<std::string> Sha256File(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
-                                                              EVP_MD_CTX_free);
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
   EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
   char buf[1 << 16];
   while (in) {
@@ -56,13 +55,11 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
   return Hex(digest, n);
 }
 
-absl::Status WriteFileAtomically(const std::string& path,
-                                 absl::string_view data) {
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view data) {
   const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot create '", tmp, "': ", std::strerror(errno)));
+    return absl::InternalError(absl::StrCat("cannot create '", tmp, "': ", std::strerror(errno)));
   }
   size_t done = 0;
   while (done < data.size()) {
@@ -72,8 +69,7 @@ absl::Status WriteFileAtomically(const std::string& path,
       std::string err = std::strerror(errno);
       close(fd);
       unlink(tmp.c_str());
-      return absl::InternalError(
-          absl::StrCat("cannot write '", tmp, "': ", err));
+      return absl::InternalError(absl::StrCat("cannot write '", tmp, "': ", err));
     }
     done += static_cast<size_t>(n);
   }
@@ -85,14 +81,12 @@ absl::Status WriteFileAtomically(const std::string& path,
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::string err = std::strerror(errno);
     unlink(tmp.c_str());
-    return absl::InternalError(
-        absl::StrCat("cannot rename to '", path, "': ", err));
+    return absl::InternalError(absl::StrCat("cannot rename to '", path, "': ", err));
   }
   return absl::OkStatus();
 }
 
-absl::Status CopyFileAtomically(const std::string& from,
-                                const std::string& to) {
+absl::Status CopyFileAtomically(const std::string& from, const std::string& to) {
   std::ifstream in(from, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", from, "'"));
   std::stringstream buffer;

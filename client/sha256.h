@@ -20,8 +20,7 @@ absl::StatusOr<std::string> Sha256File(const std::string& path);
 
 // Writes `data` to `path` through "<path>.tmp.<pid>" + fsync + rename, so a
 // reader never sees a half-written file.
-absl::Status WriteFileAtomically(const std::string& path,
-                                 absl::string_view data);
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view data);
 
 // Copies `from` to `to` atomically (temp + rename).
 absl::Status CopyFileAtomically(const std::string& from, const std::string& to);

@@ -22,11 +22,23 @@ namespace zfarm::scheduler::http {
 namespace {
 
 const char* CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {
-      "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-      "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-      "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
-      "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  static const char* kNames[] = {"OK",
+                                 "CANCELLED",
+                                 "UNKNOWN",
+                                 "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED",
+                                 "NOT_FOUND",
+                                 "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED",
+                                 "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION",
+                                 "ABORTED",
+                                 "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED",
+                                 "INTERNAL",
+                                 "UNAVAILABLE",
+                                 "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
   int c = static_cast<int>(code);
   return c >= 0 && c <= 16 ? kNames[c] : "UNKNOWN";
 }
@@ -36,20 +48,17 @@ void Send(mg_connection* conn, int status, const std::string& content_type,
   mg_printf(conn,
             "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
             "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-            status, mg_get_response_code_text(conn, status),
-            content_type.c_str(), body.size());
+            status, mg_get_response_code_text(conn, status), content_type.c_str(), body.size());
   mg_write(conn, body.data(), body.size());
 }
 
-void SendError(mg_connection* conn, grpc::StatusCode code,
-               const std::string& message) {
+void SendError(mg_connection* conn, grpc::StatusCode code, const std::string& message) {
   nlohmann::json j{{"code", CodeName(code)}, {"message", message}};
   Send(conn, HttpStatusForCode(code), "application/json",
        j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
-void SendMessage(mg_connection* conn, int status,
-                 const google::protobuf::Message& m) {
+void SendMessage(mg_connection* conn, int status, const google::protobuf::Message& m) {
   google::protobuf::util::JsonPrintOptions opts;
   opts.preserve_proto_field_names = true;
   std::string out;
@@ -65,11 +74,10 @@ absl::StatusOr<zfarm::v1::JobState> ParseState(absl::string_view name) {
   std::string upper = absl::AsciiStrToUpper(name);
   if (!absl::StartsWith(upper, "JOB_STATE_")) upper = "JOB_STATE_" + upper;
   zfarm::v1::JobState st;
-  if (!zfarm::v1::JobState_Parse(upper, &st) ||
-      st == zfarm::v1::JOB_STATE_UNSPECIFIED) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "state: unknown state '", name,
-        "' (queued, assigned, running, succeeded, failed, cancelled)"));
+  if (!zfarm::v1::JobState_Parse(upper, &st) || st == zfarm::v1::JOB_STATE_UNSPECIFIED) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("state: unknown state '", name,
+                     "' (queued, assigned, running, succeeded, failed, cancelled)"));
   }
   return st;
 }
@@ -78,21 +86,33 @@ absl::StatusOr<zfarm::v1::JobState> ParseState(absl::string_view name) {
 
 int HttpStatusForCode(grpc::StatusCode code) {
   switch (code) {
-    case grpc::StatusCode::OK: return 200;
+    case grpc::StatusCode::OK:
+      return 200;
     case grpc::StatusCode::INVALID_ARGUMENT:
     case grpc::StatusCode::FAILED_PRECONDITION:
-    case grpc::StatusCode::OUT_OF_RANGE: return 400;
-    case grpc::StatusCode::UNAUTHENTICATED: return 401;
-    case grpc::StatusCode::PERMISSION_DENIED: return 403;
-    case grpc::StatusCode::NOT_FOUND: return 404;
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return 400;
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return 401;
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return 403;
+    case grpc::StatusCode::NOT_FOUND:
+      return 404;
     case grpc::StatusCode::ALREADY_EXISTS:
-    case grpc::StatusCode::ABORTED: return 409;
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return 429;
-    case grpc::StatusCode::CANCELLED: return 499;
-    case grpc::StatusCode::UNIMPLEMENTED: return 501;
-    case grpc::StatusCode::UNAVAILABLE: return 503;
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return 504;
-    default: return 500;
+    case grpc::StatusCode::ABORTED:
+      return 409;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return 429;
+    case grpc::StatusCode::CANCELLED:
+      return 499;
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return 501;
+    case grpc::StatusCode::UNAVAILABLE:
+      return 503;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return 504;
+    default:
+      return 500;
   }
 }
 
@@ -142,8 +162,7 @@ struct RestGateway::Impl {
     }
     absl::string_view rest = path;
     if (!absl::ConsumePrefix(&rest, "/v1/jobs/") || rest.empty()) {
-      return SendError(conn, grpc::StatusCode::NOT_FOUND,
-                       absl::StrCat("no route for ", path));
+      return SendError(conn, grpc::StatusCode::NOT_FOUND, absl::StrCat("no route for ", path));
     }
     std::vector<std::string> parts = absl::StrSplit(rest, '/');
     if (parts.size() == 1 && method == "GET") return Get(conn, parts[0]);
@@ -151,8 +170,7 @@ struct RestGateway::Impl {
     if (parts.size() == 2 && parts[1] == "image" && method == "GET") {
       return Image(conn, parts[0]);
     }
-    SendError(conn, grpc::StatusCode::NOT_FOUND,
-              absl::StrCat("no route for ", method, " ", path));
+    SendError(conn, grpc::StatusCode::NOT_FOUND, absl::StrCat("no route for ", method, " ", path));
   }
 
   void Submit(mg_connection* conn) {
@@ -161,17 +179,17 @@ struct RestGateway::Impl {
     zfarm::v1::SubmitJobRequest req;
     auto parsed = google::protobuf::util::JsonStringToMessage(body, &req);
     if (!parsed.ok()) {
-      return SendError(conn, grpc::StatusCode::INVALID_ARGUMENT,
-                       absl::StrCat("body: not a SubmitJobRequest in JSON: ",
-                                    std::string(parsed.message())));
+      return SendError(
+          conn, grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("body: not a SubmitJobRequest in JSON: ", std::string(parsed.message())));
     }
     grpc::ClientContext ctx;
     Prepare(conn, &ctx);
     zfarm::v1::SubmitJobResponse resp;
     grpc::Status s = stub->SubmitJob(&ctx, req, &resp);
     if (!s.ok()) return SendError(conn, s.error_code(), s.error_message());
-    LOG(INFO) << "event=rest_submit job=" << resp.job().job_id()
-              << " request=" << req.request_id() << " created=" << resp.created();
+    LOG(INFO) << "event=rest_submit job=" << resp.job().job_id() << " request=" << req.request_id()
+              << " created=" << resp.created();
     SendMessage(conn, resp.created() ? 201 : 200, resp);
   }
 
@@ -214,11 +232,10 @@ struct RestGateway::Impl {
   void List(mg_connection* conn, const std::string& query) {
     zfarm::v1::ListJobsRequest req;
     for (absl::string_view kv : absl::StrSplit(query, '&', absl::SkipEmpty())) {
-      std::pair<std::string, std::string> p =
-          absl::StrSplit(kv, absl::MaxSplits('=', 1));
+      std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
       std::vector<char> decoded(p.second.size() + 1);
-      mg_url_decode(p.second.c_str(), static_cast<int>(p.second.size()),
-                    decoded.data(), static_cast<int>(decoded.size()), 1);
+      mg_url_decode(p.second.c_str(), static_cast<int>(p.second.size()), decoded.data(),
+                    static_cast<int>(decoded.size()), 1);
       std::string value = decoded.data();
       if (p.first == "state") {
         for (absl::string_view one : absl::StrSplit(value, ',', absl::SkipEmpty())) {
@@ -238,8 +255,7 @@ struct RestGateway::Impl {
       } else if (p.first == "page_size") {
         int n = 0;
         if (!absl::SimpleAtoi(value, &n)) {
-          return SendError(conn, grpc::StatusCode::INVALID_ARGUMENT,
-                           "page_size: not an integer");
+          return SendError(conn, grpc::StatusCode::INVALID_ARGUMENT, "page_size: not an integer");
         }
         req.set_page_size(n);
       } else {
@@ -273,22 +289,25 @@ absl::StatusOr<std::unique_ptr<RestGateway>> RestGateway::Start(
   gw->impl_->stub = zfarm::v1::JobService::NewStub(channel);
   mg_init_library(0);
   const std::string threads = std::to_string(options.num_threads);
-  const char* opts[] = {"listening_ports", options.listen.c_str(),
-                        "num_threads", threads.c_str(),
-                        "request_timeout_ms", "60000", nullptr};
+  const char* opts[] = {"listening_ports",
+                        options.listen.c_str(),
+                        "num_threads",
+                        threads.c_str(),
+                        "request_timeout_ms",
+                        "60000",
+                        nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));
   gw->ctx_ = mg_start(&callbacks, nullptr, opts);
   if (gw->ctx_ == nullptr) {
-    return absl::UnavailableError(absl::StrCat(
-        "--http-listen: cannot listen on '", options.listen, "'"));
+    return absl::UnavailableError(
+        absl::StrCat("--http-listen: cannot listen on '", options.listen, "'"));
   }
   mg_set_request_handler(gw->ctx_, "/v1/jobs", HandleRequest, gw->impl_.get());
   mg_server_port ports[4];
   int n = mg_get_server_ports(gw->ctx_, 4, ports);
   if (n > 0) gw->port_ = ports[0].port;
-  LOG(INFO) << "event=rest_gateway_started listen=" << options.listen
-            << " port=" << gw->port_;
+  LOG(INFO) << "event=rest_gateway_started listen=" << options.listen << " port=" << gw->port_;
   return gw;
 }
 

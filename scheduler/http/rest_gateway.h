@@ -50,8 +50,8 @@ class RestGateway {
     absl::Duration rpc_timeout = absl::Seconds(30);
   };
 
-  static absl::StatusOr<std::unique_ptr<RestGateway>> Start(
-      const Options& options, std::shared_ptr<grpc::Channel> channel);
+  static absl::StatusOr<std::unique_ptr<RestGateway>> Start(const Options& options,
+                                                            std::shared_ptr<grpc::Channel> channel);
   ~RestGateway();  // Stops serving.
   RestGateway(const RestGateway&) = delete;
   RestGateway& operator=(const RestGateway&) = delete;

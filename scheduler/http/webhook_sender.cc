@@ -22,8 +22,8 @@ namespace zfarm::scheduler::http {
 absl::StatusOr<WebhookUrl> ParseWebhookUrl(absl::string_view url) {
   absl::string_view rest = url;
   if (!absl::ConsumePrefix(&rest, "http://")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "webhook_url: '", url, "' must start with http:// (intranet hosts)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("webhook_url: '", url, "' must start with http:// (intranet hosts)"));
   }
   WebhookUrl out;
   size_t slash = rest.find('/');
@@ -34,27 +34,23 @@ absl::StatusOr<WebhookUrl> ParseWebhookUrl(absl::string_view url) {
     out.host = std::string(hostport);
   } else {
     out.host = std::string(hostport.substr(0, colon));
-    if (!absl::SimpleAtoi(hostport.substr(colon + 1), &out.port) ||
-        out.port <= 0 || out.port > 65535) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("webhook_url: bad port in '", url, "'"));
+    if (!absl::SimpleAtoi(hostport.substr(colon + 1), &out.port) || out.port <= 0 ||
+        out.port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("webhook_url: bad port in '", url, "'"));
     }
   }
   if (out.host.empty() || absl::StrContains(out.host, "@")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("webhook_url: bad host in '", url, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("webhook_url: bad host in '", url, "'"));
   }
   for (char c : out.path) {
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
-      return absl::InvalidArgumentError(
-          "webhook_url: path has spaces or control characters");
+      return absl::InvalidArgumentError("webhook_url: path has spaces or control characters");
     }
   }
   return out;
 }
 
-absl::Status ValidateWebhookUrl(absl::string_view url,
-                                const std::vector<std::string>& allow) {
+absl::Status ValidateWebhookUrl(absl::string_view url, const std::vector<std::string>& allow) {
   if (url.empty()) return absl::OkStatus();
   absl::StatusOr<WebhookUrl> u = ParseWebhookUrl(url);
   if (!u.ok()) return u.status();
@@ -62,17 +58,15 @@ absl::Status ValidateWebhookUrl(absl::string_view url,
   for (const std::string& a : allow) {
     if (absl::AsciiStrToLower(a) == key) return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "webhook_url: host '", key,
-      "' is not on the scheduler's --webhook-allow list"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("webhook_url: host '", key, "' is not on the scheduler's --webhook-allow list"));
 }
 
 std::string HmacSha256Hex(absl::string_view secret, absl::string_view body) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
   HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
-       reinterpret_cast<const unsigned char*>(body.data()), body.size(), digest,
-       &n);
+       reinterpret_cast<const unsigned char*>(body.data()), body.size(), digest, &n);
   static const char kHex[] = "0123456789abcdef";
   std::string out;
   for (unsigned int i = 0; i < n; ++i) {
@@ -82,11 +76,9 @@ std::string HmacSha256Hex(absl::string_view secret, absl::string_view body) {
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<WebhookSender>> WebhookSender::Create(
-    Options options) {
+absl::StatusOr<std::unique_ptr<WebhookSender>> WebhookSender::Create(Options options) {
   if (!options.allow.empty() && options.secret.empty()) {
-    return absl::InvalidArgumentError(
-        "--webhook-secret: required when --webhook-allow is set");
+    return absl::InvalidArgumentError("--webhook-secret: required when --webhook-allow is set");
   }
   if (options.max_attempts < 1) {
     return absl::InvalidArgumentError("webhook max_attempts must be >= 1");
@@ -111,8 +103,8 @@ void WebhookSender::Enqueue(const zfarm::v1::Job& job) {
   const std::string& url = job.spec().webhook_url();
   if (url.empty()) return;
   if (absl::Status s = Validate(url); !s.ok()) {
-    LOG(WARNING) << "event=webhook_refused job=" << job.job_id()
-                 << " why=\"" << s.message() << "\"";
+    LOG(WARNING) << "event=webhook_refused job=" << job.job_id() << " why=\"" << s.message()
+                 << "\"";
     return;
   }
   Hook hook;
@@ -148,9 +140,7 @@ void WebhookSender::Run() {
     Hook hook;
     {
       absl::MutexLock lock(&mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return !queue_.empty() || stop_;
-      };
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || stop_; };
       mu_.Await(absl::Condition(&ready));
       if (stop_) return;
       hook = std::move(queue_.front());
@@ -163,15 +153,13 @@ void WebhookSender::Run() {
       absl::StatusOr<int> status = Post(hook);
       if (status.ok() && *status >= 200 && *status < 300) {
         ok = true;
-        LOG(INFO) << "event=webhook_delivered job=" << hook.job_id
-                  << " host=" << hook.url.host << ":" << hook.url.port
-                  << " attempt=" << attempt;
+        LOG(INFO) << "event=webhook_delivered job=" << hook.job_id << " host=" << hook.url.host
+                  << ":" << hook.url.port << " attempt=" << attempt;
         break;
       }
-      const bool retryable = !status.ok() || *status >= 500 || *status == 408 ||
-                             *status == 429;
-      LOG(WARNING) << "event=webhook_attempt_failed job=" << hook.job_id
-                   << " attempt=" << attempt << " result="
+      const bool retryable = !status.ok() || *status >= 500 || *status == 408 || *status == 429;
+      LOG(WARNING) << "event=webhook_attempt_failed job=" << hook.job_id << " attempt=" << attempt
+                   << " result="
                    << (status.ok() ? absl::StrCat("http ", *status)
                                    : std::string(status.status().message()));
       if (!retryable || attempt == options_.max_attempts) break;
@@ -197,10 +185,8 @@ absl::StatusOr<int> WebhookSender::Post(const Hook& hook) const {
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   const std::string port = std::to_string(hook.url.port);
-  if (int rc = getaddrinfo(hook.url.host.c_str(), port.c_str(), &hints, &res);
-      rc != 0) {
-    return absl::UnavailableError(absl::StrCat("resolve ", hook.url.host, ": ",
-                                               gai_strerror(rc)));
+  if (int rc = getaddrinfo(hook.url.host.c_str(), port.c_str(), &hints, &res); rc != 0) {
+    return absl::UnavailableError(absl::StrCat("resolve ", hook.url.host, ": ", gai_strerror(rc)));
   }
   int fd = -1;
   timeval tv{};
@@ -217,15 +203,15 @@ absl::StatusOr<int> WebhookSender::Post(const Hook& hook) const {
   }
   freeaddrinfo(res);
   if (fd < 0) {
-    return absl::UnavailableError(absl::StrCat("connect ", hook.url.host, ":",
-                                               hook.url.port, " failed"));
+    return absl::UnavailableError(
+        absl::StrCat("connect ", hook.url.host, ":", hook.url.port, " failed"));
   }
-  const std::string request = absl::StrCat(
-      "POST ", hook.url.path, " HTTP/1.1\r\nHost: ", hook.url.host, ":",
-      hook.url.port, "\r\nContent-Type: application/json\r\nContent-Length: ",
-      hook.body.size(), "\r\nX-Zfarm-Job: ", hook.job_id,
-      "\r\nX-Zfarm-Signature: sha256=", HmacSha256Hex(options_.secret, hook.body),
-      "\r\nUser-Agent: zfarm-scheduler\r\nConnection: close\r\n\r\n", hook.body);
+  const std::string request =
+      absl::StrCat("POST ", hook.url.path, " HTTP/1.1\r\nHost: ", hook.url.host, ":", hook.url.port,
+                   "\r\nContent-Type: application/json\r\nContent-Length: ", hook.body.size(),
+                   "\r\nX-Zfarm-Job: ", hook.job_id,
+                   "\r\nX-Zfarm-Signature: sha256=", HmacSha256Hex(options_.secret, hook.body),
+                   "\r\nUser-Agent: zfarm-scheduler\r\nConnection: close\r\n\r\n", hook.body);
   size_t sent = 0;
   while (sent < request.size()) {
     ssize_t n = send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);

@@ -47,8 +47,7 @@ absl::StatusOr<WebhookUrl> ParseWebhookUrl(absl::string_view url);
 
 // OK for an empty url; INVALID_ARGUMENT naming webhook_url when it does not
 // parse or its host:port is not exactly one of `allow`.
-absl::Status ValidateWebhookUrl(absl::string_view url,
-                                const std::vector<std::string>& allow);
+absl::Status ValidateWebhookUrl(absl::string_view url, const std::vector<std::string>& allow);
 
 // Lower-case hex HMAC-SHA256 of `body` with `secret`.
 std::string HmacSha256Hex(absl::string_view secret, absl::string_view body);

@@ -10,8 +10,8 @@ namespace zfarm::client {
 namespace {
 
 using ::testing::HasSubstr;
-using ::zfarm::testing::StatusIs;
 using ::testing::SizeIs;
+using ::zfarm::testing::StatusIs;
 
 zfarm::v1::JobSpec Defaults() {
   zfarm::v1::JobSpec spec;
@@ -22,8 +22,7 @@ zfarm::v1::JobSpec Defaults() {
 }
 
 TEST(ParsePromptsFileTest, PlainLines) {
-  ASSERT_OK_AND_ASSIGN(auto jobs, ParsePromptsFile("a cat\nb dog\n", "p.txt",
-                                                   Defaults(), {}));
+  ASSERT_OK_AND_ASSIGN(auto jobs, ParsePromptsFile("a cat\nb dog\n", "p.txt", Defaults(), {}));
   ASSERT_THAT(jobs, SizeIs(2));
   EXPECT_EQ(jobs[0].spec.prompt(), "a cat");
   EXPECT_EQ(jobs[0].line, 1);
@@ -34,8 +33,7 @@ TEST(ParsePromptsFileTest, PlainLines) {
 }
 
 TEST(ParsePromptsFileTest, CrlfAndNoFinalNewline) {
-  ASSERT_OK_AND_ASSIGN(auto jobs,
-                       ParsePromptsFile("a\r\nb", "p.txt", Defaults(), {}));
+  ASSERT_OK_AND_ASSIGN(auto jobs, ParsePromptsFile("a\r\nb", "p.txt", Defaults(), {}));
   ASSERT_THAT(jobs, SizeIs(2));
   EXPECT_EQ(jobs[0].spec.prompt(), "a");
   EXPECT_EQ(jobs[1].spec.prompt(), "b");
@@ -44,12 +42,11 @@ TEST(ParsePromptsFileTest, CrlfAndNoFinalNewline) {
 TEST(ParsePromptsFileTest, JsonLinesOverrideDefaults) {
   ASSERT_OK_AND_ASSIGN(
       auto jobs,
-      ParsePromptsFile(
-          "{\"prompt\": \"x\", \"width\": 768, \"height\": 512, \"steps\": 4, "
-          "\"seed\": 7, \"guidance\": 1.5, \"labels\": {\"team\": \"web\"}, "
-          "\"negative_prompt\": \"blur\", \"output_name\": \"hero\"}\n"
-          "plain\n",
-          "p.jsonl", Defaults(), {}));
+      ParsePromptsFile("{\"prompt\": \"x\", \"width\": 768, \"height\": 512, \"steps\": 4, "
+                       "\"seed\": 7, \"guidance\": 1.5, \"labels\": {\"team\": \"web\"}, "
+                       "\"negative_prompt\": \"blur\", \"output_name\": \"hero\"}\n"
+                       "plain\n",
+                       "p.jsonl", Defaults(), {}));
   ASSERT_THAT(jobs, SizeIs(2));
   const auto& s = jobs[0].spec;
   EXPECT_EQ(s.prompt(), "x");
@@ -66,32 +63,26 @@ TEST(ParsePromptsFileTest, JsonLinesOverrideDefaults) {
 
 TEST(ParsePromptsFileTest, EmptyLineNamesTheLine) {
   EXPECT_THAT(ParsePromptsFile("a\n\nb\n", "p.txt", Defaults(), {}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("p.txt:2: empty line")));
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("p.txt:2: empty line")));
   EXPECT_THAT(ParsePromptsFile("a\n   \n", "p.txt", Defaults(), {}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("p.txt:2:")));
 }
 
 TEST(ParsePromptsFileTest, InvalidJsonNamesTheLine) {
   EXPECT_THAT(ParsePromptsFile("a\nb\n{\"prompt\": \n", "p.jsonl", Defaults(), {}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("p.jsonl:3: invalid JSON")));
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("p.jsonl:3: invalid JSON")));
 }
 
 TEST(ParsePromptsFileTest, BadKeysAndTypes) {
-  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"widht\": 5}", "f",
-                               Defaults(), {}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("f:1: unknown key \"widht\"")));
-  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"width\": \"5\"}", "f",
-                               Defaults(), {}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("\"width\" must be an integer")));
+  EXPECT_THAT(
+      ParsePromptsFile("{\"prompt\": \"a\", \"widht\": 5}", "f", Defaults(), {}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("f:1: unknown key \"widht\"")));
+  EXPECT_THAT(
+      ParsePromptsFile("{\"prompt\": \"a\", \"width\": \"5\"}", "f", Defaults(), {}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"width\" must be an integer")));
   EXPECT_THAT(ParsePromptsFile("{\"width\": 512}", "f", Defaults(), {}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("f:1: missing \"prompt\"")));
-  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"seed\": -1}", "f",
-                               Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("f:1: missing \"prompt\"")));
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"seed\": -1}", "f", Defaults(), {}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("seed")));
 }
 
@@ -102,8 +93,7 @@ TEST(ParsePromptsFileTest, EmptyFile) {
 
 TEST(ParsePromptsFileTest, UnreadableFileNamesIt) {
   EXPECT_THAT(LoadPromptsFile("/nonexistent/prompts.txt", Defaults(), {}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("/nonexistent/prompts.txt")));
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("/nonexistent/prompts.txt")));
 }
 
 TEST(SeedSweepTest, SeedsFlagMultipliesLines) {
@@ -121,9 +111,8 @@ TEST(SeedSweepTest, SeedsFlagMultipliesLines) {
 TEST(SeedSweepTest, LineSeedsWinOverFlag) {
   SweepOptions sweep;
   sweep.seeds = {1, 2};
-  ASSERT_OK_AND_ASSIGN(
-      auto jobs, ParsePromptsFile("{\"prompt\": \"a\", \"seeds\": [9, 10, 11]}",
-                                  "f", Defaults(), sweep));
+  ASSERT_OK_AND_ASSIGN(auto jobs, ParsePromptsFile("{\"prompt\": \"a\", \"seeds\": [9, 10, 11]}",
+                                                   "f", Defaults(), sweep));
   ASSERT_THAT(jobs, SizeIs(3));
   EXPECT_EQ(jobs[2].spec.seed(), 11u);
 }
@@ -151,8 +140,7 @@ TEST(SeedSweepTest, VariantsWithoutSeedGetDistinctIds) {
 
 TEST(SeedSweepTest, BadSeedList) {
   EXPECT_THAT(ParseSeedList("1,,2"), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
-  EXPECT_THAT(ParseSeedList("1,x"),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'x'")));
+  EXPECT_THAT(ParseSeedList("1,x"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'x'")));
   EXPECT_THAT(ParseSeedList("-3"), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
 }
 

@@ -133,9 +133,8 @@ class CliSchedulerTest : public ::testing::Test {
 TEST_F(CliSchedulerTest, SubmitWaitStatusGetWithAWorker) {
   StartWorker("w1");
   std::string png = dir_ + "/fox.png";
-  Result r = Run({"submit", "--prompt", "a fox", "--width", "256", "--height",
-                  "256", "--steps", "2", "--seed", "9", "--wait", "--out", png,
-                  "--json", "--timeout", "60s"});
+  Result r = Run({"submit", "--prompt", "a fox", "--width", "256", "--height", "256", "--steps",
+                  "2", "--seed", "9", "--wait", "--out", png, "--json", "--timeout", "60s"});
   ASSERT_EQ(r.rc, 0) << r.err;
   json j = r.lines().back();
   EXPECT_EQ(j["state"], "succeeded");
@@ -173,8 +172,7 @@ TEST_F(CliSchedulerTest, ValidationErrorsFromTheSchedulerExit2) {
 }
 
 TEST_F(CliSchedulerTest, CancelQueuedByLabelAndList) {
-  Result s = Run({"submit", "--prompt", "x", "--label", "campaign=spring",
-                  "--json"});
+  Result s = Run({"submit", "--prompt", "x", "--label", "campaign=spring", "--json"});
   ASSERT_EQ(s.rc, 0) << s.err;
   Result c = Run({"cancel", "--label", "campaign=spring", "--json"});
   ASSERT_EQ(c.rc, 0) << c.err;
@@ -196,9 +194,9 @@ TEST_F(CliSchedulerTest, Batch200AcrossRestartThenRerunSubmitsNothing) {
   std::ofstream(p) << prompts;
   env_["BUILD_TAG"] = "jenkins-render-200";
   const std::string out = dir_ + "/renders";
-  const std::vector<std::string> args = {
-      "batch", "--prompts", p, "--width", "256", "--height", "256", "--steps",
-      "1", "--wait", "--out-dir", out, "--json", "--timeout", "120s"};
+  const std::vector<std::string> args = {"batch",     "--prompts", p,         "--width",   "256",
+                                         "--height",  "256",       "--steps", "1",         "--wait",
+                                         "--out-dir", out,         "--json",  "--timeout", "120s"};
   env_["ZFARM_OUTPUT_ROOT"] = options_.scheduler.output_root;
   Result r;
   std::thread cli([&] { r = Run(args); });
@@ -227,8 +225,8 @@ TEST_F(CliSchedulerTest, Batch200AcrossRestartThenRerunSubmitsNothing) {
   ASSERT_OK_AND_ASSIGN(std::string sha, Sha256File(out + "/0200.png"));
   EXPECT_EQ(m["jobs"][199]["sha256"], sha);
 
-  Result again = Run({"batch", "--prompts", p, "--width", "256", "--height",
-                      "256", "--steps", "1"});
+  Result again =
+      Run({"batch", "--prompts", p, "--width", "256", "--height", "256", "--steps", "1"});
   ASSERT_EQ(again.rc, 0) << again.err;
   EXPECT_THAT(again.err, HasSubstr("submitted=0 existing=200"));
   EXPECT_EQ(CountJobs(), 200);

@@ -106,8 +106,8 @@ TEST_F(CliTest, UsageErrorsExit2WithTheUsageLine) {
 }
 
 TEST_F(CliTest, HelpAndVersion) {
-  for (const char* cmd : {"submit", "batch", "watch", "status", "get", "cancel",
-                          "list", "workers", "drain", "health"}) {
+  for (const char* cmd : {"submit", "batch", "watch", "status", "get", "cancel", "list", "workers",
+                          "drain", "health"}) {
     Result r = Run({cmd, "--help"});
     EXPECT_EQ(r.rc, 0) << cmd;
     EXPECT_THAT(r.out, HasSubstr("examples:")) << cmd;
@@ -141,15 +141,13 @@ TEST_F(CliTest, SchedulerDownExits3WithinTheTimeoutNamingTheAddress) {
 
 TEST_F(CliTest, SubmitPrintsTheJsonContract) {
   StartFake();
-  Result r = RunAt({"submit", "--prompt", "a fox", "--seed", "42", "--width",
-                    "768", "--height", "512", "--steps", "4", "--json",
-                    "--label", "team=web"});
+  Result r = RunAt({"submit", "--prompt", "a fox", "--seed", "42", "--width", "768", "--height",
+                    "512", "--steps", "4", "--json", "--label", "team=web"});
   ASSERT_EQ(r.rc, 0) << r.err;
   auto lines = r.lines();
   ASSERT_THAT(lines, SizeIs(1));
   const json& j = lines[0];
-  for (const char* key : {"job", "state", "path", "sha256", "seed", "width",
-                          "height", "steps"}) {
+  for (const char* key : {"job", "state", "path", "sha256", "seed", "width", "height", "steps"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
   EXPECT_EQ(j["seed"], 42);
@@ -254,8 +252,7 @@ TEST_F(CliTest, CancelListWorkersDrain) {
   Result all = RunAt({"cancel", "--batch", batch, "--json"});
   EXPECT_EQ(all.rc, 0);
   EXPECT_THAT(all.lines(), SizeIs(2));
-  EXPECT_THAT(RunAt({"list", "--state", "queued,cancelled", "--json"}).lines(),
-              SizeIs(3));
+  EXPECT_THAT(RunAt({"list", "--state", "queued,cancelled", "--json"}).lines(), SizeIs(3));
   EXPECT_THAT(RunAt({"list", "--json", "--limit", "2"}).lines(), SizeIs(2));
   Result w = RunAt({"workers", "--json"});
   ASSERT_EQ(w.rc, 0);
@@ -288,10 +285,9 @@ TEST_F(CliTest, BadPromptsFileSubmitsNothing) {
 TEST_F(CliTest, BatchOutDirWritesNumberedPngsAndManifest) {
   StartFake();
   std::string out = work_ + "/renders";
-  Result r = RunAt({"batch", "--prompts",
-                    WritePrompts("a cat\n{\"prompt\": \"a dog\", \"seed\": 5}\n"),
-                    "--seeds", "1,2", "--wait", "--out-dir", out, "--json",
-                    "--request-id-prefix", "b1"});
+  Result r =
+      RunAt({"batch", "--prompts", WritePrompts("a cat\n{\"prompt\": \"a dog\", \"seed\": 5}\n"),
+             "--seeds", "1,2", "--wait", "--out-dir", out, "--json", "--request-id-prefix", "b1"});
   ASSERT_EQ(r.rc, 0) << r.err;
   auto lines = r.lines();
   ASSERT_THAT(lines, SizeIs(3));  // 2 seeds for line 1, line 2's own seed
@@ -312,8 +308,8 @@ TEST_F(CliTest, BatchOutDirWritesNumberedPngsAndManifest) {
 
 TEST_F(CliTest, BatchWithAFailedJobExits1) {
   StartFake();
-  Result r = RunAt({"batch", "--prompts", WritePrompts("ok\nFAIL here\nCANCEL\n"),
-                    "--wait", "--json"});
+  Result r =
+      RunAt({"batch", "--prompts", WritePrompts("ok\nFAIL here\nCANCEL\n"), "--wait", "--json"});
   EXPECT_EQ(r.rc, 1);
   Result c = RunAt({"batch", "--prompts", WritePrompts("ok\nCANCEL\n"), "--wait"});
   EXPECT_EQ(c.rc, 5);
@@ -331,8 +327,7 @@ TEST_F(CliTest, Batch200AcrossRestartThenRerunSubmitsNothing) {
   std::string out = work_ + "/renders";
   Result r;
   std::thread cli([&] {
-    r = RunAt({"batch", "--prompts", p, "--wait", "--out-dir", out, "--json",
-               "--timeout", "120s"});
+    r = RunAt({"batch", "--prompts", p, "--wait", "--out-dir", out, "--json", "--timeout", "120s"});
   });
   fake_->AwaitJobs(200);
   fake_->Stop();  // cuts the WatchJobs stream
@@ -365,8 +360,8 @@ TEST_F(CliTest, UnavailableAtSubmitIsRetriedWithTheSameIds) {
   fake_->Stop();
   Result r;
   std::thread cli([&] {
-    r = RunAt({"submit", "--prompt", "late", "--request-id", "rid-late",
-               "--json", "--timeout", "60s"});
+    r = RunAt(
+        {"submit", "--prompt", "late", "--request-id", "rid-late", "--json", "--timeout", "60s"});
   });
   fake_->Start();
   cli.join();

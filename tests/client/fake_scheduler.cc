@@ -16,17 +16,14 @@ namespace zfarm::testing {
 
 using zfarm::v1::Job;
 
-class FakeScheduler::JobServiceImpl final
-    : public zfarm::v1::JobService::Service {
+class FakeScheduler::JobServiceImpl final : public zfarm::v1::JobService::Service {
  public:
   explicit JobServiceImpl(FakeScheduler* f) : f_(f) {}
 
-  grpc::Status SubmitJob(grpc::ServerContext*,
-                         const zfarm::v1::SubmitJobRequest* req,
+  grpc::Status SubmitJob(grpc::ServerContext*, const zfarm::v1::SubmitJobRequest* req,
                          zfarm::v1::SubmitJobResponse* resp) override {
     if (req->spec().prompt().empty()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "spec.prompt: must not be empty");
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "spec.prompt: must not be empty");
     }
     absl::MutexLock lock(&f_->mu_);
     ++f_->submit_calls_;
@@ -36,17 +33,14 @@ class FakeScheduler::JobServiceImpl final
     return grpc::Status::OK;
   }
 
-  grpc::Status SubmitJobs(grpc::ServerContext*,
-                          const zfarm::v1::SubmitJobsRequest* req,
+  grpc::Status SubmitJobs(grpc::ServerContext*, const zfarm::v1::SubmitJobsRequest* req,
                           zfarm::v1::SubmitJobsResponse* resp) override {
     if (req->jobs_size() > 1000) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "jobs: at most 1000 per batch");
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "jobs: at most 1000 per batch");
     }
     for (const auto& j : req->jobs()) {
       if (j.spec().prompt().empty()) {
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            "spec.prompt: must not be empty");
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "spec.prompt: must not be empty");
       }
     }
     absl::MutexLock lock(&f_->mu_);
@@ -66,28 +60,24 @@ class FakeScheduler::JobServiceImpl final
     absl::MutexLock lock(&f_->mu_);
     auto it = f_->jobs_.find(req->job_id());
     if (it == f_->jobs_.end()) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          "job " + req->job_id() + " not found");
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "job " + req->job_id() + " not found");
     }
     *job = it->second;
     return grpc::Status::OK;
   }
 
-  grpc::Status WatchJob(grpc::ServerContext* ctx,
-                        const zfarm::v1::WatchJobRequest* req,
+  grpc::Status WatchJob(grpc::ServerContext* ctx, const zfarm::v1::WatchJobRequest* req,
                         grpc::ServerWriter<zfarm::v1::JobEvent>* w) override {
     {
       absl::MutexLock lock(&f_->mu_);
       if (f_->jobs_.count(req->job_id()) == 0) {
-        return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                            "job " + req->job_id() + " not found");
+        return grpc::Status(grpc::StatusCode::NOT_FOUND, "job " + req->job_id() + " not found");
       }
     }
     return Watch(ctx, w, [&](const Job& j) { return j.job_id() == req->job_id(); });
   }
 
-  grpc::Status WatchJobs(grpc::ServerContext* ctx,
-                         const zfarm::v1::WatchJobsRequest* req,
+  grpc::Status WatchJobs(grpc::ServerContext* ctx, const zfarm::v1::WatchJobsRequest* req,
                          grpc::ServerWriter<zfarm::v1::JobEvent>* w) override {
     ++watch_jobs_calls;
     return Watch(ctx, w, [&](const Job& j) {
@@ -96,8 +86,7 @@ class FakeScheduler::JobServiceImpl final
     });
   }
 
-  grpc::Status CancelJob(grpc::ServerContext*,
-                         const zfarm::v1::CancelJobRequest* req,
+  grpc::Status CancelJob(grpc::ServerContext*, const zfarm::v1::CancelJobRequest* req,
                          zfarm::v1::CancelJobResponse* resp) override {
     absl::MutexLock lock(&f_->mu_);
     for (auto& [id, job] : f_->jobs_) {
@@ -106,37 +95,31 @@ class FakeScheduler::JobServiceImpl final
       if (req->has_label()) {
         size_t eq = req->label().find('=');
         auto it = job.spec().labels().find(req->label().substr(0, eq));
-        match = it != job.spec().labels().end() &&
-                it->second == req->label().substr(eq + 1);
+        match = it != job.spec().labels().end() && it->second == req->label().substr(eq + 1);
       }
       if (!match) continue;
       if (job.state() >= zfarm::v1::JOB_STATE_SUCCEEDED) continue;
       job.set_state(zfarm::v1::JOB_STATE_CANCELLED);
-      job.mutable_error()->set_reason(
-          zfarm::v1::FAILURE_REASON_CANCELLED_BY_CLIENT);
+      job.mutable_error()->set_reason(zfarm::v1::FAILURE_REASON_CANCELLED_BY_CLIENT);
       resp->add_job_ids(id);
     }
     ++f_->version_;
-    if (req->has_job_id() && resp->job_ids_size() == 0 &&
-        f_->jobs_.count(req->job_id()) == 0) {
+    if (req->has_job_id() && resp->job_ids_size() == 0 && f_->jobs_.count(req->job_id()) == 0) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND, "job not found");
     }
     return grpc::Status::OK;
   }
 
-  grpc::Status ListJobs(grpc::ServerContext*,
-                        const zfarm::v1::ListJobsRequest* req,
+  grpc::Status ListJobs(grpc::ServerContext*, const zfarm::v1::ListJobsRequest* req,
                         zfarm::v1::ListJobsResponse* resp) override {
     absl::MutexLock lock(&f_->mu_);
     size_t start = req->page_token().empty() ? 0 : std::stoul(req->page_token());
     size_t page = req->page_size() > 0 ? req->page_size() : 100;
     size_t i = start;
-    for (; i < f_->order_.size() && resp->jobs_size() < static_cast<int>(page);
-         ++i) {
+    for (; i < f_->order_.size() && resp->jobs_size() < static_cast<int>(page); ++i) {
       const Job& j = f_->jobs_[f_->order_[i]];
       if (req->states_size() > 0 &&
-          std::find(req->states().begin(), req->states().end(), j.state()) ==
-              req->states().end()) {
+          std::find(req->states().begin(), req->states().end(), j.state()) == req->states().end()) {
         continue;
       }
       if (!req->batch_id().empty() && j.batch_id() != req->batch_id()) continue;
@@ -146,22 +129,19 @@ class FakeScheduler::JobServiceImpl final
     return grpc::Status::OK;
   }
 
-  grpc::Status GetResult(grpc::ServerContext*,
-                         const zfarm::v1::GetResultRequest* req,
+  grpc::Status GetResult(grpc::ServerContext*, const zfarm::v1::GetResultRequest* req,
                          grpc::ServerWriter<zfarm::v1::ResultChunk>* w) override {
     std::string path;
     {
       absl::MutexLock lock(&f_->mu_);
       auto it = f_->jobs_.find(req->job_id());
-      if (it == f_->jobs_.end() ||
-          it->second.state() != zfarm::v1::JOB_STATE_SUCCEEDED) {
+      if (it == f_->jobs_.end() || it->second.state() != zfarm::v1::JOB_STATE_SUCCEEDED) {
         return grpc::Status(grpc::StatusCode::NOT_FOUND, "no result");
       }
       path = f_->output_root_ + "/" + it->second.result().path();
     }
     std::ifstream in(path, std::ios::binary);
-    std::string data((std::istreambuf_iterator<char>(in)),
-                     std::istreambuf_iterator<char>());
+    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     // Two chunks, to exercise reassembly.
     size_t half = data.size() / 2;
     zfarm::v1::ResultChunk c;
@@ -179,8 +159,8 @@ class FakeScheduler::JobServiceImpl final
 
  private:
   template <typename Pred>
-  grpc::Status Watch(grpc::ServerContext* ctx,
-                     grpc::ServerWriter<zfarm::v1::JobEvent>* w, Pred pred) {
+  grpc::Status Watch(grpc::ServerContext* ctx, grpc::ServerWriter<zfarm::v1::JobEvent>* w,
+                     Pred pred) {
     std::map<std::string, std::string> sent;  // id -> serialized
     int64_t seen = -1;
     while (!ctx->IsCancelled()) {
@@ -191,8 +171,7 @@ class FakeScheduler::JobServiceImpl final
         auto changed_cond = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(f_->mu_) {
           return f_->version_ != seen;
         };
-        f_->mu_.AwaitWithTimeout(absl::Condition(&changed_cond),
-                                 absl::Milliseconds(50));
+        f_->mu_.AwaitWithTimeout(absl::Condition(&changed_cond), absl::Milliseconds(50));
         if (f_->version_ == seen) continue;
         seen = f_->version_;
         for (const std::string& id : f_->order_) {
@@ -220,12 +199,10 @@ class FakeScheduler::JobServiceImpl final
   FakeScheduler* f_;
 };
 
-class FakeScheduler::AdminServiceImpl final
-    : public zfarm::v1::AdminService::Service {
+class FakeScheduler::AdminServiceImpl final : public zfarm::v1::AdminService::Service {
  public:
   explicit AdminServiceImpl(FakeScheduler* f) : f_(f) {}
-  grpc::Status ListWorkers(grpc::ServerContext*,
-                           const zfarm::v1::ListWorkersRequest*,
+  grpc::Status ListWorkers(grpc::ServerContext*, const zfarm::v1::ListWorkersRequest*,
                            zfarm::v1::ListWorkersResponse* resp) override {
     auto* w = resp->add_workers();
     w->set_worker_name("fake-0");
@@ -236,8 +213,7 @@ class FakeScheduler::AdminServiceImpl final
     w->set_jobs_done(f_->created_);
     return grpc::Status::OK;
   }
-  grpc::Status DrainWorker(grpc::ServerContext*,
-                           const zfarm::v1::DrainWorkerRequest* req,
+  grpc::Status DrainWorker(grpc::ServerContext*, const zfarm::v1::DrainWorkerRequest* req,
                            zfarm::v1::DrainWorkerResponse* resp) override {
     if (req->worker_name() != "fake-0") {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
@@ -265,8 +241,8 @@ std::string FakeScheduler::Start(int port) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int selected = 0;
-  builder.AddListeningPort(absl::StrCat("127.0.0.1:", port),
-                           grpc::InsecureServerCredentials(), &selected);
+  builder.AddListeningPort(absl::StrCat("127.0.0.1:", port), grpc::InsecureServerCredentials(),
+                           &selected);
   builder.RegisterService(job_service_.get());
   builder.RegisterService(admin_service_.get());
   server_ = builder.BuildAndStart();
@@ -283,8 +259,8 @@ void FakeScheduler::Stop() {
   }
 }
 
-Job FakeScheduler::SubmitLocked(const zfarm::v1::SubmitJobRequest& req,
-                                const std::string& batch_id, bool* created) {
+Job FakeScheduler::SubmitLocked(const zfarm::v1::SubmitJobRequest& req, const std::string& batch_id,
+                                bool* created) {
   if (auto it = by_request_.find(req.request_id()); it != by_request_.end()) {
     *created = false;
     return jobs_[it->second];
@@ -316,17 +292,15 @@ void FakeScheduler::FinishLocked(Job* job) {
   }
   if (absl::StrContains(prompt, "CANCEL")) {
     job->set_state(zfarm::v1::JOB_STATE_CANCELLED);
-    job->mutable_error()->set_reason(
-        zfarm::v1::FAILURE_REASON_CANCELLED_BY_CLIENT);
+    job->mutable_error()->set_reason(zfarm::v1::FAILURE_REASON_CANCELLED_BY_CLIENT);
     return;
   }
   const std::string dir = output_root_ + "/2026-11-28";
   mkdir(output_root_.c_str(), 0755);
   mkdir(dir.c_str(), 0755);
   const std::string rel = "2026-11-28/" + job->job_id() + ".png";
-  const std::string data =
-      absl::StrCat("\x89PNG fake image for ", job->job_id(), " seed=",
-                   job->spec().seed(), " prompt=", prompt);
+  const std::string data = absl::StrCat("\x89PNG fake image for ", job->job_id(),
+                                        " seed=", job->spec().seed(), " prompt=", prompt);
   std::ofstream(output_root_ + "/" + rel, std::ios::binary) << data;
   job->set_state(zfarm::v1::JOB_STATE_SUCCEEDED);
   job->mutable_result()->set_path(rel);

@@ -53,9 +53,8 @@ class FakeScheduler {
   class AdminServiceImpl;
   friend class JobServiceImpl;
 
-  zfarm::v1::Job SubmitLocked(const zfarm::v1::SubmitJobRequest& req,
-                              const std::string& batch_id, bool* created)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  zfarm::v1::Job SubmitLocked(const zfarm::v1::SubmitJobRequest& req, const std::string& batch_id,
+                              bool* created) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishLocked(zfarm::v1::Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string output_root_;

@@ -35,9 +35,8 @@ TEST(FlagSetTest, ParsesAllForms) {
   flags.Repeated("l", &rep, "");
   bool help = false;
   ASSERT_OK_AND_ASSIGN(
-      auto pos, flags.Parse({"pos1", "--name=x y", "--n", "-5", "--b", "--d=2.5",
-                             "--t", "1m30s", "--l", "a=1", "--l=b=2", "--",
-                             "--not-a-flag"},
+      auto pos, flags.Parse({"pos1", "--name=x y", "--n", "-5", "--b", "--d=2.5", "--t", "1m30s",
+                             "--l", "a=1", "--l=b=2", "--", "--not-a-flag"},
                             &help));
   EXPECT_FALSE(help);
   EXPECT_THAT(pos, ElementsAre("pos1", "--not-a-flag"));
@@ -63,12 +62,11 @@ TEST(FlagSetTest, Errors) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--bogus")));
   EXPECT_THAT(flags.Parse({"-x"}, &help),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("-x")));
-  EXPECT_THAT(flags.Parse({"--n", "abc"}, &help),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("--n: 'abc' is not an integer")));
+  EXPECT_THAT(
+      flags.Parse({"--n", "abc"}, &help),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--n: 'abc' is not an integer")));
   EXPECT_THAT(flags.Parse({"--s"}, &help),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("'--s' needs a value")));
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'--s' needs a value")));
   EXPECT_THAT(flags.Help(), HasSubstr("--n N"));
 }
 
@@ -77,8 +75,7 @@ TEST(FlagSetTest, Durations) {
   EXPECT_EQ(*ParseDurationFlag("250ms"), absl::Milliseconds(250));
   EXPECT_THAT(ParseDurationFlag("soon"),
               StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
-  EXPECT_THAT(ParseDurationFlag("-5s"),
-              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
+  EXPECT_THAT(ParseDurationFlag("-5s"), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
 }
 
 zfarm::v1::Job SampleJob() {
@@ -161,8 +158,7 @@ TEST(OutputTest, ManifestIsWrittenAtomically) {
 }
 
 TEST(Sha256Test, KnownVectors) {
-  EXPECT_EQ(Sha256Hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   const std::string dir = TempDir();
   ASSERT_OK(WriteFileAtomically(dir + "/f", "abc"));
   ASSERT_OK_AND_ASSIGN(std::string sha, Sha256File(dir + "/f"));

@@ -44,8 +44,7 @@ HttpResponse Http(int port, const std::string& method, const std::string& path,
     return r;
   }
   std::string req = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: localhost\r\n",
-                                 "Connection: close\r\nContent-Length: ",
-                                 body.size(), "\r\n");
+                                 "Connection: close\r\nContent-Length: ", body.size(), "\r\n");
   if (!body.empty()) req += "Content-Type: application/json\r\n";
   req += "\r\n" + body;
   size_t sent = 0;
@@ -149,8 +148,7 @@ TEST_F(RestGatewayTest, ErrorsAreJsonWithTheGrpcCode) {
   EXPECT_EQ(garbage.status, 400);
   EXPECT_EQ(json::parse(garbage.body)["code"], "INVALID_ARGUMENT");
 
-  HttpResponse unknown_field = Http(gw_->port(), "POST", "/v1/jobs",
-                                    R"({"spec": {"promt": "x"}})");
+  HttpResponse unknown_field = Http(gw_->port(), "POST", "/v1/jobs", R"({"spec": {"promt": "x"}})");
   EXPECT_EQ(unknown_field.status, 400);
 
   HttpResponse missing = Http(gw_->port(), "GET", "/v1/jobs/no-such-job");
@@ -159,8 +157,7 @@ TEST_F(RestGatewayTest, ErrorsAreJsonWithTheGrpcCode) {
 
   HttpResponse state = Http(gw_->port(), "GET", "/v1/jobs?state=sleeping");
   EXPECT_EQ(state.status, 400);
-  EXPECT_THAT(json::parse(state.body)["message"].get<std::string>(),
-              HasSubstr("sleeping"));
+  EXPECT_THAT(json::parse(state.body)["message"].get<std::string>(), HasSubstr("sleeping"));
 
   HttpResponse route = Http(gw_->port(), "GET", "/v1/jobs/a/b/c");
   EXPECT_EQ(route.status, 404);

@@ -1,6 +1,4 @@
 // Webhooks to a loopback HTTP server: signed, retried, allow-listed.
-#include "scheduler/http/webhook_sender.h"
-
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/hmac.h>
@@ -17,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "scheduler/http/webhook_sender.h"
 #include "tests/testing/status_matchers.h"
 
 namespace zfarm::scheduler::http {
@@ -70,8 +69,7 @@ class TestHttpServer {
           size_t cl = lower.find("content-length: ");
           size_t body_len = 0;
           if (cl != std::string::npos) {
-            absl::SimpleAtoi(lower.substr(cl + 16, lower.find("\r\n", cl) - cl - 16),
-                             &body_len);
+            absl::SimpleAtoi(lower.substr(cl + 16, lower.find("\r\n", cl) - cl - 16), &body_len);
           }
           need = end + 4 + body_len;
         }
@@ -83,8 +81,8 @@ class TestHttpServer {
         requests_.push_back(req);
         status = statuses_[std::min(requests_.size(), statuses_.size()) - 1];
       }
-      std::string resp = absl::StrCat("HTTP/1.1 ", status,
-                                      " X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+      std::string resp =
+          absl::StrCat("HTTP/1.1 ", status, " X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
       send(c, resp.data(), resp.size(), MSG_NOSIGNAL);
       close(c);
     }
