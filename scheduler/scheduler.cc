@@ -1174,6 +1174,9 @@ void Scheduler::Tick() {
     if (!prune.empty() || !expired.empty()) {
       LOG(INFO) << "event=pruned jobs=" << prune.size() << " tombstones=" << expired.size();
     }
+  }
+  if (now - last_gauges_ >= absl::Seconds(1)) {
+    last_gauges_ = now;
     UpdateGaugesLocked();
   }
   DispatchLocked(txn);

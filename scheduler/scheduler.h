@@ -203,6 +203,7 @@ class Scheduler {
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
   absl::Time last_prune_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Time last_gauges_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -8,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
+#include "prometheus/registry.h"
 #include "scheduler/scheduler.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/status_matchers.h"
@@ -561,6 +562,44 @@ TEST_F(SchedulerCoreTest, BatchIsAllOrNothing) {
   EXPECT_THAT(
       Call<v1::SubmitJobsResponse>([&](auto cb) { sched_->SubmitBatch(big, "o", std::move(cb)); }),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("1000")));
+}
+
+}  // namespace
+}  // namespace zfarm::scheduler
+
+namespace zfarm::scheduler {
+namespace {
+
+double Metric(prometheus::Registry& r, const std::string& name, const std::string& label_value) {
+  for (const auto& fam : r.Collect()) {
+    if (fam.name != name) continue;
+    for (const auto& m : fam.metric) {
+      bool match = label_value.empty();
+      for (const auto& l : m.label) match |= l.value == label_value;
+      if (!match) continue;
+      if (fam.type == prometheus::MetricType::Counter) return m.counter.value;
+      if (fam.type == prometheus::MetricType::Gauge) return m.gauge.value;
+    }
+  }
+  return -1;
+}
+
+TEST_F(SchedulerCoreTest, ExportsPrometheusMetrics) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  auto s = Scheduler::Create(options_, &clock_, registry);
+  ASSERT_OK(s.status());
+  sched_ = *std::move(s);
+  ASSERT_OK(Submit("m1", "a", 5).status());
+  ASSERT_OK(Submit("m2", "b", 5).status());
+  ASSERT_OK(Submit("m3", "c", -1).status());
+  EXPECT_FALSE(Submit("bad", "").ok());
+  sched_->Tick();
+  Sync();
+  EXPECT_EQ(Metric(*registry, "zfarm_submits_total", ""), 3);
+  EXPECT_EQ(Metric(*registry, "zfarm_submit_rejections_total", "invalid_argument"), 1);
+  EXPECT_EQ(Metric(*registry, "zfarm_queue_depth", "5"), 2);
+  EXPECT_EQ(Metric(*registry, "zfarm_queue_depth", "-1"), 1);
+  EXPECT_EQ(Metric(*registry, "zfarm_jobs", "JOB_STATE_QUEUED"), 3);
 }
 
 }  // namespace
