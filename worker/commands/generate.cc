@@ -29,9 +29,9 @@ constexpr char kUsage[] =
 
 const std::vector<std::string> kBoolFlags = {"vae-fp32", "offload-text-encoder", "vae-tiling",
                                              "help"};
-const std::vector<std::string> kValueFlags = {
-    "model",    "prompt",   "prompts", "out",      "out-dir",         "width",
-    "height",   "steps",    "seed",    "guidance", "negative-prompt", "device"};
+const std::vector<std::string> kValueFlags = {"model",   "prompt",   "prompts",         "out",
+                                              "out-dir", "width",    "height",          "steps",
+                                              "seed",    "guidance", "negative-prompt", "device"};
 
 int Usage(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker generate: %s\n%s", why.c_str(), kUsage);
@@ -70,10 +70,13 @@ int RunGenerate(int argc, char** argv) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  auto flag_true = [&](const std::string& k) { return f.count(k) && f[k] != "false" && f[k] != "0"; };
+  auto flag_true = [&](const std::string& k) {
+    return f.count(k) && f[k] != "false" && f[k] != "0";
+  };
   if (!f.count("model")) return Usage("--model is required");
   const bool single = f.count("prompt") > 0;
-  if (single == (f.count("prompts") > 0)) return Usage("give exactly one of --prompt and --prompts");
+  if (single == (f.count("prompts") > 0))
+    return Usage("give exactly one of --prompt and --prompts");
   if (single && !f.count("out")) return Usage("--prompt needs --out FILE.png");
   if (!single && !f.count("out-dir")) return Usage("--prompts needs --out-dir DIR");
 
@@ -132,8 +135,8 @@ int RunGenerate(int argc, char** argv) {
     GenerateRequest r = req;
     r.prompt = prompts[i];
     if (i > 0 && random_seed) r.seed = std::random_device{}() & 0xffffffffu;
-    std::string out = single ? f["out"]
-                             : absl::StrFormat("%s/%05d.png", f["out-dir"], static_cast<int>(i + 1));
+    std::string out =
+        single ? f["out"] : absl::StrFormat("%s/%05d.png", f["out-dir"], static_cast<int>(i + 1));
     std::printf("[%zu/%zu] seed %llu -> %s\n", i + 1, prompts.size(),
                 static_cast<unsigned long long>(r.seed), out.c_str());
     std::fflush(stdout);
@@ -169,7 +172,8 @@ int RunGenerate(int argc, char** argv) {
     }
     const StageTimings& t = img->timings;
     std::printf(
-        "tokenize %.3f s, encode %.3f s, denoise %.3f s (%.3f s/step), decode %.3f s, total %.3f s, "
+        "tokenize %.3f s, encode %.3f s, denoise %.3f s (%.3f s/step), decode %.3f s, total %.3f "
+        "s, "
         "peak memory %.1f MiB\n",
         t.tokenize_s, t.encode_s, t.denoise_s, t.denoise_s / r.steps, t.decode_s, t.total_s,
         img->peak_device_bytes / 1048576.0);

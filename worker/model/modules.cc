@@ -71,9 +71,12 @@ at::Tensor GroupNormImpl::forward(const at::Tensor& x) {
 Qwen3LayerImpl::Qwen3LayerImpl(const TextEncoderConfig& c, const at::TensorOptions& o) : c_(c) {
   const int64_t h = c.hidden_size, d = c.head_dim;
   auto attn = Sub(*this, "self_attn");
-  q_proj = attn->register_module("q_proj", Linear(h, c.num_attention_heads * d, c.attention_bias, o));
-  k_proj = attn->register_module("k_proj", Linear(h, c.num_key_value_heads * d, c.attention_bias, o));
-  v_proj = attn->register_module("v_proj", Linear(h, c.num_key_value_heads * d, c.attention_bias, o));
+  q_proj =
+      attn->register_module("q_proj", Linear(h, c.num_attention_heads * d, c.attention_bias, o));
+  k_proj =
+      attn->register_module("k_proj", Linear(h, c.num_key_value_heads * d, c.attention_bias, o));
+  v_proj =
+      attn->register_module("v_proj", Linear(h, c.num_key_value_heads * d, c.attention_bias, o));
   o_proj = attn->register_module("o_proj", Linear(c.num_attention_heads * d, h, false, o));
   q_norm = attn->register_module("q_norm", RmsNorm(d, c.rms_norm_eps, o));
   k_norm = attn->register_module("k_norm", RmsNorm(d, c.rms_norm_eps, o));
@@ -171,7 +174,8 @@ DitBlockImpl::DitBlockImpl(const TransformerConfig& c, bool modulated, const at:
   ffn_norm1 = register_module("ffn_norm1", RmsNorm(d, c.norm_eps, o));
   ffn_norm2 = register_module("ffn_norm2", RmsNorm(d, c.norm_eps, o));
   if (modulated) {
-    ada = Sub(*this, "adaLN_modulation")->register_module("0", Linear(c.adaln_dim(), 4 * d, true, o));
+    ada =
+        Sub(*this, "adaLN_modulation")->register_module("0", Linear(c.adaln_dim(), 4 * d, true, o));
   }
 }
 
@@ -245,8 +249,8 @@ TransformerImpl::TransformerImpl(const TransformerConfig& c, const at::TensorOpt
   // rounded to float32, then cos/sin in float32 (diffusers RopeEmbedder.precompute_freqs_cis).
   for (size_t ax = 0; ax < c.axes_dims.size(); ++ax) {
     const int64_t dim = c.axes_dims[ax], len = c.axes_lens[ax];
-    at::Tensor freqs = 1.0 / at::pow(c.rope_theta, at::arange(0, dim, 2, at::kDouble) /
-                                                       static_cast<double>(dim));
+    at::Tensor freqs =
+        1.0 / at::pow(c.rope_theta, at::arange(0, dim, 2, at::kDouble) / static_cast<double>(dim));
     at::Tensor pos = at::arange(len, at::kDouble);
     at::Tensor ang = at::outer(pos, freqs).to(at::kFloat).to(o.device());
     axis_freqs_.push_back(ang);  // [len, dim/2] float32 angles
@@ -259,7 +263,8 @@ at::Tensor TransformerImpl::TimestepEmbedding(float t_in) {
   auto f32 = options_.dtype(at::kFloat);
   at::Tensor t = at::full({1}, t_in, f32) * c_.t_scale;
   const int64_t half = 128;
-  at::Tensor freqs = at::exp(-std::log(10000.0) * at::arange(0, half, f32) / static_cast<double>(half));
+  at::Tensor freqs =
+      at::exp(-std::log(10000.0) * at::arange(0, half, f32) / static_cast<double>(half));
   at::Tensor args = t.unsqueeze(1) * freqs.unsqueeze(0);
   at::Tensor emb = at::cat({at::cos(args), at::sin(args)}, -1).to(options_.dtype());
   return t_mlp2(at::silu(t_mlp0(emb)));
@@ -295,11 +300,12 @@ at::Tensor TransformerImpl::forward(const at::Tensor& latent, float t_in, const 
   at::Tensor xi = x_embedder(tokens);
   if (Np > N) xi = at::cat({xi, x_pad_token.expand({Np - N, D})}, 0);
   // Image positions (Lp+1+f, row, col); pad tokens (0, 0, 0).
-  at::Tensor grid = at::stack(at::meshgrid({at::arange(ft, i64) + (Lp + 1), at::arange(ht, i64),
-                                            at::arange(wt, i64)},
-                                           "ij"),
-                              -1)
-                        .reshape({N, 3});
+  at::Tensor grid =
+      at::stack(
+          at::meshgrid({at::arange(ft, i64) + (Lp + 1), at::arange(ht, i64), at::arange(wt, i64)},
+                       "ij"),
+          -1)
+          .reshape({N, 3});
   if (Np > N) grid = at::cat({grid, at::zeros({Np - N, 3}, i64)}, 0);
   RopeTable img_rope = Rope(grid);
 
@@ -316,11 +322,13 @@ at::Tensor TransformerImpl::forward(const at::Tensor& latent, float t_in, const 
   for (auto& b : context_refiner_) y = b(y, cap_rope, c);
 
   at::Tensor u = at::cat({x, y}, 1);
-  RopeTable rope{at::cat({img_rope.cos, cap_rope.cos}, 0), at::cat({img_rope.sin, cap_rope.sin}, 0)};
+  RopeTable rope{at::cat({img_rope.cos, cap_rope.cos}, 0),
+                 at::cat({img_rope.sin, cap_rope.sin}, 0)};
   for (auto& b : layers_) u = b(u, rope, c);
 
   at::Tensor scale = 1.0 + final_ada(at::silu(c));
-  u = at::layer_norm(u, {D}, {}, {}, 1e-6) * scale.unsqueeze(1);
+  const std::vector<int64_t> norm_shape = {D};
+  u = at::layer_norm(u, at::IntArrayRef(norm_shape), {}, {}, 1e-6) * scale.unsqueeze(1);
   at::Tensor out = final_linear(u).squeeze(0).slice(0, 0, N);
   // Unpatchify (inverse of the view/permute above).
   return out.view({ft, ht, wt, pf, p, p, C}).permute({6, 0, 3, 1, 4, 2, 5}).reshape({C, F, h, w});
@@ -377,7 +385,8 @@ VaeDecoderImpl::VaeDecoderImpl(const VaeConfig& c, const at::TensorOptions& o) :
     auto rs = Sub(*blk, "resnets");
     std::vector<Resnet> block;
     for (int64_t j = 0; j <= c.layers_per_block; ++j) {
-      block.push_back(rs->register_module(std::to_string(j), Resnet(j == 0 ? prev : ch[i], ch[i], g, o)));
+      block.push_back(
+          rs->register_module(std::to_string(j), Resnet(j == 0 ? prev : ch[i], ch[i], g, o)));
     }
     up_resnets_.push_back(std::move(block));
     if (i + 1 < ch.size()) {
@@ -405,7 +414,8 @@ at::Tensor VaeDecoderImpl::Decode(const at::Tensor& z) {
   for (size_t i = 0; i < up_resnets_.size(); ++i) {
     for (auto& r : up_resnets_[i]) x = r(x);
     if (upsamplers_[i]) {
-      x = upsamplers_[i](at::upsample_nearest2d(x, {x.size(2) * 2, x.size(3) * 2}));
+      const std::vector<int64_t> size = {x.size(2) * 2, x.size(3) * 2};
+      x = upsamplers_[i](at::upsample_nearest2d(x, at::IntArrayRef(size)));
     }
   }
   return conv_out(at::silu(conv_norm_out(x)));

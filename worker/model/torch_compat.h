@@ -15,8 +15,7 @@ namespace zfarm::worker::model {
 // Scaled dot-product attention. q: [B, H, Sq, D], k/v: [B, H, Sk, D] (same
 // head count: callers expand GQA heads first). Returns [B, H, Sq, D] in q's dtype.
 // Softmax statistics are float32 on both paths.
-inline at::Tensor Sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                       bool causal) {
+inline at::Tensor Sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
 #if TORCH_VERSION_MAJOR >= 2
   // torch 2.x: fused kernels (flash / cuDNN / efficient on CUDA).

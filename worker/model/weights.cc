@@ -13,7 +13,9 @@
 namespace zfarm::worker::model {
 namespace {
 
-std::string ShapeString(at::IntArrayRef s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
+std::string ShapeString(at::IntArrayRef s) {
+  return absl::StrCat("[", absl::StrJoin(s, ", "), "]");
+}
 
 at::ScalarType TorchDType(DType d) {
   switch (d) {
@@ -45,9 +47,9 @@ absl::Status LoadImpl(torch::nn::Module& module, const WeightSet& weights, const
     if (!view_or.ok()) return view_or.status();
     const TensorView view = *view_or;
     if (!at::IntArrayRef(info->shape).equals(param->sizes())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          spec.component, ": key '", ckpt_name, "': expected shape ", ShapeString(param->sizes()),
-          ", found ", ShapeString(info->shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(spec.component, ": key '", ckpt_name, "': expected shape ",
+                       ShapeString(param->sizes()), ", found ", ShapeString(info->shape)));
     }
     at::Tensor src = at::from_blob(const_cast<uint8_t*>(view.data), info->shape,
                                    at::TensorOptions().dtype(TorchDType(info->dtype)));
@@ -69,12 +71,13 @@ absl::Status LoadImpl(torch::nn::Module& module, const WeightSet& weights, const
 
 }  // namespace
 
-absl::Status LoadWeights(torch::nn::Module& module, const WeightSet& weights, const LoadSpec& spec) {
+absl::Status LoadWeights(torch::nn::Module& module, const WeightSet& weights,
+                         const LoadSpec& spec) {
   try {
     return LoadImpl(module, weights, spec);
   } catch (const c10::OutOfMemoryError& e) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(spec.component, ": out of memory while loading weights: ", e.what_without_backtrace()));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        spec.component, ": out of memory while loading weights: ", e.what_without_backtrace()));
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat(spec.component, ": ", e.what_without_backtrace()));
   }

@@ -4,11 +4,11 @@
 // Strict loading of safetensors weights into the modules of modules.h.
 // Internal to worker/model and worker/pipeline (includes Torch).
 
+#include <torch/nn/module.h>
+
 #include <functional>
 #include <string>
 #include <string_view>
-
-#include <torch/nn/module.h>
 
 #include "absl/status/status.h"
 #include "worker/io/safetensors.h"

@@ -131,11 +131,22 @@ absl::Status Pipeline::Impl::Load() {
       break;
   }
   vae_dtype = options.vae_fp32 ? at::kFloat : dtype;
+  if (options.max_device_memory_fraction < 0 || options.max_device_memory_fraction > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_device_memory_fraction must be within 0..1, got ",
+                     options.max_device_memory_fraction));
+  }
+#ifdef ZFARM_TORCH_CUDA
+  if (device.is_cuda() && options.max_device_memory_fraction > 0) {
+    c10::cuda::CUDACachingAllocator::setMemoryFraction(options.max_device_memory_fraction,
+                                                       device.index());
+  }
+#endif
   if (options.vae_tile_latent < 8 || options.vae_tile_overlap < 0 ||
       options.vae_tile_overlap >= options.vae_tile_latent) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "vae tiling: need tile >= 8 and 0 <= overlap < tile latent pixels, got tile=",
-        options.vae_tile_latent, " overlap=", options.vae_tile_overlap));
+    return absl::InvalidArgumentError(
+        absl::StrCat("vae tiling: need tile >= 8 and 0 <= overlap < tile latent pixels, got tile=",
+                     options.vae_tile_latent, " overlap=", options.vae_tile_overlap));
   }
   if (options.random_weights && options.config.has_value()) {
     config = *options.config;
@@ -154,8 +165,10 @@ absl::Status Pipeline::Impl::Load() {
   try {
     at::NoGradGuard no_grad;
     const at::Device te_device = options.offload_text_encoder ? at::Device(at::kCPU) : device;
-    text_encoder = model::TextEncoder(config.text_encoder, at::TensorOptions().dtype(dtype).device(te_device));
-    transformer = model::Transformer(config.transformer, at::TensorOptions().dtype(dtype).device(device));
+    text_encoder =
+        model::TextEncoder(config.text_encoder, at::TensorOptions().dtype(dtype).device(te_device));
+    transformer =
+        model::Transformer(config.transformer, at::TensorOptions().dtype(dtype).device(device));
     vae = model::VaeDecoder(config.vae, at::TensorOptions().dtype(vae_dtype).device(device));
     if (options.random_weights) {
       model::InitRandom(*text_encoder, options.random_weights_seed);
@@ -265,7 +278,9 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
 
   c10::InferenceMode guard;
   const int64_t lh = 2 * (r.height / 16), lw = 2 * (r.width / 16);
-  at::Tensor x = DrawNoise(r.seed, {1, config.transformer.in_channels, lh, lw}, device);
+  at::Tensor x = DrawNoise(r.seed, {1, config.transformer.in_channels, lh, lw},
+                           r.cpu_noise ? at::Device(at::kCPU) : device)
+                     .to(device);
   if (trace != nullptr) trace->noise = ToVector(x);
   for (int k = 0; k < r.steps; ++k) {
     if (cancel != nullptr && cancel->cancelled()) {
@@ -333,8 +348,8 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Create(const PipelineOptions
   ZFARM_RETURN_IF_ERROR(impl->Load());
   impl->load_seconds = Seconds(t0, Clock::now());
   LOG(INFO) << "event=pipeline_loaded device=" << options.device
-            << " dtype=" << c10::toString(impl->dtype) << " vae_dtype=" << c10::toString(impl->vae_dtype)
-            << " seconds=" << impl->load_seconds;
+            << " dtype=" << c10::toString(impl->dtype)
+            << " vae_dtype=" << c10::toString(impl->vae_dtype) << " seconds=" << impl->load_seconds;
   return std::unique_ptr<Pipeline>(new Pipeline(std::move(impl)));
 }
 

@@ -50,12 +50,15 @@ struct PipelineOptions {
   bool offload_text_encoder = false;
   // Decode the VAE in overlapping latent tiles (diffusers' tiled_decode blending).
   bool vae_tiling = false;
-  int vae_tile_latent = 64;     // tile side in latent pixels (64 -> 512 px)
-  int vae_tile_overlap = 16;    // overlap in latent pixels (25 %)
+  int vae_tile_latent = 64;   // tile side in latent pixels (64 -> 512 px)
+  int vae_tile_overlap = 16;  // overlap in latent pixels (25 %)
   // Benchmarks/tests: build the architecture of `config` with deterministic
   // random weights instead of reading model_dir's weights. If model_dir is
   // empty, requests must carry prompt_ids (no tokenizer).
   bool random_weights = false;
+  // CUDA: cap this process's share of the device memory (0 = no cap), e.g.
+  // to share a GPU or to provoke out-of-memory in tests.
+  double max_device_memory_fraction = 0;
   std::optional<ModelConfig> config;
   uint64_t random_weights_seed = 0;
 };
@@ -65,11 +68,14 @@ struct GenerateRequest {
   std::string negative_prompt;  // used only when guidance > 0
   int width = 1024;
   int height = 1024;
-  int steps = 8;                // transformer evaluations, 1..50
+  int steps = 8;  // transformer evaluations, 1..50
   uint64_t seed = 0;
-  float guidance = 0.0f;        // CFG scale g (pred = pos + g (pos - neg)); 0 = off (Turbo)
+  float guidance = 0.0f;  // CFG scale g (pred = pos + g (pos - neg)); 0 = off (Turbo)
   float cfg_truncation = 1.0f;
   float cfg_normalization = 0.0f;
+  // Draw the initial noise with the CPU generator even on CUDA (what diffusers
+  // does with generator=torch.Generator("cpu")); default: the device's generator.
+  bool cpu_noise = false;
   // Tests/benchmarks: token ids to use instead of tokenizing `prompt`
   // (and negative_prompt_ids for the negative branch).
   std::vector<int32_t> prompt_ids;
@@ -108,12 +114,12 @@ using StepCallback = std::function<void(int step, int total)>;
 // Optional intermediate tensors (float32, flattened) for parity tests.
 struct GenerateTrace {
   std::vector<int32_t> ids;
-  std::vector<float> caption;            // [L, cap_feat_dim]
-  std::vector<float> noise;              // initial latents
-  std::vector<std::vector<float>> t_emb;  // adaLN input of every step [adaln_dim]
-  std::vector<float> dit_out0;           // first DiT output (positive branch) [C, 1, h, w]
+  std::vector<float> caption;               // [L, cap_feat_dim]
+  std::vector<float> noise;                 // initial latents
+  std::vector<std::vector<float>> t_emb;    // adaLN input of every step [adaln_dim]
+  std::vector<float> dit_out0;              // first DiT output (positive branch) [C, 1, h, w]
   std::vector<std::vector<float>> latents;  // after every step
-  std::vector<float> decoded;            // VAE output [3, H, W] before post-processing
+  std::vector<float> decoded;               // VAE output [3, H, W] before post-processing
 };
 
 class Pipeline {

@@ -50,8 +50,9 @@ std::string FormatFloat(float v) { return absl::StrFormat("%g", v); }
 std::string A1111Parameters(const ImageParameters& p) {
   std::string s = p.prompt;
   if (!p.negative_prompt.empty()) absl::StrAppend(&s, "\nNegative prompt: ", p.negative_prompt);
-  absl::StrAppend(&s, "\nSteps: ", p.steps, ", Sampler: Euler, CFG scale: ", FormatFloat(p.guidance),
-                  ", Seed: ", p.seed, ", Size: ", p.width, "x", p.height, ", Model: ", p.model);
+  absl::StrAppend(&s, "\nSteps: ", p.steps,
+                  ", Sampler: Euler, CFG scale: ", FormatFloat(p.guidance), ", Seed: ", p.seed,
+                  ", Size: ", p.width, "x", p.height, ", Model: ", p.model);
   return s;
 }
 
@@ -72,8 +73,9 @@ std::string ParametersJson(const ImageParameters& p) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width, int height,
-                                      const std::vector<std::pair<std::string, std::string>>& text) {
+absl::StatusOr<std::string> EncodePng(
+    const std::vector<uint8_t>& rgb, int width, int height,
+    const std::vector<std::pair<std::string, std::string>>& text) {
   if (width <= 0 || height <= 0 ||
       rgb.size() != static_cast<size_t>(width) * static_cast<size_t>(height) * 3) {
     return absl::InvalidArgumentError(absl::StrCat("png: ", rgb.size(), " bytes do not hold ",
@@ -116,7 +118,8 @@ absl::Status WritePng(const std::string& path, const std::vector<uint8_t>& rgb,
   const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
   }
   size_t done = 0;
   while (done < bytes->size()) {
@@ -170,9 +173,9 @@ absl::StatusOr<DecodedPng> DecodePng(const std::string& bytes) {
   png_textp texts = nullptr;
   int n = png_get_text(png, info, &texts, nullptr);
   for (int i = 0; i < n; ++i) {
-    out.text.emplace_back(texts[i].key, std::string(texts[i].text, texts[i].itxt_length
-                                                                       ? texts[i].itxt_length
-                                                                       : texts[i].text_length));
+    out.text.emplace_back(texts[i].key,
+                          std::string(texts[i].text, texts[i].itxt_length ? texts[i].itxt_length
+                                                                          : texts[i].text_length));
   }
   png_destroy_read_struct(&png, &info, nullptr);
   return out;

@@ -34,7 +34,7 @@ absl::StatusOr<std::vector<float>> FlowMatchSigmas(int steps, const SchedulerCon
   std::vector<float> sigmas;
   sigmas.reserve(steps + 1);
   for (int i = 0; i < steps; ++i) {
-    const float s = steps == 1 ? start
+    const float s = steps == 1    ? start
                     : i < halfway ? start + step * static_cast<float>(i)
                                   : end - step * static_cast<float>(steps - 1 - i);
     const float num = shift * s;

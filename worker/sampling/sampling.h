@@ -45,7 +45,8 @@ float TimestepInput(float sigma, int64_t num_train_timesteps = 1000);
 // Euler step of the flow-matching ODE in float32:
 // x[i] += (sigma_next - sigma) * velocity[i], with velocity = -DiT output.
 // x and velocity must have the same size (checked in debug builds).
-void EulerStep(absl::Span<float> x, absl::Span<const float> velocity, float sigma, float sigma_next);
+void EulerStep(absl::Span<float> x, absl::Span<const float> velocity, float sigma,
+               float sigma_next);
 
 // Classifier-free guidance settings (spec §5.4; diffusers defaults).
 struct CfgOptions {

@@ -94,7 +94,8 @@ TEST(OpsTest, RmsNormUsesFloat32Statistics) {
 TEST(OpsTest, SdpaMatchesNaiveAttention) {
   at::manual_seed(1);
   at::Tensor q = at::randn({1, 2, 5, 8}), k = at::randn({1, 2, 5, 8}), v = at::randn({1, 2, 5, 8});
-  at::Tensor ref = at::matmul(at::softmax(at::matmul(q, k.transpose(-2, -1)) / std::sqrt(8.0), -1), v);
+  at::Tensor ref =
+      at::matmul(at::softmax(at::matmul(q, k.transpose(-2, -1)) / std::sqrt(8.0), -1), v);
   EXPECT_TRUE(at::allclose(Sdpa(q, k, v, false), ref, 1e-5, 1e-6));
   // Causal: the first query attends only to the first key.
   at::Tensor c = Sdpa(q, k, v, true);
@@ -136,7 +137,8 @@ TEST_F(TinyModelTest, LoadsAllComponentsStrictly) {
 
   VaeDecoder v(config_.vae, kF32);
   ASSERT_OK_AND_ASSIGN(auto vw, WeightSet::Open(dir_ + "/vae"));
-  EXPECT_OK(LoadWeights(*v, *vw, {"vae", nullptr, [&](const std::string& k) { return v->IsUnusedKey(k); }}));
+  EXPECT_OK(LoadWeights(*v, *vw,
+                        {"vae", nullptr, [&](const std::string& k) { return v->IsUnusedKey(k); }}));
 }
 
 TEST_F(TinyModelTest, WrongShapeAndMissingKeysAreNamed) {
@@ -176,9 +178,10 @@ TEST_F(TinyModelTest, ForwardShapesAndDeterminism) {
 
   TextEncoder te(config_.text_encoder, kF32);
   ASSERT_OK_AND_ASSIGN(auto ew, WeightSet::Open(dir_ + "/text_encoder"));
-  ASSERT_OK(LoadWeights(*te, *ew,
-                        {"text_encoder", [](std::string_view k) { return std::string(StripModelPrefix(k)); },
-                         [&](const std::string& k) { return te->IsUnusedKey(k); }}));
+  ASSERT_OK(LoadWeights(
+      *te, *ew,
+      {"text_encoder", [](std::string_view k) { return std::string(StripModelPrefix(k)); },
+       [&](const std::string& k) { return te->IsUnusedKey(k); }}));
   at::Tensor ids = at::tensor({151644, 872, 198, 9707, 151645}, at::kLong);
   at::Tensor h = te(ids);
   EXPECT_EQ(h.sizes(), (std::vector<int64_t>{5, config_.text_encoder.hidden_size}));
@@ -188,7 +191,8 @@ TEST_F(TinyModelTest, ForwardShapesAndDeterminism) {
 
   VaeDecoder v(config_.vae, kF32);
   ASSERT_OK_AND_ASSIGN(auto vw, WeightSet::Open(dir_ + "/vae"));
-  ASSERT_OK(LoadWeights(*v, *vw, {"vae", nullptr, [&](const std::string& k) { return v->IsUnusedKey(k); }}));
+  ASSERT_OK(LoadWeights(*v, *vw,
+                        {"vae", nullptr, [&](const std::string& k) { return v->IsUnusedKey(k); }}));
   at::Tensor z = at::randn({1, 16, 6, 10});
   at::Tensor img = v(z);
   EXPECT_EQ(img.sizes(), (std::vector<int64_t>{1, 3, 48, 80}));

@@ -68,9 +68,9 @@ Pipeline* GoldenTest::pipeline_ = nullptr;
 TEST_P(GoldenTest, MatchesDiffusers) {
   ASSERT_NE(pipeline_, nullptr);
   Golden g;
-  ASSERT_OK_AND_ASSIGN(g.file, SafetensorsFile::Open(std::string(ZFARM_SOURCE_DIR) +
-                                                     "/tests/testdata/golden/" + GetParam() +
-                                                     ".safetensors"));
+  ASSERT_OK_AND_ASSIGN(
+      g.file, SafetensorsFile::Open(std::string(ZFARM_SOURCE_DIR) + "/tests/testdata/golden/" +
+                                    GetParam() + ".safetensors"));
   GenerateRequest r;
   r.prompt = g.Meta("prompt");
   r.negative_prompt = g.Meta("negative_prompt");
@@ -104,12 +104,12 @@ TEST_P(GoldenTest, MatchesDiffusers) {
     worst = std::max(worst, std::abs(static_cast<int>(img.rgb[i]) - static_cast<int>(u8[i])));
   }
   EXPECT_LE(worst, 2);
-  std::printf("%s: caption %.2e t_emb %.2e dit %.2e final latents %.2e image max diff %d\n",
-              GetParam().c_str(), RelErr(trace.caption, g.Get("caption")),
-              RelErr(t_emb, g.Get("t_emb")), RelErr(trace.dit_out0, g.Get("dit_out0")),
-              RelErr(trace.latents.back(),
-                     std::vector<float>(lat.end() - trace.noise.size(), lat.end())),
-              worst);
+  std::printf(
+      "%s: caption %.2e t_emb %.2e dit %.2e final latents %.2e image max diff %d\n",
+      GetParam().c_str(), RelErr(trace.caption, g.Get("caption")), RelErr(t_emb, g.Get("t_emb")),
+      RelErr(trace.dit_out0, g.Get("dit_out0")),
+      RelErr(trace.latents.back(), std::vector<float>(lat.end() - trace.noise.size(), lat.end())),
+      worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, GoldenTest,

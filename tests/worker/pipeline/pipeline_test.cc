@@ -61,7 +61,7 @@ class PipelineTest : public ::testing::Test {
   static GenerateRequest Small() {
     GenerateRequest r;
     r.prompt = "a red fox in the snow";
-    r.width = 48;   // 3 x 2 patches... 6x4 latent, not a multiple of 32 tokens
+    r.width = 48;  // 3 x 2 patches... 6x4 latent, not a multiple of 32 tokens
     r.height = 32;
     r.steps = 2;
     r.seed = 42;
@@ -75,10 +75,13 @@ TEST_F(PipelineTest, GeneratesDeterministicImages) {
   ASSERT_NE(pipeline_, nullptr);
   std::vector<int> steps;
   GenerateTrace trace;
-  ASSERT_OK_AND_ASSIGN(Image a, pipeline_->Generate(Small(), [&](int s, int n) {
-    steps.push_back(s);
-    EXPECT_EQ(n, 2);
-  }, nullptr, &trace));
+  ASSERT_OK_AND_ASSIGN(Image a, pipeline_->Generate(
+                                    Small(),
+                                    [&](int s, int n) {
+                                      steps.push_back(s);
+                                      EXPECT_EQ(n, 2);
+                                    },
+                                    nullptr, &trace));
   EXPECT_EQ(a.width, 48);
   EXPECT_EQ(a.height, 32);
   EXPECT_EQ(a.rgb.size(), 48u * 32 * 3);
@@ -142,10 +145,13 @@ TEST_F(PipelineTest, CancelStopsAtAStepBoundary) {
   GenerateRequest r = Small();
   r.steps = 4;
   int seen = 0;
-  auto result = pipeline_->Generate(r, [&](int s, int) {
-    seen = s;
-    if (s == 2) token.Cancel();
-  }, &token);
+  auto result = pipeline_->Generate(
+      r,
+      [&](int s, int) {
+        seen = s;
+        if (s == 2) token.Cancel();
+      },
+      &token);
   EXPECT_THAT(result, StatusIs(absl::StatusCode::kCancelled, HasSubstr("step 3")));
   EXPECT_EQ(seen, 2);
   // Still usable.
