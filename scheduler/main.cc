@@ -12,10 +12,12 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/time/time.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "glog/logging.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 #include "proto/version.h"
+#include "scheduler/http/rest_gateway.h"
 #include "scheduler/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -27,6 +29,8 @@ ABSL_FLAG(std::string, output_root, "",
           "commit checks (required)");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT for Prometheus /metrics (empty = no metrics endpoint)");
+ABSL_FLAG(std::string, http_listen, "",
+          "HOST:PORT for the REST/JSON gateway (/v1/jobs...); empty = no gateway");
 ABSL_FLAG(int32_t, max_queued_jobs, 100000,
           "QUEUED jobs beyond which submits fail with RESOURCE_EXHAUSTED");
 ABSL_FLAG(absl::Duration, retry_after, absl::Seconds(1),
@@ -151,9 +155,27 @@ int main(int argc, char** argv) {
   }
   std::cout << "zfarm-scheduler listening on " << (*server)->address() << std::endl;
 
+  // The REST gateway calls JobService in process, so it shares validation and auth.
+  std::unique_ptr<zfarm::scheduler::http::RestGateway> gateway;
+  if (!absl::GetFlag(FLAGS_http_listen).empty()) {
+    zfarm::scheduler::http::RestGateway::Options go;
+    go.listen = absl::GetFlag(FLAGS_http_listen);
+    auto g = zfarm::scheduler::http::RestGateway::Start(
+        go, (*server)->grpc_server()->InProcessChannel(grpc::ChannelArguments()));
+    if (!g.ok()) {
+      std::cerr << "zfarm-scheduler: --http-listen " << go.listen << ": " << g.status().message()
+                << "\n";
+      (*server)->Shutdown();
+      return 1;
+    }
+    gateway = std::move(*g);
+    std::cout << "zfarm-scheduler REST gateway on port " << gateway->port() << std::endl;
+  }
+
   int sig = 0;
   sigwait(&stop_signals, &sig);
   LOG(INFO) << "event=signal signal=" << sig;
+  gateway.reset();  // stop HTTP first: it calls into the gRPC server
   (*server)->Shutdown();
   return 0;
 }
