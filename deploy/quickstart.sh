@@ -6,8 +6,9 @@
 # Env:   ZFARM_PORT (default 50051), ZFARM_METRICS_PORT (default 9464),
 #        ZFARM_BUILD_DIR (default ./build), ZFARM_SKIP_DEPS=1 to skip apt.
 #
-# Workers (one per GPU, or a CPU worker on a tiny model) arrive with a later issue:
-# for now this starts the scheduler only and shows it healthy.
+# It also renders one PNG with `zfarm-worker generate` on the tiny built-in model (CPU).
+# Workers that take jobs from the scheduler (zfarm-worker serve) arrive with a later
+# issue: for now the scheduler is started and shown healthy, nothing renders its jobs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(realpath -m "${1:-zfarm-work}")
@@ -33,6 +34,14 @@ nohup "$BIN" --listen "$ADDR" --state-dir "$WORK/state" --output-root "$WORK/out
 PID=$!
 echo "$PID" >"$WORK/scheduler.pid"
 
+# The pipeline works without the farm too: render one image on the CPU with the tiny
+# built-in model (made by the build at $BUILD/tiny-model; random weights, so the picture
+# is abstract noise; real images need the real Z-Image-Turbo folder).
+IMG="$WORK/output/quickstart-tiny.png"
+"$BUILD/bin/zfarm-worker" generate --model "$BUILD/tiny-model" --device cpu \
+  --prompt "a red fox in fresh snow, golden hour" --width 256 --height 256 --seed 42 \
+  --out "$IMG"
+
 for _ in $(seq 1 100); do
   if "$BIN" --probe "$ADDR" --probe-timeout 1s >/dev/null 2>&1; then
     cat <<MSG
@@ -45,8 +54,9 @@ zfarm-scheduler is SERVING on $ADDR (pid $PID)
   health check:     $BIN --probe $ADDR
   stop it:          kill -TERM \$(cat $WORK/scheduler.pid)
 
-Workers arrive with a later issue: jobs submitted now are queued (and kept across
-restarts) but nothing renders them yet.
+Tiny-model image (CPU, abstract noise by design): $IMG
+Workers (zfarm-worker serve) arrive with a later issue: jobs submitted to the scheduler
+now are queued (and kept across restarts) but nothing renders them yet.
 MSG
     exit 0
   fi
