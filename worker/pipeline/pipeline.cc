@@ -138,8 +138,15 @@ absl::Status Pipeline::Impl::Load() {
   }
 #ifdef ZFARM_TORCH_CUDA
   if (device.is_cuda() && options.max_device_memory_fraction > 0) {
-    c10::cuda::CUDACachingAllocator::setMemoryFraction(options.max_device_memory_fraction,
-                                                       device.index());
+    try {
+      // The caching allocator initialises lazily: allocate once before capping it.
+      (void)at::empty({1}, at::TensorOptions().device(device));
+      c10::cuda::CUDACachingAllocator::setMemoryFraction(options.max_device_memory_fraction,
+                                                         device.index());
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("setting the device memory fraction: ", e.what_without_backtrace()));
+    }
   }
 #endif
   if (options.vae_tile_latent < 8 || options.vae_tile_overlap < 0 ||
@@ -368,8 +375,8 @@ absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCal
   if (!(r.guidance >= 0.0f) || !std::isfinite(r.guidance)) {
     return absl::InvalidArgumentError(absl::StrCat("guidance must be >= 0, got ", r.guidance));
   }
-  ResetPeak(impl_->device);
   try {
+    ResetPeak(impl_->device);
     return impl_->Run(r, on_step, cancel, trace);
   } catch (const c10::OutOfMemoryError& e) {
     ReleaseCache(impl_->device);

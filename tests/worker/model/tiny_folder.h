@@ -12,6 +12,8 @@
 
 namespace zfarm::worker::testing {
 
+// $ZFARM_TOKENIZER_JSON or the configure-time npm copy; make_tiny_model also
+// needs the tokenizer_config.json that sits next to it.
 inline std::string TokenizerJsonPath() {
   if (const char* env = std::getenv("ZFARM_TOKENIZER_JSON")) return env;
   return std::string(ZFARM_BINARY_DIR) +

@@ -25,6 +25,7 @@ using ::zfarm::testing::StatusIs;
 absl::StatusOr<std::unique_ptr<Pipeline>> CudaPipeline(double fraction) {
   PipelineOptions o;
   o.model_dir = testing::MakeTinyFolder();
+  if (o.model_dir.empty()) return absl::FailedPreconditionError("make_tiny_model failed");
   o.device = "cuda:0";
   o.max_device_memory_fraction = fraction;
   return Pipeline::Create(o);
