@@ -41,7 +41,12 @@ double Cosine(const std::vector<float>& a, const std::vector<float>& b) {
   return ab / std::sqrt(aa * bb + 1e-30);
 }
 
-TEST(GpuPipelineTest, Bf16MatchesGoldensByCosine) {
+class GpuPipelineTest : public ::testing::Test {
+ protected:
+  static void TearDownTestSuite() { testing::RemoveTinyFolder(); }
+};
+
+TEST_F(GpuPipelineTest, Bf16MatchesGoldensByCosine) {
   auto p = CudaPipeline(0);
   if (!p.ok() && absl::StrContains(p.status().message(), "no CUDA")) GTEST_SKIP() << "no CUDA";
   ASSERT_OK(p.status());
@@ -72,7 +77,7 @@ TEST(GpuPipelineTest, Bf16MatchesGoldensByCosine) {
   }
 }
 
-TEST(GpuPipelineTest, OutOfMemoryIsReportedAndRecovers) {
+TEST_F(GpuPipelineTest, OutOfMemoryIsReportedAndRecovers) {
   // Cap the process at ~2 % of the device so that a 4096^2 decode cannot fit.
   auto p = CudaPipeline(0.02);
   if (!p.ok() && absl::StrContains(p.status().message(), "no CUDA")) GTEST_SKIP() << "no CUDA";
