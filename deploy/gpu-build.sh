@@ -84,7 +84,9 @@ cmake -S "$root" -B "$build" -G Ninja -Wno-dev \
   -DCMAKE_MODULE_PATH=/opt/deps/usr/share/glog/cmake \
   -DUnwind_INCLUDE_DIR=/opt/deps/usr/include/x86_64-linux-gnu -DUnwind_LIBRARY=$L/libunwind.so \
   -DCURL_INCLUDE_DIR=/opt/deps/usr/include/x86_64-linux-gnu -DCURL_LIBRARY=$L/libcurl.so \
-  "${args[@]}" "${extra[@]}" > "$build/configure.log" 2>&1 || {
+  "${args[@]}" "${extra[@]}" \
+  "-DCMAKE_EXE_LINKER_FLAGS=-L$L -Wl,-rpath-link,$L" "-DCMAKE_SHARED_LINKER_FLAGS=-L$L -Wl,-rpath-link,$L" \
+  > "$build/configure.log" 2>&1 || {
   tail -60 "$build/configure.log"; die "configure failed (log: $build/configure.log)"; }
 grep -E 'Found (Torch|Protobuf|gRPC|CUDA)|CMAKE_CUDA|Warning' "$build/configure.log" | head -20 || true
 

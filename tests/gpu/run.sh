@@ -75,7 +75,9 @@ t=$(date +%s)
 if [ "${ZFARM_GPU_BUILD_ALL:-1}" != 1 ]; then
   note "build (all targets): skipped (ZFARM_GPU_BUILD_ALL=0)"
 elif [ -f "$build/build.ninja" ] && [ "$(left)" -gt 240 ]; then
-  # Everything else (other gpu-labelled tests, zfarm-worker), within a time box.
+  # Everything else (other gpu-labelled tests, zfarm-worker), within a time box. The
+  # bundle's libraries must be on LD_LIBRARY_PATH: protoc's gRPC plugin links them.
+  source "$build/gpu-env.sh"
   timeout "$(box $(( $(left) - 220 )))" cmake --build "$build" -j"$(nproc)" -- -k 0 >> "$logs/build.log" 2>&1
   rc_all=$?
   failed=$(grep -c '^FAILED: ' "$logs/build.log" || true)
@@ -85,6 +87,16 @@ else
   note "build (all targets): skipped (no configured build or too little time left)"
 fi
 [ -f "$build/gpu-env.sh" ] && source "$build/gpu-env.sh"
+
+# The tokenizer (and its tokenizer_config.json, which make_tiny_model copies next to it
+# into the tiny folder the gpu pipeline tests build) for the tests and benchmarks.
+tok=${ZFARM_TOKENIZER:-}
+if [ -z "$tok" ] && [ -f .carry/qwen3-tokenizer.json.xz ]; then
+  mkdir -p "${TMPDIR:-/tmp}/zfarm-tokenizer"
+  tok=${TMPDIR:-/tmp}/zfarm-tokenizer/tokenizer.json && xz -dc .carry/qwen3-tokenizer.json.xz > "$tok"
+  [ -f .carry/qwen3-tokenizer_config.json ] && cp .carry/qwen3-tokenizer_config.json "$(dirname "$tok")/tokenizer_config.json"
+fi
+[ -n "$tok" ] && export ZFARM_TOKENIZER_JSON=$tok
 
 # 2. gpu ctests.
 t=$(date +%s)
@@ -102,10 +114,6 @@ fi
 
 # 3. pipeline_bench.
 t=$(date +%s)
-tok=${ZFARM_TOKENIZER:-}
-if [ -z "$tok" ] && [ -f .carry/qwen3-tokenizer.json.xz ]; then
-  tok=${TMPDIR:-/tmp}/zfarm-tokenizer.json && xz -dc .carry/qwen3-tokenizer.json.xz > "$tok"
-fi
 if [ -x "$build/tests/bench/pipeline_bench" ]; then
   timeout "$(box 200)" "$build/tests/bench/pipeline_bench" --out "$logs/pipeline_bench.md" \
     --tmpdir "${TMPDIR:-/tmp}" ${tok:+--tokenizer "$tok"} > "$logs/pipeline_bench.log" 2>&1
