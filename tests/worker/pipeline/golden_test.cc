@@ -12,7 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
-#include "tests/worker/model/tiny_folder.h"
+#include "tests/worker/pipeline/tiny_pipeline_fixture.h"
 #include "worker/io/safetensors.h"
 #include "worker/pipeline/pipeline.h"
 
@@ -45,25 +45,7 @@ double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
   return e / m;
 }
 
-class GoldenTest : public ::testing::TestWithParam<std::string> {
- protected:
-  static void SetUpTestSuite() {
-    const std::string dir = testing::MakeTinyFolder();
-    ASSERT_FALSE(dir.empty());
-    PipelineOptions o;
-    o.model_dir = dir;
-    auto p = Pipeline::Create(o);
-    ASSERT_OK(p.status());
-    pipeline_ = p->release();
-  }
-  static void TearDownTestSuite() {
-    delete pipeline_;
-    pipeline_ = nullptr;
-    testing::RemoveTinyFolder();
-  }
-  static Pipeline* pipeline_;
-};
-Pipeline* GoldenTest::pipeline_ = nullptr;
+class GoldenTest : public TinyPipelineFixture<::testing::TestWithParam<std::string>> {};
 
 TEST_P(GoldenTest, MatchesDiffusers) {
   ASSERT_NE(pipeline_, nullptr);

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/worker/model/tiny_folder.h"
+#include "tests/worker/pipeline/tiny_pipeline_fixture.h"
 
 namespace zfarm::worker {
 namespace {
@@ -42,22 +43,8 @@ TEST(ToRgb8Test, RoundsHalfToEvenAndClamps) {
   EXPECT_THAT(ToRgb8(w, 1, 1), ::testing::ElementsAre(0, 128, 0));  // 127.5 -> 128 (even)
 }
 
-class PipelineTest : public ::testing::Test {
+class PipelineTest : public TinyPipelineFixture<::testing::Test> {
  protected:
-  static void SetUpTestSuite() {
-    const std::string dir = testing::MakeTinyFolder();
-    ASSERT_FALSE(dir.empty());
-    PipelineOptions o;
-    o.model_dir = dir;
-    auto p = Pipeline::Create(o);
-    ASSERT_OK(p.status());
-    pipeline_ = p->release();
-  }
-  static void TearDownTestSuite() {
-    delete pipeline_;
-    pipeline_ = nullptr;
-    testing::RemoveTinyFolder();
-  }
   static GenerateRequest Small() {
     GenerateRequest r;
     r.prompt = "a red fox in the snow";
@@ -67,9 +54,7 @@ class PipelineTest : public ::testing::Test {
     r.seed = 42;
     return r;
   }
-  static Pipeline* pipeline_;
 };
-Pipeline* PipelineTest::pipeline_ = nullptr;
 
 TEST_F(PipelineTest, GeneratesDeterministicImages) {
   ASSERT_NE(pipeline_, nullptr);
