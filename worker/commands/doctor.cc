@@ -1,13 +1,246 @@
-// PLACEHOLDER: replaced by the work that implements `zfarm-worker doctor`.
-#include <cstdio>
+// zfarm-worker doctor: the pre-flight checks of a GPU host in one command —
+// model files present and verified, device visible (name, memory, driver and
+// CUDA versions), output root writable with free space, and a load test (load
+// time, memory after load, first and warm generation time).
+// Exit 0 when every check passes, 1 when any fails, 2 on usage errors.
+#include <sys/statvfs.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "nlohmann/json.hpp"
 #include "worker/commands/commands.h"
+#include "worker/commands/flags.h"
+#include "worker/io/file_util.h"
+#include "worker/io/manifest.h"
+#include "worker/io/model_folder.h"
+#include "worker/pipeline/pipeline.h"
+#include "worker/runtime/device_info.h"
 
 namespace zfarm::worker {
+namespace {
 
-int RunDoctor(int, char**) {
-  std::fprintf(stderr, "zfarm-worker doctor: not built into this version yet\n");
-  return 1;
+constexpr char kUsage[] =
+    "usage: zfarm-worker doctor --model DIR [--device cpu|cuda:N] [--fast] [--json]\n"
+    "                           [--output-root DIR] [--no-load] [--size WxH] [--steps N]\n"
+    "  --fast          check presence, sizes and safetensors headers instead of full md5\n"
+    "  --json          machine-readable report on stdout\n"
+    "  --output-root   also check that this folder is writable and has free space\n"
+    "  --no-load       skip the load test\n"
+    "  --size WxH      load-test image size (default 1024x1024 on CUDA, 256x256 on cpu)\n"
+    "  --steps N       load-test steps (default 8)\n"
+    "  --manifest FILE md5sum-format manifest (default: DIR/manifest.md5 if present, else the\n"
+    "                  official Z-Image-Turbo manifest)\n"
+    "Exit status: 0 all checks passed, 1 a check failed, 2 usage error.\n";
+
+struct Check {
+  explicit Check(std::string n) : name(std::move(n)) {}
+  std::string name;
+  bool ok = true;
+  std::string detail;
+  nlohmann::json data = nlohmann::json::object();
+};
+
+std::string Gib(int64_t b) { return absl::StrFormat("%.1f GiB", b / 1073741824.0); }
+
+}  // namespace
+
+int RunDoctor(int argc, char** argv) {
+  auto parsed = ParseFlags(argc, argv, {"fast", "json", "no-load", "help"},
+                           {"model", "device", "output-root", "size", "steps", "manifest"});
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "zfarm-worker doctor: %s\n%s", std::string(parsed.status().message()).c_str(),
+                 kUsage);
+    return 2;
+  }
+  const ParsedFlags& f = *parsed;
+  if (f.Has("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (!f.Has("model")) {
+    std::fprintf(stderr, "zfarm-worker doctor: --model DIR is required\n%s", kUsage);
+    return 2;
+  }
+  const std::string model = f.Get("model"), device = f.Get("device", "cpu");
+  auto size = ParseSize("size", f.Get("size", device == "cpu" ? "256x256" : "1024x1024"));
+  int steps = 8;
+  if (!size.ok() || !absl::SimpleAtoi(f.Get("steps", "8"), &steps) || steps < 1 || steps > 50) {
+    std::fprintf(stderr, "zfarm-worker doctor: --size WxH and --steps 1..50\n%s", kUsage);
+    return 2;
+  }
+  std::vector<Check> checks;
+
+  // 1. Files.
+  {
+    Check c{"files"};
+    std::vector<ManifestEntry> manifest = OfficialManifest();
+    std::string source = "official manifest";
+    std::string mpath = f.Get("manifest");
+    if (mpath.empty() && std::filesystem::exists(model + "/manifest.md5")) {
+      mpath = model + "/manifest.md5";
+    }
+    absl::Status ms;
+    if (!mpath.empty()) {
+      auto text = ReadSmallFile(mpath, 16 << 20);
+      auto m = text.ok() ? ParseMd5Manifest(*text, mpath)
+                         : absl::StatusOr<std::vector<ManifestEntry>>(text.status());
+      if (m.ok()) {
+        manifest = *m;
+        source = mpath;
+      } else {
+        ms = m.status();
+      }
+    }
+    VerifyOptions vo;
+    vo.fast = f.True("fast");
+    auto report = ms.ok() ? VerifyModelFolder(model, manifest, vo)
+                          : absl::StatusOr<VerifyReport>(ms);
+    if (!report.ok()) {
+      c.ok = false;
+      c.detail = report.status().ToString();
+    } else {
+      int bad = 0;
+      nlohmann::json problems = nlohmann::json::array();
+      for (const FileReport& r : report->files) {
+        if (r.check == FileCheck::kOk) continue;
+        ++bad;
+        problems.push_back({{"path", r.path},
+                            {"check", std::string(FileCheckName(r.check))},
+                            {"detail", r.detail}});
+      }
+      c.ok = bad == 0;
+      c.detail = absl::StrFormat("%d files against %s (%s): %s", report->files.size(), source,
+                                 vo.fast ? "fast: sizes and headers" : "full md5",
+                                 bad == 0 ? "all ok" : absl::StrCat(bad, " problem(s)"));
+      for (const auto& p : problems) {
+        absl::StrAppend(&c.detail, "\n    ", p["path"].get<std::string>(), ": ",
+                        p["check"].get<std::string>(), " ", p["detail"].get<std::string>());
+      }
+      c.data = {{"files", report->files.size()}, {"problems", problems},
+                {"manifest", source}, {"seconds", report->seconds}};
+    }
+    auto config = LoadModelConfig(model);
+    if (!config.ok()) {
+      c.ok = false;
+      absl::StrAppend(&c.detail, "\n    configs: ", config.status().ToString());
+    }
+    checks.push_back(std::move(c));
+  }
+
+  // 2. Device.
+  absl::StatusOr<DeviceInfo> info = QueryDevice(device);
+  {
+    Check c{"device"};
+    if (!info.ok()) {
+      c.ok = false;
+      c.detail = info.status().ToString();
+    } else {
+      c.detail = absl::StrCat(device, ": ", info->name, ", ", Gib(info->memory.total), " total, ",
+                              Gib(info->memory.free), " free; torch ", info->torch_version);
+      if (!info->driver_version.empty()) {
+        absl::StrAppend(&c.detail, ", CUDA driver ", info->driver_version, ", runtime ",
+                        info->cuda_version, ", ", info->device_count, " GPU(s) visible");
+      }
+      c.data = {{"name", info->name},
+                {"memory_total_bytes", info->memory.total},
+                {"memory_free_bytes", info->memory.free},
+                {"driver_version", info->driver_version},
+                {"cuda_version", info->cuda_version},
+                {"torch_version", info->torch_version},
+                {"device_count", info->device_count}};
+    }
+    checks.push_back(std::move(c));
+  }
+
+  // 3. Output root.
+  if (f.Has("output-root")) {
+    Check c{"output_root"};
+    const std::string root = f.Get("output-root");
+    struct statvfs vfs {};
+    if (::access(root.c_str(), W_OK) != 0 || ::statvfs(root.c_str(), &vfs) != 0) {
+      c.ok = false;
+      c.detail = absl::StrCat(root, ": missing or not writable by this user");
+    } else {
+      const int64_t avail = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
+      c.ok = avail >= (int64_t{512} << 20);
+      c.detail = absl::StrCat(root, ": writable, ", Gib(avail), " free",
+                              c.ok ? "" : " (below the worker's default 512 MiB minimum)");
+      c.data = {{"free_bytes", avail}};
+    }
+    checks.push_back(std::move(c));
+  }
+
+  // 4. Load test.
+  if (!f.True("no-load") && info.ok()) {
+    Check c{"load"};
+    PipelineOptions po;
+    po.model_dir = model;
+    po.device = device;
+    auto p = Pipeline::Create(po);
+    if (!p.ok()) {
+      c.ok = false;
+      c.detail = p.status().ToString();
+    } else {
+      DeviceMemory after_load = QueryMemory(device);
+      GenerateRequest r;
+      r.prompt = "a lighthouse on a cliff at dusk";
+      r.width = size->first;
+      r.height = size->second;
+      r.steps = steps;
+      r.seed = 42;
+      auto t0 = absl::Now();
+      auto first = (*p)->Generate(r, nullptr, nullptr);
+      const double first_s = absl::ToDoubleSeconds(absl::Now() - t0);
+      t0 = absl::Now();
+      auto second = first.ok() ? (*p)->Generate(r, nullptr, nullptr) : first;
+      const double warm_s = absl::ToDoubleSeconds(absl::Now() - t0);
+      if (!second.ok()) {
+        c.ok = false;
+        c.detail = absl::StrCat("generation failed: ", second.status().ToString());
+      } else {
+        c.detail = absl::StrFormat(
+            "%s: loaded in %.2f s, %s in use after load; %dx%d, %d steps: first %.2f s, warm "
+            "%.2f s, peak %s",
+            (*p)->Describe(), (*p)->load_seconds(), Gib(after_load.in_use), r.width, r.height,
+            steps, first_s, warm_s, Gib(second->peak_device_bytes));
+        c.data = {{"load_seconds", (*p)->load_seconds()},
+                  {"memory_after_load_bytes", after_load.in_use},
+                  {"first_generation_seconds", first_s},
+                  {"warm_generation_seconds", warm_s},
+                  {"peak_bytes", second->peak_device_bytes},
+                  {"width", r.width},
+                  {"height", r.height},
+                  {"steps", steps}};
+      }
+    }
+    checks.push_back(std::move(c));
+  }
+
+  bool all_ok = true;
+  for (const Check& c : checks) all_ok = all_ok && c.ok;
+  if (f.True("json")) {
+    nlohmann::json j = {{"ok", all_ok}, {"model", model}, {"device", device}};
+    j["checks"] = nlohmann::json::array();
+    for (const Check& c : checks) {
+      j["checks"].push_back({{"name", c.name}, {"ok", c.ok}, {"detail", c.detail}, {"data", c.data}});
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    for (const Check& c : checks) {
+      std::printf("[%s] %-11s %s\n", c.ok ? " ok " : "FAIL", c.name.c_str(), c.detail.c_str());
+    }
+    std::printf("%s\n", all_ok ? "all checks passed" : "some checks FAILED");
+  }
+  return all_ok ? 0 : 1;
 }
 
 }  // namespace zfarm::worker

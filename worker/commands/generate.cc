@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "worker/commands/commands.h"
+#include "worker/commands/flags.h"
 #include "worker/pipeline/pipeline.h"
 #include "worker/pipeline/png.h"
 
@@ -41,31 +42,9 @@ int Usage(const std::string& why) {
 }  // namespace
 
 int RunGenerate(int argc, char** argv) {
-  std::map<std::string, std::string> f;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--", 0) != 0) return Usage(absl::StrCat("unexpected argument '", a, "'"));
-    a = a.substr(2);
-    std::string value;
-    bool has_value = false;
-    if (auto eq = a.find('='); eq != std::string::npos) {
-      value = a.substr(eq + 1);
-      a = a.substr(0, eq);
-      has_value = true;
-    }
-    const bool is_bool = std::find(kBoolFlags.begin(), kBoolFlags.end(), a) != kBoolFlags.end();
-    const bool is_value = std::find(kValueFlags.begin(), kValueFlags.end(), a) != kValueFlags.end();
-    if (!is_bool && !is_value) return Usage(absl::StrCat("unknown flag --", a));
-    if (is_bool) {
-      f[a] = has_value ? value : "true";
-      continue;
-    }
-    if (!has_value) {
-      if (i + 1 >= argc) return Usage(absl::StrCat("--", a, " needs a value"));
-      value = argv[++i];
-    }
-    f[a] = value;
-  }
+  absl::StatusOr<ParsedFlags> parsed = ParseFlags(argc, argv, kBoolFlags, kValueFlags);
+  if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
+  std::map<std::string, std::string> f = parsed->values;
   if (f.count("help")) {
     std::fputs(kUsage, stdout);
     return 0;

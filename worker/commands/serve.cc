@@ -1,13 +1,221 @@
-// PLACEHOLDER: replaced by the work that implements `zfarm-worker serve`.
-#include <cstdio>
+// zfarm-worker serve: load and warm the pipeline on one device, then take jobs
+// from the scheduler until SIGTERM/SIGINT (finish the current job, hand back
+// the rest, exit 0). See worker/runtime/worker.h for the protocol.
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "glog/logging.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
 #include "worker/commands/commands.h"
+#include "worker/commands/flags.h"
+#include "worker/pipeline/pipeline.h"
+#include "worker/runtime/device_info.h"
+#include "worker/runtime/health_server.h"
+#include "worker/runtime/metrics.h"
+#include "worker/runtime/model_fingerprint.h"
+#include "worker/runtime/pipeline_renderer.h"
+#include "worker/runtime/worker.h"
 
 namespace zfarm::worker {
+namespace {
 
-int RunServe(int, char**) {
-  std::fprintf(stderr, "zfarm-worker serve: not built into this version yet\n");
+constexpr char kUsage[] =
+    "usage: zfarm-worker serve --scheduler HOST:PORT --model DIR --output-root DIR\n"
+    "                          [--device cpu|cuda:N] [--name NAME] [--warmup WxH]\n"
+    "                          [--health-listen HOST:PORT] [--metrics-listen HOST:PORT]\n"
+    "  --scheduler HOST:PORT     the zfarm-scheduler to take jobs from (the only address dialled)\n"
+    "  --model DIR               model folder (diffusers layout)\n"
+    "  --output-root DIR         where PNGs go: the mount the scheduler reads\n"
+    "  --device D                cpu (default) or cuda:N; one worker process per GPU\n"
+    "  --name NAME               unique worker name (default HOSTNAME/DEVICE)\n"
+    "  --model-name NAME         model name jobs may ask for (default z-image-turbo)\n"
+    "  --warmup WxH              warm-up image size (default 1024x1024 on CUDA, 256x256 on cpu)\n"
+    "  --warmup-steps N          steps of the warm-up and self-test render (default 2)\n"
+    "  --health-listen HOST:PORT grpc.health.v1: SERVING when warm, connected and healthy\n"
+    "  --metrics-listen HOST:PORT Prometheus /metrics over HTTP\n"
+    "  --prefetch N              leases held beyond the running one (default 1)\n"
+    "  --max-size WxH            largest image accepted (default 2048x2048)\n"
+    "  --min-free-disk-mb N      fail a job before rendering when the output root has less\n"
+    "                            free space than N MiB plus the image (default 512)\n"
+    "  --shutdown-grace DUR      on SIGTERM, wait this long for the current job (default 10m)\n"
+    "  --offload-text-encoder    keep the text encoder in host memory between prompts\n"
+    "  --vae-tiling              decode in tiles (less memory at large sizes)\n"
+    "  --vae-fp32                run the VAE in float32\n"
+    "Exit status: 0 after a clean SIGTERM/SIGINT shutdown, 1 when loading or warm-up fails\n"
+    "(the worker then never connects), 2 on usage errors.\n";
+
+const std::vector<std::string> kBoolFlags = {"offload-text-encoder", "vae-tiling", "vae-fp32",
+                                             "help"};
+const std::vector<std::string> kValueFlags = {
+    "scheduler",      "model",         "output-root",   "device",
+    "name",           "model-name",    "warmup",        "warmup-steps",
+    "health-listen",  "metrics-listen", "prefetch",     "max-size",
+    "min-free-disk-mb", "shutdown-grace"};
+
+int Usage(const std::string& why) {
+  std::fprintf(stderr, "zfarm-worker serve: %s\n%s", why.c_str(), kUsage);
+  return 2;
+}
+
+int Fatal(const std::string& what, const absl::Status& s) {
+  std::fprintf(stderr, "zfarm-worker serve: %s: %s\n", what.c_str(), s.ToString().c_str());
+  LOG(ERROR) << "event=serve_failed what=\"" << what << "\" status=\"" << s.ToString() << "\"";
   return 1;
+}
+
+}  // namespace
+
+int RunServe(int argc, char** argv) {
+  absl::StatusOr<ParsedFlags> parsed = ParseFlags(argc, argv, kBoolFlags, kValueFlags);
+  if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
+  const ParsedFlags& f = *parsed;
+  if (f.Has("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  for (const char* required : {"scheduler", "model", "output-root"}) {
+    if (!f.Has(required)) return Usage(absl::StrCat("--", required, " is required"));
+  }
+  const std::string device = f.Get("device", "cpu");
+  const bool cuda = device != "cpu";
+  auto warm = ParseSize("warmup", f.Get("warmup", cuda ? "1024x1024" : "256x256"));
+  auto max_size = ParseSize("max-size", f.Get("max-size", "2048x2048"));
+  if (!warm.ok()) return Usage(std::string(warm.status().message()));
+  if (!max_size.ok()) return Usage(std::string(max_size.status().message()));
+  int warmup_steps = 2, prefetch = 1;
+  int64_t min_free_mb = 512;
+  absl::Duration grace = absl::Minutes(10);
+  if (!absl::SimpleAtoi(f.Get("warmup-steps", "2"), &warmup_steps) || warmup_steps < 1 ||
+      warmup_steps > 50) {
+    return Usage("--warmup-steps: an integer in [1, 50]");
+  }
+  if (!absl::SimpleAtoi(f.Get("prefetch", "1"), &prefetch)) return Usage("--prefetch: an integer");
+  if (!absl::SimpleAtoi(f.Get("min-free-disk-mb", "512"), &min_free_mb) || min_free_mb < 0) {
+    return Usage("--min-free-disk-mb: a non-negative integer");
+  }
+  if (f.Has("shutdown-grace") && !absl::ParseDuration(f.Get("shutdown-grace"), &grace)) {
+    return Usage("--shutdown-grace: a duration such as 90s or 10m");
+  }
+
+  // Signals are taken synchronously by this thread (sigtimedwait); block them
+  // before any other thread starts so they all inherit the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<DeviceInfo> info = QueryDevice(device);
+  if (!info.ok()) return Fatal("device", info.status());
+  absl::StatusOr<std::string> fingerprint = ModelFingerprint(f.Get("model"));
+  if (!fingerprint.ok()) return Fatal(absl::StrCat("--model ", f.Get("model")), fingerprint.status());
+
+  std::unique_ptr<HealthServer> health;
+  if (f.Has("health-listen")) {
+    auto h = HealthServer::Start(f.Get("health-listen"), nullptr);
+    if (!h.ok()) return Fatal("health endpoint", h.status());
+    health = *std::move(h);
+    std::printf("health: grpc.health.v1 on %s (NOT_SERVING until warm and connected)\n",
+                health->address().c_str());
+  }
+  auto registry = std::make_shared<prometheus::Registry>();
+  WorkerMetrics metrics(registry);
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (f.Has("metrics-listen")) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(f.Get("metrics-listen"));
+      exposer->RegisterCollectable(registry);
+    } catch (const std::exception& e) {
+      return Fatal("--metrics-listen " + f.Get("metrics-listen"),
+                   absl::UnavailableError(e.what()));
+    }
+  }
+
+  PipelineOptions popts;
+  popts.model_dir = f.Get("model");
+  popts.device = device;
+  popts.offload_text_encoder = f.True("offload-text-encoder");
+  popts.vae_tiling = f.True("vae-tiling");
+  popts.vae_fp32 = f.True("vae-fp32");
+  std::printf("loading %s on %s (%s)...\n", popts.model_dir.c_str(), device.c_str(),
+              info->name.c_str());
+  std::fflush(stdout);
+  absl::StatusOr<std::unique_ptr<Pipeline>> pipeline = Pipeline::Create(popts);
+  if (!pipeline.ok()) return Fatal(absl::StrCat("cannot load model ", popts.model_dir), pipeline.status());
+  const std::string describe = (*pipeline)->Describe();
+  const double load_s = (*pipeline)->load_seconds();
+
+  GenerateRequest warmup;
+  warmup.prompt = "a warm-up render";
+  warmup.width = warm->first;
+  warmup.height = warm->second;
+  warmup.steps = warmup_steps;
+  warmup.seed = 0;
+  auto t0 = absl::Now();
+  absl::StatusOr<Image> warm_img = (*pipeline)->Generate(warmup, nullptr, nullptr);
+  if (!warm_img.ok()) return Fatal("warm-up render", warm_img.status());
+  const double warm_s = absl::ToDoubleSeconds(absl::Now() - t0);
+
+  Worker::Options wo;
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  wo.name = f.Get("name", absl::StrCat(host, "/", device));
+  wo.device = device;
+  wo.device_class = info->device_class;
+  wo.device_name = info->name;
+  wo.model = f.Get("model-name", "z-image-turbo");
+  wo.model_fingerprint = *fingerprint;
+  wo.dtype = describe.find("BFloat16") != std::string::npos ? "bfloat16" : "float32";
+  wo.output_root = f.Get("output-root");
+  wo.max_width_px = max_size->first;
+  wo.max_height_px = max_size->second;
+  wo.prefetch = prefetch;
+  wo.min_free_disk_bytes = min_free_mb << 20;
+  wo.self_test = warmup;
+  SchedulerLink::Options lo;
+  lo.target = f.Get("scheduler");
+  auto worker = Worker::Create(
+      wo, std::make_unique<PipelineRenderer>(*std::move(pipeline), device), lo);
+  if (!worker.ok()) return Fatal("worker", worker.status());
+  (*worker)->set_metrics(&metrics);
+  std::printf(
+      "worker %s: loaded in %.2f s (%s), warm-up %dx%d in %.2f s, model %s; "
+      "connecting to %s\n",
+      wo.name.c_str(), load_s, describe.c_str(), warmup.width, warmup.height, warm_s,
+      wo.model_fingerprint.c_str(), lo.target.c_str());
+  std::fflush(stdout);
+  LOG(INFO) << "event=worker_ready worker=" << wo.name << " device=" << device
+            << " load_s=" << load_s << " warmup_s=" << warm_s
+            << " fingerprint=" << wo.model_fingerprint;
+  (*worker)->Start();
+
+  const timespec tick{0, 250 * 1000 * 1000};
+  int sig = -1;
+  while (sig < 0) {
+    sig = sigtimedwait(&signals, nullptr, &tick);
+    if (health) health->SetServing((*worker)->Serving());
+    metrics.SetServing((*worker)->Serving());
+  }
+  std::printf("worker %s: signal %d: finishing the current job (grace %s)\n", wo.name.c_str(),
+              sig, absl::FormatDuration(grace).c_str());
+  std::fflush(stdout);
+  LOG(INFO) << "event=worker_shutdown worker=" << wo.name << " signal=" << sig;
+  if (health) health->SetServing(false);
+  (*worker)->Shutdown(grace);
+  Worker::Stats st = (*worker)->stats();
+  std::printf("worker %s: stopped after %lld images, %lld failures\n", wo.name.c_str(),
+              static_cast<long long>(st.images), static_cast<long long>(st.failures));
+  return 0;
 }
 
 }  // namespace zfarm::worker

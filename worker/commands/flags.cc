@@ -1,0 +1,56 @@
+#include "worker/commands/flags.h"
+
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace zfarm::worker {
+
+absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv,
+                                       const std::vector<std::string>& bool_flags,
+                                       const std::vector<std::string>& value_flags) {
+  ParsedFlags f;
+  auto known = [](const std::vector<std::string>& v, const std::string& k) {
+    return std::find(v.begin(), v.end(), k) != v.end();
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", a, "'"));
+    }
+    a = a.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (auto eq = a.find('='); eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+      has_value = true;
+    }
+    if (known(bool_flags, a)) {
+      f.values[a] = has_value ? value : "true";
+      continue;
+    }
+    if (!known(value_flags, a)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", a));
+    if (!has_value) {
+      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", a, " needs a value"));
+      value = argv[++i];
+    }
+    f.values[a] = value;
+  }
+  return f;
+}
+
+absl::StatusOr<std::pair<int, int>> ParseSize(const std::string& flag, const std::string& value) {
+  std::vector<std::string> parts = absl::StrSplit(value, 'x');
+  int w = 0, h = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &w) || !absl::SimpleAtoi(parts[1], &h) ||
+      w <= 0 || h <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " '", value, "': expected WIDTHxHEIGHT, e.g. 1024x1024"));
+  }
+  return std::make_pair(w, h);
+}
+
+}  // namespace zfarm::worker

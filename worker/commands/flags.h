@@ -1,0 +1,42 @@
+#ifndef ZFARM_WORKER_COMMANDS_FLAGS_H_
+#define ZFARM_WORKER_COMMANDS_FLAGS_H_
+
+// The subcommands' own argv parsing: "--name value", "--name=value" and boolean
+// "--flag" (or "--flag=false"). No globals, so every subcommand has exactly the
+// flags its --help lists.
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace zfarm::worker {
+
+struct ParsedFlags {
+  std::map<std::string, std::string> values;
+
+  bool Has(const std::string& k) const { return values.count(k) > 0; }
+  std::string Get(const std::string& k, const std::string& def = "") const {
+    auto it = values.find(k);
+    return it == values.end() ? def : it->second;
+  }
+  // A boolean flag: present and not "false"/"0".
+  bool True(const std::string& k) const {
+    auto it = values.find(k);
+    return it != values.end() && it->second != "false" && it->second != "0";
+  }
+};
+
+// INVALID_ARGUMENT naming the flag for unknown flags, positional arguments and
+// value flags without a value.
+absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv,
+                                       const std::vector<std::string>& bool_flags,
+                                       const std::vector<std::string>& value_flags);
+
+// "WxH" -> {W, H}; INVALID_ARGUMENT naming `flag` otherwise.
+absl::StatusOr<std::pair<int, int>> ParseSize(const std::string& flag, const std::string& value);
+
+}  // namespace zfarm::worker
+
+#endif  // ZFARM_WORKER_COMMANDS_FLAGS_H_

@@ -1,0 +1,15 @@
+#include "worker/runtime/pipeline_renderer.h"
+
+#include "worker/runtime/device_info.h"
+
+namespace zfarm::worker {
+
+absl::StatusOr<Image> PipelineRenderer::Render(const GenerateRequest& request,
+                                               const StepCallback& on_step,
+                                               const CancelToken* cancel) {
+  return pipeline_->Generate(request, on_step, cancel);
+}
+
+DeviceMemory PipelineRenderer::Memory() { return QueryMemory(device_); }
+
+}  // namespace zfarm::worker

@@ -1,0 +1,39 @@
+#ifndef ZFARM_WORKER_RUNTIME_RENDERER_H_
+#define ZFARM_WORKER_RUNTIME_RENDERER_H_
+
+// What the worker runtime renders with: the real Pipeline (PipelineRenderer,
+// worker/runtime/pipeline_renderer.h) or a test double. Torch-free.
+//
+// Thread-compatibility: Render and Memory are called from the worker's single
+// inference thread only (style rule 18).
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "worker/pipeline/pipeline.h"
+
+namespace zfarm::worker {
+
+// Device memory as the worker reports it (bytes; 0 = unknown).
+struct DeviceMemory {
+  int64_t total = 0;
+  int64_t free = 0;
+  int64_t in_use = 0;  // allocated by this process
+  int64_t peak = 0;    // peak allocated since start
+};
+
+class Renderer {
+ public:
+  virtual ~Renderer() = default;
+  // Pipeline::Generate's contract: CANCELLED when `cancel` fires, RESOURCE_EXHAUSTED
+  // on out-of-memory (the renderer stays usable), INVALID_ARGUMENT for bad requests.
+  virtual absl::StatusOr<Image> Render(const GenerateRequest& request,
+                                       const StepCallback& on_step,
+                                       const CancelToken* cancel) = 0;
+  virtual DeviceMemory Memory() = 0;
+};
+
+}  // namespace zfarm::worker
+
+#endif  // ZFARM_WORKER_RUNTIME_RENDERER_H_

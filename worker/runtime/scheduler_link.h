@@ -1,0 +1,109 @@
+#ifndef ZFARM_WORKER_RUNTIME_SCHEDULER_LINK_H_
+#define ZFARM_WORKER_RUNTIME_SCHEDULER_LINK_H_
+
+// The worker's side of WorkerService.Connect: one long-lived bidirectional
+// stream (gRPC callback API), re-opened with exponential backoff and full
+// jitter whenever it ends, heartbeats at the interval the scheduler asks for.
+//
+//   SchedulerLink link({.target = "sched:50051"}, &handler);
+//   link.Start();                 // connects in the background, forever
+//   link.Send(progress_message);  // false while disconnected
+//   link.Stop();                  // flushes queued messages, half-closes
+//
+// Every (re)connect asks the handler for a fresh WorkerHello (so it can list
+// the leases it still holds). Handler methods run on gRPC or link threads and
+// must not block.
+//
+// Thread-safe.
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "zfarm/v1/worker_service.grpc.pb.h"
+
+namespace zfarm::worker {
+
+class SchedulerLink {
+ public:
+  class Handler {
+   public:
+    virtual ~Handler() = default;
+    // The hello for a new session.
+    virtual zfarm::v1::WorkerHello MakeHello() = 0;
+    // The scheduler accepted the session. Messages sent from here on go out
+    // after the hello.
+    virtual void OnWelcome(const zfarm::v1::Welcome& welcome) = 0;
+    // Any message after the Welcome.
+    virtual void OnMessage(const zfarm::v1::SchedulerMessage& message) = 0;
+    // The session ended (also when it never got a Welcome).
+    virtual void OnDisconnected(const absl::Status& why) = 0;
+    // A heartbeat to send now.
+    virtual zfarm::v1::WorkerHeartbeat MakeHeartbeat() = 0;
+  };
+
+  struct Options {
+    // Scheduler address, HOST:PORT.
+    std::string target;
+    // Channel credentials; null = plaintext.
+    std::shared_ptr<grpc::ChannelCredentials> credentials;
+    // Extra per-call metadata (e.g. {"authorization", "Bearer ..."}).
+    std::vector<std::pair<std::string, std::string>> metadata;
+    // Reconnect backoff: the n-th consecutive failure waits a uniformly random
+    // time in [0, min(max_backoff, initial_backoff * 2^n)] (full jitter).
+    absl::Duration initial_backoff = absl::Milliseconds(250);
+    absl::Duration max_backoff = absl::Seconds(15);
+    // Heartbeat interval until the Welcome says otherwise.
+    absl::Duration default_heartbeat = absl::Seconds(5);
+  };
+
+  SchedulerLink(Options options, Handler* handler);
+  ~SchedulerLink();  // Stop()
+  SchedulerLink(const SchedulerLink&) = delete;
+  SchedulerLink& operator=(const SchedulerLink&) = delete;
+
+  // Starts connecting in a background thread.
+  void Start();
+  // Queues `message` on the current session. False (nothing queued) while no
+  // session is welcomed; the caller keeps its state and replays after the next
+  // OnWelcome.
+  bool Send(const zfarm::v1::WorkerMessage& message);
+  // True between OnWelcome and OnDisconnected.
+  bool connected();
+  // Writes what is queued, half-closes the stream and stops reconnecting.
+  // Waits at most `timeout` for the stream to end.
+  void Stop(absl::Duration timeout = absl::Seconds(5));
+  // Tests: ends the current session at once (as a network cut would); the link
+  // reconnects after its backoff.
+  void DropSessionForTesting();
+  // Sessions welcomed so far.
+  int sessions_welcomed();
+
+ private:
+  class Session;
+  void Run();
+
+  // Constant after construction.
+  const Options options_;
+  Handler* const handler_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<zfarm::v1::WorkerService::Stub> stub_;
+
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  Session* session_ ABSL_GUARDED_BY(mu_) = nullptr;  // the live one, owned by Run()
+  int sessions_welcomed_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Duration heartbeat_ ABSL_GUARDED_BY(mu_);
+
+  std::thread thread_;
+};
+
+}  // namespace zfarm::worker
+
+#endif  // ZFARM_WORKER_RUNTIME_SCHEDULER_LINK_H_

@@ -1,0 +1,719 @@
+#include "worker/runtime/worker.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "glog/logging.h"
+#include "google/protobuf/util/time_util.h"
+#include "proto/status_macros.h"
+#include "proto/version.h"
+#include "worker/pipeline/png.h"
+#include "worker/runtime/metrics.h"
+
+namespace zfarm::worker {
+
+namespace v1 = ::zfarm::v1;
+
+struct Worker::Output {
+  v1::Lease lease;
+  Image image;
+  GenerateRequest request;
+  absl::Time render_start;
+};
+
+namespace {
+
+std::string Sha256Hex(const std::string& bytes) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(bytes.data(), bytes.size(), md, &n, EVP_sha256(), nullptr);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+absl::Status ErrnoError(const std::string& what, const std::string& path) {
+  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+// Writes `bytes` to `path` (created or truncated) and fsyncs it.
+absl::Status WriteAndSync(const std::string& path, const std::string& bytes) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError("cannot create", path);
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      absl::Status s = ErrnoError("cannot write", path);
+      ::close(fd);
+      return s;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    absl::Status s = ErrnoError("cannot fsync", path);
+    ::close(fd);
+    return s;
+  }
+  if (::close(fd) != 0) return ErrnoError("cannot close", path);
+  return absl::OkStatus();
+}
+
+void SyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// The lease's output path must stay inside the output root.
+absl::Status CheckRelativePath(const std::string& rel) {
+  if (rel.empty() || rel[0] == '/' || !absl::EndsWith(rel, ".png")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease.output_path \"", rel, "\": must be a relative path ending in .png"));
+  }
+  for (absl::string_view part : absl::StrSplit(rel, '/')) {
+    if (part.empty() || part == "." || part == "..") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("lease.output_path \"", rel, "\": empty, '.' or '..' component"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool SameLease(const v1::LeaseId& a, const v1::LeaseId& b) {
+  return a.job_id() == b.job_id() && a.attempt() == b.attempt();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(Options options,
+                                                      std::unique_ptr<Renderer> renderer,
+                                                      SchedulerLink::Options link) {
+  if (options.name.empty()) return absl::InvalidArgumentError("--name: must not be empty");
+  if (options.output_root.empty()) {
+    return absl::InvalidArgumentError("--output-root: required");
+  }
+  std::error_code ec;
+  if (!std::filesystem::is_directory(options.output_root, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--output-root ", options.output_root, ": not a directory"));
+  }
+  if (::access(options.output_root.c_str(), W_OK) != 0) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("--output-root ", options.output_root, ": not writable by this user"));
+  }
+  if (options.prefetch < 0 || options.prefetch > 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prefetch: ", options.prefetch, " is outside [0, 8]"));
+  }
+  if (renderer == nullptr) return absl::InvalidArgumentError("renderer: null");
+  if (link.target.empty()) return absl::InvalidArgumentError("--scheduler: required");
+  std::unique_ptr<Worker> w(new Worker(std::move(options), std::move(renderer)));
+  w->link_ = std::make_unique<SchedulerLink>(std::move(link), w.get());
+  return w;
+}
+
+Worker::Worker(Options options, std::unique_ptr<Renderer> renderer)
+    : options_(std::move(options)), renderer_(std::move(renderer)) {
+  memory_ = renderer_->Memory();
+}
+
+Worker::~Worker() { Shutdown(absl::ZeroDuration()); }
+
+void Worker::Start() {
+  if (metrics_ != nullptr) {
+    metrics_->SetMemory(memory_);
+    metrics_->SetServing(false);
+  }
+  inference_thread_ = std::thread([this] { InferenceLoop(); });
+  output_thread_ = std::thread([this] { OutputLoop(); });
+  link_->Start();
+}
+
+bool Worker::Serving() {
+  absl::MutexLock lock(&mu_);
+  return connected_ && healthy_ && !draining_ && !stopping_;
+}
+
+Worker::Stats Worker::stats() {
+  absl::MutexLock lock(&mu_);
+  Stats s = stats_;
+  s.healthy = healthy_;
+  s.connected = connected_;
+  s.draining = draining_;
+  return s;
+}
+
+// ------------------------------------------------------------------ session
+
+v1::WorkerHello Worker::MakeHello() {
+  absl::MutexLock lock(&mu_);
+  v1::WorkerHello h;
+  h.set_worker_name(options_.name);
+  h.set_version(ZFARM_VERSION);
+  h.set_device(options_.device);
+  h.set_device_name(options_.device_name);
+  h.set_memory_total_bytes(memory_.total);
+  h.set_memory_free_bytes(memory_.free);
+  h.set_model(options_.model);
+  h.set_model_fingerprint(options_.model_fingerprint);
+  h.set_max_width_px(options_.max_width_px);
+  h.set_max_height_px(options_.max_height_px);
+  h.set_capacity(1 + options_.prefetch);
+  h.set_dtype(options_.dtype);
+  if (running_) *h.add_held_leases() = *running_;
+  for (const auto& [id, c] : commits_) *h.add_held_leases() = c.request.lease();
+  return h;
+}
+
+void Worker::OnWelcome(const v1::Welcome& welcome) {
+  absl::MutexLock lock(&mu_);
+  // Replay under mu_ so that no progress of the running job overtakes its Started.
+  if (running_) {
+    v1::WorkerMessage m;
+    *m.mutable_started()->mutable_lease() = *running_;
+    link_->Send(m);
+  }
+  for (const auto& [id, c] : commits_) {
+    v1::WorkerMessage m;
+    *m.mutable_commit() = c.request;
+    link_->Send(m);
+  }
+  if (!healthy_) {
+    v1::WorkerMessage m;
+    m.mutable_status()->set_healthy(false);
+    m.mutable_status()->set_message("unhealthy since before this session");
+    link_->Send(m);
+  }
+  connected_ = true;
+  LOG(INFO) << "event=worker_welcomed worker=" << options_.name
+            << " session=" << welcome.session_id() << " held=" << (running_ ? 1 : 0) << "+"
+            << commits_.size();
+  if (metrics_ != nullptr) metrics_->SetServing(healthy_ && !draining_);
+}
+
+void Worker::OnDisconnected(const absl::Status& why) {
+  absl::MutexLock lock(&mu_);
+  connected_ = false;
+  if (metrics_ != nullptr) metrics_->SetServing(false);
+  // Unstarted leases are requeued by the scheduler when it loses us.
+  if (!pending_.empty()) {
+    LOG(WARNING) << "event=prefetched_dropped count=" << pending_.size() << " why=\""
+                 << why.ToString() << "\"";
+    pending_.clear();
+  }
+}
+
+v1::WorkerHeartbeat Worker::MakeHeartbeat() {
+  absl::MutexLock lock(&mu_);
+  v1::WorkerHeartbeat hb;
+  hb.set_memory_free_bytes(memory_.free);
+  hb.set_memory_peak_bytes(memory_.peak);
+  return hb;
+}
+
+void Worker::OnMessage(const v1::SchedulerMessage& msg) {
+  switch (msg.msg_case()) {
+    case v1::SchedulerMessage::kAssignment: {
+      std::vector<v1::LeaseId> refused;
+      {
+        absl::MutexLock lock(&mu_);
+        for (const v1::Lease& l : msg.assignment().leases()) {
+          if (draining_ || stopping_ || !healthy_) {
+            refused.push_back(l.lease());
+          } else {
+            pending_.emplace_back(l, absl::Now());
+          }
+        }
+      }
+      for (const auto& l : refused) {
+        Fail(l, v1::FAILURE_REASON_WORKER_LOST, true, "worker is draining or unhealthy");
+      }
+      break;
+    }
+    case v1::SchedulerMessage::kCancel: {
+      const v1::CancelLease& c = msg.cancel();
+      bool was_pending = false;
+      {
+        absl::MutexLock lock(&mu_);
+        if (running_ && SameLease(*running_, c.lease())) {
+          running_cancel_reason_ = c.reason().reason() == v1::FAILURE_REASON_UNSPECIFIED
+                                       ? v1::FAILURE_REASON_CANCELLED_BY_CLIENT
+                                       : c.reason().reason();
+          running_cancel_->Cancel();
+        }
+        for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+          if (SameLease(it->first.lease(), c.lease())) {
+            pending_.erase(it);
+            was_pending = true;
+            break;
+          }
+        }
+      }
+      LOG(INFO) << "event=cancel_received job=" << c.lease().job_id()
+                << " attempt=" << c.lease().attempt() << " pending=" << was_pending;
+      if (was_pending) {
+        Fail(c.lease(),
+             c.reason().reason() == v1::FAILURE_REASON_UNSPECIFIED
+                 ? v1::FAILURE_REASON_CANCELLED_BY_CLIENT
+                 : c.reason().reason(),
+             false, "cancelled before it started");
+      }
+      break;
+    }
+    case v1::SchedulerMessage::kCommitReply:
+      PostOutput([this, reply = msg.commit_reply()] { HandleCommitReply(reply); });
+      break;
+    case v1::SchedulerMessage::kDrain: {
+      std::deque<std::pair<v1::Lease, absl::Time>> back;
+      {
+        absl::MutexLock lock(&mu_);
+        drain_requested_ = draining_ = true;
+        back.swap(pending_);
+        if (metrics_ != nullptr) metrics_->SetServing(false);
+      }
+      LOG(INFO) << "event=drain_received worker=" << options_.name
+                << " handed_back=" << back.size();
+      for (const auto& [l, t] : back) {
+        Fail(l.lease(), v1::FAILURE_REASON_WORKER_LOST, true, "worker draining");
+      }
+      break;
+    }
+    case v1::SchedulerMessage::kWelcome:
+    case v1::SchedulerMessage::MSG_NOT_SET:
+      LOG(WARNING) << "event=unexpected_scheduler_message case=" << msg.msg_case();
+      break;
+  }
+}
+
+void Worker::Fail(const v1::LeaseId& lease, v1::FailureReason reason, bool retryable,
+                  const std::string& message, int64_t memory_required) {
+  LOG(WARNING) << "event=job_failed job=" << lease.job_id() << " attempt=" << lease.attempt()
+               << " reason=" << v1::FailureReason_Name(reason) << " retryable=" << retryable
+               << " message=\"" << message << "\"";
+  v1::WorkerMessage m;
+  auto* f = m.mutable_failure();
+  *f->mutable_lease() = lease;
+  f->mutable_error()->set_reason(reason);
+  f->mutable_error()->set_message(message);
+  f->mutable_error()->set_retryable(retryable);
+  f->set_memory_required_bytes(memory_required);
+  link_->Send(m);  // lost if disconnected: the scheduler then requeues (worker lost)
+}
+
+void Worker::SendStatus(bool healthy, const std::string& message) {
+  v1::WorkerMessage m;
+  m.mutable_status()->set_healthy(healthy);
+  m.mutable_status()->set_message(message);
+  link_->Send(m);
+}
+
+void Worker::CountFailure(v1::FailureReason reason) {
+  if (metrics_ != nullptr) metrics_->CountFailure(v1::FailureReason_Name(reason));
+  if (reason == v1::FAILURE_REASON_CANCELLED_BY_CLIENT ||
+      reason == v1::FAILURE_REASON_DEADLINE_EXCEEDED) {
+    return;
+  }
+  std::deque<std::pair<v1::Lease, absl::Time>> back;
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.failures;
+    if (++consecutive_failures_ < options_.unhealthy_after_failures || !healthy_) return;
+    healthy_ = false;
+    back.swap(pending_);
+    if (metrics_ != nullptr) metrics_->SetServing(false);
+  }
+  LOG(ERROR) << "event=worker_unhealthy worker=" << options_.name << " failures_in_a_row="
+             << options_.unhealthy_after_failures;
+  SendStatus(false, absl::StrCat(options_.unhealthy_after_failures, " failures in a row"));
+  for (const auto& [l, t] : back) {
+    Fail(l.lease(), v1::FAILURE_REASON_WORKER_LOST, true, "worker unhealthy");
+  }
+}
+
+// ---------------------------------------------------------------- inference
+
+void Worker::InferenceLoop() {
+  int self_tests = 0;
+  absl::Time self_test_at = absl::InfiniteFuture();
+  for (;;) {
+    v1::Lease lease;
+    absl::Time queued;
+    bool self_test = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!healthy_ && self_test_at == absl::InfiniteFuture()) {
+        self_test_at = absl::Now() + options_.self_test_delay * (1 << std::min(self_tests, 5));
+      }
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || (healthy_ && !pending_.empty());
+      };
+      mu_.AwaitWithDeadline(absl::Condition(&ready),
+                            healthy_ ? absl::InfiniteFuture() : self_test_at);
+      if (stopping_) return;
+      if (!healthy_) {
+        if (absl::Now() < self_test_at) continue;
+        self_test = true;
+      } else {
+        self_tests = 0;
+        self_test_at = absl::InfiniteFuture();
+        lease = std::move(pending_.front().first);
+        queued = pending_.front().second;
+        pending_.pop_front();
+      }
+    }
+    if (self_test) {
+      ++self_tests;
+      self_test_at = absl::InfiniteFuture();
+      RunSelfTest();
+      continue;
+    }
+    RenderLease(lease, queued);
+  }
+}
+
+void Worker::RunSelfTest() {
+  CancelToken never;
+  absl::StatusOr<Image> img = renderer_->Render(options_.self_test, nullptr, &never);
+  if (!img.ok()) {
+    LOG(ERROR) << "event=self_test_failed worker=" << options_.name << " status=\""
+               << img.status().ToString() << "\"";
+    return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    healthy_ = true;
+    consecutive_failures_ = 0;
+    memory_ = renderer_->Memory();
+    if (metrics_ != nullptr) metrics_->SetServing(connected_ && !draining_);
+  }
+  LOG(INFO) << "event=self_test_passed worker=" << options_.name;
+  SendStatus(true, "self-test passed");
+}
+
+void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
+  const v1::LeaseId& id = lease.lease();
+  const v1::JobSpec& spec = lease.spec();
+  if (absl::Status s = CheckRelativePath(lease.output_path()); !s.ok()) {
+    Fail(id, v1::FAILURE_REASON_INVALID_REQUEST, false, std::string(s.message()));
+    CountFailure(v1::FAILURE_REASON_INVALID_REQUEST);
+    return;
+  }
+  // Free space: the raw image size is a safe upper bound for the PNG.
+  const int64_t raw = int64_t{spec.width_px()} * spec.height_px() * 3;
+  struct statvfs vfs {};
+  if (::statvfs(options_.output_root.c_str(), &vfs) == 0) {
+    const int64_t avail = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
+    if (avail < options_.min_free_disk_bytes + raw) {
+      Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, true,
+           absl::StrCat("output root ", options_.output_root, " has ", avail >> 20,
+                        " MiB free, below --min-free-disk-mb ", options_.min_free_disk_bytes >> 20,
+                        " plus the image (", raw >> 20, " MiB)"));
+      CountFailure(v1::FAILURE_REASON_OUTPUT_ERROR);
+      return;
+    }
+  }
+
+  GenerateRequest req;
+  req.prompt = spec.prompt();
+  req.negative_prompt = spec.negative_prompt();
+  req.width = spec.width_px();
+  req.height = spec.height_px();
+  req.steps = spec.steps();
+  req.seed = spec.seed();
+  req.guidance = spec.guidance_scale();
+  const absl::Time deadline = spec.has_deadline()
+                                  ? absl::FromUnixMicros(google::protobuf::util::TimeUtil::
+                                                             TimestampToMicroseconds(spec.deadline()))
+                                  : absl::InfiniteFuture();
+
+  auto cancel = std::make_shared<CancelToken>();
+  const absl::Time start = absl::Now();
+  {
+    absl::MutexLock lock(&mu_);
+    running_ = id;
+    running_cancel_ = cancel;
+    running_cancel_reason_ = v1::FAILURE_REASON_CANCELLED_BY_CLIENT;
+    // Busy: this lease was already here when the previous image came out.
+    if (queued_since <= last_image_done_) {
+      const double gap = absl::ToDoubleSeconds(start - last_image_done_);
+      stats_.gap_seconds.push_back(gap);
+      if (metrics_ != nullptr) metrics_->ObserveGap(gap);
+    }
+    v1::WorkerMessage m;
+    *m.mutable_started()->mutable_lease() = id;
+    if (connected_) link_->Send(m);
+  }
+  LOG(INFO) << "event=render_start job=" << id.job_id() << " attempt=" << id.attempt()
+            << " size=" << req.width << "x" << req.height << " steps=" << req.steps
+            << " request=" << lease.request_id();
+
+  absl::Time last_step = start;
+  auto on_step = [&](int step, int total) {
+    const absl::Time now = absl::Now();
+    if (metrics_ != nullptr && step > 1) metrics_->ObserveStep(absl::ToDoubleSeconds(now - last_step));
+    last_step = now;
+    absl::MutexLock lock(&mu_);
+    if (now >= deadline && !cancel->cancelled()) {
+      running_cancel_reason_ = v1::FAILURE_REASON_DEADLINE_EXCEEDED;
+      cancel->Cancel();
+    }
+    if (!connected_) return;
+    v1::WorkerMessage m;
+    auto* p = m.mutable_progress();
+    *p->mutable_lease() = id;
+    p->set_step(step);
+    p->set_total_steps(total);
+    link_->Send(m);
+  };
+  if (absl::Now() >= deadline) cancel->Cancel();
+  absl::StatusOr<Image> img = renderer_->Render(req, on_step, cancel.get());
+  const DeviceMemory mem = renderer_->Memory();
+
+  v1::FailureReason cancel_reason;
+  {
+    absl::MutexLock lock(&mu_);
+    memory_ = mem;
+    cancel_reason = running_cancel_reason_;
+    if (img.ok()) {
+      last_image_done_ = absl::Now();
+      ++outputs_in_flight_;
+    }
+    running_.reset();
+    running_cancel_.reset();
+  }
+  if (metrics_ != nullptr) metrics_->SetMemory(mem);
+  if (img.ok()) {
+    Output out{lease, *std::move(img), std::move(req), start};
+    PostOutput([this, out = std::move(out)]() mutable { WriteAndCommit(std::move(out)); });
+    return;
+  }
+  const absl::Status& s = img.status();
+  v1::FailureReason reason = v1::FAILURE_REASON_MODEL_ERROR;
+  bool retryable = false;
+  switch (s.code()) {
+    case absl::StatusCode::kCancelled:
+      reason = cancel_reason;
+      break;
+    case absl::StatusCode::kResourceExhausted:
+      reason = v1::FAILURE_REASON_OUT_OF_MEMORY;
+      retryable = true;
+      break;
+    case absl::StatusCode::kInvalidArgument:
+      reason = v1::FAILURE_REASON_INVALID_REQUEST;
+      break;
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnavailable:
+      reason = v1::FAILURE_REASON_INTERNAL;
+      retryable = true;
+      break;
+    default:
+      break;
+  }
+  Fail(id, reason, retryable, std::string(s.message()));
+  CountFailure(reason);
+}
+
+// ------------------------------------------------------------------ output
+
+void Worker::PostOutput(absl::AnyInvocable<void() &&> task) {
+  absl::MutexLock lock(&mu_);
+  output_tasks_.push_back(std::move(task));
+}
+
+void Worker::OutputLoop() {
+  for (;;) {
+    absl::AnyInvocable<void() &&> task;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return output_stopping_ || !output_tasks_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (output_tasks_.empty()) return;  // stopping and nothing left
+      task = std::move(output_tasks_.front());
+      output_tasks_.pop_front();
+    }
+    std::move(task)();
+  }
+}
+
+void Worker::WriteAndCommit(Output out) {
+  const v1::LeaseId& id = out.lease.lease();
+  auto done = [this] {
+    absl::MutexLock lock(&mu_);
+    --outputs_in_flight_;
+  };
+  ImageParameters p;
+  p.prompt = out.request.prompt;
+  p.negative_prompt = out.request.guidance > 0 ? out.request.negative_prompt : "";
+  p.steps = out.request.steps;
+  p.guidance = out.request.guidance;
+  p.seed = out.request.seed;
+  p.width = out.image.width;
+  p.height = out.image.height;
+  p.model = options_.model;
+  p.device = options_.device_class;
+  p.prompt_tokens = out.image.prompt_tokens;
+  p.prompt_truncated = out.image.prompt_truncated;
+  absl::StatusOr<std::string> png =
+      EncodePng(out.image.rgb, out.image.width, out.image.height,
+                {{"parameters", A1111Parameters(p)}, {"zfarm", ParametersJson(p)}});
+  if (!png.ok()) {
+    Fail(id, v1::FAILURE_REASON_INTERNAL, true, std::string(png.status().message()));
+    CountFailure(v1::FAILURE_REASON_INTERNAL);
+    done();
+    return;
+  }
+  const std::string final_rel = out.lease.output_path();
+  const std::filesystem::path final_abs = std::filesystem::path(options_.output_root) / final_rel;
+  const std::filesystem::path dir = final_abs.parent_path();
+  const std::string temp_name = absl::StrCat(id.job_id(), ".", id.attempt(), ".tmp");
+  const std::filesystem::path temp_abs = dir / temp_name;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  absl::Status w = ec ? absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ",
+                                                         ec.message()))
+                      : WriteAndSync(temp_abs.string(), *png);
+  if (!w.ok()) {
+    ::unlink(temp_abs.string().c_str());
+    Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, true, std::string(w.message()));
+    CountFailure(v1::FAILURE_REASON_OUTPUT_ERROR);
+    done();
+    return;
+  }
+  SyncDir(dir.string());
+  PendingCommit c;
+  auto* req = &c.request;
+  *req->mutable_lease() = id;
+  const std::string rel_dir = std::filesystem::path(final_rel).parent_path().string();
+  req->set_temp_path(rel_dir.empty() ? temp_name : absl::StrCat(rel_dir, "/", temp_name));
+  auto* r = req->mutable_result();
+  r->set_path(final_rel);
+  r->set_size_bytes(static_cast<int64_t>(png->size()));
+  r->set_sha256(Sha256Hex(*png));
+  r->set_device_class(options_.device_class);
+  r->set_dtype(options_.dtype);
+  r->set_model_fingerprint(options_.model_fingerprint);
+  const double render_s = absl::ToDoubleSeconds(absl::Now() - out.render_start);
+  r->set_render_time_ms(static_cast<int64_t>(render_s * 1000));
+  c.temp_abs = temp_abs.string();
+  c.final_abs = final_abs.string();
+  if (metrics_ != nullptr) metrics_->ObserveRender(render_s);
+  {
+    absl::MutexLock lock(&mu_);
+    --outputs_in_flight_;
+    v1::WorkerMessage m;
+    *m.mutable_commit() = c.request;
+    commits_[id.job_id()] = std::move(c);
+    // While disconnected, OnWelcome re-sends it.
+    if (connected_) link_->Send(m);
+  }
+}
+
+void Worker::HandleCommitReply(const v1::CommitReply& reply) {
+  PendingCommit c;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = commits_.find(reply.lease().job_id());
+    if (it == commits_.end() || !SameLease(it->second.request.lease(), reply.lease())) {
+      LOG(WARNING) << "event=unexpected_commit_reply job=" << reply.lease().job_id();
+      return;
+    }
+    c = std::move(it->second);
+    commits_.erase(it);
+  }
+  const v1::LeaseId& id = c.request.lease();
+  if (!reply.accepted()) {
+    ::unlink(c.temp_abs.c_str());
+    LOG(WARNING) << "event=commit_refused job=" << id.job_id() << " attempt=" << id.attempt()
+                 << " reason=\"" << reply.reason() << "\" temp_deleted=" << c.temp_abs;
+    absl::MutexLock lock(&mu_);
+    ++stats_.commits_refused;
+    if (metrics_ != nullptr) metrics_->CountCommitRefused();
+    return;
+  }
+  if (::rename(c.temp_abs.c_str(), c.final_abs.c_str()) != 0) {
+    absl::Status s = ErrnoError("cannot rename to", c.final_abs);
+    ::unlink(c.temp_abs.c_str());
+    Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, true, std::string(s.message()));
+    CountFailure(v1::FAILURE_REASON_OUTPUT_ERROR);
+    return;
+  }
+  SyncDir(std::filesystem::path(c.final_abs).parent_path().string());
+  v1::WorkerMessage m;
+  *m.mutable_finalized()->mutable_lease() = id;
+  link_->Send(m);  // if lost, the scheduler sees the final file when it loses us
+  LOG(INFO) << "event=job_done job=" << id.job_id() << " attempt=" << id.attempt()
+            << " path=" << c.request.result().path() << " bytes=" << c.request.result().size_bytes()
+            << " render_ms=" << c.request.result().render_time_ms();
+  absl::MutexLock lock(&mu_);
+  ++stats_.images;
+  consecutive_failures_ = 0;
+  if (metrics_ != nullptr) metrics_->CountImage();
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+bool Worker::WaitDrained(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto drained = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return drain_requested_ && !running_ && outputs_in_flight_ == 0 && output_tasks_.empty() &&
+           commits_.empty();
+  };
+  return mu_.AwaitWithTimeout(absl::Condition(&drained), timeout);
+}
+
+void Worker::Shutdown(absl::Duration grace) {
+  std::deque<std::pair<v1::Lease, absl::Time>> back;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    draining_ = true;
+    back.swap(pending_);
+    if (metrics_ != nullptr) metrics_->SetServing(false);
+  }
+  for (const auto& [l, t] : back) {
+    Fail(l.lease(), v1::FAILURE_REASON_WORKER_LOST, true, "worker shutting down");
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !running_ && outputs_in_flight_ == 0 && output_tasks_.empty() && commits_.empty();
+    };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&idle), grace)) {
+      LOG(WARNING) << "event=shutdown_grace_expired worker=" << options_.name
+                   << " running=" << (running_ ? running_->job_id() : "") << " uncommitted="
+                   << commits_.size();
+      if (running_cancel_) running_cancel_->Cancel();
+    }
+    stopping_ = true;
+  }
+  if (inference_thread_.joinable()) inference_thread_.join();
+  {
+    absl::MutexLock lock(&mu_);
+    output_stopping_ = true;
+  }
+  if (output_thread_.joinable()) output_thread_.join();
+  link_->Stop();
+  LOG(INFO) << "event=worker_stopped worker=" << options_.name;
+}
+
+}  // namespace zfarm::worker
