@@ -997,7 +997,16 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
         r->min_memory_bytes = std::max({r->min_memory_bytes, w.hello.memory_total_bytes() + 1,
                                         msg.failure().memory_required_bytes()});
       }
-      if (!r->cancel_requested) {
+      if ((reason == v1::FAILURE_REASON_DEADLINE_EXCEEDED ||
+           reason == v1::FAILURE_REASON_CANCELLED_BY_CLIENT) &&
+          !r->cancel_requested) {
+        // The worker stopped at a step boundary for a deadline (or cancel) it saw
+        // before our tick did: the job is CANCELLED, and no fault of the worker.
+        r->cancel_requested = true;
+        r->job.mutable_error()->set_reason(reason);
+        r->job.mutable_error()->set_message(e.message());
+        r->job.mutable_error()->set_retryable(false);
+      } else if (!r->cancel_requested) {
         ++w.jobs_failed;
         if (++w.consecutive_failures >= 3 && w.state == v1::WORKER_STATE_READY) {
           w.state = v1::WORKER_STATE_UNHEALTHY;
