@@ -198,6 +198,11 @@ void SchedulerLink::DropSessionForTesting() {
   if (session_ != nullptr) session_->Cancel();
 }
 
+void SchedulerLink::PauseReconnectsForTesting(bool paused) {
+  absl::MutexLock lock(&mu_);
+  reconnect_paused_ = paused;
+}
+
 void SchedulerLink::Stop(absl::Duration timeout) {
   {
     absl::MutexLock lock(&mu_);
@@ -230,14 +235,18 @@ void SchedulerLink::Run() {
       session_ = session.get();
       if (stopping_) session_->Close();
     }
+    // Heartbeats at the Welcome's interval (re-read every wake-up: the Welcome
+    // arrives after this loop starts).
+    absl::Time last_beat = absl::Now();
     for (;;) {
       absl::Duration hb;
       {
         absl::MutexLock lock(&mu_);
         hb = heartbeat_;
       }
-      if (session->WaitDone(hb)) break;
-      if (session->welcomed()) {
+      if (session->WaitDone(std::min(hb, absl::Milliseconds(100)))) break;
+      if (session->welcomed() && absl::Now() - last_beat >= hb) {
+        last_beat = absl::Now();
         v1::WorkerMessage m;
         *m.mutable_heartbeat() = handler_->MakeHeartbeat();
         session->Enqueue(m);
@@ -263,6 +272,10 @@ void SchedulerLink::Run() {
         absl::Seconds(std::uniform_real_distribution<double>(0.0, cap)(rng));
     absl::MutexLock lock(&mu_);
     mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait);
+    auto may_connect = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_ || !reconnect_paused_;
+    };
+    mu_.Await(absl::Condition(&may_connect));
   }
 }
 

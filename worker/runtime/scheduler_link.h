@@ -81,6 +81,8 @@ class SchedulerLink {
   // Tests: ends the current session at once (as a network cut would); the link
   // reconnects after its backoff.
   void DropSessionForTesting();
+  // Tests: while paused, the link does not open a new session.
+  void PauseReconnectsForTesting(bool paused);
   // Sessions welcomed so far.
   int sessions_welcomed();
 
@@ -97,6 +99,7 @@ class SchedulerLink {
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool reconnect_paused_ ABSL_GUARDED_BY(mu_) = false;
   Session* session_ ABSL_GUARDED_BY(mu_) = nullptr;  // the live one, owned by Run()
   int sessions_welcomed_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration heartbeat_ ABSL_GUARDED_BY(mu_);

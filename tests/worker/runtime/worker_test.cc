@@ -387,8 +387,11 @@ TEST_F(WorkerTest, CutOffWorkerWhoseJobWasReassignedHasItsLateCommitRefused) {
   FakeWorker::Options fo;
   fo.name = "w2";
   ASSERT_OK_AND_ASSIGN(auto w2, FakeWorker::Connect(farm_->channel(), fo));
+  // Cut off (no quick reconnect, which would keep the lease as a session replacement).
+  w->link()->PauseReconnectsForTesting(true);
   w->link()->DropSessionForTesting();
   ASSERT_OK_AND_ASSIGN(v1::Lease lease, w2->NextLease());
+  w->link()->PauseReconnectsForTesting(false);
   EXPECT_EQ(lease.lease().job_id(), id);
   EXPECT_EQ(lease.lease().attempt(), 2);
   ASSERT_OK(w2->RunToSuccess(lease, farm_->output_root()));

@@ -1,0 +1,375 @@
+// The farm as users run it: real zfarm-scheduler, zfarm-worker serve (CPU, tiny
+// model) and zfarm processes on loopback. Submit -> PNG with matching sha256;
+// cancel a running job; kill -9 a worker mid-job; a worker cut off (SIGSTOP past
+// the lease timeout) whose late commit is refused; a scheduler restart mid-job;
+// a wrong model folder; SIGTERM drain; and the offline guarantee (strace: the
+// worker's only network peer is the scheduler, with a negative control).
+#include <openssl/evp.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "scheduler/server.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/subprocess.h"
+#include "zfarm/v1/admin_service.grpc.pb.h"
+#include "zfarm/v1/job_service.grpc.pb.h"
+
+namespace zfarm {
+namespace {
+
+namespace v1 = ::zfarm::v1;
+namespace fs = std::filesystem;
+using ::zfarm::testing::Subprocess;
+
+std::string Sha256File(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(bytes.data(), bytes.size(), md, &n, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned int i = 0; i < n; ++i) absl::StrAppend(&hex, absl::Hex(md[i], absl::kZeroPad2));
+  return hex;
+}
+
+// Runs a command, returns its stdout; *status gets the exit code.
+std::string RunCommand(const std::string& cmd, int* status) {
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  int s = pclose(p);
+  *status = WIFEXITED(s) ? WEXITSTATUS(s) : -1;
+  return out;
+}
+
+// The inet peers (and unix socket paths) a process connect()ed to, from an
+// `strace -f -e trace=connect` log.
+std::set<std::string> PeersFromStrace(const std::string& trace_path) {
+  std::ifstream in(trace_path);
+  std::set<std::string> peers;
+  const std::regex inet(R"(connect\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\).*?inet(?:_pton\(AF_INET6?, |_addr\()\"([^\"]+)\")");
+  const std::regex unix_sock(R"(connect\(\d+, \{sa_family=AF_UNIX, sun_path=\"([^\"]+)\")");
+  for (std::string line; std::getline(in, line);) {
+    std::smatch m;
+    if (std::regex_search(line, m, inet)) {
+      std::string host = m[2].str();
+      if (host.rfind("::ffff:", 0) == 0) host = host.substr(7);  // IPv4-mapped IPv6
+      peers.insert(absl::StrCat(host, ":", m[1].str()));
+    } else if (std::regex_search(line, m, unix_sock)) {
+      peers.insert(absl::StrCat("unix:", m[1].str()));
+    }
+  }
+  return peers;
+}
+
+std::unique_ptr<grpc::ClientContext> Ctx() {
+  auto c = std::make_unique<grpc::ClientContext>();
+  c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  return c;
+}
+
+class FarmTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::temp_directory_path() /
+            absl::StrCat("zfarm-e2e-", getpid(), "-",
+                         ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ + "/out");
+  }
+  void TearDown() override {
+    workers_.clear();
+    scheduler_.reset();
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  // Starts the scheduler (on `port`, or a free one) with short heartbeats.
+  void StartScheduler(int port = 0) {
+    scheduler_ = std::make_unique<Subprocess>(
+        std::vector<std::string>{ZFARM_SCHEDULER_BIN, absl::StrCat("--listen=127.0.0.1:", port),
+                                 "--state-dir=" + dir_ + "/state", "--output-root=" + dir_ + "/out",
+                                 "--heartbeat_interval=200ms", "--lease_timeout=2s"},
+        absl::StrCat(dir_, "/scheduler-", ++scheduler_starts_, ".log"));
+    std::string line = scheduler_->WaitForLine("listening on ", absl::Seconds(30));
+    ASSERT_FALSE(line.empty()) << scheduler_->ReadLog();
+    address_ = line.substr(13);
+    port_ = std::stoi(address_.substr(address_.rfind(':') + 1));
+    channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+    jobs_ = v1::JobService::NewStub(channel_);
+    admin_ = v1::AdminService::NewStub(channel_);
+  }
+
+  std::vector<std::string> WorkerArgs(const std::string& name,
+                                      const std::string& model = ZFARM_TINY_MODEL_DIR) {
+    return {ZFARM_WORKER_BIN, "serve",  "--scheduler=" + address_, "--model=" + model,
+            "--output-root=" + dir_ + "/out", "--name=" + name, "--warmup=64x64",
+            "--warmup-steps=1", "--min-free-disk-mb=1"};
+  }
+
+  // Starts `zfarm-worker serve` and waits until the scheduler lists it READY.
+  Subprocess* StartWorker(const std::string& name, std::vector<std::string> extra = {},
+                          std::vector<std::string> prefix = {}) {
+    std::vector<std::string> argv = prefix;
+    for (auto& a : WorkerArgs(name)) argv.push_back(a);
+    for (auto& a : extra) argv.push_back(a);
+    workers_.push_back(std::make_unique<Subprocess>(argv, dir_ + "/" + name + ".log"));
+    EXPECT_TRUE(WaitFor([&] { return WorkerState(name) == v1::WORKER_STATE_READY; },
+                        absl::Seconds(60)))
+        << workers_.back()->ReadLog();
+    return workers_.back().get();
+  }
+
+  v1::WorkerState WorkerState(const std::string& name) {
+    v1::ListWorkersResponse resp;
+    if (!admin_->ListWorkers(Ctx().get(), v1::ListWorkersRequest(), &resp).ok()) {
+      return v1::WORKER_STATE_UNSPECIFIED;
+    }
+    for (const auto& w : resp.workers()) {
+      if (w.worker_name() == name) return w.state();
+    }
+    return v1::WORKER_STATE_UNSPECIFIED;
+  }
+
+  std::string Submit(int steps, int size = 256) {
+    v1::SubmitJobRequest r;
+    r.mutable_spec()->set_prompt("a lighthouse at dusk");
+    r.mutable_spec()->set_width_px(size);
+    r.mutable_spec()->set_height_px(size);
+    r.mutable_spec()->set_steps(steps);
+    r.mutable_spec()->set_seed(7);
+    v1::SubmitJobResponse resp;
+    grpc::Status s = jobs_->SubmitJob(Ctx().get(), r, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.job().job_id();
+  }
+
+  v1::Job GetJob(const std::string& id) {
+    v1::GetJobRequest r;
+    r.set_job_id(id);
+    v1::Job j;
+    jobs_->GetJob(Ctx().get(), r, &j);
+    return j;
+  }
+
+  bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout = absl::Seconds(60)) {
+    const absl::Time end = absl::Now() + timeout;
+    while (absl::Now() < end) {
+      if (pred()) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return pred();
+  }
+
+  v1::Job WaitFinal(const std::string& id) {
+    v1::Job j;
+    WaitFor([&] {
+      j = GetJob(id);
+      return j.state() == v1::JOB_STATE_SUCCEEDED || j.state() == v1::JOB_STATE_FAILED ||
+             j.state() == v1::JOB_STATE_CANCELLED;
+    });
+    return j;
+  }
+
+  // Files under the output root with the given extension.
+  std::vector<std::string> Files(const std::string& ext) {
+    std::vector<std::string> out;
+    for (auto& e : fs::recursive_directory_iterator(dir_ + "/out")) {
+      if (e.is_regular_file() && e.path().extension() == ext) {
+        out.push_back(fs::relative(e.path(), dir_ + "/out").string());
+      }
+    }
+    return out;
+  }
+
+  std::string dir_, address_;
+  int port_ = 0, scheduler_starts_ = 0;
+  std::unique_ptr<Subprocess> scheduler_;
+  std::vector<std::unique_ptr<Subprocess>> workers_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::JobService::Stub> jobs_;
+  std::unique_ptr<v1::AdminService::Stub> admin_;
+};
+
+TEST_F(FarmTest, CliSubmitProducesThePngWithItsSha256AndSigtermExitsCleanly) {
+  StartScheduler();
+  Subprocess* w = StartWorker("w1", {"--health-listen=127.0.0.1:0"});
+  std::string health = w->WaitForLine("grpc.health.v1 on ", absl::Seconds(5));
+  ASSERT_FALSE(health.empty());
+  const std::string health_addr = health.substr(18, health.find(' ', 18) - 18);
+  // SERVING once warm and connected (the worker refreshes it every 250 ms).
+  EXPECT_TRUE(WaitFor([&] { return scheduler::ProbeHealth(health_addr, absl::Seconds(2)).ok(); },
+                      absl::Seconds(10)));
+
+  int status = 0;
+  std::string out = RunCommand(absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_,
+                                     " --prompt 'a red fox in the snow' --width 256 --height 256"
+                                     " --steps 4 --seed 42 --wait --json"),
+                        &status);
+  ASSERT_EQ(status, 0) << out;
+  nlohmann::json j = nlohmann::json::parse(out.substr(out.find('{')));
+  ASSERT_EQ(j["state"], "succeeded") << out;
+  const std::string path = dir_ + "/out/" + j["path"].get<std::string>();
+  ASSERT_TRUE(fs::exists(path));
+  EXPECT_EQ(Sha256File(path), j["sha256"].get<std::string>());
+  EXPECT_TRUE(Files(".tmp").empty());
+  // The same seed renders the same bytes on a second job.
+  std::string again = RunCommand(absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_,
+                                       " --prompt 'a red fox in the snow' --width 256 --height 256"
+                                       " --steps 4 --seed 42 --wait --json"),
+                          &status);
+  nlohmann::json j2 = nlohmann::json::parse(again.substr(again.find('{')));
+  EXPECT_EQ(j2["sha256"], j["sha256"]);
+
+  const int s = w->Stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(s) && WEXITSTATUS(s) == 0) << w->ReadLog();
+  EXPECT_NE(w->ReadLog().find("stopped after 2 images"), std::string::npos) << w->ReadLog();
+}
+
+TEST_F(FarmTest, CancelARunningJob) {
+  StartScheduler();
+  StartWorker("w1");
+  const std::string id = Submit(50);
+  ASSERT_TRUE(WaitFor([&] { return GetJob(id).progress().step() >= 1; }));
+  v1::CancelJobRequest c;
+  c.set_job_id(id);
+  v1::CancelJobResponse cr;
+  ASSERT_TRUE(jobs_->CancelJob(Ctx().get(), c, &cr).ok());
+  v1::Job j = WaitFinal(id);
+  EXPECT_EQ(j.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_LT(j.progress().step(), 50);
+  EXPECT_TRUE(Files(".png").empty());
+  // The worker takes the next job.
+  EXPECT_EQ(WaitFinal(Submit(2)).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(FarmTest, KillNineAWorkerMidJobAnotherFinishesItOnce) {
+  StartScheduler();
+  Subprocess* w1 = StartWorker("w1");
+  const std::string id = Submit(30);
+  ASSERT_TRUE(WaitFor([&] { return GetJob(id).progress().step() >= 1; }));
+  ASSERT_EQ(GetJob(id).worker(), "w1");
+  StartWorker("w2");
+  w1->Stop(SIGKILL);
+  v1::Job j = WaitFinal(id);
+  EXPECT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(j.worker(), "w2");
+  EXPECT_EQ(Files(".png").size(), 1u);
+  EXPECT_TRUE(Files(".tmp").empty());
+}
+
+TEST_F(FarmTest, CutOffWorkerFinishesLateAndItsCommitIsRefused) {
+  StartScheduler();
+  Subprocess* w1 = StartWorker("w1");
+  const std::string id = Submit(20);
+  ASSERT_TRUE(WaitFor([&] { return GetJob(id).progress().step() >= 1; }));
+  // Freeze w1 past the 2 s lease timeout: the scheduler loses it and requeues.
+  w1->Signal(SIGSTOP);
+  ASSERT_TRUE(WaitFor([&] { return WorkerState("w1") == v1::WORKER_STATE_LOST; }));
+  StartWorker("w2");
+  v1::Job j = WaitFinal(id);
+  ASSERT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED);
+  ASSERT_EQ(j.worker(), "w2");
+  // w1 wakes, finishes its render, reconnects: its commit is refused, temp deleted.
+  w1->Signal(SIGCONT);
+  EXPECT_FALSE(w1->WaitForLine("event=commit_refused", absl::Seconds(60)).empty()) << w1->ReadLog();
+  EXPECT_EQ(Files(".png"), std::vector<std::string>{j.result().path()});
+  EXPECT_TRUE(Files(".tmp").empty());
+  EXPECT_EQ(GetJob(id).worker(), "w2");
+}
+
+TEST_F(FarmTest, SchedulerRestartMidJobTheJobFinishesOnce) {
+  StartScheduler();
+  StartWorker("w1");
+  const std::string id = Submit(30);
+  ASSERT_TRUE(WaitFor([&] { return GetJob(id).progress().step() >= 1; }));
+  scheduler_->Stop(SIGKILL);
+  StartScheduler(port_);  // same state dir and address; the worker reconnects
+  v1::Job j = WaitFinal(id);
+  EXPECT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED) << j.DebugString();
+  EXPECT_EQ(j.worker(), "w1");
+  EXPECT_EQ(Files(".png").size(), 1u);
+  EXPECT_TRUE(Files(".tmp").empty());
+}
+
+TEST_F(FarmTest, WrongModelFolderIsAClearErrorAndNeverReady) {
+  StartScheduler();
+  // A copy of the tiny model with one weight file missing.
+  const std::string broken = dir_ + "/broken-model";
+  fs::copy(ZFARM_TINY_MODEL_DIR, broken, fs::copy_options::recursive);
+  for (auto& e : fs::directory_iterator(broken + "/transformer")) {
+    if (e.path().extension() == ".safetensors") {
+      fs::remove(e.path());
+      break;
+    }
+  }
+  Subprocess w(WorkerArgs("bad", broken), dir_ + "/bad.log");
+  const int s = w.Wait(absl::Seconds(60));
+  ASSERT_TRUE(WIFEXITED(s)) << w.ReadLog();
+  EXPECT_EQ(WEXITSTATUS(s), 1);
+  const std::string log = w.ReadLog();
+  EXPECT_NE(log.find("cannot load model"), std::string::npos) << log;
+  EXPECT_NE(log.find("transformer"), std::string::npos) << log;
+  EXPECT_EQ(WorkerState("bad"), v1::WORKER_STATE_UNSPECIFIED);  // never connected
+  // And a folder that is not there at all.
+  Subprocess w2(WorkerArgs("bad2", dir_ + "/no-such-model"), dir_ + "/bad2.log");
+  const int s2 = w2.Wait(absl::Seconds(60));
+  EXPECT_TRUE(WIFEXITED(s2) && WEXITSTATUS(s2) == 1) << w2.ReadLog();
+  EXPECT_NE(w2.ReadLog().find("no-such-model"), std::string::npos);
+}
+
+TEST_F(FarmTest, OfflineTheWorkersOnlyPeerIsTheScheduler) {
+  StartScheduler();
+  const std::string trace = dir_ + "/connect.trace";
+  Subprocess* w = StartWorker(
+      "w1", {}, {"/usr/bin/strace", "-f", "--seccomp-bpf", "-e", "trace=connect", "-o", trace});
+  EXPECT_EQ(WaitFinal(Submit(2)).state(), v1::JOB_STATE_SUCCEEDED);
+  // SIGTERM the worker itself (strace's child); strace exits with it.
+  std::ifstream children(absl::StrCat("/proc/", w->pid(), "/task/", w->pid(), "/children"));
+  pid_t worker_pid = 0;
+  children >> worker_pid;
+  ASSERT_GT(worker_pid, 0);
+  kill(worker_pid, SIGTERM);
+  const int s = w->Wait(absl::Seconds(30));
+  EXPECT_TRUE(WIFEXITED(s)) << w->ReadLog();
+  std::set<std::string> peers = PeersFromStrace(trace);
+  // glibc's name-service cache socket (user lookups by glog) is a local Unix
+  // socket, not a network peer; nothing else is allowed.
+  peers.erase("unix:/var/run/nscd/socket");
+  EXPECT_EQ(peers, std::set<std::string>{absl::StrCat("127.0.0.1:", port_)})
+      << "the worker connected to something other than the scheduler";
+
+  // Negative control: the same check on a process that also dials a second
+  // address reports it.
+  const std::string trace2 = dir_ + "/control.trace";
+  Subprocess control({"/usr/bin/strace", "-f", "--seccomp-bpf", "-e", "trace=connect", "-o", trace2,
+                      "/bin/bash",
+                      "-c",
+                      absl::StrCat("exec 3<>/dev/tcp/127.0.0.1/", port_,
+                                   "; exec 4<>/dev/tcp/127.0.0.1/1 || true")},
+                     dir_ + "/control.log");
+  control.Wait(absl::Seconds(30));
+  const std::set<std::string> control_peers = PeersFromStrace(trace2);
+  EXPECT_TRUE(control_peers.count(absl::StrCat("127.0.0.1:", port_))) << control.ReadLog();
+  EXPECT_TRUE(control_peers.count("127.0.0.1:1"));
+  EXPECT_NE(control_peers, std::set<std::string>{absl::StrCat("127.0.0.1:", port_)});
+}
+
+}  // namespace
+}  // namespace zfarm
