@@ -371,5 +371,49 @@ TEST_F(FarmTest, OfflineTheWorkersOnlyPeerIsTheScheduler) {
   EXPECT_NE(control_peers, std::set<std::string>{absl::StrCat("127.0.0.1:", port_)});
 }
 
+TEST_F(FarmTest, DoctorPassesOnTheTinyModelAndNamesABrokenFile) {
+  int status = 0;
+  const std::string doctor = absl::StrCat(ZFARM_WORKER_BIN, " doctor --device cpu --size 64x64",
+                                          " --steps 1 --json --output-root ", dir_, "/out --model ");
+  std::string out = RunCommand(doctor + ZFARM_TINY_MODEL_DIR, &status);
+  ASSERT_EQ(status, 0) << out;
+  nlohmann::json j = nlohmann::json::parse(out);
+  EXPECT_TRUE(j["ok"].get<bool>());
+  std::set<std::string> names;
+  for (const auto& c : j["checks"]) {
+    names.insert(c["name"].get<std::string>());
+    EXPECT_TRUE(c["ok"].get<bool>()) << c.dump();
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"files", "device", "output_root", "load"}));
+  for (const auto& c : j["checks"]) {
+    if (c["name"] == "load") {
+      EXPECT_GT(c["data"]["warm_generation_seconds"].get<double>(), 0);
+    }
+  }
+
+  // One flipped byte in a weight file: the md5 check names it, exit 1.
+  const std::string broken = dir_ + "/broken-model";
+  fs::copy(ZFARM_TINY_MODEL_DIR, broken, fs::copy_options::recursive);
+  std::string victim;
+  for (auto& e : fs::directory_iterator(broken + "/vae")) {
+    if (e.path().extension() == ".safetensors") victim = e.path().string();
+  }
+  ASSERT_FALSE(victim.empty());
+  {
+    std::fstream f(victim, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-1, std::ios::end);
+    char c = 0;
+    f.get(c);
+    f.seekp(-1, std::ios::end);
+    f.put(static_cast<char>(c ^ 0x5a));
+  }
+  out = RunCommand(doctor + broken + " --no-load", &status);
+  EXPECT_EQ(status, 1) << out;
+  nlohmann::json b = nlohmann::json::parse(out);
+  EXPECT_FALSE(b["ok"].get<bool>());
+  EXPECT_NE(b["checks"][0]["detail"].get<std::string>().find("vae/"), std::string::npos)
+      << b.dump(2);
+}
+
 }  // namespace
 }  // namespace zfarm

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <deque>
 #include <filesystem>
 #include <mutex>
 #include <string>
@@ -108,6 +109,8 @@ class Pipeline::Impl {
   model::VaeDecoder vae{nullptr};
   double load_seconds = 0;
   bool time_steps = false;
+  // Recently encoded captions (token ids -> [L, cap_feat_dim] on the device), newest last.
+  std::deque<std::pair<std::vector<int32_t>, at::Tensor>> captions;
 
   absl::Status Load();
   absl::StatusOr<Image> Run(const GenerateRequest& r, const StepCallback& on_step,
@@ -115,6 +118,9 @@ class Pipeline::Impl {
   absl::StatusOr<text::PromptTokens> Tokens(const std::string& prompt,
                                             const std::vector<int32_t>& ids);
   at::Tensor Encode(const std::vector<int32_t>& ids);
+  // Encode() through the caption cache.
+  at::Tensor CachedEncode(const std::vector<int32_t>& ids);
+  bool Cached(const std::vector<int32_t>& ids) const;
 };
 
 absl::Status Pipeline::Impl::Load() {
@@ -240,6 +246,28 @@ at::Tensor Pipeline::Impl::Encode(const std::vector<int32_t>& ids) {
   return text_encoder(t).to(device);
 }
 
+bool Pipeline::Impl::Cached(const std::vector<int32_t>& ids) const {
+  for (const auto& [k, v] : captions) {
+    if (k == ids) return true;
+  }
+  return false;
+}
+
+at::Tensor Pipeline::Impl::CachedEncode(const std::vector<int32_t>& ids) {
+  for (auto it = captions.begin(); it != captions.end(); ++it) {
+    if (it->first == ids) {
+      auto entry = std::move(*it);
+      captions.erase(it);
+      captions.push_back(std::move(entry));
+      return captions.back().second;
+    }
+  }
+  at::Tensor cap = Encode(ids);
+  captions.emplace_back(ids, cap);
+  while (captions.size() > static_cast<size_t>(Pipeline::kCaptionCacheSize)) captions.pop_front();
+  return cap;
+}
+
 absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCallback& on_step,
                                           const CancelToken* cancel, GenerateTrace* trace) {
   const auto t0 = Clock::now();
@@ -267,14 +295,17 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
   const auto t1 = Clock::now();
   img.timings.tokenize_s = Seconds(t0, t1);
 
-  // Text encoder (moved to the device only for this stage when offloaded).
-  if (options.offload_text_encoder && device.is_cuda()) {
+  // Text encoder (moved to the device only for this stage when offloaded; never
+  // when the captions were prepared).
+  const bool move_encoder = options.offload_text_encoder && device.is_cuda() &&
+                            !(Cached(pos.ids) && (!any_cfg || Cached(neg.ids)));
+  if (move_encoder) {
     at::NoGradGuard ng;
     text_encoder->to(device);
   }
-  at::Tensor cap = Encode(pos.ids), neg_cap;
-  if (any_cfg) neg_cap = Encode(neg.ids);
-  if (options.offload_text_encoder && device.is_cuda()) {
+  at::Tensor cap = CachedEncode(pos.ids), neg_cap;
+  if (any_cfg) neg_cap = CachedEncode(neg.ids);
+  if (move_encoder) {
     at::NoGradGuard ng;
     text_encoder->to(at::Device(at::kCPU));
     ReleaseCache(device);
@@ -388,6 +419,26 @@ absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCal
   } catch (const c10::Error& e) {
     ReleaseCache(impl_->device);
     return absl::InternalError(absl::StrCat("generate: ", e.what_without_backtrace()));
+  }
+}
+
+absl::Status Pipeline::PrepareCaption(const GenerateRequest& r) {
+  if (impl_->options.offload_text_encoder) return absl::OkStatus();
+  try {
+    ZFARM_ASSIGN_OR_RETURN(text::PromptTokens pos, impl_->Tokens(r.prompt, r.prompt_ids));
+    if (pos.ids.empty()) return absl::InvalidArgumentError("prompt: no tokens");
+    impl_->CachedEncode(pos.ids);
+    if (r.guidance > 0) {
+      ZFARM_ASSIGN_OR_RETURN(text::PromptTokens neg,
+                             impl_->Tokens(r.negative_prompt, r.negative_prompt_ids));
+      impl_->CachedEncode(neg.ids);
+    }
+    return absl::OkStatus();
+  } catch (const c10::OutOfMemoryError& e) {
+    ReleaseCache(impl_->device);
+    return absl::ResourceExhaustedError("out of device memory encoding a prompt ahead");
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("prepare caption: ", e.what_without_backtrace()));
   }
 }
 

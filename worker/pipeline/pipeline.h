@@ -149,6 +149,15 @@ class Pipeline {
   // Synchronise device work after each step to time it (slower; off by default).
   void set_time_steps(bool on);
 
+  // Tokenizes and encodes `request`'s prompt (and its negative prompt when
+  // guidance > 0) now, and keeps the caption for Generate(): the worker calls it
+  // between steps of the running job so the next job starts with its caption
+  // ready. The last kCaptionCacheSize captions are kept, so a seed sweep over one
+  // prompt encodes it once. A no-op with offload_text_encoder (moving the encoder
+  // mid-job would cost more than it saves). Same thread rules as Generate().
+  absl::Status PrepareCaption(const GenerateRequest& request);
+  static constexpr int kCaptionCacheSize = 8;
+
   class Impl;
 
  private:

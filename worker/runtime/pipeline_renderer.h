@@ -25,6 +25,9 @@ class PipelineRenderer : public Renderer {
   absl::StatusOr<Image> Render(const GenerateRequest& request, const StepCallback& on_step,
                                const CancelToken* cancel) override;
   DeviceMemory Memory() override;
+  absl::Status Prepare(const GenerateRequest& request) override {
+    return pipeline_->PrepareCaption(request);
+  }
   Pipeline* pipeline() { return pipeline_.get(); }
 
  private:

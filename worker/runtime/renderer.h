@@ -32,6 +32,12 @@ class Renderer {
                                        const StepCallback& on_step,
                                        const CancelToken* cancel) = 0;
   virtual DeviceMemory Memory() = 0;
+  // Encodes the prompt of a job that will run next (called between steps of the
+  // running job, on the same thread), so that job starts with its caption ready.
+  virtual absl::Status Prepare(const GenerateRequest& request) {
+    (void)request;
+    return absl::OkStatus();
+  }
 };
 
 }  // namespace zfarm::worker

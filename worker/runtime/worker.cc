@@ -97,6 +97,18 @@ absl::Status CheckRelativePath(const std::string& rel) {
   return absl::OkStatus();
 }
 
+GenerateRequest RequestFor(const v1::JobSpec& spec) {
+  GenerateRequest req;
+  req.prompt = spec.prompt();
+  req.negative_prompt = spec.negative_prompt();
+  req.width = spec.width_px();
+  req.height = spec.height_px();
+  req.steps = spec.steps();
+  req.seed = spec.seed();
+  req.guidance = spec.guidance_scale();
+  return req;
+}
+
 bool SameLease(const v1::LeaseId& a, const v1::LeaseId& b) {
   return a.job_id() == b.job_id() && a.attempt() == b.attempt();
 }
@@ -431,14 +443,7 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
     }
   }
 
-  GenerateRequest req;
-  req.prompt = spec.prompt();
-  req.negative_prompt = spec.negative_prompt();
-  req.width = spec.width_px();
-  req.height = spec.height_px();
-  req.steps = spec.steps();
-  req.seed = spec.seed();
-  req.guidance = spec.guidance_scale();
+  GenerateRequest req = RequestFor(spec);
   const absl::Time deadline = spec.has_deadline()
                                   ? absl::FromUnixMicros(google::protobuf::util::TimeUtil::
                                                              TimestampToMicroseconds(spec.deadline()))
@@ -446,6 +451,7 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
 
   auto cancel = std::make_shared<CancelToken>();
   const absl::Time start = absl::Now();
+  absl::Time busy_since = absl::InfiniteFuture();
   {
     absl::MutexLock lock(&mu_);
     running_ = id;
@@ -453,6 +459,7 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
     running_cancel_reason_ = v1::FAILURE_REASON_CANCELLED_BY_CLIENT;
     // Busy: this lease was already here when the previous image came out.
     if (queued_since <= last_image_done_) {
+      busy_since = last_image_done_;
       const double gap = absl::ToDoubleSeconds(start - last_image_done_);
       stats_.gap_seconds.push_back(gap);
       if (metrics_ != nullptr) metrics_->ObserveGap(gap);
@@ -470,7 +477,24 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
     const absl::Time now = absl::Now();
     if (metrics_ != nullptr && step > 1) metrics_->ObserveStep(absl::ToDoubleSeconds(now - last_step));
     last_step = now;
+    // Encode the next job's prompt between our steps (same thread, same device),
+    // once, so it starts with its caption ready.
+    std::optional<v1::JobSpec> next;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!pending_.empty() && pending_.front().first.lease().job_id() != prepared_job_) {
+        prepared_job_ = pending_.front().first.lease().job_id();
+        next = pending_.front().first.spec();
+      }
+    }
+    if (next) {
+      absl::Status ps = renderer_->Prepare(RequestFor(*next));
+      if (!ps.ok()) LOG(WARNING) << "event=prepare_failed status=\"" << ps.ToString() << "\"";
+    }
     absl::MutexLock lock(&mu_);
+    if (step == 1 && busy_since != absl::InfiniteFuture()) {
+      stats_.first_step_gap_seconds.push_back(absl::ToDoubleSeconds(now - busy_since));
+    }
     if (now >= deadline && !cancel->cancelled()) {
       running_cancel_reason_ = v1::FAILURE_REASON_DEADLINE_EXCEEDED;
       cancel->Cancel();

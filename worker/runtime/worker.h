@@ -5,7 +5,8 @@
 // (SchedulerLink) and three kinds of threads:
 //   - the inference thread owns the Renderer: it takes leases from the local
 //     queue (one running + prefetched ones), renders them, reports Started,
-//     Progress after every step, and hands images to the output thread;
+//     Progress after every step, encodes the next job's prompt between steps
+//     (Renderer::Prepare), and hands images to the output thread;
 //   - the output thread encodes the PNG, writes `<dir>/<job>.<attempt>.tmp`,
 //     fsyncs it, asks the scheduler to commit the lease and renames the file to
 //     its final path only when accepted (a refused lease deletes the temp file);
@@ -87,6 +88,9 @@ class Worker : public SchedulerLink::Handler {
     // Time from one job's image leaving the pipeline to the next job's render
     // starting, for jobs that were already waiting locally (the busy case).
     std::vector<double> gap_seconds;
+    // The same, to the end of the next job's first denoising step (includes its
+    // prompt encoding and one step of compute).
+    std::vector<double> first_step_gap_seconds;
   };
 
   static absl::StatusOr<std::unique_ptr<Worker>> Create(Options options,
@@ -167,6 +171,8 @@ class Worker : public SchedulerLink::Handler {
   bool healthy_ ABSL_GUARDED_BY(mu_) = true;
   int consecutive_failures_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time last_image_done_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // The pending job whose prompt was encoded ahead (Renderer::Prepare).
+  std::string prepared_job_ ABSL_GUARDED_BY(mu_);
   Stats stats_ ABSL_GUARDED_BY(mu_);
   DeviceMemory memory_ ABSL_GUARDED_BY(mu_);
 
