@@ -23,6 +23,10 @@
 // Usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] [--tmpdir DIR]
 //                       [--sizes 512x512,1024x1024,...] [--steps 8] [--reps 3]
 //                       [--tokenizer tokenizer.json]   (the pipeline's tokenize stage)
+//                       [--memory-modes] [--png-sweep]
+// --memory-modes and --png-sweep run only their own section (instead of sections 1-5): the
+// memory-mode table (peak allocated / reserved and s/image per mode and size) and the PNG
+// encoder's time and size per zlib level and row filter at 1024^2.
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -104,6 +108,22 @@ double BenchDevice::ReservedGiB() const {
   return std::nan("");
 }
 
+double BenchDevice::AllocatedGiB() const {
+#ifdef ZFARM_BENCH_CUDA_HEADERS
+  if (cuda) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+    return static_cast<double>(stats.allocated_bytes[0].current) / (1024.0 * 1024.0 * 1024.0);
+  }
+#endif
+  return std::nan("");
+}
+
+void BenchDevice::EmptyCache() const {
+#ifdef ZFARM_BENCH_CUDA_HEADERS
+  if (cuda) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+}
+
 double TimeMs(const BenchDevice& dev, const std::function<void()>& fn, int warmup, int reps,
               int batch) {
   for (int i = 0; i < warmup; ++i) fn();
@@ -160,6 +180,8 @@ struct Options {
   int steps = 8;
   int reps = 3;
   std::string tokenizer;
+  bool memory_modes = false;
+  bool png_sweep = false;
 };
 
 // Image tokens of one size plus the caption padded to a multiple of 32 (spec: SEQ_MULTI_OF).
@@ -422,6 +444,18 @@ std::vector<std::pair<int64_t, int64_t>> ParseSizes(const std::string& s) {
   return out;
 }
 
+// Writes the report to `out` (if set); the exit status of Main.
+int WriteReport(const Report& rep, const std::string& out) {
+  if (out.empty()) return 0;
+  std::ofstream f(out);
+  f << rep.text();
+  if (!f) {
+    std::cerr << "pipeline_bench: cannot write " << out << "\n";
+    return 1;
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   Options opt;
   for (int i = 1; i < argc; ++i) {
@@ -451,10 +485,15 @@ int Main(int argc, char** argv) {
       opt.reps = std::stoi(next());
     else if (a == "--tokenizer")
       opt.tokenizer = next();
+    else if (a == "--memory-modes")
+      opt.memory_modes = true;
+    else if (a == "--png-sweep")
+      opt.png_sweep = true;
     else {
       std::cerr << "usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] "
                    "[--tmpdir DIR]"
-                   " [--sizes HxW,...] [--steps N] [--reps N] [--tokenizer tokenizer.json]\n";
+                   " [--sizes HxW,...] [--steps N] [--reps N] [--tokenizer tokenizer.json]"
+                   " [--memory-modes] [--png-sweep]\n";
       return 2;
     }
   }
@@ -467,6 +506,17 @@ int Main(int argc, char** argv) {
   rep.Line("device: " + dev.Name() + ", torch " + TORCH_VERSION +
            (dev.cuda ? "" : " (no CUDA: CPU plumbing run)"));
   rep.Line("");
+  PipelineBenchOptions popt;
+  popt.sizes = opt.sizes;
+  popt.steps = opt.steps;
+  popt.quick = opt.quick;
+  popt.reps = opt.reps;
+  popt.tokenizer_json = opt.tokenizer;
+  if (opt.memory_modes || opt.png_sweep) {
+    if (opt.memory_modes) RunMemoryModesSection(dev, rep, popt);
+    if (opt.png_sweep) RunPngSection(dev, rep, popt);
+    return WriteReport(rep, opt.out);
+  }
   dev.ResetPeak();
   const double peak = BenchMatmul(dev, rep, opt);
   rep.Line("measured bf16 matmul peak: " + Fmt(peak, 1) + " TFLOP/s");
@@ -482,23 +532,9 @@ int Main(int argc, char** argv) {
   rep.Line("safetensors load: not built (zfarm_worker_io not available)");
   rep.Line("");
 #endif
-  PipelineBenchOptions popt;
-  popt.sizes = opt.sizes;
-  popt.steps = opt.steps;
-  popt.quick = opt.quick;
   popt.matmul_peak_tflops = peak;
-  popt.reps = opt.reps;
-  popt.tokenizer_json = opt.tokenizer;
   RunPipelineSection(dev, rep, popt);
-  if (!opt.out.empty()) {
-    std::ofstream f(opt.out);
-    f << rep.text();
-    if (!f) {
-      std::cerr << "pipeline_bench: cannot write " << opt.out << "\n";
-      return 1;
-    }
-  }
-  return 0;
+  return WriteReport(rep, opt.out);
 }
 
 }  // namespace

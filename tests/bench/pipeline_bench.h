@@ -25,6 +25,8 @@ struct BenchDevice {
   void ResetPeak() const;      // resets the caching allocator's peak statistics
   double PeakGiB() const;      // peak allocated since ResetPeak (NaN without CUDA headers)
   double ReservedGiB() const;  // peak reserved by the caching allocator
+  double AllocatedGiB() const;  // allocated now
+  void EmptyCache() const;      // returns the caching allocator's free blocks to the driver
 };
 
 // Median milliseconds per call of `fn` after `warmup` calls: `reps` samples, each `batch`
@@ -58,6 +60,14 @@ struct PipelineBenchOptions {
 
 // Section 5: the pipeline per stage and end to end (pipeline_bench_pipeline.cc).
 void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
+
+// --memory-modes: peak device memory (allocated and reserved) and s/image of each memory mode
+// (default, offloaded text encoder, tiled VAE, both) at each size, full Turbo config.
+void RunMemoryModesSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
+
+// --png-sweep: PNG encoding time and size at 1024^2 per zlib level / row filter / strategy,
+// on a rendered image (random weights) and on a smooth synthetic one.
+void RunPngSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
 
 }  // namespace zfarm::bench
 

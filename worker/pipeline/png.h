@@ -35,9 +35,27 @@ std::string A1111Parameters(const ImageParameters& p);
 // The JSON object stored in the "zfarm" chunk.
 std::string ParametersJson(const ImageParameters& p);
 
+// How EncodePng compresses. The defaults are libpng's (zlib level 6, adaptive
+// choice among all five row filters per row).
+struct PngOptions {
+  // zlib level 0..9 (0 = stored, 1 = fastest, 9 = smallest); -1 = zlib's default (6).
+  int zlib_level = -1;
+  // Row filter: kAdaptive lets libpng pick one of the five per row (smallest
+  // output, slowest); the others force one filter for every row.
+  enum class Filter { kAdaptive, kNone, kSub, kUp, kAverage, kPaeth };
+  Filter filter = Filter::kAdaptive;
+  // zlib strategy: false = Z_FILTERED (libpng's default for filtered rows), true = Z_RLE.
+  bool rle = false;
+};
+
 // Encodes 8-bit RGB (height * width * 3 bytes, row-major) as PNG bytes with
 // the given text chunks (key, value; values are stored as UTF-8 iTXt).
-// INVALID_ARGUMENT for a size mismatch; INTERNAL for a libpng error.
+// INVALID_ARGUMENT for a size mismatch or an option out of range; INTERNAL
+// for a libpng error.
+absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width, int height,
+                                      const std::vector<std::pair<std::string, std::string>>& text,
+                                      const PngOptions& options);
+// EncodePng with PngOptions{} (libpng's defaults).
 absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width, int height,
                                       const std::vector<std::pair<std::string, std::string>>& text);
 

@@ -72,5 +72,49 @@ TEST(PngTest, SizeMismatchIsInvalid) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("/nonexistent-dir")));
 }
 
+TEST(PngTest, EveryCompressionOptionRoundTrips) {
+  // A smooth gradient with some texture: every filter and level must decode to
+  // the same pixels and keep the text chunks.
+  const int w = 64, h = 48;
+  std::vector<uint8_t> rgb(static_cast<size_t>(w) * h * 3);
+  for (int y = 0; y < h; ++y) {
+    for (int x = 0; x < w; ++x) {
+      uint8_t* px = &rgb[(static_cast<size_t>(y) * w + x) * 3];
+      px[0] = static_cast<uint8_t>(x * 4);
+      px[1] = static_cast<uint8_t>(y * 5 + (x * y) % 7);
+      px[2] = static_cast<uint8_t>((x ^ y) * 3);
+    }
+  }
+  using F = PngOptions::Filter;
+  size_t stored_size = 0, best_size = 0;
+  for (int level : {-1, 0, 1, 3, 9}) {
+    for (F f : {F::kAdaptive, F::kNone, F::kSub, F::kUp, F::kAverage, F::kPaeth}) {
+      for (bool rle : {false, true}) {
+        PngOptions o;
+        o.zlib_level = level;
+        o.filter = f;
+        o.rle = rle;
+        ASSERT_OK_AND_ASSIGN(std::string bytes, EncodePng(rgb, w, h, {{"parameters", "p"}}, o));
+        ASSERT_OK_AND_ASSIGN(DecodedPng d, DecodePng(bytes));
+        EXPECT_EQ(d.rgb, rgb) << "level " << level << " filter " << static_cast<int>(f);
+        ASSERT_EQ(d.text.size(), 1u);
+        EXPECT_EQ(d.text[0].second, "p");
+        if (level == 0 && f == F::kNone && !rle) stored_size = bytes.size();
+        if (level == 9 && f == F::kAdaptive && !rle) best_size = bytes.size();
+      }
+    }
+  }
+  // Level 0 stores the rows uncompressed (at least the pixel bytes); level 9 compresses.
+  EXPECT_GE(stored_size, rgb.size());
+  EXPECT_LT(best_size, stored_size / 2);
+}
+
+TEST(PngTest, ZlibLevelOutOfRangeIsInvalid) {
+  PngOptions o;
+  o.zlib_level = 10;
+  EXPECT_THAT(EncodePng(std::vector<uint8_t>(12), 2, 2, {}, o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("zlib_level")));
+}
+
 }  // namespace
 }  // namespace zfarm::worker
