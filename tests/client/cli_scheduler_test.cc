@@ -155,9 +155,9 @@ TEST_F(CliSchedulerTest, SubmitWaitStatusGetWithAWorker) {
   Result g2 = Run({"get", j["job"], "--out", dir_ + "/g2.png"});
   ASSERT_EQ(g2.rc, 0) << g2.err;
   ASSERT_OK_AND_ASSIGN(std::string sha, Sha256File(dir_ + "/g.png"));
-  EXPECT_EQ(sha, j["sha256"]);
+  EXPECT_EQ(sha, j["sha256"].get<std::string>());
   ASSERT_OK_AND_ASSIGN(std::string sha2, Sha256File(dir_ + "/g2.png"));
-  EXPECT_EQ(sha2, j["sha256"]);
+  EXPECT_EQ(sha2, j["sha256"].get<std::string>());
   Result w = Run({"workers", "--json"});
   ASSERT_EQ(w.rc, 0) << w.err;
   EXPECT_EQ(w.lines()[0]["worker"], "w1");

@@ -301,7 +301,7 @@ TEST_F(CliTest, BatchOutDirWritesNumberedPngsAndManifest) {
   EXPECT_EQ(m["jobs"][2]["prompt"], "a dog");
   for (int i = 0; i < 3; ++i) {
     std::string f = out + "/" + m["jobs"][i]["path"].get<std::string>();
-    EXPECT_EQ(*Sha256File(f), m["jobs"][i]["sha256"]) << f;
+    EXPECT_EQ(*Sha256File(f), m["jobs"][i]["sha256"].get<std::string>()) << f;
     EXPECT_EQ(m["jobs"][i]["sha256"], lines[i]["sha256"]);
   }
 }
