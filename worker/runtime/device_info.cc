@@ -15,6 +15,7 @@
 
 #ifdef ZFARM_TORCH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/util/Exception.h>
 #include <cuda_runtime_api.h>
 #endif
 
@@ -77,9 +78,13 @@ DeviceMemory QueryMemory(const std::string& device) {
       m.total = static_cast<int64_t>(total_b);
     }
     cudaSetDevice(prev);
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(*index);
-    m.in_use = stats.allocated_bytes[0].current;
-    m.peak = stats.allocated_bytes[0].peak;
+    try {
+      auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(*index);
+      m.in_use = stats.allocated_bytes[0].current;
+      m.peak = stats.allocated_bytes[0].peak;
+    } catch (const c10::Error&) {
+      // The caching allocator starts lazily, at the first allocation: nothing in use yet.
+    }
     return m;
   }
 #endif
