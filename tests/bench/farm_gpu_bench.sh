@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
 # The farm on real GPUs (issue 9), in one device call:
 #   1. builds zfarm-worker, zfarm-scheduler, zfarm and make_tiny_model (deploy/gpu-build.sh);
-#   2. writes full-size weights in the real layout with random values (make_tiny_model
-#      --variant full-random: fp32 DiT shards, bf16 text encoder and VAE, ~33 GB) on local disk,
-#      measures the disk's direct read speed, drops the page cache for the folder;
-#   3. cold start: one `zfarm-worker serve` on cuda:0 from process start to health SERVING
-#      (load + 1024² warm-up render + connect), cache dropped;
-#   4. throughput: JOBS jobs at 1024² (8 steps) through the CLI (`zfarm batch --wait`) with one
-#      worker, then again with one worker per GPU; images per minute and the ratio;
-#   5. each worker's time between jobs from its /metrics (zfarm_worker_job_gap_seconds);
-#   6. doctor on cuda:0 (device, driver and CUDA versions).
+#   2. in the background, writes full-size weights in the real layout with random values
+#      (make_tiny_model --variant full-random: fp32 DiT shards, bf16 text encoder and VAE,
+#      ~31 GB) on local disk — for the cold start;
+#   3. meanwhile, throughput on the same architecture from a sparse copy (headers only: the
+#      weights read as zeros, which costs the GPU exactly the same): JOBS jobs at 1024², 8
+#      steps, through the CLI (`zfarm batch --wait`) with one worker, then one worker per GPU;
+#      images per minute and the ratio; each worker's time between jobs from its /metrics
+#      (zfarm_worker_job_gap_seconds);
+#   4. cold start: the disk's direct read speed, the page cache dropped, one `zfarm-worker
+#      serve` on cuda:0 from process start to health SERVING (load + 1024² warm-up + connect);
+#   5. doctor on cuda:0 (device, driver and CUDA versions).
 # Writes summary.md (and logs) to $OUT (or build-gpu/farm-bench).
 #
 # Env: ZFARM_TOKENIZER (tokenizer.json; default: unpacks .carry/qwen3-tokenizer.json.xz),
 #      ZFARM_FARM_JOBS (64), ZFARM_MODEL_DIR (where to write the weights; default /var/tmp),
-#      ZFARM_SKIP_BUILD=1 (reuse build-gpu), ZFARM_FARM_DRY=1 (a dry run of the script on a CPU
-#      host: ZFARM_BUILD_DIR's binaries, its tiny model, cpu workers, 256²).
+#      ZFARM_SKIP_BUILD=1 (reuse build-gpu), ZFARM_SOURCE_TARBALL (build this snapshot),
+#      ZFARM_FARM_DRY=1 (a dry run of the script on a CPU host: ZFARM_BUILD_DIR's binaries and
+#      tiny model, cpu workers, 256²).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 build=${ZFARM_BUILD_DIR:-$root/build-gpu}
 out=${OUT:-$build/farm-bench}
 jobs=${ZFARM_FARM_JOBS:-64}
+dry=${ZFARM_FARM_DRY:-0}
 mkdir -p "$out"
+: > "$out/summary.md"
 log() { echo "- $*" | tee -a "$out/summary.md"; }
 calc() { python3 -c "print(round($1, 2))"; }
 now() { date +%s.%N; }
@@ -38,52 +43,39 @@ if [ "${ZFARM_SKIP_BUILD:-0}" != 1 ]; then
   ZFARM_BUILD_DIR=$build deploy/gpu-build.sh zfarm_worker zfarm_scheduler zfarm_cli make_tiny_model \
     > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 fi
-dry=${ZFARM_FARM_DRY:-0}
 # shellcheck disable=SC1091
 [ "$dry" = 1 ] || source "$build/gpu-env.sh"
 bin=$build/bin
-if [ "$dry" = 1 ]; then ngpu=1; dev() { echo cpu; }; size=256; else
-  ngpu=$(nvidia-smi -L | wc -l); dev() { echo "cuda:$1"; }; size=1024; fi
-: > "$out/summary.md"
-log "## Farm on $( [ "$dry" = 1 ] && echo cpu || nvidia-smi -L | head -1 | sed 's/ (UUID.*//') x $ngpu, $(date -u +%F), commit ${ZFARM_COMMIT:-?}"
-log "build done at +$(( $(date +%s) - t_start )) s"
-
-if [ "$dry" = 1 ]; then model=$build/tiny-model; else
-tok=${ZFARM_TOKENIZER:-}
-if [ -z "$tok" ]; then
-  mkdir -p /tmp/zfarm-tokenizer
-  tok=/tmp/zfarm-tokenizer/tokenizer.json
-  xz -dc .carry/qwen3-tokenizer.json.xz > "$tok"
-  cp .carry/qwen3-tokenizer_config.json /tmp/zfarm-tokenizer/tokenizer_config.json 2>/dev/null
+if [ "$dry" = 1 ]; then
+  ngpu=1; size=256; dev() { echo cpu; }
+  gpu_name=cpu
+else
+  ngpu=$(nvidia-smi -L | wc -l); size=1024; dev() { echo "cuda:$1"; }
+  gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 fi
-model=${ZFARM_MODEL_DIR:-/var/tmp}/zfarm-full-random
-t0=$(now)
-"$bin/make_tiny_model" --variant full-random --out "$model" --tokenizer "$tok" --force \
-  > "$out/make_model.log" 2>&1 || { tail -20 "$out/make_model.log"; exit 1; }
-log "wrote the full-size random model ($(du -sh "$model" | cut -f1)) in $(calc "$(now) - $t0") s"
-sync
-shard=$(ls -S "$model"/transformer/*.safetensors | head -1)
-speed=$(dd if="$shard" of=/dev/null bs=16M iflag=direct 2>&1 | tail -1)
-log "disk direct read ($(basename "$shard")): $speed"
-drop_cache() {
-  if ! (echo 3 > /proc/sys/vm/drop_caches) 2>/dev/null; then
-    python3 - "$model" <<'PY'
-import os, sys
-for d, _, files in os.walk(sys.argv[1]):
-    for f in files:
-        fd = os.open(os.path.join(d, f), os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-PY
-    echo "posix_fadvise(DONTNEED)"
-  else
-    echo "drop_caches"
+log "farm on $gpu_name x $ngpu, $(date -u +%F), commit ${ZFARM_COMMIT:-?}; build done at +$(( $(date +%s) - t_start )) s"
+
+# 2. The models.
+if [ "$dry" = 1 ]; then
+  model=$build/tiny-model; sparse=$model
+else
+  tok=${ZFARM_TOKENIZER:-}
+  if [ -z "$tok" ]; then
+    mkdir -p /tmp/zfarm-tokenizer
+    tok=/tmp/zfarm-tokenizer/tokenizer.json
+    xz -dc .carry/qwen3-tokenizer.json.xz > "$tok"
+    cp .carry/qwen3-tokenizer_config.json /tmp/zfarm-tokenizer/tokenizer_config.json 2>/dev/null
   fi
-}
-how=$(drop_cache)
-log "page cache dropped ($how)"
-
+  model=${ZFARM_MODEL_DIR:-/var/tmp}/zfarm-full-random
+  sparse=${ZFARM_MODEL_DIR:-/var/tmp}/zfarm-full-sparse
+  "$bin/make_tiny_model" --variant full-random --sparse --out "$sparse" --tokenizer "$tok" --force \
+    > "$out/make_sparse.log" 2>&1 || { tail -20 "$out/make_sparse.log"; exit 1; }
+  t_model=$(now)
+  ( "$bin/make_tiny_model" --variant full-random --out "$model" --tokenizer "$tok" --force \
+      > "$out/make_model.log" 2>&1; echo $? > "$out/make_model.rc"; now > "$out/make_model.end" ) &
+  model_writer=$!
 fi
+
 work=$(mktemp -d /tmp/zfarm-farm-XXXX)
 mkdir -p "$work/state" "$work/out"
 "$bin/zfarm-scheduler" --listen 127.0.0.1:50051 --state-dir "$work/state" \
@@ -92,15 +84,15 @@ sched_pid=$!
 for _ in $(seq 100); do "$bin/zfarm-scheduler" --probe 127.0.0.1:50051 >/dev/null 2>&1 && break; sleep 0.1; done
 export ZFARM_SCHEDULER=127.0.0.1:50051
 
-start_worker() {  # index -> seconds to SERVING
-  local i=$1 t0
+start_worker() {  # index model -> seconds to SERVING
+  local i=$1 m=$2 t0
   t0=$(now)
-  "$bin/zfarm-worker" serve --scheduler 127.0.0.1:50051 --device "$(dev "$i")" --model "$model" \
+  "$bin/zfarm-worker" serve --scheduler 127.0.0.1:50051 --device "$(dev "$i")" --model "$m" \
     --output-root "$work/out" --name "bench/cuda:$i" --warmup "${size}x$size" \
     --health-listen "127.0.0.1:$((8100 + i))" --metrics-listen "127.0.0.1:$((9500 + i))" \
     > "$out/worker-cuda$i.log" 2>&1 &
   echo $! > "$work/worker$i.pid"
-  for _ in $(seq 1200); do
+  for _ in $(seq 2400); do
     if "$bin/zfarm-scheduler" --probe "127.0.0.1:$((8100 + i))" >/dev/null 2>&1; then
       calc "$(now) - $t0"
       return 0
@@ -110,10 +102,16 @@ start_worker() {  # index -> seconds to SERVING
   done
   return 1
 }
+stop_workers() {
+  for f in "$work"/worker*.pid; do kill -TERM "$(cat "$f")" 2>/dev/null; done
+  for f in "$work"/worker*.pid; do
+    while kill -0 "$(cat "$f")" 2>/dev/null; do sleep 0.1; done
+    rm -f "$f"
+  done
+}
+loaded() { grep -o 'loaded in [0-9.]* s.*warm-up [0-9x]* in [0-9.]* s' "$out/worker-cuda$1.log"; }
 
-cold=$(start_worker 0) || { log "worker cuda:0 failed to start"; exit 1; }
-log "cold start cuda:0 (cache dropped): $cold s to SERVING; $(grep -o 'loaded in [0-9.]* s.*warm-up [0-9x]* in [0-9.]* s' "$out/worker-cuda0.log")"
-
+# 3. Throughput.
 for i in $(seq 1 "$jobs"); do echo "job $i: a lighthouse on a cliff at dusk, film photograph"; done > "$work/prompts.txt"
 run_batch() {  # tag -> seconds
   local t0
@@ -122,34 +120,56 @@ run_batch() {  # tag -> seconds
     --request-id-prefix "$1" --wait > "$out/batch-$1.log" 2>&1 || { tail -5 "$out/batch-$1.log" >&2; return 1; }
   calc "$(now) - $t0"
 }
+s0=$(start_worker 0 "$sparse") || { log "worker cuda:0 failed to start"; exit 1; }
+log "worker cuda:0 on the sparse copy: $s0 s to SERVING ($(loaded 0))"
 one=$(run_batch one) || exit 1
 log "1 worker: $jobs images at ${size}² (8 steps) in $one s = $(calc "$jobs * 60 / $one") images/min"
-
 if [ "$ngpu" -gt 1 ]; then
   for i in $(seq 1 $((ngpu - 1))); do
-    w=$(start_worker "$i") || { log "worker cuda:$i failed to start"; exit 1; }
-    log "warm start cuda:$i (page cache warm): $w s to SERVING"
+    w=$(start_worker "$i" "$sparse") || { log "worker cuda:$i failed to start"; exit 1; }
+    log "worker cuda:$i: $w s to SERVING"
   done
   all=$(run_batch all) || exit 1
   log "$ngpu workers: $jobs images in $all s = $(calc "$jobs * 60 / $all") images/min; speed-up $(calc "$one / $all")x"
 fi
-
 for i in $(seq 0 $((ngpu - 1))); do
   m=$(curl -s "127.0.0.1:$((9500 + i))/metrics")
   sum=$(echo "$m" | awk '/^zfarm_worker_job_gap_seconds_sum/ {print $2}')
   cnt=$(echo "$m" | awk '/^zfarm_worker_job_gap_seconds_count/ {print $2}')
-  le2=$(echo "$m" | awk -F'[" ]' '/^zfarm_worker_job_gap_seconds_bucket\{le="0.002"\}/ {print $NF}')
-  le10=$(echo "$m" | awk -F'[" ]' '/^zfarm_worker_job_gap_seconds_bucket\{le="0.01"\}/ {print $NF}')
+  le2=$(echo "$m" | awk '/^zfarm_worker_job_gap_seconds_bucket\{le="0.002"\}/ {print $2}')
+  le10=$(echo "$m" | awk '/^zfarm_worker_job_gap_seconds_bucket\{le="0.01"\}/ {print $2}')
   step=$(echo "$m" | awk '/^zfarm_worker_step_seconds_sum/ {s=$2} /^zfarm_worker_step_seconds_count/ {c=$2} END {if (c) printf "%.1f", 1000*s/c}')
   peak=$(echo "$m" | awk '/zfarm_worker_device_memory_bytes\{kind="peak"\}/ {printf "%.1f", $2/1073741824}')
-  log "cuda:$i time between jobs: $cnt busy switches, mean $(calc "1000 * ${sum:-0} / (${cnt:-0} + 1e-9)") ms, $le2 within 2 ms, $le10 within 10 ms; mean step ${step} ms; peak ${peak} GiB"
+  log "cuda:$i time between jobs: $cnt busy switches, mean $(calc "1000 * ${sum:-0} / (${cnt:-0} + 1e-9)") ms, ${le2:-?} within 2 ms, ${le10:-?} within 10 ms; mean step $step ms; peak $peak GiB"
 done
+stop_workers
+
+# 4. Cold start from the random weights, page cache dropped.
+if [ "$dry" != 1 ]; then
+  wait "$model_writer"
+  [ "$(cat "$out/make_model.rc")" = 0 ] || { tail -20 "$out/make_model.log"; exit 1; }
+  log "wrote the full-size random model ($(du -sh "$model" | cut -f1)) in $(calc "$(cat "$out/make_model.end") - $t_model") s (in the background)"
+  sync
+  shard=$(ls -S "$model"/transformer/*.safetensors | head -1)
+  log "disk direct read ($(basename "$shard")): $(dd if="$shard" of=/dev/null bs=16M iflag=direct 2>&1 | tail -1)"
+  if (echo 3 > /proc/sys/vm/drop_caches) 2>/dev/null; then how=drop_caches; else
+    python3 - "$model" <<'PY'
+import os, sys
+for d, _, files in os.walk(sys.argv[1]):
+    for f in files:
+        fd = os.open(os.path.join(d, f), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+PY
+    how="posix_fadvise(DONTNEED)"
+  fi
+  cold=$(start_worker 0 "$model") || { log "cold start failed"; exit 1; }
+  log "cold start cuda:0 (page cache dropped by $how): $cold s to SERVING ($(loaded 0))"
+  stop_workers
+fi
 
 "$bin/zfarm-worker" doctor --model "$model" --device "$(dev 0)" --fast --no-load > "$out/doctor.txt" 2>&1
 log "doctor: $(grep -E '^\[' "$out/doctor.txt" | tr '\n' ' ')"
-for f in "$work"/worker*.pid; do kill -TERM "$(cat "$f")" 2>/dev/null; done
-sleep 2
 kill -TERM "$sched_pid" 2>/dev/null
-wait 2>/dev/null
+wait "$sched_pid" 2>/dev/null
 log "total $(( $(date +%s) - t_start )) s"
-cat "$out/summary.md"
