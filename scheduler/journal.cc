@@ -1,12 +1,19 @@
 #include "scheduler/journal.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string_view>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
 #include "proto/status_macros.h"
@@ -50,7 +57,170 @@ const char* const kMigrations[] = {
     "  fingerprint TEXT NOT NULL,"
     "  create_us INTEGER NOT NULL);"
     "CREATE INDEX requests_by_time ON requests(create_us);",
+    // v1 -> v2: a checksum of every column of a row (NULL for rows written by v1).
+    "ALTER TABLE jobs ADD COLUMN crc INTEGER;"
+    "ALTER TABLE requests ADD COLUMN crc INTEGER;",
 };
+
+// Appended to every refusal caused by a damaged journal (README "Journal recovery").
+constexpr char kRecovery[] =
+    "; refusing to start so that no acknowledged job is silently dropped. Recovery (README "
+    "\"Journal recovery\"): stop every scheduler on this state dir, then either restore the state "
+    "dir from a backup, or salvage what is readable with "
+    "`sqlite3 OLD/journal.db .recover | sqlite3 NEW/journal.db` and start on the new state dir "
+    "(clients resubmit missing jobs with their request ids)";
+
+// 64-bit FNV-1a over length-prefixed fields: detects flipped bytes in a row.
+class RowHash {
+ public:
+  RowHash& Add(std::string_view s) {
+    Int(static_cast<int64_t>(s.size()));
+    for (unsigned char c : s) Byte(c);
+    return *this;
+  }
+  RowHash& Int(int64_t v) {
+    for (int i = 0; i < 8; ++i) Byte(static_cast<unsigned char>(static_cast<uint64_t>(v) >> (8 * i)));
+    return *this;
+  }
+  int64_t value() const { return static_cast<int64_t>(h_); }
+
+ private:
+  void Byte(unsigned char c) {
+    h_ ^= c;
+    h_ *= 1099511628211ull;
+  }
+  uint64_t h_ = 1469598103934665603ull;
+};
+
+int64_t JobCrc(const JobRecord& r, std::string_view blob) {
+  return RowHash()
+      .Add(r.job.job_id())
+      .Int(r.job.state())
+      .Add(r.job.batch_id())
+      .Int(static_cast<int64_t>(r.seq))
+      .Int(r.runs)
+      .Int(r.min_memory_bytes)
+      .Int(r.commit_pending)
+      .Int(r.cancel_requested)
+      .Add(r.fingerprint)
+      .Add(blob)
+      .value();
+}
+
+int64_t RequestCrc(const RequestRecord& r) {
+  return RowHash()
+      .Add(r.request_id)
+      .Add(r.job_id)
+      .Add(r.fingerprint)
+      .Int(ToMicros(r.create_time))
+      .value();
+}
+
+uint32_t Be32(const unsigned char* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+}
+
+absl::StatusOr<std::string> ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return absl::NotFoundError(path);
+  return std::string((std::istreambuf_iterator<char>(f)), {});
+}
+
+// The main file's header against its size: a valid in-header page count larger
+// than the file means the file was truncated.
+absl::Status CheckMainFile(const std::string& path, uint64_t size) {
+  ZFARM_ASSIGN_OR_RETURN(std::string data, ReadAll(path));
+  if (data.size() < 100) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "journal ", path, " is truncated (", data.size(), " bytes, less than a SQLite header)",
+        kRecovery));
+  }
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  if (data.compare(0, 16, std::string("SQLite format 3\0", 16)) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path, " is not a SQLite database (damaged header)", kRecovery));
+  }
+  uint32_t page_size = (uint32_t{p[16]} << 8) | p[17];
+  if (page_size == 1) page_size = 65536;
+  uint32_t pages = Be32(p + 28);
+  if (Be32(p + 24) == Be32(p + 92) && pages > 0 &&
+      size < static_cast<uint64_t>(pages) * page_size) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path, " is truncated: ", size, " bytes but its header says ", pages,
+                     " pages of ", page_size, " bytes", kRecovery));
+  }
+  return absl::OkStatus();
+}
+
+// SQLite replays WAL frames up to the first one whose salt or checksum is wrong
+// and ignores the rest. A damaged frame followed by frames of the same generation
+// (same salts) therefore means committed transactions would be cut off silently.
+// A bad last frame is indistinguishable from a write torn by a crash (never
+// acknowledged) and is left to SQLite.
+absl::Status CheckWal(const std::string& wal) {
+  auto read = ReadAll(wal);
+  if (!read.ok() || read->size() < 32) return absl::OkStatus();
+  const std::string& data = *read;
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  auto refuse = [&](const std::string& what) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal write-ahead log ", wal, " is damaged: ", what, kRecovery));
+  };
+  uint32_t magic = Be32(p);
+  if (magic != 0x377f0682 && magic != 0x377f0683) return refuse("bad magic number in its header");
+  const bool big_endian = magic & 1;
+  uint32_t page_size = Be32(p + 8);
+  if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1)) != 0) {
+    return refuse(absl::StrCat("page size ", page_size, " in its header"));
+  }
+  uint32_t s0 = 0, s1 = 0;
+  auto sum = [&](const unsigned char* d, size_t n) {
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+      uint32_t a, b;
+      if (big_endian) {
+        a = Be32(d + i);
+        b = Be32(d + i + 4);
+      } else {
+        a = uint32_t{d[i]} | uint32_t{d[i + 1]} << 8 | uint32_t{d[i + 2]} << 16 |
+            uint32_t{d[i + 3]} << 24;
+        b = uint32_t{d[i + 4]} | uint32_t{d[i + 5]} << 8 | uint32_t{d[i + 6]} << 16 |
+            uint32_t{d[i + 7]} << 24;
+      }
+      s0 += a + s1;
+      s1 += b + s0;
+    }
+  };
+  sum(p, 24);
+  if (s0 != Be32(p + 24) || s1 != Be32(p + 28)) return refuse("header checksum mismatch");
+  const uint32_t salt1 = Be32(p + 16), salt2 = Be32(p + 20);
+  const size_t frame = 24 + static_cast<size_t>(page_size);
+  int64_t broken_at = -1;
+  for (size_t off = 32, n = 0; off + frame <= data.size(); off += frame, ++n) {
+    const unsigned char* f = p + off;
+    bool current = Be32(f + 8) == salt1 && Be32(f + 12) == salt2;
+    if (broken_at >= 0) {
+      if (current) {
+        return refuse(absl::StrCat("frame at offset ", broken_at,
+                                   " is damaged and committed frames follow it (frame ", n,
+                                   " at offset ", off, ")"));
+      }
+      continue;
+    }
+    if (!current) {
+      broken_at = static_cast<int64_t>(off);  // end of this generation (or a damaged salt)
+      continue;
+    }
+    sum(f, 8);
+    sum(f + 24, page_size);
+    if (s0 != Be32(f + 16) || s1 != Be32(f + 20)) broken_at = static_cast<int64_t>(off);
+  }
+  return absl::OkStatus();
+}
+
+bool IsCorruption(sqlite3* db) {
+  int rc = sqlite3_errcode(db);
+  return rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB;
+}
 
 }  // namespace
 
@@ -91,6 +261,27 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
   ZFARM_RETURN_IF_ERROR(CheckLocalFilesystemType(options.state_dir, f_type));
 
   std::string path = options.state_dir + "/journal.db";
+  const std::string state_path = path + ".state", wal = path + "-wal";
+  std::string previous;  // "", "open" or "closed"
+  if (auto st = ReadAll(state_path); st.ok()) previous = std::string(absl::StripAsciiWhitespace(*st));
+  std::error_code size_ec;
+  const uint64_t db_size = std::filesystem::file_size(path, size_ec);
+  const bool db_present = !size_ec && db_size > 0;
+  if (!previous.empty() && !db_present) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "journal ", path, " is missing or empty, but ", state_path,
+        " says a journal existed (deleted or truncated to 0 bytes?)", kRecovery));
+  }
+  if (previous == "open" && !std::filesystem::exists(wal)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "journal ", path, ": the previous scheduler did not shut down cleanly and its write-ahead "
+        "log ", wal, " is missing (deleted?); the jobs acknowledged since the last checkpoint are "
+        "only in that file. Put it back if you can; if it is lost for good, delete ", state_path,
+        " to start from the main file alone (jobs only in the log are then lost)", kRecovery));
+  }
+  if (db_present) ZFARM_RETURN_IF_ERROR(CheckMainFile(path, db_size));
+  ZFARM_RETURN_IF_ERROR(CheckWal(wal));
+
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -102,15 +293,39 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
   }
   std::unique_ptr<Journal> j(new Journal(db, path));
   sqlite3_busy_timeout(db, 5000);
-  ZFARM_RETURN_IF_ERROR(Exec(db, "PRAGMA journal_mode=WAL"));
-  ZFARM_RETURN_IF_ERROR(Exec(db, "PRAGMA synchronous=FULL"));
+  // SQLite reports damage as CORRUPT / NOTADB: refused with the file and the recovery.
+  auto damaged = [&](const absl::Status& s) {
+    if (s.ok() || !IsCorruption(db)) return s;
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path, " is damaged: ", sqlite3_errmsg(db), kRecovery));
+  };
+  ZFARM_RETURN_IF_ERROR(damaged(Exec(db, "PRAGMA journal_mode=WAL")));
+  ZFARM_RETURN_IF_ERROR(damaged(Exec(db, "PRAGMA synchronous=FULL")));
   ZFARM_ASSIGN_OR_RETURN(std::string mode, j->Pragma("journal_mode"));
   if (mode != "wal") {
     return absl::FailedPreconditionError(
         absl::StrCat("journal ", path, ": cannot enable WAL (journal_mode=", mode, ")"));
   }
-  ZFARM_RETURN_IF_ERROR(j->Migrate());
-  ZFARM_RETURN_IF_ERROR(j->Prepare());
+  // integrity_check (not quick_check): also catches damaged indexes, which would
+  // let a later INSERT OR REPLACE duplicate a job row.
+  auto check = j->Pragma("integrity_check");
+  ZFARM_RETURN_IF_ERROR(damaged(check.status()));
+  if (*check != "ok") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path, " is damaged: integrity_check: ", *check, kRecovery));
+  }
+  // Anything else that fails on an existing file (a damaged schema, a version
+  // cookie that no longer matches the tables) is refused naming the file.
+  auto named = [&](const absl::Status& s) {
+    if (s.ok() || absl::StrContains(s.message(), path)) return s;
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path, " is damaged or not a zfarm journal: ", s.message(),
+                     kRecovery));
+  };
+  ZFARM_RETURN_IF_ERROR(named(damaged(j->Migrate())));
+  ZFARM_RETURN_IF_ERROR(named(j->Prepare()));
+  ZFARM_RETURN_IF_ERROR(j->WriteStateFile("open"));
+  j->mark_closed_ = true;
   j->writer_ = std::thread([raw = j.get()] { raw->WriterLoop(); });
   return j;
 }
@@ -118,7 +333,32 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
 Journal::~Journal() {
   Close();
   for (sqlite3_stmt* s : {put_job_, del_job_, put_req_, del_req_}) sqlite3_finalize(s);
-  sqlite3_close(db_);
+  // A clean close checkpoints the WAL into journal.db and deletes it: only then
+  // is the journal "closed" (a missing WAL is expected).
+  if (sqlite3_close(db_) == SQLITE_OK && mark_closed_) {
+    absl::Status s = WriteStateFile("closed");
+    if (!s.ok()) LOG(ERROR) << "event=journal_state_write_failed error=\"" << s << "\"";
+  }
+}
+
+absl::Status Journal::WriteStateFile(const char* state) {
+  const std::string target = path_ + ".state", tmp = target + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::FailedPreconditionError(absl::StrCat("journal: cannot write ", tmp));
+  std::string line = std::string(state) + "\n";
+  bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
+            ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), target.c_str()) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("journal: cannot write ", target));
+  }
+  std::string dir = std::filesystem::path(target).parent_path().string();
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Journal::Migrate() {
@@ -154,11 +394,12 @@ absl::Status Journal::Prepare() {
   };
   ZFARM_RETURN_IF_ERROR(
       prep("INSERT OR REPLACE INTO jobs(job_id,state,batch_id,seq,runs,min_memory_bytes,"
-           "commit_pending,cancel_requested,fingerprint,job) VALUES(?,?,?,?,?,?,?,?,?,?)",
+           "commit_pending,cancel_requested,fingerprint,job,crc) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
            &put_job_));
   ZFARM_RETURN_IF_ERROR(prep("DELETE FROM jobs WHERE job_id=?", &del_job_));
   ZFARM_RETURN_IF_ERROR(prep(
-      "INSERT OR REPLACE INTO requests(request_id,job_id,fingerprint,create_us) VALUES(?,?,?,?)",
+      "INSERT OR REPLACE INTO requests(request_id,job_id,fingerprint,create_us,crc) "
+      "VALUES(?,?,?,?,?)",
       &put_req_));
   ZFARM_RETURN_IF_ERROR(prep("DELETE FROM requests WHERE request_id=?", &del_req_));
   return absl::OkStatus();
@@ -171,9 +412,14 @@ absl::StatusOr<std::string> Journal::Pragma(const std::string& name) {
     return SqlError(db_, sql);
   }
   std::string out;
-  if (sqlite3_step(st) == SQLITE_ROW) {
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
     const unsigned char* t = sqlite3_column_text(st, 0);
     out = t ? reinterpret_cast<const char*>(t) : "";
+  } else if (rc != SQLITE_DONE) {
+    absl::Status s = SqlError(db_, sql);
+    sqlite3_finalize(st);
+    return s;
   }
   sqlite3_finalize(st);
   return out;
@@ -183,8 +429,17 @@ absl::StatusOr<Journal::Contents> Journal::Load() {
   Contents c;
   sqlite3_stmt* st = nullptr;
   const char* q =
-      "SELECT seq,runs,min_memory_bytes,commit_pending,cancel_requested,fingerprint,job "
-      "FROM jobs ORDER BY seq";
+      "SELECT seq,runs,min_memory_bytes,commit_pending,cancel_requested,fingerprint,job,"
+      "job_id,state,batch_id,crc FROM jobs ORDER BY seq";
+  auto text = [&](int col) {
+    const unsigned char* t = sqlite3_column_text(st, col);
+    return t ? std::string(reinterpret_cast<const char*>(t), sqlite3_column_bytes(st, col))
+             : std::string();
+  };
+  auto damaged = [&](const std::string& what) {
+    sqlite3_finalize(st);
+    return absl::DataLossError(absl::StrCat("journal ", path_, ": ", what, kRecovery));
+  };
   if (sqlite3_prepare_v2(db_, q, -1, &st, nullptr) != SQLITE_OK) return SqlError(db_, q);
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -196,26 +451,40 @@ absl::StatusOr<Journal::Contents> Journal::Load() {
     r.cancel_requested = sqlite3_column_int(st, 4) != 0;
     const unsigned char* fp = sqlite3_column_text(st, 5);
     r.fingerprint = fp ? reinterpret_cast<const char*>(fp) : "";
-    if (!r.job.ParseFromArray(sqlite3_column_blob(st, 6), sqlite3_column_bytes(st, 6))) {
-      sqlite3_finalize(st);
-      return absl::DataLossError(absl::StrCat("journal ", path_, ": corrupt job row seq=", r.seq));
+    std::string_view blob(static_cast<const char*>(sqlite3_column_blob(st, 6)),
+                          sqlite3_column_bytes(st, 6));
+    const std::string id = text(7);
+    if (!r.job.ParseFromArray(blob.data(), static_cast<int>(blob.size()))) {
+      return damaged(absl::StrCat("job row ", id, " (seq ", r.seq, ") does not parse"));
+    }
+    if (r.job.job_id() != id || r.job.state() != sqlite3_column_int(st, 8) ||
+        r.job.batch_id() != text(9)) {
+      return damaged(absl::StrCat("job row ", id, " (seq ", r.seq,
+                                  "): columns disagree with the stored job"));
+    }
+    if (sqlite3_column_type(st, 10) != SQLITE_NULL &&
+        sqlite3_column_int64(st, 10) != JobCrc(r, blob)) {
+      return damaged(absl::StrCat("job row ", id, " (seq ", r.seq, "): checksum mismatch"));
     }
     c.jobs.push_back(std::move(r));
   }
+  if (rc != SQLITE_DONE) return damaged(absl::StrCat("reading jobs: ", sqlite3_errmsg(db_)));
   sqlite3_finalize(st);
-  if (rc != SQLITE_DONE) return SqlError(db_, "load jobs");
-  q = "SELECT request_id,job_id,fingerprint,create_us FROM requests";
+  q = "SELECT request_id,job_id,fingerprint,create_us,crc FROM requests";
   if (sqlite3_prepare_v2(db_, q, -1, &st, nullptr) != SQLITE_OK) return SqlError(db_, q);
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     RequestRecord r;
-    r.request_id = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
-    r.job_id = reinterpret_cast<const char*>(sqlite3_column_text(st, 1));
-    r.fingerprint = reinterpret_cast<const char*>(sqlite3_column_text(st, 2));
+    r.request_id = text(0);
+    r.job_id = text(1);
+    r.fingerprint = text(2);
     r.create_time = absl::FromUnixMicros(sqlite3_column_int64(st, 3));
+    if (sqlite3_column_type(st, 4) != SQLITE_NULL && sqlite3_column_int64(st, 4) != RequestCrc(r)) {
+      return damaged(absl::StrCat("request row ", r.request_id, ": checksum mismatch"));
+    }
     c.requests.push_back(std::move(r));
   }
+  if (rc != SQLITE_DONE) return damaged(absl::StrCat("reading requests: ", sqlite3_errmsg(db_)));
   sqlite3_finalize(st);
-  if (rc != SQLITE_DONE) return SqlError(db_, "load requests");
   return c;
 }
 
@@ -290,6 +559,7 @@ absl::Status Journal::WriteOps(const std::vector<Batch>& batches) {
           sqlite3_bind_int(st, 8, r.cancel_requested);
           sqlite3_bind_text(st, 9, r.fingerprint.data(), r.fingerprint.size(), SQLITE_STATIC);
           sqlite3_bind_blob(st, 10, blob.data(), blob.size(), SQLITE_STATIC);
+          sqlite3_bind_int64(st, 11, JobCrc(r, blob));
           break;
         }
         case Op::Kind::kDeleteJob:
@@ -306,6 +576,7 @@ absl::Status Journal::WriteOps(const std::vector<Batch>& batches) {
           sqlite3_bind_text(st, 3, op.request.fingerprint.data(), op.request.fingerprint.size(),
                             SQLITE_STATIC);
           sqlite3_bind_int64(st, 4, ToMicros(op.request.create_time));
+          sqlite3_bind_int64(st, 5, RequestCrc(op.request));
           break;
         case Op::Kind::kDeleteRequest:
           st = del_req_;

@@ -14,6 +14,16 @@
 //
 // Open() refuses a state dir on a network filesystem (NFS, SMB/CIFS, ...):
 // SQLite's WAL needs shared memory that those filesystems do not provide.
+//
+// Damage is refused, never papered over (FAILED_PRECONDITION / DATA_LOSS naming
+// the file and the recovery, see README "Journal recovery"): a side file
+// <state_dir>/journal.db.state ("open" while a scheduler runs, "closed" after a
+// clean Close) detects a journal.db that was deleted or emptied and a WAL that
+// vanished after a crash; the main file's header is checked against its size
+// (truncation); the WAL is scanned so that a damaged frame followed by frames of
+// the same generation (which SQLite would silently cut off) is refused;
+// PRAGMA integrity_check runs at open; every row carries a checksum of all its
+// columns (schema v2), checked by Load().
 
 #include <cstdint>
 #include <deque>
@@ -100,7 +110,7 @@ class Journal {
 
   // For tests and diagnostics: runs "PRAGMA <name>" and returns the first column.
   absl::StatusOr<std::string> Pragma(const std::string& name);
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
   std::string path() const { return path_; }
   // Commits (transactions) and batches written so far.
   int64_t commits() const;
@@ -113,6 +123,8 @@ class Journal {
     uint64_t id;
   };
   Journal(sqlite3* db, std::string path);
+  // Writes journal.db.state atomically (temp + rename + fsync).
+  absl::Status WriteStateFile(const char* state);
   absl::Status Migrate();
   absl::Status Prepare();
   absl::Status WriteOps(const std::vector<Batch>& batches);
@@ -121,6 +133,7 @@ class Journal {
   // Constant after construction.
   sqlite3* db_;
   const std::string path_;
+  bool mark_closed_ = false;  // journal.db.state was set to "open" by this Journal
   sqlite3_stmt* put_job_ = nullptr;
   sqlite3_stmt* del_job_ = nullptr;
   sqlite3_stmt* put_req_ = nullptr;
