@@ -79,4 +79,8 @@ echo "  bin/     $(ls "$prefix/bin" | tr '\n' ' ')"
 echo "  lib/     $(ls "$prefix/lib" | wc -l) shared libraries"
 echo "  models/  $(ls "$prefix/models" | tr '\n' ' ')"
 echo "  etc/     zfarm.env.example, systemd/ units"
-echo "install.sh: try: $prefix/bin/zfarm-worker doctor --model $prefix/models/<name> --fast"
+if [ -e "$prefix/bin/zfarm-worker" ]; then
+  echo "install.sh: try: $prefix/bin/zfarm-worker doctor --model $prefix/models/<name> --fast"
+else
+  echo "install.sh: try: $prefix/bin/zfarm-scheduler --help"
+fi

@@ -16,6 +16,7 @@ Usage: check_deploy.py --repo DIR --scheduler BIN --worker BIN --cli BIN [--root
 Exit 0 when everything holds; 1 with one line per problem.
 """
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -188,18 +189,25 @@ def parse_dockerfile(path):
 
 
 def dockerignore_allows(ignore_path, src):
-    """Our .dockerignore files are allow-lists: '**' then '!path' lines."""
+    """Docker's rule: the last matching pattern wins; a pattern matches a path or a parent."""
     if not os.path.exists(ignore_path):
         return True
     rules = [l.strip() for l in open(ignore_path) if l.strip() and not l.startswith("#")]
-    allowed = False
+    parts = os.path.normpath(src).split("/")
+    allowed = True
     for r in rules:
         neg = r.startswith("!")
-        pat = r[1:] if neg else r
-        hit = pat == "**" or src == pat or src.startswith(pat.rstrip("/") + "/")
-        if hit:
+        pat = r.lstrip("!").rstrip("/")
+        if pat == "**" or any(fnmatch.fnmatchcase("/".join(parts[:i + 1]), pat) for i in range(len(parts))):
             allowed = neg
     return allowed
+
+
+def build_inputs(repo):
+    """What a configure needs at the top: CMakeLists.txt and every add_subdirectory() folder."""
+    top = open(os.path.join(repo, "CMakeLists.txt")).read()
+    top = re.sub(r"#.*", "", top)
+    return ["CMakeLists.txt"] + re.findall(r"add_subdirectory\(\s*([\w./-]+)", top)
 
 
 def check_dockerfiles(repo, root, known, images, version):
@@ -214,10 +222,11 @@ def check_dockerfiles(repo, root, known, images, version):
         stages = parse_dockerfile(path)
         names = {s["name"] for s in stages}
         # Images this Dockerfile documents: "docker build -f ... [--target T] -t NAME:TAG".
-        for m in re.finditer(r"docker build -f (\S+)(?: --target (\S+))? -t ([\w./-]+):(\S+)", text):
+        for m in re.finditer(r"docker build -f (\S+)((?: --(?!tag|t )[\w-]+ \S+)*) -t ([\w./-]+):(\S+)", text):
             if m.group(1) != "deploy/" + os.path.relpath(path, root):
                 bad(path, f"build example names another file {m.group(1)}")
-            target = m.group(2) or stages[-1]["name"]
+            tm = re.search(r"--target (\S+)", m.group(2))
+            target = tm.group(1) if tm else stages[-1]["name"]
             if target not in names:
                 bad(path, f"--target {target} is not a stage")
             if m.group(4) != version:
@@ -230,7 +239,11 @@ def check_dockerfiles(repo, root, known, images, version):
             for instr, rest, n in instrs:
                 if instr in ("COPY", "ADD"):
                     parts = shlex.split(rest)
-                    if any(p.startswith("--from") for p in parts):
+                    frm = [p.split("=", 1)[1] for p in parts if p.startswith("--from=")]
+                    if frm:
+                        # a stage of this file, or a named build context the header documents
+                        if frm[0] not in names and f"--build-context {frm[0]}=" not in text:
+                            bad(f"{path}:{n}", f"COPY --from={frm[0]}: no such stage and no documented --build-context")
                         continue
                     srcs = [p for p in parts if not p.startswith("--")][:-1]
                     for s in srcs:
@@ -241,8 +254,12 @@ def check_dockerfiles(repo, root, known, images, version):
                                 bad(f"{path}:{n}", f"carried COPY source {s} is not documented in the header")
                         elif not os.path.exists(os.path.join(repo, s)):
                             bad(f"{path}:{n}", f"COPY source {s} does not exist in the repository")
-                        if not dockerignore_allows(path + ".dockerignore", s):
-                            bad(f"{path}:{n}", f"COPY source {s} is excluded by {f}.dockerignore")
+                        # COPY . copies the context: what the build needs must survive the ignore file.
+                        for need in (build_inputs(repo) if os.path.normpath(s) == "." else [s]):
+                            if not os.path.exists(os.path.join(repo, need)):
+                                bad(f"{path}:{n}", f"build input {need} (add_subdirectory) does not exist")
+                            if not dockerignore_allows(path + ".dockerignore", need):
+                                bad(f"{path}:{n}", f"COPY source {need} is excluded by {f}.dockerignore")
                 if instr == "RUN" and "apt-get install" in rest:
                     pkgs = [p for p in re.findall(r"(?<![\w-])([a-z0-9][a-z0-9+.-]+)", rest.split("apt-get install", 1)[1].split("&&")[0])
                             if p not in ("y", "no-install-recommends") and not p.startswith("-")]
