@@ -131,7 +131,8 @@ if [ -n "$model" ]; then
   cp -a "$model" "$p/models/$model_name"
 fi
 cp "$here/systemd/zfarm-scheduler.service" "$here/systemd/zfarm-worker@.service" \
-   "$here/systemd/zfarm-outputs-cleanup.service" "$here/systemd/zfarm-outputs-cleanup.timer" "$p/etc/systemd/"
+   "$here/systemd/zfarm-outputs-cleanup.service" "$here/systemd/zfarm-outputs-cleanup.timer" \
+   "$here/systemd/network-allowlist.conf.example" "$p/etc/systemd/"
 cp "$here/systemd/zfarm.env" "$p/etc/zfarm.env.example"
 
 cat > "$root/README.txt" <<README

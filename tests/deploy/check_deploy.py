@@ -505,6 +505,40 @@ def check_k8s(kdir, docs, known, images, version):
 
 
 # ----------------------------------------------------------------------------- systemd
+def run_sh_execstart(path, inner, env, known):
+    """Runs a `/bin/sh -c '...'` ExecStart as systemd would hand it to sh (instance 3, `$$` -> `$`,
+    the example environment plus two extra flags) with a stub binary that prints its argv, and
+    checks the arguments the real binary would get."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stub = os.path.join(tmp, "stub")
+        with open(stub, "w") as fh:
+            fh.write('#!/bin/sh\nfor a in "$@"; do printf \'%s\\n\' "$a"; done\n')
+        os.chmod(stub, 0o755)
+        script = inner.replace("$$", "$").replace("%i", "3").replace("%H", "host1")
+        script = script.replace("/opt/zfarm/bin/zfarm-worker", stub)
+        run_env = dict(env, PATH="/usr/bin:/bin", ZFARM_WORKER_EXTRA_ARGS="--vae-tiling --offload-text-encoder")
+        p = subprocess.run(["/bin/sh", "-c", script], env=run_env, capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            bad(path, f"ExecStart shell failed: {p.stderr.strip()}")
+            return
+        argv = p.stdout.splitlines()
+    kind, flags = check_command(f"{path} ExecStart (expanded)", ["zfarm-worker"] + argv, known)
+    want = {
+        "device": "cuda:3",
+        "scheduler": env.get("ZFARM_SCHEDULER"),
+        "health-listen": f"{env.get('ZFARM_WORKER_HEALTH_HOST')}:{int(env.get('ZFARM_WORKER_HEALTH_PORT_BASE', 0)) + 3}",
+        "metrics-listen": f"{env.get('ZFARM_WORKER_HEALTH_HOST')}:{int(env.get('ZFARM_WORKER_METRICS_PORT_BASE', 0)) + 3}",
+        "output-root": env.get("ZFARM_OUTPUT_ROOT"),
+        "model": env.get("ZFARM_MODEL"),
+        "vae-tiling": "true",
+        "offload-text-encoder": "true",
+    }
+    for k, v in want.items():
+        if flags.get(k) != v:
+            bad(path, f"instance 3 gets --{k}={flags.get(k)}, expected {v}")
+    ran.append(f"ran {os.path.basename(path)}'s ExecStart shell for instance 3 with a stub binary (argv checked)")
+
+
 def check_systemd(sdir, known):
     env_path = os.path.join(sdir, "zfarm.env")
     env = dict(l.split("=", 1) for l in open(env_path).read().splitlines()
@@ -525,6 +559,7 @@ def check_systemd(sdir, known):
                 continue
             tokens = shlex.split(cmd)
             if tokens[0] == "/bin/sh":
+                run_sh_execstart(path, tokens[2], env, known)
                 tokens = shlex.split(tokens[2].removeprefix("exec "))
             # operator-supplied extra flags ($ZFARM_*_EXTRA_ARGS) are not ours to check
             tokens = [t.replace("%i", "0") for t in tokens if not re.fullmatch(r"\$+\{?ZFARM_\w+_EXTRA_ARGS\}?", t)]

@@ -30,6 +30,7 @@ MUTATIONS = [
     ("docker/compose.yaml", "/models:ro", "/models", "not mounted read-only"),
     ("systemd/zfarm-worker@.service", "ProtectHome=yes", "ProtectHome=bogus", "systemd-analyze verify"),
     ("systemd/zfarm-worker@.service", "--metrics-listen", "--metric-listen", "--metric-listen is not a flag"),
+    ("systemd/zfarm-worker@.service", "HEALTH_PORT_BASE} + %i", "HEALTH_PORT_BASE} + 1", "instance 3 gets --health-listen"),
     ("systemd/zfarm-scheduler.service", "${ZFARM_SCHEDULER_METRICS_LISTEN}", "${ZFARM_SCHED_METRICS}", "does not define"),
 ]
 
