@@ -276,8 +276,11 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
     return absl::FailedPreconditionError(absl::StrCat(
         "journal ", path, ": the previous scheduler did not shut down cleanly and its write-ahead "
         "log ", wal, " is missing (deleted?); the jobs acknowledged since the last checkpoint are "
-        "only in that file. Put it back if you can; if it is lost for good, delete ", state_path,
-        " to start from the main file alone (jobs only in the log are then lost)", kRecovery));
+        "only in that file. Put it back if you can. If another program (e.g. the sqlite3 shell) "
+        "opened the journal since the crash, it folded the log into journal.db and deleted it: "
+        "then nothing is lost and you may delete ", state_path, ". If the log is lost for good, "
+        "deleting ", state_path, " starts from the main file alone (jobs only in the log are "
+        "lost)", kRecovery));
   }
   if (db_present) ZFARM_RETURN_IF_ERROR(CheckMainFile(path, db_size));
   ZFARM_RETURN_IF_ERROR(CheckWal(wal));
@@ -308,7 +311,10 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
   }
   // integrity_check (not quick_check): also catches damaged indexes, which would
   // let a later INSERT OR REPLACE duplicate a job row.
+  absl::Time check_start = absl::Now();
   auto check = j->Pragma("integrity_check");
+  LOG(INFO) << "event=journal_checked path=" << path << " check=integrity_check ms="
+            << absl::ToInt64Milliseconds(absl::Now() - check_start);
   ZFARM_RETURN_IF_ERROR(damaged(check.status()));
   if (*check != "ok") {
     return absl::FailedPreconditionError(

@@ -23,6 +23,7 @@
 
 #include "absl/strings/match.h"
 #include "google/protobuf/stubs/logging.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "scheduler/validation.h"
 #include "zfarm/v1/job_service.pb.h"
 
@@ -121,14 +122,17 @@ void CheckOne(const uint8_t* data, size_t size) {
   if (expect.width_px() == 0) expect.set_width_px(1024);
   if (expect.height_px() == 0) expect.set_height_px(1024);
   if (expect.steps() == 0) expect.set_steps(8);
-  if (expect.SerializeAsString() != spec.SerializeAsString()) {
+  // (Map order on the wire is unspecified: compare messages, not bytes.)
+  if (!google::protobuf::util::MessageDifferencer::Equals(expect, spec)) {
     Die("normalization changed more than the defaults");
   }
   zfarm::v1::JobSpec again = spec;
   if (!zfarm::scheduler::ValidateAndNormalizeSpec(limits, "spec", &again).ok()) {
     Die("a normalized spec is refused");
   }
-  if (again.SerializeAsString() != spec.SerializeAsString()) Die("normalization not idempotent");
+  if (!google::protobuf::util::MessageDifferencer::Equals(again, spec)) {
+    Die("normalization not idempotent");
+  }
   std::string fp = zfarm::scheduler::SpecFingerprint(spec);
   if (fp.size() != 64 || fp != zfarm::scheduler::SpecFingerprint(again)) {
     Die("fingerprint not a stable sha256 hex");
