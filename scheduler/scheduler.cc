@@ -1008,7 +1008,11 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
         r->job.mutable_error()->set_retryable(false);
       } else if (!r->cancel_requested) {
         ++w.jobs_failed;
-        if (++w.consecutive_failures >= 3 && w.state == v1::WORKER_STATE_READY) {
+        // A bad request or a full output disk says nothing about the worker's device.
+        const bool device_fault = reason != v1::FAILURE_REASON_INVALID_REQUEST &&
+                                  reason != v1::FAILURE_REASON_OUTPUT_ERROR;
+        if (device_fault && ++w.consecutive_failures >= 3 &&
+            w.state == v1::WORKER_STATE_READY) {
           w.state = v1::WORKER_STATE_UNHEALTHY;
           free_workers_.erase(name);
           LOG(WARNING) << "event=worker_unhealthy worker=" << name << " reason=3_failures";

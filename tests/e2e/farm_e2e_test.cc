@@ -6,6 +6,7 @@
 // worker's only network peer is the scheduler, with a negative control).
 #include <openssl/evp.h>
 #include <signal.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -413,6 +414,44 @@ TEST_F(FarmTest, DoctorPassesOnTheTinyModelAndNamesABrokenFile) {
   EXPECT_FALSE(b["ok"].get<bool>());
   EXPECT_NE(b["checks"][0]["detail"].get<std::string>().find("vae/"), std::string::npos)
       << b.dump(2);
+}
+
+TEST_F(FarmTest, FullOutputDiskFailsTheJobCleanlyAndTheWorkerStaysHealthy) {
+  // The output root is a 4 MiB tmpfs (mounted by the test: it runs as root, like CI).
+  const std::string root = dir_ + "/out";
+  int status = 0;
+  RunCommand("mount -t tmpfs -o size=4m zfarm-e2e " + root + " 2>&1", &status);
+  ASSERT_EQ(status, 0) << "mounting a tmpfs needs root";
+  struct Unmount {
+    std::string path;
+    ~Unmount() {
+      int s = 0;
+      RunCommand("umount -l " + path, &s);
+    }
+  } unmount{root};
+  StartScheduler();
+  // --min-free-disk-mb=0 lets the write itself hit ENOSPC.
+  StartWorker("w1", {"--min-free-disk-mb=0"});
+  // Leave ~64 KiB free: a 256² PNG of the tiny model (~160 KB) does not fit.
+  RunCommand("dd if=/dev/zero of=" + root + "/filler bs=1k count=$(( $(df -k --output=avail " +
+                 root + " | tail -1) - 64 )) 2>/dev/null; true",
+             &status);
+  struct statvfs vfs {};
+  ASSERT_EQ(statvfs(root.c_str(), &vfs), 0);
+  ASSERT_LT(vfs.f_bavail * vfs.f_frsize, 100u << 10);
+  v1::Job j = WaitFinal(Submit(2));
+  EXPECT_EQ(j.state(), v1::JOB_STATE_FAILED);
+  // Caught before rendering (free space below the image's raw size); a disk that
+  // fills during the write fails the same way with ENOSPC ("No space left on device").
+  EXPECT_NE(j.error().message().find("output disk full"), std::string::npos)
+      << j.error().message();
+  EXPECT_TRUE(Files(".png").empty());
+  EXPECT_TRUE(Files(".tmp").empty());
+  // The worker is still READY; with space freed the next job succeeds.
+  EXPECT_EQ(WorkerState("w1"), v1::WORKER_STATE_READY);
+  fs::remove(root + "/filler");
+  EXPECT_EQ(WaitFinal(Submit(2)).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(Files(".png").size(), 1u);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
@@ -107,6 +108,12 @@ GenerateRequest RequestFor(const v1::JobSpec& spec) {
   req.seed = spec.seed();
   req.guidance = spec.guidance_scale();
   return req;
+}
+
+std::string HumanBytes(int64_t b) {
+  if (b < (int64_t{1} << 20)) return absl::StrCat(b >> 10, " KiB");
+  if (b < (int64_t{1} << 30)) return absl::StrFormat("%.1f MiB", b / 1048576.0);
+  return absl::StrFormat("%.1f GiB", b / 1073741824.0);
 }
 
 bool SameLease(const v1::LeaseId& a, const v1::LeaseId& b) {
@@ -347,6 +354,11 @@ void Worker::CountFailure(v1::FailureReason reason) {
   {
     absl::MutexLock lock(&mu_);
     ++stats_.failures;
+    // A bad request or a full output disk says nothing about the device.
+    if (reason == v1::FAILURE_REASON_INVALID_REQUEST ||
+        reason == v1::FAILURE_REASON_OUTPUT_ERROR) {
+      return;
+    }
     if (++consecutive_failures_ < options_.unhealthy_after_failures || !healthy_) return;
     healthy_ = false;
     back.swap(pending_);
@@ -435,9 +447,9 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
     const int64_t avail = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
     if (avail < options_.min_free_disk_bytes + raw) {
       Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, true,
-           absl::StrCat("output root ", options_.output_root, " has ", avail >> 20,
-                        " MiB free, below --min-free-disk-mb ", options_.min_free_disk_bytes >> 20,
-                        " plus the image (", raw >> 20, " MiB)"));
+           absl::StrCat("output disk full: ", options_.output_root, " has ", HumanBytes(avail),
+                        " free, below --min-free-disk-mb ", options_.min_free_disk_bytes >> 20,
+                        " MiB plus the image's ", HumanBytes(raw)));
       CountFailure(v1::FAILURE_REASON_OUTPUT_ERROR);
       return;
     }

@@ -68,7 +68,8 @@ class Worker : public SchedulerLink::Handler {
     // A job is failed (OUTPUT_ERROR) before rendering when the output root has
     // less free space than this plus the image's raw size.
     int64_t min_free_disk_bytes = int64_t{512} << 20;
-    // Failures in a row that make the worker report itself unhealthy.
+    // Failures in a row that make the worker report itself unhealthy (bad
+    // requests and output errors do not count: they are not the device's fault).
     int unhealthy_after_failures = 3;
     // While unhealthy, a self-test render runs after this delay (doubling up to
     // 32x); success makes the worker healthy again.
