@@ -30,6 +30,7 @@ import yaml
 
 problems = []
 ran = []
+worker_cmds = []  # (where, args after "serve") of every worker command line found
 
 
 def bad(where, msg):
@@ -95,6 +96,7 @@ def check_command(where, tokens, known):
             return None, {}
         kind, allowed = "serve", known["serve"]
         flags, pos = parse_cmd(rest[1:], SERVE_BOOL)
+        worker_cmds.append((where, list(rest[1:])))
     elif prog == "zfarm":
         if not rest or rest[0] != "health":
             bad(where, f"zfarm command must be 'health', got {rest[:1]}")
@@ -128,9 +130,12 @@ def port_of(addr):
     return int(m.group(1)) if m else None
 
 
-def duration_s(text):
+def duration_s(text, where=None):
     m = re.fullmatch(r"(\d+)(s|m|h)", text or "")
-    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)] if m else None
+    if not m:
+        bad(where or "?", f"duration {text!r} is not N(s|m|h)")
+        return 10**9
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -355,7 +360,7 @@ def check_compose(path, docs, known, images, version):
         mroot = "/" + wf.get("model", "").strip("/").split("/")[0]
         if mroot not in mounts or not mounts[mroot].endswith(":ro"):
             bad(where, f"model volume {mroot} is not mounted read-only")
-        if duration_s(s.get("stop_grace_period")) is None or duration_s(s.get("stop_grace_period")) <= duration_s(wf.get("shutdown-grace", "10m")):
+        if duration_s(s.get("stop_grace_period"), where) <= duration_s(wf.get("shutdown-grace", "10m"), where):
             bad(where, "stop_grace_period must exceed the worker's --shutdown-grace (10m default)")
         devs = s.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
         ids = [i for dv in devs for i in dv.get("device_ids", [])]
@@ -470,7 +475,7 @@ def check_k8s(kdir, docs, known, images, version):
                 if not m or not m.get("readOnly"):
                     bad(cw, f"model volume {mroot} must be mounted readOnly")
                 grace = pod.get("terminationGracePeriodSeconds", 30)
-                if grace <= duration_s(flags.get("shutdown-grace", "10m")):
+                if grace <= duration_s(flags.get("shutdown-grace", "10m"), cw):
                     bad(where, f"terminationGracePeriodSeconds {grace} must exceed --shutdown-grace")
                 host, _, port = flags.get("scheduler", "").rpartition(":")
                 worker_sched = (host, int(port or 0), cw)
@@ -570,7 +575,7 @@ def check_systemd(sdir, known):
                 if env.get("ZFARM_OUTPUT_ROOT") not in re.findall(r"^ReadWritePaths=(.*)$", text, re.M):
                     bad(path, f"ReadWritePaths= must name ZFARM_OUTPUT_ROOT ({env.get('ZFARM_OUTPUT_ROOT')})")
                 ts = re.search(r"^TimeoutStopSec=(\d+)min$", text, re.M)
-                if not ts or int(ts.group(1)) * 60 <= duration_s(flags.get("shutdown-grace", "10m")):
+                if not ts or int(ts.group(1)) * 60 <= duration_s(flags.get("shutdown-grace", "10m"), path):
                     bad(path, "TimeoutStopSec must exceed the worker's --shutdown-grace")
         for must in ("NoNewPrivileges=yes", "ProtectSystem=strict"):
             if u.endswith(".service") and must not in text:
@@ -600,6 +605,37 @@ def check_systemd(sdir, known):
         if p.returncode != 0 or out:
             bad(sdir, f"systemd-analyze verify: rc={p.returncode} {out}")
     ran.append(f"ran systemd-analyze verify on {len(units)} units (not started: no systemd PID 1 here)")
+
+
+def run_worker_commands(worker_bin):
+    """Runs the real `zfarm-worker serve` with each command line's exact arguments, except --model
+    (a missing folder, so nothing loads and no port is opened): exit 2 would be a usage error
+    (an unknown flag or a bad value such as --shutdown-grace=10 minutes); 1 is the expected
+    failure on the device or the missing model, after every flag was accepted."""
+    n = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        missing = os.path.join(tmp, "no-model")
+        for where, args in worker_cmds:
+            args = [re.sub(r"\$\((\w+)\)", r"\1-value", a) for a in args]  # Kubernetes $(VAR)
+            if any("$" in a for a in args):
+                continue  # shell templates: run_sh_execstart covers them
+            argv, i = [], 0
+            while i < len(args):
+                a = args[i]
+                if a.startswith("--model="):
+                    a = "--model=" + missing
+                elif a == "--model":
+                    argv += [a, missing]
+                    i += 2
+                    continue
+                argv.append(a)
+                i += 1
+            n += 1
+            p = subprocess.run([worker_bin, "serve"] + argv, capture_output=True, text=True, timeout=120)
+            if p.returncode != 1 or "usage:" in p.stderr:
+                bad(where, f"zfarm-worker serve with these arguments exited {p.returncode}: {p.stderr.strip()[:300]}")
+        ran.append(f"ran zfarm-worker serve with the arguments of {n} command lines "
+                   f"(--model pointed at a missing folder): every one passed flag parsing")
 
 
 def main():
@@ -638,6 +674,8 @@ def main():
             if p.returncode:
                 bad(os.path.join(root, sh), f"bash -n: {p.stderr.strip()}")
     ran.append("bash -n on deploy/*.sh")
+    if not args.read_flags:
+        run_worker_commands(args.worker)
     for r in ran:
         print("check_deploy:", r)
     for p in problems:

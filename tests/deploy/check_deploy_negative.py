@@ -15,6 +15,8 @@ import tempfile
 MUTATIONS = [
     ("k8s/worker.yaml", "--health-listen=0.0.0.0:50052", "--health-listen=0.0.0.0:50053", "startupProbe port 50052"),
     ("k8s/worker.yaml", "- --shutdown-grace=10m", "- --no-such-flag=10m", "--no-such-flag is not a flag"),
+    # run=True: the checker also runs the real zfarm-worker with the arguments (slower)
+    ("k8s/worker.yaml", "- --metrics-listen=0.0.0.0:9465", "- --metrics-listen=0.0.0.0:9465\n            - --warmup=1024", "exited 2", True),
     ("k8s/worker.yaml", "terminationGracePeriodSeconds: 660", "terminationGracePeriodSeconds: 30", "must exceed --shutdown-grace"),
     ("k8s/worker.yaml", "nvidia.com/gpu: 1\n            limits", "nvidia.com/gpu: 2\n            limits", "exactly nvidia.com/gpu: 1"),
     ("k8s/scheduler.yaml", "  replicas: 1", "  replicas: [1", "does not parse"),
@@ -51,7 +53,7 @@ def main():
     if p.returncode != 0:
         print(f"NEGATIVE: the unmutated deploy/ does not pass check_deploy.py:\n{p.stdout[-3000:]}")
         return 1
-    for rel, old, new, expect in MUTATIONS:
+    for rel, old, new, expect, *run in MUTATIONS:
         with tempfile.TemporaryDirectory() as tmp:
             root = os.path.join(tmp, "deploy")
             shutil.copytree(os.path.join(args.repo, "deploy"), root)
@@ -62,7 +64,7 @@ def main():
                 failed += 1
                 continue
             open(path, "w").write(text.replace(old, new, 1))
-            p = subprocess.run(base + ["--root", root, "--read-flags", flags],
+            p = subprocess.run(base + ["--root", root] + ([] if run and run[0] else ["--read-flags", flags]),
                                capture_output=True, text=True, timeout=300)
             found = [l for l in p.stdout.splitlines() if "PROBLEM" in l and expect in l]
             if p.returncode == 0 or not found:
