@@ -23,7 +23,7 @@
 // Usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] [--tmpdir DIR]
 //                       [--sizes 512x512,1024x1024,...] [--steps 8] [--reps 3]
 //                       [--tokenizer tokenizer.json]   (the pipeline's tokenize stage)
-//                       [--memory-modes] [--png-sweep]
+//                       [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]
 // --memory-modes and --png-sweep run only their own section (instead of sections 1-5): the
 // memory-mode table (peak allocated / reserved and s/image per mode and size) and the PNG
 // encoder's time and size per zlib level and row filter at 1024^2.
@@ -181,6 +181,7 @@ struct Options {
   int reps = 3;
   std::string tokenizer;
   bool memory_modes = false;
+  std::string modes;
   bool png_sweep = false;
 };
 
@@ -487,13 +488,15 @@ int Main(int argc, char** argv) {
       opt.tokenizer = next();
     else if (a == "--memory-modes")
       opt.memory_modes = true;
+    else if (a == "--modes")
+      opt.modes = next();
     else if (a == "--png-sweep")
       opt.png_sweep = true;
     else {
       std::cerr << "usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] "
                    "[--tmpdir DIR]"
                    " [--sizes HxW,...] [--steps N] [--reps N] [--tokenizer tokenizer.json]"
-                   " [--memory-modes] [--png-sweep]\n";
+                   " [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]\n";
       return 2;
     }
   }
@@ -512,6 +515,7 @@ int Main(int argc, char** argv) {
   popt.quick = opt.quick;
   popt.reps = opt.reps;
   popt.tokenizer_json = opt.tokenizer;
+  popt.modes = opt.modes;
   if (opt.memory_modes || opt.png_sweep) {
     if (opt.memory_modes) RunMemoryModesSection(dev, rep, popt);
     if (opt.png_sweep) RunPngSection(dev, rep, popt);

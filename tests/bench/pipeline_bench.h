@@ -56,6 +56,7 @@ struct PipelineBenchOptions {
   double matmul_peak_tflops = 0;  // measured in the same run
   int reps = 3;                   // end-to-end repetitions after the warm-up
   std::string tokenizer_json;     // Qwen3 tokenizer.json; empty: fixed token ids
+  std::string modes;              // --memory-modes: "default,offload,tiling,both" (empty: all)
 };
 
 // Section 5: the pipeline per stage and end to end (pipeline_bench_pipeline.cc).

@@ -18,6 +18,7 @@
 # Usage: tests/gpu/run.sh        env: ZFARM_COMMIT (recorded), ZFARM_BUILD_DIR, ZFARM_GPU_BUDGET_S,
 #   ZFARM_GPU_BUILD_ALL=0: build only the harness targets (saves device minutes; other areas'
 #   gpu-labelled tests then show as not built),
+#   ZFARM_GPU_SKIP_BENCH=1: build and run the gpu ctests only (no pipeline_bench, no diffusers),
 #   ZFARM_SOURCE_TARBALL: build and run this source snapshot (e.g. `git archive HEAD`, a .tar or
 #   .tar.xz) instead of the working tree — for a pinned commit while others edit the checkout;
 #   .gpu-debs/ and .carry/ are still taken from the checkout.
@@ -122,7 +123,9 @@ fi
 
 # 3. pipeline_bench.
 t=$(date +%s)
-if [ -x "$build/tests/bench/pipeline_bench" ]; then
+if [ "${ZFARM_GPU_SKIP_BENCH:-0}" = 1 ]; then
+  note "pipeline_bench: skipped (ZFARM_GPU_SKIP_BENCH=1)"
+elif [ -x "$build/tests/bench/pipeline_bench" ]; then
   timeout "$(box 200)" "$build/tests/bench/pipeline_bench" --out "$logs/pipeline_bench.md" \
     --tmpdir "${TMPDIR:-/tmp}" ${tok:+--tokenizer "$tok"} > "$logs/pipeline_bench.log" 2>&1
   note "pipeline_bench: exit $? in $(( $(date +%s) - t )) s"
@@ -132,7 +135,9 @@ fi
 
 # 4. diffusers baseline.
 t=$(date +%s)
-if [ -f .carry/diffusers-src.tar.xz ]; then
+if [ "${ZFARM_GPU_SKIP_BENCH:-0}" = 1 ]; then
+  note "diffusers_baseline: skipped (ZFARM_GPU_SKIP_BENCH=1)"
+elif [ -f .carry/diffusers-src.tar.xz ]; then
   ddir=${TMPDIR:-/tmp}/zfarm-diffusers
   rm -rf "$ddir" && mkdir -p "$ddir" && tar -xJf .carry/diffusers-src.tar.xz -C "$ddir"
   dcommit=$(cat .carry/diffusers-commit.txt 2>/dev/null || echo unknown)
