@@ -8,7 +8,7 @@
 #      weights read as zeros, which costs the GPU exactly the same): JOBS jobs at 1024², 8
 #      steps, through the CLI (`zfarm batch --wait`) with one worker, then one worker per GPU;
 #      images per minute and the ratio; each worker's time between jobs from its /metrics
-#      (zfarm_worker_job_gap_seconds);
+#      (printed by the worker when it stops; also zfarm_worker_job_gap_seconds on /metrics);
 #   4. cold start: the disk's direct read speed, the page cache dropped, one `zfarm-worker
 #      serve` on cuda:0 from process start to health SERVING (load + 1024² warm-up + connect);
 #   5. doctor on cuda:0 (device, driver and CUDA versions).
@@ -68,11 +68,17 @@ else
   fi
   model=${ZFARM_MODEL_DIR:-/var/tmp}/zfarm-full-random
   sparse=${ZFARM_MODEL_DIR:-/var/tmp}/zfarm-full-sparse
+  reuse=${ZFARM_REUSE_MODEL:-0}
+  [ "$reuse" = 1 ] && [ -f "$sparse/model_index.json" ] ||
   "$bin/make_tiny_model" --variant full-random --sparse --out "$sparse" --tokenizer "$tok" --force \
     > "$out/make_sparse.log" 2>&1 || { tail -20 "$out/make_sparse.log"; exit 1; }
   t_model=$(now)
-  ( "$bin/make_tiny_model" --variant full-random --out "$model" --tokenizer "$tok" --force \
-      > "$out/make_model.log" 2>&1; echo $? > "$out/make_model.rc"; now > "$out/make_model.end" ) &
+  if [ "$reuse" = 1 ] && [ -f "$model/manifest.md5" ]; then
+    ( echo 0 > "$out/make_model.rc"; now > "$out/make_model.end" ) &
+  else
+    ( "$bin/make_tiny_model" --variant full-random --out "$model" --tokenizer "$tok" --force \
+        > "$out/make_model.log" 2>&1; echo $? > "$out/make_model.rc"; now > "$out/make_model.end" ) &
+  fi
   model_writer=$!
 fi
 
@@ -89,11 +95,11 @@ start_worker() {  # index model -> seconds to SERVING
   t0=$(now)
   "$bin/zfarm-worker" serve --scheduler 127.0.0.1:50051 --device "$(dev "$i")" --model "$m" \
     --output-root "$work/out" --name "bench/cuda:$i" --warmup "${size}x$size" \
-    --health-listen "127.0.0.1:$((8100 + i))" --metrics-listen "127.0.0.1:$((9500 + i))" \
+    --health-listen "127.0.0.1:$((18100 + i))" ${ZFARM_FARM_METRICS:+--metrics-listen "127.0.0.1:$((19500 + i))"} \
     > "$out/worker-cuda$i.log" 2>&1 &
   echo $! > "$work/worker$i.pid"
   for _ in $(seq 2400); do
-    if "$bin/zfarm-scheduler" --probe "127.0.0.1:$((8100 + i))" >/dev/null 2>&1; then
+    if "$bin/zfarm-scheduler" --probe "127.0.0.1:$((18100 + i))" >/dev/null 2>&1; then
       calc "$(now) - $t0"
       return 0
     fi
@@ -132,17 +138,10 @@ if [ "$ngpu" -gt 1 ]; then
   all=$(run_batch all) || exit 1
   log "$ngpu workers: $jobs images in $all s = $(calc "$jobs * 60 / $all") images/min; speed-up $(calc "$one / $all")x"
 fi
-for i in $(seq 0 $((ngpu - 1))); do
-  m=$(curl -s "127.0.0.1:$((9500 + i))/metrics")
-  sum=$(echo "$m" | awk '/^zfarm_worker_job_gap_seconds_sum/ {print $2}')
-  cnt=$(echo "$m" | awk '/^zfarm_worker_job_gap_seconds_count/ {print $2}')
-  le2=$(echo "$m" | awk '/^zfarm_worker_job_gap_seconds_bucket\{le="0.002"\}/ {print $2}')
-  le10=$(echo "$m" | awk '/^zfarm_worker_job_gap_seconds_bucket\{le="0.01"\}/ {print $2}')
-  step=$(echo "$m" | awk '/^zfarm_worker_step_seconds_sum/ {s=$2} /^zfarm_worker_step_seconds_count/ {c=$2} END {if (c) printf "%.1f", 1000*s/c}')
-  peak=$(echo "$m" | awk '/zfarm_worker_device_memory_bytes\{kind="peak"\}/ {printf "%.1f", $2/1073741824}')
-  log "cuda:$i time between jobs: $cnt busy switches, mean $(calc "1000 * ${sum:-0} / (${cnt:-0} + 1e-9)") ms, ${le2:-?} within 2 ms, ${le10:-?} within 10 ms; mean step $step ms; peak $peak GiB"
-done
 stop_workers
+for i in $(seq 0 $((ngpu - 1))); do
+  log "cuda:$i: $(grep -o 'stopped after.*' "$out/worker-cuda$i.log")"
+done
 
 # 4. Cold start from the random weights, page cache dropped.
 if [ "$dry" != 1 ]; then

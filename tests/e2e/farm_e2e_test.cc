@@ -240,7 +240,7 @@ TEST_F(FarmTest, CliSubmitProducesThePngWithItsSha256AndSigtermExitsCleanly) {
 
   const int s = w->Stop(SIGTERM);
   EXPECT_TRUE(WIFEXITED(s) && WEXITSTATUS(s) == 0) << w->ReadLog();
-  EXPECT_NE(w->ReadLog().find("stopped after 2 images"), std::string::npos) << w->ReadLog();
+  EXPECT_NE(w->ReadLog().find("stopped after 2 images, 0 failures"), std::string::npos) << w->ReadLog();
 }
 
 TEST_F(FarmTest, CancelARunningJob) {

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -213,8 +214,17 @@ int RunServe(int argc, char** argv) {
   if (health) health->SetServing(false);
   (*worker)->Shutdown(grace);
   Worker::Stats st = (*worker)->stats();
-  std::printf("worker %s: stopped after %lld images, %lld failures\n", wo.name.c_str(),
-              static_cast<long long>(st.images), static_cast<long long>(st.failures));
+  auto pct = [](std::vector<double> v, double p) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    return 1e3 * v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+  };
+  std::printf(
+      "worker %s: stopped after %lld images, %lld failures; time between jobs (busy, n=%zu): "
+      "p50 %.2f ms, p99 %.2f ms, max %.2f ms; to the next first step: p50 %.1f ms\n",
+      wo.name.c_str(), static_cast<long long>(st.images), static_cast<long long>(st.failures),
+      st.gap_seconds.size(), pct(st.gap_seconds, 0.5), pct(st.gap_seconds, 0.99),
+      pct(st.gap_seconds, 1.0), pct(st.first_step_gap_seconds, 0.5));
   return 0;
 }
 
