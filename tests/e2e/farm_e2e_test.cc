@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/server.h"
+#include "tests/testing/farm_client.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
@@ -34,7 +35,10 @@ namespace {
 
 namespace v1 = ::zfarm::v1;
 namespace fs = std::filesystem;
+using ::zfarm::testing::FarmClient;
+using ::zfarm::testing::Spec;
 using ::zfarm::testing::Subprocess;
+using ::zfarm::testing::WaitFor;
 
 std::string Sha256File(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -79,12 +83,6 @@ std::set<std::string> PeersFromStrace(const std::string& trace_path) {
   return peers;
 }
 
-std::unique_ptr<grpc::ClientContext> Ctx() {
-  auto c = std::make_unique<grpc::ClientContext>();
-  c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  return c;
-}
-
 class FarmTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -112,9 +110,8 @@ class FarmTest : public ::testing::Test {
     ASSERT_FALSE(line.empty()) << scheduler_->ReadLog();
     address_ = line.substr(13);
     port_ = std::stoi(address_.substr(address_.rfind(':') + 1));
-    channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
-    jobs_ = v1::JobService::NewStub(channel_);
-    admin_ = v1::AdminService::NewStub(channel_);
+    client_ = std::make_unique<FarmClient>(
+        grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
   }
 
   std::vector<std::string> WorkerArgs(const std::string& name,
@@ -137,56 +134,14 @@ class FarmTest : public ::testing::Test {
     return workers_.back().get();
   }
 
-  v1::WorkerState WorkerState(const std::string& name) {
-    v1::ListWorkersResponse resp;
-    if (!admin_->ListWorkers(Ctx().get(), v1::ListWorkersRequest(), &resp).ok()) {
-      return v1::WORKER_STATE_UNSPECIFIED;
-    }
-    for (const auto& w : resp.workers()) {
-      if (w.worker_name() == name) return w.state();
-    }
-    return v1::WORKER_STATE_UNSPECIFIED;
-  }
-
+  v1::WorkerState WorkerState(const std::string& name) { return client_->Worker(name).state(); }
   std::string Submit(int steps, int size = 256) {
-    v1::SubmitJobRequest r;
-    r.mutable_spec()->set_prompt("a lighthouse at dusk");
-    r.mutable_spec()->set_width_px(size);
-    r.mutable_spec()->set_height_px(size);
-    r.mutable_spec()->set_steps(steps);
-    r.mutable_spec()->set_seed(7);
-    v1::SubmitJobResponse resp;
-    grpc::Status s = jobs_->SubmitJob(Ctx().get(), r, &resp);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return resp.job().job_id();
+    v1::JobSpec spec = Spec("a lighthouse at dusk", size, steps);
+    spec.set_seed(7);
+    return client_->Submit(spec);
   }
-
-  v1::Job GetJob(const std::string& id) {
-    v1::GetJobRequest r;
-    r.set_job_id(id);
-    v1::Job j;
-    jobs_->GetJob(Ctx().get(), r, &j);
-    return j;
-  }
-
-  bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout = absl::Seconds(60)) {
-    const absl::Time end = absl::Now() + timeout;
-    while (absl::Now() < end) {
-      if (pred()) return true;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return pred();
-  }
-
-  v1::Job WaitFinal(const std::string& id) {
-    v1::Job j;
-    WaitFor([&] {
-      j = GetJob(id);
-      return j.state() == v1::JOB_STATE_SUCCEEDED || j.state() == v1::JOB_STATE_FAILED ||
-             j.state() == v1::JOB_STATE_CANCELLED;
-    });
-    return j;
-  }
+  v1::Job GetJob(const std::string& id) { return client_->GetJob(id); }
+  v1::Job WaitFinal(const std::string& id) { return client_->WaitFinal(id); }
 
   // Files under the output root with the given extension.
   std::vector<std::string> Files(const std::string& ext) {
@@ -203,9 +158,7 @@ class FarmTest : public ::testing::Test {
   int port_ = 0, scheduler_starts_ = 0;
   std::unique_ptr<Subprocess> scheduler_;
   std::vector<std::unique_ptr<Subprocess>> workers_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::JobService::Stub> jobs_;
-  std::unique_ptr<v1::AdminService::Stub> admin_;
+  std::unique_ptr<FarmClient> client_;
 };
 
 TEST_F(FarmTest, CliSubmitProducesThePngWithItsSha256AndSigtermExitsCleanly) {
@@ -248,10 +201,7 @@ TEST_F(FarmTest, CancelARunningJob) {
   StartWorker("w1");
   const std::string id = Submit(50);
   ASSERT_TRUE(WaitFor([&] { return GetJob(id).progress().step() >= 1; }));
-  v1::CancelJobRequest c;
-  c.set_job_id(id);
-  v1::CancelJobResponse cr;
-  ASSERT_TRUE(jobs_->CancelJob(Ctx().get(), c, &cr).ok());
+  ASSERT_TRUE(client_->Cancel(id));
   v1::Job j = WaitFinal(id);
   EXPECT_EQ(j.state(), v1::JOB_STATE_CANCELLED);
   EXPECT_LT(j.progress().step(), 50);

@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
+#include "tests/testing/farm_client.h"
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
@@ -26,6 +27,8 @@ namespace {
 
 namespace v1 = ::zfarm::v1;
 using ::zfarm::testing::FakeWorker;
+using ::zfarm::testing::FarmClient;
+using ::zfarm::testing::Spec;
 using ::zfarm::testing::TestScheduler;
 
 // Renders a deterministic pattern; can pause after a step until released, or
@@ -92,12 +95,6 @@ class ScriptedRenderer : public Renderer {
   std::shared_ptr<Script> s_;
 };
 
-std::unique_ptr<grpc::ClientContext> Ctx() {
-  auto c = std::make_unique<grpc::ClientContext>();
-  c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  return c;
-}
-
 class WorkerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -105,8 +102,7 @@ class WorkerTest : public ::testing::Test {
     so.scheduler.heartbeat_interval = absl::Milliseconds(200);
     so.scheduler.lease_timeout = absl::Seconds(30);
     ASSERT_OK_AND_ASSIGN(farm_, TestScheduler::Start(so));
-    jobs_ = v1::JobService::NewStub(farm_->channel());
-    admin_ = v1::AdminService::NewStub(farm_->channel());
+    client_ = std::make_unique<FarmClient>(farm_->channel());
   }
 
   std::unique_ptr<Worker> MakeWorker(const std::string& name, std::shared_ptr<ScriptedRenderer::Script> s,
@@ -132,55 +128,20 @@ class WorkerTest : public ::testing::Test {
 
   std::string Submit(int steps = 4, const std::string& prompt = "a cat",
                      std::function<void(v1::JobSpec&)> tweak = nullptr) {
-    v1::SubmitJobRequest r;
-    r.mutable_spec()->set_prompt(prompt);
-    r.mutable_spec()->set_width_px(256);
-    r.mutable_spec()->set_height_px(256);
-    r.mutable_spec()->set_steps(steps);
-    r.mutable_spec()->set_seed(42);
-    if (tweak) tweak(*r.mutable_spec());
-    v1::SubmitJobResponse resp;
-    grpc::Status s = jobs_->SubmitJob(Ctx().get(), r, &resp);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return resp.job().job_id();
+    v1::JobSpec spec = Spec(prompt, 256, steps);
+    if (tweak) tweak(spec);
+    return client_->Submit(spec);
   }
-
-  v1::Job GetJob(const std::string& id) {
-    v1::GetJobRequest r;
-    r.set_job_id(id);
-    v1::Job j;
-    grpc::Status s = jobs_->GetJob(Ctx().get(), r, &j);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return j;
+  v1::Job GetJob(const std::string& id) { return client_->GetJob(id); }
+  v1::Job WaitFinal(const std::string& id) { return client_->WaitFinal(id, absl::Seconds(15)); }
+  v1::WorkerInfo WorkerInfo(const std::string& name) { return client_->Worker(name); }
+  static bool WaitFor(const std::function<bool()>& pred) {
+    return zfarm::testing::WaitFor(pred, absl::Seconds(15));
   }
-
-  // Polls until `pred` holds (condition wait, not a timing assertion).
-  bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout = absl::Seconds(15)) {
-    const absl::Time end = absl::Now() + timeout;
-    while (absl::Now() < end) {
-      if (pred()) return true;
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return pred();
-  }
-
-  v1::Job WaitFinal(const std::string& id) {
-    v1::Job j;
-    WaitFor([&] {
-      j = GetJob(id);
-      return j.state() == v1::JOB_STATE_SUCCEEDED || j.state() == v1::JOB_STATE_FAILED ||
-             j.state() == v1::JOB_STATE_CANCELLED;
-    });
-    return j;
-  }
-
-  v1::WorkerInfo WorkerInfo(const std::string& name) {
-    v1::ListWorkersResponse resp;
-    admin_->ListWorkers(Ctx().get(), v1::ListWorkersRequest(), &resp);
-    for (const auto& w : resp.workers()) {
-      if (w.worker_name() == name) return w;
-    }
-    return {};
+  // The renderer pauses after `step` until released.
+  static void PauseAfter(ScriptedRenderer::Script& s, int step) {
+    absl::MutexLock l(&s.mu);
+    s.pause_after_step = step;
   }
 
   // Every regular file under the output root, relative.
@@ -196,8 +157,7 @@ class WorkerTest : public ::testing::Test {
   }
 
   std::unique_ptr<TestScheduler> farm_;
-  std::unique_ptr<v1::JobService::Stub> jobs_;
-  std::unique_ptr<v1::AdminService::Stub> admin_;
+  std::unique_ptr<FarmClient> client_;
 };
 
 TEST_F(WorkerTest, RendersCommitsAndReportsTheResult) {
@@ -230,29 +190,20 @@ TEST_F(WorkerTest, RendersCommitsAndReportsTheResult) {
 
 TEST_F(WorkerTest, CancelStopsTheRunningJobAtAStepBoundary) {
   auto script = std::make_shared<ScriptedRenderer::Script>();
-  {
-    absl::MutexLock l(&script->mu);
-    script->pause_after_step = 2;
-  }
+  PauseAfter(*script, 2);
   auto w = MakeWorker("w1", script);
   w->Start();
   const std::string id = Submit(8);
   ASSERT_TRUE(script->WaitPaused());
   ASSERT_TRUE(WaitFor([&] { return GetJob(id).progress().step() == 2; }));
-  v1::CancelJobRequest c;
-  c.set_job_id(id);
-  v1::CancelJobResponse cr;
-  ASSERT_TRUE(jobs_->CancelJob(Ctx().get(), c, &cr).ok());
+  ASSERT_TRUE(client_->Cancel(id));
   v1::Job j = WaitFinal(id);
   EXPECT_EQ(j.state(), v1::JOB_STATE_CANCELLED);
   EXPECT_EQ(j.error().reason(), v1::FAILURE_REASON_CANCELLED_BY_CLIENT);
   EXPECT_LE(j.progress().step(), 3);
   EXPECT_TRUE(Files().empty());
   // The worker is still serving and takes the next job.
-  {
-    absl::MutexLock l(&script->mu);
-    script->pause_after_step = -1;
-  }
+  PauseAfter(*script, -1);
   EXPECT_EQ(WaitFinal(Submit(2)).state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(w->stats().failures, 0);  // a cancel is not a failure
   w->Shutdown();
@@ -260,10 +211,7 @@ TEST_F(WorkerTest, CancelStopsTheRunningJobAtAStepBoundary) {
 
 TEST_F(WorkerTest, DeadlineCancelsAtTheNextStep) {
   auto script = std::make_shared<ScriptedRenderer::Script>();
-  {
-    absl::MutexLock l(&script->mu);
-    script->pause_after_step = 1;
-  }
+  PauseAfter(*script, 1);
   auto w = MakeWorker("w1", script);
   w->Start();
   const absl::Time deadline = absl::Now() + absl::Milliseconds(300);
@@ -354,10 +302,7 @@ TEST_F(WorkerTest, FullOutputDiskFailsTheJobBeforeRendering) {
 
 TEST_F(WorkerTest, ShortDisconnectMidJobIsReadoptedAndCommitsOnce) {
   auto script = std::make_shared<ScriptedRenderer::Script>();
-  {
-    absl::MutexLock l(&script->mu);
-    script->pause_after_step = 2;
-  }
+  PauseAfter(*script, 2);
   auto w = MakeWorker("w1", script);
   w->Start();
   const std::string id = Submit(4);
@@ -375,10 +320,7 @@ TEST_F(WorkerTest, ShortDisconnectMidJobIsReadoptedAndCommitsOnce) {
 
 TEST_F(WorkerTest, CutOffWorkerWhoseJobWasReassignedHasItsLateCommitRefused) {
   auto script = std::make_shared<ScriptedRenderer::Script>();
-  {
-    absl::MutexLock l(&script->mu);
-    script->pause_after_step = 2;
-  }
+  PauseAfter(*script, 2);
   auto w = MakeWorker("w1", script);
   w->Start();
   const std::string id = Submit(4);
@@ -408,19 +350,13 @@ TEST_F(WorkerTest, CutOffWorkerWhoseJobWasReassignedHasItsLateCommitRefused) {
 
 TEST_F(WorkerTest, DrainFinishesTheCurrentJobAndHandsBackThePrefetchedOne) {
   auto script = std::make_shared<ScriptedRenderer::Script>();
-  {
-    absl::MutexLock l(&script->mu);
-    script->pause_after_step = 1;
-  }
+  PauseAfter(*script, 1);
   auto w = MakeWorker("w1", script);  // capacity 2: one running + one prefetched
   w->Start();
   const std::string a = Submit(2, "a"), b = Submit(2, "b");
   ASSERT_TRUE(script->WaitPaused());
   ASSERT_TRUE(WaitFor([&] { return GetJob(b).state() == v1::JOB_STATE_ASSIGNED; }));
-  v1::DrainWorkerRequest dr;
-  dr.set_worker_name("w1");
-  v1::DrainWorkerResponse dresp;
-  ASSERT_TRUE(admin_->DrainWorker(Ctx().get(), dr, &dresp).ok());
+  ASSERT_TRUE(client_->Drain("w1"));
   ASSERT_TRUE(WaitFor([&] { return GetJob(b).state() == v1::JOB_STATE_QUEUED; }));
   script->Release();
   EXPECT_TRUE(w->WaitDrained(absl::Seconds(10)));
@@ -437,10 +373,7 @@ TEST_F(WorkerTest, DrainFinishesTheCurrentJobAndHandsBackThePrefetchedOne) {
 
 TEST_F(WorkerTest, BusyWorkerStartsThePrefetchedJobWithoutARoundTrip) {
   auto script = std::make_shared<ScriptedRenderer::Script>();
-  {
-    absl::MutexLock l(&script->mu);
-    script->pause_after_step = 1;
-  }
+  PauseAfter(*script, 1);
   auto w = MakeWorker("w1", script);
   w->Start();
   const std::string a = Submit(2, "a"), b = Submit(3, "b");
