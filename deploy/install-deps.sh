@@ -16,7 +16,7 @@ pkgs=(
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   # test prerequisites: the tokenizer reference (node), syscall tracing, clock faults, netns
-  strace faketime iproute2 openssl curl procps python3 python3-yaml systemd
+  strace faketime iproute2 openssl curl procps python3 python3-yaml systemd sqlite3
 )
 missing=()
 for p in "${pkgs[@]}"; do

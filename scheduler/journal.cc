@@ -66,9 +66,11 @@ const char* const kMigrations[] = {
 constexpr char kRecovery[] =
     "; refusing to start so that no acknowledged job is silently dropped. Recovery (README "
     "\"Journal recovery\"): stop every scheduler on this state dir, then either restore the state "
-    "dir from a backup, or salvage what is readable with "
-    "`sqlite3 OLD/journal.db .recover | sqlite3 NEW/journal.db` and start on the new state dir "
-    "(clients resubmit missing jobs with their request ids)";
+    "dir from a backup, or salvage the readable rows into a new state dir with "
+    "`sqlite3 OLD/journal.db .dump | sqlite3 NEW/journal.db && sqlite3 NEW/journal.db "
+    "'PRAGMA user_version=2'` and start on NEW (a row named as damaged can instead be deleted "
+    "with `sqlite3 OLD/journal.db \"DELETE FROM jobs WHERE job_id='ID'\"`; clients resubmit "
+    "missing jobs with their request ids)";
 
 // 64-bit FNV-1a over length-prefixed fields: detects flipped bytes in a row.
 class RowHash {

@@ -8,10 +8,12 @@
 // + journal.db-wal + journal.db-shm, as SIGKILL leaves them) — and damaged copies
 // are opened again. Trials run on /dev/shm when it exists (the journal fsyncs).
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -341,7 +343,52 @@ TEST_F(JournalDamageTest, SchedulerCreateRefusesWithFileAndRecovery) {
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.status().message()),
               AllOf(HasSubstr(state + "/journal.db"), HasSubstr("Recovery"),
-                    HasSubstr("sqlite3 OLD/journal.db .recover")));
+                    HasSubstr("sqlite3 OLD/journal.db .dump")));
+}
+
+int Shell(const std::string& cmd) {
+  int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+// The documented recovery, end to end, with the sqlite3 shell (deploy/install-deps.sh
+// installs it; missing, this test fails). A byte flipped inside one job's row is
+// refused naming that job; salvaging with .dump keeps the damaged row (refused
+// again), deleting the named row lets the scheduler start with every other job.
+TEST_F(JournalDamageTest, DocumentedRecoveryWithTheSqlite3Shell) {
+  ASSERT_EQ(Shell("sqlite3 -version > /dev/null"), 0) << "sqlite3 shell missing";
+  std::string state = base_ + "/state";
+  auto want = MakeClean(state, 30);
+  std::ifstream f(state + "/journal.db", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), {});
+  size_t at = bytes.find("variant 17");
+  ASSERT_NE(at, std::string::npos);
+  FlipByte(state + "/journal.db", at + 8);  // "variant 17" -> another prompt
+  auto got = OpenAndLoad(state);
+  ASSERT_FALSE(got.ok());
+  std::string msg(got.status().message());
+  EXPECT_THAT(msg, AllOf(HasSubstr(state + "/journal.db"), HasSubstr("checksum mismatch")));
+  // The message names the job: "job row <id> (seq N)".
+  size_t p = msg.find("job row ");
+  ASSERT_NE(p, std::string::npos);
+  std::string id = msg.substr(p + 8, msg.find(' ', p + 8) - (p + 8));
+  ASSERT_TRUE(want.count("job/" + id)) << id;
+
+  std::string salvaged = base_ + "/new";
+  fs::create_directories(salvaged);
+  ASSERT_EQ(Shell(absl::StrCat("sqlite3 ", state, "/journal.db .dump | sqlite3 ", salvaged,
+                               "/journal.db && sqlite3 ", salvaged,
+                               "/journal.db 'PRAGMA user_version=2'")),
+            0);
+  auto again = OpenAndLoad(salvaged);
+  EXPECT_THAT(again.status(), ::zfarm::testing::StatusIs(absl::StatusCode::kDataLoss,
+                                                         HasSubstr("job row " + id)));
+  ASSERT_EQ(Shell(absl::StrCat("sqlite3 ", salvaged, "/journal.db \"DELETE FROM jobs WHERE job_id='",
+                               id, "'\"")),
+            0);
+  ASSERT_OK_AND_ASSIGN(auto recovered, OpenAndLoad(salvaged));
+  want.erase("job/" + id);
+  EXPECT_EQ(recovered, want);
 }
 
 }  // namespace
