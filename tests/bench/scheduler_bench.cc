@@ -28,7 +28,8 @@ ABSL_FLAG(int, inflight, 8, "Outstanding SubmitJob calls per client (1 = strictl
 ABSL_FLAG(int, latency_samples, 1000, "Slot->assignment samples");
 ABSL_FLAG(int, workers, 1000, "Fake workers connected at once");
 ABSL_FLAG(int, queued, 100000, "Jobs held in the queue for the RSS measurement");
-ABSL_FLAG(std::string, only, "", "Run one part: submit, latency, workers, queued");
+ABSL_FLAG(int, many_queued, 10000, "Jobs queued in the `many` run");
+ABSL_FLAG(std::string, only, "", "Run one part: submit, latency, workers, queued, many");
 
 namespace v1 = zfarm::v1;
 using zfarm::testing::FakeWorker;
@@ -188,6 +189,62 @@ void Workers() {
       n, connect_s, ready, b.jobs_size(), leased, dispatch_s, RssMiB() - rss0);
 }
 
+// Issue 9: dispatch latency in a big farm — `workers` fake workers connected (all
+// but one busy holding a lease) and `queued` jobs waiting; the free worker's
+// finalize -> next lease round trip, sampled latency_samples times.
+void Many() {
+  auto farm = StartFarm(10'000'000);
+  const int n = absl::GetFlag(FLAGS_workers), queued = absl::GetFlag(FLAGS_many_queued);
+  const int samples = absl::GetFlag(FLAGS_latency_samples);
+  auto stub = v1::JobService::NewStub(farm->channel());
+  const int total = n - 1 + queued + samples + 1;
+  for (int off = 0; off < total; off += 1000) {
+    v1::SubmitJobsRequest part;
+    for (int i = off; i < std::min(total, off + 1000); ++i) {
+      part.add_jobs()->mutable_spec()->set_prompt("p");
+    }
+    v1::SubmitJobsResponse resp;
+    CHECK(stub->SubmitJobs(Ctx().get(), part, &resp).ok());
+  }
+  std::vector<std::unique_ptr<FakeWorker>> busy;
+  for (int i = 0; i < n - 1; ++i) {
+    FakeWorker::Options o;
+    o.name = "busy" + std::to_string(i);
+    auto w = FakeWorker::Connect(farm->channel(), o, absl::Seconds(30));
+    CHECK(w.ok()) << w.status();
+    CHECK((*w)->NextLease(absl::Seconds(30)).ok());  // holds it: this worker stays busy
+    busy.push_back(*std::move(w));
+  }
+  FakeWorker::Options wo;
+  wo.name = "sampled";
+  auto w = FakeWorker::Connect(farm->channel(), wo);
+  CHECK(w.ok());
+  auto lease = (*w)->NextLease();
+  CHECK(lease.ok());
+  std::vector<double> us;
+  for (int i = 0; i < samples; ++i) {
+    CHECK((*w)->Started(lease->lease()).ok());
+    auto acc = (*w)->Commit(*lease, farm->output_root(), /*send_finalized=*/false);
+    CHECK(acc.ok() && *acc);
+    v1::WorkerMessage fin;
+    *fin.mutable_finalized()->mutable_lease() = lease->lease();
+    absl::Time t0 = absl::Now();
+    CHECK((*w)->Send(fin).ok());
+    lease = (*w)->NextLease();
+    us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t0));
+    CHECK(lease.ok());
+    if (i % 100 == 0) {
+      for (auto& b : busy) (void)b->Heartbeat();
+    }
+  }
+  std::sort(us.begin(), us.end());
+  printf(
+      "many: %d workers (%d busy), %d jobs queued: free slot -> assignment p50 %.3f ms p99 %.3f "
+      "ms max %.3f ms over %d samples\n",
+      n, n - 1, static_cast<int>(farm->scheduler()->QueuedJobs()), us[us.size() / 2] / 1000,
+      us[us.size() * 99 / 100] / 1000, us.back() / 1000, samples);
+}
+
 void Queued() {
   const int n = absl::GetFlag(FLAGS_queued);
   auto farm = StartFarm(n);
@@ -237,5 +294,6 @@ int main(int argc, char** argv) {
   if (only.empty() || only == "latency") Latency();
   if (only.empty() || only == "workers") Workers();
   if (only.empty() || only == "queued") Queued();
+  if (only.empty() || only == "many") Many();
   return 0;
 }
