@@ -4,10 +4,12 @@
 // Test helper: a fresh tiny Z-Image folder made by tests/tools/make_tiny_model
 // in a per-process temp directory (ctest runs every TEST in its own process).
 
+#include <ftw.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
+#include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <string>
 
 namespace zfarm::worker::testing {
@@ -34,9 +36,22 @@ inline std::string MakeTinyFolder() {
   return dir;
 }
 
+inline int RemoveTinyFolderEntry(const char* path, const struct stat*, int, struct FTW*) {
+  return std::remove(path);  // unlink or rmdir
+}
+
+// Removes the folder's temp parent. POSIX nftw() rather than std::filesystem:
+// on the GPU host the suite's teardown crashed (jump to address 0) inside this
+// function's std::filesystem calls, because the torch 2.11 wheel exports its own
+// statically linked copies of libstdc++'s std::filesystem (pytorch/pytorch#133437)
+// that interpose on libstdc++'s; with LD_PRELOAD=libstdc++.so.6 the same binary
+// passed. Test helpers stay clear of std::filesystem for that reason.
 inline void RemoveTinyFolder() {
-  std::string d = MakeTinyFolder();
-  if (!d.empty()) std::filesystem::remove_all(std::filesystem::path(d).parent_path());
+  const std::string d = MakeTinyFolder();
+  const size_t slash = d.rfind('/');
+  if (d.empty() || slash == std::string::npos || slash == 0) return;
+  const std::string parent = d.substr(0, slash);  // /tmp/zfarm-tiny-XXXXXX
+  nftw(parent.c_str(), RemoveTinyFolderEntry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 }  // namespace zfarm::worker::testing
