@@ -81,7 +81,8 @@ class RowHash {
     return *this;
   }
   RowHash& Int(int64_t v) {
-    for (int i = 0; i < 8; ++i) Byte(static_cast<unsigned char>(static_cast<uint64_t>(v) >> (8 * i)));
+    for (int i = 0; i < 8; ++i)
+      Byte(static_cast<unsigned char>(static_cast<uint64_t>(v) >> (8 * i)));
     return *this;
   }
   int64_t value() const { return static_cast<int64_t>(h_); }
@@ -133,9 +134,9 @@ absl::StatusOr<std::string> ReadAll(const std::string& path) {
 absl::Status CheckMainFile(const std::string& path, uint64_t size) {
   ZFARM_ASSIGN_OR_RETURN(std::string data, ReadAll(path));
   if (data.size() < 100) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "journal ", path, " is truncated (", data.size(), " bytes, less than a SQLite header)",
-        kRecovery));
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path, " is truncated (", data.size(),
+                     " bytes, less than a SQLite header)", kRecovery));
   }
   const auto* p = reinterpret_cast<const unsigned char*>(data.data());
   if (data.compare(0, 16, std::string("SQLite format 3\0", 16)) != 0) {
@@ -148,8 +149,8 @@ absl::Status CheckMainFile(const std::string& path, uint64_t size) {
   if (Be32(p + 24) == Be32(p + 92) && pages > 0 &&
       size < static_cast<uint64_t>(pages) * page_size) {
     return absl::FailedPreconditionError(
-        absl::StrCat("journal ", path, " is truncated: ", size, " bytes but its header says ", pages,
-                     " pages of ", page_size, " bytes", kRecovery));
+        absl::StrCat("journal ", path, " is truncated: ", size, " bytes but its header says ",
+                     pages, " pages of ", page_size, " bytes", kRecovery));
   }
   return absl::OkStatus();
 }
@@ -265,24 +266,33 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
   std::string path = options.state_dir + "/journal.db";
   const std::string state_path = path + ".state", wal = path + "-wal";
   std::string previous;  // "", "open" or "closed"
-  if (auto st = ReadAll(state_path); st.ok()) previous = std::string(absl::StripAsciiWhitespace(*st));
+  if (auto st = ReadAll(state_path); st.ok())
+    previous = std::string(absl::StripAsciiWhitespace(*st));
   std::error_code size_ec;
   const uint64_t db_size = std::filesystem::file_size(path, size_ec);
   const bool db_present = !size_ec && db_size > 0;
   if (!previous.empty() && !db_present) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "journal ", path, " is missing or empty, but ", state_path,
-        " says a journal existed (deleted or truncated to 0 bytes?)", kRecovery));
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path, " is missing or empty, but ", state_path,
+                     " says a journal existed (deleted or truncated to 0 bytes?)", kRecovery));
   }
   if (previous == "open" && !std::filesystem::exists(wal)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "journal ", path, ": the previous scheduler did not shut down cleanly and its write-ahead "
-        "log ", wal, " is missing (deleted?); the jobs acknowledged since the last checkpoint are "
+        "journal ", path,
+        ": the previous scheduler did not shut down cleanly and its write-ahead "
+        "log ",
+        wal,
+        " is missing (deleted?); the jobs acknowledged since the last checkpoint are "
         "only in that file. Put it back if you can. If another program (e.g. the sqlite3 shell) "
         "opened the journal since the crash, it folded the log into journal.db and deleted it: "
-        "then nothing is lost and you may delete ", state_path, ". If the log is lost for good, "
-        "deleting ", state_path, " starts from the main file alone (jobs only in the log are "
-        "lost)", kRecovery));
+        "then nothing is lost and you may delete ",
+        state_path,
+        ". If the log is lost for good, "
+        "deleting ",
+        state_path,
+        " starts from the main file alone (jobs only in the log are "
+        "lost)",
+        kRecovery));
   }
   if (db_present) ZFARM_RETURN_IF_ERROR(CheckMainFile(path, db_size));
   ZFARM_RETURN_IF_ERROR(CheckWal(wal));
@@ -315,8 +325,8 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
   // let a later INSERT OR REPLACE duplicate a job row.
   absl::Time check_start = absl::Now();
   auto check = j->Pragma("integrity_check");
-  LOG(INFO) << "event=journal_checked path=" << path << " check=integrity_check ms="
-            << absl::ToInt64Milliseconds(absl::Now() - check_start);
+  LOG(INFO) << "event=journal_checked path=" << path
+            << " check=integrity_check ms=" << absl::ToInt64Milliseconds(absl::Now() - check_start);
   ZFARM_RETURN_IF_ERROR(damaged(check.status()));
   if (*check != "ok") {
     return absl::FailedPreconditionError(
@@ -326,9 +336,8 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
   // cookie that no longer matches the tables) is refused naming the file.
   auto named = [&](const absl::Status& s) {
     if (s.ok() || absl::StrContains(s.message(), path)) return s;
-    return absl::FailedPreconditionError(
-        absl::StrCat("journal ", path, " is damaged or not a zfarm journal: ", s.message(),
-                     kRecovery));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "journal ", path, " is damaged or not a zfarm journal: ", s.message(), kRecovery));
   };
   ZFARM_RETURN_IF_ERROR(named(damaged(j->Migrate())));
   ZFARM_RETURN_IF_ERROR(named(j->Prepare()));
@@ -405,10 +414,10 @@ absl::Status Journal::Prepare() {
            "commit_pending,cancel_requested,fingerprint,job,crc) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
            &put_job_));
   ZFARM_RETURN_IF_ERROR(prep("DELETE FROM jobs WHERE job_id=?", &del_job_));
-  ZFARM_RETURN_IF_ERROR(prep(
-      "INSERT OR REPLACE INTO requests(request_id,job_id,fingerprint,create_us,crc) "
-      "VALUES(?,?,?,?,?)",
-      &put_req_));
+  ZFARM_RETURN_IF_ERROR(
+      prep("INSERT OR REPLACE INTO requests(request_id,job_id,fingerprint,create_us,crc) "
+           "VALUES(?,?,?,?,?)",
+           &put_req_));
   ZFARM_RETURN_IF_ERROR(prep("DELETE FROM requests WHERE request_id=?", &del_req_));
   return absl::OkStatus();
 }
@@ -467,8 +476,8 @@ absl::StatusOr<Journal::Contents> Journal::Load() {
     }
     if (r.job.job_id() != id || r.job.state() != sqlite3_column_int(st, 8) ||
         r.job.batch_id() != text(9)) {
-      return damaged(absl::StrCat("job row ", id, " (seq ", r.seq,
-                                  "): columns disagree with the stored job"));
+      return damaged(
+          absl::StrCat("job row ", id, " (seq ", r.seq, "): columns disagree with the stored job"));
     }
     if (sqlite3_column_type(st, 10) != SQLITE_NULL &&
         sqlite3_column_int64(st, 10) != JobCrc(r, blob)) {

@@ -11,9 +11,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <filesystem>
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -50,8 +50,8 @@ std::map<std::string, std::string> Dump(const Journal::Contents& c) {
                      r.commit_pending, "|", r.cancel_requested, "|", r.seq, "|", r.fingerprint);
   }
   for (const RequestRecord& r : c.requests) {
-    out["req/" + r.request_id] = absl::StrCat(r.job_id, "|", r.fingerprint, "|",
-                                              absl::ToUnixMicros(r.create_time));
+    out["req/" + r.request_id] =
+        absl::StrCat(r.job_id, "|", r.fingerprint, "|", absl::ToUnixMicros(r.create_time));
   }
   return out;
 }
@@ -110,9 +110,8 @@ class JournalDamageTest : public ::testing::Test {
       r.mutable_spec()->set_prompt(absl::StrCat("a lighthouse at dusk, variant ", i));
       r.mutable_spec()->set_steps(1 + i % 8);
       (*r.mutable_spec()->mutable_labels())["team"] = i % 2 ? "a" : "b";
-      (*s)->Submit(r, "owner", [](absl::StatusOr<v1::SubmitJobResponse> resp) {
-        EXPECT_OK(resp.status());
-      });
+      (*s)->Submit(r, "owner",
+                   [](absl::StatusOr<v1::SubmitJobResponse> resp) { EXPECT_OK(resp.status()); });
       if (i % 7 == 3) {
         EXPECT_OK((*s)->Flush());
       }
@@ -207,10 +206,9 @@ TEST_F(JournalDamageTest, MainFileDeletedOrEmptiedIsRefused) {
       fs::resize_file(copy + "/journal.db", 0);
     }
     auto got = OpenAndLoad(copy);
-    EXPECT_THAT(got.status(),
-                ::zfarm::testing::StatusIs(absl::StatusCode::kFailedPrecondition,
-                                           AllOf(HasSubstr(copy + "/journal.db"),
-                                                 HasSubstr("missing or empty"))))
+    EXPECT_THAT(got.status(), ::zfarm::testing::StatusIs(absl::StatusCode::kFailedPrecondition,
+                                                         AllOf(HasSubstr(copy + "/journal.db"),
+                                                               HasSubstr("missing or empty"))))
         << (remove ? "deleted" : "emptied");
   }
 }
@@ -323,8 +321,8 @@ TEST_F(JournalDamageTest, ByteFlipsInWalBeforeTheLastTransactionAreRefused) {
 }
 
 // KNOWN LIMIT (reported, issue 11): a WAL cut at a frame boundary, or damage
-// inside the frames of the LAST transaction in the WAL looks exactly like a write torn by a crash, so SQLite drops
-// that transaction and the jobs it acknowledged are lost silently. Detecting it
+// inside the frames of the LAST transaction in the WAL looks exactly like a write torn by a crash,
+// so SQLite drops that transaction and the jobs it acknowledged are lost silently. Detecting it
 // needs a commit counter kept outside the WAL (one more fsync per group commit).
 TEST_F(JournalDamageTest, DISABLED_ByteFlipInTheLastWalTransactionIsRefused) {
   std::string image = base_ + "/image";
@@ -381,10 +379,10 @@ TEST_F(JournalDamageTest, DocumentedRecoveryWithTheSqlite3Shell) {
                                "/journal.db 'PRAGMA user_version=2'")),
             0);
   auto again = OpenAndLoad(salvaged);
-  EXPECT_THAT(again.status(), ::zfarm::testing::StatusIs(absl::StatusCode::kDataLoss,
-                                                         HasSubstr("job row " + id)));
-  ASSERT_EQ(Shell(absl::StrCat("sqlite3 ", salvaged, "/journal.db \"DELETE FROM jobs WHERE job_id='",
-                               id, "'\"")),
+  EXPECT_THAT(again.status(),
+              ::zfarm::testing::StatusIs(absl::StatusCode::kDataLoss, HasSubstr("job row " + id)));
+  ASSERT_EQ(Shell(absl::StrCat("sqlite3 ", salvaged,
+                               "/journal.db \"DELETE FROM jobs WHERE job_id='", id, "'\"")),
             0);
   ASSERT_OK_AND_ASSIGN(auto recovered, OpenAndLoad(salvaged));
   want.erase("job/" + id);

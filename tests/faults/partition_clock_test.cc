@@ -17,8 +17,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -274,7 +274,8 @@ TEST_F(FaultsTest, ClockJumpingBackwardsCausesNoLeaseExpiryStorm) {
   std::vector<std::unique_ptr<FakeWorker>> ws;
   std::vector<v1::Lease> leases;
   for (int i = 0; i < 3; ++i) {
-    ASSERT_OK_AND_ASSIGN(auto w, FakeWorker::Connect(farm_->channel(), WorkerOpts(absl::StrCat("w", i))));
+    ASSERT_OK_AND_ASSIGN(auto w,
+                         FakeWorker::Connect(farm_->channel(), WorkerOpts(absl::StrCat("w", i))));
     ws.push_back(std::move(w));
   }
   for (int i = 0; i < 6; ++i) Submit(absl::StrCat("p", i));

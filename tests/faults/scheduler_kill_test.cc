@@ -66,7 +66,8 @@ class SchedulerKillTest : public ::testing::Test {
   std::unique_ptr<Subprocess> Start(const std::string& tag) {
     return std::make_unique<Subprocess>(
         std::vector<std::string>{ZFARM_SCHEDULER_BIN, "--listen=127.0.0.1:0",
-                                 "--state-dir=" + dir_ + "/state", "--output-root=" + dir_ + "/out"},
+                                 "--state-dir=" + dir_ + "/state",
+                                 "--output-root=" + dir_ + "/out"},
         dir_ + "/" + tag + ".log");
   }
   static std::string Address(Subprocess& p) {
@@ -167,8 +168,7 @@ TEST_F(SchedulerKillTest, Sigkill1000QueuedAnd2RunningThenRestartFinishesEachJob
   fleet.push_back(std::move(w0));
   fleet.push_back(std::move(w1));
   for (int i = 0; i < 8; ++i) {
-    ASSERT_OK_AND_ASSIGN(auto w,
-                         FakeWorker::Connect(channel, WorkerOpts(absl::StrCat("x", i), 2)));
+    ASSERT_OK_AND_ASSIGN(auto w, FakeWorker::Connect(channel, WorkerOpts(absl::StrCat("x", i), 2)));
     fleet.push_back(std::move(w));
   }
   std::atomic<int> errors{0};

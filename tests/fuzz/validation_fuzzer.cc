@@ -87,9 +87,8 @@ void CheckAccepted(const Limits& l, const zfarm::v1::JobSpec& s) {
 }
 
 constexpr const char* kFields[] = {
-    "prompt",   "negative_prompt", "width_px", "height_px", "steps",       "guidance_scale",
-    "seed",     "model",           "output_name", "priority", "labels", "deadline",
-    "webhook_url"};
+    "prompt", "negative_prompt", "width_px", "height_px", "steps",    "guidance_scale", "seed",
+    "model",  "output_name",     "priority", "labels",    "deadline", "webhook_url"};
 
 void CheckOne(const uint8_t* data, size_t size) {
   zfarm::v1::SubmitJobRequest req;

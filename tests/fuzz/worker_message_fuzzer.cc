@@ -26,9 +26,9 @@
 #include <fuzzer/FuzzedDataProvider.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -353,8 +353,8 @@ class Harness {
       for (const auto& l : s.sink->leases()) {
         auto [it, inserted] = lease_owner_.insert({{l.job_id(), l.attempt()}, s.name});
         if (!inserted && it->second != s.name) {
-          Die("lease " + l.job_id() + "#" + std::to_string(l.attempt()) + " sent to " +
-              it->second + " and " + s.name);
+          Die("lease " + l.job_id() + "#" + std::to_string(l.attempt()) + " sent to " + it->second +
+              " and " + s.name);
         }
       }
     }

@@ -71,8 +71,7 @@ std::unique_ptr<grpc::ClientContext> Ctx(int seconds = 30) {
 }
 
 bool IsFinal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED ||
-         s == v1::JOB_STATE_CANCELLED;
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
 }
 
 // Whether `bin --helpfull` mentions `flag`.
@@ -110,14 +109,16 @@ int main(int argc, char** argv) {
   // Every client here shares one IP: lift the per-client stream limit (issue 11
   // item 3) when the binary has the flag; otherwise stay under its default of 64.
   std::vector<std::string> sargv = {absl::GetFlag(FLAGS_scheduler_bin), "--listen=127.0.0.1:0",
-                                   "--state-dir=" + dir + "/state",
-                                   "--output-root=" + dir + "/out"};
+                                    "--state-dir=" + dir + "/state",
+                                    "--output-root=" + dir + "/out"};
   if (HelpMentions(sargv[0], "max_streams_per_client")) {
     sargv.push_back("--max-streams-per-client=10000");
   } else if (watchers > 24) {
     // 64 streams per client IP = workers' Connect streams + in-flight submits + watchers.
-    std::printf("zfarm_load: NOTE: this zfarm-scheduler has no --max-streams-per-client flag; "
-                "watchers capped at 24 (was %d)\n", watchers);
+    std::printf(
+        "zfarm_load: NOTE: this zfarm-scheduler has no --max-streams-per-client flag; "
+        "watchers capped at 24 (was %d)\n",
+        watchers);
     watchers = 24;
   }
   Subprocess sched(sargv, dir + "/scheduler.log");
@@ -135,9 +136,10 @@ int main(int argc, char** argv) {
     args.SetInt("zfarm.load.channel", i);  // distinct args -> distinct subchannels
     channels.push_back(grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args));
   }
-  std::printf("zfarm_load: scheduler pid %d at %s; %d jobs over %d s, %d clients, %d watchers, "
-              "%d workers\n",
-              sched.pid(), addr.c_str(), total, duration_s, clients, watchers, nworkers);
+  std::printf(
+      "zfarm_load: scheduler pid %d at %s; %d jobs over %d s, %d clients, %d watchers, "
+      "%d workers\n",
+      sched.pid(), addr.c_str(), total, duration_s, clients, watchers, nworkers);
   std::fflush(stdout);
 
   absl::Mutex mu;
@@ -337,8 +339,8 @@ int main(int argc, char** argv) {
   std::printf("  submit latency ms: p50 %.2f p99 %.2f max %.2f (n=%zu)\n",
               Percentile(latency_ms, 0.5), Percentile(latency_ms, 0.99),
               Percentile(latency_ms, 1.0), latency_ms.size());
-  std::printf("  scheduler RSS MiB: start %.1f peak %.1f end %.1f; over time:",
-              rss_start / 1024.0, rss_peak / 1024.0, rss_end / 1024.0);
+  std::printf("  scheduler RSS MiB: start %.1f peak %.1f end %.1f; over time:", rss_start / 1024.0,
+              rss_peak / 1024.0, rss_end / 1024.0);
   size_t step = std::max<size_t>(1, rss.size() / 12);
   for (size_t i = 0; i < rss.size(); i += step) {
     std::printf(" %.0fs=%.1f", rss[i].first, rss[i].second / 1024.0);
@@ -347,8 +349,8 @@ int main(int argc, char** argv) {
   bool ok = lost == 0 && dup == 0 && never_ran == 0 && submit_errors == 0 &&
             static_cast<int>(acked_set.size()) == total &&
             by_state[v1::JOB_STATE_SUCCEEDED] == total && watch_errors == 0 &&
-            watch_not_succeeded == 0 && watch_done > 0 && worker_errors == 0 &&
-            WIFEXITED(status) && WEXITSTATUS(status) == 0;
+            watch_not_succeeded == 0 && watch_done > 0 && worker_errors == 0 && WIFEXITED(status) &&
+            WEXITSTATUS(status) == 0;
   std::printf("zfarm_load: %s\n", ok ? "PASS" : "FAIL");
   if (own_dir && ok) fs::remove_all(dir);
   return ok ? 0 : 1;
