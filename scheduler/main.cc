@@ -2,8 +2,10 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -11,13 +13,18 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
-#include "grpcpp/support/channel_arguments.h"
+#include "common/auth.h"
+#include "common/tls.h"
 #include "glog/logging.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 #include "proto/version.h"
 #include "scheduler/http/rest_gateway.h"
+#include "scheduler/http/webhook_sender.h"
 #include "scheduler/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -53,6 +60,32 @@ ABSL_FLAG(int32_t, max_prompt_bytes, 4000, "Largest prompt / negative prompt in 
 ABSL_FLAG(int32_t, max_steps, 50, "Largest accepted steps");
 ABSL_FLAG(int32_t, max_batch_jobs, 1000, "Largest SubmitJobs batch");
 ABSL_FLAG(int32_t, max_labels, 32, "Most labels per job");
+ABSL_FLAG(std::string, webhook_allow, "",
+          "Comma-separated webhook allow-list: host:port entries (exact) or URL prefixes "
+          "(http://host:port/path); a job's webhook_url must match one. Empty = webhooks off");
+ABSL_FLAG(std::string, webhook_secret_file, "",
+          "File holding the HMAC-SHA256 key for X-Zfarm-Signature (required with "
+          "--webhook-allow; surrounding whitespace is ignored)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: serve TLS on --listen and --http-listen (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require client certificates signed by it (mutual TLS) on both ports; "
+          "with --probe: the CA of the probed server");
+ABSL_FLAG(std::string, token_file, "",
+          "Bearer tokens, one per line: '<token> <principal> <role>' (role submitter|admin|"
+          "worker); reloaded when the file changes. Empty = no authentication (everyone admin)");
+ABSL_FLAG(int32_t, max_queued_per_principal, 0,
+          "QUEUED jobs per principal beyond which its submits get RESOURCE_EXHAUSTED (0 = off)");
+ABSL_FLAG(double, submit_rate_per_principal, 0,
+          "Submit calls per second per principal (token bucket; 0 = off)");
+ABSL_FLAG(int32_t, submit_burst_per_principal, 0,
+          "Burst of --submit-rate-per-principal (0 = max(1, rate))");
+ABSL_FLAG(int32_t, max_watchers_per_job, 256,
+          "Concurrent watch streams per job, batch or label selector");
+ABSL_FLAG(int32_t, max_streams_per_client, 1024,
+          "Concurrent watch/result streams per client (principal, or IP when anonymous); 0 = off");
+ABSL_FLAG(int32_t, max_message_bytes, 16 << 20, "Largest gRPC request message accepted");
 ABSL_FLAG(std::string, probe, "",
           "Do not serve: check grpc.health.v1 at this HOST:PORT, exit 0 if SERVING, 1 otherwise");
 ABSL_FLAG(absl::Duration, probe_timeout, absl::Seconds(2), "Timeout of --probe");
@@ -96,9 +129,19 @@ int main(int argc, char** argv) {
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
 
+  zfarm::security::TlsFlags tls;
+  tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  tls.key = absl::GetFlag(FLAGS_tls_key);
+  tls.ca = absl::GetFlag(FLAGS_tls_client_ca);
   if (!absl::GetFlag(FLAGS_probe).empty()) {
+    // Probe as a client: --tls-client-ca names the server's CA here.
+    auto creds = zfarm::security::ClientCredentials(tls);
+    if (!creds.ok()) {
+      std::cerr << "zfarm-scheduler: " << creds.status().message() << "\n";
+      return 2;
+    }
     absl::Status s = zfarm::scheduler::ProbeHealth(absl::GetFlag(FLAGS_probe),
-                                                   absl::GetFlag(FLAGS_probe_timeout));
+                                                   absl::GetFlag(FLAGS_probe_timeout), *creds);
     std::cout << (s.ok() ? "SERVING" : std::string(s.ToString())) << "\n";
     return s.ok() ? 0 : 1;
   }
@@ -116,6 +159,25 @@ int main(int argc, char** argv) {
 
   zfarm::scheduler::ServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
+  {
+    auto creds = zfarm::security::ServerCredentials(tls);
+    if (!creds.ok()) {
+      std::cerr << "zfarm-scheduler: " << creds.status().message() << "\n";
+      return 2;
+    }
+    o.security.credentials = [c = *creds] { return c; };
+  }
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    auto store = zfarm::security::TokenStore::Open(absl::GetFlag(FLAGS_token_file));
+    if (!store.ok()) {
+      std::cerr << "zfarm-scheduler: " << store.status().message() << "\n";
+      return 2;
+    }
+    o.security.authorizer = std::make_shared<zfarm::scheduler::TokenAuthorizer>(
+        std::shared_ptr<zfarm::security::TokenStore>(*std::move(store)));
+  }
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.max_streams_per_client = absl::GetFlag(FLAGS_max_streams_per_client);
   auto& so = o.scheduler;
   so.state_dir = absl::GetFlag(FLAGS_state_dir);
   so.output_root = absl::GetFlag(FLAGS_output_root);
@@ -127,6 +189,10 @@ int main(int argc, char** argv) {
   so.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   so.lease_timeout = absl::GetFlag(FLAGS_lease_timeout);
   so.aging_per_minute = absl::GetFlag(FLAGS_aging_per_minute);
+  so.max_queued_per_principal = absl::GetFlag(FLAGS_max_queued_per_principal);
+  so.submit_rate_per_principal = absl::GetFlag(FLAGS_submit_rate_per_principal);
+  so.submit_burst_per_principal = absl::GetFlag(FLAGS_submit_burst_per_principal);
+  so.max_watchers_per_job = absl::GetFlag(FLAGS_max_watchers_per_job);
   so.limits.min_size_px = absl::GetFlag(FLAGS_min_size_px);
   so.limits.max_size_px = absl::GetFlag(FLAGS_max_size_px);
   so.limits.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
@@ -134,6 +200,42 @@ int main(int argc, char** argv) {
   so.limits.max_batch_jobs = absl::GetFlag(FLAGS_max_batch_jobs);
   so.limits.max_labels = absl::GetFlag(FLAGS_max_labels);
   o.registry = std::make_shared<prometheus::Registry>();
+
+  // Webhooks: validated at submit against the allow-list, sent after the final
+  // transition is durable (Scheduler::Options::on_final), never under its lock.
+  std::unique_ptr<zfarm::scheduler::http::WebhookSender> webhooks;
+  if (!absl::GetFlag(FLAGS_webhook_allow).empty()) {
+    zfarm::scheduler::http::WebhookSender::Options wo;
+    for (absl::string_view a :
+         absl::StrSplit(absl::GetFlag(FLAGS_webhook_allow), ',', absl::SkipWhitespace())) {
+      wo.allow.emplace_back(absl::StripAsciiWhitespace(a));
+    }
+    const std::string secret_file = absl::GetFlag(FLAGS_webhook_secret_file);
+    if (!secret_file.empty()) {
+      std::ifstream f(secret_file);
+      std::stringstream ss;
+      ss << f.rdbuf();
+      if (!f) {
+        std::cerr << "zfarm-scheduler: --webhook-secret-file: cannot read " << secret_file << "\n";
+        return 2;
+      }
+      wo.secret = std::string(absl::StripAsciiWhitespace(ss.str()));
+      if (wo.secret.empty()) {
+        std::cerr << "zfarm-scheduler: --webhook-secret-file: " << secret_file << " is empty\n";
+        return 2;
+      }
+    }
+    auto sender = zfarm::scheduler::http::WebhookSender::Create(wo);
+    if (!sender.ok()) {
+      std::cerr << "zfarm-scheduler: " << sender.status().message() << "\n";
+      return 2;
+    }
+    webhooks = *std::move(sender);
+    so.limits.webhook_validator = [w = webhooks.get()](const std::string& url) {
+      return w->Validate(url);
+    };
+    so.on_final = [w = webhooks.get()](const zfarm::v1::Job& job) { w->Enqueue(job); };
+  }
 
   std::unique_ptr<prometheus::Exposer> exposer;
   if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
@@ -154,12 +256,16 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::cout << "zfarm-scheduler listening on " << (*server)->address() << std::endl;
+  LOG(INFO) << "event=security tls="
+            << (tls.server_enabled() ? (tls.ca.empty() ? "server" : "mutual") : "off")
+            << " tokens=" << (absl::GetFlag(FLAGS_token_file).empty() ? "off" : "on");
 
   // The REST gateway calls JobService in process, so it shares validation and auth.
   std::unique_ptr<zfarm::scheduler::http::RestGateway> gateway;
   if (!absl::GetFlag(FLAGS_http_listen).empty()) {
     zfarm::scheduler::http::RestGateway::Options go;
     go.listen = absl::GetFlag(FLAGS_http_listen);
+    go.tls = tls;
     auto g = zfarm::scheduler::http::RestGateway::Start(
         go, (*server)->grpc_server()->InProcessChannel(grpc::ChannelArguments()));
     if (!g.ok()) {
@@ -177,5 +283,7 @@ int main(int argc, char** argv) {
   LOG(INFO) << "event=signal signal=" << sig;
   gateway.reset();  // stop HTTP first: it calls into the gRPC server
   (*server)->Shutdown();
+  server->reset();  // no more final transitions, then stop the webhook thread
+  webhooks.reset();
   return 0;
 }

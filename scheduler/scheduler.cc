@@ -3,12 +3,14 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/paths.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
 #include "prometheus/counter.h"
@@ -261,7 +263,8 @@ void Scheduler::PutLocked(const JobRecord& r, Txn& txn, v1::JobEventType type) {
 }
 
 void Scheduler::EnqueueLocked(JobRecord& r) {
-  queue_.Push(r.job.job_id(), r.job.spec().priority(), r.seq, FromProto(r.job.create_time()));
+  queue_.Push(r.job.job_id(), r.job.spec().priority(), r.seq, FromProto(r.job.create_time()),
+              r.job.owner());
 }
 
 std::string Scheduler::OutputPath(const JobRecord& r) const {
@@ -273,9 +276,10 @@ std::string Scheduler::OutputPath(const JobRecord& r) const {
 
 bool Scheduler::ResultExists(const v1::JobResult& result) const {
   if (result.path().empty() || options_.output_root.empty()) return false;
+  // Only a regular file inside the output root counts (a symlink out of it does not).
+  absl::StatusOr<std::string> path = security::ResolveBeneath(options_.output_root, result.path());
   struct stat st;
-  return ::stat((options_.output_root + "/" + result.path()).c_str(), &st) == 0 &&
-         S_ISREG(st.st_mode);
+  return path.ok() && ::stat(path->c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
 void Scheduler::ReleaseLeaseLocked(JobRecord& r) {
@@ -311,6 +315,10 @@ void Scheduler::FinishLocked(JobRecord& r, v1::JobState state, v1::FailureReason
             << (state == v1::JOB_STATE_SUCCEEDED ? "" : " reason=" + v1::FailureReason_Name(reason))
             << " attempt=" << r.job.attempt();
   PutLocked(r, txn);
+  if (options_.on_final) {
+    // Runs after the transition is durable, never under mu_.
+    txn.after.push_back([cb = options_.on_final, job = ViewLocked(r)] { cb(job); });
+  }
 }
 
 void Scheduler::LeaseEndedLocked(JobRecord& r, v1::FailureReason reason, bool retryable,
@@ -390,7 +398,7 @@ void Scheduler::DispatchLocked(Txn& txn) {
       });
       if (!picked) break;
       JobRecord& r = jobs_.at(*picked);
-      queue_.Remove(*picked);
+      queue_.Take(*picked);  // ends the owner's turn (fair share)
       metrics_->queue_wait->Observe(absl::ToDoubleSeconds(now - FromProto(r.job.create_time())));
       r.job.set_state(v1::JOB_STATE_ASSIGNED);
       r.job.set_attempt(r.job.attempt() + 1);
@@ -501,6 +509,9 @@ void Scheduler::Submit(v1::SubmitJobRequest request, const std::string& owner,
                      " jobs queued, --max-queued-jobs=", options_.max_queued_jobs,
                      "); retry after ", absl::ToInt64Milliseconds(options_.retry_after), " ms")));
   }
+  if (!requests_.contains(request.request_id()) || request.request_id().empty()) {
+    if (absl::Status s = AdmitPrincipalLocked(owner, 1); !s.ok()) return std::move(done)(s);
+  }
   Txn txn;
   auto resp = AdmitLocked(std::move(request), owner, "", "", txn);
   if (!resp.ok()) {
@@ -584,6 +595,9 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
                      " new > --max-queued-jobs=", options_.max_queued_jobs, "); retry after ",
                      absl::ToInt64Milliseconds(options_.retry_after), " ms")));
   }
+  if (fresh > 0) {
+    if (absl::Status s = AdmitPrincipalLocked(owner, fresh); !s.ok()) return std::move(done)(s);
+  }
   Txn txn;
   v1::SubmitJobsResponse resp;
   resp.set_batch_id(batch_id);
@@ -618,11 +632,55 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
   });
 }
 
-void Scheduler::GetJob(const std::string& job_id, Callback<v1::Job> done) {
+namespace {
+absl::Status NotYours(const std::string& job_id) {
+  return absl::PermissionDeniedError(
+      absl::StrCat("job ", job_id, " belongs to another principal (only admins see every job)"));
+}
+}  // namespace
+
+absl::Status Scheduler::AdmitPrincipalLocked(const std::string& owner, int64_t fresh) {
+  if (options_.max_queued_per_principal > 0 &&
+      static_cast<int64_t>(queue_.OwnerSize(owner)) + fresh > options_.max_queued_per_principal) {
+    metrics_->rejected_full->Increment();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("principal ", owner, " has ", queue_.OwnerSize(owner), " jobs queued (+",
+                     fresh, " new > --max-queued-per-principal=", options_.max_queued_per_principal,
+                     "); retry after ", absl::ToInt64Milliseconds(options_.retry_after), " ms"));
+  }
+  const double rate = options_.submit_rate_per_principal;
+  if (rate > 0) {
+    const double burst = options_.submit_burst_per_principal > 0
+                             ? options_.submit_burst_per_principal
+                             : std::max(1.0, rate);
+    absl::Time now = clock_->Now();
+    auto [it, fresh_bucket] = buckets_.try_emplace(owner, Bucket{burst, now});
+    Bucket& b = it->second;
+    b.tokens =
+        std::min(burst, b.tokens + rate * std::max(0.0, absl::ToDoubleSeconds(now - b.last)));
+    b.last = now;
+    if (b.tokens < 1.0) {
+      metrics_->rejected_full->Increment();
+      int64_t wait_ms = static_cast<int64_t>(std::ceil((1.0 - b.tokens) / rate * 1000.0));
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "principal ", owner, " exceeds --submit-rate-per-principal=", rate, "/s (burst ", burst,
+          "); retry after ", std::max<int64_t>(1, wait_ms), " ms"));
+    }
+    b.tokens -= 1.0;
+    if (buckets_.size() > 100000) buckets_.clear();  // bound memory (many principals)
+  }
+  return absl::OkStatus();
+}
+
+void Scheduler::GetJob(const std::string& job_id, Callback<v1::Job> done,
+                       const std::string& owner_filter) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) {
     return std::move(done)(absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\"")));
+  }
+  if (!owner_filter.empty() && it->second.job.owner() != owner_filter) {
+    return std::move(done)(NotYours(job_id));
   }
   Txn txn;
   CommitTxn(txn, [done = std::move(done), job = ViewLocked(it->second)](absl::Status) mutable {
@@ -657,7 +715,8 @@ std::vector<JobRecord*> Scheduler::SelectLocked(const std::string& job_id,
   return out;
 }
 
-void Scheduler::ListJobs(const v1::ListJobsRequest& req, Callback<v1::ListJobsResponse> done) {
+void Scheduler::ListJobs(const v1::ListJobsRequest& req, Callback<v1::ListJobsResponse> done,
+                         const std::string& owner_filter) {
   int page = req.page_size() == 0 ? 100 : req.page_size();
   if (page < 1 || page > 1000) {
     return std::move(done)(absl::InvalidArgumentError(
@@ -682,6 +741,7 @@ void Scheduler::ListJobs(const v1::ListJobsRequest& req, Callback<v1::ListJobsRe
   while (it != by_seq_.begin()) {
     --it;
     const JobRecord& r = jobs_.at(it->second);
+    if (!owner_filter.empty() && r.job.owner() != owner_filter) continue;
     if (!states.empty() && !states.contains(r.job.state())) continue;
     if (!req.batch_id().empty() && r.job.batch_id() != req.batch_id()) continue;
     if (!key.empty()) {
@@ -700,7 +760,8 @@ void Scheduler::ListJobs(const v1::ListJobsRequest& req, Callback<v1::ListJobsRe
   });
 }
 
-void Scheduler::Cancel(const v1::CancelJobRequest& req, Callback<v1::CancelJobResponse> done) {
+void Scheduler::Cancel(const v1::CancelJobRequest& req, Callback<v1::CancelJobResponse> done,
+                       const std::string& owner_filter) {
   if (req.selector_case() == v1::CancelJobRequest::SELECTOR_NOT_SET) {
     return std::move(done)(absl::InvalidArgumentError("selector: set job_id, batch_id or label"));
   }
@@ -709,6 +770,14 @@ void Scheduler::Cancel(const v1::CancelJobRequest& req, Callback<v1::CancelJobRe
   }
   absl::MutexLock lock(&mu_);
   auto selected = SelectLocked(req.job_id(), req.batch_id(), req.label());
+  if (!owner_filter.empty()) {
+    if (!req.job_id().empty() && !selected.empty() && selected[0]->job.owner() != owner_filter) {
+      return std::move(done)(NotYours(req.job_id()));
+    }
+    selected.erase(std::remove_if(selected.begin(), selected.end(),
+                                  [&](JobRecord* r) { return r->job.owner() != owner_filter; }),
+                   selected.end());
+  }
   if (selected.empty()) {
     return std::move(done)(absl::NotFoundError("selector: no matching job"));
   }
@@ -729,14 +798,37 @@ void Scheduler::Cancel(const v1::CancelJobRequest& req, Callback<v1::CancelJobRe
 }
 
 absl::Status Scheduler::Watch(const std::string& job_id, const std::string& batch_id,
-                              const std::string& label, std::shared_ptr<EventSink> sink) {
+                              const std::string& label, std::shared_ptr<EventSink> sink,
+                              const std::string& owner_filter) {
   if (job_id.empty() && batch_id.empty() && label.empty()) {
     return absl::InvalidArgumentError("selector: set job_id, batch_id or label");
   }
   if (!label.empty()) ZFARM_RETURN_IF_ERROR(ValidateLabelSelector("label", label));
   absl::MutexLock lock(&mu_);
   auto selected = SelectLocked(job_id, batch_id, label);
+  if (!owner_filter.empty()) {
+    if (!job_id.empty() && !selected.empty() && selected[0]->job.owner() != owner_filter) {
+      return NotYours(job_id);
+    }
+    selected.erase(std::remove_if(selected.begin(), selected.end(),
+                                  [&](JobRecord* r) { return r->job.owner() != owner_filter; }),
+                   selected.end());
+  }
   if (selected.empty()) return absl::NotFoundError("selector: no matching job");
+  auto check = [&](const absl::flat_hash_map<std::string, Subscribers::List>& m,
+                   const std::string& key) -> absl::Status {
+    auto it = m.find(key);
+    if (it != m.end() && static_cast<int>(it->second.size()) >= options_.max_watchers_per_job) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("selector ", key, " already has ", it->second.size(),
+                       " watchers (--max-watchers-per-job=", options_.max_watchers_per_job,
+                       "); retry after ", absl::ToInt64Milliseconds(options_.retry_after), " ms"));
+    }
+    return absl::OkStatus();
+  };
+  if (!job_id.empty()) ZFARM_RETURN_IF_ERROR(check(subs_->by_job, job_id));
+  if (!batch_id.empty()) ZFARM_RETURN_IF_ERROR(check(subs_->by_batch, batch_id));
+  if (!label.empty()) ZFARM_RETURN_IF_ERROR(check(subs_->by_label, label));
   if (!job_id.empty()) subs_->by_job[job_id].push_back(sink);
   if (!batch_id.empty()) subs_->by_batch[batch_id].push_back(sink);
   if (!label.empty()) subs_->by_label[label].push_back(sink);
@@ -764,11 +856,13 @@ void Scheduler::Unwatch(const std::shared_ptr<EventSink>& sink) {
   Subscribers::Erase(subs_->by_label, sink);
 }
 
-absl::StatusOr<v1::JobResult> Scheduler::Result(const std::string& job_id) {
+absl::StatusOr<v1::JobResult> Scheduler::Result(const std::string& job_id,
+                                                const std::string& owner_filter) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end())
     return absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\""));
+  if (!owner_filter.empty() && it->second.job.owner() != owner_filter) return NotYours(job_id);
   if (it->second.job.state() != v1::JOB_STATE_SUCCEEDED) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job ", job_id, " is ", v1::JobState_Name(it->second.job.state()), ", not SUCCEEDED"));
@@ -1011,8 +1105,7 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
         // A bad request or a full output disk says nothing about the worker's device.
         const bool device_fault = reason != v1::FAILURE_REASON_INVALID_REQUEST &&
                                   reason != v1::FAILURE_REASON_OUTPUT_ERROR;
-        if (device_fault && ++w.consecutive_failures >= 3 &&
-            w.state == v1::WORKER_STATE_READY) {
+        if (device_fault && ++w.consecutive_failures >= 3 && w.state == v1::WORKER_STATE_READY) {
           w.state = v1::WORKER_STATE_UNHEALTHY;
           free_workers_.erase(name);
           LOG(WARNING) << "event=worker_unhealthy worker=" << name << " reason=3_failures";

@@ -16,6 +16,7 @@
 // thread, or by tests after advancing a FakeClock.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -69,6 +70,15 @@ class Scheduler {
     int max_queued_jobs = 100000;
     // Retry hint returned with RESOURCE_EXHAUSTED.
     absl::Duration retry_after = absl::Seconds(1);
+    // Per principal (Job.owner): QUEUED jobs beyond which its submits get
+    // RESOURCE_EXHAUSTED (0 = no limit), and submit calls per second with a
+    // burst (token bucket; a SubmitJobs batch is one call; 0 = no limit;
+    // burst 0 = max(1, rate)).
+    int max_queued_per_principal = 0;
+    double submit_rate_per_principal = 0;
+    int submit_burst_per_principal = 0;
+    // Concurrent watch subscriptions per job, batch or label selector.
+    int max_watchers_per_job = 256;
     // Attempts (leases that reached RUNNING and then failed or were lost).
     int max_attempts = 3;
     // Finished jobs are pruned from the journal after this long (PNGs are kept).
@@ -83,6 +93,10 @@ class Scheduler {
     // Lost workers stay in ListWorkers this long.
     absl::Duration lost_worker_ttl = absl::Minutes(10);
     int64_t fake_fs_type = 0;  // tests: see Journal::Options
+    // Called with the job's final view once a SUCCEEDED/FAILED/CANCELLED
+    // transition is durable, on the journal thread: must not block (the
+    // scheduler binds WebhookSender::Enqueue here). May be empty.
+    std::function<void(const zfarm::v1::Job&)> on_final;
   };
 
   // Opens the journal, recovers every job (ASSIGNED/RUNNING -> QUEUED) and makes
@@ -103,19 +117,28 @@ class Scheduler {
               Callback<zfarm::v1::SubmitJobResponse> done);
   void SubmitBatch(zfarm::v1::SubmitJobsRequest request, const std::string& owner,
                    Callback<zfarm::v1::SubmitJobsResponse> done);
-  void GetJob(const std::string& job_id, Callback<zfarm::v1::Job> done);
+  //
+  // `owner_filter` (last argument of the calls below): "" = every job; else
+  // only jobs whose owner it is (a submitter): another principal's job named by
+  // id is PERMISSION_DENIED, selectors (batch, label, list) skip it.
+  void GetJob(const std::string& job_id, Callback<zfarm::v1::Job> done,
+              const std::string& owner_filter = "");
   void ListJobs(const zfarm::v1::ListJobsRequest& request,
-                Callback<zfarm::v1::ListJobsResponse> done);
+                Callback<zfarm::v1::ListJobsResponse> done, const std::string& owner_filter = "");
   void Cancel(const zfarm::v1::CancelJobRequest& request,
-              Callback<zfarm::v1::CancelJobResponse> done);
+              Callback<zfarm::v1::CancelJobResponse> done, const std::string& owner_filter = "");
   // Subscribes `sink` to a job (job_id), a batch or a "key=value" label (exactly
   // one non-empty). Snapshots of the matching jobs arrive first, then changes.
-  // NOT_FOUND if nothing matches. Call Unwatch() before destroying the sink.
+  // NOT_FOUND if nothing matches; RESOURCE_EXHAUSTED beyond
+  // max_watchers_per_job. Call Unwatch() before destroying the sink. With an
+  // owner_filter the sink must itself drop other owners' later events.
   absl::Status Watch(const std::string& job_id, const std::string& batch_id,
-                     const std::string& label, std::shared_ptr<EventSink> sink);
+                     const std::string& label, std::shared_ptr<EventSink> sink,
+                     const std::string& owner_filter = "");
   void Unwatch(const std::shared_ptr<EventSink>& sink);
   // The result of a SUCCEEDED job (path relative to the output root).
-  absl::StatusOr<zfarm::v1::JobResult> Result(const std::string& job_id);
+  absl::StatusOr<zfarm::v1::JobResult> Result(const std::string& job_id,
+                                              const std::string& owner_filter = "");
 
   // ---- WorkerService. Hello registers a session and sends Welcome through
   // `sink`; errors (INVALID_ARGUMENT, FAILED_PRECONDITION) end the stream.
@@ -182,6 +205,13 @@ class Scheduler {
   std::vector<JobRecord*> SelectLocked(const std::string& job_id, const std::string& batch_id,
                                        const std::string& label) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Per-principal rate and queue limits for `fresh` new jobs in one call.
+  absl::Status AdmitPrincipalLocked(const std::string& owner, int64_t fresh)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  struct Bucket {
+    double tokens = 0;
+    absl::Time last;
+  };
 
   // Constant after construction.
   const Options options_;
@@ -194,6 +224,7 @@ class Scheduler {
   absl::flat_hash_map<std::string, JobRecord> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::string> by_seq_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, RequestRecord> requests_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Bucket> buckets_ ABSL_GUARDED_BY(mu_);
   JobQueue queue_ ABSL_GUARDED_BY(mu_);
   std::multimap<absl::Time, std::string> deadlines_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<Worker>> workers_ ABSL_GUARDED_BY(mu_);

@@ -7,12 +7,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/paths.h"
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "proto/rpc_status.h"
+#include "proto/status_macros.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 #include "zfarm/v1/worker_service.grpc.pb.h"
@@ -35,11 +37,59 @@ class FailedWriter final : public grpc::ServerWriteReactor<T> {
   void OnDone() override { delete this; }
 };
 
-// Adds the retry hint of RESOURCE_EXHAUSTED as trailing metadata.
+// Adds the retry hint of RESOURCE_EXHAUSTED as trailing metadata: the
+// message's "retry after N ms" when present, else `delay`.
 void AddRetryHint(grpc::CallbackServerContext* ctx, const absl::Status& s, absl::Duration delay) {
-  if (absl::IsResourceExhausted(s)) {
-    ctx->AddTrailingMetadata("retry-after-ms", absl::StrCat(absl::ToInt64Milliseconds(delay)));
+  if (!absl::IsResourceExhausted(s)) return;
+  int64_t ms = absl::ToInt64Milliseconds(delay);
+  absl::string_view m = s.message();
+  if (size_t p = m.rfind("retry after "); p != absl::string_view::npos) {
+    absl::string_view rest = m.substr(p + 12);
+    int64_t parsed;
+    if (absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &parsed)) ms = parsed;
   }
+  ctx->AddTrailingMetadata("retry-after-ms", absl::StrCat(ms));
+}
+
+// One audit line per state-changing call (tokens are never part of it).
+void Audit(const std::string& principal, absl::string_view method, absl::string_view target,
+           const absl::Status& result) {
+  LOG(INFO) << "event=audit principal=" << principal << " method=" << method << " " << target
+            << " result=" << absl::StatusCodeToString(result.code());
+}
+
+// Counts concurrent streams per client key; Acquire fails beyond `max`.
+class StreamLimiter {
+ public:
+  explicit StreamLimiter(int max) : max_(max) {}
+  absl::Status Acquire(const std::string& key) {
+    absl::MutexLock lock(&mu_);
+    int& n = count_[key];
+    if (max_ > 0 && n >= max_) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("client ", key, " already has ", n,
+                       " open streams (--max-streams-per-client=", max_, "); retry after 1000 ms"));
+    }
+    ++n;
+    return absl::OkStatus();
+  }
+  void Release(const std::string& key) {
+    absl::MutexLock lock(&mu_);
+    auto it = count_.find(key);
+    if (it != count_.end() && --it->second <= 0) count_.erase(it);
+  }
+
+ private:
+  const int max_;
+  absl::Mutex mu_;
+  std::map<std::string, int> count_ ABSL_GUARDED_BY(mu_);
+};
+
+// The stream-limit key: the principal, or the peer's address without port when
+// anonymous ("ipv4:127.0.0.1:5555" -> "ipv4:127.0.0.1").
+std::string ClientKey(const Caller& caller, const std::string& peer) {
+  if (caller.principal != "anonymous") return "principal:" + caller.principal;
+  return peer.substr(0, peer.rfind(':'));
 }
 
 // WatchJob / WatchJobs: snapshot, then changes; ends when every watched job is final.
@@ -62,11 +112,16 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
     WatchReactor* reactor_ ABSL_GUARDED_BY(mu_);
   };
 
-  explicit WatchReactor(Scheduler* core) : core_(core), sink_(std::make_shared<Sink>(this)) {}
+  // `owner_filter`: only this owner's jobs ("" = all). `release` runs in OnDone.
+  WatchReactor(Scheduler* core, std::string owner_filter, std::function<void()> release)
+      : core_(core),
+        sink_(std::make_shared<Sink>(this)),
+        owner_filter_(std::move(owner_filter)),
+        release_(std::move(release)) {}
 
   // Subscribes; on error finishes at once.
   void Begin(const std::string& job_id, const std::string& batch_id, const std::string& label) {
-    absl::Status s = core_->Watch(job_id, batch_id, label, sink_);
+    absl::Status s = core_->Watch(job_id, batch_id, label, sink_, owner_filter_);
     if (!s.ok()) {
       absl::MutexLock lock(&mu_);
       finished_ = true;
@@ -75,6 +130,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
   }
 
   void Push(const v1::JobEvent& e) {
+    if (!owner_filter_.empty() && e.job().owner() != owner_filter_) return;
     absl::MutexLock lock(&mu_);
     if (finished_) return;
     final_[e.job().job_id()] = IsFinal(e.job().state());
@@ -104,6 +160,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
   void OnDone() override {
     core_->Unwatch(sink_);
     sink_->Detach();
+    if (release_) release_();
     delete this;
   }
 
@@ -132,6 +189,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
 
   Scheduler* const core_;
   const std::shared_ptr<Sink> sink_;
+  const std::string owner_filter_;
+  const std::function<void()> release_;
   absl::Mutex mu_;
   std::deque<v1::JobEvent> queue_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, bool> final_ ABSL_GUARDED_BY(mu_);
@@ -144,7 +203,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
 // GetResult: streams the PNG in 64 KiB chunks.
 class ResultReactor final : public grpc::ServerWriteReactor<v1::ResultChunk> {
  public:
-  ResultReactor(const std::string& path, const v1::JobResult& result) : sha_(result.sha256()) {
+  ResultReactor(const std::string& path, const v1::JobResult& result, std::function<void()> release)
+      : sha_(result.sha256()), release_(std::move(release)) {
     file_.open(path, std::ios::binary);
     if (!file_) {
       Finish(grpc::Status(
@@ -161,7 +221,10 @@ class ResultReactor final : public grpc::ServerWriteReactor<v1::ResultChunk> {
     if (!ok) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
     Next();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (release_) release_();
+    delete this;
+  }
 
  private:
   void Next() {
@@ -182,6 +245,7 @@ class ResultReactor final : public grpc::ServerWriteReactor<v1::ResultChunk> {
   }
   std::ifstream file_;
   const std::string sha_;
+  const std::function<void()> release_;
   int64_t total_ = 0, offset_ = 0;
   v1::ResultChunk chunk_;
 };
@@ -309,138 +373,201 @@ class ConnectReactor final
 
 class SchedulerServer::Services {
  public:
-  Services(Scheduler* core, std::shared_ptr<Authorizer> auth, std::string output_root)
-      : jobs_(core, auth, std::move(output_root)), workers_(core, auth), admin_(core, auth) {}
+  Services(Scheduler* core, std::shared_ptr<Authorizer> auth, std::string output_root,
+           int max_streams_per_client)
+      : limiter_(max_streams_per_client),
+        jobs_(core, auth, std::move(output_root), &limiter_),
+        workers_(core, auth),
+        admin_(core, auth) {}
 
   template <typename Ctx>
-  static absl::StatusOr<std::string> Auth(Authorizer* auth, absl::string_view method, Ctx* ctx) {
+  static absl::StatusOr<Caller> Auth(Authorizer* auth, absl::string_view method, Ctx* ctx) {
     return auth->Authorize(method, ctx->client_metadata(), ctx->peer());
   }
 
   class Jobs final : public v1::JobService::CallbackService {
    public:
-    Jobs(Scheduler* core, std::shared_ptr<Authorizer> auth, std::string output_root)
-        : core_(core), auth_(std::move(auth)), output_root_(std::move(output_root)) {}
+    Jobs(Scheduler* core, std::shared_ptr<Authorizer> auth, std::string output_root,
+         StreamLimiter* limiter)
+        : core_(core),
+          auth_(std::move(auth)),
+          output_root_(std::move(output_root)),
+          limiter_(limiter) {}
 
     grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx,
                                         const v1::SubmitJobRequest* req,
                                         v1::SubmitJobResponse* resp) override {
       auto* reactor = ctx->DefaultReactor();
-      auto owner = Auth(auth_.get(), "SubmitJob", ctx);
-      if (!owner.ok()) {
-        reactor->Finish(ToGrpcStatus(owner.status()));
+      auto caller = Auth(auth_.get(), "SubmitJob", ctx);
+      if (!caller.ok()) {
+        Audit("-", "SubmitJob", "job=-", caller.status());
+        reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
-      core_->Submit(*req, *owner, [this, ctx, reactor, resp](auto r) {
-        if (r.ok()) {
-          *resp = *std::move(r);
-        } else {
-          AddRetryHint(ctx, r.status(), core_->options().retry_after);
-        }
-        reactor->Finish(ToGrpcStatus(r.status()));
-      });
+      core_->Submit(*req, caller->principal,
+                    [this, ctx, reactor, resp, who = caller->principal](auto r) {
+                      if (r.ok()) {
+                        *resp = *std::move(r);
+                      } else {
+                        AddRetryHint(ctx, r.status(), core_->options().retry_after);
+                      }
+                      Audit(who, "SubmitJob",
+                            absl::StrCat("job=", r.ok() ? resp->job().job_id() : "-"), r.status());
+                      reactor->Finish(ToGrpcStatus(r.status()));
+                    });
       return reactor;
     }
     grpc::ServerUnaryReactor* SubmitJobs(grpc::CallbackServerContext* ctx,
                                          const v1::SubmitJobsRequest* req,
                                          v1::SubmitJobsResponse* resp) override {
       auto* reactor = ctx->DefaultReactor();
-      auto owner = Auth(auth_.get(), "SubmitJobs", ctx);
-      if (!owner.ok()) {
-        reactor->Finish(ToGrpcStatus(owner.status()));
+      auto caller = Auth(auth_.get(), "SubmitJobs", ctx);
+      if (!caller.ok()) {
+        Audit("-", "SubmitJobs", "batch=-", caller.status());
+        reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
-      core_->SubmitBatch(*req, *owner, [this, ctx, reactor, resp](auto r) {
-        if (r.ok()) {
-          *resp = *std::move(r);
-        } else {
-          AddRetryHint(ctx, r.status(), core_->options().retry_after);
-        }
-        reactor->Finish(ToGrpcStatus(r.status()));
-      });
+      core_->SubmitBatch(*req, caller->principal,
+                         [this, ctx, reactor, resp, who = caller->principal](auto r) {
+                           if (r.ok()) {
+                             *resp = *std::move(r);
+                           } else {
+                             AddRetryHint(ctx, r.status(), core_->options().retry_after);
+                           }
+                           Audit(who, "SubmitJobs",
+                                 absl::StrCat("batch=", r.ok() ? resp->batch_id() : "-",
+                                              " jobs=", r.ok() ? resp->jobs_size() : 0),
+                                 r.status());
+                           reactor->Finish(ToGrpcStatus(r.status()));
+                         });
       return reactor;
     }
     grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* ctx, const v1::GetJobRequest* req,
                                      v1::Job* resp) override {
       auto* reactor = ctx->DefaultReactor();
-      if (auto owner = Auth(auth_.get(), "GetJob", ctx); !owner.ok()) {
-        reactor->Finish(ToGrpcStatus(owner.status()));
+      auto caller = Auth(auth_.get(), "GetJob", ctx);
+      if (!caller.ok()) {
+        reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
-      core_->GetJob(req->job_id(), [reactor, resp](auto r) {
-        if (r.ok()) *resp = *std::move(r);
-        reactor->Finish(ToGrpcStatus(r.status()));
-      });
+      core_->GetJob(
+          req->job_id(),
+          [reactor, resp](auto r) {
+            if (r.ok()) *resp = *std::move(r);
+            reactor->Finish(ToGrpcStatus(r.status()));
+          },
+          caller->OwnerFilter());
       return reactor;
     }
     grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx,
                                        const v1::ListJobsRequest* req,
                                        v1::ListJobsResponse* resp) override {
       auto* reactor = ctx->DefaultReactor();
-      if (auto owner = Auth(auth_.get(), "ListJobs", ctx); !owner.ok()) {
-        reactor->Finish(ToGrpcStatus(owner.status()));
+      auto caller = Auth(auth_.get(), "ListJobs", ctx);
+      if (!caller.ok()) {
+        reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
-      core_->ListJobs(*req, [reactor, resp](auto r) {
-        if (r.ok()) *resp = *std::move(r);
-        reactor->Finish(ToGrpcStatus(r.status()));
-      });
+      core_->ListJobs(
+          *req,
+          [reactor, resp](auto r) {
+            if (r.ok()) *resp = *std::move(r);
+            reactor->Finish(ToGrpcStatus(r.status()));
+          },
+          caller->OwnerFilter());
       return reactor;
     }
     grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* ctx,
                                         const v1::CancelJobRequest* req,
                                         v1::CancelJobResponse* resp) override {
       auto* reactor = ctx->DefaultReactor();
-      if (auto owner = Auth(auth_.get(), "CancelJob", ctx); !owner.ok()) {
-        reactor->Finish(ToGrpcStatus(owner.status()));
+      const std::string target = req->has_job_id() ? absl::StrCat("job=", req->job_id())
+                                 : req->has_batch_id()
+                                     ? absl::StrCat("job=- batch=", req->batch_id())
+                                     : absl::StrCat("job=- label=", req->label());
+      auto caller = Auth(auth_.get(), "CancelJob", ctx);
+      if (!caller.ok()) {
+        Audit("-", "CancelJob", target, caller.status());
+        reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
-      core_->Cancel(*req, [reactor, resp](auto r) {
-        if (r.ok()) *resp = *std::move(r);
-        reactor->Finish(ToGrpcStatus(r.status()));
-      });
+      core_->Cancel(
+          *req,
+          [reactor, resp, target, who = caller->principal](auto r) {
+            if (r.ok()) *resp = *std::move(r);
+            Audit(who, "CancelJob",
+                  absl::StrCat(target, " cancelled=", r.ok() ? resp->job_ids_size() : 0),
+                  r.status());
+            reactor->Finish(ToGrpcStatus(r.status()));
+          },
+          caller->OwnerFilter());
       return reactor;
     }
     grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext* ctx,
                                                      const v1::WatchJobRequest* req) override {
-      if (auto owner = Auth(auth_.get(), "WatchJob", ctx); !owner.ok()) {
-        return new FailedWriter<v1::JobEvent>(owner.status());
-      }
+      auto caller = Auth(auth_.get(), "WatchJob", ctx);
+      if (!caller.ok()) return new FailedWriter<v1::JobEvent>(caller.status());
       if (req->job_id().empty()) {
         return new FailedWriter<v1::JobEvent>(
             absl::InvalidArgumentError("job_id: must not be empty"));
       }
-      auto* r = new WatchReactor(core_);
+      std::function<void()> release;
+      if (auto s = AcquireStream(*caller, ctx->peer(), &release); !s.ok()) {
+        return new FailedWriter<v1::JobEvent>(s);
+      }
+      auto* r = new WatchReactor(core_, caller->OwnerFilter(), std::move(release));
       r->Begin(req->job_id(), "", "");
       return r;
     }
     grpc::ServerWriteReactor<v1::JobEvent>* WatchJobs(grpc::CallbackServerContext* ctx,
                                                       const v1::WatchJobsRequest* req) override {
-      if (auto owner = Auth(auth_.get(), "WatchJobs", ctx); !owner.ok()) {
-        return new FailedWriter<v1::JobEvent>(owner.status());
-      }
+      auto caller = Auth(auth_.get(), "WatchJobs", ctx);
+      if (!caller.ok()) return new FailedWriter<v1::JobEvent>(caller.status());
       if (req->batch_id().empty() && req->label().empty()) {
         return new FailedWriter<v1::JobEvent>(
             absl::InvalidArgumentError("selector: set batch_id or label"));
       }
-      auto* r = new WatchReactor(core_);
+      std::function<void()> release;
+      if (auto s = AcquireStream(*caller, ctx->peer(), &release); !s.ok()) {
+        return new FailedWriter<v1::JobEvent>(s);
+      }
+      auto* r = new WatchReactor(core_, caller->OwnerFilter(), std::move(release));
       r->Begin("", req->batch_id(), req->label());
       return r;
     }
     grpc::ServerWriteReactor<v1::ResultChunk>* GetResult(grpc::CallbackServerContext* ctx,
                                                          const v1::GetResultRequest* req) override {
-      if (auto owner = Auth(auth_.get(), "GetResult", ctx); !owner.ok()) {
-        return new FailedWriter<v1::ResultChunk>(owner.status());
-      }
-      auto result = core_->Result(req->job_id());
+      auto caller = Auth(auth_.get(), "GetResult", ctx);
+      if (!caller.ok()) return new FailedWriter<v1::ResultChunk>(caller.status());
+      auto result = core_->Result(req->job_id(), caller->OwnerFilter());
       if (!result.ok()) return new FailedWriter<v1::ResultChunk>(result.status());
-      return new ResultReactor(output_root_ + "/" + result->path(), *result);
+      // The file must resolve inside the output root (no symlink out of it).
+      auto path = security::ResolveBeneath(output_root_, result->path());
+      if (!path.ok()) {
+        LOG(WARNING) << "event=result_refused job=" << req->job_id() << " error=\""
+                     << path.status().message() << "\"";
+        return new FailedWriter<v1::ResultChunk>(path.status());
+      }
+      std::function<void()> release;
+      if (auto s = AcquireStream(*caller, ctx->peer(), &release); !s.ok()) {
+        return new FailedWriter<v1::ResultChunk>(s);
+      }
+      return new ResultReactor(*path, *result, std::move(release));
     }
 
    private:
+    absl::Status AcquireStream(const Caller& caller, const std::string& peer,
+                               std::function<void()>* release) {
+      std::string key = ClientKey(caller, peer);
+      ZFARM_RETURN_IF_ERROR(limiter_->Acquire(key));
+      *release = [l = limiter_, key] { l->Release(key); };
+      return absl::OkStatus();
+    }
+
     Scheduler* const core_;
     const std::shared_ptr<Authorizer> auth_;
     const std::string output_root_;
+    StreamLimiter* const limiter_;
   };
 
   class Workers final : public v1::WorkerService::CallbackService {
@@ -449,14 +576,17 @@ class SchedulerServer::Services {
         : core_(core), auth_(std::move(auth)) {}
     grpc::ServerBidiReactor<v1::WorkerMessage, v1::SchedulerMessage>* Connect(
         grpc::CallbackServerContext* ctx) override {
-      if (auto owner = Auth(auth_.get(), "Connect", ctx); !owner.ok()) {
+      auto caller = Auth(auth_.get(), "Connect", ctx);
+      Audit(caller.ok() ? caller->principal : "-", "Connect", absl::StrCat("peer=", ctx->peer()),
+            caller.status());
+      if (!caller.ok()) {
         class Denied final
             : public grpc::ServerBidiReactor<v1::WorkerMessage, v1::SchedulerMessage> {
          public:
           explicit Denied(const absl::Status& s) { Finish(ToGrpcStatus(s)); }
           void OnDone() override { delete this; }
         };
-        return new Denied(owner.status());
+        return new Denied(caller.status());
       }
       return new ConnectReactor(core_);
     }
@@ -474,8 +604,8 @@ class SchedulerServer::Services {
                                           const v1::ListWorkersRequest*,
                                           v1::ListWorkersResponse* resp) override {
       auto* reactor = ctx->DefaultReactor();
-      if (auto owner = Auth(auth_.get(), "ListWorkers", ctx); !owner.ok()) {
-        reactor->Finish(ToGrpcStatus(owner.status()));
+      if (auto caller = Auth(auth_.get(), "ListWorkers", ctx); !caller.ok()) {
+        reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
       for (auto& w : core_->ListWorkers()) *resp->add_workers() = std::move(w);
@@ -486,12 +616,16 @@ class SchedulerServer::Services {
                                           const v1::DrainWorkerRequest* req,
                                           v1::DrainWorkerResponse* resp) override {
       auto* reactor = ctx->DefaultReactor();
-      if (auto owner = Auth(auth_.get(), "DrainWorker", ctx); !owner.ok()) {
-        reactor->Finish(ToGrpcStatus(owner.status()));
+      const std::string target = absl::StrCat("job=- worker=", req->worker_name());
+      auto caller = Auth(auth_.get(), "DrainWorker", ctx);
+      if (!caller.ok()) {
+        Audit("-", "DrainWorker", target, caller.status());
+        reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
       auto w = core_->DrainWorker(req->worker_name());
       if (w.ok()) *resp->mutable_worker() = *std::move(w);
+      Audit(caller->principal, "DrainWorker", target, w.status());
       reactor->Finish(ToGrpcStatus(w.status()));
       return reactor;
     }
@@ -501,10 +635,41 @@ class SchedulerServer::Services {
     const std::shared_ptr<Authorizer> auth_;
   };
 
+  StreamLimiter limiter_;
   Jobs jobs_;
   Workers workers_;
   Admin admin_;
 };
+
+absl::StatusOr<Caller> TokenAuthorizer::Authorize(
+    absl::string_view method, const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
+    const std::string& peer) {
+  absl::StatusOr<security::Principal> p =
+      store_->Authenticate(security::BearerFromMetadata(metadata));
+  if (!p.ok()) {
+    LOG_EVERY_N(WARNING, 100) << "event=unauthenticated method=" << method << " peer=" << peer
+                              << " error=\"" << p.status().message() << "\"";
+    return p.status();
+  }
+  const security::Role role = p->role;
+  bool allowed;
+  const char* needs;
+  if (method == "Connect") {
+    allowed = role == security::Role::kWorker || role == security::Role::kAdmin;
+    needs = "worker or admin";
+  } else if (method == "DrainWorker") {
+    allowed = role == security::Role::kAdmin;
+    needs = "admin";
+  } else {  // JobService and ListWorkers
+    allowed = role == security::Role::kSubmitter || role == security::Role::kAdmin;
+    needs = "submitter or admin";
+  }
+  if (!allowed) {
+    return absl::PermissionDeniedError(absl::StrCat(method, ": principal ", p->name, " has role ",
+                                                    security::RoleName(role), "; needs ", needs));
+  }
+  return Caller{p->name, role == security::Role::kAdmin};
+}
 
 absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOptions options,
                                                                         Clock* clock) {
@@ -527,8 +692,9 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOp
   auto core = Scheduler::Create(options.scheduler, clock, options.registry);
   if (!core.ok()) return core.status();
   s->scheduler_ = *std::move(core);
-  s->services_ = std::make_unique<Services>(s->scheduler_.get(), options.security.authorizer,
-                                            options.scheduler.output_root);
+  s->services_ =
+      std::make_unique<Services>(s->scheduler_.get(), options.security.authorizer,
+                                 options.scheduler.output_root, options.max_streams_per_client);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -536,7 +702,7 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOp
   builder.RegisterService(&s->services_->jobs_);
   builder.RegisterService(&s->services_->workers_);
   builder.RegisterService(&s->services_->admin_);
-  builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("--listen: cannot listen on ", options.listen));
@@ -572,8 +738,10 @@ void SchedulerServer::Shutdown(absl::Duration grace) {
   LOG(INFO) << "event=stopped";
 }
 
-absl::Status ProbeHealth(const std::string& address, absl::Duration timeout) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+absl::Status ProbeHealth(const std::string& address, absl::Duration timeout,
+                         std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  auto channel =
+      grpc::CreateChannel(address, credentials ? credentials : grpc::InsecureChannelCredentials());
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));

@@ -18,6 +18,7 @@
 //   ... server->port() ...
 //   server->Shutdown();   // stop accepting, cancel streams, flush the journal
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -27,6 +28,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/auth.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/support/string_ref.h"
@@ -35,29 +38,59 @@
 
 namespace zfarm::scheduler {
 
-// Decides whether a call may proceed and who its owner is. Thread-safe.
+// Who is calling: the principal recorded as Job.owner, and whether it may see
+// and act on every principal's jobs.
+struct Caller {
+  std::string principal;
+  bool admin = false;
+  // Owner filter for job reads and cancels: "" (all jobs) for an admin.
+  std::string OwnerFilter() const { return admin ? std::string() : principal; }
+};
+
+// Decides whether a call may proceed and who makes it. Thread-safe.
 class Authorizer {
  public:
   virtual ~Authorizer() = default;
   // `method` is the short rpc name ("SubmitJob", "Connect", "DrainWorker", ...).
-  // Returns the owner recorded on jobs, or PERMISSION_DENIED / UNAUTHENTICATED.
-  virtual absl::StatusOr<std::string> Authorize(
+  // Returns the caller, or UNAUTHENTICATED (no/unknown credentials) /
+  // PERMISSION_DENIED (the caller's role may not call `method`).
+  virtual absl::StatusOr<Caller> Authorize(
       absl::string_view method, const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
       const std::string& peer) = 0;
 };
 
-// Allows everything; owner "anonymous".
+// Allows everything; caller "anonymous", admin (no auth configured).
 class AllowAllAuthorizer final : public Authorizer {
  public:
-  absl::StatusOr<std::string> Authorize(absl::string_view,
-                                        const std::multimap<grpc::string_ref, grpc::string_ref>&,
-                                        const std::string&) override {
-    return std::string("anonymous");
+  absl::StatusOr<Caller> Authorize(absl::string_view,
+                                   const std::multimap<grpc::string_ref, grpc::string_ref>&,
+                                   const std::string&) override {
+    return Caller{"anonymous", true};
   }
 };
 
+// Bearer tokens ("authorization: Bearer <token>") from a security::TokenStore,
+// and roles:
+//   submitter: JobService (its own jobs only) and ListWorkers;
+//   admin:     everything, every principal's jobs, DrainWorker;
+//   worker:    WorkerService.Connect only.
+// Missing or unknown token -> UNAUTHENTICATED; wrong role -> PERMISSION_DENIED
+// naming the method and role. Tokens are never logged.
+class TokenAuthorizer final : public Authorizer {
+ public:
+  explicit TokenAuthorizer(std::shared_ptr<security::TokenStore> store)
+      : store_(std::move(store)) {}
+  absl::StatusOr<Caller> Authorize(
+      absl::string_view method, const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
+      const std::string& peer) override;
+
+ private:
+  const std::shared_ptr<security::TokenStore> store_;
+};
+
 struct ServerSecurity {
-  // Credentials for the listening port (default: insecure).
+  // Credentials for the listening port (default: insecure); see
+  // security::ServerCredentials for TLS / mutual TLS.
   std::function<std::shared_ptr<grpc::ServerCredentials>()> credentials;
   // Called by every handler (default: AllowAllAuthorizer).
   std::shared_ptr<Authorizer> authorizer;
@@ -72,6 +105,11 @@ struct ServerOptions {
   absl::Duration tick_interval = absl::Milliseconds(100);
   // Receives the metrics (may be null).
   std::shared_ptr<prometheus::Registry> registry;
+  // Largest gRPC message accepted (RESOURCE_EXHAUSTED beyond).
+  int max_message_bytes = 16 << 20;
+  // Concurrent WatchJob/WatchJobs/GetResult streams per client (its principal,
+  // or its IP address when anonymous); 0 = unlimited. RESOURCE_EXHAUSTED beyond.
+  int max_streams_per_client = 1024;
 };
 
 class SchedulerServer {
@@ -107,8 +145,10 @@ class SchedulerServer {
   bool shut_down_ = false;
 };
 
-// Asks grpc.health.v1.Health/Check at `address` (insecure); OK if SERVING.
-absl::Status ProbeHealth(const std::string& address, absl::Duration timeout);
+// Asks grpc.health.v1.Health/Check at `address`; OK if SERVING. `credentials`
+// null = insecure (see security::ClientCredentials for TLS).
+absl::Status ProbeHealth(const std::string& address, absl::Duration timeout,
+                         std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
 
 }  // namespace zfarm::scheduler
 

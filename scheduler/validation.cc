@@ -133,8 +133,16 @@ absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
     return Invalid(f + ".deadline", "must be a valid positive timestamp");
   }
   if (!spec->webhook_url().empty()) {
-    return Invalid(f + ".webhook_url",
-                   "webhooks are not enabled on this scheduler (allow-list is empty)");
+    if (!l.webhook_validator) {
+      return Invalid(f + ".webhook_url",
+                     "webhooks are not enabled on this scheduler (allow-list is empty)");
+    }
+    if (absl::Status s = l.webhook_validator(spec->webhook_url()); !s.ok()) {
+      std::string msg(s.message());
+      // The sender's messages start with "webhook_url: "; name the full field.
+      if (msg.rfind("webhook_url: ", 0) == 0) msg = msg.substr(13);
+      return Invalid(f + ".webhook_url", msg);
+    }
   }
   if (static_cast<int>(spec->model().size()) > 128) {
     return Invalid(f + ".model", "exceeds the limit of 128 bytes");

@@ -6,6 +6,7 @@
 //   "spec.width_px: 300 is not a multiple of 16 (allowed: multiples of 16 in [256, 2048])".
 // Pure functions, no I/O; thread-safe.
 
+#include <functional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -28,6 +29,10 @@ struct Limits {
   int max_request_id_bytes = 256;
   int min_priority = -100;
   int max_priority = 100;
+  // Checks a non-empty spec.webhook_url against the configured allow-list (the
+  // scheduler binds WebhookSender::Validate here). Unset: webhooks are disabled
+  // and every webhook_url is refused ("allow-list is empty").
+  std::function<absl::Status(const std::string& url)> webhook_validator;
 };
 
 // Checks `spec` and fills defaults (width/height 1024, steps 8). Does not pick a

@@ -287,21 +287,33 @@ absl::StatusOr<std::unique_ptr<RestGateway>> RestGateway::Start(
   gw->impl_ = std::make_unique<Impl>();
   gw->impl_->options = options;
   gw->impl_->stub = zfarm::v1::JobService::NewStub(channel);
-  mg_init_library(0);
+  const bool https = options.tls.server_enabled();
+  mg_init_library(https ? MG_FEATURES_SSL : 0);
   const std::string threads = std::to_string(options.num_threads);
-  const char* opts[] = {"listening_ports",
-                        options.listen.c_str(),
-                        "num_threads",
-                        threads.c_str(),
-                        "request_timeout_ms",
-                        "60000",
-                        nullptr};
+  // civetweb marks a TLS port with an "s" suffix; the SSL_CTX is set up by
+  // security::ConfigureServerSslCtx in the init_ssl callback.
+  const std::string listening = https ? options.listen + "s" : options.listen;
+  const char* opts[] = {"listening_ports",    listening.c_str(), "num_threads", threads.c_str(),
+                        "request_timeout_ms", "60000",           nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));
-  gw->ctx_ = mg_start(&callbacks, nullptr, opts);
+  if (https) {
+    // Check the files first so a bad flag gets a clear message.
+    if (auto c = security::ServerCredentials(options.tls); !c.ok()) return c.status();
+    callbacks.init_ssl = [](void* ssl_ctx, void* user) -> int {
+      auto* impl = static_cast<RestGateway::Impl*>(user);
+      absl::Status s = security::ConfigureServerSslCtx(ssl_ctx, impl->options.tls);
+      if (!s.ok()) {
+        LOG(ERROR) << "event=rest_tls_failed error=\"" << s.message() << "\"";
+        return -1;
+      }
+      return 1;  // configured here: civetweb loads no certificate itself
+    };
+  }
+  gw->ctx_ = mg_start(&callbacks, gw->impl_.get(), opts);
   if (gw->ctx_ == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("--http-listen: cannot listen on '", options.listen, "'"));
+    return absl::UnavailableError(absl::StrCat("--http-listen: cannot listen on '", options.listen,
+                                               "'", https ? " with TLS (see the log)" : ""));
   }
   mg_set_request_handler(gw->ctx_, "/v1/jobs", HandleRequest, gw->impl_.get());
   mg_server_port ports[4];

@@ -5,7 +5,8 @@
 // A REST/JSON door to JobService for tools that cannot speak gRPC. Every
 // request becomes one JobService call over `channel` (in the scheduler, an
 // in-process channel), so validation and authorization are exactly gRPC's;
-// the HTTP Authorization header is forwarded as gRPC metadata.
+// the HTTP Authorization header is forwarded as gRPC metadata (bearer tokens
+// are checked by the scheduler's Authorizer). Options::tls serves HTTPS.
 //
 //   POST   /v1/jobs               body: SubmitJobRequest in protobuf's JSON
 //                                 mapping -> SubmitJobResponse (201 created,
@@ -32,6 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/support/status.h"
 
@@ -48,6 +50,9 @@ class RestGateway {
     size_t max_body_bytes = 1 << 20;
     // Deadline of each JobService call.
     absl::Duration rpc_timeout = absl::Seconds(30);
+    // HTTPS when tls.cert is set; with tls.ca, client certificates signed by it
+    // are required (mutual TLS). See common/tls.h.
+    security::TlsFlags tls;
   };
 
   static absl::StatusOr<std::unique_ptr<RestGateway>> Start(const Options& options,

@@ -56,7 +56,18 @@ absl::Status ValidateWebhookUrl(absl::string_view url, const std::vector<std::st
   if (!u.ok()) return u.status();
   const std::string key = absl::StrCat(absl::AsciiStrToLower(u->host), ":", u->port);
   for (const std::string& a : allow) {
-    if (absl::AsciiStrToLower(a) == key) return absl::OkStatus();
+    if (absl::StartsWithIgnoreCase(a, "http://")) {
+      // A URL prefix: same host:port, and the path starts with the prefix's path.
+      absl::StatusOr<WebhookUrl> p = ParseWebhookUrl(a);
+      if (p.ok() && absl::StrCat(absl::AsciiStrToLower(p->host), ":", p->port) == key &&
+          absl::StartsWith(u->path, p->path)) {
+        return absl::OkStatus();
+      }
+      continue;
+    }
+    std::string entry = absl::AsciiStrToLower(a);
+    if (entry.find(':') == std::string::npos) entry += ":80";
+    if (entry == key) return absl::OkStatus();
   }
   return absl::InvalidArgumentError(
       absl::StrCat("webhook_url: host '", key, "' is not on the scheduler's --webhook-allow list"));
@@ -78,7 +89,8 @@ std::string HmacSha256Hex(absl::string_view secret, absl::string_view body) {
 
 absl::StatusOr<std::unique_ptr<WebhookSender>> WebhookSender::Create(Options options) {
   if (!options.allow.empty() && options.secret.empty()) {
-    return absl::InvalidArgumentError("--webhook-secret: required when --webhook-allow is set");
+    return absl::InvalidArgumentError(
+        "--webhook-secret-file: required when --webhook-allow is set");
   }
   if (options.max_attempts < 1) {
     return absl::InvalidArgumentError("webhook max_attempts must be >= 1");

@@ -46,7 +46,9 @@ struct WebhookUrl {
 absl::StatusOr<WebhookUrl> ParseWebhookUrl(absl::string_view url);
 
 // OK for an empty url; INVALID_ARGUMENT naming webhook_url when it does not
-// parse or its host:port is not exactly one of `allow`.
+// parse or matches no entry of `allow`. An entry is either "host:port" (exact,
+// case-insensitive; "host" alone means port 80) or a URL prefix
+// "http://host:port/path" (same host:port and the url's path starts with it).
 absl::Status ValidateWebhookUrl(absl::string_view url, const std::vector<std::string>& allow);
 
 // Lower-case hex HMAC-SHA256 of `body` with `secret`.
@@ -55,7 +57,7 @@ std::string HmacSha256Hex(absl::string_view secret, absl::string_view body);
 class WebhookSender {
  public:
   struct Options {
-    std::vector<std::string> allow;  // "host:port", exact match
+    std::vector<std::string> allow;  // "host:port" or "http://host:port/prefix"
     std::string secret;              // HMAC key; required when allow is set
     int max_attempts = 5;
     absl::Duration initial_backoff = absl::Milliseconds(500);

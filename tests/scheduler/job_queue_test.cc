@@ -72,5 +72,54 @@ TEST(JobQueueTest, RemoveAndDepth) {
   EXPECT_EQ(q.Position("a"), -1);
 }
 
+// Drains with Take() (a dispatch), as the scheduler does.
+std::vector<std::string> Dispatch(JobQueue& q, absl::Time now, size_t n) {
+  std::vector<std::string> out;
+  while (out.size() < n) {
+    auto id = q.Pick(now, kAll);
+    if (!id) break;
+    out.push_back(*id);
+    q.Take(*id);
+  }
+  return out;
+}
+
+TEST(JobQueueFairShareTest, BusyOwnerCannotStarveAnotherInTheSameLevel) {
+  JobQueue q(/*aging_per_minute=*/0);
+  for (int i = 0; i < 1000; ++i) q.Push("a" + std::to_string(i), 0, 1 + i, t0, "team-a");
+  q.Push("b0", 0, 5000, t0 + absl::Minutes(1), "team-b");
+  EXPECT_EQ(q.OwnerSize("team-a"), 1000u);
+  EXPECT_EQ(q.OwnerSize("team-b"), 1u);
+  // team-a was first in line; team-b's single job goes second, not 1001st.
+  EXPECT_EQ(q.Position("b0"), 1);
+  EXPECT_EQ(Dispatch(q, t0, 3), (std::vector<std::string>{"a0", "b0", "a1"}));
+  EXPECT_EQ(q.OwnerSize("team-b"), 0u);
+}
+
+TEST(JobQueueFairShareTest, OwnersAlternateAndPriorityStillWins) {
+  JobQueue q(0);
+  uint64_t seq = 1;
+  for (int i = 0; i < 3; ++i) q.Push("a" + std::to_string(i), 0, seq++, t0, "a");
+  for (int i = 0; i < 3; ++i) q.Push("b" + std::to_string(i), 0, seq++, t0, "b");
+  q.Push("c0", 0, seq++, t0, "c");
+  q.Push("urgent", 9, seq++, t0, "a");
+  EXPECT_EQ(q.Position("urgent"), 0);
+  EXPECT_EQ(q.Position("b1"), 1 + 4);  // urgent, a0 b0 c0 a1, then b1
+  EXPECT_EQ(Dispatch(q, t0, 8),
+            (std::vector<std::string>{"urgent", "a0", "b0", "c0", "a1", "b1", "a2", "b2"}));
+}
+
+TEST(JobQueueFairShareTest, RemoveDoesNotCostATurnAndRejectedJobsAreSkipped) {
+  JobQueue q(0);
+  q.Push("a0", 0, 1, t0, "a");
+  q.Push("a1", 0, 2, t0, "a");
+  q.Push("b0", 0, 3, t0, "b");
+  EXPECT_TRUE(q.Remove("a0"));  // a cancel: "a" keeps its turn
+  auto id = q.Pick(t0, [](const std::string& id) { return id != "a1"; });
+  ASSERT_TRUE(id.has_value());
+  EXPECT_EQ(*id, "b0");
+  EXPECT_EQ(*q.Pick(t0, kAll), "a1");
+}
+
 }  // namespace
 }  // namespace zfarm::scheduler

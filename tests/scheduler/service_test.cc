@@ -369,9 +369,9 @@ TEST_F(ServiceTest, ListJobsFiltersAndPages) {
 
 class DenyAll : public Authorizer {
  public:
-  absl::StatusOr<std::string> Authorize(absl::string_view method,
-                                        const std::multimap<grpc::string_ref, grpc::string_ref>&,
-                                        const std::string&) override {
+  absl::StatusOr<Caller> Authorize(absl::string_view method,
+                                   const std::multimap<grpc::string_ref, grpc::string_ref>&,
+                                   const std::string&) override {
     return absl::PermissionDeniedError(absl::StrCat("denied: ", method));
   }
 };
