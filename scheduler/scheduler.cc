@@ -895,7 +895,8 @@ absl::StatusOr<uint64_t> Scheduler::WorkerHello(const v1::WorkerHello& hello,
   if (slot && slot->sink) {  // replaces a live session: keep the leases it still holds
     Worker& old = *slot;
     for (const auto& id : old.leases) {
-      if (held.contains(id)) kept.insert(id);
+      // Keep at most the new capacity; the rest are requeued below as lost.
+      if (held.contains(id) && static_cast<int>(kept.size()) < hello.capacity()) kept.insert(id);
     }
     for (const auto& id : kept) old.leases.erase(id);
     sessions_.erase(old.session);
