@@ -358,13 +358,10 @@ TEST_F(FaultsTest, DISABLED_WorkerDyingAtABackwardJumpIsStillDetected) {
   EXPECT_EQ(Workers()["w"], v1::WORKER_STATE_LOST);
 }
 
-// FINDING (worker_message_fuzzer; reported): a new session that replaces a live
-// session of the same worker keeps every lease it lists in held_leases, even beyond
-// the capacity of its new hello (scheduler/scheduler.cc WorkerHello, the
-// `kept.insert(id)` loop). No job is held twice and no new lease is sent until it is
-// under capacity, but "never beyond a worker's capacity" (issue 2) does not hold.
-// Fix: keep at most hello.capacity() of them and expire the rest.
-TEST_F(FaultsTest, DISABLED_ReplacingSessionKeepsAtMostItsCapacity) {
+// Regression (worker_message_fuzzer finding, fixed in d34c829): a new session that
+// replaces a live session of the same worker keeps at most its new capacity of the
+// leases it lists in held_leases; the rest are requeued.
+TEST_F(FaultsTest, ReplacingSessionKeepsAtMostItsCapacity) {
   ASSERT_OK_AND_ASSIGN(auto w, FakeWorker::Connect(farm_->channel(), WorkerOpts("w", 3)));
   for (int i = 0; i < 3; ++i) Submit(absl::StrCat("p", i));
   std::vector<v1::Lease> held;

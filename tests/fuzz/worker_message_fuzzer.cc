@@ -93,7 +93,6 @@ struct Session {
   uint64_t id = 0;  // 0 = not connected
   std::string name;
   std::shared_ptr<Sink> sink;
-  int held = 0;  // held_leases in its hello
 };
 
 // gRPC parses every message: proto3 strings that are not UTF-8 never reach the
@@ -216,7 +215,6 @@ class Harness {
     if (r.ok()) {
       s.id = *r;
       s.name = h.worker_name();
-      s.held = h.held_leases_size();
     } else {
       s.id = 0;
     }
@@ -358,16 +356,9 @@ class Harness {
         }
       }
     }
-    std::map<std::string, int> declared;  // worker -> held_leases in its live session's hello
-    for (const Session& s : sessions_) {
-      if (s.id != 0) declared[s.name] = std::max(declared[s.name], s.held);
-    }
     std::map<std::string, std::string> holder;
     for (const v1::WorkerInfo& w : sched_->ListWorkers()) {
-      // A session that replaces a live one keeps the leases it says it holds, even
-      // beyond its (new) capacity (finding reported: tests/faults/partition_clock_test.cc
-      // DISABLED_ReplacingSessionKeepsAtMostItsCapacity); never more than that.
-      if (w.current_job_ids_size() > std::max({0, w.capacity(), declared[w.worker_name()]})) {
+      if (w.current_job_ids_size() > std::max(0, w.capacity())) {
         Die("worker " + w.worker_name() + " holds more than its capacity");
       }
       for (const auto& id : w.current_job_ids()) {
