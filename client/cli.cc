@@ -24,6 +24,8 @@
 #include "client/flags.h"
 #include "client/output.h"
 #include "client/sha256.h"
+#include "common/auth.h"
+#include "common/tls.h"
 #include "glog/logging.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
@@ -53,9 +55,22 @@ constexpr int kMaxBatch = 1000;
 
 struct Common {
   std::string scheduler;
+  security::TlsFlags tls;                         // --tls-ca, --tls-cert, --tls-key
+  std::string token_file;                         // --token-file (else $ZFARM_TOKEN)
   absl::Duration timeout = absl::ZeroDuration();  // 0 = command default
   bool json = false;
 };
+
+void AddSecurity(FlagSet* flags, Common* c) {
+  flags->String("tls-ca", &c->tls.ca,
+                "CA bundle (PEM) that signed the scheduler's certificate; "
+                "enables TLS",
+                "FILE");
+  flags->String("tls-cert", &c->tls.cert, "client certificate (PEM) for mutual TLS", "FILE");
+  flags->String("tls-key", &c->tls.key, "private key (PEM) of --tls-cert", "FILE");
+  flags->String("token-file", &c->token_file,
+                "file holding the bearer token (default $ZFARM_TOKEN)", "FILE");
+}
 
 void AddCommon(FlagSet* flags, Common* c) {
   flags->String("scheduler", &c->scheduler,
@@ -66,6 +81,7 @@ void AddCommon(FlagSet* flags, Common* c) {
                   "give up after this long (exit 4); default 30s, no limit "
                   "while waiting with --wait");
   flags->Bool("json", &c->json, "print one JSON object per line");
+  AddSecurity(flags, c);
 }
 
 // A failure with its exit code.
@@ -94,8 +110,24 @@ class Session {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-    // The one place where TLS / tokens will plug in (hardening issue).
-    channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+    // TLS and the bearer token (common/tls.h, common/auth.h).
+    std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+    if (auto c = security::ClientCredentials(common.tls); c.ok()) {
+      creds = *std::move(c);
+    } else {
+      init_ = c.status();
+    }
+    if (!common.token_file.empty()) {
+      auto t = security::LoadClientToken(common.token_file);
+      if (t.ok()) {
+        token_ = *std::move(t);
+      } else if (init_.ok()) {
+        init_ = t.status();
+      }
+    } else if (io.getenv) {
+      if (const char* env = io.getenv("ZFARM_TOKEN"); env && *env) token_ = env;
+    }
+    channel_ = grpc::CreateCustomChannel(address_, creds, args);
     jobs_ = zfarm::v1::JobService::NewStub(channel_);
     admin_ = zfarm::v1::AdminService::NewStub(channel_);
   }
@@ -108,6 +140,8 @@ class Session {
   std::ostream& out() { return *io_.out; }
   std::ostream& err() { return *io_.err; }
   bool tty() const { return io_.out_is_tty && !json_; }
+  // Adds the bearer token (if any) to a call.
+  void Prepare(grpc::ClientContext* ctx) const { security::AddBearerToken(ctx, token_); }
 
   // Runs a unary call, retrying UNAVAILABLE with backoff (same request) until
   // the command deadline or kMaxOutage of continuous outage.
@@ -115,8 +149,10 @@ class Session {
   absl::Status Call(absl::string_view what, Fn fn) {
     absl::Duration backoff = absl::Milliseconds(100);
     const absl::Time outage_end = std::min(deadline_, absl::Now() + kMaxOutage);
+    if (!init_.ok()) return init_;  // bad --tls-* / --token-file
     while (true) {
       grpc::ClientContext ctx;
+      Prepare(&ctx);
       ctx.set_deadline(absl::ToChronoTime(std::min(deadline_, absl::Now() + kPerCallDeadline)));
       grpc::Status s = fn(&ctx);
       if (s.ok()) return absl::OkStatus();
@@ -182,6 +218,8 @@ class Session {
   const CliIo& io_;
   bool json_;
   std::string address_;
+  std::string token_;  // never logged
+  absl::Status init_;  // a bad --tls-* or --token-file
   absl::Time deadline_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<zfarm::v1::JobService::Stub> jobs_;
@@ -367,6 +405,7 @@ absl::Status WaitForJobs(Session& session, const std::string& batch_id,
           absl::StrCat("timed out waiting for ", pending.size(), " job(s) on ", session.address()));
     }
     grpc::ClientContext ctx;
+    session.Prepare(&ctx);
     ctx.set_deadline(
         absl::ToChronoTime(std::min(session.deadline(), absl::Now() + absl::Hours(1))));
     std::unique_ptr<grpc::ClientReader<JobEvent>> reader;
@@ -871,6 +910,7 @@ int RunHealth(const std::vector<std::string>& args, const CliIo& io, const Comma
   flags.Duration("timeout", &common.timeout, "give up after this long (5s)");
   flags.String("scheduler", &common.scheduler,
                "address when ADDR is not given (default $ZFARM_SCHEDULER)", "HOST:PORT");
+  AddSecurity(&flags, &common);
   std::vector<std::string> pos;
   if (int rc = ParseOrExit(flags, cmd, args, io, &pos, 0, 1); rc >= 0) return rc;
   if (pos.empty()) {
@@ -884,7 +924,9 @@ int RunHealth(const std::vector<std::string>& args, const CliIo& io, const Comma
   }
   const absl::Duration timeout =
       common.timeout == absl::ZeroDuration() ? absl::Seconds(5) : common.timeout;
-  auto channel = grpc::CreateChannel(pos[0], grpc::InsecureChannelCredentials());
+  auto creds = security::ClientCredentials(common.tls);
+  if (!creds.ok()) return Usage(io, flags, std::string(creds.status().message()));
+  auto channel = grpc::CreateChannel(pos[0], *creds);
   grpc::GenericStub stub(channel);
   // grpc.health.v1.HealthCheckRequest{service = 1} by hand: no generated code
   // for health.proto ships with Debian's gRPC.
