@@ -298,6 +298,17 @@ absl::StatusOr<std::unique_ptr<RestGateway>> RestGateway::Start(
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));
   if (https) {
+    // Debian 12's civetweb (1.15, OpenSSL 3) crashes the process on the first
+    // TLS connection (a null OpenSSL function pointer in its worker thread,
+    // seen both with this callback and with its own ssl_certificate option),
+    // so HTTPS is refused rather than offered. Terminate TLS in front of a
+    // loopback --http-listen instead.
+    if (!options.allow_civetweb_tls) {
+      return absl::UnimplementedError(
+          "--http-listen with --tls-cert: HTTPS on the REST gateway is not available with "
+          "this civetweb build; serve --http-listen on 127.0.0.1 behind a TLS proxy, or omit "
+          "--http-listen (gRPC TLS is unaffected)");
+    }
     // Check the files first so a bad flag gets a clear message.
     if (auto c = security::ServerCredentials(options.tls); !c.ok()) return c.status();
     callbacks.init_ssl = [](void* ssl_ctx, void* user) -> int {

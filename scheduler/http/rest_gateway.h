@@ -53,6 +53,9 @@ class RestGateway {
     // HTTPS when tls.cert is set; with tls.ca, client certificates signed by it
     // are required (mutual TLS). See common/tls.h.
     security::TlsFlags tls;
+    // Debian 12's civetweb crashes on TLS connections: Start() refuses tls
+    // unless this is set (for a civetweb build known to work).
+    bool allow_civetweb_tls = false;
   };
 
   static absl::StatusOr<std::unique_ptr<RestGateway>> Start(const Options& options,

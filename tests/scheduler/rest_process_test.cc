@@ -181,5 +181,27 @@ TEST_F(RestProcessTest, WebhookAllowWithoutSecretIsAUsageError) {
   EXPECT_THAT(p.Log(), HasSubstr("--webhook-secret-file"));
 }
 
+int Sh(const std::string& cmd) { return std::system(cmd.c_str()); }
+
+TEST_F(RestProcessTest, HttpsGatewayIsRefusedNotCrashed) {
+  // Debian's civetweb crashes on TLS connections: the scheduler must refuse
+  // --tls-cert together with --http-listen at startup, naming the flags.
+  const std::string d = dir_;
+  ASSERT_EQ(Sh("cd " + d +
+               " && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 "
+               "-keyout s.key -out s.pem >/dev/null 2>&1"),
+            0)
+      << "the openssl binary is required";
+  std::ofstream(d + "/tokens") << "alice-token-0123456789 alice submitter\n";
+  SchedulerProcess p(
+      {"--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--state-dir=" + d + "/state",
+       "--output-root=" + d + "/out", "--tls-cert=" + d + "/s.pem", "--tls-key=" + d + "/s.key",
+       "--token-file=" + d + "/tokens"},
+      d + "/sched.log");
+  EXPECT_EQ(p.WaitForLine("REST gateway on port "), "");
+  EXPECT_THAT(p.Log(), HasSubstr("--http-listen with --tls-cert"));
+  EXPECT_THAT(p.Log(), ::testing::Not(HasSubstr("alice-token-0123456789")));
+}
+
 }  // namespace
 }  // namespace zfarm::scheduler
