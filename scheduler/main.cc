@@ -67,10 +67,11 @@ ABSL_FLAG(std::string, webhook_secret_file, "",
           "File holding the HMAC-SHA256 key for X-Zfarm-Signature (required with "
           "--webhook-allow; surrounding whitespace is ignored)");
 ABSL_FLAG(std::string, tls_cert, "",
-          "PEM certificate chain: serve TLS on --listen and --http-listen (with --tls-key)");
+          "PEM certificate chain: serve TLS on --listen (with --tls-key); HTTPS on --http-listen "
+          "is refused (Debian civetweb crashes on TLS): put a TLS proxy in front of it");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
-          "PEM CA bundle: require client certificates signed by it (mutual TLS) on both ports; "
+          "PEM CA bundle: require client certificates signed by it (mutual TLS) on --listen; "
           "with --probe: the CA of the probed server");
 ABSL_FLAG(std::string, token_file, "",
           "Bearer tokens, one per line: '<token> <principal> <role>' (role submitter|admin|"
