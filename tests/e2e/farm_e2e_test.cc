@@ -128,9 +128,12 @@ class FarmTest : public ::testing::Test {
     for (auto& a : WorkerArgs(name)) argv.push_back(a);
     for (auto& a : extra) argv.push_back(a);
     workers_.push_back(std::make_unique<Subprocess>(argv, dir_ + "/" + name + ".log"));
-    EXPECT_TRUE(WaitFor([&] { return WorkerState(name) == v1::WORKER_STATE_READY; },
-                        absl::Seconds(60)))
-        << workers_.back()->ReadLog();
+    Subprocess* w = workers_.back().get();
+    // Stops waiting early if the worker exits (e.g. it cannot load the model).
+    EXPECT_TRUE(WaitFor([&] { return !w->Running() || WorkerState(name) == v1::WORKER_STATE_READY; },
+                        absl::Seconds(60)) &&
+                WorkerState(name) == v1::WORKER_STATE_READY)
+        << w->ReadLog();
     return workers_.back().get();
   }
 
