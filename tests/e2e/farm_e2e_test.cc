@@ -100,12 +100,14 @@ class FarmTest : public ::testing::Test {
   }
 
   // Starts the scheduler (on `port`, or a free one) with short heartbeats.
-  void StartScheduler(int port = 0) {
+  void StartScheduler(int port = 0, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {ZFARM_SCHEDULER_BIN, absl::StrCat("--listen=127.0.0.1:", port),
+                                     "--state-dir=" + dir_ + "/state",
+                                     "--output-root=" + dir_ + "/out", "--heartbeat_interval=200ms",
+                                     "--lease_timeout=2s"};
+    for (auto& a : extra) argv.push_back(a);
     scheduler_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{ZFARM_SCHEDULER_BIN, absl::StrCat("--listen=127.0.0.1:", port),
-                                 "--state-dir=" + dir_ + "/state", "--output-root=" + dir_ + "/out",
-                                 "--heartbeat_interval=200ms", "--lease_timeout=2s"},
-        absl::StrCat(dir_, "/scheduler-", ++scheduler_starts_, ".log"));
+        argv, absl::StrCat(dir_, "/scheduler-", ++scheduler_starts_, ".log"));
     std::string line = scheduler_->WaitForLine("listening on ", absl::Seconds(30));
     ASSERT_FALSE(line.empty()) << scheduler_->ReadLog();
     address_ = line.substr(13);
@@ -405,6 +407,45 @@ TEST_F(FarmTest, FullOutputDiskFailsTheJobCleanlyAndTheWorkerStaysHealthy) {
   fs::remove(root + "/filler");
   EXPECT_EQ(WaitFinal(Submit(2)).state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(Files(".png").size(), 1u);
+}
+
+TEST_F(FarmTest, WithTokensOnlyAWorkerRoleTokenConnects) {
+  const std::string tokens = dir_ + "/tokens";
+  {
+    std::ofstream f(tokens);
+    f << "worker-token-0123456789abcdef render-farm worker\n"
+      << "submit-token-0123456789abcdef ci-team submitter\n";
+  }
+  std::ofstream(dir_ + "/worker.tok") << "worker-token-0123456789abcdef\n";
+  std::ofstream(dir_ + "/submit.tok") << "submit-token-0123456789abcdef\n";
+  StartScheduler(0, {"--token-file=" + tokens});
+  // (The fixture's admin client has no token: progress is read from the logs.)
+  // A submitter token is refused on WorkerService: the worker never gets a session.
+  Subprocess bad(
+      [&] {
+        auto a = WorkerArgs("intruder");
+        a.push_back("--token-file=" + dir_ + "/submit.tok");
+        return a;
+      }(),
+      dir_ + "/intruder.log");
+  // A worker-role token connects and renders a job submitted with a submitter token.
+  Subprocess good(
+      [&] {
+        auto a = WorkerArgs("w1");
+        a.push_back("--token-file=" + dir_ + "/worker.tok");
+        return a;
+      }(),
+      dir_ + "/w1.log");
+  ASSERT_FALSE(good.WaitForLine("event=worker_welcomed", absl::Seconds(60)).empty()) << good.ReadLog();
+  int status = 0;
+  std::string out = RunCommand(
+      absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_, " --token-file ", dir_,
+                   "/submit.tok --prompt 'a fox' --width 256 --height 256 --steps 2 --wait --json"),
+      &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("\"succeeded\""), std::string::npos) << out;
+  EXPECT_FALSE(bad.WaitForLine("PERMISSION_DENIED", absl::Seconds(30)).empty()) << bad.ReadLog();
+  EXPECT_EQ(bad.ReadLog().find("event=worker_welcomed"), std::string::npos);
 }
 
 }  // namespace

@@ -17,6 +17,8 @@
 #include "glog/logging.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "common/auth.h"
+#include "common/tls.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/pipeline/pipeline.h"
@@ -52,6 +54,11 @@ constexpr char kUsage[] =
     "  --offload-text-encoder    keep the text encoder in host memory between prompts\n"
     "  --vae-tiling              decode in tiles (less memory at large sizes)\n"
     "  --vae-fp32                run the VAE in float32\n"
+    "  --tls-ca FILE             CA that signed the scheduler's certificate (TLS to --scheduler)\n"
+    "  --tls-cert/--tls-key FILE client certificate for mutual TLS with the scheduler\n"
+    "  --token-file FILE         bearer token (role worker) for the scheduler; default $ZFARM_TOKEN\n"
+    "  --health-tls-cert/--health-tls-key FILE  serve --health-listen over TLS\n"
+    "  --health-tls-client-ca FILE              and require client certificates signed by it\n"
     "Exit status: 0 after a clean SIGTERM/SIGINT shutdown, 1 when loading or warm-up fails\n"
     "(the worker then never connects), 2 on usage errors.\n";
 
@@ -61,7 +68,9 @@ const std::vector<std::string> kValueFlags = {
     "scheduler",      "model",         "output-root",   "device",
     "name",           "model-name",    "warmup",        "warmup-steps",
     "health-listen",  "metrics-listen", "prefetch",     "max-size",
-    "min-free-disk-mb", "shutdown-grace"};
+    "min-free-disk-mb", "shutdown-grace", "tls-ca",         "tls-cert",
+    "tls-key",          "token-file",     "health-tls-cert", "health-tls-key",
+    "health-tls-client-ca"};
 
 int Usage(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker serve: %s\n%s", why.c_str(), kUsage);
@@ -121,9 +130,21 @@ int RunServe(int argc, char** argv) {
   absl::StatusOr<std::string> fingerprint = ModelFingerprint(f.Get("model"));
   if (!fingerprint.ok()) return Fatal(absl::StrCat("--model ", f.Get("model")), fingerprint.status());
 
+  // Transport security: TLS (and a bearer token) to the scheduler; TLS on the health port.
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel_creds = security::ClientCredentials(
+      {.cert = f.Get("tls-cert"), .key = f.Get("tls-key"), .ca = f.Get("tls-ca")});
+  if (!channel_creds.ok()) return Fatal("TLS to the scheduler", channel_creds.status());
+  absl::StatusOr<std::string> token = security::LoadClientToken(f.Get("token-file"));
+  if (!token.ok()) return Fatal("--token-file", token.status());
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> health_creds =
+      security::ServerCredentials({.cert = f.Get("health-tls-cert"),
+                                   .key = f.Get("health-tls-key"),
+                                   .ca = f.Get("health-tls-client-ca")});
+  if (!health_creds.ok()) return Fatal("TLS on --health-listen", health_creds.status());
+
   std::unique_ptr<HealthServer> health;
   if (f.Has("health-listen")) {
-    auto h = HealthServer::Start(f.Get("health-listen"), nullptr);
+    auto h = HealthServer::Start(f.Get("health-listen"), *health_creds);
     if (!h.ok()) return Fatal("health endpoint", h.status());
     health = *std::move(h);
     std::printf("health: grpc.health.v1 on %s (NOT_SERVING until warm and connected)\n",
@@ -185,6 +206,8 @@ int RunServe(int argc, char** argv) {
   wo.self_test = warmup;
   SchedulerLink::Options lo;
   lo.target = f.Get("scheduler");
+  lo.credentials = *channel_creds;
+  if (!token->empty()) lo.metadata.emplace_back("authorization", "Bearer " + *token);
   auto worker = Worker::Create(
       wo, std::make_unique<PipelineRenderer>(*std::move(pipeline), device), lo);
   if (!worker.ok()) return Fatal("worker", worker.status());
