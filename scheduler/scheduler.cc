@@ -10,7 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/paths.h"
+#include "proto/security/paths.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
 #include "prometheus/counter.h"

@@ -33,7 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "common/tls.h"
+#include "proto/security/tls.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/support/status.h"
 

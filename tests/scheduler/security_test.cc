@@ -11,9 +11,9 @@
 #include <fstream>
 #include <string>
 
-#include "common/auth.h"
-#include "common/paths.h"
-#include "common/tls.h"
+#include "proto/security/auth.h"
+#include "proto/security/paths.h"
+#include "proto/security/tls.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "scheduler/server.h"

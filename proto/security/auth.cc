@@ -1,4 +1,4 @@
-#include "common/auth.h"
+#include "proto/security/auth.h"
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>

@@ -1,4 +1,4 @@
-#include "common/paths.h"
+#include "proto/security/paths.h"
 
 #include <limits.h>
 #include <stdlib.h>

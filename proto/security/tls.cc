@@ -1,4 +1,4 @@
-#include "common/tls.h"
+#include "proto/security/tls.h"
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>

@@ -1,5 +1,5 @@
-#ifndef ZFARM_COMMON_PATHS_H_
-#define ZFARM_COMMON_PATHS_H_
+#ifndef ZFARM_PROTO_SECURITY_PATHS_H_
+#define ZFARM_PROTO_SECURITY_PATHS_H_
 
 // File: paths.h
 // Output-root confinement: a job's output path is relative to the output root
@@ -24,4 +24,4 @@ absl::StatusOr<std::string> ResolveBeneath(const std::string& root, const std::s
 
 }  // namespace zfarm::security
 
-#endif  // ZFARM_COMMON_PATHS_H_
+#endif  // ZFARM_PROTO_SECURITY_PATHS_H_

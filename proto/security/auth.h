@@ -1,5 +1,5 @@
-#ifndef ZFARM_COMMON_AUTH_H_
-#define ZFARM_COMMON_AUTH_H_
+#ifndef ZFARM_PROTO_SECURITY_AUTH_H_
+#define ZFARM_PROTO_SECURITY_AUTH_H_
 
 // File: auth.h
 // Bearer tokens for zfarm's gRPC and HTTP ports.
@@ -101,4 +101,4 @@ void AddBearerToken(grpc::ClientContext* ctx, const std::string& token);
 
 }  // namespace zfarm::security
 
-#endif  // ZFARM_COMMON_AUTH_H_
+#endif  // ZFARM_PROTO_SECURITY_AUTH_H_

@@ -1,5 +1,5 @@
-#ifndef ZFARM_COMMON_TLS_H_
-#define ZFARM_COMMON_TLS_H_
+#ifndef ZFARM_PROTO_SECURITY_TLS_H_
+#define ZFARM_PROTO_SECURITY_TLS_H_
 
 // File: tls.h
 // TLS and mutual TLS for every zfarm port, from PEM files named by flags.
@@ -71,4 +71,4 @@ absl::StatusOr<std::string> ReadPemFile(const std::string& flag, const std::stri
 
 }  // namespace zfarm::security
 
-#endif  // ZFARM_COMMON_TLS_H_
+#endif  // ZFARM_PROTO_SECURITY_TLS_H_
