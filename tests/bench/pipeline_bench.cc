@@ -24,6 +24,9 @@
 //                       [--sizes 512x512,1024x1024,...] [--steps 8] [--reps 3]
 //                       [--tokenizer tokenizer.json]   (the pipeline's tokenize stage)
 //                       [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]
+//                       [--ablation [--ablation-sizes 1024x1024,512x512]]
+// --ablation adds, after section 5, the pipeline table once per speed path (issue 8)
+// switched on one after the other, starting from the reference ops.
 // --memory-modes and --png-sweep run only their own section (instead of sections 1-5): the
 // memory-mode table (peak allocated / reserved and s/image per mode and size) and the PNG
 // encoder's time and size per zlib level and row filter at 1024^2.
@@ -183,6 +186,8 @@ struct Options {
   bool memory_modes = false;
   std::string modes;
   bool png_sweep = false;
+  bool ablation = false;
+  std::vector<std::pair<int64_t, int64_t>> ablation_sizes = {{1024, 1024}, {512, 512}};
 };
 
 // Image tokens of one size plus the caption padded to a multiple of 32 (spec: SEQ_MULTI_OF).
@@ -492,11 +497,16 @@ int Main(int argc, char** argv) {
       opt.modes = next();
     else if (a == "--png-sweep")
       opt.png_sweep = true;
+    else if (a == "--ablation")
+      opt.ablation = true;
+    else if (a == "--ablation-sizes")
+      opt.ablation_sizes = ParseSizes(next());
     else {
       std::cerr << "usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] "
                    "[--tmpdir DIR]"
                    " [--sizes HxW,...] [--steps N] [--reps N] [--tokenizer tokenizer.json]"
-                   " [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]\n";
+                   " [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]"
+                   " [--ablation [--ablation-sizes HxW,...]]\n";
       return 2;
     }
   }
@@ -538,6 +548,10 @@ int Main(int argc, char** argv) {
 #endif
   popt.matmul_peak_tflops = peak;
   RunPipelineSection(dev, rep, popt);
+  if (opt.ablation) {
+    popt.sizes = opt.ablation_sizes;
+    RunAblationSection(dev, rep, popt);
+  }
   return WriteReport(rep, opt.out);
 }
 

@@ -62,6 +62,10 @@ struct PipelineBenchOptions {
 // Section 5: the pipeline per stage and end to end (pipeline_bench_pipeline.cc).
 void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
 
+// --ablation: the pipeline table once per speed path (issue 8), switched on one after
+// the other from the reference ops, each on a fresh full-size pipeline.
+void RunAblationSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
+
 // --memory-modes: peak device memory (allocated and reserved) and s/image of each memory mode
 // (default, offloaded text encoder, tiled VAE, both) at each size, full Turbo config.
 void RunMemoryModesSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);

@@ -46,6 +46,63 @@ double DitStepFlops(const zfarm::worker::TransformerConfig& c, int64_t h, int64_
          static_cast<double>(c.n_refiner_layers) * (block(img) + block(txt));
 }
 
+#ifdef ZFARM_BENCH_WITH_PIPELINE
+// One row of the pipeline table for an h x w image: warm-up (captures the CUDA
+// graph of the shape), opt.reps timed end-to-end runs (median), then one run with
+// per-step synchronisation for the stage times.
+std::vector<std::string> MeasureSize(zfarm::worker::Pipeline& pipe, int64_t h, int64_t w,
+                                     const PipelineBenchOptions& opt, bool have_tokenizer) {
+  const zfarm::worker::TransformerConfig cfg;
+  zfarm::worker::GenerateRequest req;
+  req.prompt = kBenchPrompt;
+  if (!have_tokenizer) req.prompt_ids = std::vector<int32_t>(40, 1000);
+  req.height = static_cast<int>(h);
+  req.width = static_cast<int>(w);
+  req.steps = opt.steps;
+  req.seed = 1;
+  const std::string label = std::to_string(h) + "x" + std::to_string(w);
+  pipe.set_time_steps(false);
+  auto warm = pipe.Generate(req, nullptr, nullptr);
+  if (!warm.ok()) return {label, "error: " + std::string(warm.status().message())};
+  std::vector<double> e2e;
+  int64_t peak = 0;
+  for (int r = 0; r < opt.reps; ++r) {
+    req.seed = 2 + r;
+    auto t0 = std::chrono::steady_clock::now();
+    auto img = pipe.Generate(req, nullptr, nullptr);
+    e2e.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (img.ok()) peak = std::max(peak, img->peak_device_bytes);
+  }
+  std::sort(e2e.begin(), e2e.end());
+  pipe.set_time_steps(true);
+  req.seed = 100;
+  auto img = pipe.Generate(req, nullptr, nullptr);
+  pipe.set_time_steps(false);
+  if (!img.ok()) return {label, "error: " + std::string(img.status().message())};
+  const auto& t = img->timings;
+  double mean = 0, lo = 0, hi = 0;
+  if (!t.step_s.empty()) {
+    mean = std::accumulate(t.step_s.begin(), t.step_s.end(), 0.0) /
+           static_cast<double>(t.step_s.size());
+    lo = *std::min_element(t.step_s.begin(), t.step_s.end());
+    hi = *std::max_element(t.step_s.begin(), t.step_s.end());
+  }
+  auto p0 = std::chrono::steady_clock::now();
+  auto png = zfarm::worker::EncodePng(img->rgb, img->width, img->height, {});
+  const double png_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - p0).count();
+  const double frac =
+      opt.matmul_peak_tflops > 0 && mean > 0
+          ? DitStepFlops(cfg, h, w, img->prompt_tokens) / mean / (opt.matmul_peak_tflops * 1e12)
+          : std::nan("");
+  return {label, Fmt(t.tokenize_s * 1e3, 1), Fmt(t.encode_s * 1e3, 1),
+          Fmt(mean * 1e3, 1) + " / " + Fmt(lo * 1e3, 1) + " / " + Fmt(hi * 1e3, 1),
+          Fmt(t.decode_s * 1e3, 1), png.ok() ? Fmt(png_ms, 1) : "error",
+          Fmt(e2e[e2e.size() / 2], 3),
+          Fmt(static_cast<double>(peak) / (1024.0 * 1024.0 * 1024.0), 1), Fmt(frac, 2)};
+}
+#endif
+
 }  // namespace
 
 void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt) {
@@ -100,61 +157,7 @@ void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBench
   const bool have_tokenizer =
       !opt.tokenizer_json.empty() && std::filesystem::exists(opt.tokenizer_json);
   std::vector<std::vector<std::string>> mrows;
-  for (auto [h, w] : opt.sizes) {
-    GenerateRequest req;
-    req.prompt = kBenchPrompt;
-    if (!have_tokenizer) req.prompt_ids = std::vector<int32_t>(40, 1000);
-    req.height = static_cast<int>(h);
-    req.width = static_cast<int>(w);
-    req.steps = opt.steps;
-    req.seed = 1;
-    const std::string label = std::to_string(h) + "x" + std::to_string(w);
-    pipe->set_time_steps(false);
-    auto warm = pipe->Generate(req, nullptr, nullptr);
-    if (!warm.ok()) {
-      mrows.push_back({label, "error: " + std::string(warm.status().message())});
-      continue;
-    }
-    std::vector<double> e2e;
-    int64_t peak = 0;
-    for (int r = 0; r < opt.reps; ++r) {
-      req.seed = 2 + r;
-      auto t0 = std::chrono::steady_clock::now();
-      auto img = pipe->Generate(req, nullptr, nullptr);
-      e2e.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      if (img.ok()) peak = std::max(peak, img->peak_device_bytes);
-    }
-    std::sort(e2e.begin(), e2e.end());
-    pipe->set_time_steps(true);
-    req.seed = 100;
-    auto img = pipe->Generate(req, nullptr, nullptr);
-    pipe->set_time_steps(false);
-    if (!img.ok()) {
-      mrows.push_back({label, "error: " + std::string(img.status().message())});
-      continue;
-    }
-    const auto& t = img->timings;
-    double mean = 0, lo = 0, hi = 0;
-    if (!t.step_s.empty()) {
-      mean = std::accumulate(t.step_s.begin(), t.step_s.end(), 0.0) /
-             static_cast<double>(t.step_s.size());
-      lo = *std::min_element(t.step_s.begin(), t.step_s.end());
-      hi = *std::max_element(t.step_s.begin(), t.step_s.end());
-    }
-    auto p0 = std::chrono::steady_clock::now();
-    auto png = zfarm::worker::EncodePng(img->rgb, img->width, img->height, {});
-    const double png_ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - p0).count();
-    const double frac =
-        opt.matmul_peak_tflops > 0 && mean > 0
-            ? DitStepFlops(cfg, h, w, img->prompt_tokens) / mean / (opt.matmul_peak_tflops * 1e12)
-            : std::nan("");
-    mrows.push_back({label, Fmt(t.tokenize_s * 1e3, 1), Fmt(t.encode_s * 1e3, 1),
-                     Fmt(mean * 1e3, 1) + " / " + Fmt(lo * 1e3, 1) + " / " + Fmt(hi * 1e3, 1),
-                     Fmt(t.decode_s * 1e3, 1), png.ok() ? Fmt(png_ms, 1) : "error",
-                     Fmt(e2e[e2e.size() / 2], 3),
-                     Fmt(static_cast<double>(peak) / (1024.0 * 1024.0 * 1024.0), 1), Fmt(frac, 2)});
-  }
+  for (auto [h, w] : opt.sizes) mrows.push_back(MeasureSize(*pipe, h, w, opt, have_tokenizer));
   rep.Line(pipe->Describe() + ", random full-size weights, load " + Fmt(pipe->load_seconds(), 1) +
            " s, " + std::to_string(opt.steps) +
            " steps, guidance 0; end to end = Generate() (to RGB8), median of " +
@@ -204,6 +207,66 @@ std::vector<uint8_t> SyntheticImage(int w, int h) {
 }
 
 }  // namespace
+
+void RunAblationSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt) {
+  rep.Line("### speed paths, one at a time (full Turbo config, random weights)");
+  rep.Line("");
+#ifdef ZFARM_BENCH_WITH_PIPELINE
+  if (!dev.cuda) {
+    rep.Line("skipped: needs a CUDA device");
+    rep.Line("");
+    return;
+  }
+  struct Config {
+    const char* name;
+    bool fused, graphs, cudnn_benchmark, channels_last;
+  };
+  const Config configs[] = {
+      {"reference ops (before issue 8)", false, false, false, false},
+      {"+ fused projections and kernels", true, false, false, false},
+      {"+ cuDNN benchmark (VAE)", true, false, true, false},
+      {"+ CUDA graphs (default)", true, true, true, false},
+      {"+ VAE channels-last", true, true, true, true},
+  };
+  const bool have_tokenizer =
+      !opt.tokenizer_json.empty() && std::filesystem::exists(opt.tokenizer_json);
+  std::vector<std::vector<std::string>> rows;
+  for (const Config& c : configs) {
+    dev.EmptyCache();
+    zfarm::worker::PipelineOptions po;
+    po.device = "cuda:0";
+    po.random_weights = true;
+    po.fused_ops = c.fused;
+    po.cuda_graphs = c.graphs;
+    po.cudnn_benchmark = c.cudnn_benchmark;
+    po.vae_channels_last = c.channels_last;
+    zfarm::worker::ModelConfig mc;
+    mc.tokenizer_json_path = opt.tokenizer_json;
+    po.config = mc;
+    auto created = zfarm::worker::Pipeline::Create(po);
+    if (!created.ok()) {
+      rows.push_back({c.name, "Create failed: " + std::string(created.status().message())});
+      continue;
+    }
+    for (auto [h, w] : opt.sizes) {
+      std::vector<std::string> row = MeasureSize(**created, h, w, opt, have_tokenizer);
+      row.insert(row.begin(), c.name);
+      rows.push_back(std::move(row));
+    }
+  }
+  rep.Line("Each row a fresh pipeline with the speed paths up to that line switched on; columns as "
+           "in the pipeline table. Same process, same device, one after the other.");
+  rep.Line("");
+  rep.Table({"config", "image (HxW)", "tokenize ms", "encode ms", "DiT step ms (mean / min / max)",
+             "VAE ms", "PNG ms", "end to end s", "peak GiB", "DiT of matmul peak"},
+            rows);
+#else
+  (void)dev;
+  (void)opt;
+  rep.Line("not built: worker/pipeline is not available in this build");
+#endif
+  rep.Line("");
+}
 
 void RunMemoryModesSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt) {
   rep.Line("### memory modes (full Turbo config, random weights)");

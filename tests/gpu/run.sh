@@ -6,7 +6,8 @@
 #      everything else with ninja -k 0 (another area's broken file costs only its own targets);
 #   2. ctest -L gpu (every test labelled `gpu`; they skip where no CUDA device is visible);
 #   3. pipeline_bench (matmul peak, attention per SDPA backend, synthetic DiT block,
-#      safetensors load, the pipeline once it exists);
+#      safetensors load, the pipeline, and — ZFARM_BENCH_ABLATION=1, the default — the
+#      pipeline once per speed path, from the reference ops up);
 #   4. tests/bench/diffusers_baseline.py when a diffusers source tarball is there
 #      (.carry/diffusers-src.tar.xz, its commit in .carry/diffusers-commit.txt, the tokenizer in
 #      .carry/qwen3-tokenizer.json.xz or ZFARM_TOKENIZER); ZFARM_DIFFUSERS_COMPILE=1 adds the
@@ -126,8 +127,10 @@ t=$(date +%s)
 if [ "${ZFARM_GPU_SKIP_BENCH:-0}" = 1 ]; then
   note "pipeline_bench: skipped (ZFARM_GPU_SKIP_BENCH=1)"
 elif [ -x "$build/tests/bench/pipeline_bench" ]; then
-  timeout "$(box 200)" "$build/tests/bench/pipeline_bench" --out "$logs/pipeline_bench.md" \
-    --tmpdir "${TMPDIR:-/tmp}" ${tok:+--tokenizer "$tok"} > "$logs/pipeline_bench.log" 2>&1
+  ablation=()
+  [ "${ZFARM_BENCH_ABLATION:-1}" = 1 ] && ablation=(--ablation)
+  timeout "$(box 330)" "$build/tests/bench/pipeline_bench" --out "$logs/pipeline_bench.md" \
+    --tmpdir "${TMPDIR:-/tmp}" ${tok:+--tokenizer "$tok"} "${ablation[@]}" > "$logs/pipeline_bench.log" 2>&1
   note "pipeline_bench: exit $? in $(( $(date +%s) - t )) s"
 else
   note "pipeline_bench: not built"

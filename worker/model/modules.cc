@@ -4,12 +4,14 @@
 #include <torch/nn/module.h>
 
 #include <cmath>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "worker/model/fused_ops.h"
 #include "worker/model/torch_compat.h"
 
 namespace zfarm::worker::model {
@@ -179,43 +181,67 @@ DitBlockImpl::DitBlockImpl(const TransformerConfig& c, bool modulated, const at:
   }
 }
 
-namespace {
-// Interleaved-pair complex rotation in float32 (diffusers apply_rotary_emb).
-// x: [1, S, H, Dh]; cos/sin: [S, Dh/2] float32.
-at::Tensor InterleavedRope(const at::Tensor& x, const RopeTable& rope) {
-  const auto sizes = x.sizes().vec();
-  at::Tensor xf = x.to(at::kFloat).reshape({sizes[0], sizes[1], sizes[2], sizes[3] / 2, 2});
-  at::Tensor a = xf.select(-1, 0), b = xf.select(-1, 1);
-  at::Tensor cos = rope.cos.unsqueeze(1).unsqueeze(0), sin = rope.sin.unsqueeze(1).unsqueeze(0);
-  at::Tensor re = a * cos - b * sin;
-  at::Tensor im = a * sin + b * cos;
-  return at::stack({re, im}, -1).flatten(3).to(x.scalar_type());
+void DitBlockImpl::FuseProjections() {
+  if (qkv_weight_.defined()) return;
+  // Parameters become views into the fused weight (set_ keeps the registered
+  // TensorImpl, so named_parameters() still names them).
+  auto fuse = [](std::initializer_list<at::Tensor*> parts) {
+    std::vector<at::Tensor> ws;
+    for (at::Tensor* p : parts) ws.push_back(*p);
+    at::Tensor fused = at::cat(ws, 0);
+    int64_t row = 0;
+    for (at::Tensor* p : parts) {
+      const int64_t rows = p->size(0), cols = p->size(1);
+      p->set_(fused.storage(), fused.storage_offset() + row * cols, {rows, cols}, {cols, 1});
+      row += rows;
+    }
+    return fused;
+  };
+  qkv_weight_ = fuse({&to_q->weight, &to_k->weight, &to_v->weight});
+  w13_weight_ = fuse({&w1->weight, &w3->weight});
 }
-}  // namespace
 
 at::Tensor DitBlockImpl::Attention(const at::Tensor& x, const RopeTable& rope) {
-  const int64_t S = x.size(1), H = c_.n_heads, Dh = c_.head_dim();
-  at::Tensor q = InterleavedRope(norm_q(to_q(x).view({1, S, H, Dh})), rope);
-  at::Tensor k = InterleavedRope(norm_k(to_k(x).view({1, S, H, Dh})), rope);
-  at::Tensor v = to_v(x).view({1, S, H, Dh});
+  const int64_t S = x.size(1), H = c_.n_heads, Dh = c_.head_dim(), D = H * Dh;
+  at::Tensor q, k, v;
+  if (qkv_weight_.defined()) {
+    at::Tensor qkv = at::linear(x, qkv_weight_);  // [1, S, 3D]
+    q = qkv.narrow(-1, 0, D);
+    k = qkv.narrow(-1, D, D);
+    v = qkv.narrow(-1, 2 * D, D);
+  } else {
+    q = to_q(x);
+    k = to_k(x);
+    v = to_v(x);
+  }
+  q = QkNormRope(q, H, norm_q->weight, rope.cos, rope.sin, norm_q->eps, kernels_);
+  k = QkNormRope(k, H, norm_k->weight, rope.cos, rope.sin, norm_k->eps, kernels_);
+  v = v.view({1, S, H, Dh});
   at::Tensor o = Sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), false);
-  return to_out(o.transpose(1, 2).reshape({1, S, H * Dh}));
+  return to_out(o.transpose(1, 2).reshape({1, S, D}));
 }
 
 at::Tensor DitBlockImpl::forward(const at::Tensor& x_in, const RopeTable& rope,
                                  const at::Tensor& c) {
-  at::Tensor x = x_in;
-  if (!modulated_) {
-    x = x + attention_norm2(Attention(attention_norm1(x), rope));
-    return x + ffn_norm2(w2(at::silu(w1(ffn_norm1(x))) * w3(ffn_norm1(x))));
+  // diffusers ZImageTransformerBlock. No SiLU before the block adaLN; chunks:
+  // scale_msa, gate_msa, scale_mlp, gate_mlp ([D] each: batch 1). Unmodulated
+  // (context refiner): no scales, no gates.
+  at::Tensor scale_msa, gate_msa, scale_mlp, gate_mlp;
+  if (modulated_) {
+    auto m = ada(c).reshape({-1}).chunk(4, -1);
+    scale_msa = 1.0 + m[0];
+    gate_msa = m[1].tanh();
+    scale_mlp = 1.0 + m[2];
+    gate_mlp = m[3].tanh();
   }
-  // No SiLU before the block adaLN; chunks: scale_msa, gate_msa, scale_mlp, gate_mlp.
-  auto m = ada(c).unsqueeze(1).chunk(4, -1);
-  at::Tensor scale_msa = 1.0 + m[0], gate_msa = m[1].tanh();
-  at::Tensor scale_mlp = 1.0 + m[2], gate_mlp = m[3].tanh();
-  x = x + gate_msa * attention_norm2(Attention(attention_norm1(x) * scale_msa, rope));
-  at::Tensor y = ffn_norm1(x) * scale_mlp;
-  return x + gate_mlp * ffn_norm2(w2(at::silu(w1(y)) * w3(y)));
+  const double eps = attention_norm1->eps;
+  at::Tensor h = RmsNormMod(x_in, attention_norm1->weight, scale_msa, eps, kernels_);
+  at::Tensor x = GatedResidualRmsNorm(x_in, Attention(h, rope), attention_norm2->weight, gate_msa,
+                                      eps, kernels_);
+  h = RmsNormMod(x, ffn_norm1->weight, scale_mlp, eps, kernels_);
+  at::Tensor f = w13_weight_.defined() ? SwiGlu(at::linear(h, w13_weight_), kernels_)
+                                       : at::silu(w1(h)) * w3(h);
+  return GatedResidualRmsNorm(x, w2(f), ffn_norm2->weight, gate_mlp, eps, kernels_);
 }
 
 TransformerImpl::TransformerImpl(const TransformerConfig& c, const at::TensorOptions& o)
@@ -258,16 +284,40 @@ TransformerImpl::TransformerImpl(const TransformerConfig& c, const at::TensorOpt
 }
 
 at::Tensor TransformerImpl::TimestepEmbedding(float t_in) {
+  return TimestepEmbedding(at::full({1}, t_in, options_.dtype(at::kFloat)));
+}
+
+at::Tensor TransformerImpl::TimestepEmbedding(const at::Tensor& t_in) {
   // diffusers TimestepEmbedder: t * t_scale, sinusoid in float32 (cos half
   // first), cast to the MLP dtype, Linear -> SiLU -> Linear.
   auto f32 = options_.dtype(at::kFloat);
-  at::Tensor t = at::full({1}, t_in, f32) * c_.t_scale;
+  at::Tensor t = t_in.to(f32) * c_.t_scale;
   const int64_t half = 128;
   at::Tensor freqs =
       at::exp(-std::log(10000.0) * at::arange(0, half, f32) / static_cast<double>(half));
   at::Tensor args = t.unsqueeze(1) * freqs.unsqueeze(0);
   at::Tensor emb = at::cat({at::cos(args), at::sin(args)}, -1).to(options_.dtype());
   return t_mlp2(at::silu(t_mlp0(emb)));
+}
+
+void TransformerImpl::FuseProjections() {
+  for (auto* list : {&noise_refiner_, &context_refiner_, &layers_}) {
+    for (auto& b : *list) b->FuseProjections();
+  }
+}
+
+void TransformerImpl::set_kernels(bool on) {
+  for (auto* list : {&noise_refiner_, &context_refiner_, &layers_}) {
+    for (auto& b : *list) b->set_kernels(on);
+  }
+}
+
+std::pair<at::Tensor, at::Tensor> TransformerImpl::PadCaption(const at::Tensor& cap) {
+  const int64_t L = cap.size(0), Lp = L + PadTo32(L);
+  at::Tensor padded = cap;
+  if (Lp > L) padded = at::cat({cap, at::zeros({Lp - L, cap.size(1)}, cap.options())}, 0);
+  at::Tensor valid = at::arange(Lp, cap.options().dtype(at::kLong)).lt(L).unsqueeze(1);
+  return {padded, valid};
 }
 
 RopeTable TransformerImpl::Rope(const at::Tensor& ids) {
@@ -282,11 +332,18 @@ RopeTable TransformerImpl::Rope(const at::Tensor& ids) {
 
 at::Tensor TransformerImpl::forward(const at::Tensor& latent, float t_in, const at::Tensor& cap,
                                     DitTrace* trace) {
+  auto [padded, valid] = PadCaption(cap);
+  return Forward(latent, at::full({1}, t_in, options_.dtype(at::kFloat)), padded, valid, trace);
+}
+
+at::Tensor TransformerImpl::Forward(const at::Tensor& latent, const at::Tensor& t_in,
+                                    const at::Tensor& cap, const at::Tensor& cap_valid,
+                                    DitTrace* trace) {
   const int64_t C = c_.in_channels, p = c_.patch_size, pf = c_.f_patch_size, D = c_.dim;
   const int64_t F = latent.size(1), h = latent.size(2), w = latent.size(3);
   const int64_t ft = F / pf, ht = h / p, wt = w / p;
   const int64_t N = ft * ht * wt, Np = N + PadTo32(N);
-  const int64_t L = cap.size(0), Lp = L + PadTo32(L);
+  const int64_t Lp = cap.size(0);
   auto dev = options_.device();
   auto i64 = at::TensorOptions().dtype(at::kLong).device(dev);
 
@@ -311,7 +368,7 @@ at::Tensor TransformerImpl::forward(const at::Tensor& latent, float t_in, const 
 
   // Caption: the L real rows embedded, then Lp-L learned pad tokens; positions (i+1, 0, 0).
   at::Tensor ci = cap_linear(cap_norm(cap.to(options_.dtype())));
-  if (Lp > L) ci = at::cat({ci, cap_pad_token.expand({Lp - L, D})}, 0);
+  ci = at::where(cap_valid.to(dev), ci, cap_pad_token.expand({Lp, D}));
   at::Tensor cap_ids = at::zeros({Lp, 3}, i64);
   cap_ids.select(1, 0).copy_(at::arange(1, Lp + 1, i64));
   RopeTable cap_rope = Rope(cap_ids);

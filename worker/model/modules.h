@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "worker/io/model_config.h"
@@ -115,10 +116,19 @@ class DitBlockImpl : public torch::nn::Module {
   // x: [1, S, dim]; c: [1, adaln_dim] (ignored when not modulated).
   at::Tensor forward(const at::Tensor& x, const RopeTable& rope, const at::Tensor& c);
 
+  // Concatenates to_q/to_k/to_v and w1/w3 into one weight each (one GEMM instead
+  // of three / two) and makes the original parameters views into it, so
+  // named_parameters() and memory stay the same. Call after the weights are loaded.
+  void FuseProjections();
+  // Use the CUDA kernels of fused_ops.h where they apply (default true).
+  void set_kernels(bool on) { kernels_ = on; }
+
  private:
   at::Tensor Attention(const at::Tensor& x, const RopeTable& rope);
   TransformerConfig c_;
   bool modulated_;
+  bool kernels_ = true;
+  at::Tensor qkv_weight_, w13_weight_;  // defined after FuseProjections()
   Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
   RmsNorm norm_q{nullptr}, norm_k{nullptr};
   Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
@@ -141,8 +151,21 @@ class TransformerImpl : public torch::nn::Module {
   // Returns the raw model output [C, 1, h, w] (approximates x0 - noise).
   at::Tensor forward(const at::Tensor& latent, float t_in, const at::Tensor& cap,
                      DitTrace* trace = nullptr);
+  // The same with every input a device tensor and fixed shapes per (image size,
+  // padded caption length), so that it can be captured in a CUDA graph and
+  // replayed: t: float32 [1] (the timestep input); cap: [Lp, cap_feat_dim], the
+  // caption rows first (PadCaption); cap_valid: bool [Lp, 1], true for caption rows.
+  at::Tensor Forward(const at::Tensor& latent, const at::Tensor& t, const at::Tensor& cap,
+                     const at::Tensor& cap_valid, DitTrace* trace = nullptr);
+  // cap [L, cap_feat_dim] padded with zero rows to Lp = L rounded up to 32, and its
+  // row mask: {cap padded, cap_valid}.
+  static std::pair<at::Tensor, at::Tensor> PadCaption(const at::Tensor& cap);
   // The adaLN conditioning vector for t_in: [1, adaln_dim].
   at::Tensor TimestepEmbedding(float t_in);
+  at::Tensor TimestepEmbedding(const at::Tensor& t);  // t: float32 [1] on the device
+  // FuseProjections() / set_kernels() of every block.
+  void FuseProjections();
+  void set_kernels(bool on);
   const TransformerConfig& config() const { return c_; }
 
  private:

@@ -9,6 +9,9 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <list>
+#include <set>
+#include <tuple>
 #include <filesystem>
 #include <mutex>
 #include <string>
@@ -21,13 +24,19 @@
 #include "proto/status_macros.h"
 #include "worker/io/model_folder.h"
 #include "worker/io/safetensors.h"
+#include "worker/model/fused_ops.h"
 #include "worker/model/modules.h"
 #include "worker/model/weights.h"
 #include "worker/sampling/sampling.h"
 #include "worker/text/tokenizer.h"
 
 #ifdef ZFARM_TORCH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #endif
 
 namespace zfarm::worker {
@@ -94,6 +103,48 @@ void ReleaseCache(const at::Device& device) {
   (void)device;
 }
 
+// One DiT evaluation captured as a CUDA graph, with its static inputs and output.
+struct DitGraph {
+#ifdef ZFARM_TORCH_CUDA
+  at::cuda::CUDAGraph graph;
+#endif
+  at::Tensor latent, t, cap, cap_valid, out;
+};
+
+// Marks the end of each denoising step on the device so that progress is
+// reported when a step has finished while the next one is already queued (the
+// host never drains the device inside the loop). No-op on the CPU.
+class StepFence {
+ public:
+  StepFence(const at::Device& device, int steps) {
+#ifdef ZFARM_TORCH_CUDA
+    if (device.is_cuda()) events_.resize(steps);
+#endif
+    (void)device;
+    (void)steps;
+  }
+  bool active() const { return !events_.empty(); }
+  void Record(int k) {
+#ifdef ZFARM_TORCH_CUDA
+    if (active()) events_[k].record();
+#endif
+    (void)k;
+  }
+  void Wait(int k) {
+#ifdef ZFARM_TORCH_CUDA
+    if (active()) events_[k].synchronize();
+#endif
+    (void)k;
+  }
+
+ private:
+#ifdef ZFARM_TORCH_CUDA
+  std::vector<at::cuda::CUDAEvent> events_;
+#else
+  std::vector<int> events_;
+#endif
+};
+
 }  // namespace
 
 class Pipeline::Impl {
@@ -111,8 +162,15 @@ class Pipeline::Impl {
   bool time_steps = false;
   // Recently encoded captions (token ids -> [L, cap_feat_dim] on the device), newest last.
   std::deque<std::pair<std::vector<int32_t>, at::Tensor>> captions;
+  // Captured DiT graphs by (latent h, latent w, padded caption length), newest last,
+  // and the shapes whose capture failed (they run eagerly).
+  using GraphKey = std::tuple<int64_t, int64_t, int64_t>;
+  std::list<std::pair<GraphKey, std::unique_ptr<DitGraph>>> graphs;
+  std::set<GraphKey> graph_failed;
 
   absl::Status Load();
+  // After the weights are in: fused projections, kernels, cuDNN and layout choices.
+  absl::Status Specialise();
   absl::StatusOr<Image> Run(const GenerateRequest& r, const StepCallback& on_step,
                             const CancelToken* cancel, GenerateTrace* trace);
   absl::StatusOr<text::PromptTokens> Tokens(const std::string& prompt,
@@ -121,7 +179,93 @@ class Pipeline::Impl {
   // Encode() through the caption cache.
   at::Tensor CachedEncode(const std::vector<int32_t>& ids);
   bool Cached(const std::vector<int32_t>& ids) const;
+  // One DiT evaluation: replayed from a CUDA graph when enabled, else eager.
+  // cap/cap_valid from TransformerImpl::PadCaption. The result may be a static
+  // buffer overwritten by the next call: consume it before.
+  at::Tensor Dit(const at::Tensor& xin, float t_in, const at::Tensor& cap,
+                 const at::Tensor& cap_valid);
+  // The graph for this shape, captured now if new; nullptr if capture failed.
+  DitGraph* Graph(const at::Tensor& xin, const at::Tensor& cap, const at::Tensor& cap_valid);
 };
+
+at::Tensor Pipeline::Impl::Dit(const at::Tensor& xin, float t_in, const at::Tensor& cap,
+                               const at::Tensor& cap_valid) {
+  if (options.cuda_graphs && device.is_cuda()) {
+    if (DitGraph* g = Graph(xin, cap, cap_valid); g != nullptr) {
+      g->latent.copy_(xin);
+      g->t.fill_(t_in);
+      g->cap.copy_(cap);
+      g->cap_valid.copy_(cap_valid);
+#ifdef ZFARM_TORCH_CUDA
+      g->graph.replay();
+#endif
+      return g->out;
+    }
+  }
+  return transformer->Forward(xin, at::full({1}, t_in, xin.options().dtype(at::kFloat)), cap,
+                              cap_valid);
+}
+
+DitGraph* Pipeline::Impl::Graph(const at::Tensor& xin, const at::Tensor& cap,
+                                const at::Tensor& cap_valid) {
+  const GraphKey key{xin.size(2), xin.size(3), cap.size(0)};
+  for (auto it = graphs.begin(); it != graphs.end(); ++it) {
+    if (it->first == key) {
+      graphs.splice(graphs.end(), graphs, it);
+      return graphs.back().second.get();
+    }
+  }
+  if (graph_failed.count(key) > 0) return nullptr;
+#ifdef ZFARM_TORCH_CUDA
+  const auto t0 = Clock::now();
+  auto g = std::make_unique<DitGraph>();
+  g->latent = xin.clone();
+  g->t = at::full({1}, 0.5f, xin.options().dtype(at::kFloat));
+  g->cap = cap.clone();
+  g->cap_valid = cap_valid.clone();
+  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, device.index());
+  try {
+    c10::cuda::getCurrentCUDAStream(device.index()).synchronize();
+    {
+      c10::cuda::CUDAStreamGuard guard(side);
+      // Warm-up on the capture stream: cuBLAS workspaces, cuDNN plans.
+      (void)transformer->Forward(g->latent, g->t, g->cap, g->cap_valid);
+      side.synchronize();
+      g->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+      g->out = transformer->Forward(g->latent, g->t, g->cap, g->cap_valid);
+      g->graph.capture_end();
+    }
+    side.synchronize();
+  } catch (const c10::Error& e) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(side.stream(), &status) == cudaSuccess &&
+        status != cudaStreamCaptureStatusNone) {
+      cudaGraph_t stray = nullptr;
+      (void)cudaStreamEndCapture(side.stream(), &stray);
+      if (stray != nullptr) (void)cudaGraphDestroy(stray);
+    }
+    (void)cudaGetLastError();
+    graph_failed.insert(key);
+    LOG(WARNING) << "event=cuda_graph_capture_failed latent=" << std::get<0>(key) << "x"
+                 << std::get<1>(key) << " caption_rows=" << std::get<2>(key)
+                 << " error=\"" << e.what_without_backtrace() << "\" fallback=eager";
+    return nullptr;
+  }
+  LOG(INFO) << "event=cuda_graph_captured latent=" << std::get<0>(key) << "x" << std::get<1>(key)
+            << " caption_rows=" << std::get<2>(key)
+            << " ms=" << static_cast<int64_t>(Seconds(t0, Clock::now()) * 1000)
+            << " cached=" << graphs.size() + 1;
+  graphs.emplace_back(key, std::move(g));
+  while (graphs.size() > static_cast<size_t>(std::max(1, options.max_cuda_graphs))) {
+    graphs.pop_front();
+  }
+  return graphs.back().second.get();
+#else
+  (void)cap_valid;
+  graph_failed.insert(key);
+  return nullptr;
+#endif
+}
 
 absl::Status Pipeline::Impl::Load() {
   ZFARM_ASSIGN_OR_RETURN(device, ParseDevice(options.device));
@@ -187,7 +331,7 @@ absl::Status Pipeline::Impl::Load() {
       model::InitRandom(*text_encoder, options.random_weights_seed);
       model::InitRandom(*transformer, options.random_weights_seed + 1);
       model::InitRandom(*vae, options.random_weights_seed + 2);
-      return absl::OkStatus();
+      return Specialise();
     }
   } catch (const c10::OutOfMemoryError& e) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -218,6 +362,28 @@ absl::Status Pipeline::Impl::Load() {
     model::VaeDecoderImpl* v = vae.get();
     spec.ignore = [v](const std::string& k) { return v->IsUnusedKey(k); };
     ZFARM_RETURN_IF_ERROR(model::LoadWeights(*vae, *ws, spec));
+  }
+  return Specialise();
+}
+
+absl::Status Pipeline::Impl::Specialise() {
+  try {
+    at::NoGradGuard no_grad;
+    transformer->set_kernels(options.fused_ops);
+    if (options.fused_ops) transformer->FuseProjections();
+    if (device.is_cuda()) {
+      at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
+      if (options.vae_channels_last) {
+        for (at::Tensor& p : vae->parameters()) {
+          if (p.dim() == 4) p.set_(p.contiguous(at::MemoryFormat::ChannelsLast));
+        }
+      }
+    }
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of memory preparing the model on ", options.device));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("preparing the model: ", e.what_without_backtrace()));
   }
   return absl::OkStatus();
 }
@@ -320,6 +486,12 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
                            r.cpu_noise ? at::Device(at::kCPU) : device)
                      .to(device);
   if (trace != nullptr) trace->noise = ToVector(x);
+  auto [cap_p, cap_valid] = model::TransformerImpl::PadCaption(cap);
+  at::Tensor neg_p, neg_valid;
+  if (any_cfg) std::tie(neg_p, neg_valid) = model::TransformerImpl::PadCaption(neg_cap);
+  // Progress is reported one step late on CUDA: when step k has finished on the
+  // device, step k+1 is already queued, so the device never waits for the host.
+  StepFence fence(device, time_steps ? 0 : r.steps);
   for (int k = 0; k < r.steps; ++k) {
     if (cancel != nullptr && cancel->cancelled()) {
       return absl::CancelledError(absl::StrCat("cancelled before step ", k + 1, " of ", r.steps));
@@ -328,13 +500,13 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
     const float t_in = sampling::TimestepInput(sigmas[k]);
     const float g = sampling::GuidanceForStep(cfg, t_in);
     at::Tensor xin = x.to(dtype).squeeze(0).unsqueeze(1);  // [C, 1, h, w]
-    at::Tensor pred = transformer(xin, t_in, cap).to(at::kFloat);
+    at::Tensor pred = Dit(xin, t_in, cap_p, cap_valid).to(at::kFloat);
     if (trace != nullptr) {
       trace->t_emb.push_back(ToVector(transformer->TimestepEmbedding(t_in)));
       if (k == 0) trace->dit_out0 = ToVector(pred);
     }
     if (g > 0) {
-      at::Tensor negp = transformer(xin, t_in, neg_cap).to(at::kFloat);
+      at::Tensor negp = Dit(xin, t_in, neg_p, neg_valid).to(at::kFloat);
       at::Tensor combined = pred + g * (pred - negp);
       if (r.cfg_normalization > 0) {
         // min(1, c*|pos|/|pred|) without a host sync.
@@ -351,12 +523,27 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
       (void)x.cpu().numel();  // synchronise to time the step
       img.timings.step_s.push_back(Seconds(ts, Clock::now()));
     }
-    if (on_step) on_step(k + 1, r.steps);
+    if (fence.active()) {
+      fence.Record(k);
+      if (k > 0) {
+        fence.Wait(k - 1);
+        if (on_step) on_step(k, r.steps);
+      }
+    } else if (on_step) {
+      on_step(k + 1, r.steps);
+    }
+  }
+  if (fence.active()) {
+    fence.Wait(r.steps - 1);
+    if (on_step) on_step(r.steps, r.steps);
   }
   const auto t3 = Clock::now();
   img.timings.denoise_s = Seconds(t2, t3);
 
   at::Tensor decoded;
+  if (options.vae_channels_last && device.is_cuda()) {
+    x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  }
   const int64_t tile = options.vae_tile_latent;
   if (options.vae_tiling && (lh > tile || lw > tile)) {
     decoded = vae->TiledDecode(x, tile, options.vae_tile_overlap);
@@ -410,6 +597,7 @@ absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCal
     ResetPeak(impl_->device);
     return impl_->Run(r, on_step, cancel, trace);
   } catch (const c10::OutOfMemoryError& e) {
+    impl_->graphs.clear();  // their memory pools first
     ReleaseCache(impl_->device);
     LOG(WARNING) << "event=generate_oom size=" << r.width << "x" << r.height
                  << " device=" << impl_->options.device;
@@ -446,8 +634,14 @@ double Pipeline::load_seconds() const { return impl_->load_seconds; }
 const ModelConfig& Pipeline::config() const { return impl_->config; }
 void Pipeline::set_time_steps(bool on) { impl_->time_steps = on; }
 std::string Pipeline::Describe() const {
+  const PipelineOptions& o = impl_->options;
+  const bool cuda = impl_->device.is_cuda();
   return absl::StrCat(impl_->options.device, " ", c10::toString(impl_->dtype), ", vae ",
                       c10::toString(impl_->vae_dtype),
+                      o.fused_ops ? ", fused projections" : "",
+                      o.fused_ops && cuda && model::FusedKernelsBuilt() ? " + cuda kernels" : "",
+                      o.cuda_graphs && cuda ? ", cuda graphs" : "",
+                      o.vae_channels_last && cuda ? ", vae channels-last" : "",
                       impl_->options.offload_text_encoder ? ", text encoder offloaded" : "",
                       impl_->options.vae_tiling ? ", tiled vae" : "");
 }

@@ -56,6 +56,20 @@ struct PipelineOptions {
   // random weights instead of reading model_dir's weights. If model_dir is
   // empty, requests must carry prompt_ids (no tokenizer).
   bool random_weights = false;
+  // Speed paths (issue 8), on by default; benchmarks switch them off to measure each.
+  // Fused projections (one GEMM for q/k/v and one for w1/w3) and, on CUDA in bf16,
+  // the fused kernels of worker/model/fused_ops.h.
+  bool fused_ops = true;
+  // CUDA: replay each DiT step from a CUDA graph captured on first use per (image
+  // size, caption length rounded up to 32) and kept for the next jobs of that
+  // shape (at most max_cuda_graphs, least recently used dropped first). Capture
+  // costs about two extra DiT evaluations on the first job of a shape.
+  bool cuda_graphs = true;
+  int max_cuda_graphs = 4;
+  // CUDA: let cuDNN benchmark convolution algorithms (the VAE) per shape.
+  bool cudnn_benchmark = true;
+  // CUDA: run the VAE decoder in channels-last memory format.
+  bool vae_channels_last = false;
   // CUDA: cap this process's share of the device memory (0 = no cap), e.g.
   // to share a GPU or to provoke out-of-memory in tests.
   double max_device_memory_fraction = 0;

@@ -1,0 +1,43 @@
+#ifndef ZFARM_WORKER_MODEL_FUSED_OPS_H_
+#define ZFARM_WORKER_MODEL_FUSED_OPS_H_
+
+// The DiT block's memory-bound steps as single ops (issue 8). Each op has a
+// reference ATen sequence — the exact op order and roundings of diffusers'
+// ZImageTransformerBlock, used on the CPU, for float32, and where the CUDA
+// kernels are not built — and, for bfloat16 CUDA tensors, one CUDA kernel
+// (fused_kernels.h) that rounds at the same places. `kernel` = false forces the
+// reference (benchmarks, tests).
+//
+//   at::Tensor h = RmsNormMod(x, norm1_w, scale, eps, true);      // norm(x) * scale
+//   x = GatedResidualRmsNorm(x, attn, norm2_w, gate, eps, true);  // x + gate * norm(attn)
+
+#include <ATen/ATen.h>
+
+namespace zfarm::worker::model {
+
+// True when this build has the CUDA kernels (compiled with the CUDA compiler).
+bool FusedKernelsBuilt();
+
+// (x_f32 * rsqrt(mean(x_f32^2) + eps)).to(x dtype) * w [* s]. x: [..., D] with a
+// unit last stride; w, s: [D] (s may be undefined). Returns x's shape, contiguous.
+at::Tensor RmsNormMod(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, double eps,
+                      bool kernel);
+
+// x + g * RmsNormMod(y, w) (g undefined: x + RmsNormMod(y, w)). x, y: [..., D]
+// of equal shape; w, g: [D].
+at::Tensor GatedResidualRmsNorm(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
+                                const at::Tensor& g, double eps, bool kernel);
+
+// Per-head RMSNorm (weight w [Dh]) then the interleaved-pair rotation of diffusers'
+// apply_rotary_emb in float32. in: [1, S, H * Dh] (a unit last stride; rows may be
+// strided, e.g. a slice of a fused qkv projection); cos/sin: float32 [S, Dh / 2].
+// Returns [1, S, H, Dh] contiguous in in's dtype.
+at::Tensor QkNormRope(const at::Tensor& in, int64_t heads, const at::Tensor& w,
+                      const at::Tensor& cos, const at::Tensor& sin, double eps, bool kernel);
+
+// silu(h[..., :F]) * h[..., F:] for h: [..., 2F] contiguous.
+at::Tensor SwiGlu(const at::Tensor& h, bool kernel);
+
+}  // namespace zfarm::worker::model
+
+#endif  // ZFARM_WORKER_MODEL_FUSED_OPS_H_
