@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "worker/model/fused_kernels.h"
 
@@ -92,24 +93,161 @@ __global__ void QkNormRopeKernel(const bf16* in, int64_t in_stride, const bf16* 
   ss = WarpSum(ss);
   const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(ss, static_cast<float>(head_dim)), eps));
   const int64_t half = head_dim / 2;
+  // Pairs as one 4-byte bf16x2 access (in_stride and head_dim even, checked by the launcher).
+  const __nv_bfloat162* v2 = reinterpret_cast<const __nv_bfloat162*>(v);
+  const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(w);
+  __nv_bfloat162* o2 = reinterpret_cast<__nv_bfloat162*>(o);
   for (int64_t p = lane; p < half; p += 32) {
-    const float a = R(__fmul_rn(R(__fmul_rn(F(v[2 * p]), rstd)), F(w[2 * p])));
-    const float b = R(__fmul_rn(R(__fmul_rn(F(v[2 * p + 1]), rstd)), F(w[2 * p + 1])));
+    const __nv_bfloat162 xv = v2[p], wv = w2[p];
+    const float a = R(__fmul_rn(R(__fmul_rn(F(xv.x), rstd)), F(wv.x)));
+    const float b = R(__fmul_rn(R(__fmul_rn(F(xv.y), rstd)), F(wv.y)));
     const float c = cos[s * half + p], sn = sin[s * half + p];
-    o[2 * p] = B(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn)));
-    o[2 * p + 1] = B(__fadd_rn(__fmul_rn(a, sn), __fmul_rn(b, c)));
+    __nv_bfloat162 r;
+    r.x = B(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn)));
+    r.y = B(__fadd_rn(__fmul_rn(a, sn), __fmul_rn(b, c)));
+    o2[p] = r;
   }
 }
 
-__global__ void SwiGluKernel(const bf16* h, bf16* out, int64_t rows, int64_t f) {
-  const int64_t n = rows * f;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = k / f, j = k % f;
-    const float a = F(h[r * 2 * f + j]);
-    const float silu = R(__fdiv_rn(a, __fadd_rn(1.0f, expf(-a))));
-    out[k] = B(__fmul_rn(silu, F(h[r * 2 * f + f + j])));
+__device__ __forceinline__ bf16 SwiGluOne(bf16 a_in, bf16 b) {
+  const float a = F(a_in);
+  const float silu = R(__fdiv_rn(a, __fadd_rn(1.0f, expf(-a))));
+  return B(__fmul_rn(silu, F(b)));
+}
+
+// grid.y = row; x covers the row's F outputs.
+__global__ void SwiGluKernel(const bf16* h, bf16* out, int64_t f) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= f) return;
+  const bf16* hr = h + blockIdx.y * 2 * f;
+  out[blockIdx.y * f + j] = SwiGluOne(hr[j], hr[f + j]);
+}
+
+// Eight outputs per thread with 16-byte loads and stores (f % 8 == 0, aligned).
+__global__ void SwiGluVecKernel(const bf16* h, bf16* out, int64_t f) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c * 8 >= f) return;
+  const bf16* hr = h + blockIdx.y * 2 * f;
+  uint4 a = reinterpret_cast<const uint4*>(hr)[c];
+  uint4 b = reinterpret_cast<const uint4*>(hr + f)[c];
+  uint4 o;
+  const bf16* av = reinterpret_cast<const bf16*>(&a);
+  const bf16* bv = reinterpret_cast<const bf16*>(&b);
+  bf16* ov = reinterpret_cast<bf16*>(&o);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) ov[e] = SwiGluOne(av[e], bv[e]);
+  reinterpret_cast<uint4*>(out + blockIdx.y * f)[c] = o;
+}
+
+// Row kernels with 16-byte accesses: each thread keeps up to kChunks chunks of 8
+// elements of the normalised row in registers (cols % 8 == 0, aligned rows).
+constexpr int kChunks = 4;
+
+__device__ __forceinline__ float ChunkSumSq(const uint4& u) {
+  const bf16* v = reinterpret_cast<const bf16*>(&u);
+  float ss = 0.0f;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float a = F(v[e]);
+    ss = __fadd_rn(ss, __fmul_rn(a, a));
   }
+  return ss;
+}
+
+__global__ void RmsNormModVecKernel(const bf16* x, int64_t x_stride, const bf16* w, const bf16* s,
+                                    bf16* y, int64_t cols, float eps) {
+  const int64_t chunks = cols / 8;
+  const uint4* xr = reinterpret_cast<const uint4*>(x + blockIdx.x * x_stride);
+  uint4 buf[kChunks];
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (c < chunks) {
+      buf[i] = xr[c];
+      ss = __fadd_rn(ss, ChunkSumSq(buf[i]));
+    }
+  }
+  ss = BlockSum(ss);
+  const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(ss, static_cast<float>(cols)), eps));
+  uint4* yr = reinterpret_cast<uint4*>(y + blockIdx.x * cols);
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (c < chunks) {
+      const bf16* v = reinterpret_cast<const bf16*>(&buf[i]);
+      const uint4 wu = reinterpret_cast<const uint4*>(w)[c];
+      const bf16* wv = reinterpret_cast<const bf16*>(&wu);
+      uint4 su{};
+      if (s != nullptr) su = reinterpret_cast<const uint4*>(s)[c];
+      const bf16* sv = reinterpret_cast<const bf16*>(&su);
+      uint4 o;
+      bf16* ov = reinterpret_cast<bf16*>(&o);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        float r = R(__fmul_rn(R(__fmul_rn(F(v[e]), rstd)), F(wv[e])));
+        if (s != nullptr) r = R(__fmul_rn(r, F(sv[e])));
+        ov[e] = B(r);
+      }
+      yr[c] = o;
+    }
+  }
+}
+
+__global__ void GatedResidualVecKernel(const bf16* x, const bf16* y, const bf16* w, const bf16* g,
+                                       bf16* out, int64_t cols, float eps) {
+  const int64_t chunks = cols / 8, base = blockIdx.x * cols;
+  const uint4* yr = reinterpret_cast<const uint4*>(y + base);
+  uint4 buf[kChunks];
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (c < chunks) {
+      buf[i] = yr[c];
+      ss = __fadd_rn(ss, ChunkSumSq(buf[i]));
+    }
+  }
+  ss = BlockSum(ss);
+  const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(ss, static_cast<float>(cols)), eps));
+  const uint4* xr = reinterpret_cast<const uint4*>(x + base);
+  uint4* outr = reinterpret_cast<uint4*>(out + base);
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (c < chunks) {
+      const bf16* v = reinterpret_cast<const bf16*>(&buf[i]);
+      const uint4 xu = xr[c], wu = reinterpret_cast<const uint4*>(w)[c];
+      const bf16* xv = reinterpret_cast<const bf16*>(&xu);
+      const bf16* wv = reinterpret_cast<const bf16*>(&wu);
+      uint4 gu{};
+      if (g != nullptr) gu = reinterpret_cast<const uint4*>(g)[c];
+      const bf16* gv = reinterpret_cast<const bf16*>(&gu);
+      uint4 o;
+      bf16* ov = reinterpret_cast<bf16*>(&o);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        float n = R(__fmul_rn(R(__fmul_rn(F(v[e]), rstd)), F(wv[e])));
+        if (g != nullptr) n = R(__fmul_rn(F(gv[e]), n));
+        ov[e] = B(__fadd_rn(F(xv[e]), n));
+      }
+      outr[c] = o;
+    }
+  }
+}
+
+bool Aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Threads for a vectorised row kernel, or 0 when the row does not qualify.
+int VecThreads(int64_t cols, int64_t stride, std::initializer_list<const void*> ptrs) {
+  if (cols % 8 != 0 || stride % 8 != 0) return 0;
+  for (const void* p : ptrs) {
+    if (!Aligned16(p)) return 0;
+  }
+  const int64_t chunks = cols / 8;
+  const int64_t per = (chunks + kChunks - 1) / kChunks;
+  const int64_t threads = ((per + 31) / 32) * 32;
+  return threads <= 1024 ? static_cast<int>(threads) : 0;
 }
 
 int Done() { return static_cast<int>(cudaGetLastError()); }
@@ -119,6 +257,12 @@ int Done() { return static_cast<int>(cudaGetLastError()); }
 int RmsNormMod(const void* x, int64_t x_stride, const void* w, const void* s, void* y,
                int64_t rows, int64_t cols, float eps, void* stream) {
   if (rows == 0) return 0;
+  if (const int t = VecThreads(cols, x_stride, {x, w, s, y}); t > 0) {
+    RmsNormModVecKernel<<<static_cast<unsigned>(rows), t, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const bf16*>(x), x_stride, static_cast<const bf16*>(w),
+        static_cast<const bf16*>(s), static_cast<bf16*>(y), cols, eps);
+    return Done();
+  }
   RmsNormModKernel<<<static_cast<unsigned>(rows), 256, 0, static_cast<cudaStream_t>(stream)>>>(
       static_cast<const bf16*>(x), x_stride, static_cast<const bf16*>(w),
       static_cast<const bf16*>(s), static_cast<bf16*>(y), cols, eps);
@@ -128,6 +272,13 @@ int RmsNormMod(const void* x, int64_t x_stride, const void* w, const void* s, vo
 int GatedResidualRmsNorm(const void* x, const void* y, const void* w, const void* g, void* out,
                          int64_t rows, int64_t cols, float eps, void* stream) {
   if (rows == 0) return 0;
+  if (const int t = VecThreads(cols, cols, {x, y, w, g, out}); t > 0) {
+    GatedResidualVecKernel<<<static_cast<unsigned>(rows), t, 0,
+                             static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const bf16*>(x), static_cast<const bf16*>(y), static_cast<const bf16*>(w),
+        static_cast<const bf16*>(g), static_cast<bf16*>(out), cols, eps);
+    return Done();
+  }
   GatedResidualKernel<<<static_cast<unsigned>(rows), 256, 0,
                         static_cast<cudaStream_t>(stream)>>>(
       static_cast<const bf16*>(x), static_cast<const bf16*>(y), static_cast<const bf16*>(w),
@@ -140,6 +291,10 @@ int QkNormRope(const void* in, int64_t in_stride, const void* w, const float* co
                float eps, void* stream) {
   const int64_t warps = seq * heads;
   if (warps == 0) return 0;
+  if (in_stride % 2 != 0 || head_dim % 2 != 0 || reinterpret_cast<uintptr_t>(in) % 4 != 0 ||
+      reinterpret_cast<uintptr_t>(w) % 4 != 0) {
+    return static_cast<int>(cudaErrorMisalignedAddress);
+  }
   const int threads = 256;
   const int64_t blocks = (warps * 32 + threads - 1) / threads;
   QkNormRopeKernel<<<static_cast<unsigned>(blocks), threads, 0,
@@ -150,13 +305,23 @@ int QkNormRope(const void* in, int64_t in_stride, const void* w, const float* co
 }
 
 int SwiGlu(const void* h, void* out, int64_t rows, int64_t f, void* stream) {
-  const int64_t n = rows * f;
-  if (n == 0) return 0;
+  if (rows == 0 || f == 0) return 0;
   const int threads = 256;
-  int64_t blocks = (n + threads - 1) / threads;
-  if (blocks > 65535L * 16) blocks = 65535L * 16;
-  SwiGluKernel<<<static_cast<unsigned>(blocks), threads, 0, static_cast<cudaStream_t>(stream)>>>(
-      static_cast<const bf16*>(h), static_cast<bf16*>(out), rows, f);
+  auto* st = static_cast<cudaStream_t>(stream);
+  const bool vec = f % 8 == 0 && Aligned16(h) && Aligned16(out);
+  // grid.y is at most 65535: launch in slices of rows.
+  for (int64_t r0 = 0; r0 < rows; r0 += 65535) {
+    const unsigned n = static_cast<unsigned>(rows - r0 < 65535 ? rows - r0 : 65535);
+    const bf16* hs = static_cast<const bf16*>(h) + r0 * 2 * f;
+    bf16* os = static_cast<bf16*>(out) + r0 * f;
+    if (vec) {
+      SwiGluVecKernel<<<dim3(static_cast<unsigned>((f / 8 + threads - 1) / threads), n), threads, 0,
+                        st>>>(hs, os, f);
+    } else {
+      SwiGluKernel<<<dim3(static_cast<unsigned>((f + threads - 1) / threads), n), threads, 0, st>>>(
+          hs, os, f);
+    }
+  }
   return Done();
 }
 
