@@ -90,5 +90,19 @@ TEST_F(FusedOpsTest, SwiGluMatchesReference) {
   ExpectClose(SwiGlu(Cuda(h), true), SwiGlu(h, false), "swiglu");
 }
 
+TEST_F(FusedOpsTest, GroupNormActMatchesReference) {
+  // The VAE's shapes: 32 groups, a large group (512 ch x 64 x 64) and an odd spatial size.
+  at::Tensor w = Randn({512}), b = Randn({512}, 0.5);
+  for (auto shape : {std::vector<int64_t>{1, 512, 64, 64}, std::vector<int64_t>{1, 512, 9, 7}}) {
+    at::Tensor x = Randn(shape, 3.0) + 1.5;
+    for (bool silu : {false, true}) {
+      ExpectClose(GroupNormAct(Cuda(x), 32, Cuda(w), Cuda(b), 1e-6, silu, true),
+                  GroupNormAct(x, 32, w, b, 1e-6, silu, false),
+                  std::string("group norm ") + std::to_string(shape[2]) + (silu ? " + silu" : ""),
+                  4.0);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace zfarm::worker::model

@@ -250,6 +250,124 @@ int VecThreads(int64_t cols, int64_t stride, std::initializer_list<const void*> 
   return threads <= 1024 ? static_cast<int>(threads) : 0;
 }
 
+
+// ---- GroupNorm (+ SiLU), NCHW: each group is one contiguous run of cg * hw elements.
+
+// Partial statistics of one slice of one group: (count, mean, M2) via per-thread
+// sums then Chan's merge across the block.
+__device__ void MergeStats(float& n, float& mean, float& m2, float n2, float mean2, float m22) {
+  if (n2 == 0.0f) return;
+  if (n == 0.0f) {
+    n = n2;
+    mean = mean2;
+    m2 = m22;
+    return;
+  }
+  const float nt = n + n2, d = mean2 - mean;
+  mean += d * (n2 / nt);
+  m2 += m22 + d * d * (n * n2 / nt);
+  n = nt;
+}
+
+__global__ void GroupStatsKernel(const bf16* x, int64_t group_elems, int64_t slice,
+                                 float* partials) {
+  const int64_t group = blockIdx.y, p = blockIdx.x;
+  const int64_t begin = p * slice;
+  const int64_t end = begin + slice < group_elems ? begin + slice : group_elems;
+  const bf16* g = x + group * group_elems;
+  float s = 0.0f, sq = 0.0f, cnt = 0.0f;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const float v = F(g[i]);
+    s += v;
+    sq += v * v;
+    cnt += 1.0f;
+  }
+  float mean = cnt > 0.0f ? s / cnt : 0.0f;
+  float m2 = cnt > 0.0f ? fmaxf(sq - s * mean, 0.0f) : 0.0f;
+  // Warp then block merge.
+  for (int o = 16; o > 0; o >>= 1) {
+    const float n2 = __shfl_xor_sync(0xffffffffu, cnt, o);
+    const float mean2 = __shfl_xor_sync(0xffffffffu, mean, o);
+    const float m22 = __shfl_xor_sync(0xffffffffu, m2, o);
+    MergeStats(cnt, mean, m2, n2, mean2, m22);
+  }
+  __shared__ float sn[32], smean[32], sm2[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    sn[warp] = cnt;
+    smean[warp] = mean;
+    sm2[warp] = m2;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float n = 0.0f, mu = 0.0f, q = 0.0f;
+    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) MergeStats(n, mu, q, sn[w], smean[w], sm2[w]);
+    float* out = partials + (group * gridDim.x + p) * 3;
+    out[0] = n;
+    out[1] = mu;
+    out[2] = q;
+  }
+}
+
+// One thread per group: merges the slices in double, writes mean and rstd over
+// partials' first 2 * groups floats... into stats[group * 2 + {0, 1}].
+__global__ void GroupFinishKernel(const float* partials, int64_t slices, int64_t total_groups,
+                                  float* stats, float eps) {
+  const int64_t group = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (group >= total_groups) return;
+  double n = 0.0, mean = 0.0, m2 = 0.0;
+  for (int64_t p = 0; p < slices; ++p) {
+    const float* q = partials + (group * slices + p) * 3;
+    const double n2 = q[0], mean2 = q[1], m22 = q[2];
+    if (n2 == 0.0) continue;
+    const double nt = n + n2, d = mean2 - mean;
+    mean += d * (n2 / nt);
+    m2 += m22 + d * d * (n * n2 / nt);
+    n = nt;
+  }
+  const float var = n > 0.0 ? static_cast<float>(m2 / n) : 0.0f;
+  stats[group * 2] = static_cast<float>(mean);
+  stats[group * 2 + 1] = rsqrtf(var + eps);
+}
+
+__device__ __forceinline__ bf16 GroupApplyOne(bf16 x, float a, float b, bool silu) {
+  float v = R(__fmaf_rn(a, F(x), b));
+  if (silu) v = __fdiv_rn(v, __fadd_rn(1.0f, expf(-v)));
+  return B(v);
+}
+
+// grid.y = n * c + channel; x covers hw (8 elements per thread when vec).
+template <bool kVec>
+__global__ void GroupApplyKernel(const bf16* x, const bf16* gamma, const bf16* beta,
+                                 const float* stats, bf16* y, int64_t c, int64_t hw,
+                                 int64_t cg, bool silu) {
+  const int64_t nc = blockIdx.y, ch = nc % c, batch = nc / c;
+  const int64_t group = batch * (c / cg) + ch / cg;
+  const float mean = stats[group * 2], rstd = stats[group * 2 + 1];
+  const float a = rstd * F(gamma[ch]);
+  const float b = F(beta[ch]) - mean * a;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bf16* xr = x + nc * hw;
+  bf16* yr = y + nc * hw;
+  if (kVec) {
+    if (i * 8 >= hw) return;
+    uint4 u = reinterpret_cast<const uint4*>(xr)[i], o;
+    const bf16* v = reinterpret_cast<const bf16*>(&u);
+    bf16* ov = reinterpret_cast<bf16*>(&o);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ov[e] = GroupApplyOne(v[e], a, b, silu);
+    reinterpret_cast<uint4*>(yr)[i] = o;
+  } else {
+    if (i >= hw) return;
+    yr[i] = GroupApplyOne(xr[i], a, b, silu);
+  }
+}
+
+int64_t Slices(int64_t group_elems) {
+  const int64_t s = (group_elems + 8191) / 8192;
+  return s < 1 ? 1 : (s > 128 ? 128 : s);
+}
+
 int Done() { return static_cast<int>(cudaGetLastError()); }
 
 }  // namespace
@@ -321,6 +439,44 @@ int SwiGlu(const void* h, void* out, int64_t rows, int64_t f, void* stream) {
       SwiGluKernel<<<dim3(static_cast<unsigned>((f + threads - 1) / threads), n), threads, 0, st>>>(
           hs, os, f);
     }
+  }
+  return Done();
+}
+
+int64_t GroupNormScratch(int64_t n, int64_t c, int64_t hw, int64_t groups) {
+  (void)c;
+  const int64_t total = n * groups;
+  return total * Slices(c / groups * hw) * 3 + total * 2;
+}
+
+int GroupNormAct(const void* x, const void* gamma, const void* beta, void* y, float* partials,
+                 int64_t n, int64_t c, int64_t hw, int64_t groups, float eps, bool silu,
+                 void* stream) {
+  if (n == 0 || c == 0 || hw == 0) return 0;
+  if (c % groups != 0 || n * c > 65535 || n * groups > 65535) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  auto* st = static_cast<cudaStream_t>(stream);
+  const int64_t cg = c / groups, group_elems = cg * hw, total = n * groups;
+  const int64_t slices = Slices(group_elems), slice = (group_elems + slices - 1) / slices;
+  float* stats = partials + total * slices * 3;
+  GroupStatsKernel<<<dim3(static_cast<unsigned>(slices), static_cast<unsigned>(total)), 256, 0,
+                     st>>>(static_cast<const bf16*>(x), group_elems, slice, partials);
+  GroupFinishKernel<<<static_cast<unsigned>((total + 127) / 128), 128, 0, st>>>(
+      partials, slices, total, stats, eps);
+  const int threads = 256;
+  const auto* xb = static_cast<const bf16*>(x);
+  const auto* gb = static_cast<const bf16*>(gamma);
+  const auto* bb = static_cast<const bf16*>(beta);
+  auto* yb = static_cast<bf16*>(y);
+  if (hw % 8 == 0 && Aligned16(x) && Aligned16(y)) {
+    const dim3 grid(static_cast<unsigned>((hw / 8 + threads - 1) / threads),
+                    static_cast<unsigned>(n * c));
+    GroupApplyKernel<true><<<grid, threads, 0, st>>>(xb, gb, bb, stats, yb, c, hw, cg, silu);
+  } else {
+    const dim3 grid(static_cast<unsigned>((hw + threads - 1) / threads),
+                    static_cast<unsigned>(n * c));
+    GroupApplyKernel<false><<<grid, threads, 0, st>>>(xb, gb, bb, stats, yb, c, hw, cg, silu);
   }
   return Done();
 }

@@ -35,6 +35,15 @@ int QkNormRope(const void* in, int64_t in_stride, const void* w, const float* co
 // out[r, j] = bf16(bf16(silu(h[r, j])) * h[r, F + j]) for h contiguous [rows, 2F].
 int SwiGlu(const void* h, void* out, int64_t rows, int64_t f, void* stream);
 
+// GroupNorm of x contiguous NCHW [n, c, hw] with `groups` groups, float32
+// statistics (biased variance), y = bf16(x * a + b) with a = rstd * gamma[c],
+// b = beta[c] - mean * a; then, if silu, y = bf16(y / (1 + exp(-y))). `partials`:
+// float32 scratch of GroupNormScratch(n, c, hw, groups) elements.
+int64_t GroupNormScratch(int64_t n, int64_t c, int64_t hw, int64_t groups);
+int GroupNormAct(const void* x, const void* gamma, const void* beta, void* y, float* partials,
+                 int64_t n, int64_t c, int64_t hw, int64_t groups, float eps, bool silu,
+                 void* stream);
+
 }  // namespace zfarm::worker::model::cuda
 
 #endif  // ZFARM_WORKER_MODEL_FUSED_KERNELS_H_

@@ -140,4 +140,26 @@ at::Tensor SwiGlu(const at::Tensor& h, bool kernel) {
   return at::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F);
 }
 
+at::Tensor GroupNormAct(const at::Tensor& x, int64_t groups, const at::Tensor& w,
+                        const at::Tensor& b, double eps, bool silu, bool kernel) {
+#ifdef ZFARM_CUDA_KERNELS
+  if (kernel && Bf16Cuda(x) && Bf16Cuda(w) && Bf16Cuda(b) && x.is_cuda() && x.dim() == 4 &&
+      x.is_contiguous() && x.size(1) % groups == 0 && x.size(0) * x.size(1) <= 65535) {
+    const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+    at::Tensor scratch = at::empty({cuda::GroupNormScratch(n, c, hw, groups)},
+                                   x.options().dtype(at::kFloat));
+    at::Tensor wc = w.contiguous(), bc = b.contiguous();
+    at::Tensor y = at::empty_like(x);
+    Check(cuda::GroupNormAct(x.data_ptr(), wc.data_ptr(), bc.data_ptr(), y.data_ptr(),
+                             scratch.data_ptr<float>(), n, c, hw, groups, static_cast<float>(eps),
+                             silu, Stream(x)),
+          "GroupNormAct");
+    return y;
+  }
+#endif
+  (void)kernel;
+  at::Tensor y = at::group_norm(x, groups, w, b, eps);
+  return silu ? at::silu(y) : y;
+}
+
 }  // namespace zfarm::worker::model

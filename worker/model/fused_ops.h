@@ -38,6 +38,12 @@ at::Tensor QkNormRope(const at::Tensor& in, int64_t heads, const at::Tensor& w,
 // silu(h[..., :F]) * h[..., F:] for h: [..., 2F] contiguous.
 at::Tensor SwiGlu(const at::Tensor& h, bool kernel);
 
+// at::group_norm(x, groups, w, b, eps), then SiLU if `silu`. x: [N, C, H, W]. The
+// kernel (contiguous NCHW bf16) splits each group's statistics over many blocks —
+// ATen's reduces a group in one block, 32 blocks for the VAE, half its time.
+at::Tensor GroupNormAct(const at::Tensor& x, int64_t groups, const at::Tensor& w,
+                        const at::Tensor& b, double eps, bool silu, bool kernel);
+
 }  // namespace zfarm::worker::model
 
 #endif  // ZFARM_WORKER_MODEL_FUSED_OPS_H_

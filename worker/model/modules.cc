@@ -65,7 +65,11 @@ GroupNormImpl::GroupNormImpl(int64_t g, int64_t channels, const at::TensorOption
 }
 
 at::Tensor GroupNormImpl::forward(const at::Tensor& x) {
-  return at::group_norm(x, groups, weight, bias, 1e-6);
+  return GroupNormAct(x, groups, weight, bias, 1e-6, /*silu=*/false, kernels);
+}
+
+at::Tensor GroupNormImpl::ForwardSilu(const at::Tensor& x) {
+  return GroupNormAct(x, groups, weight, bias, 1e-6, /*silu=*/true, kernels);
 }
 
 // ------------------------------------------------------------------- Qwen3
@@ -402,8 +406,8 @@ ResnetImpl::ResnetImpl(int64_t in, int64_t out, int64_t groups, const at::Tensor
 }
 
 at::Tensor ResnetImpl::forward(const at::Tensor& x) {
-  at::Tensor h = conv1(at::silu(norm1(x)));
-  h = conv2(at::silu(norm2(h)));
+  at::Tensor h = conv1(norm1->ForwardSilu(x));
+  h = conv2(norm2->ForwardSilu(h));
   return (conv_shortcut ? conv_shortcut(x) : x) + h;
 }
 
@@ -458,6 +462,12 @@ VaeDecoderImpl::VaeDecoderImpl(const VaeConfig& c, const at::TensorOptions& o) :
   conv_out = dec->register_module("conv_out", Conv2d(ch.back(), c.out_channels, 3, o));
 }
 
+void VaeDecoderImpl::set_kernels(bool on) {
+  for (const auto& m : modules()) {
+    if (auto* g = dynamic_cast<GroupNormImpl*>(m.get()); g != nullptr) g->kernels = on;
+  }
+}
+
 bool VaeDecoderImpl::IsUnusedKey(const std::string& key) const {
   return absl::StartsWith(key, "encoder.") || absl::StartsWith(key, "quant_conv.") ||
          (!c_.use_post_quant_conv && absl::StartsWith(key, "post_quant_conv."));
@@ -475,7 +485,7 @@ at::Tensor VaeDecoderImpl::Decode(const at::Tensor& z) {
       x = upsamplers_[i](at::upsample_nearest2d(x, at::IntArrayRef(size)));
     }
   }
-  return conv_out(at::silu(conv_norm_out(x)));
+  return conv_out(conv_norm_out->ForwardSilu(x));
 }
 
 at::Tensor VaeDecoderImpl::forward(const at::Tensor& latents) {

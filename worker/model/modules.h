@@ -196,8 +196,11 @@ class GroupNormImpl : public torch::nn::Module {
  public:
   GroupNormImpl(int64_t groups, int64_t channels, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x);
+  // silu(forward(x)) in one pass where the fused kernel applies.
+  at::Tensor ForwardSilu(const at::Tensor& x);
   at::Tensor weight, bias;
   int64_t groups;
+  bool kernels = true;  // fused_ops.h GroupNormAct kernel for bf16 CUDA
 };
 TORCH_MODULE(GroupNorm);
 
@@ -236,6 +239,8 @@ class VaeDecoderImpl : public torch::nn::Module {
   at::Tensor TiledDecode(const at::Tensor& latents, int64_t tile, int64_t overlap);
   bool IsUnusedKey(const std::string& key) const;
   const VaeConfig& config() const { return c_; }
+  // Use the fused GroupNorm(+SiLU) kernel where it applies (default true).
+  void set_kernels(bool on);
 
  private:
   at::Tensor Decode(const at::Tensor& z);  // z already transformed, module dtype

@@ -370,6 +370,7 @@ absl::Status Pipeline::Impl::Specialise() {
   try {
     at::NoGradGuard no_grad;
     transformer->set_kernels(options.fused_ops);
+    vae->set_kernels(options.fused_ops);
     if (options.fused_ops) transformer->FuseProjections();
     if (device.is_cuda()) {
       at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
