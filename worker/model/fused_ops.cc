@@ -6,6 +6,7 @@
 #include <vector>
 
 #ifdef ZFARM_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "worker/model/fused_kernels.h"
@@ -62,6 +63,7 @@ at::Tensor RmsNormMod(const at::Tensor& x, const at::Tensor& w, const at::Tensor
                       bool kernel) {
 #ifdef ZFARM_CUDA_KERNELS
   if (kernel && Bf16Cuda(x) && Bf16Cuda(w) && Bf16Cuda(s) && x.is_cuda()) {
+    const c10::cuda::CUDAGuard device_guard(x.device());
     at::Tensor xs = RowStride(x) < 0 ? x.contiguous() : x;
     const int64_t D = x.size(-1), rows = x.numel() / D;
     at::Tensor wc = w.contiguous(), sc = s.defined() ? s.reshape({D}).contiguous() : s;
@@ -82,6 +84,7 @@ at::Tensor GatedResidualRmsNorm(const at::Tensor& x, const at::Tensor& y, const 
   TORCH_CHECK(x.sizes() == y.sizes(), "GatedResidualRmsNorm: x ", x.sizes(), " vs y ", y.sizes());
 #ifdef ZFARM_CUDA_KERNELS
   if (kernel && Bf16Cuda(x) && Bf16Cuda(y) && Bf16Cuda(w) && Bf16Cuda(g) && x.is_cuda()) {
+    const c10::cuda::CUDAGuard device_guard(x.device());
     const int64_t D = x.size(-1), rows = x.numel() / D;
     at::Tensor xc = x.contiguous(), yc = y.contiguous(), wc = w.contiguous();
     at::Tensor gc = g.defined() ? g.reshape({D}).contiguous() : g;
@@ -103,6 +106,7 @@ at::Tensor QkNormRope(const at::Tensor& in, int64_t heads, const at::Tensor& w,
 #ifdef ZFARM_CUDA_KERNELS
   if (kernel && Bf16Cuda(in) && Bf16Cuda(w) && in.is_cuda() && cos.scalar_type() == at::kFloat &&
       sin.scalar_type() == at::kFloat && Dh % 2 == 0) {
+    const c10::cuda::CUDAGuard device_guard(in.device());
     at::Tensor ins = RowStride(in) < 0 ? in.contiguous() : in;
     at::Tensor wc = w.contiguous(), cc = cos.contiguous(), sc = sin.contiguous();
     at::Tensor out = at::empty({1, S, heads, Dh}, in.options());
@@ -128,6 +132,7 @@ at::Tensor SwiGlu(const at::Tensor& h, bool kernel) {
   const int64_t F = h.size(-1) / 2;
 #ifdef ZFARM_CUDA_KERNELS
   if (kernel && Bf16Cuda(h) && h.is_cuda() && h.is_contiguous()) {
+    const c10::cuda::CUDAGuard device_guard(h.device());
     std::vector<int64_t> sizes = h.sizes().vec();
     sizes.back() = F;
     at::Tensor out = at::empty(sizes, h.options());
@@ -145,6 +150,7 @@ at::Tensor GroupNormAct(const at::Tensor& x, int64_t groups, const at::Tensor& w
 #ifdef ZFARM_CUDA_KERNELS
   if (kernel && Bf16Cuda(x) && Bf16Cuda(w) && Bf16Cuda(b) && x.is_cuda() && x.dim() == 4 &&
       x.is_contiguous() && x.size(1) % groups == 0 && x.size(0) * x.size(1) <= 65535) {
+    const c10::cuda::CUDAGuard device_guard(x.device());
     const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
     at::Tensor scratch = at::empty({cuda::GroupNormScratch(n, c, hw, groups)},
                                    x.options().dtype(at::kFloat));

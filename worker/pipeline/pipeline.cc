@@ -1,6 +1,7 @@
 #include "worker/pipeline/pipeline.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 #include <glog/logging.h>
@@ -595,6 +596,10 @@ absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCal
     return absl::InvalidArgumentError(absl::StrCat("guidance must be >= 0, got ", r.guidance));
   }
   try {
+    // Kernel launches, events and graph capture use the current device: make it ours
+    // (a worker on cuda:1 otherwise launches fused kernels on device 0).
+    c10::OptionalDeviceGuard device_guard;
+    if (impl_->device.is_cuda()) device_guard.reset_device(impl_->device);
     ResetPeak(impl_->device);
     return impl_->Run(r, on_step, cancel, trace);
   } catch (const c10::OutOfMemoryError& e) {
@@ -614,6 +619,8 @@ absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCal
 absl::Status Pipeline::PrepareCaption(const GenerateRequest& r) {
   if (impl_->options.offload_text_encoder) return absl::OkStatus();
   try {
+    c10::OptionalDeviceGuard device_guard;
+    if (impl_->device.is_cuda()) device_guard.reset_device(impl_->device);
     ZFARM_ASSIGN_OR_RETURN(text::PromptTokens pos, impl_->Tokens(r.prompt, r.prompt_ids));
     if (pos.ids.empty()) return absl::InvalidArgumentError("prompt: no tokens");
     impl_->CachedEncode(pos.ids);
