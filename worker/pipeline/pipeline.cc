@@ -463,21 +463,10 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
   const auto t1 = Clock::now();
   img.timings.tokenize_s = Seconds(t0, t1);
 
-  // Text encoder (moved to the device only for this stage when offloaded; never
-  // when the captions were prepared).
-  const bool move_encoder = options.offload_text_encoder && device.is_cuda() &&
-                            !(Cached(pos.ids) && (!any_cfg || Cached(neg.ids)));
-  if (move_encoder) {
-    at::NoGradGuard ng;
-    text_encoder->to(device);
-  }
+  // Text encoder: on the device, or — offloaded — on the CPU where it stays (only
+  // the caption features go to the device), so the device never holds it.
   at::Tensor cap = CachedEncode(pos.ids), neg_cap;
   if (any_cfg) neg_cap = CachedEncode(neg.ids);
-  if (move_encoder) {
-    at::NoGradGuard ng;
-    text_encoder->to(at::Device(at::kCPU));
-    ReleaseCache(device);
-  }
   if (trace != nullptr) trace->caption = ToVector(cap);
   const auto t2 = Clock::now();
   img.timings.encode_s = Seconds(t1, t2);

@@ -46,7 +46,8 @@ struct PipelineOptions {
   Precision precision = Precision::kAuto;
   // Run the VAE in float32 even when the rest runs in bf16 (the official repo's choice).
   bool vae_fp32 = false;
-  // Keep the text encoder on the CPU and move it to the device only while encoding.
+  // Keep the text encoder on the CPU and run it there (the device holds only the
+  // DiT and the VAE; a new prompt costs a CPU encode, a cached one nothing).
   bool offload_text_encoder = false;
   // Decode the VAE in overlapping latent tiles (diffusers' tiled_decode blending).
   bool vae_tiling = false;
@@ -167,8 +168,8 @@ class Pipeline {
   // guidance > 0) now, and keeps the caption for Generate(): the worker calls it
   // between steps of the running job so the next job starts with its caption
   // ready. The last kCaptionCacheSize captions are kept, so a seed sweep over one
-  // prompt encodes it once. A no-op with offload_text_encoder (moving the encoder
-  // mid-job would cost more than it saves). Same thread rules as Generate().
+  // prompt encodes it once. A no-op with offload_text_encoder (a CPU encode
+  // between steps would stall the device). Same thread rules as Generate().
   absl::Status PrepareCaption(const GenerateRequest& request);
   static constexpr int kCaptionCacheSize = 8;
 

@@ -22,8 +22,9 @@ namespace {
 using ::testing::HasSubstr;
 using ::zfarm::testing::StatusIs;
 
-absl::StatusOr<std::unique_ptr<Pipeline>> CudaPipeline(double fraction) {
+absl::StatusOr<std::unique_ptr<Pipeline>> CudaPipeline(double fraction, bool offload = false) {
   PipelineOptions o;
+  o.offload_text_encoder = offload;
   o.model_dir = testing::MakeTinyFolder();
   if (o.model_dir.empty()) return absl::FailedPreconditionError("make_tiny_model failed");
   o.device = "cuda:0";
@@ -46,11 +47,9 @@ class GpuPipelineTest : public ::testing::Test {
   static void TearDownTestSuite() { testing::RemoveTinyFolder(); }
 };
 
-TEST_F(GpuPipelineTest, Bf16MatchesGoldensByCosine) {
-  auto p = CudaPipeline(0);
-  if (!p.ok() && absl::StrContains(p.status().message(), "no CUDA")) GTEST_SKIP() << "no CUDA";
-  ASSERT_OK(p.status());
-  for (const char* name : {"fox_48x32_s2", "long_80x48_s3", "square_64_s8", "cfg_32x64_s2"}) {
+void ExpectGoldens(Pipeline& pipe, const std::vector<const char*>& names) {
+  Pipeline* p = &pipe;
+  for (const char* name : names) {
     ASSERT_OK_AND_ASSIGN(
         auto f, SafetensorsFile::Open(std::string(ZFARM_SOURCE_DIR) + "/tests/testdata/golden/" +
                                       name + ".safetensors"));
@@ -65,7 +64,7 @@ TEST_F(GpuPipelineTest, Bf16MatchesGoldensByCosine) {
     ASSERT_TRUE(absl::SimpleAtof(meta("guidance"), &r.guidance));
     r.cpu_noise = true;
     GenerateTrace trace;
-    ASSERT_OK((*p)->Generate(r, nullptr, nullptr, &trace).status());
+    ASSERT_OK(p->Generate(r, nullptr, nullptr, &trace).status());
     const TensorInfo* t = f->Find("latents");
     std::vector<float> lat(t->numel());
     ConvertToF32(f->View(*t), lat.data());
@@ -75,6 +74,21 @@ TEST_F(GpuPipelineTest, Bf16MatchesGoldensByCosine) {
     std::printf("%s: bf16 cuda final-latent cosine %.6f\n", name, c);
     EXPECT_GE(c, 0.999) << name;
   }
+}
+
+TEST_F(GpuPipelineTest, Bf16MatchesGoldensByCosine) {
+  auto p = CudaPipeline(0);
+  if (!p.ok() && absl::StrContains(p.status().message(), "no CUDA")) GTEST_SKIP() << "no CUDA";
+  ASSERT_OK(p.status());
+  ExpectGoldens(**p, {"fox_48x32_s2", "long_80x48_s3", "square_64_s8", "cfg_32x64_s2"});
+}
+
+TEST_F(GpuPipelineTest, OffloadedTextEncoderRunsOnTheCpuAndMatchesGoldens) {
+  auto p = CudaPipeline(0, /*offload=*/true);
+  if (!p.ok() && absl::StrContains(p.status().message(), "no CUDA")) GTEST_SKIP() << "no CUDA";
+  ASSERT_OK(p.status());
+  EXPECT_THAT((*p)->Describe(), HasSubstr("text encoder offloaded"));
+  ExpectGoldens(**p, {"fox_48x32_s2", "cfg_32x64_s2"});
 }
 
 TEST_F(GpuPipelineTest, OutOfMemoryIsReportedAndRecovers) {
