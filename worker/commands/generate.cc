@@ -26,10 +26,12 @@ constexpr char kUsage[] =
     "  [--width 1024] [--height 1024] [--steps 8] [--seed N (random if absent)]\n"
     "  [--guidance 0] [--negative-prompt TEXT] [--device cpu|cuda:N]\n"
     "  [--vae-fp32] [--offload-text-encoder] [--vae-tiling]\n"
+    "  [--no-cuda-graphs] [--reference-ops]   (speed paths off: less memory / debugging)\n"
     "Steps are transformer evaluations: the model card's \"9 steps\" are 8 here.\n";
 
-const std::vector<std::string> kBoolFlags = {"vae-fp32", "offload-text-encoder", "vae-tiling",
-                                             "help"};
+const std::vector<std::string> kBoolFlags = {"vae-fp32",       "offload-text-encoder",
+                                             "vae-tiling",     "no-cuda-graphs",
+                                             "reference-ops",  "help"};
 const std::vector<std::string> kValueFlags = {"model",   "prompt",   "prompts",         "out",
                                               "out-dir", "width",    "height",          "steps",
                                               "seed",    "guidance", "negative-prompt", "device"};
@@ -102,6 +104,8 @@ int RunGenerate(int argc, char** argv) {
   opts.vae_fp32 = flag_true("vae-fp32");
   opts.offload_text_encoder = flag_true("offload-text-encoder");
   opts.vae_tiling = flag_true("vae-tiling");
+  opts.cuda_graphs = !flag_true("no-cuda-graphs");
+  opts.fused_ops = !flag_true("reference-ops");
   auto pipeline = Pipeline::Create(opts);
   if (!pipeline.ok()) {
     std::fprintf(stderr, "zfarm-worker generate: %s\n", pipeline.status().ToString().c_str());

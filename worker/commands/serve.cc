@@ -51,7 +51,9 @@ constexpr char kUsage[] =
     "  --min-free-disk-mb N      fail a job before rendering when the output root has less\n"
     "                            free space than N MiB plus the image (default 512)\n"
     "  --shutdown-grace DUR      on SIGTERM, wait this long for the current job (default 10m)\n"
-    "  --offload-text-encoder    keep the text encoder in host memory between prompts\n"
+    "  --offload-text-encoder    keep the text encoder on the CPU and run it there\n"
+    "  --no-cuda-graphs          run each DiT step eagerly (no graph memory pools)\n"
+    "  --reference-ops           the reference ATen ops instead of the fused kernels\n"
     "  --vae-tiling              decode in tiles (less memory at large sizes)\n"
     "  --vae-fp32                run the VAE in float32\n"
     "  --tls-ca FILE             CA that signed the scheduler's certificate (TLS to --scheduler)\n"
@@ -63,6 +65,7 @@ constexpr char kUsage[] =
     "(the worker then never connects), 2 on usage errors.\n";
 
 const std::vector<std::string> kBoolFlags = {"offload-text-encoder", "vae-tiling", "vae-fp32",
+                                             "no-cuda-graphs", "reference-ops",
                                              "help"};
 const std::vector<std::string> kValueFlags = {
     "scheduler",      "model",         "output-root",   "device",
@@ -168,6 +171,8 @@ int RunServe(int argc, char** argv) {
   popts.device = device;
   popts.offload_text_encoder = f.True("offload-text-encoder");
   popts.vae_tiling = f.True("vae-tiling");
+  popts.cuda_graphs = !f.True("no-cuda-graphs");
+  popts.fused_ops = !f.True("reference-ops");
   popts.vae_fp32 = f.True("vae-fp32");
   std::printf("loading %s on %s (%s)...\n", popts.model_dir.c_str(), device.c_str(),
               info->name.c_str());
