@@ -46,7 +46,8 @@ struct Scheduler::Worker {
   uint64_t session = 0;
   std::shared_ptr<WorkerSink> sink;
   std::set<std::string> leases;  // job ids
-  absl::Time connect_time, last_seen, lost_time;
+  absl::Time connect_time, last_seen, lost_time;  // wall: shown to users
+  absl::Time last_seen_mono, lost_mono;            // monotonic: silence, lost TTL
   int64_t jobs_done = 0, jobs_failed = 0;
   int consecutive_failures = 0;
 };
@@ -653,7 +654,7 @@ absl::Status Scheduler::AdmitPrincipalLocked(const std::string& owner, int64_t f
     const double burst = options_.submit_burst_per_principal > 0
                              ? options_.submit_burst_per_principal
                              : std::max(1.0, rate);
-    absl::Time now = clock_->Now();
+    absl::Time now = clock_->MonotonicNow();  // refill is a duration
     auto [it, fresh_bucket] = buckets_.try_emplace(owner, Bucket{burst, now});
     Bucket& b = it->second;
     b.tokens =
@@ -911,6 +912,7 @@ absl::StatusOr<uint64_t> Scheduler::WorkerHello(const v1::WorkerHello& hello,
   w.session = next_session_++;
   w.sink = sink;
   w.connect_time = w.last_seen = now;
+  w.last_seen_mono = clock_->MonotonicNow();
   w.jobs_done = done_count;
   w.jobs_failed = failed;
   w.leases = kept;
@@ -967,6 +969,7 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
   const std::string& name = w.hello.worker_name();
   absl::Time now = clock_->Now();
   w.last_seen = now;
+  w.last_seen_mono = clock_->MonotonicNow();
   Txn txn;
   auto need_lease = [](const v1::LeaseId& l, const char* what) -> absl::Status {
     if (l.job_id().empty() || l.attempt() < 1) {
@@ -1133,6 +1136,7 @@ void Scheduler::WorkerLostLocked(Worker& w, const std::string& why, Txn& txn) {
   sessions_.erase(w.session);
   w.state = v1::WORKER_STATE_LOST;
   w.lost_time = clock_->Now();
+  w.lost_mono = clock_->MonotonicNow();
   w.sink.reset();
   std::set<std::string> leases = std::move(w.leases);
   w.leases.clear();
@@ -1220,7 +1224,11 @@ absl::StatusOr<v1::WorkerInfo> Scheduler::DrainWorker(const std::string& worker_
 void Scheduler::Tick() {
   absl::MutexLock lock(&mu_);
   if (shut_down_) return;
+  // Wall time for user-given absolute deadlines and stored timestamps (retention,
+  // tombstones); monotonic time for every in-process duration, so a wall-clock step
+  // neither expires live workers nor hides dead ones.
   absl::Time now = clock_->Now();
+  absl::Time mono = clock_->MonotonicNow();
   Txn txn;
   // Deadlines.
   while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
@@ -1234,16 +1242,19 @@ void Scheduler::Tick() {
   // Heartbeats.
   std::vector<Worker*> silent;
   for (auto& [session, w] : sessions_) {
-    if (now - w->last_seen > options_.lease_timeout) silent.push_back(w);
+    if (mono - w->last_seen_mono > options_.lease_timeout) silent.push_back(w);
   }
   for (Worker* w : silent) {
     if (w->sink)
       w->sink->Close(absl::UnavailableError("heartbeat timeout: worker considered lost"));
-    WorkerLostLocked(*w, "no message within the lease timeout", txn);
+    WorkerLostLocked(*w,
+                     absl::StrCat("no message within the lease timeout (silent for ",
+                                  absl::ToInt64Milliseconds(mono - w->last_seen_mono), " ms)"),
+                     txn);
   }
   // Retention: finished jobs, then tombstones whose job is gone, then lost workers.
-  if (now - last_prune_ >= absl::Seconds(10)) {
-    last_prune_ = now;
+  if (mono - last_prune_ >= absl::Seconds(10)) {
+    last_prune_ = mono;
     std::vector<std::string> prune;
     for (const auto& [id, r] : jobs_) {
       if (IsFinal(r.job.state()) && FromProto(r.job.end_time()) + options_.retention <= now) {
@@ -1272,7 +1283,7 @@ void Scheduler::Tick() {
     }
     for (auto it = workers_.begin(); it != workers_.end();) {
       if (it->second->state == v1::WORKER_STATE_LOST &&
-          it->second->lost_time + options_.lost_worker_ttl <= now) {
+          it->second->lost_mono + options_.lost_worker_ttl <= mono) {
         workers_.erase(it++);
       } else {
         ++it;
@@ -1282,8 +1293,8 @@ void Scheduler::Tick() {
       LOG(INFO) << "event=pruned jobs=" << prune.size() << " tombstones=" << expired.size();
     }
   }
-  if (now - last_gauges_ >= absl::Seconds(1)) {
-    last_gauges_ = now;
+  if (mono - last_gauges_ >= absl::Seconds(1)) {
+    last_gauges_ = mono;
     UpdateGaugesLocked();
   }
   DispatchLocked(txn);

@@ -11,7 +11,8 @@
 // transition is on disk. Callbacks therefore run on the journal writer thread and
 // must be short (finish a reactor, queue a stream write).
 //
-// Thread-safe. Time comes only from the injected Clock; Tick() runs periodic work
+// Thread-safe. Time comes only from the injected Clock (wall time for timestamps
+// and deadlines, monotonic time for durations); Tick() runs periodic work
 // (deadlines, heartbeat expiry, retention) and is called by the server's timer
 // thread, or by tests after advancing a FakeClock.
 
@@ -210,7 +211,7 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   struct Bucket {
     double tokens = 0;
-    absl::Time last;
+    absl::Time last;  // Clock::MonotonicNow()
   };
 
   // Constant after construction.
@@ -233,6 +234,7 @@ class Scheduler {
   std::unique_ptr<Subscribers> subs_ ABSL_GUARDED_BY(mu_);
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
+  // Clock::MonotonicNow() of the last prune / gauge update.
   absl::Time last_prune_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time last_gauges_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;

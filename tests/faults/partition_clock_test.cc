@@ -5,8 +5,8 @@
 //     worker's leases expire and are requeued, another worker finishes them, the
 //     partitioned worker's late commit (after the link heals) is refused, and every
 //     job has exactly one final file;
-//   - the clock jumping backwards (no lease-expiry storm) and forwards (deadlines
-//     honoured).
+//   - the wall clock jumping backwards and forwards (FakeClock::JumpWall): no
+//     lease-expiry storm, a dead worker still detected, deadlines honoured.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -180,14 +180,16 @@ class FaultsTest : public ::testing::Test {
     farm_->scheduler()->Tick();
     ASSERT_OK(farm_->scheduler()->Flush());
   }
-  // Waits (bounded) until every connected worker's last message is from `t`.
+  // Waits (bounded) until every connected worker's last message is from `t` (the
+  // wall time, which stands still while waiting). Equality, not >=: after a backward
+  // jump the last message before it lies in the "future".
   void WaitUntilSeenAt(absl::Time t) {
     for (int i = 0; i < 500; ++i) {
       bool all = true;
       for (const auto& w : farm_->scheduler()->ListWorkers()) {
         if (w.state() != v1::WORKER_STATE_LOST &&
             absl::FromUnixSeconds(w.last_seen_time().seconds()) +
-                    absl::Nanoseconds(w.last_seen_time().nanos()) <
+                    absl::Nanoseconds(w.last_seen_time().nanos()) !=
                 t) {
           all = false;
         }
@@ -285,7 +287,7 @@ TEST_F(FaultsTest, ClockJumpingBackwardsCausesNoLeaseExpiryStorm) {
     leases.push_back(l);
   }
   for (const auto& l : leases) WaitFor(l.lease().job_id(), v1::JOB_STATE_RUNNING);
-  clock_.Advance(-absl::Hours(1));
+  clock_.JumpWall(-absl::Hours(1));
   Tick();
   // Then 2 minutes of normal operation at the new time, heartbeats every 5 s.
   for (int i = 0; i < 24; ++i) {
@@ -326,36 +328,42 @@ TEST_F(FaultsTest, ClockJumpingForwardsHonoursDeadlines) {
   EXPECT_EQ(Get(none).state(), v1::JOB_STATE_QUEUED);
 }
 
-// BUG (reported; scheduler/scheduler.cc Tick(), `now - w->last_seen > lease_timeout`
-// uses the injected wall clock): a forward jump larger than the lease timeout
-// declares every live worker lost at the next Tick — an expiry storm: every
-// RUNNING job is requeued with attempt + 1 (and counts toward --max-attempts).
-// Fix: measure worker silence with a monotonic clock (e.g. Clock::MonotonicNow()).
-TEST_F(FaultsTest, DISABLED_ClockJumpingForwardsDoesNotExpireLiveWorkers) {
+// Fixed (was: Tick() measured worker silence with the wall clock, so a forward
+// jump larger than the lease timeout declared every live worker lost — an expiry
+// storm requeueing every RUNNING job with attempt + 1). Silence is now measured
+// with Clock::MonotonicNow(), which a wall-clock step does not move.
+TEST_F(FaultsTest, ClockJumpingForwardsDoesNotExpireLiveWorkers) {
   ASSERT_OK_AND_ASSIGN(auto w, FakeWorker::Connect(farm_->channel(), WorkerOpts("w")));
   Submit("p");
   ASSERT_OK_AND_ASSIGN(v1::Lease l, w->NextLease());
   ASSERT_OK(w->Started(l.lease()));
   WaitFor(l.lease().job_id(), v1::JOB_STATE_RUNNING);
-  clock_.Advance(absl::Hours(1));  // the worker kept heartbeating in real time
+  clock_.JumpWall(absl::Hours(1));  // NTP step; the worker's heartbeats stay on time
   Tick();
   EXPECT_EQ(Workers()["w"], v1::WORKER_STATE_READY);
+  EXPECT_EQ(Get(l.lease().job_id()).state(), v1::JOB_STATE_RUNNING);
   EXPECT_EQ(Get(l.lease().job_id()).attempt(), l.lease().attempt());
+  // Real silence is still detected after the jump.
+  clock_.Advance(farm_->scheduler()->options().lease_timeout + absl::Seconds(1));
+  Tick();
+  EXPECT_EQ(Workers()["w"], v1::WORKER_STATE_LOST);
+  EXPECT_EQ(Get(l.lease().job_id()).state(), v1::JOB_STATE_QUEUED);
 }
 
-// BUG (reported; same line): after a backward jump of one hour, a worker whose last
-// message predates the jump is only detected as lost an hour later (its last_seen
-// lies in the "future"), so its leases stay stranded that long.
-TEST_F(FaultsTest, DISABLED_WorkerDyingAtABackwardJumpIsStillDetected) {
+// Fixed (was: after a backward jump of one hour, a worker whose last message
+// predated the jump was detected as lost only an hour later — its last_seen lay in
+// the "future" — so its leases stayed stranded that long).
+TEST_F(FaultsTest, WorkerDyingAtABackwardJumpIsStillDetected) {
   ASSERT_OK_AND_ASSIGN(auto w, FakeWorker::Connect(farm_->channel(), WorkerOpts("w")));
   Submit("p");
   ASSERT_OK_AND_ASSIGN(v1::Lease l, w->NextLease());
   ASSERT_OK(w->Started(l.lease()));
   WaitFor(l.lease().job_id(), v1::JOB_STATE_RUNNING);
-  clock_.Advance(-absl::Hours(1));
+  clock_.JumpWall(-absl::Hours(1));
   clock_.Advance(farm_->scheduler()->options().lease_timeout + absl::Seconds(1));
   Tick();  // w sent nothing since the jump
   EXPECT_EQ(Workers()["w"], v1::WORKER_STATE_LOST);
+  EXPECT_EQ(Get(l.lease().job_id()).state(), v1::JOB_STATE_QUEUED);
 }
 
 // Regression (worker_message_fuzzer finding, fixed in d34c829): a new session that
