@@ -708,8 +708,21 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOp
     return absl::UnavailableError(absl::StrCat("--listen: cannot listen on ", options.listen));
   }
   s->server_->GetHealthCheckService()->SetServingStatus(true);
+  // Relative sleeps (nanosleep on CLOCK_MONOTONIC) in short slices, not
+  // stop_.WaitForNotificationWithTimeout(): this absl's timed waits sleep until an
+  // absolute CLOCK_REALTIME deadline, so a backward wall-clock step stalled the
+  // ticker (no lease expiry, no deadlines) for the size of the step.
   s->ticker_ = std::thread([raw = s.get(), every = options.tick_interval] {
-    while (!raw->stop_.WaitForNotificationWithTimeout(every)) raw->scheduler_->Tick();
+    const absl::Duration slice = std::min(every, absl::Milliseconds(20));
+    absl::Duration slept = absl::ZeroDuration();
+    while (!raw->stop_.HasBeenNotified()) {
+      absl::SleepFor(slice);
+      slept += slice;
+      if (slept >= every && !raw->stop_.HasBeenNotified()) {
+        slept = absl::ZeroDuration();
+        raw->scheduler_->Tick();
+      }
+    }
   });
   LOG(INFO) << "event=listening address=" << s->address()
             << " state_dir=" << options.scheduler.state_dir;
