@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <random>
 #include <utility>
@@ -13,6 +14,22 @@
 namespace zfarm::worker {
 
 namespace v1 = ::zfarm::v1;
+
+namespace {
+// Waits up to `d` for `done()` in relative sleeps of at most 10 ms. Abseil's timed
+// waits (this version) sleep until an absolute CLOCK_REALTIME deadline, so a backward
+// wall-clock step would stretch them — and stop heartbeats — by the size of the step.
+template <typename Done>
+bool PollFor(absl::Duration d, Done done) {
+  const auto end = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(d);
+  for (;;) {
+    if (done()) return true;
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= end) return false;
+    absl::SleepFor(std::min(absl::Milliseconds(10), absl::FromChrono(end - now)));
+  }
+}
+}  // namespace
 
 // One Connect call. Created and destroyed by SchedulerLink::Run(); the reactor's
 // last act (OnDone) notifies `done_`, after which Run() deletes it.
@@ -65,7 +82,9 @@ class SchedulerLink::Session final
 
   void Cancel() { ctx_.TryCancel(); }
   bool welcomed() const { return welcomed_.load(); }
-  bool WaitDone(absl::Duration d) { return done_.WaitForNotificationWithTimeout(d); }
+  bool WaitDone(absl::Duration d) {
+    return PollFor(d, [this] { return done_.HasBeenNotified(); });
+  }
   const grpc::Status& status() const { return status_; }
 
   void OnReadDone(bool ok) override {
@@ -237,7 +256,7 @@ void SchedulerLink::Run() {
     }
     // Heartbeats at the Welcome's interval (re-read every wake-up: the Welcome
     // arrives after this loop starts).
-    absl::Time last_beat = absl::Now();
+    auto last_beat = std::chrono::steady_clock::now();  // monotonic: immune to clock steps
     for (;;) {
       absl::Duration hb;
       {
@@ -245,8 +264,9 @@ void SchedulerLink::Run() {
         hb = heartbeat_;
       }
       if (session->WaitDone(std::min(hb, absl::Milliseconds(100)))) break;
-      if (session->welcomed() && absl::Now() - last_beat >= hb) {
-        last_beat = absl::Now();
+      const auto now = std::chrono::steady_clock::now();
+      if (session->welcomed() && absl::FromChrono(now - last_beat) >= hb) {
+        last_beat = now;
         v1::WorkerMessage m;
         *m.mutable_heartbeat() = handler_->MakeHeartbeat();
         session->Enqueue(m);
@@ -270,8 +290,11 @@ void SchedulerLink::Run() {
                                     std::pow(2.0, std::min(failures, 30)));
     const absl::Duration wait =
         absl::Seconds(std::uniform_real_distribution<double>(0.0, cap)(rng));
+    PollFor(wait, [this] {
+      absl::MutexLock lock(&mu_);
+      return stopping_;
+    });
     absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait);
     auto may_connect = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return stopping_ || !reconnect_paused_;
     };
