@@ -47,6 +47,17 @@ double DitStepFlops(const zfarm::worker::TransformerConfig& c, int64_t h, int64_
 }
 
 #ifdef ZFARM_BENCH_WITH_PIPELINE
+// Options for the full-size Turbo architecture with random weights on cuda:0.
+zfarm::worker::PipelineOptions FullSizeRandomOptions(const PipelineBenchOptions& opt) {
+  zfarm::worker::PipelineOptions po;
+  po.device = "cuda:0";
+  po.random_weights = true;
+  zfarm::worker::ModelConfig mc;  // full Turbo defaults
+  mc.tokenizer_json_path = opt.tokenizer_json;
+  po.config = mc;
+  return po;
+}
+
 // One row of the pipeline table for an h x w image: warm-up (captures the CUDA
 // graph of the shape), opt.reps timed end-to-end runs (median), then one run with
 // per-step synchronisation for the stage times.
@@ -141,12 +152,7 @@ void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBench
   using zfarm::worker::GenerateRequest;
   using zfarm::worker::Pipeline;
   using zfarm::worker::PipelineOptions;
-  PipelineOptions po;
-  po.device = "cuda:0";
-  po.random_weights = true;
-  zfarm::worker::ModelConfig mc;  // full Turbo defaults
-  mc.tokenizer_json_path = opt.tokenizer_json;
-  po.config = mc;
+  PipelineOptions po = FullSizeRandomOptions(opt);
   auto created = Pipeline::Create(po);
   if (!created.ok()) {
     rep.Line("pipeline: Create failed: " + std::string(created.status().message()));
@@ -233,16 +239,11 @@ void RunAblationSection(const BenchDevice& dev, Report& rep, const PipelineBench
   std::vector<std::vector<std::string>> rows;
   for (const Config& c : configs) {
     dev.EmptyCache();
-    zfarm::worker::PipelineOptions po;
-    po.device = "cuda:0";
-    po.random_weights = true;
+    zfarm::worker::PipelineOptions po = FullSizeRandomOptions(opt);
     po.fused_ops = c.fused;
     po.cuda_graphs = c.graphs;
     po.cudnn_benchmark = c.cudnn_benchmark;
     po.vae_channels_last = c.channels_last;
-    zfarm::worker::ModelConfig mc;
-    mc.tokenizer_json_path = opt.tokenizer_json;
-    po.config = mc;
     auto created = zfarm::worker::Pipeline::Create(po);
     if (!created.ok()) {
       rows.push_back({c.name, "Create failed: " + std::string(created.status().message())});
@@ -308,14 +309,9 @@ void RunMemoryModesSection(const BenchDevice& dev, Report& rep, const PipelineBe
   for (const Mode& m : modes) {
     if (!opt.modes.empty() && opt.modes.find(m.key) == std::string::npos) continue;
     dev.EmptyCache();
-    PipelineOptions po;
-    po.device = "cuda:0";
-    po.random_weights = true;
+    PipelineOptions po = FullSizeRandomOptions(opt);
     po.offload_text_encoder = m.offload;
     po.vae_tiling = m.tiling;
-    zfarm::worker::ModelConfig mc;  // full Turbo defaults
-    mc.tokenizer_json_path = opt.tokenizer_json;
-    po.config = mc;
     const auto c0 = std::chrono::steady_clock::now();
     auto created = Pipeline::Create(po);
     const double create_s = SecondsSince(c0);
