@@ -20,8 +20,8 @@
 #include "proto/security/tls.h"
 #include "glog/logging.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "proto/http/metrics_server.h"
 #include "proto/version.h"
 #include "scheduler/http/rest_gateway.h"
 #include "scheduler/http/webhook_sender.h"
@@ -35,9 +35,13 @@ ABSL_FLAG(std::string, output_root, "",
           "Shared output root where workers write PNGs; read-only here, used by GetResult and "
           "commit checks (required)");
 ABSL_FLAG(std::string, metrics_listen, "",
-          "HOST:PORT for Prometheus /metrics (empty = no metrics endpoint)");
+          "HOST:PORT for Prometheus /metrics (empty = no metrics endpoint); HTTPS with "
+          "--tls-cert unless --metrics-plaintext");
+ABSL_FLAG(bool, metrics_plaintext, false,
+          "Serve --metrics-listen over plain HTTP even with --tls-cert (scrapers without TLS)");
 ABSL_FLAG(std::string, http_listen, "",
-          "HOST:PORT for the REST/JSON gateway (/v1/jobs...); empty = no gateway");
+          "HOST:PORT for the REST/JSON gateway (/v1/jobs...); HTTPS (mutual TLS with "
+          "--tls-client-ca) with --tls-cert; empty = no gateway");
 ABSL_FLAG(int32_t, max_queued_jobs, 100000,
           "QUEUED jobs beyond which submits fail with RESOURCE_EXHAUSTED");
 ABSL_FLAG(absl::Duration, retry_after, absl::Seconds(1),
@@ -67,11 +71,12 @@ ABSL_FLAG(std::string, webhook_secret_file, "",
           "File holding the HMAC-SHA256 key for X-Zfarm-Signature (required with "
           "--webhook-allow; surrounding whitespace is ignored)");
 ABSL_FLAG(std::string, tls_cert, "",
-          "PEM certificate chain: serve TLS on --listen (with --tls-key); HTTPS on --http-listen "
-          "is refused (Debian civetweb crashes on TLS): put a TLS proxy in front of it");
+          "PEM certificate chain: serve TLS on --listen, --http-listen (HTTPS) and "
+          "--metrics-listen (with --tls-key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
-          "PEM CA bundle: require client certificates signed by it (mutual TLS) on --listen; "
+          "PEM CA bundle: require client certificates signed by it (mutual TLS) on --listen, "
+          "--http-listen and --metrics-listen; "
           "with --probe: the CA of the probed server");
 ABSL_FLAG(std::string, token_file, "",
           "Bearer tokens, one per line: '<token> <principal> <role>' (role submitter|admin|"
@@ -238,16 +243,18 @@ int main(int argc, char** argv) {
     so.on_final = [w = webhooks.get()](const zfarm::v1::Job& job) { w->Enqueue(job); };
   }
 
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<zfarm::http::HttpServer> metrics;
   if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
-    try {  // prometheus-cpp/civetweb throw on bind failure: converted here.
-      exposer = std::make_unique<prometheus::Exposer>(absl::GetFlag(FLAGS_metrics_listen));
-    } catch (const std::exception& e) {
-      LOG(ERROR) << "event=startup_failed error=\"--metrics-listen "
-                 << absl::GetFlag(FLAGS_metrics_listen) << ": " << e.what() << "\"";
+    auto m = zfarm::http::StartMetricsServer(
+        absl::GetFlag(FLAGS_metrics_listen),
+        absl::GetFlag(FLAGS_metrics_plaintext) ? zfarm::security::TlsFlags() : tls, o.registry);
+    if (!m.ok()) {
+      LOG(ERROR) << "event=startup_failed error=\"" << m.status().message() << "\"";
+      std::cerr << "zfarm-scheduler: " << m.status().message() << "\n";
       return 1;
     }
-    exposer->RegisterCollectable(o.registry);
+    metrics = *std::move(m);
+    std::cout << "zfarm-scheduler metrics on port " << metrics->port() << std::endl;
   }
 
   auto server = zfarm::scheduler::SchedulerServer::Start(o);

@@ -698,6 +698,9 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOp
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second scheduler on the same port
+  // would then start "fine" and take half the connections. Refuse instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.listen, options.security.credentials(), &s->port_);
   builder.RegisterService(&s->services_->jobs_);
   builder.RegisterService(&s->services_->workers_);

@@ -57,13 +57,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
 // (both or neither).
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ClientCredentials(const TlsFlags& flags);
 
-// For civetweb (HTTP ports): configures an OpenSSL SSL_CTX (passed as void*,
-// as civetweb's init_ssl callback gives it) with the server side of `flags`:
-// certificate chain, key, TLS >= 1.2, and with `ca` set, required and verified
-// client certificates.
-//   callbacks.init_ssl = [](void* ctx, void* user) {
-//     return ConfigureServerSslCtx(ctx, *static_cast<TlsFlags*>(user)).ok() ? 1 : -1; };
-// and listen on "HOST:PORTs" (civetweb's TLS port suffix).
+// For the HTTP ports (cpp-httplib's SSLServer, OpenSSL): configures an SSL_CTX
+// (passed as void*) with the server side of `flags`: certificate chain, key,
+// TLS >= 1.2, and with `ca` set, required and verified client certificates.
+//   httplib::SSLServer svr([&](SSL_CTX& ctx) {
+//     return ConfigureServerSslCtx(&ctx, flags).ok(); });
 absl::Status ConfigureServerSslCtx(void* ssl_ctx, const TlsFlags& flags);
 
 // Reads a whole file; INVALID_ARGUMENT "<flag>: cannot read <path>" on error.

@@ -26,7 +26,8 @@
 //   o.listen = "0.0.0.0:8080";
 //   ZFARM_ASSIGN_OR_RETURN(auto gw, RestGateway::Start(o, server->InProcessChannel({})));
 //
-// Thread-safe; civetweb serves requests on its own threads.
+// Thread-safe; requests are served by a pool of Options::num_threads threads
+// (proto/http/http_server.h, on cpp-httplib).
 
 #include <memory>
 #include <string>
@@ -36,8 +37,6 @@
 #include "proto/security/tls.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/support/status.h"
-
-struct mg_context;
 
 namespace zfarm::scheduler::http {
 
@@ -51,11 +50,10 @@ class RestGateway {
     // Deadline of each JobService call.
     absl::Duration rpc_timeout = absl::Seconds(30);
     // HTTPS when tls.cert is set; with tls.ca, client certificates signed by it
-    // are required (mutual TLS). See common/tls.h.
+    // are required (mutual TLS). See proto/security/tls.h.
     security::TlsFlags tls;
-    // Debian 12's civetweb crashes on TLS connections: Start() refuses tls
-    // unless this is set (for a civetweb build known to work).
-    bool allow_civetweb_tls = false;
+    // An idle keep-alive connection holds one of the threads for this long.
+    absl::Duration keep_alive_timeout = absl::Seconds(5);
   };
 
   static absl::StatusOr<std::unique_ptr<RestGateway>> Start(const Options& options,
@@ -66,12 +64,11 @@ class RestGateway {
 
   int port() const { return port_; }
 
-  struct Impl;  // implementation detail (civetweb callback data)
+  struct Impl;  // implementation detail (handlers, server and its thread)
 
  private:
   RestGateway() = default;
   std::unique_ptr<Impl> impl_;
-  mg_context* ctx_ = nullptr;
   int port_ = 0;
 };
 

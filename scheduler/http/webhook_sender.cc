@@ -16,6 +16,7 @@
 #include "absl/strings/strip.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/json_util.h"
+#include "proto/monotonic_wait.h"
 
 namespace zfarm::scheduler::http {
 
@@ -177,7 +178,7 @@ void WebhookSender::Run() {
       if (!retryable || attempt == options_.max_attempts) break;
       absl::MutexLock lock(&mu_);
       auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
-      if (mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff)) break;
+      if (AwaitMonotonic(&mu_, absl::Condition(&stopping), backoff)) break;
       backoff = std::min(backoff * 2, options_.max_backoff);
     }
     absl::MutexLock lock(&mu_);

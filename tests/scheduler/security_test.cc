@@ -21,6 +21,7 @@
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/test_certs.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 
@@ -201,40 +202,6 @@ TEST(TokenStoreTest, BadLinesNameTheLineNotTheToken) {
 
 // ---------------------------------------------------------------- TLS
 
-int Sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
-
-// CA, a server certificate for 127.0.0.1, a client certificate, and a second
-// (untrusted) CA with its own client certificate, made with the openssl binary.
-void MakeCerts(const std::string& d) {
-  const std::string o = "openssl";
-  ASSERT_EQ(Sh(absl::StrCat("cd ", d, " && ", o,
-                            " req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=zfarm-test-ca"
-                            " -keyout ca.key -out ca.pem")),
-            0)
-      << "the openssl binary is required (deploy/install-deps.sh installs it)";
-  ASSERT_EQ(Sh(absl::StrCat("cd ", d,
-                            " && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > san"
-                            " && ",
-                            o,
-                            " req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1"
-                            " -keyout server.key -out server.csr && ",
-                            o,
-                            " x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
-                            " -days 2 -extfile san -out server.pem")),
-            0);
-  ASSERT_EQ(Sh(absl::StrCat("cd ", d, " && ", o,
-                            " req -newkey rsa:2048 -nodes -subj /CN=client"
-                            " -keyout client.key -out client.csr && ",
-                            o,
-                            " x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
-                            " -days 2 -out client.pem")),
-            0);
-  ASSERT_EQ(Sh(absl::StrCat("cd ", d, " && ", o,
-                            " req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rogue"
-                            " -keyout rogue.key -out rogue.pem")),
-            0);
-}
-
 // A refused handshake is retried (wait_for_ready) until the timeout: the
 // expected failures use a short one.
 absl::Status Health(const std::string& addr, const security::TlsFlags& t,
@@ -246,8 +213,7 @@ absl::Status Health(const std::string& addr, const security::TlsFlags& t,
 
 TEST(TlsTest, ServerTlsAndMutualTls) {
   std::string d = TempDir("tls");
-  MakeCerts(d);
-  if (HasFatalFailure()) return;
+  ASSERT_OK(zfarm::testing::MakeTestCertificates(d));
   // Server TLS only.
   security::TlsFlags server{d + "/server.pem", d + "/server.key", ""};
   ServerOptions o;

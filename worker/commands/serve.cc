@@ -15,9 +15,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "glog/logging.h"
-#include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 #include "proto/security/auth.h"
+#include "proto/http/metrics_server.h"
 #include "proto/security/tls.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
@@ -45,7 +45,8 @@ constexpr char kUsage[] =
     "  --warmup WxH              warm-up image size (default 1024x1024 on CUDA, 256x256 on cpu)\n"
     "  --warmup-steps N          steps of the warm-up and self-test render (default 2)\n"
     "  --health-listen HOST:PORT grpc.health.v1: SERVING when warm, connected and healthy\n"
-    "  --metrics-listen HOST:PORT Prometheus /metrics over HTTP\n"
+    "  --metrics-listen HOST:PORT Prometheus /metrics (HTTPS with --health-tls-cert, unless\n"
+    "                            --metrics-plaintext)\n"
     "  --prefetch N              leases held beyond the running one (default 1)\n"
     "  --max-size WxH            largest image accepted (default 2048x2048)\n"
     "  --min-free-disk-mb N      fail a job before rendering when the output root has less\n"
@@ -59,14 +60,15 @@ constexpr char kUsage[] =
     "  --tls-ca FILE             CA that signed the scheduler's certificate (TLS to --scheduler)\n"
     "  --tls-cert/--tls-key FILE client certificate for mutual TLS with the scheduler\n"
     "  --token-file FILE         bearer token (role worker) for the scheduler; default $ZFARM_TOKEN\n"
-    "  --health-tls-cert/--health-tls-key FILE  serve --health-listen over TLS\n"
+    "  --health-tls-cert/--health-tls-key FILE  serve --health-listen and --metrics-listen\n"
+    "                                           over TLS\n"
     "  --health-tls-client-ca FILE              and require client certificates signed by it\n"
     "Exit status: 0 after a clean SIGTERM/SIGINT shutdown, 1 when loading or warm-up fails\n"
     "(the worker then never connects), 2 on usage errors.\n";
 
 const std::vector<std::string> kBoolFlags = {"offload-text-encoder", "vae-tiling", "vae-fp32",
                                              "no-cuda-graphs", "reference-ops",
-                                             "help"};
+                                             "metrics-plaintext", "help"};
 const std::vector<std::string> kValueFlags = {
     "scheduler",      "model",         "output-root",   "device",
     "name",           "model-name",    "warmup",        "warmup-steps",
@@ -139,10 +141,11 @@ int RunServe(int argc, char** argv) {
   if (!channel_creds.ok()) return Fatal("TLS to the scheduler", channel_creds.status());
   absl::StatusOr<std::string> token = security::LoadClientToken(f.Get("token-file"));
   if (!token.ok()) return Fatal("--token-file", token.status());
+  const security::TlsFlags health_tls = {.cert = f.Get("health-tls-cert"),
+                                         .key = f.Get("health-tls-key"),
+                                         .ca = f.Get("health-tls-client-ca")};
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> health_creds =
-      security::ServerCredentials({.cert = f.Get("health-tls-cert"),
-                                   .key = f.Get("health-tls-key"),
-                                   .ca = f.Get("health-tls-client-ca")});
+      security::ServerCredentials(health_tls);
   if (!health_creds.ok()) return Fatal("TLS on --health-listen", health_creds.status());
 
   std::unique_ptr<HealthServer> health;
@@ -155,15 +158,13 @@ int RunServe(int argc, char** argv) {
   }
   auto registry = std::make_shared<prometheus::Registry>();
   WorkerMetrics metrics(registry);
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<http::HttpServer> metrics_server;
   if (f.Has("metrics-listen")) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(f.Get("metrics-listen"));
-      exposer->RegisterCollectable(registry);
-    } catch (const std::exception& e) {
-      return Fatal("--metrics-listen " + f.Get("metrics-listen"),
-                   absl::UnavailableError(e.what()));
-    }
+    auto m = http::StartMetricsServer(
+        f.Get("metrics-listen"), f.True("metrics-plaintext") ? security::TlsFlags() : health_tls,
+        registry);
+    if (!m.ok()) return Fatal("metrics endpoint", m.status());
+    metrics_server = *std::move(m);
   }
 
   PipelineOptions popts;

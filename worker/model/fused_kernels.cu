@@ -154,22 +154,31 @@ __device__ __forceinline__ float ChunkSumSq(const uint4& u) {
   return ss;
 }
 
-__global__ void RmsNormModVecKernel(const bf16* x, int64_t x_stride, const bf16* w, const bf16* s,
-                                    bf16* y, int64_t cols, float eps) {
+// The vector kernels' shared prologue: loads this block's row (`cols` bf16,
+// 16-byte chunks spread over the block's threads) into `buf` and returns its
+// RMSNorm scale 1/sqrt(mean(x^2) + eps), summed in the reference's order.
+__device__ __forceinline__ float LoadRowRstd(const bf16* row, int64_t cols, float eps,
+                                             uint4 (&buf)[kChunks]) {
   const int64_t chunks = cols / 8;
-  const uint4* xr = reinterpret_cast<const uint4*>(x + blockIdx.x * x_stride);
-  uint4 buf[kChunks];
+  const uint4* r = reinterpret_cast<const uint4*>(row);
   float ss = 0.0f;
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
     const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
     if (c < chunks) {
-      buf[i] = xr[c];
+      buf[i] = r[c];
       ss = __fadd_rn(ss, ChunkSumSq(buf[i]));
     }
   }
   ss = BlockSum(ss);
-  const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(ss, static_cast<float>(cols)), eps));
+  return rsqrtf(__fadd_rn(__fdiv_rn(ss, static_cast<float>(cols)), eps));
+}
+
+__global__ void RmsNormModVecKernel(const bf16* x, int64_t x_stride, const bf16* w, const bf16* s,
+                                    bf16* y, int64_t cols, float eps) {
+  const int64_t chunks = cols / 8;
+  uint4 buf[kChunks];
+  const float rstd = LoadRowRstd(x + blockIdx.x * x_stride, cols, eps, buf);
   uint4* yr = reinterpret_cast<uint4*>(y + blockIdx.x * cols);
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
@@ -197,19 +206,8 @@ __global__ void RmsNormModVecKernel(const bf16* x, int64_t x_stride, const bf16*
 __global__ void GatedResidualVecKernel(const bf16* x, const bf16* y, const bf16* w, const bf16* g,
                                        bf16* out, int64_t cols, float eps) {
   const int64_t chunks = cols / 8, base = blockIdx.x * cols;
-  const uint4* yr = reinterpret_cast<const uint4*>(y + base);
   uint4 buf[kChunks];
-  float ss = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
-    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-    if (c < chunks) {
-      buf[i] = yr[c];
-      ss = __fadd_rn(ss, ChunkSumSq(buf[i]));
-    }
-  }
-  ss = BlockSum(ss);
-  const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(ss, static_cast<float>(cols)), eps));
+  const float rstd = LoadRowRstd(y + base, cols, eps, buf);
   const uint4* xr = reinterpret_cast<const uint4*>(x + base);
   uint4* outr = reinterpret_cast<uint4*>(out + base);
 #pragma unroll

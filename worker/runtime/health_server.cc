@@ -29,6 +29,7 @@ absl::StatusOr<std::unique_ptr<HealthServer>> HealthServer::Start(
   h->generic_ = std::make_unique<Unimplemented>();
   grpc::ServerBuilder b;
   b.RegisterCallbackGenericService(h->generic_.get());
+  b.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a busy port is an error
   int port = 0;
   b.AddListeningPort(address, credentials ? credentials : grpc::InsecureServerCredentials(),
                      &port);

@@ -9,27 +9,13 @@
 
 #include "absl/synchronization/notification.h"
 #include "glog/logging.h"
+#include "proto/monotonic_wait.h"
 #include "proto/rpc_status.h"
 
 namespace zfarm::worker {
 
 namespace v1 = ::zfarm::v1;
 
-namespace {
-// Waits up to `d` for `done()` in relative sleeps of at most 10 ms. Abseil's timed
-// waits (this version) sleep until an absolute CLOCK_REALTIME deadline, so a backward
-// wall-clock step would stretch them — and stop heartbeats — by the size of the step.
-template <typename Done>
-bool PollFor(absl::Duration d, Done done) {
-  const auto end = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(d);
-  for (;;) {
-    if (done()) return true;
-    const auto now = std::chrono::steady_clock::now();
-    if (now >= end) return false;
-    absl::SleepFor(std::min(absl::Milliseconds(10), absl::FromChrono(end - now)));
-  }
-}
-}  // namespace
 
 // One Connect call. Created and destroyed by SchedulerLink::Run(); the reactor's
 // last act (OnDone) notifies `done_`, after which Run() deletes it.
@@ -233,7 +219,7 @@ void SchedulerLink::Stop(absl::Duration timeout) {
   {
     absl::MutexLock lock(&mu_);
     auto ended = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return session_ == nullptr; };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&ended), timeout) && session_ != nullptr) {
+    if (!AwaitMonotonic(&mu_, absl::Condition(&ended), timeout) && session_ != nullptr) {
       session_->Cancel();
     }
   }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
+#include "proto/monotonic_wait.h"
 #include "proto/status_macros.h"
 #include "proto/version.h"
 #include "worker/pipeline/png.h"
@@ -376,28 +378,34 @@ void Worker::CountFailure(v1::FailureReason reason) {
 
 void Worker::InferenceLoop() {
   int self_tests = 0;
-  absl::Time self_test_at = absl::InfiniteFuture();
+  // When the next self-test of an unhealthy worker is due (monotonic clock:
+  // a wall-clock step must not postpone or hurry it); max() = none planned.
+  using Steady = std::chrono::steady_clock;
+  Steady::time_point self_test_at = Steady::time_point::max();
   for (;;) {
     v1::Lease lease;
     absl::Time queued;
     bool self_test = false;
     {
       absl::MutexLock lock(&mu_);
-      if (!healthy_ && self_test_at == absl::InfiniteFuture()) {
-        self_test_at = absl::Now() + options_.self_test_delay * (1 << std::min(self_tests, 5));
+      if (!healthy_ && self_test_at == Steady::time_point::max()) {
+        self_test_at = Steady::now() + absl::ToChronoNanoseconds(
+                                           options_.self_test_delay * (1 << std::min(self_tests, 5)));
       }
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stopping_ || (healthy_ && !pending_.empty());
       };
-      mu_.AwaitWithDeadline(absl::Condition(&ready),
-                            healthy_ ? absl::InfiniteFuture() : self_test_at);
+      AwaitMonotonic(&mu_, absl::Condition(&ready),
+                     healthy_ ? absl::InfiniteDuration()
+                              : absl::FromChrono(std::max(self_test_at - Steady::now(),
+                                                          Steady::duration::zero())));
       if (stopping_) return;
       if (!healthy_) {
-        if (absl::Now() < self_test_at) continue;
+        if (Steady::now() < self_test_at) continue;
         self_test = true;
       } else {
         self_tests = 0;
-        self_test_at = absl::InfiniteFuture();
+        self_test_at = Steady::time_point::max();
         lease = std::move(pending_.front().first);
         queued = pending_.front().second;
         pending_.pop_front();
@@ -405,7 +413,7 @@ void Worker::InferenceLoop() {
     }
     if (self_test) {
       ++self_tests;
-      self_test_at = absl::InfiniteFuture();
+      self_test_at = Steady::time_point::max();
       RunSelfTest();
       continue;
     }
@@ -714,7 +722,7 @@ bool Worker::WaitDrained(absl::Duration timeout) {
     return drain_requested_ && !running_ && outputs_in_flight_ == 0 && output_tasks_.empty() &&
            commits_.empty();
   };
-  return mu_.AwaitWithTimeout(absl::Condition(&drained), timeout);
+  return AwaitMonotonic(&mu_, absl::Condition(&drained), timeout);
 }
 
 void Worker::Shutdown(absl::Duration grace) {
@@ -734,7 +742,7 @@ void Worker::Shutdown(absl::Duration grace) {
     auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return !running_ && outputs_in_flight_ == 0 && output_tasks_.empty() && commits_.empty();
     };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&idle), grace)) {
+    if (!AwaitMonotonic(&mu_, absl::Condition(&idle), grace)) {
       LOG(WARNING) << "event=shutdown_grace_expired worker=" << options_.name
                    << " running=" << (running_ ? running_->job_id() : "") << " uncommitted="
                    << commits_.size();
