@@ -80,7 +80,7 @@ class SecureProcessTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_ + "/out");
     ASSERT_OK(zfarm::testing::MakeTestCertificates(dir_));
-    ASSERT_EQ(Shell("curl --version >/dev/null 2>&1").exit_code, 0)
+    ASSERT_EQ(Shell("env -u LD_LIBRARY_PATH curl --version >/dev/null 2>&1").exit_code, 0)
         << "the curl binary is required (deploy/install-deps.sh installs it)";
     std::ofstream(dir_ + "/tokens") << "# principal tokens\n"
                                     << kAlice << " alice submitter\n"
@@ -124,7 +124,10 @@ class SecureProcessTest : public ::testing::Test {
                   const std::string& token, const std::string& body = "",
                   bool client_cert = true) {
     const std::string d = dir_;
-    std::string cmd = absl::StrCat("curl -sS --max-time 20 -o ", Quote(d + "/body"),
+    // curl is a system tool: run it with the system's libraries (on the GPU
+    // host LD_LIBRARY_PATH points at a dependency bundle with another libcurl).
+    std::string cmd = absl::StrCat("env -u LD_LIBRARY_PATH curl -sS --max-time 20 -o ",
+                                   Quote(d + "/body"),
                                    " -w '%{http_code}' --cacert ", Quote(d + "/ca.pem"));
     if (client_cert) {
       absl::StrAppend(&cmd, " --cert ", Quote(d + "/client.pem"), " --key ",
