@@ -6,6 +6,8 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -60,6 +62,9 @@ const char* const kMigrations[] = {
     // v1 -> v2: a checksum of every column of a row (NULL for rows written by v1).
     "ALTER TABLE jobs ADD COLUMN crc INTEGER;"
     "ALTER TABLE requests ADD COLUMN crc INTEGER;",
+    // v2 -> v3: the commit counter, mirrored in journal.db.commits.
+    "CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
+    "INSERT INTO meta(k, v) VALUES('commits', 0);",
 };
 
 // Appended to every refusal caused by a damaged journal (README "Journal recovery").
@@ -68,7 +73,7 @@ constexpr char kRecovery[] =
     "\"Journal recovery\"): stop every scheduler on this state dir, then either restore the state "
     "dir from a backup, or salvage the readable rows into a new state dir with "
     "`sqlite3 OLD/journal.db .dump | sqlite3 NEW/journal.db && sqlite3 NEW/journal.db "
-    "'PRAGMA user_version=2'` and start on NEW (a row named as damaged can instead be deleted "
+    "'PRAGMA user_version=3'` and start on NEW (a row named as damaged can instead be deleted "
     "with `sqlite3 OLD/journal.db \"DELETE FROM jobs WHERE job_id='ID'\"`; clients resubmit "
     "missing jobs with their request ids)";
 
@@ -289,7 +294,7 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
         state_path,
         ". If the log is lost for good, "
         "deleting ",
-        state_path,
+        state_path, " and ", path, ".commits",
         " starts from the main file alone (jobs only in the log are "
         "lost)",
         kRecovery));
@@ -308,6 +313,10 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
   }
   std::unique_ptr<Journal> j(new Journal(db, path));
   sqlite3_busy_timeout(db, 5000);
+  // Until the journal is accepted, closing must not checkpoint: a refused open
+  // would otherwise fold the WAL into journal.db and delete it, changing the
+  // evidence (and the next message) under the operator.
+  sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
   // SQLite reports damage as CORRUPT / NOTADB: refused with the file and the recovery.
   auto damaged = [&](const absl::Status& s) {
     if (s.ok() || !IsCorruption(db)) return s;
@@ -341,7 +350,9 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
   };
   ZFARM_RETURN_IF_ERROR(named(damaged(j->Migrate())));
   ZFARM_RETURN_IF_ERROR(named(j->Prepare()));
+  ZFARM_RETURN_IF_ERROR(named(j->CheckCommitRecord()));
   ZFARM_RETURN_IF_ERROR(j->WriteStateFile("open"));
+  sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
   j->mark_closed_ = true;
   j->writer_ = std::thread([raw = j.get()] { raw->WriterLoop(); });
   return j;
@@ -349,7 +360,10 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
 
 Journal::~Journal() {
   Close();
-  for (sqlite3_stmt* s : {put_job_, del_job_, put_req_, del_req_}) sqlite3_finalize(s);
+  for (sqlite3_stmt* s : {put_job_, del_job_, put_req_, del_req_, bump_commits_}) {
+    sqlite3_finalize(s);
+  }
+  if (commits_fd_ >= 0) ::close(commits_fd_);
   // A clean close checkpoints the WAL into journal.db and deletes it: only then
   // is the journal "closed" (a missing WAL is expected).
   if (sqlite3_close(db_) == SQLITE_OK && mark_closed_) {
@@ -419,7 +433,87 @@ absl::Status Journal::Prepare() {
            "VALUES(?,?,?,?,?)",
            &put_req_));
   ZFARM_RETURN_IF_ERROR(prep("DELETE FROM requests WHERE request_id=?", &del_req_));
+  ZFARM_RETURN_IF_ERROR(prep("UPDATE meta SET v=? WHERE k='commits'", &bump_commits_));
   return absl::OkStatus();
+}
+
+namespace {
+// journal.db.commits: the counter and its complement, little-endian.
+constexpr size_t kCommitRecordBytes = 16;
+void EncodeCommitRecord(uint64_t seq, unsigned char out[kCommitRecordBytes]) {
+  for (int i = 0; i < 8; ++i) {
+    out[i] = static_cast<unsigned char>(seq >> (8 * i));
+    out[8 + i] = static_cast<unsigned char>(~seq >> (8 * i));
+  }
+}
+}  // namespace
+
+absl::Status Journal::CheckCommitRecord() {
+  const std::string record = path_ + ".commits";
+  uint64_t in_journal = 0;
+  {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db_, "SELECT v FROM meta WHERE k='commits'", -1, &st, nullptr) !=
+            SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+      absl::Status s = absl::DataLossError(
+          absl::StrCat("journal ", path_, ": the commit counter row is missing", kRecovery));
+      sqlite3_finalize(st);
+      return s;
+    }
+    in_journal = static_cast<uint64_t>(sqlite3_column_int64(st, 0));
+    sqlite3_finalize(st);
+  }
+  if (auto bytes = ReadAll(record); bytes.ok()) {
+    uint64_t seq = 0, inverse = 0;
+    if (bytes->size() == kCommitRecordBytes) {
+      for (int i = 0; i < 8; ++i) {
+        seq |= uint64_t{static_cast<unsigned char>((*bytes)[i])} << (8 * i);
+        inverse |= uint64_t{static_cast<unsigned char>((*bytes)[8 + i])} << (8 * i);
+      }
+    }
+    if (bytes->size() != kCommitRecordBytes || seq != ~inverse) {
+      return absl::DataLossError(absl::StrCat(
+          "journal ", path_, ": the commit record ", record,
+          " is damaged, so the journal cannot be checked for lost transactions. If the journal "
+          "is otherwise intact, delete ",
+          record, " to accept it as it is", kRecovery));
+    }
+    if (in_journal < seq) {
+      return absl::DataLossError(absl::StrCat(
+          "journal ", path_, " ends at commit ", in_journal, " but commit ", seq,
+          " was acknowledged (recorded in ", record, "): the last ", seq - in_journal,
+          " transaction(s) of its write-ahead log ", path_,
+          "-wal were lost (damaged or cut short). If you restored journal.db from a backup on "
+          "purpose, delete ",
+          record, " and start again", kRecovery));
+    }
+  }
+  commits_fd_ = ::open(record.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (commits_fd_ < 0) {
+    return absl::FailedPreconditionError(absl::StrCat("journal: cannot open ", record));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    commit_seq_ = in_journal;
+  }
+  return WriteCommitRecord(in_journal);
+}
+
+absl::Status Journal::WriteCommitRecord(uint64_t seq) {
+  unsigned char buf[kCommitRecordBytes];
+  EncodeCommitRecord(seq, buf);
+  if (::pwrite(commits_fd_, buf, sizeof(buf), 0) != static_cast<ssize_t>(sizeof(buf)) ||
+      ::fdatasync(commits_fd_) != 0) {
+    return absl::InternalError(
+        absl::StrCat("journal: cannot write ", path_, ".commits: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+uint64_t Journal::commit_seq() const {
+  absl::MutexLock lock(&mu_);
+  return commit_seq_;
 }
 
 absl::StatusOr<std::string> Journal::Pragma(const std::string& name) {
@@ -607,8 +701,22 @@ absl::Status Journal::WriteOps(const std::vector<Batch>& batches) {
       if (rc != SQLITE_DONE) return fail("write");
     }
   }
+  uint64_t seq;
+  {
+    absl::MutexLock lock(&mu_);
+    seq = commit_seq_ + 1;
+  }
+  sqlite3_bind_int64(bump_commits_, 1, static_cast<int64_t>(seq));
+  int rc = sqlite3_step(bump_commits_);
+  sqlite3_reset(bump_commits_);
+  if (rc != SQLITE_DONE || sqlite3_changes(db_) != 1) return fail("commit counter");
   if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) return fail("commit");
-  return absl::OkStatus();
+  {
+    absl::MutexLock lock(&mu_);
+    commit_seq_ = seq;
+  }
+  // Durable in the journal; now record it outside the WAL before anyone is told.
+  return WriteCommitRecord(seq);
 }
 
 void Journal::WriterLoop() {

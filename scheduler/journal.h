@@ -23,7 +23,13 @@
 // (truncation); the WAL is scanned so that a damaged frame followed by frames of
 // the same generation (which SQLite would silently cut off) is refused;
 // PRAGMA integrity_check runs at open; every row carries a checksum of all its
-// columns (schema v2), checked by Load().
+// columns (schema v2), checked by Load(). Every write transaction also bumps a
+// commit counter inside the journal (schema v3, table meta) and, once committed
+// and before any caller is told, records it in <state_dir>/journal.db.commits
+// (16 bytes, fdatasync'ed): a journal found BEHIND that record at open lost
+// acknowledged transactions (its last WAL frames damaged or cut at a frame
+// boundary, which SQLite cannot tell from a torn write and drops) and is
+// refused (DATA_LOSS). The cost is one more fdatasync per group commit.
 
 #include <cstdint>
 #include <deque>
@@ -110,7 +116,9 @@ class Journal {
 
   // For tests and diagnostics: runs "PRAGMA <name>" and returns the first column.
   absl::StatusOr<std::string> Pragma(const std::string& name);
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
+  // The commit counter (transactions written since the journal was created).
+  uint64_t commit_seq() const;
   std::string path() const { return path_; }
   // Commits (transactions) and batches written so far.
   int64_t commits() const;
@@ -125,6 +133,11 @@ class Journal {
   Journal(sqlite3* db, std::string path);
   // Writes journal.db.state atomically (temp + rename + fsync).
   absl::Status WriteStateFile(const char* state);
+  // Compares the journal's commit counter with journal.db.commits (refusing a
+  // journal behind it) and opens that file for WriteCommitRecord().
+  absl::Status CheckCommitRecord();
+  // Overwrites journal.db.commits with `seq` and fdatasyncs it.
+  absl::Status WriteCommitRecord(uint64_t seq);
   absl::Status Migrate();
   absl::Status Prepare();
   absl::Status WriteOps(const std::vector<Batch>& batches);
@@ -138,6 +151,8 @@ class Journal {
   sqlite3_stmt* del_job_ = nullptr;
   sqlite3_stmt* put_req_ = nullptr;
   sqlite3_stmt* del_req_ = nullptr;
+  sqlite3_stmt* bump_commits_ = nullptr;
+  int commits_fd_ = -1;  // journal.db.commits
 
   mutable absl::Mutex mu_;
   std::deque<Batch> pending_ ABSL_GUARDED_BY(mu_);
@@ -147,6 +162,8 @@ class Journal {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
   int64_t commits_ ABSL_GUARDED_BY(mu_) = 0;
+  // The journal's commit counter: set by Open(), then advanced by the writer.
+  uint64_t commit_seq_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t batches_ ABSL_GUARDED_BY(mu_) = 0;
 
   std::thread writer_;

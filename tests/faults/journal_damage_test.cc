@@ -32,6 +32,7 @@ namespace zfarm::scheduler {
 namespace {
 
 namespace fs = std::filesystem;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::zfarm::testing::FakeClock;
 
@@ -185,10 +186,15 @@ TEST_F(JournalDamageTest, WalDeletedAfterACrashIsRefused) {
   EXPECT_THAT(got.status(), ::zfarm::testing::StatusIs(absl::StatusCode::kFailedPrecondition,
                                                        HasSubstr(image + "/journal.db-wal")));
   EXPECT_THAT(std::string(got.status().message()), HasSubstr("Recovery"));
-  // The documented recovery for a log that is lost for good: delete journal.db.state.
+  // The documented recovery for a log that is lost for good: delete journal.db.state
+  // (and journal.db.commits, or the commit record refuses the shorter journal next).
   // The scheduler then starts from the main file alone (some jobs are gone, which
   // the operator accepted explicitly).
   fs::remove(image + "/journal.db.state");
+  EXPECT_THAT(OpenAndLoad(image).status(),
+              ::zfarm::testing::StatusIs(absl::StatusCode::kDataLoss,
+                                         HasSubstr(image + "/journal.db.commits")));
+  fs::remove(image + "/journal.db.commits");
   auto salvaged = OpenAndLoad(image);
   ASSERT_OK(salvaged.status());
   EXPECT_LT(salvaged->size(), want.size());
@@ -232,8 +238,8 @@ TEST_F(JournalDamageTest, TruncatedMainFileIsRefused) {
 TEST_F(JournalDamageTest, WalWithATornTailIsHarmless) {
   // A partial frame after the last commit is what a crash during a write leaves
   // (that transaction was never acknowledged): every acknowledged job is kept.
-  // (Cutting the log at a frame boundary drops whole acknowledged transactions,
-  // which only a record outside the WAL could detect: the known limit below.)
+  // (Cutting the log at a frame boundary drops whole acknowledged transactions:
+  // the commit record refuses that, WalCutAtAFrameBoundaryIsRefused.)
   std::string image = base_ + "/image";
   auto want = MakeCrashImage(image, 60);
   std::string copy = base_ + "/copy";
@@ -320,17 +326,65 @@ TEST_F(JournalDamageTest, ByteFlipsInWalBeforeTheLastTransactionAreRefused) {
   EXPECT_GT(refused, 0);
 }
 
-// KNOWN LIMIT (reported, issue 11): a WAL cut at a frame boundary, or damage
-// inside the frames of the LAST transaction in the WAL looks exactly like a write torn by a crash,
-// so SQLite drops that transaction and the jobs it acknowledged are lost silently. Detecting it
-// needs a commit counter kept outside the WAL (one more fsync per group commit).
-TEST_F(JournalDamageTest, DISABLED_ByteFlipInTheLastWalTransactionIsRefused) {
+// Damage inside the frames of the LAST transaction in the WAL, or the WAL cut at
+// a frame boundary, looks exactly like a write torn by a crash, so SQLite drops
+// those transactions. The commit record outside the WAL (journal.db.commits)
+// says they were acknowledged: refused (DATA_LOSS), never a silent loss.
+TEST_F(JournalDamageTest, ByteFlipInTheLastWalTransactionIsRefused) {
   std::string image = base_ + "/image";
   auto want = MakeCrashImage(image, 60);
   std::vector<WalFrame> frames = WalFrames(image + "/journal.db-wal");
   ASSERT_FALSE(frames.empty());
-  FlipByte(image + "/journal.db-wal", frames.back().offset + 24 + 100);
-  EXPECT_TRUE(RefusedOrIntact(image, image + "/journal.db-wal", want, "last frame"));
+  for (uint64_t at : {frames.back().offset + 24 + 100, frames.back().offset + 9}) {
+    std::string copy = base_ + "/copy";
+    CopyDir(image, copy);
+    FlipByte(copy + "/journal.db-wal", at);
+    auto got = OpenAndLoad(copy);
+    EXPECT_THAT(got.status(),
+                ::zfarm::testing::StatusIs(absl::StatusCode::kDataLoss,
+                                           AllOf(HasSubstr(copy + "/journal.db-wal"),
+                                                 HasSubstr("were lost"), HasSubstr("Recovery"))))
+        << "flip at " << at;
+  }
+}
+
+TEST_F(JournalDamageTest, WalCutAtAFrameBoundaryIsRefused) {
+  std::string image = base_ + "/image";
+  auto want = MakeCrashImage(image, 60);
+  std::vector<WalFrame> frames = WalFrames(image + "/journal.db-wal");
+  // Cut after each of the last three commit frames but the final one: every cut
+  // drops at least one acknowledged transaction.
+  int cuts = 0;
+  for (size_t i = frames.size() - 1; i-- > 0 && cuts < 3;) {
+    if (!frames[i].commit) continue;
+    const uint64_t frame_bytes = frames[1].offset - frames[0].offset;
+    std::string copy = base_ + "/copy";
+    CopyDir(image, copy);
+    fs::resize_file(copy + "/journal.db-wal", frames[i].offset + frame_bytes);
+    EXPECT_THAT(OpenAndLoad(copy).status(),
+                ::zfarm::testing::StatusIs(absl::StatusCode::kDataLoss, HasSubstr("were lost")))
+        << "cut after frame " << i;
+    ++cuts;
+  }
+  EXPECT_GT(cuts, 0);
+}
+
+// The commit record itself: damaged -> refused naming it; deleted -> the journal
+// is accepted as it is (and the record written again).
+TEST_F(JournalDamageTest, DamagedCommitRecordIsRefusedDeletedIsRecreated) {
+  std::string image = base_ + "/image";
+  auto want = MakeCrashImage(image, 30);
+  std::string copy = base_ + "/copy";
+  CopyDir(image, copy);
+  FlipByte(copy + "/journal.db.commits", 3);
+  EXPECT_THAT(OpenAndLoad(copy).status(),
+              ::zfarm::testing::StatusIs(absl::StatusCode::kDataLoss,
+                                         AllOf(HasSubstr(copy + "/journal.db.commits"),
+                                               HasSubstr("is damaged"))));
+  fs::remove(copy + "/journal.db.commits");
+  ASSERT_OK_AND_ASSIGN(auto got, OpenAndLoad(copy));
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(fs::file_size(copy + "/journal.db.commits"), 16u);
 }
 
 TEST_F(JournalDamageTest, SchedulerCreateRefusesWithFileAndRecovery) {
@@ -376,7 +430,7 @@ TEST_F(JournalDamageTest, DocumentedRecoveryWithTheSqlite3Shell) {
   fs::create_directories(salvaged);
   ASSERT_EQ(Shell(absl::StrCat("sqlite3 ", state, "/journal.db .dump | sqlite3 ", salvaged,
                                "/journal.db && sqlite3 ", salvaged,
-                               "/journal.db 'PRAGMA user_version=2'")),
+                               "/journal.db 'PRAGMA user_version=3'")),
             0);
   auto again = OpenAndLoad(salvaged);
   EXPECT_THAT(again.status(),
