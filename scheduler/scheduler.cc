@@ -1256,10 +1256,23 @@ void Scheduler::Tick() {
   if (mono - last_prune_ >= absl::Seconds(10)) {
     last_prune_ = mono;
     std::vector<std::string> prune;
+    std::vector<std::pair<absl::Time, std::string>> kept;  // finished, within retention
     for (const auto& [id, r] : jobs_) {
-      if (IsFinal(r.job.state()) && FromProto(r.job.end_time()) + options_.retention <= now) {
+      if (!IsFinal(r.job.state())) continue;
+      const absl::Time end = FromProto(r.job.end_time());
+      if (end + options_.retention <= now) {
         prune.push_back(id);
+      } else {
+        kept.emplace_back(end, id);
       }
+    }
+    // Over --max-finished-jobs: the oldest-ended go too.
+    int64_t over_cap = 0;
+    if (options_.max_finished_jobs > 0 &&
+        static_cast<int64_t>(kept.size()) > options_.max_finished_jobs) {
+      over_cap = static_cast<int64_t>(kept.size()) - options_.max_finished_jobs;
+      std::nth_element(kept.begin(), kept.begin() + over_cap, kept.end());
+      for (int64_t i = 0; i < over_cap; ++i) prune.push_back(std::move(kept[i].second));
     }
     for (const auto& id : prune) {
       JobRecord& r = jobs_.at(id);
@@ -1290,7 +1303,8 @@ void Scheduler::Tick() {
       }
     }
     if (!prune.empty() || !expired.empty()) {
-      LOG(INFO) << "event=pruned jobs=" << prune.size() << " tombstones=" << expired.size();
+      LOG(INFO) << "event=pruned jobs=" << prune.size() << " over_max_finished=" << over_cap
+                << " tombstones=" << expired.size();
     }
   }
   if (mono - last_gauges_ >= absl::Seconds(1)) {

@@ -84,6 +84,10 @@ class Scheduler {
     int max_attempts = 3;
     // Finished jobs are pruned from the journal after this long (PNGs are kept).
     absl::Duration retention = absl::Hours(24 * 7);
+    // At most this many finished jobs are kept (memory and journal bound): beyond
+    // it the oldest-ended are pruned before their retention (tombstones remain,
+    // so request ids stay idempotent). 0 = no cap.
+    int64_t max_finished_jobs = 100000;
     // Idempotency tombstones live at least this long after submit.
     absl::Duration tombstone_ttl = absl::Hours(24);
     absl::Duration heartbeat_interval = absl::Seconds(5);

@@ -276,6 +276,46 @@ TEST_F(SchedulerCoreTest, IdempotentResubmitSurvivesPruning) {
   EXPECT_NE(fresh.job().job_id(), a.job().job_id());
 }
 
+TEST_F(SchedulerCoreTest, FinishedJobsBeyondTheCapArePrunedOldestFirst) {
+  options_.max_finished_jobs = 3;
+  Open();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_OK_AND_ASSIGN(auto r, Submit(absl::StrCat("cap-", i), absl::StrCat("prompt ", i)));
+    ids.push_back(r.job().job_id());
+  }
+  ASSERT_OK_AND_ASSIGN(auto queued, Submit("cap-queued", "still queued"));
+  for (int i = 0; i < 6; ++i) {  // end times one minute apart, in submit order
+    v1::CancelJobRequest c;
+    c.set_job_id(ids[i]);
+    ASSERT_OK(Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }));
+    clock_.Advance(absl::Minutes(1));
+  }
+  clock_.Advance(absl::Seconds(11));  // the next prune pass (well within --retention)
+  sched_->Tick();
+  Sync();
+  for (int i = 0; i < 6; ++i) {
+    auto got = Call<v1::Job>([&](auto cb) { sched_->GetJob(ids[i], std::move(cb)); });
+    if (i < 3) {
+      EXPECT_THAT(got, StatusIs(absl::StatusCode::kNotFound, HasSubstr("job_id"))) << i;
+    } else {
+      EXPECT_OK(got.status()) << i;
+    }
+  }
+  // Unfinished jobs never count or go; pruned ids stay idempotent (tombstones).
+  EXPECT_OK(Call<v1::Job>([&](auto cb) { sched_->GetJob(queued.job().job_id(), std::move(cb)); })
+                .status());
+  ASSERT_OK_AND_ASSIGN(auto again, Submit("cap-0", "prompt 0"));
+  EXPECT_FALSE(again.created());
+  EXPECT_EQ(again.job().job_id(), ids[0]);
+  // The cap holds across a restart (the journal was pruned too).
+  sched_.reset();
+  Open();
+  EXPECT_THAT(Call<v1::Job>([&](auto cb) { sched_->GetJob(ids[2], std::move(cb)); }),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("job_id")));
+  EXPECT_OK(Call<v1::Job>([&](auto cb) { sched_->GetJob(ids[3], std::move(cb)); }).status());
+}
+
 TEST_F(SchedulerCoreTest, BackpressureCarriesRetryHint) {
   options_.max_queued_jobs = 2;
   options_.retry_after = absl::Milliseconds(750);
