@@ -10,7 +10,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "proto/security/paths.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
 #include "prometheus/counter.h"
@@ -18,6 +17,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "proto/security/paths.h"
 #include "proto/status_macros.h"
 
 namespace zfarm::scheduler {
@@ -45,9 +45,9 @@ struct Scheduler::Worker {
   v1::WorkerState state = v1::WORKER_STATE_READY;
   uint64_t session = 0;
   std::shared_ptr<WorkerSink> sink;
-  std::set<std::string> leases;  // job ids
+  std::set<std::string> leases;                   // job ids
   absl::Time connect_time, last_seen, lost_time;  // wall: shown to users
-  absl::Time last_seen_mono, lost_mono;            // monotonic: silence, lost TTL
+  absl::Time last_seen_mono, lost_mono;           // monotonic: silence, lost TTL
   int64_t jobs_done = 0, jobs_failed = 0;
   int consecutive_failures = 0;
 };

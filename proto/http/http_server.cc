@@ -89,8 +89,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
-  svr.set_keep_alive_timeout(
-      std::max<time_t>(1, absl::ToInt64Seconds(options.keep_alive_timeout)));
+  svr.set_keep_alive_timeout(std::max<time_t>(1, absl::ToInt64Seconds(options.keep_alive_timeout)));
   svr.set_read_timeout(std::chrono::seconds(60));
   svr.set_write_timeout(std::chrono::seconds(60));
   const size_t max_body = options.max_body_bytes;
@@ -120,8 +119,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   srv->port_ = port == 0 ? svr.bind_to_any_port(host) : (svr.bind_to_port(host, port) ? port : -1);
   if (srv->port_ <= 0) {
     const int err = errno;
-    return absl::UnavailableError(absl::StrCat(options.flag, ": cannot listen on '",
-                                               options.listen, "'",
+    return absl::UnavailableError(absl::StrCat(options.flag, ": cannot listen on '", options.listen,
+                                               "'",
                                                err != 0 ? absl::StrCat(": ", strerror(err)) : ""));
   }
   impl->thread = std::thread([impl] {

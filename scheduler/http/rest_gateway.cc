@@ -42,8 +42,7 @@ const char* CodeName(grpc::StatusCode code) {
   return c >= 0 && c <= 16 ? kNames[c] : "UNKNOWN";
 }
 
-void Send(httplib::Response& res, int status, const std::string& content_type,
-          std::string body) {
+void Send(httplib::Response& res, int status, const std::string& content_type, std::string body) {
   res.status = status;
   res.set_header("Cache-Control", "no-store");
   res.body = std::move(body);

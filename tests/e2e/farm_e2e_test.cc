@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -27,6 +28,7 @@
 #include "tests/testing/farm_client.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/test_certs.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 
@@ -68,7 +70,8 @@ std::string RunCommand(const std::string& cmd, int* status) {
 std::set<std::string> PeersFromStrace(const std::string& trace_path) {
   std::ifstream in(trace_path);
   std::set<std::string> peers;
-  const std::regex inet(R"(connect\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\).*?inet(?:_pton\(AF_INET6?, |_addr\()\"([^\"]+)\")");
+  const std::regex inet(
+      R"(connect\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\).*?inet(?:_pton\(AF_INET6?, |_addr\()\"([^\"]+)\")");
   const std::regex unix_sock(R"(connect\(\d+, \{sa_family=AF_UNIX, sun_path=\"([^\"]+)\")");
   for (std::string line; std::getline(in, line);) {
     std::smatch m;
@@ -101,9 +104,11 @@ class FarmTest : public ::testing::Test {
 
   // Starts the scheduler (on `port`, or a free one) with short heartbeats.
   void StartScheduler(int port = 0, std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {ZFARM_SCHEDULER_BIN, absl::StrCat("--listen=127.0.0.1:", port),
+    std::vector<std::string> argv = {ZFARM_SCHEDULER_BIN,
+                                     absl::StrCat("--listen=127.0.0.1:", port),
                                      "--state-dir=" + dir_ + "/state",
-                                     "--output-root=" + dir_ + "/out", "--heartbeat_interval=200ms",
+                                     "--output-root=" + dir_ + "/out",
+                                     "--heartbeat_interval=200ms",
                                      "--lease_timeout=2s"};
     for (auto& a : extra) argv.push_back(a);
     scheduler_ = std::make_unique<Subprocess>(
@@ -118,9 +123,15 @@ class FarmTest : public ::testing::Test {
 
   std::vector<std::string> WorkerArgs(const std::string& name,
                                       const std::string& model = ZFARM_TINY_MODEL_DIR) {
-    return {ZFARM_WORKER_BIN, "serve",  "--scheduler=" + address_, "--model=" + model,
-            "--output-root=" + dir_ + "/out", "--name=" + name, "--warmup=64x64",
-            "--warmup-steps=1", "--min-free-disk-mb=1"};
+    return {ZFARM_WORKER_BIN,
+            "serve",
+            "--scheduler=" + address_,
+            "--model=" + model,
+            "--output-root=" + dir_ + "/out",
+            "--name=" + name,
+            "--warmup=64x64",
+            "--warmup-steps=1",
+            "--min-free-disk-mb=1"};
   }
 
   // Starts `zfarm-worker serve` and waits until the scheduler lists it READY.
@@ -132,9 +143,10 @@ class FarmTest : public ::testing::Test {
     workers_.push_back(std::make_unique<Subprocess>(argv, dir_ + "/" + name + ".log"));
     Subprocess* w = workers_.back().get();
     // Stops waiting early if the worker exits (e.g. it cannot load the model).
-    EXPECT_TRUE(WaitFor([&] { return !w->Running() || WorkerState(name) == v1::WORKER_STATE_READY; },
-                        absl::Seconds(60)) &&
-                WorkerState(name) == v1::WORKER_STATE_READY)
+    EXPECT_TRUE(
+        WaitFor([&] { return !w->Running() || WorkerState(name) == v1::WORKER_STATE_READY; },
+                absl::Seconds(60)) &&
+        WorkerState(name) == v1::WORKER_STATE_READY)
         << w->ReadLog();
     return workers_.back().get();
   }
@@ -177,10 +189,11 @@ TEST_F(FarmTest, CliSubmitProducesThePngWithItsSha256AndSigtermExitsCleanly) {
                       absl::Seconds(10)));
 
   int status = 0;
-  std::string out = RunCommand(absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_,
-                                     " --prompt 'a red fox in the snow' --width 256 --height 256"
-                                     " --steps 4 --seed 42 --wait --json"),
-                        &status);
+  std::string out =
+      RunCommand(absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_,
+                              " --prompt 'a red fox in the snow' --width 256 --height 256"
+                              " --steps 4 --seed 42 --wait --json"),
+                 &status);
   ASSERT_EQ(status, 0) << out;
   nlohmann::json j = nlohmann::json::parse(out.substr(out.find('{')));
   ASSERT_EQ(j["state"], "succeeded") << out;
@@ -189,16 +202,18 @@ TEST_F(FarmTest, CliSubmitProducesThePngWithItsSha256AndSigtermExitsCleanly) {
   EXPECT_EQ(Sha256File(path), j["sha256"].get<std::string>());
   EXPECT_TRUE(Files(".tmp").empty());
   // The same seed renders the same bytes on a second job.
-  std::string again = RunCommand(absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_,
-                                       " --prompt 'a red fox in the snow' --width 256 --height 256"
-                                       " --steps 4 --seed 42 --wait --json"),
-                          &status);
+  std::string again =
+      RunCommand(absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_,
+                              " --prompt 'a red fox in the snow' --width 256 --height 256"
+                              " --steps 4 --seed 42 --wait --json"),
+                 &status);
   nlohmann::json j2 = nlohmann::json::parse(again.substr(again.find('{')));
   EXPECT_EQ(j2["sha256"], j["sha256"]);
 
   const int s = w->Stop(SIGTERM);
   EXPECT_TRUE(WIFEXITED(s) && WEXITSTATUS(s) == 0) << w->ReadLog();
-  EXPECT_NE(w->ReadLog().find("stopped after 2 images, 0 failures"), std::string::npos) << w->ReadLog();
+  EXPECT_NE(w->ReadLog().find("stopped after 2 images, 0 failures"), std::string::npos)
+      << w->ReadLog();
 }
 
 TEST_F(FarmTest, CancelARunningJob) {
@@ -315,8 +330,7 @@ TEST_F(FarmTest, OfflineTheWorkersOnlyPeerIsTheScheduler) {
   // address reports it.
   const std::string trace2 = dir_ + "/control.trace";
   Subprocess control({"/usr/bin/strace", "-f", "--seccomp-bpf", "-e", "trace=connect", "-o", trace2,
-                      "/bin/bash",
-                      "-c",
+                      "/bin/bash", "-c",
                       absl::StrCat("exec 3<>/dev/tcp/127.0.0.1/", port_,
                                    "; exec 4<>/dev/tcp/127.0.0.1/1 || true")},
                      dir_ + "/control.log");
@@ -329,8 +343,9 @@ TEST_F(FarmTest, OfflineTheWorkersOnlyPeerIsTheScheduler) {
 
 TEST_F(FarmTest, DoctorPassesOnTheTinyModelAndNamesABrokenFile) {
   int status = 0;
-  const std::string doctor = absl::StrCat(ZFARM_WORKER_BIN, " doctor --device cpu --size 64x64",
-                                          " --steps 1 --json --output-root ", dir_, "/out --model ");
+  const std::string doctor =
+      absl::StrCat(ZFARM_WORKER_BIN, " doctor --device cpu --size 64x64",
+                   " --steps 1 --json --output-root ", dir_, "/out --model ");
   std::string out = RunCommand(doctor + ZFARM_TINY_MODEL_DIR, &status);
   ASSERT_EQ(status, 0) << out;
   nlohmann::json j = nlohmann::json::parse(out);
@@ -398,8 +413,7 @@ TEST_F(FarmTest, FullOutputDiskFailsTheJobCleanlyAndTheWorkerStaysHealthy) {
   EXPECT_EQ(j.state(), v1::JOB_STATE_FAILED);
   // Caught before rendering (free space below the image's raw size); a disk that
   // fills during the write fails the same way with ENOSPC ("No space left on device").
-  EXPECT_NE(j.error().message().find("output disk full"), std::string::npos)
-      << j.error().message();
+  EXPECT_NE(j.error().message().find("output disk full"), std::string::npos) << j.error().message();
   EXPECT_TRUE(Files(".png").empty());
   EXPECT_TRUE(Files(".tmp").empty());
   // The worker is still READY; with space freed the next job succeeds.
@@ -436,7 +450,8 @@ TEST_F(FarmTest, WithTokensOnlyAWorkerRoleTokenConnects) {
         return a;
       }(),
       dir_ + "/w1.log");
-  ASSERT_FALSE(good.WaitForLine("event=worker_welcomed", absl::Seconds(60)).empty()) << good.ReadLog();
+  ASSERT_FALSE(good.WaitForLine("event=worker_welcomed", absl::Seconds(60)).empty())
+      << good.ReadLog();
   int status = 0;
   std::string out = RunCommand(
       absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_, " --token-file ", dir_,
@@ -446,6 +461,84 @@ TEST_F(FarmTest, WithTokensOnlyAWorkerRoleTokenConnects) {
   EXPECT_NE(out.find("\"succeeded\""), std::string::npos) << out;
   EXPECT_FALSE(bad.WaitForLine("PERMISSION_DENIED", absl::Seconds(30)).empty()) << bad.ReadLog();
   EXPECT_EQ(bad.ReadLog().find("event=worker_welcomed"), std::string::npos);
+}
+
+// Issue 11 item 1 with the real binaries: mutual TLS on every port (scheduler
+// gRPC and /metrics; the worker's channel, health port and /metrics; the CLI)
+// plus tokens, one job rendered end to end, and a client without a certificate
+// refused everywhere.
+TEST_F(FarmTest, MutualTlsOnEveryPortWithTokens) {
+  const std::string d = dir_;
+  ASSERT_TRUE(zfarm::testing::MakeTestCertificates(d).ok());
+  std::ofstream(d + "/tokens") << "worker-token-0123456789abcdef render-farm worker\n"
+                               << "submit-token-0123456789abcdef ci-team submitter\n";
+  std::ofstream(d + "/worker.tok") << "worker-token-0123456789abcdef\n";
+  std::ofstream(d + "/submit.tok") << "submit-token-0123456789abcdef\n";
+  StartScheduler(0, {"--tls-cert=" + d + "/server.pem", "--tls-key=" + d + "/server.key",
+                     "--tls-client-ca=" + d + "/ca.pem", "--token-file=" + d + "/tokens",
+                     "--metrics-listen=127.0.0.1:0"});
+  if (HasFatalFailure()) return;
+  const std::string client_tls = absl::StrCat(" --tls-ca ", d, "/ca.pem --tls-cert ", d,
+                                              "/client.pem --tls-key ", d, "/client.key");
+  Subprocess worker(
+      [&] {
+        auto a = WorkerArgs("w-tls");
+        for (const std::string& f : std::vector<std::string>{
+                 "--tls-ca=" + d + "/ca.pem", "--tls-cert=" + d + "/client.pem",
+                 "--tls-key=" + d + "/client.key", "--token-file=" + d + "/worker.tok",
+                 "--health-listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
+                 "--health-tls-cert=" + d + "/server.pem", "--health-tls-key=" + d + "/server.key",
+                 "--health-tls-client-ca=" + d + "/ca.pem"}) {
+          a.push_back(f);
+        }
+        return a;
+      }(),
+      d + "/w-tls.log");
+  ASSERT_FALSE(worker.WaitForLine("event=worker_welcomed", absl::Seconds(60)).empty())
+      << worker.ReadLog();
+  // "grpc.health.v1 on HOST:PORT (...)" and "/metrics on port N" from its stdout.
+  std::vector<std::string> words =
+      absl::StrSplit(worker.WaitForLine("grpc.health.v1 on ", absl::Seconds(5)), ' ');
+  ASSERT_GE(words.size(), 3u) << worker.ReadLog();
+  const std::string health_addr = words[2];
+  words = absl::StrSplit(worker.WaitForLine("/metrics on port ", absl::Seconds(5)), ' ');
+  ASSERT_GE(words.size(), 4u) << worker.ReadLog();
+  const std::string metrics_port = words[3];
+
+  int status = 0;
+  std::string out = RunCommand(
+      absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_, client_tls, " --token-file ", d,
+                   "/submit.tok", " --prompt 'a fox' --width 256 --height 256",
+                   " --steps 2 --wait --json 2>&1"),
+      &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("\"succeeded\""), std::string::npos) << out;
+  EXPECT_EQ(Files(".png").size(), 1u);
+
+  // The worker's health port: SERVING over mutual TLS; no certificate -> refused.
+  out = RunCommand(
+      absl::StrCat(ZFARM_CLI_BIN, " health ", health_addr, client_tls, " --timeout 5s 2>&1"),
+      &status);
+  EXPECT_EQ(status, 0) << health_addr << ": " << out;
+  out = RunCommand(absl::StrCat(ZFARM_CLI_BIN, " health ", health_addr, " --tls-ca ", d,
+                                "/ca.pem --timeout 2s 2>&1"),
+                   &status);
+  EXPECT_NE(status, 0) << out;
+  // The worker's /metrics over mutual TLS counts the image; no certificate -> no answer.
+  const std::string curl =
+      "env -u LD_LIBRARY_PATH curl -sS --max-time 10 --cacert " + d + "/ca.pem";
+  out = RunCommand(absl::StrCat(curl, " --cert ", d, "/client.pem --key ", d,
+                                "/client.key https://127.0.0.1:", metrics_port, "/metrics"),
+                   &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("zfarm_worker_images_total"), std::string::npos) << out;
+  RunCommand(absl::StrCat(curl, " https://127.0.0.1:", metrics_port, "/metrics 2>/dev/null"),
+             &status);
+  EXPECT_NE(status, 0);
+  worker.Stop(SIGTERM);
+  for (const std::string& log : {worker.ReadLog(), scheduler_->ReadLog()}) {
+    EXPECT_EQ(log.find("token-0123456789abcdef"), std::string::npos);  // tokens never logged
+  }
 }
 
 }  // namespace

@@ -378,9 +378,9 @@ TEST_F(JournalDamageTest, DamagedCommitRecordIsRefusedDeletedIsRecreated) {
   CopyDir(image, copy);
   FlipByte(copy + "/journal.db.commits", 3);
   EXPECT_THAT(OpenAndLoad(copy).status(),
-              ::zfarm::testing::StatusIs(absl::StatusCode::kDataLoss,
-                                         AllOf(HasSubstr(copy + "/journal.db.commits"),
-                                               HasSubstr("is damaged"))));
+              ::zfarm::testing::StatusIs(
+                  absl::StatusCode::kDataLoss,
+                  AllOf(HasSubstr(copy + "/journal.db.commits"), HasSubstr("is damaged"))));
   fs::remove(copy + "/journal.db.commits");
   ASSERT_OK_AND_ASSIGN(auto got, OpenAndLoad(copy));
   EXPECT_EQ(got, want);

@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> acked;  // in submit order
   std::set<std::string> acked_set;
   std::vector<double> latency_ms;
-  std::map<std::string, int> accepted;  // job -> accepted commits
+  std::map<std::string, int> accepted;             // job -> accepted commits
   std::map<std::string, std::string> output_path;  // job -> its PNG
   std::atomic<int> submit_errors{0}, worker_errors{0}, watch_errors{0}, watch_done{0},
       watch_not_succeeded{0};

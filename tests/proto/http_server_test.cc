@@ -26,8 +26,8 @@ using ::zfarm::testing::StatusIs;
 using json = nlohmann::json;
 
 std::string TempDir(const std::string& name) {
-  std::string d = std::filesystem::temp_directory_path() /
-                  absl::StrCat("zfarm-http-", getpid(), "-", name);
+  std::string d =
+      std::filesystem::temp_directory_path() / absl::StrCat("zfarm-http-", getpid(), "-", name);
   std::filesystem::remove_all(d);
   std::filesystem::create_directories(d);
   return d;
@@ -139,8 +139,8 @@ TEST(HttpServerTest, HttpsAndMutualTls) {
 
 TEST(MetricsServerTest, ServesTheRegistryInTextFormatOverHttpAndHttps) {
   auto registry = std::make_shared<prometheus::Registry>();
-  auto& family = prometheus::BuildCounter().Name("zfarm_test_events_total").Help("t").Register(
-      *registry);
+  auto& family =
+      prometheus::BuildCounter().Name("zfarm_test_events_total").Help("t").Register(*registry);
   family.Add({{"kind", "a"}}).Increment(3);
   ASSERT_OK_AND_ASSIGN(auto plain, StartMetricsServer("127.0.0.1:0", {}, registry));
   httplib::Client cli("127.0.0.1", plain->port());
@@ -153,8 +153,9 @@ TEST(MetricsServerTest, ServesTheRegistryInTextFormatOverHttpAndHttps) {
   const std::string d = TempDir("metrics-tls");
   ASSERT_OK(zfarm::testing::MakeTestCertificates(d));
   ASSERT_OK_AND_ASSIGN(
-      auto tls, StartMetricsServer("127.0.0.1:0",
-                                   {d + "/server.pem", d + "/server.key", d + "/ca.pem"}, registry));
+      auto tls,
+      StartMetricsServer("127.0.0.1:0", {d + "/server.pem", d + "/server.key", d + "/ca.pem"},
+                         registry));
   family.Add({{"kind", "a"}}).Increment();
   httplib::SSLClient scraper("127.0.0.1", tls->port(), d + "/client.pem", d + "/client.key");
   scraper.set_ca_cert_path((d + "/ca.pem").c_str());

@@ -303,8 +303,9 @@ TEST_F(SchedulerCoreTest, FinishedJobsBeyondTheCapArePrunedOldestFirst) {
     }
   }
   // Unfinished jobs never count or go; pruned ids stay idempotent (tombstones).
-  EXPECT_OK(Call<v1::Job>([&](auto cb) { sched_->GetJob(queued.job().job_id(), std::move(cb)); })
-                .status());
+  EXPECT_OK(Call<v1::Job>([&](auto cb) {
+              sched_->GetJob(queued.job().job_id(), std::move(cb));
+            }).status());
   ASSERT_OK_AND_ASSIGN(auto again, Submit("cap-0", "prompt 0"));
   EXPECT_FALSE(again.created());
   EXPECT_EQ(again.job().job_id(), ids[0]);

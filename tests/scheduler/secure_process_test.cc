@@ -113,22 +113,20 @@ class SecureProcessTest : public ::testing::Test {
     for (auto [marker, port] :
          {std::pair{"REST gateway on port ", &http_port_}, {"metrics on port ", &metrics_port_}}) {
       line = scheduler_->WaitForLine(marker, absl::Seconds(10));
-      ASSERT_TRUE(absl::SimpleAtoi(absl::StripPrefix(line, marker), port))
-          << scheduler_->ReadLog();
+      ASSERT_TRUE(absl::SimpleAtoi(absl::StripPrefix(line, marker), port)) << scheduler_->ReadLog();
     }
   }
 
   // One HTTPS request with curl: the CA always, the client certificate when
   // `client_cert`, the bearer token when non-empty.
   HttpResult Curl(const std::string& method, int port, const std::string& path,
-                  const std::string& token, const std::string& body = "",
-                  bool client_cert = true) {
+                  const std::string& token, const std::string& body = "", bool client_cert = true) {
     const std::string d = dir_;
     // curl is a system tool: run it with the system's libraries (on the GPU
     // host LD_LIBRARY_PATH points at a dependency bundle with another libcurl).
-    std::string cmd = absl::StrCat("env -u LD_LIBRARY_PATH curl -sS --max-time 20 -o ",
-                                   Quote(d + "/body"),
-                                   " -w '%{http_code}' --cacert ", Quote(d + "/ca.pem"));
+    std::string cmd =
+        absl::StrCat("env -u LD_LIBRARY_PATH curl -sS --max-time 20 -o ", Quote(d + "/body"),
+                     " -w '%{http_code}' --cacert ", Quote(d + "/ca.pem"));
     if (client_cert) {
       absl::StrAppend(&cmd, " --cert ", Quote(d + "/client.pem"), " --key ",
                       Quote(d + "/client.key"));
@@ -246,8 +244,8 @@ TEST_F(SecureProcessTest, CliSubmitWaitGetListCancelAgainstTlsAndTokens) {
 
   // A worker with its own client certificate and the worker token renders
   // (fakes) one job.
-  auto tls = security::ClientCredentials(
-      {dir_ + "/client.pem", dir_ + "/client.key", dir_ + "/ca.pem"});
+  auto tls =
+      security::ClientCredentials({dir_ + "/client.pem", dir_ + "/client.key", dir_ + "/ca.pem"});
   ASSERT_OK(tls.status());
   auto channel = grpc::CreateChannel(
       address_, grpc::CompositeChannelCredentials(*tls, grpc::AccessTokenCredentials(kWorker)));
@@ -262,9 +260,10 @@ TEST_F(SecureProcessTest, CliSubmitWaitGetListCancelAgainstTlsAndTokens) {
   });
 
   // submit --wait: exit 0 with the succeeded job as JSON.
-  ShellRun run = Cli("submit --json --wait --prompt 'a lighthouse' --width 512 --height 512 "
-                "--request-id cli-1",
-                alice);
+  ShellRun run =
+      Cli("submit --json --wait --prompt 'a lighthouse' --width 512 --height 512 "
+          "--request-id cli-1",
+          alice);
   render.join();
   ASSERT_OK(rendered);
   worker->reset();  // later jobs stay queued

@@ -165,6 +165,7 @@ int RunServe(int argc, char** argv) {
         registry);
     if (!m.ok()) return Fatal("metrics endpoint", m.status());
     metrics_server = *std::move(m);
+    std::printf("metrics: /metrics on port %d\n", metrics_server->port());
   }
 
   PipelineOptions popts;

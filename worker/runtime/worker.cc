@@ -125,8 +125,8 @@ bool SameLease(const v1::LeaseId& a, const v1::LeaseId& b) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(Options options,
-                                                      std::unique_ptr<Renderer> renderer,
-                                                      SchedulerLink::Options link) {
+                                                       std::unique_ptr<Renderer> renderer,
+                                                       SchedulerLink::Options link) {
   if (options.name.empty()) return absl::InvalidArgumentError("--name: must not be empty");
   if (options.output_root.empty()) {
     return absl::InvalidArgumentError("--output-root: required");
@@ -357,8 +357,7 @@ void Worker::CountFailure(v1::FailureReason reason) {
     absl::MutexLock lock(&mu_);
     ++stats_.failures;
     // A bad request or a full output disk says nothing about the device.
-    if (reason == v1::FAILURE_REASON_INVALID_REQUEST ||
-        reason == v1::FAILURE_REASON_OUTPUT_ERROR) {
+    if (reason == v1::FAILURE_REASON_INVALID_REQUEST || reason == v1::FAILURE_REASON_OUTPUT_ERROR) {
       return;
     }
     if (++consecutive_failures_ < options_.unhealthy_after_failures || !healthy_) return;
@@ -366,8 +365,8 @@ void Worker::CountFailure(v1::FailureReason reason) {
     back.swap(pending_);
     if (metrics_ != nullptr) metrics_->SetServing(false);
   }
-  LOG(ERROR) << "event=worker_unhealthy worker=" << options_.name << " failures_in_a_row="
-             << options_.unhealthy_after_failures;
+  LOG(ERROR) << "event=worker_unhealthy worker=" << options_.name
+             << " failures_in_a_row=" << options_.unhealthy_after_failures;
   SendStatus(false, absl::StrCat(options_.unhealthy_after_failures, " failures in a row"));
   for (const auto& [l, t] : back) {
     Fail(l.lease(), v1::FAILURE_REASON_WORKER_LOST, true, "worker unhealthy");
@@ -389,8 +388,8 @@ void Worker::InferenceLoop() {
     {
       absl::MutexLock lock(&mu_);
       if (!healthy_ && self_test_at == Steady::time_point::max()) {
-        self_test_at = Steady::now() + absl::ToChronoNanoseconds(
-                                           options_.self_test_delay * (1 << std::min(self_tests, 5)));
+        self_test_at = Steady::now() + absl::ToChronoNanoseconds(options_.self_test_delay *
+                                                                 (1 << std::min(self_tests, 5)));
       }
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stopping_ || (healthy_ && !pending_.empty());
@@ -464,10 +463,11 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
   }
 
   GenerateRequest req = RequestFor(spec);
-  const absl::Time deadline = spec.has_deadline()
-                                  ? absl::FromUnixMicros(google::protobuf::util::TimeUtil::
-                                                             TimestampToMicroseconds(spec.deadline()))
-                                  : absl::InfiniteFuture();
+  const absl::Time deadline =
+      spec.has_deadline()
+          ? absl::FromUnixMicros(
+                google::protobuf::util::TimeUtil::TimestampToMicroseconds(spec.deadline()))
+          : absl::InfiniteFuture();
 
   auto cancel = std::make_shared<CancelToken>();
   const absl::Time start = absl::Now();
@@ -495,7 +495,8 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
   absl::Time last_step = start;
   auto on_step = [&](int step, int total) {
     const absl::Time now = absl::Now();
-    if (metrics_ != nullptr && step > 1) metrics_->ObserveStep(absl::ToDoubleSeconds(now - last_step));
+    if (metrics_ != nullptr && step > 1)
+      metrics_->ObserveStep(absl::ToDoubleSeconds(now - last_step));
     last_step = now;
     // Encode the next job's prompt between our steps (same thread, same device),
     // once, so it starts with its caption ready.
@@ -633,9 +634,9 @@ void Worker::WriteAndCommit(Output out) {
   const std::filesystem::path temp_abs = dir / temp_name;
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  absl::Status w = ec ? absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ",
-                                                         ec.message()))
-                      : WriteAndSync(temp_abs.string(), *png);
+  absl::Status w =
+      ec ? absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()))
+         : WriteAndSync(temp_abs.string(), *png);
   if (!w.ok()) {
     ::unlink(temp_abs.string().c_str());
     Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, true, std::string(w.message()));
@@ -744,8 +745,8 @@ void Worker::Shutdown(absl::Duration grace) {
     };
     if (!AwaitMonotonic(&mu_, absl::Condition(&idle), grace)) {
       LOG(WARNING) << "event=shutdown_grace_expired worker=" << options_.name
-                   << " running=" << (running_ ? running_->job_id() : "") << " uncommitted="
-                   << commits_.size();
+                   << " running=" << (running_ ? running_->job_id() : "")
+                   << " uncommitted=" << commits_.size();
       if (running_cancel_) running_cancel_->Cancel();
     }
     stopping_ = true;
