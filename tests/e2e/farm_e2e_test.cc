@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -121,17 +122,22 @@ class FarmTest : public ::testing::Test {
         grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
   }
 
+  // Workers run on the CPU, or on $ZFARM_E2E_DEVICE (e.g. cuda:0 on the GPU host).
   std::vector<std::string> WorkerArgs(const std::string& name,
                                       const std::string& model = ZFARM_TINY_MODEL_DIR) {
-    return {ZFARM_WORKER_BIN,
-            "serve",
-            "--scheduler=" + address_,
-            "--model=" + model,
-            "--output-root=" + dir_ + "/out",
-            "--name=" + name,
-            "--warmup=64x64",
-            "--warmup-steps=1",
-            "--min-free-disk-mb=1"};
+    std::vector<std::string> args = {ZFARM_WORKER_BIN,
+                                     "serve",
+                                     "--scheduler=" + address_,
+                                     "--model=" + model,
+                                     "--output-root=" + dir_ + "/out",
+                                     "--name=" + name,
+                                     "--warmup=64x64",
+                                     "--warmup-steps=1",
+                                     "--min-free-disk-mb=1"};
+    if (const char* device = std::getenv("ZFARM_E2E_DEVICE"); device != nullptr && *device) {
+      args.push_back(absl::StrCat("--device=", device));
+    }
+    return args;
   }
 
   // Starts `zfarm-worker serve` and waits until the scheduler lists it READY.
