@@ -90,7 +90,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
   svr.set_keep_alive_timeout(std::max<time_t>(1, absl::ToInt64Seconds(options.keep_alive_timeout)));
-  svr.set_read_timeout(std::chrono::seconds(60));
+  // A client that stops sending (or a slow-drip one) frees its thread after this
+  // long per read; requests here are small JSON bodies.
+  svr.set_read_timeout(std::chrono::seconds(10));
   svr.set_write_timeout(std::chrono::seconds(60));
   const size_t max_body = options.max_body_bytes;
   svr.set_error_handler([max_body](const httplib::Request& req, httplib::Response& res) {
