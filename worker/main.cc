@@ -21,13 +21,15 @@ constexpr Command kCommands[] = {
     {"verify", zfarm::worker::RunVerify, "check a model folder against the official md5 manifest"},
     {"tokenize", zfarm::worker::RunTokenize, "JSON Lines prompts on stdin -> token ids"},
     {"doctor", zfarm::worker::RunDoctor, "pre-flight checks: files, device, load test"},
+    {"cache-weights", zfarm::worker::RunCacheWeights,
+     "write the bf16 DiT copy that serve --weights-cache loads (faster cold starts)"},
 };
 
 void PrintUsage(FILE* out) {
   std::fprintf(out,
                "usage: zfarm-worker <command> [flags]   (zfarm-worker <command> --help)\n\n"
                "commands:\n");
-  for (const Command& c : kCommands) std::fprintf(out, "  %-9s %s\n", c.name, c.summary);
+  for (const Command& c : kCommands) std::fprintf(out, "  %-13s %s\n", c.name, c.summary);
   std::fprintf(out, "\n  --version  print the version\n");
 }
 

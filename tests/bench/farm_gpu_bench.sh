@@ -11,12 +11,14 @@
 #      (printed by the worker when it stops; also zfarm_worker_job_gap_seconds on /metrics);
 #   4. cold start: the disk's direct read speed, the page cache dropped, one `zfarm-worker
 #      serve` on cuda:0 from process start to health SERVING (load + 1024² warm-up + connect);
+#      then `zfarm-worker cache-weights` and the same cold start with --weights-cache;
 #   5. doctor on cuda:0 (device, driver and CUDA versions).
 # Writes summary.md (and logs) to $OUT (or build-gpu/farm-bench).
 #
 # Env: ZFARM_TOKENIZER (tokenizer.json; default: unpacks .carry/qwen3-tokenizer.json.xz),
 #      ZFARM_FARM_JOBS (64), ZFARM_MODEL_DIR (where to write the weights; default /var/tmp),
 #      ZFARM_SKIP_BUILD=1 (reuse build-gpu), ZFARM_SOURCE_TARBALL (build this snapshot),
+#      ZFARM_FARM_CACHE=0 (skip the second cold start from the bf16 weights cache),
 #      ZFARM_FARM_DRY=1 (a dry run of the script on a CPU host: ZFARM_BUILD_DIR's binaries and
 #      tiny model, cpu workers, 256²).
 set -uo pipefail
@@ -96,6 +98,7 @@ start_worker() {  # index model -> seconds to SERVING
   "$bin/zfarm-worker" serve --scheduler 127.0.0.1:50051 --device "$(dev "$i")" --model "$m" \
     --output-root "$work/out" --name "bench/cuda:$i" --warmup "${size}x$size" \
     --health-listen "127.0.0.1:$((18100 + i))" ${ZFARM_FARM_METRICS:+--metrics-listen "127.0.0.1:$((19500 + i))"} \
+    ${worker_extra:-} \
     > "$out/worker-cuda$i.log" 2>&1 &
   echo $! > "$work/worker$i.pid"
   for _ in $(seq 2400); do
@@ -165,6 +168,31 @@ PY
   cold=$(start_worker 0 "$model") || { log "cold start failed"; exit 1; }
   log "cold start cuda:0 (page cache dropped by $how): $cold s to SERVING ($(loaded 0))"
   stop_workers
+  # 4b. The same with the bf16 DiT copy (zfarm-worker cache-weights, serve --weights-cache).
+  if [ "${ZFARM_FARM_CACHE:-1}" = 1 ]; then
+    cache=$(dirname "$model")/weights-cache
+    t0=$(now)
+    "$bin/zfarm-worker" cache-weights --model "$model" --weights-cache "$cache" > "$out/cache-weights.log" 2>&1 ||
+      { tail -5 "$out/cache-weights.log"; exit 1; }
+    log "cache-weights: $(calc "$(now) - $t0") s, $(du -sh "$cache" | cut -f1)"
+    sync
+    if [ "$how" = drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; else
+      python3 - "$model" "$cache" <<'PY'
+import os, sys
+for root in sys.argv[1:]:
+    for d, _, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(d, f), os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+PY
+    fi
+    worker_extra="--weights-cache $cache"
+    cold=$(start_worker 0 "$model") || { log "cold start with the cache failed"; exit 1; }
+    worker_extra=
+    log "cold start cuda:0 with --weights-cache (page cache dropped by $how): $cold s to SERVING ($(loaded 0); $(grep -o 'result=[a-z]*' "$out/worker-cuda0.log" | head -1))"
+    stop_workers
+  fi
 fi
 
 "$bin/zfarm-worker" doctor --model "$model" --device "$(dev 0)" --fast --no-load > "$out/doctor.txt" 2>&1

@@ -17,6 +17,8 @@ int RunVerify(int argc, char** argv);
 int RunTokenize(int argc, char** argv);
 // doctor: pre-flight checks of files, device and a load test.
 int RunDoctor(int argc, char** argv);
+// cache-weights: write the bf16 DiT copy that serve --weights-cache reads.
+int RunCacheWeights(int argc, char** argv);
 
 }  // namespace zfarm::worker
 

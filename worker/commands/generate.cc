@@ -27,6 +27,7 @@ constexpr char kUsage[] =
     "  [--guidance 0] [--negative-prompt TEXT] [--device cpu|cuda:N]\n"
     "  [--vae-fp32] [--offload-text-encoder] [--vae-tiling]\n"
     "  [--no-cuda-graphs] [--reference-ops]   (speed paths off: less memory / debugging)\n"
+    "  [--weights-cache DIR]   (the bf16 DiT copy of `zfarm-worker cache-weights`)\n"
     "Steps are transformer evaluations: the model card's \"9 steps\" are 8 here.\n";
 
 const std::vector<std::string> kBoolFlags = {"vae-fp32",       "offload-text-encoder",
@@ -34,7 +35,8 @@ const std::vector<std::string> kBoolFlags = {"vae-fp32",       "offload-text-enc
                                              "reference-ops",  "help"};
 const std::vector<std::string> kValueFlags = {"model",   "prompt",   "prompts",         "out",
                                               "out-dir", "width",    "height",          "steps",
-                                              "seed",    "guidance", "negative-prompt", "device"};
+                                              "seed",    "guidance", "negative-prompt", "device",
+                                              "weights-cache"};
 
 int Usage(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker generate: %s\n%s", why.c_str(), kUsage);
@@ -106,6 +108,7 @@ int RunGenerate(int argc, char** argv) {
   opts.vae_tiling = flag_true("vae-tiling");
   opts.cuda_graphs = !flag_true("no-cuda-graphs");
   opts.fused_ops = !flag_true("reference-ops");
+  if (f.count("weights-cache")) opts.weights_cache_dir = f["weights-cache"];
   auto pipeline = Pipeline::Create(opts);
   if (!pipeline.ok()) {
     std::fprintf(stderr, "zfarm-worker generate: %s\n", pipeline.status().ToString().c_str());

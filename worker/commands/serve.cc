@@ -57,6 +57,8 @@ constexpr char kUsage[] =
     "  --reference-ops           the reference ATen ops instead of the fused kernels\n"
     "  --vae-tiling              decode in tiles (less memory at large sizes)\n"
     "  --vae-fp32                run the VAE in float32\n"
+    "  --weights-cache DIR       read the DiT from its bf16 copy there when current (written\n"
+    "                            by `zfarm-worker cache-weights`; half the bytes of a cold start)\n"
     "  --tls-ca FILE             CA that signed the scheduler's certificate (TLS to --scheduler)\n"
     "  --tls-cert/--tls-key FILE client certificate for mutual TLS with the scheduler\n"
     "  --token-file FILE         bearer token (role worker) for the scheduler; default $ZFARM_TOKEN\n"
@@ -75,7 +77,7 @@ const std::vector<std::string> kValueFlags = {
     "health-listen",  "metrics-listen", "prefetch",     "max-size",
     "min-free-disk-mb", "shutdown-grace", "tls-ca",         "tls-cert",
     "tls-key",          "token-file",     "health-tls-cert", "health-tls-key",
-    "health-tls-client-ca"};
+    "health-tls-client-ca", "weights-cache"};
 
 int Usage(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker serve: %s\n%s", why.c_str(), kUsage);
@@ -176,6 +178,7 @@ int RunServe(int argc, char** argv) {
   popts.cuda_graphs = !f.True("no-cuda-graphs");
   popts.fused_ops = !f.True("reference-ops");
   popts.vae_fp32 = f.True("vae-fp32");
+  if (f.Has("weights-cache")) popts.weights_cache_dir = f.Get("weights-cache");
   std::printf("loading %s on %s (%s)...\n", popts.model_dir.c_str(), device.c_str(),
               info->name.c_str());
   std::fflush(stdout);

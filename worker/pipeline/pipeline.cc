@@ -25,6 +25,7 @@
 #include "proto/status_macros.h"
 #include "worker/io/model_folder.h"
 #include "worker/io/safetensors.h"
+#include "worker/io/weights_cache.h"
 #include "worker/model/fused_ops.h"
 #include "worker/model/modules.h"
 #include "worker/model/weights.h"
@@ -160,6 +161,7 @@ class Pipeline::Impl {
   model::Transformer transformer{nullptr};
   model::VaeDecoder vae{nullptr};
   double load_seconds = 0;
+  bool cache_hit = false;  // the DiT came from the bf16 weights cache
   bool time_steps = false;
   // Recently encoded captions (token ids -> [L, cap_feat_dim] on the device), newest last.
   std::deque<std::pair<std::vector<int32_t>, at::Tensor>> captions;
@@ -351,10 +353,35 @@ absl::Status Pipeline::Impl::Load() {
     ZFARM_RETURN_IF_ERROR(model::LoadWeights(*text_encoder, *ws, spec));
   }
   {
-    ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(dir + "/transformer"));
     model::LoadSpec spec;
     spec.component = "transformer";
-    ZFARM_RETURN_IF_ERROR(model::LoadWeights(*transformer, *ws, spec));
+    const std::string source = dir + "/transformer";
+    // A current bf16 copy (--weights-cache) when computing in bf16; anything wrong
+    // with it (damaged, incomplete) falls back to the source with a warning.
+    bool loaded = false;
+    if (!options.weights_cache_dir.empty() && dtype == at::kBFloat16) {
+      absl::StatusOr<std::string> cached = Bf16CacheDir(options.weights_cache_dir, source);
+      const bool present =
+          cached.ok() && std::filesystem::exists(*cached + "/model.safetensors");
+      absl::Status s = cached.status();
+      if (present) {
+        auto ws = WeightSet::Open(*cached);
+        s = ws.ok() ? model::LoadWeights(*transformer, **ws, spec) : ws.status();
+        loaded = s.ok();
+      }
+      LOG(INFO) << "event=weights_cache component=transformer dir="
+                << (cached.ok() ? *cached : options.weights_cache_dir)
+                << " result=" << (loaded ? "hit" : present ? "unusable" : "miss");
+      if (present && !loaded) {
+        LOG(WARNING) << "event=weights_cache_unusable error=\"" << s.message()
+                     << "\" (loading the source; rerun zfarm-worker cache-weights)";
+      }
+      cache_hit = loaded;
+    }
+    if (!loaded) {
+      ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(source));
+      ZFARM_RETURN_IF_ERROR(model::LoadWeights(*transformer, *ws, spec));
+    }
   }
   {
     ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(dir + "/vae"));
@@ -640,7 +667,8 @@ std::string Pipeline::Describe() const {
                       o.cuda_graphs && cuda ? ", cuda graphs" : "",
                       o.vae_channels_last && cuda ? ", vae channels-last" : "",
                       impl_->options.offload_text_encoder ? ", text encoder offloaded" : "",
-                      impl_->options.vae_tiling ? ", tiled vae" : "");
+                      impl_->options.vae_tiling ? ", tiled vae" : "",
+                      impl_->cache_hit ? ", DiT from the bf16 weights cache" : "");
 }
 
 std::vector<uint8_t> ToRgb8(const float* chw, int height, int width) {

@@ -49,6 +49,10 @@ struct PipelineOptions {
   // Keep the text encoder on the CPU and run it there (the device holds only the
   // DiT and the VAE; a new prompt costs a CPU encode, a cached one nothing).
   bool offload_text_encoder = false;
+  // Folder of bf16 weight copies (zfarm-worker cache-weights, worker/io/weights_cache.h):
+  // when the compute dtype is bf16 and a current copy of the DiT is there, it is
+  // read instead of the float32 shards (half the bytes). Empty = off.
+  std::string weights_cache_dir;
   // Decode the VAE in overlapping latent tiles (diffusers' tiled_decode blending).
   bool vae_tiling = false;
   int vae_tile_latent = 64;   // tile side in latent pixels (64 -> 512 px)

@@ -1,6 +1,8 @@
 #include "worker/pipeline/pipeline.h"
 
+#include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -10,11 +12,13 @@
 #include "tests/testing/status_matchers.h"
 #include "tests/worker/model/tiny_folder.h"
 #include "tests/worker/pipeline/tiny_pipeline_fixture.h"
+#include "worker/io/weights_cache.h"
 
 namespace zfarm::worker {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::zfarm::testing::StatusIs;
 
 TEST(InitialNoiseTest, MatchesTorchCpuGenerator) {
@@ -202,6 +206,66 @@ TEST(PipelineCreateTest, RandomWeightsWithTilingMatchShapes) {
   t.width = t.height = 32;
   EXPECT_THAT(p->Generate(t, nullptr, nullptr),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt_ids")));
+}
+
+// The bf16 weights cache (zfarm-worker cache-weights / --weights-cache): in bf16
+// the pipeline renders exactly what it renders from the float32 source; a
+// damaged copy falls back to the source; float32 runs never use it; a changed
+// source gets a new cache folder.
+TEST(WeightsCacheTest, Bf16CacheRendersLikeTheSourceAndFallsBack) {
+  const std::string dir = testing::MakeTinyFolder();
+  ASSERT_FALSE(dir.empty());
+  const std::string cache = dir + "/../weights-cache";
+  std::filesystem::remove_all(cache);
+  ASSERT_OK_AND_ASSIGN(bool useful, Bf16CacheUseful(dir + "/transformer"));
+  EXPECT_TRUE(useful);  // the tiny DiT is float32, like the real one
+  ASSERT_OK_AND_ASSIGN(std::string cached, WriteBf16Cache(cache, dir + "/transformer"));
+  ASSERT_OK_AND_ASSIGN(bool cache_useful, Bf16CacheUseful(cached));
+  EXPECT_FALSE(cache_useful);
+
+  GenerateRequest r;
+  r.prompt = "a red fox in the snow";
+  r.width = 48;
+  r.height = 32;
+  r.steps = 2;
+  r.seed = 42;
+  auto render = [&](PipelineOptions o) -> std::pair<std::string, std::vector<uint8_t>> {
+    o.model_dir = dir;
+    auto p = Pipeline::Create(o);
+    EXPECT_OK(p.status());
+    if (!p.ok()) return {};
+    auto img = (*p)->Generate(r, nullptr, nullptr);
+    EXPECT_OK(img.status());
+    return {(*p)->Describe(), img.ok() ? img->rgb : std::vector<uint8_t>()};
+  };
+  PipelineOptions bf16;
+  bf16.precision = PipelineOptions::Precision::kBFloat16;
+  const auto source = render(bf16);
+  EXPECT_THAT(source.first, Not(HasSubstr("weights cache")));
+  bf16.weights_cache_dir = cache;
+  const auto from_cache = render(bf16);
+  EXPECT_THAT(from_cache.first, HasSubstr("DiT from the bf16 weights cache"));
+  ASSERT_FALSE(source.second.empty());
+  EXPECT_EQ(from_cache.second, source.second);
+
+  // float32 compute reads the source, never the bf16 copy.
+  PipelineOptions fp32;
+  fp32.weights_cache_dir = cache;
+  EXPECT_THAT(render(fp32).first, Not(HasSubstr("weights cache")));
+
+  // A damaged copy (cut short) is not used: the source is, and the image is the same.
+  std::filesystem::resize_file(cached + "/model.safetensors", 1000);
+  const auto fallback = render(bf16);
+  EXPECT_THAT(fallback.first, Not(HasSubstr("weights cache")));
+  EXPECT_EQ(fallback.second, source.second);
+
+  // A changed source file (here only its time) names another cache folder.
+  const auto shard = dir + "/transformer/config.json";
+  std::filesystem::last_write_time(
+      shard, std::filesystem::last_write_time(shard) + std::chrono::seconds(5));
+  ASSERT_OK_AND_ASSIGN(std::string other, Bf16CacheDir(cache, dir + "/transformer"));
+  EXPECT_NE(other, cached);
+  std::filesystem::remove_all(cache);
 }
 
 }  // namespace

@@ -1,0 +1,42 @@
+#ifndef ZFARM_WORKER_IO_WEIGHTS_CACHE_H_
+#define ZFARM_WORKER_IO_WEIGHTS_CACHE_H_
+
+// File: weights_cache.h
+// A bfloat16 copy of a model component for faster cold starts. Z-Image-Turbo
+// ships its DiT in float32 (24 GB) while CUDA workers compute in bfloat16, so
+// half of every cold start's disk read is thrown away; the cache holds exactly
+// what the worker keeps (12 GB) and is read instead when it is current.
+//
+//   zfarm-worker cache-weights --model M --weights-cache C   # once per host (and model)
+//   zfarm-worker serve --model M --weights-cache C ...       # DiT from the cache if current
+//
+// Layout: C/<component>-bf16-<key>/model.safetensors, where <key> (16 hex) is a
+// sha256 over the format version and every file of the component folder (name,
+// size, modification time, the JSON configs and the safetensors headers): a
+// replaced or retrained checkpoint gets a new key, never a stale cache. Written
+// to a temporary folder and renamed into place (workers starting meanwhile use
+// the source); bf16 rounding is round-to-nearest-even, as the source loader's.
+// Torch-free. Thread-compatible.
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace zfarm::worker {
+
+// The cache folder of `component_dir` under `cache_root` (it may not exist).
+absl::StatusOr<std::string> Bf16CacheDir(const std::string& cache_root,
+                                         const std::string& component_dir);
+
+// True when `component_dir` holds float32 or float16 tensors (a cache helps).
+absl::StatusOr<bool> Bf16CacheUseful(const std::string& component_dir);
+
+// Writes the bf16 copy of `component_dir` into Bf16CacheDir(cache_root, ...)
+// and returns that folder. OK without writing when it is already there.
+absl::StatusOr<std::string> WriteBf16Cache(const std::string& cache_root,
+                                           const std::string& component_dir);
+
+}  // namespace zfarm::worker
+
+#endif  // ZFARM_WORKER_IO_WEIGHTS_CACHE_H_
