@@ -1,7 +1,10 @@
 #include "worker/io/weights_cache.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -97,13 +100,26 @@ absl::StatusOr<std::string> WriteBf16Cache(const std::string& cache_root,
                                            const std::string& component_dir) {
   ZFARM_ASSIGN_OR_RETURN(std::string dir, Bf16CacheDir(cache_root, component_dir));
   if (fs::exists(dir + "/" + kFile)) return dir;
-  ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(component_dir));
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) {
     return absl::FailedPreconditionError(
         absl::StrCat("--weights-cache: cannot create ", dir, ": ", ec.message()));
   }
+  // One writer per copy (e.g. one worker unit per GPU starting together): the
+  // others wait here and then find it written.
+  const std::string lock_path = dir + "/.lock";
+  const int lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock < 0 || ::flock(lock, LOCK_EX) != 0) {
+    if (lock >= 0) ::close(lock);
+    return absl::FailedPreconditionError(absl::StrCat("--weights-cache: cannot lock ", lock_path));
+  }
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::close(fd); }  // releases the flock
+  } unlock{lock};
+  if (fs::exists(dir + "/" + kFile)) return dir;
+  ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(component_dir));
   std::vector<TensorSpec> specs;
   for (const std::string& name : ws->Names()) {
     specs.push_back({name, DType::kBF16, ws->Find(name)->shape});

@@ -33,7 +33,8 @@ absl::StatusOr<std::string> Bf16CacheDir(const std::string& cache_root,
 absl::StatusOr<bool> Bf16CacheUseful(const std::string& component_dir);
 
 // Writes the bf16 copy of `component_dir` into Bf16CacheDir(cache_root, ...)
-// and returns that folder. OK without writing when it is already there.
+// and returns that folder. OK without writing when it is already there;
+// concurrent writers of the same copy are serialised (flock), so it is written once.
 absl::StatusOr<std::string> WriteBf16Cache(const std::string& cache_root,
                                            const std::string& component_dir);
 
