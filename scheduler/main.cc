@@ -53,6 +53,9 @@ ABSL_FLAG(absl::Duration, retention, absl::Hours(24 * 7),
 ABSL_FLAG(int64_t, max_finished_jobs, 100000,
           "Finished jobs kept for status/list (about 4.5 KB of memory each); beyond it the "
           "oldest-ended are pruned before --retention (request ids stay idempotent); 0 = no cap");
+ABSL_FLAG(int64_t, max_tombstones, 1000000,
+          "Idempotency tombstones of pruned jobs kept (about 1 KB each); beyond it the oldest "
+          "go before --tombstone-ttl; 0 = no cap");
 ABSL_FLAG(absl::Duration, tombstone_ttl, absl::Hours(24),
           "Minimum time a request_id stays deduplicated (at least 24h recommended)");
 ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(5),
@@ -196,6 +199,7 @@ int main(int argc, char** argv) {
   so.retention = absl::GetFlag(FLAGS_retention);
   so.tombstone_ttl = absl::GetFlag(FLAGS_tombstone_ttl);
   so.max_finished_jobs = absl::GetFlag(FLAGS_max_finished_jobs);
+  so.max_tombstones = absl::GetFlag(FLAGS_max_tombstones);
   so.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   so.lease_timeout = absl::GetFlag(FLAGS_lease_timeout);
   so.aging_per_minute = absl::GetFlag(FLAGS_aging_per_minute);

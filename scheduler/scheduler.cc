@@ -1283,9 +1283,23 @@ void Scheduler::Tick() {
       jobs_.erase(id);
     }
     std::vector<std::string> expired;
+    std::vector<std::pair<absl::Time, std::string>> orphans;  // job gone, within the TTL
     for (const auto& [rid, rr] : requests_) {
-      if (rr.create_time + options_.tombstone_ttl <= now && !jobs_.contains(rr.job_id)) {
+      if (jobs_.contains(rr.job_id)) continue;
+      if (rr.create_time + options_.tombstone_ttl <= now) {
         expired.push_back(rid);
+      } else {
+        orphans.emplace_back(rr.create_time, rid);
+      }
+    }
+    // Over --max-tombstones: the oldest go too.
+    int64_t tombstones_over_cap = 0;
+    if (options_.max_tombstones > 0 &&
+        static_cast<int64_t>(orphans.size()) > options_.max_tombstones) {
+      tombstones_over_cap = static_cast<int64_t>(orphans.size()) - options_.max_tombstones;
+      std::nth_element(orphans.begin(), orphans.begin() + tombstones_over_cap, orphans.end());
+      for (int64_t i = 0; i < tombstones_over_cap; ++i) {
+        expired.push_back(std::move(orphans[i].second));
       }
     }
     for (const auto& rid : expired) {
@@ -1304,7 +1318,8 @@ void Scheduler::Tick() {
     }
     if (!prune.empty() || !expired.empty()) {
       LOG(INFO) << "event=pruned jobs=" << prune.size() << " over_max_finished=" << over_cap
-                << " tombstones=" << expired.size();
+                << " tombstones=" << expired.size()
+                << " over_max_tombstones=" << tombstones_over_cap;
     }
   }
   if (mono - last_gauges_ >= absl::Seconds(1)) {

@@ -88,8 +88,12 @@ class Scheduler {
     // it the oldest-ended are pruned before their retention (tombstones remain,
     // so request ids stay idempotent). 0 = no cap.
     int64_t max_finished_jobs = 100000;
-    // Idempotency tombstones live at least this long after submit.
+    // Idempotency tombstones live at least this long after submit...
     absl::Duration tombstone_ttl = absl::Hours(24);
+    // ...unless more than this many outlive their jobs: then the oldest go first
+    // (memory bound at very high submit rates; a request id older than the
+    // survivors may then create a new job). 0 = no cap.
+    int64_t max_tombstones = 1000000;
     absl::Duration heartbeat_interval = absl::Seconds(5);
     // A worker silent for this long is lost.
     absl::Duration lease_timeout = absl::Seconds(30);

@@ -317,6 +317,37 @@ TEST_F(SchedulerCoreTest, FinishedJobsBeyondTheCapArePrunedOldestFirst) {
   EXPECT_OK(Call<v1::Job>([&](auto cb) { sched_->GetJob(ids[3], std::move(cb)); }).status());
 }
 
+TEST_F(SchedulerCoreTest, TombstonesBeyondTheCapArePrunedOldestFirst) {
+  options_.max_finished_jobs = 1;
+  options_.max_tombstones = 2;
+  Open();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_OK_AND_ASSIGN(auto r, Submit(absl::StrCat("t-", i), absl::StrCat("prompt ", i)));
+    ids.push_back(r.job().job_id());
+    v1::CancelJobRequest c;
+    c.set_job_id(ids.back());
+    ASSERT_OK(Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }));
+    clock_.Advance(absl::Minutes(1));  // submit (tombstone) times one minute apart
+  }
+  clock_.Advance(absl::Seconds(11));
+  sched_->Tick();  // prunes jobs 0..3 (one finished job kept), caps their 4 tombstones at 2
+  Sync();
+  // Tombstones of jobs 2 and 3 still answer; those of 0 and 1 are gone (a new job).
+  for (int i : {2, 3}) {
+    ASSERT_OK_AND_ASSIGN(auto again, Submit(absl::StrCat("t-", i), absl::StrCat("prompt ", i)));
+    EXPECT_FALSE(again.created()) << i;
+    EXPECT_EQ(again.job().job_id(), ids[i]);
+  }
+  ASSERT_OK_AND_ASSIGN(auto fresh, Submit("t-0", "prompt 0"));
+  EXPECT_TRUE(fresh.created());
+  EXPECT_NE(fresh.job().job_id(), ids[0]);
+  // Job 4 is still kept (within --max-finished-jobs): its request id is not a tombstone yet.
+  ASSERT_OK_AND_ASSIGN(auto kept, Submit("t-4", "prompt 4"));
+  EXPECT_FALSE(kept.created());
+  EXPECT_EQ(kept.job().job_id(), ids[4]);
+}
+
 TEST_F(SchedulerCoreTest, BackpressureCarriesRetryHint) {
   options_.max_queued_jobs = 2;
   options_.retry_after = absl::Milliseconds(750);
