@@ -390,6 +390,22 @@ TEST_F(FarmTest, DoctorPassesOnTheTinyModelAndNamesABrokenFile) {
   EXPECT_FALSE(b["ok"].get<bool>());
   EXPECT_NE(b["checks"][0]["detail"].get<std::string>().find("vae/"), std::string::npos)
       << b.dump(2);
+
+  // --weights-cache: no copy yet -> the check fails naming the command that writes it;
+  // after `zfarm-worker cache-weights` it passes.
+  const std::string cache = dir_ + "/weights-cache";
+  const std::string with_cache =
+      absl::StrCat(doctor, ZFARM_TINY_MODEL_DIR, " --no-load --fast --weights-cache ", cache);
+  out = RunCommand(with_cache, &status);
+  EXPECT_EQ(status, 1) << out;
+  EXPECT_NE(out.find("run zfarm-worker cache-weights"), std::string::npos) << out;
+  out = RunCommand(absl::StrCat(ZFARM_WORKER_BIN, " cache-weights --model ", ZFARM_TINY_MODEL_DIR,
+                                " --weights-cache ", cache),
+                   &status);
+  ASSERT_EQ(status, 0) << out;
+  out = RunCommand(with_cache, &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("current"), std::string::npos) << out;
 }
 
 TEST_F(FarmTest, FullOutputDiskFailsTheJobCleanlyAndTheWorkerStaysHealthy) {

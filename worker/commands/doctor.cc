@@ -22,6 +22,7 @@
 #include "worker/io/file_util.h"
 #include "worker/io/manifest.h"
 #include "worker/io/model_folder.h"
+#include "worker/io/weights_cache.h"
 #include "worker/pipeline/pipeline.h"
 #include "worker/runtime/device_info.h"
 
@@ -37,6 +38,8 @@ constexpr char kUsage[] =
     "  --no-load       skip the load test\n"
     "  --size WxH      load-test image size (default 1024x1024 on CUDA, 256x256 on cpu)\n"
     "  --steps N       load-test steps (default 8)\n"
+    "  --weights-cache DIR  check that DIR holds a current bf16 copy of the DiT (and load\n"
+    "                  from it in the load test), as serve --weights-cache would\n"
     "  --manifest FILE md5sum-format manifest (default: DIR/manifest.md5 if present, else the\n"
     "                  official Z-Image-Turbo manifest)\n"
     "Exit status: 0 all checks passed, 1 a check failed, 2 usage error.\n";
@@ -54,11 +57,12 @@ std::string Gib(int64_t b) { return absl::StrFormat("%.1f GiB", b / 1073741824.0
 }  // namespace
 
 int RunDoctor(int argc, char** argv) {
-  auto parsed = ParseFlags(argc, argv, {"fast", "json", "no-load", "help"},
-                           {"model", "device", "output-root", "size", "steps", "manifest"});
+  auto parsed =
+      ParseFlags(argc, argv, {"fast", "json", "no-load", "help"},
+                 {"model", "device", "output-root", "size", "steps", "manifest", "weights-cache"});
   if (!parsed.ok()) {
-    std::fprintf(stderr, "zfarm-worker doctor: %s\n%s", std::string(parsed.status().message()).c_str(),
-                 kUsage);
+    std::fprintf(stderr, "zfarm-worker doctor: %s\n%s",
+                 std::string(parsed.status().message()).c_str(), kUsage);
     return 2;
   }
   const ParsedFlags& f = *parsed;
@@ -102,8 +106,8 @@ int RunDoctor(int argc, char** argv) {
     }
     VerifyOptions vo;
     vo.fast = f.True("fast");
-    auto report = ms.ok() ? VerifyModelFolder(model, manifest, vo)
-                          : absl::StatusOr<VerifyReport>(ms);
+    auto report =
+        ms.ok() ? VerifyModelFolder(model, manifest, vo) : absl::StatusOr<VerifyReport>(ms);
     if (!report.ok()) {
       c.ok = false;
       c.detail = report.status().ToString();
@@ -125,8 +129,10 @@ int RunDoctor(int argc, char** argv) {
         absl::StrAppend(&c.detail, "\n    ", p["path"].get<std::string>(), ": ",
                         p["check"].get<std::string>(), " ", p["detail"].get<std::string>());
       }
-      c.data = {{"files", report->files.size()}, {"problems", problems},
-                {"manifest", source}, {"seconds", report->seconds}};
+      c.data = {{"files", report->files.size()},
+                {"problems", problems},
+                {"manifest", source},
+                {"seconds", report->seconds}};
     }
     auto config = LoadModelConfig(model);
     if (!config.ok()) {
@@ -179,12 +185,36 @@ int RunDoctor(int argc, char** argv) {
     checks.push_back(std::move(c));
   }
 
+  // 3b. Weights cache: a current bf16 copy of the DiT (else serve reads the fp32 shards).
+  if (f.Has("weights-cache")) {
+    Check c{"weights_cache"};
+    const std::string component = model + "/transformer";
+    auto dir = Bf16CacheDir(f.Get("weights-cache"), component);
+    auto useful = Bf16CacheUseful(component);
+    if (!dir.ok() || !useful.ok()) {
+      c.ok = false;
+      c.detail = (!dir.ok() ? dir.status() : useful.status()).ToString();
+    } else if (!*useful) {
+      c.detail = "the DiT is already bfloat16: no copy needed";
+    } else if (!std::filesystem::exists(*dir + "/model.safetensors")) {
+      c.ok = false;
+      c.detail =
+          absl::StrCat("no current copy (", *dir, "): run zfarm-worker cache-weights --model ",
+                       model, " --weights-cache ", f.Get("weights-cache"));
+    } else {
+      c.detail = absl::StrCat(*dir, ": current");
+      c.data = {{"dir", *dir}};
+    }
+    checks.push_back(std::move(c));
+  }
+
   // 4. Load test.
   if (!f.True("no-load") && info.ok()) {
     Check c{"load"};
     PipelineOptions po;
     po.model_dir = model;
     po.device = device;
+    po.weights_cache_dir = f.Get("weights-cache");
     auto p = Pipeline::Create(po);
     if (!p.ok()) {
       c.ok = false;
@@ -231,7 +261,8 @@ int RunDoctor(int argc, char** argv) {
     nlohmann::json j = {{"ok", all_ok}, {"model", model}, {"device", device}};
     j["checks"] = nlohmann::json::array();
     for (const Check& c : checks) {
-      j["checks"].push_back({{"name", c.name}, {"ok", c.ok}, {"detail", c.detail}, {"data", c.data}});
+      j["checks"].push_back(
+          {{"name", c.name}, {"ok", c.ok}, {"detail", c.detail}, {"data", c.data}});
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
