@@ -119,6 +119,21 @@ stop_workers() {
   done
 }
 loaded() { grep -o 'loaded in [0-9.]* s.*warm-up [0-9x]* in [0-9.]* s' "$out/worker-cuda$1.log"; }
+# Drops the page cache (all of it when allowed, else the files under the given folders);
+# sets $how to the method used.
+drop_page_cache() {
+  if (echo 3 > /proc/sys/vm/drop_caches) 2>/dev/null; then how=drop_caches; return; fi
+  python3 - "$@" <<'PY'
+import os, sys
+for root in sys.argv[1:]:
+    for d, _, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(d, f), os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+PY
+  how="posix_fadvise(DONTNEED)"
+}
 
 # 3. Throughput.
 for i in $(seq 1 "$jobs"); do echo "job $i: a lighthouse on a cliff at dusk, film photograph"; done > "$work/prompts.txt"
@@ -154,17 +169,7 @@ if [ "$dry" != 1 ]; then
   sync
   shard=$(ls -S "$model"/transformer/*.safetensors | head -1)
   log "disk direct read ($(basename "$shard")): $(dd if="$shard" of=/dev/null bs=16M iflag=direct 2>&1 | tail -1)"
-  if (echo 3 > /proc/sys/vm/drop_caches) 2>/dev/null; then how=drop_caches; else
-    python3 - "$model" <<'PY'
-import os, sys
-for d, _, files in os.walk(sys.argv[1]):
-    for f in files:
-        fd = os.open(os.path.join(d, f), os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-PY
-    how="posix_fadvise(DONTNEED)"
-  fi
+  drop_page_cache "$model"
   cold=$(start_worker 0 "$model") || { log "cold start failed"; exit 1; }
   log "cold start cuda:0 (page cache dropped by $how): $cold s to SERVING ($(loaded 0))"
   stop_workers
@@ -176,17 +181,7 @@ PY
       { tail -5 "$out/cache-weights.log"; exit 1; }
     log "cache-weights: $(calc "$(now) - $t0") s, $(du -sh "$cache" | cut -f1)"
     sync
-    if [ "$how" = drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; else
-      python3 - "$model" "$cache" <<'PY'
-import os, sys
-for root in sys.argv[1:]:
-    for d, _, files in os.walk(root):
-        for f in files:
-            fd = os.open(os.path.join(d, f), os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
-PY
-    fi
+    drop_page_cache "$model" "$cache"
     worker_extra="--weights-cache $cache"
     cold=$(start_worker 0 "$model") || { log "cold start with the cache failed"; exit 1; }
     worker_extra=

@@ -56,14 +56,9 @@ std::string Sha256File(const std::string& path) {
 
 // Runs a command, returns its stdout; *status gets the exit code.
 std::string RunCommand(const std::string& cmd, int* status) {
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  int s = pclose(p);
-  *status = WIFEXITED(s) ? WEXITSTATUS(s) : -1;
-  return out;
+  zfarm::testing::CommandResult r = zfarm::testing::RunCommand(cmd);
+  *status = r.exit_code;
+  return r.out;
 }
 
 // The inet peers (and unix socket paths) a process connect()ed to, from an

@@ -122,10 +122,18 @@ class SchedulerCoreTest : public ::testing::Test {
     return Call<v1::SubmitJobResponse>(
         [&](auto cb) { sched_->Submit(r, "anonymous", std::move(cb)); });
   }
+  absl::StatusOr<v1::Job> TryGet(const std::string& id) {
+    return Call<v1::Job>([&](auto cb) { sched_->GetJob(id, std::move(cb)); });
+  }
   v1::Job Get(const std::string& id) {
-    auto j = Call<v1::Job>([&](auto cb) { sched_->GetJob(id, std::move(cb)); });
+    auto j = TryGet(id);
     EXPECT_OK(j.status());
     return j.ok() ? *j : v1::Job();
+  }
+  absl::Status CancelJob(const std::string& id) {
+    v1::CancelJobRequest c;
+    c.set_job_id(id);
+    return Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }).status();
   }
   uint64_t Connect(const std::string& name, std::shared_ptr<RecordingSink> sink, int capacity = 1,
                    int64_t memory = int64_t{80} << 30) {
@@ -250,14 +258,11 @@ TEST_F(SchedulerCoreTest, IdempotentResubmitSurvivesPruning) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("request_id"), HasSubstr("different spec"))));
   // Finish and prune the job: the tombstone still answers.
-  v1::CancelJobRequest c;
-  c.set_job_id(a.job().job_id());
-  ASSERT_OK(Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }));
+  ASSERT_OK(CancelJob(a.job().job_id()));
   clock_.Advance(absl::Hours(2));
   sched_->Tick();
   Sync();
-  EXPECT_THAT(Call<v1::Job>([&](auto cb) { sched_->GetJob(a.job().job_id(), std::move(cb)); }),
-              StatusIs(absl::StatusCode::kNotFound, HasSubstr("job_id")));
+  EXPECT_THAT(TryGet(a.job().job_id()), StatusIs(absl::StatusCode::kNotFound, HasSubstr("job_id")));
   ASSERT_OK_AND_ASSIGN(auto again, Submit("same"));
   EXPECT_FALSE(again.created());
   EXPECT_EQ(again.job().job_id(), a.job().job_id());
@@ -286,16 +291,14 @@ TEST_F(SchedulerCoreTest, FinishedJobsBeyondTheCapArePrunedOldestFirst) {
   }
   ASSERT_OK_AND_ASSIGN(auto queued, Submit("cap-queued", "still queued"));
   for (int i = 0; i < 6; ++i) {  // end times one minute apart, in submit order
-    v1::CancelJobRequest c;
-    c.set_job_id(ids[i]);
-    ASSERT_OK(Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }));
+    ASSERT_OK(CancelJob(ids[i]));
     clock_.Advance(absl::Minutes(1));
   }
   clock_.Advance(absl::Seconds(11));  // the next prune pass (well within --retention)
   sched_->Tick();
   Sync();
   for (int i = 0; i < 6; ++i) {
-    auto got = Call<v1::Job>([&](auto cb) { sched_->GetJob(ids[i], std::move(cb)); });
+    auto got = TryGet(ids[i]);
     if (i < 3) {
       EXPECT_THAT(got, StatusIs(absl::StatusCode::kNotFound, HasSubstr("job_id"))) << i;
     } else {
@@ -303,18 +306,15 @@ TEST_F(SchedulerCoreTest, FinishedJobsBeyondTheCapArePrunedOldestFirst) {
     }
   }
   // Unfinished jobs never count or go; pruned ids stay idempotent (tombstones).
-  EXPECT_OK(Call<v1::Job>([&](auto cb) {
-              sched_->GetJob(queued.job().job_id(), std::move(cb));
-            }).status());
+  EXPECT_OK(TryGet(queued.job().job_id()).status());
   ASSERT_OK_AND_ASSIGN(auto again, Submit("cap-0", "prompt 0"));
   EXPECT_FALSE(again.created());
   EXPECT_EQ(again.job().job_id(), ids[0]);
   // The cap holds across a restart (the journal was pruned too).
   sched_.reset();
   Open();
-  EXPECT_THAT(Call<v1::Job>([&](auto cb) { sched_->GetJob(ids[2], std::move(cb)); }),
-              StatusIs(absl::StatusCode::kNotFound, HasSubstr("job_id")));
-  EXPECT_OK(Call<v1::Job>([&](auto cb) { sched_->GetJob(ids[3], std::move(cb)); }).status());
+  EXPECT_THAT(TryGet(ids[2]), StatusIs(absl::StatusCode::kNotFound, HasSubstr("job_id")));
+  EXPECT_OK(TryGet(ids[3]).status());
 }
 
 TEST_F(SchedulerCoreTest, TombstonesBeyondTheCapArePrunedOldestFirst) {
@@ -325,9 +325,7 @@ TEST_F(SchedulerCoreTest, TombstonesBeyondTheCapArePrunedOldestFirst) {
   for (int i = 0; i < 5; ++i) {
     ASSERT_OK_AND_ASSIGN(auto r, Submit(absl::StrCat("t-", i), absl::StrCat("prompt ", i)));
     ids.push_back(r.job().job_id());
-    v1::CancelJobRequest c;
-    c.set_job_id(ids.back());
-    ASSERT_OK(Call<v1::CancelJobResponse>([&](auto cb) { sched_->Cancel(c, std::move(cb)); }));
+    ASSERT_OK(CancelJob(ids.back()));
     clock_.Advance(absl::Minutes(1));  // submit (tombstone) times one minute apart
   }
   clock_.Advance(absl::Seconds(11));

@@ -33,6 +33,8 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
+using ::zfarm::testing::CommandResult;
+using ::zfarm::testing::RunCommand;
 using ::zfarm::testing::Subprocess;
 using json = nlohmann::json;
 
@@ -40,24 +42,6 @@ constexpr char kAlice[] = "alice-token-0123456789abcdef";
 constexpr char kBob[] = "bob-token-0123456789abcdef";
 constexpr char kRoot[] = "root-token-0123456789abcdef";
 constexpr char kWorker[] = "worker-token-0123456789abcdef";
-
-struct ShellRun {
-  int exit_code = -1;
-  std::string out;  // stdout (+ stderr when asked)
-};
-
-// Runs a shell command, capturing stdout (and stderr with 2>&1 in `cmd`).
-ShellRun Shell(const std::string& cmd) {
-  ShellRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
 
 std::string Quote(const std::string& s) {
   std::string q = "'";
@@ -80,7 +64,7 @@ class SecureProcessTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_ + "/out");
     ASSERT_OK(zfarm::testing::MakeTestCertificates(dir_));
-    ASSERT_EQ(Shell("env -u LD_LIBRARY_PATH curl --version >/dev/null 2>&1").exit_code, 0)
+    ASSERT_EQ(RunCommand("env -u LD_LIBRARY_PATH curl --version >/dev/null 2>&1").exit_code, 0)
         << "the curl binary is required (deploy/install-deps.sh installs it)";
     std::ofstream(dir_ + "/tokens") << "# principal tokens\n"
                                     << kAlice << " alice submitter\n"
@@ -140,7 +124,7 @@ class SecureProcessTest : public ::testing::Test {
     absl::StrAppend(&cmd, " -X ", method, " ",
                     Quote(absl::StrCat("https://127.0.0.1:", port, path)), " 2>/dev/null");
     std::filesystem::remove(d + "/body");
-    ShellRun r = Shell(cmd);
+    CommandResult r = RunCommand(cmd);
     HttpResult h;
     h.curl_exit = r.exit_code;
     absl::SimpleAtoi(r.out, &h.status);
@@ -150,7 +134,7 @@ class SecureProcessTest : public ::testing::Test {
   }
 
   // The `zfarm` CLI with mutual TLS and `token_file` (none when empty).
-  ShellRun Cli(const std::string& args, const std::string& token_file, bool tls = true) {
+  CommandResult Cli(const std::string& args, const std::string& token_file, bool tls = true) {
     const std::string d = dir_;
     std::string cmd = absl::StrCat(ZFARM_CLI_BIN, " ", args, " --scheduler ", address_);
     if (tls) {
@@ -158,7 +142,7 @@ class SecureProcessTest : public ::testing::Test {
                       Quote(d + "/client.pem"), " --tls-key ", Quote(d + "/client.key"));
     }
     if (!token_file.empty()) absl::StrAppend(&cmd, " --token-file ", Quote(token_file));
-    return Shell("env -u ZFARM_TOKEN -u ZFARM_SCHEDULER " + cmd + " 2>&1");
+    return RunCommand("env -u ZFARM_TOKEN -u ZFARM_SCHEDULER " + cmd + " 2>&1");
   }
 
   std::string dir_, address_;
@@ -260,7 +244,7 @@ TEST_F(SecureProcessTest, CliSubmitWaitGetListCancelAgainstTlsAndTokens) {
   });
 
   // submit --wait: exit 0 with the succeeded job as JSON.
-  ShellRun run =
+  CommandResult run =
       Cli("submit --json --wait --prompt 'a lighthouse' --width 512 --height 512 "
           "--request-id cli-1",
           alice);

@@ -3,16 +3,18 @@
 
 // A child process for end-to-end tests: argv exec'd with stdout+stderr to a log
 // file; wait for a line in the log, signal it, reap it. The destructor kills a
-// child that is still running.
+// child that is still running. RunCommand() runs a shell command to completion.
 //
 //   Subprocess s({bin, "--listen=127.0.0.1:0"}, dir + "/sched.log");
 //   std::string line = s.WaitForLine("listening on ", absl::Seconds(20));
 //   int status = s.Stop(SIGTERM);  // waitpid status
+//   CommandResult r = RunCommand(cli + " list 2>&1");  // r.exit_code, r.out
 //
 // Not thread-safe.
 
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,6 +26,24 @@
 #include "absl/time/time.h"
 
 namespace zfarm::testing {
+
+struct CommandResult {
+  int exit_code = -1;  // -1 when it did not exit normally (or could not start)
+  std::string out;     // stdout (add 2>&1 to the command for stderr)
+};
+
+// Runs `cmd` with /bin/sh and waits for it.
+inline CommandResult RunCommand(const std::string& cmd) {
+  CommandResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int st = pclose(p);
+  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
 
 class Subprocess {
  public:

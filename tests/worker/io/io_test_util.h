@@ -15,6 +15,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
 
 namespace zfarm::worker::testing {
 
@@ -33,22 +34,8 @@ inline std::string FreshDir(const std::string& name) {
   return p.string();
 }
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string out;  // stdout
-};
-
-inline CommandResult RunCommand(const std::string& cmd) {
-  CommandResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using ::zfarm::testing::CommandResult;
+using ::zfarm::testing::RunCommand;
 
 // Generates a tiny model folder at `dir` (replacing it); returns the generator's exit code.
 inline int MakeTinyModel(const std::string& dir, const std::string& extra = "") {
