@@ -446,6 +446,17 @@ void EncodeCommitRecord(uint64_t seq, unsigned char out[kCommitRecordBytes]) {
     out[8 + i] = static_cast<unsigned char>(~seq >> (8 * i));
   }
 }
+// False when `bytes` is not a well-formed record (size or complement).
+bool DecodeCommitRecord(std::string_view bytes, uint64_t* seq) {
+  if (bytes.size() != kCommitRecordBytes) return false;
+  uint64_t value = 0, inverse = 0;
+  for (int i = 0; i < 8; ++i) {
+    value |= uint64_t{static_cast<unsigned char>(bytes[i])} << (8 * i);
+    inverse |= uint64_t{static_cast<unsigned char>(bytes[8 + i])} << (8 * i);
+  }
+  *seq = value;
+  return value == ~inverse;
+}
 }  // namespace
 
 absl::Status Journal::CheckCommitRecord() {
@@ -465,14 +476,8 @@ absl::Status Journal::CheckCommitRecord() {
     sqlite3_finalize(st);
   }
   if (auto bytes = ReadAll(record); bytes.ok()) {
-    uint64_t seq = 0, inverse = 0;
-    if (bytes->size() == kCommitRecordBytes) {
-      for (int i = 0; i < 8; ++i) {
-        seq |= uint64_t{static_cast<unsigned char>((*bytes)[i])} << (8 * i);
-        inverse |= uint64_t{static_cast<unsigned char>((*bytes)[8 + i])} << (8 * i);
-      }
-    }
-    if (bytes->size() != kCommitRecordBytes || seq != ~inverse) {
+    uint64_t seq = 0;
+    if (!DecodeCommitRecord(*bytes, &seq)) {
       return absl::DataLossError(absl::StrCat(
           "journal ", path_, ": the commit record ", record,
           " is damaged, so the journal cannot be checked for lost transactions. If the journal "
@@ -493,10 +498,7 @@ absl::Status Journal::CheckCommitRecord() {
   if (commits_fd_ < 0) {
     return absl::FailedPreconditionError(absl::StrCat("journal: cannot open ", record));
   }
-  {
-    absl::MutexLock lock(&mu_);
-    commit_seq_ = in_journal;
-  }
+  commit_seq_ = in_journal;
   return WriteCommitRecord(in_journal);
 }
 
@@ -509,11 +511,6 @@ absl::Status Journal::WriteCommitRecord(uint64_t seq) {
         absl::StrCat("journal: cannot write ", path_, ".commits: ", std::strerror(errno)));
   }
   return absl::OkStatus();
-}
-
-uint64_t Journal::commit_seq() const {
-  absl::MutexLock lock(&mu_);
-  return commit_seq_;
 }
 
 absl::StatusOr<std::string> Journal::Pragma(const std::string& name) {
@@ -701,20 +698,13 @@ absl::Status Journal::WriteOps(const std::vector<Batch>& batches) {
       if (rc != SQLITE_DONE) return fail("write");
     }
   }
-  uint64_t seq;
-  {
-    absl::MutexLock lock(&mu_);
-    seq = commit_seq_ + 1;
-  }
+  const uint64_t seq = commit_seq_ + 1;
   sqlite3_bind_int64(bump_commits_, 1, static_cast<int64_t>(seq));
   int rc = sqlite3_step(bump_commits_);
   sqlite3_reset(bump_commits_);
   if (rc != SQLITE_DONE || sqlite3_changes(db_) != 1) return fail("commit counter");
   if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) return fail("commit");
-  {
-    absl::MutexLock lock(&mu_);
-    commit_seq_ = seq;
-  }
+  commit_seq_ = seq;
   // Durable in the journal; now record it outside the WAL before anyone is told.
   return WriteCommitRecord(seq);
 }

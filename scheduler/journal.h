@@ -117,8 +117,6 @@ class Journal {
   // For tests and diagnostics: runs "PRAGMA <name>" and returns the first column.
   absl::StatusOr<std::string> Pragma(const std::string& name);
   static constexpr int kSchemaVersion = 3;
-  // The commit counter (transactions written since the journal was created).
-  uint64_t commit_seq() const;
   std::string path() const { return path_; }
   // Commits (transactions) and batches written so far.
   int64_t commits() const;
@@ -153,6 +151,9 @@ class Journal {
   sqlite3_stmt* del_req_ = nullptr;
   sqlite3_stmt* bump_commits_ = nullptr;
   int commits_fd_ = -1;  // journal.db.commits
+  // The journal's commit counter: set in Open() before the writer starts, then
+  // advanced only by the writer thread (no lock needed).
+  uint64_t commit_seq_ = 0;
 
   mutable absl::Mutex mu_;
   std::deque<Batch> pending_ ABSL_GUARDED_BY(mu_);
@@ -162,8 +163,6 @@ class Journal {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
   int64_t commits_ ABSL_GUARDED_BY(mu_) = 0;
-  // The journal's commit counter: set by Open(), then advanced by the writer.
-  uint64_t commit_seq_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t batches_ ABSL_GUARDED_BY(mu_) = 0;
 
   std::thread writer_;

@@ -27,6 +27,17 @@ using google::protobuf::util::TimeUtil;
 
 namespace {
 
+// Retention caps: when `items` (time, id) hold more than `cap` (> 0), moves the
+// ids of the oldest surplus into `out`; returns how many.
+int64_t TakeOldestBeyond(int64_t cap, std::vector<std::pair<absl::Time, std::string>>* items,
+                         std::vector<std::string>* out) {
+  const int64_t surplus = static_cast<int64_t>(items->size()) - cap;
+  if (cap <= 0 || surplus <= 0) return 0;
+  std::nth_element(items->begin(), items->begin() + surplus, items->end());
+  for (int64_t i = 0; i < surplus; ++i) out->push_back(std::move((*items)[i].second));
+  return surplus;
+}
+
 google::protobuf::Timestamp ToProto(absl::Time t) {
   return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
 }
@@ -1267,13 +1278,7 @@ void Scheduler::Tick() {
       }
     }
     // Over --max-finished-jobs: the oldest-ended go too.
-    int64_t over_cap = 0;
-    if (options_.max_finished_jobs > 0 &&
-        static_cast<int64_t>(kept.size()) > options_.max_finished_jobs) {
-      over_cap = static_cast<int64_t>(kept.size()) - options_.max_finished_jobs;
-      std::nth_element(kept.begin(), kept.begin() + over_cap, kept.end());
-      for (int64_t i = 0; i < over_cap; ++i) prune.push_back(std::move(kept[i].second));
-    }
+    const int64_t over_cap = TakeOldestBeyond(options_.max_finished_jobs, &kept, &prune);
     for (const auto& id : prune) {
       JobRecord& r = jobs_.at(id);
       Journal::Op op{Journal::Op::Kind::kDeleteJob, {}, {}};
@@ -1293,15 +1298,8 @@ void Scheduler::Tick() {
       }
     }
     // Over --max-tombstones: the oldest go too.
-    int64_t tombstones_over_cap = 0;
-    if (options_.max_tombstones > 0 &&
-        static_cast<int64_t>(orphans.size()) > options_.max_tombstones) {
-      tombstones_over_cap = static_cast<int64_t>(orphans.size()) - options_.max_tombstones;
-      std::nth_element(orphans.begin(), orphans.begin() + tombstones_over_cap, orphans.end());
-      for (int64_t i = 0; i < tombstones_over_cap; ++i) {
-        expired.push_back(std::move(orphans[i].second));
-      }
-    }
+    const int64_t tombstones_over_cap =
+        TakeOldestBeyond(options_.max_tombstones, &orphans, &expired);
     for (const auto& rid : expired) {
       Journal::Op op{Journal::Op::Kind::kDeleteRequest, {}, {}};
       op.request.request_id = rid;

@@ -253,7 +253,6 @@ absl::StatusOr<std::unique_ptr<RestGateway>> RestGateway::Start(
   ho.tls = options.tls;
   ho.num_threads = options.num_threads;
   ho.max_body_bytes = options.max_body_bytes;
-  ho.keep_alive_timeout = options.keep_alive_timeout;
   auto server = zfarm::http::HttpServer::Start(ho, [impl](httplib::Server& svr) {
     auto handler = [impl](const httplib::Request& req, httplib::Response& res) {
       impl->Handle(req, res);

@@ -34,9 +34,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "proto/security/tls.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/support/status.h"
+#include "proto/security/tls.h"
 
 namespace zfarm::scheduler::http {
 
@@ -52,8 +52,6 @@ class RestGateway {
     // HTTPS when tls.cert is set; with tls.ca, client certificates signed by it
     // are required (mutual TLS). See proto/security/tls.h.
     security::TlsFlags tls;
-    // An idle keep-alive connection holds one of the threads for this long.
-    absl::Duration keep_alive_timeout = absl::Seconds(5);
   };
 
   static absl::StatusOr<std::unique_ptr<RestGateway>> Start(const Options& options,

@@ -196,7 +196,7 @@ int RunDoctor(int argc, char** argv) {
       c.detail = (!dir.ok() ? dir.status() : useful.status()).ToString();
     } else if (!*useful) {
       c.detail = "the DiT is already bfloat16: no copy needed";
-    } else if (!std::filesystem::exists(*dir + "/model.safetensors")) {
+    } else if (!Bf16CachePresent(*dir)) {
       c.ok = false;
       c.detail =
           absl::StrCat("no current copy (", *dir, "): run zfarm-worker cache-weights --model ",

@@ -88,6 +88,11 @@ absl::StatusOr<std::string> Bf16CacheDir(const std::string& cache_root,
   return absl::StrCat(cache_root, "/", component.empty() ? "weights" : component, "-bf16-", key);
 }
 
+bool Bf16CachePresent(const std::string& cache_dir) {
+  std::error_code ec;
+  return fs::exists(cache_dir + "/" + kFile, ec);  // renamed into place only when complete
+}
+
 absl::StatusOr<bool> Bf16CacheUseful(const std::string& component_dir) {
   ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(component_dir));
   for (const std::string& name : ws->Names()) {
@@ -99,7 +104,7 @@ absl::StatusOr<bool> Bf16CacheUseful(const std::string& component_dir) {
 absl::StatusOr<std::string> WriteBf16Cache(const std::string& cache_root,
                                            const std::string& component_dir) {
   ZFARM_ASSIGN_OR_RETURN(std::string dir, Bf16CacheDir(cache_root, component_dir));
-  if (fs::exists(dir + "/" + kFile)) return dir;
+  if (Bf16CachePresent(dir)) return dir;
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) {
@@ -118,7 +123,7 @@ absl::StatusOr<std::string> WriteBf16Cache(const std::string& cache_root,
     int fd;
     ~Unlock() { ::close(fd); }  // releases the flock
   } unlock{lock};
-  if (fs::exists(dir + "/" + kFile)) return dir;
+  if (Bf16CachePresent(dir)) return dir;
   ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(component_dir));
   std::vector<TensorSpec> specs;
   for (const std::string& name : ws->Names()) {

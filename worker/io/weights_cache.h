@@ -29,6 +29,9 @@ namespace zfarm::worker {
 absl::StatusOr<std::string> Bf16CacheDir(const std::string& cache_root,
                                          const std::string& component_dir);
 
+// True when `cache_dir` (from Bf16CacheDir) holds a completely written copy.
+bool Bf16CachePresent(const std::string& cache_dir);
+
 // True when `component_dir` holds float32 or float16 tensors (a cache helps).
 absl::StatusOr<bool> Bf16CacheUseful(const std::string& component_dir);
 

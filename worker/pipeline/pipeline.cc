@@ -10,12 +10,12 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
-#include <list>
-#include <set>
-#include <tuple>
 #include <filesystem>
+#include <list>
 #include <mutex>
+#include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -250,8 +250,8 @@ DitGraph* Pipeline::Impl::Graph(const at::Tensor& xin, const at::Tensor& cap,
     (void)cudaGetLastError();
     graph_failed.insert(key);
     LOG(WARNING) << "event=cuda_graph_capture_failed latent=" << std::get<0>(key) << "x"
-                 << std::get<1>(key) << " caption_rows=" << std::get<2>(key)
-                 << " error=\"" << e.what_without_backtrace() << "\" fallback=eager";
+                 << std::get<1>(key) << " caption_rows=" << std::get<2>(key) << " error=\""
+                 << e.what_without_backtrace() << "\" fallback=eager";
     return nullptr;
   }
   LOG(INFO) << "event=cuda_graph_captured latent=" << std::get<0>(key) << "x" << std::get<1>(key)
@@ -358,27 +358,26 @@ absl::Status Pipeline::Impl::Load() {
     const std::string source = dir + "/transformer";
     // A current bf16 copy (--weights-cache) when computing in bf16; anything wrong
     // with it (damaged, incomplete) falls back to the source with a warning.
-    bool loaded = false;
     if (!options.weights_cache_dir.empty() && dtype == at::kBFloat16) {
       absl::StatusOr<std::string> cached = Bf16CacheDir(options.weights_cache_dir, source);
-      const bool present =
-          cached.ok() && std::filesystem::exists(*cached + "/model.safetensors");
+      const bool present = cached.ok() && Bf16CachePresent(*cached);
       absl::Status s = cached.status();
       if (present) {
         auto ws = WeightSet::Open(*cached);
         s = ws.ok() ? model::LoadWeights(*transformer, **ws, spec) : ws.status();
-        loaded = s.ok();
+        cache_hit = s.ok();
       }
       LOG(INFO) << "event=weights_cache component=transformer dir="
-                << (cached.ok() ? *cached : options.weights_cache_dir)
-                << " result=" << (loaded ? "hit" : present ? "unusable" : "miss");
-      if (present && !loaded) {
+                << (cached.ok() ? *cached : options.weights_cache_dir) << " result="
+                << (cache_hit ? "hit"
+                    : present ? "unusable"
+                              : "miss");
+      if (present && !cache_hit) {
         LOG(WARNING) << "event=weights_cache_unusable error=\"" << s.message()
                      << "\" (loading the source; rerun zfarm-worker cache-weights)";
       }
-      cache_hit = loaded;
     }
-    if (!loaded) {
+    if (!cache_hit) {
       ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(source));
       ZFARM_RETURN_IF_ERROR(model::LoadWeights(*transformer, *ws, spec));
     }
@@ -661,8 +660,7 @@ std::string Pipeline::Describe() const {
   const PipelineOptions& o = impl_->options;
   const bool cuda = impl_->device.is_cuda();
   return absl::StrCat(impl_->options.device, " ", c10::toString(impl_->dtype), ", vae ",
-                      c10::toString(impl_->vae_dtype),
-                      o.fused_ops ? ", fused projections" : "",
+                      c10::toString(impl_->vae_dtype), o.fused_ops ? ", fused projections" : "",
                       o.fused_ops && cuda && model::FusedKernelsBuilt() ? " + cuda kernels" : "",
                       o.cuda_graphs && cuda ? ", cuda graphs" : "",
                       o.vae_channels_last && cuda ? ", vae channels-last" : "",
