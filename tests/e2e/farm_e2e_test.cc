@@ -2,8 +2,8 @@
 // model) and zfarm processes on loopback. Submit -> PNG with matching sha256;
 // cancel a running job; kill -9 a worker mid-job; a worker cut off (SIGSTOP past
 // the lease timeout) whose late commit is refused; a scheduler restart mid-job;
-// a wrong model folder; SIGTERM drain; and the offline guarantee (strace: the
-// worker's only network peer is the scheduler, with a negative control).
+// a wrong model folder; SIGTERM drain. The offline guarantee (the worker dials
+// nothing but the scheduler) is offline_test.cc.
 #include <openssl/evp.h>
 #include <signal.h>
 #include <sys/statvfs.h>
@@ -14,7 +14,6 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <regex>
 #include <set>
 #include <string>
 #include <vector>
@@ -27,6 +26,7 @@
 #include "nlohmann/json.hpp"
 #include "scheduler/server.h"
 #include "tests/testing/farm_client.h"
+#include "tests/testing/farm_processes.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/test_certs.h"
@@ -61,123 +61,7 @@ std::string RunCommand(const std::string& cmd, int* status) {
   return r.out;
 }
 
-// The inet peers (and unix socket paths) a process connect()ed to, from an
-// `strace -f -e trace=connect` log.
-std::set<std::string> PeersFromStrace(const std::string& trace_path) {
-  std::ifstream in(trace_path);
-  std::set<std::string> peers;
-  const std::regex inet(
-      R"(connect\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\).*?inet(?:_pton\(AF_INET6?, |_addr\()\"([^\"]+)\")");
-  const std::regex unix_sock(R"(connect\(\d+, \{sa_family=AF_UNIX, sun_path=\"([^\"]+)\")");
-  for (std::string line; std::getline(in, line);) {
-    std::smatch m;
-    if (std::regex_search(line, m, inet)) {
-      std::string host = m[2].str();
-      if (host.rfind("::ffff:", 0) == 0) host = host.substr(7);  // IPv4-mapped IPv6
-      peers.insert(absl::StrCat(host, ":", m[1].str()));
-    } else if (std::regex_search(line, m, unix_sock)) {
-      peers.insert(absl::StrCat("unix:", m[1].str()));
-    }
-  }
-  return peers;
-}
-
-class FarmTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = (fs::temp_directory_path() /
-            absl::StrCat("zfarm-e2e-", getpid(), "-",
-                         ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_ + "/out");
-  }
-  void TearDown() override {
-    workers_.clear();
-    scheduler_.reset();
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
-
-  // Starts the scheduler (on `port`, or a free one) with short heartbeats.
-  void StartScheduler(int port = 0, std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {ZFARM_SCHEDULER_BIN,
-                                     absl::StrCat("--listen=127.0.0.1:", port),
-                                     "--state-dir=" + dir_ + "/state",
-                                     "--output-root=" + dir_ + "/out",
-                                     "--heartbeat_interval=200ms",
-                                     "--lease_timeout=2s"};
-    for (auto& a : extra) argv.push_back(a);
-    scheduler_ = std::make_unique<Subprocess>(
-        argv, absl::StrCat(dir_, "/scheduler-", ++scheduler_starts_, ".log"));
-    std::string line = scheduler_->WaitForLine("listening on ", absl::Seconds(30));
-    ASSERT_FALSE(line.empty()) << scheduler_->ReadLog();
-    address_ = line.substr(13);
-    port_ = std::stoi(address_.substr(address_.rfind(':') + 1));
-    client_ = std::make_unique<FarmClient>(
-        grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
-  }
-
-  // Workers run on the CPU, or on $ZFARM_E2E_DEVICE (e.g. cuda:0 on the GPU host).
-  std::vector<std::string> WorkerArgs(const std::string& name,
-                                      const std::string& model = ZFARM_TINY_MODEL_DIR) {
-    std::vector<std::string> args = {ZFARM_WORKER_BIN,
-                                     "serve",
-                                     "--scheduler=" + address_,
-                                     "--model=" + model,
-                                     "--output-root=" + dir_ + "/out",
-                                     "--name=" + name,
-                                     "--warmup=64x64",
-                                     "--warmup-steps=1",
-                                     "--min-free-disk-mb=1"};
-    if (const char* device = std::getenv("ZFARM_E2E_DEVICE"); device != nullptr && *device) {
-      args.push_back(absl::StrCat("--device=", device));
-    }
-    return args;
-  }
-
-  // Starts `zfarm-worker serve` and waits until the scheduler lists it READY.
-  Subprocess* StartWorker(const std::string& name, std::vector<std::string> extra = {},
-                          std::vector<std::string> prefix = {}) {
-    std::vector<std::string> argv = prefix;
-    for (auto& a : WorkerArgs(name)) argv.push_back(a);
-    for (auto& a : extra) argv.push_back(a);
-    workers_.push_back(std::make_unique<Subprocess>(argv, dir_ + "/" + name + ".log"));
-    Subprocess* w = workers_.back().get();
-    // Stops waiting early if the worker exits (e.g. it cannot load the model).
-    EXPECT_TRUE(
-        WaitFor([&] { return !w->Running() || WorkerState(name) == v1::WORKER_STATE_READY; },
-                absl::Seconds(60)) &&
-        WorkerState(name) == v1::WORKER_STATE_READY)
-        << w->ReadLog();
-    return workers_.back().get();
-  }
-
-  v1::WorkerState WorkerState(const std::string& name) { return client_->Worker(name).state(); }
-  std::string Submit(int steps, int size = 256) {
-    v1::JobSpec spec = Spec("a lighthouse at dusk", size, steps);
-    spec.set_seed(7);
-    return client_->Submit(spec);
-  }
-  v1::Job GetJob(const std::string& id) { return client_->GetJob(id); }
-  v1::Job WaitFinal(const std::string& id) { return client_->WaitFinal(id); }
-
-  // Files under the output root with the given extension.
-  std::vector<std::string> Files(const std::string& ext) {
-    std::vector<std::string> out;
-    for (auto& e : fs::recursive_directory_iterator(dir_ + "/out")) {
-      if (e.is_regular_file() && e.path().extension() == ext) {
-        out.push_back(fs::relative(e.path(), dir_ + "/out").string());
-      }
-    }
-    return out;
-  }
-
-  std::string dir_, address_;
-  int port_ = 0, scheduler_starts_ = 0;
-  std::unique_ptr<Subprocess> scheduler_;
-  std::vector<std::unique_ptr<Subprocess>> workers_;
-  std::unique_ptr<FarmClient> client_;
-};
+class FarmTest : public zfarm::testing::FarmProcessTest {};
 
 TEST_F(FarmTest, CliSubmitProducesThePngWithItsSha256AndSigtermExitsCleanly) {
   StartScheduler();
@@ -304,42 +188,6 @@ TEST_F(FarmTest, WrongModelFolderIsAClearErrorAndNeverReady) {
   const int s2 = w2.Wait(absl::Seconds(60));
   EXPECT_TRUE(WIFEXITED(s2) && WEXITSTATUS(s2) == 1) << w2.ReadLog();
   EXPECT_NE(w2.ReadLog().find("no-such-model"), std::string::npos);
-}
-
-TEST_F(FarmTest, OfflineTheWorkersOnlyPeerIsTheScheduler) {
-  StartScheduler();
-  const std::string trace = dir_ + "/connect.trace";
-  Subprocess* w = StartWorker(
-      "w1", {}, {"/usr/bin/strace", "-f", "--seccomp-bpf", "-e", "trace=connect", "-o", trace});
-  EXPECT_EQ(WaitFinal(Submit(2)).state(), v1::JOB_STATE_SUCCEEDED);
-  // SIGTERM the worker itself (strace's child); strace exits with it.
-  std::ifstream children(absl::StrCat("/proc/", w->pid(), "/task/", w->pid(), "/children"));
-  pid_t worker_pid = 0;
-  children >> worker_pid;
-  ASSERT_GT(worker_pid, 0);
-  kill(worker_pid, SIGTERM);
-  const int s = w->Wait(absl::Seconds(30));
-  EXPECT_TRUE(WIFEXITED(s)) << w->ReadLog();
-  std::set<std::string> peers = PeersFromStrace(trace);
-  // glibc's name-service cache socket (user lookups by glog) is a local Unix
-  // socket, not a network peer; nothing else is allowed.
-  peers.erase("unix:/var/run/nscd/socket");
-  EXPECT_EQ(peers, std::set<std::string>{absl::StrCat("127.0.0.1:", port_)})
-      << "the worker connected to something other than the scheduler";
-
-  // Negative control: the same check on a process that also dials a second
-  // address reports it.
-  const std::string trace2 = dir_ + "/control.trace";
-  Subprocess control({"/usr/bin/strace", "-f", "--seccomp-bpf", "-e", "trace=connect", "-o", trace2,
-                      "/bin/bash", "-c",
-                      absl::StrCat("exec 3<>/dev/tcp/127.0.0.1/", port_,
-                                   "; exec 4<>/dev/tcp/127.0.0.1/1 || true")},
-                     dir_ + "/control.log");
-  control.Wait(absl::Seconds(30));
-  const std::set<std::string> control_peers = PeersFromStrace(trace2);
-  EXPECT_TRUE(control_peers.count(absl::StrCat("127.0.0.1:", port_))) << control.ReadLog();
-  EXPECT_TRUE(control_peers.count("127.0.0.1:1"));
-  EXPECT_NE(control_peers, std::set<std::string>{absl::StrCat("127.0.0.1:", port_)});
 }
 
 TEST_F(FarmTest, DoctorPassesOnTheTinyModelAndNamesABrokenFile) {

@@ -11,10 +11,8 @@
 // test FAILS with a message, it never skips. Namespace and veth names are unique per
 // run and removed in TearDown, also after a failure.
 #include <signal.h>
-#include <stdio.h>
 #include <unistd.h>
 
-#include <array>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -27,6 +25,7 @@
 #include "scheduler/server.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/fake_worker.h"
+#include "tests/testing/netns.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
@@ -38,6 +37,7 @@ namespace fs = std::filesystem;
 using ::zfarm::testing::FakeClock;
 using ::zfarm::testing::FakeWorker;
 using ::zfarm::testing::Subprocess;
+using ::zfarm::testing::VethNamespace;
 
 // ---- child mode: worker "a" inside the namespace --------------------------------
 // Prints LEASED job=<id>, heartbeats until its stream ends (the scheduler dropped
@@ -88,19 +88,6 @@ const int kChildMode = [] {
 
 // ---- the test -----------------------------------------------------------------
 
-// Runs a shell command; returns its exit status, output in *output.
-int Sh(const std::string& cmd, std::string* output = nullptr) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return -1;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int status = ::pclose(p);
-  if (output) *output = out;
-  return status;
-}
-
 std::unique_ptr<grpc::ClientContext> Ctx() {
   auto c = std::make_unique<grpc::ClientContext>();
   c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -109,43 +96,13 @@ std::unique_ptr<grpc::ClientContext> Ctx() {
 
 class NetnsPartitionTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const int id = getpid() % 100000;
-    ns_ = absl::StrCat("zfarm-t", id);
-    veth_root_ = absl::StrCat("zfa", id);  // <= 15 characters
-    veth_ns_ = absl::StrCat("zfb", id);
-    const int net = 4 * (id % 60);  // 10.231.<id/60 % 250>.<net>/30
-    const std::string prefix = absl::StrCat("10.231.", (id / 60) % 250, ".");
-    root_ip_ = absl::StrCat(prefix, net + 1);
-    ns_ip_ = absl::StrCat(prefix, net + 2);
-    ASSERT_EQ(Sh("command -v ip"), 0)
-        << "the `ip` binary (iproute2) is missing: install it (deploy/install-deps.sh)";
-    std::string out;
-    ASSERT_EQ(Sh("ip netns add " + ns_, &out), 0)
-        << "cannot create a network namespace (needs root / CAP_SYS_ADMIN): " << out;
-    made_ = true;
-    for (const std::string& cmd : {
-             absl::StrCat("ip link add ", veth_root_, " type veth peer name ", veth_ns_, " netns ",
-                          ns_),
-             absl::StrCat("ip addr add ", root_ip_, "/30 dev ", veth_root_),
-             absl::StrCat("ip link set ", veth_root_, " up"),
-             absl::StrCat("ip netns exec ", ns_, " ip addr add ", ns_ip_, "/30 dev ", veth_ns_),
-             absl::StrCat("ip netns exec ", ns_, " ip link set ", veth_ns_, " up"),
-             absl::StrCat("ip netns exec ", ns_, " ip link set lo up"),
-         }) {
-      ASSERT_EQ(Sh(cmd, &out), 0) << cmd << ": " << out;
-    }
-  }
+  void SetUp() override { ASSERT_OK_AND_ASSIGN(ns_, VethNamespace::Create()); }
   void TearDown() override {
     child_.reset();
-    if (made_) {
-      Sh("ip netns del " + ns_);
-      Sh("ip link del " + veth_root_);  // gone with the namespace already, normally
-    }
+    ns_.reset();
   }
 
-  std::string ns_, veth_root_, veth_ns_, root_ip_, ns_ip_;
-  bool made_ = false;
+  std::unique_ptr<VethNamespace> ns_;
   std::unique_ptr<Subprocess> child_;
 };
 
@@ -174,11 +131,13 @@ TEST_F(NetnsPartitionTest, LinkCutMidJobRequeuesToSecondWorkerAndRefusesLateComm
 
   // Worker a, in the namespace, reaches the scheduler only over the veth pair.
   const std::string self = fs::read_symlink("/proc/self/exe").string();
-  child_ = std::make_unique<Subprocess>(
-      std::vector<std::string>{"/usr/sbin/ip", "netns", "exec", ns_, "/usr/bin/env",
-                               absl::StrCat("ZFARM_NETNS_CHILD_ADDR=", root_ip_, ":", port),
-                               "ZFARM_NETNS_CHILD_OUT=" + dir + "/out", self},
-      dir + "/child.log");
+  std::vector<std::string> argv = ns_->ExecPrefix();
+  for (const std::string& a :
+       {std::string("/usr/bin/env"), absl::StrCat("ZFARM_NETNS_CHILD_ADDR=", ns_->root_ip(), ":", port),
+        "ZFARM_NETNS_CHILD_OUT=" + dir + "/out", self}) {
+    argv.push_back(a);
+  }
+  child_ = std::make_unique<Subprocess>(argv, dir + "/child.log");
   std::string leased = child_->WaitForLine("LEASED job=", absl::Seconds(30));
   ASSERT_EQ(leased.rfind("LEASED job=" + job, 0), 0u) << child_->ReadLog();
   v1::GetJobRequest g;
@@ -213,8 +172,7 @@ TEST_F(NetnsPartitionTest, LinkCutMidJobRequeuesToSecondWorkerAndRefusesLateComm
   // Cut the link mid-job. a keeps heartbeating into the void; once the lease timeout
   // passes with nothing received, a is lost and its job requeued. (Repeated: a
   // heartbeat in flight at the cut may still land once.)
-  std::string out;
-  ASSERT_EQ(Sh(absl::StrCat("ip link set ", veth_root_, " down"), &out), 0) << out;
+  ASSERT_OK(ns_->SetLinkUp(false));
   bool lost = false;
   for (int i = 0; i < 5 && !lost; ++i) {
     clock.Advance(server->scheduler()->options().lease_timeout + absl::Seconds(1));
@@ -245,7 +203,7 @@ TEST_F(NetnsPartitionTest, LinkCutMidJobRequeuesToSecondWorkerAndRefusesLateComm
 
   // The link comes back: a's stream ends, a reconnects with its old lease and
   // tries to commit what it rendered: refused.
-  ASSERT_EQ(Sh(absl::StrCat("ip link set ", veth_root_, " up"), &out), 0) << out;
+  ASSERT_OK(ns_->SetLinkUp(true));
   std::string commit = child_->WaitForLine("COMMIT accepted=", absl::Seconds(45));
   EXPECT_EQ(commit, "COMMIT accepted=0") << child_->ReadLog();
 
