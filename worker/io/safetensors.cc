@@ -212,11 +212,9 @@ absl::Status SafetensorsFile::Parse() {
     }
     if (t.end > data_size) {
       return invalid("tensor '", key, "': data_offsets [", t.begin, ", ", t.end,
-                     "] out of range: the data section (file offset ", data_offset_, ") holds ",
-                     data_size, " bytes; tensor would end at file offset ",
-                     static_cast<unsigned __int128>(data_offset_) + t.end > size_
-                         ? std::string(">EOF")
-                         : absl::StrCat(data_offset_ + t.end));
+                     "] run past the end of the file: its data section (from file offset ",
+                     data_offset_, ") holds only ", data_size,
+                     " bytes (the file is truncated or its header damaged)");
     }
     const unsigned __int128 want = numel * DTypeSize(t.dtype);
     if (want != t.end - t.begin) {
