@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "proto/plain_name.h"
 
 namespace zfarm::scheduler {
 namespace {
@@ -97,17 +98,9 @@ absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
     return Invalid(f + ".guidance_scale", absl::StrCat(g, " is outside [0, ", l.max_guidance, "]"));
   }
   const std::string& name = spec->output_name();
-  if (static_cast<int>(name.size()) > l.max_output_name_bytes) {
-    return Invalid(f + ".output_name", absl::StrCat(name.size(), " bytes exceeds the limit of ",
-                                                    l.max_output_name_bytes, " bytes"));
-  }
-  for (unsigned char c : name) {
-    if (c == '/' || c == '\\' || c < 0x20 || c == 0x7F) {
-      return Invalid(f + ".output_name", "must not contain '/', '\\' or control characters");
-    }
-  }
-  if (name.find("..") != std::string::npos) {
-    return Invalid(f + ".output_name", "must not contain \"..\"");
+  if (std::string why = PlainNameProblem(name, static_cast<size_t>(l.max_output_name_bytes));
+      !why.empty()) {
+    return Invalid(f + ".output_name", why);
   }
   if (!IsValidUtf8(name)) return Invalid(f + ".output_name", "is not valid UTF-8");
   if (spec->priority() < l.min_priority || spec->priority() > l.max_priority) {

@@ -1,6 +1,7 @@
 #include "worker/io/file_util.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,6 +51,38 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t max_
     done += static_cast<size_t>(r);
   }
   ::close(fd);
+  return out;
+}
+
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open", path, errno);
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(md, EVP_sha256(), nullptr);
+  std::string buf(size_t{1} << 20, '\0');
+  for (;;) {
+    ssize_t r = ::read(fd, buf.data(), buf.size());
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      const int err = errno;
+      EVP_MD_CTX_free(md);
+      ::close(fd);
+      return ErrnoError("read failed", path, err);
+    }
+    if (r == 0) break;
+    EVP_DigestUpdate(md, buf.data(), static_cast<size_t>(r));
+  }
+  ::close(fd);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(md, digest, &len);
+  EVP_MD_CTX_free(md);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out.push_back(kHex[digest[i] >> 4]);
+    out.push_back(kHex[digest[i] & 15]);
+  }
   return out;
 }
 

@@ -24,6 +24,9 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t max_
 // Writes `contents` to `path` via a temporary file in the same folder and rename().
 absl::Status WriteFileAtomically(const std::string& path, std::string_view contents);
 
+// The sha256 of a whole file as lower-case hex, read in chunks (bounded memory).
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
+
 // A file written under a temporary name and renamed into place by Commit(); the temporary
 // file is removed if the object is destroyed without Commit().
 class AtomicFile {

@@ -27,6 +27,7 @@
 #include "worker/io/safetensors.h"
 #include "worker/io/weights_cache.h"
 #include "worker/model/fused_ops.h"
+#include "worker/model/lora.h"
 #include "worker/model/modules.h"
 #include "worker/model/weights.h"
 #include "worker/sampling/sampling.h"
@@ -160,6 +161,7 @@ class Pipeline::Impl {
   model::TextEncoder text_encoder{nullptr};
   model::Transformer transformer{nullptr};
   model::VaeDecoder vae{nullptr};
+  std::unique_ptr<model::LoraApplier> loras;  // after Specialise()
   double load_seconds = 0;
   bool cache_hit = false;  // the DiT came from the bf16 weights cache
   bool time_steps = false;
@@ -399,6 +401,7 @@ absl::Status Pipeline::Impl::Specialise() {
     transformer->set_kernels(options.fused_ops);
     vae->set_kernels(options.fused_ops);
     if (options.fused_ops) transformer->FuseProjections();
+    loras = std::make_unique<model::LoraApplier>(*transformer);
     if (device.is_cuda()) {
       at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
       if (options.vae_channels_last) {
@@ -468,6 +471,15 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
   Image img;
   img.width = r.width;
   img.height = r.height;
+  {
+    std::vector<model::LoraApplier::Entry> set;
+    for (const LoraRequest& l : r.loras) set.push_back({l.name, l.path, l.sha256, l.scale});
+    ZFARM_ASSIGN_OR_RETURN(std::vector<std::string> shas, loras->Apply(set));
+    img.loras = r.loras;
+    for (size_t i = 0; i < shas.size(); ++i) img.loras[i].sha256 = shas[i];
+    if (device.is_cuda() && !set.empty()) (void)at::zeros({1}, at::TensorOptions().device(device)).cpu();
+    img.timings.lora_s = Seconds(t0, Clock::now());
+  }
   ZFARM_ASSIGN_OR_RETURN(std::vector<float> sigmas,
                          sampling::FlowMatchSigmas(r.steps, config.scheduler));
   sampling::CfgOptions cfg{r.guidance, r.cfg_truncation, r.cfg_normalization};
@@ -656,6 +668,7 @@ absl::Status Pipeline::PrepareCaption(const GenerateRequest& r) {
 double Pipeline::load_seconds() const { return impl_->load_seconds; }
 const ModelConfig& Pipeline::config() const { return impl_->config; }
 void Pipeline::set_time_steps(bool on) { impl_->time_steps = on; }
+std::vector<std::string> Pipeline::active_loras() const { return impl_->loras->active(); }
 std::string Pipeline::Describe() const {
   const PipelineOptions& o = impl_->options;
   const bool cuda = impl_->device.is_cuda();

@@ -82,6 +82,14 @@ struct PipelineOptions {
   uint64_t random_weights_seed = 0;
 };
 
+// A LoRA applied to the DiT for one request (formats: worker/model/lora_format.h).
+struct LoraRequest {
+  std::string name;    // used in messages, image metadata and Pipeline::active_loras()
+  std::string path;    // the .safetensors file
+  std::string sha256;  // of the file when known (the worker's catalogue); empty = computed
+  float scale = 1.0f;  // within [-4, 4]
+};
+
 struct GenerateRequest {
   std::string prompt;
   std::string negative_prompt;  // used only when guidance > 0
@@ -99,11 +107,16 @@ struct GenerateRequest {
   // (and negative_prompt_ids for the negative branch).
   std::vector<int32_t> prompt_ids;
   std::vector<int32_t> negative_prompt_ids;
+  // LoRAs stacked on the DiT, at most 8, each name once; empty = the original weights
+  // (restored exactly after LoRA jobs). The pipeline keeps the set applied until a
+  // request asks for another, and caches recent files by sha256.
+  std::vector<LoraRequest> loras;
 };
 
 // Wall-clock seconds per stage of one Generate call.
 struct StageTimings {
   double tokenize_s = 0, encode_s = 0, denoise_s = 0, decode_s = 0, total_s = 0;
+  double lora_s = 0;  // applying the request's LoRA set (0 when it was already applied)
   std::vector<double> step_s;  // per DiT step (synchronised only when timing is requested)
 };
 
@@ -115,6 +128,7 @@ struct Image {
   int untruncated_prompt_tokens = 0;
   StageTimings timings;
   int64_t peak_device_bytes = 0;  // CUDA: peak allocated during the call; CPU: process max RSS
+  std::vector<LoraRequest> loras;  // the request's LoRAs, sha256 filled in
 };
 
 // Set by any thread; the pipeline checks it at step boundaries.
@@ -150,7 +164,9 @@ class Pipeline {
   ~Pipeline();
 
   // Renders one image. INVALID_ARGUMENT for sizes not multiples of 16 or
-  // outside 16..8192, steps outside 1..50, an empty prompt without ids;
+  // outside 16..8192, steps outside 1..50, an empty prompt without ids, a bad
+  // LoRA (count, scale, unreadable or damaged file, a key or shape that does not
+  // fit the model: the message names the file and key; the weights stay as they were);
   // CANCELLED if `cancel` fires (checked between steps); RESOURCE_EXHAUSTED on
   // device out-of-memory (the message names the size and suggests a memory
   // mode; the pipeline stays usable). A prompt longer than 512 tokens is
@@ -176,6 +192,9 @@ class Pipeline {
   // between steps would stall the device). Same thread rules as Generate().
   absl::Status PrepareCaption(const GenerateRequest& request);
   static constexpr int kCaptionCacheSize = 8;
+
+  // Names of the LoRAs applied to the DiT now (those of the last request), in order.
+  std::vector<std::string> active_loras() const;
 
   class Impl;
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
 
 // setjmp/longjmp error handling of libpng: every object touched after setjmp is
@@ -50,10 +51,16 @@ std::string FormatFloat(float v) { return absl::StrFormat("%g", v); }
 
 std::string A1111Parameters(const ImageParameters& p) {
   std::string s = p.prompt;
+  for (const LoraUse& l : p.loras) absl::StrAppend(&s, " <lora:", l.name, ":", FormatFloat(l.scale), ">");
   if (!p.negative_prompt.empty()) absl::StrAppend(&s, "\nNegative prompt: ", p.negative_prompt);
   absl::StrAppend(&s, "\nSteps: ", p.steps,
                   ", Sampler: Euler, CFG scale: ", FormatFloat(p.guidance), ", Seed: ", p.seed,
                   ", Size: ", p.width, "x", p.height, ", Model: ", p.model);
+  if (!p.loras.empty()) {
+    std::vector<std::string> hashes;
+    for (const LoraUse& l : p.loras) hashes.push_back(absl::StrCat(l.name, ": ", l.sha256.substr(0, 12)));
+    absl::StrAppend(&s, ", Lora hashes: \"", absl::StrJoin(hashes, ", "), "\"");
+  }
   return s;
 }
 
@@ -71,6 +78,13 @@ std::string ParametersJson(const ImageParameters& p) {
   j["device"] = p.device;
   j["prompt_tokens"] = p.prompt_tokens;
   j["prompt_truncated"] = p.prompt_truncated;
+  if (!p.loras.empty()) {
+    nlohmann::json loras = nlohmann::json::array();
+    for (const LoraUse& l : p.loras) {
+      loras.push_back({{"name", l.name}, {"sha256", l.sha256}, {"scale", l.scale}});
+    }
+    j["loras"] = std::move(loras);
+  }
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

@@ -15,6 +15,13 @@
 
 namespace zfarm::worker {
 
+// A LoRA an image was rendered with.
+struct LoraUse {
+  std::string name;
+  std::string sha256;  // lower-case hex of the file
+  float scale = 1.0f;
+};
+
 // What produced an image (written into the text chunks).
 struct ImageParameters {
   std::string prompt;
@@ -27,12 +34,15 @@ struct ImageParameters {
   std::string device;
   bool prompt_truncated = false;
   int prompt_tokens = 0;
+  std::vector<LoraUse> loras;  // in the order applied
 };
 
 // "prompt\nNegative prompt: ...\nSteps: 8, Sampler: Euler, CFG scale: 0, Seed: 42,
 //  Size: 1024x1024, Model: z-image-turbo" (the negative line only when non-empty).
+// With LoRAs, as AUTOMATIC1111 writes them: " <lora:NAME:SCALE>" after the prompt and
+// `, Lora hashes: "NAME: SHA12, ..."` (the first 12 hex digits of each file's sha256).
 std::string A1111Parameters(const ImageParameters& p);
-// The JSON object stored in the "zfarm" chunk.
+// The JSON object stored in the "zfarm" chunk ("loras": [{name, sha256, scale}] with LoRAs).
 std::string ParametersJson(const ImageParameters& p);
 
 // How EncodePng compresses. The defaults (zlib level 1, Z_RLE, libpng's adaptive

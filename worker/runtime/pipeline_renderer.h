@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "worker/pipeline/pipeline.h"
@@ -28,6 +29,7 @@ class PipelineRenderer : public Renderer {
   absl::Status Prepare(const GenerateRequest& request) override {
     return pipeline_->PrepareCaption(request);
   }
+  std::vector<std::string> ActiveLoras() override { return pipeline_->active_loras(); }
   Pipeline* pipeline() { return pipeline_.get(); }
 
  private:

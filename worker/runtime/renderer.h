@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "worker/pipeline/pipeline.h"
@@ -38,6 +39,8 @@ class Renderer {
     (void)request;
     return absl::OkStatus();
   }
+  // Names of the LoRAs applied now (those of the last render), in order.
+  virtual std::vector<std::string> ActiveLoras() { return {}; }
 };
 
 }  // namespace zfarm::worker

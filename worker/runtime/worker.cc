@@ -19,6 +19,7 @@
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
 #include "proto/monotonic_wait.h"
+#include "proto/plain_name.h"
 #include "proto/status_macros.h"
 #include "proto/version.h"
 #include "worker/pipeline/png.h"
@@ -96,6 +97,25 @@ absl::Status CheckRelativePath(const std::string& rel) {
       return absl::InvalidArgumentError(
           absl::StrCat("lease.output_path \"", rel, "\": empty, '.' or '..' component"));
     }
+  }
+  return absl::OkStatus();
+}
+
+// The job's LoRAs, resolved by name in the worker's --lora-dir.
+absl::Status ResolveLoras(const v1::JobSpec& spec, LoraCatalog* catalog, GenerateRequest* req) {
+  for (int i = 0; i < spec.loras_size(); ++i) {
+    const v1::LoraRef& ref = spec.loras(i);
+    const std::string field = absl::StrCat("spec.loras[", i, "].name");
+    if (std::string why = PlainNameProblem(ref.name()); !why.empty() || ref.name().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": ", why.empty() ? "is empty" : why));
+    }
+    if (catalog == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": LoRA '", ref.name(), "' requested but this worker has no --lora-dir"));
+    }
+    ZFARM_ASSIGN_OR_RETURN(LoraRequest r,
+                           catalog->Resolve(ref.name(), ref.has_scale() ? ref.scale() : 1.0f));
+    req->loras.push_back(std::move(r));
   }
   return absl::OkStatus();
 }
@@ -185,8 +205,18 @@ Worker::Stats Worker::stats() {
 // ------------------------------------------------------------------ session
 
 v1::WorkerHello Worker::MakeHello() {
+  std::vector<LoraCatalog::Item> loras;
+  if (options_.loras != nullptr) {
+    options_.loras->Refresh();  // the hello carries the whole catalogue
+    loras = options_.loras->List();
+  }
   absl::MutexLock lock(&mu_);
   v1::WorkerHello h;
+  for (const LoraCatalog::Item& l : loras) {
+    v1::LoraInfo* info = h.add_loras();
+    info->set_name(l.name);
+    info->set_sha256(l.sha256);
+  }
   h.set_worker_name(options_.name);
   h.set_version(ZFARM_VERSION);
   h.set_device(options_.device);
@@ -243,8 +273,17 @@ void Worker::OnDisconnected(const absl::Status& why) {
 }
 
 v1::WorkerHeartbeat Worker::MakeHeartbeat() {
-  absl::MutexLock lock(&mu_);
   v1::WorkerHeartbeat hb;
+  if (options_.loras != nullptr && options_.loras->Refresh()) {
+    for (const LoraCatalog::Item& l : options_.loras->List()) {
+      v1::LoraInfo* info = hb.mutable_lora_catalog()->add_loras();
+      info->set_name(l.name);
+      info->set_sha256(l.sha256);
+    }
+    LOG(INFO) << "event=lora_catalog_changed loras=" << hb.lora_catalog().loras_size();
+  }
+  absl::MutexLock lock(&mu_);
+  for (const std::string& name : active_loras_) hb.add_active_loras(name);
   hb.set_memory_free_bytes(memory_.free);
   hb.set_memory_peak_bytes(memory_.peak);
   return hb;
@@ -433,6 +472,7 @@ void Worker::RunSelfTest() {
     healthy_ = true;
     consecutive_failures_ = 0;
     memory_ = renderer_->Memory();
+    active_loras_ = renderer_->ActiveLoras();
     if (metrics_ != nullptr) metrics_->SetServing(connected_ && !draining_);
   }
   LOG(INFO) << "event=self_test_passed worker=" << options_.name;
@@ -463,6 +503,11 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
   }
 
   GenerateRequest req = RequestFor(spec);
+  if (absl::Status s = ResolveLoras(spec, options_.loras.get(), &req); !s.ok()) {
+    Fail(id, v1::FAILURE_REASON_INVALID_REQUEST, false, std::string(s.message()));
+    CountFailure(v1::FAILURE_REASON_INVALID_REQUEST);
+    return;
+  }
   const absl::Time deadline =
       spec.has_deadline()
           ? absl::FromUnixMicros(
@@ -531,11 +576,13 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
   if (absl::Now() >= deadline) cancel->Cancel();
   absl::StatusOr<Image> img = renderer_->Render(req, on_step, cancel.get());
   const DeviceMemory mem = renderer_->Memory();
+  std::vector<std::string> active = renderer_->ActiveLoras();
 
   v1::FailureReason cancel_reason;
   {
     absl::MutexLock lock(&mu_);
     memory_ = mem;
+    active_loras_ = std::move(active);
     cancel_reason = running_cancel_reason_;
     if (img.ok()) {
       last_image_done_ = absl::Now();
@@ -618,6 +665,7 @@ void Worker::WriteAndCommit(Output out) {
   p.device = options_.device_class;
   p.prompt_tokens = out.image.prompt_tokens;
   p.prompt_truncated = out.image.prompt_truncated;
+  for (const LoraRequest& l : out.image.loras) p.loras.push_back({l.name, l.sha256, l.scale});
   absl::StatusOr<std::string> png =
       EncodePng(out.image.rgb, out.image.width, out.image.height,
                 {{"parameters", A1111Parameters(p)}, {"zfarm", ParametersJson(p)}});

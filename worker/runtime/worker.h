@@ -41,6 +41,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "worker/runtime/lora_catalog.h"
 #include "worker/runtime/renderer.h"
 #include "worker/runtime/scheduler_link.h"
 #include "zfarm/v1/worker_service.pb.h"
@@ -76,6 +77,9 @@ class Worker : public SchedulerLink::Handler {
     absl::Duration self_test_delay = absl::Seconds(10);
     // The self-test request (a small warm-up image).
     GenerateRequest self_test;
+    // --lora-dir: the LoRAs jobs may name (sent in the hello, and in a heartbeat whenever
+    // the directory changed). Null = none; a job naming a LoRA then fails INVALID_REQUEST.
+    std::shared_ptr<LoraCatalog> loras;
   };
 
   // Counters for /metrics, tests and benchmarks.
@@ -174,6 +178,8 @@ class Worker : public SchedulerLink::Handler {
   absl::Time last_image_done_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // The pending job whose prompt was encoded ahead (Renderer::Prepare).
   std::string prepared_job_ ABSL_GUARDED_BY(mu_);
+  // The renderer's applied LoRAs after the last render (heartbeat active_loras).
+  std::vector<std::string> active_loras_ ABSL_GUARDED_BY(mu_);
   Stats stats_ ABSL_GUARDED_BY(mu_);
   DeviceMemory memory_ ABSL_GUARDED_BY(mu_);
 
