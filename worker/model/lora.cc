@@ -13,6 +13,14 @@
 #include "worker/io/file_util.h"
 
 namespace zfarm::worker::model {
+namespace {
+
+// A LoRA file that cannot be used is the request's fault: INVALID_ARGUMENT, named.
+absl::Status BadLora(const absl::Status& s, const std::string& name) {
+  return absl::InvalidArgumentError(absl::StrCat("LoRA '", name, "': ", s.message()));
+}
+
+}  // namespace
 
 LoraApplier::LoraApplier(torch::nn::Module& transformer, int max_files, int64_t max_bytes)
     : max_files_(std::max(1, max_files)), max_bytes_(max_bytes) {
@@ -47,14 +55,18 @@ absl::StatusOr<std::shared_ptr<const LoraApplier::DeviceLora>> LoraApplier::Load
       return cache_.back();
     }
   }
-  ZFARM_ASSIGN_OR_RETURN(LoraFile f, ReadLoraFile(e.path));
+  absl::StatusOr<LoraFile> read = ReadLoraFile(e.path);
+  if (!read.ok()) return BadLora(read.status(), e.name);
+  LoraFile& f = *read;
   if (f.sha256 != sha) {
-    return absl::InvalidArgumentError(absl::StrCat("LoRA '", e.name, "' (", e.path,
-                                                   ") changed since it was catalogued: sha256 ",
+    return absl::InvalidArgumentError(absl::StrCat("LoRA '", e.name, "': ", e.path,
+                                                   " changed since it was catalogued: sha256 ",
                                                    f.sha256, ", expected ", sha));
   }
-  ZFARM_RETURN_IF_ERROR(CheckLoraAgainstModel(
-      f, [this](const std::string& n) { return ParamShape(n); }));
+  if (absl::Status s = CheckLoraAgainstModel(f, [this](const std::string& n) { return ParamShape(n); });
+      !s.ok()) {
+    return BadLora(s, e.name);
+  }
   auto d = std::make_shared<DeviceLora>();
   d->sha256 = f.sha256;
   for (LoraModule& m : f.modules) {
@@ -110,7 +122,9 @@ absl::StatusOr<std::vector<std::string>> LoraApplier::Apply(const std::vector<En
     }
     std::string sha = e.sha256;
     if (sha.empty()) {
-      ZFARM_ASSIGN_OR_RETURN(sha, Sha256OfFile(e.path));
+      absl::StatusOr<std::string> computed = Sha256OfFile(e.path);
+      if (!computed.ok()) return BadLora(computed.status(), e.name);
+      sha = *computed;
     }
     want.push_back({e.name, sha, e.scale});
   }
