@@ -1,7 +1,10 @@
 #include "worker/commands/flags.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -30,6 +33,7 @@ absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv,
     }
     if (known(bool_flags, a)) {
       f.values[a] = has_value ? value : "true";
+      f.all[a].push_back(f.values[a]);
       continue;
     }
     if (!known(value_flags, a)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", a));
@@ -38,8 +42,32 @@ absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv,
       value = argv[++i];
     }
     f.values[a] = value;
+    f.all[a].push_back(value);
   }
   return f;
+}
+
+absl::StatusOr<LoraFlag> ParseLoraFlag(const std::string& value, const std::string& lora_dir) {
+  LoraFlag l;
+  l.path = value;
+  if (const size_t colon = value.rfind(':'); colon != std::string::npos) {
+    float scale = 0;
+    if (absl::SimpleAtof(value.substr(colon + 1), &scale)) {
+      l.path = value.substr(0, colon);
+      l.scale = scale;
+    }
+  }
+  struct stat st {};
+  const bool is_file = ::stat(l.path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  if (!is_file && !lora_dir.empty() && l.path.find('/') == std::string::npos) {
+    l.path = absl::StrCat(lora_dir, "/", l.path, ".safetensors");
+  } else if (!is_file) {
+    return absl::InvalidArgumentError(absl::StrCat("--lora ", value, ": no such file"));
+  }
+  std::string stem = l.path.substr(l.path.rfind('/') + 1);
+  if (absl::EndsWith(stem, ".safetensors")) stem.resize(stem.size() - 12);
+  l.name = stem;
+  return l;
 }
 
 absl::StatusOr<std::pair<int, int>> ParseSize(const std::string& flag, const std::string& value) {

@@ -14,12 +14,17 @@
 namespace zfarm::worker {
 
 struct ParsedFlags {
-  std::map<std::string, std::string> values;
+  std::map<std::string, std::string> values;  // the last value of each flag
+  std::map<std::string, std::vector<std::string>> all;  // every value, in order (repeatable flags)
 
   bool Has(const std::string& k) const { return values.count(k) > 0; }
   std::string Get(const std::string& k, const std::string& def = "") const {
     auto it = values.find(k);
     return it == values.end() ? def : it->second;
+  }
+  std::vector<std::string> GetAll(const std::string& k) const {
+    auto it = all.find(k);
+    return it == all.end() ? std::vector<std::string>() : it->second;
   }
   // A boolean flag: present and not "false"/"0".
   bool True(const std::string& k) const {
@@ -33,6 +38,15 @@ struct ParsedFlags {
 absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv,
                                        const std::vector<std::string>& bool_flags,
                                        const std::vector<std::string>& value_flags);
+
+// "--lora PATH[:SCALE]" (scale 1 when absent). A value that is not a file but a bare name
+// resolves to LORA_DIR/NAME.safetensors when `lora_dir` is set. The name is the file's stem.
+// INVALID_ARGUMENT naming the flag for a bad scale or a missing file.
+struct LoraFlag {
+  std::string name, path;
+  float scale = 1.0f;
+};
+absl::StatusOr<LoraFlag> ParseLoraFlag(const std::string& value, const std::string& lora_dir);
 
 // "WxH" -> {W, H}; INVALID_ARGUMENT naming `flag` otherwise.
 absl::StatusOr<std::pair<int, int>> ParseSize(const std::string& flag, const std::string& value);

@@ -28,6 +28,8 @@ constexpr char kUsage[] =
     "  [--vae-fp32] [--offload-text-encoder] [--vae-tiling]\n"
     "  [--no-cuda-graphs] [--reference-ops]   (speed paths off: less memory / debugging)\n"
     "  [--weights-cache DIR]   (the bf16 DiT copy of `zfarm-worker cache-weights`)\n"
+    "  [--lora FILE[:SCALE]]... (repeatable, at most 8, scale in [-4, 4], default 1)\n"
+    "  [--lora-dir DIR]        (--lora NAME[:SCALE] then means DIR/NAME.safetensors)\n"
     "Steps are transformer evaluations: the model card's \"9 steps\" are 8 here.\n";
 
 const std::vector<std::string> kBoolFlags = {"vae-fp32",       "offload-text-encoder",
@@ -36,7 +38,7 @@ const std::vector<std::string> kBoolFlags = {"vae-fp32",       "offload-text-enc
 const std::vector<std::string> kValueFlags = {"model",   "prompt",   "prompts",         "out",
                                               "out-dir", "width",    "height",          "steps",
                                               "seed",    "guidance", "negative-prompt", "device",
-                                              "weights-cache"};
+                                              "weights-cache", "lora", "lora-dir"};
 
 int Usage(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker generate: %s\n%s", why.c_str(), kUsage);
@@ -80,6 +82,11 @@ int RunGenerate(int argc, char** argv) {
   }
   if (random_seed) req.seed = std::random_device{}() & 0xffffffffu;
   req.negative_prompt = f.count("negative-prompt") ? f["negative-prompt"] : "";
+  for (const std::string& v : parsed->GetAll("lora")) {
+    absl::StatusOr<LoraFlag> l = ParseLoraFlag(v, parsed->Get("lora-dir"));
+    if (!l.ok()) return Usage(std::string(l.status().message()));
+    req.loras.push_back({l->name, l->path, "", l->scale});
+  }
 
   std::vector<std::string> prompts;
   if (single) {
@@ -152,11 +159,17 @@ int RunGenerate(int argc, char** argv) {
     p.device = opts.device;
     p.prompt_tokens = img->prompt_tokens;
     p.prompt_truncated = img->prompt_truncated;
+    for (const LoraRequest& l : img->loras) p.loras.push_back({l.name, l.sha256, l.scale});
     if (absl::Status s = WritePng(out, img->rgb, p); !s.ok()) {
       std::fprintf(stderr, "zfarm-worker generate: %s\n", s.ToString().c_str());
       return 1;
     }
     const StageTimings& t = img->timings;
+    for (const LoraRequest& l : img->loras) {
+      std::printf("lora %s x%g (%s, sha256 %.12s)\n", l.name.c_str(), l.scale, l.path.c_str(),
+                  l.sha256.c_str());
+    }
+    if (!img->loras.empty()) std::printf("loras applied in %.3f s\n", t.lora_s);
     std::printf(
         "tokenize %.3f s, encode %.3f s, denoise %.3f s (%.3f s/step), decode %.3f s, total %.3f "
         "s, "

@@ -24,6 +24,7 @@
 #include "worker/pipeline/pipeline.h"
 #include "worker/runtime/device_info.h"
 #include "worker/runtime/health_server.h"
+#include "worker/runtime/lora_catalog.h"
 #include "worker/runtime/metrics.h"
 #include "worker/runtime/model_fingerprint.h"
 #include "worker/runtime/pipeline_renderer.h"
@@ -59,6 +60,8 @@ constexpr char kUsage[] =
     "  --vae-fp32                run the VAE in float32\n"
     "  --weights-cache DIR       read the DiT from its bf16 copy there when current (written\n"
     "                            by `zfarm-worker cache-weights`; half the bytes of a cold start)\n"
+    "  --lora-dir DIR            LoRAs jobs may name: DIR/NAME.safetensors (catalogued with their\n"
+    "                            sha256 for the scheduler; rescanned at every heartbeat)\n"
     "  --tls-ca FILE             CA that signed the scheduler's certificate (TLS to --scheduler)\n"
     "  --tls-cert/--tls-key FILE client certificate for mutual TLS with the scheduler\n"
     "  --token-file FILE         bearer token (role worker) for the scheduler; default $ZFARM_TOKEN\n"
@@ -77,7 +80,7 @@ const std::vector<std::string> kValueFlags = {
     "health-listen",  "metrics-listen", "prefetch",     "max-size",
     "min-free-disk-mb", "shutdown-grace", "tls-ca",         "tls-cert",
     "tls-key",          "token-file",     "health-tls-cert", "health-tls-key",
-    "health-tls-client-ca", "weights-cache"};
+    "health-tls-client-ca", "weights-cache", "lora-dir"};
 
 int Usage(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker serve: %s\n%s", why.c_str(), kUsage);
@@ -171,6 +174,13 @@ int RunServe(int argc, char** argv) {
   }
 
   PipelineOptions popts;
+  std::shared_ptr<LoraCatalog> loras;
+  if (f.Has("lora-dir")) {
+    absl::StatusOr<std::unique_ptr<LoraCatalog>> c = LoraCatalog::Open(f.Get("lora-dir"));
+    if (!c.ok()) return Fatal("--lora-dir", c.status());
+    loras = *std::move(c);
+    std::printf("loras: %zu in %s\n", loras->List().size(), loras->dir().c_str());
+  }
   popts.model_dir = f.Get("model");
   popts.device = device;
   popts.offload_text_encoder = f.True("offload-text-encoder");
@@ -214,6 +224,7 @@ int RunServe(int argc, char** argv) {
   wo.prefetch = prefetch;
   wo.min_free_disk_bytes = min_free_mb << 20;
   wo.self_test = warmup;
+  wo.loras = loras;
   SchedulerLink::Options lo;
   lo.target = f.Get("scheduler");
   lo.credentials = *channel_creds;

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
@@ -81,7 +82,9 @@ std::string ParametersJson(const ImageParameters& p) {
   if (!p.loras.empty()) {
     nlohmann::json loras = nlohmann::json::array();
     for (const LoraUse& l : p.loras) {
-      loras.push_back({{"name", l.name}, {"sha256", l.sha256}, {"scale", l.scale}});
+      // The scale as written in the parameters text (0.7, not 0.699999988 from the float).
+      loras.push_back(
+          {{"name", l.name}, {"sha256", l.sha256}, {"scale", std::strtod(FormatFloat(l.scale).c_str(), nullptr)}});
     }
     j["loras"] = std::move(loras);
   }
