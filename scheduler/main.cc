@@ -42,6 +42,14 @@ ABSL_FLAG(bool, metrics_plaintext, false,
 ABSL_FLAG(std::string, http_listen, "",
           "HOST:PORT for the REST/JSON gateway (/v1/jobs...); HTTPS (mutual TLS with "
           "--tls-client-ca) with --tls-cert; empty = no gateway");
+ABSL_FLAG(int32_t, http_max_connections, 1024,
+          "Open connections the REST gateway accepts; beyond it new ones are closed (plain "
+          "HTTP: after a 503 answer)");
+ABSL_FLAG(int32_t, http_max_connections_per_ip, 128,
+          "Open REST gateway connections per client address; beyond it as --http-max-connections");
+ABSL_FLAG(absl::Duration, http_request_timeout, absl::Seconds(10),
+          "Time a REST client has for a whole request (TLS handshake, headers and body), from "
+          "its first byte; slower connections are closed");
 ABSL_FLAG(int32_t, max_queued_jobs, 100000,
           "QUEUED jobs beyond which submits fail with RESOURCE_EXHAUSTED");
 ABSL_FLAG(absl::Duration, retry_after, absl::Seconds(1),
@@ -280,12 +288,25 @@ int main(int argc, char** argv) {
   std::unique_ptr<zfarm::scheduler::http::RestGateway> gateway;
   if (!absl::GetFlag(FLAGS_http_listen).empty()) {
     zfarm::scheduler::http::RestGateway::Options go;
-    go.listen = absl::GetFlag(FLAGS_http_listen);
-    go.tls = tls;
+    go.http.listen = absl::GetFlag(FLAGS_http_listen);
+    go.http.tls = tls;
+    go.http.max_connections = absl::GetFlag(FLAGS_http_max_connections);
+    go.http.max_connections_per_ip = absl::GetFlag(FLAGS_http_max_connections_per_ip);
+    go.http.request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
+    for (const auto& [flag, ok] :
+         {std::pair{"--http-max-connections", go.http.max_connections >= 1},
+          std::pair{"--http-max-connections-per-ip", go.http.max_connections_per_ip >= 1},
+          std::pair{"--http-request-timeout", go.http.request_timeout > absl::ZeroDuration()}}) {
+      if (!ok) {
+        std::cerr << "zfarm-scheduler: " << flag << ": must be positive\n";
+        (*server)->Shutdown();
+        return 2;
+      }
+    }
     auto g = zfarm::scheduler::http::RestGateway::Start(
         go, (*server)->grpc_server()->InProcessChannel(grpc::ChannelArguments()));
     if (!g.ok()) {
-      std::cerr << "zfarm-scheduler: --http-listen " << go.listen << ": " << g.status().message()
+      std::cerr << "zfarm-scheduler: --http-listen " << go.http.listen << ": " << g.status().message()
                 << "\n";
       (*server)->Shutdown();
       return 1;

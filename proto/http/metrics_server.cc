@@ -1,7 +1,5 @@
 #include "proto/http/metrics_server.h"
 
-#include <httplib.h>
-
 #include <sstream>
 
 #include "prometheus/text_serializer.h"
@@ -15,16 +13,20 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartMetricsServer(
   o.listen = listen;
   o.flag = "--metrics-listen";
   o.tls = tls;
-  o.num_threads = 2;
+  o.handler_threads = 2;
+  o.max_queued_requests = 16;
+  o.max_connections = 64;
+  o.max_connections_per_ip = 16;
   o.max_body_bytes = 4096;  // scrapes carry no body
-  return HttpServer::Start(o, [collectable](httplib::Server& s) {
-    s.Get("/metrics", [collectable](const httplib::Request&, httplib::Response& res) {
-      std::ostringstream out;
-      prometheus::TextSerializer().Serialize(out, collectable->Collect());
-      res.set_header("Cache-Control", "no-store");
-      res.set_content(out.str(), "text/plain; version=0.0.4; charset=utf-8");
-    });
+  Router router;
+  router.Add("GET", "/metrics", [collectable](const Request&) {
+    std::ostringstream out;
+    prometheus::TextSerializer().Serialize(out, collectable->Collect());
+    Response r = Response::Text(200, out.str(), "text/plain; version=0.0.4; charset=utf-8");
+    r.headers.emplace("Cache-Control", "no-store");
+    return r;
   });
+  return HttpServer::Start(o, std::move(router));
 }
 
 }  // namespace zfarm::http

@@ -19,7 +19,8 @@
 
 namespace zfarm::http {
 
-// Errors name --metrics-listen.
+// Errors name --metrics-listen. At most 64 connections (16 per client
+// address); scrapes are answered on 2 handler threads.
 absl::StatusOr<std::unique_ptr<HttpServer>> StartMetricsServer(
     const std::string& listen, const security::TlsFlags& tls,
     std::shared_ptr<prometheus::Collectable> collectable);

@@ -1,7 +1,5 @@
 #include "scheduler/http/rest_gateway.h"
 
-#include <httplib.h>
-
 #include <string>
 #include <vector>
 
@@ -10,7 +8,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
@@ -42,28 +39,20 @@ const char* CodeName(grpc::StatusCode code) {
   return c >= 0 && c <= 16 ? kNames[c] : "UNKNOWN";
 }
 
-void Send(httplib::Response& res, int status, const std::string& content_type, std::string body) {
-  res.status = status;
-  res.set_header("Cache-Control", "no-store");
-  res.body = std::move(body);
-  res.set_header("Content-Type", content_type);
+using zfarm::http::Request;
+using zfarm::http::Response;
+
+Response Error(grpc::StatusCode code, const std::string& message) {
+  return Response::Error(HttpStatusForCode(code), CodeName(code), message);
 }
 
-void SendError(httplib::Response& res, grpc::StatusCode code, const std::string& message) {
-  Send(res, HttpStatusForCode(code), "application/json",
-       zfarm::http::JsonErrorBody(CodeName(code), message));
-}
-
-void SendMessage(httplib::Response& res, int status, const google::protobuf::Message& m) {
+Response MessageResponse(int status, const google::protobuf::Message& m) {
   google::protobuf::util::JsonPrintOptions opts;
   opts.preserve_proto_field_names = true;
   std::string out;
   auto s = google::protobuf::util::MessageToJsonString(m, &out, opts);
-  if (!s.ok()) {
-    SendError(res, grpc::StatusCode::INTERNAL, "cannot encode response");
-    return;
-  }
-  Send(res, status, "application/json", out + "\n");
+  if (!s.ok()) return Error(grpc::StatusCode::INTERNAL, "cannot encode response");
+  return Response::Json(status, out + "\n");
 }
 
 absl::StatusOr<zfarm::v1::JobState> ParseState(absl::string_view name) {
@@ -117,99 +106,78 @@ struct RestGateway::Impl {
   std::unique_ptr<zfarm::v1::JobService::Stub> stub;
   std::unique_ptr<zfarm::http::HttpServer> server;
 
-  void Prepare(const httplib::Request& req, grpc::ClientContext* ctx) const {
+  void Prepare(const Request& req, grpc::ClientContext* ctx) const {
     ctx->set_deadline(absl::ToChronoTime(absl::Now() + options.rpc_timeout));
-    if (req.has_header("Authorization")) {
-      ctx->AddMetadata("authorization", req.get_header_value("Authorization"));
+    if (const std::string* auth = req.Header("Authorization")) {
+      ctx->AddMetadata("authorization", *auth);
     }
   }
 
-  void Handle(const httplib::Request& req, httplib::Response& res) {
-    const std::string& method = req.method;
-    absl::string_view path = absl::StripSuffix(req.path, "/");
-    if (path == "/v1/jobs") {
-      if (method == "POST") return Submit(req, res);
-      if (method == "GET") return List(req, res);
-      return SendError(res, grpc::StatusCode::UNIMPLEMENTED,
-                       absl::StrCat(method, " /v1/jobs: use POST or GET"));
-    }
-    absl::string_view rest = path;
-    if (!absl::ConsumePrefix(&rest, "/v1/jobs/") || rest.empty()) {
-      return SendError(res, grpc::StatusCode::NOT_FOUND, absl::StrCat("no route for ", path));
-    }
-    std::vector<std::string> parts = absl::StrSplit(rest, '/');
-    if (parts.size() == 1 && method == "GET") return Get(req, res, parts[0]);
-    if (parts.size() == 1 && method == "DELETE") return Cancel(req, res, parts[0]);
-    if (parts.size() == 2 && parts[1] == "image" && method == "GET") {
-      return Image(req, res, parts[0]);
-    }
-    SendError(res, grpc::StatusCode::NOT_FOUND, absl::StrCat("no route for ", method, " ", path));
-  }
-
-  void Submit(const httplib::Request& http, httplib::Response& res) {
+  Response Submit(const Request& http) {
     zfarm::v1::SubmitJobRequest req;
     auto parsed = google::protobuf::util::JsonStringToMessage(http.body, &req);
     if (!parsed.ok()) {
-      return SendError(
-          res, grpc::StatusCode::INVALID_ARGUMENT,
-          absl::StrCat("body: not a SubmitJobRequest in JSON: ", std::string(parsed.message())));
+      return Error(grpc::StatusCode::INVALID_ARGUMENT,
+                   absl::StrCat("body: not a SubmitJobRequest in JSON: ",
+                                std::string(parsed.message())));
     }
     grpc::ClientContext ctx;
     Prepare(http, &ctx);
     zfarm::v1::SubmitJobResponse resp;
     grpc::Status s = stub->SubmitJob(&ctx, req, &resp);
-    if (!s.ok()) return SendError(res, s.error_code(), s.error_message());
+    if (!s.ok()) return Error(s.error_code(), s.error_message());
     LOG(INFO) << "event=rest_submit job=" << resp.job().job_id() << " request=" << req.request_id()
               << " created=" << resp.created();
-    SendMessage(res, resp.created() ? 201 : 200, resp);
+    return MessageResponse(resp.created() ? 201 : 200, resp);
   }
 
-  void Get(const httplib::Request& http, httplib::Response& res, const std::string& id) {
+  Response Get(const Request& http) {
     grpc::ClientContext ctx;
     Prepare(http, &ctx);
     zfarm::v1::GetJobRequest req;
-    req.set_job_id(id);
+    req.set_job_id(http.PathParam("id"));
     zfarm::v1::Job job;
     grpc::Status s = stub->GetJob(&ctx, req, &job);
-    if (!s.ok()) return SendError(res, s.error_code(), s.error_message());
-    SendMessage(res, 200, job);
+    if (!s.ok()) return Error(s.error_code(), s.error_message());
+    return MessageResponse(200, job);
   }
 
-  void Cancel(const httplib::Request& http, httplib::Response& res, const std::string& id) {
+  Response Cancel(const Request& http) {
     grpc::ClientContext ctx;
     Prepare(http, &ctx);
     zfarm::v1::CancelJobRequest req;
-    req.set_job_id(id);
+    req.set_job_id(http.PathParam("id"));
     zfarm::v1::CancelJobResponse resp;
     grpc::Status s = stub->CancelJob(&ctx, req, &resp);
-    if (!s.ok()) return SendError(res, s.error_code(), s.error_message());
-    SendMessage(res, 200, resp);
+    if (!s.ok()) return Error(s.error_code(), s.error_message());
+    return MessageResponse(200, resp);
   }
 
-  void Image(const httplib::Request& http, httplib::Response& res, const std::string& id) {
+  Response Image(const Request& http) {
     grpc::ClientContext ctx;
     Prepare(http, &ctx);
     zfarm::v1::GetResultRequest req;
-    req.set_job_id(id);
+    req.set_job_id(http.PathParam("id"));
     auto reader = stub->GetResult(&ctx, req);
     std::string data;
     zfarm::v1::ResultChunk chunk;
     while (reader->Read(&chunk)) data += chunk.data();
     grpc::Status s = reader->Finish();
-    if (!s.ok()) return SendError(res, s.error_code(), s.error_message());
-    Send(res, 200, "image/png", std::move(data));
+    if (!s.ok()) return Error(s.error_code(), s.error_message());
+    Response r = Response::Text(200, std::move(data), "image/png");
+    r.headers.emplace("Cache-Control", "no-store");
+    return r;
   }
 
-  // Query parameters arrive URL-decoded (httplib); unknown ones are refused.
-  void List(const httplib::Request& http, httplib::Response& res) {
+  // Query parameters arrive URL-decoded; unknown ones are refused.
+  Response List(const Request& http) {
     zfarm::v1::ListJobsRequest req;
-    for (const auto& [key, value] : http.params) {
+    for (const auto& [key, value] : http.query) {
       if (key == "state") {
         for (absl::string_view one : absl::StrSplit(value, ',', absl::SkipEmpty())) {
           auto st = ParseState(one);
           if (!st.ok()) {
-            return SendError(res, grpc::StatusCode::INVALID_ARGUMENT,
-                             std::string(st.status().message()));
+            return Error(grpc::StatusCode::INVALID_ARGUMENT, std::string(st.status().message()));
           }
           req.add_states(*st);
         }
@@ -222,21 +190,21 @@ struct RestGateway::Impl {
       } else if (key == "page_size") {
         int n = 0;
         if (!absl::SimpleAtoi(value, &n)) {
-          return SendError(res, grpc::StatusCode::INVALID_ARGUMENT, "page_size: not an integer");
+          return Error(grpc::StatusCode::INVALID_ARGUMENT, "page_size: not an integer");
         }
         req.set_page_size(n);
       } else {
-        return SendError(res, grpc::StatusCode::INVALID_ARGUMENT,
-                         absl::StrCat("unknown query parameter '", key,
-                                      "' (state, label, batch, page_size, page_token)"));
+        return Error(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat("unknown query parameter '", key,
+                                  "' (state, label, batch, page_size, page_token)"));
       }
     }
     grpc::ClientContext ctx;
     Prepare(http, &ctx);
     zfarm::v1::ListJobsResponse resp;
     grpc::Status s = stub->ListJobs(&ctx, req, &resp);
-    if (!s.ok()) return SendError(res, s.error_code(), s.error_message());
-    SendMessage(res, 200, resp);
+    if (!s.ok()) return Error(s.error_code(), s.error_message());
+    return MessageResponse(200, resp);
   }
 };
 
@@ -247,24 +215,16 @@ absl::StatusOr<std::unique_ptr<RestGateway>> RestGateway::Start(
   Impl* impl = gw->impl_.get();
   impl->options = options;
   impl->stub = zfarm::v1::JobService::NewStub(channel);
-  zfarm::http::HttpServer::Options ho;
-  ho.listen = options.listen;
-  ho.flag = "--http-listen";
-  ho.tls = options.tls;
-  ho.num_threads = options.num_threads;
-  ho.max_body_bytes = options.max_body_bytes;
-  auto server = zfarm::http::HttpServer::Start(ho, [impl](httplib::Server& svr) {
-    auto handler = [impl](const httplib::Request& req, httplib::Response& res) {
-      impl->Handle(req, res);
-    };
-    for (const char* pattern : {"/v1/jobs", "/v1/jobs/.*"}) {
-      svr.Get(pattern, handler);
-      svr.Post(pattern, handler);
-      svr.Put(pattern, handler);
-      svr.Patch(pattern, handler);
-      svr.Delete(pattern, handler);
-    }
-  });
+  zfarm::http::Router router;
+  auto bind = [impl](Response (Impl::*fn)(const Request&)) {
+    return [impl, fn](const Request& req) { return (impl->*fn)(req); };
+  };
+  router.Add("POST", "/v1/jobs", bind(&Impl::Submit))
+      .Add("GET", "/v1/jobs", bind(&Impl::List))
+      .Add("GET", "/v1/jobs/{id}", bind(&Impl::Get))
+      .Add("DELETE", "/v1/jobs/{id}", bind(&Impl::Cancel))
+      .Add("GET", "/v1/jobs/{id}/image", bind(&Impl::Image));
+  auto server = zfarm::http::HttpServer::Start(options.http, std::move(router));
   if (!server.ok()) return server.status();
   impl->server = *std::move(server);
   gw->port_ = impl->server->port();

@@ -23,11 +23,12 @@
 //
 // Example:
 //   RestGateway::Options o;
-//   o.listen = "0.0.0.0:8080";
+//   o.http.listen = "0.0.0.0:8080";
 //   ZFARM_ASSIGN_OR_RETURN(auto gw, RestGateway::Start(o, server->InProcessChannel({})));
 //
-// Thread-safe; requests are served by a pool of Options::num_threads threads
-// (proto/http/http_server.h, on cpp-httplib).
+// Thread-safe. Served by zfarm::http::HttpServer (proto/http/http_server.h):
+// event-driven, with its connection limits, total request deadlines, 404/405
+// answers and JSON errors; handlers run on its handler pool.
 
 #include <memory>
 #include <string>
@@ -36,22 +37,19 @@
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/support/status.h"
-#include "proto/security/tls.h"
+#include "proto/http/http_server.h"
 
 namespace zfarm::scheduler::http {
 
 class RestGateway {
  public:
   struct Options {
-    // HOST:PORT; port 0 picks a free one (see port()).
-    std::string listen = "127.0.0.1:0";
-    int num_threads = 8;
-    size_t max_body_bytes = 1 << 20;
+    // Listen address (port 0 picks a free one, see port()), TLS (HTTPS when
+    // http.tls.cert is set; with http.tls.ca, client certificates signed by
+    // it are required) and the server's limits. Errors name http.flag.
+    zfarm::http::HttpServer::Options http;
     // Deadline of each JobService call.
     absl::Duration rpc_timeout = absl::Seconds(30);
-    // HTTPS when tls.cert is set; with tls.ca, client certificates signed by it
-    // are required (mutual TLS). See proto/security/tls.h.
-    security::TlsFlags tls;
   };
 
   static absl::StatusOr<std::unique_ptr<RestGateway>> Start(const Options& options,

@@ -161,7 +161,10 @@ TEST_F(RestGatewayTest, ErrorsAreJsonWithTheGrpcCode) {
 
   HttpResponse route = Http(gw_->port(), "GET", "/v1/jobs/a/b/c");
   EXPECT_EQ(route.status, 404);
-  EXPECT_EQ(Http(gw_->port(), "PUT", "/v1/jobs").status, 501);
+  HttpResponse put = Http(gw_->port(), "PUT", "/v1/jobs");
+  EXPECT_EQ(put.status, 405);
+  EXPECT_THAT(put.headers, HasSubstr("Allow: GET, HEAD, POST"));
+  EXPECT_EQ(json::parse(put.body)["code"], "INVALID_ARGUMENT");
 }
 
 TEST(HttpStatusTest, Mapping) {

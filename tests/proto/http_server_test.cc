@@ -1,6 +1,6 @@
 // zfarm::http::HttpServer and the /metrics server: routes, JSON errors for
-// httplib's own refusals, listen errors naming the flag, HTTPS and mutual TLS
-// with certificates made at test time, and a real cpp-httplib client.
+// the server's own refusals, listen errors naming the flag, HTTPS and mutual
+// TLS with certificates made at test time, and a real cpp-httplib client.
 #include "proto/http/http_server.h"
 
 #include <httplib.h>
@@ -34,14 +34,10 @@ std::string TempDir(const std::string& name) {
 }
 
 absl::StatusOr<std::unique_ptr<HttpServer>> StartHello(HttpServer::Options o) {
-  return HttpServer::Start(o, [](httplib::Server& s) {
-    s.Get("/hello", [](const httplib::Request&, httplib::Response& res) {
-      res.set_content("hi", "text/plain");
-    });
-    s.Post("/echo", [](const httplib::Request& req, httplib::Response& res) {
-      res.set_content(req.body, "text/plain");
-    });
-  });
+  Router r;
+  r.Add("GET", "/hello", [](const Request&) { return Response::Text(200, "hi"); });
+  r.Add("POST", "/echo", [](const Request& req) { return Response::Text(200, req.body); });
+  return HttpServer::Start(o, std::move(r));
 }
 
 TEST(HttpServerTest, ServesRoutesAndAnswersItsOwnRefusalsWithJson) {
