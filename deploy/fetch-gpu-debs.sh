@@ -20,8 +20,9 @@ bash "$shared/gpu/fetch-debs.sh" "$dir"
 # Not in the shared list, but needed to CONFIGURE on the GPU host (seen there): glog's CMake
 # config requires Unwind (headers + libunwind.so), prometheus-cpp's config requires CURL (its
 # push library, which zfarm does not link), civetweb's config checks that its server binary exists.
-# The REST gateway and /metrics servers use cpp-httplib (+ brotli, its compression dependency).
-extra=(libunwind-dev liblzma-dev libcurl4-openssl-dev libcurl4 civetweb
+# The /metrics server is built on Boost.Asio/Beast (header-only libboost1.74-dev); the
+# tests' HTTP client is cpp-httplib (+ brotli, its compression dependency).
+extra=(libunwind-dev liblzma-dev libcurl4-openssl-dev libcurl4 civetweb libboost1.74-dev
        libcpp-httplib-dev libcpp-httplib0.11 libbrotli-dev libbrotli1)
 (cd "$dir" && apt-get download -qq "${extra[@]}" 2>&1 | grep -vE "^(W: Download is performed unsandboxed|Get:|Fetched)" || true)
 cp "$shared/gpu/device-env.sh" "$dir/device-env.sh"

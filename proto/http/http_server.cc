@@ -17,6 +17,7 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <thread>
@@ -282,7 +283,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void BeginStop();
 
  private:
-  enum class Phase { kHandshake, kIdle, kReading, kHandling, kWriting, kStreaming, kClosed };
+  enum class Phase {
+    kHandshake,
+    kIdle,
+    kReading,
+    kHandling,
+    kWriting,
+    kStreaming,
+    kLingering,  // answered with a close: draining what the client still sends
+    kClosed
+  };
 
   void Arm(absl::Duration d);
   void OnTimer();
@@ -297,6 +307,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Send(std::string bytes, size_t credit = 0);
   void Flush();
   void AfterAnswer();
+  void Linger();
   void SendError(int status, const std::string& code, const std::string& message, bool close);
   bool Closed() const { return phase_ == Phase::kClosed; }
 
@@ -493,6 +504,9 @@ void Connection::OnTimer() {
       }
       Arm(std::min(opts_.stream_keep_alive, opts_.write_timeout));
       return;
+    case Phase::kLingering:
+      Close();
+      return;
     case Phase::kClosed:
       return;
   }
@@ -550,6 +564,9 @@ void Connection::ReadHeader() {
   first_request_ = false;
   header_parser_.emplace();
   header_parser_->header_limit(static_cast<std::uint32_t>(opts_.max_header_bytes));
+  // The route's limit applies (OnHeader). Not boost::none: Beast 1.74 then
+  // refuses every Content-Length (it compares the length with an empty optional).
+  header_parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
   reading_ = true;
   bhttp::async_read_header(stream_, buffer_, *header_parser_,
                            [self = shared_from_this()](ErrorCode ec, size_t) {
@@ -697,6 +714,7 @@ void Connection::Watch() {
       return self->Close();
     }
     self->buffer_.commit(n);
+    if (self->phase_ == Phase::kLingering) return self->Linger();
     if (self->phase_ == Phase::kIdle) return self->ReadHeader();
     if (self->phase_ == Phase::kHandling || self->phase_ == Phase::kStreaming ||
         self->phase_ == Phase::kWriting) {
@@ -789,8 +807,30 @@ void Connection::Flush() {
 void Connection::AfterAnswer() {
   exchange_.reset();
   route_ = nullptr;
-  if (!keep_alive_ || server_->stopping) return Close();
+  if (server_->stopping) return Close();
+  if (!keep_alive_) return Linger();
   WaitForRequest();
+}
+
+// After the last answer: send FIN, then read and drop what the client still
+// sends (say, the body of a refused upload) until it closes or a short while
+// passes - closing with unread input would reset the connection and could
+// destroy the answer before the client reads it.
+void Connection::Linger() {
+  phase_ = Phase::kLingering;
+  ErrorCode ignored;
+  stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  Arm(std::min(absl::Seconds(2), opts_.request_timeout));
+  if (reading_) return;  // the watch read ends in Close
+  buffer_.clear();
+  reading_ = true;
+  stream_.socket().async_read_some(buffer_.prepare(16384), [self = shared_from_this()](
+                                                             ErrorCode ec, size_t) {
+    self->reading_ = false;
+    if (self->Closed()) return;
+    if (ec) return self->Close();
+    self->Linger();
+  });
 }
 
 void Connection::Close() {

@@ -2,19 +2,14 @@
 // client on loopback.
 #include "scheduler/http/rest_gateway.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <string>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/fake_worker.h"
+#include "tests/testing/raw_http.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
 
@@ -24,47 +19,8 @@ namespace {
 using ::testing::HasSubstr;
 using json = nlohmann::json;
 
-struct HttpResponse {
-  int status = 0;
-  std::string headers;
-  std::string body;
-};
-
-// One request with Connection: close; reads until EOF.
-HttpResponse Http(int port, const std::string& method, const std::string& path,
-                  const std::string& body = "") {
-  HttpResponse r;
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return r;
-  }
-  std::string req = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: localhost\r\n",
-                                 "Connection: close\r\nContent-Length: ", body.size(), "\r\n");
-  if (!body.empty()) req += "Content-Type: application/json\r\n";
-  req += "\r\n" + body;
-  size_t sent = 0;
-  while (sent < req.size()) {
-    ssize_t n = send(fd, req.data() + sent, req.size() - sent, 0);
-    if (n <= 0) break;
-    sent += static_cast<size_t>(n);
-  }
-  std::string all;
-  char buf[8192];
-  ssize_t n;
-  while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) all.append(buf, n);
-  close(fd);
-  size_t end = all.find("\r\n\r\n");
-  if (end == std::string::npos) return r;
-  r.headers = all.substr(0, end);
-  r.body = all.substr(end + 4);
-  absl::SimpleAtoi(r.headers.substr(9, 3), &r.status);
-  return r;
-}
+using ::zfarm::testing::Http;
+using ::zfarm::testing::HttpResponse;
 
 class RestGatewayTest : public ::testing::Test {
  protected:
