@@ -231,6 +231,8 @@ absl::StatusOr<std::unique_ptr<RestGateway>> RestGateway::Start(
   return gw;
 }
 
+zfarm::http::HttpServer::Stats RestGateway::stats() const { return impl_->server->stats(); }
+
 RestGateway::~RestGateway() = default;  // impl_->server stops serving first
 
 }  // namespace zfarm::scheduler::http

@@ -59,6 +59,8 @@ class RestGateway {
   RestGateway& operator=(const RestGateway&) = delete;
 
   int port() const { return port_; }
+  // The HTTP server's connection and request counters.
+  zfarm::http::HttpServer::Stats stats() const;
 
   struct Impl;  // implementation detail (handlers, server and its thread)
 
