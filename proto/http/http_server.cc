@@ -300,6 +300,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void ReadHeader();
   void OnHeader(ErrorCode ec);
   void OnBody(ErrorCode ec);
+  void OnReadError(ErrorCode ec);
+  void RefuseBody();  // 413 naming body_limit_
   void Dispatch(const Router::Route* route, Request req);
   void Watch();
   // Queues bytes to write; `credit` stream bytes are returned to the
@@ -328,6 +330,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::optional<bhttp::request_parser<bhttp::empty_body>> header_parser_;
   std::optional<bhttp::request_parser<bhttp::string_body>> body_parser_;
   const Router::Route* route_ = nullptr;
+  size_t body_limit_ = 0;  // of route_
   std::map<std::string, std::string> params_;
   std::shared_ptr<ExchangeImpl> exchange_;
   bool stream_chunked_ = true;
@@ -580,13 +583,7 @@ void Connection::OnHeader(ErrorCode ec) {
     return SendError(431, "INVALID_ARGUMENT",
                      absl::StrCat("headers: over ", opts_.max_header_bytes, " bytes"), true);
   }
-  if (ec) {
-    if (IsParseError(ec)) {
-      return SendError(400, "INVALID_ARGUMENT",
-                       absl::StrCat("malformed HTTP request: ", ec.message()), true);
-    }
-    return Close();  // the client went away (or its deadline passed)
-  }
+  if (ec) return OnReadError(ec);
   auto& h = header_parser_->get();
   const std::string method(h.method_string());
   const std::string target(h.target());
@@ -616,11 +613,9 @@ void Connection::OnHeader(ErrorCode ec) {
   }
   route_ = m.route;
   params_ = std::move(m.params);
-  const size_t limit =
+  body_limit_ =
       route_->options.max_body_bytes > 0 ? route_->options.max_body_bytes : opts_.max_body_bytes;
-  if (header_parser_->content_length().value_or(0) > limit) {
-    return SendError(413, "INVALID_ARGUMENT", absl::StrCat("body: over ", limit, " bytes"), true);
-  }
+  if (header_parser_->content_length().value_or(0) > body_limit_) return RefuseBody();
   auto expect = h.find(bhttp::field::expect);
   if (expect != h.end() && absl::EqualsIgnoreCase(std::string(expect->value()), "100-continue") &&
       h.version() >= 11 && !header_parser_->is_done()) {
@@ -628,7 +623,7 @@ void Connection::OnHeader(ErrorCode ec) {
   }
   body_parser_.emplace(std::move(*header_parser_));
   header_parser_.reset();
-  body_parser_->body_limit(limit);
+  body_parser_->body_limit(body_limit_);
   reading_ = true;
   bhttp::async_read(stream_, buffer_, *body_parser_,
                     [self = shared_from_this()](ErrorCode ec, size_t) {
@@ -637,19 +632,20 @@ void Connection::OnHeader(ErrorCode ec) {
                     });
 }
 
+// 400 for a malformed request; a close when the client went away or its
+// deadline passed.
+void Connection::OnReadError(ErrorCode ec) {
+  if (!IsParseError(ec)) return Close();
+  SendError(400, "INVALID_ARGUMENT", absl::StrCat("malformed HTTP request: ", ec.message()), true);
+}
+
+void Connection::RefuseBody() {
+  SendError(413, "INVALID_ARGUMENT", absl::StrCat("body: over ", body_limit_, " bytes"), true);
+}
+
 void Connection::OnBody(ErrorCode ec) {
-  const size_t limit =
-      route_->options.max_body_bytes > 0 ? route_->options.max_body_bytes : opts_.max_body_bytes;
-  if (ec == bhttp::error::body_limit) {
-    return SendError(413, "INVALID_ARGUMENT", absl::StrCat("body: over ", limit, " bytes"), true);
-  }
-  if (ec) {
-    if (IsParseError(ec)) {
-      return SendError(400, "INVALID_ARGUMENT",
-                       absl::StrCat("malformed HTTP request: ", ec.message()), true);
-    }
-    return Close();
-  }
+  if (ec == bhttp::error::body_limit) return RefuseBody();
+  if (ec) return OnReadError(ec);
   auto msg = body_parser_->release();
   body_parser_.reset();
   ++server_->requests;

@@ -5,7 +5,8 @@
 // Connection: close):
 //   - HttpReceiver: a webhook target on 127.0.0.1:<free port> that records every
 //     request and answers with a fixed status;
-//   - HttpCall(): one request to 127.0.0.1:<port>, returns status + body.
+//   - HttpCall(): one request to 127.0.0.1:<port> (raw_http.h's Http()),
+//     returns status, headers and body.
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -24,6 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "tests/testing/raw_http.h"
 
 namespace zfarm::testing {
 
@@ -132,30 +134,17 @@ class HttpReceiver {
   std::vector<HttpMessage> requests_ ABSL_GUARDED_BY(mu_);
 };
 
-// One request to 127.0.0.1:`port`; status 0 when the connection failed.
+// One request to 127.0.0.1:`port` (tests/testing/raw_http.h); status 0 when
+// the connection failed or no complete answer came.
 inline HttpMessage HttpCall(int port, const std::string& method, const std::string& path,
                             const std::string& body = "",
                             const std::map<std::string, std::string>& headers = {}) {
-  HttpMessage out;
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return out;
-  }
-  std::string req = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: 127.0.0.1:", port,
-                                 "\r\nConnection: close\r\nContent-Length: ", body.size(), "\r\n");
-  if (!body.empty()) absl::StrAppend(&req, "Content-Type: application/json\r\n");
-  for (const auto& [k, v] : headers) absl::StrAppend(&req, k, ": ", v, "\r\n");
-  absl::StrAppend(&req, "\r\n", body);
-  send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-  out = ParseHttp(ReadHttp(fd));
-  close(fd);
+  std::string extra;
+  for (const auto& [k, v] : headers) absl::StrAppend(&extra, k, ": ", v, "\r\n");
+  HttpResponse r = Http(port, method, path, body, extra);
+  HttpMessage out = ParseHttp(r.headers + "\r\n\r\n");
+  out.status = r.status;
+  out.body = std::move(r.body);
   return out;
 }
 
