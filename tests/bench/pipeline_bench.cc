@@ -25,6 +25,9 @@
 //                       [--tokenizer tokenizer.json]   (the pipeline's tokenize stage)
 //                       [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]
 //                       [--ablation [--ablation-sizes 1024x1024,512x512]]
+//                       [--lora [--lora-sizes 1024x1024]]
+// --lora adds the LoRA table (rank 32 on every attention and FFN module: added time per
+// image, cold apply, switch between sets) after section 5.
 // --ablation adds, after section 5, the pipeline table once per speed path (issue 8)
 // switched on one after the other, starting from the reference ops.
 // --memory-modes and --png-sweep run only their own section (instead of sections 1-5): the
@@ -188,6 +191,8 @@ struct Options {
   bool png_sweep = false;
   bool ablation = false;
   std::vector<std::pair<int64_t, int64_t>> ablation_sizes = {{1024, 1024}, {512, 512}};
+  bool lora = false;
+  std::vector<std::pair<int64_t, int64_t>> lora_sizes = {{1024, 1024}};
 };
 
 // Image tokens of one size plus the caption padded to a multiple of 32 (spec: SEQ_MULTI_OF).
@@ -501,12 +506,16 @@ int Main(int argc, char** argv) {
       opt.ablation = true;
     else if (a == "--ablation-sizes")
       opt.ablation_sizes = ParseSizes(next());
+    else if (a == "--lora")
+      opt.lora = true;
+    else if (a == "--lora-sizes")
+      opt.lora_sizes = ParseSizes(next());
     else {
       std::cerr << "usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] "
                    "[--tmpdir DIR]"
                    " [--sizes HxW,...] [--steps N] [--reps N] [--tokenizer tokenizer.json]"
                    " [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]"
-                   " [--ablation [--ablation-sizes HxW,...]]\n";
+                   " [--ablation [--ablation-sizes HxW,...]] [--lora [--lora-sizes HxW,...]]\n";
       return 2;
     }
   }
@@ -526,6 +535,7 @@ int Main(int argc, char** argv) {
   popt.reps = opt.reps;
   popt.tokenizer_json = opt.tokenizer;
   popt.modes = opt.modes;
+  popt.tmpdir = opt.tmpdir;
   if (opt.memory_modes || opt.png_sweep) {
     if (opt.memory_modes) RunMemoryModesSection(dev, rep, popt);
     if (opt.png_sweep) RunPngSection(dev, rep, popt);
@@ -551,6 +561,10 @@ int Main(int argc, char** argv) {
   if (opt.ablation) {
     popt.sizes = opt.ablation_sizes;
     RunAblationSection(dev, rep, popt);
+  }
+  if (opt.lora) {
+    popt.sizes = opt.lora_sizes;
+    RunLoraSection(dev, rep, popt);
   }
   return WriteReport(rep, opt.out);
 }

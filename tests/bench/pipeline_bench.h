@@ -57,6 +57,7 @@ struct PipelineBenchOptions {
   int reps = 3;                   // end-to-end repetitions after the warm-up
   std::string tokenizer_json;     // Qwen3 tokenizer.json; empty: fixed token ids
   std::string modes;              // --memory-modes: "default,offload,tiling,both" (empty: all)
+  std::string tmpdir = "/tmp";    // --lora: where the generated LoRA files go
 };
 
 // Section 5: the pipeline per stage and end to end (pipeline_bench_pipeline.cc).
@@ -65,6 +66,10 @@ void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBench
 // --ablation: the pipeline table once per speed path (issue 8), switched on one after
 // the other from the reference ops, each on a fresh full-size pipeline.
 void RunAblationSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
+
+// --lora: rank-32 LoRAs on every attention and FFN module: the end-to-end cost with a set
+// applied, the first-use (cold) apply time and the time to switch sets between two jobs.
+void RunLoraSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
 
 // --memory-modes: peak device memory (allocated and reserved) and s/image of each memory mode
 // (default, offloaded text encoder, tiled VAE, both) at each size, full Turbo config.

@@ -11,6 +11,8 @@
 #include <iostream>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <tuple>
 #include <filesystem>
 #include <memory>
 #include <numeric>
@@ -21,6 +23,12 @@
 #include "worker/io/model_config.h"
 
 #ifdef ZFARM_BENCH_WITH_PIPELINE
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "worker/io/safetensors.h"
 #include "worker/pipeline/pipeline.h"
 #include "worker/pipeline/png.h"
 #endif
@@ -260,6 +268,147 @@ void RunAblationSection(const BenchDevice& dev, Report& rep, const PipelineBench
   rep.Line("");
   rep.Table({"config", "image (HxW)", "tokenize ms", "encode ms", "DiT step ms (mean / min / max)",
              "VAE ms", "PNG ms", "end to end s", "peak GiB", "DiT of matmul peak"},
+            rows);
+#else
+  (void)dev;
+  (void)opt;
+  rep.Line("not built: worker/pipeline is not available in this build");
+#endif
+  rep.Line("");
+}
+
+#ifdef ZFARM_BENCH_WITH_PIPELINE
+namespace {
+
+// A rank-`rank` kohya-style LoRA (bf16, alpha = rank / 2) on every attention (to_q, to_k, to_v,
+// to_out.0) and feed-forward (w1, w2, w3) module of every block of the full Turbo DiT.
+std::string WriteBenchLora(const std::string& path, int64_t rank, uint64_t seed) {
+  const zfarm::worker::TransformerConfig c;
+  const int64_t d = c.dim, f = c.ffn_hidden_dim();
+  zfarm::worker::SafetensorsWriter w;
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  auto add = [&](const std::string& key, int64_t rows, int64_t cols) {
+    at::Tensor t = (at::randn({rows, cols}, gen, at::kFloat) * 0.02).to(at::kBFloat16).contiguous();
+    return w.Add(key, zfarm::worker::DType::kBF16, {rows, cols},
+                 std::string(static_cast<const char*>(t.data_ptr()), t.nbytes()));
+  };
+  std::vector<std::string> blocks;
+  for (int64_t i = 0; i < c.n_refiner_layers; ++i) {
+    blocks.push_back("noise_refiner_" + std::to_string(i));
+    blocks.push_back("context_refiner_" + std::to_string(i));
+  }
+  for (int64_t i = 0; i < c.n_layers; ++i) blocks.push_back("layers_" + std::to_string(i));
+  const std::vector<std::tuple<std::string, int64_t, int64_t>> modules = {
+      {"attention_to_q", d, d},       {"attention_to_k", d, d},     {"attention_to_v", d, d},
+      {"attention_to_out_0", d, d},   {"feed_forward_w1", f, d},    {"feed_forward_w2", d, f},
+      {"feed_forward_w3", f, d}};
+  for (const std::string& b : blocks) {
+    for (const auto& [m, out, in] : modules) {
+      const std::string k = "lora_unet_" + b + "_" + m;
+      if (!add(k + ".lora_down.weight", rank, in).ok() || !add(k + ".lora_up.weight", out, rank).ok()) {
+        return "adding " + k;
+      }
+      at::Tensor alpha = at::full({}, static_cast<float>(rank) / 2, at::kFloat);
+      if (!w.Add(k + ".alpha", zfarm::worker::DType::kF32, {},
+                 std::string(static_cast<const char*>(alpha.data_ptr()), 4)).ok()) {
+        return "adding " + k + ".alpha";
+      }
+    }
+  }
+  absl::Status s = w.Write(path);
+  return s.ok() ? "" : std::string(s.message());
+}
+
+}  // namespace
+#endif
+
+void RunLoraSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt) {
+  rep.Line("### LoRA (full Turbo config, random weights)");
+  rep.Line("");
+#ifdef ZFARM_BENCH_WITH_PIPELINE
+  if (!dev.cuda) {
+    rep.Line("skipped: needs a CUDA device");
+    rep.Line("");
+    return;
+  }
+  using zfarm::worker::GenerateRequest;
+  using zfarm::worker::LoraRequest;
+  const int64_t rank = 32;
+  const std::string a_path = opt.tmpdir + "/zfarm_bench_lora_a.safetensors";
+  const std::string b_path = opt.tmpdir + "/zfarm_bench_lora_b.safetensors";
+  for (const auto& [path, seed] : {std::pair{a_path, 1}, std::pair{b_path, 2}}) {
+    if (std::string err = WriteBenchLora(path, rank, seed); !err.empty()) {
+      rep.Line("writing the bench LoRA failed: " + err);
+      return;
+    }
+  }
+  dev.EmptyCache();
+  auto created = zfarm::worker::Pipeline::Create(FullSizeRandomOptions(opt));
+  if (!created.ok()) {
+    rep.Line("pipeline: Create failed: " + std::string(created.status().message()));
+    return;
+  }
+  zfarm::worker::Pipeline& pipe = **created;
+  const bool have_tokenizer =
+      !opt.tokenizer_json.empty() && std::filesystem::exists(opt.tokenizer_json);
+  const LoraRequest a{"bench_a", a_path, "", 0.8f}, b{"bench_b", b_path, "", 0.6f};
+  std::vector<std::vector<std::string>> rows;
+  for (auto [h, w] : opt.sizes) {
+    const std::string label = std::to_string(h) + "x" + std::to_string(w);
+    // The same image without and with a LoRA set (MeasureSize: warm-up, median of reps).
+    std::vector<std::string> base = MeasureSize(pipe, h, w, opt, have_tokenizer);
+    GenerateRequest req;
+    req.prompt = kBenchPrompt;
+    if (!have_tokenizer) req.prompt_ids = std::vector<int32_t>(40, 1000);
+    req.height = static_cast<int>(h);
+    req.width = static_cast<int>(w);
+    req.steps = opt.steps;
+    // Cold: the file read, checked, uploaded and applied; then switches between cached sets.
+    auto apply = [&](std::vector<LoraRequest> set) -> double {
+      req.loras = std::move(set);
+      auto img = pipe.Generate(req, nullptr, nullptr);
+      return img.ok() ? img->timings.lora_s * 1e3 : std::nan("");
+    };
+    const double cold_a = apply({a});
+    const double cold_b = apply({b});
+    std::vector<double> switches, to_none;
+    for (int r = 0; r < opt.reps; ++r) {
+      switches.push_back(apply({a}));
+      switches.push_back(apply({b}));
+      switches.push_back(apply({a, b}));
+    }
+    std::sort(switches.begin(), switches.end());
+    // Rendering with the set applied (no switch inside the timed runs).
+    req.loras = {a, b};
+    std::vector<double> e2e;
+    for (int r = 0; r < opt.reps; ++r) {
+      req.seed = 2 + r;
+      auto t0 = std::chrono::steady_clock::now();
+      auto img = pipe.Generate(req, nullptr, nullptr);
+      e2e.push_back(SecondsSince(t0));
+    }
+    std::sort(e2e.begin(), e2e.end());
+    const double none = apply({});
+    double base_s = 0;
+    const bool base_ok = base.size() > 6 && absl::SimpleAtod(base[6], &base_s);
+    const double with_s = e2e[e2e.size() / 2];
+    rows.push_back({label, base.size() > 6 ? base[6] : "error", Fmt(with_s, 3),
+                    base_ok ? Fmt((with_s / base_s - 1) * 100, 1) + " %" : "–",
+                    Fmt(cold_a, 0) + " / " + Fmt(cold_b, 0), Fmt(switches[switches.size() / 2], 1),
+                    Fmt(switches.back(), 1), Fmt(none, 1), Fmt(dev.PeakGiB(), 1)});
+  }
+  std::remove(a_path.c_str());
+  std::remove(b_path.c_str());
+  rep.Line("Rank-" + std::to_string(rank) +
+           " LoRAs (bf16 files, 7 modules x 34 blocks: every attention and feed-forward projection) "
+           "applied in place to the weights; end to end = Generate() median of " +
+           std::to_string(opt.reps) + " with the set {A, B} already applied. cold = first use of a "
+           "file (read, checked, uploaded, applied); switch = changing the applied set between two "
+           "jobs with the files cached (A -> B -> A+B ..., median and worst of " +
+           std::to_string(3 * opt.reps) + "); none = back to the original weights.");
+  rep.Line("");
+  rep.Table({"image (HxW)", "no LoRA s", "LoRA A+B s", "added", "cold apply ms (A / B)",
+             "switch ms (median)", "switch ms (worst)", "to none ms", "peak GiB"},
             rows);
 #else
   (void)dev;

@@ -155,13 +155,18 @@ absl::StatusOr<std::vector<std::string>> LoraApplier::Apply(const std::vector<En
       at::Tensor& w = params_.at(param);
       auto it = pristine_.find(param);
       if (it == pristine_.end()) it = pristine_.emplace(param, w.clone()).first;
-      at::Tensor delta;
-      for (const auto& [m, s] : list) {
-        at::Tensor d = at::matmul(m->up, m->down);
-        delta = delta.defined() ? delta.add_(d, s) : d.mul_(s);
+      // One GEMM per weight for the whole stack: [s1 up1 | s2 up2 ...] @ [down1; down2 ...],
+      // scales applied in float32, added to the original in the GEMM's float32 accumulator
+      // and rounded once into the weight (in place: graphs and fused views stay valid).
+      std::vector<at::Tensor> ups, downs;
+      for (const auto& [m, scale] : list) {
+        ups.push_back(m->up * scale);
+        downs.push_back(m->down);
       }
+      at::Tensor up = at::cat(ups, 1).to(w.scalar_type());
+      at::Tensor down = at::cat(downs, 0).to(w.scalar_type());
       touched_.push_back(param);
-      w.copy_(it->second.to(at::kFloat) + delta);  // out of place: the copy stays
+      at::addmm_out(w, it->second, up, down);
     }
     applied_ = std::move(want);
   } catch (const c10::OutOfMemoryError& e) {

@@ -5,7 +5,8 @@
 // reversibly. Internal to worker/model and worker/pipeline (includes Torch).
 //
 // Each targeted weight W gets  W = pristine + sum_i scale_i * multiplier_i * up_i @ down_i
-// (computed in float32, rounded once to the weight's dtype). The first time a weight is
+// in one GEMM per weight (the stacked factors concatenated along the rank), accumulated in
+// float32 and rounded once to the weight's dtype, written straight into W. The first time a weight is
 // touched a copy of it is kept on its device ("pristine"), and every later set starts from
 // that copy: switching sets, or going back to no LoRA, restores the exact original bytes —
 // no drift however many sets were applied. Weights are written with copy_() into the
