@@ -77,13 +77,25 @@ absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
   unsigned int len = 0;
   EVP_DigestFinal_ex(md, digest, &len);
   EVP_MD_CTX_free(md);
-  static const char* kHex = "0123456789abcdef";
+  return LowerHex(digest, len);
+}
+
+std::string LowerHex(const unsigned char* bytes, size_t n) {
+  static const char kHex[] = "0123456789abcdef";
   std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out.push_back(kHex[digest[i] >> 4]);
-    out.push_back(kHex[digest[i] & 15]);
+  out.reserve(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back(kHex[bytes[i] >> 4]);
+    out.push_back(kHex[bytes[i] & 15]);
   }
   return out;
+}
+
+std::string Sha256Hex(std::string_view bytes) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(bytes.data(), bytes.size(), md, &n, EVP_sha256(), nullptr);
+  return LowerHex(md, n);
 }
 
 absl::Status WriteFileAtomically(const std::string& path, std::string_view contents) {

@@ -24,6 +24,10 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t max_
 // Writes `contents` to `path` via a temporary file in the same folder and rename().
 absl::Status WriteFileAtomically(const std::string& path, std::string_view contents);
 
+// Lower-case hex of `n` bytes (digests).
+std::string LowerHex(const unsigned char* bytes, size_t n);
+// The sha256 of `bytes` as lower-case hex.
+std::string Sha256Hex(std::string_view bytes);
 // The sha256 of a whole file as lower-case hex, read in chunks (bounded memory).
 absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
 

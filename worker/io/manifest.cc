@@ -26,16 +26,6 @@ struct EvpDeleter {
   void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
 };
 
-std::string Hex(const unsigned char* d, unsigned n) {
-  static const char kHex[] = "0123456789abcdef";
-  std::string s;
-  for (unsigned i = 0; i < n; ++i) {
-    s.push_back(kHex[d[i] >> 4]);
-    s.push_back(kHex[d[i] & 15]);
-  }
-  return s;
-}
-
 bool IsMd5(absl::string_view s) {
   if (s.size() != 32) return false;
   for (char c : s) {
@@ -113,7 +103,7 @@ std::string Md5Hex(std::string_view bytes) {
   EVP_DigestInit_ex(ctx.get(), EVP_md5(), nullptr);
   EVP_DigestUpdate(ctx.get(), bytes.data(), bytes.size());
   EVP_DigestFinal_ex(ctx.get(), d, &n);
-  return Hex(d, n);
+  return LowerHex(d, n);
 }
 
 absl::StatusOr<std::string> Md5File(const std::string& path,
@@ -150,7 +140,7 @@ absl::StatusOr<std::string> Md5File(const std::string& path,
   unsigned char d[EVP_MAX_MD_SIZE];
   unsigned n = 0;
   EVP_DigestFinal_ex(ctx.get(), d, &n);
-  return Hex(d, n);
+  return LowerHex(d, n);
 }
 
 std::string_view FileCheckName(FileCheck c) {

@@ -11,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "worker/io/file_util.h"
 
 namespace zfarm::worker {
 
@@ -51,13 +52,7 @@ absl::StatusOr<std::string> ModelFingerprint(const std::string& dir) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
   EVP_DigestFinal_ex(ctx.get(), md, &n);
-  std::string hex = "sha256:";
-  static const char* kHex = "0123456789abcdef";
-  for (unsigned int i = 0; i < 8; ++i) {
-    hex.push_back(kHex[md[i] >> 4]);
-    hex.push_back(kHex[md[i] & 15]);
-  }
-  return hex;
+  return "sha256:" + LowerHex(md, 8);
 }
 
 }  // namespace zfarm::worker

@@ -22,6 +22,7 @@
 #include "proto/plain_name.h"
 #include "proto/status_macros.h"
 #include "proto/version.h"
+#include "worker/io/file_util.h"
 #include "worker/pipeline/png.h"
 #include "worker/runtime/metrics.h"
 
@@ -37,19 +38,6 @@ struct Worker::Output {
 };
 
 namespace {
-
-std::string Sha256Hex(const std::string& bytes) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest(bytes.data(), bytes.size(), md, &n, EVP_sha256(), nullptr);
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < n; ++i) {
-    out.push_back(kHex[md[i] >> 4]);
-    out.push_back(kHex[md[i] & 15]);
-  }
-  return out;
-}
 
 absl::Status ErrnoError(const std::string& what, const std::string& path) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));

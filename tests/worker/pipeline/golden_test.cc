@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/worker/pipeline/parity_util.h"
 #include "tests/worker/pipeline/tiny_pipeline_fixture.h"
 #include "worker/io/safetensors.h"
 #include "worker/pipeline/pipeline.h"
@@ -21,29 +22,14 @@ namespace {
 
 struct Golden {
   std::unique_ptr<SafetensorsFile> file;
-  std::vector<float> Get(const std::string& name) const {
-    const TensorInfo* t = file->Find(name);
-    if (t == nullptr) return {};
-    std::vector<float> v(t->numel());
-    ConvertToF32(file->View(*t), v.data());
-    return v;
-  }
+  std::vector<float> Get(const std::string& name) const { return testing::GoldenTensor(*file, name); }
   std::string Meta(const std::string& k) const {
     auto it = file->metadata().find(k);
     return it == file->metadata().end() ? "" : it->second;
   }
 };
 
-// max |a - b| relative to max |b| (the output scale).
-double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return 1e9;
-  double m = 1e-12, e = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    m = std::max(m, static_cast<double>(std::fabs(b[i])));
-    e = std::max(e, static_cast<double>(std::fabs(a[i] - b[i])));
-  }
-  return e / m;
-}
+using testing::RelErr;
 
 class GoldenTest : public TinyPipelineFixture<::testing::TestWithParam<std::string>> {};
 

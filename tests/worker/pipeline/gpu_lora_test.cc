@@ -14,21 +14,15 @@
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/worker/model/tiny_folder.h"
+#include "tests/worker/pipeline/parity_util.h"
 #include "worker/io/safetensors.h"
 #include "worker/pipeline/pipeline.h"
 
 namespace zfarm::worker {
 namespace {
 
-double Cosine(const std::vector<float>& a, const std::vector<float>& b) {
-  double ab = 0, aa = 0, bb = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    ab += static_cast<double>(a[i]) * b[i];
-    aa += static_cast<double>(a[i]) * a[i];
-    bb += static_cast<double>(b[i]) * b[i];
-  }
-  return a.size() == b.size() ? ab / std::sqrt(aa * bb + 1e-30) : 0;
-}
+using testing::Cosine;
+using testing::GoldenTensor;
 
 class GpuLoraTest : public ::testing::Test {
  protected:
@@ -71,9 +65,7 @@ TEST_F(GpuLoraTest, Bf16MatchesLoraGoldensByCosine) {
     r.cpu_noise = true;
     GenerateTrace trace;
     ASSERT_OK((*p)->Generate(r, nullptr, nullptr, &trace).status());
-    const TensorInfo* t = f->Find("latents");
-    std::vector<float> lat(t->numel());
-    ConvertToF32(f->View(*t), lat.data());
+    const std::vector<float> lat = GoldenTensor(*f, "latents");
     const size_t n = trace.latents.back().size();
     const double c = Cosine(trace.latents.back(), std::vector<float>(lat.end() - n, lat.end()));
     std::printf("%s: bf16 cuda final-latent cosine %.6f\n", name, c);

@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/worker/model/tiny_folder.h"
+#include "tests/worker/pipeline/parity_util.h"
 #include "worker/io/safetensors.h"
 #include "worker/pipeline/pipeline.h"
 
@@ -32,15 +33,7 @@ absl::StatusOr<std::unique_ptr<Pipeline>> CudaPipeline(double fraction, bool off
   return Pipeline::Create(o);
 }
 
-double Cosine(const std::vector<float>& a, const std::vector<float>& b) {
-  double ab = 0, aa = 0, bb = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    ab += static_cast<double>(a[i]) * b[i];
-    aa += static_cast<double>(a[i]) * a[i];
-    bb += static_cast<double>(b[i]) * b[i];
-  }
-  return ab / std::sqrt(aa * bb + 1e-30);
-}
+using testing::Cosine;
 
 class GpuPipelineTest : public ::testing::Test {
  protected:

@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/worker/pipeline/parity_util.h"
 #include "tests/worker/pipeline/tiny_pipeline_fixture.h"
 #include "worker/io/file_util.h"
 #include "worker/io/safetensors.h"
@@ -39,23 +40,8 @@ LoraRequest Lora(const std::string& stem, float scale) {
   return r;
 }
 
-std::vector<float> Get(const SafetensorsFile& f, const std::string& name) {
-  const TensorInfo* t = f.Find(name);
-  if (t == nullptr) return {};
-  std::vector<float> v(t->numel());
-  ConvertToF32(f.View(*t), v.data());
-  return v;
-}
-
-double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size() || b.empty()) return 1e9;
-  double m = 1e-12, e = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    m = std::max(m, static_cast<double>(std::fabs(b[i])));
-    e = std::max(e, static_cast<double>(std::fabs(a[i] - b[i])));
-  }
-  return e / m;
-}
+using testing::RelErr;
+constexpr auto Get = testing::GoldenTensor;
 
 int MaxDiff(const std::vector<uint8_t>& a, const std::vector<float>& b) {
   if (a.size() != b.size()) return 1000;
