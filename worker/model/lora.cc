@@ -92,16 +92,18 @@ absl::StatusOr<std::shared_ptr<const LoraApplier::DeviceLora>> LoraApplier::Load
   return std::shared_ptr<const DeviceLora>(d);
 }
 
-void LoraApplier::RestoreAll() {
+bool LoraApplier::RestoreAll() {
   // Every weight ever touched has its copy; restoring all of them also covers a set that
   // failed half-way.
   try {
     for (const auto& [param, original] : pristine_) params_.at(param).copy_(original);
   } catch (const c10::Error& e) {
     LOG(ERROR) << "event=lora_restore_failed error=\"" << e.what_without_backtrace() << "\"";
+    return false;
   }
   touched_.clear();
   applied_.clear();
+  return true;
 }
 
 absl::StatusOr<std::vector<std::string>> LoraApplier::Apply(const std::vector<Entry>& set) {
@@ -170,8 +172,11 @@ absl::StatusOr<std::vector<std::string>> LoraApplier::Apply(const std::vector<En
     }
     applied_ = std::move(want);
   } catch (const c10::OutOfMemoryError& e) {
-    RestoreAll();
-    return absl::ResourceExhaustedError("out of device memory applying LoRAs");
+    // Back to the original weights; their copies are then not needed and free the memory
+    // for a smaller set (or none) on this device.
+    if (RestoreAll()) pristine_.clear();
+    return absl::ResourceExhaustedError(
+        "out of device memory applying LoRAs (the original weights are restored)");
   } catch (const c10::Error& e) {
     RestoreAll();
     return absl::InternalError(absl::StrCat("applying LoRAs: ", e.what_without_backtrace()));

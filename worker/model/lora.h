@@ -54,7 +54,7 @@ class LoraApplier {
   // whole set first (count, scales, names, files, keys and shapes against the model;
   // INVALID_ARGUMENT naming the file and key) and touches no weight when anything is wrong.
   // Returns at once when `set` equals what is applied. RESOURCE_EXHAUSTED on device OOM
-  // (the original weights are restored first). Returns each entry's sha256.
+  // (the original weights are restored and their copies released). Returns each entry's sha256.
   absl::StatusOr<std::vector<std::string>> Apply(const std::vector<Entry>& set);
 
   // Names of the applied LoRAs, in order.
@@ -87,7 +87,8 @@ class LoraApplier {
   };
 
   absl::StatusOr<std::shared_ptr<const DeviceLora>> Load(const Entry& e, const std::string& sha);
-  void RestoreAll();
+  // Copies every original back; false (copies kept) when that failed.
+  bool RestoreAll();
 
   std::map<std::string, at::Tensor> params_;  // transformer weights by name
   std::map<std::string, std::vector<int64_t>> shapes_;
