@@ -25,9 +25,9 @@
 //                       [--tokenizer tokenizer.json]   (the pipeline's tokenize stage)
 //                       [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]
 //                       [--ablation [--ablation-sizes 1024x1024,512x512]]
-//                       [--lora [--lora-sizes 1024x1024]]
+//                       [--lora [--lora-sizes 1024x1024]] [--lora-only]
 // --lora adds the LoRA table (rank 32 on every attention and FFN module: added time per
-// image, cold apply, switch between sets) after section 5.
+// image, cold apply, switch between sets) after section 5; --lora-only runs just that table.
 // --ablation adds, after section 5, the pipeline table once per speed path (issue 8)
 // switched on one after the other, starting from the reference ops.
 // --memory-modes and --png-sweep run only their own section (instead of sections 1-5): the
@@ -191,7 +191,7 @@ struct Options {
   bool png_sweep = false;
   bool ablation = false;
   std::vector<std::pair<int64_t, int64_t>> ablation_sizes = {{1024, 1024}, {512, 512}};
-  bool lora = false;
+  bool lora = false, lora_only = false;
   std::vector<std::pair<int64_t, int64_t>> lora_sizes = {{1024, 1024}};
 };
 
@@ -508,6 +508,8 @@ int Main(int argc, char** argv) {
       opt.ablation_sizes = ParseSizes(next());
     else if (a == "--lora")
       opt.lora = true;
+    else if (a == "--lora-only")
+      opt.lora = opt.lora_only = true;
     else if (a == "--lora-sizes")
       opt.lora_sizes = ParseSizes(next());
     else {
@@ -515,7 +517,7 @@ int Main(int argc, char** argv) {
                    "[--tmpdir DIR]"
                    " [--sizes HxW,...] [--steps N] [--reps N] [--tokenizer tokenizer.json]"
                    " [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]"
-                   " [--ablation [--ablation-sizes HxW,...]] [--lora [--lora-sizes HxW,...]]\n";
+                   " [--ablation [--ablation-sizes HxW,...]] [--lora [--lora-sizes HxW,...]] [--lora-only]\n";
       return 2;
     }
   }
@@ -536,6 +538,11 @@ int Main(int argc, char** argv) {
   popt.tokenizer_json = opt.tokenizer;
   popt.modes = opt.modes;
   popt.tmpdir = opt.tmpdir;
+  if (opt.lora_only) {
+    popt.sizes = opt.lora_sizes;
+    RunLoraSection(dev, rep, popt);
+    return WriteReport(rep, opt.out);
+  }
   if (opt.memory_modes || opt.png_sweep) {
     if (opt.memory_modes) RunMemoryModesSection(dev, rep, popt);
     if (opt.png_sweep) RunPngSection(dev, rep, popt);
