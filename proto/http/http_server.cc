@@ -13,7 +13,6 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
-#include <cerrno>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -26,7 +25,6 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -430,10 +428,6 @@ class ExchangeImpl : public internal::Exchange,
     absl::MutexLock l(&mu_);
     queued_ -= std::min(queued_, n);
   }
-  void Ended() {
-    absl::MutexLock l(&mu_);
-    ended_ = true;
-  }
 
  private:
   std::shared_ptr<ExchangeImpl> Self() { return shared_from_this(); }
@@ -763,8 +757,7 @@ void Connection::StreamWrite(ExchangeImpl* x, std::string bytes) {
 
 void Connection::EndStream(ExchangeImpl* x) {
   if (x != exchange_.get() || phase_ != Phase::kStreaming || stream_ended_) return;
-  x->Ended();
-  stream_ended_ = true;
+  stream_ended_ = true;  // the exchange marked itself ended (End())
   Send(stream_chunked_ ? "0\r\n\r\n" : "");
 }
 

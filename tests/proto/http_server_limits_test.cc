@@ -2,7 +2,8 @@
 // client: slow-drip connections do not stall others and are closed at their
 // deadline, connection caps (per address and in all), body and header limits,
 // 404/405 answers, answers from another thread, route deadlines, Server-Sent
-// Events (events, keep-alive comments, end, client gone), graceful stop, and
+// Events (events, keep-alive comments, end, client gone, a client that reads
+// nothing), graceful stop, and
 // the client certificate's subject under mutual TLS.
 #include <httplib.h>
 
@@ -330,6 +331,44 @@ TEST(HttpServerLimitsTest, EventStreamNoticesAGoneClientAndStopEndsStreams) {
   srv->Stop(absl::Seconds(5));
   EXPECT_TRUE(open.WaitForEof());
   EXPECT_TRUE(absl::EndsWith(open.buffer(), "0\r\n\r\n")) << open.buffer();
+}
+
+TEST(HttpServerLimitsTest, AStreamClientThatReadsNothingIsCutOffAtTheBufferLimit) {
+  HttpServer::Options o;
+  o.max_stream_buffer_bytes = 256 << 10;
+  absl::Notification closed;
+  std::atomic<int> sent{0};
+  std::atomic<bool> refused{false};
+  std::vector<std::thread> writers;
+  absl::Mutex mu;
+  Router r;
+  r.AddAsync("GET", "/events", [&](const Request&, Responder resp) {
+    EventStream s = resp.StartEventStream();
+    s.OnClose([&closed] { closed.Notify(); });
+    absl::MutexLock l(&mu);
+    writers.emplace_back([&, s]() mutable {
+      const std::string chunk(64 << 10, 'e');
+      // Bounded: the socket buffers fill after some MB at most.
+      for (int i = 0; i < 100000 && !refused; ++i) {
+        if (s.Send("big", chunk)) {
+          ++sent;
+        } else {
+          refused = true;
+        }
+      }
+    });
+  });
+  ASSERT_OK_AND_ASSIGN(auto srv, HttpServer::Start(o, std::move(r)));
+  RawConn c(srv->port());
+  ASSERT_TRUE(c.Send("GET /events HTTP/1.1\r\nHost: t\r\n\r\n"));  // and never reads
+  ASSERT_TRUE(closed.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  {
+    absl::MutexLock l(&mu);
+    for (auto& t : writers) t.join();
+  }
+  EXPECT_TRUE(refused);
+  EXPECT_GT(sent.load(), 0);
+  EXPECT_TRUE(c.WaitForEof());  // after whatever was already in the socket
 }
 
 TEST(HttpServerLimitsTest, MutualTlsShowsTheClientCertificateSubject) {
