@@ -28,6 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
+#include "worker/io/file_util.h"
 #include "worker/io/safetensors.h"
 #include "worker/pipeline/pipeline.h"
 #include "worker/pipeline/png.h"
@@ -351,7 +352,14 @@ void RunLoraSection(const BenchDevice& dev, Report& rep, const PipelineBenchOpti
   zfarm::worker::Pipeline& pipe = **created;
   const bool have_tokenizer =
       !opt.tokenizer_json.empty() && std::filesystem::exists(opt.tokenizer_json);
-  const LoraRequest a{"bench_a", a_path, "", 0.8f}, b{"bench_b", b_path, "", 0.6f};
+  // With their sha256s, as the worker's catalogue passes them (no hashing per job).
+  absl::StatusOr<std::string> a_sha = zfarm::worker::Sha256OfFile(a_path);
+  absl::StatusOr<std::string> b_sha = zfarm::worker::Sha256OfFile(b_path);
+  if (!a_sha.ok() || !b_sha.ok()) {
+    rep.Line("hashing the bench LoRAs failed");
+    return;
+  }
+  const LoraRequest a{"bench_a", a_path, *a_sha, 0.8f}, b{"bench_b", b_path, *b_sha, 0.6f};
   std::vector<std::vector<std::string>> rows;
   for (auto [h, w] : opt.sizes) {
     const std::string label = std::to_string(h) + "x" + std::to_string(w);

@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
+#include "worker/io/file_util.h"
 #include "worker/pipeline/pipeline.h"
 #include "worker/pipeline/png.h"
 
@@ -85,7 +86,13 @@ int RunGenerate(int argc, char** argv) {
   for (const std::string& v : parsed->GetAll("lora")) {
     absl::StatusOr<LoraFlag> l = ParseLoraFlag(v, parsed->Get("lora-dir"));
     if (!l.ok()) return Usage(std::string(l.status().message()));
-    req.loras.push_back({l->name, l->path, "", l->scale});
+    // Hashed once here, not for every image.
+    absl::StatusOr<std::string> sha = Sha256OfFile(l->path);
+    if (!sha.ok()) {
+      std::fprintf(stderr, "zfarm-worker generate: %s\n", std::string(sha.status().message()).c_str());
+      return 1;
+    }
+    req.loras.push_back({l->name, l->path, *sha, l->scale});
   }
 
   std::vector<std::string> prompts;
