@@ -86,7 +86,7 @@ struct PipelineOptions {
 struct LoraRequest {
   std::string name;    // used in messages, image metadata and Pipeline::active_loras()
   std::string path;    // the .safetensors file
-  std::string sha256;  // of the file when known (the worker's catalogue); empty = computed
+  std::string sha256;  // of the file (the worker's catalogue has it); empty = hashed per request
   float scale = 1.0f;  // within [-4, 4]
 };
 
