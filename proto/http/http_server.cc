@@ -15,6 +15,7 @@
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <map>
@@ -204,6 +205,23 @@ std::string Head(int status, const Headers& headers, bool close, const std::stri
   if (close) absl::StrAppend(&out, "Connection: close\r\n");
   absl::StrAppend(&out, "\r\n");
   return out;
+}
+
+// Runs a route's handler; an exception it lets out (say, from a JSON parser)
+// answers 500 instead of ending the process.
+void RunHandler(const Router::Route& route, const Request& req,
+                const std::shared_ptr<internal::Exchange>& exchange) {
+  try {
+    route.handler(req, Responder(exchange));
+  } catch (const std::exception& e) {
+    LOG(ERROR) << "event=http_handler_exception route=\"" << route.method << " " << route.pattern
+               << "\" error=\"" << e.what() << "\"";
+    exchange->Finish(Response::Error(500, "INTERNAL", "internal error"));
+  } catch (...) {
+    LOG(ERROR) << "event=http_handler_exception route=\"" << route.method << " " << route.pattern
+               << "\"";
+    exchange->Finish(Response::Error(500, "INTERNAL", "internal error"));
+  }
 }
 
 // A malformed request (not a closed or timed-out connection).
@@ -681,7 +699,7 @@ void Connection::Dispatch(const Router::Route* route, Request req) {
                                                      : opts_.handler_timeout);
   std::shared_ptr<internal::Exchange> base = x;
   const bool queued = server_->pool->TrySubmit(
-      [route, req = std::move(req), base]() mutable { route->handler(req, Responder(base)); });
+      [route, req = std::move(req), base]() mutable { RunHandler(*route, req, base); });
   if (!queued) {
     x->Cancel();
     exchange_.reset();
@@ -985,7 +1003,17 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const Options& opt
   impl->pool = std::make_unique<HandlerPool>(options.handler_threads, options.max_queued_requests);
   impl->Accept();
   for (int i = 0; i < options.io_threads; ++i) {
-    impl->threads.emplace_back([io = impl->io.get()] { io->run(); });
+    impl->threads.emplace_back([io = impl->io.get(), flag = options.flag] {
+      for (;;) {
+        try {
+          io->run();
+          return;
+        } catch (const std::exception& e) {  // Asio/Beast internals; keep serving
+          LOG(ERROR) << "event=http_loop_exception flag=" << flag << " error=\"" << e.what()
+                     << "\"";
+        }
+      }
+    });
   }
   LOG(INFO) << "event=http_started flag=" << options.flag << " listen=" << options.listen
             << " port=" << srv->port_

@@ -37,7 +37,8 @@
 //     request gets 400 and a close.
 //   - handlers run on a pool of handler_threads; when max_queued_requests
 //     wait for it, new requests get 503 UNAVAILABLE. A handler must answer
-//     within its route's deadline (504 DEADLINE_EXCEEDED otherwise).
+//     within its route's deadline (504 DEADLINE_EXCEEDED otherwise); one
+//     that throws gets 500 INTERNAL (logged).
 //   - writing an answer must finish within write_timeout.
 // Errors are {"code": "...", "message": "..."} (JsonErrorBody).
 //

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <filesystem>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -165,10 +166,18 @@ TEST(HttpServerLimitsTest, NotFoundMethodNotAllowedAndMalformed) {
   HttpResponse head = Http(srv->port(), "HEAD", "/hello");
   EXPECT_EQ(head.Header("Content-Length"), "2");
 
-  RawConn garbage(srv->port());
-  ASSERT_TRUE(garbage.Send("NOT HTTP AT ALL\r\n\r\n"));
-  EXPECT_EQ(garbage.ReadResponse().status, 400);
-  EXPECT_TRUE(garbage.WaitForEof());
+  for (const std::string bad : {
+           "NOT HTTP AT ALL\r\n\r\n",
+           // Request smuggling shapes: two lengths, a length beside chunked.
+           "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+           "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+           "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+       }) {
+    RawConn garbage(srv->port());
+    ASSERT_TRUE(garbage.Send(bad));
+    EXPECT_EQ(garbage.ReadResponse().status, 400) << bad;
+    EXPECT_TRUE(garbage.WaitForEof());
+  }
 }
 
 TEST(HttpServerLimitsTest, BodyAndHeaderLimitsPerRoute) {
@@ -229,7 +238,7 @@ TEST(HttpServerLimitsTest, AsyncHandlerAnswersFromAnotherThreadWithoutPinningThe
   for (auto& t : workers) t.join();
 }
 
-TEST(HttpServerLimitsTest, RouteDeadlineAnswers504AndCancelsTheResponder) {
+TEST(HttpServerLimitsTest, RouteDeadline504DroppedResponder500AndThrowingHandler500) {
   std::atomic<int> cancelled{0};
   std::vector<Responder> kept;
   absl::Mutex mu;
@@ -243,6 +252,7 @@ TEST(HttpServerLimitsTest, RouteDeadlineAnswers504AndCancelsTheResponder) {
       },
       {.deadline = absl::Milliseconds(200)});
   r.AddAsync("GET", "/dropped", [](const Request&, Responder) {});  // forgets to answer
+  r.Add("GET", "/throws", [](const Request&) -> Response { throw std::runtime_error("bad json"); });
   ASSERT_OK_AND_ASSIGN(auto srv, HttpServer::Start({}, std::move(r)));
   HttpResponse late = Http(srv->port(), "GET", "/never");
   EXPECT_EQ(late.status, 504);
@@ -257,6 +267,9 @@ TEST(HttpServerLimitsTest, RouteDeadlineAnswers504AndCancelsTheResponder) {
   HttpResponse dropped = Http(srv->port(), "GET", "/dropped");
   EXPECT_EQ(dropped.status, 500);
   EXPECT_THAT(dropped.body, HasSubstr("handler did not answer"));
+  HttpResponse thrown = Http(srv->port(), "GET", "/throws");
+  EXPECT_EQ(thrown.status, 500);
+  EXPECT_EQ(json::parse(thrown.body)["code"], "INTERNAL");
 }
 
 TEST(HttpServerLimitsTest, EventStreamDeliversEventsKeepAlivesAndEnds) {
