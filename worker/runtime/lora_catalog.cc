@@ -10,6 +10,7 @@
 #include "glog/logging.h"
 #include "proto/plain_name.h"
 #include "worker/io/file_util.h"
+#include "worker/text/utf8.h"
 
 namespace zfarm::worker {
 
@@ -37,7 +38,9 @@ bool LoraCatalog::ScanLocked() {
       const std::string fname = e->d_name;
       if (!absl::EndsWith(fname, kSuffix) || fname[0] == '.') continue;
       const std::string name = fname.substr(0, fname.size() - (sizeof(kSuffix) - 1));
-      if (std::string why = PlainNameProblem(name); !why.empty() || name.empty()) {
+      std::string why = PlainNameProblem(name);
+      if (why.empty() && text::Utf8ErrorOffset(name) >= 0) why = "is not valid UTF-8";
+      if (!why.empty() || name.empty()) {
         LOG(WARNING) << "event=lora_name_skipped file=" << fname << " why=\"" << why << "\"";
         continue;
       }

@@ -65,6 +65,7 @@ std::string MakeLoraDir() {
   (void)w.Add("lora_unet_layers_0_attention_to_q.lora_up.weight", DType::kF32, {32, 4}, zeros);
   (void)w.Write(dir + "/other_arch.safetensors");
   Put(dir + "/a..b.safetensors", *dot);
+  Put(dir + "/bad\xff.safetensors", *dot);
   Put(dir + "/notes.txt", "not a lora");
   return dir;
 }
@@ -210,7 +211,7 @@ TEST_F(WorkerLoraTest, CatalogueInTheHelloAndOnceInAHeartbeatWhenTheDirectoryCha
     names.push_back(l.name());
     EXPECT_EQ(l.sha256().size(), 64u);
   }
-  // a..b breaks the name rule and notes.txt is no .safetensors: both left out.
+  // a..b breaks the name rule, bad\xff is no UTF-8, notes.txt no .safetensors: left out.
   EXPECT_THAT(names, ::testing::ElementsAre("broken", "damaged", "other_arch", "tiny_dot", "tiny_kohya"));
   ASSERT_OK_AND_ASSIGN(std::string dot_sha, Sha256OfFile(Testdata("tiny_dot")));
   EXPECT_EQ(h.loras(3).sha256(), dot_sha);
