@@ -480,8 +480,9 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
     // The weight updates run on the device's stream: wait for them to time them (the
     // device is idle between jobs, so this costs nothing).
     if (device.is_cuda()) (void)at::zeros({1}, at::TensorOptions().device(device)).cpu();
-    img.timings.lora_s = Seconds(t0, Clock::now());
   }
+  const auto tl = Clock::now();
+  img.timings.lora_s = Seconds(t0, tl);
   ZFARM_ASSIGN_OR_RETURN(std::vector<float> sigmas,
                          sampling::FlowMatchSigmas(r.steps, config.scheduler));
   sampling::CfgOptions cfg{r.guidance, r.cfg_truncation, r.cfg_normalization};
@@ -501,7 +502,7 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
   img.untruncated_prompt_tokens = pos.untruncated_size;
   if (trace != nullptr) trace->ids = pos.ids;
   const auto t1 = Clock::now();
-  img.timings.tokenize_s = Seconds(t0, t1);
+  img.timings.tokenize_s = Seconds(tl, t1);
 
   // Text encoder: on the device, or — offloaded — on the CPU where it stays (only
   // the caption features go to the device), so the device never holds it.
