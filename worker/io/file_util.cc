@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "proto/files.h"
 #include "proto/status_macros.h"
 
 namespace zfarm::worker {
@@ -107,9 +108,8 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view conte
 absl::StatusOr<std::unique_ptr<AtomicFile>> AtomicFile::Create(const std::string& path) {
   std::unique_ptr<AtomicFile> f(new AtomicFile());
   f->path_ = path;
-  f->tmp_ = absl::StrCat(path, ".tmp.", getpid());
-  f->fd_ = ::open(f->tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (f->fd_ < 0) return ErrnoError("cannot create", f->tmp_, errno);
+  f->tmp_ = files::TempNameFor(path);
+  ZFARM_ASSIGN_OR_RETURN(f->fd_, files::CreateExclusive(f->tmp_));
   return f;
 }
 

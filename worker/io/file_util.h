@@ -32,7 +32,8 @@ std::string Sha256Hex(std::string_view bytes);
 absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
 
 // A file written under a temporary name and renamed into place by Commit(); the temporary
-// file is removed if the object is destroyed without Commit().
+// file (files::TempNameFor, created exclusively: a planted symlink is never followed) is
+// removed if the object is destroyed without Commit().
 class AtomicFile {
  public:
   static absl::StatusOr<std::unique_ptr<AtomicFile>> Create(const std::string& path);

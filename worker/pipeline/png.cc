@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
+#include "proto/files.h"
 
 // setjmp/longjmp error handling of libpng: every object touched after setjmp is
 // created before it and not modified between setjmp and a possible longjmp.
@@ -167,35 +168,7 @@ absl::Status WritePng(const std::string& path, const std::vector<uint8_t>& rgb,
   auto bytes = EncodePng(rgb, p.width, p.height,
                          {{"parameters", A1111Parameters(p)}, {"zfarm", ParametersJson(p)}});
   if (!bytes.ok()) return bytes.status();
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
-  }
-  size_t done = 0;
-  while (done < bytes->size()) {
-    ssize_t n = ::write(fd, bytes->data() + done, bytes->size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const std::string why = std::strerror(errno);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return absl::UnavailableError(absl::StrCat("writing ", tmp, ": ", why));
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const std::string why = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    return absl::UnavailableError(absl::StrCat("flushing ", tmp, ": ", why));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    return absl::UnavailableError(absl::StrCat("renaming ", tmp, " to ", path, ": ", why));
-  }
-  return absl::OkStatus();
+  return files::WriteFileAtomically(path, *bytes);
 }
 
 absl::StatusOr<DecodedPng> DecodePng(const std::string& bytes) {

@@ -73,7 +73,8 @@ absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width
                                       const std::vector<std::pair<std::string, std::string>>& text);
 
 // EncodePng with the "parameters" and "zfarm" chunks of `p`, written to `path`
-// atomically (a temp file in the same folder, fsync, rename).
+// atomically (files::WriteFileAtomically: an exclusive temp file in the same folder,
+// fsync, rename).
 absl::Status WritePng(const std::string& path, const std::vector<uint8_t>& rgb,
                       const ImageParameters& p);
 

@@ -18,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
+#include "proto/files.h"
 #include "proto/monotonic_wait.h"
 #include "proto/plain_name.h"
 #include "proto/status_macros.h"
@@ -39,40 +40,6 @@ struct Worker::Output {
 
 namespace {
 
-absl::Status ErrnoError(const std::string& what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
-}
-
-// Writes `bytes` to `path` (created or truncated) and fsyncs it.
-absl::Status WriteAndSync(const std::string& path, const std::string& bytes) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError("cannot create", path);
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      absl::Status s = ErrnoError("cannot write", path);
-      ::close(fd);
-      return s;
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    absl::Status s = ErrnoError("cannot fsync", path);
-    ::close(fd);
-    return s;
-  }
-  if (::close(fd) != 0) return ErrnoError("cannot close", path);
-  return absl::OkStatus();
-}
-
-void SyncDir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
 
 // The lease's output path must stay inside the output root.
 absl::Status CheckRelativePath(const std::string& rel) {
@@ -672,7 +639,7 @@ void Worker::WriteAndCommit(Output out) {
   std::filesystem::create_directories(dir, ec);
   absl::Status w =
       ec ? absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()))
-         : WriteAndSync(temp_abs.string(), *png);
+         : files::WriteNewFileSynced(temp_abs.string(), *png);
   if (!w.ok()) {
     ::unlink(temp_abs.string().c_str());
     Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, true, std::string(w.message()));
@@ -680,7 +647,7 @@ void Worker::WriteAndCommit(Output out) {
     done();
     return;
   }
-  SyncDir(dir.string());
+  files::SyncDir(dir.string()).IgnoreError();  // best effort: the rename is synced too
   PendingCommit c;
   auto* req = &c.request;
   *req->mutable_lease() = id;
@@ -731,14 +698,22 @@ void Worker::HandleCommitReply(const v1::CommitReply& reply) {
     if (metrics_ != nullptr) metrics_->CountCommitRefused();
     return;
   }
-  if (::rename(c.temp_abs.c_str(), c.final_abs.c_str()) != 0) {
-    absl::Status s = ErrnoError("cannot rename to", c.final_abs);
+  // Never replaces a file: another job's result at this path survives, and this job
+  // fails (not retried: every attempt would find the path taken).
+  if (absl::Status s = files::RenameNoReplace(c.temp_abs, c.final_abs); !s.ok()) {
     ::unlink(c.temp_abs.c_str());
-    Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, true, std::string(s.message()));
+    const bool taken = absl::IsAlreadyExists(s);
+    const std::string why =
+        taken ? absl::StrCat("output path ", c.request.result().path(),
+                             " already exists (another job's result); it was not replaced")
+              : std::string(s.message());
+    LOG(WARNING) << "event=rename_failed job=" << id.job_id() << " attempt=" << id.attempt()
+                 << " error=\"" << why << "\"";
+    Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, !taken, why);
     CountFailure(v1::FAILURE_REASON_OUTPUT_ERROR);
     return;
   }
-  SyncDir(std::filesystem::path(c.final_abs).parent_path().string());
+  files::SyncDir(std::filesystem::path(c.final_abs).parent_path().string()).IgnoreError();
   v1::WorkerMessage m;
   *m.mutable_finalized()->mutable_lease() = id;
   link_->Send(m);  // if lost, the scheduler sees the final file when it loses us
