@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
+#include "proto/files.h"
 #include "proto/status_macros.h"
 
 namespace zfarm::scheduler {
@@ -65,6 +66,26 @@ const char* const kMigrations[] = {
     // v2 -> v3: the commit counter, mirrored in journal.db.commits.
     "CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
     "INSERT INTO meta(k, v) VALUES('commits', 0);",
+    // v3 -> v4: request ids are scoped to their principal (the owner is filled in
+    // by the scheduler from each row's job; rows whose job is gone keep ''), and
+    // worker names are bound to the principal that first registered them.
+    "CREATE TABLE requests_v4 ("
+    "  owner TEXT NOT NULL,"
+    "  request_id TEXT NOT NULL,"
+    "  job_id TEXT NOT NULL,"
+    "  fingerprint TEXT NOT NULL,"
+    "  create_us INTEGER NOT NULL,"
+    "  crc INTEGER,"
+    "  PRIMARY KEY (owner, request_id));"
+    "INSERT INTO requests_v4(owner,request_id,job_id,fingerprint,create_us,crc)"
+    "  SELECT '',request_id,job_id,fingerprint,create_us,crc FROM requests;"
+    "DROP TABLE requests;"
+    "ALTER TABLE requests_v4 RENAME TO requests;"
+    "CREATE INDEX requests_by_time ON requests(create_us);"
+    "CREATE TABLE workers ("
+    "  worker_name TEXT PRIMARY KEY,"
+    "  principal TEXT NOT NULL,"
+    "  crc INTEGER NOT NULL);",
 };
 
 // Appended to every refusal caused by a damaged journal (README "Journal recovery").
@@ -73,7 +94,7 @@ constexpr char kRecovery[] =
     "\"Journal recovery\"): stop every scheduler on this state dir, then either restore the state "
     "dir from a backup, or salvage the readable rows into a new state dir with "
     "`sqlite3 OLD/journal.db .dump | sqlite3 NEW/journal.db && sqlite3 NEW/journal.db "
-    "'PRAGMA user_version=3'` and start on NEW (a row named as damaged can instead be deleted "
+    "'PRAGMA user_version=4'` and start on NEW (a row named as damaged can instead be deleted "
     "with `sqlite3 OLD/journal.db \"DELETE FROM jobs WHERE job_id='ID'\"`; clients resubmit "
     "missing jobs with their request ids)";
 
@@ -116,12 +137,15 @@ int64_t JobCrc(const JobRecord& r, std::string_view blob) {
 }
 
 int64_t RequestCrc(const RequestRecord& r) {
-  return RowHash()
-      .Add(r.request_id)
-      .Add(r.job_id)
-      .Add(r.fingerprint)
-      .Int(ToMicros(r.create_time))
-      .value();
+  RowHash h;
+  h.Add(r.request_id).Add(r.job_id).Add(r.fingerprint).Int(ToMicros(r.create_time));
+  // The owner (v4) counts only when set, so rows migrated from v3 keep their checksum.
+  if (!r.owner.empty()) h.Add(r.owner);
+  return h.value();
+}
+
+int64_t WorkerCrc(const WorkerRecord& r) {
+  return RowHash().Add(r.worker_name).Add(r.principal).value();
 }
 
 uint32_t Be32(const unsigned char* p) {
@@ -360,7 +384,7 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
 
 Journal::~Journal() {
   Close();
-  for (sqlite3_stmt* s : {put_job_, del_job_, put_req_, del_req_, bump_commits_}) {
+  for (sqlite3_stmt* s : {put_job_, del_job_, put_req_, del_req_, put_worker_, bump_commits_}) {
     sqlite3_finalize(s);
   }
   if (commits_fd_ >= 0) ::close(commits_fd_);
@@ -373,21 +397,10 @@ Journal::~Journal() {
 }
 
 absl::Status Journal::WriteStateFile(const char* state) {
-  const std::string target = path_ + ".state", tmp = target + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::FailedPreconditionError(absl::StrCat("journal: cannot write ", tmp));
-  std::string line = std::string(state) + "\n";
-  bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
-            ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), target.c_str()) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("journal: cannot write ", target));
-  }
-  std::string dir = std::filesystem::path(target).parent_path().string();
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  const std::string target = path_ + ".state";
+  if (absl::Status s = files::WriteFileAtomically(target, std::string(state) + "\n"); !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("journal: cannot write ", target, ": ",
+                                                      s.message()));
   }
   return absl::OkStatus();
 }
@@ -429,10 +442,14 @@ absl::Status Journal::Prepare() {
            &put_job_));
   ZFARM_RETURN_IF_ERROR(prep("DELETE FROM jobs WHERE job_id=?", &del_job_));
   ZFARM_RETURN_IF_ERROR(
-      prep("INSERT OR REPLACE INTO requests(request_id,job_id,fingerprint,create_us,crc) "
-           "VALUES(?,?,?,?,?)",
+      prep("INSERT OR REPLACE INTO requests(request_id,job_id,fingerprint,create_us,crc,owner) "
+           "VALUES(?,?,?,?,?,?)",
            &put_req_));
-  ZFARM_RETURN_IF_ERROR(prep("DELETE FROM requests WHERE request_id=?", &del_req_));
+  ZFARM_RETURN_IF_ERROR(
+      prep("DELETE FROM requests WHERE request_id=? AND owner=?", &del_req_));
+  ZFARM_RETURN_IF_ERROR(
+      prep("INSERT OR REPLACE INTO workers(worker_name,principal,crc) VALUES(?,?,?)",
+           &put_worker_));
   ZFARM_RETURN_IF_ERROR(prep("UPDATE meta SET v=? WHERE k='commits'", &bump_commits_));
   return absl::OkStatus();
 }
@@ -578,7 +595,7 @@ absl::StatusOr<Journal::Contents> Journal::Load() {
   }
   if (rc != SQLITE_DONE) return damaged(absl::StrCat("reading jobs: ", sqlite3_errmsg(db_)));
   sqlite3_finalize(st);
-  q = "SELECT request_id,job_id,fingerprint,create_us,crc FROM requests";
+  q = "SELECT request_id,job_id,fingerprint,create_us,crc,owner FROM requests";
   if (sqlite3_prepare_v2(db_, q, -1, &st, nullptr) != SQLITE_OK) return SqlError(db_, q);
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     RequestRecord r;
@@ -586,12 +603,24 @@ absl::StatusOr<Journal::Contents> Journal::Load() {
     r.job_id = text(1);
     r.fingerprint = text(2);
     r.create_time = absl::FromUnixMicros(sqlite3_column_int64(st, 3));
+    r.owner = text(5);
     if (sqlite3_column_type(st, 4) != SQLITE_NULL && sqlite3_column_int64(st, 4) != RequestCrc(r)) {
       return damaged(absl::StrCat("request row ", r.request_id, ": checksum mismatch"));
     }
     c.requests.push_back(std::move(r));
   }
   if (rc != SQLITE_DONE) return damaged(absl::StrCat("reading requests: ", sqlite3_errmsg(db_)));
+  sqlite3_finalize(st);
+  q = "SELECT worker_name,principal,crc FROM workers";
+  if (sqlite3_prepare_v2(db_, q, -1, &st, nullptr) != SQLITE_OK) return SqlError(db_, q);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    WorkerRecord w{text(0), text(1)};
+    if (sqlite3_column_int64(st, 2) != WorkerCrc(w)) {
+      return damaged(absl::StrCat("worker row ", w.worker_name, ": checksum mismatch"));
+    }
+    c.workers.push_back(std::move(w));
+  }
+  if (rc != SQLITE_DONE) return damaged(absl::StrCat("reading workers: ", sqlite3_errmsg(db_)));
   sqlite3_finalize(st);
   return c;
 }
@@ -637,9 +666,32 @@ int64_t Journal::batches() const {
   return batches_;
 }
 
+void Journal::ClearFailure() {
+  absl::MutexLock lock(&mu_);
+  latched_ = absl::OkStatus();
+  first_error_ = absl::OkStatus();
+}
+
+void Journal::TEST_FailWrites(int writes, absl::Status error) {
+  absl::MutexLock lock(&mu_);
+  fail_writes_ = writes;
+  fail_error_ = std::move(error);
+}
+
 absl::Status Journal::WriteOps(const std::vector<Batch>& batches) {
   bool any = false;
   for (const Batch& b : batches) any |= !b.ops.empty();
+  {
+    absl::MutexLock lock(&mu_);
+    if (!latched_.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "journal: not written because an earlier write failed (", latched_.message(), ")"));
+    }
+    if (any && fail_writes_ > 0) {
+      --fail_writes_;
+      return fail_error_;
+    }
+  }
   if (!any) return absl::OkStatus();
   ZFARM_RETURN_IF_ERROR(Exec(db_, "BEGIN IMMEDIATE"));
   auto fail = [&](const std::string& what) {
@@ -685,11 +737,23 @@ absl::Status Journal::WriteOps(const std::vector<Batch>& batches) {
                             SQLITE_STATIC);
           sqlite3_bind_int64(st, 4, ToMicros(op.request.create_time));
           sqlite3_bind_int64(st, 5, RequestCrc(op.request));
+          sqlite3_bind_text(st, 6, op.request.owner.data(), op.request.owner.size(),
+                            SQLITE_STATIC);
           break;
         case Op::Kind::kDeleteRequest:
           st = del_req_;
           sqlite3_bind_text(st, 1, op.request.request_id.data(), op.request.request_id.size(),
                             SQLITE_STATIC);
+          sqlite3_bind_text(st, 2, op.request.owner.data(), op.request.owner.size(),
+                            SQLITE_STATIC);
+          break;
+        case Op::Kind::kPutWorker:
+          st = put_worker_;
+          sqlite3_bind_text(st, 1, op.worker.worker_name.data(), op.worker.worker_name.size(),
+                            SQLITE_STATIC);
+          sqlite3_bind_text(st, 2, op.worker.principal.data(), op.worker.principal.size(),
+                            SQLITE_STATIC);
+          sqlite3_bind_int64(st, 3, WorkerCrc(op.worker));
           break;
       }
       int rc = sqlite3_step(st);
@@ -728,8 +792,11 @@ void Journal::WriterLoop() {
       }
     }
     absl::Status s = WriteOps(batches);
-    if (!s.ok())
+    if (!s.ok()) {
       LOG(ERROR) << "event=journal_write_failed path=" << path_ << " error=\"" << s << "\"";
+      absl::MutexLock lock(&mu_);
+      if (latched_.ok()) latched_ = s;  // before any caller hears of it (see Append)
+    }
     for (Batch& b : batches) {
       if (b.done) std::move(b.done)(s);
     }

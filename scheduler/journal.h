@@ -67,12 +67,23 @@ struct JobRecord {
   std::string fingerprint;
 };
 
-// An idempotency tombstone: request_id -> job, kept after the job is pruned.
+// An idempotency tombstone: (owner, request_id) -> job, kept after the job is
+// pruned. Request ids are scoped to the principal that submitted them (schema v4;
+// rows migrated from v3 have an empty owner until the scheduler fills it in from
+// their job).
 struct RequestRecord {
+  std::string owner;
   std::string request_id;
   std::string job_id;
   std::string fingerprint;
   absl::Time create_time;
+};
+
+// A worker name and the principal whose token first registered it (schema v4):
+// another principal's Connect with that name is refused.
+struct WorkerRecord {
+  std::string worker_name;
+  std::string principal;
 };
 
 // Returns FAILED_PRECONDITION if `f_type` (statfs) is a network filesystem.
@@ -86,14 +97,16 @@ class Journal {
     int64_t fake_fs_type = 0;
   };
   struct Op {
-    enum class Kind { kPutJob, kDeleteJob, kPutRequest, kDeleteRequest };
+    enum class Kind { kPutJob, kDeleteJob, kPutRequest, kDeleteRequest, kPutWorker };
     Kind kind;
     JobRecord job;          // kPutJob; kDeleteJob uses job.job.job_id()
-    RequestRecord request;  // kPutRequest; kDeleteRequest uses request_id
+    RequestRecord request;  // kPutRequest; kDeleteRequest uses owner + request_id
+    WorkerRecord worker;    // kPutWorker
   };
   struct Contents {
     std::vector<JobRecord> jobs;
     std::vector<RequestRecord> requests;
+    std::vector<WorkerRecord> workers;
   };
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
 
@@ -103,20 +116,31 @@ class Journal {
   Journal(const Journal&) = delete;
   Journal& operator=(const Journal&) = delete;
 
-  // Reads everything (call before appending).
+  // Reads everything (call before appending, or after Flush() while nothing is
+  // appended).
   absl::StatusOr<Contents> Load();
 
   // Queues `ops` (may be empty: a barrier); `done` runs on the writer thread once
   // they are durable (or failed). `done` may be null.
+  //
+  // A failed write latches: it and every batch behind it (barriers included) fail
+  // without being written, because they may build on state that never reached the
+  // disk, until ClearFailure(). The owner reconciles its memory with Load() first.
   void Append(std::vector<Op> ops, Done done);
-  // Waits until everything appended so far is durable; returns the first error.
+  // Waits until everything appended so far is durable (or failed); returns the
+  // first error since the journal opened or since ClearFailure().
   absl::Status Flush();
+  // Lets writes through again after a failure (call after Flush()).
+  void ClearFailure();
+  // Tests only: the next `writes` transactions with operations fail with `error`
+  // (rolled back, nothing written), as a full disk or an I/O error would.
+  void TEST_FailWrites(int writes, absl::Status error);
   // Flushes and stops the writer; further Append()s fail with UNAVAILABLE.
   void Close();
 
   // For tests and diagnostics: runs "PRAGMA <name>" and returns the first column.
   absl::StatusOr<std::string> Pragma(const std::string& name);
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
   std::string path() const { return path_; }
   // Commits (transactions) and batches written so far.
   int64_t commits() const;
@@ -129,7 +153,7 @@ class Journal {
     uint64_t id;
   };
   Journal(sqlite3* db, std::string path);
-  // Writes journal.db.state atomically (temp + rename + fsync).
+  // Writes journal.db.state atomically (files::WriteFileAtomically).
   absl::Status WriteStateFile(const char* state);
   // Compares the journal's commit counter with journal.db.commits (refusing a
   // journal behind it) and opens that file for WriteCommitRecord().
@@ -149,6 +173,7 @@ class Journal {
   sqlite3_stmt* del_job_ = nullptr;
   sqlite3_stmt* put_req_ = nullptr;
   sqlite3_stmt* del_req_ = nullptr;
+  sqlite3_stmt* put_worker_ = nullptr;
   sqlite3_stmt* bump_commits_ = nullptr;
   int commits_fd_ = -1;  // journal.db.commits
   // The journal's commit counter: set in Open() before the writer starts, then
@@ -162,6 +187,9 @@ class Journal {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
+  absl::Status latched_ ABSL_GUARDED_BY(mu_);  // a failed write (see Append)
+  int fail_writes_ ABSL_GUARDED_BY(mu_) = 0;   // TEST_FailWrites
+  absl::Status fail_error_ ABSL_GUARDED_BY(mu_);
   int64_t commits_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t batches_ ABSL_GUARDED_BY(mu_) = 0;
 

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <utility>
 
 #include "absl/random/random.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -17,6 +19,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "proto/files.h"
 #include "proto/security/paths.h"
 #include "proto/status_macros.h"
 
@@ -48,6 +51,14 @@ bool IsFinal(v1::JobState s) {
   return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
 }
 bool Leased(v1::JobState s) { return s == v1::JOB_STATE_ASSIGNED || s == v1::JOB_STATE_RUNNING; }
+// FAILED and CANCELLED jobs wrote no result: their output path is free again.
+bool ReleasesOutput(v1::JobState s) {
+  return s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+std::string OutputPathFor(absl::Time submit_time, const std::string& name) {
+  return absl::StrCat(absl::FormatTime("%Y-%m-%d", submit_time, absl::UTCTimeZone()), "/", name,
+                      ".png");
+}
 
 }  // namespace
 
@@ -172,43 +183,120 @@ absl::Status Scheduler::Recover() {
   {
     absl::MutexLock lock(&mu_);
     Txn txn;
-    int requeued = 0;
-    for (JobRecord& r : contents.jobs) {
-      next_seq_ = std::max(next_seq_, r.seq + 1);
-      const std::string id = r.job.job_id();
-      by_seq_[r.seq] = id;
-      auto [it, inserted] = jobs_.emplace(id, std::move(r));
-      JobRecord& rec = it->second;
-      if (Leased(rec.job.state())) {
-        ++requeued;
-        if (rec.commit_pending && ResultExists(rec.job.result())) {
-          FinishLocked(rec, v1::JOB_STATE_SUCCEEDED, v1::FAILURE_REASON_UNSPECIFIED, "", txn);
-          continue;
-        }
-        rec.commit_pending = false;
-        rec.job.clear_result();
-        if (rec.cancel_requested) {
-          FinishLocked(rec, v1::JOB_STATE_CANCELLED, rec.job.error().reason(),
-                       rec.job.error().message(), txn);
-          continue;
-        }
-        rec.job.set_state(v1::JOB_STATE_QUEUED);
-        rec.job.clear_worker();
-        rec.job.clear_progress();
-        txn.ops.push_back({Journal::Op::Kind::kPutJob, rec, {}});
-      }
-      if (rec.job.state() == v1::JOB_STATE_QUEUED) EnqueueLocked(rec);
-      if (!IsFinal(rec.job.state()) && rec.job.spec().has_deadline()) {
-        deadlines_.emplace(FromProto(rec.job.spec().deadline()), id);
-      }
-    }
-    for (RequestRecord& r : contents.requests) requests_[r.request_id] = std::move(r);
-    LOG(INFO) << "event=recovered jobs=" << jobs_.size() << " queued=" << queue_.size()
-              << " requeued=" << requeued << " tombstones=" << requests_.size()
-              << " journal=" << journal_->path();
+    RebuildLocked(std::move(contents), txn);
     CommitTxn(txn, nullptr);
   }
   return journal_->Flush();
+}
+
+void Scheduler::RebuildLocked(Journal::Contents contents, Txn& txn) {
+  int requeued = 0;
+  for (JobRecord& r : contents.jobs) {
+    next_seq_ = std::max(next_seq_, r.seq + 1);
+    const std::string id = r.job.job_id();
+    by_seq_[r.seq] = id;
+    auto [it, inserted] = jobs_.emplace(id, std::move(r));
+    JobRecord& rec = it->second;
+    if (!rec.job.spec().output_name().empty()) outputs_[OutputPath(rec)] = id;
+    if (Leased(rec.job.state())) {
+      ++requeued;
+      if (rec.commit_pending && VerifyResult(rec.job.result()).ok()) {
+        FinishLocked(rec, v1::JOB_STATE_SUCCEEDED, v1::FAILURE_REASON_UNSPECIFIED, "", txn);
+        continue;
+      }
+      rec.commit_pending = false;
+      rec.job.clear_result();
+      if (rec.cancel_requested) {
+        FinishLocked(rec, v1::JOB_STATE_CANCELLED, rec.job.error().reason(),
+                     rec.job.error().message(), txn);
+        continue;
+      }
+      rec.job.set_state(v1::JOB_STATE_QUEUED);
+      rec.job.clear_worker();
+      rec.job.clear_progress();
+      txn.ops.push_back({Journal::Op::Kind::kPutJob, rec, {}, {}});
+    }
+    if (rec.job.state() == v1::JOB_STATE_QUEUED) EnqueueLocked(rec);
+    if (!IsFinal(rec.job.state()) && rec.job.spec().has_deadline()) {
+      deadlines_.emplace(FromProto(rec.job.spec().deadline()), id);
+    }
+  }
+  for (RequestRecord& r : contents.requests) {
+    if (r.owner.empty()) {
+      // Written before request ids were scoped to their principal (schema v3):
+      // scope it to its job's owner. Without its job the owner is unknown and the
+      // tombstone matches nobody until it expires.
+      auto j = jobs_.find(r.job_id);
+      if (j != jobs_.end()) {
+        txn.ops.push_back({Journal::Op::Kind::kDeleteRequest, {}, r, {}});
+        r.owner = j->second.job.owner();
+        txn.ops.push_back({Journal::Op::Kind::kPutRequest, {}, r, {}});
+      }
+    }
+    RequestKey key{r.owner, r.request_id};
+    requests_[std::move(key)] = std::move(r);
+  }
+  for (WorkerRecord& w : contents.workers) worker_owners_[w.worker_name] = std::move(w.principal);
+  LOG(INFO) << "event=recovered jobs=" << jobs_.size() << " queued=" << queue_.size()
+            << " requeued=" << requeued << " tombstones=" << requests_.size()
+            << " workers=" << worker_owners_.size() << " journal=" << journal_->path();
+}
+
+absl::Status Scheduler::JournalFailure() const {
+  absl::MutexLock lock(&fail_mu_);
+  return journal_failure_;
+}
+
+void Scheduler::ReloadAfterJournalFailure() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    // Their leases may rest on transitions that never reached the disk: they
+    // reconnect and re-adopt what the journal says they hold (as after a restart).
+    for (auto& [session, w] : sessions_) {
+      if (w->sink) {
+        w->sink->Close(absl::UnavailableError(
+            "the scheduler is reloading its journal after a failed write; reconnect"));
+      }
+      w->sink.reset();
+      w->state = v1::WORKER_STATE_LOST;
+      w->lost_time = clock_->Now();
+      w->lost_mono = clock_->MonotonicNow();
+      w->leases.clear();
+    }
+    sessions_.clear();
+    free_workers_.clear();
+  }
+  // Nothing new is appended meanwhile (CommitTxn refuses): this drains the
+  // batches that were queued behind the failed write (they fail too).
+  journal_->Flush().IgnoreError();
+  absl::MutexLock lock(&mu_);
+  if (shut_down_) return;
+  journal_->ClearFailure();
+  absl::StatusOr<Journal::Contents> contents = journal_->Load();
+  if (!contents.ok()) {
+    LOG(ERROR) << "event=journal_reload_failed journal=" << journal_->path() << " error=\""
+               << contents.status() << "\"";
+    absl::MutexLock f(&fail_mu_);
+    journal_failure_ = absl::UnavailableError(
+        absl::StrCat("journal: cannot reload after a failed write: ", contents.status().message()));
+    return;
+  }
+  for (const auto& [id, r] : jobs_) queue_.Remove(id);
+  jobs_.clear();
+  by_seq_.clear();
+  requests_.clear();
+  deadlines_.clear();
+  outputs_.clear();
+  worker_owners_.clear();
+  Txn txn;
+  RebuildLocked(*std::move(contents), txn);
+  {
+    absl::MutexLock f(&fail_mu_);
+    journal_failure_ = absl::OkStatus();
+  }
+  LOG(WARNING) << "event=journal_reloaded journal=" << journal_->path() << " jobs=" << jobs_.size();
+  CommitTxn(txn, nullptr);
 }
 
 void Scheduler::Shutdown() {
@@ -232,13 +320,26 @@ int64_t Scheduler::QueuedJobs() {
 
 void Scheduler::CommitTxn(Txn& txn, absl::AnyInvocable<void(absl::Status) &&> done) {
   if (txn.ops.empty() && txn.after.empty() && !done) return;
-  journal_->Append(std::move(txn.ops),
-                   [after = std::move(txn.after), done = std::move(done)](absl::Status s) mutable {
-                     if (s.ok()) {
-                       for (auto& f : after) std::move(f)();
-                     }
-                     if (done) std::move(done)(s);
-                   });
+  if (absl::Status f = JournalFailure(); !f.ok()) {
+    // Memory may be ahead of the disk until the reload: write and tell nothing.
+    txn = Txn();
+    if (done) std::move(done)(f);
+    return;
+  }
+  journal_->Append(std::move(txn.ops), [this, after = std::move(txn.after),
+                                        done = std::move(done)](absl::Status s) mutable {
+    if (s.ok()) {
+      for (auto& f : after) std::move(f)();
+    } else {
+      absl::MutexLock lock(&fail_mu_);
+      if (journal_failure_.ok()) {
+        journal_failure_ = absl::UnavailableError(absl::StrCat(
+            "journal write failed (", s.message(),
+            "); the scheduler is reloading its state from the journal, retry"));
+      }
+    }
+    if (done) std::move(done)(s);
+  });
   txn = Txn();
 }
 
@@ -251,7 +352,7 @@ v1::Job Scheduler::ViewLocked(const JobRecord& r) const {
 
 void Scheduler::PutLocked(const JobRecord& r, Txn& txn, v1::JobEventType type) {
   if (type != v1::JOB_EVENT_TYPE_PROGRESS) {
-    txn.ops.push_back({Journal::Op::Kind::kPutJob, r, {}});
+    txn.ops.push_back({Journal::Op::Kind::kPutJob, r, {}, {}});
   }
   Subscribers::List sinks;
   auto add = [&](const absl::flat_hash_map<std::string, Subscribers::List>& m,
@@ -280,18 +381,57 @@ void Scheduler::EnqueueLocked(JobRecord& r) {
 }
 
 std::string Scheduler::OutputPath(const JobRecord& r) const {
-  absl::Time t = FromProto(r.job.create_time());
-  const std::string& name =
-      r.job.spec().output_name().empty() ? r.job.job_id() : r.job.spec().output_name();
-  return absl::StrCat(absl::FormatTime("%Y-%m-%d", t, absl::UTCTimeZone()), "/", name, ".png");
+  return OutputPathFor(FromProto(r.job.create_time()), r.job.spec().output_name().empty()
+                                                           ? r.job.job_id()
+                                                           : r.job.spec().output_name());
 }
 
-bool Scheduler::ResultExists(const v1::JobResult& result) const {
-  if (result.path().empty() || options_.output_root.empty()) return false;
+absl::Status Scheduler::OutputPathFreeLocked(const std::string& path, const std::string& owner,
+                                             const std::string& field) const {
+  if (auto it = outputs_.find(path); it != outputs_.end()) {
+    auto j = jobs_.find(it->second);
+    if (j != jobs_.end() && !ReleasesOutput(j->second.job.state())) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          field, "spec.output_name: ", path, " is already the output of ",
+          j->second.job.owner() == owner ? absl::StrCat("job ", j->first)
+                                         : std::string("another principal's job"),
+          "; choose another output_name"));
+    }
+  }
+  // The output root is not looked at here: a pruned job's file can only collide
+  // after an early prune, and the worker's no-replace rename catches that. (A
+  // lookup now would also leave an NFS client caching "no such file" for the very
+  // name VerifyResult must find a few seconds later.)
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::VerifyResult(const v1::JobResult& result) const {
+  if (options_.output_root.empty()) {
+    return absl::FailedPreconditionError("no output root to check the result against");
+  }
   // Only a regular file inside the output root counts (a symlink out of it does not).
-  absl::StatusOr<std::string> path = security::ResolveBeneath(options_.output_root, result.path());
-  struct stat st;
-  return path.ok() && ::stat(path->c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  ZFARM_ASSIGN_OR_RETURN(std::string path,
+                         security::ResolveBeneath(options_.output_root, result.path()));
+  ZFARM_ASSIGN_OR_RETURN(files::FileDigest d, files::DigestFile(path));
+  if (d.size_bytes != result.size_bytes()) {
+    return absl::FailedPreconditionError(absl::StrCat(result.path(), " has ", d.size_bytes,
+                                                      " bytes, the worker reported ",
+                                                      result.size_bytes()));
+  }
+  if (d.sha256 != absl::AsciiStrToLower(result.sha256())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        result.path(), " has sha256 ", d.sha256, ", the worker reported \"", result.sha256(), "\""));
+  }
+  return absl::OkStatus();
+}
+
+void Scheduler::CountDeviceFailureLocked(Worker& w, const std::string& why) {
+  if (++w.consecutive_failures >= 3 && w.state == v1::WORKER_STATE_READY) {
+    w.state = v1::WORKER_STATE_UNHEALTHY;
+    free_workers_.erase(w.hello.worker_name());
+    LOG(WARNING) << "event=worker_unhealthy worker=" << w.hello.worker_name()
+                 << " reason=3_failures last=\"" << why << "\"";
+  }
 }
 
 void Scheduler::ReleaseLeaseLocked(JobRecord& r) {
@@ -355,6 +495,8 @@ void Scheduler::LeaseEndedLocked(JobRecord& r, v1::FailureReason reason, bool re
   ReleaseLeaseLocked(r);
   r.job.set_state(v1::JOB_STATE_QUEUED);
   r.job.clear_progress();
+  r.commit_pending = false;
+  r.job.clear_result();
   r.job.mutable_error()->set_reason(reason);
   r.job.mutable_error()->set_message(message);
   r.job.mutable_error()->set_retryable(true);
@@ -456,7 +598,7 @@ absl::StatusOr<v1::SubmitJobResponse> Scheduler::AdmitLocked(v1::SubmitJobReques
   std::string fp = SpecFingerprint(spec);
   v1::SubmitJobResponse resp;
   if (!req.request_id().empty()) {
-    auto it = requests_.find(req.request_id());
+    auto it = requests_.find(RequestKey(owner, req.request_id()));
     if (it != requests_.end()) {
       if (it->second.fingerprint != fp) {
         metrics_->rejected_conflict->Increment();
@@ -475,6 +617,11 @@ absl::StatusOr<v1::SubmitJobResponse> Scheduler::AdmitLocked(v1::SubmitJobReques
       return resp;
     }
   }
+  std::string output_path;
+  if (!spec.output_name().empty()) {
+    output_path = OutputPathFor(now, spec.output_name());
+    ZFARM_RETURN_IF_ERROR(OutputPathFreeLocked(output_path, owner, field));
+  }
   JobRecord r;
   r.seq = next_seq_++;
   r.fingerprint = fp;
@@ -491,10 +638,11 @@ absl::StatusOr<v1::SubmitJobResponse> Scheduler::AdmitLocked(v1::SubmitJobReques
   *r.job.mutable_create_time() = ToProto(now);
   const std::string id = r.job.job_id();
   if (!req.request_id().empty()) {
-    RequestRecord rr{req.request_id(), id, fp, now};
-    txn.ops.push_back({Journal::Op::Kind::kPutRequest, {}, rr});
-    requests_[rr.request_id] = std::move(rr);
+    RequestRecord rr{owner, req.request_id(), id, fp, now};
+    txn.ops.push_back({Journal::Op::Kind::kPutRequest, {}, rr, {}});
+    requests_[RequestKey(owner, rr.request_id)] = std::move(rr);
   }
+  if (!output_path.empty()) outputs_[output_path] = id;
   by_seq_[r.seq] = id;
   auto [it, ok] = jobs_.emplace(id, std::move(r));
   JobRecord& rec = it->second;
@@ -513,15 +661,15 @@ void Scheduler::Submit(v1::SubmitJobRequest request, const std::string& owner,
                        Callback<v1::SubmitJobResponse> done) {
   absl::MutexLock lock(&mu_);
   if (shut_down_) return std::move(done)(absl::UnavailableError("scheduler is shutting down"));
-  if (static_cast<int64_t>(queue_.size()) >= options_.max_queued_jobs &&
-      !requests_.contains(request.request_id())) {
+  const bool known = requests_.contains(RequestKey(owner, request.request_id()));
+  if (static_cast<int64_t>(queue_.size()) >= options_.max_queued_jobs && !known) {
     metrics_->rejected_full->Increment();
     return std::move(done)(absl::ResourceExhaustedError(
         absl::StrCat("queue is full (", queue_.size(),
                      " jobs queued, --max-queued-jobs=", options_.max_queued_jobs,
                      "); retry after ", absl::ToInt64Milliseconds(options_.retry_after), " ms")));
   }
-  if (!requests_.contains(request.request_id()) || request.request_id().empty()) {
+  if (!known || request.request_id().empty()) {
     if (absl::Status s = AdmitPrincipalLocked(owner, 1); !s.ok()) return std::move(done)(s);
   }
   Txn txn;
@@ -585,7 +733,7 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
         return std::move(done)(absl::InvalidArgumentError(absl::StrCat(
             "jobs[", i, "].request_id: \"", j.request_id(), "\" appears twice in the batch")));
       }
-      auto it = requests_.find(j.request_id());
+      auto it = requests_.find(RequestKey(owner, j.request_id()));
       if (it != requests_.end()) {
         v1::JobSpec spec = j.spec();
         ValidateAndNormalizeSpec(lim, "", &spec).IgnoreError();
@@ -617,14 +765,19 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
     auto r = AdmitLocked(std::move(*request.mutable_jobs(i)), owner, batch_id,
                          absl::StrCat("jobs[", i, "]."), txn);
     if (!r.ok()) {
-      // Unreachable after the checks above except for a deadline in the past;
-      // nothing was journaled yet but memory holds admitted jobs: roll back.
+      // After the checks above: a deadline in the past or an output path taken
+      // (also by an earlier job of this batch); nothing was journaled yet but
+      // memory holds admitted jobs: roll back.
       for (const auto& prev : resp.jobs()) {
         if (!prev.created()) continue;
         const std::string& id = prev.job().job_id();
+        const JobRecord& rec = jobs_.at(id);
         queue_.Remove(id);
-        by_seq_.erase(jobs_.at(id).seq);
-        requests_.erase(jobs_.at(id).job.request_id());
+        by_seq_.erase(rec.seq);
+        requests_.erase(RequestKey(owner, rec.job.request_id()));
+        if (auto o = outputs_.find(OutputPath(rec)); o != outputs_.end() && o->second == id) {
+          outputs_.erase(o);
+        }
         jobs_.erase(id);
       }
       for (auto it = deadlines_.begin(); it != deadlines_.end();) {
@@ -816,6 +969,7 @@ absl::Status Scheduler::Watch(const std::string& job_id, const std::string& batc
     return absl::InvalidArgumentError("selector: set job_id, batch_id or label");
   }
   if (!label.empty()) ZFARM_RETURN_IF_ERROR(ValidateLabelSelector("label", label));
+  ZFARM_RETURN_IF_ERROR(JournalFailure());
   absl::MutexLock lock(&mu_);
   auto selected = SelectLocked(job_id, batch_id, label);
   if (!owner_filter.empty()) {
@@ -870,6 +1024,7 @@ void Scheduler::Unwatch(const std::shared_ptr<EventSink>& sink) {
 
 absl::StatusOr<v1::JobResult> Scheduler::Result(const std::string& job_id,
                                                 const std::string& owner_filter) {
+  ZFARM_RETURN_IF_ERROR(JournalFailure());  // memory may hold a SUCCEEDED not on disk
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end())
@@ -885,7 +1040,8 @@ absl::StatusOr<v1::JobResult> Scheduler::Result(const std::string& job_id,
 // ---------------------------------------------------------------- workers
 
 absl::StatusOr<uint64_t> Scheduler::WorkerHello(const v1::WorkerHello& hello,
-                                                std::shared_ptr<WorkerSink> sink) {
+                                                std::shared_ptr<WorkerSink> sink,
+                                                const std::string& principal) {
   if (hello.worker_name().empty() || hello.worker_name().size() > 256) {
     return absl::InvalidArgumentError("hello.worker_name: must be 1..256 bytes");
   }
@@ -899,6 +1055,18 @@ absl::StatusOr<uint64_t> Scheduler::WorkerHello(const v1::WorkerHello& hello,
   absl::MutexLock lock(&mu_);
   if (shut_down_) return absl::UnavailableError("scheduler is shutting down");
   Txn txn;
+  if (auto owner = worker_owners_.find(hello.worker_name()); owner == worker_owners_.end()) {
+    worker_owners_[hello.worker_name()] = principal;
+    txn.ops.push_back(
+        {Journal::Op::Kind::kPutWorker, {}, {}, WorkerRecord{hello.worker_name(), principal}});
+  } else if (owner->second != principal) {
+    LOG(WARNING) << "event=worker_name_refused worker=" << hello.worker_name()
+                 << " principal=" << principal;
+    return absl::PermissionDeniedError(absl::StrCat(
+        "hello.worker_name: \"", hello.worker_name(),
+        "\" is registered to another principal; connect with that worker's token or choose "
+        "another --name"));
+  }
   absl::Time now = clock_->Now();
   std::set<std::string> held;
   for (const auto& l : hello.held_leases()) held.insert(l.job_id());
@@ -973,6 +1141,21 @@ JobRecord* Scheduler::FindLeaseLocked(const Worker& w, const v1::LeaseId& lease)
 }
 
 absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage& msg) {
+  // Finalized: the committed file is checked before SUCCEEDED, hashed outside mu_.
+  // One stream's messages arrive one at a time, so its lease cannot gain another
+  // commit meanwhile (it can only end, which the locked part sees).
+  std::optional<v1::JobResult> checked;
+  absl::Status verified;
+  if (msg.has_finalized()) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto sit = sessions_.find(session);
+      JobRecord* r =
+          sit == sessions_.end() ? nullptr : FindLeaseLocked(*sit->second, msg.finalized().lease());
+      if (r && r->commit_pending) checked = r->job.result();
+    }
+    if (checked) verified = VerifyResult(*checked);
+  }
   absl::MutexLock lock(&mu_);
   auto sit = sessions_.find(session);
   if (sit == sessions_.end()) return absl::FailedPreconditionError("session is no longer active");
@@ -1085,6 +1268,22 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
       if (!r->commit_pending) {
         return absl::FailedPreconditionError("finalized: no accepted commit for this lease");
       }
+      if (!checked || checked->SerializeAsString() != r->job.result().SerializeAsString()) {
+        verified = VerifyResult(r->job.result());
+      }
+      if (!verified.ok()) {
+        // A worker that claims a file it did not write (or wrote wrong): this
+        // attempt fails and counts against the worker's health.
+        const std::string why = absl::StrCat("committed result does not check out: ",
+                                             verified.message());
+        LOG(WARNING) << "event=result_rejected worker=" << name << " job=" << r->job.job_id()
+                     << " attempt=" << r->job.attempt() << " error=\"" << verified.message()
+                     << "\"";
+        ++w.jobs_failed;
+        CountDeviceFailureLocked(w, why);
+        LeaseEndedLocked(*r, v1::FAILURE_REASON_OUTPUT_ERROR, true, why, txn);
+        break;
+      }
       ++w.jobs_done;
       w.consecutive_failures = 0;
       FinishLocked(*r, v1::JOB_STATE_SUCCEEDED, v1::FAILURE_REASON_UNSPECIFIED, "", txn);
@@ -1120,11 +1319,7 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
         // A bad request or a full output disk says nothing about the worker's device.
         const bool device_fault = reason != v1::FAILURE_REASON_INVALID_REQUEST &&
                                   reason != v1::FAILURE_REASON_OUTPUT_ERROR;
-        if (device_fault && ++w.consecutive_failures >= 3 && w.state == v1::WORKER_STATE_READY) {
-          w.state = v1::WORKER_STATE_UNHEALTHY;
-          free_workers_.erase(name);
-          LOG(WARNING) << "event=worker_unhealthy worker=" << name << " reason=3_failures";
-        }
+        if (device_fault) CountDeviceFailureLocked(w, e.message());
       }
       LOG(INFO) << "event=job_failure job=" << r->job.job_id() << " worker=" << name
                 << " reason=" << v1::FailureReason_Name(reason) << " retryable=" << retryable;
@@ -1157,7 +1352,7 @@ void Scheduler::WorkerLostLocked(Worker& w, const std::string& why, Txn& txn) {
     JobRecord& r = it->second;
     if (!Leased(r.job.state()) || r.job.worker() != name) continue;
     if (r.commit_pending) {
-      if (ResultExists(r.job.result())) {
+      if (VerifyResult(r.job.result()).ok()) {
         ++w.jobs_done;
         FinishLocked(r, v1::JOB_STATE_SUCCEEDED, v1::FAILURE_REASON_UNSPECIFIED, "", txn);
         continue;
@@ -1180,13 +1375,19 @@ void Scheduler::WorkerDisconnected(uint64_t session, const std::string& why) {
   CommitTxn(txn, nullptr);
 }
 
-v1::WorkerInfo Scheduler::WorkerInfoLocked(const Worker& w) const {
+v1::WorkerInfo Scheduler::WorkerInfoLocked(const Worker& w, const std::string& owner_filter) const {
   v1::WorkerInfo i;
   i.set_worker_name(w.hello.worker_name());
   i.set_device(w.hello.device());
   i.set_device_name(w.hello.device_name());
   i.set_state(w.state);
-  for (const auto& id : w.leases) i.add_current_job_ids(id);
+  for (const auto& id : w.leases) {
+    if (!owner_filter.empty()) {
+      auto j = jobs_.find(id);
+      if (j == jobs_.end() || j->second.job.owner() != owner_filter) continue;
+    }
+    i.add_current_job_ids(id);
+  }
   i.set_jobs_done(w.jobs_done);
   i.set_jobs_failed(w.jobs_failed);
   *i.mutable_last_seen_time() = ToProto(w.last_seen);
@@ -1200,10 +1401,10 @@ v1::WorkerInfo Scheduler::WorkerInfoLocked(const Worker& w) const {
   return i;
 }
 
-std::vector<v1::WorkerInfo> Scheduler::ListWorkers() {
+std::vector<v1::WorkerInfo> Scheduler::ListWorkers(const std::string& owner_filter) {
   absl::MutexLock lock(&mu_);
   std::vector<v1::WorkerInfo> out;
-  for (const auto& [name, w] : workers_) out.push_back(WorkerInfoLocked(*w));
+  for (const auto& [name, w] : workers_) out.push_back(WorkerInfoLocked(*w, owner_filter));
   std::sort(out.begin(), out.end(),
             [](const auto& a, const auto& b) { return a.worker_name() < b.worker_name(); });
   return out;
@@ -1227,12 +1428,16 @@ absl::StatusOr<v1::WorkerInfo> Scheduler::DrainWorker(const std::string& worker_
     w.sink->Send(m);
   }
   LOG(INFO) << "event=worker_drain worker=" << worker_name;
-  return WorkerInfoLocked(w);
+  return WorkerInfoLocked(w, "");
 }
 
 // ---------------------------------------------------------------- periodic
 
 void Scheduler::Tick() {
+  if (!JournalFailure().ok()) {
+    ReloadAfterJournalFailure();
+    return;
+  }
   absl::MutexLock lock(&mu_);
   if (shut_down_) return;
   // Wall time for user-given absolute deadlines and stored timestamps (retention,
@@ -1281,30 +1486,38 @@ void Scheduler::Tick() {
     const int64_t over_cap = TakeOldestBeyond(options_.max_finished_jobs, &kept, &prune);
     for (const auto& id : prune) {
       JobRecord& r = jobs_.at(id);
-      Journal::Op op{Journal::Op::Kind::kDeleteJob, {}, {}};
+      Journal::Op op{Journal::Op::Kind::kDeleteJob, {}, {}, {}};
       op.job.job.set_job_id(id);
       txn.ops.push_back(std::move(op));
       by_seq_.erase(r.seq);
+      // Its PNG stays, and OutputPathFreeLocked still finds it on disk.
+      if (auto o = outputs_.find(OutputPath(r)); o != outputs_.end() && o->second == id) {
+        outputs_.erase(o);
+      }
       jobs_.erase(id);
     }
+    // Tombstones whose job is gone, by "<owner>\0<request_id>" (TakeOldestBeyond's ids).
     std::vector<std::string> expired;
     std::vector<std::pair<absl::Time, std::string>> orphans;  // job gone, within the TTL
-    for (const auto& [rid, rr] : requests_) {
+    for (const auto& [key, rr] : requests_) {
       if (jobs_.contains(rr.job_id)) continue;
+      std::string flat = absl::StrCat(key.first, std::string(1, '\0'), key.second);
       if (rr.create_time + options_.tombstone_ttl <= now) {
-        expired.push_back(rid);
+        expired.push_back(std::move(flat));
       } else {
-        orphans.emplace_back(rr.create_time, rid);
+        orphans.emplace_back(rr.create_time, std::move(flat));
       }
     }
     // Over --max-tombstones: the oldest go too.
     const int64_t tombstones_over_cap =
         TakeOldestBeyond(options_.max_tombstones, &orphans, &expired);
-    for (const auto& rid : expired) {
-      Journal::Op op{Journal::Op::Kind::kDeleteRequest, {}, {}};
-      op.request.request_id = rid;
+    for (const auto& flat : expired) {
+      const size_t nul = flat.find('\0');
+      Journal::Op op{Journal::Op::Kind::kDeleteRequest, {}, {}, {}};
+      op.request.owner = flat.substr(0, nul);
+      op.request.request_id = flat.substr(nul + 1);
+      requests_.erase(RequestKey(op.request.owner, op.request.request_id));
       txn.ops.push_back(std::move(op));
-      requests_.erase(rid);
     }
     for (auto it = workers_.begin(); it != workers_.end();) {
       if (it->second->state == v1::WORKER_STATE_LOST &&

@@ -11,6 +11,12 @@
 // transition is on disk. Callbacks therefore run on the journal writer thread and
 // must be short (finish a reactor, queue a stream write).
 //
+// A journal write that fails leaves memory ahead of the disk: from then on nothing
+// is written or acknowledged (every call that needs the journal answers
+// UNAVAILABLE) until the next Tick() has reloaded every job, tombstone and worker
+// binding from the journal, as a restart would (workers are disconnected and
+// re-adopt their leases when they reconnect).
+//
 // Thread-safe. Time comes only from the injected Clock (wall time for timestamps
 // and deadlines, monotonic time for durations); Tick() runs periodic work
 // (deadlines, heartbeat expiry, retention) and is called by the server's timer
@@ -64,7 +70,8 @@ class Scheduler {
  public:
   struct Options {
     std::string state_dir;
-    // Read-only: used to check whether a committed result exists.
+    // Read-only: a worker's committed result must be here (path, size, SHA-256)
+    // before its job is SUCCEEDED.
     std::string output_root;
     Limits limits;
     // QUEUED jobs beyond which submits get RESOURCE_EXHAUSTED.
@@ -122,6 +129,10 @@ class Scheduler {
 
   // ---- JobService. `done` runs once, after durability (or at once on error).
   // RESOURCE_EXHAUSTED messages contain "retry after N ms" (see retry_after()).
+  // Request ids are scoped to `owner`: the same id from another principal is a
+  // different request (a new job). An output_name whose path
+  // (<UTC date>/<name>.png) a job that is not FAILED/CANCELLED holds is
+  // ALREADY_EXISTS.
   void Submit(zfarm::v1::SubmitJobRequest request, const std::string& owner,
               Callback<zfarm::v1::SubmitJobResponse> done);
   void SubmitBatch(zfarm::v1::SubmitJobsRequest request, const std::string& owner,
@@ -150,17 +161,21 @@ class Scheduler {
                                               const std::string& owner_filter = "");
 
   // ---- WorkerService. Hello registers a session and sends Welcome through
-  // `sink`; errors (INVALID_ARGUMENT, FAILED_PRECONDITION) end the stream.
+  // `sink`; errors (INVALID_ARGUMENT, FAILED_PRECONDITION) end the stream. A worker
+  // name belongs to the `principal` that first registered it (journaled): another
+  // principal's hello with it is PERMISSION_DENIED.
   absl::StatusOr<uint64_t> WorkerHello(const zfarm::v1::WorkerHello& hello,
-                                       std::shared_ptr<WorkerSink> sink);
+                                       std::shared_ptr<WorkerSink> sink,
+                                       const std::string& principal = "anonymous");
   // Handles one message after Hello. A non-OK status means: end the stream with it
   // (the worker is then treated as lost).
   absl::Status WorkerMessage(uint64_t session, const zfarm::v1::WorkerMessage& message);
   // The stream ended: the worker is lost, its leases expire.
   void WorkerDisconnected(uint64_t session, const std::string& why);
 
-  // ---- AdminService.
-  std::vector<zfarm::v1::WorkerInfo> ListWorkers();
+  // ---- AdminService. With an `owner_filter` (a submitter) current_job_ids lists
+  // only that owner's jobs.
+  std::vector<zfarm::v1::WorkerInfo> ListWorkers(const std::string& owner_filter = "");
   absl::StatusOr<zfarm::v1::WorkerInfo> DrainWorker(const std::string& worker_name);
 
   // Periodic work: deadlines, heartbeat expiry, retention, metrics gauges.
@@ -181,6 +196,12 @@ class Scheduler {
   Scheduler(const Options& options, Clock* clock, std::unique_ptr<Journal> journal);
 
   absl::Status Recover() ABSL_LOCKS_EXCLUDED(mu_);
+  // Fills the (empty) in-memory state from `contents`, requeueing leased jobs.
+  void RebuildLocked(Journal::Contents contents, Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a failed journal write: disconnects the workers, reloads from the journal.
+  void ReloadAfterJournalFailure() ABSL_LOCKS_EXCLUDED(mu_);
+  // OK, or UNAVAILABLE while a failed journal write is not yet reloaded.
+  absl::Status JournalFailure() const ABSL_LOCKS_EXCLUDED(fail_mu_);
   // Validates and admits one request into `txn` (no journal write yet).
   absl::StatusOr<zfarm::v1::SubmitJobResponse> AdmitLocked(zfarm::v1::SubmitJobRequest request,
                                                            const std::string& owner,
@@ -208,9 +229,21 @@ class Scheduler {
   JobRecord* FindLeaseLocked(const Worker& w, const zfarm::v1::LeaseId& lease)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   zfarm::v1::Job ViewLocked(const JobRecord& r) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  zfarm::v1::WorkerInfo WorkerInfoLocked(const Worker& w) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  zfarm::v1::WorkerInfo WorkerInfoLocked(const Worker& w, const std::string& owner_filter) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string OutputPath(const JobRecord& r) const;
-  bool ResultExists(const zfarm::v1::JobResult& result) const;
+  // ALREADY_EXISTS (naming `path`, and the job when it is `owner`'s) if a job that is
+  // not FAILED/CANCELLED holds the output path.
+  absl::Status OutputPathFreeLocked(const std::string& path, const std::string& owner,
+                                    const std::string& field) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK if the committed file is under the output root with the result's size and
+  // SHA-256; FAILED_PRECONDITION / NOT_FOUND saying what differs.
+  absl::Status VerifyResult(const zfarm::v1::JobResult& result) const;
+  // A failure that says something about the worker's device: three in a row make
+  // it UNHEALTHY.
+  void CountDeviceFailureLocked(Worker& w, const std::string& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<JobRecord*> SelectLocked(const std::string& job_id, const std::string& batch_id,
                                        const std::string& label) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -232,7 +265,13 @@ class Scheduler {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, JobRecord> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::string> by_seq_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, RequestRecord> requests_ ABSL_GUARDED_BY(mu_);
+  // Idempotency tombstones by (owner, request_id).
+  using RequestKey = std::pair<std::string, std::string>;
+  absl::flat_hash_map<RequestKey, RequestRecord> requests_ ABSL_GUARDED_BY(mu_);
+  // Output path (relative, jobs with an output_name) -> the job that last claimed it.
+  absl::flat_hash_map<std::string, std::string> outputs_ ABSL_GUARDED_BY(mu_);
+  // Worker name -> the principal that registered it.
+  absl::flat_hash_map<std::string, std::string> worker_owners_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Bucket> buckets_ ABSL_GUARDED_BY(mu_);
   JobQueue queue_ ABSL_GUARDED_BY(mu_);
   std::multimap<absl::Time, std::string> deadlines_ ABSL_GUARDED_BY(mu_);
@@ -246,6 +285,11 @@ class Scheduler {
   absl::Time last_prune_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time last_gauges_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+
+  // A failed journal write not yet reloaded (set from the journal thread; may be
+  // taken under mu_, never the other way round).
+  mutable absl::Mutex fail_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  absl::Status journal_failure_ ABSL_GUARDED_BY(fail_mu_);
 };
 
 }  // namespace zfarm::scheduler

@@ -275,7 +275,9 @@ class ConnectReactor final
     ConnectReactor* reactor_ ABSL_GUARDED_BY(mu_);
   };
 
-  explicit ConnectReactor(Scheduler* core) : core_(core), sink_(std::make_shared<Sink>(this)) {
+  // `principal`: the caller whose token opened the stream (owns the worker name).
+  ConnectReactor(Scheduler* core, std::string principal)
+      : core_(core), principal_(std::move(principal)), sink_(std::make_shared<Sink>(this)) {
     StartRead(&in_);
   }
 
@@ -290,7 +292,7 @@ class ConnectReactor final
       if (in_.msg_case() != v1::WorkerMessage::kHello) {
         st = absl::FailedPreconditionError("the first message on Connect must be hello");
       } else {
-        auto session = core_->WorkerHello(in_.hello(), sink_);
+        auto session = core_->WorkerHello(in_.hello(), sink_, principal_);
         if (session.ok()) {
           session_ = *session;
         } else {
@@ -357,6 +359,7 @@ class ConnectReactor final
   }
 
   Scheduler* const core_;
+  const std::string principal_;
   const std::shared_ptr<Sink> sink_;
   v1::WorkerMessage in_;  // owned by the read side
   uint64_t session_ = 0;  // read side only (and OnDone, after all reads)
@@ -588,7 +591,7 @@ class SchedulerServer::Services {
         };
         return new Denied(caller.status());
       }
-      return new ConnectReactor(core_);
+      return new ConnectReactor(core_, caller->principal);
     }
 
    private:
@@ -604,11 +607,15 @@ class SchedulerServer::Services {
                                           const v1::ListWorkersRequest*,
                                           v1::ListWorkersResponse* resp) override {
       auto* reactor = ctx->DefaultReactor();
-      if (auto caller = Auth(auth_.get(), "ListWorkers", ctx); !caller.ok()) {
+      auto caller = Auth(auth_.get(), "ListWorkers", ctx);
+      if (!caller.ok()) {
         reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
-      for (auto& w : core_->ListWorkers()) *resp->add_workers() = std::move(w);
+      // A submitter sees only its own jobs on the workers.
+      for (auto& w : core_->ListWorkers(caller->OwnerFilter())) {
+        *resp->add_workers() = std::move(w);
+      }
       reactor->Finish(grpc::Status::OK);
       return reactor;
     }

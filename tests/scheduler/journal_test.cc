@@ -23,7 +23,7 @@ std::string TempDir(const char* name) {
 }
 
 Journal::Op PutJob(const std::string& id, v1::JobState state, uint64_t seq) {
-  Journal::Op op{Journal::Op::Kind::kPutJob, {}, {}};
+  Journal::Op op{Journal::Op::Kind::kPutJob, {}, {}, {}};
   op.job.job.set_job_id(id);
   op.job.job.set_state(state);
   op.job.seq = seq;
@@ -63,11 +63,11 @@ TEST(JournalTest, PersistsAcrossReopen) {
   std::string dir = TempDir("reopen");
   {
     ASSERT_OK_AND_ASSIGN(auto j, Journal::Open({.state_dir = dir}));
-    Journal::Op req{Journal::Op::Kind::kPutRequest, {}, {}};
-    req.request = {"r1", "j1", "fp", absl::FromUnixSeconds(100)};
+    Journal::Op req{Journal::Op::Kind::kPutRequest, {}, {}, {}};
+    req.request = {"alice", "r1", "j1", "fp", absl::FromUnixSeconds(100)};
     j->Append({PutJob("j1", v1::JOB_STATE_QUEUED, 1), PutJob("j2", v1::JOB_STATE_RUNNING, 2), req},
               nullptr);
-    Journal::Op del{Journal::Op::Kind::kDeleteJob, {}, {}};
+    Journal::Op del{Journal::Op::Kind::kDeleteJob, {}, {}, {}};
     del.job.job.set_job_id("j2");
     j->Append({del}, nullptr);
     ASSERT_OK(j->Flush());

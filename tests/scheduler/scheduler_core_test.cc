@@ -158,10 +158,16 @@ class SchedulerCoreTest : public ::testing::Test {
     *m.mutable_started()->mutable_lease() = l;
     return m;
   }
+  // What WriteResult() writes.
+  static constexpr char kPng[] = "png";
+  static constexpr char kPngSha256[] =
+      "8f8cbb7dcf46e0bc7d53265749a6c17d116093a6ba95e442764060c76fd4a86c";
   static v1::WorkerMessage Commit(const v1::Lease& l) {
     v1::WorkerMessage m;
     *m.mutable_commit()->mutable_lease() = l.lease();
     m.mutable_commit()->mutable_result()->set_path(l.output_path());
+    m.mutable_commit()->mutable_result()->set_size_bytes(3);
+    m.mutable_commit()->mutable_result()->set_sha256(kPngSha256);
     return m;
   }
   static v1::WorkerMessage Finalized(const v1::LeaseId& l) {
@@ -179,7 +185,7 @@ class SchedulerCoreTest : public ::testing::Test {
   void WriteResult(const v1::Lease& l) {
     auto p = std::filesystem::path(options_.output_root) / l.output_path();
     std::filesystem::create_directories(p.parent_path());
-    std::ofstream(p) << "png";
+    std::ofstream(p) << kPng;
   }
 
   FakeClock clock_;
@@ -222,6 +228,7 @@ TEST_F(SchedulerCoreTest, SubmitDispatchProgressCommitSucceeds) {
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_TRUE(replies[0].commit_reply().accepted());
   EXPECT_EQ(Get(id).state(), v1::JOB_STATE_RUNNING);  // not final before Finalized
+  WriteResult(leases[0]);  // what the worker renamed into place
   ASSERT_OK(Msg(s, Finalized(leases[0].lease())));
   v1::Job done = Get(id);
   EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED);
@@ -410,6 +417,7 @@ TEST_F(SchedulerCoreTest, WorkerLostRequeuesAndStaleCommitIsRefused) {
   EXPECT_THAT(refused[0].commit_reply().reason(), HasSubstr("stale"));
   ASSERT_OK(Msg(sb, Started(lb[0].lease())));
   ASSERT_OK(Msg(sb, Commit(lb[0])));
+  WriteResult(lb[0]);  // what the worker renamed into place
   ASSERT_OK(Msg(sb, Finalized(lb[0].lease())));
   EXPECT_EQ(Get(id).state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(Get(id).worker(), "b");
@@ -549,6 +557,7 @@ TEST_F(SchedulerCoreTest, RestartRequeuesLeasedJobs) {
   ASSERT_EQ(l.size(), 2u);
   ASSERT_OK(Msg(s, Started(l[0].lease())));
   ASSERT_OK(Msg(s, Commit(l[0])));
+  WriteResult(l[0]);  // what the worker renamed into place
   ASSERT_OK(Msg(s, Finalized(l[0].lease())));
   ASSERT_OK(Msg(s, Started(l[1].lease())));
   v1::Job done_before = Get(l[0].lease().job_id());

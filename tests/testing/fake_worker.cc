@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "proto/files.h"
 #include "proto/rpc_status.h"
 
 namespace zfarm::testing {
@@ -155,7 +156,10 @@ absl::StatusOr<bool> FakeWorker::Commit(const v1::Lease& lease, const std::strin
   *m.mutable_commit()->mutable_lease() = lease.lease();
   m.mutable_commit()->set_temp_path(tmp_rel);
   m.mutable_commit()->mutable_result()->set_path(lease.output_path());
-  m.mutable_commit()->mutable_result()->set_size_bytes(fs::file_size(tmp, ec));
+  absl::StatusOr<files::FileDigest> digest = files::DigestFile(tmp.string());
+  if (!digest.ok()) return digest.status();
+  m.mutable_commit()->mutable_result()->set_size_bytes(digest->size_bytes);
+  m.mutable_commit()->mutable_result()->set_sha256(digest->sha256);
   m.mutable_commit()->mutable_result()->set_device_class("cpu");
   m.mutable_commit()->mutable_result()->set_dtype("float32");
   if (auto s = Send(m); !s.ok()) return s;
