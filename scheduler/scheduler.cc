@@ -847,8 +847,11 @@ void Scheduler::GetJob(const std::string& job_id, Callback<v1::Job> done,
   if (!owner_filter.empty() && it->second.job.owner() != owner_filter) {
     return std::move(done)(NotYours(job_id));
   }
+  // Answered once every earlier transition is durable (it may show them), and not
+  // at all if one of them failed to reach the disk.
   Txn txn;
-  CommitTxn(txn, [done = std::move(done), job = ViewLocked(it->second)](absl::Status) mutable {
+  CommitTxn(txn, [done = std::move(done), job = ViewLocked(it->second)](absl::Status s) mutable {
+    if (!s.ok()) return std::move(done)(s);
     std::move(done)(std::move(job));
   });
 }
@@ -920,7 +923,8 @@ void Scheduler::ListJobs(const v1::ListJobsRequest& req, Callback<v1::ListJobsRe
     *resp.add_jobs() = ViewLocked(r);
   }
   Txn txn;
-  CommitTxn(txn, [done = std::move(done), resp = std::move(resp)](absl::Status) mutable {
+  CommitTxn(txn, [done = std::move(done), resp = std::move(resp)](absl::Status s) mutable {
+    if (!s.ok()) return std::move(done)(s);
     std::move(done)(std::move(resp));
   });
 }

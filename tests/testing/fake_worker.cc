@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "proto/files.h"
 #include "proto/rpc_status.h"
+#include "proto/security/auth.h"
 
 namespace zfarm::testing {
 
@@ -17,6 +18,7 @@ absl::StatusOr<std::unique_ptr<FakeWorker>> FakeWorker::Connect(
   std::unique_ptr<FakeWorker> w(new FakeWorker);
   w->stub_ = v1::WorkerService::NewStub(channel);
   w->ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+  security::AddBearerToken(&w->ctx_, o.token);
   w->stream_ = w->stub_->Connect(&w->ctx_);
   w->reader_ = std::thread([raw = w.get()] { raw->ReadLoop(); });
   if (!o.send_hello) return w;

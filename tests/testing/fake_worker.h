@@ -39,6 +39,8 @@ class FakeWorker {
     std::vector<zfarm::v1::LeaseId> held_leases;
     // Skip the hello (to test protocol errors).
     bool send_hello = true;
+    // Bearer token sent with Connect ("" = none).
+    std::string token;
   };
 
   // Opens the stream and sends hello; waits for Welcome (unless !send_hello).
