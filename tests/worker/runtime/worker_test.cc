@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/farm_client.h"
 #include "tests/testing/fake_worker.h"
@@ -185,6 +186,42 @@ TEST_F(WorkerTest, RendersCommitsAndReportsTheResult) {
   }
   EXPECT_TRUE(has_params);
   EXPECT_EQ(w->stats().images, 1);
+  w->Shutdown();
+}
+
+// Another job's file at the output path survives: the worker's rename never
+// replaces it (the job fails, not retried, naming the path), and a symlink planted
+// at the worker's temporary name is not written through.
+TEST_F(WorkerTest, AnExistingResultIsNeverReplacedAndAPlantedTempLinkIsNotFollowed) {
+  namespace fs = std::filesystem;
+  auto script = std::make_shared<ScriptedRenderer::Script>();
+  PauseAfter(*script, 1);
+  auto w = MakeWorker("w1", script);
+  w->Start();
+  const std::string id = Submit(2, "a cat", [](v1::JobSpec& s) { s.set_output_name("same"); });
+  ASSERT_TRUE(script->WaitPaused());
+  const fs::path dir =
+      fs::path(farm_->output_root()) /
+      absl::FormatTime("%Y-%m-%d",
+                       absl::FromUnixSeconds(GetJob(id).create_time().seconds()),
+                       absl::UTCTimeZone());
+  fs::create_directories(dir);
+  std::ofstream(dir / "same.png") << "the earlier job's result";
+  std::ofstream(fs::path(farm_->output_root()) / "victim") << "secret";
+  fs::create_symlink(fs::path(farm_->output_root()) / "victim", dir / (id + ".1.tmp"));
+  script->Release();
+  v1::Job j = WaitFinal(id);
+  EXPECT_EQ(j.state(), v1::JOB_STATE_FAILED) << j.DebugString();
+  EXPECT_EQ(j.error().reason(), v1::FAILURE_REASON_OUTPUT_ERROR);
+  EXPECT_THAT(j.error().message(), ::testing::HasSubstr("same.png already exists"));
+  EXPECT_EQ(j.attempt(), 1);
+  auto slurp = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  };
+  EXPECT_EQ(slurp(dir / "same.png"), "the earlier job's result");
+  EXPECT_EQ(slurp(fs::path(farm_->output_root()) / "victim"), "secret");
+  EXPECT_FALSE(fs::exists(fs::symlink_status(dir / (id + ".1.tmp"))));  // temp removed
   w->Shutdown();
 }
 
