@@ -30,6 +30,9 @@
 // acknowledged transactions (its last WAL frames damaged or cut at a frame
 // boundary, which SQLite cannot tell from a torn write and drops) and is
 // refused (DATA_LOSS). The cost is one more fdatasync per group commit.
+//
+// Schema v4: idempotency tombstones keyed by (owner, request_id), and the worker
+// name -> principal bindings (table workers).
 
 #include <cstdint>
 #include <deque>

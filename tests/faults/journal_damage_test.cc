@@ -430,7 +430,8 @@ TEST_F(JournalDamageTest, DocumentedRecoveryWithTheSqlite3Shell) {
   fs::create_directories(salvaged);
   ASSERT_EQ(Shell(absl::StrCat("sqlite3 ", state, "/journal.db .dump | sqlite3 ", salvaged,
                                "/journal.db && sqlite3 ", salvaged,
-                               "/journal.db 'PRAGMA user_version=3'")),
+                               "/journal.db 'PRAGMA user_version=", Journal::kSchemaVersion,
+                               "'")),
             0);
   auto again = OpenAndLoad(salvaged);
   EXPECT_THAT(again.status(),
