@@ -329,6 +329,10 @@ void Scheduler::CommitTxn(Txn& txn, absl::AnyInvocable<void(absl::Status) &&> do
   journal_->Append(std::move(txn.ops), [this, after = std::move(txn.after),
                                         done = std::move(done)](absl::Status s) mutable {
     if (s.ok()) {
+      {
+        absl::MutexLock lock(&fail_mu_);
+        write_failures_ = 0;
+      }
       for (auto& f : after) std::move(f)();
     } else {
       absl::MutexLock lock(&fail_mu_);
@@ -337,6 +341,13 @@ void Scheduler::CommitTxn(Txn& txn, absl::AnyInvocable<void(absl::Status) &&> do
             "journal write failed (", s.message(),
             "); the scheduler is reloading its state from the journal, retry"));
       }
+      // 0, 0.1 s, 0.2 s, ... 10 s between reloads while writes keep failing.
+      const int n = ++write_failures_;
+      const absl::Duration backoff =
+          n <= 1 ? absl::ZeroDuration()
+                 : std::min(absl::Milliseconds(100) * (int64_t{1} << std::min(n - 2, 7)),
+                            absl::Seconds(10));
+      reload_at_ = clock_->MonotonicNow() + backoff;
     }
     if (done) std::move(done)(s);
   });
@@ -1438,8 +1449,14 @@ absl::StatusOr<v1::WorkerInfo> Scheduler::DrainWorker(const std::string& worker_
 // ---------------------------------------------------------------- periodic
 
 void Scheduler::Tick() {
-  if (!JournalFailure().ok()) {
-    ReloadAfterJournalFailure();
+  bool failed = false, reload = false;
+  {
+    absl::MutexLock lock(&fail_mu_);
+    failed = !journal_failure_.ok();
+    reload = failed && clock_->MonotonicNow() >= reload_at_;
+  }
+  if (failed) {
+    if (reload) ReloadAfterJournalFailure();
     return;
   }
   absl::MutexLock lock(&mu_);

@@ -290,6 +290,11 @@ class Scheduler {
   // taken under mu_, never the other way round).
   mutable absl::Mutex fail_mu_ ABSL_ACQUIRED_AFTER(mu_);
   absl::Status journal_failure_ ABSL_GUARDED_BY(fail_mu_);
+  // Failed writes since the last successful one, and when (Clock::MonotonicNow())
+  // the next reload may run: at once after the first failure, then backing off
+  // (a disk that stays broken is not re-read every tick).
+  int write_failures_ ABSL_GUARDED_BY(fail_mu_) = 0;
+  absl::Time reload_at_ ABSL_GUARDED_BY(fail_mu_) = absl::InfinitePast();
 };
 
 }  // namespace zfarm::scheduler

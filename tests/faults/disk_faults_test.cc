@@ -158,11 +158,10 @@ TEST_F(DiskFaultTest, StateDirTurnsReadOnlyNothingAcknowledgedIsLost) {
   EXPECT_TRUE(Files(".tmp").empty());
 }
 
-// DISABLED: reproduces a journal-failure bug in scheduler.cc (being fixed there):
-// a submit whose journal write failed leaves the job in memory, so the client's
-// retry with the same request id (the CLI retries UNAVAILABLE) is answered OK for
-// a job that was never written, and a restart loses it. Enable with that fix.
-TEST_F(DiskFaultTest, DISABLED_RetryOfARefusedSubmitIsNotAcknowledgedUnlessJournaled) {
+// A submit whose journal write failed must not stay in memory: the client's retry
+// with the same request id (the CLI retries UNAVAILABLE) may be answered OK only
+// for a job that is on disk and survives a restart.
+TEST_F(DiskFaultTest, RetryOfARefusedSubmitIsNotAcknowledgedUnlessJournaled) {
   ASSERT_OK_AND_ASSIGN(auto state,
                        ScratchMount::Ext4(dir() + "/state", dir() + "/state.img", 64));
   ScratchMount* disk = state.get();

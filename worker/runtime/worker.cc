@@ -40,7 +40,6 @@ struct Worker::Output {
 
 namespace {
 
-
 // The lease's output path must stay inside the output root.
 absl::Status CheckRelativePath(const std::string& rel) {
   if (rel.empty() || rel[0] == '/' || !absl::EndsWith(rel, ".png")) {
