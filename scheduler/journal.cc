@@ -511,7 +511,7 @@ absl::Status Journal::CheckCommitRecord() {
           record, " and start again", kRecovery));
     }
   }
-  commits_fd_ = ::open(record.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  commits_fd_ = ::open(record.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (commits_fd_ < 0) {
     return absl::FailedPreconditionError(absl::StrCat("journal: cannot open ", record));
   }

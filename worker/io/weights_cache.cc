@@ -114,7 +114,7 @@ absl::StatusOr<std::string> WriteBf16Cache(const std::string& cache_root,
   // One writer per copy (e.g. one worker unit per GPU starting together): the
   // others wait here and then find it written.
   const std::string lock_path = dir + "/.lock";
-  const int lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  const int lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (lock < 0 || ::flock(lock, LOCK_EX) != 0) {
     if (lock >= 0) ::close(lock);
     return absl::FailedPreconditionError(absl::StrCat("--weights-cache: cannot lock ", lock_path));
