@@ -326,10 +326,11 @@ void Scheduler::CommitTxn(Txn& txn, absl::AnyInvocable<void(absl::Status) &&> do
     if (done) std::move(done)(f);
     return;
   }
-  journal_->Append(std::move(txn.ops), [this, after = std::move(txn.after),
+  const bool writes = !txn.ops.empty();  // a barrier proves nothing about the disk
+  journal_->Append(std::move(txn.ops), [this, writes, after = std::move(txn.after),
                                         done = std::move(done)](absl::Status s) mutable {
     if (s.ok()) {
-      {
+      if (writes) {
         absl::MutexLock lock(&fail_mu_);
         write_failures_ = 0;
       }

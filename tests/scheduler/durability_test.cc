@@ -241,5 +241,26 @@ TEST_F(JournalFailureTest, FailedWorkerTransitionsAreReloadedAndTheJobStillRuns)
   EXPECT_EQ(JobsWithRequest("r1"), 1);
 }
 
+TEST_F(JournalFailureTest, ReloadsBackOffWhileWritesKeepFailing) {
+  Open();
+  auto listing = [&] {
+    v1::ListJobsRequest req;
+    return Call<v1::ListJobsResponse>([&](auto cb) { sched_->ListJobs(req, std::move(cb)); })
+        .status();
+  };
+  sched_->journal()->TEST_FailWrites(2, absl::InternalError("injected: disk I/O error"));
+  EXPECT_THAT(Submit("r1"), StatusIs(absl::StatusCode::kUnavailable, ::testing::_));
+  sched_->Tick();  // the first failure reloads at once
+  ASSERT_OK(listing());
+  EXPECT_THAT(Submit("r2"), StatusIs(absl::StatusCode::kUnavailable, ::testing::_));
+  sched_->Tick();  // the second in a row waits 100 ms
+  EXPECT_THAT(listing(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("reloading")));
+  clock_.Advance(absl::Milliseconds(100));
+  sched_->Tick();
+  ASSERT_OK(listing());
+  ASSERT_OK_AND_ASSIGN(auto sub, Submit("r2"));  // writes work again
+  EXPECT_TRUE(sub.created());
+}
+
 }  // namespace
 }  // namespace zfarm::scheduler
