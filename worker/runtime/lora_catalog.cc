@@ -32,8 +32,9 @@ bool LoraCatalog::ScanLocked() {
   std::map<std::string, File> found;
   DIR* d = ::opendir(dir_.c_str());
   if (d == nullptr) {
-    LOG(WARNING) << "event=lora_dir_unreadable dir=" << dir_;
+    if (warned_.insert(dir_).second) LOG(WARNING) << "event=lora_dir_unreadable dir=" << dir_;
   } else {
+    warned_.erase(dir_);
     while (dirent* e = ::readdir(d)) {
       const std::string fname = e->d_name;
       if (!absl::EndsWith(fname, kSuffix) || fname[0] == '.') continue;
@@ -41,7 +42,9 @@ bool LoraCatalog::ScanLocked() {
       std::string why = PlainNameProblem(name);
       if (why.empty() && text::Utf8ErrorOffset(name) >= 0) why = "is not valid UTF-8";
       if (!why.empty() || name.empty()) {
-        LOG(WARNING) << "event=lora_name_skipped file=" << fname << " why=\"" << why << "\"";
+        if (warned_.insert(fname).second) {
+          LOG(WARNING) << "event=lora_name_skipped file=" << fname << " why=\"" << why << "\"";
+        }
         continue;
       }
       File f;
@@ -58,8 +61,10 @@ bool LoraCatalog::ScanLocked() {
       } else {
         absl::StatusOr<std::string> sha = Sha256OfFile(f.path);
         if (!sha.ok()) {
-          LOG(WARNING) << "event=lora_unreadable file=" << f.path << " error=\""
-                       << sha.status().message() << "\"";
+          if (warned_.insert(f.path).second) {
+            LOG(WARNING) << "event=lora_unreadable file=" << f.path << " error=\""
+                         << sha.status().message() << "\"";
+          }
           continue;
         }
         f.sha256 = *sha;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,7 @@ class LoraCatalog {
   std::map<std::string, File> files_ ABSL_GUARDED_BY(mu_);
   int64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // +1 per scan that changed the set
   int64_t reported_ ABSL_GUARDED_BY(mu_) = -1;   // generation_ at the last Refresh()
+  std::set<std::string> warned_ ABSL_GUARDED_BY(mu_);  // logged once, not at every rescan
 };
 
 }  // namespace zfarm::worker
