@@ -3,7 +3,8 @@
 // as active in heartbeats; bad LoRAs (unknown name, truncated file, damaged header, another
 // architecture, scale out of range) fail that job INVALID_REQUEST naming the file and key
 // while the worker stays serving and renders the next job byte-identical to before. The
-// catalogue goes into the hello and, when the directory changes, into one heartbeat.
+// catalogue goes into the hello and, when the directory changes, into one heartbeat; a worker
+// without --lora-dir fails LoRA jobs INVALID_REQUEST.
 #include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -92,7 +93,8 @@ class WorkerLoraTest : public ::testing::Test {
     if (!dir_.empty()) nftw(dir_.c_str(), RemoveEntry, 8, FTW_DEPTH | FTW_PHYS);
   }
 
-  std::unique_ptr<Worker> MakeWorker(const std::string& address, const std::string& output_root) {
+  std::unique_ptr<Worker> MakeWorker(const std::string& address, const std::string& output_root,
+                                     bool lora_dir = true) {
     PipelineOptions po;
     po.model_dir = ZFARM_TINY_MODEL_DIR;
     auto p = Pipeline::Create(po);
@@ -108,7 +110,7 @@ class WorkerLoraTest : public ::testing::Test {
     o.self_test.width = o.self_test.height = 64;
     o.self_test.steps = 1;
     o.self_test.prompt = "self-test";
-    o.loras = *std::move(catalog);
+    if (lora_dir) o.loras = *std::move(catalog);
     SchedulerLink::Options l;
     l.target = address;
     l.initial_backoff = absl::Milliseconds(20);
@@ -236,6 +238,26 @@ TEST_F(WorkerLoraTest, CatalogueInTheHelloAndOnceInAHeartbeatWhenTheDirectoryCha
   }
   ::unlink((dir_ + "/tiny_comfy.safetensors").c_str());
   EXPECT_EQ(w->MakeHeartbeat().lora_catalog().loras_size(), 5);
+}
+
+TEST_F(WorkerLoraTest, WorkerWithoutLoraDirFailsLoraJobsAndRendersOthers) {
+  zfarm::scheduler::ServerOptions so;
+  so.scheduler.heartbeat_interval = absl::Milliseconds(200);
+  ASSERT_OK_AND_ASSIGN(auto farm, TestScheduler::Start(so));
+  FarmClient client(farm->channel());
+  auto w = MakeWorker(farm->address(), farm->output_root(), /*lora_dir=*/false);
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->MakeHello().loras_size(), 0);
+  w->Start();
+  ASSERT_TRUE(zfarm::testing::WaitFor([&] { return w->Serving(); }, absl::Seconds(20)));
+  v1::Job j = client.WaitFinal(client.Submit(LoraSpec({{"tiny_kohya", 1.0f}})), absl::Seconds(30));
+  EXPECT_EQ(j.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(j.error().reason(), v1::FAILURE_REASON_INVALID_REQUEST);
+  EXPECT_THAT(j.error().message(), HasSubstr("spec.loras[0].name: LoRA 'tiny_kohya' requested but "
+                                             "this worker has no --lora-dir"));
+  j = client.WaitFinal(client.Submit(LoraSpec({})), absl::Seconds(30));
+  EXPECT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED);
+  w->Shutdown();
 }
 
 }  // namespace
