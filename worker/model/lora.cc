@@ -113,14 +113,16 @@ absl::StatusOr<std::vector<std::string>> LoraApplier::Apply(const std::vector<En
   }
   std::vector<Applied> want;
   std::set<std::string> names;
-  for (const Entry& e : set) {
+  for (size_t i = 0; i < set.size(); ++i) {
+    const Entry& e = set[i];
     if (!std::isfinite(e.scale) || std::fabs(e.scale) > kMaxLoraScale) {
-      return absl::InvalidArgumentError(absl::StrCat("loras[", e.name, "].scale: ", e.scale,
+      return absl::InvalidArgumentError(absl::StrCat("loras[", i, "].scale: ", e.scale,
                                                      " is outside [", -kMaxLoraScale, ", ",
-                                                     kMaxLoraScale, "]"));
+                                                     kMaxLoraScale, "] (LoRA '", e.name, "')"));
     }
     if (!names.insert(e.name).second) {
-      return absl::InvalidArgumentError(absl::StrCat("loras: '", e.name, "' is listed twice"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("loras[", i, "].name: '", e.name, "' is listed twice"));
     }
     std::string sha = e.sha256;
     if (sha.empty()) {
