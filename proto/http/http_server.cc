@@ -357,6 +357,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   size_t in_flight_credit_ = 0;
   bool writing_ = false;
   std::chrono::steady_clock::time_point write_started_;
+  std::chrono::steady_clock::time_point request_started_;  // its first byte (or accept)
 };
 
 // One request's answer; see internal::Exchange and responder.h.
@@ -556,6 +557,7 @@ void Connection::WaitForRequest() {
   if (buffer_.size() > 0) return ReadHeader();
   if (first_request_) {
     phase_ = Phase::kReading;  // the deadline already counts
+    request_started_ = std::chrono::steady_clock::now();
     Arm(opts_.request_timeout);
     return ReadHeader();
   }
@@ -574,6 +576,7 @@ void Connection::WaitForRequest() {
 void Connection::ReadHeader() {
   if (phase_ != Phase::kReading) {
     phase_ = Phase::kReading;
+    request_started_ = std::chrono::steady_clock::now();
     Arm(opts_.request_timeout);
   }
   first_request_ = false;
@@ -628,6 +631,11 @@ void Connection::OnHeader(ErrorCode ec) {
   body_limit_ =
       route_->options.max_body_bytes > 0 ? route_->options.max_body_bytes : opts_.max_body_bytes;
   if (header_parser_->content_length().value_or(0) > body_limit_) return RefuseBody();
+  if (route_->options.request_timeout > absl::ZeroDuration()) {  // the route's own deadline
+    const absl::Duration spent =
+        absl::FromChrono(std::chrono::steady_clock::now() - request_started_);
+    Arm(std::max(absl::ZeroDuration(), route_->options.request_timeout - spent));
+  }
   auto expect = h.find(bhttp::field::expect);
   if (expect != h.end() && absl::EqualsIgnoreCase(std::string(expect->value()), "100-continue") &&
       h.version() >= 11 && !header_parser_->is_done()) {

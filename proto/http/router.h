@@ -42,6 +42,10 @@ struct RouteOptions {
   // Largest request body; 0 = the server's Options::max_body_bytes. Bigger
   // bodies get 413 before they are read.
   size_t max_body_bytes = 0;
+  // Time for the whole request on this route (header and body, from its
+  // first byte), say for large uploads; 0 = Options::request_timeout. The
+  // header must still arrive within Options::request_timeout.
+  absl::Duration request_timeout = absl::ZeroDuration();
   // Time from the complete request to the answer (or to the start of an event
   // stream); 0 = Options::handler_timeout. Past it the client gets 504
   // DEADLINE_EXCEEDED and the Responder is cancelled.

@@ -204,6 +204,30 @@ TEST(HttpServerLimitsTest, BodyAndHeaderLimitsPerRoute) {
   EXPECT_EQ(big.status, 200);
   EXPECT_EQ(big.body, absl::StrCat(12 << 20));
 
+  // A slow upload: closed at the server's deadline, finished on a route with
+  // a longer one.
+  o.request_timeout = absl::Seconds(1);
+  Router slow_router;
+  slow_router.Add("POST", "/short", [](const Request&) { return Response::Text(200, "short"); });
+  slow_router.Add("POST", "/upload", [](const Request& q) { return Response::Text(200, q.body); },
+                  {.request_timeout = absl::Seconds(20)});
+  ASSERT_OK_AND_ASSIGN(auto slow_srv, HttpServer::Start(o, std::move(slow_router)));
+  for (const std::string path : {"/short", "/upload"}) {
+    RawConn up(slow_srv->port());
+    ASSERT_TRUE(up.Send(absl::StrCat("POST ", path, " HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n")));
+    // One byte per 100 ms: at least 2 s, twice the server's deadline (pacing,
+    // not an assertion).
+    for (int i = 0; i < 20 && up.Send("u"); ++i) absl::SleepFor(absl::Milliseconds(100));
+    HttpResponse got = up.ReadResponse();
+    if (path == "/short") {
+      EXPECT_EQ(got.status, 0);  // closed without an answer
+      EXPECT_TRUE(up.eof());
+    } else {
+      EXPECT_EQ(got.status, 200);
+      EXPECT_EQ(got.body, std::string(20, 'u'));
+    }
+  }
+
   HttpResponse fat_header =
       Http(srv->port(), "GET", "/hello", "", absl::StrCat("X-Fat: ", std::string(8000, 'h'), "\r\n"));
   EXPECT_EQ(fat_header.status, 431);
