@@ -288,7 +288,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Start();
   // Runs fn(*this) on this connection's strand unless the server stopped.
   // Called from any thread through a weak pointer.
-  static void Run(const std::shared_ptr<Gate>& gate, const std::weak_ptr<Connection>& weak,
+  // False when it was not posted (server stopped, connection gone).
+  static bool Run(const std::shared_ptr<Gate>& gate, const std::weak_ptr<Connection>& weak,
                   std::function<void(Connection&)> fn);
   // On the strand:
   void Respond(ExchangeImpl* x, Response r);
@@ -387,19 +388,30 @@ class ExchangeImpl : public internal::Exchange,
     return true;
   }
   bool Write(std::string bytes) override {
+    std::vector<std::function<void()>> callbacks;
     bool overflow = false;
     {
       absl::MutexLock l(&mu_);
       if (!streaming_ || ended_ || cancelled_) return false;
-      if (queued_ + bytes.size() > max_buffer_) {
-        overflow = true;
-      } else {
+      overflow = queued_ + bytes.size() > max_buffer_;
+      if (!overflow) {
         queued_ += bytes.size();
+      } else {
+        // Cancelled here, not when Close runs: an End() in between (say, the
+        // last handle going) must not turn the cut-off into a clean end.
+        cancelled_ = true;
+        callbacks.swap(on_cancel_);
       }
     }
     if (overflow) {
       LOG(WARNING) << "event=http_stream_overflow limit=" << max_buffer_;
-      Connection::Run(gate_, conn_, [](Connection& c) { c.Close(); });
+      auto close = [callbacks](Connection& c) {
+        for (const auto& cb : callbacks) cb();
+        c.Close();
+      };
+      if (!Connection::Run(gate_, conn_, close)) {
+        for (const auto& cb : callbacks) cb();  // already closed or stopping
+      }
       return false;
     }
     Connection::Run(gate_, conn_, [this, self = Self(), b = std::move(bytes)](
@@ -463,18 +475,19 @@ class ExchangeImpl : public internal::Exchange,
   std::vector<std::function<void()>> on_cancel_ ABSL_GUARDED_BY(mu_);
 };
 
-void Connection::Run(const std::shared_ptr<Gate>& gate, const std::weak_ptr<Connection>& weak,
+bool Connection::Run(const std::shared_ptr<Gate>& gate, const std::weak_ptr<Connection>& weak,
                      std::function<void(Connection&)> fn) {
   // The lock keeps the io_context alive while posting and while the last
   // reference to the connection may drop here.
   absl::ReaderMutexLock l(&gate->mu);
-  if (!gate->open) return;
+  if (!gate->open) return false;
   std::shared_ptr<Connection> c = weak.lock();
-  if (c == nullptr) return;
+  if (c == nullptr) return false;
   auto ex = c->stream_.get_executor();
   asio::post(ex, [c = std::move(c), fn = std::move(fn)] {
     if (!c->Closed()) fn(*c);
   });
+  return true;
 }
 
 void Connection::Arm(absl::Duration d) {
