@@ -27,6 +27,7 @@
 #include "scheduler/server.h"
 #include "tests/testing/farm_client.h"
 #include "tests/testing/farm_processes.h"
+#include "tests/testing/mounts.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/test_certs.h"
@@ -254,16 +255,8 @@ TEST_F(FarmTest, DoctorPassesOnTheTinyModelAndNamesABrokenFile) {
 TEST_F(FarmTest, FullOutputDiskFailsTheJobCleanlyAndTheWorkerStaysHealthy) {
   // The output root is a 4 MiB tmpfs (mounted by the test: it runs as root, like CI).
   const std::string root = dir_ + "/out";
+  ASSERT_OK_AND_ASSIGN(auto tmpfs, zfarm::testing::ScratchMount::Tmpfs(root, "4m"));
   int status = 0;
-  RunCommand("mount -t tmpfs -o size=4m zfarm-e2e " + root + " 2>&1", &status);
-  ASSERT_EQ(status, 0) << "mounting a tmpfs needs root";
-  struct Unmount {
-    std::string path;
-    ~Unmount() {
-      int s = 0;
-      RunCommand("umount -l " + path, &s);
-    }
-  } unmount{root};
   StartScheduler();
   // --min-free-disk-mb=0 lets the write itself hit ENOSPC.
   StartWorker("w1", {"--min-free-disk-mb=0"});
@@ -277,7 +270,7 @@ TEST_F(FarmTest, FullOutputDiskFailsTheJobCleanlyAndTheWorkerStaysHealthy) {
   v1::Job j = WaitFinal(Submit(2));
   EXPECT_EQ(j.state(), v1::JOB_STATE_FAILED);
   // Caught before rendering (free space below the image's raw size); a disk that
-  // fills during the write fails the same way with ENOSPC ("No space left on device").
+  // fills during the write fails with ENOSPC (faults_disk_test).
   EXPECT_NE(j.error().message().find("output disk full"), std::string::npos) << j.error().message();
   EXPECT_TRUE(Files(".png").empty());
   EXPECT_TRUE(Files(".tmp").empty());
