@@ -3,7 +3,9 @@
 // open on recent jobs (each to a final state, then the next), F fake workers
 // render everything. Checks: no acknowledged job lost, none run twice (one
 // accepted commit per job), every watch stream ends in SUCCEEDED. Reports p50/p99/
-// max submit latency and the scheduler's RSS over time. Exit 0 = all checks held.
+// max submit latency and the scheduler's RSS over time. --stalled_watchers adds
+// WatchJobs streams that never read (stuck clients); --max_rss_growth_mb turns the
+// RSS report into a check. Exit 0 = all checks held.
 //
 //   zfarm_load --duration_s=600 --jobs=10000 --clients=20 --watchers=200   # by hand
 //   ctest -L load                                       # 60 s smoke (1,000 jobs)
@@ -41,6 +43,12 @@ ABSL_FLAG(int, watchers, 200, "Concurrent WatchJob streams");
 ABSL_FLAG(int, workers, 16, "Fake workers (capacity 2 each)");
 ABSL_FLAG(std::string, scheduler_bin, ZFARM_SCHEDULER_BIN, "zfarm-scheduler binary");
 ABSL_FLAG(std::string, work_dir, "", "State/output dir (default: a fresh temp dir, removed)");
+ABSL_FLAG(int, stalled_watchers, 0,
+          "WatchJobs streams on a label every job carries that never read (a stuck or "
+          "overloaded client; each on its own connection), held open until the end");
+ABSL_FLAG(int, max_rss_growth_mb, 0,
+          "Fail when the scheduler's RSS grows by more than this from the end of the first "
+          "quarter of the run to the end of the submits (0 = report only)");
 ABSL_FLAG(int, max_finished_jobs, 0,
           "Pass --max-finished-jobs to the scheduler (0 = its default); jobs pruned by the cap "
           "count as kept when they ran exactly once and their PNG exists");
@@ -154,7 +162,7 @@ int main(int argc, char** argv) {
   std::map<std::string, int> accepted;             // job -> accepted commits
   std::map<std::string, std::string> output_path;  // job -> its PNG
   std::atomic<int> submit_errors{0}, worker_errors{0}, watch_errors{0}, watch_done{0},
-      watch_not_succeeded{0};
+      watch_not_succeeded{0}, watch_refused{0};
   std::atomic<bool> submits_over{false}, stop{false};
 
   // RSS sampler (every second).
@@ -215,6 +223,7 @@ int main(int argc, char** argv) {
         r.mutable_spec()->set_prompt(absl::StrCat("load test job ", n));
         r.mutable_spec()->set_steps(2);
         (*r.mutable_spec()->mutable_labels())["client"] = absl::StrCat(c);
+        (*r.mutable_spec()->mutable_labels())["run"] = "load";
         v1::SubmitJobResponse resp;
         absl::Time start = absl::Now();
         grpc::Status s;
@@ -270,6 +279,12 @@ int main(int argc, char** argv) {
         // Already final when the stream opened: pick a fresher job after a pause.
         if (events <= 1) absl::SleepFor(absl::Milliseconds(200));
         grpc::Status s = reader->Finish();
+        if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+          // --max-watchers-per-job: the documented answer is "retry later".
+          ++watch_refused;
+          absl::SleepFor(absl::Seconds(1));
+          continue;
+        }
         if (!s.ok()) {
           ++watch_errors;
           std::fprintf(stderr, "watch %s: %s\n", id.c_str(), s.error_message().c_str());
@@ -282,8 +297,52 @@ int main(int argc, char** argv) {
     });
   }
 
+  // Stalled watchers: open, never read (their server-side event queues are what
+  // --max_rss_growth_mb bounds).
+  struct Stalled {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::JobService::Stub> stub;
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader;
+  };
+  // Their label also matches a job no worker can take (it needs a model nobody
+  // has), so the streams stay open until it is cancelled after the submits.
+  std::vector<std::unique_ptr<Stalled>> stalled;
+  std::string pinned;
+  if (absl::GetFlag(FLAGS_stalled_watchers) > 0) {
+    auto stub = v1::JobService::NewStub(channels[0]);
+    v1::SubmitJobRequest r;
+    r.mutable_spec()->set_prompt("pinned: keeps the stalled watchers' streams open");
+    r.mutable_spec()->set_model("zfarm-load-no-such-model");
+    (*r.mutable_spec()->mutable_labels())["run"] = "load";
+    v1::SubmitJobResponse resp;
+    grpc::Status s = stub->SubmitJob(Ctx().get(), r, &resp);
+    if (!s.ok()) {
+      std::fprintf(stderr, "zfarm_load: pinned job: %s\n", s.error_message().c_str());
+      return 1;
+    }
+    pinned = resp.job().job_id();
+  }
+  for (int i = 0; i < absl::GetFlag(FLAGS_stalled_watchers); ++i) {
+    auto st = std::make_unique<Stalled>();
+    args.SetInt("zfarm.load.channel", 100 + i);
+    st->channel = grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+    st->stub = v1::JobService::NewStub(st->channel);
+    v1::WatchJobsRequest req;
+    req.set_label("run=load");
+    st->reader = st->stub->WatchJobs(&st->ctx, req);
+    stalled.push_back(std::move(st));
+  }
+
   for (auto& t : client_threads) t.join();
   const double submit_s = absl::ToDoubleSeconds(absl::Now() - t0);
+  const int64_t rss_after_submits = RssKb(sched.pid());
+  if (!pinned.empty()) {
+    v1::CancelJobRequest cr;
+    cr.set_job_id(pinned);
+    v1::CancelJobResponse cresp;
+    v1::JobService::NewStub(channels[0])->CancelJob(Ctx().get(), cr, &cresp).IgnoreError();
+  }
   // Drain: wait until every acknowledged job is final (bounded).
   auto stub = v1::JobService::NewStub(channels[0]);
   std::map<v1::JobState, int> by_state;
@@ -312,6 +371,13 @@ int main(int argc, char** argv) {
   }
   submits_over = true;
   for (auto& t : watcher_threads) t.join();
+  int stalled_events = 0;
+  for (auto& st : stalled) {
+    st->ctx.TryCancel();
+    for (v1::JobEvent ev; st->reader->Read(&ev);) ++stalled_events;
+    st->reader->Finish().IgnoreError();
+  }
+  stalled.clear();
   stop = true;
   for (auto& t : worker_threads) t.join();
   sampler.join();
@@ -341,6 +407,16 @@ int main(int argc, char** argv) {
   }
   int64_t rss_peak = 0, rss_start = rss.empty() ? -1 : rss.front().second;
   for (const auto& [t, kb] : rss) rss_peak = std::max(rss_peak, kb);
+  // RSS once warm (the first sample after a quarter of the submit phase).
+  int64_t rss_warm = rss_start;
+  for (const auto& [t, kb] : rss) {
+    if (t >= submit_s / 4) {
+      rss_warm = kb;
+      break;
+    }
+  }
+  const double growth_mb = (rss_after_submits - rss_warm) / 1024.0;
+  const int max_growth = absl::GetFlag(FLAGS_max_rss_growth_mb);
   std::printf("zfarm_load: submitted %zu/%d in %.1f s (submit errors %d), listed %zu\n",
               acked_set.size(), total, submit_s, submit_errors.load(), listed.size());
   std::printf("  states: succeeded %d, failed %d, cancelled %d, other %zu\n",
@@ -350,8 +426,10 @@ int main(int argc, char** argv) {
                   by_state[v1::JOB_STATE_CANCELLED]);
   std::printf("  lost %d, duplicated %d, never ran %d, worker errors %d, pruned by the cap %d\n",
               lost, dup, never_ran, worker_errors.load(), pruned);
-  std::printf("  watch streams finished %d (not SUCCEEDED %d, errors %d)\n", watch_done.load(),
-              watch_not_succeeded.load(), watch_errors.load());
+  std::printf("  watch streams finished %d (not SUCCEEDED %d, errors %d, refused by "
+              "--max-watchers-per-job and retried %d)\n",
+              watch_done.load(), watch_not_succeeded.load(), watch_errors.load(),
+              watch_refused.load());
   std::printf("  submit latency ms: p50 %.2f p99 %.2f max %.2f (n=%zu)\n",
               Percentile(latency_ms, 0.5), Percentile(latency_ms, 0.99),
               Percentile(latency_ms, 1.0), latency_ms.size());
@@ -361,12 +439,17 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < rss.size(); i += step) {
     std::printf(" %.0fs=%.1f", rss[i].first, rss[i].second / 1024.0);
   }
-  std::printf("\n  scheduler exit status %d\n", status);
+  std::printf("\n  scheduler RSS growth from %.0f s to the end of the submits: %.1f MiB (limit %s)\n",
+              submit_s / 4, growth_mb,
+              max_growth > 0 ? absl::StrCat(max_growth, " MiB").c_str() : "none");
+  std::printf("  stalled watchers %d (events buffered client-side when cancelled: %d)\n",
+              absl::GetFlag(FLAGS_stalled_watchers), stalled_events);
+  std::printf("  scheduler exit status %d\n", status);
   bool ok = lost == 0 && dup == 0 && never_ran == 0 && submit_errors == 0 &&
             static_cast<int>(acked_set.size()) == total &&
             by_state[v1::JOB_STATE_SUCCEEDED] + pruned == total && watch_errors == 0 &&
             watch_not_succeeded == 0 && watch_done > 0 && worker_errors == 0 && WIFEXITED(status) &&
-            WEXITSTATUS(status) == 0;
+            WEXITSTATUS(status) == 0 && (max_growth <= 0 || growth_mb <= max_growth);
   std::printf("zfarm_load: %s\n", ok ? "PASS" : "FAIL");
   if (own_dir && ok) fs::remove_all(dir);
   return ok ? 0 : 1;
