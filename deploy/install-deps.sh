@@ -16,8 +16,8 @@ pkgs=(
   libtorch-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev
-  # test prerequisites: the tokenizer reference (node), syscall tracing, clock faults, netns
-  strace faketime iproute2 openssl curl procps python3 python3-yaml systemd sqlite3
+  # test prerequisites: the tokenizer reference (node), clock faults, netns, loop-mounted ext4
+  faketime iproute2 e2fsprogs util-linux openssl curl procps python3 python3-yaml systemd sqlite3
 )
 missing=()
 for p in "${pkgs[@]}"; do
