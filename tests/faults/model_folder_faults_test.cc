@@ -106,7 +106,7 @@ std::vector<Fault> Faults() {
        [](const std::string& m) {
          EditJson(m + "/transformer/config.json", [](json& j) { j["n_layers"] = 3; });
        },
-       {"transformer", "missing key", "layers.2."},
+       {"transformer/config.json", "missing key", "layers.2."},
        false},
   };
 }

@@ -62,9 +62,12 @@ absl::Status LoadImpl(torch::nn::Module& module, const WeightSet& weights, const
     std::vector<std::string> first(missing.begin(), missing.end());
     const size_t n = first.size();
     if (first.size() > 5) first.resize(5);
-    return absl::InvalidArgumentError(absl::StrCat(spec.component, ": ", n,
-                                                   " missing key(s) in the checkpoint, e.g. '",
-                                                   absl::StrJoin(first, "', '"), "'"));
+    // The model was built from <component>/config.json: it names more weights than
+    // the shards hold (e.g. n_layers larger than the checkpoint's).
+    return absl::InvalidArgumentError(absl::StrCat(
+        spec.component, ": ", n, " missing key(s) in the checkpoint, e.g. '",
+        absl::StrJoin(first, "', '"), "' (", spec.component,
+        "/config.json describes a model its weight files do not hold)"));
   }
   return absl::OkStatus();
 }
