@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -114,6 +115,12 @@ TEST_F(OfflineTest, TheWorkerDialsNothingButTheScheduler) {
   if (UseNetns()) {
     ASSERT_OK_AND_ASSIGN(ns_, VethNamespace::Create());
     listen_host_ = ns_->root_ip();  // the scheduler listens on the veth end only
+    // The namespace's only route is the veth /30 (no default route).
+    const std::string routes =
+        zfarm::testing::RunCommand("ip -n " + ns_->name() + " route show 2>&1").out;
+    EXPECT_EQ(routes.find("default"), std::string::npos) << routes;
+    EXPECT_EQ(std::count(routes.begin(), routes.end(), '\n'), 1) << routes;
+    EXPECT_NE(routes.find("/30 dev "), std::string::npos) << routes;
   }
   StartScheduler();
   if (HasFatalFailure()) return;
