@@ -114,6 +114,18 @@ struct RestGateway::Impl {
   }
 
   Response Submit(const Request& http) {
+    // The body is JSON. No Content-Type, and application/x-www-form-urlencoded
+    // (what `curl -d` sends by default), are read as JSON; any other type is
+    // refused rather than guessed at.
+    if (const std::string* type = http.Header("Content-Type"); type != nullptr) {
+      const std::string media = absl::AsciiStrToLower(
+          absl::StripAsciiWhitespace(absl::string_view(*type).substr(0, type->find(';'))));
+      if (media != "application/json" && media != "application/x-www-form-urlencoded") {
+        return Response::Error(415, "INVALID_ARGUMENT",
+                               absl::StrCat("Content-Type: \"", media,
+                                            "\" is not accepted; send application/json"));
+      }
+    }
     zfarm::v1::SubmitJobRequest req;
     auto parsed = google::protobuf::util::JsonStringToMessage(http.body, &req);
     if (!parsed.ok()) {
