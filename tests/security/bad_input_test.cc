@@ -295,6 +295,39 @@ TEST_F(BadInputTest, BatchAndQueryLimitsOverGrpc) {
   EXPECT_THAT(s.error_message(), HasSubstr("selector: set batch_id or label"));
 }
 
+TEST_F(BadInputTest, WatchersBeyondThePerJobCapAreRefusedNamingTheFlag) {
+  v1::SubmitJobResponse resp;
+  v1::SubmitJobRequest r = Good();
+  r.mutable_spec()->set_model("no-worker-has-this-model");  // stays QUEUED
+  ASSERT_TRUE(stub_->SubmitJob(TestContext().get(), r, &resp).ok());
+  v1::WatchJobRequest w;
+  w.set_job_id(resp.job().job_id());
+  struct Stream {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader;
+  };
+  std::vector<std::unique_ptr<Stream>> open;
+  for (int i = 0; i < 256; ++i) {  // --max-watchers-per-job's default
+    open.push_back(std::make_unique<Stream>());
+    open.back()->reader = stub_->WatchJob(&open.back()->ctx, w);
+    v1::JobEvent snapshot;
+    ASSERT_TRUE(open.back()->reader->Read(&snapshot)) << "watcher " << i;
+  }
+  auto ctx = TestContext();
+  auto extra = stub_->WatchJob(ctx.get(), w);
+  v1::JobEvent ev;
+  EXPECT_FALSE(extra->Read(&ev));
+  grpc::Status s = extra->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("--max-watchers-per-job=256"));
+  for (auto& st : open) st->ctx.TryCancel();
+  for (auto& st : open) {
+    while (st->reader->Read(&ev)) {
+    }
+    st->reader->Finish().IgnoreError();
+  }
+}
+
 // SubmitJob with raw request bytes (the C++ client refuses to serialize a proto3
 // string that is not UTF-8): SubmitJobRequest{spec: JobSpec{prompt: `prompt`}}.
 grpc::Status RawSubmit(const std::shared_ptr<grpc::Channel>& channel, const std::string& prompt) {
