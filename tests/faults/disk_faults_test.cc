@@ -160,24 +160,32 @@ TEST_F(DiskFaultTest, StateDirTurnsReadOnlyNothingAcknowledgedIsLost) {
 
 // A submit whose journal write failed must not stay in memory: the client's retry
 // with the same request id (the CLI retries UNAVAILABLE) may be answered OK only
-// for a job that is on disk and survives a restart.
+// for a job that is on disk and survives a restart. Likewise a cancel is
+// acknowledged only if it survives the restart.
 TEST_F(DiskFaultTest, RetryOfARefusedSubmitIsNotAcknowledgedUnlessJournaled) {
   ASSERT_OK_AND_ASSIGN(auto state,
                        ScratchMount::Ext4(dir() + "/state", dir() + "/state.img", 64));
   ScratchMount* disk = state.get();
   mounts_.push_back(std::move(state));
   StartScheduler();
+  std::string queued;
+  ASSERT_TRUE(TrySubmit("queued-before", 2, &queued).ok());  // no worker: stays QUEUED
   ASSERT_OK(disk->BreakToReadOnly());
   std::string id;
   grpc::Status first = TrySubmit("retried", 2, &id);
   EXPECT_FALSE(first.ok());
   grpc::Status retry = TrySubmit("retried", 2, &id);
+  // A cancel that cannot be journaled either fails or, once acknowledged, holds.
+  const bool cancel_acked = client_->Cancel(queued);
   StopScheduler();
   ASSERT_OK(disk->Repair());
   StartScheduler(port_);
   if (retry.ok()) {  // acknowledged: it must have survived the restart
     EXPECT_TRUE(ListedJobs().count(id)) << "job " << id << " was acknowledged and is gone";
   }
+  EXPECT_EQ(GetJob(queued).state() == v1::JOB_STATE_CANCELLED, cancel_acked)
+      << "cancel acknowledged: " << cancel_acked << ", state after restart: "
+      << v1::JobState_Name(GetJob(queued).state());
 }
 
 }  // namespace
