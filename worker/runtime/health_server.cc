@@ -47,7 +47,9 @@ HealthServer::~HealthServer() {
 }
 
 void HealthServer::SetServing(bool serving) {
-  server_->GetHealthCheckService()->SetServingStatus(serving);
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus("", serving);
+  health->SetServingStatus(kLivenessService, true);
 }
 
 }  // namespace zfarm::worker

@@ -19,6 +19,11 @@
 
 namespace zfarm::worker {
 
+// The service name a liveness probe asks for: SERVING for as long as the process answers gRPC,
+// whatever the readiness state. The empty name ("") carries readiness (SERVING only when warm,
+// connected and healthy), so a drained or warming worker is taken out of rotation, never killed.
+inline constexpr char kLivenessService[] = "zfarm.v1.Liveness";
+
 class HealthServer {
  public:
   // Binds `address` (HOST:PORT; port 0 picks one). `credentials` null = plaintext.
@@ -28,6 +33,7 @@ class HealthServer {
   HealthServer(const HealthServer&) = delete;
   HealthServer& operator=(const HealthServer&) = delete;
 
+  // Sets readiness (the "" service); kLivenessService stays SERVING.
   void SetServing(bool serving);
   // The bound address, e.g. "127.0.0.1:43121".
   const std::string& address() const { return address_; }
