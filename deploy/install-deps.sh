@@ -9,7 +9,7 @@ pkgs=(
   build-essential cmake ninja-build pkg-config ccache clang libclang-rt-14-dev git
   # RPC, storage, images, metrics, logging, JSON, Unicode, crypto
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libsqlite3-dev libpng-dev prometheus-cpp-dev libcivetweb-dev libcpp-httplib-dev
+  libabsl-dev libsqlite3-dev libpng-dev libjpeg62-turbo-dev prometheus-cpp-dev libcivetweb-dev libcpp-httplib-dev
   libboost-dev
   libgoogle-glog-dev libgflags-dev nlohmann-json3-dev libicu-dev libssl-dev zlib1g-dev
   # the worker's model runtime (CPU libtorch 1.13)
