@@ -1426,7 +1426,7 @@ std::vector<v1::WorkerInfo> Scheduler::ListWorkers(const std::string& owner_filt
   return out;
 }
 
-absl::StatusOr<v1::WorkerInfo> Scheduler::DrainWorker(const std::string& worker_name) {
+absl::StatusOr<Scheduler::WorkerChange> Scheduler::DrainWorker(const std::string& worker_name) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(worker_name);
   if (it == workers_.end()) {
@@ -1436,6 +1436,7 @@ absl::StatusOr<v1::WorkerInfo> Scheduler::DrainWorker(const std::string& worker_
   if (w.state == v1::WORKER_STATE_LOST) {
     return absl::FailedPreconditionError(absl::StrCat("worker ", worker_name, " is LOST"));
   }
+  if (w.state == v1::WORKER_STATE_DRAINING) return WorkerChange{WorkerInfoLocked(w, ""), false};
   w.state = v1::WORKER_STATE_DRAINING;
   free_workers_.erase(worker_name);
   if (w.sink) {
@@ -1444,7 +1445,32 @@ absl::StatusOr<v1::WorkerInfo> Scheduler::DrainWorker(const std::string& worker_
     w.sink->Send(m);
   }
   LOG(INFO) << "event=worker_drain worker=" << worker_name;
-  return WorkerInfoLocked(w, "");
+  return WorkerChange{WorkerInfoLocked(w, ""), true};
+}
+
+absl::StatusOr<Scheduler::WorkerChange> Scheduler::ResumeWorker(const std::string& worker_name) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_name);
+  if (it == workers_.end()) {
+    return absl::NotFoundError(absl::StrCat("worker_name: no worker \"", worker_name, "\""));
+  }
+  Worker& w = *it->second;
+  if (w.state != v1::WORKER_STATE_DRAINING) return WorkerChange{WorkerInfoLocked(w, ""), false};
+  w.state = v1::WORKER_STATE_READY;
+  Txn txn;
+  if (w.sink) {
+    // Resume goes out before any new assignment (DispatchLocked's sends run
+    // after the commit), so the worker accepts them.
+    v1::SchedulerMessage m;
+    m.mutable_resume();
+    w.sink->Send(m);
+    if (static_cast<int>(w.leases.size()) < w.hello.capacity()) free_workers_.insert(worker_name);
+  }
+  LOG(INFO) << "event=worker_resume worker=" << worker_name;
+  WorkerChange out{WorkerInfoLocked(w, ""), true};
+  DispatchLocked(txn);
+  CommitTxn(txn, nullptr);
+  return out;
 }
 
 // ---------------------------------------------------------------- periodic

@@ -176,7 +176,19 @@ class Scheduler {
   // ---- AdminService. With an `owner_filter` (a submitter) current_job_ids lists
   // only that owner's jobs.
   std::vector<zfarm::v1::WorkerInfo> ListWorkers(const std::string& owner_filter = "");
-  absl::StatusOr<zfarm::v1::WorkerInfo> DrainWorker(const std::string& worker_name);
+  // The worker after a DrainWorker / ResumeWorker, and whether the call changed it.
+  struct WorkerChange {
+    zfarm::v1::WorkerInfo worker;
+    bool changed = false;
+  };
+  // Stops assigning to the worker (it finishes what it holds; Drain is sent to it).
+  // Already draining: changed=false. NOT_FOUND naming an unknown worker;
+  // FAILED_PRECONDITION for a LOST one.
+  absl::StatusOr<WorkerChange> DrainWorker(const std::string& worker_name);
+  // Undoes DrainWorker: the worker is READY and takes leases again (Resume is sent
+  // to it). A worker that is not draining (READY, UNHEALTHY, LOST) is returned
+  // with changed=false. NOT_FOUND naming an unknown worker.
+  absl::StatusOr<WorkerChange> ResumeWorker(const std::string& worker_name);
 
   // Periodic work: deadlines, heartbeat expiry, retention, metrics gauges.
   void Tick();

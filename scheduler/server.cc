@@ -631,8 +631,31 @@ class SchedulerServer::Services {
         return reactor;
       }
       auto w = core_->DrainWorker(req->worker_name());
-      if (w.ok()) *resp->mutable_worker() = *std::move(w);
+      if (w.ok()) {
+        *resp->mutable_worker() = std::move(w->worker);
+        resp->set_changed(w->changed);
+      }
       Audit(caller->principal, "DrainWorker", target, w.status());
+      reactor->Finish(ToGrpcStatus(w.status()));
+      return reactor;
+    }
+    grpc::ServerUnaryReactor* ResumeWorker(grpc::CallbackServerContext* ctx,
+                                           const v1::ResumeWorkerRequest* req,
+                                           v1::ResumeWorkerResponse* resp) override {
+      auto* reactor = ctx->DefaultReactor();
+      const std::string target = absl::StrCat("job=- worker=", req->worker_name());
+      auto caller = Auth(auth_.get(), "ResumeWorker", ctx);
+      if (!caller.ok()) {
+        Audit("-", "ResumeWorker", target, caller.status());
+        reactor->Finish(ToGrpcStatus(caller.status()));
+        return reactor;
+      }
+      auto w = core_->ResumeWorker(req->worker_name());
+      if (w.ok()) {
+        *resp->mutable_worker() = std::move(w->worker);
+        resp->set_changed(w->changed);
+      }
+      Audit(caller->principal, "ResumeWorker", target, w.status());
       reactor->Finish(ToGrpcStatus(w.status()));
       return reactor;
     }
@@ -664,7 +687,7 @@ absl::StatusOr<Caller> TokenAuthorizer::Authorize(
   if (method == "Connect") {
     allowed = role == security::Role::kWorker || role == security::Role::kAdmin;
     needs = "worker or admin";
-  } else if (method == "DrainWorker") {
+  } else if (method == "DrainWorker" || method == "ResumeWorker") {
     allowed = role == security::Role::kAdmin;
     needs = "admin";
   } else {  // JobService and ListWorkers

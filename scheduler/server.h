@@ -72,7 +72,7 @@ class AllowAllAuthorizer final : public Authorizer {
 // Bearer tokens ("authorization: Bearer <token>") from a security::TokenStore,
 // and roles:
 //   submitter: JobService (its own jobs only) and ListWorkers;
-//   admin:     everything, every principal's jobs, DrainWorker;
+//   admin:     everything, every principal's jobs, DrainWorker, ResumeWorker;
 //   worker:    WorkerService.Connect only.
 // Missing or unknown token -> UNAUTHENTICATED; wrong role -> PERMISSION_DENIED
 // naming the method and role. Tokens are never logged.

@@ -309,6 +309,62 @@ TEST_F(SchedulerCoreTest, OutOfMemoryRetriesOnlyOnBiggerWorker) {
   EXPECT_EQ(lb[0].lease().job_id(), sub.job().job_id());
 }
 
+TEST_F(SchedulerCoreTest, DrainAndResumeWorker) {
+  Open();
+  auto a = std::make_shared<RecordingSink>();
+  Connect("a", a);
+  ASSERT_OK_AND_ASSIGN(Scheduler::WorkerChange d, sched_->DrainWorker("a"));
+  EXPECT_TRUE(d.changed);
+  EXPECT_EQ(d.worker.state(), v1::WORKER_STATE_DRAINING);
+  EXPECT_EQ(a->Take(v1::SchedulerMessage::kDrain).size(), 1u);
+  // Draining again changes nothing and sends nothing.
+  ASSERT_OK_AND_ASSIGN(d, sched_->DrainWorker("a"));
+  EXPECT_FALSE(d.changed);
+  EXPECT_EQ(d.worker.state(), v1::WORKER_STATE_DRAINING);
+  EXPECT_TRUE(a->Take(v1::SchedulerMessage::kDrain).empty());
+  ASSERT_OK_AND_ASSIGN(auto sub, Submit("while-drained"));
+  EXPECT_TRUE(a->TakeLeases().empty());
+
+  // Resume: READY again, Resume is sent, and the queued job is assigned.
+  ASSERT_OK_AND_ASSIGN(Scheduler::WorkerChange r, sched_->ResumeWorker("a"));
+  EXPECT_TRUE(r.changed);
+  EXPECT_EQ(r.worker.state(), v1::WORKER_STATE_READY);
+  Sync();
+  EXPECT_EQ(a->Take(v1::SchedulerMessage::kResume).size(), 1u);
+  auto leases = a->TakeLeases();
+  ASSERT_EQ(leases.size(), 1u);
+  EXPECT_EQ(leases[0].lease().job_id(), sub.job().job_id());
+
+  // Not draining: OK, unchanged, nothing sent.
+  ASSERT_OK_AND_ASSIGN(r, sched_->ResumeWorker("a"));
+  EXPECT_FALSE(r.changed);
+  EXPECT_EQ(r.worker.state(), v1::WORKER_STATE_READY);
+  EXPECT_TRUE(a->Take(v1::SchedulerMessage::kResume).empty());
+
+  EXPECT_THAT(sched_->ResumeWorker("nobody").status(),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("\"nobody\"")));
+  EXPECT_THAT(sched_->DrainWorker("nobody").status(),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("\"nobody\"")));
+}
+
+TEST_F(SchedulerCoreTest, ResumeLeavesAnUnhealthyOrLostWorkerAsItIs) {
+  Open();
+  auto a = std::make_shared<RecordingSink>();
+  uint64_t sa = Connect("a", a);
+  v1::WorkerMessage m;
+  m.mutable_status()->set_healthy(false);
+  ASSERT_OK(Msg(sa, m));
+  ASSERT_OK_AND_ASSIGN(Scheduler::WorkerChange r, sched_->ResumeWorker("a"));
+  EXPECT_FALSE(r.changed);
+  EXPECT_EQ(r.worker.state(), v1::WORKER_STATE_UNHEALTHY);
+  sched_->WorkerDisconnected(sa, "gone");
+  Sync();
+  ASSERT_OK_AND_ASSIGN(r, sched_->ResumeWorker("a"));
+  EXPECT_FALSE(r.changed);
+  EXPECT_EQ(r.worker.state(), v1::WORKER_STATE_LOST);
+  EXPECT_TRUE(a->Take(v1::SchedulerMessage::kResume).empty());
+}
+
 TEST_F(SchedulerCoreTest, CancelQueuedAndRunning) {
   Open();
   ASSERT_OK_AND_ASSIGN(auto run, Submit("run"));

@@ -124,6 +124,14 @@ TEST_F(SecurityTest, MissingOrWrongTokenIsUnauthenticatedWrongRoleIsDenied) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   s = admin_->DrainWorker(Ctx(kAdmin).get(), dr, &dresp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);  // allowed; no such worker
+  v1::ResumeWorkerRequest rr;
+  rr.set_worker_name("w1");
+  v1::ResumeWorkerResponse rresp;
+  s = admin_->ResumeWorker(Ctx(kAlice).get(), rr, &rresp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("ResumeWorker"));
+  s = admin_->ResumeWorker(Ctx(kAdmin).get(), rr, &rresp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);  // allowed; no such worker
   // A submitter cannot connect as a worker; the worker token can.
   FakeWorker::Options wo;
   wo.name = "w1";

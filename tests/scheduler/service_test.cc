@@ -344,8 +344,27 @@ TEST_F(ServiceTest, AdminListAndDrain) {
   ASSERT_OK(w->NextMessage(v1::SchedulerMessage::kDrain).status());
   Submit("not-for-drained");
   EXPECT_FALSE(w->NextLease(absl::Milliseconds(200)).ok());
+  EXPECT_TRUE(dresp.changed());
+  ASSERT_TRUE(admin_->DrainWorker(Ctx().get(), dr, &dresp).ok());
+  EXPECT_FALSE(dresp.changed());  // already draining
   dr.set_worker_name("nobody");
   EXPECT_EQ(admin_->DrainWorker(Ctx().get(), dr, &dresp).error_code(), grpc::StatusCode::NOT_FOUND);
+
+  // Resume: the worker hears it and gets the job that waited.
+  v1::ResumeWorkerRequest rr;
+  rr.set_worker_name("drain-me");
+  v1::ResumeWorkerResponse rresp;
+  ASSERT_TRUE(admin_->ResumeWorker(Ctx().get(), rr, &rresp).ok());
+  EXPECT_TRUE(rresp.changed());
+  EXPECT_EQ(rresp.worker().state(), v1::WORKER_STATE_READY);
+  ASSERT_OK(w->NextMessage(v1::SchedulerMessage::kResume).status());
+  ASSERT_OK(w->NextLease().status());
+  ASSERT_TRUE(admin_->ResumeWorker(Ctx().get(), rr, &rresp).ok());
+  EXPECT_FALSE(rresp.changed());  // not draining
+  rr.set_worker_name("nobody");
+  grpc::Status s = admin_->ResumeWorker(Ctx().get(), rr, &rresp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(s.error_message(), HasSubstr("nobody"));
 }
 
 TEST_F(ServiceTest, ListJobsFiltersAndPages) {

@@ -113,6 +113,13 @@ class FarmClient {
     return admin_->DrainWorker(TestContext().get(), r, &resp).ok();
   }
 
+  bool Resume(const std::string& name) {
+    zfarm::v1::ResumeWorkerRequest r;
+    r.set_worker_name(name);
+    zfarm::v1::ResumeWorkerResponse resp;
+    return admin_->ResumeWorker(TestContext().get(), r, &resp).ok();
+  }
+
  private:
   std::unique_ptr<zfarm::v1::JobService::Stub> jobs_;
   std::unique_ptr<zfarm::v1::AdminService::Stub> admin_;

@@ -310,6 +310,14 @@ void Worker::OnMessage(const v1::SchedulerMessage& msg) {
       }
       break;
     }
+    case v1::SchedulerMessage::kResume: {
+      absl::MutexLock lock(&mu_);
+      if (!drain_requested_ || shutting_down_) break;  // a shutdown is not undone
+      drain_requested_ = draining_ = false;
+      if (metrics_ != nullptr) metrics_->SetServing(connected_ && healthy_);
+      LOG(INFO) << "event=resume_received worker=" << options_.name;
+      break;
+    }
     case v1::SchedulerMessage::kWelcome:
     case v1::SchedulerMessage::MSG_NOT_SET:
       LOG(WARNING) << "event=unexpected_scheduler_message case=" << msg.msg_case();
@@ -741,7 +749,7 @@ void Worker::Shutdown(absl::Duration grace) {
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return;
-    draining_ = true;
+    draining_ = shutting_down_ = true;
     back.swap(pending_);
     if (metrics_ != nullptr) metrics_->SetServing(false);
   }

@@ -170,7 +170,8 @@ class Worker : public SchedulerLink::Handler {
   std::deque<absl::AnyInvocable<void() &&>> output_tasks_ ABSL_GUARDED_BY(mu_);
   bool connected_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
-  bool drain_requested_ ABSL_GUARDED_BY(mu_) = false;  // by the scheduler
+  bool drain_requested_ ABSL_GUARDED_BY(mu_) = false;  // by the scheduler (Resume undoes it)
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;    // Shutdown() began: no Resume
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool output_stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool healthy_ ABSL_GUARDED_BY(mu_) = true;

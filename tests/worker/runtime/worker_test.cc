@@ -408,6 +408,21 @@ TEST_F(WorkerTest, DrainFinishesTheCurrentJobAndHandsBackThePrefetchedOne) {
   w->Shutdown();
 }
 
+TEST_F(WorkerTest, ResumeAfterDrainTakesLeasesAgain) {
+  auto script = std::make_shared<ScriptedRenderer::Script>();
+  auto w = MakeWorker("w1", script);
+  w->Start();
+  ASSERT_TRUE(WaitFor([&] { return w->Serving(); }));
+  ASSERT_TRUE(client_->Drain("w1"));
+  ASSERT_TRUE(WaitFor([&] { return !w->Serving(); }));
+  ASSERT_TRUE(client_->Resume("w1"));
+  ASSERT_TRUE(WaitFor([&] { return w->Serving(); }));
+  const std::string a = Submit(2, "after-resume");
+  EXPECT_EQ(WaitFinal(a).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(GetJob(a).worker(), "w1");
+  w->Shutdown();
+}
+
 TEST_F(WorkerTest, BusyWorkerStartsThePrefetchedJobWithoutARoundTrip) {
   auto script = std::make_shared<ScriptedRenderer::Script>();
   PauseAfter(*script, 1);
