@@ -884,22 +884,60 @@ int RunWorkers(const std::vector<std::string>& args, const CliIo& io, const Comm
   return kExitOk;
 }
 
-int RunDrain(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
+// drain / undrain: sets or clears one worker's draining flag (AdminService.DrainWorker /
+// ResumeWorker). A call that changes nothing (already draining, not draining) says so on
+// stderr and exits 0; an unknown worker is NOT_FOUND from the scheduler: exit 1, named.
+int RunDrainOrUndrain(bool drain, const std::vector<std::string>& args, const CliIo& io,
+                      const Command& cmd) {
   Common common;
   FlagSet flags(cmd.usage);
   AddCommon(&flags, &common);
   std::vector<std::string> pos;
   if (int rc = ParseOrExit(flags, cmd, args, io, &pos, 1, 1); rc >= 0) return rc;
   Session session(io, common, false);
-  zfarm::v1::DrainWorkerRequest req;
-  req.set_worker_name(pos[0]);
-  zfarm::v1::DrainWorkerResponse resp;
-  absl::Status s = session.Call("DrainWorker", [&](grpc::ClientContext* ctx) {
-    return session.admin()->DrainWorker(ctx, req, &resp);
-  });
+  zfarm::v1::WorkerInfo worker;
+  bool changed = false;
+  absl::Status s;
+  if (drain) {
+    zfarm::v1::DrainWorkerRequest req;
+    req.set_worker_name(pos[0]);
+    zfarm::v1::DrainWorkerResponse resp;
+    s = session.Call("DrainWorker", [&](grpc::ClientContext* ctx) {
+      return session.admin()->DrainWorker(ctx, req, &resp);
+    });
+    worker = resp.worker();
+    changed = resp.changed();
+  } else {
+    zfarm::v1::ResumeWorkerRequest req;
+    req.set_worker_name(pos[0]);
+    zfarm::v1::ResumeWorkerResponse resp;
+    s = session.Call("ResumeWorker", [&](grpc::ClientContext* ctx) {
+      return session.admin()->ResumeWorker(ctx, req, &resp);
+    });
+    worker = resp.worker();
+    changed = resp.changed();
+  }
   if (!s.ok()) return Fail(io, s);
-  *io.out << WorkerLine(resp.worker(), session.json()) << "\n";
+  if (!changed) {
+    *io.err << "zfarm: worker " << pos[0]
+            << (drain ? " is already draining" : " is not draining") << ": nothing changed\n";
+  }
+  if (session.json()) {
+    nlohmann::json j = nlohmann::json::parse(WorkerLine(worker, true));
+    j["changed"] = changed;
+    *io.out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    *io.out << WorkerLine(worker, false) << " changed=" << (changed ? "yes" : "no") << "\n";
+  }
   return kExitOk;
+}
+
+int RunDrain(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
+  return RunDrainOrUndrain(true, args, io, cmd);
+}
+
+int RunUndrain(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
+  return RunDrainOrUndrain(false, args, io, cmd);
 }
 
 int RunHealth(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
@@ -1017,6 +1055,9 @@ const Command kCommands[] = {
     {"drain", "zfarm drain WORKER [flags]",
      "Stop giving new jobs to a worker; running ones finish.", "  zfarm drain gpu-host-3/cuda:1\n",
      RunDrain},
+    {"undrain", "zfarm undrain WORKER [flags]",
+     "Give a drained worker jobs again (undoes drain).", "  zfarm undrain gpu-host-3/cuda:1\n",
+     RunUndrain},
     {"health", "zfarm health [HOST:PORT] [--service NAME] [--timeout D]",
      "Exit 0 when the grpc.health.v1 check says SERVING (1 not serving, 3 "
      "unreachable).",

@@ -161,7 +161,27 @@ TEST_F(CliSchedulerTest, SubmitWaitStatusGetWithAWorker) {
   Result w = Run({"workers", "--json"});
   ASSERT_EQ(w.rc, 0) << w.err;
   EXPECT_EQ(w.lines()[0]["worker"], "w1");
-  EXPECT_EQ(Run({"drain", "w1"}).rc, 0);
+  Result d = Run({"drain", "w1", "--json"});
+  ASSERT_EQ(d.rc, 0) << d.err;
+  EXPECT_EQ(d.lines()[0]["state"], "draining");
+  EXPECT_EQ(d.lines()[0]["changed"], true);
+  // Draining again changes nothing and says so.
+  Result again = Run({"drain", "w1"});
+  EXPECT_EQ(again.rc, 0) << again.err;
+  EXPECT_THAT(again.err, HasSubstr("worker w1 is already draining: nothing changed"));
+  EXPECT_THAT(again.out, HasSubstr("changed=no"));
+  // undrain: back to taking jobs; a second one changes nothing; an unknown worker exits 1.
+  Result u = Run({"undrain", "w1", "--json"});
+  ASSERT_EQ(u.rc, 0) << u.err;
+  EXPECT_EQ(u.lines()[0]["changed"], true);
+  EXPECT_NE(u.lines()[0]["state"], "draining");
+  Result u2 = Run({"undrain", "w1"});
+  EXPECT_EQ(u2.rc, 0) << u2.err;
+  EXPECT_THAT(u2.err, HasSubstr("worker w1 is not draining: nothing changed"));
+  Result unknown = Run({"undrain", "no-such-worker"});
+  EXPECT_EQ(unknown.rc, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("no-such-worker"));
+  EXPECT_EQ(Run({"undrain"}).rc, 2);
   EXPECT_EQ(Run({"health", address_}).rc, 0);
 }
 

@@ -107,7 +107,7 @@ TEST_F(CliTest, UsageErrorsExit2WithTheUsageLine) {
 
 TEST_F(CliTest, HelpAndVersion) {
   for (const char* cmd : {"submit", "batch", "watch", "status", "get", "cancel", "list", "workers",
-                          "drain", "health"}) {
+                          "drain", "undrain", "health"}) {
     Result r = Run({cmd, "--help"});
     EXPECT_EQ(r.rc, 0) << cmd;
     EXPECT_THAT(r.out, HasSubstr("examples:")) << cmd;
