@@ -1,24 +1,48 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package zfarm needs to build, test and run (CPU build).
 # Usage: deploy/install-deps.sh            (as root, or with sudo available)
+#        deploy/install-deps.sh --list build|test|all
+#            print one group's package names, one a line, and install nothing. `build` is what
+#            a Release build of the three binaries needs (deploy/docker/make-base-image.sh
+#            installs exactly it into the container build image); `test` adds the tests' tools.
 set -euo pipefail
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO=sudo
-pkgs=(
+# A Release build of zfarm, zfarm-scheduler and zfarm-worker (ZFARM_BUILD_TESTS=OFF).
+build_pkgs=(
   # toolchain
-  build-essential cmake ninja-build pkg-config ccache clang libclang-rt-14-dev git
+  build-essential cmake ninja-build pkg-config ccache
   # RPC, storage, images, metrics, logging, JSON, Unicode, crypto
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libsqlite3-dev libpng-dev libjpeg62-turbo-dev prometheus-cpp-dev libcivetweb-dev libcpp-httplib-dev
+  libabsl-dev libsqlite3-dev libpng-dev libjpeg62-turbo-dev prometheus-cpp-dev libcivetweb-dev
   libboost-dev
   libgoogle-glog-dev libgflags-dev nlohmann-json3-dev libicu-dev libssl-dev zlib1g-dev
   # the worker's model runtime (CPU libtorch 1.13)
   libtorch-dev
+)
+# Everything else the tests and benchmarks use.
+test_pkgs=(
+  clang libclang-rt-14-dev git
+  # the tests' HTTP client
+  libcpp-httplib-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   # test prerequisites: the tokenizer reference (node), clock faults, netns, loop-mounted ext4
   faketime iproute2 e2fsprogs util-linux openssl curl procps python3 python3-yaml systemd sqlite3
+  # deploy checks: `docker-compose config` of the compose files (Debian's compose 1.29)
+  docker-compose
 )
+if [ "${1:-}" = --list ]; then
+  case "${2:-}" in
+    build) printf '%s\n' "${build_pkgs[@]}" ;;
+    test) printf '%s\n' "${test_pkgs[@]}" ;;
+    all) printf '%s\n' "${build_pkgs[@]}" "${test_pkgs[@]}" ;;
+    *) echo "install-deps: --list needs build, test or all (got '${2:-}')" >&2; exit 2 ;;
+  esac
+  exit 0
+fi
+[ $# -eq 0 ] || { echo "install-deps: unknown argument '$1' (usage: install-deps.sh [--list build|test|all])" >&2; exit 2; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -227,7 +227,7 @@ def check_dockerfiles(repo, root, known, images, version):
         stages = parse_dockerfile(path)
         names = {s["name"] for s in stages}
         # Images this Dockerfile documents: "docker build -f ... [--target T] -t NAME:TAG".
-        for m in re.finditer(r"docker build -f (\S+)((?: --(?!tag|t )[\w-]+ \S+)*) -t ([\w./-]+):(\S+)", text):
+        for m in re.finditer(r"docker build(?: --[\w-]+ \S+)* -f (\S+)((?: --(?!tag|t )[\w-]+ \S+)*) -t ([\w./-]+):(\S+)", text):
             if m.group(1) != "deploy/" + os.path.relpath(path, root):
                 bad(path, f"build example names another file {m.group(1)}")
             tm = re.search(r"--target (\S+)", m.group(2))
@@ -283,8 +283,8 @@ def check_dockerfiles(repo, root, known, images, version):
                 bad(where, "runtime stage does not switch to a non-root USER")
             if "HEALTHCHECK" not in kinds:
                 bad(where, "no HEALTHCHECK")
-            if not st["from"].startswith("debian:12"):
-                bad(where, f"runtime base {st['from']} is not Debian 12")
+            if not re.fullmatch(r"zfarm/debian(-cuda)?:12", st["from"]):
+                bad(where, f"runtime base {st['from']} is not a Debian 12 base of make-base-image.sh")
             ep = [json.loads(r) for i, r, _ in instrs if i == "ENTRYPOINT"]
             cmd = [json.loads(r) for i, r, _ in instrs if i == "CMD"]
             if not ep or not cmd:
@@ -312,11 +312,11 @@ def check_dockerfiles(repo, root, known, images, version):
                     bad(where, f"--output-root {flags.get('output-root')} is not a VOLUME")
                 if not flags.get("model", "").startswith("/models/"):
                     bad(where, "--model is not under /models")
-    ran.append(f"validated {len(files)} Dockerfiles (parsed, not built: no Docker engine here)")
+    ran.append(f"validated {len(files)} Dockerfiles (parsed; built and run by tests/deploy/containers.sh, label containers)")
 
 
 # ----------------------------------------------------------------------------- compose
-def check_compose(path, docs, known, images, version):
+def check_compose(path, docs, known, images, version, gpu=True):
     d = docs[0]
     svcs = d.get("services") or {}
     if "scheduler" not in svcs:
@@ -329,6 +329,7 @@ def check_compose(path, docs, known, images, version):
     for name, s in svcs.items():
         where = f"{path} service {name}"
         img, _, tag = s.get("image", "").partition(":")
+        tag = re.sub(r"^\$\{\w+:-([^}]*)\}$", r"\1", tag)   # ${ZFARM_TAG:-0.1.0} -> its default
         if img not in images:
             bad(where, f"image {img} is not built by any Dockerfile ({sorted(images)})")
         if tag != version:
@@ -357,13 +358,18 @@ def check_compose(path, docs, known, images, version):
             bad(where, "healthcheck port != --health-listen port")
         if wf.get("output-root") not in mounts:
             bad(where, "--output-root is not mounted")
-        mroot = "/" + wf.get("model", "").strip("/").split("/")[0]
-        if mroot not in mounts or not mounts[mroot].endswith(":ro"):
-            bad(where, f"model volume {mroot} is not mounted read-only")
+        model = wf.get("model", "")
+        mroot = [m for m in mounts if model == m or model.startswith(m.rstrip("/") + "/")]
+        if not mroot or not all(mounts[m].endswith(":ro") for m in mroot):
+            bad(where, f"the model folder {model} is not on a read-only mount")
         if duration_s(s.get("stop_grace_period"), where) <= duration_s(wf.get("shutdown-grace", "10m"), where):
             bad(where, "stop_grace_period must exceed the worker's --shutdown-grace (10m default)")
         devs = s.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
         ids = [i for dv in devs for i in dv.get("device_ids", [])]
+        if not gpu:
+            if devs or wf.get("device") != "cpu":
+                bad(where, "a CPU compose worker has --device cpu and no GPU reservation")
+            continue
         if len(ids) != 1:
             bad(where, f"a worker must be pinned to exactly one GPU (device_ids {ids})")
         gpus += ids
@@ -371,7 +377,7 @@ def check_compose(path, docs, known, images, version):
             bad(where, "inside a pinned container the GPU is cuda:0")
     if len(gpus) != len(set(gpus)):
         bad(path, f"two workers pinned to the same GPU: {gpus}")
-    ran.append(f"validated {path} (parsed, flags/ports/volumes cross-checked; not run: no Docker engine)")
+    ran.append(f"validated {path} (parsed, flags/ports/volumes cross-checked)")
 
 
 # ----------------------------------------------------------------------------- Kubernetes
@@ -662,6 +668,11 @@ def main():
     images = {}
     check_dockerfiles(args.repo, root, known, images, version)
     compose = os.path.join(root, "docker", "compose.yaml")
+    compose_cpu = os.path.join(root, "docker", "compose.cpu.yaml")
+    if compose_cpu in docs:
+        check_compose(compose_cpu, docs[compose_cpu], known, images, version, gpu=False)
+    else:
+        bad(root, "no docker/compose.cpu.yaml")
     if compose in docs:
         check_compose(compose, docs[compose], known, images, version)
     else:
