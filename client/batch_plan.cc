@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -99,6 +100,13 @@ absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
         ZFARM_ASSIGN_OR_RETURN(uint64_t x, JsonSeed(s));
         seeds->push_back(x);
       }
+    } else if (key == "output_format") {
+      ZFARM_ASSIGN_OR_RETURN(std::string name, JsonString(v, key));
+      ZFARM_ASSIGN_OR_RETURN(zfarm::v1::OutputFormat f, ParseOutputFormat(name, "\"output_format\""));
+      spec->set_output_format(f);
+    } else if (key == "quality") {
+      ZFARM_ASSIGN_OR_RETURN(int32_t x, JsonInt(v, key));
+      spec->set_quality(x);
     } else if (key == "labels") {
       if (!v.is_object()) {
         return absl::InvalidArgumentError("\"labels\" must be an object of strings");
@@ -112,7 +120,7 @@ absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
           absl::StrCat("unknown key \"", key,
                        "\" (known: prompt, negative_prompt, width, height, steps, "
                        "guidance, seed, seeds, priority, output_name, model, labels, "
-                       "webhook_url)"));
+                       "webhook_url, output_format, quality)"));
     }
   }
   if (!has_prompt) return absl::InvalidArgumentError("missing \"prompt\"");
@@ -120,6 +128,16 @@ absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
 }
 
 }  // namespace
+
+absl::StatusOr<zfarm::v1::OutputFormat> ParseOutputFormat(absl::string_view name,
+                                                          absl::string_view field) {
+  const std::string n = absl::AsciiStrToLower(name);
+  if (n == "png") return zfarm::v1::OUTPUT_FORMAT_PNG;
+  if (n == "jpeg" || n == "jpg") return zfarm::v1::OUTPUT_FORMAT_JPEG;
+  if (n == "webp") return zfarm::v1::OUTPUT_FORMAT_WEBP;
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": unknown format \"", name, "\" (png, jpeg or webp)"));
+}
 
 absl::StatusOr<std::vector<uint64_t>> ParseSeedList(absl::string_view text) {
   std::vector<uint64_t> seeds;

@@ -8,7 +8,8 @@
 // Prompts file: one entry per line. A line that starts with `{` is a JSON
 // object (JSON Lines) with "prompt" (required) and optional
 // "negative_prompt", "width", "height", "steps", "guidance", "seed",
-// "priority", "output_name", "model", "labels" ({"k": "v"}) and "seeds"
+// "priority", "output_name", "model", "labels" ({"k": "v"}), "output_format"
+// ("png", "jpeg", "webp"), "quality" (1..100, JPEG/WebP) and "seeds"
 // ([1, 2, 3]). Any other line is a plain prompt. An empty line, invalid JSON
 // or a bad key is an error naming the line: the whole file is rejected
 // (nothing is submitted).
@@ -43,6 +44,11 @@ struct SweepOptions {
   std::vector<uint64_t> seeds;  // --seeds 1,2,3
   int variants = 1;             // --variants N
 };
+
+// "png", "jpeg" (or "jpg"), "webp", case-insensitive; INVALID_ARGUMENT naming
+// `field` and the accepted names otherwise.
+absl::StatusOr<zfarm::v1::OutputFormat> ParseOutputFormat(absl::string_view name,
+                                                          absl::string_view field);
 
 // Parses "1,2,3" (also "1, 2 ,3"). Empty items and non-numbers are errors.
 absl::StatusOr<std::vector<uint64_t>> ParseSeedList(absl::string_view text);

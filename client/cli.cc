@@ -262,8 +262,8 @@ int ExitCodeForJobs(const std::vector<Job>& jobs) {
 // Spec flags shared by submit and batch.
 
 struct SpecFlags {
-  std::string prompt, negative_prompt, output_name, model, webhook_url;
-  int64_t width = 1024, height = 1024, steps = 8, priority = 0;
+  std::string prompt, negative_prompt, output_name, model, webhook_url, output_format;
+  int64_t width = 1024, height = 1024, steps = 8, priority = 0, quality = 0;
   int64_t seed = -1;
   double guidance = 0.0;
   absl::Duration deadline = absl::ZeroDuration();
@@ -285,6 +285,9 @@ void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
   f->Duration("deadline", &s->deadline, "cancel the job if not finished within this time");
   f->String("webhook-url", &s->webhook_url,
             "POST the final state here (must be on the scheduler allow-list)", "URL");
+  f->String("output-format", &s->output_format, "result file format: png, jpeg or webp (png)",
+            "FORMAT");
+  f->Int("quality", &s->quality, "jpeg/webp quality, 1..100 (90)");
 }
 
 absl::StatusOr<JobSpec> BuildSpec(const SpecFlags& s) {
@@ -301,6 +304,13 @@ absl::StatusOr<JobSpec> BuildSpec(const SpecFlags& s) {
   ZFARM_ASSIGN_OR_RETURN(int32_t h, int32(s.height, "height"));
   ZFARM_ASSIGN_OR_RETURN(int32_t st, int32(s.steps, "steps"));
   ZFARM_ASSIGN_OR_RETURN(int32_t p, int32(s.priority, "priority"));
+  ZFARM_ASSIGN_OR_RETURN(int32_t q, int32(s.quality, "quality"));
+  if (!s.output_format.empty()) {
+    ZFARM_ASSIGN_OR_RETURN(zfarm::v1::OutputFormat f,
+                           ParseOutputFormat(s.output_format, "--output-format"));
+    spec.set_output_format(f);
+  }
+  spec.set_quality(q);
   spec.set_width_px(w);
   spec.set_height_px(h);
   spec.set_steps(st);
@@ -509,7 +519,7 @@ int RunSubmit(const std::vector<std::string>& args, const CliIo& io, const Comma
   flags.String("request-id", &request_id, "idempotency key (default: derived)");
   flags.String("request-id-prefix", &prefix,
                "prefix of the derived request id (default $BUILD_TAG)");
-  flags.String("out", &out_file, "with --wait: copy the PNG here", "FILE");
+  flags.String("out", &out_file, "with --wait: copy the image here", "FILE");
   flags.String("output-root", &output_root,
                "shared mount with the results (default $ZFARM_OUTPUT_ROOT)", "DIR");
   AddCommon(&flags, &common);
@@ -574,7 +584,8 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io, const Comman
             "scheduler)");
   AddSpecFlags(&flags, &sf, false);
   flags.Bool("wait", &wait, "block until every job is final (one WatchJobs stream)");
-  flags.String("out-dir", &out_dir, "with --wait: copy PNGs as 0001.png, ... plus manifest.json",
+  flags.String("out-dir", &out_dir,
+               "with --wait: copy the images as 0001.png (.jpg, .webp), ... plus manifest.json",
                "DIR");
   flags.String("output-root", &output_root,
                "shared mount with the results (default $ZFARM_OUTPUT_ROOT)", "DIR");
@@ -659,7 +670,11 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io, const Comman
     finals.push_back(job);
     ManifestEntry entry{static_cast<int>(i) + 1, job, "", ""};
     if (!out_dir.empty() && job.state() == zfarm::v1::JOB_STATE_SUCCEEDED) {
-      entry.file = absl::StrFormat("%04d.png", entry.index);
+      // The extension of the result (".png", ".jpg", ".webp") follows its format.
+      const std::string& rp = job.result().path();
+      const size_t dot = rp.rfind('.');
+      const bool has_ext = dot != std::string::npos && rp.find('/', dot) == std::string::npos;
+      entry.file = absl::StrFormat("%04d%s", entry.index, has_ext ? rp.substr(dot) : ".png");
       absl::StatusOr<std::string> sha =
           FetchResult(session, job, root, absl::StrCat(out_dir, "/", entry.file));
       if (sha.ok()) {

@@ -46,6 +46,7 @@ std::string JobJsonLine(const Job& job, const std::string& local_path) {
          {"steps", job.spec().steps()},
          {"prompt", job.spec().prompt()}};
   if (!job.batch_id().empty()) j["batch"] = job.batch_id();
+  if (!job.result().media_type().empty()) j["media_type"] = job.result().media_type();
   if (job.state() == zfarm::v1::JOB_STATE_FAILED || job.state() == zfarm::v1::JOB_STATE_CANCELLED) {
     j["error"] = ErrorJson(job);
   }

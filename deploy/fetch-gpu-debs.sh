@@ -22,10 +22,10 @@ bash "$shared/gpu/fetch-debs.sh" "$dir"
 # push library, which zfarm does not link), civetweb's config checks that its server binary exists.
 # The /metrics server is built on Boost.Asio/Beast (header-only libboost1.74-dev); the
 # tests' HTTP client is cpp-httplib (+ brotli, its compression dependency). JPEG inputs of
-# image-to-image jobs are decoded with libjpeg-turbo.
+# image-to-image jobs and JPEG results use libjpeg-turbo; WebP results libwebp + libwebpmux.
 extra=(libunwind-dev liblzma-dev libcurl4-openssl-dev libcurl4 civetweb libboost1.74-dev
        libcpp-httplib-dev libcpp-httplib0.11 libbrotli-dev libbrotli1
-       libjpeg62-turbo-dev libjpeg62-turbo)
+       libjpeg62-turbo-dev libjpeg62-turbo libwebp-dev libwebp7 libwebpmux3 libwebpdemux2)
 (cd "$dir" && apt-get download -qq "${extra[@]}" 2>&1 | grep -vE "^(W: Download is performed unsandboxed|Get:|Fetched)" || true)
 cp "$shared/gpu/device-env.sh" "$dir/device-env.sh"
 echo "fetch-gpu-debs: $(ls -1 "$dir"/*.deb | wc -l) .deb files, $(du -sh "$dir" | cut -f1) in $dir"

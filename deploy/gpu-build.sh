@@ -84,6 +84,7 @@ cmake -S "$root" -B "$build" -G Ninja -Wno-dev \
   -DCMAKE_MODULE_PATH=/opt/deps/usr/share/glog/cmake \
   -DUnwind_INCLUDE_DIR=/opt/deps/usr/include/x86_64-linux-gnu -DUnwind_LIBRARY=$L/libunwind.so \
   -DCURL_INCLUDE_DIR=/opt/deps/usr/include/x86_64-linux-gnu -DCURL_LIBRARY=$L/libcurl.so \
+  -DJPEG_INCLUDE_DIR=/opt/deps/usr/include -DJPEG_LIBRARY=$L/libjpeg.so -DWEBP_ROOT=/opt/deps/usr \
   "${args[@]}" "${extra[@]}" \
   "-DCMAKE_EXE_LINKER_FLAGS=-L$L -Wl,-rpath-link,$L" "-DCMAKE_SHARED_LINKER_FLAGS=-L$L -Wl,-rpath-link,$L" \
   > "$build/configure.log" 2>&1 || {

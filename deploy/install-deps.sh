@@ -14,6 +14,8 @@ build_pkgs=(
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libsqlite3-dev libpng-dev libjpeg62-turbo-dev prometheus-cpp-dev libcivetweb-dev
   libboost-dev
+  # WebP results (libwebp + libwebpmux for the EXIF/XMP chunks; JPEG uses libjpeg62-turbo-dev)
+  libwebp-dev
   libgoogle-glog-dev libgflags-dev nlohmann-json3-dev libicu-dev libssl-dev zlib1g-dev
   # the worker's model runtime (CPU libtorch 1.13)
   libtorch-dev

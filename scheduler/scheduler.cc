@@ -55,9 +55,13 @@ bool Leased(v1::JobState s) { return s == v1::JOB_STATE_ASSIGNED || s == v1::JOB
 bool ReleasesOutput(v1::JobState s) {
   return s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
 }
-std::string OutputPathFor(absl::Time submit_time, const std::string& name) {
+// The extension follows the job's output format (the worker checks it does).
+std::string OutputPathFor(absl::Time submit_time, const std::string& name, v1::OutputFormat format) {
+  const char* ext = format == v1::OUTPUT_FORMAT_JPEG ? ".jpg"
+                    : format == v1::OUTPUT_FORMAT_WEBP ? ".webp"
+                                                       : ".png";
   return absl::StrCat(absl::FormatTime("%Y-%m-%d", submit_time, absl::UTCTimeZone()), "/", name,
-                      ".png");
+                      ext);
 }
 
 }  // namespace
@@ -393,9 +397,10 @@ void Scheduler::EnqueueLocked(JobRecord& r) {
 }
 
 std::string Scheduler::OutputPath(const JobRecord& r) const {
-  return OutputPathFor(FromProto(r.job.create_time()), r.job.spec().output_name().empty()
-                                                           ? r.job.job_id()
-                                                           : r.job.spec().output_name());
+  return OutputPathFor(FromProto(r.job.create_time()),
+                       r.job.spec().output_name().empty() ? r.job.job_id()
+                                                          : r.job.spec().output_name(),
+                       r.job.spec().output_format());
 }
 
 absl::Status Scheduler::OutputPathFreeLocked(const std::string& path, const std::string& owner,
@@ -631,7 +636,7 @@ absl::StatusOr<v1::SubmitJobResponse> Scheduler::AdmitLocked(v1::SubmitJobReques
   }
   std::string output_path;
   if (!spec.output_name().empty()) {
-    output_path = OutputPathFor(now, spec.output_name());
+    output_path = OutputPathFor(now, spec.output_name(), spec.output_format());
     ZFARM_RETURN_IF_ERROR(OutputPathFreeLocked(output_path, owner, field));
   }
   JobRecord r;

@@ -140,6 +140,19 @@ absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
   if (static_cast<int>(spec->model().size()) > 128) {
     return Invalid(f + ".model", "exceeds the limit of 128 bytes");
   }
+  if (!zfarm::v1::OutputFormat_IsValid(spec->output_format())) {
+    return Invalid(f + ".output_format",
+                   absl::StrCat(spec->output_format(), " is not a known format (png, jpeg, webp)"));
+  }
+  if (spec->quality() != 0) {
+    if (spec->output_format() != zfarm::v1::OUTPUT_FORMAT_JPEG &&
+        spec->output_format() != zfarm::v1::OUTPUT_FORMAT_WEBP) {
+      return Invalid(f + ".quality", "applies to jpeg and webp only (png is lossless; leave it 0)");
+    }
+    if (spec->quality() < 1 || spec->quality() > 100) {
+      return Invalid(f + ".quality", absl::StrCat(spec->quality(), " is outside [1, 100]"));
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -23,6 +23,8 @@ constexpr Command kCommands[] = {
     {"doctor", zfarm::worker::RunDoctor, "pre-flight checks: files, device, load test"},
     {"cache-weights", zfarm::worker::RunCacheWeights,
      "write the bf16 DiT copy that serve --weights-cache loads (faster cold starts)"},
+    {"info", zfarm::worker::RunInfo,
+     "the format, size and generation parameters of a PNG, JPEG or WebP result"},
     {"lora-inspect", zfarm::worker::RunLoraInspect,
      "a LoRA file's format, modules, rank and alpha; --model: does it fit"},
 };

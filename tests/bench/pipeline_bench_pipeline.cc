@@ -31,7 +31,7 @@
 #include "worker/io/file_util.h"
 #include "worker/io/safetensors.h"
 #include "worker/pipeline/pipeline.h"
-#include "worker/pipeline/png.h"
+#include "worker/io/png.h"
 #endif
 
 namespace zfarm::bench {
@@ -630,7 +630,7 @@ void RunPngSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptio
 #else
   (void)dev;
   (void)opt;
-  rep.Line("not built: worker/pipeline (zfarm_worker_png) is not available in this build");
+  rep.Line("not built: worker/io (zfarm_worker_image) is not available in this build");
   rep.Line("");
 #endif
 }

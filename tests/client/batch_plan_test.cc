@@ -86,6 +86,29 @@ TEST(ParsePromptsFileTest, BadKeysAndTypes) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("seed")));
 }
 
+TEST(ParsePromptsFileTest, OutputFormatAndQualityKeys) {
+  ASSERT_OK_AND_ASSIGN(
+      auto jobs, ParsePromptsFile("{\"prompt\": \"a\", \"output_format\": \"JPG\", \"quality\": 70}\n"
+                                  "{\"prompt\": \"b\", \"output_format\": \"webp\"}\nc\n",
+                                  "p.txt", Defaults(), {}));
+  ASSERT_THAT(jobs, SizeIs(3));
+  EXPECT_EQ(jobs[0].spec.output_format(), zfarm::v1::OUTPUT_FORMAT_JPEG);
+  EXPECT_EQ(jobs[0].spec.quality(), 70);
+  EXPECT_EQ(jobs[1].spec.output_format(), zfarm::v1::OUTPUT_FORMAT_WEBP);
+  EXPECT_EQ(jobs[2].spec.output_format(), zfarm::v1::OUTPUT_FORMAT_UNSPECIFIED);
+  // The format is part of the spec, so of the derived request id.
+  zfarm::v1::JobSpec png = jobs[1].spec;
+  png.set_output_format(zfarm::v1::OUTPUT_FORMAT_PNG);
+  EXPECT_NE(CanonicalSpecHash(png), CanonicalSpecHash(jobs[1].spec));
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"output_format\": \"gif\"}\n", "p.txt",
+                               Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("p.txt:1"), HasSubstr("output_format"), HasSubstr("webp"))));
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"quality\": \"high\"}\n", "p.txt",
+                               Defaults(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("quality")));
+}
+
 TEST(ParsePromptsFileTest, EmptyFile) {
   EXPECT_THAT(ParsePromptsFile("", "f", Defaults(), {}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));

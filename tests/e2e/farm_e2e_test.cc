@@ -102,6 +102,55 @@ TEST_F(FarmTest, CliSubmitProducesThePngWithItsSha256AndSigtermExitsCleanly) {
       << w->ReadLog();
 }
 
+// One real farm job per output format through the CLI: the extension follows the
+// format, the file's sha256 is the job's, the media type is reported, and
+// `zfarm-worker info` reads the parameters back from PNG text / EXIF / XMP.
+TEST_F(FarmTest, EveryOutputFormatIsWrittenWithItsParameters) {
+  StartScheduler();
+  StartWorker("w1");
+  struct Case {
+    std::string flags, ext, media_type, format;
+  };
+  const std::vector<Case> cases = {{"--output-format png", ".png", "image/png", "png"},
+                                   {"--output-format jpeg --quality 85", ".jpg", "image/jpeg", "jpeg"},
+                                   {"--output-format webp", ".webp", "image/webp", "webp"}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.format);
+    int status = 0;
+    const std::string out = RunCommand(
+        absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_,
+                     " --prompt 'a lighthouse, <b>bold</b> & \"quoted\"' --width 256 --height 256"
+                     " --steps 2 --seed 42 --wait --json ", c.flags),
+        &status);
+    ASSERT_EQ(status, 0) << out;
+    nlohmann::json j = nlohmann::json::parse(out.substr(out.find('{')));
+    ASSERT_EQ(j["state"], "succeeded") << out;
+    const std::string rel = j["path"].get<std::string>();
+    EXPECT_EQ(fs::path(rel).extension(), c.ext);
+    EXPECT_EQ(j["media_type"], c.media_type) << out;
+    const std::string path = dir_ + "/out/" + rel;
+    ASSERT_TRUE(fs::exists(path));
+    EXPECT_EQ(Sha256File(path), j["sha256"].get<std::string>());
+    const std::string info = RunCommand(absl::StrCat(ZFARM_WORKER_BIN, " info --json ", path), &status);
+    ASSERT_EQ(status, 0) << info;
+    nlohmann::json i = nlohmann::json::parse(info.substr(info.find('{')));
+    EXPECT_EQ(i["format"], c.format);
+    EXPECT_EQ(i["width"], 256);
+    EXPECT_NE(i["parameters"].get<std::string>().find("Seed: 42, Size: 256x256"), std::string::npos)
+        << info;
+    EXPECT_EQ(i["zfarm"]["prompt"], "a lighthouse, <b>bold</b> & \"quoted\"");
+  }
+  EXPECT_TRUE(Files(".tmp").empty());
+  // A quality outside [1, 100] is refused at submit, naming the field.
+  int status = 0;
+  const std::string bad = RunCommand(
+      absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_,
+                   " --prompt x --output-format webp --quality 101 2>&1"),
+      &status);
+  EXPECT_NE(status, 0);
+  EXPECT_NE(bad.find("quality"), std::string::npos) << bad;
+}
+
 TEST_F(FarmTest, CancelARunningJob) {
   StartScheduler();
   StartWorker("w1");

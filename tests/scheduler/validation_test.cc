@@ -29,6 +29,30 @@ TEST(ValidationTest, FillsDefaults) {
   EXPECT_FALSE(s.has_seed());
 }
 
+TEST(ValidationTest, OutputFormatAndQuality) {
+  auto with = [](int format, int quality) {
+    v1::JobSpec s = Good();
+    s.set_output_format(static_cast<v1::OutputFormat>(format));
+    s.set_quality(quality);
+    return Check(s);
+  };
+  EXPECT_OK(with(v1::OUTPUT_FORMAT_UNSPECIFIED, 0));
+  EXPECT_OK(with(v1::OUTPUT_FORMAT_PNG, 0));
+  EXPECT_OK(with(v1::OUTPUT_FORMAT_JPEG, 0));
+  EXPECT_OK(with(v1::OUTPUT_FORMAT_JPEG, 1));
+  EXPECT_OK(with(v1::OUTPUT_FORMAT_WEBP, 100));
+  EXPECT_THAT(with(9, 0), StatusIs(absl::StatusCode::kInvalidArgument,
+                                   AllOf(HasSubstr("spec.output_format"), HasSubstr("png, jpeg, webp"))));
+  EXPECT_THAT(with(v1::OUTPUT_FORMAT_JPEG, 101),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("spec.quality"), HasSubstr("[1, 100]"))));
+  EXPECT_THAT(with(v1::OUTPUT_FORMAT_WEBP, -5),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("spec.quality")));
+  EXPECT_THAT(with(v1::OUTPUT_FORMAT_PNG, 80),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("spec.quality"), HasSubstr("lossless"))));
+}
+
 TEST(ValidationTest, EveryLimitNamesFieldAndLimit) {
   auto bad = [](auto mutate) {
     v1::JobSpec s = Good();

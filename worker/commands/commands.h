@@ -19,6 +19,8 @@ int RunTokenize(int argc, char** argv);
 int RunDoctor(int argc, char** argv);
 // cache-weights: write the bf16 DiT copy that serve --weights-cache reads.
 int RunCacheWeights(int argc, char** argv);
+// info: the format, size and generation parameters of a PNG/JPEG/WebP result.
+int RunInfo(int argc, char** argv);
 // lora-inspect: a LoRA file's layout, modules, rank and alpha, and whether it fits a model.
 int RunLoraInspect(int argc, char** argv);
 

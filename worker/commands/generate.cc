@@ -15,8 +15,8 @@
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/io/file_util.h"
+#include "worker/io/image_file.h"
 #include "worker/pipeline/pipeline.h"
-#include "worker/pipeline/png.h"
 
 namespace zfarm::worker {
 namespace {
@@ -31,6 +31,7 @@ constexpr char kUsage[] =
     "  [--weights-cache DIR]   (the bf16 DiT copy of `zfarm-worker cache-weights`)\n"
     "  [--lora FILE[:SCALE]]... (repeatable, at most 8, scale in [-4, 4], default 1)\n"
     "  [--lora-dir DIR]        (--lora NAME[:SCALE] then means DIR/NAME.safetensors)\n"
+    "  [--output-format png|jpeg|webp] [--quality 1-100 (jpeg/webp, default 90)]\n"
     "Steps are transformer evaluations: the model card's \"9 steps\" are 8 here.\n";
 
 const std::vector<std::string> kBoolFlags = {"vae-fp32",       "offload-text-encoder",
@@ -39,7 +40,8 @@ const std::vector<std::string> kBoolFlags = {"vae-fp32",       "offload-text-enc
 const std::vector<std::string> kValueFlags = {"model",   "prompt",   "prompts",         "out",
                                               "out-dir", "width",    "height",          "steps",
                                               "seed",    "guidance", "negative-prompt", "device",
-                                              "weights-cache", "lora", "lora-dir"};
+                                              "weights-cache", "lora", "lora-dir",
+                                              "output-format", "quality"};
 
 int Usage(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker generate: %s\n%s", why.c_str(), kUsage);
@@ -95,6 +97,20 @@ int RunGenerate(int argc, char** argv) {
     req.loras.push_back({l->name, l->path, *sha, l->scale});
   }
 
+  ImageFormat format = ImageFormat::kPng;
+  int quality = 0;
+  if (f.count("output-format")) {
+    absl::StatusOr<ImageFormat> parsed_format = ParseImageFormat(f["output-format"], "--output-format");
+    if (!parsed_format.ok()) return Usage(std::string(parsed_format.status().message()));
+    format = *parsed_format;
+  }
+  if (!get_int("quality", &quality) || (quality != 0 && (quality < 1 || quality > 100))) {
+    return Usage("--quality takes an integer in [1, 100]");
+  }
+  if (quality != 0 && format == ImageFormat::kPng) {
+    return Usage("--quality needs --output-format jpeg or webp (png is lossless)");
+  }
+
   std::vector<std::string> prompts;
   if (single) {
     prompts.push_back(f["prompt"]);
@@ -136,7 +152,8 @@ int RunGenerate(int argc, char** argv) {
     r.prompt = prompts[i];
     if (i > 0 && random_seed) r.seed = std::random_device{}() & 0xffffffffu;
     std::string out =
-        single ? f["out"] : absl::StrFormat("%s/%05d.png", f["out-dir"], static_cast<int>(i + 1));
+        single ? f["out"] : absl::StrFormat("%s/%05d%s", f["out-dir"], static_cast<int>(i + 1),
+                                         ImageFormatExtension(format));
     std::printf("[%zu/%zu] seed %llu -> %s\n", i + 1, prompts.size(),
                 static_cast<unsigned long long>(r.seed), out.c_str());
     std::fflush(stdout);
@@ -167,7 +184,7 @@ int RunGenerate(int argc, char** argv) {
     p.prompt_tokens = img->prompt_tokens;
     p.prompt_truncated = img->prompt_truncated;
     for (const LoraRequest& l : img->loras) p.loras.push_back({l.name, l.sha256, l.scale});
-    if (absl::Status s = WritePng(out, img->rgb, p); !s.ok()) {
+    if (absl::Status s = WriteImage(out, img->rgb, p, format, quality); !s.ok()) {
       std::fprintf(stderr, "zfarm-worker generate: %s\n", s.ToString().c_str());
       return 1;
     }

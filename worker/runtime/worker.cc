@@ -24,7 +24,7 @@
 #include "proto/status_macros.h"
 #include "proto/version.h"
 #include "worker/io/file_util.h"
-#include "worker/pipeline/png.h"
+#include "worker/io/image_file.h"
 #include "worker/runtime/metrics.h"
 
 namespace zfarm::worker {
@@ -40,11 +40,23 @@ struct Worker::Output {
 
 namespace {
 
-// The lease's output path must stay inside the output root.
-absl::Status CheckRelativePath(const std::string& rel) {
-  if (rel.empty() || rel[0] == '/' || !absl::EndsWith(rel, ".png")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("lease.output_path \"", rel, "\": must be a relative path ending in .png"));
+// The file format a job's result is written in (the scheduler refuses unknown values).
+ImageFormat FormatOf(v1::OutputFormat f) {
+  switch (f) {
+    case v1::OUTPUT_FORMAT_JPEG:
+      return ImageFormat::kJpeg;
+    case v1::OUTPUT_FORMAT_WEBP:
+      return ImageFormat::kWebp;
+    default:
+      return ImageFormat::kPng;
+  }
+}
+
+// The lease's output path must stay inside the output root and name the format.
+absl::Status CheckRelativePath(const std::string& rel, absl::string_view extension) {
+  if (rel.empty() || rel[0] == '/' || !absl::EndsWith(rel, extension)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lease.output_path \"", rel, "\": must be a relative path ending in ", extension));
   }
   for (absl::string_view part : absl::StrSplit(rel, '/')) {
     if (part.empty() || part == "." || part == "..") {
@@ -444,7 +456,8 @@ void Worker::RunSelfTest() {
 void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
   const v1::LeaseId& id = lease.lease();
   const v1::JobSpec& spec = lease.spec();
-  if (absl::Status s = CheckRelativePath(lease.output_path()); !s.ok()) {
+  const absl::string_view extension = ImageFormatExtension(FormatOf(spec.output_format()));
+  if (absl::Status s = CheckRelativePath(lease.output_path(), extension); !s.ok()) {
     Fail(id, v1::FAILURE_REASON_INVALID_REQUEST, false, std::string(s.message()));
     CountFailure(v1::FAILURE_REASON_INVALID_REQUEST);
     return;
@@ -628,12 +641,16 @@ void Worker::WriteAndCommit(Output out) {
   p.prompt_tokens = out.image.prompt_tokens;
   p.prompt_truncated = out.image.prompt_truncated;
   for (const LoraRequest& l : out.image.loras) p.loras.push_back({l.name, l.sha256, l.scale});
+  const ImageFormat format = FormatOf(out.lease.spec().output_format());
   absl::StatusOr<std::string> png =
-      EncodePng(out.image.rgb, out.image.width, out.image.height,
-                {{"parameters", A1111Parameters(p)}, {"zfarm", ParametersJson(p)}});
+      EncodeImage(out.image.rgb, p, format, out.lease.spec().quality());
   if (!png.ok()) {
-    Fail(id, v1::FAILURE_REASON_INTERNAL, true, std::string(png.status().message()));
-    CountFailure(v1::FAILURE_REASON_INTERNAL);
+    // A bad quality is the request's fault (the scheduler validates it; an old one may not).
+    const bool bad_request = absl::IsInvalidArgument(png.status());
+    const v1::FailureReason reason =
+        bad_request ? v1::FAILURE_REASON_INVALID_REQUEST : v1::FAILURE_REASON_INTERNAL;
+    Fail(id, reason, !bad_request, std::string(png.status().message()));
+    CountFailure(reason);
     done();
     return;
   }
@@ -664,6 +681,7 @@ void Worker::WriteAndCommit(Output out) {
   r->set_path(final_rel);
   r->set_size_bytes(static_cast<int64_t>(png->size()));
   r->set_sha256(Sha256Hex(*png));
+  r->set_media_type(std::string(ImageMediaType(format)));
   r->set_device_class(options_.device_class);
   r->set_dtype(options_.dtype);
   r->set_model_fingerprint(options_.model_fingerprint);

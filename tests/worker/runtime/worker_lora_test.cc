@@ -22,7 +22,7 @@
 #include "tests/testing/status_matchers.h"
 #include "worker/io/file_util.h"
 #include "worker/io/safetensors.h"
-#include "worker/pipeline/png.h"
+#include "worker/io/png.h"
 #include "worker/runtime/lora_catalog.h"
 #include "worker/runtime/pipeline_renderer.h"
 #include "worker/runtime/worker.h"

@@ -19,7 +19,7 @@
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
-#include "worker/pipeline/png.h"
+#include "worker/io/png.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 

@@ -1,9 +1,10 @@
-#ifndef ZFARM_WORKER_PIPELINE_PNG_H_
-#define ZFARM_WORKER_PIPELINE_PNG_H_
+#ifndef ZFARM_WORKER_IO_PNG_H_
+#define ZFARM_WORKER_IO_PNG_H_
 
 // PNG encoding (libpng) of generated images with their generation parameters
-// in tEXt chunks: "parameters" in the AUTOMATIC1111 style, which image viewers
-// and web UIs display, and "zfarm" with the same parameters as JSON.
+// in text chunks: "parameters" in the AUTOMATIC1111 style, which image viewers
+// and web UIs display, and "zfarm" with the same parameters as JSON
+// (worker/io/image_parameters.h). Torch-free.
 
 #include <cstdint>
 #include <string>
@@ -12,38 +13,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "worker/io/image_parameters.h"
 
 namespace zfarm::worker {
-
-// A LoRA an image was rendered with.
-struct LoraUse {
-  std::string name;
-  std::string sha256;  // lower-case hex of the file
-  float scale = 1.0f;
-};
-
-// What produced an image (written into the text chunks).
-struct ImageParameters {
-  std::string prompt;
-  std::string negative_prompt;
-  int steps = 8;
-  float guidance = 0.0f;
-  uint64_t seed = 0;
-  int width = 0, height = 0;
-  std::string model = "z-image-turbo";
-  std::string device;
-  bool prompt_truncated = false;
-  int prompt_tokens = 0;
-  std::vector<LoraUse> loras;  // in the order applied
-};
-
-// "prompt\nNegative prompt: ...\nSteps: 8, Sampler: Euler, CFG scale: 0, Seed: 42,
-//  Size: 1024x1024, Model: z-image-turbo" (the negative line only when non-empty).
-// With LoRAs, as AUTOMATIC1111 writes them: " <lora:NAME:SCALE>" after the prompt and
-// `, Lora hashes: "NAME: SHA12, ..."` (the first 12 hex digits of each file's sha256).
-std::string A1111Parameters(const ImageParameters& p);
-// The JSON object stored in the "zfarm" chunk ("loras": [{name, sha256, scale}] with LoRAs).
-std::string ParametersJson(const ImageParameters& p);
 
 // How EncodePng compresses. The defaults (zlib level 1, Z_RLE, libpng's adaptive
 // row filter) were chosen on the H200 host at 1024x1024 (tests/bench/RESULTS.md,
@@ -72,12 +44,6 @@ absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width
 absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width, int height,
                                       const std::vector<std::pair<std::string, std::string>>& text);
 
-// EncodePng with the "parameters" and "zfarm" chunks of `p`, written to `path`
-// atomically (files::WriteFileAtomically: an exclusive temp file in the same folder,
-// fsync, rename).
-absl::Status WritePng(const std::string& path, const std::vector<uint8_t>& rgb,
-                      const ImageParameters& p);
-
 // Decodes a PNG (for tests and tools): RGB bytes and its text chunks.
 struct DecodedPng {
   int width = 0, height = 0;
@@ -88,4 +54,4 @@ absl::StatusOr<DecodedPng> DecodePng(const std::string& bytes);
 
 }  // namespace zfarm::worker
 
-#endif  // ZFARM_WORKER_PIPELINE_PNG_H_
+#endif  // ZFARM_WORKER_IO_PNG_H_

@@ -1,4 +1,4 @@
-#include "worker/pipeline/png.h"
+#include "worker/io/png.h"
 
 #include <filesystem>
 #include <fstream>
@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "worker/io/image_file.h"
 
 namespace zfarm::worker {
 namespace {
@@ -39,7 +40,7 @@ TEST(PngTest, RoundTripWithTextChunks) {
   p.height = 3;
   p.seed = 7;
   const std::string path = std::string(::testing::TempDir()) + "/png_test.png";
-  ASSERT_OK(WritePng(path, rgb, p));
+  ASSERT_OK(WriteImage(path, rgb, p, ImageFormat::kPng, 0));
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
@@ -68,8 +69,8 @@ TEST(PngTest, SizeMismatchIsInvalid) {
   ImageParameters p;
   p.width = 1;
   p.height = 1;
-  EXPECT_THAT(WritePng("/nonexistent-dir/x.png", {1, 2, 3}, p),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("/nonexistent-dir")));
+  EXPECT_THAT(WriteImage("/nonexistent-dir/x.png", {1, 2, 3}, p, ImageFormat::kPng, 0),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("/nonexistent-dir")));
 }
 
 TEST(PngTest, EveryCompressionOptionRoundTrips) {

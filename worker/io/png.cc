@@ -1,4 +1,4 @@
-#include "worker/pipeline/png.h"
+#include "worker/io/png.h"
 
 #include <fcntl.h>
 #include <png.h>
@@ -9,12 +9,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
-#include "proto/files.h"
 
 // setjmp/longjmp error handling of libpng: every object touched after setjmp is
 // created before it and not modified between setjmp and a possible longjmp.
@@ -47,50 +44,7 @@ void ReadFn(png_structp png, png_bytep data, png_size_t n) {
   s->pos += n;
 }
 
-std::string FormatFloat(float v) { return absl::StrFormat("%g", v); }
-
 }  // namespace
-
-std::string A1111Parameters(const ImageParameters& p) {
-  std::string s = p.prompt;
-  for (const LoraUse& l : p.loras) absl::StrAppend(&s, " <lora:", l.name, ":", FormatFloat(l.scale), ">");
-  if (!p.negative_prompt.empty()) absl::StrAppend(&s, "\nNegative prompt: ", p.negative_prompt);
-  absl::StrAppend(&s, "\nSteps: ", p.steps,
-                  ", Sampler: Euler, CFG scale: ", FormatFloat(p.guidance), ", Seed: ", p.seed,
-                  ", Size: ", p.width, "x", p.height, ", Model: ", p.model);
-  if (!p.loras.empty()) {
-    std::vector<std::string> hashes;
-    for (const LoraUse& l : p.loras) hashes.push_back(absl::StrCat(l.name, ": ", l.sha256.substr(0, 12)));
-    absl::StrAppend(&s, ", Lora hashes: \"", absl::StrJoin(hashes, ", "), "\"");
-  }
-  return s;
-}
-
-std::string ParametersJson(const ImageParameters& p) {
-  nlohmann::json j;
-  j["prompt"] = p.prompt;
-  j["negative_prompt"] = p.negative_prompt;
-  j["steps"] = p.steps;
-  j["guidance"] = p.guidance;
-  j["seed"] = p.seed;
-  j["width"] = p.width;
-  j["height"] = p.height;
-  j["sampler"] = "euler";
-  j["model"] = p.model;
-  j["device"] = p.device;
-  j["prompt_tokens"] = p.prompt_tokens;
-  j["prompt_truncated"] = p.prompt_truncated;
-  if (!p.loras.empty()) {
-    nlohmann::json loras = nlohmann::json::array();
-    for (const LoraUse& l : p.loras) {
-      // The scale as written in the parameters text (0.7, not 0.699999988 from the float).
-      loras.push_back(
-          {{"name", l.name}, {"sha256", l.sha256}, {"scale", std::strtod(FormatFloat(l.scale).c_str(), nullptr)}});
-    }
-    j["loras"] = std::move(loras);
-  }
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
 
 absl::StatusOr<std::string> EncodePng(
     const std::vector<uint8_t>& rgb, int width, int height,
@@ -161,14 +115,6 @@ absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width
   png_write_end(png, info);
   png_destroy_write_struct(&png, &info);
   return out;
-}
-
-absl::Status WritePng(const std::string& path, const std::vector<uint8_t>& rgb,
-                      const ImageParameters& p) {
-  auto bytes = EncodePng(rgb, p.width, p.height,
-                         {{"parameters", A1111Parameters(p)}, {"zfarm", ParametersJson(p)}});
-  if (!bytes.ok()) return bytes.status();
-  return files::WriteFileAtomically(path, *bytes);
 }
 
 absl::StatusOr<DecodedPng> DecodePng(const std::string& bytes) {

@@ -1,0 +1,58 @@
+#include "worker/io/image_parameters.h"
+
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace zfarm::worker {
+namespace {
+
+std::string FormatFloat(float v) { return absl::StrFormat("%g", v); }
+
+}  // namespace
+
+std::string A1111Parameters(const ImageParameters& p) {
+  std::string s = p.prompt;
+  for (const LoraUse& l : p.loras) absl::StrAppend(&s, " <lora:", l.name, ":", FormatFloat(l.scale), ">");
+  if (!p.negative_prompt.empty()) absl::StrAppend(&s, "\nNegative prompt: ", p.negative_prompt);
+  absl::StrAppend(&s, "\nSteps: ", p.steps,
+                  ", Sampler: Euler, CFG scale: ", FormatFloat(p.guidance), ", Seed: ", p.seed,
+                  ", Size: ", p.width, "x", p.height, ", Model: ", p.model);
+  if (!p.loras.empty()) {
+    std::vector<std::string> hashes;
+    for (const LoraUse& l : p.loras) hashes.push_back(absl::StrCat(l.name, ": ", l.sha256.substr(0, 12)));
+    absl::StrAppend(&s, ", Lora hashes: \"", absl::StrJoin(hashes, ", "), "\"");
+  }
+  return s;
+}
+
+std::string ParametersJson(const ImageParameters& p) {
+  nlohmann::json j;
+  j["prompt"] = p.prompt;
+  j["negative_prompt"] = p.negative_prompt;
+  j["steps"] = p.steps;
+  j["guidance"] = p.guidance;
+  j["seed"] = p.seed;
+  j["width"] = p.width;
+  j["height"] = p.height;
+  j["sampler"] = "euler";
+  j["model"] = p.model;
+  j["device"] = p.device;
+  j["prompt_tokens"] = p.prompt_tokens;
+  j["prompt_truncated"] = p.prompt_truncated;
+  if (!p.loras.empty()) {
+    nlohmann::json loras = nlohmann::json::array();
+    for (const LoraUse& l : p.loras) {
+      // The scale as written in the parameters text (0.7, not 0.699999988 from the float).
+      loras.push_back(
+          {{"name", l.name}, {"sha256", l.sha256}, {"scale", std::strtod(FormatFloat(l.scale).c_str(), nullptr)}});
+    }
+    j["loras"] = std::move(loras);
+  }
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace zfarm::worker

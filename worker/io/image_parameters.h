@@ -1,0 +1,47 @@
+#ifndef ZFARM_WORKER_IO_IMAGE_PARAMETERS_H_
+#define ZFARM_WORKER_IO_IMAGE_PARAMETERS_H_
+
+// What produced an image, and the two text forms it is stored in inside every
+// result file (PNG text chunks, JPEG/WebP EXIF and XMP): the AUTOMATIC1111
+// "parameters" text that web UIs and image viewers show, and zfarm's JSON.
+// Pure functions; thread-safe.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace zfarm::worker {
+
+// A LoRA an image was rendered with.
+struct LoraUse {
+  std::string name;
+  std::string sha256;  // lower-case hex of the file
+  float scale = 1.0f;
+};
+
+// What produced an image (written into the text chunks).
+struct ImageParameters {
+  std::string prompt;
+  std::string negative_prompt;
+  int steps = 8;
+  float guidance = 0.0f;
+  uint64_t seed = 0;
+  int width = 0, height = 0;
+  std::string model = "z-image-turbo";
+  std::string device;
+  bool prompt_truncated = false;
+  int prompt_tokens = 0;
+  std::vector<LoraUse> loras;  // in the order applied
+};
+
+// "prompt\nNegative prompt: ...\nSteps: 8, Sampler: Euler, CFG scale: 0, Seed: 42,
+//  Size: 1024x1024, Model: z-image-turbo" (the negative line only when non-empty).
+// With LoRAs, as AUTOMATIC1111 writes them: " <lora:NAME:SCALE>" after the prompt and
+// `, Lora hashes: "NAME: SHA12, ..."` (the first 12 hex digits of each file's sha256).
+std::string A1111Parameters(const ImageParameters& p);
+// The JSON object stored in the "zfarm" chunk ("loras": [{name, sha256, scale}] with LoRAs).
+std::string ParametersJson(const ImageParameters& p);
+
+}  // namespace zfarm::worker
+
+#endif  // ZFARM_WORKER_IO_IMAGE_PARAMETERS_H_
