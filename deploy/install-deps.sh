@@ -31,6 +31,8 @@ test_pkgs=(
   faketime iproute2 e2fsprogs util-linux openssl curl procps python3 python3-yaml systemd sqlite3
   # deploy checks: `docker-compose config` of the compose files (Debian's compose 1.29)
   docker-compose
+  # the Python client's runtime (client/python; its stubs are generated with protoc at build time)
+  python3-grpcio python3-protobuf
 )
 if [ "${1:-}" = --list ]; then
   case "${2:-}" in

@@ -1,0 +1,171 @@
+"""The Python client (package zfarm, <build>/python) against a real farm: a
+zfarm-scheduler and a CPU zfarm-worker serving the tiny model, on loopback.
+
+Also proves that the client derives the same request and batch ids as the CLI:
+the CLI submits first, then the Python client submits the same specs with the
+same prefix and gets the same jobs back (created = false, same request ids).
+
+Run by ctest (python_client_test) with ZFARM_*_BIN, ZFARM_TINY_MODEL_DIR and
+PYTHONPATH set; Debian's python3 with python3-grpcio.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+
+import grpc
+
+import zfarm
+from zfarm.v1 import job_pb2
+
+SCHEDULER = os.environ["ZFARM_SCHEDULER_BIN"]
+WORKER = os.environ["ZFARM_WORKER_BIN"]
+CLI = os.environ["ZFARM_CLI_BIN"]
+MODEL = os.environ["ZFARM_TINY_MODEL_DIR"]
+
+
+def wait_for_line(log_path, needle, proc, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if needle in line:
+                    return line[line.index(needle) + len(needle):].strip()
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    with open(log_path, errors="replace") as f:
+        raise AssertionError("no %r in %s:\n%s" % (needle, log_path, f.read()[-4000:]))
+
+
+class FarmFixture(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="zfarm-python-")
+        cls.out = os.path.join(cls.dir, "out")
+        os.makedirs(cls.out)
+        cls.procs = []
+        log = os.path.join(cls.dir, "scheduler.log")
+        sched = subprocess.Popen(
+            [SCHEDULER, "--listen=127.0.0.1:0", "--state-dir=" + cls.dir + "/state",
+             "--output-root=" + cls.out, "--heartbeat_interval=200ms", "--lease_timeout=2s"],
+            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        cls.procs.append(sched)
+        cls.address = wait_for_line(log, "listening on ", sched, 30).split()[0]
+        wlog = os.path.join(cls.dir, "worker.log")
+        worker = subprocess.Popen(
+            [WORKER, "serve", "--scheduler=" + cls.address, "--model=" + MODEL,
+             "--output-root=" + cls.out, "--name=py-w1", "--warmup=64x64", "--warmup-steps=1",
+             "--min-free-disk-mb=1"],
+            stdout=open(wlog, "w"), stderr=subprocess.STDOUT)
+        cls.procs.append(worker)
+        cls.farm = zfarm.Farm(cls.address, timeout=30, request_id_prefix="py-default")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.farm.close()
+        for p in reversed(cls.procs):
+            p.terminate()
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def cli(self, *args):
+        r = subprocess.run([CLI] + list(args) + ["--scheduler", self.address, "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+class PythonClientTest(FarmFixture):
+    def test_submit_watch_result_png_and_webp(self):
+        for fmt, magic in (("png", b"\x89PNG\r\n\x1a\n"), ("webp", b"RIFF")):
+            with self.subTest(fmt=fmt):
+                job = self.farm.submit("a lighthouse at dusk", width=256, height=256, steps=3,
+                                       seed=7, output_format=fmt, labels={"suite": "python"})
+                self.assertTrue(job.job_id.startswith("j-"))
+                self.assertEqual(job.spec.seed, 7)
+                events = list(self.farm.watch(job, timeout=120))
+                self.assertGreater(len(events), 0)
+                states = [e.job.state for e in events]
+                self.assertEqual(states[-1], job_pb2.JOB_STATE_SUCCEEDED,
+                                 events[-1].job.error.message)
+                self.assertEqual(states.count(job_pb2.JOB_STATE_SUCCEEDED), 1)
+                steps = [e.job.progress.step for e in events if e.job.progress.total_steps]
+                self.assertEqual(steps, sorted(steps))
+                path = os.path.join(self.dir, "result-" + fmt)
+                final = self.farm.result(job, path)
+                with open(path, "rb") as f:
+                    data = f.read()
+                self.assertTrue(data.startswith(magic))
+                self.assertEqual(hashlib.sha256(data).hexdigest(), final.result.sha256)
+                self.assertEqual(final.result.media_type, "image/" + fmt)
+                self.assertTrue(final.result.path.endswith("." + fmt))
+                leftovers = [n for n in os.listdir(self.dir) if ".tmp." in n]
+                self.assertEqual(leftovers, [])
+
+    def test_same_request_ids_as_the_cli(self):
+        # submit: the CLI first, then the client with the same spec and prefix.
+        args = ["--prompt", "a red fox, ink", "--width", "256", "--height", "256", "--steps",
+                "2", "--seed", "11", "--label", "k=v", "--output-format", "jpeg", "--quality",
+                "80", "--request-id-prefix", "ci-42"]
+        (cli_job,) = self.cli("submit", *args)
+        job = self.farm.submit("a red fox, ink", width=256, height=256, steps=2, seed=11,
+                               labels={"k": "v"}, output_format="jpeg", quality=80,
+                               request_id_prefix="ci-42")
+        self.assertEqual(job.request_id, cli_job["request_id"])
+        self.assertEqual(job.job_id, cli_job["job"])
+        spec = zfarm.farm.build_spec("a red fox, ink", width=256, height=256, steps=2, seed=11,
+                                     labels={"k": "v"}, output_format="jpeg", quality=80)
+        self.assertEqual(zfarm.derive_request_id("ci-42", spec), cli_job["request_id"])
+        # A different spec derives a different id.
+        spec.steps = 3
+        self.assertNotEqual(zfarm.derive_request_id("ci-42", spec), cli_job["request_id"])
+
+        # batch: a prompts file with a plain line, a JSON line with a seed sweep.
+        prompts = os.path.join(self.dir, "prompts.txt")
+        with open(prompts, "w") as f:
+            f.write("a plain line\n")
+            f.write('{"prompt": "swept", "seeds": [1, 2], "width": 256, "output_format": "webp"}\n')
+        cli_jobs = self.cli("batch", "--prompts", prompts, "--height", "256", "--width", "256",
+                            "--steps", "1", "--request-id-prefix", "ci-43")
+        batch_id, jobs = self.farm.batch(
+            ["a plain line",
+             {"prompt": "swept", "seeds": [1, 2], "width": 256, "output_format": "webp"}],
+            height=256, width=256, steps=1, request_id_prefix="ci-43")
+        self.assertEqual([j.request_id for j in jobs], [j["request_id"] for j in cli_jobs])
+        self.assertEqual([j.job_id for j in jobs], [j["job"] for j in cli_jobs])
+        self.assertEqual(batch_id, cli_jobs[0]["batch"])
+        self.assertEqual(len(jobs), 3)
+        for j in jobs:
+            self.assertEqual(self.farm.wait(j, timeout=120).state, job_pb2.JOB_STATE_SUCCEEDED)
+
+    def test_bad_input_names_the_field(self):
+        with self.assertRaises(zfarm.FarmError) as e:
+            self.farm.submit("x", output_format="webp", quality=101)
+        self.assertEqual(e.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("spec.quality", e.exception.message)
+        with self.assertRaises(ValueError):
+            self.farm.submit("x", output_format="gif")
+        with self.assertRaises(ValueError):
+            self.farm.batch([{"prompt": "x", "colour": "red"}])
+
+    def test_cancelled_job_raises_job_failed(self):
+        job = self.farm.submit("a long one", width=256, height=256, steps=50, seed=3)
+        self.farm.cancel(job)
+        with self.assertRaises(zfarm.JobFailed) as e:
+            self.farm.result(job, os.path.join(self.dir, "never.png"), timeout=60)
+        self.assertEqual(e.exception.job.state, job_pb2.JOB_STATE_CANCELLED)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "never.png")))
+
+
+if __name__ == "__main__":
+    unittest.main()
