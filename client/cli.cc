@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -59,7 +60,14 @@ struct Common {
   std::string token_file;                         // --token-file (else $ZFARM_TOKEN)
   absl::Duration timeout = absl::ZeroDuration();  // 0 = command default
   bool json = false;
+  bool quiet = false;  // no progress bar or lines, no informational stderr lines
 };
+
+// The flags AddCommon() defines: accepted before the subcommand too
+// (`zfarm --scheduler X submit ...`); true = takes a value.
+constexpr std::pair<const char*, bool> kCommonFlags[] = {
+    {"scheduler", true}, {"timeout", true},  {"json", false},     {"quiet", false},
+    {"tls-ca", true},    {"tls-cert", true}, {"tls-key", true},   {"token-file", true}};
 
 void AddSecurity(FlagSet* flags, Common* c) {
   flags->String("tls-ca", &c->tls.ca,
@@ -81,6 +89,7 @@ void AddCommon(FlagSet* flags, Common* c) {
                   "give up after this long (exit 4); default 30s, no limit "
                   "while waiting with --wait");
   flags->Bool("json", &c->json, "print one JSON object per line");
+  flags->Bool("quiet", &c->quiet, "no progress output (bar on a TTY, lines in a log)");
   AddSecurity(flags, c);
 }
 
@@ -92,7 +101,8 @@ struct Failure {
 
 class Session {
  public:
-  Session(const CliIo& io, const Common& common, bool waiting) : io_(io), json_(common.json) {
+  Session(const CliIo& io, const Common& common, bool waiting)
+      : io_(io), json_(common.json), quiet_(common.quiet) {
     address_ = common.scheduler;
     if (address_.empty() && io.getenv) {
       if (const char* env = io.getenv("ZFARM_SCHEDULER"); env && *env) {
@@ -193,8 +203,20 @@ class Session {
     out().flush();
   }
 
+  bool quiet() const { return quiet_; }
+
+  // Progress in a log that is not a terminal (and not --json): per job, a line at
+  // most every 10 % of its steps or 5 s, and at each state change, on stderr.
+  void LogProgress(const Job& job) {
+    if (tty() || json_ || quiet_) return;
+    if (std::string line = progress_log_.Observe(job, absl::Now()); !line.empty()) {
+      *io_.err << line << "\n";
+      io_.err->flush();
+    }
+  }
+
   void Progress(const std::string& line) {
-    if (!tty()) return;
+    if (!tty() || quiet_) return;
     out() << "\r" << line << "\033[K";
     out().flush();
     progress_shown_ = true;
@@ -221,6 +243,8 @@ class Session {
   std::string token_;  // never logged
   absl::Status init_;  // a bad --tls-* or --token-file
   absl::Time deadline_;
+  const bool quiet_;
+  ProgressLog progress_log_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<zfarm::v1::JobService::Stub> jobs_;
   std::unique_ptr<zfarm::v1::AdminService::Stub> admin_;
@@ -229,6 +253,10 @@ class Session {
 
 int Fail(const CliIo& io, const absl::Status& s) {
   *io.err << "zfarm: " << s.message() << "\n";
+  // A deadline the scheduler finds already past (clock skew) is a deadline, not a usage error.
+  if (absl::IsInvalidArgument(s) && absl::StrContains(s.message(), "spec.deadline: is in the past")) {
+    return kExitTimeout;
+  }
   return ExitCodeForStatus(s);
 }
 
@@ -266,7 +294,7 @@ struct SpecFlags {
   int64_t width = 1024, height = 1024, steps = 8, priority = 0, quality = 0;
   int64_t seed = -1;
   double guidance = 0.0;
-  absl::Duration deadline = absl::ZeroDuration();
+  std::string deadline;  // a duration from now or an RFC 3339 time; "" = none
   std::vector<std::string> labels;
 };
 
@@ -282,7 +310,10 @@ void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
   f->Repeated("label", &s->labels, "label k=v (repeatable)", "K=V");
   f->String("output-name", &s->output_name, "output file name stem");
   f->String("model", &s->model, "model name (default: any worker's)");
-  f->Duration("deadline", &s->deadline, "cancel the job if not finished within this time");
+  f->String("deadline", &s->deadline,
+            "cancel the job if not finished by then: a duration (90s, 1h) or an RFC 3339 "
+            "time; one already past exits 4",
+            "WHEN");
   f->String("webhook-url", &s->webhook_url,
             "POST the final state here (must be on the scheduler allow-list)", "URL");
   f->String("output-format", &s->output_format, "result file format: png, jpeg or webp (png)",
@@ -327,9 +358,12 @@ absl::StatusOr<JobSpec> BuildSpec(const SpecFlags& s) {
     }
     (*spec.mutable_labels())[l.substr(0, eq)] = l.substr(eq + 1);
   }
-  if (s.deadline > absl::ZeroDuration()) {
-    absl::Time t = absl::Now() + s.deadline;
-    spec.mutable_deadline()->set_seconds(absl::ToUnixSeconds(t));
+  if (!s.deadline.empty()) {
+    ZFARM_ASSIGN_OR_RETURN(absl::Time t, ParseDeadlineFlag(s.deadline, absl::Now()));
+    const int64_t seconds = absl::ToUnixSeconds(t);
+    spec.mutable_deadline()->set_seconds(seconds);
+    spec.mutable_deadline()->set_nanos(
+        static_cast<int32_t>(absl::ToInt64Nanoseconds(t - absl::FromUnixSeconds(seconds))));
   }
   return spec;
 }
@@ -436,6 +470,7 @@ absl::Status WaitForJobs(Session& session, const std::string& batch_id,
       auto it = jobs->find(j.job_id());
       if (it == jobs->end()) continue;  // not ours (e.g. other chunk)
       it->second = j;
+      session.LogProgress(j);
       if (IsFinal(j.state()) && pending.erase(j.job_id()) > 0 && !session.json() && session.tty()) {
         session.PrintJob(j);
       }
@@ -528,6 +563,7 @@ int RunSubmit(const std::vector<std::string>& args, const CliIo& io, const Comma
   if (sf.prompt.empty()) return Usage(io, flags, "--prompt is required");
   if (!out_file.empty() && !wait) return Usage(io, flags, "--out needs --wait");
   absl::StatusOr<JobSpec> spec = BuildSpec(sf);
+  if (absl::IsDeadlineExceeded(spec.status())) return Fail(io, spec.status());
   if (!spec.ok()) return Usage(io, flags, spec.status().message());
   PlannedJob planned{1, 0, *spec, request_id};
   if (planned.request_id.empty()) {
@@ -549,7 +585,7 @@ int RunSubmit(const std::vector<std::string>& args, const CliIo& io, const Comma
     return kExitOk;
   }
   std::map<std::string, Job> jobs{{resp.job().job_id(), resp.job()}};
-  if (!session.json()) {
+  if (!session.json() && !session.quiet()) {
     *io.err << "submitted job=" << resp.job().job_id() << (resp.created() ? "" : " (existing)")
             << "\n";
   }
@@ -599,6 +635,7 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io, const Comman
   if (!out_dir.empty() && !wait) return Usage(io, flags, "--out-dir needs --wait");
   sf.prompt = "";
   absl::StatusOr<JobSpec> defaults = BuildSpec(sf);
+  if (absl::IsDeadlineExceeded(defaults.status())) return Fail(io, defaults.status());
   if (!defaults.ok()) return Usage(io, flags, defaults.status().message());
   SweepOptions sweep;
   sweep.variants = static_cast<int>(std::clamp<int64_t>(variants, 0, 100000));
@@ -643,7 +680,7 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io, const Comman
   }
   LOG(INFO) << "event=batch_submit batch=" << batch_id << " jobs=" << job_ids.size()
             << " created=" << created;
-  if (!session.json()) {
+  if (!session.json() && !session.quiet()) {
     *io.err << "batch=" << batch_id << " jobs=" << job_ids.size() << " submitted=" << created
             << " existing=" << job_ids.size() - created << "\n";
   }
@@ -1083,15 +1120,16 @@ const Command kCommands[] = {
 
 std::string MainHelp() {
   std::string out =
-      "zfarm: the zfarm render farm CLI\n\nusage: zfarm COMMAND [flags]\n\n"
+      "zfarm: the zfarm render farm CLI\n\nusage: zfarm [common flags] COMMAND [flags]\n\n"
       "commands:\n";
   for (const Command& c : kCommands) {
     absl::StrAppendFormat(&out, "  %-9s %s\n", c.name,
                           std::string(c.summary).substr(0, std::string(c.summary).find('\n')));
   }
   out +=
-      "\ncommon flags: --scheduler HOST:PORT (or $ZFARM_SCHEDULER), "
-      "--timeout D, --json\n"
+      "\ncommon flags (before or after COMMAND): --scheduler HOST:PORT (or $ZFARM_SCHEDULER), "
+      "--timeout D, --json, --quiet, --tls-ca/--tls-cert/--tls-key FILE, --token-file FILE\n"
+      "progress: a bar on a terminal; in a log, one line per job at most every 10 % or 5 s\n"
       "exit codes: 0 ok, 1 a job failed, 2 usage, 3 scheduler unavailable, "
       "4 timeout or deadline, 5 cancelled\n"
       "run 'zfarm COMMAND --help' for a command's flags and examples.\n";
@@ -1114,12 +1152,42 @@ int RunCli(const std::vector<std::string>& args, const CliIo& io) {
     *io.out << "zfarm " << ZFARM_VERSION << "\n";
     return kExitOk;
   }
+  // Common flags before the subcommand (as kubectl, docker and gh take them) go in
+  // front of its own arguments, so a repeat after the subcommand wins.
+  std::vector<std::string> common;
+  size_t i = 0;
+  while (i < args.size() && absl::StartsWith(args[i], "--")) {
+    const std::string flag = args[i].substr(2, args[i].find('=') - 2);
+    const auto* known = std::find_if(std::begin(kCommonFlags), std::end(kCommonFlags),
+                                     [&](const auto& f) { return flag == f.first; });
+    if (known == std::end(kCommonFlags)) {
+      *io.err << "zfarm: '" << args[i] << "' before the command is not a common flag ("
+              << "--scheduler, --timeout, --json, --quiet, --tls-*, --token-file)\n"
+              << "usage: zfarm [common flags] COMMAND [flags] (run zfarm --help)\n";
+      return kExitUsage;
+    }
+    common.push_back(args[i]);
+    if (known->second && args[i].find('=') == std::string::npos) {
+      if (i + 1 >= args.size()) {
+        *io.err << "zfarm: flag '" << args[i] << "' needs a value\n";
+        return kExitUsage;
+      }
+      common.push_back(args[++i]);
+    }
+    ++i;
+  }
+  if (i >= args.size()) {
+    *io.err << MainHelp();
+    return kExitUsage;
+  }
+  const std::string& command = args[i];
   for (const Command& c : kCommands) {
-    if (name == c.name) {
-      return c.run(std::vector<std::string>(args.begin() + 1, args.end()), io, c);
+    if (command == c.name) {
+      common.insert(common.end(), args.begin() + i + 1, args.end());
+      return c.run(common, io, c);
     }
   }
-  *io.err << "zfarm: unknown command '" << name << "'\n"
+  *io.err << "zfarm: unknown command '" << command << "'\n"
           << "usage: zfarm COMMAND [flags] (run zfarm --help)\n";
   return kExitUsage;
 }

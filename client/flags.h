@@ -70,6 +70,12 @@ class FlagSet {
 // Parses "90s", "5m", "1h30m", "250ms" or a plain number of seconds.
 absl::StatusOr<absl::Duration> ParseDurationFlag(absl::string_view text);
 
+// --deadline: a duration from `now` ("90s", "1h", "-5m") or an RFC 3339 time
+// ("2026-12-03T20:00:00Z"). DEADLINE_EXCEEDED naming the flag when the time is
+// not after `now` (the CLI exits 4, as for a deadline that passes while waiting);
+// INVALID_ARGUMENT when `text` is neither form.
+absl::StatusOr<absl::Time> ParseDeadlineFlag(absl::string_view text, absl::Time now);
+
 }  // namespace zfarm::client
 
 #endif  // ZFARM_CLIENT_FLAGS_H_

@@ -77,6 +77,24 @@ std::string JobHumanLine(const Job& job, const std::string& local_path) {
   return line;
 }
 
+std::string ProgressLog::Observe(const Job& job, absl::Time now) {
+  const int total = job.progress().total_steps();
+  const int step = job.progress().step();
+  const int percent = total > 0 ? std::clamp(step * 100 / total, 0, 100) : 0;
+  auto it = last_.find(job.job_id());
+  bool due = it == last_.end() || it->second.state != job.state();
+  if (!due && step != it->second.step) {
+    due = percent >= it->second.percent + 10 || now - it->second.at >= absl::Seconds(5);
+  }
+  if (!due) return "";
+  last_[job.job_id()] = Last{job.state(), step, percent, now};
+  std::string line = absl::StrCat("job=", job.job_id(), " state=", StateName(job.state()));
+  if (total > 0 && !IsFinal(job.state())) {
+    absl::StrAppend(&line, " step=", step, "/", total, " (", percent, "%)");
+  }
+  return line;
+}
+
 std::string ProgressBar(int done, int total, const std::string& label, int width) {
   int filled = total > 0 ? std::clamp(done * width / total, 0, width) : 0;
   return absl::StrCat("[", std::string(filled, '#'), std::string(width - filled, '-'), "] ", done,

@@ -188,6 +188,70 @@ TEST_F(CliTest, SubmitWaitExitCodesFollowTheFinalState) {
   EXPECT_EQ(RunAt({"submit", "--prompt", "please CANCEL", "--wait"}).rc, 5);
 }
 
+TEST_F(CliTest, CommonFlagsGoBeforeOrAfterTheCommand) {
+  StartFake();
+  Result r = Run({"--scheduler", address_, "--json", "submit", "--prompt", "before"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ASSERT_THAT(r.lines(), SizeIs(1));
+  const std::string id = r.lines()[0]["job"];
+  Result s = Run({"--scheduler=" + address_, "--timeout", "10s", "status", id, "--json"});
+  ASSERT_EQ(s.rc, 0) << s.err;
+  EXPECT_EQ(s.lines()[0]["job"], id);
+  // After the command wins over before it.
+  Result w = Run({"--scheduler", "127.0.0.1:1", "status", id, "--scheduler", address_});
+  EXPECT_EQ(w.rc, 0) << w.err;
+  Result bad = Run({"--prompt", "x", "submit"});
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_THAT(bad.err, HasSubstr("not a common flag"));
+  EXPECT_EQ(Run({"--scheduler"}).rc, 2);
+  EXPECT_EQ(Run({"--json"}).rc, 2);  // no command
+}
+
+TEST_F(CliTest, DeadlineInThePastExits4AndSubmitsNothing) {
+  StartFake();
+  Result r = RunAt({"submit", "--prompt", "late", "--deadline", "-1m"});
+  EXPECT_EQ(r.rc, 4) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("already past"));
+  EXPECT_EQ(RunAt({"submit", "--prompt", "late", "--deadline", "2020-01-01T00:00:00Z"}).rc, 4);
+  EXPECT_EQ(RunAt({"batch", "--prompts", WritePrompts("a\n"), "--deadline", "0s"}).rc, 4);
+  EXPECT_EQ(fake_->submit_calls(), 0);
+  EXPECT_EQ(RunAt({"submit", "--prompt", "x", "--deadline", "soon"}).rc, 2);
+  const absl::Time before = absl::Now();
+  ASSERT_EQ(RunAt({"submit", "--prompt", "in time", "--deadline", "1h"}).rc, 0);
+  ASSERT_THAT(fake_->jobs(), SizeIs(1));
+  const auto& d = fake_->jobs()[0].spec().deadline();
+  const absl::Time got = absl::FromUnixSeconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+  EXPECT_GE(got, before + absl::Hours(1));
+  EXPECT_LE(got, absl::Now() + absl::Hours(1));
+}
+
+TEST_F(CliTest, ProgressInALogIsLinesAndQuietSilencesIt) {
+  StartFake(/*auto_complete=*/false);
+  std::thread finisher([this] {
+    fake_->AwaitJobs(1);
+    fake_->CompleteAll();
+  });
+  Result r = RunAt({"submit", "--prompt", "logged", "--wait"});
+  finisher.join();
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("state=succeeded"));
+  EXPECT_EQ(r.err.find('\r'), std::string::npos);
+  EXPECT_EQ(r.out.find('\r'), std::string::npos);
+  fake_.reset();
+  StartFake();
+  Result b = RunAt({"batch", "--prompts", WritePrompts("a\nb\n"), "--wait"});
+  ASSERT_EQ(b.rc, 0) << b.err;
+  EXPECT_EQ(b.err.find('\r'), std::string::npos);
+  Result q = RunAt({"submit", "--prompt", "silent", "--wait", "--quiet"});
+  ASSERT_EQ(q.rc, 0) << q.err;
+  EXPECT_EQ(q.err, "");
+  EXPECT_THAT(q.out, HasSubstr("state=succeeded"));
+  EXPECT_EQ(Run({"--quiet", "--scheduler", address_, "batch", "--prompts", WritePrompts("c\n"),
+                 "--wait"})
+                .err,
+            "");
+}
+
 TEST_F(CliTest, SubmitInvalidSpecIsAUsageError) {
   StartFake();
   Result r = RunAt({"submit", "--prompt", "", "--json"});

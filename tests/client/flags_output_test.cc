@@ -128,6 +128,60 @@ std::string TempDir() {
   return mkdtemp(t.data());
 }
 
+TEST(FlagSetTest, DeadlinesAreDurationsOrTimesAndThePastIsADeadline) {
+  const absl::Time now = absl::FromUnixSeconds(1'800'000'000);
+  ASSERT_OK_AND_ASSIGN(absl::Time t, ParseDeadlineFlag("90s", now));
+  EXPECT_EQ(t, now + absl::Seconds(90));
+  ASSERT_OK_AND_ASSIGN(t, ParseDeadlineFlag("1h30m", now));
+  EXPECT_EQ(t, now + absl::Minutes(90));
+  ASSERT_OK_AND_ASSIGN(t, ParseDeadlineFlag("2030-01-01T00:00:00Z", now));
+  EXPECT_EQ(t, absl::FromUnixSeconds(1'893'456'000));
+  for (const char* past : {"-5m", "0", "0s", "2020-01-01T00:00:00Z"}) {
+    EXPECT_THAT(ParseDeadlineFlag(past, now),
+                StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("already past")))
+        << past;
+  }
+  EXPECT_THAT(ParseDeadlineFlag("soon", now),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--deadline")));
+}
+
+TEST(OutputTest, ProgressLogIsAtMostEvery10PercentOr5Seconds) {
+  ProgressLog log;
+  zfarm::v1::Job j;
+  j.set_job_id("j-1");
+  j.set_state(zfarm::v1::JOB_STATE_RUNNING);
+  j.mutable_progress()->set_total_steps(100);
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  auto at = [&](int step, absl::Duration after) {
+    j.mutable_progress()->set_step(step);
+    return log.Observe(j, t0 + after);
+  };
+  EXPECT_EQ(at(0, absl::ZeroDuration()), "job=j-1 state=running step=0/100 (0%)");
+  EXPECT_EQ(at(5, absl::Seconds(1)), "");
+  EXPECT_EQ(at(9, absl::Seconds(2)), "");
+  EXPECT_EQ(at(10, absl::Seconds(2)), "job=j-1 state=running step=10/100 (10%)");
+  EXPECT_EQ(at(11, absl::Seconds(6)), "");
+  EXPECT_EQ(at(12, absl::Seconds(7)), "job=j-1 state=running step=12/100 (12%)");  // 5 s
+  EXPECT_EQ(at(12, absl::Seconds(30)), "");  // nothing moved
+  // Another job has its own pace.
+  zfarm::v1::Job other = j;
+  other.set_job_id("j-2");
+  EXPECT_NE(log.Observe(other, t0 + absl::Seconds(30)), "");
+  // A state change is always a line; a final state has no step.
+  j.set_state(zfarm::v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(log.Observe(j, t0 + absl::Seconds(31)), "job=j-1 state=succeeded");
+  // A 100-step job reporting every step 0.1 s apart gets 11 lines, not 100.
+  ProgressLog fresh;
+  int lines = 0;
+  zfarm::v1::Job k = j;
+  k.set_state(zfarm::v1::JOB_STATE_RUNNING);
+  for (int s = 0; s <= 100; ++s) {
+    k.mutable_progress()->set_step(s);
+    if (!fresh.Observe(k, t0 + absl::Milliseconds(100 * s)).empty()) ++lines;
+  }
+  EXPECT_EQ(lines, 11);
+}
+
 TEST(OutputTest, ManifestIsWrittenAtomically) {
   const std::string dir = TempDir();
   std::vector<ManifestEntry> entries = {{1, SampleJob(), "0001.png", "cafe"}};
