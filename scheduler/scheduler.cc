@@ -30,16 +30,7 @@ using google::protobuf::util::TimeUtil;
 
 namespace {
 
-// Retention caps: when `items` (time, id) hold more than `cap` (> 0), moves the
-// ids of the oldest surplus into `out`; returns how many.
-int64_t TakeOldestBeyond(int64_t cap, std::vector<std::pair<absl::Time, std::string>>* items,
-                         std::vector<std::string>* out) {
-  const int64_t surplus = static_cast<int64_t>(items->size()) - cap;
-  if (cap <= 0 || surplus <= 0) return 0;
-  std::nth_element(items->begin(), items->begin() + surplus, items->end());
-  for (int64_t i = 0; i < surplus; ++i) out->push_back(std::move((*items)[i].second));
-  return surplus;
-}
+using Event = JobStore::Event;
 
 google::protobuf::Timestamp ToProto(absl::Time t) {
   return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
@@ -47,36 +38,18 @@ google::protobuf::Timestamp ToProto(absl::Time t) {
 absl::Time FromProto(const google::protobuf::Timestamp& t) {
   return absl::FromUnixMicros(TimeUtil::TimestampToMicroseconds(t));
 }
-bool IsFinal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
-}
-bool Leased(v1::JobState s) { return s == v1::JOB_STATE_ASSIGNED || s == v1::JOB_STATE_RUNNING; }
-// FAILED and CANCELLED jobs wrote no result: their output path is free again.
-bool ReleasesOutput(v1::JobState s) {
-  return s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
-}
-// The extension follows the job's output format (the worker checks it does).
-std::string OutputPathFor(absl::Time submit_time, const std::string& name, v1::OutputFormat format) {
-  const char* ext = format == v1::OUTPUT_FORMAT_JPEG ? ".jpg"
-                    : format == v1::OUTPUT_FORMAT_WEBP ? ".webp"
-                                                       : ".png";
-  return absl::StrCat(absl::FormatTime("%Y-%m-%d", submit_time, absl::UTCTimeZone()), "/", name,
-                      ext);
+JobStore::Change Ev(Event event, absl::Time now,
+                    v1::FailureReason reason = v1::FAILURE_REASON_UNSPECIFIED,
+                    std::string message = "") {
+  JobStore::Change c;
+  c.event = event;
+  c.now = now;
+  c.reason = reason;
+  c.message = std::move(message);
+  return c;
 }
 
 }  // namespace
-
-struct Scheduler::Worker {
-  v1::WorkerHello hello;
-  v1::WorkerState state = v1::WORKER_STATE_READY;
-  uint64_t session = 0;
-  std::shared_ptr<WorkerSink> sink;
-  std::set<std::string> leases;                   // job ids
-  absl::Time connect_time, last_seen, lost_time;  // wall: shown to users
-  absl::Time last_seen_mono, lost_mono;           // monotonic: silence, lost TTL
-  int64_t jobs_done = 0, jobs_failed = 0;
-  int consecutive_failures = 0;
-};
 
 struct Scheduler::Txn {
   std::vector<Journal::Op> ops;
@@ -159,7 +132,7 @@ Scheduler::Scheduler(const Options& options, Clock* clock, std::unique_ptr<Journ
     : options_(options),
       clock_(clock),
       journal_(std::move(journal)),
-      queue_(options.aging_per_minute),
+      store_(options.aging_per_minute),
       subs_(std::make_unique<Subscribers>()) {}
 
 Scheduler::~Scheduler() { Shutdown(); }
@@ -194,56 +167,23 @@ absl::Status Scheduler::Recover() {
 }
 
 void Scheduler::RebuildLocked(Journal::Contents contents, Txn& txn) {
-  int requeued = 0;
-  for (JobRecord& r : contents.jobs) {
-    next_seq_ = std::max(next_seq_, r.seq + 1);
-    const std::string id = r.job.job_id();
-    by_seq_[r.seq] = id;
-    auto [it, inserted] = jobs_.emplace(id, std::move(r));
-    JobRecord& rec = it->second;
-    if (!rec.job.spec().output_name().empty()) outputs_[OutputPath(rec)] = id;
-    if (Leased(rec.job.state())) {
-      ++requeued;
-      if (rec.commit_pending && VerifyResult(rec.job.result()).ok()) {
-        FinishLocked(rec, v1::JOB_STATE_SUCCEEDED, v1::FAILURE_REASON_UNSPECIFIED, "", txn);
-        continue;
-      }
-      rec.commit_pending = false;
-      rec.job.clear_result();
-      if (rec.cancel_requested) {
-        FinishLocked(rec, v1::JOB_STATE_CANCELLED, rec.job.error().reason(),
-                     rec.job.error().message(), txn);
-        continue;
-      }
-      rec.job.set_state(v1::JOB_STATE_QUEUED);
-      rec.job.clear_worker();
-      rec.job.clear_progress();
-      txn.ops.push_back({Journal::Op::Kind::kPutJob, rec, {}, {}});
+  const absl::Time now = clock_->Now();
+  // A job leased when the scheduler stopped: SUCCEEDED if its accepted commit is on
+  // disk, CANCELLED if a cancel was on its way, else QUEUED again.
+  const int requeued = store_.Rebuild(contents, txn.ops, [&](JobRecord& rec) {
+    if (rec.commit_pending && VerifyResult(rec.job.result()).ok()) {
+      ApplyLocked(rec, Ev(Event::kSucceed, now), txn);
+    } else if (rec.cancel_requested) {
+      ApplyLocked(rec, Ev(Event::kCancel, now, rec.job.error().reason(), rec.job.error().message()),
+                  txn);
+    } else {
+      ApplyLocked(rec, Ev(Event::kRecover, now), txn);
     }
-    if (rec.job.state() == v1::JOB_STATE_QUEUED) EnqueueLocked(rec);
-    if (!IsFinal(rec.job.state()) && rec.job.spec().has_deadline()) {
-      deadlines_.emplace(FromProto(rec.job.spec().deadline()), id);
-    }
-  }
-  for (RequestRecord& r : contents.requests) {
-    if (r.owner.empty()) {
-      // Written before request ids were scoped to their principal (schema v3):
-      // scope it to its job's owner. Without its job the owner is unknown and the
-      // tombstone matches nobody until it expires.
-      auto j = jobs_.find(r.job_id);
-      if (j != jobs_.end()) {
-        txn.ops.push_back({Journal::Op::Kind::kDeleteRequest, {}, r, {}});
-        r.owner = j->second.job.owner();
-        txn.ops.push_back({Journal::Op::Kind::kPutRequest, {}, r, {}});
-      }
-    }
-    RequestKey key{r.owner, r.request_id};
-    requests_[std::move(key)] = std::move(r);
-  }
-  for (WorkerRecord& w : contents.workers) worker_owners_[w.worker_name] = std::move(w.principal);
-  LOG(INFO) << "event=recovered jobs=" << jobs_.size() << " queued=" << queue_.size()
-            << " requeued=" << requeued << " tombstones=" << requests_.size()
-            << " workers=" << worker_owners_.size() << " journal=" << journal_->path();
+  });
+  registry_.RestoreBindings(std::move(contents.workers));
+  LOG(INFO) << "event=recovered jobs=" << store_.size() << " queued=" << store_.queue().size()
+            << " requeued=" << requeued << " tombstones=" << store_.tombstones()
+            << " workers=" << registry_.bindings() << " journal=" << journal_->path();
 }
 
 absl::Status Scheduler::JournalFailure() const {
@@ -257,19 +197,10 @@ void Scheduler::ReloadAfterJournalFailure() {
     if (shut_down_) return;
     // Their leases may rest on transitions that never reached the disk: they
     // reconnect and re-adopt what the journal says they hold (as after a restart).
-    for (auto& [session, w] : sessions_) {
-      if (w->sink) {
-        w->sink->Close(absl::UnavailableError(
-            "the scheduler is reloading its journal after a failed write; reconnect"));
-      }
-      w->sink.reset();
-      w->state = v1::WORKER_STATE_LOST;
-      w->lost_time = clock_->Now();
-      w->lost_mono = clock_->MonotonicNow();
-      w->leases.clear();
-    }
-    sessions_.clear();
-    free_workers_.clear();
+    registry_.DisconnectAll(
+        absl::UnavailableError(
+            "the scheduler is reloading its journal after a failed write; reconnect"),
+        clock_->Now(), clock_->MonotonicNow());
   }
   // Nothing new is appended meanwhile (CommitTxn refuses): this drains the
   // batches that were queued behind the failed write (they fail too).
@@ -286,20 +217,15 @@ void Scheduler::ReloadAfterJournalFailure() {
         absl::StrCat("journal: cannot reload after a failed write: ", contents.status().message()));
     return;
   }
-  for (const auto& [id, r] : jobs_) queue_.Remove(id);
-  jobs_.clear();
-  by_seq_.clear();
-  requests_.clear();
-  deadlines_.clear();
-  outputs_.clear();
-  worker_owners_.clear();
+  store_.Clear();
   Txn txn;
   RebuildLocked(*std::move(contents), txn);
   {
     absl::MutexLock f(&fail_mu_);
     journal_failure_ = absl::OkStatus();
   }
-  LOG(WARNING) << "event=journal_reloaded journal=" << journal_->path() << " jobs=" << jobs_.size();
+  LOG(WARNING) << "event=journal_reloaded journal=" << journal_->path()
+               << " jobs=" << store_.size();
   CommitTxn(txn, nullptr);
 }
 
@@ -317,7 +243,7 @@ absl::Status Scheduler::Flush() { return journal_->Flush(); }
 
 int64_t Scheduler::QueuedJobs() {
   absl::MutexLock lock(&mu_);
-  return queue_.size();
+  return store_.queue().size();
 }
 
 // ---------------------------------------------------------------- helpers
@@ -359,17 +285,7 @@ void Scheduler::CommitTxn(Txn& txn, absl::AnyInvocable<void(absl::Status) &&> do
   txn = Txn();
 }
 
-v1::Job Scheduler::ViewLocked(const JobRecord& r) const {
-  v1::Job j = r.job;
-  j.set_queue_position(r.job.state() == v1::JOB_STATE_QUEUED ? queue_.Position(r.job.job_id())
-                                                             : -1);
-  return j;
-}
-
-void Scheduler::PutLocked(const JobRecord& r, Txn& txn, v1::JobEventType type) {
-  if (type != v1::JOB_EVENT_TYPE_PROGRESS) {
-    txn.ops.push_back({Journal::Op::Kind::kPutJob, r, {}, {}});
-  }
+void Scheduler::PublishLocked(const JobRecord& r, v1::JobEventType type, Txn& txn) {
   Subscribers::List sinks;
   auto add = [&](const absl::flat_hash_map<std::string, Subscribers::List>& m,
                  const std::string& key) {
@@ -384,42 +300,41 @@ void Scheduler::PutLocked(const JobRecord& r, Txn& txn, v1::JobEventType type) {
   sinks.erase(std::unique(sinks.begin(), sinks.end()), sinks.end());
   v1::JobEvent ev;
   ev.set_type(type);
-  *ev.mutable_job() = ViewLocked(r);
+  *ev.mutable_job() = store_.View(r);
   *ev.mutable_event_time() = ToProto(clock_->Now());
   txn.after.push_back([sinks = std::move(sinks), ev = std::move(ev)]() mutable {
     for (auto& s : sinks) s->OnEvent(ev);
   });
 }
 
-void Scheduler::EnqueueLocked(JobRecord& r) {
-  queue_.Push(r.job.job_id(), r.job.spec().priority(), r.seq, FromProto(r.job.create_time()),
-              r.job.owner());
-}
-
-std::string Scheduler::OutputPath(const JobRecord& r) const {
-  return OutputPathFor(FromProto(r.job.create_time()),
-                       r.job.spec().output_name().empty() ? r.job.job_id()
-                                                          : r.job.spec().output_name(),
-                       r.job.spec().output_format());
-}
-
-absl::Status Scheduler::OutputPathFreeLocked(const std::string& path, const std::string& owner,
-                                             const std::string& field) const {
-  if (auto it = outputs_.find(path); it != outputs_.end()) {
-    auto j = jobs_.find(it->second);
-    if (j != jobs_.end() && !ReleasesOutput(j->second.job.state())) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          field, "spec.output_name: ", path, " is already the output of ",
-          j->second.job.owner() == owner ? absl::StrCat("job ", j->first)
-                                         : std::string("another principal's job"),
-          "; choose another output_name"));
+bool Scheduler::ApplyLocked(JobRecord& r, const JobStore::Change& change, Txn& txn) {
+  absl::StatusOr<JobStore::Effects> fx = store_.Transition(r, change);
+  if (!fx.ok()) {
+    // Every caller checks the state first: a refusal here is a bug, not input.
+    LOG(DFATAL) << "event=illegal_transition error=\"" << fx.status().message() << "\"";
+    return false;
+  }
+  for (Journal::Op& op : fx->ops) txn.ops.push_back(std::move(op));
+  if (!fx->released_worker.empty()) registry_.ReleaseLease(fx->released_worker, r.job.job_id());
+  PublishLocked(r, fx->event_type, txn);
+  if (fx->final) {
+    const v1::JobState state = r.job.state();
+    if (state == v1::JOB_STATE_SUCCEEDED && r.job.has_start_time()) {
+      metrics_->run_time->Observe(
+          absl::ToDoubleSeconds(change.now - FromProto(r.job.start_time())));
+    }
+    LOG(INFO) << "event=job_final job=" << r.job.job_id() << " request=" << r.job.request_id()
+              << " state=" << v1::JobState_Name(state)
+              << (state == v1::JOB_STATE_SUCCEEDED
+                      ? ""
+                      : " reason=" + v1::FailureReason_Name(r.job.error().reason()))
+              << " attempt=" << r.job.attempt();
+    if (options_.on_final) {
+      // Runs after the transition is durable, never under mu_.
+      txn.after.push_back([cb = options_.on_final, job = store_.View(r)] { cb(job); });
     }
   }
-  // The output root is not looked at here: a pruned job's file can only collide
-  // after an early prune, and the worker's no-replace rename catches that. (A
-  // lookup now would also leave an NFS client caching "no such file" for the very
-  // name VerifyResult must find a few seconds later.)
-  return absl::OkStatus();
+  return true;
 }
 
 absl::Status Scheduler::VerifyResult(const v1::JobResult& result) const {
@@ -442,107 +357,48 @@ absl::Status Scheduler::VerifyResult(const v1::JobResult& result) const {
   return absl::OkStatus();
 }
 
-void Scheduler::CountDeviceFailureLocked(Worker& w, const std::string& why) {
-  if (++w.consecutive_failures >= 3 && w.state == v1::WORKER_STATE_READY) {
-    w.state = v1::WORKER_STATE_UNHEALTHY;
-    free_workers_.erase(w.hello.worker_name());
-    LOG(WARNING) << "event=worker_unhealthy worker=" << w.hello.worker_name()
-                 << " reason=3_failures last=\"" << why << "\"";
-  }
-}
-
-void Scheduler::ReleaseLeaseLocked(JobRecord& r) {
-  auto it = workers_.find(r.job.worker());
-  if (it == workers_.end()) return;
-  Worker& w = *it->second;
-  if (w.leases.erase(r.job.job_id()) && w.state == v1::WORKER_STATE_READY && w.sink) {
-    free_workers_.insert(it->first);
-  }
-}
-
-void Scheduler::FinishLocked(JobRecord& r, v1::JobState state, v1::FailureReason reason,
-                             const std::string& message, Txn& txn) {
-  if (Leased(r.job.state())) ReleaseLeaseLocked(r);
-  queue_.Remove(r.job.job_id());
-  absl::Time now = clock_->Now();
-  r.job.set_state(state);
-  r.commit_pending = false;
-  *r.job.mutable_end_time() = ToProto(now);
-  if (state != v1::JOB_STATE_SUCCEEDED) {
-    r.job.clear_result();
-    r.job.mutable_error()->set_reason(reason);
-    r.job.mutable_error()->set_message(message);
-    r.job.mutable_error()->set_retryable(false);
-  } else {
-    r.job.clear_error();
-  }
-  if (state == v1::JOB_STATE_SUCCEEDED && r.job.has_start_time()) {
-    metrics_->run_time->Observe(absl::ToDoubleSeconds(now - FromProto(r.job.start_time())));
-  }
-  LOG(INFO) << "event=job_final job=" << r.job.job_id() << " request=" << r.job.request_id()
-            << " state=" << v1::JobState_Name(state)
-            << (state == v1::JOB_STATE_SUCCEEDED ? "" : " reason=" + v1::FailureReason_Name(reason))
-            << " attempt=" << r.job.attempt();
-  PutLocked(r, txn);
-  if (options_.on_final) {
-    // Runs after the transition is durable, never under mu_.
-    txn.after.push_back([cb = options_.on_final, job = ViewLocked(r)] { cb(job); });
-  }
-}
-
 void Scheduler::LeaseEndedLocked(JobRecord& r, v1::FailureReason reason, bool retryable,
                                  const std::string& message, Txn& txn) {
+  const absl::Time now = clock_->Now();
   if (r.cancel_requested) {
-    FinishLocked(r, v1::JOB_STATE_CANCELLED, r.job.error().reason(), r.job.error().message(), txn);
+    ApplyLocked(r, Ev(Event::kCancel, now, r.job.error().reason(), r.job.error().message()), txn);
     return;
   }
   bool counts = r.job.state() == v1::JOB_STATE_RUNNING || reason != v1::FAILURE_REASON_WORKER_LOST;
   if (counts) ++r.runs;
   if (!retryable) {
-    FinishLocked(r, v1::JOB_STATE_FAILED, reason, message, txn);
+    ApplyLocked(r, Ev(Event::kFail, now, reason, message), txn);
     return;
   }
   if (r.runs >= options_.max_attempts) {
-    FinishLocked(r, v1::JOB_STATE_FAILED, v1::FAILURE_REASON_TOO_MANY_ATTEMPTS,
-                 absl::StrCat("gave up after ", r.runs,
-                              " attempts; last: ", v1::FailureReason_Name(reason), ": ", message),
-                 txn);
+    ApplyLocked(r,
+                Ev(Event::kFail, now, v1::FAILURE_REASON_TOO_MANY_ATTEMPTS,
+                   absl::StrCat("gave up after ", r.runs, " attempts; last: ",
+                                v1::FailureReason_Name(reason), ": ", message)),
+                txn);
     return;
   }
-  ReleaseLeaseLocked(r);
-  r.job.set_state(v1::JOB_STATE_QUEUED);
-  r.job.clear_progress();
-  r.commit_pending = false;
-  r.job.clear_result();
-  r.job.mutable_error()->set_reason(reason);
-  r.job.mutable_error()->set_message(message);
-  r.job.mutable_error()->set_retryable(true);
-  EnqueueLocked(r);
+  ApplyLocked(r, Ev(Event::kRequeue, now, reason, message), txn);
   LOG(INFO) << "event=job_requeued job=" << r.job.job_id() << " request=" << r.job.request_id()
             << " reason=" << v1::FailureReason_Name(reason) << " runs=" << r.runs;
-  PutLocked(r, txn);
 }
 
 void Scheduler::CancelJobLocked(JobRecord& r, v1::FailureReason reason, const std::string& message,
                                 Txn& txn) {
   if (IsFinal(r.job.state())) return;
+  const absl::Time now = clock_->Now();
   if (r.job.state() == v1::JOB_STATE_QUEUED) {
-    FinishLocked(r, v1::JOB_STATE_CANCELLED, reason, message, txn);
+    ApplyLocked(r, Ev(Event::kCancel, now, reason, message), txn);
     return;
   }
   if (r.cancel_requested) return;
-  r.cancel_requested = true;
-  r.job.mutable_error()->set_reason(reason);
-  r.job.mutable_error()->set_message(message);
-  r.job.mutable_error()->set_retryable(false);
-  PutLocked(r, txn);
-  auto it = workers_.find(r.job.worker());
-  if (it != workers_.end() && it->second->sink) {
+  ApplyLocked(r, Ev(Event::kRequestCancel, now, reason, message), txn);
+  if (Worker* w = registry_.Connected(r.job.worker())) {
     v1::SchedulerMessage m;
     m.mutable_cancel()->mutable_lease()->set_job_id(r.job.job_id());
     m.mutable_cancel()->mutable_lease()->set_attempt(r.job.attempt());
     *m.mutable_cancel()->mutable_reason() = r.job.error();
-    txn.after.push_back([sink = it->second->sink, m = std::move(m)] { sink->Send(m); });
+    txn.after.push_back([sink = w->sink, m = std::move(m)] { sink->Send(m); });
   }
 }
 
@@ -556,46 +412,43 @@ bool Scheduler::CanRunLocked(const Worker& w, const JobRecord& r) const {
 }
 
 void Scheduler::DispatchLocked(Txn& txn) {
-  if (queue_.size() == 0 || free_workers_.empty()) return;
+  JobQueue& queue = store_.queue();
+  if (queue.size() == 0 || registry_.free().empty()) return;
   absl::Time now = clock_->Now();
-  std::vector<std::string> full;
-  for (const std::string& name : free_workers_) {
-    Worker& w = *workers_[name];
+  // A copy: AddLease() takes a worker that fills up out of free().
+  const std::vector<std::string> free(registry_.free().begin(), registry_.free().end());
+  for (const std::string& name : free) {
+    Worker& w = *registry_.Find(name);
     std::map<std::pair<int, int>, v1::Assignment> by_size;
-    while (static_cast<int>(w.leases.size()) < w.hello.capacity() && queue_.size() > 0) {
+    while (static_cast<int>(w.leases.size()) < w.hello.capacity() && queue.size() > 0) {
       // Pick() calls the predicate synchronously, still under mu_.
-      auto picked = queue_.Pick(now, [&](const std::string& id) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        return CanRunLocked(w, jobs_.at(id));
+      auto picked = queue.Pick(now, [&](const std::string& id) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return CanRunLocked(w, *store_.Find(id));
       });
       if (!picked) break;
-      JobRecord& r = jobs_.at(*picked);
-      queue_.Take(*picked);  // ends the owner's turn (fair share)
+      JobRecord& r = *store_.Find(*picked);
       metrics_->queue_wait->Observe(absl::ToDoubleSeconds(now - FromProto(r.job.create_time())));
-      r.job.set_state(v1::JOB_STATE_ASSIGNED);
-      r.job.set_attempt(r.job.attempt() + 1);
-      r.job.set_worker(name);
-      r.job.clear_progress();
-      w.leases.insert(*picked);
-      PutLocked(r, txn);
+      JobStore::Change c = Ev(Event::kDispatch, now);
+      c.worker = name;
+      if (!ApplyLocked(r, c, txn)) break;
+      registry_.AddLease(w, *picked);
       v1::Lease* l = by_size[{r.job.spec().width_px(), r.job.spec().height_px()}].add_leases();
       l->mutable_lease()->set_job_id(r.job.job_id());
       l->mutable_lease()->set_attempt(r.job.attempt());
       *l->mutable_spec() = r.job.spec();
-      l->set_output_path(OutputPath(r));
+      l->set_output_path(JobStore::OutputPath(r));
       *l->mutable_submit_time() = r.job.create_time();
       l->set_request_id(r.job.request_id());
       LOG(INFO) << "event=assign job=" << r.job.job_id() << " request=" << r.job.request_id()
                 << " worker=" << name << " attempt=" << r.job.attempt();
     }
-    if (static_cast<int>(w.leases.size()) >= w.hello.capacity()) full.push_back(name);
     for (auto& [size, a] : by_size) {
       v1::SchedulerMessage m;
       *m.mutable_assignment() = std::move(a);
       txn.after.push_back([sink = w.sink, m = std::move(m)] { sink->Send(m); });
     }
-    if (queue_.size() == 0) break;
+    if (queue.size() == 0) break;
   }
-  for (const auto& n : full) free_workers_.erase(n);
 }
 
 // ---------------------------------------------------------------- JobService
@@ -615,32 +468,30 @@ absl::StatusOr<v1::SubmitJobResponse> Scheduler::AdmitLocked(v1::SubmitJobReques
   std::string fp = SpecFingerprint(spec);
   v1::SubmitJobResponse resp;
   if (!req.request_id().empty()) {
-    auto it = requests_.find(RequestKey(owner, req.request_id()));
-    if (it != requests_.end()) {
-      if (it->second.fingerprint != fp) {
+    if (const RequestRecord* rr = store_.FindRequest(owner, req.request_id())) {
+      if (rr->fingerprint != fp) {
         metrics_->rejected_conflict->Increment();
         return absl::InvalidArgumentError(
             absl::StrCat(field, "request_id: \"", req.request_id(), "\" was already used for job ",
-                         it->second.job_id, " with a different spec"));
+                         rr->job_id, " with a different spec"));
       }
-      auto j = jobs_.find(it->second.job_id);
-      if (j != jobs_.end()) {
-        *resp.mutable_job() = ViewLocked(j->second);
+      if (const JobRecord* j = store_.Find(rr->job_id)) {
+        *resp.mutable_job() = store_.View(*j);
       } else {  // pruned: only the tombstone remains
-        resp.mutable_job()->set_job_id(it->second.job_id);
+        resp.mutable_job()->set_job_id(rr->job_id);
         resp.mutable_job()->set_request_id(req.request_id());
       }
       resp.set_created(false);
       return resp;
     }
   }
-  std::string output_path;
   if (!spec.output_name().empty()) {
-    output_path = OutputPathFor(now, spec.output_name(), spec.output_format());
-    ZFARM_RETURN_IF_ERROR(OutputPathFreeLocked(output_path, owner, field));
+    ZFARM_RETURN_IF_ERROR(
+        store_.OutputPathFree(OutputPathFor(now, spec.output_name(), spec.output_format()), owner,
+                              field));
   }
   JobRecord r;
-  r.seq = next_seq_++;
+  r.seq = store_.NextSeq();
   r.fingerprint = fp;
   absl::BitGen gen;
   r.job.set_job_id(absl::StrFormat("j-%s-%09d-%04x",
@@ -654,22 +505,17 @@ absl::StatusOr<v1::SubmitJobResponse> Scheduler::AdmitLocked(v1::SubmitJobReques
   r.job.set_owner(owner);
   *r.job.mutable_create_time() = ToProto(now);
   const std::string id = r.job.job_id();
-  if (!req.request_id().empty()) {
-    RequestRecord rr{owner, req.request_id(), id, fp, now};
-    txn.ops.push_back({Journal::Op::Kind::kPutRequest, {}, rr, {}});
-    requests_[RequestKey(owner, rr.request_id)] = std::move(rr);
+  std::optional<RequestRecord> request;
+  if (!req.request_id().empty()) request = RequestRecord{owner, req.request_id(), id, fp, now};
+  for (Journal::Op& op : store_.Admit(std::move(r), std::move(request))) {
+    txn.ops.push_back(std::move(op));
   }
-  if (!output_path.empty()) outputs_[output_path] = id;
-  by_seq_[r.seq] = id;
-  auto [it, ok] = jobs_.emplace(id, std::move(r));
-  JobRecord& rec = it->second;
-  EnqueueLocked(rec);
-  if (rec.job.spec().has_deadline()) deadlines_.emplace(FromProto(rec.job.spec().deadline()), id);
-  PutLocked(rec, txn);
+  const JobRecord& rec = *store_.Find(id);
+  PublishLocked(rec, v1::JOB_EVENT_TYPE_STATE_CHANGED, txn);
   metrics_->submits->Increment();
   LOG(INFO) << "event=submit job=" << id << " request=" << rec.job.request_id()
             << " priority=" << rec.job.spec().priority() << " owner=" << owner;
-  *resp.mutable_job() = ViewLocked(rec);
+  *resp.mutable_job() = store_.View(rec);
   resp.set_created(true);
   return resp;
 }
@@ -678,11 +524,12 @@ void Scheduler::Submit(v1::SubmitJobRequest request, const std::string& owner,
                        Callback<v1::SubmitJobResponse> done) {
   absl::MutexLock lock(&mu_);
   if (shut_down_) return std::move(done)(absl::UnavailableError("scheduler is shutting down"));
-  const bool known = requests_.contains(RequestKey(owner, request.request_id()));
-  if (static_cast<int64_t>(queue_.size()) >= options_.max_queued_jobs && !known) {
+  const bool known = store_.FindRequest(owner, request.request_id()) != nullptr;
+  const size_t queued = store_.queue().size();
+  if (static_cast<int64_t>(queued) >= options_.max_queued_jobs && !known) {
     metrics_->rejected_full->Increment();
     return std::move(done)(absl::ResourceExhaustedError(
-        absl::StrCat("queue is full (", queue_.size(),
+        absl::StrCat("queue is full (", queued,
                      " jobs queued, --max-queued-jobs=", options_.max_queued_jobs,
                      "); retry after ", absl::ToInt64Milliseconds(options_.retry_after), " ms")));
   }
@@ -738,7 +585,7 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
     absl::BitGen gen;
     batch_id =
         absl::StrFormat("b-%s-%09d-%04x", absl::FormatTime("%Y%m%d", now, absl::UTCTimeZone()),
-                        next_seq_, absl::Uniform<uint32_t>(gen, 0, 0x10000));
+                        store_.PeekSeq(), absl::Uniform<uint32_t>(gen, 0, 0x10000));
   }
   // Conflicts and capacity are checked before anything is admitted.
   int64_t fresh = 0;
@@ -750,25 +597,24 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
         return std::move(done)(absl::InvalidArgumentError(absl::StrCat(
             "jobs[", i, "].request_id: \"", j.request_id(), "\" appears twice in the batch")));
       }
-      auto it = requests_.find(RequestKey(owner, j.request_id()));
-      if (it != requests_.end()) {
+      if (const RequestRecord* rr = store_.FindRequest(owner, j.request_id())) {
         v1::JobSpec spec = j.spec();
         ValidateAndNormalizeSpec(lim, "", &spec).IgnoreError();
-        if (SpecFingerprint(spec) != it->second.fingerprint) {
+        if (SpecFingerprint(spec) != rr->fingerprint) {
           metrics_->rejected_conflict->Increment();
           return std::move(done)(absl::InvalidArgumentError(absl::StrCat(
               "jobs[", i, "].request_id: \"", j.request_id(), "\" was already used for job ",
-              it->second.job_id, " with a different spec")));
+              rr->job_id, " with a different spec")));
         }
         continue;
       }
     }
     ++fresh;
   }
-  if (static_cast<int64_t>(queue_.size()) + fresh > options_.max_queued_jobs) {
+  if (static_cast<int64_t>(store_.queue().size()) + fresh > options_.max_queued_jobs) {
     metrics_->rejected_full->Increment();
     return std::move(done)(absl::ResourceExhaustedError(
-        absl::StrCat("queue is full (", queue_.size(), " jobs queued + ", fresh,
+        absl::StrCat("queue is full (", store_.queue().size(), " jobs queued + ", fresh,
                      " new > --max-queued-jobs=", options_.max_queued_jobs, "); retry after ",
                      absl::ToInt64Milliseconds(options_.retry_after), " ms")));
   }
@@ -786,19 +632,7 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
       // (also by an earlier job of this batch); nothing was journaled yet but
       // memory holds admitted jobs: roll back.
       for (const auto& prev : resp.jobs()) {
-        if (!prev.created()) continue;
-        const std::string& id = prev.job().job_id();
-        const JobRecord& rec = jobs_.at(id);
-        queue_.Remove(id);
-        by_seq_.erase(rec.seq);
-        requests_.erase(RequestKey(owner, rec.job.request_id()));
-        if (auto o = outputs_.find(OutputPath(rec)); o != outputs_.end() && o->second == id) {
-          outputs_.erase(o);
-        }
-        jobs_.erase(id);
-      }
-      for (auto it = deadlines_.begin(); it != deadlines_.end();) {
-        it = jobs_.contains(it->second) ? std::next(it) : deadlines_.erase(it);
+        if (prev.created()) store_.Unadmit(prev.job().job_id());
       }
       return std::move(done)(r.status());
     }
@@ -823,10 +657,11 @@ absl::Status NotYours(const std::string& job_id) {
 
 absl::Status Scheduler::AdmitPrincipalLocked(const std::string& owner, int64_t fresh) {
   if (options_.max_queued_per_principal > 0 &&
-      static_cast<int64_t>(queue_.OwnerSize(owner)) + fresh > options_.max_queued_per_principal) {
+      static_cast<int64_t>(store_.queue().OwnerSize(owner)) + fresh >
+          options_.max_queued_per_principal) {
     metrics_->rejected_full->Increment();
     return absl::ResourceExhaustedError(
-        absl::StrCat("principal ", owner, " has ", queue_.OwnerSize(owner), " jobs queued (+",
+        absl::StrCat("principal ", owner, " has ", store_.queue().OwnerSize(owner), " jobs queued (+",
                      fresh, " new > --max-queued-per-principal=", options_.max_queued_per_principal,
                      "); retry after ", absl::ToInt64Milliseconds(options_.retry_after), " ms"));
   }
@@ -857,47 +692,20 @@ absl::Status Scheduler::AdmitPrincipalLocked(const std::string& owner, int64_t f
 void Scheduler::GetJob(const std::string& job_id, Callback<v1::Job> done,
                        const std::string& owner_filter) {
   absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) {
+  const JobRecord* r = store_.Find(job_id);
+  if (r == nullptr) {
     return std::move(done)(absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\"")));
   }
-  if (!owner_filter.empty() && it->second.job.owner() != owner_filter) {
+  if (!owner_filter.empty() && r->job.owner() != owner_filter) {
     return std::move(done)(NotYours(job_id));
   }
   // Answered once every earlier transition is durable (it may show them), and not
   // at all if one of them failed to reach the disk.
   Txn txn;
-  CommitTxn(txn, [done = std::move(done), job = ViewLocked(it->second)](absl::Status s) mutable {
+  CommitTxn(txn, [done = std::move(done), job = store_.View(*r)](absl::Status s) mutable {
     if (!s.ok()) return std::move(done)(s);
     std::move(done)(std::move(job));
   });
-}
-
-std::vector<JobRecord*> Scheduler::SelectLocked(const std::string& job_id,
-                                                const std::string& batch_id,
-                                                const std::string& label) {
-  std::vector<JobRecord*> out;
-  if (!job_id.empty()) {
-    auto it = jobs_.find(job_id);
-    if (it != jobs_.end()) out.push_back(&it->second);
-    return out;
-  }
-  std::string key, value;
-  if (!label.empty()) {
-    auto eq = label.find('=');
-    key = label.substr(0, eq);
-    value = label.substr(eq + 1);
-  }
-  for (auto& [seq, id] : by_seq_) {
-    JobRecord& r = jobs_.at(id);
-    if (!batch_id.empty() && r.job.batch_id() != batch_id) continue;
-    if (!label.empty()) {
-      auto l = r.job.spec().labels().find(key);
-      if (l == r.job.spec().labels().end() || l->second != value) continue;
-    }
-    out.push_back(&r);
-  }
-  return out;
 }
 
 void Scheduler::ListJobs(const v1::ListJobsRequest& req, Callback<v1::ListJobsResponse> done,
@@ -922,10 +730,11 @@ void Scheduler::ListJobs(const v1::ListJobsRequest& req, Callback<v1::ListJobsRe
   }
   absl::MutexLock lock(&mu_);
   v1::ListJobsResponse resp;
-  auto it = by_seq_.lower_bound(before);
-  while (it != by_seq_.begin()) {
+  const auto& by_seq = store_.by_seq();
+  auto it = by_seq.lower_bound(before);
+  while (it != by_seq.begin()) {
     --it;
-    const JobRecord& r = jobs_.at(it->second);
+    const JobRecord& r = *store_.Find(it->second);
     if (!owner_filter.empty() && r.job.owner() != owner_filter) continue;
     if (!states.empty() && !states.contains(r.job.state())) continue;
     if (!req.batch_id().empty() && r.job.batch_id() != req.batch_id()) continue;
@@ -937,7 +746,7 @@ void Scheduler::ListJobs(const v1::ListJobsRequest& req, Callback<v1::ListJobsRe
       resp.set_next_page_token(absl::StrCat(it->first + 1));
       break;
     }
-    *resp.add_jobs() = ViewLocked(r);
+    *resp.add_jobs() = store_.View(r);
   }
   Txn txn;
   CommitTxn(txn, [done = std::move(done), resp = std::move(resp)](absl::Status s) mutable {
@@ -955,7 +764,7 @@ void Scheduler::Cancel(const v1::CancelJobRequest& req, Callback<v1::CancelJobRe
     if (auto s = ValidateLabelSelector("label", req.label()); !s.ok()) return std::move(done)(s);
   }
   absl::MutexLock lock(&mu_);
-  auto selected = SelectLocked(req.job_id(), req.batch_id(), req.label());
+  auto selected = store_.Select(req.job_id(), req.batch_id(), req.label());
   if (!owner_filter.empty()) {
     if (!req.job_id().empty() && !selected.empty() && selected[0]->job.owner() != owner_filter) {
       return std::move(done)(NotYours(req.job_id()));
@@ -992,7 +801,7 @@ absl::Status Scheduler::Watch(const std::string& job_id, const std::string& batc
   if (!label.empty()) ZFARM_RETURN_IF_ERROR(ValidateLabelSelector("label", label));
   ZFARM_RETURN_IF_ERROR(JournalFailure());
   absl::MutexLock lock(&mu_);
-  auto selected = SelectLocked(job_id, batch_id, label);
+  auto selected = store_.Select(job_id, batch_id, label);
   if (!owner_filter.empty()) {
     if (!job_id.empty() && !selected.empty() && selected[0]->job.owner() != owner_filter) {
       return NotYours(job_id);
@@ -1024,7 +833,7 @@ absl::Status Scheduler::Watch(const std::string& job_id, const std::string& batc
   for (JobRecord* r : selected) {
     v1::JobEvent ev;
     ev.set_type(v1::JOB_EVENT_TYPE_SNAPSHOT);
-    *ev.mutable_job() = ViewLocked(*r);
+    *ev.mutable_job() = store_.View(*r);
     *ev.mutable_event_time() = ToProto(now);
     snaps.push_back(std::move(ev));
   }
@@ -1047,15 +856,14 @@ absl::StatusOr<v1::JobResult> Scheduler::Result(const std::string& job_id,
                                                 const std::string& owner_filter) {
   ZFARM_RETURN_IF_ERROR(JournalFailure());  // memory may hold a SUCCEEDED not on disk
   absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(job_id);
-  if (it == jobs_.end())
-    return absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\""));
-  if (!owner_filter.empty() && it->second.job.owner() != owner_filter) return NotYours(job_id);
-  if (it->second.job.state() != v1::JOB_STATE_SUCCEEDED) {
+  const JobRecord* r = store_.Find(job_id);
+  if (r == nullptr) return absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\""));
+  if (!owner_filter.empty() && r->job.owner() != owner_filter) return NotYours(job_id);
+  if (r->job.state() != v1::JOB_STATE_SUCCEEDED) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "job ", job_id, " is ", v1::JobState_Name(it->second.job.state()), ", not SUCCEEDED"));
+        "job ", job_id, " is ", v1::JobState_Name(r->job.state()), ", not SUCCEEDED"));
   }
-  return it->second.job.result();
+  return r->job.result();
 }
 
 // ---------------------------------------------------------------- workers
@@ -1076,60 +884,32 @@ absl::StatusOr<uint64_t> Scheduler::WorkerHello(const v1::WorkerHello& hello,
   absl::MutexLock lock(&mu_);
   if (shut_down_) return absl::UnavailableError("scheduler is shutting down");
   Txn txn;
-  if (auto owner = worker_owners_.find(hello.worker_name()); owner == worker_owners_.end()) {
-    worker_owners_[hello.worker_name()] = principal;
-    txn.ops.push_back(
-        {Journal::Op::Kind::kPutWorker, {}, {}, WorkerRecord{hello.worker_name(), principal}});
-  } else if (owner->second != principal) {
-    LOG(WARNING) << "event=worker_name_refused worker=" << hello.worker_name()
-                 << " principal=" << principal;
-    return absl::PermissionDeniedError(absl::StrCat(
-        "hello.worker_name: \"", hello.worker_name(),
-        "\" is registered to another principal; connect with that worker's token or choose "
-        "another --name"));
-  }
-  absl::Time now = clock_->Now();
-  std::set<std::string> held;
-  for (const auto& l : hello.held_leases()) held.insert(l.job_id());
-  auto& slot = workers_[hello.worker_name()];
+  ZFARM_RETURN_IF_ERROR(registry_.Bind(hello.worker_name(), principal, txn.ops));
+  const absl::Time now = clock_->Now();
   std::set<std::string> kept;
-  if (slot && slot->sink) {  // replaces a live session: keep the leases it still holds
-    Worker& old = *slot;
-    for (const auto& id : old.leases) {
-      // Keep at most the new capacity; the rest are requeued below as lost.
+  if (Worker* old = registry_.Connected(hello.worker_name())) {
+    // Replaces a live session: keep the leases it still holds, at most the new
+    // capacity; the rest are requeued as lost.
+    std::set<std::string> held;
+    for (const auto& l : hello.held_leases()) held.insert(l.job_id());
+    for (const auto& id : old->leases) {
       if (held.contains(id) && static_cast<int>(kept.size()) < hello.capacity()) kept.insert(id);
     }
-    for (const auto& id : kept) old.leases.erase(id);
-    sessions_.erase(old.session);
-    old.sink->Close(absl::AbortedError("replaced by a new session of the same worker"));
-    WorkerLostLocked(old, "replaced by a new session", txn);
+    for (const auto& id : kept) old->leases.erase(id);
+    old->sink->Close(absl::AbortedError("replaced by a new session of the same worker"));
+    WorkerLostLocked(*old, "replaced by a new session", txn);
   }
-  int64_t done_count = slot ? slot->jobs_done : 0, failed = slot ? slot->jobs_failed : 0;
-  slot = std::make_unique<Worker>();
-  Worker& w = *slot;
-  w.hello = hello;
-  w.hello.clear_held_leases();
-  w.session = next_session_++;
-  w.sink = sink;
-  w.connect_time = w.last_seen = now;
-  w.last_seen_mono = clock_->MonotonicNow();
-  w.jobs_done = done_count;
-  w.jobs_failed = failed;
-  w.leases = kept;
-  sessions_[w.session] = &w;
+  Worker& w = registry_.Connect(hello, sink, std::move(kept), now, clock_->MonotonicNow());
   // Re-adopt leases the scheduler requeued (e.g. after its own restart) and that
   // nobody else took yet.
   for (const auto& l : hello.held_leases()) {
-    auto it = jobs_.find(l.job_id());
-    if (it == jobs_.end()) continue;
-    JobRecord& r = it->second;
-    if (r.job.state() == v1::JOB_STATE_QUEUED && r.job.attempt() == l.attempt() &&
-        static_cast<int>(w.leases.size()) < hello.capacity()) {
-      queue_.Remove(r.job.job_id());
-      r.job.set_state(v1::JOB_STATE_ASSIGNED);
-      r.job.set_worker(hello.worker_name());
-      w.leases.insert(r.job.job_id());
-      PutLocked(r, txn);
+    JobRecord* r = store_.Find(l.job_id());
+    if (r == nullptr) continue;
+    if (r->job.state() == v1::JOB_STATE_QUEUED && r->job.attempt() == l.attempt() &&
+        w.HasFreeSlot()) {
+      JobStore::Change c = Ev(Event::kReadopt, now);
+      c.worker = hello.worker_name();
+      if (ApplyLocked(*r, c, txn)) registry_.AddLease(w, r->job.job_id());
     }
   }
   v1::SchedulerMessage welcome;
@@ -1139,8 +919,6 @@ absl::StatusOr<uint64_t> Scheduler::WorkerHello(const v1::WorkerHello& hello,
   welcome.mutable_welcome()->set_lease_timeout_ms(
       absl::ToInt64Milliseconds(options_.lease_timeout));
   sink->Send(welcome);
-  if (static_cast<int>(w.leases.size()) < hello.capacity())
-    free_workers_.insert(hello.worker_name());
   LOG(INFO) << "event=worker_connected worker=" << hello.worker_name() << " session=" << w.session
             << " device=" << hello.device() << " model=" << hello.model()
             << " capacity=" << hello.capacity() << " kept_leases=" << w.leases.size();
@@ -1151,330 +929,288 @@ absl::StatusOr<uint64_t> Scheduler::WorkerHello(const v1::WorkerHello& hello,
 
 JobRecord* Scheduler::FindLeaseLocked(const Worker& w, const v1::LeaseId& lease) {
   if (!w.leases.contains(lease.job_id())) return nullptr;
-  auto it = jobs_.find(lease.job_id());
-  if (it == jobs_.end()) return nullptr;
-  JobRecord& r = it->second;
-  if (r.job.attempt() != lease.attempt() || !Leased(r.job.state()) ||
-      r.job.worker() != w.hello.worker_name()) {
+  JobRecord* r = store_.Find(lease.job_id());
+  if (r == nullptr) return nullptr;
+  if (r->job.attempt() != lease.attempt() || !IsLeased(r->job.state()) ||
+      r->job.worker() != w.hello.worker_name()) {
     return nullptr;
   }
-  return &r;
+  return r;
 }
+
+namespace {
+absl::Status NeedLease(const v1::LeaseId& l, const char* what) {
+  if (l.job_id().empty() || l.attempt() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ".lease: job_id and attempt >= 1 required"));
+  }
+  return absl::OkStatus();
+}
+}  // namespace
 
 absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage& msg) {
   // Finalized: the committed file is checked before SUCCEEDED, hashed outside mu_.
   // One stream's messages arrive one at a time, so its lease cannot gain another
   // commit meanwhile (it can only end, which the locked part sees).
-  std::optional<v1::JobResult> checked;
-  absl::Status verified;
+  std::optional<Verified> verified;
   if (msg.has_finalized()) {
+    std::optional<v1::JobResult> checked;
     {
       absl::MutexLock lock(&mu_);
-      auto sit = sessions_.find(session);
-      JobRecord* r =
-          sit == sessions_.end() ? nullptr : FindLeaseLocked(*sit->second, msg.finalized().lease());
+      Worker* w = registry_.FindSession(session);
+      JobRecord* r = w == nullptr ? nullptr : FindLeaseLocked(*w, msg.finalized().lease());
       if (r && r->commit_pending) checked = r->job.result();
     }
-    if (checked) verified = VerifyResult(*checked);
+    if (checked) verified = Verified{*checked, VerifyResult(*checked)};
   }
   absl::MutexLock lock(&mu_);
-  auto sit = sessions_.find(session);
-  if (sit == sessions_.end()) return absl::FailedPreconditionError("session is no longer active");
-  Worker& w = *sit->second;
-  const std::string& name = w.hello.worker_name();
-  absl::Time now = clock_->Now();
-  w.last_seen = now;
-  w.last_seen_mono = clock_->MonotonicNow();
+  Worker* found = registry_.FindSession(session);
+  if (found == nullptr) return absl::FailedPreconditionError("session is no longer active");
+  Worker& w = *found;
+  WorkerRegistry::Seen(w, clock_->Now(), clock_->MonotonicNow());
   Txn txn;
-  auto need_lease = [](const v1::LeaseId& l, const char* what) -> absl::Status {
-    if (l.job_id().empty() || l.attempt() < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ".lease: job_id and attempt >= 1 required"));
-    }
-    return absl::OkStatus();
-  };
+  absl::Status s;
   switch (msg.msg_case()) {
     case v1::WorkerMessage::kHello:
       return absl::FailedPreconditionError("hello: sent twice on one stream");
     case v1::WorkerMessage::kHeartbeat:
-      w.hello.set_memory_free_bytes(msg.heartbeat().memory_free_bytes());
+      s = OnHeartbeatLocked(w, msg.heartbeat(), txn);
       break;
     case v1::WorkerMessage::kStatus:
-      if (!msg.status().healthy() && w.state == v1::WORKER_STATE_READY) {
-        w.state = v1::WORKER_STATE_UNHEALTHY;
-        free_workers_.erase(name);
-        LOG(WARNING) << "event=worker_unhealthy worker=" << name << " message=\""
-                     << msg.status().message() << "\"";
-      } else if (msg.status().healthy() && w.state == v1::WORKER_STATE_UNHEALTHY) {
-        w.state = v1::WORKER_STATE_READY;
-        w.consecutive_failures = 0;
-        if (static_cast<int>(w.leases.size()) < w.hello.capacity()) free_workers_.insert(name);
-      }
+      s = OnStatusLocked(w, msg.status(), txn);
       break;
-    case v1::WorkerMessage::kStarted: {
-      ZFARM_RETURN_IF_ERROR(need_lease(msg.started().lease(), "started"));
-      JobRecord* r = FindLeaseLocked(w, msg.started().lease());
-      if (!r) break;  // stale: a cancel or expiry raced with it
-      if (r->job.state() == v1::JOB_STATE_ASSIGNED) {
-        r->job.set_state(v1::JOB_STATE_RUNNING);
-        *r->job.mutable_start_time() = ToProto(now);
-        PutLocked(*r, txn);
-      }
+    case v1::WorkerMessage::kStarted:
+      s = OnStartedLocked(w, msg.started(), txn);
       break;
-    }
-    case v1::WorkerMessage::kProgress: {
-      ZFARM_RETURN_IF_ERROR(need_lease(msg.progress().lease(), "progress"));
-      const auto& p = msg.progress();
-      if (p.step() < 0 || p.total_steps() < 1 || p.step() > p.total_steps()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("progress: step ", p.step(), " of ", p.total_steps(), " is out of range"));
-      }
-      JobRecord* r = FindLeaseLocked(w, p.lease());
-      if (!r) break;
-      if (r->job.state() == v1::JOB_STATE_ASSIGNED) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("progress for ", p.lease().job_id(), " before started"));
-      }
-      r->job.mutable_progress()->set_step(p.step());
-      r->job.mutable_progress()->set_total_steps(p.total_steps());
-      PutLocked(*r, txn, v1::JOB_EVENT_TYPE_PROGRESS);
+    case v1::WorkerMessage::kProgress:
+      s = OnProgressLocked(w, msg.progress(), txn);
       break;
-    }
-    case v1::WorkerMessage::kCommit: {
-      ZFARM_RETURN_IF_ERROR(need_lease(msg.commit().lease(), "commit"));
-      v1::SchedulerMessage reply;
-      auto* cr = reply.mutable_commit_reply();
-      *cr->mutable_lease() = msg.commit().lease();
-      // The reply goes out once the decision is durable.
-      auto send_reply = [&] {
-        txn.after.push_back([sink = w.sink, reply = std::move(reply)] { sink->Send(reply); });
-      };
-      JobRecord* r = FindLeaseLocked(w, msg.commit().lease());
-      if (!r) {
-        cr->set_accepted(false);
-        cr->set_reason("stale lease: the job was reassigned, cancelled or finished");
-        LOG(WARNING) << "event=commit_refused worker=" << name
-                     << " job=" << msg.commit().lease().job_id()
-                     << " attempt=" << msg.commit().lease().attempt() << " reason=stale";
-        send_reply();
-        break;
-      }
-      if (r->commit_pending) {
-        return absl::FailedPreconditionError("commit: sent twice for one lease");
-      }
-      if (r->cancel_requested) {
-        cr->set_accepted(false);
-        cr->set_reason("the job was cancelled");
-        FinishLocked(*r, v1::JOB_STATE_CANCELLED, r->job.error().reason(), r->job.error().message(),
-                     txn);
-        send_reply();
-        break;
-      }
-      if (r->job.state() == v1::JOB_STATE_ASSIGNED) {
-        r->job.set_state(v1::JOB_STATE_RUNNING);
-        *r->job.mutable_start_time() = ToProto(now);
-      }
-      r->commit_pending = true;
-      *r->job.mutable_result() = msg.commit().result();
-      r->job.mutable_result()->set_path(OutputPath(*r));
-      cr->set_accepted(true);
-      PutLocked(*r, txn);
-      send_reply();
+    case v1::WorkerMessage::kCommit:
+      s = OnCommitLocked(w, msg.commit(), txn);
       break;
-    }
-    case v1::WorkerMessage::kFinalized: {
-      ZFARM_RETURN_IF_ERROR(need_lease(msg.finalized().lease(), "finalized"));
-      JobRecord* r = FindLeaseLocked(w, msg.finalized().lease());
-      if (!r) break;
-      if (!r->commit_pending) {
-        return absl::FailedPreconditionError("finalized: no accepted commit for this lease");
-      }
-      if (!checked || checked->SerializeAsString() != r->job.result().SerializeAsString()) {
-        verified = VerifyResult(r->job.result());
-      }
-      if (!verified.ok()) {
-        // A worker that claims a file it did not write (or wrote wrong): this
-        // attempt fails and counts against the worker's health.
-        const std::string why = absl::StrCat("committed result does not check out: ",
-                                             verified.message());
-        LOG(WARNING) << "event=result_rejected worker=" << name << " job=" << r->job.job_id()
-                     << " attempt=" << r->job.attempt() << " error=\"" << verified.message()
-                     << "\"";
-        ++w.jobs_failed;
-        CountDeviceFailureLocked(w, why);
-        LeaseEndedLocked(*r, v1::FAILURE_REASON_OUTPUT_ERROR, true, why, txn);
-        break;
-      }
-      ++w.jobs_done;
-      w.consecutive_failures = 0;
-      FinishLocked(*r, v1::JOB_STATE_SUCCEEDED, v1::FAILURE_REASON_UNSPECIFIED, "", txn);
+    case v1::WorkerMessage::kFinalized:
+      s = OnFinalizedLocked(w, msg.finalized(), verified, txn);
       break;
-    }
-    case v1::WorkerMessage::kFailure: {
-      ZFARM_RETURN_IF_ERROR(need_lease(msg.failure().lease(), "failure"));
-      JobRecord* r = FindLeaseLocked(w, msg.failure().lease());
-      if (!r) break;
-      const v1::JobError& e = msg.failure().error();
-      v1::FailureReason reason = e.reason();
-      bool retryable = e.retryable();
-      if (reason == v1::FAILURE_REASON_INVALID_REQUEST ||
-          reason == v1::FAILURE_REASON_MODEL_ERROR) {
-        retryable = false;
-      }
-      if (reason == v1::FAILURE_REASON_OUT_OF_MEMORY) {
-        retryable = true;
-        r->min_memory_bytes = std::max({r->min_memory_bytes, w.hello.memory_total_bytes() + 1,
-                                        msg.failure().memory_required_bytes()});
-      }
-      if ((reason == v1::FAILURE_REASON_DEADLINE_EXCEEDED ||
-           reason == v1::FAILURE_REASON_CANCELLED_BY_CLIENT) &&
-          !r->cancel_requested) {
-        // The worker stopped at a step boundary for a deadline (or cancel) it saw
-        // before our tick did: the job is CANCELLED, and no fault of the worker.
-        r->cancel_requested = true;
-        r->job.mutable_error()->set_reason(reason);
-        r->job.mutable_error()->set_message(e.message());
-        r->job.mutable_error()->set_retryable(false);
-      } else if (!r->cancel_requested) {
-        ++w.jobs_failed;
-        // A bad request or a full output disk says nothing about the worker's device.
-        const bool device_fault = reason != v1::FAILURE_REASON_INVALID_REQUEST &&
-                                  reason != v1::FAILURE_REASON_OUTPUT_ERROR;
-        if (device_fault) CountDeviceFailureLocked(w, e.message());
-      }
-      LOG(INFO) << "event=job_failure job=" << r->job.job_id() << " worker=" << name
-                << " reason=" << v1::FailureReason_Name(reason) << " retryable=" << retryable;
-      LeaseEndedLocked(*r, reason, retryable, e.message(), txn);
+    case v1::WorkerMessage::kFailure:
+      s = OnFailureLocked(w, msg.failure(), txn);
       break;
-    }
     case v1::WorkerMessage::MSG_NOT_SET:
       return absl::InvalidArgumentError("worker message: empty (no field of `msg` set)");
   }
+  // A refused message ends the stream; what it changed before is not committed
+  // (as before the split: the early return dropped the transaction).
+  ZFARM_RETURN_IF_ERROR(s);
   DispatchLocked(txn);
   CommitTxn(txn, nullptr);
   return absl::OkStatus();
 }
 
+absl::Status Scheduler::OnHeartbeatLocked(Worker& w, const v1::WorkerHeartbeat& hb, Txn&) {
+  w.hello.set_memory_free_bytes(hb.memory_free_bytes());
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::OnStatusLocked(Worker& w, const v1::WorkerStatus& st, Txn&) {
+  registry_.ReportHealth(w, st.healthy(), st.message());
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::OnStartedLocked(Worker& w, const v1::JobStarted& m, Txn& txn) {
+  ZFARM_RETURN_IF_ERROR(NeedLease(m.lease(), "started"));
+  JobRecord* r = FindLeaseLocked(w, m.lease());
+  if (!r) return absl::OkStatus();  // stale: a cancel or expiry raced with it
+  if (r->job.state() == v1::JOB_STATE_ASSIGNED) ApplyLocked(*r, Ev(Event::kStart, clock_->Now()), txn);
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::OnProgressLocked(Worker& w, const v1::StepProgress& p, Txn& txn) {
+  ZFARM_RETURN_IF_ERROR(NeedLease(p.lease(), "progress"));
+  if (p.step() < 0 || p.total_steps() < 1 || p.step() > p.total_steps()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("progress: step ", p.step(), " of ", p.total_steps(), " is out of range"));
+  }
+  JobRecord* r = FindLeaseLocked(w, p.lease());
+  if (!r) return absl::OkStatus();
+  if (r->job.state() == v1::JOB_STATE_ASSIGNED) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("progress for ", p.lease().job_id(), " before started"));
+  }
+  JobStore::Change c = Ev(Event::kProgress, clock_->Now());
+  c.step = p.step();
+  c.total_steps = p.total_steps();
+  ApplyLocked(*r, c, txn);
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::OnCommitLocked(Worker& w, const v1::CommitRequest& m, Txn& txn) {
+  ZFARM_RETURN_IF_ERROR(NeedLease(m.lease(), "commit"));
+  v1::SchedulerMessage reply;
+  auto* cr = reply.mutable_commit_reply();
+  *cr->mutable_lease() = m.lease();
+  // The reply goes out once the decision is durable.
+  auto send_reply = [&] {
+    txn.after.push_back([sink = w.sink, reply = std::move(reply)] { sink->Send(reply); });
+  };
+  JobRecord* r = FindLeaseLocked(w, m.lease());
+  if (!r) {
+    cr->set_accepted(false);
+    cr->set_reason("stale lease: the job was reassigned, cancelled or finished");
+    LOG(WARNING) << "event=commit_refused worker=" << w.hello.worker_name()
+                 << " job=" << m.lease().job_id() << " attempt=" << m.lease().attempt()
+                 << " reason=stale";
+    send_reply();
+    return absl::OkStatus();
+  }
+  if (r->commit_pending) return absl::FailedPreconditionError("commit: sent twice for one lease");
+  const absl::Time now = clock_->Now();
+  if (r->cancel_requested) {
+    cr->set_accepted(false);
+    cr->set_reason("the job was cancelled");
+    ApplyLocked(*r, Ev(Event::kCancel, now, r->job.error().reason(), r->job.error().message()),
+                txn);
+    send_reply();
+    return absl::OkStatus();
+  }
+  JobStore::Change c = Ev(Event::kCommit, now);
+  c.result = m.result();
+  ApplyLocked(*r, c, txn);
+  cr->set_accepted(true);
+  send_reply();
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::OnFinalizedLocked(Worker& w, const v1::Finalized& m,
+                                          const std::optional<Verified>& verified, Txn& txn) {
+  ZFARM_RETURN_IF_ERROR(NeedLease(m.lease(), "finalized"));
+  JobRecord* r = FindLeaseLocked(w, m.lease());
+  if (!r) return absl::OkStatus();
+  if (!r->commit_pending) {
+    return absl::FailedPreconditionError("finalized: no accepted commit for this lease");
+  }
+  // Checked outside the lock, unless the lease's result changed meanwhile.
+  absl::Status ok = verified && verified->result.SerializeAsString() ==
+                                    r->job.result().SerializeAsString()
+                        ? verified->status
+                        : VerifyResult(r->job.result());
+  if (!ok.ok()) {
+    // A worker that claims a file it did not write (or wrote wrong): this
+    // attempt fails and counts against the worker's health.
+    const std::string why = absl::StrCat("committed result does not check out: ", ok.message());
+    LOG(WARNING) << "event=result_rejected worker=" << w.hello.worker_name()
+                 << " job=" << r->job.job_id() << " attempt=" << r->job.attempt() << " error=\""
+                 << ok.message() << "\"";
+    ++w.jobs_failed;
+    registry_.CountDeviceFailure(w, why);
+    LeaseEndedLocked(*r, v1::FAILURE_REASON_OUTPUT_ERROR, true, why, txn);
+    return absl::OkStatus();
+  }
+  registry_.CountSuccess(w);
+  ApplyLocked(*r, Ev(Event::kSucceed, clock_->Now()), txn);
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::OnFailureLocked(Worker& w, const v1::JobFailure& f, Txn& txn) {
+  ZFARM_RETURN_IF_ERROR(NeedLease(f.lease(), "failure"));
+  JobRecord* r = FindLeaseLocked(w, f.lease());
+  if (!r) return absl::OkStatus();
+  const v1::JobError& e = f.error();
+  v1::FailureReason reason = e.reason();
+  bool retryable = e.retryable();
+  if (reason == v1::FAILURE_REASON_INVALID_REQUEST || reason == v1::FAILURE_REASON_MODEL_ERROR) {
+    retryable = false;
+  }
+  if (reason == v1::FAILURE_REASON_OUT_OF_MEMORY) {
+    retryable = true;
+    r->min_memory_bytes = std::max(
+        {r->min_memory_bytes, w.hello.memory_total_bytes() + 1, f.memory_required_bytes()});
+  }
+  if ((reason == v1::FAILURE_REASON_DEADLINE_EXCEEDED ||
+       reason == v1::FAILURE_REASON_CANCELLED_BY_CLIENT) &&
+      !r->cancel_requested) {
+    // The worker stopped at a step boundary for a deadline (or cancel) it saw
+    // before our tick did: the job is CANCELLED, and no fault of the worker.
+    LOG(INFO) << "event=job_failure job=" << r->job.job_id() << " worker=" << w.hello.worker_name()
+              << " reason=" << v1::FailureReason_Name(reason) << " retryable=" << retryable;
+    ApplyLocked(*r, Ev(Event::kCancel, clock_->Now(), reason, e.message()), txn);
+    return absl::OkStatus();
+  }
+  if (!r->cancel_requested) {
+    ++w.jobs_failed;
+    // A bad request or a full output disk says nothing about the worker's device.
+    const bool device_fault = reason != v1::FAILURE_REASON_INVALID_REQUEST &&
+                              reason != v1::FAILURE_REASON_OUTPUT_ERROR;
+    if (device_fault) registry_.CountDeviceFailure(w, e.message());
+  }
+  LOG(INFO) << "event=job_failure job=" << r->job.job_id() << " worker=" << w.hello.worker_name()
+            << " reason=" << v1::FailureReason_Name(reason) << " retryable=" << retryable;
+  LeaseEndedLocked(*r, reason, retryable, e.message(), txn);
+  return absl::OkStatus();
+}
+
 void Scheduler::WorkerLostLocked(Worker& w, const std::string& why, Txn& txn) {
-  const std::string name = w.hello.worker_name();
+  const std::string name = w.name();
   LOG(WARNING) << "event=worker_lost worker=" << name << " session=" << w.session
                << " leases=" << w.leases.size() << " why=\"" << why << "\"";
-  free_workers_.erase(name);
-  sessions_.erase(w.session);
-  w.state = v1::WORKER_STATE_LOST;
-  w.lost_time = clock_->Now();
-  w.lost_mono = clock_->MonotonicNow();
-  w.sink.reset();
-  std::set<std::string> leases = std::move(w.leases);
-  w.leases.clear();
+  const std::set<std::string> leases = registry_.Lost(w, clock_->Now(), clock_->MonotonicNow());
   for (const auto& id : leases) {
-    auto it = jobs_.find(id);
-    if (it == jobs_.end()) continue;
-    JobRecord& r = it->second;
-    if (!Leased(r.job.state()) || r.job.worker() != name) continue;
-    if (r.commit_pending) {
-      if (VerifyResult(r.job.result()).ok()) {
-        ++w.jobs_done;
-        FinishLocked(r, v1::JOB_STATE_SUCCEEDED, v1::FAILURE_REASON_UNSPECIFIED, "", txn);
-        continue;
-      }
-      r.commit_pending = false;
-      r.job.clear_result();
+    JobRecord* r = store_.Find(id);
+    if (r == nullptr || !IsLeased(r->job.state()) || r->job.worker() != name) continue;
+    if (r->commit_pending && VerifyResult(r->job.result()).ok()) {
+      ++w.jobs_done;
+      ApplyLocked(*r, Ev(Event::kSucceed, clock_->Now()), txn);
+      continue;
     }
-    LeaseEndedLocked(r, v1::FAILURE_REASON_WORKER_LOST, true,
+    // An accepted commit whose file does not check out is dropped with the lease.
+    LeaseEndedLocked(*r, v1::FAILURE_REASON_WORKER_LOST, true,
                      absl::StrCat("worker ", name, " lost: ", why), txn);
   }
 }
 
 void Scheduler::WorkerDisconnected(uint64_t session, const std::string& why) {
   absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(session);
-  if (it == sessions_.end()) return;
+  Worker* w = registry_.FindSession(session);
+  if (w == nullptr) return;
   Txn txn;
-  WorkerLostLocked(*it->second, why, txn);
+  WorkerLostLocked(*w, why, txn);
   DispatchLocked(txn);
   CommitTxn(txn, nullptr);
 }
 
 v1::WorkerInfo Scheduler::WorkerInfoLocked(const Worker& w, const std::string& owner_filter) const {
-  v1::WorkerInfo i;
-  i.set_worker_name(w.hello.worker_name());
-  i.set_device(w.hello.device());
-  i.set_device_name(w.hello.device_name());
-  i.set_state(w.state);
+  v1::WorkerInfo i = WorkerRegistry::Info(w);
   for (const auto& id : w.leases) {
     if (!owner_filter.empty()) {
-      auto j = jobs_.find(id);
-      if (j == jobs_.end() || j->second.job.owner() != owner_filter) continue;
+      const JobRecord* j = store_.Find(id);
+      if (j == nullptr || j->job.owner() != owner_filter) continue;
     }
     i.add_current_job_ids(id);
   }
-  i.set_jobs_done(w.jobs_done);
-  i.set_jobs_failed(w.jobs_failed);
-  *i.mutable_last_seen_time() = ToProto(w.last_seen);
-  i.set_memory_total_bytes(w.hello.memory_total_bytes());
-  i.set_memory_free_bytes(w.hello.memory_free_bytes());
-  i.set_model(w.hello.model());
-  i.set_model_fingerprint(w.hello.model_fingerprint());
-  i.set_capacity(w.hello.capacity());
-  i.set_version(w.hello.version());
-  *i.mutable_connect_time() = ToProto(w.connect_time);
   return i;
 }
 
 std::vector<v1::WorkerInfo> Scheduler::ListWorkers(const std::string& owner_filter) {
   absl::MutexLock lock(&mu_);
   std::vector<v1::WorkerInfo> out;
-  for (const auto& [name, w] : workers_) out.push_back(WorkerInfoLocked(*w, owner_filter));
-  std::sort(out.begin(), out.end(),
-            [](const auto& a, const auto& b) { return a.worker_name() < b.worker_name(); });
+  for (const Worker* w : registry_.All()) out.push_back(WorkerInfoLocked(*w, owner_filter));
   return out;
 }
 
 absl::StatusOr<Scheduler::WorkerChange> Scheduler::DrainWorker(const std::string& worker_name) {
   absl::MutexLock lock(&mu_);
-  auto it = workers_.find(worker_name);
-  if (it == workers_.end()) {
-    return absl::NotFoundError(absl::StrCat("worker_name: no worker \"", worker_name, "\""));
-  }
-  Worker& w = *it->second;
-  if (w.state == v1::WORKER_STATE_LOST) {
-    return absl::FailedPreconditionError(absl::StrCat("worker ", worker_name, " is LOST"));
-  }
-  if (w.state == v1::WORKER_STATE_DRAINING) return WorkerChange{WorkerInfoLocked(w, ""), false};
-  w.state = v1::WORKER_STATE_DRAINING;
-  free_workers_.erase(worker_name);
-  if (w.sink) {
-    v1::SchedulerMessage m;
-    m.mutable_drain();
-    w.sink->Send(m);
-  }
-  LOG(INFO) << "event=worker_drain worker=" << worker_name;
-  return WorkerChange{WorkerInfoLocked(w, ""), true};
+  bool changed = false;
+  ZFARM_ASSIGN_OR_RETURN(Worker * w, registry_.Drain(worker_name, &changed));
+  return WorkerChange{WorkerInfoLocked(*w, ""), changed};
 }
 
 absl::StatusOr<Scheduler::WorkerChange> Scheduler::ResumeWorker(const std::string& worker_name) {
   absl::MutexLock lock(&mu_);
-  auto it = workers_.find(worker_name);
-  if (it == workers_.end()) {
-    return absl::NotFoundError(absl::StrCat("worker_name: no worker \"", worker_name, "\""));
+  bool changed = false;
+  ZFARM_ASSIGN_OR_RETURN(Worker * w, registry_.Resume(worker_name, &changed));
+  WorkerChange out{WorkerInfoLocked(*w, ""), changed};
+  if (changed) {
+    Txn txn;
+    DispatchLocked(txn);
+    CommitTxn(txn, nullptr);
   }
-  Worker& w = *it->second;
-  if (w.state != v1::WORKER_STATE_DRAINING) return WorkerChange{WorkerInfoLocked(w, ""), false};
-  w.state = v1::WORKER_STATE_READY;
-  Txn txn;
-  if (w.sink) {
-    // Resume goes out before any new assignment (DispatchLocked's sends run
-    // after the commit), so the worker accepts them.
-    v1::SchedulerMessage m;
-    m.mutable_resume();
-    w.sink->Send(m);
-    if (static_cast<int>(w.leases.size()) < w.hello.capacity()) free_workers_.insert(worker_name);
-  }
-  LOG(INFO) << "event=worker_resume worker=" << worker_name;
-  WorkerChange out{WorkerInfoLocked(w, ""), true};
-  DispatchLocked(txn);
-  CommitTxn(txn, nullptr);
   return out;
 }
 
@@ -1496,95 +1232,13 @@ void Scheduler::Tick() {
   // Wall time for user-given absolute deadlines and stored timestamps (retention,
   // tombstones); monotonic time for every in-process duration, so a wall-clock step
   // neither expires live workers nor hides dead ones.
-  absl::Time now = clock_->Now();
-  absl::Time mono = clock_->MonotonicNow();
+  const absl::Time mono = clock_->MonotonicNow();
   Txn txn;
-  // Deadlines.
-  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
-    std::string id = deadlines_.begin()->second;
-    deadlines_.erase(deadlines_.begin());
-    auto it = jobs_.find(id);
-    if (it == jobs_.end() || IsFinal(it->second.job.state())) continue;
-    LOG(INFO) << "event=deadline_exceeded job=" << id << " request=" << it->second.job.request_id();
-    CancelJobLocked(it->second, v1::FAILURE_REASON_DEADLINE_EXCEEDED, "deadline exceeded", txn);
-  }
-  // Heartbeats.
-  std::vector<Worker*> silent;
-  for (auto& [session, w] : sessions_) {
-    if (mono - w->last_seen_mono > options_.lease_timeout) silent.push_back(w);
-  }
-  for (Worker* w : silent) {
-    if (w->sink)
-      w->sink->Close(absl::UnavailableError("heartbeat timeout: worker considered lost"));
-    WorkerLostLocked(*w,
-                     absl::StrCat("no message within the lease timeout (silent for ",
-                                  absl::ToInt64Milliseconds(mono - w->last_seen_mono), " ms)"),
-                     txn);
-  }
-  // Retention: finished jobs, then tombstones whose job is gone, then lost workers.
+  ExpireDeadlinesLocked(txn);
+  ExpireSilentWorkersLocked(txn);
   if (mono - last_prune_ >= absl::Seconds(10)) {
     last_prune_ = mono;
-    std::vector<std::string> prune;
-    std::vector<std::pair<absl::Time, std::string>> kept;  // finished, within retention
-    for (const auto& [id, r] : jobs_) {
-      if (!IsFinal(r.job.state())) continue;
-      const absl::Time end = FromProto(r.job.end_time());
-      if (end + options_.retention <= now) {
-        prune.push_back(id);
-      } else {
-        kept.emplace_back(end, id);
-      }
-    }
-    // Over --max-finished-jobs: the oldest-ended go too.
-    const int64_t over_cap = TakeOldestBeyond(options_.max_finished_jobs, &kept, &prune);
-    for (const auto& id : prune) {
-      JobRecord& r = jobs_.at(id);
-      Journal::Op op{Journal::Op::Kind::kDeleteJob, {}, {}, {}};
-      op.job.job.set_job_id(id);
-      txn.ops.push_back(std::move(op));
-      by_seq_.erase(r.seq);
-      // Its PNG stays, and OutputPathFreeLocked still finds it on disk.
-      if (auto o = outputs_.find(OutputPath(r)); o != outputs_.end() && o->second == id) {
-        outputs_.erase(o);
-      }
-      jobs_.erase(id);
-    }
-    // Tombstones whose job is gone, by "<owner>\0<request_id>" (TakeOldestBeyond's ids).
-    std::vector<std::string> expired;
-    std::vector<std::pair<absl::Time, std::string>> orphans;  // job gone, within the TTL
-    for (const auto& [key, rr] : requests_) {
-      if (jobs_.contains(rr.job_id)) continue;
-      std::string flat = absl::StrCat(key.first, std::string(1, '\0'), key.second);
-      if (rr.create_time + options_.tombstone_ttl <= now) {
-        expired.push_back(std::move(flat));
-      } else {
-        orphans.emplace_back(rr.create_time, std::move(flat));
-      }
-    }
-    // Over --max-tombstones: the oldest go too.
-    const int64_t tombstones_over_cap =
-        TakeOldestBeyond(options_.max_tombstones, &orphans, &expired);
-    for (const auto& flat : expired) {
-      const size_t nul = flat.find('\0');
-      Journal::Op op{Journal::Op::Kind::kDeleteRequest, {}, {}, {}};
-      op.request.owner = flat.substr(0, nul);
-      op.request.request_id = flat.substr(nul + 1);
-      requests_.erase(RequestKey(op.request.owner, op.request.request_id));
-      txn.ops.push_back(std::move(op));
-    }
-    for (auto it = workers_.begin(); it != workers_.end();) {
-      if (it->second->state == v1::WORKER_STATE_LOST &&
-          it->second->lost_mono + options_.lost_worker_ttl <= mono) {
-        workers_.erase(it++);
-      } else {
-        ++it;
-      }
-    }
-    if (!prune.empty() || !expired.empty()) {
-      LOG(INFO) << "event=pruned jobs=" << prune.size() << " over_max_finished=" << over_cap
-                << " tombstones=" << expired.size()
-                << " over_max_tombstones=" << tombstones_over_cap;
-    }
+    PruneLocked(txn);
   }
   if (mono - last_gauges_ >= absl::Seconds(1)) {
     last_gauges_ = mono;
@@ -1594,8 +1248,42 @@ void Scheduler::Tick() {
   CommitTxn(txn, nullptr);
 }
 
+void Scheduler::ExpireDeadlinesLocked(Txn& txn) {
+  for (const std::string& id : store_.TakeDueDeadlines(clock_->Now())) {
+    JobRecord& r = *store_.Find(id);
+    LOG(INFO) << "event=deadline_exceeded job=" << id << " request=" << r.job.request_id();
+    CancelJobLocked(r, v1::FAILURE_REASON_DEADLINE_EXCEEDED, "deadline exceeded", txn);
+  }
+}
+
+void Scheduler::ExpireSilentWorkersLocked(Txn& txn) {
+  const absl::Time mono = clock_->MonotonicNow();
+  for (Worker* w : registry_.Silent(mono, options_.lease_timeout)) {
+    if (w->sink) {
+      w->sink->Close(absl::UnavailableError("heartbeat timeout: worker considered lost"));
+    }
+    WorkerLostLocked(*w,
+                     absl::StrCat("no message within the lease timeout (silent for ",
+                                  absl::ToInt64Milliseconds(mono - w->last_seen_mono), " ms)"),
+                     txn);
+  }
+}
+
+void Scheduler::PruneLocked(Txn& txn) {
+  // Finished jobs, then tombstones whose job is gone, then lost workers.
+  const JobStore::Pruned p =
+      store_.Prune(clock_->Now(), options_.retention, options_.max_finished_jobs,
+                   options_.tombstone_ttl, options_.max_tombstones, txn.ops);
+  registry_.PruneLost(clock_->MonotonicNow(), options_.lost_worker_ttl);
+  if (p.jobs > 0 || p.tombstones > 0) {
+    LOG(INFO) << "event=pruned jobs=" << p.jobs << " over_max_finished=" << p.jobs_over_cap
+              << " tombstones=" << p.tombstones
+              << " over_max_tombstones=" << p.tombstones_over_cap;
+  }
+}
+
 void Scheduler::UpdateGaugesLocked() {
-  auto depth = queue_.DepthByPriority();
+  auto depth = store_.queue().DepthByPriority();
   for (auto& [p, g] : metrics_->depth_by_priority) {
     if (!depth.contains(p)) g->Set(0);
   }
@@ -1604,11 +1292,9 @@ void Scheduler::UpdateGaugesLocked() {
     if (!g) g = &metrics_->depth->Add({{"priority", absl::StrCat(p)}});
     g->Set(static_cast<double>(n));
   }
-  std::map<int, int64_t> by_state;
-  for (const auto& [id, r] : jobs_) ++by_state[r.job.state()];
+  std::map<int, int64_t> by_state = store_.CountByState();
   for (auto& [s, g] : metrics_->job_state) g->Set(static_cast<double>(by_state[s]));
-  std::map<int, int64_t> ws;
-  for (const auto& [n, w] : workers_) ++ws[w->state];
+  std::map<int, int64_t> ws = registry_.CountByState();
   for (auto& [s, g] : metrics_->worker_state) g->Set(static_cast<double>(ws[s]));
 }
 

@@ -26,6 +26,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -38,8 +39,10 @@
 #include "absl/time/time.h"
 #include "scheduler/clock.h"
 #include "scheduler/job_queue.h"
+#include "scheduler/job_store.h"
 #include "scheduler/journal.h"
 #include "scheduler/validation.h"
+#include "scheduler/worker_registry.h"
 #include "zfarm/v1/admin_service.pb.h"
 #include "zfarm/v1/job_service.pb.h"
 #include "zfarm/v1/worker_service.pb.h"
@@ -49,15 +52,6 @@ class Registry;
 }
 
 namespace zfarm::scheduler {
-
-// Outbound half of a worker's Connect stream. Send() must not block; Close()
-// ends the stream with `status`. Both may be called after the stream ended.
-class WorkerSink {
- public:
-  virtual ~WorkerSink() = default;
-  virtual void Send(const zfarm::v1::SchedulerMessage& message) = 0;
-  virtual void Close(const absl::Status& status) = 0;
-};
 
 // Receives watch events, in order, from the journal thread. Must not block.
 class EventSink {
@@ -202,7 +196,7 @@ class Scheduler {
   int64_t QueuedJobs();
 
  private:
-  struct Worker;
+  using Worker = WorkerRegistry::Worker;
   struct Txn;
   struct Subscribers;
   Scheduler(const Options& options, Clock* clock, std::unique_ptr<Journal> journal);
@@ -222,13 +216,15 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CommitTxn(Txn& txn, absl::AnyInvocable<void(absl::Status) &&> done)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void PutLocked(const JobRecord& r, Txn& txn,
-                 zfarm::v1::JobEventType type = zfarm::v1::JOB_EVENT_TYPE_STATE_CHANGED)
+  // Applies one event through JobStore::Transition: its journal ops join `txn`,
+  // the lease it ended is released, watchers get the event after the commit, and
+  // a final state reaches metrics and on_final. False (and a DFATAL log) if the
+  // table refuses the event.
+  bool ApplyLocked(JobRecord& r, const JobStore::Change& change, Txn& txn)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void EnqueueLocked(JobRecord& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FinishLocked(JobRecord& r, zfarm::v1::JobState state, zfarm::v1::FailureReason reason,
-                    const std::string& message, Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ReleaseLeaseLocked(JobRecord& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues `r`'s view for its job, batch and label watchers (after the commit).
+  void PublishLocked(const JobRecord& r, zfarm::v1::JobEventType type, Txn& txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A lease ended badly (lost, failed): requeue, fail or cancel per the rules.
   void LeaseEndedLocked(JobRecord& r, zfarm::v1::FailureReason reason, bool retryable,
                         const std::string& message, Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -240,24 +236,35 @@ class Scheduler {
                        Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   JobRecord* FindLeaseLocked(const Worker& w, const zfarm::v1::LeaseId& lease)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  zfarm::v1::Job ViewLocked(const JobRecord& r) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  zfarm::v1::WorkerInfo WorkerInfoLocked(const Worker& w, const std::string& owner_filter) const
+  // One handler per WorkerMessage kind. A non-OK status ends the stream.
+  struct Verified {  // a Finalized's result, checked outside the lock
+    zfarm::v1::JobResult result;
+    absl::Status status;
+  };
+  absl::Status OnHeartbeatLocked(Worker& w, const zfarm::v1::WorkerHeartbeat& m, Txn& txn)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::string OutputPath(const JobRecord& r) const;
-  // ALREADY_EXISTS (naming `path`, and the job when it is `owner`'s) if a job that is
-  // not FAILED/CANCELLED holds the output path.
-  absl::Status OutputPathFreeLocked(const std::string& path, const std::string& owner,
-                                    const std::string& field) const
+  absl::Status OnStatusLocked(Worker& w, const zfarm::v1::WorkerStatus& m, Txn& txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status OnStartedLocked(Worker& w, const zfarm::v1::JobStarted& m, Txn& txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status OnProgressLocked(Worker& w, const zfarm::v1::StepProgress& m, Txn& txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status OnCommitLocked(Worker& w, const zfarm::v1::CommitRequest& m, Txn& txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status OnFinalizedLocked(Worker& w, const zfarm::v1::Finalized& m,
+                                 const std::optional<Verified>& verified, Txn& txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status OnFailureLocked(Worker& w, const zfarm::v1::JobFailure& m, Txn& txn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tick's duties.
+  void ExpireDeadlinesLocked(Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpireSilentWorkersLocked(Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PruneLocked(Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  zfarm::v1::WorkerInfo WorkerInfoLocked(const Worker& w, const std::string& owner_filter) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK if the committed file is under the output root with the result's size and
   // SHA-256; FAILED_PRECONDITION / NOT_FOUND saying what differs.
   absl::Status VerifyResult(const zfarm::v1::JobResult& result) const;
-  // A failure that says something about the worker's device: three in a row make
-  // it UNHEALTHY.
-  void CountDeviceFailureLocked(Worker& w, const std::string& why)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::vector<JobRecord*> SelectLocked(const std::string& job_id, const std::string& batch_id,
-                                       const std::string& label) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Per-principal rate and queue limits for `fresh` new jobs in one call.
   absl::Status AdmitPrincipalLocked(const std::string& owner, int64_t fresh)
@@ -275,24 +282,12 @@ class Scheduler {
   std::unique_ptr<Metrics> metrics_;
 
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, JobRecord> jobs_ ABSL_GUARDED_BY(mu_);
-  std::map<uint64_t, std::string> by_seq_ ABSL_GUARDED_BY(mu_);
-  // Idempotency tombstones by (owner, request_id).
-  using RequestKey = std::pair<std::string, std::string>;
-  absl::flat_hash_map<RequestKey, RequestRecord> requests_ ABSL_GUARDED_BY(mu_);
-  // Output path (relative, jobs with an output_name) -> the job that last claimed it.
-  absl::flat_hash_map<std::string, std::string> outputs_ ABSL_GUARDED_BY(mu_);
-  // Worker name -> the principal that registered it.
-  absl::flat_hash_map<std::string, std::string> worker_owners_ ABSL_GUARDED_BY(mu_);
+  // Jobs, queue, deadlines, tombstones, output names and the state table.
+  JobStore store_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Bucket> buckets_ ABSL_GUARDED_BY(mu_);
-  JobQueue queue_ ABSL_GUARDED_BY(mu_);
-  std::multimap<absl::Time, std::string> deadlines_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, std::unique_ptr<Worker>> workers_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, Worker*> sessions_ ABSL_GUARDED_BY(mu_);
-  std::set<std::string> free_workers_ ABSL_GUARDED_BY(mu_);
+  // Workers, sessions, leases, free slots, health, drain, name bindings.
+  WorkerRegistry registry_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Subscribers> subs_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
   // Clock::MonotonicNow() of the last prune / gauge update.
   absl::Time last_prune_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time last_gauges_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -27,7 +27,7 @@ set_tests_properties(worker_message_fuzz_replay PROPERTIES LABELS "scheduler;fuz
 
 if(ZFARM_BUILD_FUZZERS)
   set(_san -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
-  set(_wm_srcs validation.cc job_queue.cc journal.cc scheduler.cc)
+  set(_wm_srcs validation.cc job_queue.cc job_store.cc journal.cc scheduler.cc worker_registry.cc)
   list(TRANSFORM _wm_srcs PREPEND ${PROJECT_SOURCE_DIR}/scheduler/)
   add_executable(worker_message_fuzzer ${CMAKE_CURRENT_SOURCE_DIR}/worker_message_fuzzer.cc
                                        ${_wm_srcs})
