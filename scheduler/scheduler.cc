@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
 #include "prometheus/counter.h"
@@ -114,11 +115,14 @@ struct Scheduler::Metrics {
                     .Add({}, b);
     for (int s = v1::JobState_MIN; s <= v1::JobState_MAX; ++s) {
       if (s == 0) continue;
-      job_state[s] = &jobs->Add({{"state", v1::JobState_Name(s)}});
+      // Short label values ("queued", "ready"); the README's upgrade notes list the old ones.
+      job_state[s] = &jobs->Add(
+          {{"state", absl::AsciiStrToLower(absl::StripPrefix(v1::JobState_Name(s), "JOB_STATE_"))}});
     }
     for (int s = v1::WorkerState_MIN; s <= v1::WorkerState_MAX; ++s) {
       if (s == 0) continue;
-      worker_state[s] = &workers->Add({{"state", v1::WorkerState_Name(s)}});
+      worker_state[s] = &workers->Add({{"state", absl::AsciiStrToLower(absl::StripPrefix(
+                                                     v1::WorkerState_Name(s), "WORKER_STATE_"))}});
     }
   }
   std::shared_ptr<prometheus::Registry> registry;

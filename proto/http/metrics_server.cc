@@ -1,8 +1,10 @@
 #include "proto/http/metrics_server.h"
 
 #include <sstream>
+#include <vector>
 
 #include "prometheus/text_serializer.h"
+#include "proto/http/process_metrics.h"
 
 namespace zfarm::http {
 
@@ -21,7 +23,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartMetricsServer(
   Router router;
   router.Add("GET", "/metrics", [collectable](const Request&) {
     std::ostringstream out;
-    prometheus::TextSerializer().Serialize(out, collectable->Collect());
+    std::vector<prometheus::MetricFamily> families = collectable->Collect();
+    for (prometheus::MetricFamily& f : ProcessMetricFamilies()) families.push_back(std::move(f));
+    prometheus::TextSerializer().Serialize(out, families);
     Response r = Response::Text(200, out.str(), "text/plain; version=0.0.4; charset=utf-8");
     r.headers.emplace("Cache-Control", "no-store");
     return r;

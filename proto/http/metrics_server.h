@@ -4,7 +4,8 @@
 // File: metrics_server.h
 // GET /metrics in the Prometheus text format (0.0.4) for one registry, over
 // HTTP or HTTPS/mutual TLS (HttpServer). Replaces prometheus-cpp's civetweb
-// Exposer so the metrics port can use TLS like every other port.
+// Exposer so the metrics port can use TLS like every other port. Every scrape
+// also carries zfarm_build_info and the process_* metrics (process_metrics.h).
 //
 //   auto registry = std::make_shared<prometheus::Registry>();
 //   ZFARM_ASSIGN_OR_RETURN(auto m, StartMetricsServer("0.0.0.0:9464", tls, registry));

@@ -439,6 +439,9 @@ TEST_F(FarmTest, MutualTlsOnEveryPortWithTokens) {
                    &status);
   EXPECT_EQ(status, 0) << out;
   EXPECT_NE(out.find("zfarm_worker_images_total"), std::string::npos) << out;
+  EXPECT_NE(out.find("binary=\"zfarm-worker\"} 1"), std::string::npos) << out;  // zfarm_build_info
+  EXPECT_NE(out.find("\nprocess_resident_memory_bytes "), std::string::npos) << out;
+  EXPECT_NE(out.find("\nprocess_open_fds "), std::string::npos) << out;
   RunCommand(absl::StrCat(curl, " https://127.0.0.1:", metrics_port, "/metrics 2>/dev/null"),
              &status);
   EXPECT_NE(status, 0);

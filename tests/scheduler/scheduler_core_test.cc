@@ -567,7 +567,8 @@ TEST_F(SchedulerCoreTest, ExportsPrometheusMetrics) {
   EXPECT_EQ(Metric(*registry, "zfarm_submit_rejections_total", "invalid_argument"), 1);
   EXPECT_EQ(Metric(*registry, "zfarm_queue_depth", "5"), 2);
   EXPECT_EQ(Metric(*registry, "zfarm_queue_depth", "-1"), 1);
-  EXPECT_EQ(Metric(*registry, "zfarm_jobs", "JOB_STATE_QUEUED"), 3);
+  EXPECT_EQ(Metric(*registry, "zfarm_jobs", "queued"), 3);
+  EXPECT_EQ(Metric(*registry, "zfarm_jobs", "JOB_STATE_QUEUED"), -1);  // the old label value
 }
 
 }  // namespace

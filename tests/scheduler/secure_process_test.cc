@@ -21,6 +21,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "proto/version.h"
 #include "nlohmann/json.hpp"
 #include "proto/security/tls.h"
 #include "tests/testing/fake_worker.h"
@@ -209,6 +210,13 @@ TEST_F(SecureProcessTest, RestAndMetricsOverMutualTlsWithTokensAndRoles) {
   r = Curl("GET", metrics_port_, "/metrics", "");
   ASSERT_EQ(r.status, 200);
   EXPECT_THAT(r.body, HasSubstr("zfarm_"));
+  // Build info, process metrics and short state label values.
+  EXPECT_THAT(r.body, HasSubstr("zfarm_build_info{version=\"" ZFARM_VERSION "\",binary=\"zfarm-scheduler\"} 1"));
+  EXPECT_THAT(r.body, HasSubstr("\nprocess_resident_memory_bytes "));
+  EXPECT_THAT(r.body, HasSubstr("\nprocess_open_fds "));
+  EXPECT_THAT(r.body, HasSubstr("\nprocess_cpu_seconds_total "));
+  EXPECT_THAT(r.body, HasSubstr("zfarm_jobs{state=\"queued\"}"));
+  EXPECT_THAT(r.body, Not(HasSubstr("JOB_STATE_")));
   EXPECT_NE(Curl("GET", metrics_port_, "/metrics", "", "", /*client_cert=*/false).curl_exit, 0);
 
   // Audit lines name the principal; no token ever reaches the log.
