@@ -33,6 +33,8 @@ test_pkgs=(
   docker-compose
   # the Python client's runtime (client/python; its stubs are generated with protoc at build time)
   python3-grpcio python3-protobuf
+  # results read back as AUTOMATIC1111 reads them (tests/worker/io/a1111_read_test.py)
+  python3-pil python3-piexif
 )
 if [ "${1:-}" = --list ]; then
   case "${2:-}" in

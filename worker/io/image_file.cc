@@ -39,41 +39,28 @@ absl::StatusOr<ImageFormat> ParseImageFormat(absl::string_view name, absl::strin
       absl::StrCat(field, ": unknown format \"", name, "\" (png, jpeg or webp)"));
 }
 
-absl::string_view ImageFormatName(ImageFormat f) {
-  switch (f) {
-    case ImageFormat::kJpeg:
-      return "jpeg";
-    case ImageFormat::kWebp:
-      return "webp";
-    case ImageFormat::kPng:
-      break;
+namespace {
+
+struct FormatNames {
+  ImageFormat format;
+  absl::string_view name, extension, media_type;
+};
+constexpr FormatNames kFormats[] = {{ImageFormat::kPng, "png", ".png", "image/png"},
+                                    {ImageFormat::kJpeg, "jpeg", ".jpg", "image/jpeg"},
+                                    {ImageFormat::kWebp, "webp", ".webp", "image/webp"}};
+
+const FormatNames& NamesOf(ImageFormat f) {
+  for (const FormatNames& n : kFormats) {
+    if (n.format == f) return n;
   }
-  return "png";
+  return kFormats[0];
 }
 
-absl::string_view ImageFormatExtension(ImageFormat f) {
-  switch (f) {
-    case ImageFormat::kJpeg:
-      return ".jpg";
-    case ImageFormat::kWebp:
-      return ".webp";
-    case ImageFormat::kPng:
-      break;
-  }
-  return ".png";
-}
+}  // namespace
 
-absl::string_view ImageMediaType(ImageFormat f) {
-  switch (f) {
-    case ImageFormat::kJpeg:
-      return "image/jpeg";
-    case ImageFormat::kWebp:
-      return "image/webp";
-    case ImageFormat::kPng:
-      break;
-  }
-  return "image/png";
-}
+absl::string_view ImageFormatName(ImageFormat f) { return NamesOf(f).name; }
+absl::string_view ImageFormatExtension(ImageFormat f) { return NamesOf(f).extension; }
+absl::string_view ImageMediaType(ImageFormat f) { return NamesOf(f).media_type; }
 
 absl::StatusOr<std::string> EncodeImage(const std::vector<uint8_t>& rgb, const ImageParameters& p,
                                         ImageFormat format, int quality) {

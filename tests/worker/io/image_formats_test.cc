@@ -10,6 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "proto/status_macros.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 #include "worker/io/image_file.h"
@@ -137,44 +138,52 @@ TEST(ImageFormatTest, NamesExtensionsAndMediaTypes) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--output-format")));
 }
 
-TEST(JpegTest, RoundTripWithExifAndXmp) {
-  const int w = 96, h = 64;
-  const std::vector<uint8_t> rgb = Gradient(w, h);
-  const ImageParameters p = Params(w, h);
-  ASSERT_OK_AND_ASSIGN(std::string bytes, EncodeImage(rgb, p, ImageFormat::kJpeg, 95));
-  // SOI, then the EXIF APP1 segment first (no JFIF).
-  EXPECT_EQ(bytes.substr(0, 4), "\xFF\xD8\xFF\xE1");
-  EXPECT_EQ(bytes.substr(6, 6), std::string("Exif\0\0", 6));
-  ASSERT_OK_AND_ASSIGN(DecodedJpeg d, DecodeJpeg(bytes));
-  EXPECT_EQ(d.width, w);
-  EXPECT_EQ(d.height, h);
-  EXPECT_LT(MeanAbsError(d.rgb, rgb), 3.0);
-  ASSERT_OK_AND_ASSIGN(std::string comment, UserCommentFromExif(d.exif));
-  EXPECT_EQ(comment, A1111Parameters(p));
-  EXPECT_THAT(comment, HasSubstr("Seed: 4242"));
-  ASSERT_OK_AND_ASSIGN(XmpFields x, ParseXmp(d.xmp));
-  EXPECT_EQ(x.parameters, A1111Parameters(p));
-  EXPECT_EQ(x.json, ParametersJson(p));
+// Decodes with libjpeg or libwebp: pixels plus the EXIF and XMP blocks.
+struct Decoded {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;
+  std::string exif, xmp;
+};
+absl::StatusOr<Decoded> DecodeLossy(ImageFormat f, const std::string& bytes) {
+  if (f == ImageFormat::kJpeg) {
+    ZFARM_ASSIGN_OR_RETURN(DecodedJpeg d, DecodeJpeg(bytes));
+    return Decoded{d.width, d.height, d.rgb, d.exif, d.xmp};
+  }
+  ZFARM_ASSIGN_OR_RETURN(DecodedWebp d, DecodeWebp(bytes));
+  return Decoded{d.width, d.height, d.rgb, d.exif, d.xmp};
 }
 
-TEST(WebpTest, RoundTripWithExifAndXmp) {
+TEST(LossyFormatsTest, RoundTripWithExifAndXmp) {
   const int w = 96, h = 64;
   const std::vector<uint8_t> rgb = Gradient(w, h);
   const ImageParameters p = Params(w, h);
-  ASSERT_OK_AND_ASSIGN(std::string bytes, EncodeImage(rgb, p, ImageFormat::kWebp, 95));
-  EXPECT_EQ(bytes.substr(0, 4), "RIFF");
-  EXPECT_EQ(bytes.substr(8, 4), "WEBP");
-  // An extended (VP8X) file, so readers look for the metadata chunks.
-  EXPECT_EQ(bytes.substr(12, 4), "VP8X");
-  ASSERT_OK_AND_ASSIGN(DecodedWebp d, DecodeWebp(bytes));
-  EXPECT_EQ(d.width, w);
-  EXPECT_EQ(d.height, h);
-  EXPECT_LT(MeanAbsError(d.rgb, rgb), 4.0);
-  ASSERT_OK_AND_ASSIGN(std::string comment, UserCommentFromExif(d.exif));
-  EXPECT_EQ(comment, A1111Parameters(p));
-  ASSERT_OK_AND_ASSIGN(XmpFields x, ParseXmp(d.xmp));
-  EXPECT_EQ(x.json, ParametersJson(p));
-  EXPECT_THAT(DecodeWebp("RIFF\0\0\0\0WEBPjunk"), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
+  for (ImageFormat f : {ImageFormat::kJpeg, ImageFormat::kWebp}) {
+    SCOPED_TRACE(std::string(ImageFormatName(f)));
+    ASSERT_OK_AND_ASSIGN(std::string bytes, EncodeImage(rgb, p, f, 95));
+    if (f == ImageFormat::kJpeg) {
+      // SOI, then the EXIF APP1 segment first (no JFIF).
+      EXPECT_EQ(bytes.substr(0, 4), "\xFF\xD8\xFF\xE1");
+      EXPECT_EQ(bytes.substr(6, 6), std::string("Exif\0\0", 6));
+    } else {
+      // RIFF/WEBP, an extended (VP8X) file, so readers look for the metadata chunks.
+      EXPECT_EQ(bytes.substr(0, 4), "RIFF");
+      EXPECT_EQ(bytes.substr(8, 8), "WEBPVP8X");
+    }
+    ASSERT_OK_AND_ASSIGN(Decoded d, DecodeLossy(f, bytes));
+    EXPECT_EQ(d.width, w);
+    EXPECT_EQ(d.height, h);
+    EXPECT_LT(MeanAbsError(d.rgb, rgb), f == ImageFormat::kJpeg ? 3.0 : 4.0);
+    ASSERT_OK_AND_ASSIGN(std::string comment, UserCommentFromExif(d.exif));
+    EXPECT_EQ(comment, A1111Parameters(p));
+    EXPECT_THAT(comment, HasSubstr("Seed: 4242"));
+    ASSERT_OK_AND_ASSIGN(XmpFields x, ParseXmp(d.xmp));
+    EXPECT_EQ(x.parameters, A1111Parameters(p));
+    EXPECT_EQ(x.json, ParametersJson(p));
+  }
+  EXPECT_THAT(DecodeWebp("RIFF\0\0\0\0WEBPjunk"),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
+  EXPECT_THAT(DecodeJpeg("\xFF\xD8\xFF\xE0 cut"),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
 }
 
 TEST(ImageFormatTest, QualityChangesTheEncoding) {
