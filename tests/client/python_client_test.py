@@ -44,32 +44,45 @@ def wait_for_line(log_path, needle, proc, timeout):
 
 
 class FarmFixture(unittest.TestCase):
+    with_worker = True
+
+    @classmethod
+    def start_scheduler(cls, port=0):
+        log = os.path.join(cls.dir, "scheduler-%d.log" % len(cls.procs))
+        with open(log, "w") as f:  # the child keeps its own descriptor
+            sched = subprocess.Popen(
+                [SCHEDULER, "--listen=127.0.0.1:%d" % port, "--state-dir=" + cls.dir + "/state",
+                 "--output-root=" + cls.out, "--heartbeat_interval=200ms", "--lease_timeout=2s"],
+                stdout=f, stderr=subprocess.STDOUT)
+        cls.procs.append(sched)
+        cls.address = wait_for_line(log, "listening on ", sched, 30).split()[0]
+        return sched
+
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="zfarm-python-")
         cls.out = os.path.join(cls.dir, "out")
         os.makedirs(cls.out)
         cls.procs = []
-        log = os.path.join(cls.dir, "scheduler.log")
-        sched = subprocess.Popen(
-            [SCHEDULER, "--listen=127.0.0.1:0", "--state-dir=" + cls.dir + "/state",
-             "--output-root=" + cls.out, "--heartbeat_interval=200ms", "--lease_timeout=2s"],
-            stdout=open(log, "w"), stderr=subprocess.STDOUT)
-        cls.procs.append(sched)
-        cls.address = wait_for_line(log, "listening on ", sched, 30).split()[0]
-        wlog = os.path.join(cls.dir, "worker.log")
-        worker = subprocess.Popen(
-            [WORKER, "serve", "--scheduler=" + cls.address, "--model=" + MODEL,
-             "--output-root=" + cls.out, "--name=py-w1", "--warmup=64x64", "--warmup-steps=1",
-             "--min-free-disk-mb=1"],
-            stdout=open(wlog, "w"), stderr=subprocess.STDOUT)
-        cls.procs.append(worker)
+        cls.start_scheduler()
         cls.farm = zfarm.Farm(cls.address, timeout=30, request_id_prefix="py-default")
+        if not cls.with_worker:
+            return
+        wlog = os.path.join(cls.dir, "worker.log")
+        with open(wlog, "w") as f:
+            worker = subprocess.Popen(
+                [WORKER, "serve", "--scheduler=" + cls.address, "--model=" + MODEL,
+                 "--output-root=" + cls.out, "--name=py-w1", "--warmup=64x64", "--warmup-steps=1",
+                 "--min-free-disk-mb=1"],
+                stdout=f, stderr=subprocess.STDOUT)
+        cls.procs.append(worker)
 
     @classmethod
     def tearDownClass(cls):
         cls.farm.close()
         for p in reversed(cls.procs):
+            if p.poll() is not None:
+                continue
             p.terminate()
             try:
                 p.wait(timeout=20)
@@ -165,6 +178,26 @@ class PythonClientTest(FarmFixture):
             self.farm.result(job, os.path.join(self.dir, "never.png"), timeout=60)
         self.assertEqual(e.exception.job.state, job_pb2.JOB_STATE_CANCELLED)
         self.assertFalse(os.path.exists(os.path.join(self.dir, "never.png")))
+
+
+class WatchReconnectTest(FarmFixture):
+    with_worker = False  # jobs stay QUEUED until cancelled
+
+    def test_watch_survives_a_scheduler_restart(self):
+        job = self.farm.submit("waits for a worker", width=256, height=256, steps=1, seed=1)
+        events = self.farm.watch(job, timeout=120)
+        first = next(events)
+        self.assertEqual(first.job.state, job_pb2.JOB_STATE_QUEUED)
+        # kill -9 and restart on the same port; the journal keeps the job.
+        port = int(self.address.rsplit(":", 1)[1])
+        self.procs[0].kill()
+        self.procs[0].wait()
+        self.start_scheduler(port)
+        self.assertEqual(self.farm.cancel(job), [job.job_id])
+        rest = list(events)  # reconnects, gets the current (final) state first
+        self.assertGreater(len(rest), 0)
+        self.assertEqual(rest[-1].job.state, job_pb2.JOB_STATE_CANCELLED)
+        self.assertEqual(rest[-1].job.job_id, job.job_id)
 
 
 if __name__ == "__main__":

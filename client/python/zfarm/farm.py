@@ -207,18 +207,35 @@ class Farm:
         req = job_service_pb2.CancelJobRequest(job_id=_job_id(job))
         return list(self._call(self._stub.CancelJob, req).job_ids)
 
-    def watch(self, job, timeout=None):
+    def watch(self, job, timeout=None, max_outage=30.0):
         """Yields the job's zfarm.v1.JobEvent s (its current state first, then every
         state change and step) and stops after the event that makes it final.
-        `timeout`: seconds for the whole watch (None = until final)."""
+        `timeout`: seconds for the whole watch (None = until final). When the
+        scheduler is unavailable (a restart), the stream is opened again with
+        backoff for up to `max_outage` seconds; it starts with the current state,
+        so nothing final is missed (a step or two may be)."""
         req = job_service_pb2.WatchJobRequest(job_id=_job_id(job))
-        try:
-            for event in self._stub.WatchJob(req, timeout=timeout, metadata=self._metadata):
-                yield event
-                if event.job.state in _FINAL:
-                    return
-        except grpc.RpcError as e:
-            raise FarmError(e.code(), e.details()) from None
+        end = None if timeout is None else time.monotonic() + timeout
+        backoff, outage_start = 0.1, None
+        while True:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                raise FarmError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                "watch of job %s timed out" % req.job_id)
+            try:
+                for event in self._stub.WatchJob(req, timeout=left, metadata=self._metadata):
+                    backoff, outage_start = 0.1, None
+                    yield event
+                    if event.job.state in _FINAL:
+                        return
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise FarmError(e.code(), e.details()) from None
+                outage_start = outage_start or time.monotonic()
+                if time.monotonic() - outage_start > max_outage:
+                    raise FarmError(e.code(), e.details()) from None
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     def wait(self, job, timeout=None):
         """Blocks until the job is final; returns its final zfarm.v1.Job."""
