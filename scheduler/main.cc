@@ -42,6 +42,9 @@ ABSL_FLAG(bool, metrics_plaintext, false,
 ABSL_FLAG(std::string, http_listen, "",
           "HOST:PORT for the REST/JSON gateway (/v1/jobs...); HTTPS (mutual TLS with "
           "--tls-client-ca) with --tls-cert; empty = no gateway");
+ABSL_FLAG(absl::Duration, http_images_timeout, absl::Minutes(10),
+          "How long POST /v1/images/generations waits for its images before 504 (the jobs go "
+          "on; a retry with the same Idempotency-Key waits for them again)");
 ABSL_FLAG(int32_t, http_max_connections, 1024,
           "Open connections the REST gateway accepts; beyond it new ones are closed (plain "
           "HTTP: after a 503 answer)");
@@ -293,10 +296,13 @@ int main(int argc, char** argv) {
     go.http.max_connections = absl::GetFlag(FLAGS_http_max_connections);
     go.http.max_connections_per_ip = absl::GetFlag(FLAGS_http_max_connections_per_ip);
     go.http.request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
+    go.images_timeout = absl::GetFlag(FLAGS_http_images_timeout);
+    go.thumbnail_dir = absl::GetFlag(FLAGS_state_dir) + "/thumbnails";
     for (const auto& [flag, ok] :
          {std::pair{"--http-max-connections", go.http.max_connections >= 1},
           std::pair{"--http-max-connections-per-ip", go.http.max_connections_per_ip >= 1},
-          std::pair{"--http-request-timeout", go.http.request_timeout > absl::ZeroDuration()}}) {
+          std::pair{"--http-request-timeout", go.http.request_timeout > absl::ZeroDuration()},
+          std::pair{"--http-images-timeout", go.images_timeout > absl::ZeroDuration()}}) {
       if (!ok) {
         std::cerr << "zfarm-scheduler: " << flag << ": must be positive\n";
         (*server)->Shutdown();

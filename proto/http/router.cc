@@ -115,6 +115,14 @@ Router& Router::AddRoute(Route route) {
   return *this;
 }
 
+std::vector<std::pair<std::string, std::string>> Router::Routes() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& e : entries_) {
+    for (const auto& [method, route] : e->by_method) out.emplace_back(method, route.pattern);
+  }
+  return out;
+}
+
 Router::Match Router::Find(const std::string& method, const std::string& path) const {
   Match best;
   std::vector<int> best_rank;

@@ -29,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -68,6 +69,9 @@ class Router {
   Router& AddAsync(const std::string& method, const std::string& pattern, AsyncHandler handler,
                    RouteOptions options = {});
   absl::Status status() const { return status_; }
+  // Every route added, as {method, pattern}: paths in the order first added,
+  // methods sorted (say, to check an API description against what is served).
+  std::vector<std::pair<std::string, std::string>> Routes() const;
 
   struct Route {
     std::string method;
