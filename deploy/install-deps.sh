@@ -35,6 +35,8 @@ test_pkgs=(
   python3-grpcio python3-protobuf
   # results read back as AUTOMATIC1111 reads them (tests/worker/io/a1111_read_test.py)
   python3-pil python3-piexif
+  # the dashboard's browser test (driven by playwright-core from npm, which downloads no browser)
+  chromium
 )
 if [ "${1:-}" = --list ]; then
   case "${2:-}" in

@@ -143,6 +143,16 @@ Response Dashboard::Asset(const Request& req) {
 }
 
 grpc::Status Dashboard::Snapshot(const std::string& authorization, std::string* out) {
+  // Recent jobs first: a job submitted meanwhile is then counted in the
+  // queue before its card shows (the calls are not one snapshot).
+  zfarm::v1::ListJobsRequest recent_req;
+  recent_req.set_page_size(options_.recent_jobs);
+  zfarm::v1::ListJobsResponse recent;
+  {
+    auto ctx = CallContext(authorization, options_.rpc_timeout);
+    grpc::Status s = jobs_->ListJobs(ctx.get(), recent_req, &recent);
+    if (!s.ok()) return s;
+  }
   // Active jobs: the queue by state and priority, and the workers' steps.
   json by_state = {{"queued", 0}, {"assigned", 0}, {"running", 0}};
   std::map<int, json> by_priority;
@@ -208,14 +218,6 @@ grpc::Status Dashboard::Snapshot(const std::string& authorization, std::string* 
                      {"current_jobs", std::move(current)}});
   }
 
-  zfarm::v1::ListJobsRequest recent_req;
-  recent_req.set_page_size(options_.recent_jobs);
-  zfarm::v1::ListJobsResponse recent;
-  {
-    auto ctx = CallContext(authorization, options_.rpc_timeout);
-    grpc::Status s = jobs_->ListJobs(ctx.get(), recent_req, &recent);
-    if (!s.ok()) return s;
-  }
   json rlist = json::array();
   for (const auto& job : recent.jobs()) rlist.push_back(JobJson(job));
 

@@ -57,12 +57,15 @@ class FarmClient {
       : jobs_(zfarm::v1::JobService::NewStub(channel)),
         admin_(zfarm::v1::AdminService::NewStub(channel)) {}
 
+  // Sends "authorization: Bearer <token>" on every later call ("" = none).
+  void set_token(const std::string& token) { token_ = token; }
+
   // Submits `spec`; the job id ("" and a test failure if refused).
   std::string Submit(const zfarm::v1::JobSpec& spec) {
     zfarm::v1::SubmitJobRequest r;
     *r.mutable_spec() = spec;
     zfarm::v1::SubmitJobResponse resp;
-    grpc::Status s = jobs_->SubmitJob(TestContext().get(), r, &resp);
+    grpc::Status s = jobs_->SubmitJob(Ctx().get(), r, &resp);
     EXPECT_TRUE(s.ok()) << s.error_message();
     return resp.job().job_id();
   }
@@ -71,7 +74,7 @@ class FarmClient {
     zfarm::v1::GetJobRequest r;
     r.set_job_id(id);
     zfarm::v1::Job j;
-    jobs_->GetJob(TestContext().get(), r, &j);
+    jobs_->GetJob(Ctx().get(), r, &j);
     return j;
   }
 
@@ -79,7 +82,7 @@ class FarmClient {
     zfarm::v1::CancelJobRequest r;
     r.set_job_id(id);
     zfarm::v1::CancelJobResponse resp;
-    return jobs_->CancelJob(TestContext().get(), r, &resp).ok();
+    return jobs_->CancelJob(Ctx().get(), r, &resp).ok();
   }
 
   // The job once SUCCEEDED, FAILED or CANCELLED (or its state at `timeout`).
@@ -99,7 +102,7 @@ class FarmClient {
   // The worker as ListWorkers shows it (empty if unknown or unreachable).
   zfarm::v1::WorkerInfo Worker(const std::string& name) {
     zfarm::v1::ListWorkersResponse resp;
-    admin_->ListWorkers(TestContext().get(), zfarm::v1::ListWorkersRequest(), &resp);
+    admin_->ListWorkers(Ctx().get(), zfarm::v1::ListWorkersRequest(), &resp);
     for (const auto& w : resp.workers()) {
       if (w.worker_name() == name) return w;
     }
@@ -110,17 +113,24 @@ class FarmClient {
     zfarm::v1::DrainWorkerRequest r;
     r.set_worker_name(name);
     zfarm::v1::DrainWorkerResponse resp;
-    return admin_->DrainWorker(TestContext().get(), r, &resp).ok();
+    return admin_->DrainWorker(Ctx().get(), r, &resp).ok();
   }
 
   bool Resume(const std::string& name) {
     zfarm::v1::ResumeWorkerRequest r;
     r.set_worker_name(name);
     zfarm::v1::ResumeWorkerResponse resp;
-    return admin_->ResumeWorker(TestContext().get(), r, &resp).ok();
+    return admin_->ResumeWorker(Ctx().get(), r, &resp).ok();
   }
 
  private:
+  std::unique_ptr<grpc::ClientContext> Ctx() const {
+    auto c = TestContext();
+    if (!token_.empty()) c->AddMetadata("authorization", "Bearer " + token_);
+    return c;
+  }
+
+  std::string token_;
   std::unique_ptr<zfarm::v1::JobService::Stub> jobs_;
   std::unique_ptr<zfarm::v1::AdminService::Stub> admin_;
 };
