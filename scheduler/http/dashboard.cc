@@ -286,17 +286,23 @@ void Dashboard::FeedLoop() {
   }
 }
 
-Response Dashboard::Thumbnail(const Request& req) {
+grpc::Status Dashboard::SucceededJob(const Request& req, const std::string& what,
+                                     zfarm::v1::Job* job) {
   auto ctx = CallContext(req, options_.rpc_timeout);
   zfarm::v1::GetJobRequest get;
   get.set_job_id(req.PathParam("id"));
-  zfarm::v1::Job job;
-  if (grpc::Status s = jobs_->GetJob(ctx.get(), get, &job); !s.ok()) return GrpcError(s);
-  if (job.state() != zfarm::v1::JOB_STATE_SUCCEEDED) {
-    return GrpcError(grpc::StatusCode::FAILED_PRECONDITION,
-                     absl::StrCat("thumbnail: job ", job.job_id(), " is ", StateKey(job.state()),
-                                  "; only a succeeded job has a picture"));
+  if (grpc::Status s = jobs_->GetJob(ctx.get(), get, job); !s.ok()) return s;
+  if (job->state() != zfarm::v1::JOB_STATE_SUCCEEDED) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat(what, ": job ", job->job_id(), " is ", StateKey(job->state()),
+                                     "; only a succeeded job has a result"));
   }
+  return grpc::Status::OK;
+}
+
+Response Dashboard::Thumbnail(const Request& req) {
+  zfarm::v1::Job job;
+  if (grpc::Status s = SucceededJob(req, "thumbnail", &job); !s.ok()) return GrpcError(s);
   const std::string sha = job.result().sha256();
   if (!IsHexSha256(sha)) return GrpcError(grpc::StatusCode::INTERNAL, "thumbnail: no sha256");
   const std::string path =
@@ -355,16 +361,8 @@ Response Dashboard::Thumbnail(const Request& req) {
 }
 
 Response Dashboard::Metadata(const Request& req) {
-  auto ctx = CallContext(req, options_.rpc_timeout);
-  zfarm::v1::GetJobRequest get;
-  get.set_job_id(req.PathParam("id"));
   zfarm::v1::Job job;
-  if (grpc::Status s = jobs_->GetJob(ctx.get(), get, &job); !s.ok()) return GrpcError(s);
-  if (job.state() != zfarm::v1::JOB_STATE_SUCCEEDED) {
-    return GrpcError(grpc::StatusCode::FAILED_PRECONDITION,
-                     absl::StrCat("metadata: job ", job.job_id(), " is ", StateKey(job.state()),
-                                  "; only a succeeded job has a file"));
-  }
+  if (grpc::Status s = SucceededJob(req, "metadata", &job); !s.ok()) return GrpcError(s);
   const std::string type = job.result().media_type().empty() ? "image/png"
                                                               : job.result().media_type();
   json text = json::object();

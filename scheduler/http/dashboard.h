@@ -94,6 +94,10 @@ class Dashboard {
   zfarm::http::Response Asset(const zfarm::http::Request& req);
   zfarm::http::Response Summary(const zfarm::http::Request& req);
   void Events(const zfarm::http::Request& req, zfarm::http::Responder r);
+  // GetJob of the request's {id} into *job; FAILED_PRECONDITION (naming
+  // `what`) unless it SUCCEEDED.
+  grpc::Status SucceededJob(const zfarm::http::Request& req, const std::string& what,
+                            zfarm::v1::Job* job);
   zfarm::http::Response Thumbnail(const zfarm::http::Request& req);
   zfarm::http::Response Metadata(const zfarm::http::Request& req);
   // The summary JSON for a caller into *out, or the failed call's status.
