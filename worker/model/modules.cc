@@ -48,14 +48,15 @@ at::Tensor RmsNormImpl::forward(const at::Tensor& x) {
   return y * weight;
 }
 
-Conv2dImpl::Conv2dImpl(int64_t in, int64_t out, int64_t k, const at::TensorOptions& options)
-    : pad(k / 2) {
+Conv2dImpl::Conv2dImpl(int64_t in, int64_t out, int64_t k, const at::TensorOptions& options,
+                       int64_t s, int64_t p)
+    : stride(s), pad(p < 0 ? k / 2 : p) {
   weight = register_parameter("weight", at::empty({out, in, k, k}, options), false);
   bias = register_parameter("bias", at::empty({out}, options), false);
 }
 
 at::Tensor Conv2dImpl::forward(const at::Tensor& x) {
-  return at::conv2d(x, weight, bias, /*stride=*/{1, 1}, /*padding=*/{pad, pad});
+  return at::conv2d(x, weight, bias, /*stride=*/{stride, stride}, /*padding=*/{pad, pad});
 }
 
 GroupNormImpl::GroupNormImpl(int64_t g, int64_t channels, const at::TensorOptions& options)
@@ -540,6 +541,72 @@ at::Tensor VaeDecoderImpl::TiledDecode(const at::Tensor& latents, int64_t tile, 
     out_rows.push_back(at::cat(out_row, 3));
   }
   return at::cat(out_rows, 2);
+}
+
+VaeEncoderImpl::VaeEncoderImpl(const VaeConfig& c, const at::TensorOptions& o) : c_(c) {
+  auto enc = Sub(*this, "encoder");
+  const std::vector<int64_t>& ch = c.block_out_channels;
+  const int64_t g = c.norm_num_groups;
+  conv_in = enc->register_module("conv_in", Conv2d(c.in_channels, ch[0], 3, o));
+  auto downs = Sub(*enc, "down_blocks");
+  int64_t prev = ch[0];
+  for (size_t i = 0; i < ch.size(); ++i) {
+    auto blk = Sub(*downs, std::to_string(i));
+    auto rs = Sub(*blk, "resnets");
+    std::vector<Resnet> block;
+    for (int64_t j = 0; j < c.layers_per_block; ++j) {
+      block.push_back(
+          rs->register_module(std::to_string(j), Resnet(j == 0 ? prev : ch[i], ch[i], g, o)));
+    }
+    down_resnets_.push_back(std::move(block));
+    if (i + 1 < ch.size()) {
+      downsamplers_.push_back(Sub(*Sub(*blk, "downsamplers"), "0")
+                                  ->register_module("conv", Conv2d(ch[i], ch[i], 3, o, 2, 0)));
+    } else {
+      downsamplers_.push_back(Conv2d(nullptr));
+    }
+    prev = ch[i];
+  }
+  auto mid = Sub(*enc, "mid_block");
+  auto mr = Sub(*mid, "resnets");
+  mid_resnets_.push_back(mr->register_module("0", Resnet(ch.back(), ch.back(), g, o)));
+  mid_resnets_.push_back(mr->register_module("1", Resnet(ch.back(), ch.back(), g, o)));
+  if (c.mid_block_add_attention) {
+    mid_attention_ = Sub(*mid, "attentions")->register_module("0", VaeAttention(ch.back(), g, o));
+  }
+  conv_norm_out = enc->register_module("conv_norm_out", GroupNorm(g, ch.back(), o));
+  conv_out = enc->register_module("conv_out", Conv2d(ch.back(), 2 * c.latent_channels, 3, o));
+  if (c.use_quant_conv) {
+    quant_conv = register_module("quant_conv",
+                                 Conv2d(2 * c.latent_channels, 2 * c.latent_channels, 1, o));
+  }
+}
+
+void VaeEncoderImpl::set_kernels(bool on) {
+  for (const auto& m : modules()) {
+    if (auto* g = dynamic_cast<GroupNormImpl*>(m.get()); g != nullptr) g->kernels = on;
+  }
+}
+
+bool VaeEncoderImpl::IsUnusedKey(const std::string& key) const {
+  return absl::StartsWith(key, "decoder.") || absl::StartsWith(key, "post_quant_conv.") ||
+         (!c_.use_quant_conv && absl::StartsWith(key, "quant_conv."));
+}
+
+at::Tensor VaeEncoderImpl::forward(const at::Tensor& image) {
+  at::Tensor x = conv_in(image.to(conv_in->weight.options()));
+  for (size_t i = 0; i < down_resnets_.size(); ++i) {
+    for (auto& r : down_resnets_[i]) x = r(x);
+    if (downsamplers_[i]) {
+      // diffusers Downsample2D(padding=0): zero pad right and bottom by one, stride-2 conv.
+      x = downsamplers_[i](at::constant_pad_nd(x, {0, 1, 0, 1}, 0));
+    }
+  }
+  x = mid_resnets_[0](x);
+  if (mid_attention_) x = mid_attention_(x);
+  x = mid_resnets_[1](x);
+  x = conv_out(conv_norm_out->ForwardSilu(x));
+  return quant_conv ? quant_conv(x) : x;
 }
 
 // ------------------------------------------------------------------- random

@@ -185,9 +185,12 @@ TORCH_MODULE(Transformer);
 
 class Conv2dImpl : public torch::nn::Module {
  public:
-  Conv2dImpl(int64_t in, int64_t out, int64_t k, const at::TensorOptions& options);
+  // stride 1 and "same" padding (k / 2) unless given.
+  Conv2dImpl(int64_t in, int64_t out, int64_t k, const at::TensorOptions& options,
+             int64_t stride = 1, int64_t pad = -1);
   at::Tensor forward(const at::Tensor& x);
   at::Tensor weight, bias;
+  int64_t stride;
   int64_t pad;
 };
 TORCH_MODULE(Conv2d);
@@ -253,6 +256,32 @@ class VaeDecoderImpl : public torch::nn::Module {
   GroupNorm conv_norm_out{nullptr};
 };
 TORCH_MODULE(VaeDecoder);
+
+// Keys: encoder.* (and quant_conv.* when the config uses it) of
+// vae/diffusion_pytorch_model.safetensors: diffusers' Encoder (down blocks of ResNets with
+// stride-2 convolutions after a (0, 1, 0, 1) zero pad, the same mid block as the decoder,
+// GroupNorm + SiLU + conv_out to mean and log-variance).
+class VaeEncoderImpl : public torch::nn::Module {
+ public:
+  VaeEncoderImpl(const VaeConfig& c, const at::TensorOptions& options);
+  // image: [1, 3, H, W] in [-1, 1] (any float dtype; cast to the module's). Returns the
+  // moments [1, 2C, H/8, W/8] in the module dtype: mean = the first C channels,
+  // log-variance the last C (unclamped).
+  at::Tensor forward(const at::Tensor& image);
+  bool IsUnusedKey(const std::string& key) const;
+  // Use the fused GroupNorm(+SiLU) kernel where it applies (default true).
+  void set_kernels(bool on);
+
+ private:
+  VaeConfig c_;
+  Conv2d conv_in{nullptr}, conv_out{nullptr}, quant_conv{nullptr};
+  std::vector<std::vector<Resnet>> down_resnets_;
+  std::vector<Conv2d> downsamplers_;  // nullptr for the last block
+  std::vector<Resnet> mid_resnets_;
+  VaeAttention mid_attention_{nullptr};
+  GroupNorm conv_norm_out{nullptr};
+};
+TORCH_MODULE(VaeEncoder);
 
 // Fills every parameter of `module` with deterministic random values from
 // `seed`: weights of rank >= 2 ~ N(0, 1/fan_in), norm weights 1, biases and pad

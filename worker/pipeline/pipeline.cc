@@ -23,6 +23,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "proto/status_macros.h"
+#include "worker/io/image_ops.h"
 #include "worker/io/model_folder.h"
 #include "worker/io/safetensors.h"
 #include "worker/io/weights_cache.h"
@@ -69,14 +70,48 @@ std::vector<float> ToVector(const at::Tensor& t) {
   return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
 }
 
-at::Tensor DrawNoise(uint64_t seed, const std::vector<int64_t>& shape, const at::Device& device) {
-  // A fresh generator of the device's kind seeded like torch.Generator(dev).manual_seed(seed).
+// A fresh generator of the device's kind seeded like torch.Generator(dev).manual_seed(seed).
+at::Generator SeededGenerator(uint64_t seed, const at::Device& device) {
   at::Generator gen = at::globalContext().defaultGenerator(device).clone();
   {
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_current_seed(seed);
   }
+  return gen;
+}
+
+at::Tensor DrawNoise(uint64_t seed, const std::vector<int64_t>& shape, const at::Device& device) {
+  at::Generator gen = SeededGenerator(seed, device);
   return at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat).device(device));
+}
+
+// VaeImageProcessor.preprocess of a picture: Lanczos resize to width x height (none at the
+// same size), float32 u8 / 255, then 2x - 1. [1, 3, H, W] float32 on the CPU.
+at::Tensor PreprocessImage(const InputPicture& p, int width, int height) {
+  const std::vector<uint8_t> px = ResizeLanczos(p.rgb, p.width, p.height, 3, width, height);
+  at::Tensor t = at::empty({1, 3, height, width}, at::kFloat);
+  float* out = t.data_ptr<float>();
+  const size_t plane = static_cast<size_t>(width) * height;
+  for (size_t i = 0; i < plane; ++i) {
+    for (int c = 0; c < 3; ++c) {
+      const float v = static_cast<float>(px[i * 3 + c]) / 255.0f;
+      out[c * plane + i] = 2.0f * v - 1.0f;
+    }
+  }
+  return t;
+}
+
+// The mask processor (do_normalize=False, do_binarize=True, do_convert_grayscale=True):
+// Lanczos resize of the RGB mask, then grey, then u8 / 255 >= 0.5. [1, 1, H, W] of 0/1.
+at::Tensor PreprocessMask(const InputPicture& p, int width, int height) {
+  const std::vector<uint8_t> grey =
+      RgbToGrey(ResizeLanczos(p.rgb, p.width, p.height, 3, width, height));
+  at::Tensor t = at::empty({1, 1, height, width}, at::kFloat);
+  float* out = t.data_ptr<float>();
+  for (size_t i = 0; i < grey.size(); ++i) {
+    out[i] = static_cast<float>(grey[i]) / 255.0f >= 0.5f ? 1.0f : 0.0f;
+  }
+  return t;
 }
 
 int64_t PeakBytes(const at::Device& device) {
@@ -161,6 +196,7 @@ class Pipeline::Impl {
   model::TextEncoder text_encoder{nullptr};
   model::Transformer transformer{nullptr};
   model::VaeDecoder vae{nullptr};
+  model::VaeEncoder vae_encoder{nullptr};  // image-to-image and inpainting
   std::unique_ptr<model::LoraApplier> loras;  // after Specialise()
   double load_seconds = 0;
   bool cache_hit = false;  // the DiT came from the bf16 weights cache
@@ -332,10 +368,13 @@ absl::Status Pipeline::Impl::Load() {
     transformer =
         model::Transformer(config.transformer, at::TensorOptions().dtype(dtype).device(device));
     vae = model::VaeDecoder(config.vae, at::TensorOptions().dtype(vae_dtype).device(device));
+    vae_encoder =
+        model::VaeEncoder(config.vae, at::TensorOptions().dtype(vae_dtype).device(device));
     if (options.random_weights) {
       model::InitRandom(*text_encoder, options.random_weights_seed);
       model::InitRandom(*transformer, options.random_weights_seed + 1);
       model::InitRandom(*vae, options.random_weights_seed + 2);
+      model::InitRandom(*vae_encoder, options.random_weights_seed + 3);
       return Specialise();
     }
   } catch (const c10::OutOfMemoryError& e) {
@@ -391,6 +430,9 @@ absl::Status Pipeline::Impl::Load() {
     model::VaeDecoderImpl* v = vae.get();
     spec.ignore = [v](const std::string& k) { return v->IsUnusedKey(k); };
     ZFARM_RETURN_IF_ERROR(model::LoadWeights(*vae, *ws, spec));
+    model::VaeEncoderImpl* e = vae_encoder.get();
+    spec.ignore = [e](const std::string& k) { return e->IsUnusedKey(k); };
+    ZFARM_RETURN_IF_ERROR(model::LoadWeights(*vae_encoder, *ws, spec));
   }
   return Specialise();
 }
@@ -400,6 +442,7 @@ absl::Status Pipeline::Impl::Specialise() {
     at::NoGradGuard no_grad;
     transformer->set_kernels(options.fused_ops);
     vae->set_kernels(options.fused_ops);
+    vae_encoder->set_kernels(options.fused_ops);
     if (options.fused_ops) transformer->FuseProjections();
     loras = std::make_unique<model::LoraApplier>(*transformer);
     if (device.is_cuda()) {
@@ -485,9 +528,16 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
   img.timings.lora_s = Seconds(t0, tl);
   ZFARM_ASSIGN_OR_RETURN(std::vector<float> sigmas,
                          sampling::FlowMatchSigmas(r.steps, config.scheduler));
+  // Image-to-image runs the last steps_run steps of the schedule (get_timesteps).
+  int t_start = 0;
+  if (r.init_image.has_value()) {
+    ZFARM_ASSIGN_OR_RETURN(t_start, sampling::ImageToImageStart(r.steps, r.strength));
+  }
+  const int steps_run = r.steps - t_start;
+  img.steps_run = steps_run;
   sampling::CfgOptions cfg{r.guidance, r.cfg_truncation, r.cfg_normalization};
   bool any_cfg = false;
-  for (int k = 0; k < r.steps; ++k) {
+  for (int k = t_start; k < r.steps; ++k) {
     any_cfg = any_cfg || sampling::CfgActive(cfg, sampling::TimestepInput(sigmas[k]));
   }
 
@@ -514,19 +564,53 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
 
   c10::InferenceMode guard;
   const int64_t lh = 2 * (r.height / 16), lw = 2 * (r.width / 16);
-  at::Tensor x = DrawNoise(r.seed, {1, config.transformer.in_channels, lh, lw},
-                           r.cpu_noise ? at::Device(at::kCPU) : device)
-                     .to(device);
-  if (trace != nullptr) trace->noise = ToVector(x);
+  const std::vector<int64_t> latent_shape = {1, config.transformer.in_channels, lh, lw};
+  const at::Device noise_device = r.cpu_noise ? at::Device(at::kCPU) : device;
+  at::Tensor x, noise, image_latents, mask;
+  if (!r.init_image.has_value()) {
+    x = DrawNoise(r.seed, latent_shape, noise_device).to(device);
+    if (trace != nullptr) trace->noise = ToVector(x);
+  } else {
+    // ZImageImg2ImgPipeline.prepare_latents: one generator, drawn first for the VAE's
+    // latent sample (retrieve_latents: mean + std * randn), then for the noise.
+    const auto te = Clock::now();
+    at::Generator gen = SeededGenerator(r.seed, noise_device);
+    const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(noise_device);
+    at::Tensor pre = PreprocessImage(*r.init_image, r.width, r.height);
+    if (trace != nullptr) trace->init_image = ToVector(pre);
+    std::vector<at::Tensor> moments = vae_encoder(pre.to(device)).to(at::kFloat).chunk(2, 1);
+    at::Tensor stdev = at::exp(0.5 * moments[1].clamp(-30.0, 20.0));
+    at::Tensor sample = moments[0] + stdev * at::randn(latent_shape, gen, f32).to(device);
+    image_latents = (sample - config.vae.shift_factor) * config.vae.scaling_factor;
+    noise = at::randn(latent_shape, gen, f32).to(device);
+    // scheduler.scale_noise at the first kept step: sigma * noise + (1 - sigma) * latents.
+    const float s0 = sigmas[t_start];
+    x = noise * s0 + image_latents * (1.0f - s0);
+    if (r.mask_image.has_value()) {
+      at::Tensor m = PreprocessMask(*r.mask_image, r.width, r.height);
+      if (trace != nullptr) trace->mask = ToVector(m);
+      const std::vector<int64_t> size = {lh, lw};
+      mask = at::upsample_nearest2d(m, at::IntArrayRef(size)).to(device);
+    }
+    if (trace != nullptr) {
+      trace->image_latents = ToVector(image_latents);
+      trace->noise = ToVector(noise);
+      trace->latents0 = ToVector(x);
+    }
+    if (device.is_cuda()) (void)x.sum().item<float>();  // finish the encode to time it
+    img.timings.encode_image_s = Seconds(te, Clock::now());
+  }
   auto [cap_p, cap_valid] = model::TransformerImpl::PadCaption(cap);
   at::Tensor neg_p, neg_valid;
   if (any_cfg) std::tie(neg_p, neg_valid) = model::TransformerImpl::PadCaption(neg_cap);
   // Progress is reported one step late on CUDA: when step k has finished on the
   // device, step k+1 is already queued, so the device never waits for the host.
-  StepFence fence(device, time_steps ? 0 : r.steps);
-  for (int k = 0; k < r.steps; ++k) {
+  StepFence fence(device, time_steps ? 0 : steps_run);
+  for (int k = t_start; k < r.steps; ++k) {
+    const int i = k - t_start;  // index among the steps that run
     if (cancel != nullptr && cancel->cancelled()) {
-      return absl::CancelledError(absl::StrCat("cancelled before step ", k + 1, " of ", r.steps));
+      return absl::CancelledError(
+          absl::StrCat("cancelled before step ", i + 1, " of ", steps_run));
     }
     const auto ts = Clock::now();
     const float t_in = sampling::TimestepInput(sigmas[k]);
@@ -535,7 +619,7 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
     at::Tensor pred = Dit(xin, t_in, cap_p, cap_valid).to(at::kFloat);
     if (trace != nullptr) {
       trace->t_emb.push_back(ToVector(transformer->TimestepEmbedding(t_in)));
-      if (k == 0) trace->dit_out0 = ToVector(pred);
+      if (i == 0) trace->dit_out0 = ToVector(pred);
     }
     if (g > 0) {
       at::Tensor negp = Dit(xin, t_in, neg_p, neg_valid).to(at::kFloat);
@@ -550,24 +634,33 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
     // v = -DiT output; x += (sigma_next - sigma) * v, float32.
     const float dt = sigmas[k + 1] - sigmas[k];
     x = x + dt * (-pred).unsqueeze(0).squeeze(2);
+    if (mask.defined()) {
+      // Inpainting: keep the init latents (noised to the next step's level) outside the mask.
+      at::Tensor proper = image_latents;
+      if (k + 1 < r.steps) {
+        const float s = sigmas[k + 1];
+        proper = noise * s + image_latents * (1.0f - s);
+      }
+      x = (1 - mask) * proper + mask * x;
+    }
     if (trace != nullptr) trace->latents.push_back(ToVector(x));
     if (time_steps) {
       (void)x.cpu().numel();  // synchronise to time the step
       img.timings.step_s.push_back(Seconds(ts, Clock::now()));
     }
     if (fence.active()) {
-      fence.Record(k);
-      if (k > 0) {
-        fence.Wait(k - 1);
-        if (on_step) on_step(k, r.steps);
+      fence.Record(i);
+      if (i > 0) {
+        fence.Wait(i - 1);
+        if (on_step) on_step(i, steps_run);
       }
     } else if (on_step) {
-      on_step(k + 1, r.steps);
+      on_step(i + 1, steps_run);
     }
   }
   if (fence.active()) {
-    fence.Wait(r.steps - 1);
-    if (on_step) on_step(r.steps, r.steps);
+    fence.Wait(steps_run - 1);
+    if (on_step) on_step(steps_run, steps_run);
   }
   const auto t3 = Clock::now();
   img.timings.denoise_s = Seconds(t2, t3);
@@ -610,6 +703,42 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Create(const PipelineOptions
   return std::unique_ptr<Pipeline>(new Pipeline(std::move(impl)));
 }
 
+namespace {
+
+absl::Status CheckPicture(const InputPicture& p, const char* field) {
+  if (p.width < 1 || p.height < 1 || p.width > kMaxImageSide || p.height > kMaxImageSide ||
+      p.rgb.size() != static_cast<size_t>(p.width) * p.height * 3) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": ", p.width, "x", p.height, " with ", p.rgb.size(),
+        " RGB bytes; need 1..", kMaxImageSide, " pixels a side and width*height*3 bytes"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckPictures(const GenerateRequest& r) {
+  if (r.mask_image.has_value() && !r.init_image.has_value()) {
+    return absl::InvalidArgumentError("mask_image: inpainting needs an init_image");
+  }
+  if (!r.init_image.has_value()) return absl::OkStatus();
+  const InputPicture& p = *r.init_image;
+  ZFARM_RETURN_IF_ERROR(CheckPicture(p, "init_image"));
+  if (r.mask_image.has_value()) ZFARM_RETURN_IF_ERROR(CheckPicture(*r.mask_image, "mask_image"));
+  if (!(r.strength > 0.0f && r.strength <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("strength must be within (0, 1], got ", r.strength));
+  }
+  const int w = p.width - p.width % 16, h = p.height - p.height % 16;
+  if (w != r.width || h != r.height) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "init_image: ", p.width, "x", p.height, " is ", w, "x", h,
+        " after rounding down to multiples of 16, but the request is ", r.width, "x", r.height,
+        " (the size must match)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCallback& on_step,
                                          const CancelToken* cancel, GenerateTrace* trace) {
   if (r.width % 16 != 0 || r.height % 16 != 0 || r.width < kMinImageSide ||
@@ -625,6 +754,7 @@ absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCal
   if (!(r.guidance >= 0.0f) || !std::isfinite(r.guidance)) {
     return absl::InvalidArgumentError(absl::StrCat("guidance must be >= 0, got ", r.guidance));
   }
+  ZFARM_RETURN_IF_ERROR(CheckPictures(r));
   try {
     // Kernel launches, events and graph capture use the current device: make it ours
     // (a worker on cuda:1 otherwise launches fused kernels on device 0).

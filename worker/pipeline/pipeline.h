@@ -90,6 +90,13 @@ struct LoraRequest {
   float scale = 1.0f;  // within [-4, 4]
 };
 
+// A decoded input picture (worker/io/image_decode.h): image-to-image and inpainting.
+struct InputPicture {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;  // height * width * 3, row-major RGB
+  std::string sha256;        // of the encoded file (image metadata); may be empty
+};
+
 struct GenerateRequest {
   std::string prompt;
   std::string negative_prompt;  // used only when guidance > 0
@@ -111,12 +118,25 @@ struct GenerateRequest {
   // (restored exactly after LoRA jobs). The pipeline keeps the set applied until a
   // request asks for another, and caches recent files by sha256.
   std::vector<LoraRequest> loras;
+  // Image-to-image (diffusers' ZImageImg2ImgPipeline): start from this picture. It is
+  // resized as VaeImageProcessor does (Lanczos to its size rounded down to multiples of
+  // 16; width x height must equal that size), encoded by the VAE (a latent sample drawn
+  // from the seed's generator first, then the noise), noised to the first kept step, and
+  // only the last N - t_start of the `steps` steps run (sampling::ImageToImageStart).
+  std::optional<InputPicture> init_image;
+  // Inpainting (ZImageInpaintPipeline; needs init_image): white = repaint. Resized to the
+  // image's size, made grey, binarised at 0.5; after every step the kept region is reset
+  // to the init latents noised to the next step's level.
+  std::optional<InputPicture> mask_image;
+  // How far to move away from init_image, in (0, 1]; ignored without it.
+  float strength = 0.6f;
 };
 
 // Wall-clock seconds per stage of one Generate call.
 struct StageTimings {
   double tokenize_s = 0, encode_s = 0, denoise_s = 0, decode_s = 0, total_s = 0;
   double lora_s = 0;  // applying the request's LoRA set (0 when it was already applied)
+  double encode_image_s = 0;  // image-to-image: preprocessing + VAE encode of the init picture
   std::vector<double> step_s;  // per DiT step (synchronised only when timing is requested)
 };
 
@@ -129,6 +149,7 @@ struct Image {
   StageTimings timings;
   int64_t peak_device_bytes = 0;  // CUDA: peak allocated during the call; CPU: process max RSS
   std::vector<LoraRequest> loras;  // the request's LoRAs, sha256 filled in
+  int steps_run = 0;               // DiT steps evaluated (fewer than steps for image-to-image)
 };
 
 // Set by any thread; the pipeline checks it at step boundaries.
@@ -148,7 +169,11 @@ using StepCallback = std::function<void(int step, int total)>;
 struct GenerateTrace {
   std::vector<int32_t> ids;
   std::vector<float> caption;               // [L, cap_feat_dim]
-  std::vector<float> noise;                 // initial latents
+  std::vector<float> noise;                 // the noise draw (text-to-image: the initial latents)
+  std::vector<float> init_image;            // image-to-image: preprocessed [1, 3, H, W] in [-1, 1]
+  std::vector<float> image_latents;         // image-to-image: encoded, shifted, scaled [1, C, h, w]
+  std::vector<float> latents0;              // image-to-image: the noised start [1, C, h, w]
+  std::vector<float> mask;                  // inpainting: binarised [1, 1, H, W]
   std::vector<std::vector<float>> t_emb;    // adaLN input of every step [adaln_dim]
   std::vector<float> dit_out0;              // first DiT output (positive branch) [C, 1, h, w]
   std::vector<std::vector<float>> latents;  // after every step
@@ -164,7 +189,9 @@ class Pipeline {
   ~Pipeline();
 
   // Renders one image. INVALID_ARGUMENT for sizes not multiples of 16 or
-  // outside 16..8192, steps outside 1..50, an empty prompt without ids, a bad
+  // outside 16..8192, steps outside 1..50, an empty prompt without ids, an init picture
+  // whose rounded size differs from width x height, a mask without an init picture, a
+  // strength outside (0, 1] (each message names the field and the limit), a bad
   // LoRA (count, scale, unreadable or damaged file, a key or shape that does not
   // fit the model: the message names the file and key; the weights stay as they were);
   // CANCELLED if `cancel` fires (checked between steps); RESOURCE_EXHAUSTED on
@@ -202,6 +229,10 @@ class Pipeline {
   explicit Pipeline(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// The checks Generate makes on init_image / mask_image / strength (the worker runs them
+// before queueing a decode-heavy job): INVALID_ARGUMENT naming the field and the limit.
+absl::Status CheckPictures(const GenerateRequest& request);
 
 // Post-processing (spec §8.4) on float32 CHW values in [-1, 1]:
 // round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255) -> uint8 HWC.

@@ -1,7 +1,10 @@
 #include "worker/sampling/sampling.h"
 
+#include <algorithm>
 #include <cassert>
+#include <charconv>
 #include <cmath>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 
@@ -59,6 +62,25 @@ void EulerStep(absl::Span<float> x, absl::Span<const float> velocity, float sigm
   assert(x.size() == velocity.size());
   const float dt = sigma_next - sigma;
   for (size_t i = 0; i < x.size(); ++i) x[i] = x[i] + dt * velocity[i];
+}
+
+absl::StatusOr<int> ImageToImageStart(int steps, float strength) {
+  if (!(strength > 0.0f && strength <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("strength must be within (0, 1], got ", strength));
+  }
+  if (steps < 1 || steps > kMaxSteps) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steps must be within 1..", kMaxSteps, ", got ", steps));
+  }
+  // The shortest decimal of the float, read back as a double (what a user typed).
+  char buf[32];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), strength);
+  double s = strength;
+  if (ec == std::errc()) std::from_chars(buf, end, s);
+  const double n = steps;
+  const double init_timestep = std::min(n * s, n);
+  return static_cast<int>(std::max(n - init_timestep, 0.0));
 }
 
 float GuidanceForStep(const CfgOptions& options, float t_in) {

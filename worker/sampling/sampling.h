@@ -48,6 +48,14 @@ float TimestepInput(float sigma, int64_t num_train_timesteps = 1000);
 void EulerStep(absl::Span<float> x, absl::Span<const float> velocity, float sigma,
                float sigma_next);
 
+// Image-to-image (diffusers' get_timesteps): the index of the first step kept when
+// starting from a picture with `strength` in (0, 1]: t_start = int(max(N - min(N*s, N), 0))
+// computed in double as Python does, with s the shortest decimal that reads back as the
+// float `strength` (0.6f counts as 0.6). Steps t_start..N-1 run (N - t_start >= 1 of
+// them); the picture is noised to sigmas[t_start]. INVALID_ARGUMENT for a strength
+// outside (0, 1] (NaN included), naming the limit.
+absl::StatusOr<int> ImageToImageStart(int steps, float strength);
+
 // Classifier-free guidance settings (spec §5.4; diffusers defaults).
 struct CfgOptions {
   float guidance = 0.0f;       // g; guidance is applied only when g > 0

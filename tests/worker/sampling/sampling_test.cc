@@ -138,5 +138,29 @@ TEST(CfgTest, NormalizationCapsTheNorm) {
   EXPECT_FLOAT_EQ(CfgNormalizationFactor(2.0f, 1.0f, 4.0f), 0.5f);
 }
 
+TEST(ImageToImageStartTest, TrimsTheScheduleAsGetTimestepsDoes) {
+  // t_start = int(N - N*strength) in Python doubles.
+  EXPECT_EQ(*ImageToImageStart(4, 0.6f), 1);  // 4 - 2.4 = 1.6
+  EXPECT_EQ(*ImageToImageStart(4, 0.3f), 2);  // 4 - 1.2 = 2.8
+  EXPECT_EQ(*ImageToImageStart(4, 0.7f), 1);
+  EXPECT_EQ(*ImageToImageStart(8, 0.5f), 4);
+  EXPECT_EQ(*ImageToImageStart(8, 1.0f), 0);  // every step runs
+  EXPECT_EQ(*ImageToImageStart(1, 0.01f), 0);  // at least one step always runs
+  EXPECT_EQ(*ImageToImageStart(50, 0.02f), 49);
+  // 0.1f is 0.10000000149 as a float: 10 * that = 1.0000000149 would give 8; the
+  // decimal the user typed (0.1) gives 10 - 1.0 = 9, as diffusers computes.
+  EXPECT_EQ(*ImageToImageStart(10, 0.1f), 9);
+}
+
+TEST(ImageToImageStartTest, RefusesStrengthOutsideTheRange) {
+  for (float s : {0.0f, -0.1f, 1.01f, std::nanf("")}) {
+    auto r = ImageToImageStart(8, s);
+    ASSERT_FALSE(r.ok()) << s;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("strength must be within (0, 1]"), std::string::npos);
+  }
+  EXPECT_FALSE(ImageToImageStart(0, 0.5f).ok());
+}
+
 }  // namespace
 }  // namespace zfarm::worker::sampling
