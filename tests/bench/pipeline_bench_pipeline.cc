@@ -70,15 +70,22 @@ zfarm::worker::PipelineOptions FullSizeRandomOptions(const PipelineBenchOptions&
 // One row of the pipeline table for an h x w image: warm-up (captures the CUDA
 // graph of the shape), opt.reps timed end-to-end runs (median), then one run with
 // per-step synchronisation for the stage times.
-std::vector<std::string> MeasureSize(zfarm::worker::Pipeline& pipe, int64_t h, int64_t w,
-                                     const PipelineBenchOptions& opt, bool have_tokenizer) {
-  const zfarm::worker::TransformerConfig cfg;
+// The benchmark prompt (fixed ids without a tokenizer) at h x w with opt.steps.
+zfarm::worker::GenerateRequest BenchRequest(int64_t h, int64_t w, const PipelineBenchOptions& opt,
+                                            bool have_tokenizer) {
   zfarm::worker::GenerateRequest req;
   req.prompt = kBenchPrompt;
   if (!have_tokenizer) req.prompt_ids = std::vector<int32_t>(40, 1000);
   req.height = static_cast<int>(h);
   req.width = static_cast<int>(w);
   req.steps = opt.steps;
+  return req;
+}
+
+std::vector<std::string> MeasureSize(zfarm::worker::Pipeline& pipe, int64_t h, int64_t w,
+                                     const PipelineBenchOptions& opt, bool have_tokenizer) {
+  const zfarm::worker::TransformerConfig cfg;
+  zfarm::worker::GenerateRequest req = BenchRequest(h, w, opt, have_tokenizer);
   req.seed = 1;
   const std::string label = std::to_string(h) + "x" + std::to_string(w);
   pipe.set_time_steps(false);
@@ -120,6 +127,39 @@ std::vector<std::string> MeasureSize(zfarm::worker::Pipeline& pipe, int64_t h, i
           Fmt(t.decode_s * 1e3, 1), png.ok() ? Fmt(png_ms, 1) : "error",
           Fmt(e2e[e2e.size() / 2], 3),
           Fmt(static_cast<double>(peak) / (1024.0 * 1024.0 * 1024.0), 1), Fmt(frac, 2)};
+}
+
+// Image-to-image at strength 0.5 (steps / 2 DiT steps) from a synthetic picture of the same
+// size: {label, steps run, VAE encode ms (median), end to end s (median), plain s, ratio}.
+std::vector<std::string> MeasureImg2Img(zfarm::worker::Pipeline& pipe, int64_t h, int64_t w,
+                                        const PipelineBenchOptions& opt, bool have_tokenizer,
+                                        const std::string& plain_s) {
+  zfarm::worker::GenerateRequest req = BenchRequest(h, w, opt, have_tokenizer);
+  req.strength = 0.5f;
+  zfarm::worker::InputPicture pic;
+  pic.width = static_cast<int>(w);
+  pic.height = static_cast<int>(h);
+  pic.rgb.resize(static_cast<size_t>(h) * w * 3);
+  for (size_t i = 0; i < pic.rgb.size(); ++i) pic.rgb[i] = static_cast<uint8_t>((i * 7) / 3 % 251);
+  req.init_image = std::move(pic);
+  const std::string label = std::to_string(h) + "x" + std::to_string(w);
+  auto warm = pipe.Generate(req, nullptr, nullptr);
+  if (!warm.ok()) return {label, "error: " + std::string(warm.status().message())};
+  std::vector<double> e2e, enc;
+  for (int r = 0; r < opt.reps; ++r) {
+    req.seed = 2 + r;
+    auto t0 = std::chrono::steady_clock::now();
+    auto img = pipe.Generate(req, nullptr, nullptr);
+    e2e.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (img.ok()) enc.push_back(img->timings.encode_image_s * 1e3);
+  }
+  std::sort(e2e.begin(), e2e.end());
+  std::sort(enc.begin(), enc.end());
+  double plain = 0;
+  const bool have_plain = absl::SimpleAtod(plain_s, &plain) && plain > 0;
+  return {label, std::to_string(warm->steps_run) + " of " + std::to_string(opt.steps),
+          enc.empty() ? "error" : Fmt(enc[enc.size() / 2], 1), Fmt(e2e[e2e.size() / 2], 3),
+          have_plain ? plain_s : "–", have_plain ? Fmt(e2e[e2e.size() / 2] / plain, 2) : "–"};
 }
 #endif
 
@@ -181,6 +221,23 @@ void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBench
            (have_tokenizer ? "" : "; no tokenizer (fixed ids)"));
   rep.Line("");
   rep.Table(header, mrows);
+  // Image-to-image beside the plain 1024x1024 row, on the same pipeline.
+  std::vector<std::vector<std::string>> irows;
+  for (size_t i = 0; i < opt.sizes.size(); ++i) {
+    const auto [h, w] = opt.sizes[i];
+    if (h != 1024 || w != 1024) continue;
+    irows.push_back(MeasureImg2Img(*pipe, h, w, opt, have_tokenizer,
+                                   mrows[i].size() > 6 ? mrows[i][6] : ""));
+  }
+  rep.Line("### image-to-image, strength 0.5 (same pipeline)");
+  rep.Line("");
+  rep.Line("A synthetic init picture of the image's size: VAE encode (preprocessing included, "
+           "median of " + std::to_string(opt.reps) + ") + the last half of the schedule; ratio = "
+           "end to end / the plain row's end to end.");
+  rep.Line("");
+  rep.Table({"image (HxW)", "DiT steps run", "VAE encode ms", "end to end s", "plain end to end s",
+             "ratio"},
+            irows);
 #else
   (void)dev;
   rep.Line(

@@ -43,8 +43,8 @@ std::string Head(std::string_view bytes) {
   return s.empty() ? "no bytes" : absl::StrCat("starts with ", s);
 }
 
-absl::Status CheckSize(const ImageInfo& info, std::string_view what, const ImageLimits& limits) {
-  const char* fmt = ImageFormatName(info.format);
+absl::Status CheckSize(const PictureInfo& info, std::string_view what, const PictureLimits& limits) {
+  const char* fmt = PictureFormatName(info.format);
   if (info.width <= 0 || info.height <= 0) {
     return Bad(what, absl::StrFormat("%s header gives an empty size %dx%d", fmt, info.width,
                                      info.height));
@@ -61,7 +61,7 @@ absl::Status CheckSize(const ImageInfo& info, std::string_view what, const Image
   return absl::OkStatus();
 }
 
-absl::StatusOr<ImageInfo> ProbePng(std::string_view bytes, std::string_view what) {
+absl::StatusOr<PictureInfo> ProbePng(std::string_view bytes, std::string_view what) {
   // Signature (8), then the IHDR chunk: length (4) = 13, type (4), width (4), height (4), ...
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
   if (bytes.size() < 8 + 8 + 13) return Bad(what, "PNG is truncated before the end of its header");
@@ -72,7 +72,7 @@ absl::StatusOr<ImageInfo> ProbePng(std::string_view bytes, std::string_view what
   if (w > 0x7fffffffu || h > 0x7fffffffu) {
     return Bad(what, absl::StrFormat("PNG header gives an impossible size %dx%d", w, h));
   }
-  return ImageInfo{ImageFormat::kPng, static_cast<int>(w), static_cast<int>(h)};
+  return PictureInfo{PictureFormat::kPng, static_cast<int>(w), static_cast<int>(h)};
 }
 
 bool IsSof(unsigned char m) {
@@ -80,7 +80,7 @@ bool IsSof(unsigned char m) {
   return m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc;
 }
 
-absl::StatusOr<ImageInfo> ProbeJpeg(std::string_view bytes, std::string_view what) {
+absl::StatusOr<PictureInfo> ProbeJpeg(std::string_view bytes, std::string_view what) {
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
   const size_t n = bytes.size();
   size_t i = 2;  // after SOI
@@ -99,7 +99,7 @@ absl::StatusOr<ImageInfo> ProbeJpeg(std::string_view bytes, std::string_view wha
     if (IsSof(m)) {
       if (len < 8 || i + 7 > n) return Bad(what, "JPEG is truncated inside its frame header");
       const int h = static_cast<int>(Be16(p + i + 3)), w = static_cast<int>(Be16(p + i + 5));
-      return ImageInfo{ImageFormat::kJpeg, w, h};
+      return PictureInfo{PictureFormat::kJpeg, w, h};
     }
     i += len;
     ++i;  // past the 0xff of the next marker (checked at the loop's top)
@@ -128,7 +128,7 @@ void PngReadFn(png_structp png, png_bytep out, png_size_t n) {
 }
 
 // Decodes into `out` (width/height already probed); false with r->error on failure.
-bool DecodePngInto(PngRead* r, const ImageLimits& limits, DecodedImage* out) {
+bool DecodePngInto(PngRead* r, const PictureLimits& limits, DecodedImage* out) {
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, r, PngErrorFn, PngWarnFn);
   if (png == nullptr) {
     r->error = "png_create_read_struct failed";
@@ -242,12 +242,12 @@ bool DecodeJpegInto(const unsigned char* data, size_t size, DecodedImage* out, s
 
 }  // namespace
 
-const char* ImageFormatName(ImageFormat f) { return f == ImageFormat::kPng ? "PNG" : "JPEG"; }
+const char* PictureFormatName(PictureFormat f) { return f == PictureFormat::kPng ? "PNG" : "JPEG"; }
 
-absl::StatusOr<ImageInfo> ProbeImage(std::string_view bytes, std::string_view what,
-                                     const ImageLimits& limits) {
+absl::StatusOr<PictureInfo> ProbeImage(std::string_view bytes, std::string_view what,
+                                     const PictureLimits& limits) {
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  absl::StatusOr<ImageInfo> info;
+  absl::StatusOr<PictureInfo> info;
   if (bytes.size() >= 8 && std::memcmp(p, kPngSignature, 8) == 0) {
     info = ProbePng(bytes, what);
   } else if (bytes.size() >= 3 && p[0] == 0xff && p[1] == 0xd8 && p[2] == 0xff) {
@@ -262,15 +262,15 @@ absl::StatusOr<ImageInfo> ProbeImage(std::string_view bytes, std::string_view wh
 }
 
 absl::StatusOr<DecodedImage> DecodeImage(std::string_view bytes, std::string_view what,
-                                         const ImageLimits& limits) {
-  absl::StatusOr<ImageInfo> info = ProbeImage(bytes, what, limits);
+                                         const PictureLimits& limits) {
+  absl::StatusOr<PictureInfo> info = ProbeImage(bytes, what, limits);
   if (!info.ok()) return info.status();
   DecodedImage out;
   out.format = info->format;
   out.width = info->width;
   out.height = info->height;
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  if (info->format == ImageFormat::kPng) {
+  if (info->format == PictureFormat::kPng) {
     PngRead r{p, bytes.size(), 0, {}};
     if (!DecodePngInto(&r, limits, &out)) return Bad(what, absl::StrCat("PNG does not decode: ", r.error));
   } else {

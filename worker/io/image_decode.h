@@ -28,19 +28,19 @@
 
 namespace zfarm::worker {
 
-enum class ImageFormat { kPng, kJpeg };
+enum class PictureFormat { kPng, kJpeg };
 
 // "PNG" / "JPEG".
-const char* ImageFormatName(ImageFormat f);
+const char* PictureFormatName(PictureFormat f);
 
-struct ImageInfo {
-  ImageFormat format = ImageFormat::kPng;
+struct PictureInfo {
+  PictureFormat format = PictureFormat::kPng;
   int width = 0;
   int height = 0;
 };
 
 // Limits checked before any pixel is decoded. 0 = no limit.
-struct ImageLimits {
+struct PictureLimits {
   int max_side = 8192;                 // largest accepted width or height
   uint64_t max_pixels = 8192ull * 8192;  // largest accepted width * height
 };
@@ -49,11 +49,11 @@ struct ImageLimits {
 // start-of-frame marker), without decoding pixels. INVALID_ARGUMENT naming `what` for
 // bytes that are neither format, a damaged or truncated header, a zero size, or a size
 // over `limits` (the message names the limit).
-absl::StatusOr<ImageInfo> ProbeImage(std::string_view bytes, std::string_view what,
-                                     const ImageLimits& limits = ImageLimits{});
+absl::StatusOr<PictureInfo> ProbeImage(std::string_view bytes, std::string_view what,
+                                     const PictureLimits& limits = PictureLimits{});
 
 struct DecodedImage {
-  ImageFormat format = ImageFormat::kPng;
+  PictureFormat format = PictureFormat::kPng;
   int width = 0;
   int height = 0;
   std::vector<uint8_t> rgb;  // height * width * 3 bytes, row-major, top row first
@@ -64,7 +64,7 @@ struct DecodedImage {
 // (a truncated file is an error, never a partly grey picture), and for JPEG colour
 // spaces other than grey, RGB and YCbCr (CMYK/YCCK).
 absl::StatusOr<DecodedImage> DecodeImage(std::string_view bytes, std::string_view what,
-                                         const ImageLimits& limits = ImageLimits{});
+                                         const PictureLimits& limits = PictureLimits{});
 
 }  // namespace zfarm::worker
 

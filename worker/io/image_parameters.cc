@@ -26,6 +26,11 @@ std::string A1111Parameters(const ImageParameters& p) {
     for (const LoraUse& l : p.loras) hashes.push_back(absl::StrCat(l.name, ": ", l.sha256.substr(0, 12)));
     absl::StrAppend(&s, ", Lora hashes: \"", absl::StrJoin(hashes, ", "), "\"");
   }
+  if (!p.init_image_sha256.empty()) {
+    absl::StrAppend(&s, ", Denoising strength: ", FormatFloat(p.strength),
+                    ", Init image sha256: ", p.init_image_sha256);
+  }
+  if (!p.mask_sha256.empty()) absl::StrAppend(&s, ", Mask sha256: ", p.mask_sha256);
   return s;
 }
 
@@ -52,6 +57,11 @@ std::string ParametersJson(const ImageParameters& p) {
     }
     j["loras"] = std::move(loras);
   }
+  if (!p.init_image_sha256.empty()) {
+    j["strength"] = std::strtod(FormatFloat(p.strength).c_str(), nullptr);
+    j["init_image_sha256"] = p.init_image_sha256;
+  }
+  if (!p.mask_sha256.empty()) j["mask_sha256"] = p.mask_sha256;
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

@@ -32,14 +32,22 @@ struct ImageParameters {
   bool prompt_truncated = false;
   int prompt_tokens = 0;
   std::vector<LoraUse> loras;  // in the order applied
+  // Image-to-image / inpainting: the strength and the lower-case hex sha256 of the
+  // encoded init picture and mask files (empty = text-to-image / no mask).
+  float strength = 0.0f;
+  std::string init_image_sha256;
+  std::string mask_sha256;
 };
 
 // "prompt\nNegative prompt: ...\nSteps: 8, Sampler: Euler, CFG scale: 0, Seed: 42,
 //  Size: 1024x1024, Model: z-image-turbo" (the negative line only when non-empty).
 // With LoRAs, as AUTOMATIC1111 writes them: " <lora:NAME:SCALE>" after the prompt and
 // `, Lora hashes: "NAME: SHA12, ..."` (the first 12 hex digits of each file's sha256).
+// Image-to-image appends `, Denoising strength: S, Init image sha256: HEX` (A1111's
+// name for the strength) and inpainting `, Mask sha256: HEX` (full digests).
 std::string A1111Parameters(const ImageParameters& p);
-// The JSON object stored in the "zfarm" chunk ("loras": [{name, sha256, scale}] with LoRAs).
+// The JSON object stored in the "zfarm" chunk ("loras": [{name, sha256, scale}] with LoRAs;
+// "strength", "init_image_sha256" and "mask_sha256" when set).
 std::string ParametersJson(const ImageParameters& p);
 
 }  // namespace zfarm::worker

@@ -200,7 +200,34 @@ absl::Status ParseTextEncoder(const JsonFile& f, TextEncoderConfig* c) {
   ZFARM_RETURN_IF_ERROR(f.Int("head_dim", &c->head_dim, false));
   ZFARM_RETURN_IF_ERROR(f.Int("intermediate_size", &c->intermediate_size));
   ZFARM_RETURN_IF_ERROR(f.Double("rms_norm_eps", &c->rms_norm_eps));
-  ZFARM_RETURN_IF_ERROR(f.Double("rope_theta", &c->rope_theta));
+  // transformers >= 5 writes rope_parameters {rope_theta, rope_type} instead of rope_theta.
+  ZFARM_ASSIGN_OR_RETURN(const Json* rope, f.Find("rope_parameters", false));
+  if (rope == nullptr) {
+    ZFARM_RETURN_IF_ERROR(f.Double("rope_theta", &c->rope_theta));
+  } else {
+    if (!rope->is_object()) {
+      return f.Error("rope_parameters", absl::StrCat("expected an object, got ", rope->dump()));
+    }
+    auto type = rope->find("rope_type");
+    if (type != rope->end() && !type->is_null() &&
+        !(type->is_string() && type->get<std::string>() == "default")) {
+      return f.Error("rope_parameters.rope_type",
+                     absl::StrCat("only \"default\" RoPE is supported, got ", type->dump()));
+    }
+    auto theta = rope->find("rope_theta");
+    if (theta == rope->end() || !theta->is_number()) {
+      return f.Error("rope_parameters.rope_theta", "missing or not a number");
+    }
+    c->rope_theta = theta->get<double>();
+  }
+  if (auto lt = f.Find("layer_types", false); lt.ok() && *lt != nullptr) {
+    for (const Json& t : **lt) {
+      if (!t.is_string() || t.get<std::string>() != "full_attention") {
+        return f.Error("layer_types",
+                       absl::StrCat("only full_attention layers are supported, got ", t.dump()));
+      }
+    }
+  }
   ZFARM_RETURN_IF_ERROR(f.Int("max_position_embeddings", &c->max_position_embeddings, false));
   ZFARM_RETURN_IF_ERROR(f.Bool("tie_word_embeddings", &c->tie_word_embeddings, false));
   ZFARM_RETURN_IF_ERROR(f.Bool("attention_bias", &c->attention_bias, false));
@@ -241,6 +268,17 @@ absl::Status ParseScheduler(const JsonFile& f, SchedulerConfig* c) {
   ZFARM_RETURN_IF_ERROR(f.Double("max_shift", &c->max_shift, false));
   ZFARM_RETURN_IF_ERROR(f.Int("base_image_seq_len", &c->base_image_seq_len, false));
   ZFARM_RETURN_IF_ERROR(f.Int("max_image_seq_len", &c->max_image_seq_len, false));
+  // Options current diffusers writes out with their defaults; other values change the
+  // schedule, which is not implemented.
+  for (const char* key : {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+                          "invert_sigmas", "stochastic_sampling"}) {
+    bool on = false;
+    ZFARM_RETURN_IF_ERROR(f.Bool(key, &on, false));
+    if (on) return f.Error(key, "only false is supported");
+  }
+  if (auto t = f.Find("shift_terminal", false); t.ok() && *t != nullptr) {
+    return f.Error("shift_terminal", absl::StrCat("only null is supported, got ", (*t)->dump()));
+  }
   return absl::OkStatus();
 }
 

@@ -463,11 +463,18 @@ VaeDecoderImpl::VaeDecoderImpl(const VaeConfig& c, const at::TensorOptions& o) :
   conv_out = dec->register_module("conv_out", Conv2d(ch.back(), c.out_channels, 3, o));
 }
 
-void VaeDecoderImpl::set_kernels(bool on) {
-  for (const auto& m : modules()) {
+namespace {
+
+// Switches the fused GroupNorm(+SiLU) kernel of every GroupNorm below `root`.
+void SetGroupNormKernels(torch::nn::Module& root, bool on) {
+  for (const auto& m : root.modules()) {
     if (auto* g = dynamic_cast<GroupNormImpl*>(m.get()); g != nullptr) g->kernels = on;
   }
 }
+
+}  // namespace
+
+void VaeDecoderImpl::set_kernels(bool on) { SetGroupNormKernels(*this, on); }
 
 bool VaeDecoderImpl::IsUnusedKey(const std::string& key) const {
   return absl::StartsWith(key, "encoder.") || absl::StartsWith(key, "quant_conv.") ||
@@ -582,11 +589,7 @@ VaeEncoderImpl::VaeEncoderImpl(const VaeConfig& c, const at::TensorOptions& o) :
   }
 }
 
-void VaeEncoderImpl::set_kernels(bool on) {
-  for (const auto& m : modules()) {
-    if (auto* g = dynamic_cast<GroupNormImpl*>(m.get()); g != nullptr) g->kernels = on;
-  }
-}
+void VaeEncoderImpl::set_kernels(bool on) { SetGroupNormKernels(*this, on); }
 
 bool VaeEncoderImpl::IsUnusedKey(const std::string& key) const {
   return absl::StartsWith(key, "decoder.") || absl::StartsWith(key, "post_quant_conv.") ||

@@ -715,8 +715,8 @@ absl::Status CheckPicture(const InputPicture& p, const char* field) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
+// Generate's checks of init_image / mask_image / strength: INVALID_ARGUMENT naming the
+// field and the limit.
 absl::Status CheckPictures(const GenerateRequest& r) {
   if (r.mask_image.has_value() && !r.init_image.has_value()) {
     return absl::InvalidArgumentError("mask_image: inpainting needs an init_image");
@@ -738,6 +738,8 @@ absl::Status CheckPictures(const GenerateRequest& r) {
   }
   return absl::OkStatus();
 }
+
+}  // namespace
 
 absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCallback& on_step,
                                          const CancelToken* cancel, GenerateTrace* trace) {

@@ -230,10 +230,6 @@ class Pipeline {
   std::unique_ptr<Impl> impl_;
 };
 
-// The checks Generate makes on init_image / mask_image / strength (the worker runs them
-// before queueing a decode-heavy job): INVALID_ARGUMENT naming the field and the limit.
-absl::Status CheckPictures(const GenerateRequest& request);
-
 // Post-processing (spec §8.4) on float32 CHW values in [-1, 1]:
 // round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255) -> uint8 HWC.
 std::vector<uint8_t> ToRgb8(const float* chw, int height, int width);

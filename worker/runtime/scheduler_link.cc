@@ -166,6 +166,9 @@ SchedulerLink::SchedulerLink(Options options, Handler* handler)
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  // A lease carries its job's pictures (init image and mask, up to the scheduler's
+  // --max-input-bytes each, 16 MiB by default): gRPC's 4 MiB default would drop the stream.
+  args.SetMaxReceiveMessageSize(kMaxLeaseBytes);
   channel_ = grpc::CreateCustomChannel(
       options_.target,
       options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args);

@@ -29,6 +29,10 @@
 
 namespace zfarm::worker {
 
+// The largest message the worker accepts from the scheduler: a lease with its job's init
+// image and mask (16 MiB each by default) and the rest of the spec.
+inline constexpr int kMaxLeaseBytes = 64 << 20;
+
 class SchedulerLink {
  public:
   class Handler {

@@ -24,6 +24,7 @@
 #include "proto/status_macros.h"
 #include "proto/version.h"
 #include "worker/io/file_util.h"
+#include "worker/io/image_decode.h"
 #include "worker/io/image_file.h"
 #include "worker/runtime/metrics.h"
 
@@ -83,6 +84,31 @@ absl::Status ResolveLoras(const v1::JobSpec& spec, LoraCatalog* catalog, Generat
                            catalog->Resolve(ref.name(), ref.has_scale() ? ref.scale() : 1.0f));
     req->loras.push_back(std::move(r));
   }
+  return absl::OkStatus();
+}
+
+// One input picture of the lease: its bytes decoded (the scheduler resolves --input-root
+// paths into bytes before leasing), with the sha256 of the file for the image metadata.
+absl::StatusOr<InputPicture> DecodeInput(const v1::ImageInput& in, const std::string& field) {
+  if (in.source_case() != v1::ImageInput::kData) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": the lease carries no picture bytes (", field,
+        ".path is resolved by the scheduler; workers only decode ", field, ".data)"));
+  }
+  ZFARM_ASSIGN_OR_RETURN(DecodedImage d, DecodeImage(in.data(), field));
+  return InputPicture{d.width, d.height, std::move(d.rgb), Sha256Hex(in.data())};
+}
+
+// The job's init_image / mask_image / strength. Size, strength and mask rules are the
+// pipeline's (Pipeline::Generate refuses them INVALID_ARGUMENT naming the field).
+absl::Status ResolvePictures(const v1::JobSpec& spec, GenerateRequest* req) {
+  if (spec.has_init_image()) {
+    ZFARM_ASSIGN_OR_RETURN(req->init_image, DecodeInput(spec.init_image(), "spec.init_image"));
+  }
+  if (spec.has_mask_image()) {
+    ZFARM_ASSIGN_OR_RETURN(req->mask_image, DecodeInput(spec.mask_image(), "spec.mask_image"));
+  }
+  if (spec.has_strength()) req->strength = spec.strength();
   return absl::OkStatus();
 }
 
@@ -195,6 +221,10 @@ v1::WorkerHello Worker::MakeHello() {
   h.set_max_height_px(options_.max_height_px);
   h.set_capacity(1 + options_.prefetch);
   h.set_dtype(options_.dtype);
+  // Job kinds beyond text-to-image: the pipeline renders both; LoRAs need a --lora-dir.
+  h.add_features("img2img");
+  h.add_features("inpaint");
+  if (options_.loras != nullptr) h.add_features("lora");
   if (running_) *h.add_held_leases() = *running_;
   for (const auto& [id, c] : commits_) *h.add_held_leases() = c.request.lease();
   return h;
@@ -483,6 +513,11 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
     CountFailure(v1::FAILURE_REASON_INVALID_REQUEST);
     return;
   }
+  if (absl::Status s = ResolvePictures(spec, &req); !s.ok()) {
+    Fail(id, v1::FAILURE_REASON_INVALID_REQUEST, false, std::string(s.message()));
+    CountFailure(v1::FAILURE_REASON_INVALID_REQUEST);
+    return;
+  }
   const absl::Time deadline =
       spec.has_deadline()
           ? absl::FromUnixMicros(
@@ -641,6 +676,11 @@ void Worker::WriteAndCommit(Output out) {
   p.prompt_tokens = out.image.prompt_tokens;
   p.prompt_truncated = out.image.prompt_truncated;
   for (const LoraRequest& l : out.image.loras) p.loras.push_back({l.name, l.sha256, l.scale});
+  if (out.request.init_image.has_value()) {
+    p.strength = out.request.strength;
+    p.init_image_sha256 = out.request.init_image->sha256;
+    if (out.request.mask_image.has_value()) p.mask_sha256 = out.request.mask_image->sha256;
+  }
   const ImageFormat format = FormatOf(out.lease.spec().output_format());
   absl::StatusOr<std::string> png =
       EncodeImage(out.image.rgb, p, format, out.lease.spec().quality());

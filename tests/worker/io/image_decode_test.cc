@@ -2,6 +2,7 @@
 // decoder converts) and JPEG decoding to RGB8, and the errors for bad inputs.
 
 #include "worker/io/image_decode.h"
+#include "worker/io/image_ops.h"
 
 #include <gtest/gtest.h>
 #include <png.h>
@@ -101,7 +102,7 @@ TEST(ImageDecodeTest, PngRgbRoundTripsExactly) {
   const std::string png = MakePng(37, 21, PNG_COLOR_TYPE_RGB, 8, rgb);
   auto info = ProbeImage(png, "init_image");
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->format, ImageFormat::kPng);
+  EXPECT_EQ(info->format, PictureFormat::kPng);
   EXPECT_EQ(info->width, 37);
   EXPECT_EQ(info->height, 21);
   auto img = DecodeImage(png, "init_image");
@@ -173,7 +174,7 @@ TEST(ImageDecodeTest, JpegRgbDecodesCloseToTheSource) {
   const std::string jpg = MakeJpeg(w, h, 3, rgb, 100);
   auto info = ProbeImage(jpg, "init_image");
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->format, ImageFormat::kJpeg);
+  EXPECT_EQ(info->format, PictureFormat::kJpeg);
   EXPECT_EQ(info->width, w);
   EXPECT_EQ(info->height, h);
   auto img = DecodeImage(jpg, "init_image");
@@ -249,15 +250,15 @@ TEST(ImageDecodeTest, SizeLimitsAreCheckedFromTheHeader) {
   const std::string png = MakePng(40, 20, PNG_COLOR_TYPE_RGB, 8, Gradient(40, 20));
   const std::string jpg = MakeJpeg(40, 20, 3, Gradient(40, 20));
   for (const std::string* bytes : {&png, &jpg}) {
-    auto side = ProbeImage(*bytes, "init_image", ImageLimits{32, 0});
+    auto side = ProbeImage(*bytes, "init_image", PictureLimits{32, 0});
     ASSERT_FALSE(side.ok());
     EXPECT_NE(side.status().message().find("40x20, over the maximum side of 32"), std::string::npos)
         << side.status();
-    auto pixels = DecodeImage(*bytes, "init_image", ImageLimits{0, 799});
+    auto pixels = DecodeImage(*bytes, "init_image", PictureLimits{0, 799});
     ASSERT_FALSE(pixels.ok());
     EXPECT_NE(pixels.status().message().find("over the maximum of 799 pixels"), std::string::npos)
         << pixels.status();
-    EXPECT_TRUE(DecodeImage(*bytes, "init_image", ImageLimits{40, 800}).ok());
+    EXPECT_TRUE(DecodeImage(*bytes, "init_image", PictureLimits{40, 800}).ok());
   }
 }
 
@@ -275,6 +276,24 @@ TEST(ImageDecodeTest, AHugeHeaderSizeIsRefusedBeforeDecoding) {
   EXPECT_NE(img.status().message().find("100000x100000, over the maximum side of 8192"),
             std::string::npos)
       << img.status();
+}
+
+TEST(ImageOpsTest, GreyIsPillowsFixedPointLuma) {
+  // (R*19595 + G*38470 + B*7471 + 0x8000) >> 16: pure channels and a mix.
+  EXPECT_EQ(RgbToGrey({255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 200, 30, 7, 7, 7}),
+            (std::vector<uint8_t>{76, 150, 29, 124, 7}));
+}
+
+TEST(ImageOpsTest, LanczosKeepsFlatPicturesAndTheSameSize) {
+  const std::vector<uint8_t> g = Gradient(13, 9);
+  EXPECT_EQ(ResizeLanczos(g, 13, 9, 3, 13, 9), g);  // same size: a copy, as Pillow
+  const std::vector<uint8_t> flat(37 * 23 * 3, 77);
+  const std::vector<uint8_t> down = ResizeLanczos(flat, 37, 23, 3, 16, 16);
+  ASSERT_EQ(down.size(), 16u * 16 * 3);
+  for (uint8_t v : down) EXPECT_EQ(v, 77);  // weights sum to one in fixed point
+  // One pass only (width or height unchanged) and upscaling keep a flat picture flat too.
+  for (uint8_t v : ResizeLanczos(flat, 37, 23, 3, 37, 16)) EXPECT_EQ(v, 77);
+  for (uint8_t v : ResizeLanczos(flat, 37, 23, 3, 64, 23)) EXPECT_EQ(v, 77);
 }
 
 }  // namespace

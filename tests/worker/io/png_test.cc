@@ -31,6 +31,27 @@ TEST(PngTest, A1111ParametersFormat) {
             "Size: 1024x768, Model: z-image-turbo");
 }
 
+TEST(PngTest, ImageToImageParametersRecordStrengthAndInputHashes) {
+  ImageParameters p;
+  p.prompt = "a cat";
+  p.seed = 7;
+  p.width = 256;
+  p.height = 256;
+  p.strength = 0.6f;
+  p.init_image_sha256 = std::string(64, 'a');
+  EXPECT_EQ(A1111Parameters(p),
+            "a cat\nSteps: 8, Sampler: Euler, CFG scale: 0, Seed: 7, Size: 256x256, Model: "
+            "z-image-turbo, Denoising strength: 0.6, Init image sha256: " + std::string(64, 'a'));
+  p.mask_sha256 = std::string(64, 'b');
+  EXPECT_NE(A1111Parameters(p).find(", Mask sha256: " + std::string(64, 'b')), std::string::npos);
+  const std::string json = ParametersJson(p);
+  EXPECT_NE(json.find("\"strength\":0.6,"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"init_image_sha256\":\"" + std::string(64, 'a')), std::string::npos);
+  EXPECT_NE(json.find("\"mask_sha256\":\"" + std::string(64, 'b')), std::string::npos);
+  // Text-to-image keeps neither.
+  EXPECT_EQ(ParametersJson(ImageParameters{}).find("strength"), std::string::npos);
+}
+
 TEST(PngTest, RoundTripWithTextChunks) {
   std::vector<uint8_t> rgb(5 * 3 * 3);
   for (size_t i = 0; i < rgb.size(); ++i) rgb[i] = static_cast<uint8_t>(i * 7);

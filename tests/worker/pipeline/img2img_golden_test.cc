@@ -57,18 +57,10 @@ class Img2ImgGoldenTest : public TinyPipelineFixture<::testing::TestWithParam<st
 TEST_P(Img2ImgGoldenTest, MatchesDiffusers) {
   ASSERT_NE(pipeline_, nullptr);
   ASSERT_OK_AND_ASSIGN(auto f, SafetensorsFile::Open(kGoldenDir + GetParam() + ".safetensors"));
-  auto meta = [&](const char* k) {
-    auto it = f->metadata().find(k);
-    return it == f->metadata().end() ? std::string() : it->second;
-  };
+  auto meta = [&](const char* k) { return testing::GoldenMeta(*f, k); };
   auto golden = [&](const char* name) { return testing::GoldenTensor(*f, name); };
   GenerateRequest r;
-  r.prompt = meta("prompt");
-  ASSERT_TRUE(absl::SimpleAtoi(meta("width"), &r.width));
-  ASSERT_TRUE(absl::SimpleAtoi(meta("height"), &r.height));
-  ASSERT_TRUE(absl::SimpleAtoi(meta("steps"), &r.steps));
-  ASSERT_TRUE(absl::SimpleAtoi(meta("seed"), &r.seed));
-  ASSERT_TRUE(absl::SimpleAtof(meta("strength"), &r.strength));
+  ASSERT_TRUE(testing::GoldenRequest(*f, &r));
   r.init_image = Picture(meta("init"));
   ASSERT_FALSE(r.init_image->rgb.empty());
   // The decoded file is what PIL's convert("RGB") gave diffusers (PNG and JPEG).

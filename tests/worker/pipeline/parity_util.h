@@ -8,7 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "worker/io/safetensors.h"
+#include "worker/pipeline/pipeline.h"
 
 namespace zfarm::worker::testing {
 
@@ -30,6 +32,24 @@ inline double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
     e = std::max(e, static_cast<double>(std::fabs(a[i] - b[i])));
   }
   return e / m;
+}
+
+// A golden's metadata value ("" when absent).
+inline std::string GoldenMeta(const SafetensorsFile& f, const std::string& key) {
+  auto it = f.metadata().find(key);
+  return it == f.metadata().end() ? std::string() : it->second;
+}
+
+// The request a golden was rendered with: prompt, width, height, steps, seed and, when the
+// golden has one, strength. False if a number does not parse.
+inline bool GoldenRequest(const SafetensorsFile& f, GenerateRequest* r) {
+  r->prompt = GoldenMeta(f, "prompt");
+  const std::string strength = GoldenMeta(f, "strength");
+  return absl::SimpleAtoi(GoldenMeta(f, "width"), &r->width) &&
+         absl::SimpleAtoi(GoldenMeta(f, "height"), &r->height) &&
+         absl::SimpleAtoi(GoldenMeta(f, "steps"), &r->steps) &&
+         absl::SimpleAtoi(GoldenMeta(f, "seed"), &r->seed) &&
+         (strength.empty() || absl::SimpleAtof(strength, &r->strength));
 }
 
 // Cosine similarity; 0 for a size mismatch.
