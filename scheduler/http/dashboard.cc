@@ -17,6 +17,7 @@
 #include "scheduler/http/embedded_assets.h"
 #include "scheduler/http/rest_common.h"
 #include "scheduler/http/thumbnail.h"
+#include "worker/io/image_file.h"
 
 namespace zfarm::scheduler::http {
 namespace {
@@ -329,16 +330,11 @@ Response Dashboard::Thumbnail(const Request& req) {
   if (auto hit = cached()) return answer(*std::move(hit));
   absl::MutexLock making(&make_mu_);
   if (auto hit = cached()) return answer(*std::move(hit));  // made while we waited
-  const std::string& type = job.result().media_type();
-  if (!type.empty() && type != "image/png") {
-    return GrpcError(grpc::StatusCode::UNIMPLEMENTED,
-                     absl::StrCat("thumbnail: ", type, " results have no thumbnail (PNG only)"));
-  }
   std::string data;
   if (grpc::Status s = ReadResult(jobs_, req, options_.rpc_timeout, job.job_id(), &data); !s.ok()) {
     return GrpcError(s);
   }
-  auto small = MakePngThumbnail(data, options_.thumbnail_px);
+  auto small = MakeThumbnail(data, options_.thumbnail_px);
   if (!small.ok()) {
     return GrpcError(grpc::StatusCode::INTERNAL, std::string(small.status().message()));
   }
@@ -365,19 +361,19 @@ Response Dashboard::Metadata(const Request& req) {
   if (grpc::Status s = SucceededJob(req, "metadata", &job); !s.ok()) return GrpcError(s);
   const std::string type = job.result().media_type().empty() ? "image/png"
                                                               : job.result().media_type();
-  json text = json::object();
-  if (type == "image/png") {
-    std::string data;
-    if (grpc::Status s = ReadResult(jobs_, req, options_.rpc_timeout, job.job_id(), &data);
-        !s.ok()) {
-      return GrpcError(s);
-    }
-    auto chunks = PngTextChunks(data);
-    if (!chunks.ok()) {
-      return GrpcError(grpc::StatusCode::INTERNAL, std::string(chunks.status().message()));
-    }
-    for (const auto& [k, v] : *chunks) text[k] = v;
+  std::string data;
+  if (grpc::Status s = ReadResult(jobs_, req, options_.rpc_timeout, job.job_id(), &data); !s.ok()) {
+    return GrpcError(s);
   }
+  // The parameters as A1111 and ComfyUI read them (PNG text, JPEG/WebP EXIF and XMP).
+  auto info = zfarm::worker::ReadImageInfo(data);
+  if (!info.ok()) {
+    return GrpcError(grpc::StatusCode::INTERNAL,
+                     absl::StrCat("metadata: ", info.status().message()));
+  }
+  json text = json::object();
+  if (!info->parameters.empty()) text["parameters"] = info->parameters;
+  if (!info->json.empty()) text["zfarm"] = info->json;
   json out = {{"media_type", type}, {"text", std::move(text)}};
   return Response::Json(200, out.dump(-1, ' ', false, json::error_handler_t::replace) + "\n");
 }

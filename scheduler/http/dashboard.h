@@ -20,10 +20,12 @@
 //   GET /v1/farm/events         text/event-stream: "event: farm" with the
 //                               summary at once and whenever it changes
 //                               (checked every Options::poll_interval)
-//   GET /v1/jobs/{id}/thumbnail image/png, longer side 256 px: made once per
+//   GET /v1/jobs/{id}/thumbnail image/png (of a PNG, JPEG or WebP result),
+//                               longer side 256 px: made once per
 //                               result (keyed by its sha256) and cached
-//   GET /v1/jobs/{id}/metadata  -> {"media_type", "text": {keyword: text}} (the
-//                               PNG's tEXt/iTXt chunks: A1111 "parameters", ...)
+//   GET /v1/jobs/{id}/metadata  -> {"media_type", "text": {"parameters": A1111
+//                               text, "zfarm": JSON}} read back from the file
+//                               (PNG text, JPEG/WebP EXIF and XMP)
 //
 // The page asks for a token when a call answers 401 and keeps it in the
 // tab's sessionStorage; it sends it as "Authorization: Bearer" on every call

@@ -2,16 +2,15 @@
 #define ZFARM_SCHEDULER_HTTP_THUMBNAIL_H_
 
 // File: thumbnail.h
-// Small pictures of results for the dashboard, and the text a PNG carries.
+// Small pictures of results for the dashboard.
 //
-//   ZFARM_ASSIGN_OR_RETURN(std::string small, MakePngThumbnail(png_bytes, 256));
-//   ZFARM_ASSIGN_OR_RETURN(auto text, PngTextChunks(png_bytes));   // "parameters" -> ...
+//   ZFARM_ASSIGN_OR_RETURN(std::string small, MakeThumbnail(result_bytes, 256));
 //
-// Decoding and encoding use libpng (its simplified png_image API); the picture
-// is scaled down by box filtering (averaging the source pixels under each
-// target pixel), never up. Stateless; thread-safe.
+// The result (PNG, JPEG or WebP) is decoded with the result-image library
+// (worker/io/image_file.h and its per-format decoders), scaled down by box
+// filtering (averaging the source pixels under each target pixel), never up,
+// and encoded as PNG. Stateless; thread-safe.
 
-#include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -19,14 +18,10 @@
 
 namespace zfarm::scheduler::http {
 
-// A PNG of `png` scaled so that its longer side is at most `max_side` pixels
-// (aspect kept; a picture already that small is re-encoded as is).
-// INVALID_ARGUMENT when `png` is not a readable PNG or max_side < 1.
-absl::StatusOr<std::string> MakePngThumbnail(absl::string_view png, int max_side);
-
-// keyword -> text of the tEXt and uncompressed iTXt chunks of `png`.
-// INVALID_ARGUMENT when it is not a PNG or a chunk is cut off.
-absl::StatusOr<std::map<std::string, std::string>> PngTextChunks(absl::string_view png);
+// A PNG of `image` scaled so that its longer side is at most `max_side` pixels
+// (aspect kept; a picture already that small keeps its size). INVALID_ARGUMENT
+// when `image` is no readable PNG, JPEG or WebP, or max_side < 1.
+absl::StatusOr<std::string> MakeThumbnail(absl::string_view image, int max_side);
 
 }  // namespace zfarm::scheduler::http
 

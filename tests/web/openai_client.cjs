@@ -50,6 +50,14 @@ async function main() {
   report.url = { url: byUrl.data[0].url, status: res.status, type: res.headers.get('content-type'),
                  signature: bytes.subarray(0, 8).toString('hex'), job_id: byUrl.data[0].job_id };
 
+  // JPEG with a quality (output_compression).
+  const jpeg = await client.images.generate({
+    prompt: 'a lighthouse at dusk', size: '256x256', output_format: 'jpeg',
+    output_compression: 80, seed: 13, steps: 1,
+  });
+  report.jpeg = { output_format: jpeg.output_format, job_id: jpeg.data[0].job_id,
+                  signature: Buffer.from(jpeg.data[0].b64_json, 'base64').subarray(0, 3).toString('hex') };
+
   // Idempotency-Key: the same key and body twice is one job.
   const opts = { headers: { 'Idempotency-Key': 'openai-test-key-1' } };
   const body = { prompt: 'a red fox', size: '256x256', seed: 3, steps: 1 };

@@ -88,6 +88,14 @@ TEST_F(OpenAiClientTest, OfficialClientGeneratesOnTheFarm) {
   EXPECT_EQ(rep["url"]["type"], "image/png");
   EXPECT_EQ(rep["url"]["signature"], "89504e470d0a1a0a");
 
+  // output_format jpeg with output_compression: a JPEG of that quality.
+  EXPECT_EQ(rep["jpeg"]["output_format"], "jpeg");
+  EXPECT_EQ(rep["jpeg"]["signature"], "ffd8ff");
+  zfarm::v1::Job jpeg = GetJob(rep["jpeg"]["job_id"]);
+  EXPECT_EQ(jpeg.spec().output_format(), zfarm::v1::OUTPUT_FORMAT_JPEG);
+  EXPECT_EQ(jpeg.spec().quality(), 80);
+  EXPECT_EQ(jpeg.result().media_type(), "image/jpeg");
+
   // The same Idempotency-Key and body: one job.
   EXPECT_EQ(rep["idempotent"][0], rep["idempotent"][1]);
   EXPECT_EQ(GetJob(rep["idempotent"][0]).request_id(), "openai-test-key-1/0");

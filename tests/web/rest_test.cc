@@ -19,6 +19,9 @@
 #include "scheduler/http/openai_api.h"
 #include "scheduler/http/rest_gateway.h"
 #include "scheduler/http/thumbnail.h"
+#include "worker/io/jpeg.h"
+#include "worker/io/png.h"
+#include "worker/io/webp.h"
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/raw_http.h"
 #include "tests/testing/scheduler_fixture.h"
@@ -349,7 +352,7 @@ std::string TestPng(int w, int h, const std::string& key = "", const std::string
 }
 
 TEST(ThumbnailTest, ScalesTheLongerSideTo256AndAveragesPixels) {
-  ASSERT_OK_AND_ASSIGN(std::string small, MakePngThumbnail(TestPng(1024, 512), 256));
+  ASSERT_OK_AND_ASSIGN(std::string small, MakeThumbnail(TestPng(1024, 512), 256));
   png_image img;
   std::memset(&img, 0, sizeof(img));
   img.version = PNG_IMAGE_VERSION;
@@ -363,13 +366,20 @@ TEST(ThumbnailTest, ScalesTheLongerSideTo256AndAveragesPixels) {
   EXPECT_NEAR(px[2], 100, 1);
   EXPECT_EQ(px[1], 100);
   EXPECT_LT(px[0], px[(255) * 3]);  // the red ramp survives
-  EXPECT_FALSE(MakePngThumbnail("not a png", 256).ok());
+  EXPECT_FALSE(MakeThumbnail("not a png", 256).ok());
 }
 
-TEST(ThumbnailTest, ReadsTextChunks) {
-  ASSERT_OK_AND_ASSIGN(auto text, PngTextChunks(TestPng(4, 4, "parameters", "a fox, Steps: 8")));
-  EXPECT_EQ(text["parameters"], "a fox, Steps: 8");
-  EXPECT_FALSE(PngTextChunks("GIF89a").ok());
+TEST(ThumbnailTest, JpegAndWebpResultsGetPngThumbnails) {
+  std::vector<uint8_t> rgb(640 * 320 * 3, 180);
+  ASSERT_OK_AND_ASSIGN(std::string jpeg, zfarm::worker::EncodeJpeg(rgb, 640, 320, 90, "", ""));
+  ASSERT_OK_AND_ASSIGN(std::string webp, zfarm::worker::EncodeWebp(rgb, 640, 320, 90, "", ""));
+  for (const std::string* in : {&jpeg, &webp}) {
+    ASSERT_OK_AND_ASSIGN(std::string small, MakeThumbnail(*in, 256));
+    ASSERT_OK_AND_ASSIGN(auto png, zfarm::worker::DecodePng(small));
+    EXPECT_EQ(png.width, 256);
+    EXPECT_EQ(png.height, 128);
+    EXPECT_NEAR(png.rgb[0], 180, 3);
+  }
 }
 
 // --- The OpenAPI document -----------------------------------------------
