@@ -114,12 +114,17 @@ fi
 cli=$build/bin/zfarm
 version=$("$cli" --version | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -1)
 
-# 2. Base images (kept between runs).
+# 2. Base images (kept between runs; the build base is made again when install-deps.sh's build
+# list changed: its ENV ZFARM_BASE_PACKAGES is the list's sha256).
+want_sum=$(bash "$repo/deploy/install-deps.sh" --list build | sha256sum | cut -c1-16)
 for v in runtime build; do
   img=zfarm/debian:12; [ "$v" = build ] && img=zfarm/debian-build:12
-  if $DOCKER image inspect "$img" > /dev/null 2>&1; then
+  have_sum=$($DOCKER image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$img" 2>/dev/null |
+             sed -n 's/^ZFARM_BASE_PACKAGES=//p')
+  if [ -n "$have_sum" ] && { [ "$v" = runtime ] || [ "$have_sum" = "$want_sum" ]; }; then
     say "base image $img present (made $($DOCKER image inspect -f '{{.Created}}' "$img" | cut -c1-19))"
   else
+    [ -z "$have_sum" ] || say "base image $img is stale (install-deps.sh --list build changed)"
     say "making base image $img"
     nice bash "$repo/deploy/docker/make-base-image.sh" --variant "$v" > "$tmp/base-$v.log" 2>&1 ||
       { tail "$tmp/base-$v.log" >&2; fail "make-base-image.sh --variant $v failed"; }
@@ -133,9 +138,9 @@ if docker_build "$tmp/planted.log" "planted step" -t "zfarm/planted:$tag" "$tmp/
   images+=("zfarm/planted:$tag")
   fail "a step that resolves deb.debian.org built with --network none"
 fi
-grep -q 'step that failed: \[2/3\] RUN getent hosts deb.debian.org' "$tmp/planted.err" ||
+grep -q 'step that failed: \[3/3\] RUN getent hosts deb.debian.org' "$tmp/planted.err" ||
   fail "the planted network step is not named: $(tail -3 "$tmp/planted.err")"
-say "planted network step refused and named: $(grep -o '\[2/3\] RUN getent.*' "$tmp/planted.err")"
+say "planted network step refused and named: $(grep -m1 -o '\[3/3\] RUN getent.*' "$tmp/planted.err")"
 
 # 3. The images of Dockerfile.cpu.
 for target in build scheduler worker-cpu; do
@@ -191,7 +196,7 @@ if docker_build "$tmp/build-cuda-bad.log" "Dockerfile.cuda (wrong manifest sha25
   fail "Dockerfile.cuda accepted a bundle whose manifest has another sha256"
 fi
 grep -q 'REFUSED: MANIFEST.sha256 has sha256' "$tmp/build-cuda-bad.log" || fail "the wrong manifest is not named"
-say "Dockerfile.cuda refuses a bundle with another manifest sha256 ($(grep -o 'step that failed: .\{0,60\}' "$tmp/build-cuda-bad.err"))"
+say "Dockerfile.cuda refuses a bundle with another manifest sha256 ($(grep -m1 -o 'step that failed: .\{0,60\}' "$tmp/build-cuda-bad.err"))"
 rm -rf "$tmp/carry"
 
 # 5. The CPU farm.
@@ -226,7 +231,7 @@ check_png() {  # REL SHA -> checks the file on the host volume
   [ "$(head -c 8 "$png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "$png is not a PNG"
   [ "$(sha256sum "$png" | cut -d' ' -f1)" = "$2" ] || fail "sha256 of $png differs from the reported $2"
 }
-"$cli" --scheduler "$addr" --json submit --prompt "a red fox in fresh snow" --width 256 --height 256 --steps 2 \
+"$cli" submit --scheduler "$addr" --json --prompt "a red fox in fresh snow" --width 256 --height 256 --steps 2 \
   --seed 7 --wait --timeout 300s > "$tmp/job1.json" || fail "zfarm submit --wait failed: $(cat "$tmp/job1.json")"
 [ "$(job_field state < "$tmp/job1.json")" = succeeded ] || fail "job 1: $(cat "$tmp/job1.json")"
 rel=$(job_field path < "$tmp/job1.json") sha=$(job_field sha256 < "$tmp/job1.json")
@@ -236,11 +241,11 @@ say "job 1 from the host CLI: $rel ($(stat -c %s "$out/$rel") bytes, sha256 $sha
 # 6. kill -9 the worker while a job runs.
 wpid=$($DOCKER inspect -f '{{.State.Pid}}' "$(cid worker-cpu0)")
 restarts0=$($DOCKER inspect -f '{{.RestartCount}}' "$(cid worker-cpu0)")
-"$cli" --scheduler "$addr" --json submit --prompt "a lighthouse at dusk" --width 512 --height 512 --steps 50 \
+"$cli" submit --scheduler "$addr" --json --prompt "a lighthouse at dusk" --width 512 --height 512 --steps 50 \
   --seed 11 > "$tmp/job2.json" || fail "submit of job 2 failed: $(cat "$tmp/job2.json")"
 job2=$(job_field job < "$tmp/job2.json")
 for ((i = 0; i < 600; i++)); do
-  "$cli" --scheduler "$addr" --json status "$job2" > "$tmp/job2-status.json" 2>/dev/null || true
+  "$cli" status "$job2" --scheduler "$addr" --json > "$tmp/job2-status.json" 2>/dev/null || true
   [ "$(job_field state < "$tmp/job2-status.json")" = running ] && break
   sleep 0.2
 done
@@ -254,7 +259,7 @@ done
 [ "$($DOCKER inspect -f '{{.RestartCount}}' "$(cid worker-cpu0)")" -gt "$restarts0" ] ||
   fail "the restart policy did not restart worker-cpu0 after kill -9"
 wait_healthy worker-cpu0 300
-"$cli" --scheduler "$addr" --json watch "$job2" --timeout 600s > "$tmp/job2-final.json" 2>&1 || true
+"$cli" watch "$job2" --scheduler "$addr" --json --timeout 600s > "$tmp/job2-final.json" 2>&1 || true
 [ "$(job_field state < "$tmp/job2-final.json")" = succeeded ] || fail "job 2 after the restart: $(tail -2 "$tmp/job2-final.json")"
 rel2=$(job_field path < "$tmp/job2-final.json") sha2=$(job_field sha256 < "$tmp/job2-final.json")
 check_png "$rel2" "$sha2"
