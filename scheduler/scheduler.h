@@ -102,6 +102,10 @@ class Scheduler {
     double aging_per_minute = 1.0;
     // Lost workers stay in ListWorkers this long.
     absl::Duration lost_worker_ttl = absl::Minutes(10);
+    // LoRA affinity: how long a queued job with LoRAs may wait for a worker whose
+    // applied LoRA set is the job's before any capable worker takes it
+    // (--lora-affinity-wait).
+    absl::Duration lora_affinity_wait = absl::Seconds(10);
     int64_t fake_fs_type = 0;  // tests: see Journal::Options
     // Called with the job's final view once a SUCCEEDED/FAILED/CANCELLED
     // transition is durable, on the journal thread: must not block (the
