@@ -3,6 +3,7 @@
 #include <openssl/sha.h>
 
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -50,9 +51,50 @@ absl::StatusOr<std::string> JsonString(const json& v, absl::string_view key) {
   return v.get<std::string>();
 }
 
+// An input picture key: a local file read as bytes, or a --input-root path.
+absl::Status JsonImage(const json& v, absl::string_view key, bool local,
+                       const FileReader& read_file, zfarm::v1::ImageInput* out) {
+  ZFARM_ASSIGN_OR_RETURN(std::string path, JsonString(v, key));
+  if (path.empty()) return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" is empty"));
+  if (!local) {
+    out->set_path(path);
+    return absl::OkStatus();
+  }
+  if (!read_file) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\": local files are not read here"));
+  }
+  absl::StatusOr<std::string> bytes = read_file(path);
+  if (!bytes.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\": ", bytes.status().message()));
+  }
+  out->set_data(*std::move(bytes));
+  return absl::OkStatus();
+}
+
+absl::Status JsonLoras(const json& v, zfarm::v1::JobSpec* spec) {
+  if (!v.is_array()) {
+    return absl::InvalidArgumentError(
+        "\"loras\" must be an array of \"NAME[:SCALE]\" strings, e.g. [\"ink:0.8\"]");
+  }
+  spec->clear_loras();
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!v[i].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"loras\"[", i, "]: write each LoRA as a \"NAME[:SCALE]\" string (e.g. \"ink:0.8\")",
+          v[i].is_object() ? "; {name, scale} objects are not accepted" : ""));
+    }
+    absl::StatusOr<zfarm::v1::LoraRef> l = ParseLoraRef(v[i].get<std::string>());
+    if (!l.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("\"loras\"[", i, "]: ", l.status().message()));
+    }
+    *spec->add_loras() = *std::move(l);
+  }
+  return absl::OkStatus();
+}
+
 // Applies one JSON Lines object on top of `spec`; collects per-line seeds.
 absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
-                           std::vector<uint64_t>* seeds) {
+                           std::vector<uint64_t>* seeds, const FileReader& read_file) {
   if (!obj.is_object()) {
     return absl::InvalidArgumentError("a JSON line must be an object");
   }
@@ -115,12 +157,23 @@ absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
         ZFARM_ASSIGN_OR_RETURN(std::string value, JsonString(l.value(), "labels." + l.key()));
         (*spec->mutable_labels())[l.key()] = value;
       }
+    } else if (key == "init_image" || key == "init_image_path") {
+      ZFARM_RETURN_IF_ERROR(
+          JsonImage(v, key, key == "init_image", read_file, spec->mutable_init_image()));
+    } else if (key == "mask" || key == "mask_path") {
+      ZFARM_RETURN_IF_ERROR(JsonImage(v, key, key == "mask", read_file, spec->mutable_mask_image()));
+    } else if (key == "strength") {
+      if (!v.is_number()) return absl::InvalidArgumentError("\"strength\" must be a number");
+      spec->set_strength(v.get<float>());
+    } else if (key == "loras") {
+      ZFARM_RETURN_IF_ERROR(JsonLoras(v, spec));
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown key \"", key,
                        "\" (known: prompt, negative_prompt, width, height, steps, "
                        "guidance, seed, seeds, priority, output_name, model, labels, "
-                       "webhook_url, output_format, quality)"));
+                       "webhook_url, output_format, quality, init_image, init_image_path, mask, "
+                       "mask_path, strength, loras)"));
     }
   }
   if (!has_prompt) return absl::InvalidArgumentError("missing \"prompt\"");
@@ -137,6 +190,44 @@ absl::StatusOr<zfarm::v1::OutputFormat> ParseOutputFormat(absl::string_view name
   if (n == "webp") return zfarm::v1::OUTPUT_FORMAT_WEBP;
   return absl::InvalidArgumentError(
       absl::StrCat(field, ": unknown format \"", name, "\" (png, jpeg or webp)"));
+}
+
+absl::StatusOr<std::string> ReadLocalFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read '", path, "'"));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  if (in.bad()) return absl::InvalidArgumentError(absl::StrCat("error reading '", path, "'"));
+  return buffer.str();
+}
+
+absl::StatusOr<zfarm::v1::LoraRef> ParseLoraRef(absl::string_view text) {
+  zfarm::v1::LoraRef ref;
+  std::string name(text);
+  if (size_t colon = text.rfind(':'); colon != absl::string_view::npos) {
+    absl::string_view tail = text.substr(colon + 1);
+    float scale = 0;
+    if (tail.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", text, "': empty scale after ':' (use NAME or NAME:SCALE)"));
+    }
+    if (absl::SimpleAtof(tail, &scale)) {
+      ref.set_scale(scale);
+      name = std::string(text.substr(0, colon));
+    }
+  }
+  if (name.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "': empty LoRA name (use NAME or NAME:SCALE)"));
+  }
+  ref.set_name(name);
+  return ref;
+}
+
+void FillSizeDefaults(zfarm::v1::JobSpec* spec) {
+  if (spec->has_init_image()) return;
+  if (spec->width_px() == 0) spec->set_width_px(1024);
+  if (spec->height_px() == 0) spec->set_height_px(1024);
 }
 
 absl::StatusOr<std::vector<uint64_t>> ParseSeedList(absl::string_view text) {
@@ -156,7 +247,8 @@ absl::StatusOr<std::vector<uint64_t>> ParseSeedList(absl::string_view text) {
 absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(absl::string_view contents,
                                                          absl::string_view file_name,
                                                          const zfarm::v1::JobSpec& defaults,
-                                                         const SweepOptions& sweep) {
+                                                         const SweepOptions& sweep,
+                                                         const FileReader& read_file) {
   if (sweep.variants < 1) {
     return absl::InvalidArgumentError("--variants must be >= 1");
   }
@@ -181,7 +273,7 @@ absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(absl::string_view conte
       if (obj.is_discarded()) {
         return LineError(file_name, line_no, "invalid JSON");
       }
-      if (absl::Status s = ApplyJsonLine(obj, &spec, &seeds); !s.ok()) {
+      if (absl::Status s = ApplyJsonLine(obj, &spec, &seeds, read_file); !s.ok()) {
         return LineError(file_name, line_no, s.message());
       }
     } else {
@@ -190,6 +282,7 @@ absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(absl::string_view conte
     if (spec.prompt().empty()) {
       return LineError(file_name, line_no, "empty prompt");
     }
+    FillSizeDefaults(&spec);
     if (!seeds.empty()) {
       int variant = 0;
       for (uint64_t s : seeds) {
@@ -225,7 +318,14 @@ absl::StatusOr<std::vector<PlannedJob>> LoadPromptsFile(const std::string& path,
   if (in.bad()) {
     return absl::InvalidArgumentError(absl::StrCat("error reading prompts file '", path, "'"));
   }
-  return ParsePromptsFile(buffer.str(), path, defaults, sweep);
+  // A picture named on many lines is read once.
+  std::map<std::string, std::string> cache;
+  FileReader read = [&cache](const std::string& p) -> absl::StatusOr<std::string> {
+    if (auto it = cache.find(p); it != cache.end()) return it->second;
+    ZFARM_ASSIGN_OR_RETURN(std::string bytes, ReadLocalFile(p));
+    return cache.emplace(p, std::move(bytes)).first->second;
+  };
+  return ParsePromptsFile(buffer.str(), path, defaults, sweep, read);
 }
 
 std::string CanonicalSpecHash(const zfarm::v1::JobSpec& spec) {

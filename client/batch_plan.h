@@ -10,17 +10,25 @@
 // "negative_prompt", "width", "height", "steps", "guidance", "seed",
 // "priority", "output_name", "model", "labels" ({"k": "v"}), "output_format"
 // ("png", "jpeg", "webp"), "quality" (1..100, JPEG/WebP) and "seeds"
-// ([1, 2, 3]). Any other line is a plain prompt. An empty line, invalid JSON
+// ([1, 2, 3]); for image-to-image and inpainting "init_image" and "mask" (local
+// files, relative to the current folder, sent as bytes), "init_image_path" and
+// "mask_path" (paths under the scheduler's --input-root), "strength" (a number in
+// (0, 1]) and "loras" (an array of "NAME[:SCALE]" strings, e.g. ["ink:0.8",
+// "detail"]; {name, scale} objects are refused). Any other line is a plain
+// prompt. An empty line, invalid JSON
 // or a bad key is an error naming the line: the whole file is rejected
 // (nothing is submitted).
 //
 // Request ids: "<prefix>-<line>-<hash>" where <hash> is 16 hex digits of the
 // SHA-256 of the canonical spec (deterministic protobuf serialization, the
-// deadline left out since it is relative to the run). Running the same batch
+// deadline left out since it is relative to the run). Input pictures sent as bytes
+// are part of the spec, so a changed picture gives a new id; a picture named by
+// its --input-root path is hashed by its path only. Running the same batch
 // again with the same prefix therefore yields the same ids, and the scheduler
 // returns the existing jobs instead of creating new ones.
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -53,12 +61,28 @@ absl::StatusOr<zfarm::v1::OutputFormat> ParseOutputFormat(absl::string_view name
 // Parses "1,2,3" (also "1, 2 ,3"). Empty items and non-numbers are errors.
 absl::StatusOr<std::vector<uint64_t>> ParseSeedList(absl::string_view text);
 
-// Parses the prompts file contents. Every line starts from `defaults`.
-// Errors name the file ("<name>:<line>: ...").
+// Reads a local input picture ("init_image", "mask", --init-image, --mask).
+using FileReader = std::function<absl::StatusOr<std::string>(const std::string& path)>;
+
+// Reads the file at `path` whole; INVALID_ARGUMENT naming it when it cannot.
+absl::StatusOr<std::string> ReadLocalFile(const std::string& path);
+
+// "NAME" (scale absent: 1) or "NAME:SCALE" (the text after the last ':' when it is
+// a number). INVALID_ARGUMENT for an empty name or scale.
+absl::StatusOr<zfarm::v1::LoraRef> ParseLoraRef(absl::string_view text);
+
+// Width and height left at 0 become 1024, except for image-to-image (init_image
+// set), where 0 lets the scheduler take them from the picture.
+void FillSizeDefaults(zfarm::v1::JobSpec* spec);
+
+// Parses the prompts file contents. Every line starts from `defaults` (sizes of 0
+// are filled by FillSizeDefaults). Local pictures are read with `read_file` (null:
+// such keys are an error). Errors name the file ("<name>:<line>: ...").
 absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(absl::string_view contents,
                                                          absl::string_view file_name,
                                                          const zfarm::v1::JobSpec& defaults,
-                                                         const SweepOptions& sweep);
+                                                         const SweepOptions& sweep,
+                                                         const FileReader& read_file = nullptr);
 
 // Reads `path` then ParsePromptsFile. An unreadable file is an error naming it.
 absl::StatusOr<std::vector<PlannedJob>> LoadPromptsFile(const std::string& path,

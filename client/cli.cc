@@ -3,8 +3,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <random>
@@ -50,6 +52,9 @@ constexpr absl::Duration kPerCallDeadline = absl::Seconds(30);
 constexpr absl::Duration kDefaultTimeout = absl::Seconds(30);
 constexpr absl::Duration kMaxOutage = absl::Seconds(30);
 constexpr int kMaxBatch = 1000;
+// SubmitJobs requests stay under this many bytes (the scheduler's default receive
+// limit is 33 MiB: two 16 MiB pictures and a spec); a bigger job goes alone.
+constexpr size_t kMaxBatchBytes = 24 << 20;
 
 // ---------------------------------------------------------------------------
 // Shared options and the connection.
@@ -291,18 +296,25 @@ int ExitCodeForJobs(const std::vector<Job>& jobs) {
 
 struct SpecFlags {
   std::string prompt, negative_prompt, output_name, model, webhook_url, output_format;
-  int64_t width = 1024, height = 1024, steps = 8, priority = 0, quality = 0;
+  // 0 = not given: 1024, or with an init image the scheduler takes the picture's.
+  int64_t width = 0, height = 0, steps = 8, priority = 0, quality = 0;
   int64_t seed = -1;
   double guidance = 0.0;
   std::string deadline;  // a duration from now or an RFC 3339 time; "" = none
   std::vector<std::string> labels;
+  // Image-to-image / inpainting: local files (sent as bytes) or --input-root paths.
+  std::string init_image, init_image_path, mask, mask_path;
+  double strength = std::numeric_limits<double>::quiet_NaN();  // NaN = not given
+  std::vector<std::string> loras;  // NAME[:SCALE]
 };
 
 void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
   if (with_prompt) f->String("prompt", &s->prompt, "the prompt (required)");
   f->String("negative-prompt", &s->negative_prompt, "negative prompt");
-  f->Int("width", &s->width, "image width in pixels, multiple of 16 (1024)");
-  f->Int("height", &s->height, "image height in pixels, multiple of 16 (1024)");
+  f->Int("width", &s->width,
+         "image width in pixels, multiple of 16 (1024; with an init image: its width)");
+  f->Int("height", &s->height,
+         "image height in pixels, multiple of 16 (1024; with an init image: its height)");
   f->Int("steps", &s->steps, "transformer evaluations, 1..50 (8)");
   f->Int("seed", &s->seed, "noise seed (default: the scheduler picks one)");
   f->Double("guidance", &s->guidance, "guidance scale, 0..20 (0)");
@@ -319,6 +331,33 @@ void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
   f->String("output-format", &s->output_format, "result file format: png, jpeg or webp (png)",
             "FORMAT");
   f->Int("quality", &s->quality, "jpeg/webp quality, 1..100 (90)");
+  f->String("init-image", &s->init_image, "image-to-image: start from this PNG/JPEG (sent)",
+            "FILE");
+  f->String("init-image-path", &s->init_image_path,
+            "image-to-image: a picture under the scheduler's --input-root", "PATH");
+  f->Double("strength", &s->strength, "how far from the init image, (0, 1] (0.6)");
+  f->String("mask", &s->mask, "inpainting: white = repaint, black = keep (sent)", "FILE");
+  f->String("mask-path", &s->mask_path, "inpainting: a mask under the scheduler's --input-root",
+            "PATH");
+  f->Repeated("lora", &s->loras, "apply a LoRA of the workers' --lora-dir (repeatable)",
+              "NAME[:SCALE]");
+}
+
+// One picture flag pair: --NAME FILE (read here, sent as bytes) or --NAME-path.
+absl::Status ImageFlag(const std::string& file, const std::string& path, absl::string_view flag,
+                       zfarm::v1::ImageInput* out) {
+  if (!file.empty() && !path.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " and --", flag, "-path: give one of them"));
+  }
+  if (!path.empty()) {
+    out->set_path(path);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> bytes = ReadLocalFile(file);
+  if (!bytes.ok()) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", bytes.status().message()));
+  out->set_data(*std::move(bytes));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<JobSpec> BuildSpec(const SpecFlags& s) {
@@ -364,6 +403,19 @@ absl::StatusOr<JobSpec> BuildSpec(const SpecFlags& s) {
     spec.mutable_deadline()->set_seconds(seconds);
     spec.mutable_deadline()->set_nanos(
         static_cast<int32_t>(absl::ToInt64Nanoseconds(t - absl::FromUnixSeconds(seconds))));
+  }
+  if (!s.init_image.empty() || !s.init_image_path.empty()) {
+    ZFARM_RETURN_IF_ERROR(
+        ImageFlag(s.init_image, s.init_image_path, "init-image", spec.mutable_init_image()));
+  }
+  if (!s.mask.empty() || !s.mask_path.empty()) {
+    ZFARM_RETURN_IF_ERROR(ImageFlag(s.mask, s.mask_path, "mask", spec.mutable_mask_image()));
+  }
+  if (!std::isnan(s.strength)) spec.set_strength(static_cast<float>(s.strength));
+  for (const std::string& l : s.loras) {
+    absl::StatusOr<zfarm::v1::LoraRef> ref = ParseLoraRef(l);
+    if (!ref.ok()) return absl::InvalidArgumentError(absl::StrCat("--lora ", ref.status().message()));
+    *spec.add_loras() = *std::move(ref);
   }
   return spec;
 }
@@ -565,6 +617,7 @@ int RunSubmit(const std::vector<std::string>& args, const CliIo& io, const Comma
   absl::StatusOr<JobSpec> spec = BuildSpec(sf);
   if (absl::IsDeadlineExceeded(spec.status())) return Fail(io, spec.status());
   if (!spec.ok()) return Usage(io, flags, spec.status().message());
+  FillSizeDefaults(&*spec);
   PlannedJob planned{1, 0, *spec, request_id};
   if (planned.request_id.empty()) {
     planned.request_id = DeriveRequestId(RequestIdPrefix(io, prefix), planned);
@@ -657,14 +710,17 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io, const Comman
   std::vector<std::string> job_ids;
   std::map<std::string, Job> jobs;
   int created = 0;
-  for (size_t start = 0; start < planned->size(); start += kMaxBatch) {
+  for (size_t start = 0, end = 0; start < planned->size(); start = end) {
     zfarm::v1::SubmitJobsRequest req;
     req.set_batch_id(batch_id);
-    size_t end = std::min(planned->size(), start + kMaxBatch);
-    for (size_t i = start; i < end; ++i) {
+    size_t bytes = 0;
+    for (end = start; end < planned->size() && end - start < kMaxBatch; ++end) {
+      const size_t job_bytes = (*planned)[end].spec.ByteSizeLong();
+      if (end > start && bytes + job_bytes > kMaxBatchBytes) break;
+      bytes += job_bytes;
       zfarm::v1::SubmitJobRequest* r = req.add_jobs();
-      r->set_request_id((*planned)[i].request_id);
-      *r->mutable_spec() = (*planned)[i].spec;
+      r->set_request_id((*planned)[end].request_id);
+      *r->mutable_spec() = (*planned)[end].spec;
     }
     zfarm::v1::SubmitJobsResponse resp;
     absl::Status s = session.Call("SubmitJobs", [&](grpc::ClientContext* ctx) {

@@ -1,6 +1,7 @@
 // zfarm-scheduler: parses flags and runs SchedulerServer until SIGTERM/SIGINT.
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -108,7 +109,17 @@ ABSL_FLAG(int32_t, max_watchers_per_job, 256,
           "Concurrent watch streams per job, batch or label selector");
 ABSL_FLAG(int32_t, max_streams_per_client, 1024,
           "Concurrent watch/result streams per client (principal, or IP when anonymous); 0 = off");
-ABSL_FLAG(int32_t, max_message_bytes, 16 << 20, "Largest gRPC request message accepted");
+ABSL_FLAG(int32_t, max_message_bytes, 0,
+          "Largest gRPC request message accepted; 0 = 2 x --max-input-bytes + 1 MiB (a submit "
+          "with an init image and a mask)");
+ABSL_FLAG(int64_t, max_input_bytes, 16 << 20,
+          "Largest init_image / mask_image in bytes (in the request or read from --input-root)");
+ABSL_FLAG(std::string, input_root, "",
+          "Read-only folder that ImageInput.path is relative to (confined like --output-root); "
+          "empty = path inputs are refused");
+ABSL_FLAG(absl::Duration, lora_affinity_wait, absl::Seconds(10),
+          "How long a job may wait for a worker that already has its LoRA set applied before "
+          "any capable worker takes it");
 ABSL_FLAG(std::string, probe, "",
           "Do not serve: check grpc.health.v1 at this HOST:PORT, exit 0 if SERVING, 1 otherwise");
 ABSL_FLAG(absl::Duration, probe_timeout, absl::Seconds(2), "Timeout of --probe");
@@ -224,6 +235,18 @@ int main(int argc, char** argv) {
   so.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   so.limits.max_batch_jobs = absl::GetFlag(FLAGS_max_batch_jobs);
   so.limits.max_labels = absl::GetFlag(FLAGS_max_labels);
+  so.limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
+  so.lora_affinity_wait = absl::GetFlag(FLAGS_lora_affinity_wait);
+  o.input_root = absl::GetFlag(FLAGS_input_root);
+  if (so.limits.max_input_bytes < 1 || so.limits.max_input_bytes > (int64_t{1} << 30)) {
+    std::cerr << "zfarm-scheduler: --max-input-bytes: " << so.limits.max_input_bytes
+              << " is outside [1, 1073741824]\n";
+    return 2;
+  }
+  if (so.lora_affinity_wait < absl::ZeroDuration()) {
+    std::cerr << "zfarm-scheduler: --lora-affinity-wait: must not be negative\n";
+    return 2;
+  }
   o.registry = std::make_shared<prometheus::Registry>();
 
   // Webhooks: validated at submit against the allow-list, sent after the final
@@ -298,6 +321,10 @@ int main(int argc, char** argv) {
     go.http.request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
     go.images_timeout = absl::GetFlag(FLAGS_http_images_timeout);
     go.thumbnail_dir = absl::GetFlag(FLAGS_state_dir) + "/thumbnails";
+    // POST /v1/jobs carries pictures in base64 (4/3 of their size): room for two.
+    go.http.max_body_bytes = std::max<size_t>(
+        go.http.max_body_bytes,
+        static_cast<size_t>(2 * ((so.limits.max_input_bytes + 2) / 3 * 4) + (1 << 20)));
     for (const auto& [flag, ok] :
          {std::pair{"--http-max-connections", go.http.max_connections >= 1},
           std::pair{"--http-max-connections-per-ip", go.http.max_connections_per_ip >= 1},

@@ -1,9 +1,12 @@
 #include "scheduler/server.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <deque>
 #include <fstream>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -256,8 +259,25 @@ class ConnectReactor final
  public:
   class Sink final : public WorkerSink {
    public:
-    explicit Sink(ConnectReactor* r) : reactor_(r) {}
+    Sink(ConnectReactor* r, const InputStore* inputs) : reactor_(r), inputs_(inputs) {}
     void Send(const v1::SchedulerMessage& m) override {
+      if (m.msg_case() == v1::SchedulerMessage::kAssignment && HasInputs(m.assignment())) {
+        // The lease send path: the journaled spec holds sha256 references; the
+        // worker gets the bytes, one lease per message (at most two pictures).
+        for (const v1::Lease& lease : m.assignment().leases()) {
+          v1::SchedulerMessage one;
+          v1::Lease* l = one.mutable_assignment()->add_leases();
+          *l = lease;
+          if (absl::Status s = inputs_->Fill(l->mutable_spec()); !s.ok()) {
+            // The worker fails a lease without the picture's bytes (INVALID_REQUEST).
+            LOG(ERROR) << "event=input_missing job=" << lease.lease().job_id() << " error=\""
+                       << s.message() << "\"";
+          }
+          absl::MutexLock lock(&mu_);
+          if (reactor_) reactor_->Enqueue(one);
+        }
+        return;
+      }
       absl::MutexLock lock(&mu_);
       if (reactor_) reactor_->Enqueue(m);
     }
@@ -271,13 +291,27 @@ class ConnectReactor final
     }
 
    private:
+    bool HasInputs(const v1::Assignment& a) const {
+      if (inputs_ == nullptr) return false;
+      for (const v1::Lease& l : a.leases()) {
+        if (l.spec().init_image().source_case() == v1::ImageInput::kSha256 ||
+            l.spec().mask_image().source_case() == v1::ImageInput::kSha256) {
+          return true;
+        }
+      }
+      return false;
+    }
+
     absl::Mutex mu_;
     ConnectReactor* reactor_ ABSL_GUARDED_BY(mu_);
+    const InputStore* const inputs_;
   };
 
   // `principal`: the caller whose token opened the stream (owns the worker name).
-  ConnectReactor(Scheduler* core, std::string principal)
-      : core_(core), principal_(std::move(principal)), sink_(std::make_shared<Sink>(this)) {
+  ConnectReactor(Scheduler* core, std::string principal, const InputStore* inputs)
+      : core_(core),
+        principal_(std::move(principal)),
+        sink_(std::make_shared<Sink>(this, inputs)) {
     StartRead(&in_);
   }
 
@@ -377,10 +411,10 @@ class ConnectReactor final
 class SchedulerServer::Services {
  public:
   Services(Scheduler* core, std::shared_ptr<Authorizer> auth, std::string output_root,
-           int max_streams_per_client)
+           int max_streams_per_client, const InputStore* inputs)
       : limiter_(max_streams_per_client),
-        jobs_(core, auth, std::move(output_root), &limiter_),
-        workers_(core, auth),
+        jobs_(core, auth, std::move(output_root), &limiter_, inputs),
+        workers_(core, auth, inputs),
         admin_(core, auth) {}
 
   template <typename Ctx>
@@ -391,11 +425,12 @@ class SchedulerServer::Services {
   class Jobs final : public v1::JobService::CallbackService {
    public:
     Jobs(Scheduler* core, std::shared_ptr<Authorizer> auth, std::string output_root,
-         StreamLimiter* limiter)
+         StreamLimiter* limiter, const InputStore* inputs)
         : core_(core),
           auth_(std::move(auth)),
           output_root_(std::move(output_root)),
-          limiter_(limiter) {}
+          limiter_(limiter),
+          inputs_(inputs) {}
 
     grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx,
                                         const v1::SubmitJobRequest* req,
@@ -407,7 +442,13 @@ class SchedulerServer::Services {
         reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
-      core_->Submit(*req, caller->principal,
+      v1::SubmitJobRequest request = *req;
+      if (absl::Status s = InternInputs("spec", request.mutable_spec()); !s.ok()) {
+        Audit(caller->principal, "SubmitJob", "job=-", s);
+        reactor->Finish(ToGrpcStatus(s));
+        return reactor;
+      }
+      core_->Submit(std::move(request), caller->principal,
                     [this, ctx, reactor, resp, who = caller->principal](auto r) {
                       if (r.ok()) {
                         *resp = *std::move(r);
@@ -430,7 +471,17 @@ class SchedulerServer::Services {
         reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
-      core_->SubmitBatch(*req, caller->principal,
+      v1::SubmitJobsRequest request = *req;
+      for (int i = 0; i < request.jobs_size(); ++i) {
+        absl::Status s =
+            InternInputs(absl::StrCat("jobs[", i, "].spec"), request.mutable_jobs(i)->mutable_spec());
+        if (!s.ok()) {
+          Audit(caller->principal, "SubmitJobs", "batch=-", s);
+          reactor->Finish(ToGrpcStatus(s));
+          return reactor;
+        }
+      }
+      core_->SubmitBatch(std::move(request), caller->principal,
                          [this, ctx, reactor, resp, who = caller->principal](auto r) {
                            if (r.ok()) {
                              *resp = *std::move(r);
@@ -559,6 +610,20 @@ class SchedulerServer::Services {
     }
 
    private:
+    // Pictures of `spec` into the input store, replaced by their sha256 (see
+    // InputStore::Intern), after the checks that need no I/O (so a spec refused
+    // anyway stores nothing). Specs without pictures are left alone.
+    absl::Status InternInputs(const std::string& field, v1::JobSpec* spec) {
+      if (!spec->has_init_image() && !spec->has_mask_image()) return absl::OkStatus();
+      if (inputs_ == nullptr) return absl::InternalError("no input store");
+      {
+        v1::JobSpec check = *spec;
+        ZFARM_RETURN_IF_ERROR(
+            ValidateAndNormalizeSpec(core_->options().limits, field, &check));
+      }
+      return inputs_->Intern(field, spec);
+    }
+
     absl::Status AcquireStream(const Caller& caller, const std::string& peer,
                                std::function<void()>* release) {
       std::string key = ClientKey(caller, peer);
@@ -571,12 +636,13 @@ class SchedulerServer::Services {
     const std::shared_ptr<Authorizer> auth_;
     const std::string output_root_;
     StreamLimiter* const limiter_;
+    const InputStore* const inputs_;
   };
 
   class Workers final : public v1::WorkerService::CallbackService {
    public:
-    Workers(Scheduler* core, std::shared_ptr<Authorizer> auth)
-        : core_(core), auth_(std::move(auth)) {}
+    Workers(Scheduler* core, std::shared_ptr<Authorizer> auth, const InputStore* inputs)
+        : core_(core), auth_(std::move(auth)), inputs_(inputs) {}
     grpc::ServerBidiReactor<v1::WorkerMessage, v1::SchedulerMessage>* Connect(
         grpc::CallbackServerContext* ctx) override {
       auto caller = Auth(auth_.get(), "Connect", ctx);
@@ -591,12 +657,13 @@ class SchedulerServer::Services {
         };
         return new Denied(caller.status());
       }
-      return new ConnectReactor(core_, caller->principal);
+      return new ConnectReactor(core_, caller->principal, inputs_);
     }
 
    private:
     Scheduler* const core_;
     const std::shared_ptr<Authorizer> auth_;
+    const InputStore* const inputs_;
   };
 
   class Admin final : public v1::AdminService::CallbackService {
@@ -722,9 +789,15 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOp
   auto core = Scheduler::Create(options.scheduler, clock, options.registry);
   if (!core.ok()) return core.status();
   s->scheduler_ = *std::move(core);
-  s->services_ =
-      std::make_unique<Services>(s->scheduler_.get(), options.security.authorizer,
-                                 options.scheduler.output_root, options.max_streams_per_client);
+  auto inputs = InputStore::Open({.dir = options.scheduler.state_dir + "/inputs",
+                                  .input_root = options.input_root,
+                                  .limits = options.scheduler.limits});
+  if (!inputs.ok()) return inputs.status();
+  s->inputs_ = *std::move(inputs);
+  s->input_sweep_min_age_ = options.input_sweep_min_age;
+  s->services_ = std::make_unique<Services>(
+      s->scheduler_.get(), options.security.authorizer, options.scheduler.output_root,
+      options.max_streams_per_client, s->inputs_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -735,7 +808,9 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOp
   builder.RegisterService(&s->services_->jobs_);
   builder.RegisterService(&s->services_->workers_);
   builder.RegisterService(&s->services_->admin_);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes > 0
+                                       ? options.max_message_bytes
+                                       : MaxMessageBytesFor(options.scheduler.limits.max_input_bytes));
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("--listen: cannot listen on ", options.listen));
@@ -745,15 +820,23 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOp
   // stop_.WaitForNotificationWithTimeout(): this absl's timed waits sleep until an
   // absolute CLOCK_REALTIME deadline, so a backward wall-clock step stalled the
   // ticker (no lease expiry, no deadlines) for the size of the step.
-  s->ticker_ = std::thread([raw = s.get(), every = options.tick_interval] {
+  s->ticker_ = std::thread([raw = s.get(), every = options.tick_interval,
+                            sweep_every = options.input_sweep_interval] {
     const absl::Duration slice = std::min(every, absl::Milliseconds(20));
-    absl::Duration slept = absl::ZeroDuration();
+    absl::Duration slept = absl::ZeroDuration(), since_sweep = absl::ZeroDuration();
     while (!raw->stop_.HasBeenNotified()) {
       absl::SleepFor(slice);
       slept += slice;
+      since_sweep += slice;
       if (slept >= every && !raw->stop_.HasBeenNotified()) {
         slept = absl::ZeroDuration();
         raw->scheduler_->Tick();
+      }
+      if (since_sweep >= sweep_every && !raw->stop_.HasBeenNotified()) {
+        since_sweep = absl::ZeroDuration();
+        if (auto n = raw->SweepInputs(); !n.ok()) {
+          LOG(WARNING) << "event=input_sweep_failed error=\"" << n.status().message() << "\"";
+        }
       }
     }
   });
@@ -769,6 +852,33 @@ std::string SchedulerServer::address() const {
 }
 
 SchedulerServer::~SchedulerServer() { Shutdown(); }
+
+absl::StatusOr<int> SchedulerServer::SweepInputs() {
+  // Every job the scheduler still holds, in pages; a pruned job is gone from here.
+  absl::flat_hash_set<std::string> referenced;
+  v1::ListJobsRequest req;
+  req.set_page_size(1000);
+  for (;;) {
+    absl::Notification done;
+    absl::StatusOr<v1::ListJobsResponse> page;
+    scheduler_->ListJobs(req, [&](absl::StatusOr<v1::ListJobsResponse> r) {
+      page = std::move(r);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    if (!page.ok()) return page.status();
+    for (const v1::Job& j : page->jobs()) InputStore::AddReferences(j.spec(), &referenced);
+    if (page->next_page_token().empty()) break;
+    req.set_page_token(page->next_page_token());
+  }
+  ZFARM_ASSIGN_OR_RETURN(int removed, inputs_->Sweep(referenced, input_sweep_min_age_));
+  LOG(INFO) << "event=input_sweep referenced=" << referenced.size() << " removed=" << removed;
+  return removed;
+}
+
+int MaxMessageBytesFor(int64_t max_input_bytes) {
+  return static_cast<int>(std::min<int64_t>(2 * max_input_bytes + (1 << 20), INT32_MAX));
+}
 
 void SchedulerServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;

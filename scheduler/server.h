@@ -5,6 +5,11 @@
 // the callback API), grpc.health.v1 (SERVING once the journal is open) and server
 // reflection, around one Scheduler core.
 //
+// Pictures (JobSpec.init_image / mask_image) are resolved, checked and stored by
+// an InputStore at submit, before the core journals the job with their sha256
+// references; the lease sent to a worker gets the bytes back (one lease per
+// Assignment message then, so a message holds at most two pictures).
+//
 // Security plugs in at ONE place, ServerSecurity: the credentials factory used for
 // the listening port, and an Authorizer every handler calls with its method name
 // and the caller's metadata before doing anything. The defaults are insecure
@@ -34,6 +39,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/support/string_ref.h"
 #include "scheduler/clock.h"
+#include "scheduler/inputs.h"
 #include "scheduler/scheduler.h"
 
 namespace zfarm::scheduler {
@@ -105,8 +111,19 @@ struct ServerOptions {
   absl::Duration tick_interval = absl::Milliseconds(100);
   // Receives the metrics (may be null).
   std::shared_ptr<prometheus::Registry> registry;
-  // Largest gRPC message accepted (RESOURCE_EXHAUSTED beyond).
-  int max_message_bytes = 16 << 20;
+  // Largest gRPC message accepted (RESOURCE_EXHAUSTED beyond); 0 = room for two
+  // pictures of scheduler.limits.max_input_bytes and the rest of a spec
+  // (MaxMessageBytesFor()).
+  int max_message_bytes = 0;
+  // --input-root: ImageInput.path is read from here (read-only, confined like the
+  // output root). Empty = path inputs are refused.
+  std::string input_root;
+  // How often the input store (<state-dir>/inputs) is swept of pictures no job
+  // references any more, and how long an unreferenced picture is kept after it
+  // was last submitted (a submit not yet journaled is not referenced).
+  // InfiniteDuration() = never swept by the timer (SweepInputs() still works).
+  absl::Duration input_sweep_interval = absl::Minutes(10);
+  absl::Duration input_sweep_min_age = absl::Hours(1);
   // Concurrent WatchJob/WatchJobs/GetResult streams per client (its principal,
   // or its IP address when anonymous); 0 = unlimited. RESOURCE_EXHAUSTED beyond.
   int max_streams_per_client = 1024;
@@ -125,6 +142,12 @@ class SchedulerServer {
   // "127.0.0.1:<port>" style address clients can dial.
   std::string address() const;
   Scheduler* scheduler() { return scheduler_.get(); }
+  InputStore* inputs() { return inputs_.get(); }
+  // Removes the stored pictures that no job the scheduler still holds references
+  // (jobs leave with --retention / --max-finished-jobs) and that were last
+  // submitted more than input_sweep_min_age ago. Returns how many were removed.
+  // Runs every input_sweep_interval on the timer thread.
+  absl::StatusOr<int> SweepInputs();
   grpc::Server* grpc_server() { return server_.get(); }
 
   // Idempotent: NOT_SERVING, stops accepting, ends streams (waits up to `grace`
@@ -138,12 +161,18 @@ class SchedulerServer {
   std::string host_;
   int port_ = 0;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<InputStore> inputs_;
+  absl::Duration input_sweep_min_age_;
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   absl::Notification stop_;
   std::thread ticker_;
   bool shut_down_ = false;
 };
+
+// The gRPC receive limit that fits a SubmitJob with two pictures of
+// `max_input_bytes` each and the rest of its spec: 2 * max_input_bytes + 1 MiB.
+int MaxMessageBytesFor(int64_t max_input_bytes);
 
 // Asks grpc.health.v1.Health/Check at `address`; OK if SERVING. `credentials`
 // null = insecure (see security::ClientCredentials for TLS).

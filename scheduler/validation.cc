@@ -3,13 +3,16 @@
 #include <openssl/sha.h>
 
 #include <cmath>
+#include <set>
 #include <string>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "proto/plain_name.h"
+#include "proto/status_macros.h"
 
 namespace zfarm::scheduler {
 namespace {
@@ -27,7 +30,74 @@ absl::Status CheckSize(const Limits& l, const std::string& field, int32_t* v) {
   return absl::OkStatus();
 }
 
+// One ImageInput as far as no I/O is needed (see ValidateAndNormalizeSpec).
+absl::Status CheckImageInput(const Limits& l, const std::string& f,
+                             const zfarm::v1::ImageInput& in) {
+  using zfarm::v1::ImageInput;
+  switch (in.source_case()) {
+    case ImageInput::kData:
+      if (in.data().empty()) return Invalid(f + ".data", "must not be empty");
+      if (static_cast<int64_t>(in.data().size()) > l.max_input_bytes) {
+        return Invalid(f + ".data", absl::StrCat(FormatMiB(in.data().size()),
+                                                 " is over --max-input-bytes (",
+                                                 FormatMiB(l.max_input_bytes), ")"));
+      }
+      return absl::OkStatus();
+    case ImageInput::kPath:
+      if (in.path().empty()) return Invalid(f + ".path", "must not be empty");
+      if (static_cast<int>(in.path().size()) > l.max_input_path_bytes) {
+        return Invalid(f + ".path", absl::StrCat(in.path().size(), " bytes exceeds the limit of ",
+                                                 l.max_input_path_bytes, " bytes"));
+      }
+      if (!IsValidUtf8(in.path())) return Invalid(f + ".path", "is not valid UTF-8");
+      return absl::OkStatus();
+    case ImageInput::kSha256: {
+      bool hex = in.sha256().size() == 64;
+      for (char c : in.sha256()) hex &= (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+      if (!hex) return Invalid(f + ".sha256", "must be 64 lower-case hex digits");
+      return absl::OkStatus();
+    }
+    case ImageInput::SOURCE_NOT_SET:
+      break;
+  }
+  return Invalid(f, "set data (PNG or JPEG bytes) or path (under --input-root)");
+}
+
+absl::Status CheckLoras(const Limits& l, const std::string& f, zfarm::v1::JobSpec* spec) {
+  if (spec->loras_size() > l.max_loras) {
+    return Invalid(f + ".loras", absl::StrCat(spec->loras_size(), " LoRAs exceeds the limit of ",
+                                              l.max_loras));
+  }
+  std::set<std::string> seen;
+  for (int i = 0; i < spec->loras_size(); ++i) {
+    const zfarm::v1::LoraRef& lora = spec->loras(i);
+    const std::string fi = absl::StrCat(f, ".loras[", i, "]");
+    if (lora.name().empty()) return Invalid(fi + ".name", "must not be empty");
+    if (std::string why = PlainNameProblem(lora.name()); !why.empty()) {
+      return Invalid(fi + ".name", why);
+    }
+    if (!IsValidUtf8(lora.name())) return Invalid(fi + ".name", "is not valid UTF-8");
+    if (!seen.insert(lora.name()).second) {
+      return Invalid(fi + ".name", absl::StrCat("\"", lora.name(),
+                                                "\" appears twice (each LoRA at most once)"));
+    }
+    if (lora.has_scale()) {
+      float s = lora.scale();
+      if (!std::isfinite(s) || s < -l.max_lora_scale || s > l.max_lora_scale) {
+        return Invalid(fi + ".scale", absl::StrCat(s, " is outside [", -l.max_lora_scale, ", ",
+                                                   l.max_lora_scale, "]"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+std::string FormatMiB(int64_t bytes) {
+  if (bytes % (1 << 20) == 0) return absl::StrCat(bytes >> 20, " MiB");
+  return absl::StrFormat("%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+}
 
 bool IsValidUtf8(const std::string& s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
@@ -153,7 +223,28 @@ absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
       return Invalid(f + ".quality", absl::StrCat(spec->quality(), " is outside [1, 100]"));
     }
   }
-  return absl::OkStatus();
+  if (spec->has_init_image()) {
+    ZFARM_RETURN_IF_ERROR(CheckImageInput(l, f + ".init_image", spec->init_image()));
+  }
+  if (spec->has_mask_image()) {
+    if (!spec->has_init_image()) {
+      return Invalid(f + ".mask_image",
+                     "needs init_image (inpainting repaints the mask's white part of it)");
+    }
+    ZFARM_RETURN_IF_ERROR(CheckImageInput(l, f + ".mask_image", spec->mask_image()));
+  }
+  if (spec->has_strength()) {
+    float s = spec->strength();
+    if (!spec->has_init_image()) {
+      return Invalid(f + ".strength", "needs init_image (strength is image-to-image only)");
+    }
+    if (!std::isfinite(s) || s <= 0 || s > 1) {
+      return Invalid(f + ".strength", absl::StrCat(s, " is outside (0, 1]"));
+    }
+  } else if (spec->has_init_image()) {
+    spec->set_strength(kDefaultStrength);
+  }
+  return CheckLoras(l, f, spec);
 }
 
 absl::Status ValidateRequestId(const Limits& l, const std::string& f, const std::string& id) {

@@ -6,6 +6,7 @@
 //   "spec.width_px: 300 is not a multiple of 16 (allowed: multiples of 16 in [256, 2048])".
 // Pure functions, no I/O; thread-safe.
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -13,6 +14,9 @@
 #include "zfarm/v1/job.pb.h"
 
 namespace zfarm::scheduler {
+
+// strength of an image-to-image job that sets none (diffusers' default).
+inline constexpr float kDefaultStrength = 0.6f;
 
 // Limits applied at the edge (defaults = the "Bad input" section).
 struct Limits {
@@ -29,14 +33,24 @@ struct Limits {
   int max_request_id_bytes = 256;
   int min_priority = -100;
   int max_priority = 100;
+  // Largest init_image / mask_image in bytes (--max-input-bytes).
+  int64_t max_input_bytes = 16 << 20;
+  int max_input_path_bytes = 1024;
+  int max_loras = 8;
+  float max_lora_scale = 4.0f;  // scales in [-max, max]
   // Checks a non-empty spec.webhook_url against the configured allow-list (the
   // scheduler binds WebhookSender::Validate here). Unset: webhooks are disabled
   // and every webhook_url is refused ("allow-list is empty").
   std::function<absl::Status(const std::string& url)> webhook_validator;
 };
 
-// Checks `spec` and fills defaults (width/height 1024, steps 8). Does not pick a
-// seed. `field` prefixes messages ("spec" or "jobs[3].spec").
+// Checks `spec` and fills defaults (width/height 1024, steps 8, strength 0.6 when
+// init_image is set). Does not pick a seed. `field` prefixes messages ("spec" or
+// "jobs[3].spec"). Image inputs are checked as far as that needs no I/O: which
+// source is set, the byte limit of `data`, that a mask or a strength comes with an
+// init_image; decoding and --input-root paths are InputStore's (inputs.h). LoRAs:
+// at most max_loras, each name once and following the output-name rule, scale
+// finite and in [-max_lora_scale, max_lora_scale].
 absl::Status ValidateAndNormalizeSpec(const Limits& limits, const std::string& field,
                                       zfarm::v1::JobSpec* spec);
 
@@ -51,6 +65,9 @@ absl::Status ValidateLabelSelector(const std::string& field, const std::string& 
 // idempotent resubmission with the original. An absent seed is part of the
 // fingerprint, so "no seed" only matches "no seed".
 std::string SpecFingerprint(const zfarm::v1::JobSpec& normalized_spec);
+
+// "16 MiB" for whole MiB, else "17.2 MiB" (one decimal).
+std::string FormatMiB(int64_t bytes);
 
 // True if `s` is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
 bool IsValidUtf8(const std::string& s);

@@ -1,6 +1,8 @@
 #include "client/batch_plan.h"
 
 #include <fstream>
+#include <map>
+#include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -205,6 +207,96 @@ TEST(RequestIdTest, DefaultPrefix) {
   EXPECT_EQ(DefaultRequestIdPrefix("jenkins-site-42", "rnd"), "jenkins-site-42");
   EXPECT_EQ(DefaultRequestIdPrefix("", "rnd"), "rnd");
   EXPECT_EQ(DefaultRequestIdPrefix(nullptr, "rnd"), "rnd");
+}
+
+// Image-to-image / inpainting keys. Local pictures come from the reader (bytes),
+// *_path keys name --input-root paths; "loras" are "NAME[:SCALE]" strings.
+TEST(ParsePromptsFileTest, ImageKeysAndLoras) {
+  std::map<std::string, std::string> files = {{"in.png", "PNG-A"}, {"m.png", "MASK"}};
+  int reads = 0;
+  FileReader read = [&](const std::string& p) -> absl::StatusOr<std::string> {
+    ++reads;
+    auto it = files.find(p);
+    if (it == files.end()) return absl::InvalidArgumentError("cannot read '" + p + "'");
+    return it->second;
+  };
+  zfarm::v1::JobSpec defaults;  // sizes not given: 1024, or the picture's
+  defaults.set_steps(8);
+  ASSERT_OK_AND_ASSIGN(
+      auto jobs,
+      ParsePromptsFile(
+          "{\"prompt\": \"a\", \"init_image\": \"in.png\", \"mask\": \"m.png\", "
+          "\"strength\": 0.6, \"loras\": [\"ink:0.8\", \"detail\", \"v:2:-1.5\"]}\n"
+          "{\"prompt\": \"b\", \"init_image_path\": \"shots/x.jpg\", \"mask_path\": \"m/x.png\"}\n"
+          "plain\n",
+          "p.jsonl", defaults, {}, read));
+  ASSERT_THAT(jobs, SizeIs(3));
+  const zfarm::v1::JobSpec& a = jobs[0].spec;
+  EXPECT_EQ(a.init_image().data(), "PNG-A");
+  EXPECT_EQ(a.mask_image().data(), "MASK");
+  EXPECT_FLOAT_EQ(a.strength(), 0.6f);
+  EXPECT_EQ(a.width_px(), 0);  // the scheduler takes the picture's size
+  ASSERT_EQ(a.loras_size(), 3);
+  EXPECT_EQ(a.loras(0).name(), "ink");
+  EXPECT_FLOAT_EQ(a.loras(0).scale(), 0.8f);
+  EXPECT_EQ(a.loras(1).name(), "detail");
+  EXPECT_FALSE(a.loras(1).has_scale());
+  EXPECT_EQ(a.loras(2).name(), "v:2");
+  EXPECT_FLOAT_EQ(a.loras(2).scale(), -1.5f);
+  EXPECT_EQ(jobs[1].spec.init_image().path(), "shots/x.jpg");
+  EXPECT_EQ(jobs[1].spec.mask_image().path(), "m/x.png");
+  EXPECT_EQ(jobs[2].spec.width_px(), 1024);  // text-to-image keeps 1024
+  EXPECT_EQ(reads, 2);
+
+  // Object LoRAs are refused with the accepted form; other errors name the line.
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"loras\": [{\"name\": \"ink\", \"scale\": 1}]}",
+                               "f", defaults, {}, read),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("f:1: \"loras\"[0]: write each LoRA as a "
+                                       "\"NAME[:SCALE]\" string"),
+                             HasSubstr("objects are not accepted"))));
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"loras\": \"ink\"}", "f", defaults, {}, read),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("must be an array")));
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"loras\": [\":1\"]}", "f", defaults, {}, read),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty LoRA name")));
+  EXPECT_THAT(
+      ParsePromptsFile("a\n{\"prompt\": \"a\", \"init_image\": \"nope.png\"}", "f", defaults, {},
+                       read),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("f:2: \"init_image\": cannot read 'nope.png'")));
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"strength\": \"high\"}", "f", defaults, {},
+                               read),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"strength\" must be a")));
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"init_image\": \"in.png\"}", "f", defaults,
+                               {}),  // no reader
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("local files")));
+}
+
+TEST(RequestIdTest, ChangesWhenAPictureChanges) {
+  auto id_for = [](const std::string& bytes) {
+    PlannedJob j;
+    j.line = 1;
+    j.spec.set_prompt("a");
+    j.spec.mutable_init_image()->set_data(bytes);
+    return DeriveRequestId("p", j);
+  };
+  EXPECT_EQ(id_for("PNG-A"), id_for("PNG-A"));
+  EXPECT_NE(id_for("PNG-A"), id_for("PNG-B"));
+}
+
+TEST(ParseLoraRefTest, NameAndScale) {
+  ASSERT_OK_AND_ASSIGN(auto a, ParseLoraRef("ink:0.8"));
+  EXPECT_EQ(a.name(), "ink");
+  EXPECT_FLOAT_EQ(a.scale(), 0.8f);
+  ASSERT_OK_AND_ASSIGN(auto b, ParseLoraRef("ink"));
+  EXPECT_FALSE(b.has_scale());
+  ASSERT_OK_AND_ASSIGN(auto c, ParseLoraRef("ink:v2"));  // not a number: part of the name
+  EXPECT_EQ(c.name(), "ink:v2");
+  EXPECT_FALSE(c.has_scale());
+  EXPECT_THAT(ParseLoraRef("ink:"), StatusIs(absl::StatusCode::kInvalidArgument,
+                                             HasSubstr("empty scale")));
+  EXPECT_THAT(ParseLoraRef(""), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("empty LoRA name")));
 }
 
 }  // namespace

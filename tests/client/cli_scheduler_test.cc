@@ -22,6 +22,7 @@
 #include "scheduler/server.h"
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/test_images.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 
 namespace zfarm::client {
@@ -202,6 +203,97 @@ TEST_F(CliSchedulerTest, CancelQueuedByLabelAndList) {
   Result l = Run({"list", "--state", "cancelled", "--json"});
   ASSERT_EQ(l.rc, 0) << l.err;
   EXPECT_THAT(l.lines(), SizeIs(1));
+}
+
+// Image-to-image, inpainting and LoRAs from `zfarm submit` and a prompts file: the
+// pictures travel as bytes (or as --input-root paths), the scheduler keeps their
+// sha256, derived request ids follow the bytes.
+TEST_F(CliSchedulerTest, SubmitAndBatchWithPicturesAndLoras) {
+  StopWorker();
+  if (server_) server_->Shutdown();
+  std::filesystem::create_directories(dir_ + "/inputs/shots");
+  options_.input_root = dir_ + "/inputs";
+  StartScheduler();
+  const std::string in = dir_ + "/in.png", mask = dir_ + "/m.png";
+  std::ofstream(in, std::ios::binary) << zfarm::testing::MakeTestPng(320, 288);
+  std::ofstream(mask, std::ios::binary) << zfarm::testing::MakeTestPng(320, 288, 0, true);
+  std::ofstream(dir_ + "/inputs/shots/a.png", std::ios::binary)
+      << zfarm::testing::MakeTestPng(256, 512);
+  env_["BUILD_TAG"] = "img";
+  auto get = [this](const std::string& id) {
+    auto stub = zfarm::v1::JobService::NewStub(channel_);
+    zfarm::v1::GetJobRequest req;
+    req.set_job_id(id);
+    zfarm::v1::Job job;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub->GetJob(&ctx, req, &job).ok());
+    return job;
+  };
+  Result r = Run({"submit", "--prompt", "a fox", "--init-image", in, "--strength", "0.6", "--mask",
+                  mask, "--lora", "ink:0.8", "--lora", "detail", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  zfarm::v1::Job job = get(r.lines()[0]["job"]);
+  EXPECT_EQ(job.spec().init_image().sha256().size(), 64u);
+  EXPECT_EQ(job.spec().mask_image().sha256().size(), 64u);
+  EXPECT_EQ(job.spec().width_px(), 320);  // from the picture
+  EXPECT_EQ(job.spec().height_px(), 288);
+  EXPECT_FLOAT_EQ(job.spec().strength(), 0.6f);
+  ASSERT_EQ(job.spec().loras_size(), 2);
+  EXPECT_EQ(job.spec().loras(0).name(), "ink");
+  EXPECT_FLOAT_EQ(job.spec().loras(0).scale(), 0.8f);
+  // Same command again: same derived request id, same job. Another picture: new job.
+  Result again = Run({"submit", "--prompt", "a fox", "--init-image", in, "--strength", "0.6",
+                      "--mask", mask, "--lora", "ink:0.8", "--lora", "detail", "--json"});
+  ASSERT_EQ(again.rc, 0) << again.err;
+  EXPECT_EQ(again.lines()[0]["job"], r.lines()[0]["job"]);
+  std::ofstream(in, std::ios::binary) << zfarm::testing::MakeTestPng(320, 304);
+  Result changed = Run({"submit", "--prompt", "a fox", "--init-image", in, "--strength", "0.6",
+                        "--mask", mask, "--lora", "ink:0.8", "--lora", "detail", "--json"});
+  ASSERT_EQ(changed.rc, 0) << changed.err;
+  EXPECT_NE(changed.lines()[0]["job"], r.lines()[0]["job"]);
+  // A path under the scheduler's --input-root.
+  Result byp = Run({"submit", "--prompt", "a fox", "--init-image-path", "shots/a.png", "--json"});
+  ASSERT_EQ(byp.rc, 0) << byp.err;
+  EXPECT_EQ(get(byp.lines()[0]["job"]).spec().height_px(), 512);
+  // Errors: exit 2, naming the flag or the field.
+  Result missing = Run({"submit", "--prompt", "x", "--init-image", dir_ + "/nope.png"});
+  EXPECT_EQ(missing.rc, 2);
+  EXPECT_THAT(missing.err, HasSubstr("--init-image: cannot read"));
+  Result both = Run({"submit", "--prompt", "x", "--init-image", in, "--init-image-path", "a.png"});
+  EXPECT_EQ(both.rc, 2);
+  EXPECT_THAT(both.err, HasSubstr("give one of them"));
+  Result escape = Run({"submit", "--prompt", "x", "--init-image-path", "../in.png"});
+  EXPECT_EQ(escape.rc, 2);
+  EXPECT_THAT(escape.err, HasSubstr("spec.init_image.path"));
+  Result strength = Run({"submit", "--prompt", "x", "--strength", "0.5"});
+  EXPECT_EQ(strength.rc, 2);
+  EXPECT_THAT(strength.err, HasSubstr("spec.strength: needs init_image"));
+  Result nine = Run({"submit", "--prompt", "x", "--lora", "a", "--lora", "b", "--lora", "c",
+                     "--lora", "d", "--lora", "e", "--lora", "f", "--lora", "g", "--lora", "h",
+                     "--lora", "i"});
+  EXPECT_EQ(nine.rc, 2);
+  EXPECT_THAT(nine.err, HasSubstr("spec.loras: 9 LoRAs exceeds the limit of 8"));
+
+  // A prompts file with the same keys.
+  const std::string p = dir_ + "/p.jsonl";
+  std::ofstream(p) << "{\"prompt\": \"one\", \"init_image\": \"" << in
+                   << "\", \"mask\": \"" << mask << "\", \"strength\": 0.5, \"loras\": [\"ink:0.5\"]}\n"
+                   << "{\"prompt\": \"two\", \"init_image_path\": \"shots/a.png\"}\n"
+                   << "three\n";
+  Result b = Run({"batch", "--prompts", p, "--json"});
+  ASSERT_EQ(b.rc, 0) << b.err;
+  ASSERT_THAT(b.lines(), SizeIs(3));
+  zfarm::v1::Job one = get(b.lines()[0]["job"]);
+  EXPECT_EQ(one.spec().width_px(), 320);
+  EXPECT_EQ(one.spec().height_px(), 304);
+  EXPECT_FLOAT_EQ(one.spec().strength(), 0.5f);
+  EXPECT_EQ(one.spec().mask_image().sha256().size(), 64u);
+  EXPECT_EQ(get(b.lines()[1]["job"]).spec().init_image().sha256().size(), 64u);
+  EXPECT_EQ(get(b.lines()[2]["job"]).spec().width_px(), 1024);
+  std::ofstream(p) << "{\"prompt\": \"one\", \"loras\": [{\"name\": \"ink\"}]}\n";
+  Result bad = Run({"batch", "--prompts", p});
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_THAT(bad.err, HasSubstr("objects are not accepted"));
 }
 
 // 200 prompts; the scheduler is stopped and restarted on its journal while the

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -21,6 +22,7 @@
 #include "scheduler/http/webhook_sender.h"
 #include "tests/scheduler/http_test_util.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/test_images.h"
 
 namespace zfarm::scheduler {
 namespace {
@@ -44,6 +46,64 @@ class RestProcessTest : public ::testing::Test {
   void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string dir_;
 };
+
+// Pictures through POST /v1/jobs: base64 bytes (protobuf's JSON mapping) up to
+// --max-input-bytes (a 16 MiB picture is 21.3 MiB of base64), and a path under
+// --input-root; the answers carry the sha256 reference, errors name the field.
+TEST_F(RestProcessTest, PicturesAsBase64AndAsInputRootPaths) {
+  std::filesystem::create_directories(dir_ + "/in/shots");
+  const std::string small = zfarm::testing::MakeTestPng(320, 256);
+  std::ofstream(dir_ + "/in/shots/a.png", std::ios::binary) << small;
+  Subprocess p({ZFARM_SCHEDULER_BIN, "--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0",
+                "--state-dir=" + dir_ + "/state", "--output-root=" + dir_ + "/out",
+                "--input-root=" + dir_ + "/in"},
+               dir_ + "/sched.log");
+  const std::string marker = "REST gateway on port ";
+  std::string port_text = p.WaitForLine(marker, absl::Seconds(30));
+  int port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(absl::StripPrefix(port_text, marker), &port)) << p.ReadLog();
+
+  const std::string big = zfarm::testing::MakeTestPng(512, 512, 16 << 20);
+  json req = {{"spec",
+               {{"prompt", "a fox"},
+                {"strength", 0.6},
+                {"init_image", {{"data", absl::Base64Escape(big)}}},
+                {"mask_image", {{"data", absl::Base64Escape(small)}}},
+                {"loras", {{{"name", "ink"}, {"scale", 0.8}}}}}}};
+  HttpMessage r = HttpCall(port, "POST", "/v1/jobs", req.dump(),
+                           {{"Content-Type", "application/json"}});
+  ASSERT_EQ(r.status, 201) << r.body.substr(0, 500);
+  json job = json::parse(r.body)["job"];
+  EXPECT_EQ(job["spec"]["init_image"]["sha256"].get<std::string>().size(), 64u);
+  EXPECT_FALSE(job["spec"]["init_image"].contains("data"));
+  EXPECT_EQ(job["spec"]["width_px"], 512);
+  EXPECT_EQ(job["spec"]["loras"][0]["name"], "ink");
+  EXPECT_TRUE(std::filesystem::exists(
+      dir_ + "/state/inputs/" + job["spec"]["init_image"]["sha256"].get<std::string>()));
+
+  json by_path = {{"spec", {{"prompt", "a fox"}, {"init_image", {{"path", "shots/a.png"}}}}}};
+  r = HttpCall(port, "POST", "/v1/jobs", by_path.dump());
+  ASSERT_EQ(r.status, 201) << r.body;
+  EXPECT_EQ(json::parse(r.body)["job"]["spec"]["height_px"], 256);
+
+  // Errors: over the limit, not base64, a path out of the root.
+  const std::string over = zfarm::testing::MakeTestPng(64, 64, (16 << 20) + 1);
+  json too_big = {{"spec", {{"prompt", "x"}, {"init_image", {{"data", absl::Base64Escape(over)}}}}}};
+  r = HttpCall(port, "POST", "/v1/jobs", too_big.dump());
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_THAT(json::parse(r.body)["message"].get<std::string>(),
+              HasSubstr("spec.init_image.data: 16.0 MiB is over --max-input-bytes (16 MiB)"));
+  r = HttpCall(port, "POST", "/v1/jobs",
+               R"({"spec":{"prompt":"x","init_image":{"data":"%%%not base64"}}})");
+  EXPECT_EQ(r.status, 400) << r.body;
+  json escape = {{"spec", {{"prompt", "x"}, {"init_image", {{"path", "../state/journal.db"}}}}}};
+  r = HttpCall(port, "POST", "/v1/jobs", escape.dump());
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_THAT(json::parse(r.body)["message"].get<std::string>(),
+              HasSubstr("spec.init_image.path"));
+  int status = p.Stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << p.ReadLog();
+}
 
 TEST_F(RestProcessTest, SubmitGetListCancelOverHttpWithWebhook) {
   HttpReceiver receiver;

@@ -1,7 +1,9 @@
 #include "scheduler/validation.h"
 
+#include <cmath>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -132,6 +134,128 @@ TEST(ValidationTest, FingerprintIsCanonical) {
   b.clear_seed();
   b.set_prompt("a dog");
   EXPECT_NE(SpecFingerprint(a), SpecFingerprint(b));
+}
+
+
+// Image inputs and LoRAs: every check that needs no I/O (decoding and paths are
+// InputStore's, tests/scheduler/inputs_test.cc).
+TEST(ValidationTest, ImageInputsStrengthAndLorasNameFieldAndLimit) {
+  auto bad = [](auto mutate) {
+    v1::JobSpec s = Good();
+    mutate(s);
+    return Check(s);
+  };
+  using v1::JobSpec;
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  // Bytes over --max-input-bytes, with the sizes in MiB.
+  EXPECT_THAT(bad([](JobSpec& s) {
+                s.mutable_init_image()->set_data(std::string(17 * (1 << 20) + (1 << 18), 'x'));
+              }),
+              StatusIs(kInvalid, HasSubstr("spec.init_image.data: 17.2 MiB is over "
+                                           "--max-input-bytes (16 MiB)")));
+  EXPECT_OK(bad([](JobSpec& s) { s.mutable_init_image()->set_data(std::string(16 << 20, 'x')); }));
+  EXPECT_THAT(bad([](JobSpec& s) {
+                s.mutable_init_image()->set_data("x");
+                s.mutable_mask_image()->set_data(std::string((16 << 20) + 1, 'x'));
+              }),
+              StatusIs(kInvalid, HasSubstr("spec.mask_image.data: 16.0 MiB is over")));
+  EXPECT_THAT(bad([](JobSpec& s) { s.mutable_init_image()->set_data(""); }),
+              StatusIs(kInvalid, HasSubstr("spec.init_image.data: must not be empty")));
+  EXPECT_THAT(bad([](JobSpec& s) { s.mutable_init_image(); }),
+              StatusIs(kInvalid, HasSubstr("spec.init_image: set data")));
+  EXPECT_THAT(bad([](JobSpec& s) { s.mutable_init_image()->set_path(""); }),
+              StatusIs(kInvalid, HasSubstr("spec.init_image.path: must not be empty")));
+  EXPECT_THAT(bad([](JobSpec& s) { s.mutable_init_image()->set_path(std::string(1025, 'a')); }),
+              StatusIs(kInvalid, HasSubstr("spec.init_image.path: 1025 bytes exceeds the limit of "
+                                           "1024")));
+  EXPECT_THAT(bad([](JobSpec& s) { s.mutable_init_image()->set_sha256("abc"); }),
+              StatusIs(kInvalid, HasSubstr("spec.init_image.sha256: must be 64")));
+  EXPECT_OK(bad([](JobSpec& s) { s.mutable_init_image()->set_sha256(std::string(64, 'a')); }));
+  // A mask needs an image (diffusers' inpaint pipeline requires `image`).
+  EXPECT_THAT(bad([](JobSpec& s) { s.mutable_mask_image()->set_data("x"); }),
+              StatusIs(kInvalid, HasSubstr("spec.mask_image: needs init_image")));
+  // strength: (0, 1], only with an image.
+  EXPECT_THAT(bad([](JobSpec& s) { s.set_strength(0.5f); }),
+              StatusIs(kInvalid, HasSubstr("spec.strength: needs init_image")));
+  for (float st : {0.0f, -0.1f, 1.01f, std::nanf(""), INFINITY}) {
+    EXPECT_THAT(bad([st](JobSpec& s) {
+                  s.mutable_init_image()->set_data("x");
+                  s.set_strength(st);
+                }),
+                StatusIs(kInvalid, AllOf(HasSubstr("spec.strength"), HasSubstr("(0, 1]"))))
+        << st;
+  }
+  for (float st : {1.0f, 0.01f}) {
+    EXPECT_OK(bad([st](JobSpec& s) {
+      s.mutable_init_image()->set_data("x");
+      s.set_strength(st);
+    }));
+  }
+  // LoRAs: at most 8, each once, plain names, scale in [-4, 4].
+  EXPECT_THAT(bad([](JobSpec& s) {
+                for (int i = 0; i < 9; ++i) s.add_loras()->set_name(absl::StrCat("l", i));
+              }),
+              StatusIs(kInvalid, HasSubstr("spec.loras: 9 LoRAs exceeds the limit of 8")));
+  EXPECT_OK(bad([](JobSpec& s) {
+    for (int i = 0; i < 8; ++i) s.add_loras()->set_name(absl::StrCat("l", i));
+  }));
+  EXPECT_THAT(bad([](JobSpec& s) {
+                s.add_loras()->set_name("ink");
+                s.add_loras()->set_name("ink");
+              }),
+              StatusIs(kInvalid, HasSubstr("spec.loras[1].name: \"ink\" appears twice")));
+  EXPECT_THAT(bad([](JobSpec& s) { s.add_loras(); }),
+              StatusIs(kInvalid, HasSubstr("spec.loras[0].name: must not be empty")));
+  for (const char* name : {"../ink", "a/b", "a\\b", "..", "tab\there"}) {
+    EXPECT_THAT(bad([name](JobSpec& s) { s.add_loras()->set_name(name); }),
+                StatusIs(kInvalid, HasSubstr("spec.loras[0].name: must not contain")))
+        << name;
+  }
+  EXPECT_THAT(bad([](JobSpec& s) { s.add_loras()->set_name(std::string(129, 'a')); }),
+              StatusIs(kInvalid, HasSubstr("spec.loras[0].name: 129 bytes exceeds the limit of "
+                                           "128")));
+  EXPECT_THAT(bad([](JobSpec& s) { s.add_loras()->set_name("bad \xff"); }),
+              StatusIs(kInvalid, HasSubstr("spec.loras[0].name: is not valid UTF-8")));
+  for (float sc : {4.01f, -4.5f, std::nanf(""), -INFINITY}) {
+    EXPECT_THAT(bad([sc](JobSpec& s) {
+                  s.add_loras()->set_name("a");
+                  auto* l = s.add_loras();
+                  l->set_name("b");
+                  l->set_scale(sc);
+                }),
+                StatusIs(kInvalid, AllOf(HasSubstr("spec.loras[1].scale"), HasSubstr("[-4, 4]"))))
+        << sc;
+  }
+  for (float sc : {4.0f, -4.0f, 0.0f}) {
+    EXPECT_OK(bad([sc](JobSpec& s) {
+      auto* l = s.add_loras();
+      l->set_name("ink");
+      l->set_scale(sc);
+    }));
+  }
+}
+
+TEST(ValidationTest, ImageToImageDefaultsStrengthAndMiBFormat) {
+  v1::JobSpec s = Good();
+  s.mutable_init_image()->set_data("x");
+  ASSERT_OK(ValidateAndNormalizeSpec(Limits{}, "spec", &s));
+  ASSERT_TRUE(s.has_strength());
+  EXPECT_FLOAT_EQ(s.strength(), kDefaultStrength);
+  v1::JobSpec plain = Good();
+  ASSERT_OK(ValidateAndNormalizeSpec(Limits{}, "spec", &plain));
+  EXPECT_FALSE(plain.has_strength());  // text-to-image specs stay as they were
+  EXPECT_EQ(FormatMiB(16 << 20), "16 MiB");
+  EXPECT_EQ(FormatMiB((16 << 20) + 1), "16.0 MiB");
+  EXPECT_EQ(FormatMiB(1 << 19), "0.5 MiB");
+  // A smaller --max-input-bytes is the one named.
+  Limits l;
+  l.max_input_bytes = 1 << 20;
+  v1::JobSpec big = Good();
+  big.mutable_init_image()->set_data(std::string((1 << 20) + (1 << 19), 'x'));
+  EXPECT_THAT(ValidateAndNormalizeSpec(l, "jobs[2].spec", &big),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("jobs[2].spec.init_image.data: 1.5 MiB is over "
+                                 "--max-input-bytes (1 MiB)")));
 }
 
 }  // namespace

@@ -358,12 +358,13 @@ TEST_F(BadInputTest, InvalidUtf8AndOversizedMessagesOverGrpc) {
   std::cout << "invalid UTF-8 over gRPC: code " << st.error_code() << " \"" << st.error_message()
             << "\"" << std::endl;
 
-  // Over --max-message-bytes (16 MiB): refused by gRPC, the limit in the message.
+  // Over --max-message-bytes (by default 2 x --max-input-bytes + 1 MiB = 33 MiB, room
+  // for an init image and a mask): refused by gRPC, the limit in the message.
   v1::SubmitJobRequest huge = Good();
-  huge.mutable_spec()->set_prompt(std::string((16 << 20) + 1024, 'x'));
+  huge.mutable_spec()->set_prompt(std::string((33 << 20) + 1024, 'x'));
   grpc::Status s = Submit(huge);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
-  EXPECT_THAT(s.error_message(), HasSubstr("16777216"));
+  EXPECT_THAT(s.error_message(), HasSubstr("34603008"));
   EXPECT_TRUE(Submit(Good()).ok());  // and the scheduler is still fine
 }
 
@@ -431,15 +432,23 @@ TEST_F(BadInputTest, RestMalformedBodiesAreRefusedNamingWhatIsWrong) {
 }
 
 TEST_F(BadInputTest, RestHugeBodiesAreRefusedWithTheLimit) {
-  // Over the gateway's 1 MiB body limit, with a Content-Length and chunked.
-  const std::string huge = R"({"spec":{"prompt":")" + std::string(2 << 20, 'x') + R"("}})";
+  // Over the gateway's body limit, with a Content-Length and chunked. The binary's
+  // limit leaves room for two base64 pictures of --max-input-bytes (16 MiB):
+  // 2 * 22369624 + 1 MiB = 45787824 bytes.
+  const std::string huge = R"({"spec":{"prompt":")" + std::string(46 << 20, 'x') + R"("}})";
   Http h = Curl("POST", "/v1/jobs", huge);
   EXPECT_EQ(h.status, 413) << h.body.substr(0, 300);
-  EXPECT_THAT(h.Json().value("message", ""), HasSubstr("1048576"));
+  EXPECT_THAT(h.Json().value("message", ""), HasSubstr("45787824"));
   h = Curl("POST", "/v1/jobs", huge,
            "-H 'Content-Type: application/json' -H 'Transfer-Encoding: chunked'");
   EXPECT_EQ(h.status, 413) << h.body.substr(0, 300);
-  EXPECT_THAT(h.Json().value("message", ""), HasSubstr("1048576"));
+  EXPECT_THAT(h.Json().value("message", ""), HasSubstr("45787824"));
+  // A 2 MiB body (over the HTTP server's own 1 MiB default) is read now: the
+  // field's limit is named.
+  const std::string two = R"({"spec":{"prompt":")" + std::string(2 << 20, 'x') + R"("}})";
+  h = Curl("POST", "/v1/jobs", two);
+  EXPECT_EQ(h.status, 400) << h.body.substr(0, 300);
+  EXPECT_THAT(h.Json().value("message", ""), HasSubstr("spec.prompt: 2097152 bytes exceeds"));
   // Just under the body limit but over the prompt limit: the field's limit is named.
   const std::string big_prompt = R"({"spec":{"prompt":")" + std::string(500000, 'x') + R"("}})";
   h = Curl("POST", "/v1/jobs", big_prompt);

@@ -37,6 +37,8 @@ absl::StatusOr<std::unique_ptr<FakeWorker>> FakeWorker::Connect(
   h->set_capacity(o.capacity);
   h->set_dtype("float32");
   for (const auto& l : o.held_leases) *h->add_held_leases() = l;
+  for (const auto& f : o.features) h->add_features(f);
+  for (const auto& l : o.loras) *h->add_loras() = l;
   if (auto s = w->Send(m); !s.ok()) return s;
   auto welcome = w->NextMessage(v1::SchedulerMessage::kWelcome, timeout);
   if (!welcome.ok()) return welcome.status();

@@ -41,6 +41,9 @@ class FakeWorker {
     bool send_hello = true;
     // Bearer token sent with Connect ("" = none).
     std::string token;
+    // WorkerHello.features ("img2img", "inpaint") and .loras.
+    std::vector<std::string> features;
+    std::vector<zfarm::v1::LoraInfo> loras;
   };
 
   // Opens the stream and sends hello; waits for Welcome (unless !send_hello).
