@@ -406,13 +406,30 @@ void Scheduler::CancelJobLocked(JobRecord& r, v1::FailureReason reason, const st
   }
 }
 
-bool Scheduler::CanRunLocked(const Worker& w, const JobRecord& r) const {
-  const v1::JobSpec& s = r.job.spec();
-  if (!s.model().empty() && s.model() != w.hello.model()) return false;
-  if (w.hello.max_width_px() > 0 && s.width_px() > w.hello.max_width_px()) return false;
-  if (w.hello.max_height_px() > 0 && s.height_px() > w.hello.max_height_px()) return false;
-  if (r.min_memory_bytes > 0 && w.hello.memory_total_bytes() < r.min_memory_bytes) return false;
-  return true;
+Scheduler::AffinityIndex Scheduler::AffinityIndexLocked() const {
+  AffinityIndex index;
+  if (options_.lora_affinity_wait <= absl::ZeroDuration()) return index;
+  for (const Worker* v : registry_.All()) {
+    if (v->state == v1::WORKER_STATE_READY && v->sink) {
+      index[WorkerRegistry::LoraSetKey(v->active_loras)].push_back(v);
+    }
+  }
+  return index;
+}
+
+bool Scheduler::WaitsForAffinityLocked(const Worker& w, const std::string& w_key,
+                                       const JobRecord& r, const AffinityIndex& index,
+                                       absl::Time now) const {
+  if (index.empty() || r.job.spec().loras_size() == 0) return false;
+  const std::string want = WorkerRegistry::LoraSetKey(r.job.spec());
+  if (want == w_key) return false;
+  if (now - FromProto(r.job.create_time()) >= options_.lora_affinity_wait) return false;
+  auto it = index.find(want);
+  if (it == index.end()) return false;
+  for (const Worker* v : it->second) {
+    if (v != &w && WorkerRegistry::CanRun(*v, r.job.spec(), r.min_memory_bytes)) return true;
+  }
+  return false;
 }
 
 void Scheduler::DispatchLocked(Txn& txn) {
@@ -421,13 +438,17 @@ void Scheduler::DispatchLocked(Txn& txn) {
   absl::Time now = clock_->Now();
   // A copy: AddLease() takes a worker that fills up out of free().
   const std::vector<std::string> free(registry_.free().begin(), registry_.free().end());
+  const AffinityIndex affinity = AffinityIndexLocked();
   for (const std::string& name : free) {
     Worker& w = *registry_.Find(name);
+    const std::string w_key = WorkerRegistry::LoraSetKey(w.active_loras);
     std::map<std::pair<int, int>, v1::Assignment> by_size;
     while (static_cast<int>(w.leases.size()) < w.hello.capacity() && queue.size() > 0) {
       // Pick() calls the predicate synchronously, still under mu_.
       auto picked = queue.Pick(now, [&](const std::string& id) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        return CanRunLocked(w, *store_.Find(id));
+        const JobRecord& r = *store_.Find(id);
+        return WorkerRegistry::CanRun(w, r.job.spec(), r.min_memory_bytes) &&
+               !WaitsForAffinityLocked(w, w_key, r, affinity, now);
       });
       if (!picked) break;
       JobRecord& r = *store_.Find(*picked);
@@ -885,6 +906,7 @@ absl::StatusOr<uint64_t> Scheduler::WorkerHello(const v1::WorkerHello& hello,
   if (hello.max_width_px() < 0 || hello.max_height_px() < 0 || hello.memory_total_bytes() < 0) {
     return absl::InvalidArgumentError("hello: sizes and memory must not be negative");
   }
+  ZFARM_RETURN_IF_ERROR(WorkerRegistry::ValidateCapabilities(hello));
   absl::MutexLock lock(&mu_);
   if (shut_down_) return absl::UnavailableError("scheduler is shutting down");
   Txn txn;
@@ -1009,8 +1031,8 @@ absl::Status Scheduler::WorkerMessage(uint64_t session, const v1::WorkerMessage&
 }
 
 absl::Status Scheduler::OnHeartbeatLocked(Worker& w, const v1::WorkerHeartbeat& hb, Txn&) {
-  w.hello.set_memory_free_bytes(hb.memory_free_bytes());
-  return absl::OkStatus();
+  // A new catalog or active set may let queued jobs run: the caller dispatches.
+  return WorkerRegistry::Heartbeat(w, hb);
 }
 
 absl::Status Scheduler::OnStatusLocked(Worker& w, const v1::WorkerStatus& st, Txn&) {

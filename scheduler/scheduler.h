@@ -102,9 +102,10 @@ class Scheduler {
     double aging_per_minute = 1.0;
     // Lost workers stay in ListWorkers this long.
     absl::Duration lost_worker_ttl = absl::Minutes(10);
-    // LoRA affinity: how long a queued job with LoRAs may wait for a worker whose
-    // applied LoRA set is the job's before any capable worker takes it
-    // (--lora-affinity-wait).
+    // LoRA affinity: how long (from submit) a queued job with LoRAs may wait for a
+    // worker whose applied LoRA set is the job's, while one is connected, before any
+    // capable worker takes it (--lora-affinity-wait). Jobs behind it are not held
+    // up. 0 = no affinity.
     absl::Duration lora_affinity_wait = absl::Seconds(10);
     int64_t fake_fs_type = 0;  // tests: see Journal::Options
     // Called with the job's final view once a SUCCEEDED/FAILED/CANCELLED
@@ -235,7 +236,15 @@ class Scheduler {
   void WorkerLostLocked(Worker& w, const std::string& why, Txn& txn)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DispatchLocked(Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool CanRunLocked(const Worker& w, const JobRecord& r) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // READY, connected workers by active LoRA set (WorkerRegistry::LoraSetKey).
+  using AffinityIndex = absl::flat_hash_map<std::string, std::vector<const Worker*>>;
+  AffinityIndex AffinityIndexLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // True if `r` should not go to `w` now: `w`'s active LoRA set (`w_key`) is not
+  // the job's, another capable worker's is, and the job has waited less than
+  // lora_affinity_wait.
+  bool WaitsForAffinityLocked(const Worker& w, const std::string& w_key, const JobRecord& r,
+                              const AffinityIndex& index, absl::Time now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CancelJobLocked(JobRecord& r, zfarm::v1::FailureReason reason, const std::string& message,
                        Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   JobRecord* FindLeaseLocked(const Worker& w, const zfarm::v1::LeaseId& lease)

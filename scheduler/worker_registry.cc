@@ -4,6 +4,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
 
@@ -20,6 +22,75 @@ absl::Status UnknownWorker(const std::string& name) {
   return absl::NotFoundError(absl::StrCat("worker_name: no worker \"", name, "\""));
 }
 }  // namespace
+
+// ---------------------------------------------------------------- capabilities
+
+bool WorkerRegistry::CanRun(const Worker& w, const v1::JobSpec& s, int64_t min_memory_bytes) {
+  const v1::WorkerHello& h = w.hello;
+  if (!s.model().empty() && s.model() != h.model()) return false;
+  if (h.max_width_px() > 0 && s.width_px() > h.max_width_px()) return false;
+  if (h.max_height_px() > 0 && s.height_px() > h.max_height_px()) return false;
+  if (min_memory_bytes > 0 && h.memory_total_bytes() < min_memory_bytes) return false;
+  auto has_feature = [&](absl::string_view f) {
+    return std::find(h.features().begin(), h.features().end(), f) != h.features().end();
+  };
+  if (s.has_init_image() && !has_feature(kFeatureImg2Img)) return false;
+  if (s.has_mask_image() && !has_feature(kFeatureInpaint)) return false;
+  if (s.loras_size() > 0) {
+    if (!has_feature(kFeatureLora)) return false;
+    for (const v1::LoraRef& l : s.loras()) {
+      const bool known = std::any_of(h.loras().begin(), h.loras().end(),
+                                     [&](const v1::LoraInfo& i) { return i.name() == l.name(); });
+      if (!known) return false;
+    }
+  }
+  return true;
+}
+
+std::string WorkerRegistry::LoraSetKey(std::vector<std::string> names) {
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  return absl::StrJoin(names, "\n");  // names hold no control characters
+}
+
+std::string WorkerRegistry::LoraSetKey(const v1::JobSpec& spec) {
+  std::vector<std::string> names;
+  for (const v1::LoraRef& l : spec.loras()) names.push_back(l.name());
+  return LoraSetKey(std::move(names));
+}
+
+absl::Status WorkerRegistry::ValidateCapabilities(const v1::WorkerHello& hello) {
+  if (hello.features_size() > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hello.features: ", hello.features_size(), " entries exceed the limit of 64"));
+  }
+  for (const std::string& f : hello.features()) {
+    if (f.empty() || f.size() > 128) {
+      return absl::InvalidArgumentError("hello.features: each must be 1..128 bytes");
+    }
+  }
+  if (hello.loras_size() > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hello.loras: ", hello.loras_size(), " entries exceed the limit of 4096"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerRegistry::Heartbeat(Worker& w, const v1::WorkerHeartbeat& hb) {
+  if (hb.has_lora_catalog() && hb.lora_catalog().loras_size() > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat("heartbeat.lora_catalog.loras: ",
+                                                   hb.lora_catalog().loras_size(),
+                                                   " entries exceed the limit of 4096"));
+  }
+  if (hb.active_loras_size() > 64) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "heartbeat.active_loras: ", hb.active_loras_size(), " entries exceed the limit of 64"));
+  }
+  w.hello.set_memory_free_bytes(hb.memory_free_bytes());
+  if (hb.has_lora_catalog()) *w.hello.mutable_loras() = hb.lora_catalog().loras();
+  w.active_loras.assign(hb.active_loras().begin(), hb.active_loras().end());
+  return absl::OkStatus();
+}
 
 // ---------------------------------------------------------------- binding
 
@@ -238,6 +309,10 @@ v1::WorkerInfo WorkerRegistry::Info(const Worker& w) {
   i.set_capacity(w.hello.capacity());
   i.set_version(w.hello.version());
   *i.mutable_connect_time() = ToProto(w.connect_time);
+  *i.mutable_loras() = w.hello.loras();
+  for (const std::string& a : w.active_loras) i.add_active_loras(a);
+  *i.mutable_features() = w.hello.features();
+  i.set_dtype(w.hello.dtype());
   return i;
 }
 

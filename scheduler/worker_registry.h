@@ -59,11 +59,30 @@ class WorkerRegistry {
     absl::Time last_seen_mono, lost_mono;           // monotonic: silence, lost TTL
     int64_t jobs_done = 0, jobs_failed = 0;
     int consecutive_failures = 0;
-    // From heartbeats: the LoRAs applied right now (affinity).
+    // From heartbeats: the LoRAs applied right now (affinity), in order.
     std::vector<std::string> active_loras;
     const std::string& name() const { return hello.worker_name(); }
     bool HasFreeSlot() const { return static_cast<int>(leases.size()) < hello.capacity(); }
   };
+
+  // ---- Capabilities. A job runs only on a worker that has everything it needs: its
+  // model (if named), its size (within max_width/height_px), the memory an earlier
+  // OUT_OF_MEMORY showed it needs, the features its inputs need (init_image ->
+  // "img2img", mask_image -> "inpaint", loras -> "lora") and every LoRA it names.
+  // A job no connected worker can run stays QUEUED until one connects (or its
+  // deadline passes), whatever the reason.
+  static constexpr char kFeatureImg2Img[] = "img2img";
+  static constexpr char kFeatureInpaint[] = "inpaint";
+  static constexpr char kFeatureLora[] = "lora";
+  static bool CanRun(const Worker& w, const zfarm::v1::JobSpec& spec, int64_t min_memory_bytes);
+  // The set of LoRA names, canonical (sorted, unique), as one comparable key.
+  static std::string LoraSetKey(std::vector<std::string> names);
+  static std::string LoraSetKey(const zfarm::v1::JobSpec& spec);
+  // INVALID_ARGUMENT naming the field if the hello's features or LoRA catalog are
+  // out of bounds (at most 64 entries of at most 128 bytes / 4096 LoRAs).
+  static absl::Status ValidateCapabilities(const zfarm::v1::WorkerHello& hello);
+  // A heartbeat: free memory, the LoRA catalog (when sent) and the active LoRAs.
+  static absl::Status Heartbeat(Worker& w, const zfarm::v1::WorkerHeartbeat& hb);
 
   // ---- Principal binding (journaled).
   // OK if `name` is unbound (binds it to `principal`, appending the journal op)

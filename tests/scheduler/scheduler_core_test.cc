@@ -1,6 +1,7 @@
 // The Scheduler core with a FakeClock and in-memory worker/event sinks (no gRPC;
 // fixture in core_fixture.h).
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -569,6 +570,182 @@ TEST_F(SchedulerCoreTest, ExportsPrometheusMetrics) {
   EXPECT_EQ(Metric(*registry, "zfarm_queue_depth", "-1"), 1);
   EXPECT_EQ(Metric(*registry, "zfarm_jobs", "queued"), 3);
   EXPECT_EQ(Metric(*registry, "zfarm_jobs", "JOB_STATE_QUEUED"), -1);  // the old label value
+}
+
+// ---------------------------------------------------------------- capabilities
+
+namespace {
+v1::WorkerHello CapableHello(const std::string& name, std::vector<std::string> features,
+                             std::vector<std::string> loras) {
+  v1::WorkerHello h;
+  h.set_worker_name(name);
+  h.set_capacity(1);
+  h.set_memory_total_bytes(int64_t{80} << 30);
+  h.set_model("z-image-turbo");
+  h.set_dtype("bfloat16");
+  for (auto& f : features) h.add_features(f);
+  for (auto& l : loras) {
+    auto* i = h.add_loras();
+    i->set_name(l);
+    i->set_sha256(std::string(64, 'a'));
+  }
+  return h;
+}
+v1::WorkerMessage ActiveLoras(std::vector<std::string> names) {
+  v1::WorkerMessage m;
+  m.mutable_heartbeat()->set_memory_free_bytes(1);
+  for (auto& n : names) m.mutable_heartbeat()->add_active_loras(n);
+  return m;
+}
+}  // namespace
+
+class CapabilityTest : public SchedulerCoreTest {
+ protected:
+  uint64_t ConnectWith(const v1::WorkerHello& h, std::shared_ptr<RecordingSink> sink) {
+    auto s = sched_->WorkerHello(h, sink);
+    EXPECT_OK(s.status());
+    Sync();
+    return s.ok() ? *s : 0;
+  }
+  std::string SubmitSpec(const std::string& id, const std::function<void(v1::JobSpec&)>& edit) {
+    v1::SubmitJobRequest r = Request(id);
+    edit(*r.mutable_spec());
+    auto resp = SubmitAs("anonymous", r);
+    EXPECT_OK(resp.status());
+    return resp.ok() ? resp->job().job_id() : "";
+  }
+  static void WithLora(v1::JobSpec& s, const std::string& name) {
+    s.add_loras()->set_name(name);
+  }
+};
+
+TEST_F(CapabilityTest, JobsGoOnlyToWorkersWithTheirFeaturesAndLoras) {
+  options_.lora_affinity_wait = absl::ZeroDuration();
+  Open();
+  auto plain = std::make_shared<RecordingSink>();
+  ConnectWith(CapableHello("plain", {}, {}), plain);
+  // Nobody can run these yet: they stay QUEUED (as a size no worker renders does).
+  const std::string img = SubmitSpec("img", [](v1::JobSpec& s) {
+    s.mutable_init_image()->set_path("in.png");
+  });
+  const std::string lora = SubmitSpec("lora", [](v1::JobSpec& s) { WithLora(s, "brand"); });
+  EXPECT_TRUE(plain->TakeLeases().empty());
+  EXPECT_EQ(Get(img).state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(Get(lora).state(), v1::JOB_STATE_QUEUED);
+  // A LoRA worker without "brand" in its catalog does not get the LoRA job.
+  auto other = std::make_shared<RecordingSink>();
+  ConnectWith(CapableHello("other-lora", {"lora"}, {"other"}), other);
+  EXPECT_TRUE(other->TakeLeases().empty());
+  // The file without the "lora" feature is not enough...
+  auto file_only = std::make_shared<RecordingSink>();
+  ConnectWith(CapableHello("file-only", {}, {"brand"}), file_only);
+  EXPECT_TRUE(file_only->TakeLeases().empty());
+  // ...and neither is another feature.
+  auto no_feature = std::make_shared<RecordingSink>();
+  ConnectWith(CapableHello("no-feature", {"img2img"}, {"brand"}), no_feature);
+  auto got = no_feature->TakeLeases();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].lease().job_id(), img);  // img2img yes, the LoRA job no
+  auto brand = std::make_shared<RecordingSink>();
+  ConnectWith(CapableHello("brand", {"lora"}, {"brand"}), brand);
+  got = brand->TakeLeases();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].lease().job_id(), lora);
+  // Inpainting needs "inpaint" as well.
+  const std::string mask = SubmitSpec("mask", [](v1::JobSpec& s) {
+    s.mutable_init_image()->set_path("in.png");
+    s.mutable_mask_image()->set_path("m.png");
+  });
+  auto img_only = std::make_shared<RecordingSink>();
+  ConnectWith(CapableHello("img-only", {"img2img"}, {}), img_only);
+  EXPECT_TRUE(img_only->TakeLeases().empty());
+  auto inpaint = std::make_shared<RecordingSink>();
+  ConnectWith(CapableHello("inpaint", {"img2img", "inpaint"}, {}), inpaint);
+  got = inpaint->TakeLeases();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].lease().job_id(), mask);
+
+  // ListWorkers shows what each worker can do.
+  bool seen = false;
+  for (const v1::WorkerInfo& i : sched_->ListWorkers()) {
+    if (i.worker_name() != "brand") continue;
+    seen = true;
+    EXPECT_EQ(i.dtype(), "bfloat16");
+    ASSERT_EQ(i.features_size(), 1);
+    EXPECT_EQ(i.features(0), "lora");
+    ASSERT_EQ(i.loras_size(), 1);
+    EXPECT_EQ(i.loras(0).name(), "brand");
+  }
+  EXPECT_TRUE(seen);
+}
+
+TEST_F(CapabilityTest, HeartbeatCatalogLetsAQueuedLoraJobRun) {
+  Open();
+  auto w = std::make_shared<RecordingSink>();
+  uint64_t sw = ConnectWith(CapableHello("w", {"lora"}, {}), w);
+  const std::string id = SubmitSpec("late", [](v1::JobSpec& s) { WithLora(s, "fresh"); });
+  EXPECT_TRUE(w->TakeLeases().empty());
+  v1::WorkerMessage hb = ActiveLoras({});
+  auto* info = hb.mutable_heartbeat()->mutable_lora_catalog()->add_loras();
+  info->set_name("fresh");
+  ASSERT_OK(Msg(sw, hb));
+  auto got = w->TakeLeases();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].lease().job_id(), id);
+  ASSERT_EQ(sched_->ListWorkers()[0].loras_size(), 1);
+}
+
+TEST_F(CapabilityTest, AffinityPrefersAWorkerWithTheJobsLorasActive) {
+  Open();
+  // "a-cold" sorts first, so without affinity it would get the job.
+  auto cold = std::make_shared<RecordingSink>();
+  ConnectWith(CapableHello("a-cold", {"lora"}, {"brand"}), cold);
+  auto warm = std::make_shared<RecordingSink>();
+  uint64_t sw = ConnectWith(CapableHello("b-warm", {"lora"}, {"brand"}), warm);
+  ASSERT_OK(Msg(sw, ActiveLoras({"brand"})));
+  const std::string id = SubmitSpec("j", [](v1::JobSpec& s) { WithLora(s, "brand"); });
+  auto got = warm->TakeLeases();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].lease().job_id(), id);
+  EXPECT_TRUE(cold->TakeLeases().empty());
+}
+
+TEST_F(CapabilityTest, AffinityWaitIsBoundedAndOtherJobsDoNotStarve) {
+  options_.lora_affinity_wait = absl::Seconds(10);
+  Open();
+  // The warm worker is busy; the cold one is free.
+  auto warm = std::make_shared<RecordingSink>();
+  uint64_t sw = ConnectWith(CapableHello("warm", {"lora"}, {"brand"}), warm);
+  ASSERT_OK(Msg(sw, ActiveLoras({"brand"})));
+  const std::string first = SubmitSpec("first", [](v1::JobSpec& s) { WithLora(s, "brand"); });
+  ASSERT_EQ(warm->TakeLeases().size(), 1u);
+  auto cold = std::make_shared<RecordingSink>();
+  const uint64_t sc = ConnectWith(CapableHello("cold", {"lora"}, {"brand"}), cold);
+  const std::string waiting = SubmitSpec("waiting", [](v1::JobSpec& s) { WithLora(s, "brand"); });
+  // A plain job behind it is not held up: it takes the cold worker at once.
+  ASSERT_OK_AND_ASSIGN(auto plain, Submit("plain"));
+  auto got = cold->TakeLeases();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].lease().job_id(), plain.job().job_id());
+  EXPECT_EQ(Get(waiting).state(), v1::JOB_STATE_QUEUED);
+  // The cold worker frees up; the LoRA job still waits for the warm one...
+  ASSERT_OK(Msg(sc, Started(got[0].lease())));
+  WriteResult(got[0]);
+  ASSERT_OK(Msg(sc, Commit(got[0])));
+  ASSERT_OK(Msg(sc, Finalized(got[0].lease())));
+  clock_.Advance(absl::Seconds(5));
+  sched_->Tick();
+  Sync();
+  EXPECT_TRUE(cold->TakeLeases().empty());
+  EXPECT_EQ(Get(waiting).state(), v1::JOB_STATE_QUEUED);
+  // ...but no longer than lora_affinity_wait: then any capable worker takes it.
+  clock_.Advance(absl::Seconds(6));
+  sched_->Tick();
+  Sync();
+  got = cold->TakeLeases();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].lease().job_id(), waiting);
+  EXPECT_EQ(Get(first).state(), v1::JOB_STATE_ASSIGNED);
 }
 
 }  // namespace

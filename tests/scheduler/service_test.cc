@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "scheduler/server.h"
 #include "tests/testing/fake_clock.h"
+#include "tests/testing/farm_client.h"
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
@@ -365,6 +366,52 @@ TEST_F(ServiceTest, AdminListAndDrain) {
   grpc::Status s = admin_->ResumeWorker(Ctx().get(), rr, &rresp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(s.error_message(), HasSubstr("nobody"));
+}
+
+TEST_F(ServiceTest, CapabilitiesOverTheWireRouteJobsAndShowInListWorkers) {
+  Start();
+  FakeWorker::Options po;
+  po.name = "plain";
+  ASSERT_OK_AND_ASSIGN(auto plain, FakeWorker::Connect(farm_->channel(), po));
+  v1::SubmitJobRequest req;
+  req.set_request_id("lora-job");
+  req.mutable_spec()->set_prompt("a logo");
+  req.mutable_spec()->add_loras()->set_name("brand");
+  v1::SubmitJobResponse resp;
+  ASSERT_TRUE(jobs_->SubmitJob(Ctx().get(), req, &resp).ok());
+  EXPECT_FALSE(plain->NextLease(absl::Milliseconds(300)).ok());
+  FakeWorker::Options lo;
+  lo.name = "lora";
+  lo.features = {"lora"};
+  lo.loras.emplace_back().set_name("brand");
+  lo.dtype = "bfloat16";
+  ASSERT_OK_AND_ASSIGN(auto lora, FakeWorker::Connect(farm_->channel(), lo));
+  ASSERT_OK(lora->HeartbeatActive({"brand"}));
+  ASSERT_OK_AND_ASSIGN(v1::Lease lease, lora->NextLease());
+  EXPECT_EQ(lease.lease().job_id(), resp.job().job_id());
+  // The heartbeat travels on the same stream as the lease's messages, in order.
+  ASSERT_OK(lora->Started(lease.lease()));
+  v1::ListWorkersResponse lw;
+  ASSERT_TRUE(zfarm::testing::WaitFor(
+      [&] {
+        lw.Clear();
+        v1::GetJobRequest g;
+        g.set_job_id(resp.job().job_id());
+        v1::Job j;
+        return jobs_->GetJob(Ctx().get(), g, &j).ok() && j.state() == v1::JOB_STATE_RUNNING &&
+               admin_->ListWorkers(Ctx().get(), v1::ListWorkersRequest(), &lw).ok();
+      },
+      absl::Seconds(10)));
+  ASSERT_EQ(lw.workers_size(), 2);
+  const v1::WorkerInfo& info = lw.workers(0);  // sorted by name: "lora" first
+  EXPECT_EQ(info.worker_name(), "lora");
+  EXPECT_EQ(info.dtype(), "bfloat16");
+  ASSERT_EQ(info.features_size(), 1);
+  EXPECT_EQ(info.features(0), "lora");
+  ASSERT_EQ(info.loras_size(), 1);
+  EXPECT_EQ(info.loras(0).name(), "brand");
+  ASSERT_EQ(info.active_loras_size(), 1);
+  EXPECT_EQ(info.active_loras(0), "brand");
 }
 
 TEST_F(ServiceTest, ListJobsFiltersAndPages) {

@@ -35,7 +35,7 @@ absl::StatusOr<std::unique_ptr<FakeWorker>> FakeWorker::Connect(
   h->set_max_width_px(o.max_width_px);
   h->set_max_height_px(o.max_height_px);
   h->set_capacity(o.capacity);
-  h->set_dtype("float32");
+  h->set_dtype(o.dtype);
   for (const auto& l : o.held_leases) *h->add_held_leases() = l;
   for (const auto& f : o.features) h->add_features(f);
   for (const auto& l : o.loras) *h->add_loras() = l;
@@ -115,6 +115,13 @@ absl::Status FakeWorker::Send(const v1::WorkerMessage& m) {
 absl::Status FakeWorker::Heartbeat() {
   v1::WorkerMessage m;
   m.mutable_heartbeat()->set_memory_free_bytes(1);
+  return Send(m);
+}
+
+absl::Status FakeWorker::HeartbeatActive(const std::vector<std::string>& active_loras) {
+  v1::WorkerMessage m;
+  m.mutable_heartbeat()->set_memory_free_bytes(1);
+  for (const auto& name : active_loras) m.mutable_heartbeat()->add_active_loras(name);
   return Send(m);
 }
 

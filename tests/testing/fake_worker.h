@@ -37,6 +37,8 @@ class FakeWorker {
     int max_width_px = 2048;
     int max_height_px = 2048;
     std::vector<zfarm::v1::LeaseId> held_leases;
+    // WorkerHello.dtype.
+    std::string dtype = "float32";
     // Skip the hello (to test protocol errors).
     bool send_hello = true;
     // Bearer token sent with Connect ("" = none).
@@ -64,6 +66,8 @@ class FakeWorker {
   // Sends a heartbeat. The scheduler drops a worker silent for its lease timeout
   // (30 s by default): long tests must call this (or send anything else).
   absl::Status Heartbeat();
+  // A heartbeat saying which LoRAs are applied right now (affinity).
+  absl::Status HeartbeatActive(const std::vector<std::string>& active_loras);
   absl::Status Started(const zfarm::v1::LeaseId& lease);
   absl::Status Progress(const zfarm::v1::LeaseId& lease, int step, int total);
   absl::Status Fail(const zfarm::v1::LeaseId& lease, zfarm::v1::FailureReason reason,
