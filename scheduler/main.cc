@@ -109,6 +109,9 @@ ABSL_FLAG(int32_t, max_watchers_per_job, 256,
           "Concurrent watch streams per job, batch or label selector");
 ABSL_FLAG(int32_t, max_streams_per_client, 1024,
           "Concurrent watch/result streams per client (principal, or IP when anonymous); 0 = off");
+ABSL_FLAG(int64_t, max_watch_backlog_bytes, 1 << 20,
+          "Unsent events (bytes) a watch stream may hold for a client that reads too slowly; "
+          "beyond, the stream ends with RESOURCE_EXHAUSTED (0 = unbounded)");
 ABSL_FLAG(int32_t, max_message_bytes, 0,
           "Largest gRPC request message accepted; 0 = 2 x --max-input-bytes + 1 MiB (a submit "
           "with an init image and a mask)");
@@ -212,6 +215,7 @@ int main(int argc, char** argv) {
   }
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.max_streams_per_client = absl::GetFlag(FLAGS_max_streams_per_client);
+  o.max_watch_backlog_bytes = absl::GetFlag(FLAGS_max_watch_backlog_bytes);
   auto& so = o.scheduler;
   so.state_dir = absl::GetFlag(FLAGS_state_dir);
   so.output_root = absl::GetFlag(FLAGS_output_root);

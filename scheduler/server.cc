@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -96,6 +97,13 @@ std::string ClientKey(const Caller& caller, const std::string& peer) {
 }
 
 // WatchJob / WatchJobs: snapshot, then changes; ends when every watched job is final.
+//
+// The backlog of a stream whose client reads slowly (or not at all) is bounded:
+// a PROGRESS event waiting to be sent is replaced by the same job's next one
+// (each event carries the whole job, so only stale step counts are lost), and a
+// stream whose unsent events pass `max_backlog_bytes` is cut off with
+// RESOURCE_EXHAUSTED naming --max-watch-backlog-bytes (its client watches again
+// and gets a fresh snapshot).
 class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
  public:
   class Sink final : public EventSink {
@@ -116,10 +124,13 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
   };
 
   // `owner_filter`: only this owner's jobs ("" = all). `release` runs in OnDone.
-  WatchReactor(Scheduler* core, std::string owner_filter, std::function<void()> release)
+  WatchReactor(Scheduler* core, grpc::CallbackServerContext* ctx, std::string owner_filter,
+               int64_t max_backlog_bytes, std::function<void()> release)
       : core_(core),
+        ctx_(ctx),
         sink_(std::make_shared<Sink>(this)),
         owner_filter_(std::move(owner_filter)),
+        max_backlog_bytes_(max_backlog_bytes),
         release_(std::move(release)) {}
 
   // Subscribes; on error finishes at once.
@@ -135,9 +146,27 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
   void Push(const v1::JobEvent& e) {
     if (!owner_filter_.empty() && e.job().owner() != owner_filter_) return;
     absl::MutexLock lock(&mu_);
-    if (finished_) return;
-    final_[e.job().job_id()] = IsFinal(e.job().state());
+    if (finished_ || overflowed_) return;
+    const std::string& id = e.job().job_id();
+    final_[id] = IsFinal(e.job().state());
+    const bool progress = e.type() == v1::JOB_EVENT_TYPE_PROGRESS;
+    if (auto it = pending_progress_.find(id); it != pending_progress_.end()) {
+      if (progress) {  // replace the unsent step count in place
+        v1::JobEvent& old = queue_[it->second - popped_];
+        backlog_bytes_ += static_cast<int64_t>(e.ByteSizeLong()) -
+                          static_cast<int64_t>(old.ByteSizeLong());
+        old = e;
+        return;
+      }
+      pending_progress_.erase(it);  // later progress goes after this event
+    }
+    if (progress) pending_progress_[id] = popped_ + queue_.size();
+    backlog_bytes_ += static_cast<int64_t>(e.ByteSizeLong());
     queue_.push_back(e);
+    if (max_backlog_bytes_ > 0 && backlog_bytes_ > max_backlog_bytes_) {
+      OverflowLocked();
+      return;
+    }
     if (!writing_) NextLocked();
   }
   void OnWriteDone(bool ok) override {
@@ -146,7 +175,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
     if (!ok) {
       if (!finished_) {
         finished_ = true;
-        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+        Finish(overflowed_ ? OverflowStatus()
+                           : grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
       }
       return;
     }
@@ -156,7 +186,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
     absl::MutexLock lock(&mu_);
     if (!finished_ && !writing_) {
       finished_ = true;
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+      Finish(overflowed_ ? OverflowStatus()
+                         : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
     }
     cancelled_ = true;
   }
@@ -168,6 +199,30 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
   }
 
  private:
+  grpc::Status OverflowStatus() const {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("watch stream cut off: its client left more than ", max_backlog_bytes_,
+                     " bytes of events unread (--max-watch-backlog-bytes); watch again for a "
+                     "fresh snapshot"));
+  }
+  // Drops the backlog and ends the stream. A write the client never reads
+  // would keep it open, so the call is cancelled (OnWriteDone/OnCancel finish).
+  void OverflowLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    overflowed_ = true;
+    queue_.clear();
+    pending_progress_.clear();
+    backlog_bytes_ = 0;
+    LOG(WARNING) << "watch stream of " << ctx_->peer() << " cut off: over "
+                 << max_backlog_bytes_ << " bytes of unread events";
+    if (!writing_) {
+      finished_ = true;
+      Finish(OverflowStatus());
+    } else {
+      ctx_->TryCancel();
+    }
+  }
+
   void NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_) return;
     if (cancelled_) {
@@ -186,16 +241,29 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
     }
     current_ = std::move(queue_.front());
     queue_.pop_front();
+    if (auto it = pending_progress_.find(current_.job().job_id());
+        it != pending_progress_.end() && it->second == popped_) {
+      pending_progress_.erase(it);
+    }
+    ++popped_;
+    backlog_bytes_ -= static_cast<int64_t>(current_.ByteSizeLong());
     writing_ = true;
     StartWrite(&current_);
   }
 
   Scheduler* const core_;
+  grpc::CallbackServerContext* const ctx_;  // valid until OnDone
   const std::shared_ptr<Sink> sink_;
   const std::string owner_filter_;
+  const int64_t max_backlog_bytes_;  // 0 = unbounded
   const std::function<void()> release_;
   absl::Mutex mu_;
   std::deque<v1::JobEvent> queue_ ABSL_GUARDED_BY(mu_);
+  // Unsent PROGRESS events: job id -> position (popped_ + index in queue_).
+  absl::flat_hash_map<std::string, uint64_t> pending_progress_ ABSL_GUARDED_BY(mu_);
+  uint64_t popped_ ABSL_GUARDED_BY(mu_) = 0;        // events taken off queue_
+  int64_t backlog_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // serialized size of queue_
+  bool overflowed_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, bool> final_ ABSL_GUARDED_BY(mu_);
   v1::JobEvent current_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -411,9 +479,10 @@ class ConnectReactor final
 class SchedulerServer::Services {
  public:
   Services(Scheduler* core, std::shared_ptr<Authorizer> auth, std::string output_root,
-           int max_streams_per_client, const InputStore* inputs)
+           int max_streams_per_client, int64_t max_watch_backlog_bytes,
+           const InputStore* inputs)
       : limiter_(max_streams_per_client),
-        jobs_(core, auth, std::move(output_root), &limiter_, inputs),
+        jobs_(core, auth, std::move(output_root), &limiter_, max_watch_backlog_bytes, inputs),
         workers_(core, auth, inputs),
         admin_(core, auth) {}
 
@@ -425,11 +494,12 @@ class SchedulerServer::Services {
   class Jobs final : public v1::JobService::CallbackService {
    public:
     Jobs(Scheduler* core, std::shared_ptr<Authorizer> auth, std::string output_root,
-         StreamLimiter* limiter, const InputStore* inputs)
+         StreamLimiter* limiter, int64_t max_watch_backlog_bytes, const InputStore* inputs)
         : core_(core),
           auth_(std::move(auth)),
           output_root_(std::move(output_root)),
           limiter_(limiter),
+          max_watch_backlog_bytes_(max_watch_backlog_bytes),
           inputs_(inputs) {}
 
     grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx,
@@ -504,6 +574,10 @@ class SchedulerServer::Services {
         reactor->Finish(ToGrpcStatus(caller.status()));
         return reactor;
       }
+      if (req->job_id().empty()) {
+        reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("job_id: must not be empty")));
+        return reactor;
+      }
       core_->GetJob(
           req->job_id(),
           [reactor, resp](auto r) {
@@ -569,7 +643,8 @@ class SchedulerServer::Services {
       if (auto s = AcquireStream(*caller, ctx->peer(), &release); !s.ok()) {
         return new FailedWriter<v1::JobEvent>(s);
       }
-      auto* r = new WatchReactor(core_, caller->OwnerFilter(), std::move(release));
+      auto* r = new WatchReactor(core_, ctx, caller->OwnerFilter(), max_watch_backlog_bytes_,
+                                 std::move(release));
       r->Begin(req->job_id(), "", "");
       return r;
     }
@@ -585,7 +660,8 @@ class SchedulerServer::Services {
       if (auto s = AcquireStream(*caller, ctx->peer(), &release); !s.ok()) {
         return new FailedWriter<v1::JobEvent>(s);
       }
-      auto* r = new WatchReactor(core_, caller->OwnerFilter(), std::move(release));
+      auto* r = new WatchReactor(core_, ctx, caller->OwnerFilter(), max_watch_backlog_bytes_,
+                                 std::move(release));
       r->Begin("", req->batch_id(), req->label());
       return r;
     }
@@ -636,6 +712,7 @@ class SchedulerServer::Services {
     const std::shared_ptr<Authorizer> auth_;
     const std::string output_root_;
     StreamLimiter* const limiter_;
+    const int64_t max_watch_backlog_bytes_;
     const InputStore* const inputs_;
   };
 
@@ -797,7 +874,7 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOp
   s->input_sweep_min_age_ = options.input_sweep_min_age;
   s->services_ = std::make_unique<Services>(
       s->scheduler_.get(), options.security.authorizer, options.scheduler.output_root,
-      options.max_streams_per_client, s->inputs_.get());
+      options.max_streams_per_client, options.max_watch_backlog_bytes, s->inputs_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -43,6 +43,9 @@ ABSL_FLAG(int, watchers, 200, "Concurrent WatchJob streams");
 ABSL_FLAG(int, workers, 16, "Fake workers (capacity 2 each)");
 ABSL_FLAG(std::string, scheduler_bin, ZFARM_SCHEDULER_BIN, "zfarm-scheduler binary");
 ABSL_FLAG(std::string, work_dir, "", "State/output dir (default: a fresh temp dir, removed)");
+ABSL_FLAG(int64_t, max_watch_backlog_bytes, -1,
+          "Passed to the scheduler as --max-watch-backlog-bytes (-1 = its default; 0 = "
+          "unbounded, to measure what the bound saves)");
 ABSL_FLAG(int, stalled_watchers, 0,
           "WatchJobs streams on a label every job carries that never read (a stuck or "
           "overloaded client; each on its own connection), held open until the end");
@@ -132,6 +135,8 @@ int main(int argc, char** argv) {
         watchers);
     watchers = 24;
   }
+  const int64_t backlog = absl::GetFlag(FLAGS_max_watch_backlog_bytes);
+  if (backlog >= 0) sargv.push_back(absl::StrCat("--max-watch-backlog-bytes=", backlog));
   const int max_finished = absl::GetFlag(FLAGS_max_finished_jobs);
   if (max_finished > 0) sargv.push_back(absl::StrCat("--max-finished-jobs=", max_finished));
   Subprocess sched(sargv, dir + "/scheduler.log");

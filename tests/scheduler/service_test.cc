@@ -166,6 +166,33 @@ TEST_F(ServiceTest, WatchJobsOverBatch) {
   EXPECT_EQ(ReadAll(r2.get()).second.error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
+TEST_F(ServiceTest, WatchStreamOverItsBacklogLimitEndsNamingTheFlag) {
+  // Every event is larger than one byte, so the first unsent event overflows.
+  ServerOptions o;
+  o.max_watch_backlog_bytes = 1;
+  Start(o);
+  const auto job = Submit("backlog", 1).job();
+  v1::WatchJobRequest wr;
+  wr.set_job_id(job.job_id());
+  auto wctx = Ctx(30);
+  auto reader = jobs_->WatchJob(wctx.get(), wr);
+  auto [events, status] = ReadAll(reader.get());
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("--max-watch-backlog-bytes"));
+  EXPECT_TRUE(events.empty());
+  // The job itself is untouched.
+  EXPECT_EQ(Get(job.job_id()).state(), v1::JOB_STATE_QUEUED);
+}
+
+TEST_F(ServiceTest, GetJobWithoutIdIsInvalidArgument) {
+  Start();
+  v1::GetJobRequest r;
+  v1::Job j;
+  grpc::Status s = jobs_->GetJob(Ctx().get(), r, &j);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("job_id"));
+}
+
 TEST_F(ServiceTest, IdempotentResubmitAndConflict) {
   Start();
   auto a = Submit("idem");

@@ -283,8 +283,8 @@ TEST_F(BadInputTest, BatchAndQueryLimitsOverGrpc) {
   EXPECT_THAT(s.error_message(), HasSubstr("selector: set job_id, batch_id or label"));
   v1::Job job;
   s = stub_->GetJob(TestContext().get(), v1::GetJobRequest(), &job);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_THAT(s.error_message(), HasSubstr("job_id: no job \"\""));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("job_id: must not be empty"));
   auto ctx = TestContext();
   auto watch = stub_->WatchJobs(ctx.get(), v1::WatchJobsRequest());
   v1::JobEvent ev;

@@ -152,7 +152,7 @@ INSTANTIATE_TEST_SUITE_P(
                     "tensor 'w'", "needs 12 bytes"},
         CorruptCase{"OutOfRange",
                     Image(R"({"w":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})", k16),
-                    "tensor 'w'", "out of range"},
+                    "tensor 'w'", "past the end of the file"},
         CorruptCase{"Overlap",
                     Image(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},)"
                           R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
@@ -201,7 +201,7 @@ TEST(SafetensorsTest, TruncatedFileOnDisk) {
   EXPECT_THAT(SafetensorsFile::Open(dir + "/t.safetensors"),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("t.safetensors"), HasSubstr("tensor 'w'"),
-                             HasSubstr("out of range"))));
+                             HasSubstr("past the end of the file"))));
 }
 
 // Writes {a,b} into shard 1 and {c} into shard 2 plus an index.
