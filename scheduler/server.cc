@@ -99,8 +99,10 @@ std::string ClientKey(const Caller& caller, const std::string& peer) {
 // WatchJob / WatchJobs: snapshot, then changes; ends when every watched job is final.
 //
 // The backlog of a stream whose client reads slowly (or not at all) is bounded:
-// a PROGRESS event waiting to be sent is replaced by the same job's next one
-// (each event carries the whole job, so only stale step counts are lost), and a
+// once its unsent events pass a quarter of `max_backlog_bytes`, a PROGRESS event
+// waiting to be sent is replaced by the same job's next one (each event carries
+// the whole job, so only stale step counts are lost; a client that keeps up sees
+// every step), and a
 // stream whose unsent events pass `max_backlog_bytes` is cut off with
 // RESOURCE_EXHAUSTED naming --max-watch-backlog-bytes (its client watches again
 // and gets a fresh snapshot).
@@ -151,7 +153,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
     final_[id] = IsFinal(e.job().state());
     const bool progress = e.type() == v1::JOB_EVENT_TYPE_PROGRESS;
     if (auto it = pending_progress_.find(id); it != pending_progress_.end()) {
-      if (progress) {  // replace the unsent step count in place
+      if (progress && max_backlog_bytes_ > 0 && backlog_bytes_ > max_backlog_bytes_ / 4) {
+        // Under pressure: replace the unsent step count in place.
         v1::JobEvent& old = queue_[it->second - popped_];
         backlog_bytes_ += static_cast<int64_t>(e.ByteSizeLong()) -
                           static_cast<int64_t>(old.ByteSizeLong());

@@ -128,7 +128,8 @@ struct ServerOptions {
   // or its IP address when anonymous); 0 = unlimited. RESOURCE_EXHAUSTED beyond.
   int max_streams_per_client = 1024;
   // Unsent events one watch stream may hold for a client that reads too slowly
-  // (serialized bytes; a PROGRESS event replaces its job's unsent one). Beyond,
+  // (serialized bytes; past a quarter of it, a PROGRESS event replaces its job's
+  // unsent one). Beyond,
   // the stream ends with RESOURCE_EXHAUSTED. 0 = unbounded.
   int64_t max_watch_backlog_bytes = 1 << 20;
 };

@@ -49,6 +49,8 @@ ABSL_FLAG(int64_t, max_watch_backlog_bytes, -1,
 ABSL_FLAG(int, stalled_watchers, 0,
           "WatchJobs streams on a label every job carries that never read (a stuck or "
           "overloaded client; each on its own connection), held open until the end");
+ABSL_FLAG(int, max_rss_peak_mb, 0,
+          "Fail when the scheduler's peak RSS passes this many MiB (0 = no check)");
 ABSL_FLAG(int, max_rss_growth_mb, 0,
           "Fail when the scheduler's RSS grows by more than this from the end of the first "
           "quarter of the run to the end of the submits (0 = report only)");
@@ -447,6 +449,9 @@ int main(int argc, char** argv) {
   std::printf("\n  scheduler RSS growth from %.0f s to the end of the submits: %.1f MiB (limit %s)\n",
               submit_s / 4, growth_mb,
               max_growth > 0 ? absl::StrCat(max_growth, " MiB").c_str() : "none");
+  const int max_peak = absl::GetFlag(FLAGS_max_rss_peak_mb);
+  std::printf("  scheduler RSS peak %.1f MiB (limit %s)\n", rss_peak / 1024.0,
+              max_peak > 0 ? absl::StrCat(max_peak, " MiB").c_str() : "none");
   std::printf("  stalled watchers %d (events buffered client-side when cancelled: %d)\n",
               absl::GetFlag(FLAGS_stalled_watchers), stalled_events);
   std::printf("  scheduler exit status %d\n", status);
@@ -454,7 +459,8 @@ int main(int argc, char** argv) {
             static_cast<int>(acked_set.size()) == total &&
             by_state[v1::JOB_STATE_SUCCEEDED] + pruned == total && watch_errors == 0 &&
             watch_not_succeeded == 0 && watch_done > 0 && worker_errors == 0 && WIFEXITED(status) &&
-            WEXITSTATUS(status) == 0 && (max_growth <= 0 || growth_mb <= max_growth);
+            WEXITSTATUS(status) == 0 && (max_growth <= 0 || growth_mb <= max_growth) &&
+            (max_peak <= 0 || rss_peak <= int64_t{max_peak} * 1024);
   std::printf("zfarm_load: %s\n", ok ? "PASS" : "FAIL");
   if (own_dir && ok) fs::remove_all(dir);
   return ok ? 0 : 1;
