@@ -127,7 +127,7 @@ TEST_F(InputsTest, BytesAreStoredByHashAndComeBackInTheLease) {
 
   FakeWorker::Options wo;
   wo.name = "w1";
-  wo.features = {"img2img", "inpaint"};
+  wo.features = {"img2img", "inpaint", "lora"};
   v1::LoraInfo ink;
   ink.set_name("ink");
   ink.set_sha256(std::string(64, 'a'));

@@ -62,12 +62,19 @@ class FarmClient {
 
   // Submits `spec`; the job id ("" and a test failure if refused).
   std::string Submit(const zfarm::v1::JobSpec& spec) {
+    std::string id;
+    grpc::Status s = TrySubmit(spec, &id);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return id;
+  }
+  // Submits `spec`; the scheduler's answer (the job id in *id when OK).
+  grpc::Status TrySubmit(const zfarm::v1::JobSpec& spec, std::string* id) {
     zfarm::v1::SubmitJobRequest r;
     *r.mutable_spec() = spec;
     zfarm::v1::SubmitJobResponse resp;
     grpc::Status s = jobs_->SubmitJob(Ctx().get(), r, &resp);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return resp.job().job_id();
+    *id = resp.job().job_id();
+    return s;
   }
 
   zfarm::v1::Job GetJob(const std::string& id) {
