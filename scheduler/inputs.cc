@@ -191,15 +191,23 @@ absl::Status InputStore::Intern(const std::string& field, v1::JobSpec* spec) con
   if (spec->has_init_image()) {
     ZFARM_ASSIGN_OR_RETURN(Loaded img, Load(field + ".init_image", spec->mutable_init_image()));
     const Limits& l = options_.limits;
+    // The size is the picture's, rounded down to multiples of 16 (what the worker's
+    // resize gives, as in diffusers' image-to-image pipelines, which refuse any other).
     auto derive = [&](int side, const char* name, int32_t current) -> absl::StatusOr<int32_t> {
-      if (current != 0) return current;
-      int32_t v = side / 16 * 16;
+      const int32_t v = side / 16 * 16;
+      if (current != 0 && current != v) {
+        return Invalid(absl::StrCat(field, ".", name),
+                       absl::StrCat(current, " differs from the init image's ", name, " ", v,
+                                    " (its ", img.width, "x", img.height,
+                                    " rounded down to multiples of 16); leave width_px and "
+                                    "height_px 0 to take the picture's size, or resize it"));
+      }
       if (v < l.min_size_px) {
         return Invalid(field + ".init_image",
                        absl::StrCat("a ", img.width, "x", img.height, " image gives ", name, " ",
                                     v, " (its side rounded down to a multiple of 16), below ",
-                                    l.min_size_px, "; set ", name, " (multiples of 16 in [",
-                                    l.min_size_px, ", ", l.max_size_px, "])"));
+                                    l.min_size_px, "; send a picture of at least ",
+                                    l.min_size_px, " pixels a side"));
       }
       return v;
     };

@@ -151,6 +151,69 @@ TEST_F(FarmTest, EveryOutputFormatIsWrittenWithItsParameters) {
   EXPECT_NE(bad.find("quality"), std::string::npos) << bad;
 }
 
+// Image-to-image with a mask and a LoRA through the CLI on a real farm: the init picture
+// (a 256x256 render of the farm itself) and a mask of another size (resized by the worker,
+// as diffusers does) go up as bytes, the worker resolves the LoRA in its --lora-dir, and the
+// result records the strength, both inputs' sha256 and the LoRA's. A size other than the
+// picture's is refused at submit, before any worker sees it.
+TEST_F(FarmTest, ImageToImageWithAMaskAndALoraThroughTheCli) {
+  StartScheduler();
+  fs::create_directories(dir_ + "/loras");
+  fs::copy_file(std::string(ZFARM_SOURCE_DIR) + "/tests/testdata/lora/tiny_diffusers.safetensors",
+                dir_ + "/loras/a.safetensors");
+  Subprocess* w = StartWorker("w1", {"--lora-dir=" + dir_ + "/loras"});
+  auto render = [&](const std::string& flags) {
+    int status = 0;
+    const std::string out = RunCommand(
+        absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_, " --steps 2 --seed 42",
+                     " --wait --json ", flags, " 2>&1"),
+        &status);
+    EXPECT_EQ(status, 0) << out;
+    nlohmann::json j = nlohmann::json::parse(out.substr(out.find('{')));
+    EXPECT_EQ(j["state"], "succeeded") << out << w->ReadLog();
+    return j;
+  };
+  const std::string in = dir_ + "/out/" +
+      render("--prompt 'a harbour at noon' --width 256 --height 256")["path"].get<std::string>();
+  const std::string mask = dir_ + "/out/" +
+      render("--prompt 'a mask' --width 320 --height 256")["path"].get<std::string>();
+
+  nlohmann::json j = render(absl::StrCat("--prompt 'a harbour at dusk' --init-image ", in,
+                                         " --strength 0.6 --mask ", mask, " --lora a:0.8"));
+  const std::string path = dir_ + "/out/" + j["path"].get<std::string>();
+  ASSERT_TRUE(fs::exists(path));
+  EXPECT_EQ(Sha256File(path), j["sha256"].get<std::string>());
+  int status = 0;
+  const std::string info = RunCommand(absl::StrCat(ZFARM_WORKER_BIN, " info --json ", path), &status);
+  ASSERT_EQ(status, 0) << info;
+  nlohmann::json i = nlohmann::json::parse(info.substr(info.find('{')));
+  EXPECT_EQ(i["width"], 256);
+  EXPECT_EQ(i["height"], 256);
+  const std::string lora_sha = Sha256File(dir_ + "/loras/a.safetensors");
+  const std::string params = i["parameters"].get<std::string>();
+  EXPECT_NE(params.find("a harbour at dusk <lora:a:0.8>\n"), std::string::npos) << params;
+  EXPECT_NE(params.find(absl::StrCat("Lora hashes: \"a: ", lora_sha.substr(0, 12), "\"")),
+            std::string::npos)
+      << params;
+  EXPECT_NE(params.find(absl::StrCat("Denoising strength: 0.6, Init image sha256: ",
+                                     Sha256File(in), ", Mask sha256: ", Sha256File(mask))),
+            std::string::npos)
+      << params;
+  ASSERT_EQ(i["zfarm"]["loras"].size(), 1u) << info;
+  EXPECT_EQ(i["zfarm"]["loras"][0]["sha256"], lora_sha);
+
+  // Another size than the picture's: refused at submit naming the field, nothing rendered.
+  const std::string refused = RunCommand(
+      absl::StrCat(ZFARM_CLI_BIN, " submit --scheduler ", address_, " --prompt x --init-image ",
+                   in, " --width 512 2>&1"),
+      &status);
+  EXPECT_NE(status, 0);
+  EXPECT_NE(refused.find("spec.width_px: 512 differs from the init image's width_px 256"),
+            std::string::npos)
+      << refused;
+  EXPECT_EQ(Files(".png").size(), 3u);
+}
+
 TEST_F(FarmTest, CancelARunningJob) {
   StartScheduler();
   StartWorker("w1");

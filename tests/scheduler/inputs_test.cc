@@ -145,10 +145,10 @@ TEST_F(InputsTest, LimitsAndFormatsAreCheckedAtSubmit) {
   Start();
   v1::SubmitJobResponse resp;
   // Exactly --max-input-bytes (16 MiB) fits through gRPC and is accepted...
-  const std::string max = MakeTestPng(64, 64, 16 << 20);
+  const std::string max = MakeTestPng(512, 512, 16 << 20);
   ASSERT_EQ(max.size(), 16u << 20);
   v1::JobSpec ok = Img2Img(max);
-  ok.set_width_px(512);
+  ok.set_width_px(512);  // the picture's own size may be given
   ok.set_height_px(512);
   ok.mutable_mask_image()->set_data(MakeTestPng(64, 64, (16 << 20) - 7));
   grpc::Status s = Submit(ok, &resp);
@@ -178,6 +178,16 @@ TEST_F(InputsTest, LimitsAndFormatsAreCheckedAtSubmit) {
   s = Submit(Img2Img(MakeTestPng(200, 600)), &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("a 200x600 image gives width_px 192"));
+  // Another size than the picture's (rounded down to 16) is refused, as diffusers'
+  // image-to-image pipeline refuses it, before the job could fail on a worker.
+  v1::JobSpec other_size = Img2Img(MakeTestPng(300, 260));
+  other_size.set_width_px(288);
+  other_size.set_height_px(512);
+  s = Submit(other_size, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("spec.height_px: 512 differs from the init image's height_px 256 (its "
+                        "300x260 rounded down to multiples of 16)"));
   // sha256 is the scheduler's.
   v1::JobSpec forged;
   forged.set_prompt("a fox");
