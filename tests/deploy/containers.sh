@@ -120,7 +120,7 @@ want_sum=$(bash "$repo/deploy/install-deps.sh" --list build | sha256sum | cut -c
 for v in runtime build; do
   img=zfarm/debian:12; [ "$v" = build ] && img=zfarm/debian-build:12
   have_sum=$($DOCKER image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$img" 2>/dev/null |
-             sed -n 's/^ZFARM_BASE_PACKAGES=//p')
+             sed -n 's/^ZFARM_BASE_PACKAGES=//p' || true)  # none yet on a fresh machine
   if [ -n "$have_sum" ] && { [ "$v" = runtime ] || [ "$have_sum" = "$want_sum" ]; }; then
     say "base image $img present (made $($DOCKER image inspect -f '{{.Created}}' "$img" | cut -c1-19))"
   else
