@@ -4,15 +4,19 @@
 #   2. in the background, writes full-size weights in the real layout with random values
 #      (make_tiny_model --variant full-random: fp32 DiT shards, bf16 text encoder and VAE,
 #      ~31 GB) on local disk — for the cold start;
-#   3. meanwhile, throughput on the same architecture from a sparse copy (headers only: the
-#      weights read as zeros, which costs the GPU exactly the same): JOBS jobs at 1024², 8
-#      steps, through the CLI (`zfarm batch --wait`) with one worker, then one worker per GPU;
-#      images per minute and the ratio; each worker's time between jobs from its /metrics
-#      (printed by the worker when it stops; also zfarm_worker_job_gap_seconds on /metrics);
+#   3. throughput on those real-valued random weights (never zeros: GEMMs on zeros draw less
+#      power and hold higher clocks, which flattered an earlier version of this benchmark by
+#      ~19 %): JOBS jobs at 1024², 8 steps, each with its own prompt (no caption cache hit),
+#      through the CLI (`zfarm batch --wait`) with one worker, then one worker per GPU; images
+#      per minute and the ratio; each worker's time between jobs from its /metrics (printed by
+#      the worker when it stops; also zfarm_worker_job_gap_seconds on /metrics);
 #   4. cold start: the disk's direct read speed, the page cache dropped, one `zfarm-worker
 #      serve` on cuda:0 from process start to health SERVING (load + 1024² warm-up + connect);
 #      then `zfarm-worker cache-weights` and the same cold start with --weights-cache;
-#   5. doctor on cuda:0 (device, driver and CUDA versions).
+#   5. doctor on cuda:0 (device, driver and CUDA versions);
+#   6. when .carry/diffusers-src.tar.xz is there: diffusers' ZImagePipeline at the same size
+#      and steps on the same GPU (tests/bench/diffusers_baseline.py), its images per minute
+#      beside the farm's, as a ratio.
 # Writes summary.md (and logs) to $OUT (or build-gpu/farm-bench).
 #
 # Env: ZFARM_TOKENIZER (tokenizer.json; default: unpacks .carry/qwen3-tokenizer.json.xz),
@@ -59,7 +63,7 @@ log "farm on $gpu_name x $ngpu, $(date -u +%F), commit ${ZFARM_COMMIT:-?}; build
 
 # 2. The models.
 if [ "$dry" = 1 ]; then
-  model=$build/tiny-model; sparse=$model
+  model=$build/tiny-model
 else
   tok=${ZFARM_TOKENIZER:-}
   if [ -z "$tok" ]; then
@@ -69,11 +73,7 @@ else
     cp .carry/qwen3-tokenizer_config.json /tmp/zfarm-tokenizer/tokenizer_config.json 2>/dev/null
   fi
   model=${ZFARM_MODEL_DIR:-/var/tmp}/zfarm-full-random
-  sparse=${ZFARM_MODEL_DIR:-/var/tmp}/zfarm-full-sparse
   reuse=${ZFARM_REUSE_MODEL:-0}
-  [ "$reuse" = 1 ] && [ -f "$sparse/model_index.json" ] ||
-  "$bin/make_tiny_model" --variant full-random --sparse --out "$sparse" --tokenizer "$tok" --force \
-    > "$out/make_sparse.log" 2>&1 || { tail -20 "$out/make_sparse.log"; exit 1; }
   t_model=$(now)
   if [ "$reuse" = 1 ] && [ -f "$model/manifest.md5" ]; then
     ( echo 0 > "$out/make_model.rc"; now > "$out/make_model.end" ) &
@@ -144,13 +144,18 @@ run_batch() {  # tag -> seconds
     --request-id-prefix "$1" --wait > "$out/batch-$1.log" 2>&1 || { tail -5 "$out/batch-$1.log" >&2; return 1; }
   calc "$(now) - $t0"
 }
-s0=$(start_worker 0 "$sparse") || { log "worker cuda:0 failed to start"; exit 1; }
-log "worker cuda:0 on the sparse copy: $s0 s to SERVING ($(loaded 0))"
+if [ "$dry" != 1 ]; then
+  wait "$model_writer"
+  [ "$(cat "$out/make_model.rc")" = 0 ] || { tail -20 "$out/make_model.log"; exit 1; }
+  log "wrote the full-size random model ($(du -sh "$model" | cut -f1)) in $(calc "$(cat "$out/make_model.end") - $t_model") s"
+fi
+s0=$(start_worker 0 "$model") || { log "worker cuda:0 failed to start"; exit 1; }
+log "worker $(dev 0) on $( [ "$dry" = 1 ] && echo the tiny model || echo the real-valued random weights): $s0 s to SERVING, page cache warm ($(loaded 0))"
 one=$(run_batch one) || exit 1
 log "1 worker: $jobs images at ${size}² (8 steps) in $one s = $(calc "$jobs * 60 / $one") images/min"
 if [ "$ngpu" -gt 1 ]; then
   for i in $(seq 1 $((ngpu - 1))); do
-    w=$(start_worker "$i" "$sparse") || { log "worker cuda:$i failed to start"; exit 1; }
+    w=$(start_worker "$i" "$model") || { log "worker cuda:$i failed to start"; exit 1; }
     log "worker cuda:$i: $w s to SERVING"
   done
   all=$(run_batch all) || exit 1
@@ -163,9 +168,6 @@ done
 
 # 4. Cold start from the random weights, page cache dropped.
 if [ "$dry" != 1 ]; then
-  wait "$model_writer"
-  [ "$(cat "$out/make_model.rc")" = 0 ] || { tail -20 "$out/make_model.log"; exit 1; }
-  log "wrote the full-size random model ($(du -sh "$model" | cut -f1)) in $(calc "$(cat "$out/make_model.end") - $t_model") s (in the background)"
   sync
   shard=$(ls -S "$model"/transformer/*.safetensors | head -1)
   log "disk direct read ($(basename "$shard")): $(dd if="$shard" of=/dev/null bs=16M iflag=direct 2>&1 | tail -1)"
@@ -194,4 +196,20 @@ fi
 log "doctor: $(grep -E '^\[' "$out/doctor.txt" | tr '\n' ' ')"
 kill -TERM "$sched_pid" 2>/dev/null
 wait "$sched_pid" 2>/dev/null
+
+# 6. diffusers on the same GPU, same size and steps (its text encoder runs for every image).
+if [ "$dry" != 1 ] && [ -f .carry/diffusers-src.tar.xz ]; then
+  ddir=/tmp/zfarm-diffusers
+  rm -rf "$ddir" && mkdir -p "$ddir" && tar -xJf .carry/diffusers-src.tar.xz -C "$ddir"
+  PYTHONPATH=$ddir/src${PYTHONPATH:+:$PYTHONPATH} timeout 300 python3 "$root/tests/bench/diffusers_baseline.py" \
+    --tokenizer "$tok" --sizes "${size}x$size" --reps 5 --diffusers-commit "$(cat .carry/diffusers-commit.txt 2>/dev/null)" \
+    --zfarm-commit "${ZFARM_COMMIT:-?}" --out "$out/diffusers.md" > "$out/diffusers.log" 2>&1
+  d_e2e=$(grep -oE 'e2e [0-9.]+ s' "$out/diffusers.log" | tail -1 | grep -oE '[0-9.]+')
+  if [ -n "$d_e2e" ]; then
+    d_ipm=$(calc "60 / $d_e2e")
+    log "diffusers ZImagePipeline (eager, bf16), same GPU: ${size}² in $d_e2e s = $d_ipm images/min; zfarm's 1 worker through the CLI: $(calc "$jobs * 60 / $one") images/min = $(calc "($jobs * 60 / $one) / $d_ipm")x diffusers"
+  else
+    log "diffusers baseline failed: $(tail -3 "$out/diffusers.log" | tr '\n' ' ')"
+  fi
+fi
 log "total $(( $(date +%s) - t_start )) s"
