@@ -27,5 +27,19 @@ extra=(libunwind-dev liblzma-dev libcurl4-openssl-dev libcurl4 civetweb libboost
        libcpp-httplib-dev libcpp-httplib0.11 libbrotli-dev libbrotli1
        libjpeg62-turbo-dev libjpeg62-turbo libwebp-dev libwebp7 libwebpmux3 libwebpdemux2)
 (cd "$dir" && apt-get download -qq "${extra[@]}" 2>&1 | grep -vE "^(W: Download is performed unsandboxed|Get:|Fetched)" || true)
+# libicu-dev carries 44 MB of static archives (libicudata.a alone is 31 MB) that nothing here
+# links (CMake's FindICU takes the .so): repacked without them, the bundle shrinks by ~8 MB
+# and fits the GPU tool's carry limit beside the diffusers snapshot.
+for deb in "$dir"/libicu-dev_*.deb; do
+  [ -f "$deb" ] || continue
+  tmp=$(mktemp -d)
+  dpkg-deb -R "$deb" "$tmp/pkg"
+  if find "$tmp/pkg" -name '*.a' | grep -q .; then
+    find "$tmp/pkg" -name '*.a' -delete
+    sed -i '/\.a$/d' "$tmp/pkg/DEBIAN/md5sums" 2>/dev/null || true
+    dpkg-deb --root-owner-group -Zxz -b "$tmp/pkg" "$deb" > /dev/null
+  fi
+  rm -rf "$tmp"
+done
 cp "$shared/gpu/device-env.sh" "$dir/device-env.sh"
 echo "fetch-gpu-debs: $(ls -1 "$dir"/*.deb | wc -l) .deb files, $(du -sh "$dir" | cut -f1) in $dir"
