@@ -204,7 +204,7 @@ if [ "$dry" != 1 ] && [ -f .carry/diffusers-src.tar.xz ]; then
   PYTHONPATH=$ddir/src${PYTHONPATH:+:$PYTHONPATH} timeout 300 python3 "$root/tests/bench/diffusers_baseline.py" \
     --tokenizer "$tok" --sizes "${size}x$size" --reps 5 --diffusers-commit "$(cat .carry/diffusers-commit.txt 2>/dev/null)" \
     --zfarm-commit "${ZFARM_COMMIT:-?}" --out "$out/diffusers.md" > "$out/diffusers.log" 2>&1
-  d_e2e=$(grep -oE 'e2e [0-9.]+ s' "$out/diffusers.log" | tail -1 | grep -oE '[0-9.]+')
+  d_e2e=$(sed -n 's/.*; e2e \([0-9.]*\) s$/\1/p' "$out/diffusers.log" | tail -1)
   if [ -n "$d_e2e" ]; then
     d_ipm=$(calc "60 / $d_e2e")
     log "diffusers ZImagePipeline (eager, bf16), same GPU: ${size}² in $d_e2e s = $d_ipm images/min; zfarm's 1 worker through the CLI: $(calc "$jobs * 60 / $one") images/min = $(calc "($jobs * 60 / $one) / $d_ipm")x diffusers"
