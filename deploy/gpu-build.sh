@@ -12,7 +12,7 @@
 #   ZFARM_KEEP_GOING  1: keep building other targets after a failed one (ninja -k 0)
 #   ZFARM_JOBS        parallel jobs                   (default: nproc)
 #
-# What it does (the verified recipe of shared/gpu/README.md, its three traps handled):
+# What it does (the recipe verified on the GPU host, its three traps handled):
 #   1. unpacks the .debs under /opt/deps (never into /) and puts them on PATH/LD_LIBRARY_PATH;
 #   2. configures Release with ninja, Torch from the host's python3 torch, -DZFARM_WERROR=OFF,
 #      CUDA architecture 90 (Hopper: H100/H200);
