@@ -217,7 +217,7 @@ int RunServe(int argc, char** argv) {
   wo.device_name = info->name;
   wo.model = f.Get("model-name", "z-image-turbo");
   wo.model_fingerprint = *fingerprint;
-  wo.dtype = describe.find("BFloat16") != std::string::npos ? "bfloat16" : "float32";
+  wo.dtype = PrecisionName((*pipeline)->compute_dtype());
   wo.output_root = f.Get("output-root");
   wo.max_width_px = max_size->first;
   wo.max_height_px = max_size->second;

@@ -801,6 +801,10 @@ absl::Status Pipeline::PrepareCaption(const GenerateRequest& r) {
 }
 
 double Pipeline::load_seconds() const { return impl_->load_seconds; }
+PipelineOptions::Precision Pipeline::compute_dtype() const {
+  return impl_->dtype == at::kBFloat16 ? PipelineOptions::Precision::kBFloat16
+                                       : PipelineOptions::Precision::kFloat32;
+}
 const ModelConfig& Pipeline::config() const { return impl_->config; }
 void Pipeline::set_time_steps(bool on) { impl_->time_steps = on; }
 std::vector<std::string> Pipeline::active_loras() const { return impl_->loras->active(); }
@@ -815,6 +819,18 @@ std::string Pipeline::Describe() const {
                       impl_->options.offload_text_encoder ? ", text encoder offloaded" : "",
                       impl_->options.vae_tiling ? ", tiled vae" : "",
                       impl_->cache_hit ? ", DiT from the bf16 weights cache" : "");
+}
+
+const char* PrecisionName(PipelineOptions::Precision precision) {
+  switch (precision) {
+    case PipelineOptions::Precision::kFloat32:
+      return "float32";
+    case PipelineOptions::Precision::kBFloat16:
+      return "bfloat16";
+    case PipelineOptions::Precision::kAuto:
+      break;
+  }
+  return "auto";
 }
 
 std::vector<uint8_t> ToRgb8(const float* chw, int height, int width) {

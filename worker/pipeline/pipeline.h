@@ -41,7 +41,7 @@ struct PipelineOptions {
   std::string model_dir;
   // "cpu" or "cuda:N".
   std::string device = "cpu";
-  // Compute precision: kAuto = float32 on CPU, bfloat16 on CUDA (spec §9).
+  // Compute precision: kAuto = float32 on CPU, bfloat16 on CUDA.
   enum class Precision { kAuto, kFloat32, kBFloat16 };
   Precision precision = Precision::kAuto;
   // Run the VAE in float32 even when the rest runs in bf16 (the official repo's choice).
@@ -206,8 +206,12 @@ class Pipeline {
   double load_seconds() const;
   // The configuration in use.
   const ModelConfig& config() const;
-  // A short description of the device and dtypes ("cuda:0 bf16, vae bf16").
+  // A short description of the device, dtypes and speed paths for people
+  // ("cuda:0 BFloat16, vae BFloat16, fused projections"); programs read compute_dtype().
   std::string Describe() const;
+  // The dtype the text encoder and the DiT compute in: kFloat32 or kBFloat16, never
+  // kAuto (resolved for the device at Create()).
+  PipelineOptions::Precision compute_dtype() const;
   // Synchronise device work after each step to time it (slower; off by default).
   void set_time_steps(bool on);
 
@@ -230,7 +234,11 @@ class Pipeline {
   std::unique_ptr<Impl> impl_;
 };
 
-// Post-processing (spec §8.4) on float32 CHW values in [-1, 1]:
+// The dtype's name as the worker reports it to the scheduler: "float32", "bfloat16"
+// ("auto" for kAuto).
+const char* PrecisionName(PipelineOptions::Precision precision);
+
+// Post-processing on float32 CHW values in [-1, 1]:
 // round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255) -> uint8 HWC.
 std::vector<uint8_t> ToRgb8(const float* chw, int height, int width);
 

@@ -169,7 +169,8 @@ TEST(PipelineCreateTest, MissingFolderAndBadOptions) {
   testing::RemoveTinyFolder();
 }
 
-TEST(PipelineCreateTest, RandomWeightsWithTilingMatchShapes) {
+// A configuration small enough for random-weight pipelines in unit tests.
+ModelConfig SmallRandomConfig() {
   ModelConfig c;
   c.transformer.dim = 64;
   c.transformer.n_heads = 2;
@@ -186,9 +187,29 @@ TEST(PipelineCreateTest, RandomWeightsWithTilingMatchShapes) {
   c.text_encoder.intermediate_size = 64;
   c.vae.block_out_channels = {16, 16, 32, 32};
   c.vae.norm_num_groups = 8;
+  return c;
+}
+
+// The compute dtype is a field the worker reports as is (its hello's dtype), resolved
+// from the options for the device: auto is float32 on the CPU, bf16 when asked for.
+TEST(PipelineCreateTest, ComputeDtypeIsResolvedAndNamed) {
   PipelineOptions o;
   o.random_weights = true;
-  o.config = c;
+  o.config = SmallRandomConfig();
+  ASSERT_OK_AND_ASSIGN(auto auto_cpu, Pipeline::Create(o));
+  EXPECT_EQ(auto_cpu->compute_dtype(), PipelineOptions::Precision::kFloat32);
+  EXPECT_STREQ(PrecisionName(auto_cpu->compute_dtype()), "float32");
+  o.precision = PipelineOptions::Precision::kBFloat16;
+  ASSERT_OK_AND_ASSIGN(auto bf16, Pipeline::Create(o));
+  EXPECT_EQ(bf16->compute_dtype(), PipelineOptions::Precision::kBFloat16);
+  EXPECT_STREQ(PrecisionName(bf16->compute_dtype()), "bfloat16");
+  EXPECT_STREQ(PrecisionName(PipelineOptions::Precision::kAuto), "auto");
+}
+
+TEST(PipelineCreateTest, RandomWeightsWithTilingMatchShapes) {
+  PipelineOptions o;
+  o.random_weights = true;
+  o.config = SmallRandomConfig();
   o.vae_tiling = true;
   o.vae_tile_latent = 8;
   o.vae_tile_overlap = 2;
