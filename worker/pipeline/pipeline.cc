@@ -44,6 +44,13 @@
 #endif
 
 namespace zfarm::worker {
+
+// The sampler formulas of worker/sampling run on whole latents: min(v, 1) on the device.
+template <>
+struct sampling::ValueOps<at::Tensor> {
+  static at::Tensor MinOne(const at::Tensor& v) { return v.clamp_max(1.0); }
+};
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -583,9 +590,8 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
     at::Tensor sample = moments[0] + stdev * at::randn(latent_shape, gen, f32).to(device);
     image_latents = (sample - config.vae.shift_factor) * config.vae.scaling_factor;
     noise = at::randn(latent_shape, gen, f32).to(device);
-    // scheduler.scale_noise at the first kept step: sigma * noise + (1 - sigma) * latents.
-    const float s0 = sigmas[t_start];
-    x = noise * s0 + image_latents * (1.0f - s0);
+    // Noised to the first kept step.
+    x = sampling::ScaleNoise(image_latents, noise, sigmas[t_start]);
     if (r.mask_image.has_value()) {
       at::Tensor m = PreprocessMask(*r.mask_image, r.width, r.height);
       if (trace != nullptr) trace->mask = ToVector(m);
@@ -623,25 +629,21 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
     }
     if (g > 0) {
       at::Tensor negp = Dit(xin, t_in, neg_p, neg_valid).to(at::kFloat);
-      at::Tensor combined = pred + g * (pred - negp);
-      if (r.cfg_normalization > 0) {
-        // min(1, c*|pos|/|pred|) without a host sync.
-        at::Tensor f = (pred.norm() * r.cfg_normalization / combined.norm()).clamp_max(1.0);
-        combined = combined * f;
+      at::Tensor combined = sampling::CfgGuide(pred, negp, g);
+      if (r.cfg_normalization > 0) {  // the norms stay on the device: no host sync
+        combined = combined * sampling::CfgNormalizationScale(r.cfg_normalization, pred.norm(),
+                                                              combined.norm());
       }
       pred = combined;
     }
-    // v = -DiT output; x += (sigma_next - sigma) * v, float32.
-    const float dt = sigmas[k + 1] - sigmas[k];
-    x = x + dt * (-pred).unsqueeze(0).squeeze(2);
+    // float32 Euler step; [C, 1, h, w] -> [1, C, h, w].
+    x = sampling::EulerUpdate(x, sampling::Velocity(pred).unsqueeze(0).squeeze(2), sigmas[k],
+                              sigmas[k + 1]);
     if (mask.defined()) {
       // Inpainting: keep the init latents (noised to the next step's level) outside the mask.
-      at::Tensor proper = image_latents;
-      if (k + 1 < r.steps) {
-        const float s = sigmas[k + 1];
-        proper = noise * s + image_latents * (1.0f - s);
-      }
-      x = (1 - mask) * proper + mask * x;
+      at::Tensor kept = image_latents;
+      if (k + 1 < r.steps) kept = sampling::ScaleNoise(image_latents, noise, sigmas[k + 1]);
+      x = sampling::InpaintBlend(kept, x, mask);
     }
     if (trace != nullptr) trace->latents.push_back(ToVector(x));
     if (time_steps) {

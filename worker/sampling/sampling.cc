@@ -60,8 +60,7 @@ float TimestepInput(float sigma, int64_t num_train_timesteps) {
 void EulerStep(absl::Span<float> x, absl::Span<const float> velocity, float sigma,
                float sigma_next) {
   assert(x.size() == velocity.size());
-  const float dt = sigma_next - sigma;
-  for (size_t i = 0; i < x.size(); ++i) x[i] = x[i] + dt * velocity[i];
+  for (size_t i = 0; i < x.size(); ++i) x[i] = EulerUpdate(x[i], velocity[i], sigma, sigma_next);
 }
 
 absl::StatusOr<int> ImageToImageStart(int steps, float strength) {
@@ -95,9 +94,7 @@ bool CfgActive(const CfgOptions& options, float t_in) {
 
 float CfgNormalizationFactor(float normalization, float pos_norm, float pred_norm) {
   if (!(normalization > 0.0f)) return 1.0f;
-  const float max_norm = pos_norm * normalization;
-  if (pred_norm > max_norm) return max_norm / pred_norm;
-  return 1.0f;
+  return CfgNormalizationScale(normalization, pos_norm, pred_norm);
 }
 
 std::vector<float> CfgCombine(absl::Span<const float> pos, absl::Span<const float> neg, float g,
@@ -106,7 +103,7 @@ std::vector<float> CfgCombine(absl::Span<const float> pos, absl::Span<const floa
   std::vector<float> pred(pos.size());
   double pos_sq = 0.0, pred_sq = 0.0;
   for (size_t i = 0; i < pos.size(); ++i) {
-    pred[i] = pos[i] + g * (pos[i] - neg[i]);
+    pred[i] = CfgGuide(pos[i], neg[i], g);
     pos_sq += static_cast<double>(pos[i]) * pos[i];
     pred_sq += static_cast<double>(pred[i]) * pred[i];
   }

@@ -1,17 +1,22 @@
 #ifndef ZFARM_WORKER_SAMPLING_SAMPLING_H_
 #define ZFARM_WORKER_SAMPLING_SAMPLING_H_
 
-// Flow-matching sampler math of the Z-Image pipeline (spec §5), as pure,
-// torch-free functions. Every value is computed with the same float32 op
-// sequence as diffusers (ZImagePipeline at HEAD + FlowMatchEulerDiscreteScheduler)
-// so that schedules are bit-identical to the reference.
+// Flow-matching sampler math of the Z-Image pipeline, torch-free. Every value is
+// computed with the same float32 op sequence as diffusers (ZImagePipeline +
+// FlowMatchEulerDiscreteScheduler) so that schedules are bit-identical to the
+// reference.
+//
+// The per-value formulas (Velocity, EulerUpdate, ScaleNoise, InpaintBlend, CfgGuide,
+// CfgNormalizationScale) are templates over the value type: float in the span functions
+// and the unit tests, at::Tensor in the pipeline's denoising loop, which runs these very
+// expressions on whole latents. A value type needs V + V, V - V, V * float, float * V,
+// float - V, V / V and -V, and ValueOps<V>::MinOne (below) when it is not a number.
 //
 // Example (the Turbo default, 8 transformer evaluations):
 //   ZFARM_ASSIGN_OR_RETURN(std::vector<float> sigmas, FlowMatchSigmas(8, cfg));
 //   for (int k = 0; k < 8; ++k) {
-//     float t_in = TimestepInput(sigmas[k]);        // DiT timestep input (1 - sigma)
-//     ... v = -DiT(x, t_in, cap) ...
-//     EulerStep(x, v, sigmas[k], sigmas[k + 1]);     // x += (s[k+1] - s[k]) * v
+//     float t_in = TimestepInput(sigmas[k]);                 // DiT timestep input (1 - sigma)
+//     x = EulerUpdate(x, Velocity(DiT(x, t_in, cap)), sigmas[k], sigmas[k + 1]);
 //   }
 
 #include <cstdint>
@@ -26,9 +31,59 @@ namespace zfarm::worker::sampling {
 // The most transformer evaluations a request may ask for.
 inline constexpr int kMaxSteps = 50;
 
+// What the formulas below need beyond arithmetic operators: min(v, 1). Numbers use this;
+// the pipeline specialises it for at::Tensor (clamp_max, no host sync).
+template <typename V>
+struct ValueOps {
+  static V MinOne(const V& v) { return v < V(1) ? v : V(1); }  // NaN -> 1
+};
+
+// The flow-matching velocity: the Z-Image DiT predicts its negative.
+template <typename V>
+V Velocity(const V& dit_out) {
+  return -dit_out;
+}
+
+// Euler step of the flow-matching ODE: x + (sigma_next - sigma) * velocity, with the
+// step computed in float32.
+template <typename V>
+V EulerUpdate(const V& x, const V& velocity, float sigma, float sigma_next) {
+  const float dt = sigma_next - sigma;
+  return x + dt * velocity;
+}
+
+// The scheduler's scale_noise: clean latents moved to noise level `sigma` along the
+// straight path, noise * sigma + latents * (1 - sigma). Image-to-image starts from it;
+// inpainting resets the kept region to it after every step.
+template <typename V>
+V ScaleNoise(const V& latents, const V& noise, float sigma) {
+  return noise * sigma + latents * (1.0f - sigma);
+}
+
+// Inpainting after a step: the denoised value where the mask is 1 (repaint), the kept
+// (init) value where it is 0: (1 - mask) * kept + mask * denoised.
+template <typename V>
+V InpaintBlend(const V& kept, const V& denoised, const V& mask) {
+  return (1.0f - mask) * kept + mask * denoised;
+}
+
+// Classifier-free guidance: pos + g * (pos - neg), with g from GuidanceForStep.
+template <typename V>
+V CfgGuide(const V& pos, const V& neg, float g) {
+  return pos + g * (pos - neg);
+}
+
+// CFG normalization's rescale of the guided prediction, for normalization > 0:
+// min(1, pos_norm * normalization / pred_norm) from the L2 norms of the positive and the
+// guided prediction. (Callers skip the rescale when normalization is 0: off.)
+template <typename V>
+V CfgNormalizationScale(float normalization, const V& pos_norm, const V& pred_norm) {
+  return ValueOps<V>::MinOne(pos_norm * normalization / pred_norm);
+}
+
 // The sigma schedule for `steps` transformer evaluations: steps + 1 values,
 // sigmas[0] = 1 (pure noise) decreasing to sigmas[steps] = 0.
-// DIFF-P HEAD: s = torch.linspace(1, 1/steps, steps) (float32, ATen's formula),
+// As diffusers computes it: s = torch.linspace(1, 1/steps, steps) (float32, ATen's formula),
 // sigma = shift*s / (1 + (shift-1)*s) in float32 (static shift from `config`;
 // use_dynamic_shifting is not supported), then a trailing 0.
 // INVALID_ARGUMENT if steps is outside 1..kMaxSteps, or the config asks for
@@ -42,8 +97,8 @@ float SchedulerTimestep(float sigma, int64_t num_train_timesteps = 1000);
 // (1000 - t) / 1000 with t = SchedulerTimestep(sigma), all float32 (≈ 1 - sigma).
 float TimestepInput(float sigma, int64_t num_train_timesteps = 1000);
 
-// Euler step of the flow-matching ODE in float32:
-// x[i] += (sigma_next - sigma) * velocity[i], with velocity = -DiT output.
+// EulerUpdate over a vector in place:
+// x[i] += (sigma_next - sigma) * velocity[i], with velocity = Velocity(DiT output).
 // x and velocity must have the same size (checked in debug builds).
 void EulerStep(absl::Span<float> x, absl::Span<const float> velocity, float sigma,
                float sigma_next);
@@ -56,7 +111,7 @@ void EulerStep(absl::Span<float> x, absl::Span<const float> velocity, float sigm
 // outside (0, 1] (NaN included), naming the limit.
 absl::StatusOr<int> ImageToImageStart(int steps, float strength);
 
-// Classifier-free guidance settings (spec §5.4; diffusers defaults).
+// Classifier-free guidance settings (diffusers defaults).
 struct CfgOptions {
   float guidance = 0.0f;       // g; guidance is applied only when g > 0
   float truncation = 1.0f;     // a step with t_in > truncation runs without guidance
@@ -72,12 +127,12 @@ bool CfgActive(const CfgOptions& options, float t_in);
 
 // The factor by which CFG normalization rescales pred, given the L2 norms of
 // the positive prediction and of the combined prediction:
-// min(1, normalization * pos_norm / pred_norm) when normalization > 0, else 1.
+// CfgNormalizationScale when normalization > 0, else 1.
 float CfgNormalizationFactor(float normalization, float pos_norm, float pred_norm);
 
-// CFG combine on float32 values (the reference for the pipeline's tensor code):
-// pred = pos + g * (pos - neg), then the normalization of `options` applied
-// over the whole vector. `g` is the value of GuidanceForStep for this step.
+// CFG combine on float32 vectors: CfgGuide per value, then CfgNormalizationFactor from
+// the vectors' norms (accumulated in double) applied to all of them. `g` is the value of
+// GuidanceForStep for this step.
 std::vector<float> CfgCombine(absl::Span<const float> pos, absl::Span<const float> neg, float g,
                               float normalization);
 

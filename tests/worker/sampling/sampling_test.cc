@@ -103,6 +103,35 @@ TEST(EulerStepTest, RecoversDataForExactVelocity) {
   EXPECT_NEAR(x[0], x0, 1e-6);
 }
 
+// The per-value formulas the pipeline runs on tensors, here on numbers.
+TEST(SamplerFormulaTest, VelocityAndEulerUpdate) {
+  EXPECT_EQ(Velocity(3.0f), -3.0f);
+  // 1 + (0.5 - 0.75) * 2
+  EXPECT_EQ(EulerUpdate(1.0f, Velocity(-2.0f), 0.75f, 0.5f), 0.5f);
+  EXPECT_EQ(EulerUpdate(1.0f, 8.0f, 0.5f, 0.5f), 1.0f);  // no step
+}
+
+TEST(SamplerFormulaTest, ScaleNoiseMovesAlongTheStraightPath) {
+  EXPECT_EQ(ScaleNoise(2.0f, 10.0f, 0.25f), 4.0f);  // 10 * 0.25 + 2 * 0.75
+  EXPECT_EQ(ScaleNoise(2.0f, 10.0f, 1.0f), 10.0f);  // pure noise
+  EXPECT_EQ(ScaleNoise(2.0f, 10.0f, 0.0f), 2.0f);   // the clean latents
+}
+
+TEST(SamplerFormulaTest, InpaintBlendKeepsOutsideTheMask) {
+  EXPECT_EQ(InpaintBlend(5.0f, 7.0f, 1.0f), 7.0f);  // white: repainted
+  EXPECT_EQ(InpaintBlend(5.0f, 7.0f, 0.0f), 5.0f);  // black: kept
+}
+
+TEST(SamplerFormulaTest, CfgGuideAndNormalizationScale) {
+  EXPECT_EQ(CfgGuide(1.0f, 0.0f, 2.0f), 3.0f);
+  EXPECT_EQ(CfgGuide(2.0f, 3.0f, 0.0f), 2.0f);
+  EXPECT_EQ(CfgNormalizationScale(2.0f, 1.0f, 4.0f), 0.5f);  // 1 * 2 / 4
+  EXPECT_EQ(CfgNormalizationScale(1.0f, 5.0f, 3.0f), 1.0f);  // below the cap: unchanged
+  // Zero norms (0 / 0) leave the prediction as it is.
+  EXPECT_EQ(CfgNormalizationScale(1.0f, 0.0f, 0.0f), 1.0f);
+  EXPECT_EQ(CfgNormalizationFactor(1.0f, 0.0f, 0.0f), 1.0f);
+}
+
 TEST(CfgTest, GuidanceOffAndTruncation) {
   EXPECT_EQ(GuidanceForStep(CfgOptions{}, 0.5f), 0.0f);
   CfgOptions o;
