@@ -18,7 +18,7 @@
 #include "absl/flags/parse.h"
 #include "absl/time/clock.h"
 #include "tests/testing/scheduler_fixture.h"
-#include "worker/runtime/pipeline_renderer.h"
+#include "worker/pipeline/pipeline_renderer.h"
 #include "worker/runtime/worker.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 

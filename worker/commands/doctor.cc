@@ -24,7 +24,7 @@
 #include "worker/io/model_folder.h"
 #include "worker/io/weights_cache.h"
 #include "worker/pipeline/pipeline.h"
-#include "worker/runtime/device_info.h"
+#include "worker/pipeline/device_info.h"
 
 namespace zfarm::worker {
 namespace {

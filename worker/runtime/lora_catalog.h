@@ -22,7 +22,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "worker/pipeline/pipeline.h"
+#include "worker/pipeline/request.h"
 
 namespace zfarm::worker {
 

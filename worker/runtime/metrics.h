@@ -16,7 +16,7 @@
 #include <memory>
 #include <string>
 
-#include "worker/runtime/renderer.h"
+#include "worker/pipeline/renderer.h"
 
 namespace prometheus {
 class Registry;

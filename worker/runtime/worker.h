@@ -42,7 +42,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "worker/runtime/lora_catalog.h"
-#include "worker/runtime/renderer.h"
+#include "worker/pipeline/renderer.h"
 #include "worker/runtime/scheduler_link.h"
 #include "zfarm/v1/worker_service.pb.h"
 

@@ -24,7 +24,7 @@
 #include "worker/io/safetensors.h"
 #include "worker/io/png.h"
 #include "worker/runtime/lora_catalog.h"
-#include "worker/runtime/pipeline_renderer.h"
+#include "worker/pipeline/pipeline_renderer.h"
 #include "worker/runtime/worker.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 

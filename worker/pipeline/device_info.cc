@@ -1,4 +1,4 @@
-#include "worker/runtime/device_info.h"
+#include "worker/pipeline/device_info.h"
 
 #include <ATen/Context.h>
 #include <sys/resource.h>

@@ -1,5 +1,5 @@
-#ifndef ZFARM_WORKER_RUNTIME_DEVICE_INFO_H_
-#define ZFARM_WORKER_RUNTIME_DEVICE_INFO_H_
+#ifndef ZFARM_WORKER_PIPELINE_DEVICE_INFO_H_
+#define ZFARM_WORKER_PIPELINE_DEVICE_INFO_H_
 
 // What the worker knows about its device: name, memory, driver and CUDA
 // versions (for the hello, heartbeats, /metrics and `doctor`). Torch-free header.
@@ -7,7 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "worker/runtime/renderer.h"
+#include "worker/pipeline/renderer.h"
 
 namespace zfarm::worker {
 
@@ -31,4 +31,4 @@ DeviceMemory QueryMemory(const std::string& device);
 
 }  // namespace zfarm::worker
 
-#endif  // ZFARM_WORKER_RUNTIME_DEVICE_INFO_H_
+#endif  // ZFARM_WORKER_PIPELINE_DEVICE_INFO_H_

@@ -1,6 +1,6 @@
-#include "worker/runtime/pipeline_renderer.h"
+#include "worker/pipeline/pipeline_renderer.h"
 
-#include "worker/runtime/device_info.h"
+#include "worker/pipeline/device_info.h"
 
 namespace zfarm::worker {
 

@@ -1,5 +1,5 @@
-#ifndef ZFARM_WORKER_RUNTIME_MODEL_FINGERPRINT_H_
-#define ZFARM_WORKER_RUNTIME_MODEL_FINGERPRINT_H_
+#ifndef ZFARM_WORKER_IO_MODEL_FINGERPRINT_H_
+#define ZFARM_WORKER_IO_MODEL_FINGERPRINT_H_
 
 // A short identity of a model folder's weights, reported with every result:
 // sha256 over every file's relative path and size, the full text of the JSON
@@ -16,4 +16,4 @@ absl::StatusOr<std::string> ModelFingerprint(const std::string& dir);
 
 }  // namespace zfarm::worker
 
-#endif  // ZFARM_WORKER_RUNTIME_MODEL_FINGERPRINT_H_
+#endif  // ZFARM_WORKER_IO_MODEL_FINGERPRINT_H_

@@ -1,5 +1,5 @@
-#ifndef ZFARM_WORKER_RUNTIME_PIPELINE_RENDERER_H_
-#define ZFARM_WORKER_RUNTIME_PIPELINE_RENDERER_H_
+#ifndef ZFARM_WORKER_PIPELINE_PIPELINE_RENDERER_H_
+#define ZFARM_WORKER_PIPELINE_PIPELINE_RENDERER_H_
 
 // The production Renderer: a warm Pipeline on one device.
 //
@@ -14,7 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "worker/pipeline/pipeline.h"
-#include "worker/runtime/renderer.h"
+#include "worker/pipeline/renderer.h"
 
 namespace zfarm::worker {
 
@@ -39,4 +39,4 @@ class PipelineRenderer : public Renderer {
 
 }  // namespace zfarm::worker
 
-#endif  // ZFARM_WORKER_RUNTIME_PIPELINE_RENDERER_H_
+#endif  // ZFARM_WORKER_PIPELINE_PIPELINE_RENDERER_H_

@@ -1,4 +1,4 @@
-#include "worker/runtime/model_fingerprint.h"
+#include "worker/io/model_fingerprint.h"
 
 #include <openssl/evp.h>
 

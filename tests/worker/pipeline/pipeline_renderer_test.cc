@@ -1,12 +1,12 @@
 // PipelineRenderer on the tiny model: a caption encoded ahead (Prepare, what the
 // worker does between steps of the previous job) gives the very same image.
-#include "worker/runtime/pipeline_renderer.h"
+#include "worker/pipeline/pipeline_renderer.h"
 
 #include <memory>
 
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
-#include "worker/runtime/device_info.h"
+#include "worker/pipeline/device_info.h"
 
 namespace zfarm::worker {
 namespace {

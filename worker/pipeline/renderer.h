@@ -1,18 +1,20 @@
-#ifndef ZFARM_WORKER_RUNTIME_RENDERER_H_
-#define ZFARM_WORKER_RUNTIME_RENDERER_H_
+#ifndef ZFARM_WORKER_PIPELINE_RENDERER_H_
+#define ZFARM_WORKER_PIPELINE_RENDERER_H_
 
 // What the worker runtime renders with: the real Pipeline (PipelineRenderer,
-// worker/runtime/pipeline_renderer.h) or a test double. Torch-free.
+// worker/pipeline/pipeline_renderer.h) or a test double. Torch-free: the runtime
+// includes this, never pipeline.h.
 //
 // Thread-compatibility: Render and Memory are called from the worker's single
-// inference thread only (style rule 18).
+// inference thread only (the one thread that owns the device).
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/pipeline/pipeline.h"
+#include "absl/status/status.h"
+#include "worker/pipeline/request.h"
 
 namespace zfarm::worker {
 
@@ -45,4 +47,4 @@ class Renderer {
 
 }  // namespace zfarm::worker
 
-#endif  // ZFARM_WORKER_RUNTIME_RENDERER_H_
+#endif  // ZFARM_WORKER_PIPELINE_RENDERER_H_
