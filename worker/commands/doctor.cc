@@ -23,8 +23,8 @@
 #include "worker/io/manifest.h"
 #include "worker/io/model_folder.h"
 #include "worker/io/weights_cache.h"
-#include "worker/pipeline/pipeline.h"
 #include "worker/pipeline/device_info.h"
+#include "worker/pipeline/pipeline.h"
 
 namespace zfarm::worker {
 namespace {

@@ -21,13 +21,13 @@
 #include "proto/security/tls.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
-#include "worker/pipeline/pipeline.h"
+#include "worker/io/model_fingerprint.h"
 #include "worker/pipeline/device_info.h"
+#include "worker/pipeline/pipeline.h"
+#include "worker/pipeline/pipeline_renderer.h"
 #include "worker/runtime/health_server.h"
 #include "worker/runtime/lora_catalog.h"
 #include "worker/runtime/metrics.h"
-#include "worker/io/model_fingerprint.h"
-#include "worker/pipeline/pipeline_renderer.h"
 #include "worker/runtime/worker.h"
 
 namespace zfarm::worker {

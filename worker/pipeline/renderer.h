@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "worker/pipeline/request.h"
 
 namespace zfarm::worker {
@@ -31,8 +31,7 @@ class Renderer {
   virtual ~Renderer() = default;
   // Pipeline::Generate's contract: CANCELLED when `cancel` fires, RESOURCE_EXHAUSTED
   // on out-of-memory (the renderer stays usable), INVALID_ARGUMENT for bad requests.
-  virtual absl::StatusOr<Image> Render(const GenerateRequest& request,
-                                       const StepCallback& on_step,
+  virtual absl::StatusOr<Image> Render(const GenerateRequest& request, const StepCallback& on_step,
                                        const CancelToken* cancel) = 0;
   virtual DeviceMemory Memory() = 0;
   // Encodes the prompt of a job that will run next (called between steps of the

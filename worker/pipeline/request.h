@@ -72,8 +72,8 @@ struct GenerateRequest {
 // Wall-clock seconds per stage of one Generate call.
 struct StageTimings {
   double tokenize_s = 0, encode_s = 0, denoise_s = 0, decode_s = 0, total_s = 0;
-  double lora_s = 0;  // applying the request's LoRA set (0 when it was already applied)
-  double encode_image_s = 0;  // image-to-image: preprocessing + VAE encode of the init picture
+  double lora_s = 0;           // applying the request's LoRA set (0 when it was already applied)
+  double encode_image_s = 0;   // image-to-image: preprocessing + VAE encode of the init picture
   std::vector<double> step_s;  // per DiT step (synchronised only when timing is requested)
 };
 
@@ -84,7 +84,7 @@ struct Image {
   bool prompt_truncated = false;
   int untruncated_prompt_tokens = 0;
   StageTimings timings;
-  int64_t peak_device_bytes = 0;  // CUDA: peak allocated during the call; CPU: process max RSS
+  int64_t peak_device_bytes = 0;   // CUDA: peak allocated during the call; CPU: process max RSS
   std::vector<LoraRequest> loras;  // the request's LoRAs, sha256 filled in
   int steps_run = 0;               // DiT steps evaluated (fewer than steps for image-to-image)
 };

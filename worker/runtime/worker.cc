@@ -483,118 +483,124 @@ void Worker::RunSelfTest() {
   SendStatus(true, "self-test passed");
 }
 
-void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
+// A render the inference thread runs now, as its step callback sees it.
+struct Worker::RunningRender {
+  v1::LeaseId id;
+  absl::Time deadline = absl::InfiniteFuture();
+  std::shared_ptr<CancelToken> cancel;
+  // The previous image's end when this lease was already waiting for it (busy), else
+  // InfiniteFuture: the start of the first-step gap.
+  absl::Time busy_since = absl::InfiniteFuture();
+  absl::Time last_step;
+};
+
+void Worker::FailLease(const v1::LeaseId& lease, v1::FailureReason reason, bool retryable,
+                       const std::string& message) {
+  Fail(lease, reason, retryable, message);
+  CountFailure(reason);
+}
+
+std::optional<GenerateRequest> Worker::RequestForLease(const v1::Lease& lease) {
   const v1::LeaseId& id = lease.lease();
   const v1::JobSpec& spec = lease.spec();
   const absl::string_view extension = ImageFormatExtension(FormatOf(spec.output_format()));
   if (absl::Status s = CheckRelativePath(lease.output_path(), extension); !s.ok()) {
-    Fail(id, v1::FAILURE_REASON_INVALID_REQUEST, false, std::string(s.message()));
-    CountFailure(v1::FAILURE_REASON_INVALID_REQUEST);
-    return;
+    FailLease(id, v1::FAILURE_REASON_INVALID_REQUEST, false, std::string(s.message()));
+    return std::nullopt;
   }
-  // Free space: the raw image size is a safe upper bound for the PNG.
+  if (absl::Status s = CheckFreeSpace(spec); !s.ok()) {
+    FailLease(id, v1::FAILURE_REASON_OUTPUT_ERROR, true, std::string(s.message()));
+    return std::nullopt;
+  }
+  GenerateRequest req = RequestFor(spec);
+  absl::Status s = ResolveLoras(spec, options_.loras.get(), &req);
+  if (s.ok()) s = ResolvePictures(spec, &req);
+  if (!s.ok()) {
+    FailLease(id, v1::FAILURE_REASON_INVALID_REQUEST, false, std::string(s.message()));
+    return std::nullopt;
+  }
+  return req;
+}
+
+absl::Status Worker::CheckFreeSpace(const v1::JobSpec& spec) const {
+  // The raw image size is a safe upper bound for the encoded file.
   const int64_t raw = int64_t{spec.width_px()} * spec.height_px() * 3;
   struct statvfs vfs {};
-  if (::statvfs(options_.output_root.c_str(), &vfs) == 0) {
-    const int64_t avail = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
-    if (avail < options_.min_free_disk_bytes + raw) {
-      Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, true,
-           absl::StrCat("output disk full: ", options_.output_root, " has ", HumanBytes(avail),
-                        " free, below --min-free-disk-mb ", options_.min_free_disk_bytes >> 20,
-                        " MiB plus the image's ", HumanBytes(raw)));
-      CountFailure(v1::FAILURE_REASON_OUTPUT_ERROR);
-      return;
-    }
-  }
+  if (::statvfs(options_.output_root.c_str(), &vfs) != 0) return absl::OkStatus();
+  const int64_t avail = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
+  if (avail >= options_.min_free_disk_bytes + raw) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat("output disk full: ", options_.output_root, " has ", HumanBytes(avail),
+                   " free, below --min-free-disk-mb ", options_.min_free_disk_bytes >> 20,
+                   " MiB plus the image's ", HumanBytes(raw)));
+}
 
-  GenerateRequest req = RequestFor(spec);
-  if (absl::Status s = ResolveLoras(spec, options_.loras.get(), &req); !s.ok()) {
-    Fail(id, v1::FAILURE_REASON_INVALID_REQUEST, false, std::string(s.message()));
-    CountFailure(v1::FAILURE_REASON_INVALID_REQUEST);
-    return;
+void Worker::BeginRender(RunningRender& run, absl::Time queued_since) {
+  absl::MutexLock lock(&mu_);
+  running_ = run.id;
+  running_cancel_ = run.cancel;
+  running_cancel_reason_ = v1::FAILURE_REASON_CANCELLED_BY_CLIENT;
+  // Busy: this lease was already here when the previous image came out.
+  if (queued_since <= last_image_done_) {
+    run.busy_since = last_image_done_;
+    const double gap = absl::ToDoubleSeconds(run.last_step - last_image_done_);
+    stats_.gap_seconds.push_back(gap);
+    if (metrics_ != nullptr) metrics_->ObserveGap(gap);
   }
-  if (absl::Status s = ResolvePictures(spec, &req); !s.ok()) {
-    Fail(id, v1::FAILURE_REASON_INVALID_REQUEST, false, std::string(s.message()));
-    CountFailure(v1::FAILURE_REASON_INVALID_REQUEST);
-    return;
-  }
-  const absl::Time deadline =
-      spec.has_deadline()
-          ? absl::FromUnixMicros(
-                google::protobuf::util::TimeUtil::TimestampToMicroseconds(spec.deadline()))
-          : absl::InfiniteFuture();
+  v1::WorkerMessage m;
+  *m.mutable_started()->mutable_lease() = run.id;
+  if (connected_) link_->Send(m);
+}
 
-  auto cancel = std::make_shared<CancelToken>();
-  const absl::Time start = absl::Now();
-  absl::Time busy_since = absl::InfiniteFuture();
+void Worker::PrepareNextCaption() {
+  // Once per pending job: the device is ours between two of this job's steps.
+  std::optional<v1::JobSpec> next;
   {
     absl::MutexLock lock(&mu_);
-    running_ = id;
-    running_cancel_ = cancel;
-    running_cancel_reason_ = v1::FAILURE_REASON_CANCELLED_BY_CLIENT;
-    // Busy: this lease was already here when the previous image came out.
-    if (queued_since <= last_image_done_) {
-      busy_since = last_image_done_;
-      const double gap = absl::ToDoubleSeconds(start - last_image_done_);
-      stats_.gap_seconds.push_back(gap);
-      if (metrics_ != nullptr) metrics_->ObserveGap(gap);
+    if (!pending_.empty() && pending_.front().first.lease().job_id() != prepared_job_) {
+      prepared_job_ = pending_.front().first.lease().job_id();
+      next = pending_.front().first.spec();
     }
-    v1::WorkerMessage m;
-    *m.mutable_started()->mutable_lease() = id;
-    if (connected_) link_->Send(m);
   }
-  LOG(INFO) << "event=render_start job=" << id.job_id() << " attempt=" << id.attempt()
-            << " size=" << req.width << "x" << req.height << " steps=" << req.steps
-            << " request=" << lease.request_id();
+  if (!next) return;
+  absl::Status ps = renderer_->Prepare(RequestFor(*next));
+  if (!ps.ok()) LOG(WARNING) << "event=prepare_failed status=\"" << ps.ToString() << "\"";
+}
 
-  absl::Time last_step = start;
-  auto on_step = [&](int step, int total) {
-    const absl::Time now = absl::Now();
-    if (metrics_ != nullptr && step > 1)
-      metrics_->ObserveStep(absl::ToDoubleSeconds(now - last_step));
-    last_step = now;
-    // Encode the next job's prompt between our steps (same thread, same device),
-    // once, so it starts with its caption ready.
-    std::optional<v1::JobSpec> next;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!pending_.empty() && pending_.front().first.lease().job_id() != prepared_job_) {
-        prepared_job_ = pending_.front().first.lease().job_id();
-        next = pending_.front().first.spec();
-      }
-    }
-    if (next) {
-      absl::Status ps = renderer_->Prepare(RequestFor(*next));
-      if (!ps.ok()) LOG(WARNING) << "event=prepare_failed status=\"" << ps.ToString() << "\"";
-    }
-    absl::MutexLock lock(&mu_);
-    if (step == 1 && busy_since != absl::InfiniteFuture()) {
-      stats_.first_step_gap_seconds.push_back(absl::ToDoubleSeconds(now - busy_since));
-    }
-    if (now >= deadline && !cancel->cancelled()) {
-      running_cancel_reason_ = v1::FAILURE_REASON_DEADLINE_EXCEEDED;
-      cancel->Cancel();
-    }
-    if (!connected_) return;
-    v1::WorkerMessage m;
-    auto* p = m.mutable_progress();
-    *p->mutable_lease() = id;
-    p->set_step(step);
-    p->set_total_steps(total);
-    link_->Send(m);
-  };
-  if (absl::Now() >= deadline) cancel->Cancel();
-  absl::StatusOr<Image> img = renderer_->Render(req, on_step, cancel.get());
+void Worker::OnStep(RunningRender& run, int step, int total) {
+  const absl::Time now = absl::Now();
+  if (metrics_ != nullptr && step > 1) {
+    metrics_->ObserveStep(absl::ToDoubleSeconds(now - run.last_step));
+  }
+  run.last_step = now;
+  PrepareNextCaption();
+  absl::MutexLock lock(&mu_);
+  if (step == 1 && run.busy_since != absl::InfiniteFuture()) {
+    stats_.first_step_gap_seconds.push_back(absl::ToDoubleSeconds(now - run.busy_since));
+  }
+  if (now >= run.deadline && !run.cancel->cancelled()) {
+    running_cancel_reason_ = v1::FAILURE_REASON_DEADLINE_EXCEEDED;
+    run.cancel->Cancel();
+  }
+  if (!connected_) return;
+  v1::WorkerMessage m;
+  auto* p = m.mutable_progress();
+  *p->mutable_lease() = run.id;
+  p->set_step(step);
+  p->set_total_steps(total);
+  link_->Send(m);
+}
+
+v1::FailureReason Worker::EndRender(bool rendered) {
   const DeviceMemory mem = renderer_->Memory();
   std::vector<std::string> active = renderer_->ActiveLoras();
-
   v1::FailureReason cancel_reason;
   {
     absl::MutexLock lock(&mu_);
     memory_ = mem;
     active_loras_ = std::move(active);
     cancel_reason = running_cancel_reason_;
-    if (img.ok()) {
+    if (rendered) {
       last_image_done_ = absl::Now();
       ++outputs_in_flight_;
     }
@@ -602,35 +608,53 @@ void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
     running_cancel_.reset();
   }
   if (metrics_ != nullptr) metrics_->SetMemory(mem);
+  return cancel_reason;
+}
+
+Worker::RenderFailure Worker::FailureOf(const absl::Status& s, v1::FailureReason cancel_reason) {
+  switch (s.code()) {
+    case absl::StatusCode::kCancelled:
+      return {cancel_reason, false};
+    case absl::StatusCode::kResourceExhausted:
+      return {v1::FAILURE_REASON_OUT_OF_MEMORY, true};
+    case absl::StatusCode::kInvalidArgument:
+      return {v1::FAILURE_REASON_INVALID_REQUEST, false};
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnavailable:
+      return {v1::FAILURE_REASON_INTERNAL, true};
+    default:
+      return {v1::FAILURE_REASON_MODEL_ERROR, false};
+  }
+}
+
+void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
+  std::optional<GenerateRequest> req = RequestForLease(lease);
+  if (!req) return;
+  const v1::JobSpec& spec = lease.spec();
+  RunningRender run;
+  run.id = lease.lease();
+  if (spec.has_deadline()) {
+    run.deadline = absl::FromUnixMicros(
+        google::protobuf::util::TimeUtil::TimestampToMicroseconds(spec.deadline()));
+  }
+  run.cancel = std::make_shared<CancelToken>();
+  const absl::Time start = absl::Now();
+  run.last_step = start;
+  BeginRender(run, queued_since);
+  LOG(INFO) << "event=render_start job=" << run.id.job_id() << " attempt=" << run.id.attempt()
+            << " size=" << req->width << "x" << req->height << " steps=" << req->steps
+            << " request=" << lease.request_id();
+  if (absl::Now() >= run.deadline) run.cancel->Cancel();
+  absl::StatusOr<Image> img = renderer_->Render(
+      *req, [&](int step, int total) { OnStep(run, step, total); }, run.cancel.get());
+  const v1::FailureReason cancel_reason = EndRender(img.ok());
   if (img.ok()) {
-    Output out{lease, *std::move(img), std::move(req), start};
+    Output out{lease, *std::move(img), *std::move(req), start};
     PostOutput([this, out = std::move(out)]() mutable { WriteAndCommit(std::move(out)); });
     return;
   }
-  const absl::Status& s = img.status();
-  v1::FailureReason reason = v1::FAILURE_REASON_MODEL_ERROR;
-  bool retryable = false;
-  switch (s.code()) {
-    case absl::StatusCode::kCancelled:
-      reason = cancel_reason;
-      break;
-    case absl::StatusCode::kResourceExhausted:
-      reason = v1::FAILURE_REASON_OUT_OF_MEMORY;
-      retryable = true;
-      break;
-    case absl::StatusCode::kInvalidArgument:
-      reason = v1::FAILURE_REASON_INVALID_REQUEST;
-      break;
-    case absl::StatusCode::kInternal:
-    case absl::StatusCode::kUnavailable:
-      reason = v1::FAILURE_REASON_INTERNAL;
-      retryable = true;
-      break;
-    default:
-      break;
-  }
-  Fail(id, reason, retryable, std::string(s.message()));
-  CountFailure(reason);
+  const RenderFailure f = FailureOf(img.status(), cancel_reason);
+  FailLease(run.id, f.reason, f.retryable, std::string(img.status().message()));
 }
 
 // ------------------------------------------------------------------ output
@@ -689,8 +713,7 @@ void Worker::WriteAndCommit(Output out) {
     const bool bad_request = absl::IsInvalidArgument(png.status());
     const v1::FailureReason reason =
         bad_request ? v1::FAILURE_REASON_INVALID_REQUEST : v1::FAILURE_REASON_INTERNAL;
-    Fail(id, reason, !bad_request, std::string(png.status().message()));
-    CountFailure(reason);
+    FailLease(id, reason, !bad_request, std::string(png.status().message()));
     done();
     return;
   }
@@ -706,8 +729,7 @@ void Worker::WriteAndCommit(Output out) {
          : files::WriteNewFileSynced(temp_abs.string(), *png);
   if (!w.ok()) {
     ::unlink(temp_abs.string().c_str());
-    Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, true, std::string(w.message()));
-    CountFailure(v1::FAILURE_REASON_OUTPUT_ERROR);
+    FailLease(id, v1::FAILURE_REASON_OUTPUT_ERROR, true, std::string(w.message()));
     done();
     return;
   }
@@ -774,8 +796,7 @@ void Worker::HandleCommitReply(const v1::CommitReply& reply) {
               : std::string(s.message());
     LOG(WARNING) << "event=rename_failed job=" << id.job_id() << " attempt=" << id.attempt()
                  << " error=\"" << why << "\"";
-    Fail(id, v1::FAILURE_REASON_OUTPUT_ERROR, !taken, why);
-    CountFailure(v1::FAILURE_REASON_OUTPUT_ERROR);
+    FailLease(id, v1::FAILURE_REASON_OUTPUT_ERROR, !taken, why);
     return;
   }
   files::SyncDir(std::filesystem::path(c.final_abs).parent_path().string()).IgnoreError();

@@ -41,8 +41,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "worker/runtime/lora_catalog.h"
 #include "worker/pipeline/renderer.h"
+#include "worker/runtime/lora_catalog.h"
 #include "worker/runtime/scheduler_link.h"
 #include "zfarm/v1/worker_service.pb.h"
 
@@ -139,12 +139,41 @@ class Worker : public SchedulerLink::Handler {
   Worker(Options options, std::unique_ptr<Renderer> renderer);
   void InferenceLoop();
   void OutputLoop();
-  void RenderLease(const zfarm::v1::Lease& lease, absl::Time queued_since);
+  // One lease, start to hand-off: RequestForLease, BeginRender, the render with OnStep
+  // after every step, EndRender, then the output thread or FailLease.
+  void RenderLease(const zfarm::v1::Lease& lease, absl::Time queued_since) ABSL_LOCKS_EXCLUDED(mu_);
+  struct RunningRender;
+  // The request the lease asks for, checked against what this worker can write
+  // (output path, free space) and resolve (LoRAs, input pictures); nullopt after
+  // failing the lease with the reason.
+  std::optional<GenerateRequest> RequestForLease(const zfarm::v1::Lease& lease)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // RESOURCE_EXHAUSTED naming --min-free-disk-mb when the output root lacks the space.
+  absl::Status CheckFreeSpace(const zfarm::v1::JobSpec& spec) const;
+  // Marks `run` as running (cancellable), records the gap since the previous image
+  // when the lease was waiting for it, and reports Started.
+  void BeginRender(RunningRender& run, absl::Time queued_since) ABSL_LOCKS_EXCLUDED(mu_);
+  // After each step: encodes the next job's prompt, cancels past the deadline,
+  // reports Progress.
+  void OnStep(RunningRender& run, int step, int total) ABSL_LOCKS_EXCLUDED(mu_);
+  void PrepareNextCaption() ABSL_LOCKS_EXCLUDED(mu_);
+  // Records memory and LoRAs after a render and clears the running lease; returns
+  // why it was cancelled if it was (client or deadline).
+  zfarm::v1::FailureReason EndRender(bool rendered) ABSL_LOCKS_EXCLUDED(mu_);
+  // How a failed render is reported: the reason and whether another attempt may help.
+  struct RenderFailure {
+    zfarm::v1::FailureReason reason;
+    bool retryable;
+  };
+  static RenderFailure FailureOf(const absl::Status& s, zfarm::v1::FailureReason cancel_reason);
   void WriteAndCommit(Output out);
   void HandleCommitReply(const zfarm::v1::CommitReply& reply);
   void Fail(const zfarm::v1::LeaseId& lease, zfarm::v1::FailureReason reason, bool retryable,
             const std::string& message, int64_t memory_required = 0);
   void CountFailure(zfarm::v1::FailureReason reason) ABSL_LOCKS_EXCLUDED(mu_);
+  // Fail() then CountFailure(): a lease this worker gives up on.
+  void FailLease(const zfarm::v1::LeaseId& lease, zfarm::v1::FailureReason reason, bool retryable,
+                 const std::string& message) ABSL_LOCKS_EXCLUDED(mu_);
   void RunSelfTest();
   void PostOutput(absl::AnyInvocable<void() &&> task);
   void SendStatus(bool healthy, const std::string& message);

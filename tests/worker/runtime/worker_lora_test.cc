@@ -23,8 +23,8 @@
 #include "worker/io/file_util.h"
 #include "worker/io/safetensors.h"
 #include "worker/io/png.h"
-#include "worker/runtime/lora_catalog.h"
 #include "worker/pipeline/pipeline_renderer.h"
+#include "worker/runtime/lora_catalog.h"
 #include "worker/runtime/worker.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 
