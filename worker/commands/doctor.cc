@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
+#include "proto/status_macros.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/io/file_util.h"
@@ -54,6 +55,193 @@ struct Check {
 
 std::string Gib(int64_t b) { return absl::StrFormat("%.1f GiB", b / 1073741824.0); }
 
+// The manifest to verify against: --manifest, else DIR/manifest.md5 if present, else
+// the official one. `source` names it in the report.
+absl::StatusOr<std::vector<ManifestEntry>> DoctorManifest(const std::string& model,
+                                                          std::string manifest_flag,
+                                                          std::string* source) {
+  *source = "official manifest";
+  if (manifest_flag.empty() && std::filesystem::exists(model + "/manifest.md5")) {
+    manifest_flag = model + "/manifest.md5";
+  }
+  if (manifest_flag.empty()) return OfficialManifest();
+  ZFARM_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(manifest_flag, 16 << 20));
+  ZFARM_ASSIGN_OR_RETURN(std::vector<ManifestEntry> m, ParseMd5Manifest(text, manifest_flag));
+  *source = manifest_flag;
+  return m;
+}
+
+// 1. Files: every file of the manifest present and matching, and the configs parse.
+Check CheckFiles(const std::string& model, const std::string& manifest_flag, bool fast) {
+  Check c{"files"};
+  std::string source;
+  absl::StatusOr<std::vector<ManifestEntry>> manifest =
+      DoctorManifest(model, manifest_flag, &source);
+  VerifyOptions vo;
+  vo.fast = fast;
+  auto report = manifest.ok() ? VerifyModelFolder(model, *manifest, vo)
+                              : absl::StatusOr<VerifyReport>(manifest.status());
+  if (!report.ok()) {
+    c.ok = false;
+    c.detail = report.status().ToString();
+  } else {
+    int bad = 0;
+    nlohmann::json problems = nlohmann::json::array();
+    for (const FileReport& r : report->files) {
+      if (r.check == FileCheck::kOk) continue;
+      ++bad;
+      problems.push_back(
+          {{"path", r.path}, {"check", std::string(FileCheckName(r.check))}, {"detail", r.detail}});
+    }
+    c.ok = bad == 0;
+    c.detail = absl::StrFormat("%d files against %s (%s): %s", report->files.size(), source,
+                               vo.fast ? "fast: sizes and headers" : "full md5",
+                               bad == 0 ? "all ok" : absl::StrCat(bad, " problem(s)"));
+    for (const auto& p : problems) {
+      absl::StrAppend(&c.detail, "\n    ", p["path"].get<std::string>(), ": ",
+                      p["check"].get<std::string>(), " ", p["detail"].get<std::string>());
+    }
+    c.data = {{"files", report->files.size()},
+              {"problems", problems},
+              {"manifest", source},
+              {"seconds", report->seconds}};
+  }
+  auto config = LoadModelConfig(model);
+  if (!config.ok()) {
+    c.ok = false;
+    absl::StrAppend(&c.detail, "\n    configs: ", config.status().ToString());
+  }
+  return c;
+}
+
+// 2. Device: visible, with its memory, driver and CUDA versions.
+Check CheckDevice(const std::string& device, const absl::StatusOr<DeviceInfo>& info) {
+  Check c{"device"};
+  if (!info.ok()) {
+    c.ok = false;
+    c.detail = info.status().ToString();
+    return c;
+  }
+  c.detail = absl::StrCat(device, ": ", info->name, ", ", Gib(info->memory.total), " total, ",
+                          Gib(info->memory.free), " free; torch ", info->torch_version);
+  if (!info->driver_version.empty()) {
+    absl::StrAppend(&c.detail, ", CUDA driver ", info->driver_version, ", runtime ",
+                    info->cuda_version, ", ", info->device_count, " GPU(s) visible");
+  }
+  c.data = {{"name", info->name},
+            {"memory_total_bytes", info->memory.total},
+            {"memory_free_bytes", info->memory.free},
+            {"driver_version", info->driver_version},
+            {"cuda_version", info->cuda_version},
+            {"torch_version", info->torch_version},
+            {"device_count", info->device_count}};
+  return c;
+}
+
+// 3. Output root: writable, with the worker's default minimum of free space.
+Check CheckOutputRoot(const std::string& root) {
+  Check c{"output_root"};
+  struct statvfs vfs {};
+  if (::access(root.c_str(), W_OK) != 0 || ::statvfs(root.c_str(), &vfs) != 0) {
+    c.ok = false;
+    c.detail = absl::StrCat(root, ": missing or not writable by this user");
+    return c;
+  }
+  const int64_t avail = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
+  c.ok = avail >= (int64_t{512} << 20);
+  c.detail = absl::StrCat(root, ": writable, ", Gib(avail), " free",
+                          c.ok ? "" : " (below the worker's default 512 MiB minimum)");
+  c.data = {{"free_bytes", avail}};
+  return c;
+}
+
+// 3b. Weights cache: a current bf16 copy of the DiT (else serve reads the fp32 shards).
+Check CheckWeightsCache(const std::string& model, const std::string& cache) {
+  Check c{"weights_cache"};
+  const std::string component = model + "/transformer";
+  auto dir = Bf16CacheDir(cache, component);
+  auto useful = Bf16CacheUseful(component);
+  if (!dir.ok() || !useful.ok()) {
+    c.ok = false;
+    c.detail = (!dir.ok() ? dir.status() : useful.status()).ToString();
+  } else if (!*useful) {
+    c.detail = "the DiT is already bfloat16: no copy needed";
+  } else if (!Bf16CachePresent(*dir)) {
+    c.ok = false;
+    c.detail = absl::StrCat("no current copy (", *dir, "): run zfarm-worker cache-weights --model ",
+                            model, " --weights-cache ", cache);
+  } else {
+    c.detail = absl::StrCat(*dir, ": current");
+    c.data = {{"dir", *dir}};
+  }
+  return c;
+}
+
+// 4. Load test: load time, memory after load, a first and a warm generation.
+Check CheckLoad(const PipelineOptions& po, std::pair<int, int> size, int steps) {
+  Check c{"load"};
+  auto p = Pipeline::Create(po);
+  if (!p.ok()) {
+    c.ok = false;
+    c.detail = p.status().ToString();
+    return c;
+  }
+  DeviceMemory after_load = QueryMemory(po.device);
+  GenerateRequest r;
+  r.prompt = "a lighthouse on a cliff at dusk";
+  r.width = size.first;
+  r.height = size.second;
+  r.steps = steps;
+  r.seed = 42;
+  auto t0 = absl::Now();
+  auto first = (*p)->Generate(r, nullptr, nullptr);
+  const double first_s = absl::ToDoubleSeconds(absl::Now() - t0);
+  t0 = absl::Now();
+  auto second = first.ok() ? (*p)->Generate(r, nullptr, nullptr) : first;
+  const double warm_s = absl::ToDoubleSeconds(absl::Now() - t0);
+  if (!second.ok()) {
+    c.ok = false;
+    c.detail = absl::StrCat("generation failed: ", second.status().ToString());
+    return c;
+  }
+  c.detail = absl::StrFormat(
+      "%s: loaded in %.2f s, %s in use after load; %dx%d, %d steps: first %.2f s, warm "
+      "%.2f s, peak %s",
+      (*p)->Describe(), (*p)->load_seconds(), Gib(after_load.in_use), r.width, r.height, steps,
+      first_s, warm_s, Gib(second->peak_device_bytes));
+  c.data = {{"load_seconds", (*p)->load_seconds()},
+            {"memory_after_load_bytes", after_load.in_use},
+            {"first_generation_seconds", first_s},
+            {"warm_generation_seconds", warm_s},
+            {"peak_bytes", second->peak_device_bytes},
+            {"width", r.width},
+            {"height", r.height},
+            {"steps", steps}};
+  return c;
+}
+
+// The report on stdout (one line per check, or --json); true when every check passed.
+bool PrintReport(const std::vector<Check>& checks, bool json, const std::string& model,
+                 const std::string& device) {
+  bool all_ok = true;
+  for (const Check& c : checks) all_ok = all_ok && c.ok;
+  if (json) {
+    nlohmann::json j = {{"ok", all_ok}, {"model", model}, {"device", device}};
+    j["checks"] = nlohmann::json::array();
+    for (const Check& c : checks) {
+      j["checks"].push_back(
+          {{"name", c.name}, {"ok", c.ok}, {"detail", c.detail}, {"data", c.data}});
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    for (const Check& c : checks) {
+      std::printf("[%s] %-11s %s\n", c.ok ? " ok " : "FAIL", c.name.c_str(), c.detail.c_str());
+    }
+    std::printf("%s\n", all_ok ? "all checks passed" : "some checks FAILED");
+  }
+  return all_ok;
+}
+
 }  // namespace
 
 int RunDoctor(int argc, char** argv) {
@@ -82,196 +270,21 @@ int RunDoctor(int argc, char** argv) {
     return 2;
   }
   std::vector<Check> checks;
-
-  // 1. Files.
-  {
-    Check c{"files"};
-    std::vector<ManifestEntry> manifest = OfficialManifest();
-    std::string source = "official manifest";
-    std::string mpath = f.Get("manifest");
-    if (mpath.empty() && std::filesystem::exists(model + "/manifest.md5")) {
-      mpath = model + "/manifest.md5";
-    }
-    absl::Status ms;
-    if (!mpath.empty()) {
-      auto text = ReadSmallFile(mpath, 16 << 20);
-      auto m = text.ok() ? ParseMd5Manifest(*text, mpath)
-                         : absl::StatusOr<std::vector<ManifestEntry>>(text.status());
-      if (m.ok()) {
-        manifest = *m;
-        source = mpath;
-      } else {
-        ms = m.status();
-      }
-    }
-    VerifyOptions vo;
-    vo.fast = f.True("fast");
-    auto report =
-        ms.ok() ? VerifyModelFolder(model, manifest, vo) : absl::StatusOr<VerifyReport>(ms);
-    if (!report.ok()) {
-      c.ok = false;
-      c.detail = report.status().ToString();
-    } else {
-      int bad = 0;
-      nlohmann::json problems = nlohmann::json::array();
-      for (const FileReport& r : report->files) {
-        if (r.check == FileCheck::kOk) continue;
-        ++bad;
-        problems.push_back({{"path", r.path},
-                            {"check", std::string(FileCheckName(r.check))},
-                            {"detail", r.detail}});
-      }
-      c.ok = bad == 0;
-      c.detail = absl::StrFormat("%d files against %s (%s): %s", report->files.size(), source,
-                                 vo.fast ? "fast: sizes and headers" : "full md5",
-                                 bad == 0 ? "all ok" : absl::StrCat(bad, " problem(s)"));
-      for (const auto& p : problems) {
-        absl::StrAppend(&c.detail, "\n    ", p["path"].get<std::string>(), ": ",
-                        p["check"].get<std::string>(), " ", p["detail"].get<std::string>());
-      }
-      c.data = {{"files", report->files.size()},
-                {"problems", problems},
-                {"manifest", source},
-                {"seconds", report->seconds}};
-    }
-    auto config = LoadModelConfig(model);
-    if (!config.ok()) {
-      c.ok = false;
-      absl::StrAppend(&c.detail, "\n    configs: ", config.status().ToString());
-    }
-    checks.push_back(std::move(c));
-  }
-
-  // 2. Device.
+  checks.push_back(CheckFiles(model, f.Get("manifest"), f.True("fast")));
   absl::StatusOr<DeviceInfo> info = QueryDevice(device);
-  {
-    Check c{"device"};
-    if (!info.ok()) {
-      c.ok = false;
-      c.detail = info.status().ToString();
-    } else {
-      c.detail = absl::StrCat(device, ": ", info->name, ", ", Gib(info->memory.total), " total, ",
-                              Gib(info->memory.free), " free; torch ", info->torch_version);
-      if (!info->driver_version.empty()) {
-        absl::StrAppend(&c.detail, ", CUDA driver ", info->driver_version, ", runtime ",
-                        info->cuda_version, ", ", info->device_count, " GPU(s) visible");
-      }
-      c.data = {{"name", info->name},
-                {"memory_total_bytes", info->memory.total},
-                {"memory_free_bytes", info->memory.free},
-                {"driver_version", info->driver_version},
-                {"cuda_version", info->cuda_version},
-                {"torch_version", info->torch_version},
-                {"device_count", info->device_count}};
-    }
-    checks.push_back(std::move(c));
-  }
-
-  // 3. Output root.
-  if (f.Has("output-root")) {
-    Check c{"output_root"};
-    const std::string root = f.Get("output-root");
-    struct statvfs vfs {};
-    if (::access(root.c_str(), W_OK) != 0 || ::statvfs(root.c_str(), &vfs) != 0) {
-      c.ok = false;
-      c.detail = absl::StrCat(root, ": missing or not writable by this user");
-    } else {
-      const int64_t avail = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
-      c.ok = avail >= (int64_t{512} << 20);
-      c.detail = absl::StrCat(root, ": writable, ", Gib(avail), " free",
-                              c.ok ? "" : " (below the worker's default 512 MiB minimum)");
-      c.data = {{"free_bytes", avail}};
-    }
-    checks.push_back(std::move(c));
-  }
-
-  // 3b. Weights cache: a current bf16 copy of the DiT (else serve reads the fp32 shards).
+  checks.push_back(CheckDevice(device, info));
+  if (f.Has("output-root")) checks.push_back(CheckOutputRoot(f.Get("output-root")));
   if (f.Has("weights-cache")) {
-    Check c{"weights_cache"};
-    const std::string component = model + "/transformer";
-    auto dir = Bf16CacheDir(f.Get("weights-cache"), component);
-    auto useful = Bf16CacheUseful(component);
-    if (!dir.ok() || !useful.ok()) {
-      c.ok = false;
-      c.detail = (!dir.ok() ? dir.status() : useful.status()).ToString();
-    } else if (!*useful) {
-      c.detail = "the DiT is already bfloat16: no copy needed";
-    } else if (!Bf16CachePresent(*dir)) {
-      c.ok = false;
-      c.detail =
-          absl::StrCat("no current copy (", *dir, "): run zfarm-worker cache-weights --model ",
-                       model, " --weights-cache ", f.Get("weights-cache"));
-    } else {
-      c.detail = absl::StrCat(*dir, ": current");
-      c.data = {{"dir", *dir}};
-    }
-    checks.push_back(std::move(c));
+    checks.push_back(CheckWeightsCache(model, f.Get("weights-cache")));
   }
-
-  // 4. Load test.
   if (!f.True("no-load") && info.ok()) {
-    Check c{"load"};
     PipelineOptions po;
     po.model_dir = model;
     po.device = device;
     po.weights_cache_dir = f.Get("weights-cache");
-    auto p = Pipeline::Create(po);
-    if (!p.ok()) {
-      c.ok = false;
-      c.detail = p.status().ToString();
-    } else {
-      DeviceMemory after_load = QueryMemory(device);
-      GenerateRequest r;
-      r.prompt = "a lighthouse on a cliff at dusk";
-      r.width = size->first;
-      r.height = size->second;
-      r.steps = steps;
-      r.seed = 42;
-      auto t0 = absl::Now();
-      auto first = (*p)->Generate(r, nullptr, nullptr);
-      const double first_s = absl::ToDoubleSeconds(absl::Now() - t0);
-      t0 = absl::Now();
-      auto second = first.ok() ? (*p)->Generate(r, nullptr, nullptr) : first;
-      const double warm_s = absl::ToDoubleSeconds(absl::Now() - t0);
-      if (!second.ok()) {
-        c.ok = false;
-        c.detail = absl::StrCat("generation failed: ", second.status().ToString());
-      } else {
-        c.detail = absl::StrFormat(
-            "%s: loaded in %.2f s, %s in use after load; %dx%d, %d steps: first %.2f s, warm "
-            "%.2f s, peak %s",
-            (*p)->Describe(), (*p)->load_seconds(), Gib(after_load.in_use), r.width, r.height,
-            steps, first_s, warm_s, Gib(second->peak_device_bytes));
-        c.data = {{"load_seconds", (*p)->load_seconds()},
-                  {"memory_after_load_bytes", after_load.in_use},
-                  {"first_generation_seconds", first_s},
-                  {"warm_generation_seconds", warm_s},
-                  {"peak_bytes", second->peak_device_bytes},
-                  {"width", r.width},
-                  {"height", r.height},
-                  {"steps", steps}};
-      }
-    }
-    checks.push_back(std::move(c));
+    checks.push_back(CheckLoad(po, *size, steps));
   }
-
-  bool all_ok = true;
-  for (const Check& c : checks) all_ok = all_ok && c.ok;
-  if (f.True("json")) {
-    nlohmann::json j = {{"ok", all_ok}, {"model", model}, {"device", device}};
-    j["checks"] = nlohmann::json::array();
-    for (const Check& c : checks) {
-      j["checks"].push_back(
-          {{"name", c.name}, {"ok", c.ok}, {"detail", c.detail}, {"data", c.data}});
-    }
-    std::printf("%s\n", j.dump(2).c_str());
-  } else {
-    for (const Check& c : checks) {
-      std::printf("[%s] %-11s %s\n", c.ok ? " ok " : "FAIL", c.name.c_str(), c.detail.c_str());
-    }
-    std::printf("%s\n", all_ok ? "all checks passed" : "some checks FAILED");
-  }
-  return all_ok ? 0 : 1;
+  return PrintReport(checks, f.True("json"), model, device) ? 0 : 1;
 }
 
 }  // namespace zfarm::worker
