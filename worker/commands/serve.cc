@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -16,9 +17,10 @@
 #include "absl/time/time.h"
 #include "glog/logging.h"
 #include "prometheus/registry.h"
-#include "proto/security/auth.h"
 #include "proto/http/metrics_server.h"
+#include "proto/security/auth.h"
 #include "proto/security/tls.h"
+#include "proto/status_macros.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/io/model_fingerprint.h"
@@ -93,8 +95,201 @@ int Fatal(const std::string& what, const absl::Status& s) {
   return 1;
 }
 
+// The flags that are numbers, sizes and durations, checked.
+struct ServeSettings {
+  std::string device;
+  std::pair<int, int> warm, max_size;
+  int warmup_steps = 2, prefetch = 1;
+  int64_t min_free_mb = 512;
+  absl::Duration grace = absl::Minutes(10);
+};
+
+// INVALID_ARGUMENT with the usage error to print.
+absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& f) {
+  ServeSettings s;
+  s.device = f.Get("device", "cpu");
+  const bool cuda = s.device != "cpu";
+  ZFARM_ASSIGN_OR_RETURN(s.warm,
+                         ParseSize("warmup", f.Get("warmup", cuda ? "1024x1024" : "256x256")));
+  ZFARM_ASSIGN_OR_RETURN(s.max_size, ParseSize("max-size", f.Get("max-size", "2048x2048")));
+  if (!absl::SimpleAtoi(f.Get("warmup-steps", "2"), &s.warmup_steps) || s.warmup_steps < 1 ||
+      s.warmup_steps > 50) {
+    return absl::InvalidArgumentError("--warmup-steps: an integer in [1, 50]");
+  }
+  if (!absl::SimpleAtoi(f.Get("prefetch", "1"), &s.prefetch)) {
+    return absl::InvalidArgumentError("--prefetch: an integer");
+  }
+  if (!absl::SimpleAtoi(f.Get("min-free-disk-mb", "512"), &s.min_free_mb) || s.min_free_mb < 0) {
+    return absl::InvalidArgumentError("--min-free-disk-mb: a non-negative integer");
+  }
+  if (f.Has("shutdown-grace") && !absl::ParseDuration(f.Get("shutdown-grace"), &s.grace)) {
+    return absl::InvalidArgumentError("--shutdown-grace: a duration such as 90s or 10m");
+  }
+  return s;
+}
+
+// Transport security: TLS (and a bearer token) to the scheduler; TLS on the health port.
+struct Credentials {
+  std::shared_ptr<grpc::ChannelCredentials> channel;
+  std::string token;
+  security::TlsFlags health_tls;
+  std::shared_ptr<grpc::ServerCredentials> health;
+};
+
+// 0, or 1 after printing what failed (Fatal).
+int LoadCredentials(const ParsedFlags& f, Credentials* out) {
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel = security::ClientCredentials(
+      {.cert = f.Get("tls-cert"), .key = f.Get("tls-key"), .ca = f.Get("tls-ca")});
+  if (!channel.ok()) return Fatal("TLS to the scheduler", channel.status());
+  absl::StatusOr<std::string> token = security::LoadClientToken(f.Get("token-file"));
+  if (!token.ok()) return Fatal("--token-file", token.status());
+  out->channel = *std::move(channel);
+  out->token = *std::move(token);
+  out->health_tls = {.cert = f.Get("health-tls-cert"),
+                     .key = f.Get("health-tls-key"),
+                     .ca = f.Get("health-tls-client-ca")};
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> health =
+      security::ServerCredentials(out->health_tls);
+  if (!health.ok()) return Fatal("TLS on --health-listen", health.status());
+  out->health = *std::move(health);
+  return 0;
+}
+
+// The ports a worker serves besides its scheduler session.
+struct Endpoints {
+  std::unique_ptr<HealthServer> health;
+  std::unique_ptr<http::HttpServer> metrics;
+};
+
+// --health-listen and --metrics-listen; 0, or 1 after printing what failed.
+int StartEndpoints(const ParsedFlags& f, const Credentials& creds,
+                   std::shared_ptr<prometheus::Registry> registry, Endpoints* out) {
+  if (f.Has("health-listen")) {
+    auto h = HealthServer::Start(f.Get("health-listen"), creds.health);
+    if (!h.ok()) return Fatal("health endpoint", h.status());
+    out->health = *std::move(h);
+    std::printf("health: grpc.health.v1 on %s (NOT_SERVING until warm and connected)\n",
+                out->health->address().c_str());
+  }
+  if (f.Has("metrics-listen")) {
+    auto m = http::StartMetricsServer(
+        f.Get("metrics-listen"),
+        f.True("metrics-plaintext") ? security::TlsFlags() : creds.health_tls, registry);
+    if (!m.ok()) return Fatal("metrics endpoint", m.status());
+    out->metrics = *std::move(m);
+    std::printf("metrics: /metrics on port %d\n", out->metrics->port());
+  }
+  return 0;
+}
+
+PipelineOptions PipelineOptionsFrom(const ParsedFlags& f, const std::string& device) {
+  PipelineOptions popts;
+  popts.model_dir = f.Get("model");
+  popts.device = device;
+  popts.offload_text_encoder = f.True("offload-text-encoder");
+  popts.vae_tiling = f.True("vae-tiling");
+  popts.cuda_graphs = !f.True("no-cuda-graphs");
+  popts.fused_ops = !f.True("reference-ops");
+  popts.vae_fp32 = f.True("vae-fp32");
+  if (f.Has("weights-cache")) popts.weights_cache_dir = f.Get("weights-cache");
+  return popts;
+}
+
+// The warm-up render, which is also the self-test of an unhealthy worker.
+GenerateRequest WarmupRequest(const ServeSettings& s) {
+  GenerateRequest warmup;
+  warmup.prompt = "a warm-up render";
+  warmup.width = s.warm.first;
+  warmup.height = s.warm.second;
+  warmup.steps = s.warmup_steps;
+  warmup.seed = 0;
+  return warmup;
+}
+
+// A pipeline loaded and warmed up, with what the start-up line reports.
+struct Loaded {
+  std::unique_ptr<Pipeline> pipeline;
+  std::string describe;
+  double load_s = 0, warm_s = 0;
+};
+
+// 0, or 1 after printing what failed.
+int LoadAndWarm(const PipelineOptions& popts, const GenerateRequest& warmup, Loaded* out) {
+  absl::StatusOr<std::unique_ptr<Pipeline>> pipeline = Pipeline::Create(popts);
+  if (!pipeline.ok()) {
+    return Fatal(absl::StrCat("cannot load model ", popts.model_dir), pipeline.status());
+  }
+  out->pipeline = *std::move(pipeline);
+  out->describe = out->pipeline->Describe();
+  out->load_s = out->pipeline->load_seconds();
+  const absl::Time t0 = absl::Now();
+  absl::StatusOr<Image> warm_img = out->pipeline->Generate(warmup, nullptr, nullptr);
+  if (!warm_img.ok()) return Fatal("warm-up render", warm_img.status());
+  out->warm_s = absl::ToDoubleSeconds(absl::Now() - t0);
+  return 0;
+}
+
+Worker::Options WorkerOptionsFrom(const ParsedFlags& f, const ServeSettings& s,
+                                  const DeviceInfo& info, const std::string& fingerprint,
+                                  const Pipeline& pipeline, const GenerateRequest& warmup) {
+  Worker::Options wo;
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  wo.name = f.Get("name", absl::StrCat(host, "/", s.device));
+  wo.device = s.device;
+  wo.device_class = info.device_class;
+  wo.device_name = info.name;
+  wo.model = f.Get("model-name", "z-image-turbo");
+  wo.model_fingerprint = fingerprint;
+  wo.dtype = PrecisionName(pipeline.compute_dtype());
+  wo.output_root = f.Get("output-root");
+  wo.max_width_px = s.max_size.first;
+  wo.max_height_px = s.max_size.second;
+  wo.prefetch = s.prefetch;
+  wo.min_free_disk_bytes = s.min_free_mb << 20;
+  wo.self_test = warmup;
+  return wo;
+}
+
+SchedulerLink::Options LinkOptionsFrom(const ParsedFlags& f, const Credentials& creds) {
+  SchedulerLink::Options lo;
+  lo.target = f.Get("scheduler");
+  lo.credentials = creds.channel;
+  if (!creds.token.empty()) lo.metadata.emplace_back("authorization", "Bearer " + creds.token);
+  return lo;
+}
+
+// Until SIGTERM/SIGINT (returned), the probes follow the worker's state.
+int WaitForSignal(const sigset_t& signals, Worker& worker, HealthServer* health,
+                  WorkerMetrics& metrics) {
+  const timespec tick{0, 250 * 1000 * 1000};
+  int sig = -1;
+  while (sig < 0) {
+    sig = sigtimedwait(&signals, nullptr, &tick);
+    if (health != nullptr) health->SetServing(worker.Serving());
+    metrics.SetServing(worker.Serving());
+  }
+  return sig;
+}
+
+void PrintStats(const std::string& name, const Worker::Stats& st) {
+  auto pct = [](std::vector<double> v, double p) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    return 1e3 * v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+  };
+  std::printf(
+      "worker %s: stopped after %lld images, %lld failures; time between jobs (busy, n=%zu): "
+      "p50 %.2f ms, p99 %.2f ms, max %.2f ms; to the next first step: p50 %.1f ms\n",
+      name.c_str(), static_cast<long long>(st.images), static_cast<long long>(st.failures),
+      st.gap_seconds.size(), pct(st.gap_seconds, 0.5), pct(st.gap_seconds, 0.99),
+      pct(st.gap_seconds, 1.0), pct(st.first_step_gap_seconds, 0.5));
+}
+
 }  // namespace
 
+// The start-up reads as the order it must happen in: flags, signals blocked before
+// any thread, device, model, credentials, ports, load + warm-up, connect, wait, drain.
 int RunServe(int argc, char** argv) {
   absl::StatusOr<ParsedFlags> parsed = ParseFlags(argc, argv, kBoolFlags, kValueFlags);
   if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
@@ -106,26 +301,9 @@ int RunServe(int argc, char** argv) {
   for (const char* required : {"scheduler", "model", "output-root"}) {
     if (!f.Has(required)) return Usage(absl::StrCat("--", required, " is required"));
   }
-  const std::string device = f.Get("device", "cpu");
-  const bool cuda = device != "cpu";
-  auto warm = ParseSize("warmup", f.Get("warmup", cuda ? "1024x1024" : "256x256"));
-  auto max_size = ParseSize("max-size", f.Get("max-size", "2048x2048"));
-  if (!warm.ok()) return Usage(std::string(warm.status().message()));
-  if (!max_size.ok()) return Usage(std::string(max_size.status().message()));
-  int warmup_steps = 2, prefetch = 1;
-  int64_t min_free_mb = 512;
-  absl::Duration grace = absl::Minutes(10);
-  if (!absl::SimpleAtoi(f.Get("warmup-steps", "2"), &warmup_steps) || warmup_steps < 1 ||
-      warmup_steps > 50) {
-    return Usage("--warmup-steps: an integer in [1, 50]");
-  }
-  if (!absl::SimpleAtoi(f.Get("prefetch", "1"), &prefetch)) return Usage("--prefetch: an integer");
-  if (!absl::SimpleAtoi(f.Get("min-free-disk-mb", "512"), &min_free_mb) || min_free_mb < 0) {
-    return Usage("--min-free-disk-mb: a non-negative integer");
-  }
-  if (f.Has("shutdown-grace") && !absl::ParseDuration(f.Get("shutdown-grace"), &grace)) {
-    return Usage("--shutdown-grace: a duration such as 90s or 10m");
-  }
+  absl::StatusOr<ServeSettings> settings = ParseSettings(f);
+  if (!settings.ok()) return Usage(std::string(settings.status().message()));
+  const std::string& device = settings->device;
 
   // Signals are taken synchronously by this thread (sigtimedwait); block them
   // before any other thread starts so they all inherit the mask.
@@ -138,42 +316,16 @@ int RunServe(int argc, char** argv) {
   absl::StatusOr<DeviceInfo> info = QueryDevice(device);
   if (!info.ok()) return Fatal("device", info.status());
   absl::StatusOr<std::string> fingerprint = ModelFingerprint(f.Get("model"));
-  if (!fingerprint.ok()) return Fatal(absl::StrCat("--model ", f.Get("model")), fingerprint.status());
-
-  // Transport security: TLS (and a bearer token) to the scheduler; TLS on the health port.
-  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel_creds = security::ClientCredentials(
-      {.cert = f.Get("tls-cert"), .key = f.Get("tls-key"), .ca = f.Get("tls-ca")});
-  if (!channel_creds.ok()) return Fatal("TLS to the scheduler", channel_creds.status());
-  absl::StatusOr<std::string> token = security::LoadClientToken(f.Get("token-file"));
-  if (!token.ok()) return Fatal("--token-file", token.status());
-  const security::TlsFlags health_tls = {.cert = f.Get("health-tls-cert"),
-                                         .key = f.Get("health-tls-key"),
-                                         .ca = f.Get("health-tls-client-ca")};
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> health_creds =
-      security::ServerCredentials(health_tls);
-  if (!health_creds.ok()) return Fatal("TLS on --health-listen", health_creds.status());
-
-  std::unique_ptr<HealthServer> health;
-  if (f.Has("health-listen")) {
-    auto h = HealthServer::Start(f.Get("health-listen"), *health_creds);
-    if (!h.ok()) return Fatal("health endpoint", h.status());
-    health = *std::move(h);
-    std::printf("health: grpc.health.v1 on %s (NOT_SERVING until warm and connected)\n",
-                health->address().c_str());
+  if (!fingerprint.ok()) {
+    return Fatal(absl::StrCat("--model ", f.Get("model")), fingerprint.status());
   }
+  Credentials creds;
+  if (int rc = LoadCredentials(f, &creds); rc != 0) return rc;
   auto registry = std::make_shared<prometheus::Registry>();
   WorkerMetrics metrics(registry);
-  std::unique_ptr<http::HttpServer> metrics_server;
-  if (f.Has("metrics-listen")) {
-    auto m = http::StartMetricsServer(
-        f.Get("metrics-listen"), f.True("metrics-plaintext") ? security::TlsFlags() : health_tls,
-        registry);
-    if (!m.ok()) return Fatal("metrics endpoint", m.status());
-    metrics_server = *std::move(m);
-    std::printf("metrics: /metrics on port %d\n", metrics_server->port());
-  }
+  Endpoints endpoints;
+  if (int rc = StartEndpoints(f, creds, registry, &endpoints); rc != 0) return rc;
 
-  PipelineOptions popts;
   std::shared_ptr<LoraCatalog> loras;
   if (f.Has("lora-dir")) {
     absl::StatusOr<std::unique_ptr<LoraCatalog>> c = LoraCatalog::Open(f.Get("lora-dir"));
@@ -181,94 +333,41 @@ int RunServe(int argc, char** argv) {
     loras = *std::move(c);
     std::printf("loras: %zu in %s\n", loras->List().size(), loras->dir().c_str());
   }
-  popts.model_dir = f.Get("model");
-  popts.device = device;
-  popts.offload_text_encoder = f.True("offload-text-encoder");
-  popts.vae_tiling = f.True("vae-tiling");
-  popts.cuda_graphs = !f.True("no-cuda-graphs");
-  popts.fused_ops = !f.True("reference-ops");
-  popts.vae_fp32 = f.True("vae-fp32");
-  if (f.Has("weights-cache")) popts.weights_cache_dir = f.Get("weights-cache");
+  const PipelineOptions popts = PipelineOptionsFrom(f, device);
   std::printf("loading %s on %s (%s)...\n", popts.model_dir.c_str(), device.c_str(),
               info->name.c_str());
   std::fflush(stdout);
-  absl::StatusOr<std::unique_ptr<Pipeline>> pipeline = Pipeline::Create(popts);
-  if (!pipeline.ok()) return Fatal(absl::StrCat("cannot load model ", popts.model_dir), pipeline.status());
-  const std::string describe = (*pipeline)->Describe();
-  const double load_s = (*pipeline)->load_seconds();
+  const GenerateRequest warmup = WarmupRequest(*settings);
+  Loaded loaded;
+  if (int rc = LoadAndWarm(popts, warmup, &loaded); rc != 0) return rc;
 
-  GenerateRequest warmup;
-  warmup.prompt = "a warm-up render";
-  warmup.width = warm->first;
-  warmup.height = warm->second;
-  warmup.steps = warmup_steps;
-  warmup.seed = 0;
-  auto t0 = absl::Now();
-  absl::StatusOr<Image> warm_img = (*pipeline)->Generate(warmup, nullptr, nullptr);
-  if (!warm_img.ok()) return Fatal("warm-up render", warm_img.status());
-  const double warm_s = absl::ToDoubleSeconds(absl::Now() - t0);
-
-  Worker::Options wo;
-  char host[256] = {0};
-  gethostname(host, sizeof(host) - 1);
-  wo.name = f.Get("name", absl::StrCat(host, "/", device));
-  wo.device = device;
-  wo.device_class = info->device_class;
-  wo.device_name = info->name;
-  wo.model = f.Get("model-name", "z-image-turbo");
-  wo.model_fingerprint = *fingerprint;
-  wo.dtype = PrecisionName((*pipeline)->compute_dtype());
-  wo.output_root = f.Get("output-root");
-  wo.max_width_px = max_size->first;
-  wo.max_height_px = max_size->second;
-  wo.prefetch = prefetch;
-  wo.min_free_disk_bytes = min_free_mb << 20;
-  wo.self_test = warmup;
+  Worker::Options wo =
+      WorkerOptionsFrom(f, *settings, *info, *fingerprint, *loaded.pipeline, warmup);
   wo.loras = loras;
-  SchedulerLink::Options lo;
-  lo.target = f.Get("scheduler");
-  lo.credentials = *channel_creds;
-  if (!token->empty()) lo.metadata.emplace_back("authorization", "Bearer " + *token);
+  const SchedulerLink::Options lo = LinkOptionsFrom(f, creds);
   auto worker = Worker::Create(
-      wo, std::make_unique<PipelineRenderer>(*std::move(pipeline), device), lo);
+      wo, std::make_unique<PipelineRenderer>(std::move(loaded.pipeline), device), lo);
   if (!worker.ok()) return Fatal("worker", worker.status());
   (*worker)->set_metrics(&metrics);
   std::printf(
       "worker %s: loaded in %.2f s (%s), warm-up %dx%d in %.2f s, model %s; "
       "connecting to %s\n",
-      wo.name.c_str(), load_s, describe.c_str(), warmup.width, warmup.height, warm_s,
-      wo.model_fingerprint.c_str(), lo.target.c_str());
+      wo.name.c_str(), loaded.load_s, loaded.describe.c_str(), warmup.width, warmup.height,
+      loaded.warm_s, wo.model_fingerprint.c_str(), lo.target.c_str());
   std::fflush(stdout);
   LOG(INFO) << "event=worker_ready worker=" << wo.name << " device=" << device
-            << " load_s=" << load_s << " warmup_s=" << warm_s
+            << " load_s=" << loaded.load_s << " warmup_s=" << loaded.warm_s
             << " fingerprint=" << wo.model_fingerprint;
   (*worker)->Start();
 
-  const timespec tick{0, 250 * 1000 * 1000};
-  int sig = -1;
-  while (sig < 0) {
-    sig = sigtimedwait(&signals, nullptr, &tick);
-    if (health) health->SetServing((*worker)->Serving());
-    metrics.SetServing((*worker)->Serving());
-  }
-  std::printf("worker %s: signal %d: finishing the current job (grace %s)\n", wo.name.c_str(),
-              sig, absl::FormatDuration(grace).c_str());
+  const int sig = WaitForSignal(signals, **worker, endpoints.health.get(), metrics);
+  std::printf("worker %s: signal %d: finishing the current job (grace %s)\n", wo.name.c_str(), sig,
+              absl::FormatDuration(settings->grace).c_str());
   std::fflush(stdout);
   LOG(INFO) << "event=worker_shutdown worker=" << wo.name << " signal=" << sig;
-  if (health) health->SetServing(false);
-  (*worker)->Shutdown(grace);
-  Worker::Stats st = (*worker)->stats();
-  auto pct = [](std::vector<double> v, double p) {
-    if (v.empty()) return 0.0;
-    std::sort(v.begin(), v.end());
-    return 1e3 * v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
-  };
-  std::printf(
-      "worker %s: stopped after %lld images, %lld failures; time between jobs (busy, n=%zu): "
-      "p50 %.2f ms, p99 %.2f ms, max %.2f ms; to the next first step: p50 %.1f ms\n",
-      wo.name.c_str(), static_cast<long long>(st.images), static_cast<long long>(st.failures),
-      st.gap_seconds.size(), pct(st.gap_seconds, 0.5), pct(st.gap_seconds, 0.99),
-      pct(st.gap_seconds, 1.0), pct(st.first_step_gap_seconds, 0.5));
+  if (endpoints.health) endpoints.health->SetServing(false);
+  (*worker)->Shutdown(settings->grace);
+  PrintStats(wo.name, (*worker)->stats());
   return 0;
 }
 
