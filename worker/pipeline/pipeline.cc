@@ -221,6 +221,37 @@ class Pipeline::Impl {
   absl::Status Specialise();
   absl::StatusOr<Image> Run(const GenerateRequest& r, const StepCallback& on_step,
                             const CancelToken* cancel, GenerateTrace* trace);
+
+  // Run's stages.
+  // The request's LoRA set applied to the DiT (a no-op when it already is); the
+  // result's LoRAs with their sha256.
+  absl::Status ApplyLoras(const GenerateRequest& r, Image* img);
+  // The sigmas, the first step that runs (image-to-image) and the guidance settings.
+  struct Schedule {
+    std::vector<float> sigmas;
+    int t_start = 0;
+    int steps = 0;
+    sampling::CfgOptions cfg;
+    bool any_cfg = false;  // some step runs the negative branch
+  };
+  absl::StatusOr<Schedule> MakeSchedule(const GenerateRequest& r);
+  // The latents the loop starts from: the seed's noise, or the init picture encoded
+  // and noised to the first kept step (with the noise and mask inpainting re-applies).
+  struct Latents {
+    at::Tensor x, noise, image_latents, mask;
+  };
+  Latents StartLatents(const GenerateRequest& r, const Schedule& sc, GenerateTrace* trace,
+                       Image* img);
+  // The captions padded for the DiT (the negative one only when guidance runs).
+  struct Captions {
+    at::Tensor cap, cap_valid, neg, neg_valid;
+  };
+  // The DiT steps of the schedule on `l.x`; CANCELLED at a step boundary.
+  absl::Status Denoise(const GenerateRequest& r, const Schedule& sc, const Captions& caps,
+                       Latents& l, const StepCallback& on_step, const CancelToken* cancel,
+                       GenerateTrace* trace, Image* img);
+  // VAE decode (tiled when asked) and diffusers' post-processing to 8-bit RGB HWC.
+  std::vector<uint8_t> Decode(at::Tensor x, GenerateTrace* trace);
   absl::StatusOr<text::PromptTokens> Tokens(const std::string& prompt,
                                             const std::vector<int32_t>& ids);
   at::Tensor Encode(const std::vector<int32_t>& ids);
@@ -515,120 +546,99 @@ at::Tensor Pipeline::Impl::CachedEncode(const std::vector<int32_t>& ids) {
   return cap;
 }
 
-absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCallback& on_step,
-                                          const CancelToken* cancel, GenerateTrace* trace) {
-  const auto t0 = Clock::now();
-  Image img;
-  img.width = r.width;
-  img.height = r.height;
-  {
-    std::vector<model::LoraApplier::Entry> set;
-    for (const LoraRequest& l : r.loras) set.push_back({l.name, l.path, l.sha256, l.scale});
-    ZFARM_ASSIGN_OR_RETURN(std::vector<std::string> shas, loras->Apply(set));
-    img.loras = r.loras;
-    for (size_t i = 0; i < shas.size(); ++i) img.loras[i].sha256 = shas[i];
-    // The weight updates run on the device's stream: wait for them to time them (the
-    // device is idle between jobs, so this costs nothing).
-    if (device.is_cuda()) (void)at::zeros({1}, at::TensorOptions().device(device)).cpu();
-  }
-  const auto tl = Clock::now();
-  img.timings.lora_s = Seconds(t0, tl);
-  ZFARM_ASSIGN_OR_RETURN(std::vector<float> sigmas,
-                         sampling::FlowMatchSigmas(r.steps, config.scheduler));
+absl::Status Pipeline::Impl::ApplyLoras(const GenerateRequest& r, Image* img) {
+  std::vector<model::LoraApplier::Entry> set;
+  for (const LoraRequest& l : r.loras) set.push_back({l.name, l.path, l.sha256, l.scale});
+  ZFARM_ASSIGN_OR_RETURN(std::vector<std::string> shas, loras->Apply(set));
+  img->loras = r.loras;
+  for (size_t i = 0; i < shas.size(); ++i) img->loras[i].sha256 = shas[i];
+  // The weight updates run on the device's stream: wait for them to time them (the
+  // device is idle between jobs, so this costs nothing).
+  if (device.is_cuda()) (void)at::zeros({1}, at::TensorOptions().device(device)).cpu();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Pipeline::Impl::Schedule> Pipeline::Impl::MakeSchedule(const GenerateRequest& r) {
+  Schedule sc;
+  ZFARM_ASSIGN_OR_RETURN(sc.sigmas, sampling::FlowMatchSigmas(r.steps, config.scheduler));
   // Image-to-image runs the last steps_run steps of the schedule (get_timesteps).
-  int t_start = 0;
   if (r.init_image.has_value()) {
-    ZFARM_ASSIGN_OR_RETURN(t_start, sampling::ImageToImageStart(r.steps, r.strength));
+    ZFARM_ASSIGN_OR_RETURN(sc.t_start, sampling::ImageToImageStart(r.steps, r.strength));
   }
-  const int steps_run = r.steps - t_start;
-  img.steps_run = steps_run;
-  sampling::CfgOptions cfg{r.guidance, r.cfg_truncation, r.cfg_normalization};
-  bool any_cfg = false;
-  for (int k = t_start; k < r.steps; ++k) {
-    any_cfg = any_cfg || sampling::CfgActive(cfg, sampling::TimestepInput(sigmas[k]));
+  sc.steps = r.steps;
+  sc.cfg = sampling::CfgOptions{r.guidance, r.cfg_truncation, r.cfg_normalization};
+  for (int k = sc.t_start; k < r.steps; ++k) {
+    sc.any_cfg = sc.any_cfg || sampling::CfgActive(sc.cfg, sampling::TimestepInput(sc.sigmas[k]));
   }
+  return sc;
+}
 
-  ZFARM_ASSIGN_OR_RETURN(text::PromptTokens pos, Tokens(r.prompt, r.prompt_ids));
-  if (pos.ids.empty()) return absl::InvalidArgumentError("prompt: no tokens");
-  text::PromptTokens neg;
-  if (any_cfg) {
-    ZFARM_ASSIGN_OR_RETURN(neg, Tokens(r.negative_prompt, r.negative_prompt_ids));
-  }
-  img.prompt_tokens = static_cast<int>(pos.ids.size());
-  img.prompt_truncated = pos.truncated;
-  img.untruncated_prompt_tokens = pos.untruncated_size;
-  if (trace != nullptr) trace->ids = pos.ids;
-  const auto t1 = Clock::now();
-  img.timings.tokenize_s = Seconds(tl, t1);
-
-  // Text encoder: on the device, or — offloaded — on the CPU where it stays (only
-  // the caption features go to the device), so the device never holds it.
-  at::Tensor cap = CachedEncode(pos.ids), neg_cap;
-  if (any_cfg) neg_cap = CachedEncode(neg.ids);
-  if (trace != nullptr) trace->caption = ToVector(cap);
-  const auto t2 = Clock::now();
-  img.timings.encode_s = Seconds(t1, t2);
-
-  c10::InferenceMode guard;
+Pipeline::Impl::Latents Pipeline::Impl::StartLatents(const GenerateRequest& r, const Schedule& sc,
+                                                     GenerateTrace* trace, Image* img) {
   const int64_t lh = 2 * (r.height / 16), lw = 2 * (r.width / 16);
   const std::vector<int64_t> latent_shape = {1, config.transformer.in_channels, lh, lw};
   const at::Device noise_device = r.cpu_noise ? at::Device(at::kCPU) : device;
-  at::Tensor x, noise, image_latents, mask;
+  Latents l;
   if (!r.init_image.has_value()) {
-    x = DrawNoise(r.seed, latent_shape, noise_device).to(device);
-    if (trace != nullptr) trace->noise = ToVector(x);
-  } else {
-    // ZImageImg2ImgPipeline.prepare_latents: one generator, drawn first for the VAE's
-    // latent sample (retrieve_latents: mean + std * randn), then for the noise.
-    const auto te = Clock::now();
-    at::Generator gen = SeededGenerator(r.seed, noise_device);
-    const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(noise_device);
-    at::Tensor pre = PreprocessImage(*r.init_image, r.width, r.height);
-    if (trace != nullptr) trace->init_image = ToVector(pre);
-    std::vector<at::Tensor> moments = vae_encoder(pre.to(device)).to(at::kFloat).chunk(2, 1);
-    at::Tensor stdev = at::exp(0.5 * moments[1].clamp(-30.0, 20.0));
-    at::Tensor sample = moments[0] + stdev * at::randn(latent_shape, gen, f32).to(device);
-    image_latents = (sample - config.vae.shift_factor) * config.vae.scaling_factor;
-    noise = at::randn(latent_shape, gen, f32).to(device);
-    // Noised to the first kept step.
-    x = sampling::ScaleNoise(image_latents, noise, sigmas[t_start]);
-    if (r.mask_image.has_value()) {
-      at::Tensor m = PreprocessMask(*r.mask_image, r.width, r.height);
-      if (trace != nullptr) trace->mask = ToVector(m);
-      const std::vector<int64_t> size = {lh, lw};
-      mask = at::upsample_nearest2d(m, at::IntArrayRef(size)).to(device);
-    }
-    if (trace != nullptr) {
-      trace->image_latents = ToVector(image_latents);
-      trace->noise = ToVector(noise);
-      trace->latents0 = ToVector(x);
-    }
-    if (device.is_cuda()) (void)x.sum().item<float>();  // finish the encode to time it
-    img.timings.encode_image_s = Seconds(te, Clock::now());
+    l.x = DrawNoise(r.seed, latent_shape, noise_device).to(device);
+    if (trace != nullptr) trace->noise = ToVector(l.x);
+    return l;
   }
-  auto [cap_p, cap_valid] = model::TransformerImpl::PadCaption(cap);
-  at::Tensor neg_p, neg_valid;
-  if (any_cfg) std::tie(neg_p, neg_valid) = model::TransformerImpl::PadCaption(neg_cap);
+  // ZImageImg2ImgPipeline.prepare_latents: one generator, drawn first for the VAE's
+  // latent sample (retrieve_latents: mean + std * randn), then for the noise.
+  const auto te = Clock::now();
+  at::Generator gen = SeededGenerator(r.seed, noise_device);
+  const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(noise_device);
+  at::Tensor pre = PreprocessImage(*r.init_image, r.width, r.height);
+  if (trace != nullptr) trace->init_image = ToVector(pre);
+  std::vector<at::Tensor> moments = vae_encoder(pre.to(device)).to(at::kFloat).chunk(2, 1);
+  at::Tensor stdev = at::exp(0.5 * moments[1].clamp(-30.0, 20.0));
+  at::Tensor sample = moments[0] + stdev * at::randn(latent_shape, gen, f32).to(device);
+  l.image_latents = (sample - config.vae.shift_factor) * config.vae.scaling_factor;
+  l.noise = at::randn(latent_shape, gen, f32).to(device);
+  // Noised to the first kept step.
+  l.x = sampling::ScaleNoise(l.image_latents, l.noise, sc.sigmas[sc.t_start]);
+  if (r.mask_image.has_value()) {
+    at::Tensor m = PreprocessMask(*r.mask_image, r.width, r.height);
+    if (trace != nullptr) trace->mask = ToVector(m);
+    const std::vector<int64_t> size = {lh, lw};
+    l.mask = at::upsample_nearest2d(m, at::IntArrayRef(size)).to(device);
+  }
+  if (trace != nullptr) {
+    trace->image_latents = ToVector(l.image_latents);
+    trace->noise = ToVector(l.noise);
+    trace->latents0 = ToVector(l.x);
+  }
+  if (device.is_cuda()) (void)l.x.sum().item<float>();  // finish the encode to time it
+  img->timings.encode_image_s = Seconds(te, Clock::now());
+  return l;
+}
+
+absl::Status Pipeline::Impl::Denoise(const GenerateRequest& r, const Schedule& sc,
+                                     const Captions& caps, Latents& l, const StepCallback& on_step,
+                                     const CancelToken* cancel, GenerateTrace* trace, Image* img) {
+  const std::vector<float>& sigmas = sc.sigmas;
+  const int steps_run = sc.steps - sc.t_start;
   // Progress is reported one step late on CUDA: when step k has finished on the
   // device, step k+1 is already queued, so the device never waits for the host.
   StepFence fence(device, time_steps ? 0 : steps_run);
-  for (int k = t_start; k < r.steps; ++k) {
-    const int i = k - t_start;  // index among the steps that run
+  for (int k = sc.t_start; k < sc.steps; ++k) {
+    const int i = k - sc.t_start;  // index among the steps that run
     if (cancel != nullptr && cancel->cancelled()) {
       return absl::CancelledError(
           absl::StrCat("cancelled before step ", i + 1, " of ", steps_run));
     }
     const auto ts = Clock::now();
     const float t_in = sampling::TimestepInput(sigmas[k]);
-    const float g = sampling::GuidanceForStep(cfg, t_in);
-    at::Tensor xin = x.to(dtype).squeeze(0).unsqueeze(1);  // [C, 1, h, w]
-    at::Tensor pred = Dit(xin, t_in, cap_p, cap_valid).to(at::kFloat);
+    const float g = sampling::GuidanceForStep(sc.cfg, t_in);
+    at::Tensor xin = l.x.to(dtype).squeeze(0).unsqueeze(1);  // [C, 1, h, w]
+    at::Tensor pred = Dit(xin, t_in, caps.cap, caps.cap_valid).to(at::kFloat);
     if (trace != nullptr) {
       trace->t_emb.push_back(ToVector(transformer->TimestepEmbedding(t_in)));
       if (i == 0) trace->dit_out0 = ToVector(pred);
     }
     if (g > 0) {
-      at::Tensor negp = Dit(xin, t_in, neg_p, neg_valid).to(at::kFloat);
+      at::Tensor negp = Dit(xin, t_in, caps.neg, caps.neg_valid).to(at::kFloat);
       at::Tensor combined = sampling::CfgGuide(pred, negp, g);
       if (r.cfg_normalization > 0) {  // the norms stay on the device: no host sync
         combined = combined * sampling::CfgNormalizationScale(r.cfg_normalization, pred.norm(),
@@ -637,18 +647,18 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
       pred = combined;
     }
     // float32 Euler step; [C, 1, h, w] -> [1, C, h, w].
-    x = sampling::EulerUpdate(x, sampling::Velocity(pred).unsqueeze(0).squeeze(2), sigmas[k],
-                              sigmas[k + 1]);
-    if (mask.defined()) {
+    l.x = sampling::EulerUpdate(l.x, sampling::Velocity(pred).unsqueeze(0).squeeze(2), sigmas[k],
+                                sigmas[k + 1]);
+    if (l.mask.defined()) {
       // Inpainting: keep the init latents (noised to the next step's level) outside the mask.
-      at::Tensor kept = image_latents;
-      if (k + 1 < r.steps) kept = sampling::ScaleNoise(image_latents, noise, sigmas[k + 1]);
-      x = sampling::InpaintBlend(kept, x, mask);
+      at::Tensor kept = l.image_latents;
+      if (k + 1 < sc.steps) kept = sampling::ScaleNoise(l.image_latents, l.noise, sigmas[k + 1]);
+      l.x = sampling::InpaintBlend(kept, l.x, l.mask);
     }
-    if (trace != nullptr) trace->latents.push_back(ToVector(x));
+    if (trace != nullptr) trace->latents.push_back(ToVector(l.x));
     if (time_steps) {
-      (void)x.cpu().numel();  // synchronise to time the step
-      img.timings.step_s.push_back(Seconds(ts, Clock::now()));
+      (void)l.x.cpu().numel();  // synchronise to time the step
+      img->timings.step_s.push_back(Seconds(ts, Clock::now()));
     }
     if (fence.active()) {
       fence.Record(i);
@@ -664,15 +674,16 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
     fence.Wait(steps_run - 1);
     if (on_step) on_step(steps_run, steps_run);
   }
-  const auto t3 = Clock::now();
-  img.timings.denoise_s = Seconds(t2, t3);
+  return absl::OkStatus();
+}
 
+std::vector<uint8_t> Pipeline::Impl::Decode(at::Tensor x, GenerateTrace* trace) {
   at::Tensor decoded;
   if (options.vae_channels_last && device.is_cuda()) {
     x = x.contiguous(at::MemoryFormat::ChannelsLast);
   }
   const int64_t tile = options.vae_tile_latent;
-  if (options.vae_tiling && (lh > tile || lw > tile)) {
+  if (options.vae_tiling && (x.size(2) > tile || x.size(3) > tile)) {
     decoded = vae->TiledDecode(x, tile, options.vae_tile_overlap);
   } else {
     decoded = vae(x);
@@ -682,7 +693,54 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
   // float32 * 255, numpy round (half to even) -> uint8 HWC.
   at::Tensor rgb = (decoded / 2 + 0.5).clamp(0, 1).to(at::kFloat);
   rgb = (rgb * 255).round().to(at::kByte).squeeze(0).permute({1, 2, 0}).contiguous().cpu();
-  img.rgb.assign(rgb.data_ptr<uint8_t>(), rgb.data_ptr<uint8_t>() + rgb.numel());
+  return std::vector<uint8_t>(rgb.data_ptr<uint8_t>(), rgb.data_ptr<uint8_t>() + rgb.numel());
+}
+
+// The stages in order, each timed: LoRAs, schedule, tokens, captions, start latents,
+// denoising, decode.
+absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCallback& on_step,
+                                          const CancelToken* cancel, GenerateTrace* trace) {
+  const auto t0 = Clock::now();
+  Image img;
+  img.width = r.width;
+  img.height = r.height;
+  ZFARM_RETURN_IF_ERROR(ApplyLoras(r, &img));
+  const auto tl = Clock::now();
+  img.timings.lora_s = Seconds(t0, tl);
+  ZFARM_ASSIGN_OR_RETURN(const Schedule sc, MakeSchedule(r));
+  img.steps_run = r.steps - sc.t_start;
+
+  ZFARM_ASSIGN_OR_RETURN(text::PromptTokens pos, Tokens(r.prompt, r.prompt_ids));
+  if (pos.ids.empty()) return absl::InvalidArgumentError("prompt: no tokens");
+  text::PromptTokens neg;
+  if (sc.any_cfg) {
+    ZFARM_ASSIGN_OR_RETURN(neg, Tokens(r.negative_prompt, r.negative_prompt_ids));
+  }
+  img.prompt_tokens = static_cast<int>(pos.ids.size());
+  img.prompt_truncated = pos.truncated;
+  img.untruncated_prompt_tokens = pos.untruncated_size;
+  if (trace != nullptr) trace->ids = pos.ids;
+  const auto t1 = Clock::now();
+  img.timings.tokenize_s = Seconds(tl, t1);
+
+  // Text encoder: on the device, or — offloaded — on the CPU where it stays (only
+  // the caption features go to the device), so the device never holds it.
+  at::Tensor cap = CachedEncode(pos.ids), neg_cap;
+  if (sc.any_cfg) neg_cap = CachedEncode(neg.ids);
+  if (trace != nullptr) trace->caption = ToVector(cap);
+  const auto t2 = Clock::now();
+  img.timings.encode_s = Seconds(t1, t2);
+
+  c10::InferenceMode guard;
+  Latents latents = StartLatents(r, sc, trace, &img);
+  Captions caps;
+  std::tie(caps.cap, caps.cap_valid) = model::TransformerImpl::PadCaption(cap);
+  if (sc.any_cfg) std::tie(caps.neg, caps.neg_valid) = model::TransformerImpl::PadCaption(neg_cap);
+  ZFARM_RETURN_IF_ERROR(Denoise(r, sc, caps, latents, on_step, cancel, trace, &img));
+  const auto t3 = Clock::now();
+  img.timings.denoise_s = Seconds(t2, t3);
+
+  img.rgb = Decode(latents.x, trace);
   const auto t4 = Clock::now();
   img.timings.decode_s = Seconds(t3, t4);
   img.timings.total_s = Seconds(t0, t4);
