@@ -13,7 +13,7 @@
 // Security plugs in at ONE place, ServerSecurity: the credentials factory used for
 // the listening port, and an Authorizer every handler calls with its method name
 // and the caller's metadata before doing anything. The defaults are insecure
-// credentials and allow-all with owner "anonymous"; TLS and tokens (issue 11)
+// credentials and allow-all with owner "anonymous"; TLS and tokens (proto/security)
 // replace them without touching service code.
 //
 //   ServerOptions o;

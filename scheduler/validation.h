@@ -18,7 +18,7 @@ namespace zfarm::scheduler {
 // strength of an image-to-image job that sets none (diffusers' default).
 inline constexpr float kDefaultStrength = 0.6f;
 
-// Limits applied at the edge (defaults = the "Bad input" section).
+// Limits applied at the edge (defaults: README "Bad input").
 struct Limits {
   int max_prompt_bytes = 4000;
   int min_size_px = 256;

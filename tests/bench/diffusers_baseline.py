@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""diffusers baseline for pipeline_bench (issue 4): Z-Image-Turbo's ZImagePipeline at full size.
+"""diffusers baseline for pipeline_bench: Z-Image-Turbo's ZImagePipeline at full size.
 
 Builds the full-size configuration directly on the GPU in bf16 with random weights (no model
 files): ZImageTransformer2DModel (Turbo config), AutoencoderKL (FLUX.1 VAE config) and a

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The farm on real GPUs (issue 9), in one device call:
+# The farm on real GPUs (throughput, time between jobs, cold start), in one device call:
 #   1. builds zfarm-worker, zfarm-scheduler, zfarm and make_tiny_model (deploy/gpu-build.sh);
 #   2. in the background, writes full-size weights in the real layout with random values
 #      (make_tiny_model --variant full-random: fp32 DiT shards, bf16 text encoder and VAE,

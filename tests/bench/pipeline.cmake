@@ -1,5 +1,5 @@
 # pipeline_bench (not a ctest test): BUILD/tests/bench/pipeline_bench [--out FILE.md]
-# The GPU speed harness of issue 4; tests/gpu/run.sh runs it on the GPU host. Builds against
+# The GPU speed harness; tests/gpu/run.sh runs it on the GPU host. Builds against
 # Debian's CPU libtorch 1.13 too (runs its sections on the CPU at reduced sizes there).
 if(NOT ZFARM_BUILD_WORKER OR NOT TORCH_FOUND)
   return()

@@ -1,4 +1,4 @@
-// pipeline_bench: the GPU speed harness (issue 4; the numbers issue 8 is judged by).
+// pipeline_bench: the GPU speed harness (the numbers the speed paths are judged by).
 //
 // Measures, in one process, and prints one markdown report:
 //   1. bf16 matmul peak: 8192^3 plus the DiT's own shapes at 1024^2 (M = 4224 tokens:
@@ -28,7 +28,7 @@
 //                       [--lora [--lora-sizes 1024x1024]] [--lora-only]
 // --lora adds the LoRA table (rank 32 on every attention and FFN module: added time per
 // image, cold apply, switch between sets) after section 5; --lora-only runs just that table.
-// --ablation adds, after section 5, the pipeline table once per speed path (issue 8)
+// --ablation adds, after section 5, the pipeline table once per speed path
 // switched on one after the other, starting from the reference ops.
 // --memory-modes and --png-sweep run only their own section (instead of sections 1-5): the
 // memory-mode table (peak allocated / reserved and s/image per mode and size) and the PNG
@@ -316,7 +316,7 @@ void BenchSyntheticBlock(const BenchDevice& dev, Report& rep, const Options& opt
   const int64_t dim = dev.cuda && !opt.quick ? 3840 : 384, ffn = dim / 3 * 8, heads = dim / 128;
   at::Tensor wqkv = at::randn({3 * dim, dim}, o) * 0.02, wo = at::randn({dim, dim}, o) * 0.02;
   at::Tensor w13 = at::randn({2 * ffn, dim}, o) * 0.02, w2 = at::randn({dim, ffn}, o) * 0.02;
-  // Prefer cuDNN attention where it can be selected (DESIGN.md: fastest on the H200).
+  // Prefer cuDNN attention where it can be selected (fastest on the H200).
   SdpaChoice cudnn = {"cuDNN", false, false, false, true};
   bool use_cudnn = dev.cuda && SelectSdpa(cudnn);
   std::vector<std::vector<std::string>> rows;

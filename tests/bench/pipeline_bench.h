@@ -63,7 +63,7 @@ struct PipelineBenchOptions {
 // Section 5: the pipeline per stage and end to end (pipeline_bench_pipeline.cc).
 void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
 
-// --ablation: the pipeline table once per speed path (issue 8), switched on one after
+// --ablation: the pipeline table once per speed path, switched on one after
 // the other from the reference ops, each on a fresh full-size pipeline.
 void RunAblationSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
 

@@ -332,7 +332,7 @@ void RunAblationSection(const BenchDevice& dev, Report& rep, const PipelineBench
     bool fused, graphs, cudnn_benchmark, channels_last;
   };
   const Config configs[] = {
-      {"reference ops (before issue 8)", false, false, false, false},
+      {"reference ops (no speed paths)", false, false, false, false},
       {"+ fused projections and kernels", true, false, false, false},
       {"+ cuDNN benchmark (VAE)", true, false, true, false},
       {"+ CUDA graphs (default)", true, true, true, false},

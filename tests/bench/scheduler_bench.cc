@@ -1,4 +1,4 @@
-// scheduler_bench: the scheduler's speed targets (issue 2), in-process server on
+// scheduler_bench: the scheduler's speed targets, in-process server on
 // 127.0.0.1 with a durable journal (WAL, synchronous=FULL) and FakeWorkers.
 //
 //   scheduler_bench --state_parent=/var/tmp [--submits=20000] [--clients=16]
@@ -189,7 +189,7 @@ void Workers() {
       n, connect_s, ready, b.jobs_size(), leased, dispatch_s, RssMiB() - rss0);
 }
 
-// Issue 9: dispatch latency in a big farm — `workers` fake workers connected (all
+// Dispatch latency in a big farm — `workers` fake workers connected (all
 // but one busy holding a lease) and `queued` jobs waiting; the free worker's
 // finalize -> next lease round trip, sampled latency_samples times.
 void Many() {

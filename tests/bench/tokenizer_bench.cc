@@ -1,4 +1,4 @@
-// Tokenizer speed (issue 3 targets: >= 5 MB/s of mixed text on one core,
+// Tokenizer speed (targets: >= 5 MB/s of mixed text on one core,
 // tokenizer.json load <= 300 ms).
 //
 //   cmake --build BUILD --target tokenizer_bench

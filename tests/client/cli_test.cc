@@ -379,7 +379,7 @@ TEST_F(CliTest, BatchWithAFailedJobExits1) {
   EXPECT_EQ(c.rc, 5);
 }
 
-// The acceptance test: 200 prompts, the scheduler restarted while the
+// The CLI's acceptance test: 200 prompts, the scheduler restarted while the
 // CLI waits on its one WatchJobs stream: exactly 200 results; a second run
 // with the same build tag submits 0 new jobs.
 TEST_F(CliTest, Batch200AcrossRestartThenRerunSubmitsNothing) {

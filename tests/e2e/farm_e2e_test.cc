@@ -433,7 +433,7 @@ TEST_F(FarmTest, WithTokensOnlyAWorkerRoleTokenConnects) {
   EXPECT_EQ(bad.ReadLog().find("event=worker_welcomed"), std::string::npos);
 }
 
-// Issue 11 item 1 with the real binaries: mutual TLS on every port (scheduler
+// Transport security with the real binaries: mutual TLS on every port (scheduler
 // gRPC and /metrics; the worker's channel, health port and /metrics; the CLI)
 // plus tokens, one job rendered end to end, and a client without a certificate
 // refused everywhere.

@@ -1,4 +1,4 @@
-// Fault suite (issue 11): the real zfarm-scheduler binary runs under libfaketime
+// Fault suite: the real zfarm-scheduler binary runs under libfaketime
 // with only CLOCK_REALTIME faked (FAKETIME_DONT_FAKE_MONOTONIC=1), as an NTP step or
 // an operator's `date -s` does. With three fake workers holding RUNNING jobs, the
 // wall clock steps +2 h and later -2 h. Every job must finish exactly once (one

@@ -1,4 +1,4 @@
-// Fault suite (issue 11 item 4): a damaged journal. Every kind of damage either
+// Fault suite: a damaged journal. Every kind of damage either
 // makes the scheduler refuse to start with a message naming the damaged file and
 // the recovery, or is harmless (every job and tombstone read back unchanged).
 // Never a start with jobs silently missing or altered.

@@ -1,4 +1,4 @@
-// Fault suite (issue 11): a real network partition. Worker "a" runs as a child
+// Fault suite: a real network partition. Worker "a" runs as a child
 // process (this test binary re-executed in a "netns child" mode) inside its own
 // network namespace, joined to the test's namespace by a veth pair with addresses in
 // a private /30. It takes a job and starts it; the test cuts the link

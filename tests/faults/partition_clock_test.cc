@@ -1,4 +1,4 @@
-// Fault suite (issue 11 item 4), in process with a FakeClock (time driven by hand,
+// Fault suite, in process with a FakeClock (time driven by hand,
 // no sleeps decide anything):
 //   - a network partition between a fake worker and the scheduler, made by a TCP
 //     proxy that stops forwarding (a blackhole, as a dropped link looks): the

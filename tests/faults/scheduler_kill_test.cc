@@ -1,4 +1,4 @@
-// Fault suite (issue 11 item 4): the real zfarm-scheduler binary is SIGKILLed with
+// Fault suite: the real zfarm-scheduler binary is SIGKILLed with
 // 1,000 jobs queued and 2 running on fake workers, then restarted on the same state
 // dir. Every job must finish exactly once: 1,002 SUCCEEDED, one accepted commit per
 // job, one final file per job, no temp file left, and the worker that comes back

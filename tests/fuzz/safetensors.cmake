@@ -1,4 +1,4 @@
-# Safetensors parser fuzzing (issue 3, "Bad input").
+# Safetensors parser fuzzing (bad input must give an error, never a crash).
 #  - normal build: safetensors_fuzz_replay replays the committed seed corpus (ctest).
 #  - -DZFARM_BUILD_FUZZERS=ON with clang: safetensors_fuzzer (libFuzzer + ASan + UBSan, the
 #    parser compiled instrumented) and a ~20 s ctest smoke run. Long campaign by hand:

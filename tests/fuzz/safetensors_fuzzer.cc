@@ -1,4 +1,4 @@
-// libFuzzer target for the safetensors header parser (issue 3, "Bad input").
+// libFuzzer target for the safetensors header parser (bad input: an error, never a crash).
 // Property: any byte string either parses into tensors that lie inside the buffer and can be
 // converted, and survives a write/re-read round trip unchanged, or yields a non-OK status —
 // never a crash, hang or sanitizer report. Without ZFARM_LIBFUZZER this file builds a

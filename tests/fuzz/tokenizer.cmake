@@ -1,4 +1,4 @@
-# Tokenizer fuzzing (issue 3, "Bad input").
+# Tokenizer fuzzing (bad input must give an error, never a crash).
 #  - normal build: tokenizer_fuzz_replay replays the committed seed corpus (ctest).
 #  - -DZFARM_BUILD_FUZZERS=ON with clang: tokenizer_fuzzer (libFuzzer + ASan +
 #    UBSan, the tokenizer sources compiled instrumented) and a short ctest smoke

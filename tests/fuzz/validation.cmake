@@ -1,4 +1,4 @@
-# Request-validation fuzzing (issue 11 item 6): SubmitJobRequest from fuzz bytes ->
+# Request-validation fuzzing: SubmitJobRequest from fuzz bytes ->
 # scheduler/validation.h, with the documented limits as properties.
 #  - normal build: validation_fuzz_replay replays the committed seed corpus (ctest).
 #  - -DZFARM_BUILD_FUZZERS=ON with clang: validation_fuzzer (libFuzzer + ASan + UBSan,

@@ -1,5 +1,5 @@
 // Fuzz target: edge validation of client requests (scheduler/validation.h) on a
-// SubmitJobRequest parsed from the fuzz bytes (issue 11 item 6).
+// SubmitJobRequest parsed from the fuzz bytes.
 //
 // Properties checked (abort() on violation, so libFuzzer reports it):
 //   - never crashes on any parseable request;

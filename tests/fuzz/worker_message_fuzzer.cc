@@ -1,4 +1,4 @@
-// Fuzz target: the scheduler's handling of worker messages (issue 11 item 6).
+// Fuzz target: the scheduler's handling of worker messages.
 //
 // Each input is a program run against a fresh Scheduler (journal on a temp state
 // dir, FakeClock): a few jobs are submitted, then the bytes choose actions on 1-3

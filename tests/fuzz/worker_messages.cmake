@@ -1,4 +1,4 @@
-# Fuzzing the scheduler's handling of worker messages (issue 11 item 6): a Scheduler
+# Fuzzing the scheduler's handling of worker messages: a Scheduler
 # on a temp state dir, sequences of WorkerMessage on 1-3 sessions from fuzz bytes,
 # invariants checked after every action (see worker_message_fuzzer.cc).
 #  - normal build: worker_message_fuzz_replay replays the committed seed corpus (ctest).

@@ -1,6 +1,6 @@
 // CUDA smoke tests (ctest label `gpu`): the device is visible and usable from libtorch,
 // bf16 matrix products agree with a CPU fp32 reference, seeded CUDA randn reproduces the
-// reference values of DESIGN.md ("Seeds"), and scaled-dot-product attention (each SDPA
+// reference values (README "Seeds": torch's own numbers on an H200), and scaled-dot-product attention (each SDPA
 // backend the torch version can select) agrees with a CPU softmax reference.
 // Every test skips where no CUDA device is visible.
 
@@ -71,7 +71,7 @@ TEST(CudaSmokeTest, Bf16MatmulMatchesCpuFp32Reference) {
   }
 }
 
-// DESIGN.md "Seeds": torch.Generator("cuda").manual_seed(42); randn([1,16,128,128]) on an
+// Reference: torch.Generator("cuda").manual_seed(42); randn([1,16,128,128]) on an
 // H200 starts 0.19401880, 2.1613736, -0.17205022, 0.84906012 and sums to -220.21048.
 TEST(CudaSmokeTest, SeededCudaRandnMatchesDesignReference) {
   ZFARM_REQUIRE_CUDA();

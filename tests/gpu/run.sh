@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU session in one command (issue 4): build, `gpu` ctests, benchmarks, one summary.
+# The whole GPU session in one command: build, `gpu` ctests, benchmarks, one summary.
 # Runs on the GPU host from the repository root, in under 9 minutes (each phase has a time box
 # taken from what is left of ZFARM_GPU_BUDGET_S, default 530 s):
 #   1. deploy/gpu-build.sh: the harness targets first (cuda_smoke_test, pipeline_bench), then

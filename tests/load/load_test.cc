@@ -1,4 +1,4 @@
-// zfarm_load (issue 11 item 5): the real zfarm-scheduler binary under load.
+// zfarm_load: the real zfarm-scheduler binary under load.
 // N clients submit J jobs paced over D seconds, W watchers keep WatchJob streams
 // open on recent jobs (each to a final state, then the next), F fake workers
 // render everything. Checks: no acknowledged job lost, none run twice (one
@@ -123,8 +123,8 @@ int main(int argc, char** argv) {
   fs::remove_all(dir);
   fs::create_directories(dir + "/out");
 
-  // Every client here shares one IP: lift the per-client stream limit (issue 11
-  // item 3) when the binary has the flag; otherwise stay under its default of 64.
+  // Every client here shares one IP: lift the per-client stream limit (fair
+  // share) when the binary has the flag; otherwise stay under its default of 64.
   std::vector<std::string> sargv = {absl::GetFlag(FLAGS_scheduler_bin), "--listen=127.0.0.1:0",
                                     "--state-dir=" + dir + "/state",
                                     "--output-root=" + dir + "/out"};

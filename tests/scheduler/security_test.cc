@@ -1,4 +1,4 @@
-// Issue 11 items 1-3 against a real scheduler over gRPC: bearer tokens and roles
+// Security against a real scheduler over gRPC: bearer tokens and roles
 // (UNAUTHENTICATED vs PERMISSION_DENIED, own jobs only, reload without restart),
 // TLS and mutual TLS with certificates made by `openssl` at test time, fair share
 // between principals, per-principal limits, message size, watchers, streams, and

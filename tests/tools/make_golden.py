@@ -2,7 +2,7 @@
 """Golden outputs of diffusers' ZImagePipeline on a tiny Z-Image folder.
 
 Runs on a host with torch >= 2.6, transformers and safetensors, with diffusers
-from its source tree on PYTHONPATH (the GPU host; see ../shared/gpu/README.md).
+from its source tree on PYTHONPATH (the GPU host; see tests/gpu/README.md).
 Everything is computed on the CPU in float32 (CUDA would use TF32 convolutions).
 
     PYTHONPATH=/tmp/diffusers/src python3 tests/tools/make_golden.py \

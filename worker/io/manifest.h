@@ -24,7 +24,7 @@ struct ManifestEntry {
   int64_t size = -1;  // bytes, -1 when unknown
 };
 
-// The 16-entry official manifest of Tongyi-MAI/Z-Image-Turbo (spec "Facts checked").
+// The 16-entry official manifest of Tongyi-MAI/Z-Image-Turbo (md5 of every file as published).
 const std::vector<ManifestEntry>& OfficialManifest();
 
 // Parses md5sum output ("<md5>  <path>" per line; '*' binary marker accepted). Optional

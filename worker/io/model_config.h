@@ -2,7 +2,7 @@
 #define ZFARM_WORKER_IO_MODEL_CONFIG_H_
 
 // Plain configuration structs for the components of a Z-Image model folder
-// (diffusers layout, see ../shared/docs/zimage-spec.md §1). Defaults are the real
+// (diffusers layout, see worker/model/README.md). Defaults are the real
 // Z-Image-Turbo values; every size used by the model comes from these structs, never
 // from constants. Torch-free.
 
@@ -32,7 +32,7 @@ struct TransformerConfig {
   int64_t f_patch_size = 1;  // all_f_patch_size[0]
 
   int64_t head_dim() const { return dim / n_heads; }
-  // adaLN width: min(dim, 256) (spec §1.3).
+  // adaLN width: min(dim, 256).
   int64_t adaln_dim() const { return std::min<int64_t>(dim, 256); }
   // FFN hidden size: int(dim / 3 * 8) as in diffusers.
   int64_t ffn_hidden_dim() const { return static_cast<int64_t>(static_cast<double>(dim) / 3.0 * 8.0); }

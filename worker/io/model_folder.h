@@ -1,7 +1,7 @@
 #ifndef ZFARM_WORKER_IO_MODEL_FOLDER_H_
 #define ZFARM_WORKER_IO_MODEL_FOLDER_H_
 
-// Parses a Z-Image model folder in the diffusers layout (spec §1):
+// Parses a Z-Image model folder in the diffusers layout (worker/model/README.md):
 //   model_index.json, scheduler/scheduler_config.json, text_encoder/config.json,
 //   transformer/config.json, vae/config.json, tokenizer/tokenizer.json
 // into ModelConfig. Errors name the file and the key:

@@ -1,7 +1,7 @@
 #ifndef ZFARM_WORKER_MODEL_FUSED_KERNELS_H_
 #define ZFARM_WORKER_MODEL_FUSED_KERNELS_H_
 
-// Raw CUDA kernels for the DiT block's memory-bound steps (issue 8), bf16 in and
+// Raw CUDA kernels for the DiT block's memory-bound steps (the CUDA speed path), bf16 in and
 // out with float32 arithmetic, rounding exactly where the reference op sequence
 // (worker/model/fused_ops.cc) rounds. Torch-free: pointers, sizes and a
 // cudaStream_t passed as void*. Only fused_ops.cc calls these; it checks shapes,

@@ -1,7 +1,7 @@
 #ifndef ZFARM_WORKER_MODEL_FUSED_OPS_H_
 #define ZFARM_WORKER_MODEL_FUSED_OPS_H_
 
-// The DiT block's memory-bound steps as single ops (issue 8). Each op has a
+// The DiT block's memory-bound steps as single ops (the speed path). Each op has a
 // reference ATen sequence — the exact op order and roundings of diffusers'
 // ZImageTransformerBlock, used on the CPU, for float32, and where the CUDA
 // kernels are not built — and, for bfloat16 CUDA tensors, one CUDA kernel

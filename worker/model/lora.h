@@ -20,7 +20,7 @@
 //   LoraApplier loras(*transformer);
 //   ZFARM_ASSIGN_OR_RETURN(auto shas, loras.Apply({{"ink", "/loras/ink.safetensors", "", 0.8f}}));
 //
-// Thread-compatible: one inference thread owns it (style rule 18).
+// Thread-compatible: one inference thread owns it (the one that owns the device).
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>

@@ -1,7 +1,7 @@
 #ifndef ZFARM_WORKER_MODEL_MODULES_H_
 #define ZFARM_WORKER_MODEL_MODULES_H_
 
-// The three networks of Z-Image-Turbo as libtorch modules (spec §3, §7, §8):
+// The three networks of Z-Image-Turbo as libtorch modules (op by op: worker/model/README.md):
 // the Qwen3 text encoder (embeddings + layers 0..n-2), the S3-DiT transformer
 // and the FLUX VAE decoder. Internal to worker/model and worker/pipeline: this
 // header includes Torch; the pipeline's public header does not.
@@ -12,10 +12,10 @@
 // Parameters are created uninitialised (at::empty) on the given device and
 // dtype: fill them with LoadWeights() (weights.h) or InitRandom().
 //
-// Dtypes follow spec §9: activations in the parameter dtype (bf16 on CUDA,
+// Dtypes (README "Traps"): activations in the parameter dtype (bf16 on CUDA,
 // fp32 on CPU), RMSNorm statistics, RoPE and the timestep sinusoid in fp32.
 //
-// Thread-safety: none; one inference thread owns a module (style rule 18).
+// Thread-safety: none; one inference thread owns a module (the one that owns the device).
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
@@ -105,7 +105,7 @@ TORCH_MODULE(TextEncoder);
 
 // ---------------------------------------------------------------- S3-DiT ---
 
-// 3-axis RoPE table (spec §7.4): cos/sin float32 [num_positions, head_dim/2].
+// 3-axis RoPE table (interleaved pairs, theta 256): cos/sin float32 [num_positions, head_dim/2].
 struct RopeTable {
   at::Tensor cos, sin;  // [S, head_dim/2] float32
 };

@@ -1,7 +1,7 @@
 #ifndef ZFARM_WORKER_PIPELINE_PIPELINE_H_
 #define ZFARM_WORKER_PIPELINE_PIPELINE_H_
 
-// The Z-Image-Turbo text-to-image pipeline (spec §2): tokenize -> Qwen3 text
+// The Z-Image-Turbo text-to-image pipeline (worker/model/README.md, "Pipeline"): tokenize -> Qwen3 text
 // encoder -> flow-matching DiT loop -> VAE decode -> 8-bit RGB. Torch-free
 // header (pimpl); libtorch stays private to the implementation.
 //
@@ -15,7 +15,7 @@
 //   ZFARM_ASSIGN_OR_RETURN(Image img, p->Generate(req, nullptr, nullptr));
 //
 // Thread-safety: a Pipeline is used by one thread at a time (the worker's
-// inference thread, style rule 18). CancelToken::Cancel may be called from any
+// inference thread, the one that owns the device). CancelToken::Cancel may be called from any
 // thread.
 
 #include <cstdint>
@@ -56,7 +56,7 @@ struct PipelineOptions {
   // random weights instead of reading model_dir's weights. If model_dir is
   // empty, requests must carry prompt_ids (no tokenizer).
   bool random_weights = false;
-  // Speed paths (issue 8), on by default; benchmarks switch them off to measure each.
+  // Speed paths, on by default; benchmarks switch them off to measure each.
   // Fused projections (one GEMM for q/k/v and one for w1/w3) and, on CUDA in bf16,
   // the fused kernels of worker/model/fused_ops.h.
   bool fused_ops = true;

@@ -31,7 +31,7 @@ using json = nlohmann::json;
 // Debian's Abseil is built without std::string_view aliasing.
 absl::string_view A(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
-// The pre-tokenizer pattern of Qwen2/Qwen3 (spec §4.1); the scanner in
+// The pre-tokenizer pattern of Qwen2/Qwen3 (tokenizer.json's Split regex); the scanner in
 // PreTokenize() implements exactly this expression, so any other is refused.
 constexpr std::string_view kQwenPattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";

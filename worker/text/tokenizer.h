@@ -3,10 +3,10 @@
 
 // File: tokenizer.h
 //
-// The Qwen3 byte-level BPE tokenizer of Z-Image (docs/zimage-spec.md §4), read
+// The Qwen3 byte-level BPE tokenizer of Z-Image, read
 // from a Hugging Face `tokenizer.json`, plus the Z-Image chat template.
 //
-// Encoding follows Hugging Face `tokenizers` step by step (spec §4.1):
+// Encoding follows Hugging Face `tokenizers` step by step:
 //   1. split on added tokens first (tokenizer.json "added_tokens": exact match,
 //      leftmost-longest; lstrip / rstrip / single_word honoured; tokens with
 //      normalized=true are matched on the normalized text);
@@ -43,7 +43,7 @@ struct PromptTokens {
   int untruncated_size = 0;  // number of ids before truncation
 };
 
-// Z-Image's chat template (spec §4.2): what the pipeline's
+// Z-Image's chat template: what the pipeline's
 // apply_chat_template(add_generation_prompt=True, enable_thinking=True) produces.
 inline constexpr std::string_view kChatTemplatePrefix = "<|im_start|>user\n";
 inline constexpr std::string_view kChatTemplateSuffix = "<|im_end|>\n<|im_start|>assistant\n";

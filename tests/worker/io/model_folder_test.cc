@@ -198,22 +198,22 @@ TEST(ModelFolderTest, FullRandomSparseHasRealKeySet) {
   EXPECT_EQ(m.transformer.dim, 3840);
   EXPECT_EQ(m.transformer.adaln_dim(), 256);
   ASSERT_OK_AND_ASSIGN(auto dit, WeightSet::Open(dir + "/transformer"));
-  EXPECT_EQ(dit->size(), 521u);  // spec §7.1
+  EXPECT_EQ(dit->size(), 521u);  // the published checkpoint
   EXPECT_EQ(dit->files().size(), 3u);
   uint64_t params = 0;
   for (const std::string& n : dit->Names()) params += static_cast<uint64_t>(dit->Find(n)->numel());
-  EXPECT_EQ(params, 6'154'908'736u);  // spec §7.1
+  EXPECT_EQ(params, 6'154'908'736u);
   ASSERT_OK_AND_ASSIGN(auto te, WeightSet::Open(dir + "/text_encoder"));
-  EXPECT_EQ(te->size(), 398u);  // spec §3.4
+  EXPECT_EQ(te->size(), 398u);
   uint64_t te_params = 0;
   for (const std::string& n : te->Names()) te_params += static_cast<uint64_t>(te->Find(n)->numel());
-  EXPECT_EQ(te_params, 4'022'468'096u);  // spec §1.1
+  EXPECT_EQ(te_params, 4'022'468'096u);
   ASSERT_OK_AND_ASSIGN(auto vae, WeightSet::Open(dir + "/vae"));
   uint64_t dec = 0, enc = 0;
   for (const std::string& n : vae->Names()) {
     (n.rfind("decoder.", 0) == 0 ? dec : enc) += static_cast<uint64_t>(vae->Find(n)->numel());
   }
-  EXPECT_EQ(dec, 49'545'475u);  // spec §8.2
+  EXPECT_EQ(dec, 49'545'475u);
   EXPECT_EQ(enc, 34'274'208u);
   EXPECT_THAT(vae->Find("decoder.up_blocks.2.resnets.0.conv_shortcut.weight")->shape,
               ElementsAre(256, 512, 1, 1));

@@ -45,7 +45,7 @@ TEST(ModuleKeysTest, RealTransformerHas521KeysWithCheckpointNames) {
   EXPECT_TRUE(k.count("layers.0.attention.to_out.0.weight"));
   EXPECT_TRUE(k.count("layers.0.attention.norm_k.weight"));
   EXPECT_TRUE(k.count("layers.0.feed_forward.w3.weight"));
-  // Spec §7.1: 15 globals, 15 keys per modulated block, 13 per context-refiner block;
+  // The checkpoint's key layout: 15 globals, 15 keys per modulated block, 13 per context-refiner block;
   // the real model (30 layers) has 15 + 2*15 + 2*13 + 30*15 = 521 keys.
   EXPECT_EQ(k.size(), 15u + 2 * 15 + 2 * 13 + 1 * 15);
 }
@@ -79,7 +79,7 @@ TEST(ModuleKeysTest, VaeDecoderKeysFollowDiffusers) {
   EXPECT_FALSE(k.count("decoder.up_blocks.3.upsamplers.0.conv.bias"));
   int64_t n = 0;
   for (const auto& p : v->named_parameters()) n += p.value().numel();
-  EXPECT_EQ(n, 49545475);  // spec §8.2 decoder parameter count
+  EXPECT_EQ(n, 49545475);  // the real decoder's parameter count
 }
 
 TEST(OpsTest, RmsNormUsesFloat32Statistics) {

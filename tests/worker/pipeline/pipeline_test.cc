@@ -22,7 +22,7 @@ using ::testing::Not;
 using ::zfarm::testing::StatusIs;
 
 TEST(InitialNoiseTest, MatchesTorchCpuGenerator) {
-  // DESIGN.md: torch.randn([1,16,12,16], generator=torch.Generator("cpu").manual_seed(42)).
+  // Reference values: torch.randn([1,16,12,16], generator=torch.Generator("cpu").manual_seed(42)).
   ASSERT_OK_AND_ASSIGN(std::vector<float> n, InitialNoise(42, {1, 16, 12, 16}, "cpu"));
   ASSERT_EQ(n.size(), 3072u);
   EXPECT_FLOAT_EQ(n[0], 1.9269153f);

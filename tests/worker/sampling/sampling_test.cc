@@ -12,7 +12,7 @@ namespace {
 
 using ::zfarm::testing::StatusIs;
 
-// Spec §5.1 table (8 steps, shift 3).
+// diffusers' sigmas for 8 steps, shift 3 (FlowMatchEulerDiscreteScheduler).
 constexpr float kSigma8[] = {1.0000000f, 0.9545454f, 0.9000000f, 0.8333333f,
                              0.7500000f, 0.6428571f, 0.5000000f, 0.3000000f};
 constexpr float kTin8[] = {0.0000000f, 0.0454546f, 0.1000000f, 0.1666667f,
