@@ -134,6 +134,51 @@ bool SameLease(const v1::LeaseId& a, const v1::LeaseId& b) {
   return a.job_id() == b.job_id() && a.attempt() == b.attempt();
 }
 
+// The generation parameters a result file carries.
+ImageParameters ParametersOf(const GenerateRequest& request, const Image& image,
+                             const Worker::Options& o) {
+  ImageParameters p;
+  p.prompt = request.prompt;
+  p.negative_prompt = request.guidance > 0 ? request.negative_prompt : "";
+  p.steps = request.steps;
+  p.guidance = request.guidance;
+  p.seed = request.seed;
+  p.width = image.width;
+  p.height = image.height;
+  p.model = o.model;
+  p.device = o.device_class;
+  p.prompt_tokens = image.prompt_tokens;
+  p.prompt_truncated = image.prompt_truncated;
+  for (const LoraRequest& l : image.loras) p.loras.push_back({l.name, l.sha256, l.scale});
+  if (request.init_image.has_value()) {
+    p.strength = request.strength;
+    p.init_image_sha256 = request.init_image->sha256;
+    if (request.mask_image.has_value()) p.mask_sha256 = request.mask_image->sha256;
+  }
+  return p;
+}
+
+// The commit request for `file`, written as `temp_name` beside the lease's output path.
+v1::CommitRequest CommitRequestFor(const v1::Lease& lease, const std::string& temp_name,
+                                   const std::string& file, ImageFormat format, double render_s,
+                                   const Worker::Options& o) {
+  v1::CommitRequest req;
+  *req.mutable_lease() = lease.lease();
+  const std::string& final_rel = lease.output_path();
+  const std::string rel_dir = std::filesystem::path(final_rel).parent_path().string();
+  req.set_temp_path(rel_dir.empty() ? temp_name : absl::StrCat(rel_dir, "/", temp_name));
+  auto* r = req.mutable_result();
+  r->set_path(final_rel);
+  r->set_size_bytes(static_cast<int64_t>(file.size()));
+  r->set_sha256(Sha256Hex(file));
+  r->set_media_type(std::string(ImageMediaType(format)));
+  r->set_device_class(o.device_class);
+  r->set_dtype(o.dtype);
+  r->set_model_fingerprint(o.model_fingerprint);
+  r->set_render_time_ms(static_cast<int64_t>(render_s * 1000));
+  return req;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(Options options,
@@ -287,84 +332,89 @@ v1::WorkerHeartbeat Worker::MakeHeartbeat() {
 
 void Worker::OnMessage(const v1::SchedulerMessage& msg) {
   switch (msg.msg_case()) {
-    case v1::SchedulerMessage::kAssignment: {
-      std::vector<v1::LeaseId> refused;
-      {
-        absl::MutexLock lock(&mu_);
-        for (const v1::Lease& l : msg.assignment().leases()) {
-          if (draining_ || stopping_ || !healthy_) {
-            refused.push_back(l.lease());
-          } else {
-            pending_.emplace_back(l, absl::Now());
-          }
-        }
-      }
-      for (const auto& l : refused) {
-        Fail(l, v1::FAILURE_REASON_WORKER_LOST, true, "worker is draining or unhealthy");
-      }
+    case v1::SchedulerMessage::kAssignment:
+      OnAssignment(msg.assignment());
       break;
-    }
-    case v1::SchedulerMessage::kCancel: {
-      const v1::CancelLease& c = msg.cancel();
-      bool was_pending = false;
-      {
-        absl::MutexLock lock(&mu_);
-        if (running_ && SameLease(*running_, c.lease())) {
-          running_cancel_reason_ = c.reason().reason() == v1::FAILURE_REASON_UNSPECIFIED
-                                       ? v1::FAILURE_REASON_CANCELLED_BY_CLIENT
-                                       : c.reason().reason();
-          running_cancel_->Cancel();
-        }
-        for (auto it = pending_.begin(); it != pending_.end(); ++it) {
-          if (SameLease(it->first.lease(), c.lease())) {
-            pending_.erase(it);
-            was_pending = true;
-            break;
-          }
-        }
-      }
-      LOG(INFO) << "event=cancel_received job=" << c.lease().job_id()
-                << " attempt=" << c.lease().attempt() << " pending=" << was_pending;
-      if (was_pending) {
-        Fail(c.lease(),
-             c.reason().reason() == v1::FAILURE_REASON_UNSPECIFIED
-                 ? v1::FAILURE_REASON_CANCELLED_BY_CLIENT
-                 : c.reason().reason(),
-             false, "cancelled before it started");
-      }
+    case v1::SchedulerMessage::kCancel:
+      OnCancel(msg.cancel());
       break;
-    }
     case v1::SchedulerMessage::kCommitReply:
       PostOutput([this, reply = msg.commit_reply()] { HandleCommitReply(reply); });
       break;
-    case v1::SchedulerMessage::kDrain: {
-      std::deque<std::pair<v1::Lease, absl::Time>> back;
-      {
-        absl::MutexLock lock(&mu_);
-        drain_requested_ = draining_ = true;
-        back.swap(pending_);
-        if (metrics_ != nullptr) metrics_->SetServing(false);
-      }
-      LOG(INFO) << "event=drain_received worker=" << options_.name
-                << " handed_back=" << back.size();
-      for (const auto& [l, t] : back) {
-        Fail(l.lease(), v1::FAILURE_REASON_WORKER_LOST, true, "worker draining");
-      }
+    case v1::SchedulerMessage::kDrain:
+      OnDrain();
       break;
-    }
-    case v1::SchedulerMessage::kResume: {
-      absl::MutexLock lock(&mu_);
-      if (!drain_requested_ || shutting_down_) break;  // a shutdown is not undone
-      drain_requested_ = draining_ = false;
-      if (metrics_ != nullptr) metrics_->SetServing(connected_ && healthy_);
-      LOG(INFO) << "event=resume_received worker=" << options_.name;
+    case v1::SchedulerMessage::kResume:
+      OnResume();
       break;
-    }
     case v1::SchedulerMessage::kWelcome:
     case v1::SchedulerMessage::MSG_NOT_SET:
       LOG(WARNING) << "event=unexpected_scheduler_message case=" << msg.msg_case();
       break;
   }
+}
+
+void Worker::OnAssignment(const v1::Assignment& assignment) {
+  std::vector<v1::LeaseId> refused;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const v1::Lease& l : assignment.leases()) {
+      if (draining_ || stopping_ || !healthy_) {
+        refused.push_back(l.lease());
+      } else {
+        pending_.emplace_back(l, absl::Now());
+      }
+    }
+  }
+  for (const auto& l : refused) {
+    Fail(l, v1::FAILURE_REASON_WORKER_LOST, true, "worker is draining or unhealthy");
+  }
+}
+
+void Worker::OnCancel(const v1::CancelLease& c) {
+  const v1::FailureReason reason = c.reason().reason() == v1::FAILURE_REASON_UNSPECIFIED
+                                       ? v1::FAILURE_REASON_CANCELLED_BY_CLIENT
+                                       : c.reason().reason();
+  bool was_pending = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (running_ && SameLease(*running_, c.lease())) {
+      running_cancel_reason_ = reason;
+      running_cancel_->Cancel();
+    }
+    for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+      if (SameLease(it->first.lease(), c.lease())) {
+        pending_.erase(it);
+        was_pending = true;
+        break;
+      }
+    }
+  }
+  LOG(INFO) << "event=cancel_received job=" << c.lease().job_id()
+            << " attempt=" << c.lease().attempt() << " pending=" << was_pending;
+  if (was_pending) Fail(c.lease(), reason, false, "cancelled before it started");
+}
+
+void Worker::OnDrain() {
+  std::deque<std::pair<v1::Lease, absl::Time>> back;
+  {
+    absl::MutexLock lock(&mu_);
+    drain_requested_ = draining_ = true;
+    back.swap(pending_);
+    if (metrics_ != nullptr) metrics_->SetServing(false);
+  }
+  LOG(INFO) << "event=drain_received worker=" << options_.name << " handed_back=" << back.size();
+  for (const auto& [l, t] : back) {
+    Fail(l.lease(), v1::FAILURE_REASON_WORKER_LOST, true, "worker draining");
+  }
+}
+
+void Worker::OnResume() {
+  absl::MutexLock lock(&mu_);
+  if (!drain_requested_ || shutting_down_) return;  // a shutdown is not undone
+  drain_requested_ = draining_ = false;
+  if (metrics_ != nullptr) metrics_->SetServing(connected_ && healthy_);
+  LOG(INFO) << "event=resume_received worker=" << options_.name;
 }
 
 void Worker::Fail(const v1::LeaseId& lease, v1::FailureReason reason, bool retryable,
@@ -687,27 +737,10 @@ void Worker::WriteAndCommit(Output out) {
     absl::MutexLock lock(&mu_);
     --outputs_in_flight_;
   };
-  ImageParameters p;
-  p.prompt = out.request.prompt;
-  p.negative_prompt = out.request.guidance > 0 ? out.request.negative_prompt : "";
-  p.steps = out.request.steps;
-  p.guidance = out.request.guidance;
-  p.seed = out.request.seed;
-  p.width = out.image.width;
-  p.height = out.image.height;
-  p.model = options_.model;
-  p.device = options_.device_class;
-  p.prompt_tokens = out.image.prompt_tokens;
-  p.prompt_truncated = out.image.prompt_truncated;
-  for (const LoraRequest& l : out.image.loras) p.loras.push_back({l.name, l.sha256, l.scale});
-  if (out.request.init_image.has_value()) {
-    p.strength = out.request.strength;
-    p.init_image_sha256 = out.request.init_image->sha256;
-    if (out.request.mask_image.has_value()) p.mask_sha256 = out.request.mask_image->sha256;
-  }
   const ImageFormat format = FormatOf(out.lease.spec().output_format());
   absl::StatusOr<std::string> png =
-      EncodeImage(out.image.rgb, p, format, out.lease.spec().quality());
+      EncodeImage(out.image.rgb, ParametersOf(out.request, out.image, options_), format,
+                  out.lease.spec().quality());
   if (!png.ok()) {
     // A bad quality is the request's fault (the scheduler validates it; an old one may not).
     const bool bad_request = absl::IsInvalidArgument(png.status());
@@ -717,8 +750,8 @@ void Worker::WriteAndCommit(Output out) {
     done();
     return;
   }
-  const std::string final_rel = out.lease.output_path();
-  const std::filesystem::path final_abs = std::filesystem::path(options_.output_root) / final_rel;
+  const std::filesystem::path final_abs =
+      std::filesystem::path(options_.output_root) / out.lease.output_path();
   const std::filesystem::path dir = final_abs.parent_path();
   const std::string temp_name = absl::StrCat(id.job_id(), ".", id.attempt(), ".tmp");
   const std::filesystem::path temp_abs = dir / temp_name;
@@ -734,21 +767,9 @@ void Worker::WriteAndCommit(Output out) {
     return;
   }
   files::SyncDir(dir.string()).IgnoreError();  // best effort: the rename is synced too
-  PendingCommit c;
-  auto* req = &c.request;
-  *req->mutable_lease() = id;
-  const std::string rel_dir = std::filesystem::path(final_rel).parent_path().string();
-  req->set_temp_path(rel_dir.empty() ? temp_name : absl::StrCat(rel_dir, "/", temp_name));
-  auto* r = req->mutable_result();
-  r->set_path(final_rel);
-  r->set_size_bytes(static_cast<int64_t>(png->size()));
-  r->set_sha256(Sha256Hex(*png));
-  r->set_media_type(std::string(ImageMediaType(format)));
-  r->set_device_class(options_.device_class);
-  r->set_dtype(options_.dtype);
-  r->set_model_fingerprint(options_.model_fingerprint);
   const double render_s = absl::ToDoubleSeconds(absl::Now() - out.render_start);
-  r->set_render_time_ms(static_cast<int64_t>(render_s * 1000));
+  PendingCommit c;
+  c.request = CommitRequestFor(out.lease, temp_name, *png, format, render_s, options_);
   c.temp_abs = temp_abs.string();
   c.final_abs = final_abs.string();
   if (metrics_ != nullptr) metrics_->ObserveRender(render_s);

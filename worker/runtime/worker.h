@@ -137,6 +137,11 @@ class Worker : public SchedulerLink::Handler {
   };
 
   Worker(Options options, std::unique_ptr<Renderer> renderer);
+  // OnMessage's handlers, one per scheduler message.
+  void OnAssignment(const zfarm::v1::Assignment& assignment) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnCancel(const zfarm::v1::CancelLease& cancel) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnDrain() ABSL_LOCKS_EXCLUDED(mu_);
+  void OnResume() ABSL_LOCKS_EXCLUDED(mu_);
   void InferenceLoop();
   void OutputLoop();
   // One lease, start to hand-off: RequestForLease, BeginRender, the render with OnStep
@@ -166,7 +171,8 @@ class Worker : public SchedulerLink::Handler {
     bool retryable;
   };
   static RenderFailure FailureOf(const absl::Status& s, zfarm::v1::FailureReason cancel_reason);
-  void WriteAndCommit(Output out);
+  // Encodes the image, writes and fsyncs its temp file, asks the scheduler to commit.
+  void WriteAndCommit(Output out) ABSL_LOCKS_EXCLUDED(mu_);
   void HandleCommitReply(const zfarm::v1::CommitReply& reply);
   void Fail(const zfarm::v1::LeaseId& lease, zfarm::v1::FailureReason reason, bool retryable,
             const std::string& message, int64_t memory_required = 0);
