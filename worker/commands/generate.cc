@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
-#include <iostream>
-#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -64,194 +62,201 @@ int Usage(const std::string& why) {
   return 2;
 }
 
+// A failure after the flags were understood: exit status 1.
+int Fail(const std::string& why) {
+  std::fprintf(stderr, "zfarm-worker generate: %s\n", why.c_str());
+  return 1;
+}
+
+// An integer flag into *out when given; false when it does not parse.
+bool GetInt(const ParsedFlags& f, const std::string& k, int* out) {
+  return !f.Has(k) || absl::SimpleAtoi(f.Get(k), out);
+}
+
+// Size, steps, guidance, seed (random when absent: *random_seed), negative prompt, LoRAs.
+// 0, or the exit status after printing why.
+int ParseRequest(const ParsedFlags& f, GenerateRequest* req, bool* random_seed) {
+  if (!GetInt(f, "width", &req->width) || !GetInt(f, "height", &req->height) ||
+      !GetInt(f, "steps", &req->steps)) {
+    return Usage("--width, --height and --steps take integers");
+  }
+  if (f.Has("guidance") && !absl::SimpleAtof(f.Get("guidance"), &req->guidance)) {
+    return Usage("--guidance takes a number");
+  }
+  *random_seed = !f.Has("seed");
+  if (!*random_seed && !absl::SimpleAtoi(f.Get("seed"), &req->seed)) {
+    return Usage("--seed takes a non-negative integer");
+  }
+  if (*random_seed) req->seed = std::random_device{}() & 0xffffffffu;
+  req->negative_prompt = f.Get("negative-prompt");
+  for (const std::string& v : f.GetAll("lora")) {
+    absl::StatusOr<LoraFlag> l = ParseLoraFlag(v, f.Get("lora-dir"));
+    if (!l.ok()) return Usage(std::string(l.status().message()));
+    // Hashed once here, not for every image.
+    absl::StatusOr<std::string> sha = Sha256OfFile(l->path);
+    if (!sha.ok()) return Fail(std::string(sha.status().message()));
+    req->loras.push_back({l->name, l->path, *sha, l->scale});
+  }
+  return 0;
+}
+
+// --output-format and --quality; 0 or 2 after printing why.
+int ParseOutputFormat(const ParsedFlags& f, ImageFormat* format, int* quality) {
+  if (f.Has("output-format")) {
+    absl::StatusOr<ImageFormat> parsed =
+        ParseImageFormat(f.Get("output-format"), "--output-format");
+    if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
+    *format = *parsed;
+  }
+  if (!GetInt(f, "quality", quality) || (*quality != 0 && (*quality < 1 || *quality > 100))) {
+    return Usage("--quality takes an integer in [1, 100]");
+  }
+  if (*quality != 0 && *format == ImageFormat::kPng) {
+    return Usage("--quality needs --output-format jpeg or webp (png is lossless)");
+  }
+  return 0;
+}
+
+// --init-image, --mask and --strength (image-to-image, inpainting); 0 or the exit status.
+int ParsePictures(const ParsedFlags& f, GenerateRequest* req) {
+  if (!f.Has("init-image") && (f.Has("mask") || f.Has("strength"))) {
+    return Usage("--mask and --strength need --init-image");
+  }
+  if (f.Has("strength") && !absl::SimpleAtof(f.Get("strength"), &req->strength)) {
+    return Usage("--strength takes a number in (0, 1]");
+  }
+  if (!f.Has("init-image")) return 0;
+  absl::StatusOr<InputPicture> init = ReadPicture("--init-image", f.Get("init-image"));
+  if (!init.ok()) return Fail(std::string(init.status().message()));
+  // diffusers' default: the picture's own size rounded down to multiples of 16.
+  if (!f.Has("width")) req->width = init->width - init->width % 16;
+  if (!f.Has("height")) req->height = init->height - init->height % 16;
+  req->init_image = *std::move(init);
+  if (f.Has("mask")) {
+    absl::StatusOr<InputPicture> mask = ReadPicture("--mask", f.Get("mask"));
+    if (!mask.ok()) return Fail(std::string(mask.status().message()));
+    req->mask_image = *std::move(mask);
+  }
+  return 0;
+}
+
+// The --prompts file's non-empty lines; 0 or 1 after printing why.
+int ReadPrompts(const std::string& path, std::vector<std::string>* prompts) {
+  std::ifstream in(path);
+  if (!in) return Fail(absl::StrCat("cannot read ", path));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) prompts->push_back(line);
+  }
+  if (prompts->empty()) return Fail(absl::StrCat(path, " has no prompts"));
+  return 0;
+}
+
+PipelineOptions OptionsFromFlags(const ParsedFlags& f) {
+  PipelineOptions opts;
+  opts.model_dir = f.Get("model");
+  opts.device = f.Get("device", "cpu");
+  opts.vae_fp32 = f.True("vae-fp32");
+  opts.offload_text_encoder = f.True("offload-text-encoder");
+  opts.vae_tiling = f.True("vae-tiling");
+  opts.cuda_graphs = !f.True("no-cuda-graphs");
+  opts.fused_ops = !f.True("reference-ops");
+  if (f.Has("weights-cache")) opts.weights_cache_dir = f.Get("weights-cache");
+  return opts;
+}
+
+// What one image cost, stage by stage, on stdout.
+void PrintTimings(const GenerateRequest& r, const Image& img) {
+  const StageTimings& t = img.timings;
+  for (const LoraRequest& l : img.loras) {
+    std::printf("lora %s x%g (%s, sha256 %.12s)\n", l.name.c_str(), l.scale, l.path.c_str(),
+                l.sha256.c_str());
+  }
+  if (!img.loras.empty()) std::printf("loras applied in %.3f s\n", t.lora_s);
+  if (r.init_image.has_value()) {
+    std::printf("%s from %dx%d, strength %g: %d of %d steps, image encode %.3f s\n",
+                r.mask_image.has_value() ? "inpainting" : "image-to-image", r.init_image->width,
+                r.init_image->height, r.strength, img.steps_run, r.steps, t.encode_image_s);
+  }
+  std::printf(
+      "tokenize %.3f s, encode %.3f s, denoise %.3f s (%.3f s/step), decode %.3f s, total %.3f "
+      "s, "
+      "peak memory %.1f MiB\n",
+      t.tokenize_s, t.encode_s, t.denoise_s, t.denoise_s / std::max(1, img.steps_run), t.decode_s,
+      t.total_s, img.peak_device_bytes / 1048576.0);
+}
+
+// Renders `r` with step progress on stderr and writes it to `out`; 0 or 1.
+int RenderOne(Pipeline& pipeline, const GenerateRequest& r, const std::string& device,
+              const std::string& out, ImageFormat format, int quality) {
+  auto img = pipeline.Generate(
+      r,
+      [](int step, int total) {
+        std::fprintf(stderr, "\rstep %d/%d", step, total);
+        if (step == total) std::fputc('\n', stderr);
+      },
+      nullptr);
+  if (!img.ok()) return Fail(img.status().ToString());
+  if (img->prompt_truncated) {
+    std::printf("warning: prompt truncated from %d to %d tokens\n", img->untruncated_prompt_tokens,
+                img->prompt_tokens);
+  }
+  ImageParameters p = ImageParametersOf(r, *img);
+  p.device = device;
+  if (absl::Status s = WriteImage(out, img->rgb, p, format, quality); !s.ok()) {
+    return Fail(s.ToString());
+  }
+  PrintTimings(r, *img);
+  return 0;
+}
+
 }  // namespace
 
 int RunGenerate(int argc, char** argv) {
   absl::StatusOr<ParsedFlags> parsed = ParseFlags(argc, argv, kBoolFlags, kValueFlags);
   if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
-  std::map<std::string, std::string> f = parsed->values;
-  if (f.count("help")) {
+  const ParsedFlags& f = *parsed;
+  if (f.Has("help")) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  auto flag_true = [&](const std::string& k) {
-    return f.count(k) && f[k] != "false" && f[k] != "0";
-  };
-  if (!f.count("model")) return Usage("--model is required");
-  const bool single = f.count("prompt") > 0;
-  if (single == (f.count("prompts") > 0))
-    return Usage("give exactly one of --prompt and --prompts");
-  if (single && !f.count("out")) return Usage("--prompt needs --out FILE.png");
-  if (!single && !f.count("out-dir")) return Usage("--prompts needs --out-dir DIR");
+  if (!f.Has("model")) return Usage("--model is required");
+  const bool single = f.Has("prompt");
+  if (single == f.Has("prompts")) return Usage("give exactly one of --prompt and --prompts");
+  if (single && !f.Has("out")) return Usage("--prompt needs --out FILE.png");
+  if (!single && !f.Has("out-dir")) return Usage("--prompts needs --out-dir DIR");
 
   GenerateRequest req;
-  auto get_int = [&](const std::string& k, int* out) {
-    return !f.count(k) || absl::SimpleAtoi(f[k], out);
-  };
-  if (!get_int("width", &req.width) || !get_int("height", &req.height) ||
-      !get_int("steps", &req.steps)) {
-    return Usage("--width, --height and --steps take integers");
-  }
-  if (f.count("guidance") && !absl::SimpleAtof(f["guidance"], &req.guidance)) {
-    return Usage("--guidance takes a number");
-  }
-  bool random_seed = !f.count("seed");
-  if (!random_seed && !absl::SimpleAtoi(f["seed"], &req.seed)) {
-    return Usage("--seed takes a non-negative integer");
-  }
-  if (random_seed) req.seed = std::random_device{}() & 0xffffffffu;
-  req.negative_prompt = f.count("negative-prompt") ? f["negative-prompt"] : "";
-  for (const std::string& v : parsed->GetAll("lora")) {
-    absl::StatusOr<LoraFlag> l = ParseLoraFlag(v, parsed->Get("lora-dir"));
-    if (!l.ok()) return Usage(std::string(l.status().message()));
-    // Hashed once here, not for every image.
-    absl::StatusOr<std::string> sha = Sha256OfFile(l->path);
-    if (!sha.ok()) {
-      std::fprintf(stderr, "zfarm-worker generate: %s\n", std::string(sha.status().message()).c_str());
-      return 1;
-    }
-    req.loras.push_back({l->name, l->path, *sha, l->scale});
-  }
-
+  bool random_seed = false;
   ImageFormat format = ImageFormat::kPng;
   int quality = 0;
-  if (f.count("output-format")) {
-    absl::StatusOr<ImageFormat> parsed_format = ParseImageFormat(f["output-format"], "--output-format");
-    if (!parsed_format.ok()) return Usage(std::string(parsed_format.status().message()));
-    format = *parsed_format;
-  }
-  if (!get_int("quality", &quality) || (quality != 0 && (quality < 1 || quality > 100))) {
-    return Usage("--quality takes an integer in [1, 100]");
-  }
-  if (quality != 0 && format == ImageFormat::kPng) {
-    return Usage("--quality needs --output-format jpeg or webp (png is lossless)");
-  }
-  if (!f.count("init-image") && (f.count("mask") || f.count("strength"))) {
-    return Usage("--mask and --strength need --init-image");
-  }
-  if (f.count("strength") && !absl::SimpleAtof(f["strength"], &req.strength)) {
-    return Usage("--strength takes a number in (0, 1]");
-  }
-  if (f.count("init-image")) {
-    absl::StatusOr<InputPicture> init = ReadPicture("--init-image", f["init-image"]);
-    if (!init.ok()) {
-      std::fprintf(stderr, "zfarm-worker generate: %s\n", std::string(init.status().message()).c_str());
-      return 1;
-    }
-    // diffusers' default: the picture's own size rounded down to multiples of 16.
-    if (!f.count("width")) req.width = init->width - init->width % 16;
-    if (!f.count("height")) req.height = init->height - init->height % 16;
-    req.init_image = *std::move(init);
-    if (f.count("mask")) {
-      absl::StatusOr<InputPicture> mask = ReadPicture("--mask", f["mask"]);
-      if (!mask.ok()) {
-        std::fprintf(stderr, "zfarm-worker generate: %s\n", std::string(mask.status().message()).c_str());
-        return 1;
-      }
-      req.mask_image = *std::move(mask);
-    }
-  }
-
+  if (int rc = ParseRequest(f, &req, &random_seed); rc != 0) return rc;
+  if (int rc = ParseOutputFormat(f, &format, &quality); rc != 0) return rc;
+  if (int rc = ParsePictures(f, &req); rc != 0) return rc;
   std::vector<std::string> prompts;
   if (single) {
-    prompts.push_back(f["prompt"]);
-  } else {
-    std::ifstream in(f["prompts"]);
-    if (!in) {
-      std::fprintf(stderr, "zfarm-worker generate: cannot read %s\n", f["prompts"].c_str());
-      return 1;
-    }
-    for (std::string line; std::getline(in, line);) {
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (!line.empty()) prompts.push_back(line);
-    }
-    if (prompts.empty()) {
-      std::fprintf(stderr, "zfarm-worker generate: %s has no prompts\n", f["prompts"].c_str());
-      return 1;
-    }
+    prompts.push_back(f.Get("prompt"));
+  } else if (int rc = ReadPrompts(f.Get("prompts"), &prompts); rc != 0) {
+    return rc;
   }
 
-  PipelineOptions opts;
-  opts.model_dir = f["model"];
-  opts.device = f.count("device") ? f["device"] : "cpu";
-  opts.vae_fp32 = flag_true("vae-fp32");
-  opts.offload_text_encoder = flag_true("offload-text-encoder");
-  opts.vae_tiling = flag_true("vae-tiling");
-  opts.cuda_graphs = !flag_true("no-cuda-graphs");
-  opts.fused_ops = !flag_true("reference-ops");
-  if (f.count("weights-cache")) opts.weights_cache_dir = f["weights-cache"];
+  const PipelineOptions opts = OptionsFromFlags(f);
   auto pipeline = Pipeline::Create(opts);
-  if (!pipeline.ok()) {
-    std::fprintf(stderr, "zfarm-worker generate: %s\n", pipeline.status().ToString().c_str());
-    return 1;
-  }
+  if (!pipeline.ok()) return Fail(pipeline.status().ToString());
   std::printf("loaded %s in %.2f s (%s)\n", opts.model_dir.c_str(), (*pipeline)->load_seconds(),
               (*pipeline)->Describe().c_str());
-
   for (size_t i = 0; i < prompts.size(); ++i) {
     GenerateRequest r = req;
     r.prompt = prompts[i];
     if (i > 0 && random_seed) r.seed = std::random_device{}() & 0xffffffffu;
-    std::string out =
-        single ? f["out"] : absl::StrFormat("%s/%05d%s", f["out-dir"], static_cast<int>(i + 1),
-                                         ImageFormatExtension(format));
+    const std::string out =
+        single ? f.Get("out")
+               : absl::StrFormat("%s/%05d%s", f.Get("out-dir"), static_cast<int>(i + 1),
+                                 ImageFormatExtension(format));
     std::printf("[%zu/%zu] seed %llu -> %s\n", i + 1, prompts.size(),
                 static_cast<unsigned long long>(r.seed), out.c_str());
     std::fflush(stdout);
-    auto img = (*pipeline)->Generate(
-        r,
-        [](int step, int total) {
-          std::fprintf(stderr, "\rstep %d/%d", step, total);
-          if (step == total) std::fputc('\n', stderr);
-        },
-        nullptr);
-    if (!img.ok()) {
-      std::fprintf(stderr, "zfarm-worker generate: %s\n", img.status().ToString().c_str());
-      return 1;
-    }
-    if (img->prompt_truncated) {
-      std::printf("warning: prompt truncated from %d to %d tokens\n",
-                  img->untruncated_prompt_tokens, img->prompt_tokens);
-    }
-    ImageParameters p;
-    p.prompt = r.prompt;
-    p.negative_prompt = r.guidance > 0 ? r.negative_prompt : "";
-    p.steps = r.steps;
-    p.guidance = r.guidance;
-    p.seed = r.seed;
-    p.width = r.width;
-    p.height = r.height;
-    p.device = opts.device;
-    p.prompt_tokens = img->prompt_tokens;
-    p.prompt_truncated = img->prompt_truncated;
-    for (const LoraRequest& l : img->loras) p.loras.push_back({l.name, l.sha256, l.scale});
-    if (r.init_image.has_value()) {
-      p.strength = r.strength;
-      p.init_image_sha256 = r.init_image->sha256;
-      if (r.mask_image.has_value()) p.mask_sha256 = r.mask_image->sha256;
-    }
-    if (absl::Status s = WriteImage(out, img->rgb, p, format, quality); !s.ok()) {
-      std::fprintf(stderr, "zfarm-worker generate: %s\n", s.ToString().c_str());
-      return 1;
-    }
-    const StageTimings& t = img->timings;
-    for (const LoraRequest& l : img->loras) {
-      std::printf("lora %s x%g (%s, sha256 %.12s)\n", l.name.c_str(), l.scale, l.path.c_str(),
-                  l.sha256.c_str());
-    }
-    if (!img->loras.empty()) std::printf("loras applied in %.3f s\n", t.lora_s);
-    if (r.init_image.has_value()) {
-      std::printf("%s from %dx%d, strength %g: %d of %d steps, image encode %.3f s\n",
-                  r.mask_image.has_value() ? "inpainting" : "image-to-image", r.init_image->width,
-                  r.init_image->height, r.strength, img->steps_run, r.steps, t.encode_image_s);
-    }
-    std::printf(
-        "tokenize %.3f s, encode %.3f s, denoise %.3f s (%.3f s/step), decode %.3f s, total %.3f "
-        "s, "
-        "peak memory %.1f MiB\n",
-        t.tokenize_s, t.encode_s, t.denoise_s, t.denoise_s / std::max(1, img->steps_run),
-        t.decode_s, t.total_s,
-        img->peak_device_bytes / 1048576.0);
+    if (int rc = RenderOne(**pipeline, r, opts.device, out, format, quality); rc != 0) return rc;
   }
   return 0;
 }

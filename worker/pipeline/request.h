@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "worker/io/image_parameters.h"
+
 namespace zfarm::worker {
 
 // Largest and smallest image side the model supports (RoPE tables: 512 patches).
@@ -101,6 +103,10 @@ class CancelToken {
 
 // Called after each DiT step with (step index from 1, total steps).
 using StepCallback = std::function<void(int step, int total)>;
+
+// The parameters a rendered image carries (written into the file's metadata): the
+// request's and what the render reports. The caller adds model and device.
+ImageParameters ImageParametersOf(const GenerateRequest& request, const Image& image);
 
 }  // namespace zfarm::worker
 

@@ -134,30 +134,6 @@ bool SameLease(const v1::LeaseId& a, const v1::LeaseId& b) {
   return a.job_id() == b.job_id() && a.attempt() == b.attempt();
 }
 
-// The generation parameters a result file carries.
-ImageParameters ParametersOf(const GenerateRequest& request, const Image& image,
-                             const Worker::Options& o) {
-  ImageParameters p;
-  p.prompt = request.prompt;
-  p.negative_prompt = request.guidance > 0 ? request.negative_prompt : "";
-  p.steps = request.steps;
-  p.guidance = request.guidance;
-  p.seed = request.seed;
-  p.width = image.width;
-  p.height = image.height;
-  p.model = o.model;
-  p.device = o.device_class;
-  p.prompt_tokens = image.prompt_tokens;
-  p.prompt_truncated = image.prompt_truncated;
-  for (const LoraRequest& l : image.loras) p.loras.push_back({l.name, l.sha256, l.scale});
-  if (request.init_image.has_value()) {
-    p.strength = request.strength;
-    p.init_image_sha256 = request.init_image->sha256;
-    if (request.mask_image.has_value()) p.mask_sha256 = request.mask_image->sha256;
-  }
-  return p;
-}
-
 // The commit request for `file`, written as `temp_name` beside the lease's output path.
 v1::CommitRequest CommitRequestFor(const v1::Lease& lease, const std::string& temp_name,
                                    const std::string& file, ImageFormat format, double render_s,
@@ -737,10 +713,12 @@ void Worker::WriteAndCommit(Output out) {
     absl::MutexLock lock(&mu_);
     --outputs_in_flight_;
   };
+  ImageParameters p = ImageParametersOf(out.request, out.image);
+  p.model = options_.model;
+  p.device = options_.device_class;
   const ImageFormat format = FormatOf(out.lease.spec().output_format());
   absl::StatusOr<std::string> png =
-      EncodeImage(out.image.rgb, ParametersOf(out.request, out.image, options_), format,
-                  out.lease.spec().quality());
+      EncodeImage(out.image.rgb, p, format, out.lease.spec().quality());
   if (!png.ok()) {
     // A bad quality is the request's fault (the scheduler validates it; an old one may not).
     const bool bad_request = absl::IsInvalidArgument(png.status());
