@@ -217,6 +217,15 @@ class Pipeline::Impl {
   std::set<GraphKey> graph_failed;
 
   absl::Status Load();
+  // Load's steps: the device, dtypes and memory cap; the options, configs and tokenizer
+  // checked; the modules allocated (random weights filled in); the weights read
+  // strictly, component by component (the DiT from the bf16 cache when current).
+  absl::Status ConfigureDevice();
+  absl::Status LoadConfig();
+  absl::Status CreateModules();
+  absl::Status LoadTextEncoderWeights();
+  absl::Status LoadTransformerWeights();
+  absl::Status LoadVaeWeights();
   // After the weights are in: fused projections, kernels, cuDNN and layout choices.
   absl::Status Specialise();
   absl::StatusOr<Image> Run(const GenerateRequest& r, const StepCallback& on_step,
@@ -347,6 +356,18 @@ DitGraph* Pipeline::Impl::Graph(const at::Tensor& xin, const at::Tensor& cap,
 }
 
 absl::Status Pipeline::Impl::Load() {
+  ZFARM_RETURN_IF_ERROR(ConfigureDevice());
+  ZFARM_RETURN_IF_ERROR(LoadConfig());
+  ZFARM_RETURN_IF_ERROR(CreateModules());
+  if (!options.random_weights) {
+    ZFARM_RETURN_IF_ERROR(LoadTextEncoderWeights());
+    ZFARM_RETURN_IF_ERROR(LoadTransformerWeights());
+    ZFARM_RETURN_IF_ERROR(LoadVaeWeights());
+  }
+  return Specialise();
+}
+
+absl::Status Pipeline::Impl::ConfigureDevice() {
   ZFARM_ASSIGN_OR_RETURN(device, ParseDevice(options.device));
   switch (options.precision) {
     case PipelineOptions::Precision::kAuto:
@@ -378,6 +399,10 @@ absl::Status Pipeline::Impl::Load() {
     }
   }
 #endif
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::Impl::LoadConfig() {
   if (options.vae_tile_latent < 8 || options.vae_tile_overlap < 0 ||
       options.vae_tile_overlap >= options.vae_tile_latent) {
     return absl::InvalidArgumentError(
@@ -398,6 +423,10 @@ absl::Status Pipeline::Impl::Load() {
     return absl::InvalidArgumentError(
         absl::StrCat("model folder ", options.model_dir, ": missing tokenizer/tokenizer.json"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::Impl::CreateModules() {
   try {
     at::NoGradGuard no_grad;
     const at::Device te_device = options.offload_text_encoder ? at::Device(at::kCPU) : device;
@@ -413,7 +442,6 @@ absl::Status Pipeline::Impl::Load() {
       model::InitRandom(*transformer, options.random_weights_seed + 1);
       model::InitRandom(*vae, options.random_weights_seed + 2);
       model::InitRandom(*vae_encoder, options.random_weights_seed + 3);
-      return Specialise();
     }
   } catch (const c10::OutOfMemoryError& e) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -421,58 +449,64 @@ absl::Status Pipeline::Impl::Load() {
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("creating the model: ", e.what_without_backtrace()));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::Impl::LoadTextEncoderWeights() {
   const std::string& dir = options.model_dir;
-  {
-    ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(dir + "/text_encoder"));
-    model::LoadSpec spec;
-    spec.component = "text_encoder";
-    spec.key_map = [](std::string_view k) { return std::string(StripModelPrefix(k)); };
-    model::TextEncoderImpl* te = text_encoder.get();
-    spec.ignore = [te](const std::string& k) { return te->IsUnusedKey(k); };
-    ZFARM_RETURN_IF_ERROR(model::LoadWeights(*text_encoder, *ws, spec));
-  }
-  {
-    model::LoadSpec spec;
-    spec.component = "transformer";
-    const std::string source = dir + "/transformer";
-    // A current bf16 copy (--weights-cache) when computing in bf16; anything wrong
-    // with it (damaged, incomplete) falls back to the source with a warning.
-    if (!options.weights_cache_dir.empty() && dtype == at::kBFloat16) {
-      absl::StatusOr<std::string> cached = Bf16CacheDir(options.weights_cache_dir, source);
-      const bool present = cached.ok() && Bf16CachePresent(*cached);
-      absl::Status s = cached.status();
-      if (present) {
-        auto ws = WeightSet::Open(*cached);
-        s = ws.ok() ? model::LoadWeights(*transformer, **ws, spec) : ws.status();
-        cache_hit = s.ok();
-      }
-      LOG(INFO) << "event=weights_cache component=transformer dir="
-                << (cached.ok() ? *cached : options.weights_cache_dir) << " result="
-                << (cache_hit ? "hit"
-                    : present ? "unusable"
-                              : "miss");
-      if (present && !cache_hit) {
-        LOG(WARNING) << "event=weights_cache_unusable error=\"" << s.message()
-                     << "\" (loading the source; rerun zfarm-worker cache-weights)";
-      }
+  ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(dir + "/text_encoder"));
+  model::LoadSpec spec;
+  spec.component = "text_encoder";
+  spec.key_map = [](std::string_view k) { return std::string(StripModelPrefix(k)); };
+  model::TextEncoderImpl* te = text_encoder.get();
+  spec.ignore = [te](const std::string& k) { return te->IsUnusedKey(k); };
+  return model::LoadWeights(*text_encoder, *ws, spec);
+}
+
+absl::Status Pipeline::Impl::LoadTransformerWeights() {
+  const std::string& dir = options.model_dir;
+  model::LoadSpec spec;
+  spec.component = "transformer";
+  const std::string source = dir + "/transformer";
+  // A current bf16 copy (--weights-cache) when computing in bf16; anything wrong
+  // with it (damaged, incomplete) falls back to the source with a warning.
+  if (!options.weights_cache_dir.empty() && dtype == at::kBFloat16) {
+    absl::StatusOr<std::string> cached = Bf16CacheDir(options.weights_cache_dir, source);
+    const bool present = cached.ok() && Bf16CachePresent(*cached);
+    absl::Status s = cached.status();
+    if (present) {
+      auto ws = WeightSet::Open(*cached);
+      s = ws.ok() ? model::LoadWeights(*transformer, **ws, spec) : ws.status();
+      cache_hit = s.ok();
     }
-    if (!cache_hit) {
-      ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(source));
-      ZFARM_RETURN_IF_ERROR(model::LoadWeights(*transformer, *ws, spec));
+    LOG(INFO) << "event=weights_cache component=transformer dir="
+              << (cached.ok() ? *cached : options.weights_cache_dir) << " result="
+              << (cache_hit ? "hit"
+                  : present ? "unusable"
+                            : "miss");
+    if (present && !cache_hit) {
+      LOG(WARNING) << "event=weights_cache_unusable error=\"" << s.message()
+                   << "\" (loading the source; rerun zfarm-worker cache-weights)";
     }
   }
-  {
-    ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(dir + "/vae"));
-    model::LoadSpec spec;
-    spec.component = "vae";
-    model::VaeDecoderImpl* v = vae.get();
-    spec.ignore = [v](const std::string& k) { return v->IsUnusedKey(k); };
-    ZFARM_RETURN_IF_ERROR(model::LoadWeights(*vae, *ws, spec));
-    model::VaeEncoderImpl* e = vae_encoder.get();
-    spec.ignore = [e](const std::string& k) { return e->IsUnusedKey(k); };
-    ZFARM_RETURN_IF_ERROR(model::LoadWeights(*vae_encoder, *ws, spec));
+  if (!cache_hit) {
+    ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(source));
+    ZFARM_RETURN_IF_ERROR(model::LoadWeights(*transformer, *ws, spec));
   }
-  return Specialise();
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::Impl::LoadVaeWeights() {
+  const std::string& dir = options.model_dir;
+  ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(dir + "/vae"));
+  model::LoadSpec spec;
+  spec.component = "vae";
+  model::VaeDecoderImpl* v = vae.get();
+  spec.ignore = [v](const std::string& k) { return v->IsUnusedKey(k); };
+  ZFARM_RETURN_IF_ERROR(model::LoadWeights(*vae, *ws, spec));
+  model::VaeEncoderImpl* e = vae_encoder.get();
+  spec.ignore = [e](const std::string& k) { return e->IsUnusedKey(k); };
+  return model::LoadWeights(*vae_encoder, *ws, spec);
 }
 
 absl::Status Pipeline::Impl::Specialise() {
