@@ -659,6 +659,96 @@ int RunSubmit(const std::vector<std::string>& args, const CliIo& io, const Comma
   return ExitCodeForJobs({job});
 }
 
+// The jobs of a batch as the scheduler answered them, in the order planned.
+struct Submitted {
+  std::vector<std::string> job_ids;
+  std::map<std::string, Job> jobs;
+  int created = 0;  // new jobs (the others existed under their request ids)
+};
+
+// The planned jobs in SubmitJobs calls of at most kMaxBatch jobs and kMaxBatchBytes
+// each; *batch_id becomes the scheduler's.
+absl::StatusOr<Submitted> SubmitPlanned(Session& session, const std::vector<PlannedJob>& planned,
+                                        std::string* batch_id) {
+  Submitted out;
+  for (size_t start = 0, end = 0; start < planned.size(); start = end) {
+    zfarm::v1::SubmitJobsRequest req;
+    req.set_batch_id(*batch_id);
+    size_t bytes = 0;
+    for (end = start; end < planned.size() && end - start < kMaxBatch; ++end) {
+      const size_t job_bytes = planned[end].spec.ByteSizeLong();
+      if (end > start && bytes + job_bytes > kMaxBatchBytes) break;
+      bytes += job_bytes;
+      zfarm::v1::SubmitJobRequest* r = req.add_jobs();
+      r->set_request_id(planned[end].request_id);
+      *r->mutable_spec() = planned[end].spec;
+    }
+    zfarm::v1::SubmitJobsResponse resp;
+    absl::Status s = session.Call("SubmitJobs", [&](grpc::ClientContext* ctx) {
+      return session.jobs()->SubmitJobs(ctx, req, &resp);
+    });
+    if (!s.ok()) return s;
+    for (const zfarm::v1::SubmitJobResponse& r : resp.jobs()) {
+      out.job_ids.push_back(r.job().job_id());
+      out.jobs[r.job().job_id()] = r.job();
+      if (r.created()) ++out.created;
+    }
+    if (!resp.batch_id().empty()) *batch_id = resp.batch_id();
+  }
+  return out;
+}
+
+// With --wait, once every job is final: each printed, with --out-dir its image copied
+// there as NNNN.png (.jpg, .webp) and listed in manifest.json. The exit status.
+int ReportFinals(Session& session, const CliIo& io, const Submitted& sub,
+                 const std::string& out_dir, const std::string& root) {
+  std::vector<ManifestEntry> manifest;
+  std::vector<Job> finals;
+  if (!out_dir.empty()) {
+    mkdir(out_dir.c_str(), 0755);
+    struct stat st;
+    if (stat(out_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      return Fail(io, absl::InvalidArgumentError(
+                          absl::StrCat("--out-dir '", out_dir, "' is not a directory")));
+    }
+  }
+  int fetch_failed = 0;
+  for (size_t i = 0; i < sub.job_ids.size(); ++i) {
+    const Job& job = sub.jobs.at(sub.job_ids[i]);
+    finals.push_back(job);
+    ManifestEntry entry{static_cast<int>(i) + 1, job, "", ""};
+    if (!out_dir.empty() && job.state() == zfarm::v1::JOB_STATE_SUCCEEDED) {
+      // The extension of the result (".png", ".jpg", ".webp") follows its format.
+      const std::string& rp = job.result().path();
+      const size_t dot = rp.rfind('.');
+      const bool has_ext = dot != std::string::npos && rp.find('/', dot) == std::string::npos;
+      entry.file = absl::StrFormat("%04d%s", entry.index, has_ext ? rp.substr(dot) : ".png");
+      absl::StatusOr<std::string> sha =
+          FetchResult(session, job, root, absl::StrCat(out_dir, "/", entry.file));
+      if (sha.ok()) {
+        entry.sha256 = *sha;
+        if (entry.job.result().sha256().empty()) {
+          entry.job.mutable_result()->set_sha256(*sha);
+        }
+      } else {
+        ++fetch_failed;
+        *io.err << "zfarm: job " << job.job_id() << ": " << sha.status().message() << "\n";
+        entry.file.clear();
+      }
+    }
+    session.PrintJob(entry.job, entry.file.empty() ? "" : absl::StrCat(out_dir, "/", entry.file));
+    manifest.push_back(std::move(entry));
+  }
+  if (!out_dir.empty()) {
+    if (absl::Status m = WriteManifest(out_dir, manifest); !m.ok()) {
+      return Fail(io, m);
+    }
+  }
+  int rc = ExitCodeForJobs(finals);
+  if (rc == kExitOk && fetch_failed > 0) rc = kExitJobFailed;
+  return rc;
+}
+
 int RunBatch(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   SpecFlags sf;
@@ -707,91 +797,22 @@ int RunBatch(const std::vector<std::string>& args, const CliIo& io, const Comman
   if (batch_id.empty()) batch_id = DeriveBatchId(id_prefix, *planned);
 
   Session session(io, common, wait);
-  std::vector<std::string> job_ids;
-  std::map<std::string, Job> jobs;
-  int created = 0;
-  for (size_t start = 0, end = 0; start < planned->size(); start = end) {
-    zfarm::v1::SubmitJobsRequest req;
-    req.set_batch_id(batch_id);
-    size_t bytes = 0;
-    for (end = start; end < planned->size() && end - start < kMaxBatch; ++end) {
-      const size_t job_bytes = (*planned)[end].spec.ByteSizeLong();
-      if (end > start && bytes + job_bytes > kMaxBatchBytes) break;
-      bytes += job_bytes;
-      zfarm::v1::SubmitJobRequest* r = req.add_jobs();
-      r->set_request_id((*planned)[end].request_id);
-      *r->mutable_spec() = (*planned)[end].spec;
-    }
-    zfarm::v1::SubmitJobsResponse resp;
-    absl::Status s = session.Call("SubmitJobs", [&](grpc::ClientContext* ctx) {
-      return session.jobs()->SubmitJobs(ctx, req, &resp);
-    });
-    if (!s.ok()) return Fail(io, s);
-    for (const zfarm::v1::SubmitJobResponse& r : resp.jobs()) {
-      job_ids.push_back(r.job().job_id());
-      jobs[r.job().job_id()] = r.job();
-      if (r.created()) ++created;
-    }
-    if (!resp.batch_id().empty()) batch_id = resp.batch_id();
-  }
-  LOG(INFO) << "event=batch_submit batch=" << batch_id << " jobs=" << job_ids.size()
-            << " created=" << created;
+  absl::StatusOr<Submitted> sub = SubmitPlanned(session, *planned, &batch_id);
+  if (!sub.ok()) return Fail(io, sub.status());
+  LOG(INFO) << "event=batch_submit batch=" << batch_id << " jobs=" << sub->job_ids.size()
+            << " created=" << sub->created;
   if (!session.json() && !session.quiet()) {
-    *io.err << "batch=" << batch_id << " jobs=" << job_ids.size() << " submitted=" << created
-            << " existing=" << job_ids.size() - created << "\n";
+    *io.err << "batch=" << batch_id << " jobs=" << sub->job_ids.size()
+            << " submitted=" << sub->created << " existing=" << sub->job_ids.size() - sub->created
+            << "\n";
   }
   if (!wait) {
-    for (const std::string& id : job_ids) session.PrintJob(jobs[id]);
+    for (const std::string& id : sub->job_ids) session.PrintJob(sub->jobs[id]);
     return kExitOk;
   }
-  absl::Status s = WaitForJobs(session, batch_id, job_ids, &jobs);
+  absl::Status s = WaitForJobs(session, batch_id, sub->job_ids, &sub->jobs);
   if (!s.ok()) return Fail(io, s);
-  std::vector<ManifestEntry> manifest;
-  std::vector<Job> finals;
-  const std::string root = session.OutputRoot(output_root);
-  if (!out_dir.empty()) {
-    mkdir(out_dir.c_str(), 0755);
-    struct stat st;
-    if (stat(out_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-      return Fail(io, absl::InvalidArgumentError(
-                          absl::StrCat("--out-dir '", out_dir, "' is not a directory")));
-    }
-  }
-  int fetch_failed = 0;
-  for (size_t i = 0; i < job_ids.size(); ++i) {
-    const Job& job = jobs[job_ids[i]];
-    finals.push_back(job);
-    ManifestEntry entry{static_cast<int>(i) + 1, job, "", ""};
-    if (!out_dir.empty() && job.state() == zfarm::v1::JOB_STATE_SUCCEEDED) {
-      // The extension of the result (".png", ".jpg", ".webp") follows its format.
-      const std::string& rp = job.result().path();
-      const size_t dot = rp.rfind('.');
-      const bool has_ext = dot != std::string::npos && rp.find('/', dot) == std::string::npos;
-      entry.file = absl::StrFormat("%04d%s", entry.index, has_ext ? rp.substr(dot) : ".png");
-      absl::StatusOr<std::string> sha =
-          FetchResult(session, job, root, absl::StrCat(out_dir, "/", entry.file));
-      if (sha.ok()) {
-        entry.sha256 = *sha;
-        if (entry.job.result().sha256().empty()) {
-          entry.job.mutable_result()->set_sha256(*sha);
-        }
-      } else {
-        ++fetch_failed;
-        *io.err << "zfarm: job " << job.job_id() << ": " << sha.status().message() << "\n";
-        entry.file.clear();
-      }
-    }
-    session.PrintJob(entry.job, entry.file.empty() ? "" : absl::StrCat(out_dir, "/", entry.file));
-    manifest.push_back(std::move(entry));
-  }
-  if (!out_dir.empty()) {
-    if (absl::Status m = WriteManifest(out_dir, manifest); !m.ok()) {
-      return Fail(io, m);
-    }
-  }
-  int rc = ExitCodeForJobs(finals);
-  if (rc == kExitOk && fetch_failed > 0) rc = kExitJobFailed;
-  return rc;
+  return ReportFinals(session, io, *sub, out_dir, session.OutputRoot(output_root));
 }
 
 int RunWatch(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
