@@ -16,6 +16,8 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "worker/commands/commands.h"
 #include "worker/text/tokenizer.h"
@@ -47,21 +49,27 @@ void WriteIds(const std::vector<int32_t>& ids, std::string* out) {
 
 }  // namespace
 
-int RunTokenize(int argc, char** argv) {
+namespace {
+
+struct TokenizeFlags {
   std::string tokenizer_path;
   bool chat_template = false;
   int max_tokens = text::kMaxPromptTokens;
+};
+
+// -1 to go on, else the exit status (0 after --help, 2 after a usage error).
+int ParseTokenizeFlags(int argc, char** argv, TokenizeFlags* f) {
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
     if (arg == "--help" || arg == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
     } else if (arg == "--chat-template") {
-      chat_template = true;
+      f->chat_template = true;
     } else if ((arg == "--tokenizer" || arg == "--max-tokens") && i + 1 < argc) {
       std::string_view value = argv[++i];
       if (arg == "--tokenizer") {
-        tokenizer_path = std::string(value);
+        f->tokenizer_path = std::string(value);
       } else {
         char* end = nullptr;
         const long v = std::strtol(argv[i], &end, 10);
@@ -69,72 +77,84 @@ int RunTokenize(int argc, char** argv) {
           std::fprintf(stderr, "zfarm-worker tokenize: --max-tokens must be in [1, 1000000]\n");
           return 2;
         }
-        max_tokens = static_cast<int>(v);
+        f->max_tokens = static_cast<int>(v);
       }
     } else if (arg.rfind("--tokenizer=", 0) == 0) {
-      tokenizer_path = std::string(arg.substr(12));
+      f->tokenizer_path = std::string(arg.substr(12));
     } else {
       std::fprintf(stderr, "zfarm-worker tokenize: unknown or incomplete flag '%s'\n\n%s", argv[i],
                    kUsage);
       return 2;
     }
   }
-  if (tokenizer_path.empty()) {
+  if (f->tokenizer_path.empty()) {
     std::fprintf(stderr, "zfarm-worker tokenize: --tokenizer FILE is required\n\n%s", kUsage);
     return 2;
   }
-  auto tokenizer = text::Tokenizer::FromFile(tokenizer_path);
+  return -1;
+}
+
+absl::Status OnLine(long line_no, const absl::Status& s) {
+  return absl::Status(s.code(), absl::StrCat("line ", line_no, ": ", s.message()));
+}
+
+// The ids of one input line (a JSON string); the error names the line. A truncation
+// under --chat-template is reported on stderr.
+absl::StatusOr<std::vector<int32_t>> IdsForLine(const text::Tokenizer& tokenizer,
+                                                const std::string& line, long line_no,
+                                                const TokenizeFlags& f) {
+  std::string prompt;
+  try {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("line ", line_no, ": expected a JSON string, got ", j.type_name()));
+    }
+    prompt = j.get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("line ", line_no, ": not valid JSON: ", e.what()));
+  }
+  if (!f.chat_template) {
+    auto r = tokenizer.Encode(prompt);
+    if (!r.ok()) return OnLine(line_no, r.status());
+    return *std::move(r);
+  }
+  auto p = tokenizer.EncodePrompt(prompt, f.max_tokens);
+  if (!p.ok()) return OnLine(line_no, p.status());
+  if (p->truncated) {
+    std::fprintf(stderr,
+                 "zfarm-worker tokenize: line %ld: truncated: %d tokens > %d, the last %d "
+                 "ids were dropped\n",
+                 line_no, p->untruncated_size, f.max_tokens, p->untruncated_size - f.max_tokens);
+  }
+  return std::move(p->ids);
+}
+
+}  // namespace
+
+int RunTokenize(int argc, char** argv) {
+  TokenizeFlags f;
+  if (int rc = ParseTokenizeFlags(argc, argv, &f); rc >= 0) return rc;
+  auto tokenizer = text::Tokenizer::FromFile(f.tokenizer_path);
   if (!tokenizer.ok()) {
     std::fprintf(stderr, "zfarm-worker tokenize: %s\n",
                  std::string(tokenizer.status().message()).c_str());
     return 1;
   }
-
   std::string line;
   std::string out;
   long line_no = 0;
   while (std::getline(std::cin, line)) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
-    std::string prompt;
-    try {
-      nlohmann::json j = nlohmann::json::parse(line);
-      if (!j.is_string()) {
-        std::fprintf(stderr, "zfarm-worker tokenize: line %ld: expected a JSON string, got %s\n",
-                     line_no, j.type_name());
-        return 1;
-      }
-      prompt = j.get<std::string>();
-    } catch (const nlohmann::json::exception& e) {
-      std::fprintf(stderr, "zfarm-worker tokenize: line %ld: not valid JSON: %s\n", line_no,
-                   e.what());
+    absl::StatusOr<std::vector<int32_t>> ids = IdsForLine(**tokenizer, line, line_no, f);
+    if (!ids.ok()) {
+      std::fprintf(stderr, "zfarm-worker tokenize: %s\n",
+                   std::string(ids.status().message()).c_str());
       return 1;
     }
-    std::vector<int32_t> ids;
-    if (chat_template) {
-      auto p = (*tokenizer)->EncodePrompt(prompt, max_tokens);
-      if (!p.ok()) {
-        std::fprintf(stderr, "zfarm-worker tokenize: line %ld: %s\n", line_no,
-                     std::string(p.status().message()).c_str());
-        return 1;
-      }
-      if (p->truncated) {
-        std::fprintf(stderr,
-                     "zfarm-worker tokenize: line %ld: truncated: %d tokens > %d, the last %d "
-                     "ids were dropped\n",
-                     line_no, p->untruncated_size, max_tokens, p->untruncated_size - max_tokens);
-      }
-      ids = std::move(p->ids);
-    } else {
-      auto r = (*tokenizer)->Encode(prompt);
-      if (!r.ok()) {
-        std::fprintf(stderr, "zfarm-worker tokenize: line %ld: %s\n", line_no,
-                     std::string(r.status().message()).c_str());
-        return 1;
-      }
-      ids = std::move(*r);
-    }
-    WriteIds(ids, &out);
+    WriteIds(*ids, &out);
     std::cout.write(out.data(), static_cast<std::streamsize>(out.size()));
   }
   std::cout.flush();
