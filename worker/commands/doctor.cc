@@ -20,7 +20,6 @@
 #include "proto/status_macros.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
-#include "worker/io/file_util.h"
 #include "worker/io/manifest.h"
 #include "worker/io/model_folder.h"
 #include "worker/io/weights_cache.h"
@@ -65,8 +64,7 @@ absl::StatusOr<std::vector<ManifestEntry>> DoctorManifest(const std::string& mod
     manifest_flag = model + "/manifest.md5";
   }
   if (manifest_flag.empty()) return OfficialManifest();
-  ZFARM_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(manifest_flag, 16 << 20));
-  ZFARM_ASSIGN_OR_RETURN(std::vector<ManifestEntry> m, ParseMd5Manifest(text, manifest_flag));
+  ZFARM_ASSIGN_OR_RETURN(std::vector<ManifestEntry> m, ReadMd5Manifest(manifest_flag));
   *source = manifest_flag;
   return m;
 }

@@ -12,7 +12,6 @@
 
 #include "nlohmann/json.hpp"
 #include "worker/commands/commands.h"
-#include "worker/io/file_util.h"
 #include "worker/io/manifest.h"
 
 namespace zfarm::worker {
@@ -26,19 +25,21 @@ void Usage() {
                "  --manifest FILE  md5sum-format manifest instead of the official one\n");
 }
 
-}  // namespace
-
-int RunVerify(int argc, char** argv) {
+struct VerifyFlags {
   std::string model, manifest_path;
   bool fast = false, json = false;
+};
+
+// -1 to go on, else the exit status (0 after --help, 2 after a usage error).
+int ParseVerifyFlags(int argc, char** argv, VerifyFlags* f) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if ((a == "--model" || a == "--manifest") && i + 1 < argc) {
-      (a == "--model" ? model : manifest_path) = argv[++i];
+      (a == "--model" ? f->model : f->manifest_path) = argv[++i];
     } else if (a == "--fast") {
-      fast = true;
+      f->fast = true;
     } else if (a == "--json") {
-      json = true;
+      f->json = true;
     } else if (a == "--help" || a == "-h") {
       Usage();
       return 0;
@@ -48,20 +49,60 @@ int RunVerify(int argc, char** argv) {
       return 2;
     }
   }
-  if (model.empty()) {
+  if (f->model.empty()) {
     std::fprintf(stderr, "zfarm-worker verify: --model DIR is required\n");
     Usage();
     return 2;
   }
+  return -1;
+}
+
+void PrintJson(const VerifyFlags& f, const VerifyReport& report) {
+  nlohmann::ordered_json j;
+  j["ok"] = report.ok();
+  j["model"] = f.model;
+  j["mode"] = f.fast ? "fast" : "md5";
+  j["bytes_hashed"] = report.bytes_hashed;
+  j["seconds"] = report.seconds;
+  j["files"] = nlohmann::ordered_json::array();
+  for (const FileReport& r : report.files) {
+    j["files"].push_back({{"path", r.path},
+                          {"status", std::string(FileCheckName(r.check))},
+                          {"size", r.size},
+                          {"detail", r.detail}});
+  }
+  std::printf("%s\n", j.dump(2).c_str());
+}
+
+void PrintText(const VerifyFlags& f, const VerifyReport& report) {
+  const double mbps = report.seconds > 0 ? report.bytes_hashed / 1e6 / report.seconds : 0;
+  int bad = 0;
+  for (const FileReport& r : report.files) {
+    if (r.check == FileCheck::kOk) continue;
+    ++bad;
+    std::printf("%-10s %s: %s\n", std::string(FileCheckName(r.check)).c_str(), r.path.c_str(),
+                r.detail.c_str());
+  }
+  if (bad == 0) {
+    std::printf(
+        "OK: %zu files verified (%s) in %s, %.1f s%s\n", report.files.size(),
+        f.fast ? "fast: presence, sizes, safetensors headers" : "md5", f.model.c_str(),
+        report.seconds,
+        f.fast ? "" : (", " + std::to_string(static_cast<int64_t>(mbps)) + " MB/s").c_str());
+  } else {
+    std::printf("FAILED: %d of %zu files missing or wrong in %s\n", bad, report.files.size(),
+                f.model.c_str());
+  }
+}
+
+}  // namespace
+
+int RunVerify(int argc, char** argv) {
+  VerifyFlags f;
+  if (int rc = ParseVerifyFlags(argc, argv, &f); rc >= 0) return rc;
   std::vector<ManifestEntry> manifest = OfficialManifest();
-  if (!manifest_path.empty()) {
-    auto text = ReadSmallFile(manifest_path, 16 << 20);
-    if (!text.ok()) {
-      std::fprintf(stderr, "zfarm-worker verify: %s\n",
-                   std::string(text.status().message()).c_str());
-      return 2;
-    }
-    auto parsed = ParseMd5Manifest(*text, manifest_path);
+  if (!f.manifest_path.empty()) {
+    auto parsed = ReadMd5Manifest(f.manifest_path);
     if (!parsed.ok()) {
       std::fprintf(stderr, "zfarm-worker verify: %s\n",
                    std::string(parsed.status().message()).c_str());
@@ -70,7 +111,7 @@ int RunVerify(int argc, char** argv) {
     manifest = *std::move(parsed);
   }
   VerifyOptions options;
-  options.fast = fast;
+  options.fast = f.fast;
   const auto start = std::chrono::steady_clock::now();
   options.progress = [start](uint64_t done, uint64_t total, const std::string& file) {
     const double s =
@@ -78,47 +119,17 @@ int RunVerify(int argc, char** argv) {
     std::fprintf(stderr, "\rverify: %.0f / %.0f MB  %.0f MB/s  %s\033[K", done / 1e6, total / 1e6,
                  s > 0 ? done / 1e6 / s : 0.0, file.c_str());
   };
-  auto report = VerifyModelFolder(model, manifest, options);
-  if (!fast) std::fprintf(stderr, "\r\033[K");
+  auto report = VerifyModelFolder(f.model, manifest, options);
+  if (!f.fast) std::fprintf(stderr, "\r\033[K");
   if (!report.ok()) {
     std::fprintf(stderr, "zfarm-worker verify: %s\n",
                  std::string(report.status().message()).c_str());
     return 1;
   }
-  const double mbps = report->seconds > 0 ? report->bytes_hashed / 1e6 / report->seconds : 0;
-  if (json) {
-    nlohmann::ordered_json j;
-    j["ok"] = report->ok();
-    j["model"] = model;
-    j["mode"] = fast ? "fast" : "md5";
-    j["bytes_hashed"] = report->bytes_hashed;
-    j["seconds"] = report->seconds;
-    j["files"] = nlohmann::ordered_json::array();
-    for (const FileReport& f : report->files) {
-      j["files"].push_back({{"path", f.path},
-                            {"status", std::string(FileCheckName(f.check))},
-                            {"size", f.size},
-                            {"detail", f.detail}});
-    }
-    std::printf("%s\n", j.dump(2).c_str());
+  if (f.json) {
+    PrintJson(f, *report);
   } else {
-    int bad = 0;
-    for (const FileReport& f : report->files) {
-      if (f.check == FileCheck::kOk) continue;
-      ++bad;
-      std::printf("%-10s %s: %s\n", std::string(FileCheckName(f.check)).c_str(), f.path.c_str(),
-                  f.detail.c_str());
-    }
-    if (bad == 0) {
-      std::printf(
-          "OK: %zu files verified (%s) in %s, %.1f s%s\n", report->files.size(),
-          fast ? "fast: presence, sizes, safetensors headers" : "md5", model.c_str(),
-          report->seconds,
-          fast ? "" : (", " + std::to_string(static_cast<int64_t>(mbps)) + " MB/s").c_str());
-    } else {
-      std::printf("FAILED: %d of %zu files missing or wrong in %s\n", bad, report->files.size(),
-                  model.c_str());
-    }
+    PrintText(f, *report);
   }
   return report->ok() ? 0 : 1;
 }

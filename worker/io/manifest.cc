@@ -62,6 +62,11 @@ const std::vector<ManifestEntry>& OfficialManifest() {
   return *m;
 }
 
+absl::StatusOr<std::vector<ManifestEntry>> ReadMd5Manifest(const std::string& path) {
+  ZFARM_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 16 << 20));
+  return ParseMd5Manifest(text, path);
+}
+
 absl::StatusOr<std::vector<ManifestEntry>> ParseMd5Manifest(std::string_view text_in,
                                                             std::string_view source_in) {
   const absl::string_view text = Sv(text_in), source = Sv(source_in);

@@ -32,6 +32,8 @@ const std::vector<ManifestEntry>& OfficialManifest();
 absl::StatusOr<std::vector<ManifestEntry>> ParseMd5Manifest(std::string_view text,
                                                             std::string_view source);
 std::string FormatMd5Manifest(const std::vector<ManifestEntry>& entries);
+// Reads (at most 16 MiB) and parses an md5sum-format manifest file; errors name the path.
+absl::StatusOr<std::vector<ManifestEntry>> ReadMd5Manifest(const std::string& path);
 
 // Streams a file through MD5 (OpenSSL EVP). `progress` (optional) is called with the
 // number of bytes hashed so far in this file.
