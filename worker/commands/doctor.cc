@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -243,18 +244,11 @@ bool PrintReport(const std::vector<Check>& checks, bool json, const std::string&
 }  // namespace
 
 int RunDoctor(int argc, char** argv) {
-  auto parsed =
-      ParseFlags(argc, argv, {"fast", "json", "no-load", "help"},
-                 {"model", "device", "output-root", "size", "steps", "manifest", "weights-cache"});
-  if (!parsed.ok()) {
-    std::fprintf(stderr, "zfarm-worker doctor: %s\n%s",
-                 std::string(parsed.status().message()).c_str(), kUsage);
-    return 2;
-  }
-  const ParsedFlags& f = *parsed;
-  if (f.Has("help")) {
-    std::fputs(kUsage, stdout);
-    return 0;
+  ParsedFlags f;
+  if (std::optional<int> rc = ParseCommandFlags(
+          "doctor", kUsage, argc, argv, {"fast", "json", "no-load", "help"},
+          {"model", "device", "output-root", "size", "steps", "manifest", "weights-cache"}, &f)) {
+    return *rc;
   }
   if (!f.Has("model")) {
     std::fprintf(stderr, "zfarm-worker doctor: --model DIR is required\n%s", kUsage);

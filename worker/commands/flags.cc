@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -45,6 +46,24 @@ absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv,
     f.all[a].push_back(value);
   }
   return f;
+}
+
+std::optional<int> ParseCommandFlags(const char* command, const char* usage, int argc, char** argv,
+                                     const std::vector<std::string>& bool_flags,
+                                     const std::vector<std::string>& value_flags,
+                                     ParsedFlags* out) {
+  absl::StatusOr<ParsedFlags> parsed = ParseFlags(argc, argv, bool_flags, value_flags);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "zfarm-worker %s: %s\n%s", command,
+                 std::string(parsed.status().message()).c_str(), usage);
+    return 2;
+  }
+  if (parsed->Has("help")) {
+    std::fputs(usage, stdout);
+    return 0;
+  }
+  *out = *std::move(parsed);
+  return std::nullopt;
 }
 
 absl::StatusOr<LoraFlag> ParseLoraFlag(const std::string& value, const std::string& lora_dir) {

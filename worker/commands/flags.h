@@ -6,6 +6,7 @@
 // flags its --help lists.
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,13 @@ struct ParsedFlags {
 absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv,
                                        const std::vector<std::string>& bool_flags,
                                        const std::vector<std::string>& value_flags);
+
+// ParseFlags for a subcommand, with the usual answers: --help prints `usage` on stdout
+// (returns 0); an unknown flag or missing value prints "zfarm-worker COMMAND: why" and
+// `usage` on stderr (returns 2); nullopt = parsed into *out, go on.
+std::optional<int> ParseCommandFlags(const char* command, const char* usage, int argc, char** argv,
+                                     const std::vector<std::string>& bool_flags,
+                                     const std::vector<std::string>& value_flags, ParsedFlags* out);
 
 // "--lora PATH[:SCALE]" (scale 1 when absent). A value that is not a file but a bare name
 // resolves to LORA_DIR/NAME.safetensors when `lora_dir` is set. The name is the file's stem.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -213,12 +214,10 @@ int RenderOne(Pipeline& pipeline, const GenerateRequest& r, const std::string& d
 }  // namespace
 
 int RunGenerate(int argc, char** argv) {
-  absl::StatusOr<ParsedFlags> parsed = ParseFlags(argc, argv, kBoolFlags, kValueFlags);
-  if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
-  const ParsedFlags& f = *parsed;
-  if (f.Has("help")) {
-    std::fputs(kUsage, stdout);
-    return 0;
+  ParsedFlags f;
+  if (std::optional<int> rc =
+          ParseCommandFlags("generate", kUsage, argc, argv, kBoolFlags, kValueFlags, &f)) {
+    return *rc;
   }
   if (!f.Has("model")) return Usage("--model is required");
   const bool single = f.Has("prompt");

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -291,12 +292,10 @@ void PrintStats(const std::string& name, const Worker::Stats& st) {
 // The start-up reads as the order it must happen in: flags, signals blocked before
 // any thread, device, model, credentials, ports, load + warm-up, connect, wait, drain.
 int RunServe(int argc, char** argv) {
-  absl::StatusOr<ParsedFlags> parsed = ParseFlags(argc, argv, kBoolFlags, kValueFlags);
-  if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
-  const ParsedFlags& f = *parsed;
-  if (f.Has("help")) {
-    std::fputs(kUsage, stdout);
-    return 0;
+  ParsedFlags f;
+  if (std::optional<int> rc =
+          ParseCommandFlags("serve", kUsage, argc, argv, kBoolFlags, kValueFlags, &f)) {
+    return *rc;
   }
   for (const char* required : {"scheduler", "model", "output-root"}) {
     if (!f.Has(required)) return Usage(absl::StrCat("--", required, " is required"));
