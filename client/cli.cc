@@ -485,6 +485,36 @@ absl::StatusOr<std::string> FetchResult(Session& session, const Job& job,
 // Follows `job_ids` through one WatchJobs(batch) stream (or WatchJob for a
 // single job without batch) until every job is final. Reconnects (the server
 // sends current state first) on UNAVAILABLE or a per-stream deadline.
+// Reads one watch stream until it ends or nothing is pending: each of our jobs updated
+// in *jobs, finals taken off *pending, progress shown. True if any event arrived.
+bool ReadEvents(Session& session, grpc::ClientReader<JobEvent>& reader,
+                const std::vector<std::string>& job_ids, std::set<std::string>* pending,
+                std::map<std::string, Job>* jobs, int* last_done) {
+  JobEvent event;
+  bool got_any = false;
+  while (!pending->empty() && reader.Read(&event)) {
+    got_any = true;
+    const Job& j = event.job();
+    auto it = jobs->find(j.job_id());
+    if (it == jobs->end()) continue;  // not ours (e.g. other chunk)
+    it->second = j;
+    session.LogProgress(j);
+    if (IsFinal(j.state()) && pending->erase(j.job_id()) > 0 && !session.json() &&
+        session.tty()) {
+      session.PrintJob(j);
+    }
+    int done = static_cast<int>(job_ids.size() - pending->size());
+    if (job_ids.size() == 1 && j.progress().total_steps() > 0) {
+      session.Progress(ProgressBar(j.progress().step(), j.progress().total_steps(),
+                                   absl::StrCat(j.job_id(), " ", StateName(j.state()))));
+    } else if (done != *last_done) {
+      session.Progress(ProgressBar(done, static_cast<int>(job_ids.size()), "jobs final"));
+      *last_done = done;
+    }
+  }
+  return got_any;
+}
+
 absl::Status WaitForJobs(Session& session, const std::string& batch_id,
                          const std::vector<std::string>& job_ids,
                          std::map<std::string, Job>* jobs) {
@@ -514,27 +544,7 @@ absl::Status WaitForJobs(Session& session, const std::string& batch_id,
       req.set_job_id(job_ids.front());
       reader = session.jobs()->WatchJob(&ctx, req);
     }
-    JobEvent event;
-    bool got_any = false;
-    while (!pending.empty() && reader->Read(&event)) {
-      got_any = true;
-      const Job& j = event.job();
-      auto it = jobs->find(j.job_id());
-      if (it == jobs->end()) continue;  // not ours (e.g. other chunk)
-      it->second = j;
-      session.LogProgress(j);
-      if (IsFinal(j.state()) && pending.erase(j.job_id()) > 0 && !session.json() && session.tty()) {
-        session.PrintJob(j);
-      }
-      int done = static_cast<int>(job_ids.size() - pending.size());
-      if (job_ids.size() == 1 && j.progress().total_steps() > 0) {
-        session.Progress(ProgressBar(j.progress().step(), j.progress().total_steps(),
-                                     absl::StrCat(j.job_id(), " ", StateName(j.state()))));
-      } else if (done != last_done) {
-        session.Progress(ProgressBar(done, static_cast<int>(job_ids.size()), "jobs final"));
-        last_done = done;
-      }
-    }
+    const bool got_any = ReadEvents(session, *reader, job_ids, &pending, jobs, &last_done);
     if (pending.empty()) {
       ctx.TryCancel();
       reader->Finish();
