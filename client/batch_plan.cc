@@ -93,6 +93,7 @@ absl::Status JsonLoras(const json& v, zfarm::v1::JobSpec* spec) {
 }
 
 // Applies one JSON Lines object on top of `spec`; collects per-line seeds.
+// A list of independent keys, one branch per JSON key, each error naming it.
 absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
                            std::vector<uint64_t>* seeds, const FileReader& read_file) {
   if (!obj.is_object()) {
@@ -244,6 +245,8 @@ absl::StatusOr<std::vector<uint64_t>> ParseSeedList(absl::string_view text) {
   return seeds;
 }
 
+// One straight story: line by line (text or JSON), the defaults and the sweep applied,
+// every error naming the file and line.
 absl::StatusOr<std::vector<PlannedJob>> ParsePromptsFile(absl::string_view contents,
                                                          absl::string_view file_name,
                                                          const zfarm::v1::JobSpec& defaults,

@@ -605,6 +605,7 @@ int ParseOrExit(FlagSet& flags, const Command& cmd, const std::vector<std::strin
   return -1;
 }
 
+// Its length is the flag list: flags, spec, one SubmitJob, then wait/print.
 int RunSubmit(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   SpecFlags sf;
@@ -759,6 +760,7 @@ int ReportFinals(Session& session, const CliIo& io, const Submitted& sub,
   return rc;
 }
 
+// Its length is the flag list; the work is in SubmitPlanned, WaitForJobs, ReportFinals.
 int RunBatch(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   SpecFlags sf;
@@ -1079,6 +1081,7 @@ int RunUndrain(const std::vector<std::string>& args, const CliIo& io, const Comm
   return RunDrainOrUndrain(false, args, io, cmd);
 }
 
+// One straight story: flags, the health rpc, then the report and its exit status.
 int RunHealth(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
   Common common;
   std::string service;

@@ -30,6 +30,8 @@ int Usage(const std::string& why) {
 
 }  // namespace
 
+// One straight story: flags, read the file, optionally check it against a model, then
+// print the report (text or --json).
 int RunLoraInspect(int argc, char** argv) {
   if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
     std::fputs(kUsage, stdout);

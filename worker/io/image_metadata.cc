@@ -226,6 +226,8 @@ std::string ExifWithUserComment(absl::string_view utf8_text) {
   return out;
 }
 
+// One straight story: TIFF header, IFD0, the Exif IFD pointer, the UserComment entry,
+// its character-code prefix; each step bounds-checked where it reads.
 absl::StatusOr<std::string> UserCommentFromExif(absl::string_view exif) {
   if (absl::StartsWith(exif, absl::string_view("Exif\0\0", 6))) exif.remove_prefix(6);
   if (exif.size() < 8 || !(absl::StartsWith(exif, "MM") || absl::StartsWith(exif, "II"))) {

@@ -173,6 +173,8 @@ bool VerifyReport::ok() const {
   return !files.empty();
 }
 
+// One straight story: the folder, every manifest file's size (for the progress total),
+// then per file presence, size, safetensors header and md5 (unless fast), in order.
 absl::StatusOr<VerifyReport> VerifyModelFolder(const std::string& dir,
                                                const std::vector<ManifestEntry>& manifest,
                                                const VerifyOptions& options) {

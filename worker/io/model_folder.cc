@@ -289,6 +289,7 @@ absl::Status Check(bool ok, const std::string& file, std::string_view key, std::
 
 }  // namespace
 
+// A list of independent checks, one per config field, in the configs' order.
 absl::Status ValidateModelConfig(const ModelConfig& m) {
   const std::string tf = m.root + "/transformer/config.json";
   const TransformerConfig& t = m.transformer;

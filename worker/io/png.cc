@@ -52,6 +52,8 @@ absl::StatusOr<std::string> EncodePng(
   return EncodePng(rgb, width, height, text, PngOptions{});
 }
 
+// One straight story: libpng's write sequence (options, header, text chunks, rows,
+// end) between its setjmp error handler and the cleanup, which must stay in one frame.
 absl::StatusOr<std::string> EncodePng(const std::vector<uint8_t>& rgb, int width, int height,
                                       const std::vector<std::pair<std::string, std::string>>& text,
                                       const PngOptions& options) {

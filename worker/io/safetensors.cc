@@ -125,6 +125,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBuffer(
   return f;
 }
 
+// Long on purpose: one pass over the header in file order, each bounds check next to
+// the offset its message names; split, the reasoning about what is already checked
+// would be spread over several functions.
 absl::Status SafetensorsFile::Parse() {
   auto invalid = [this](auto&&... parts) {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": ", parts...));
@@ -273,6 +276,8 @@ TensorView SafetensorsFile::View(const TensorInfo& t) const {
 
 // ---------------------------------------------------------------- WeightSet
 
+// One straight story: index or single file, open every shard, then check the index
+// against the shards both ways (missing and unlisted tensors), in that order.
 absl::StatusOr<std::unique_ptr<WeightSet>> WeightSet::Open(const std::string& component_dir) {
   namespace fs = std::filesystem;
   std::error_code ec;

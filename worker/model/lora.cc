@@ -106,6 +106,9 @@ bool LoraApplier::RestoreAll() {
   return true;
 }
 
+// One straight story, kept together because its order is the guarantee: read and
+// check every file first, then restore the weights no longer targeted, then apply;
+// nothing changes unless everything was readable.
 absl::StatusOr<std::vector<std::string>> LoraApplier::Apply(const std::vector<Entry>& set) {
   if (set.size() > static_cast<size_t>(kMaxLorasPerJob)) {
     return absl::InvalidArgumentError(absl::StrCat("loras: ", set.size(),

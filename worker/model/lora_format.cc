@@ -100,6 +100,8 @@ std::string_view LoraFormatName(LoraFormat format) {
   return "?";
 }
 
+// Long on purpose: the renaming steps of diffusers' converter in its order, so the two
+// can be read side by side; a step moved into a helper would no longer line up.
 absl::StatusOr<LoraLayout> ConvertLoraKeys(const std::vector<std::string>& keys) {
   if (keys.empty()) return absl::InvalidArgumentError("LoRA file has no tensors");
   bool has_comfy = false, has_kohya = false, has_default = false, has_dot = false;
@@ -294,6 +296,8 @@ absl::StatusOr<AdapterConfig> ParseAdapterMetadata(const SafetensorsFile& f) {
 
 }  // namespace
 
+// One straight story: open, size limit, key layout, adapter metadata, then every
+// module's down/up pair read and checked (rank, shapes, alpha) in file order.
 absl::StatusOr<LoraFile> ReadLoraFile(const std::string& path) {
   LoraFile out;
   out.path = path;

@@ -648,6 +648,8 @@ Pipeline::Impl::Latents Pipeline::Impl::StartLatents(const GenerateRequest& r, c
   return l;
 }
 
+// One straight story: a step of the schedule per iteration (DiT, guidance, Euler,
+// inpainting blend, progress), in the order diffusers runs them.
 absl::Status Pipeline::Impl::Denoise(const GenerateRequest& r, const Schedule& sc,
                                      const Captions& caps, Latents& l, const StepCallback& on_step,
                                      const CancelToken* cancel, GenerateTrace* trace, Image* img) {

@@ -229,6 +229,8 @@ void SchedulerLink::Stop(absl::Duration timeout) {
   if (thread_.joinable()) thread_.join();
 }
 
+// The session loop as one story: connect, hello, read until the stream ends (with
+// heartbeats), back off, reconnect.
 void SchedulerLink::Run() {
   std::mt19937_64 rng(std::random_device{}());
   int failures = 0;

@@ -525,6 +525,8 @@ absl::Status BpeTokenizer::LoadPreTokenizer(const json& root, const std::string&
   return absl::OkStatus();
 }
 
+// Long on purpose: tokenizer.json's "model" object (type, options, vocab, merges)
+// checked field by field in the file's order, each error naming its JSON path.
 absl::Status BpeTokenizer::LoadModel(const ParsedJson& parsed, const std::string& name) {
   const json& root = parsed.root;
   auto mit = root.find("model");
@@ -788,6 +790,9 @@ void BpeTokenizer::EncodeText(std::string_view text, std::vector<int32_t>* ids) 
 // The pre-tokenizer: splits `text` like kQwenPattern with "Isolated"
 // behaviour and encodes each piece. Alternatives are tried in the pattern's
 // order at each position (leftmost-first, backtracking semantics).
+// Long on purpose: one hand-written scanner for kQwenPattern, its alternatives in the
+// pattern's order; splitting them would hide the leftmost-first order that makes it
+// equal to the regex.
 void BpeTokenizer::EncodeNormalized(std::string_view text, std::vector<int32_t>* ids) const {
   const auto& ascii = AsciiClasses();
   // Decode once: byte offsets and classes of every character.
