@@ -15,6 +15,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "nlohmann/json.hpp"
+#include "proto/job_defaults.h"
 #include "proto/status_macros.h"
 
 namespace zfarm::client {
@@ -227,8 +228,8 @@ absl::StatusOr<zfarm::v1::LoraRef> ParseLoraRef(absl::string_view text) {
 
 void FillSizeDefaults(zfarm::v1::JobSpec* spec) {
   if (spec->has_init_image()) return;
-  if (spec->width_px() == 0) spec->set_width_px(1024);
-  if (spec->height_px() == 0) spec->set_height_px(1024);
+  if (spec->width_px() == 0) spec->set_width_px(kDefaultSizePx);
+  if (spec->height_px() == 0) spec->set_height_px(kDefaultSizePx);
 }
 
 absl::StatusOr<std::vector<uint64_t>> ParseSeedList(absl::string_view text) {

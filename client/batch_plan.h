@@ -71,7 +71,7 @@ absl::StatusOr<std::string> ReadLocalFile(const std::string& path);
 // a number). INVALID_ARGUMENT for an empty name or scale.
 absl::StatusOr<zfarm::v1::LoraRef> ParseLoraRef(absl::string_view text);
 
-// Width and height left at 0 become 1024, except for image-to-image (init_image
+// Width and height left at 0 become kDefaultSizePx (job_defaults.h), except for image-to-image (init_image
 // set), where 0 lets the scheduler take them from the picture.
 void FillSizeDefaults(zfarm::v1::JobSpec* spec);
 

@@ -9,6 +9,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -34,6 +35,8 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
+#include "proto/error_details.h"
+#include "proto/job_defaults.h"
 #include "proto/rpc_status.h"
 #include "proto/status_macros.h"
 #include "proto/version.h"
@@ -159,7 +162,9 @@ class Session {
   void Prepare(grpc::ClientContext* ctx) const { security::AddBearerToken(ctx, token_); }
 
   // Runs a unary call, retrying UNAVAILABLE with backoff (same request) until
-  // the command deadline or kMaxOutage of continuous outage.
+  // the command deadline or kMaxOutage of continuous outage, and RESOURCE_EXHAUSTED
+  // that carries a retry delay (a full queue, a per-principal limit) after that
+  // delay while it ends before the same bound.
   template <typename Fn>
   absl::Status Call(absl::string_view what, Fn fn) {
     absl::Duration backoff = absl::Milliseconds(100);
@@ -176,8 +181,17 @@ class Session {
         // Deadline hit while connecting: treat as an outage.
         s = grpc::Status(grpc::StatusCode::UNAVAILABLE, "connect timed out");
       }
+      if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        absl::Status exhausted = FromGrpcCall(s, ctx);
+        std::optional<absl::Duration> delay = RetryDelay(exhausted);
+        if (!delay || absl::Now() + *delay >= outage_end) return Annotate(what, exhausted);
+        LOG(INFO) << "event=retry rpc=" << what
+                  << " code=RESOURCE_EXHAUSTED delay_ms=" << absl::ToInt64Milliseconds(*delay);
+        absl::SleepFor(*delay);
+        continue;
+      }
       if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
-        return Annotate(what, FromGrpcStatus(s));
+        return Annotate(what, FromGrpcCall(s, ctx));
       }
       if (absl::Now() + backoff >= outage_end) {
         return Annotate(what, absl::UnavailableError(s.error_message()));
@@ -198,7 +212,7 @@ class Session {
       return absl::DeadlineExceededError(
           absl::StrCat(what, " to ", address_, ": timed out: ", s.message()));
     }
-    return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+    return CopyErrorDetails(s, absl::Status(s.code(), absl::StrCat(what, ": ", s.message())));
   }
 
   // Prints a job (JSON or human line), ending a progress line first.
@@ -296,8 +310,9 @@ int ExitCodeForJobs(const std::vector<Job>& jobs) {
 
 struct SpecFlags {
   std::string prompt, negative_prompt, output_name, model, webhook_url, output_format;
-  // 0 = not given: 1024, or with an init image the scheduler takes the picture's.
-  int64_t width = 0, height = 0, steps = 8, priority = 0, quality = 0;
+  // 0 = not given: kDefaultSizePx, or with an init image the scheduler takes the
+  // picture's.
+  int64_t width = 0, height = 0, steps = kDefaultSteps, priority = 0, quality = 0;
   int64_t seed = -1;
   double guidance = 0.0;
   std::string deadline;  // a duration from now or an RFC 3339 time; "" = none
@@ -312,10 +327,12 @@ void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
   if (with_prompt) f->String("prompt", &s->prompt, "the prompt (required)");
   f->String("negative-prompt", &s->negative_prompt, "negative prompt");
   f->Int("width", &s->width,
-         "image width in pixels, multiple of 16 (1024; with an init image: its width)");
+         absl::StrCat("image width in pixels, multiple of 16 (", kDefaultSizePx,
+                      "; with an init image: its width)"));
   f->Int("height", &s->height,
-         "image height in pixels, multiple of 16 (1024; with an init image: its height)");
-  f->Int("steps", &s->steps, "transformer evaluations, 1..50 (8)");
+         absl::StrCat("image height in pixels, multiple of 16 (", kDefaultSizePx,
+                      "; with an init image: its height)"));
+  f->Int("steps", &s->steps, absl::StrCat("transformer evaluations, 1..50 (", kDefaultSteps, ")"));
   f->Int("seed", &s->seed, "noise seed (default: the scheduler picks one)");
   f->Double("guidance", &s->guidance, "guidance scale, 0..20 (0)");
   f->Int("priority", &s->priority, "higher runs first (0)");
@@ -330,12 +347,14 @@ void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
             "POST the final state here (must be on the scheduler allow-list)", "URL");
   f->String("output-format", &s->output_format, "result file format: png, jpeg or webp (png)",
             "FORMAT");
-  f->Int("quality", &s->quality, "jpeg/webp quality, 1..100 (90)");
+  f->Int("quality", &s->quality,
+         absl::StrCat("jpeg/webp quality, 1..100 (", kDefaultQuality, ")"));
   f->String("init-image", &s->init_image, "image-to-image: start from this PNG/JPEG (sent)",
             "FILE");
   f->String("init-image-path", &s->init_image_path,
             "image-to-image: a picture under the scheduler's --input-root", "PATH");
-  f->Double("strength", &s->strength, "how far from the init image, (0, 1] (0.6)");
+  f->Double("strength", &s->strength,
+            absl::StrCat("how far from the init image, (0, 1] (", kDefaultStrength, ")"));
   f->String("mask", &s->mask, "inpainting: white = repaint, black = keep (sent)", "FILE");
   f->String("mask-path", &s->mask_path, "inpainting: a mask under the scheduler's --input-root",
             "PATH");

@@ -29,11 +29,6 @@ std::string StateName(JobState state) {
   return absl::AsciiStrToLower(name);
 }
 
-bool IsFinal(JobState state) {
-  return state == zfarm::v1::JOB_STATE_SUCCEEDED || state == zfarm::v1::JOB_STATE_FAILED ||
-         state == zfarm::v1::JOB_STATE_CANCELLED;
-}
-
 std::string JobJsonLine(const Job& job, const std::string& local_path) {
   json j{{"job", job.job_id()},
          {"request_id", job.request_id()},

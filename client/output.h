@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "proto/contract.h"
 #include "zfarm/v1/job.pb.h"
 
 namespace zfarm::client {
@@ -18,8 +19,6 @@ namespace zfarm::client {
 // "queued", "running", "succeeded", ... (the enum name without prefix,
 // lower case).
 std::string StateName(zfarm::v1::JobState state);
-
-bool IsFinal(zfarm::v1::JobState state);
 
 // One line of --json output (no trailing newline). Always has the keys job,
 // request_id, state, path, sha256, seed, width, height, steps, prompt; plus

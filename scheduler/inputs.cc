@@ -124,7 +124,8 @@ absl::StatusOr<std::string> InputStore::ReadUnderRoot(const std::string& field,
       case absl::StatusCode::kPermissionDenied:
         return Invalid(f, absl::StrCat(q, " resolves outside --input-root (symlink?)"));
       default:
-        return Invalid(f, absl::StrCat(q, " must be relative to --input-root, without '..'"));
+        return Invalid(f, absl::StrCat(q, " must be relative to --input-root, without '..' "
+                                          "(or empty or '.' components)"));
     }
   }
   absl::StatusOr<std::string> bytes =

@@ -4,21 +4,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "google/protobuf/util/time_util.h"
 
 namespace zfarm::scheduler {
 
 namespace v1 = ::zfarm::v1;
-using google::protobuf::util::TimeUtil;
 
 namespace {
 
-google::protobuf::Timestamp ToProto(absl::Time t) {
-  return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
-}
-absl::Time FromProto(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixMicros(TimeUtil::TimestampToMicroseconds(t));
-}
 
 // FAILED and CANCELLED jobs wrote no result: their output path is free again.
 bool ReleasesOutput(v1::JobState s) {
@@ -44,9 +36,6 @@ void SetError(v1::Job& job, v1::FailureReason reason, const std::string& message
 
 }  // namespace
 
-bool IsFinal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
-}
 bool IsLeased(v1::JobState s) {
   return s == v1::JOB_STATE_ASSIGNED || s == v1::JOB_STATE_RUNNING;
 }

@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "proto/contract.h"
 #include "scheduler/job_queue.h"
 #include "scheduler/journal.h"
 #include "zfarm/v1/job.pb.h"
@@ -39,8 +40,6 @@
 
 namespace zfarm::scheduler {
 
-// SUCCEEDED, FAILED or CANCELLED: the job will not change again.
-bool IsFinal(zfarm::v1::JobState state);
 // ASSIGNED or RUNNING: a worker holds a lease on the job.
 bool IsLeased(zfarm::v1::JobState state);
 // "<UTC date of submit_time>/<name>.<png|jpg|webp>" (after `format`), relative to

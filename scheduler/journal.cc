@@ -689,7 +689,7 @@ absl::Status Journal::WriteOps(const std::vector<Batch>& batches) {
     }
     if (any && fail_writes_ > 0) {
       --fail_writes_;
-      return fail_error_;
+      return absl::Status(fail_error_.code(), absl::StrCat("journal: ", fail_error_.message()));
     }
   }
   if (!any) return absl::OkStatus();

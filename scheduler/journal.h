@@ -129,6 +129,7 @@ class Journal {
   // A failed write latches: it and every batch behind it (barriers included) fail
   // without being written, because they may build on state that never reached the
   // disk, until ClearFailure(). The owner reconciles its memory with Load() first.
+  // The messages of the errors `done` gets start with "journal" (they name it).
   void Append(std::vector<Op> ops, Done done);
   // Waits until everything appended so far is durable (or failed); returns the
   // first error since the journal opened or since ClearFailure().
@@ -136,7 +137,8 @@ class Journal {
   // Lets writes through again after a failure (call after Flush()).
   void ClearFailure();
   // Tests only: the next `writes` transactions with operations fail with `error`
-  // (rolled back, nothing written), as a full disk or an I/O error would.
+  // ("journal: " before its message; rolled back, nothing written), as a full disk
+  // or an I/O error would.
   void TEST_FailWrites(int writes, absl::Status error);
   // Flushes and stops the writer; further Append()s fail with UNAVAILABLE.
   void Close();

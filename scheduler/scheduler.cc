@@ -14,12 +14,14 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "glog/logging.h"
-#include "google/protobuf/util/time_util.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "proto/contract.h"
+#include "proto/error_details.h"
+#include "proto/failure_policy.h"
 #include "proto/files.h"
 #include "proto/security/paths.h"
 #include "proto/status_macros.h"
@@ -27,18 +29,15 @@
 namespace zfarm::scheduler {
 
 namespace v1 = ::zfarm::v1;
-using google::protobuf::util::TimeUtil;
 
 namespace {
 
 using Event = JobStore::Event;
 
-google::protobuf::Timestamp ToProto(absl::Time t) {
-  return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
-}
-absl::Time FromProto(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixMicros(TimeUtil::TimestampToMicroseconds(t));
-}
+// What a caller hears of a journal write that failed: UNAVAILABLE (retry with the
+// same request id), the journal's message (which names it) unchanged.
+absl::Status NotDurable(const absl::Status& s) { return absl::UnavailableError(s.message()); }
+
 JobStore::Change Ev(Event event, absl::Time now,
                     v1::FailureReason reason = v1::FAILURE_REASON_UNSPECIFIED,
                     std::string message = "") {
@@ -496,9 +495,7 @@ absl::StatusOr<v1::SubmitJobResponse> Scheduler::AdmitLocked(v1::SubmitJobReques
     if (const RequestRecord* rr = store_.FindRequest(owner, req.request_id())) {
       if (rr->fingerprint != fp) {
         metrics_->rejected_conflict->Increment();
-        return absl::InvalidArgumentError(
-            absl::StrCat(field, "request_id: \"", req.request_id(), "\" was already used for job ",
-                         rr->job_id, " with a different spec"));
+        return RequestIdConflictError(field, {req.request_id(), rr->job_id});
       }
       if (const JobRecord* j = store_.Find(rr->job_id)) {
         *resp.mutable_job() = store_.View(*j);
@@ -553,10 +550,10 @@ void Scheduler::Submit(v1::SubmitJobRequest request, const std::string& owner,
   const size_t queued = store_.queue().size();
   if (static_cast<int64_t>(queued) >= options_.max_queued_jobs && !known) {
     metrics_->rejected_full->Increment();
-    return std::move(done)(absl::ResourceExhaustedError(
-        absl::StrCat("queue is full (", queued,
-                     " jobs queued, --max-queued-jobs=", options_.max_queued_jobs,
-                     "); retry after ", absl::ToInt64Milliseconds(options_.retry_after), " ms")));
+    return std::move(done)(RetryLater(absl::StrCat("queue is full (", queued,
+                                                   " jobs queued, --max-queued-jobs=",
+                                                   options_.max_queued_jobs, ")"),
+                                      options_.retry_after));
   }
   if (!known || request.request_id().empty()) {
     if (absl::Status s = AdmitPrincipalLocked(owner, 1); !s.ok()) return std::move(done)(s);
@@ -564,16 +561,14 @@ void Scheduler::Submit(v1::SubmitJobRequest request, const std::string& owner,
   Txn txn;
   auto resp = AdmitLocked(std::move(request), owner, "", "", txn);
   if (!resp.ok()) {
-    if (absl::IsInvalidArgument(resp.status()) &&
-        resp.status().message().find("different spec") == std::string::npos) {
+    if (absl::IsInvalidArgument(resp.status()) && !FindRequestIdConflict(resp.status())) {
       metrics_->rejected_invalid->Increment();
     }
     return std::move(done)(resp.status());
   }
   DispatchLocked(txn);
   CommitTxn(txn, [done = std::move(done), resp = *std::move(resp)](absl::Status s) mutable {
-    if (!s.ok())
-      return std::move(done)(absl::UnavailableError(absl::StrCat("journal: ", s.message())));
+    if (!s.ok()) return std::move(done)(NotDurable(s));
     std::move(done)(std::move(resp));
   });
 }
@@ -627,9 +622,8 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
         ValidateAndNormalizeSpec(lim, "", &spec).IgnoreError();
         if (SpecFingerprint(spec) != rr->fingerprint) {
           metrics_->rejected_conflict->Increment();
-          return std::move(done)(absl::InvalidArgumentError(absl::StrCat(
-              "jobs[", i, "].request_id: \"", j.request_id(), "\" was already used for job ",
-              rr->job_id, " with a different spec")));
+          return std::move(done)(
+              RequestIdConflictError(absl::StrCat("jobs[", i, "]."), {j.request_id(), rr->job_id}));
         }
         continue;
       }
@@ -638,10 +632,10 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
   }
   if (static_cast<int64_t>(store_.queue().size()) + fresh > options_.max_queued_jobs) {
     metrics_->rejected_full->Increment();
-    return std::move(done)(absl::ResourceExhaustedError(
+    return std::move(done)(RetryLater(
         absl::StrCat("queue is full (", store_.queue().size(), " jobs queued + ", fresh,
-                     " new > --max-queued-jobs=", options_.max_queued_jobs, "); retry after ",
-                     absl::ToInt64Milliseconds(options_.retry_after), " ms")));
+                     " new > --max-queued-jobs=", options_.max_queued_jobs, ")"),
+        options_.retry_after));
   }
   if (fresh > 0) {
     if (absl::Status s = AdmitPrincipalLocked(owner, fresh); !s.ok()) return std::move(done)(s);
@@ -667,8 +661,7 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
             << " new=" << fresh;
   DispatchLocked(txn);
   CommitTxn(txn, [done = std::move(done), resp = std::move(resp)](absl::Status s) mutable {
-    if (!s.ok())
-      return std::move(done)(absl::UnavailableError(absl::StrCat("journal: ", s.message())));
+    if (!s.ok()) return std::move(done)(NotDurable(s));
     std::move(done)(std::move(resp));
   });
 }
@@ -685,10 +678,11 @@ absl::Status Scheduler::AdmitPrincipalLocked(const std::string& owner, int64_t f
       static_cast<int64_t>(store_.queue().OwnerSize(owner)) + fresh >
           options_.max_queued_per_principal) {
     metrics_->rejected_full->Increment();
-    return absl::ResourceExhaustedError(
+    return RetryLater(
         absl::StrCat("principal ", owner, " has ", store_.queue().OwnerSize(owner), " jobs queued (+",
                      fresh, " new > --max-queued-per-principal=", options_.max_queued_per_principal,
-                     "); retry after ", absl::ToInt64Milliseconds(options_.retry_after), " ms"));
+                     ")"),
+        options_.retry_after);
   }
   const double rate = options_.submit_rate_per_principal;
   if (rate > 0) {
@@ -704,9 +698,9 @@ absl::Status Scheduler::AdmitPrincipalLocked(const std::string& owner, int64_t f
     if (b.tokens < 1.0) {
       metrics_->rejected_full->Increment();
       int64_t wait_ms = static_cast<int64_t>(std::ceil((1.0 - b.tokens) / rate * 1000.0));
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "principal ", owner, " exceeds --submit-rate-per-principal=", rate, "/s (burst ", burst,
-          "); retry after ", std::max<int64_t>(1, wait_ms), " ms"));
+      return RetryLater(absl::StrCat("principal ", owner, " exceeds --submit-rate-per-principal=",
+                                     rate, "/s (burst ", burst, ")"),
+                        absl::Milliseconds(std::max<int64_t>(1, wait_ms)));
     }
     b.tokens -= 1.0;
     if (buckets_.size() > 100000) buckets_.clear();  // bound memory (many principals)
@@ -811,8 +805,7 @@ void Scheduler::Cancel(const v1::CancelJobRequest& req, Callback<v1::CancelJobRe
   }
   DispatchLocked(txn);
   CommitTxn(txn, [done = std::move(done), resp = std::move(resp)](absl::Status s) mutable {
-    if (!s.ok())
-      return std::move(done)(absl::UnavailableError(absl::StrCat("journal: ", s.message())));
+    if (!s.ok()) return std::move(done)(NotDurable(s));
     std::move(done)(std::move(resp));
   });
 }
@@ -840,10 +833,10 @@ absl::Status Scheduler::Watch(const std::string& job_id, const std::string& batc
                    const std::string& key) -> absl::Status {
     auto it = m.find(key);
     if (it != m.end() && static_cast<int>(it->second.size()) >= options_.max_watchers_per_job) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("selector ", key, " already has ", it->second.size(),
-                       " watchers (--max-watchers-per-job=", options_.max_watchers_per_job,
-                       "); retry after ", absl::ToInt64Milliseconds(options_.retry_after), " ms"));
+      return RetryLater(absl::StrCat("selector ", key, " already has ", it->second.size(),
+                                     " watchers (--max-watchers-per-job=",
+                                     options_.max_watchers_per_job, ")"),
+                        options_.retry_after);
     }
     return absl::OkStatus();
   };
@@ -1140,12 +1133,8 @@ absl::Status Scheduler::OnFailureLocked(Worker& w, const v1::JobFailure& f, Txn&
   if (!r) return absl::OkStatus();
   const v1::JobError& e = f.error();
   v1::FailureReason reason = e.reason();
-  bool retryable = e.retryable();
-  if (reason == v1::FAILURE_REASON_INVALID_REQUEST || reason == v1::FAILURE_REASON_MODEL_ERROR) {
-    retryable = false;
-  }
+  const bool retryable = IsRetryable(reason, e.retryable());
   if (reason == v1::FAILURE_REASON_OUT_OF_MEMORY) {
-    retryable = true;
     r->min_memory_bytes = std::max(
         {r->min_memory_bytes, w.hello.memory_total_bytes() + 1, f.memory_required_bytes()});
   }
@@ -1161,10 +1150,7 @@ absl::Status Scheduler::OnFailureLocked(Worker& w, const v1::JobFailure& f, Txn&
   }
   if (!r->cancel_requested) {
     ++w.jobs_failed;
-    // A bad request or a full output disk says nothing about the worker's device.
-    const bool device_fault = reason != v1::FAILURE_REASON_INVALID_REQUEST &&
-                              reason != v1::FAILURE_REASON_OUTPUT_ERROR;
-    if (device_fault) registry_.CountDeviceFailure(w, e.message());
+    if (CountsAgainstDevice(reason)) registry_.CountDeviceFailure(w, e.message());
   }
   LOG(INFO) << "event=job_failure job=" << r->job.job_id() << " worker=" << w.hello.worker_name()
             << " reason=" << v1::FailureReason_Name(reason) << " retryable=" << retryable;

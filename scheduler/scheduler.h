@@ -127,7 +127,9 @@ class Scheduler {
   using Callback = absl::AnyInvocable<void(absl::StatusOr<T>) &&>;
 
   // ---- JobService. `done` runs once, after durability (or at once on error).
-  // RESOURCE_EXHAUSTED messages contain "retry after N ms" (see retry_after()).
+  // RESOURCE_EXHAUSTED carries a retry delay (RetryDelay(), error_details.h; the
+  // message says "retry after N ms" too); a request id reused with another spec is
+  // INVALID_ARGUMENT carrying the conflict (FindRequestIdConflict()).
   // Request ids are scoped to `owner`: the same id from another principal is a
   // different request (a new job). An output_name whose path
   // (<UTC date>/<name>.png) a job that is not FAILED/CANCELLED holds is

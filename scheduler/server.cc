@@ -17,6 +17,8 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "proto/contract.h"
+#include "proto/error_details.h"
 #include "proto/rpc_status.h"
 #include "proto/status_macros.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
@@ -29,30 +31,23 @@ namespace v1 = ::zfarm::v1;
 
 namespace {
 
-bool IsFinal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
-}
-
-// A write reactor that only finishes with an error (auth or argument failure).
+// A write reactor that only finishes with an error (auth, argument or limit
+// failure), its details in the trailers.
 template <typename T>
 class FailedWriter final : public grpc::ServerWriteReactor<T> {
  public:
-  explicit FailedWriter(const absl::Status& s) { this->Finish(ToGrpcStatus(s)); }
+  FailedWriter(grpc::CallbackServerContext* ctx, const absl::Status& s) {
+    AddErrorTrailers(ctx, s);
+    this->Finish(ToGrpcStatus(s));
+  }
   void OnDone() override { delete this; }
 };
 
-// Adds the retry hint of RESOURCE_EXHAUSTED as trailing metadata: the
-// message's "retry after N ms" when present, else `delay`.
-void AddRetryHint(grpc::CallbackServerContext* ctx, const absl::Status& s, absl::Duration delay) {
-  if (!absl::IsResourceExhausted(s)) return;
-  int64_t ms = absl::ToInt64Milliseconds(delay);
-  absl::string_view m = s.message();
-  if (size_t p = m.rfind("retry after "); p != absl::string_view::npos) {
-    absl::string_view rest = m.substr(p + 12);
-    int64_t parsed;
-    if (absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &parsed)) ms = parsed;
-  }
-  ctx->AddTrailingMetadata("retry-after-ms", absl::StrCat(ms));
+// The trailers of a failed submit: its details; a RESOURCE_EXHAUSTED without a
+// retry delay of its own gets `delay` (--retry-after).
+void AddSubmitTrailers(grpc::CallbackServerContext* ctx, absl::Status s, absl::Duration delay) {
+  if (absl::IsResourceExhausted(s) && !RetryDelay(s)) s = WithRetryDelay(std::move(s), delay);
+  AddErrorTrailers(ctx, s);
 }
 
 // One audit line per state-changing call (tokens are never part of it).
@@ -70,9 +65,9 @@ class StreamLimiter {
     absl::MutexLock lock(&mu_);
     int& n = count_[key];
     if (max_ > 0 && n >= max_) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("client ", key, " already has ", n,
-                       " open streams (--max-streams-per-client=", max_, "); retry after 1000 ms"));
+      return RetryLater(absl::StrCat("client ", key, " already has ", n,
+                                     " open streams (--max-streams-per-client=", max_, ")"),
+                        absl::Seconds(1));
     }
     ++n;
     return absl::OkStatus();
@@ -141,6 +136,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
     if (!s.ok()) {
       absl::MutexLock lock(&mu_);
       finished_ = true;
+      AddErrorTrailers(ctx_, s);
       Finish(ToGrpcStatus(s));
     }
   }
@@ -526,7 +522,7 @@ class SchedulerServer::Services {
                       if (r.ok()) {
                         *resp = *std::move(r);
                       } else {
-                        AddRetryHint(ctx, r.status(), core_->options().retry_after);
+                        AddSubmitTrailers(ctx, r.status(), core_->options().retry_after);
                       }
                       Audit(who, "SubmitJob",
                             absl::StrCat("job=", r.ok() ? resp->job().job_id() : "-"), r.status());
@@ -559,7 +555,7 @@ class SchedulerServer::Services {
                            if (r.ok()) {
                              *resp = *std::move(r);
                            } else {
-                             AddRetryHint(ctx, r.status(), core_->options().retry_after);
+                             AddSubmitTrailers(ctx, r.status(), core_->options().retry_after);
                            }
                            Audit(who, "SubmitJobs",
                                  absl::StrCat("batch=", r.ok() ? resp->batch_id() : "-",
@@ -637,14 +633,14 @@ class SchedulerServer::Services {
     grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext* ctx,
                                                      const v1::WatchJobRequest* req) override {
       auto caller = Auth(auth_.get(), "WatchJob", ctx);
-      if (!caller.ok()) return new FailedWriter<v1::JobEvent>(caller.status());
+      if (!caller.ok()) return new FailedWriter<v1::JobEvent>(ctx, caller.status());
       if (req->job_id().empty()) {
-        return new FailedWriter<v1::JobEvent>(
+        return new FailedWriter<v1::JobEvent>(ctx, 
             absl::InvalidArgumentError("job_id: must not be empty"));
       }
       std::function<void()> release;
       if (auto s = AcquireStream(*caller, ctx->peer(), &release); !s.ok()) {
-        return new FailedWriter<v1::JobEvent>(s);
+        return new FailedWriter<v1::JobEvent>(ctx, s);
       }
       auto* r = new WatchReactor(core_, ctx, caller->OwnerFilter(), max_watch_backlog_bytes_,
                                  std::move(release));
@@ -654,14 +650,14 @@ class SchedulerServer::Services {
     grpc::ServerWriteReactor<v1::JobEvent>* WatchJobs(grpc::CallbackServerContext* ctx,
                                                       const v1::WatchJobsRequest* req) override {
       auto caller = Auth(auth_.get(), "WatchJobs", ctx);
-      if (!caller.ok()) return new FailedWriter<v1::JobEvent>(caller.status());
+      if (!caller.ok()) return new FailedWriter<v1::JobEvent>(ctx, caller.status());
       if (req->batch_id().empty() && req->label().empty()) {
-        return new FailedWriter<v1::JobEvent>(
+        return new FailedWriter<v1::JobEvent>(ctx, 
             absl::InvalidArgumentError("selector: set batch_id or label"));
       }
       std::function<void()> release;
       if (auto s = AcquireStream(*caller, ctx->peer(), &release); !s.ok()) {
-        return new FailedWriter<v1::JobEvent>(s);
+        return new FailedWriter<v1::JobEvent>(ctx, s);
       }
       auto* r = new WatchReactor(core_, ctx, caller->OwnerFilter(), max_watch_backlog_bytes_,
                                  std::move(release));
@@ -671,19 +667,19 @@ class SchedulerServer::Services {
     grpc::ServerWriteReactor<v1::ResultChunk>* GetResult(grpc::CallbackServerContext* ctx,
                                                          const v1::GetResultRequest* req) override {
       auto caller = Auth(auth_.get(), "GetResult", ctx);
-      if (!caller.ok()) return new FailedWriter<v1::ResultChunk>(caller.status());
+      if (!caller.ok()) return new FailedWriter<v1::ResultChunk>(ctx, caller.status());
       auto result = core_->Result(req->job_id(), caller->OwnerFilter());
-      if (!result.ok()) return new FailedWriter<v1::ResultChunk>(result.status());
+      if (!result.ok()) return new FailedWriter<v1::ResultChunk>(ctx, result.status());
       // The file must resolve inside the output root (no symlink out of it).
       auto path = security::ResolveBeneath(output_root_, result->path());
       if (!path.ok()) {
         LOG(WARNING) << "event=result_refused job=" << req->job_id() << " error=\""
                      << path.status().message() << "\"";
-        return new FailedWriter<v1::ResultChunk>(path.status());
+        return new FailedWriter<v1::ResultChunk>(ctx, path.status());
       }
       std::function<void()> release;
       if (auto s = AcquireStream(*caller, ctx->peer(), &release); !s.ok()) {
-        return new FailedWriter<v1::ResultChunk>(s);
+        return new FailedWriter<v1::ResultChunk>(ctx, s);
       }
       return new ResultReactor(*path, *result, std::move(release));
     }

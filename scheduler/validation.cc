@@ -22,7 +22,7 @@ absl::Status Invalid(const std::string& field, const std::string& what) {
 }
 
 absl::Status CheckSize(const Limits& l, const std::string& field, int32_t* v) {
-  if (*v == 0) *v = 1024;
+  if (*v == 0) *v = kDefaultSizePx;
   if (*v < l.min_size_px || *v > l.max_size_px || *v % 16 != 0) {
     return Invalid(field, absl::StrCat(*v, " is outside the allowed sizes (multiples of 16 in [",
                                        l.min_size_px, ", ", l.max_size_px, "])"));
@@ -158,7 +158,7 @@ absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
   if (auto s = CheckSize(l, f + ".height_px", &h); !s.ok()) return s;
   spec->set_width_px(w);
   spec->set_height_px(h);
-  if (spec->steps() == 0) spec->set_steps(8);
+  if (spec->steps() == 0) spec->set_steps(kDefaultSteps);
   if (spec->steps() < l.min_steps || spec->steps() > l.max_steps) {
     return Invalid(f + ".steps", absl::StrCat(spec->steps(), " is outside [", l.min_steps, ", ",
                                               l.max_steps, "]"));

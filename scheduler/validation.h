@@ -11,12 +11,10 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "proto/job_defaults.h"
 #include "zfarm/v1/job.pb.h"
 
 namespace zfarm::scheduler {
-
-// strength of an image-to-image job that sets none (diffusers' default).
-inline constexpr float kDefaultStrength = 0.6f;
 
 // Limits applied at the edge (defaults: README "Bad input").
 struct Limits {
@@ -44,7 +42,7 @@ struct Limits {
   std::function<absl::Status(const std::string& url)> webhook_validator;
 };
 
-// Checks `spec` and fills defaults (width/height 1024, steps 8, strength 0.6 when
+// Checks `spec` and fills defaults (job_defaults.h: width/height, steps, strength when
 // init_image is set). Does not pick a seed. `field` prefixes messages ("spec" or
 // "jobs[3].spec"). Image inputs are checked as far as that needs no I/O: which
 // source is set, the byte limit of `data`, that a mask or a strength comes with an

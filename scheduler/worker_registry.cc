@@ -7,17 +7,13 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "glog/logging.h"
-#include "google/protobuf/util/time_util.h"
+#include "proto/contract.h"
 
 namespace zfarm::scheduler {
 
 namespace v1 = ::zfarm::v1;
-using google::protobuf::util::TimeUtil;
 
 namespace {
-google::protobuf::Timestamp ToProto(absl::Time t) {
-  return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
-}
 absl::Status UnknownWorker(const std::string& name) {
   return absl::NotFoundError(absl::StrCat("worker_name: no worker \"", name, "\""));
 }

@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "proto/failure_policy.h"
 #include "scheduler/journal.h"
 #include "zfarm/v1/admin_service.pb.h"
 #include "zfarm/v1/worker_service.pb.h"
@@ -45,10 +46,6 @@ class WorkerSink {
 
 class WorkerRegistry {
  public:
-  // Consecutive failures that say something about a worker's device after which
-  // it is UNHEALTHY (the health policy; the worker applies the same rule to itself).
-  static constexpr int kUnhealthyAfterFailures = 3;
-
   struct Worker {
     zfarm::v1::WorkerHello hello;  // held_leases cleared
     zfarm::v1::WorkerState state = zfarm::v1::WORKER_STATE_READY;
@@ -124,7 +121,8 @@ class WorkerRegistry {
   void UpdateFree(Worker& w);
 
   // ---- Health and drain.
-  // A failure that says something about the device: the kUnhealthyAfterFailures-th
+  // A failure that says something about the device (failure_policy.h): the
+  // kUnhealthyAfterFailures-th
   // in a row makes a READY worker UNHEALTHY.
   void CountDeviceFailure(Worker& w, const std::string& why);
   void CountSuccess(Worker& w);

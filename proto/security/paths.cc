@@ -21,17 +21,22 @@ absl::StatusOr<std::string> RealPath(const std::string& p) {
 
 }  // namespace
 
-absl::StatusOr<std::string> ResolveBeneath(const std::string& root, const std::string& relative) {
+absl::Status CheckRelativePath(absl::string_view what, absl::string_view relative) {
   if (relative.empty() || relative[0] == '/') {
     return absl::InvalidArgumentError(
-        absl::StrCat("output path '", relative, "' must be relative to the output root"));
+        absl::StrCat(what, " '", relative, "': must be relative to its root"));
   }
   for (absl::string_view part : absl::StrSplit(relative, '/')) {
-    if (part == "..") {
+    if (part.empty() || part == "." || part == "..") {
       return absl::InvalidArgumentError(
-          absl::StrCat("output path '", relative, "' must not contain '..'"));
+          absl::StrCat(what, " '", relative, "': empty, '.' or '..' component"));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ResolveBeneath(const std::string& root, const std::string& relative) {
+  if (absl::Status s = CheckRelativePath("output path", relative); !s.ok()) return s;
   absl::StatusOr<std::string> real_root = RealPath(root);
   if (!real_root.ok()) return real_root.status();
   absl::StatusOr<std::string> real = RealPath(*real_root + "/" + relative);

@@ -21,7 +21,7 @@ import unittest
 import grpc
 
 import zfarm
-from zfarm.v1 import job_pb2
+from zfarm.v1 import job_pb2, job_service_pb2
 
 SCHEDULER = os.environ["ZFARM_SCHEDULER_BIN"]
 WORKER = os.environ["ZFARM_WORKER_BIN"]
@@ -45,6 +45,7 @@ def wait_for_line(log_path, needle, proc, timeout):
 
 class FarmFixture(unittest.TestCase):
     with_worker = True
+    scheduler_flags = ()
 
     @classmethod
     def start_scheduler(cls, port=0):
@@ -52,7 +53,8 @@ class FarmFixture(unittest.TestCase):
         with open(log, "w") as f:  # the child keeps its own descriptor
             sched = subprocess.Popen(
                 [SCHEDULER, "--listen=127.0.0.1:%d" % port, "--state-dir=" + cls.dir + "/state",
-                 "--output-root=" + cls.out, "--heartbeat_interval=200ms", "--lease_timeout=2s"],
+                 "--output-root=" + cls.out, "--heartbeat_interval=200ms", "--lease_timeout=2s"]
+                + list(cls.scheduler_flags),
                 stdout=f, stderr=subprocess.STDOUT)
         cls.procs.append(sched)
         cls.address = wait_for_line(log, "listening on ", sched, 30).split()[0]
@@ -171,6 +173,29 @@ class PythonClientTest(FarmFixture):
         with self.assertRaises(ValueError):
             self.farm.batch([{"prompt": "x", "colour": "red"}])
 
+    def test_build_spec_defaults_are_the_schedulers(self):
+        # A spec with every default left at 0: the scheduler's answer shows what it filled.
+        req = job_service_pb2.SubmitJobRequest(
+            request_id="py-defaults", spec=job_pb2.JobSpec(prompt="the scheduler's defaults"))
+        filled = self.farm._call(self.farm._stub.SubmitJob, req).job
+        self.farm.cancel(filled)
+        ours = zfarm.farm.build_spec("the scheduler's defaults")
+        self.assertEqual((ours.width_px, ours.height_px, ours.steps),
+                         (filled.spec.width_px, filled.spec.height_px, filled.spec.steps))
+
+    def test_request_id_conflict_is_typed(self):
+        job = self.farm.submit("conflict a", request_id="py-conflict", width=256, height=256,
+                               steps=1, seed=5)
+        with self.assertRaises(zfarm.FarmError) as e:
+            self.farm.submit("conflict b", request_id="py-conflict", width=256, height=256,
+                             steps=1, seed=5)
+        self.assertEqual(e.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertEqual(e.exception.conflict_job_id, job.job_id)
+        self.assertIsNone(e.exception.retry_after)
+        with self.assertRaises(zfarm.FarmError) as e:
+            self.farm.submit("x", output_format="webp", quality=101)
+        self.assertIsNone(e.exception.conflict_job_id)
+
     def test_cancelled_job_raises_job_failed(self):
         job = self.farm.submit("a long one", width=256, height=256, steps=50, seed=3)
         self.farm.cancel(job)
@@ -198,6 +223,39 @@ class WatchReconnectTest(FarmFixture):
         self.assertGreater(len(rest), 0)
         self.assertEqual(rest[-1].job.state, job_pb2.JOB_STATE_CANCELLED)
         self.assertEqual(rest[-1].job.job_id, job.job_id)
+
+
+class QueueFullTest(FarmFixture):
+    with_worker = False  # the one queued job holds the only slot until cancelled
+    scheduler_flags = ("--max-queued-jobs=1", "--retry-after=400ms")
+
+    def test_full_queue_carries_a_retry_delay_the_cli_waits(self):
+        first = self.farm.submit("holds the slot", width=256, height=256, steps=1, seed=1)
+        with self.assertRaises(zfarm.FarmError) as e:
+            self.farm.submit("no room", width=256, height=256, steps=1, seed=2)
+        self.assertEqual(e.exception.code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertEqual(e.exception.retry_after, 0.4)
+        self.assertIsNone(e.exception.conflict_job_id)
+        # The CLI submits again after the delay it was given, until the slot is free.
+        log = os.path.join(self.dir, "cli.log")
+        env = dict(os.environ, GLOG_minloglevel="0")
+        with open(log, "w") as f:
+            cli = subprocess.Popen(
+                [CLI, "submit", "--prompt", "waits for room", "--width", "256", "--height",
+                 "256", "--steps", "1", "--scheduler", self.address, "--json"],
+                stdout=subprocess.PIPE, stderr=f, text=True, env=env)
+        try:
+            wait_for_line(log, "event=retry rpc=SubmitJob code=RESOURCE_EXHAUSTED delay_ms=400",
+                          cli, 30)
+            self.farm.cancel(first)
+            out, _ = cli.communicate(timeout=60)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        self.assertEqual(cli.returncode, 0, out)
+        (line,) = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+        self.assertEqual(self.farm.get(line["job"]).spec.prompt, "waits for room")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #include "proto/rpc_status.h"
 
 #include "gtest/gtest.h"
+#include "proto/error_details.h"
 #include "proto/status_macros.h"
 #include "tests/testing/status_matchers.h"
 #include "zfarm/v1/job_service.pb.h"
@@ -18,6 +19,50 @@ TEST(RpcStatusTest, RoundTripsEveryCanonicalCode) {
     EXPECT_EQ(static_cast<int>(g.error_code()), code);
     EXPECT_EQ(FromGrpcStatus(g), s);
   }
+}
+
+TEST(ErrorDetailsTest, RetryDelayIsTypedAndSaidInTheMessage) {
+  absl::Status s = RetryLater("queue is full (--max-queued-jobs=3)", absl::Milliseconds(750));
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kResourceExhausted,
+                          "queue is full (--max-queued-jobs=3); retry after 750 ms"));
+  ASSERT_TRUE(RetryDelay(s).has_value());
+  EXPECT_EQ(*RetryDelay(s), absl::Milliseconds(750));
+  EXPECT_FALSE(FindRequestIdConflict(s).has_value());
+  // The text alone carries nothing: a message that says the same has no delay.
+  EXPECT_FALSE(RetryDelay(absl::ResourceExhaustedError(s.message())).has_value());
+}
+
+TEST(ErrorDetailsTest, ConflictNamesTheFieldAndTheJob) {
+  absl::Status s = RequestIdConflictError("jobs[2].", {"r-7", "j-1"});
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
+                          "jobs[2].request_id: \"r-7\" was already used for job j-1 with a "
+                          "different spec"));
+  std::optional<RequestIdConflict> c = FindRequestIdConflict(s);
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->request_id, "r-7");
+  EXPECT_EQ(c->job_id, "j-1");
+  EXPECT_FALSE(RetryDelay(s).has_value());
+}
+
+TEST(ErrorDetailsTest, SurviveTheWireFormAndRewording) {
+  absl::Status s = WithRetryDelay(RequestIdConflictError("", {"r", "j"}), absl::Seconds(2));
+  const std::string wire = SerializeErrorDetails(s);
+  ASSERT_FALSE(wire.empty());
+  absl::Status back = WithSerializedErrorDetails(absl::InvalidArgumentError("x"), wire);
+  EXPECT_EQ(*RetryDelay(back), absl::Seconds(2));
+  EXPECT_EQ(FindRequestIdConflict(back)->job_id, "j");
+  absl::Status reworded = CopyErrorDetails(s, absl::InvalidArgumentError("SubmitJob: x"));
+  EXPECT_EQ(reworded.message(), "SubmitJob: x");
+  EXPECT_EQ(*RetryDelay(reworded), absl::Seconds(2));
+  EXPECT_EQ(FindRequestIdConflict(reworded)->request_id, "r");
+  // No details: nothing on the wire; a value that does not parse adds nothing.
+  EXPECT_EQ(SerializeErrorDetails(absl::InternalError("plain")), "");
+  absl::Status garbage = WithSerializedErrorDetails(absl::InternalError("y"), "\xff\xff\xff");
+  EXPECT_FALSE(RetryDelay(garbage).has_value());
+  EXPECT_FALSE(FindRequestIdConflict(garbage).has_value());
+  // An OK status carries no details.
+  EXPECT_TRUE(WithRetryDelay(absl::OkStatus(), absl::Seconds(1)).ok());
+  EXPECT_FALSE(RetryDelay(WithSerializedErrorDetails(absl::OkStatus(), wire)).has_value());
 }
 
 absl::StatusOr<int> Half(int x) {

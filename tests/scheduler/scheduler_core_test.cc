@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <functional>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
+#include "proto/error_details.h"
 #include "scheduler/scheduler.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/status_matchers.h"
@@ -98,6 +100,10 @@ TEST_F(SchedulerCoreTest, IdempotentResubmitSurvivesPruning) {
   EXPECT_THAT(Submit("same", "a different prompt"),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("request_id"), HasSubstr("different spec"))));
+  std::optional<RequestIdConflict> conflict =
+      FindRequestIdConflict(Submit("same", "a different prompt").status());
+  ASSERT_TRUE(conflict.has_value());
+  EXPECT_EQ(conflict->job_id, a.job().job_id());
   // Finish and prune the job: the tombstone still answers.
   ASSERT_OK(CancelJob(a.job().job_id()));
   clock_.Advance(absl::Hours(2));
@@ -195,6 +201,7 @@ TEST_F(SchedulerCoreTest, BackpressureCarriesRetryHint) {
   ASSERT_OK(Submit("b").status());
   EXPECT_THAT(Submit("c"), StatusIs(absl::StatusCode::kResourceExhausted,
                                     AllOf(HasSubstr("retry after 750 ms"), HasSubstr("2"))));
+  EXPECT_EQ(RetryDelay(Submit("c").status()), absl::Milliseconds(750));
   // A duplicate of an admitted request is still answered.
   EXPECT_OK(Submit("a").status());
 }

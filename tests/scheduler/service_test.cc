@@ -1,6 +1,7 @@
 // JobService / WorkerService / AdminService over real gRPC on 127.0.0.1 with
 // FakeWorkers speaking the real Connect protocol.
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -8,6 +9,8 @@
 #include "gmock/gmock.h"
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
+#include "proto/error_details.h"
+#include "proto/rpc_status.h"
 #include "scheduler/server.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/farm_client.h"
@@ -203,9 +206,22 @@ TEST_F(ServiceTest, IdempotentResubmitAndConflict) {
   r.set_request_id("idem");
   r.mutable_spec()->set_prompt("other");
   v1::SubmitJobResponse resp;
-  grpc::Status s = jobs_->SubmitJob(Ctx().get(), r, &resp);
+  auto ctx = Ctx();
+  grpc::Status s = jobs_->SubmitJob(ctx.get(), r, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("different spec"));
+  // The conflict is typed: the client learns the job without reading the text.
+  std::optional<RequestIdConflict> conflict = FindRequestIdConflict(FromGrpcCall(s, *ctx));
+  ASSERT_TRUE(conflict.has_value());
+  EXPECT_EQ(conflict->request_id, "idem");
+  EXPECT_EQ(conflict->job_id, a.job().job_id());
+  // Other bad input carries no conflict.
+  r.set_request_id("fresh");
+  r.mutable_spec()->set_steps(99);
+  auto ctx2 = Ctx();
+  s = jobs_->SubmitJob(ctx2.get(), r, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_FALSE(FindRequestIdConflict(FromGrpcCall(s, *ctx2)).has_value());
 }
 
 TEST_F(ServiceTest, BadInputNamesFieldAndLimit) {
@@ -237,6 +253,9 @@ TEST_F(ServiceTest, BackpressureHasRetryAfterTrailer) {
   auto trailer = ctx->GetServerTrailingMetadata().find("retry-after-ms");
   ASSERT_NE(trailer, ctx->GetServerTrailingMetadata().end());
   EXPECT_EQ(std::string(trailer->second.data(), trailer->second.size()), "1500");
+  std::optional<absl::Duration> delay = RetryDelay(FromGrpcCall(s, *ctx));
+  ASSERT_TRUE(delay.has_value());
+  EXPECT_EQ(*delay, absl::Milliseconds(1500));
 }
 
 TEST_F(ServiceTest, CancelQueuedAndRunning) {

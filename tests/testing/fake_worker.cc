@@ -166,7 +166,6 @@ absl::StatusOr<bool> FakeWorker::Commit(const v1::Lease& lease, const std::strin
   v1::WorkerMessage m;
   *m.mutable_commit()->mutable_lease() = lease.lease();
   m.mutable_commit()->set_temp_path(tmp_rel);
-  m.mutable_commit()->mutable_result()->set_path(lease.output_path());
   absl::StatusOr<files::FileDigest> digest = files::DigestFile(tmp.string());
   if (!digest.ok()) return digest.status();
   m.mutable_commit()->mutable_result()->set_size_bytes(digest->size_bytes);

@@ -24,14 +24,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "proto/job_defaults.h"
 #include "worker/io/image_parameters.h"
 
 namespace zfarm::worker {
 
 enum class ImageFormat { kPng, kJpeg, kWebp };
-
-// The quality JPEG and WebP use when a job asks for 0 (the format's default).
-inline constexpr int kDefaultQuality = 90;
 
 // "png", "jpeg" (or "jpg"), "webp", case-insensitive. INVALID_ARGUMENT naming
 // `field` and the accepted names otherwise.

@@ -15,12 +15,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
 #include "proto/files.h"
 #include "proto/monotonic_wait.h"
 #include "proto/plain_name.h"
+#include "proto/security/paths.h"
 #include "proto/status_macros.h"
 #include "proto/version.h"
 #include "worker/io/file_util.h"
@@ -53,17 +53,13 @@ ImageFormat FormatOf(v1::OutputFormat f) {
   }
 }
 
-// The lease's output path must stay inside the output root and name the format.
-absl::Status CheckRelativePath(const std::string& rel, absl::string_view extension) {
-  if (rel.empty() || rel[0] == '/' || !absl::EndsWith(rel, extension)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "lease.output_path \"", rel, "\": must be a relative path ending in ", extension));
-  }
-  for (absl::string_view part : absl::StrSplit(rel, '/')) {
-    if (part.empty() || part == "." || part == "..") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("lease.output_path \"", rel, "\": empty, '.' or '..' component"));
-    }
+// The lease's output path (the scheduler's decision) must stay inside the output
+// root (paths.h) and name the format.
+absl::Status CheckOutputPath(const std::string& rel, absl::string_view extension) {
+  ZFARM_RETURN_IF_ERROR(security::CheckRelativePath("lease.output_path", rel));
+  if (!absl::EndsWith(rel, extension)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease.output_path '", rel, "': must end in ", extension));
   }
   return absl::OkStatus();
 }
@@ -143,8 +139,8 @@ v1::CommitRequest CommitRequestFor(const v1::Lease& lease, const std::string& te
   const std::string& final_rel = lease.output_path();
   const std::string rel_dir = std::filesystem::path(final_rel).parent_path().string();
   req.set_temp_path(rel_dir.empty() ? temp_name : absl::StrCat(rel_dir, "/", temp_name));
+  // result.path stays empty: the path is the lease's, which the scheduler decided.
   auto* r = req.mutable_result();
-  r->set_path(final_rel);
   r->set_size_bytes(static_cast<int64_t>(file.size()));
   r->set_sha256(Sha256Hex(file));
   r->set_media_type(std::string(ImageMediaType(format)));
@@ -425,10 +421,7 @@ void Worker::CountFailure(v1::FailureReason reason) {
   {
     absl::MutexLock lock(&mu_);
     ++stats_.failures;
-    // A bad request or a full output disk says nothing about the device.
-    if (reason == v1::FAILURE_REASON_INVALID_REQUEST || reason == v1::FAILURE_REASON_OUTPUT_ERROR) {
-      return;
-    }
+    if (!CountsAgainstDevice(reason)) return;
     if (++consecutive_failures_ < options_.unhealthy_after_failures || !healthy_) return;
     healthy_ = false;
     back.swap(pending_);
@@ -530,7 +523,7 @@ std::optional<GenerateRequest> Worker::RequestForLease(const v1::Lease& lease) {
   const v1::LeaseId& id = lease.lease();
   const v1::JobSpec& spec = lease.spec();
   const absl::string_view extension = ImageFormatExtension(FormatOf(spec.output_format()));
-  if (absl::Status s = CheckRelativePath(lease.output_path(), extension); !s.ok()) {
+  if (absl::Status s = CheckOutputPath(lease.output_path(), extension); !s.ok()) {
     FailLease(id, v1::FAILURE_REASON_INVALID_REQUEST, false, std::string(s.message()));
     return std::nullopt;
   }
@@ -638,19 +631,26 @@ v1::FailureReason Worker::EndRender(bool rendered) {
 }
 
 Worker::RenderFailure Worker::FailureOf(const absl::Status& s, v1::FailureReason cancel_reason) {
+  v1::FailureReason reason = v1::FAILURE_REASON_MODEL_ERROR;
   switch (s.code()) {
     case absl::StatusCode::kCancelled:
-      return {cancel_reason, false};
+      reason = cancel_reason;
+      break;
     case absl::StatusCode::kResourceExhausted:
-      return {v1::FAILURE_REASON_OUT_OF_MEMORY, true};
+      reason = v1::FAILURE_REASON_OUT_OF_MEMORY;
+      break;
     case absl::StatusCode::kInvalidArgument:
-      return {v1::FAILURE_REASON_INVALID_REQUEST, false};
+      reason = v1::FAILURE_REASON_INVALID_REQUEST;
+      break;
     case absl::StatusCode::kInternal:
     case absl::StatusCode::kUnavailable:
-      return {v1::FAILURE_REASON_INTERNAL, true};
+      reason = v1::FAILURE_REASON_INTERNAL;
+      break;
     default:
-      return {v1::FAILURE_REASON_MODEL_ERROR, false};
+      break;
   }
+  // Internal errors are transient (another attempt may succeed); the rest is policy.
+  return {reason, IsRetryable(reason, reason == v1::FAILURE_REASON_INTERNAL)};
 }
 
 void Worker::RenderLease(const v1::Lease& lease, absl::Time queued_since) {
@@ -733,11 +733,18 @@ void Worker::WriteAndCommit(Output out) {
   const std::filesystem::path dir = final_abs.parent_path();
   const std::string temp_name = absl::StrCat(id.job_id(), ".", id.attempt(), ".tmp");
   const std::filesystem::path temp_abs = dir / temp_name;
+  const std::string rel_dir =
+      std::filesystem::path(out.lease.output_path()).parent_path().string();
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   absl::Status w =
       ec ? absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()))
-         : files::WriteNewFileSynced(temp_abs.string(), *png);
+         : absl::OkStatus();
+  if (w.ok() && !rel_dir.empty()) {
+    // The folder as it is now: a symlink in the output root must not lead out of it.
+    w = security::ResolveBeneath(options_.output_root, rel_dir).status();
+  }
+  if (w.ok()) w = files::WriteNewFileSynced(temp_abs.string(), *png);
   if (!w.ok()) {
     ::unlink(temp_abs.string().c_str());
     FailLease(id, v1::FAILURE_REASON_OUTPUT_ERROR, true, std::string(w.message()));
@@ -748,6 +755,7 @@ void Worker::WriteAndCommit(Output out) {
   const double render_s = absl::ToDoubleSeconds(absl::Now() - out.render_start);
   PendingCommit c;
   c.request = CommitRequestFor(out.lease, temp_name, *png, format, render_s, options_);
+  c.output_path = out.lease.output_path();
   c.temp_abs = temp_abs.string();
   c.final_abs = final_abs.string();
   if (metrics_ != nullptr) metrics_->ObserveRender(render_s);
@@ -790,7 +798,7 @@ void Worker::HandleCommitReply(const v1::CommitReply& reply) {
     ::unlink(c.temp_abs.c_str());
     const bool taken = absl::IsAlreadyExists(s);
     const std::string why =
-        taken ? absl::StrCat("output path ", c.request.result().path(),
+        taken ? absl::StrCat("output path ", c.output_path,
                              " already exists (another job's result); it was not replaced")
               : std::string(s.message());
     LOG(WARNING) << "event=rename_failed job=" << id.job_id() << " attempt=" << id.attempt()
@@ -803,7 +811,7 @@ void Worker::HandleCommitReply(const v1::CommitReply& reply) {
   *m.mutable_finalized()->mutable_lease() = id;
   link_->Send(m);  // if lost, the scheduler sees the final file when it loses us
   LOG(INFO) << "event=job_done job=" << id.job_id() << " attempt=" << id.attempt()
-            << " path=" << c.request.result().path() << " bytes=" << c.request.result().size_bytes()
+            << " path=" << c.output_path << " bytes=" << c.request.result().size_bytes()
             << " render_ms=" << c.request.result().render_time_ms();
   absl::MutexLock lock(&mu_);
   ++stats_.images;

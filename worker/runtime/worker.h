@@ -41,6 +41,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "proto/failure_policy.h"
 #include "worker/pipeline/renderer.h"
 #include "worker/runtime/lora_catalog.h"
 #include "worker/runtime/scheduler_link.h"
@@ -69,9 +70,9 @@ class Worker : public SchedulerLink::Handler {
     // A job is failed (OUTPUT_ERROR) before rendering when the output root has
     // less free space than this plus the image's raw size.
     int64_t min_free_disk_bytes = int64_t{512} << 20;
-    // Failures in a row that make the worker report itself unhealthy (bad
-    // requests and output errors do not count: they are not the device's fault).
-    int unhealthy_after_failures = 3;
+    // Failures in a row that make the worker report itself unhealthy (only those
+    // that count against the device, failure_policy.h).
+    int unhealthy_after_failures = kUnhealthyAfterFailures;
     // While unhealthy, a self-test render runs after this delay (doubling up to
     // 32x); success makes the worker healthy again.
     absl::Duration self_test_delay = absl::Seconds(10);
@@ -133,6 +134,7 @@ class Worker : public SchedulerLink::Handler {
   // A temp file written and fsynced, waiting for the scheduler's answer.
   struct PendingCommit {
     zfarm::v1::CommitRequest request;
+    std::string output_path;  // the lease's, relative to the output root
     std::string temp_abs, final_abs;
   };
 

@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from zfarm import request_ids
-from zfarm.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from zfarm.v1 import error_details_pb2, job_pb2, job_service_pb2, job_service_pb2_grpc
 
 _FINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
 _FORMATS = {
@@ -41,13 +41,38 @@ _ITEM_KEYS = {
 _MAX_BATCH = 1000
 
 
-class FarmError(Exception):
-    """A call failed: `code` is the grpc.StatusCode, the message the scheduler's."""
+# The binary trailer with the typed details of a failed call (zfarm.v1.ErrorDetails).
+_DETAILS_TRAILER = "zfarm-error-details-bin"
 
-    def __init__(self, code, message):
+
+class FarmError(Exception):
+    """A call failed: `code` is the grpc.StatusCode, the message the scheduler's.
+
+    `retry_after`: seconds after which the same call may succeed (RESOURCE_EXHAUSTED:
+    a full queue or a per-principal limit), else None. `conflict_job_id`: the job
+    a reused request id belongs to (INVALID_ARGUMENT, a different spec), else None.
+    Both come from the call's typed details, never from the message text.
+    """
+
+    def __init__(self, code, message, details=None):
         super().__init__("%s: %s" % (code.name if code else "ERROR", message))
         self.code = code
         self.message = message
+        self.retry_after = None
+        self.conflict_job_id = None
+        if details is not None and details.HasField("retry_info"):
+            self.retry_after = details.retry_info.retry_delay_ms / 1000.0
+        if details is not None and details.HasField("request_id_conflict"):
+            self.conflict_job_id = details.request_id_conflict.job_id
+
+    @classmethod
+    def from_rpc(cls, e):
+        """The FarmError of a grpc.RpcError, with its typed details."""
+        details = None
+        for key, value in e.trailing_metadata() or ():
+            if key == _DETAILS_TRAILER:
+                details = error_details_pb2.ErrorDetails.FromString(value)
+        return cls(e.code(), e.details(), details)
 
 
 class JobFailed(FarmError):
@@ -76,6 +101,9 @@ def build_spec(prompt, negative_prompt="", width=1024, height=1024, steps=8, gui
                seed=None, priority=0, labels=None, output_name="", model="", webhook_url="",
                output_format=None, quality=0, deadline=None):
     """A zfarm.v1.JobSpec with the CLI's defaults, so derived request ids match it.
+
+    The defaults are the scheduler's for fields left at 0 (proto/job_defaults.h;
+    python_client_test checks them against what the scheduler fills in).
 
     `deadline`: seconds from now (a number) or None. `output_format`: "png",
     "jpeg" or "webp" (None = the scheduler's default, PNG).
@@ -131,7 +159,7 @@ class Farm:
         try:
             return method(request, timeout=timeout or self._timeout, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise FarmError(e.code(), e.details()) from None
+            raise FarmError.from_rpc(e) from None
 
     def submit(self, prompt, request_id=None, request_id_prefix=None, **spec_args):
         """Submits one job; returns the zfarm.v1.Job (its job_id, the seed used).
@@ -230,10 +258,10 @@ class Farm:
                         return
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise FarmError(e.code(), e.details()) from None
+                    raise FarmError.from_rpc(e) from None
                 outage_start = outage_start or time.monotonic()
                 if time.monotonic() - outage_start > max_outage:
-                    raise FarmError(e.code(), e.details()) from None
+                    raise FarmError.from_rpc(e) from None
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -262,7 +290,7 @@ class Farm:
                 data += chunk.data
                 sha = sha or chunk.sha256
         except grpc.RpcError as e:
-            raise FarmError(e.code(), e.details()) from None
+            raise FarmError.from_rpc(e) from None
         got = hashlib.sha256(data).hexdigest()
         if sha and got != sha:
             raise FarmError(grpc.StatusCode.DATA_LOSS,
