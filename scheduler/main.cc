@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
@@ -129,10 +131,21 @@ ABSL_FLAG(absl::Duration, probe_timeout, absl::Seconds(2), "Timeout of --probe")
 ABSL_FLAG(bool, version, false, "Print the version and exit");
 
 namespace {
-std::string VersionString() { return std::string("zfarm-scheduler ") + ZFARM_VERSION; }
-}  // namespace
 
-int main(int argc, char** argv) {
+namespace http = ::zfarm::scheduler::http;
+using zfarm::scheduler::ServerOptions;
+
+std::string VersionString() { return std::string("zfarm-scheduler ") + ZFARM_VERSION; }
+
+// A startup failure: the message for stderr and the exit status (2 = bad flags,
+// 1 = a server that could not start).
+struct Failure {
+  int exit_code;
+  std::string message;
+};
+Failure BadFlag(std::string message) { return Failure{2, std::move(message)}; }
+
+void SetUsage() {
   absl::FlagsUsageConfig uc;
   uc.version_string = [] { return VersionString() + "\n"; };
   uc.contains_help_flags = [](absl::string_view f) {
@@ -146,7 +159,10 @@ int main(int argc, char** argv) {
       "[--metrics-listen 127.0.0.1:9464]\n"
       "SIGTERM/SIGINT: stop accepting, flush the journal, exit 0.\n"
       "Flags may be spelled with dashes or underscores (--state-dir = --state_dir).");
-  // Flags are spelled with dashes (--state-dir); absl names use underscores.
+}
+
+// Flags are spelled with dashes (--state-dir); absl names use underscores.
+void ParseFlags(int argc, char** argv) {
   std::vector<std::string> args(argv, argv + argc);
   std::vector<char*> fixed;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -159,6 +175,184 @@ int main(int argc, char** argv) {
     fixed.push_back(a.data());
   }
   absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+}
+
+zfarm::security::TlsFlags TlsFromFlags() {
+  zfarm::security::TlsFlags tls;
+  tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  tls.key = absl::GetFlag(FLAGS_tls_key);
+  tls.ca = absl::GetFlag(FLAGS_tls_client_ca);
+  return tls;
+}
+
+// --probe: a client of another scheduler's health service (--tls-client-ca names
+// its CA here). The exit status.
+int Probe(const zfarm::security::TlsFlags& tls) {
+  auto creds = zfarm::security::ClientCredentials(tls);
+  if (!creds.ok()) {
+    std::cerr << "zfarm-scheduler: " << creds.status().message() << "\n";
+    return 2;
+  }
+  absl::Status s = zfarm::scheduler::ProbeHealth(absl::GetFlag(FLAGS_probe),
+                                                 absl::GetFlag(FLAGS_probe_timeout), *creds);
+  std::cout << (s.ok() ? "SERVING" : std::string(s.ToString())) << "\n";
+  return s.ok() ? 0 : 1;
+}
+
+// Scheduler::Options from the flags, checked.
+std::optional<Failure> SchedulerOptionsFromFlags(zfarm::scheduler::Scheduler::Options* so) {
+  so->state_dir = absl::GetFlag(FLAGS_state_dir);
+  so->output_root = absl::GetFlag(FLAGS_output_root);
+  so->max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
+  so->retry_after = absl::GetFlag(FLAGS_retry_after);
+  so->max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  so->retention = absl::GetFlag(FLAGS_retention);
+  so->tombstone_ttl = absl::GetFlag(FLAGS_tombstone_ttl);
+  so->max_finished_jobs = absl::GetFlag(FLAGS_max_finished_jobs);
+  so->max_tombstones = absl::GetFlag(FLAGS_max_tombstones);
+  so->heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
+  so->lease_timeout = absl::GetFlag(FLAGS_lease_timeout);
+  so->aging_per_minute = absl::GetFlag(FLAGS_aging_per_minute);
+  so->max_queued_per_principal = absl::GetFlag(FLAGS_max_queued_per_principal);
+  so->submit_rate_per_principal = absl::GetFlag(FLAGS_submit_rate_per_principal);
+  so->submit_burst_per_principal = absl::GetFlag(FLAGS_submit_burst_per_principal);
+  so->max_watchers_per_job = absl::GetFlag(FLAGS_max_watchers_per_job);
+  so->limits.min_size_px = absl::GetFlag(FLAGS_min_size_px);
+  so->limits.max_size_px = absl::GetFlag(FLAGS_max_size_px);
+  so->limits.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
+  so->limits.max_steps = absl::GetFlag(FLAGS_max_steps);
+  so->limits.max_batch_jobs = absl::GetFlag(FLAGS_max_batch_jobs);
+  so->limits.max_labels = absl::GetFlag(FLAGS_max_labels);
+  so->limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
+  so->lora_affinity_wait = absl::GetFlag(FLAGS_lora_affinity_wait);
+  if (so->limits.max_input_bytes < 1 || so->limits.max_input_bytes > (int64_t{1} << 30)) {
+    return BadFlag(absl::StrCat("--max-input-bytes: ", so->limits.max_input_bytes,
+                                " is outside [1, 1073741824]"));
+  }
+  if (so->lora_affinity_wait < absl::ZeroDuration()) {
+    return BadFlag("--lora-affinity-wait: must not be negative");
+  }
+  return std::nullopt;
+}
+
+// ServerOptions from the flags: credentials, tokens, limits, the scheduler's options.
+std::optional<Failure> ServerOptionsFromFlags(const zfarm::security::TlsFlags& tls,
+                                              ServerOptions* o) {
+  o->listen = absl::GetFlag(FLAGS_listen);
+  auto creds = zfarm::security::ServerCredentials(tls);
+  if (!creds.ok()) return BadFlag(std::string(creds.status().message()));
+  o->security.credentials = [c = *creds] { return c; };
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    auto store = zfarm::security::TokenStore::Open(absl::GetFlag(FLAGS_token_file));
+    if (!store.ok()) return BadFlag(std::string(store.status().message()));
+    o->security.authorizer = std::make_shared<zfarm::scheduler::TokenAuthorizer>(
+        std::shared_ptr<zfarm::security::TokenStore>(*std::move(store)));
+  }
+  o->max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o->max_streams_per_client = absl::GetFlag(FLAGS_max_streams_per_client);
+  o->max_watch_backlog_bytes = absl::GetFlag(FLAGS_max_watch_backlog_bytes);
+  o->input_root = absl::GetFlag(FLAGS_input_root);
+  if (std::optional<Failure> f = SchedulerOptionsFromFlags(&o->scheduler)) return f;
+  o->registry = std::make_shared<prometheus::Registry>();
+  return std::nullopt;
+}
+
+// Webhooks (--webhook-allow; null when off): validated at submit against the
+// allow-list, sent after the final transition is durable (Scheduler::Options::
+// on_final), never under its lock. Hooks them into `so`.
+std::optional<Failure> StartWebhooks(zfarm::scheduler::Scheduler::Options* so,
+                                     std::unique_ptr<http::WebhookSender>* out) {
+  if (absl::GetFlag(FLAGS_webhook_allow).empty()) return std::nullopt;
+  http::WebhookSender::Options wo;
+  for (absl::string_view a :
+       absl::StrSplit(absl::GetFlag(FLAGS_webhook_allow), ',', absl::SkipWhitespace())) {
+    wo.allow.emplace_back(absl::StripAsciiWhitespace(a));
+  }
+  const std::string secret_file = absl::GetFlag(FLAGS_webhook_secret_file);
+  if (!secret_file.empty()) {
+    std::ifstream f(secret_file);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    if (!f) return BadFlag(absl::StrCat("--webhook-secret-file: cannot read ", secret_file));
+    wo.secret = std::string(absl::StripAsciiWhitespace(ss.str()));
+    if (wo.secret.empty()) {
+      return BadFlag(absl::StrCat("--webhook-secret-file: ", secret_file, " is empty"));
+    }
+  }
+  auto sender = http::WebhookSender::Create(wo);
+  if (!sender.ok()) return BadFlag(std::string(sender.status().message()));
+  *out = *std::move(sender);
+  so->limits.webhook_validator = [w = out->get()](const std::string& url) {
+    return w->Validate(url);
+  };
+  so->on_final = [w = out->get()](const zfarm::v1::Job& job) { w->Enqueue(job); };
+  return std::nullopt;
+}
+
+// Prometheus /metrics (--metrics-listen; null when off).
+std::optional<Failure> StartMetrics(const zfarm::security::TlsFlags& tls,
+                                    std::shared_ptr<prometheus::Registry> registry,
+                                    std::unique_ptr<zfarm::http::HttpServer>* out) {
+  if (absl::GetFlag(FLAGS_metrics_listen).empty()) return std::nullopt;
+  auto m = zfarm::http::StartMetricsServer(
+      absl::GetFlag(FLAGS_metrics_listen),
+      absl::GetFlag(FLAGS_metrics_plaintext) ? zfarm::security::TlsFlags() : tls,
+      std::move(registry));
+  if (!m.ok()) {
+    LOG(ERROR) << "event=startup_failed error=\"" << m.status().message() << "\"";
+    return Failure{1, std::string(m.status().message())};
+  }
+  *out = *std::move(m);
+  std::cout << "zfarm-scheduler metrics on port " << (*out)->port() << std::endl;
+  return std::nullopt;
+}
+
+// The REST gateway (--http-listen; null when off). It calls JobService in process,
+// so it shares validation and auth.
+std::optional<Failure> StartGateway(const zfarm::security::TlsFlags& tls,
+                                    const zfarm::scheduler::Limits& limits,
+                                    zfarm::scheduler::SchedulerServer* server,
+                                    std::unique_ptr<http::RestGateway>* out) {
+  if (absl::GetFlag(FLAGS_http_listen).empty()) return std::nullopt;
+  http::RestGateway::Options go;
+  go.http.listen = absl::GetFlag(FLAGS_http_listen);
+  go.http.tls = tls;
+  go.http.max_connections = absl::GetFlag(FLAGS_http_max_connections);
+  go.http.max_connections_per_ip = absl::GetFlag(FLAGS_http_max_connections_per_ip);
+  go.http.request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
+  go.images_timeout = absl::GetFlag(FLAGS_http_images_timeout);
+  go.thumbnail_dir = absl::GetFlag(FLAGS_state_dir) + "/thumbnails";
+  // POST /v1/jobs carries pictures in base64 (4/3 of their size): room for two.
+  go.http.max_body_bytes = std::max<size_t>(
+      go.http.max_body_bytes,
+      static_cast<size_t>(2 * ((limits.max_input_bytes + 2) / 3 * 4) + (1 << 20)));
+  for (const auto& [flag, ok] :
+       {std::pair{"--http-max-connections", go.http.max_connections >= 1},
+        std::pair{"--http-max-connections-per-ip", go.http.max_connections_per_ip >= 1},
+        std::pair{"--http-request-timeout", go.http.request_timeout > absl::ZeroDuration()},
+        std::pair{"--http-images-timeout", go.images_timeout > absl::ZeroDuration()}}) {
+    if (!ok) return BadFlag(absl::StrCat(flag, ": must be positive"));
+  }
+  auto g = http::RestGateway::Start(
+      go, server->grpc_server()->InProcessChannel(grpc::ChannelArguments()));
+  if (!g.ok()) {
+    return Failure{1, absl::StrCat("--http-listen ", go.http.listen, ": ", g.status().message())};
+  }
+  *out = std::move(*g);
+  std::cout << "zfarm-scheduler REST gateway on port " << (*out)->port() << std::endl;
+  return std::nullopt;
+}
+
+int Exit(const Failure& f) {
+  std::cerr << "zfarm-scheduler: " << f.message << "\n";
+  return f.exit_code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  SetUsage();
+  ParseFlags(argc, argv);
   if (absl::GetFlag(FLAGS_version)) {
     std::cout << VersionString() << "\n";
     return 0;
@@ -166,22 +360,8 @@ int main(int argc, char** argv) {
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
 
-  zfarm::security::TlsFlags tls;
-  tls.cert = absl::GetFlag(FLAGS_tls_cert);
-  tls.key = absl::GetFlag(FLAGS_tls_key);
-  tls.ca = absl::GetFlag(FLAGS_tls_client_ca);
-  if (!absl::GetFlag(FLAGS_probe).empty()) {
-    // Probe as a client: --tls-client-ca names the server's CA here.
-    auto creds = zfarm::security::ClientCredentials(tls);
-    if (!creds.ok()) {
-      std::cerr << "zfarm-scheduler: " << creds.status().message() << "\n";
-      return 2;
-    }
-    absl::Status s = zfarm::scheduler::ProbeHealth(absl::GetFlag(FLAGS_probe),
-                                                   absl::GetFlag(FLAGS_probe_timeout), *creds);
-    std::cout << (s.ok() ? "SERVING" : std::string(s.ToString())) << "\n";
-    return s.ok() ? 0 : 1;
-  }
+  const zfarm::security::TlsFlags tls = TlsFromFlags();
+  if (!absl::GetFlag(FLAGS_probe).empty()) return Probe(tls);
   if (absl::GetFlag(FLAGS_state_dir).empty() || absl::GetFlag(FLAGS_output_root).empty()) {
     std::cerr << "zfarm-scheduler: --state-dir and --output-root are required (see --help)\n";
     return 2;
@@ -194,162 +374,28 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  zfarm::scheduler::ServerOptions o;
-  o.listen = absl::GetFlag(FLAGS_listen);
-  {
-    auto creds = zfarm::security::ServerCredentials(tls);
-    if (!creds.ok()) {
-      std::cerr << "zfarm-scheduler: " << creds.status().message() << "\n";
-      return 2;
-    }
-    o.security.credentials = [c = *creds] { return c; };
-  }
-  if (!absl::GetFlag(FLAGS_token_file).empty()) {
-    auto store = zfarm::security::TokenStore::Open(absl::GetFlag(FLAGS_token_file));
-    if (!store.ok()) {
-      std::cerr << "zfarm-scheduler: " << store.status().message() << "\n";
-      return 2;
-    }
-    o.security.authorizer = std::make_shared<zfarm::scheduler::TokenAuthorizer>(
-        std::shared_ptr<zfarm::security::TokenStore>(*std::move(store)));
-  }
-  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  o.max_streams_per_client = absl::GetFlag(FLAGS_max_streams_per_client);
-  o.max_watch_backlog_bytes = absl::GetFlag(FLAGS_max_watch_backlog_bytes);
-  auto& so = o.scheduler;
-  so.state_dir = absl::GetFlag(FLAGS_state_dir);
-  so.output_root = absl::GetFlag(FLAGS_output_root);
-  so.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
-  so.retry_after = absl::GetFlag(FLAGS_retry_after);
-  so.max_attempts = absl::GetFlag(FLAGS_max_attempts);
-  so.retention = absl::GetFlag(FLAGS_retention);
-  so.tombstone_ttl = absl::GetFlag(FLAGS_tombstone_ttl);
-  so.max_finished_jobs = absl::GetFlag(FLAGS_max_finished_jobs);
-  so.max_tombstones = absl::GetFlag(FLAGS_max_tombstones);
-  so.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
-  so.lease_timeout = absl::GetFlag(FLAGS_lease_timeout);
-  so.aging_per_minute = absl::GetFlag(FLAGS_aging_per_minute);
-  so.max_queued_per_principal = absl::GetFlag(FLAGS_max_queued_per_principal);
-  so.submit_rate_per_principal = absl::GetFlag(FLAGS_submit_rate_per_principal);
-  so.submit_burst_per_principal = absl::GetFlag(FLAGS_submit_burst_per_principal);
-  so.max_watchers_per_job = absl::GetFlag(FLAGS_max_watchers_per_job);
-  so.limits.min_size_px = absl::GetFlag(FLAGS_min_size_px);
-  so.limits.max_size_px = absl::GetFlag(FLAGS_max_size_px);
-  so.limits.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
-  so.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
-  so.limits.max_batch_jobs = absl::GetFlag(FLAGS_max_batch_jobs);
-  so.limits.max_labels = absl::GetFlag(FLAGS_max_labels);
-  so.limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
-  so.lora_affinity_wait = absl::GetFlag(FLAGS_lora_affinity_wait);
-  o.input_root = absl::GetFlag(FLAGS_input_root);
-  if (so.limits.max_input_bytes < 1 || so.limits.max_input_bytes > (int64_t{1} << 30)) {
-    std::cerr << "zfarm-scheduler: --max-input-bytes: " << so.limits.max_input_bytes
-              << " is outside [1, 1073741824]\n";
-    return 2;
-  }
-  if (so.lora_affinity_wait < absl::ZeroDuration()) {
-    std::cerr << "zfarm-scheduler: --lora-affinity-wait: must not be negative\n";
-    return 2;
-  }
-  o.registry = std::make_shared<prometheus::Registry>();
-
-  // Webhooks: validated at submit against the allow-list, sent after the final
-  // transition is durable (Scheduler::Options::on_final), never under its lock.
-  std::unique_ptr<zfarm::scheduler::http::WebhookSender> webhooks;
-  if (!absl::GetFlag(FLAGS_webhook_allow).empty()) {
-    zfarm::scheduler::http::WebhookSender::Options wo;
-    for (absl::string_view a :
-         absl::StrSplit(absl::GetFlag(FLAGS_webhook_allow), ',', absl::SkipWhitespace())) {
-      wo.allow.emplace_back(absl::StripAsciiWhitespace(a));
-    }
-    const std::string secret_file = absl::GetFlag(FLAGS_webhook_secret_file);
-    if (!secret_file.empty()) {
-      std::ifstream f(secret_file);
-      std::stringstream ss;
-      ss << f.rdbuf();
-      if (!f) {
-        std::cerr << "zfarm-scheduler: --webhook-secret-file: cannot read " << secret_file << "\n";
-        return 2;
-      }
-      wo.secret = std::string(absl::StripAsciiWhitespace(ss.str()));
-      if (wo.secret.empty()) {
-        std::cerr << "zfarm-scheduler: --webhook-secret-file: " << secret_file << " is empty\n";
-        return 2;
-      }
-    }
-    auto sender = zfarm::scheduler::http::WebhookSender::Create(wo);
-    if (!sender.ok()) {
-      std::cerr << "zfarm-scheduler: " << sender.status().message() << "\n";
-      return 2;
-    }
-    webhooks = *std::move(sender);
-    so.limits.webhook_validator = [w = webhooks.get()](const std::string& url) {
-      return w->Validate(url);
-    };
-    so.on_final = [w = webhooks.get()](const zfarm::v1::Job& job) { w->Enqueue(job); };
-  }
-
+  ServerOptions o;
+  if (std::optional<Failure> f = ServerOptionsFromFlags(tls, &o)) return Exit(*f);
+  std::unique_ptr<http::WebhookSender> webhooks;
+  if (std::optional<Failure> f = StartWebhooks(&o.scheduler, &webhooks)) return Exit(*f);
   std::unique_ptr<zfarm::http::HttpServer> metrics;
-  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
-    auto m = zfarm::http::StartMetricsServer(
-        absl::GetFlag(FLAGS_metrics_listen),
-        absl::GetFlag(FLAGS_metrics_plaintext) ? zfarm::security::TlsFlags() : tls, o.registry);
-    if (!m.ok()) {
-      LOG(ERROR) << "event=startup_failed error=\"" << m.status().message() << "\"";
-      std::cerr << "zfarm-scheduler: " << m.status().message() << "\n";
-      return 1;
-    }
-    metrics = *std::move(m);
-    std::cout << "zfarm-scheduler metrics on port " << metrics->port() << std::endl;
-  }
+  if (std::optional<Failure> f = StartMetrics(tls, o.registry, &metrics)) return Exit(*f);
 
-  auto server = zfarm::scheduler::SchedulerServer::Start(o);
+  const zfarm::scheduler::Limits limits = o.scheduler.limits;
+  auto server = zfarm::scheduler::SchedulerServer::Start(std::move(o));
   if (!server.ok()) {
     LOG(ERROR) << "event=startup_failed error=\"" << server.status() << "\"";
-    std::cerr << "zfarm-scheduler: " << server.status().message() << "\n";
-    return 1;
+    return Exit(Failure{1, std::string(server.status().message())});
   }
   std::cout << "zfarm-scheduler listening on " << (*server)->address() << std::endl;
   LOG(INFO) << "event=security tls="
             << (tls.server_enabled() ? (tls.ca.empty() ? "server" : "mutual") : "off")
             << " tokens=" << (absl::GetFlag(FLAGS_token_file).empty() ? "off" : "on");
 
-  // The REST gateway calls JobService in process, so it shares validation and auth.
-  std::unique_ptr<zfarm::scheduler::http::RestGateway> gateway;
-  if (!absl::GetFlag(FLAGS_http_listen).empty()) {
-    zfarm::scheduler::http::RestGateway::Options go;
-    go.http.listen = absl::GetFlag(FLAGS_http_listen);
-    go.http.tls = tls;
-    go.http.max_connections = absl::GetFlag(FLAGS_http_max_connections);
-    go.http.max_connections_per_ip = absl::GetFlag(FLAGS_http_max_connections_per_ip);
-    go.http.request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
-    go.images_timeout = absl::GetFlag(FLAGS_http_images_timeout);
-    go.thumbnail_dir = absl::GetFlag(FLAGS_state_dir) + "/thumbnails";
-    // POST /v1/jobs carries pictures in base64 (4/3 of their size): room for two.
-    go.http.max_body_bytes = std::max<size_t>(
-        go.http.max_body_bytes,
-        static_cast<size_t>(2 * ((so.limits.max_input_bytes + 2) / 3 * 4) + (1 << 20)));
-    for (const auto& [flag, ok] :
-         {std::pair{"--http-max-connections", go.http.max_connections >= 1},
-          std::pair{"--http-max-connections-per-ip", go.http.max_connections_per_ip >= 1},
-          std::pair{"--http-request-timeout", go.http.request_timeout > absl::ZeroDuration()},
-          std::pair{"--http-images-timeout", go.images_timeout > absl::ZeroDuration()}}) {
-      if (!ok) {
-        std::cerr << "zfarm-scheduler: " << flag << ": must be positive\n";
-        (*server)->Shutdown();
-        return 2;
-      }
-    }
-    auto g = zfarm::scheduler::http::RestGateway::Start(
-        go, (*server)->grpc_server()->InProcessChannel(grpc::ChannelArguments()));
-    if (!g.ok()) {
-      std::cerr << "zfarm-scheduler: --http-listen " << go.http.listen << ": " << g.status().message()
-                << "\n";
-      (*server)->Shutdown();
-      return 1;
-    }
-    gateway = std::move(*g);
-    std::cout << "zfarm-scheduler REST gateway on port " << gateway->port() << std::endl;
+  std::unique_ptr<http::RestGateway> gateway;
+  if (std::optional<Failure> f = StartGateway(tls, limits, server->get(), &gateway)) {
+    (*server)->Shutdown();
+    return Exit(*f);
   }
 
   int sig = 0;

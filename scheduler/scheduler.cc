@@ -573,20 +573,15 @@ void Scheduler::Submit(v1::SubmitJobRequest request, const std::string& owner,
   });
 }
 
-void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& owner,
-                            Callback<v1::SubmitJobsResponse> done) {
+absl::Status Scheduler::ValidateBatch(const v1::SubmitJobsRequest& request) {
   const Limits& lim = options_.limits;
-  if (request.jobs_size() == 0) {
-    return std::move(done)(absl::InvalidArgumentError("jobs: must not be empty"));
-  }
+  if (request.jobs_size() == 0) return absl::InvalidArgumentError("jobs: must not be empty");
   if (request.jobs_size() > lim.max_batch_jobs) {
-    return std::move(done)(absl::InvalidArgumentError(absl::StrCat(
-        "jobs: ", request.jobs_size(), " jobs exceeds the batch limit of ", lim.max_batch_jobs)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "jobs: ", request.jobs_size(), " jobs exceeds the batch limit of ", lim.max_batch_jobs));
   }
-  if (auto s = ValidateRequestId(lim, "batch_id", request.batch_id()); !s.ok()) {
-    return std::move(done)(s);
-  }
-  // Validate everything first: all or nothing.
+  ZFARM_RETURN_IF_ERROR(ValidateRequestId(lim, "batch_id", request.batch_id()));
+  // Everything first: all or nothing.
   for (int i = 0; i < request.jobs_size(); ++i) {
     v1::JobSpec spec = request.jobs(i).spec();
     std::string f = absl::StrCat("jobs[", i, "].");
@@ -594,73 +589,95 @@ void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& ow
     if (s.ok()) s = ValidateAndNormalizeSpec(lim, f + "spec", &spec);
     if (!s.ok()) {
       metrics_->rejected_invalid->Increment();
-      return std::move(done)(s);
+      return s;
     }
   }
-  absl::MutexLock lock(&mu_);
-  if (shut_down_) return std::move(done)(absl::UnavailableError("scheduler is shutting down"));
-  absl::Time now = clock_->Now();
-  std::string batch_id = request.batch_id();
-  if (batch_id.empty()) {
-    absl::BitGen gen;
-    batch_id =
-        absl::StrFormat("b-%s-%09d-%04x", absl::FormatTime("%Y%m%d", now, absl::UTCTimeZone()),
-                        store_.PeekSeq(), absl::Uniform<uint32_t>(gen, 0, 0x10000));
-  }
-  // Conflicts and capacity are checked before anything is admitted.
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> Scheduler::CountFreshLocked(const v1::SubmitJobsRequest& request,
+                                                    const std::string& owner) {
   int64_t fresh = 0;
   std::set<std::string> seen;
   for (int i = 0; i < request.jobs_size(); ++i) {
     const auto& j = request.jobs(i);
     if (!j.request_id().empty()) {
       if (!seen.insert(j.request_id()).second) {
-        return std::move(done)(absl::InvalidArgumentError(absl::StrCat(
-            "jobs[", i, "].request_id: \"", j.request_id(), "\" appears twice in the batch")));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "jobs[", i, "].request_id: \"", j.request_id(), "\" appears twice in the batch"));
       }
       if (const RequestRecord* rr = store_.FindRequest(owner, j.request_id())) {
         v1::JobSpec spec = j.spec();
-        ValidateAndNormalizeSpec(lim, "", &spec).IgnoreError();
+        ValidateAndNormalizeSpec(options_.limits, "", &spec).IgnoreError();
         if (SpecFingerprint(spec) != rr->fingerprint) {
           metrics_->rejected_conflict->Increment();
-          return std::move(done)(
-              RequestIdConflictError(absl::StrCat("jobs[", i, "]."), {j.request_id(), rr->job_id}));
+          return RequestIdConflictError(absl::StrCat("jobs[", i, "]."),
+                                        {j.request_id(), rr->job_id});
         }
         continue;
       }
     }
     ++fresh;
   }
-  if (static_cast<int64_t>(store_.queue().size()) + fresh > options_.max_queued_jobs) {
-    metrics_->rejected_full->Increment();
-    return std::move(done)(RetryLater(
-        absl::StrCat("queue is full (", store_.queue().size(), " jobs queued + ", fresh,
-                     " new > --max-queued-jobs=", options_.max_queued_jobs, ")"),
-        options_.retry_after));
-  }
-  if (fresh > 0) {
-    if (absl::Status s = AdmitPrincipalLocked(owner, fresh); !s.ok()) return std::move(done)(s);
-  }
-  Txn txn;
+  return fresh;
+}
+
+absl::StatusOr<v1::SubmitJobsResponse> Scheduler::AdmitBatchLocked(v1::SubmitJobsRequest request,
+                                                                   const std::string& owner,
+                                                                   const std::string& batch_id,
+                                                                   Txn& txn) {
   v1::SubmitJobsResponse resp;
   resp.set_batch_id(batch_id);
   for (int i = 0; i < request.jobs_size(); ++i) {
     auto r = AdmitLocked(std::move(*request.mutable_jobs(i)), owner, batch_id,
                          absl::StrCat("jobs[", i, "]."), txn);
     if (!r.ok()) {
-      // After the checks above: a deadline in the past or an output path taken
-      // (also by an earlier job of this batch); nothing was journaled yet but
+      // After the checks of SubmitBatch: a deadline in the past or an output path
+      // taken (also by an earlier job of this batch); nothing was journaled yet but
       // memory holds admitted jobs: roll back.
       for (const auto& prev : resp.jobs()) {
         if (prev.created()) store_.Unadmit(prev.job().job_id());
       }
-      return std::move(done)(r.status());
+      return r.status();
     }
     *resp.add_jobs() = *std::move(r);
   }
-  LOG(INFO) << "event=submit_batch batch=" << batch_id << " jobs=" << request.jobs_size()
-            << " new=" << fresh;
+  return resp;
+}
+
+void Scheduler::SubmitBatch(v1::SubmitJobsRequest request, const std::string& owner,
+                            Callback<v1::SubmitJobsResponse> done) {
+  if (absl::Status s = ValidateBatch(request); !s.ok()) return std::move(done)(s);
+  absl::MutexLock lock(&mu_);
+  if (shut_down_) return std::move(done)(absl::UnavailableError("scheduler is shutting down"));
+  std::string batch_id = request.batch_id();
+  if (batch_id.empty()) {
+    absl::BitGen gen;
+    batch_id = absl::StrFormat("b-%s-%09d-%04x",
+                               absl::FormatTime("%Y%m%d", clock_->Now(), absl::UTCTimeZone()),
+                               store_.PeekSeq(), absl::Uniform<uint32_t>(gen, 0, 0x10000));
+  }
+  // Conflicts and capacity are checked before anything is admitted.
+  absl::StatusOr<int64_t> fresh = CountFreshLocked(request, owner);
+  if (!fresh.ok()) return std::move(done)(fresh.status());
+  if (static_cast<int64_t>(store_.queue().size()) + *fresh > options_.max_queued_jobs) {
+    metrics_->rejected_full->Increment();
+    return std::move(done)(RetryLater(
+        absl::StrCat("queue is full (", store_.queue().size(), " jobs queued + ", *fresh,
+                     " new > --max-queued-jobs=", options_.max_queued_jobs, ")"),
+        options_.retry_after));
+  }
+  if (*fresh > 0) {
+    if (absl::Status s = AdmitPrincipalLocked(owner, *fresh); !s.ok()) return std::move(done)(s);
+  }
+  const int jobs = request.jobs_size();
+  Txn txn;
+  absl::StatusOr<v1::SubmitJobsResponse> resp =
+      AdmitBatchLocked(std::move(request), owner, batch_id, txn);
+  if (!resp.ok()) return std::move(done)(resp.status());
+  LOG(INFO) << "event=submit_batch batch=" << batch_id << " jobs=" << jobs << " new=" << *fresh;
   DispatchLocked(txn);
-  CommitTxn(txn, [done = std::move(done), resp = std::move(resp)](absl::Status s) mutable {
+  CommitTxn(txn, [done = std::move(done), resp = *std::move(resp)](absl::Status s) mutable {
     if (!s.ok()) return std::move(done)(NotDurable(s));
     std::move(done)(std::move(resp));
   });

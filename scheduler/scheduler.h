@@ -281,6 +281,17 @@ class Scheduler {
   // SHA-256; FAILED_PRECONDITION / NOT_FOUND saying what differs.
   absl::Status VerifyResult(const zfarm::v1::JobResult& result) const;
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // SubmitBatch's checks that need no state: sizes, ids and every spec.
+  absl::Status ValidateBatch(const zfarm::v1::SubmitJobsRequest& request);
+  // The batch's jobs whose request ids are new to `owner`; INVALID_ARGUMENT for an
+  // id twice in the batch or one already used with a different spec.
+  absl::StatusOr<int64_t> CountFreshLocked(const zfarm::v1::SubmitJobsRequest& request,
+                                           const std::string& owner)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Admits every job of a checked batch into `txn`, or none (rolled back).
+  absl::StatusOr<zfarm::v1::SubmitJobsResponse> AdmitBatchLocked(
+      zfarm::v1::SubmitJobsRequest request, const std::string& owner, const std::string& batch_id,
+      Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Per-principal rate and queue limits for `fresh` new jobs in one call.
   absl::Status AdmitPrincipalLocked(const std::string& owner, int64_t fresh)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
