@@ -277,7 +277,10 @@ absl::Status CheckLocalFilesystemType(const std::string& path, int64_t f_type) {
 
 Journal::Journal(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
 
-absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
+namespace {
+
+// The state dir exists and is on a local filesystem.
+absl::Status PrepareStateDir(const Journal::Options& options) {
   std::error_code ec;
   std::filesystem::create_directories(options.state_dir, ec);
   if (ec) {
@@ -290,9 +293,13 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
         absl::StrCat("--state-dir ", options.state_dir, ": statfs failed"));
   }
   int64_t f_type = options.fake_fs_type ? options.fake_fs_type : static_cast<int64_t>(sfs.f_type);
-  ZFARM_RETURN_IF_ERROR(CheckLocalFilesystemType(options.state_dir, f_type));
+  return CheckLocalFilesystemType(options.state_dir, f_type);
+}
 
-  std::string path = options.state_dir + "/journal.db";
+// What the side file journal.db.state and the files on disk say before SQLite
+// opens `path` (which may fold or delete them): a journal that vanished, a WAL
+// lost after a crash, a damaged main file or WAL header.
+absl::Status CheckFilesBeforeOpen(const std::string& path) {
   const std::string state_path = path + ".state", wal = path + "-wal";
   std::string previous;  // "", "open" or "closed"
   if (auto st = ReadAll(state_path); st.ok())
@@ -324,8 +331,15 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
         kRecovery));
   }
   if (db_present) ZFARM_RETURN_IF_ERROR(CheckMainFile(path, db_size));
-  ZFARM_RETURN_IF_ERROR(CheckWal(wal));
+  return CheckWal(wal);
+}
 
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
+  ZFARM_RETURN_IF_ERROR(PrepareStateDir(options));
+  std::string path = options.state_dir + "/journal.db";
+  ZFARM_RETURN_IF_ERROR(CheckFilesBeforeOpen(path));
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -341,45 +355,49 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const Options& options) {
   // would otherwise fold the WAL into journal.db and delete it, changing the
   // evidence (and the next message) under the operator.
   sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
-  // SQLite reports damage as CORRUPT / NOTADB: refused with the file and the recovery.
-  auto damaged = [&](const absl::Status& s) {
-    if (s.ok() || !IsCorruption(db)) return s;
-    return absl::FailedPreconditionError(
-        absl::StrCat("journal ", path, " is damaged: ", sqlite3_errmsg(db), kRecovery));
-  };
-  ZFARM_RETURN_IF_ERROR(damaged(Exec(db, "PRAGMA journal_mode=WAL")));
-  ZFARM_RETURN_IF_ERROR(damaged(Exec(db, "PRAGMA synchronous=FULL")));
-  ZFARM_ASSIGN_OR_RETURN(std::string mode, j->Pragma("journal_mode"));
-  if (mode != "wal") {
-    return absl::FailedPreconditionError(
-        absl::StrCat("journal ", path, ": cannot enable WAL (journal_mode=", mode, ")"));
-  }
-  // integrity_check (not quick_check): also catches damaged indexes, which would
-  // let a later INSERT OR REPLACE duplicate a job row.
-  absl::Time check_start = absl::Now();
-  auto check = j->Pragma("integrity_check");
-  LOG(INFO) << "event=journal_checked path=" << path
-            << " check=integrity_check ms=" << absl::ToInt64Milliseconds(absl::Now() - check_start);
-  ZFARM_RETURN_IF_ERROR(damaged(check.status()));
-  if (*check != "ok") {
-    return absl::FailedPreconditionError(
-        absl::StrCat("journal ", path, " is damaged: integrity_check: ", *check, kRecovery));
-  }
-  // Anything else that fails on an existing file (a damaged schema, a version
-  // cookie that no longer matches the tables) is refused naming the file.
-  auto named = [&](const absl::Status& s) {
-    if (s.ok() || absl::StrContains(s.message(), path)) return s;
-    return absl::FailedPreconditionError(absl::StrCat(
-        "journal ", path, " is damaged or not a zfarm journal: ", s.message(), kRecovery));
-  };
-  ZFARM_RETURN_IF_ERROR(named(damaged(j->Migrate())));
-  ZFARM_RETURN_IF_ERROR(named(j->Prepare()));
-  ZFARM_RETURN_IF_ERROR(named(j->CheckCommitRecord()));
+  ZFARM_RETURN_IF_ERROR(j->CheckAndMigrate());
   ZFARM_RETURN_IF_ERROR(j->WriteStateFile("open"));
   sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
   j->mark_closed_ = true;
   j->writer_ = std::thread([raw = j.get()] { raw->WriterLoop(); });
   return j;
+}
+
+absl::Status Journal::CheckAndMigrate() {
+  // SQLite reports damage as CORRUPT / NOTADB: refused with the file and the recovery.
+  auto damaged = [&](const absl::Status& s) {
+    if (s.ok() || !IsCorruption(db_)) return s;
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path_, " is damaged: ", sqlite3_errmsg(db_), kRecovery));
+  };
+  ZFARM_RETURN_IF_ERROR(damaged(Exec(db_, "PRAGMA journal_mode=WAL")));
+  ZFARM_RETURN_IF_ERROR(damaged(Exec(db_, "PRAGMA synchronous=FULL")));
+  ZFARM_ASSIGN_OR_RETURN(std::string mode, Pragma("journal_mode"));
+  if (mode != "wal") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path_, ": cannot enable WAL (journal_mode=", mode, ")"));
+  }
+  // integrity_check (not quick_check): also catches damaged indexes, which would
+  // let a later INSERT OR REPLACE duplicate a job row.
+  absl::Time check_start = absl::Now();
+  auto check = Pragma("integrity_check");
+  LOG(INFO) << "event=journal_checked path=" << path_
+            << " check=integrity_check ms=" << absl::ToInt64Milliseconds(absl::Now() - check_start);
+  ZFARM_RETURN_IF_ERROR(damaged(check.status()));
+  if (*check != "ok") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path_, " is damaged: integrity_check: ", *check, kRecovery));
+  }
+  // Anything else that fails on an existing file (a damaged schema, a version
+  // cookie that no longer matches the tables) is refused naming the file.
+  auto named = [&](const absl::Status& s) {
+    if (s.ok() || absl::StrContains(s.message(), path_)) return s;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "journal ", path_, " is damaged or not a zfarm journal: ", s.message(), kRecovery));
+  };
+  ZFARM_RETURN_IF_ERROR(named(damaged(Migrate())));
+  ZFARM_RETURN_IF_ERROR(named(Prepare()));
+  return named(CheckCommitRecord());
 }
 
 Journal::~Journal() {

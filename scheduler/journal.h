@@ -158,6 +158,10 @@ class Journal {
     uint64_t id;
   };
   Journal(sqlite3* db, std::string path);
+  // Open's checks of the SQLite file: WAL mode, synchronous=FULL, integrity_check,
+  // then the migrations, the statements and the commit record; damage is refused
+  // naming the file and the recovery.
+  absl::Status CheckAndMigrate();
   // Writes journal.db.state atomically (files::WriteFileAtomically).
   absl::Status WriteStateFile(const char* state);
   // Compares the journal's commit counter with journal.db.commits (refusing a
