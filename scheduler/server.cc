@@ -874,51 +874,60 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(ServerOp
   s->services_ = std::make_unique<Services>(
       s->scheduler_.get(), options.security.authorizer, options.scheduler.output_root,
       options.max_streams_per_client, options.max_watch_backlog_bytes, s->inputs_.get());
+  ZFARM_RETURN_IF_ERROR(s->Listen(options));
+  s->ticker_ = std::thread([raw = s.get(), every = options.tick_interval,
+                            sweep_every = options.input_sweep_interval] {
+    raw->TickerLoop(every, sweep_every);
+  });
+  LOG(INFO) << "event=listening address=" << s->address()
+            << " state_dir=" << options.scheduler.state_dir;
+  return s;
+}
+
+absl::Status SchedulerServer::Listen(const ServerOptions& options) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   // gRPC sets SO_REUSEPORT by default: a second scheduler on the same port
   // would then start "fine" and take half the connections. Refuse instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(options.listen, options.security.credentials(), &s->port_);
-  builder.RegisterService(&s->services_->jobs_);
-  builder.RegisterService(&s->services_->workers_);
-  builder.RegisterService(&s->services_->admin_);
+  builder.AddListeningPort(options.listen, options.security.credentials(), &port_);
+  builder.RegisterService(&services_->jobs_);
+  builder.RegisterService(&services_->workers_);
+  builder.RegisterService(&services_->admin_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes > 0
                                        ? options.max_message_bytes
                                        : MaxMessageBytesFor(options.scheduler.limits.max_input_bytes));
-  s->server_ = builder.BuildAndStart();
-  if (!s->server_ || s->port_ == 0) {
+  server_ = builder.BuildAndStart();
+  if (!server_ || port_ == 0) {
     return absl::UnavailableError(absl::StrCat("--listen: cannot listen on ", options.listen));
   }
-  s->server_->GetHealthCheckService()->SetServingStatus(true);
-  // Relative sleeps (nanosleep on CLOCK_MONOTONIC) in short slices, not
-  // stop_.WaitForNotificationWithTimeout(): this absl's timed waits sleep until an
-  // absolute CLOCK_REALTIME deadline, so a backward wall-clock step stalled the
-  // ticker (no lease expiry, no deadlines) for the size of the step.
-  s->ticker_ = std::thread([raw = s.get(), every = options.tick_interval,
-                            sweep_every = options.input_sweep_interval] {
-    const absl::Duration slice = std::min(every, absl::Milliseconds(20));
-    absl::Duration slept = absl::ZeroDuration(), since_sweep = absl::ZeroDuration();
-    while (!raw->stop_.HasBeenNotified()) {
-      absl::SleepFor(slice);
-      slept += slice;
-      since_sweep += slice;
-      if (slept >= every && !raw->stop_.HasBeenNotified()) {
-        slept = absl::ZeroDuration();
-        raw->scheduler_->Tick();
-      }
-      if (since_sweep >= sweep_every && !raw->stop_.HasBeenNotified()) {
-        since_sweep = absl::ZeroDuration();
-        if (auto n = raw->SweepInputs(); !n.ok()) {
-          LOG(WARNING) << "event=input_sweep_failed error=\"" << n.status().message() << "\"";
-        }
+  server_->GetHealthCheckService()->SetServingStatus(true);
+  return absl::OkStatus();
+}
+
+// Relative sleeps (nanosleep on CLOCK_MONOTONIC) in short slices, not
+// stop_.WaitForNotificationWithTimeout(): this absl's timed waits sleep until an
+// absolute CLOCK_REALTIME deadline, so a backward wall-clock step stalled the
+// ticker (no lease expiry, no deadlines) for the size of the step.
+void SchedulerServer::TickerLoop(absl::Duration every, absl::Duration sweep_every) {
+  const absl::Duration slice = std::min(every, absl::Milliseconds(20));
+  absl::Duration slept = absl::ZeroDuration(), since_sweep = absl::ZeroDuration();
+  while (!stop_.HasBeenNotified()) {
+    absl::SleepFor(slice);
+    slept += slice;
+    since_sweep += slice;
+    if (slept >= every && !stop_.HasBeenNotified()) {
+      slept = absl::ZeroDuration();
+      scheduler_->Tick();
+    }
+    if (since_sweep >= sweep_every && !stop_.HasBeenNotified()) {
+      since_sweep = absl::ZeroDuration();
+      if (auto n = SweepInputs(); !n.ok()) {
+        LOG(WARNING) << "event=input_sweep_failed error=\"" << n.status().message() << "\"";
       }
     }
-  });
-  LOG(INFO) << "event=listening address=" << s->address()
-            << " state_dir=" << options.scheduler.state_dir;
-  return s;
+  }
 }
 
 std::string SchedulerServer::address() const {

@@ -162,6 +162,12 @@ class SchedulerServer {
  private:
   class Services;
   SchedulerServer() = default;
+  // Builds and starts the gRPC server on options.listen (health, reflection, the
+  // three services, the message size limit).
+  absl::Status Listen(const ServerOptions& options);
+  // The ticker thread: Scheduler::Tick every `every`, SweepInputs every
+  // `sweep_every`, until stop_.
+  void TickerLoop(absl::Duration every, absl::Duration sweep_every);
 
   std::string host_;
   int port_ = 0;
