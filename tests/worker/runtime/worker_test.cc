@@ -225,6 +225,36 @@ TEST_F(WorkerTest, AnExistingResultIsNeverReplacedAndAPlantedTempLinkIsNotFollow
   w->Shutdown();
 }
 
+// The output path is the lease's; its folder must resolve inside the output root
+// (the scheduler's confinement check): a date folder that is a symlink out of the
+// root gets nothing written through it, and the commit never names a path.
+TEST_F(WorkerTest, AnOutputFolderLinkedOutOfTheRootIsRefused) {
+  namespace fs = std::filesystem;
+  auto script = std::make_shared<ScriptedRenderer::Script>();
+  PauseAfter(*script, 1);
+  auto w = MakeWorker("w1", script);
+  w->Start();
+  const std::string id = Submit(2, "a cat", [](v1::JobSpec& s) { s.set_output_name("escape"); });
+  ASSERT_TRUE(script->WaitPaused());
+  const fs::path outside = farm_->output_root() + "-outside";
+  fs::create_directories(outside);
+  const fs::path dir =
+      fs::path(farm_->output_root()) /
+      absl::FormatTime("%Y-%m-%d",
+                       absl::FromUnixSeconds(GetJob(id).create_time().seconds()),
+                       absl::UTCTimeZone());
+  fs::create_symlink(outside, dir);
+  script->Release();
+  v1::Job j = WaitFinal(id);
+  EXPECT_EQ(j.state(), v1::JOB_STATE_FAILED) << j.DebugString();
+  // An output error is retried (another attempt may find the folder fixed).
+  EXPECT_EQ(j.error().reason(), v1::FAILURE_REASON_TOO_MANY_ATTEMPTS);
+  EXPECT_THAT(j.error().message(), ::testing::HasSubstr("resolves outside the output root"));
+  EXPECT_TRUE(fs::is_empty(outside));
+  w->Shutdown();
+  fs::remove_all(outside);
+}
+
 TEST_F(WorkerTest, CancelStopsTheRunningJobAtAStepBoundary) {
   auto script = std::make_shared<ScriptedRenderer::Script>();
   PauseAfter(*script, 2);
