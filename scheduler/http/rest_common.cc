@@ -1,10 +1,14 @@
 #include "scheduler/http/rest_common.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <optional>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/json_util.h"
+#include "proto/error_details.h"
+#include "proto/rpc_status.h"
 
 namespace zfarm::scheduler::http {
 
@@ -100,6 +104,15 @@ zfarm::http::Response GrpcError(grpc::StatusCode code, const std::string& messag
 
 zfarm::http::Response GrpcError(const grpc::Status& s) {
   return GrpcError(s.error_code(), s.error_message());
+}
+
+zfarm::http::Response GrpcError(const grpc::Status& s, const grpc::ClientContext& ctx) {
+  zfarm::http::Response r = GrpcError(s);
+  if (std::optional<absl::Duration> delay = RetryDelay(FromGrpcCall(s, ctx))) {
+    const int64_t ms = std::max<int64_t>(0, absl::ToInt64Milliseconds(*delay));
+    r.headers.emplace("Retry-After", absl::StrCat((ms + 999) / 1000));
+  }
+  return r;
 }
 
 std::string ToJson(const google::protobuf::Message& m) {

@@ -48,6 +48,9 @@ int HttpStatusForCode(grpc::StatusCode code);
 // {"code": "<name>", "message": "..."} with the mapped HTTP status.
 zfarm::http::Response GrpcError(const grpc::Status& s);
 zfarm::http::Response GrpcError(grpc::StatusCode code, const std::string& message);
+// The same plus what the call's typed details (error_details.h) say over HTTP: a
+// retry delay becomes Retry-After (whole seconds, rounded up).
+zfarm::http::Response GrpcError(const grpc::Status& s, const grpc::ClientContext& ctx);
 
 // `m` in protobuf's JSON mapping with proto field names; "" when it cannot be
 // encoded (never for zfarm's messages).

@@ -156,7 +156,7 @@ struct RestGateway::Impl {
     auto ctx = Ctx(http);
     zfarm::v1::SubmitJobResponse resp;
     grpc::Status s = stub->SubmitJob(ctx.get(), req, &resp);
-    if (!s.ok()) return GrpcError(s);
+    if (!s.ok()) return GrpcError(s, *ctx);
     LOG(INFO) << "event=rest_submit job=" << resp.job().job_id() << " request=" << req.request_id()
               << " created=" << resp.created();
     return ProtoResponse(resp.created() ? 201 : 200, resp);
@@ -171,7 +171,7 @@ struct RestGateway::Impl {
     auto ctx = Ctx(http);
     zfarm::v1::SubmitJobsResponse resp;
     grpc::Status s = stub->SubmitJobs(ctx.get(), req, &resp);
-    if (!s.ok()) return GrpcError(s);
+    if (!s.ok()) return GrpcError(s, *ctx);
     bool created = false;
     for (const auto& j : resp.jobs()) created = created || j.created();
     LOG(INFO) << "event=rest_submit_batch batch=" << resp.batch_id()

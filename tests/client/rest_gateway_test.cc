@@ -123,6 +123,30 @@ TEST_F(RestGatewayTest, ErrorsAreJsonWithTheGrpcCode) {
   EXPECT_EQ(json::parse(put.body)["code"], "INVALID_ARGUMENT");
 }
 
+// A submit refused for a full queue is 429 with the typed retry delay as Retry-After.
+TEST(RestGatewayLimitsTest, AFullQueueIs429WithRetryAfter) {
+  scheduler::ServerOptions so;
+  so.scheduler.max_queued_jobs = 1;
+  so.scheduler.retry_after = absl::Milliseconds(1500);
+  auto farm = testing::TestScheduler::Start(so);
+  ASSERT_TRUE(farm.ok()) << farm.status();
+  auto gw = RestGateway::Start({}, (*farm)->channel());
+  ASSERT_TRUE(gw.ok()) << gw.status();
+  HttpResponse first = Http((*gw)->port(), "POST", "/v1/jobs",
+                            R"({"request_id": "q1", "spec": {"prompt": "x"}})");
+  ASSERT_EQ(first.status, 201) << first.body;
+  EXPECT_EQ(first.Header("Retry-After"), "");
+  HttpResponse full = Http((*gw)->port(), "POST", "/v1/jobs",
+                           R"({"request_id": "q2", "spec": {"prompt": "y"}})");
+  EXPECT_EQ(full.status, 429) << full.body;
+  EXPECT_EQ(json::parse(full.body)["code"], "RESOURCE_EXHAUSTED");
+  EXPECT_EQ(full.Header("Retry-After"), "2");  // 1.5 s, rounded up
+  HttpResponse batch = Http((*gw)->port(), "POST", "/v1/batches",
+                            R"({"jobs": [{"request_id": "q3", "spec": {"prompt": "z"}}]})");
+  EXPECT_EQ(batch.status, 429) << batch.body;
+  EXPECT_EQ(batch.Header("Retry-After"), "2");
+}
+
 TEST(HttpStatusTest, Mapping) {
   EXPECT_EQ(HttpStatusForCode(grpc::StatusCode::INVALID_ARGUMENT), 400);
   EXPECT_EQ(HttpStatusForCode(grpc::StatusCode::NOT_FOUND), 404);
