@@ -59,7 +59,8 @@ ABSL_FLAG(absl::Duration, http_request_timeout, absl::Seconds(10),
 ABSL_FLAG(int32_t, max_queued_jobs, 100000,
           "QUEUED jobs beyond which submits fail with RESOURCE_EXHAUSTED");
 ABSL_FLAG(absl::Duration, retry_after, absl::Seconds(1),
-          "Retry hint sent with RESOURCE_EXHAUSTED (message and retry-after-ms trailer)");
+          "Retry delay sent with RESOURCE_EXHAUSTED (typed zfarm-error-details-bin and "
+          "retry-after-ms trailers, the message; REST: Retry-After)");
 ABSL_FLAG(int32_t, max_attempts, 3,
           "Attempts (leases that reached RUNNING) before a job is FAILED");
 ABSL_FLAG(absl::Duration, retention, absl::Hours(24 * 7),

@@ -46,6 +46,7 @@
 namespace {
 
 namespace v1 = ::zfarm::v1;
+using ::zfarm::IsFinal;
 using ::zfarm::scheduler::Scheduler;
 
 void Die(const std::string& what) {
@@ -389,10 +390,6 @@ class Harness {
     }
   }
 
-  static bool IsFinal(v1::JobState s) {
-    return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED ||
-           s == v1::JOB_STATE_CANCELLED;
-  }
   static v1::Job Stable(v1::Job j) {
     j.clear_queue_position();
     return j;

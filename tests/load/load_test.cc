@@ -32,6 +32,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
+#include "proto/contract.h"
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/subprocess.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
@@ -63,6 +64,7 @@ namespace {
 
 namespace v1 = ::zfarm::v1;
 namespace fs = std::filesystem;
+using ::zfarm::IsFinal;
 using ::zfarm::testing::FakeWorker;
 using ::zfarm::testing::Subprocess;
 
@@ -85,10 +87,6 @@ std::unique_ptr<grpc::ClientContext> Ctx(int seconds = 30) {
   auto c = std::make_unique<grpc::ClientContext>();
   c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
   return c;
-}
-
-bool IsFinal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
 }
 
 // Whether `bin --helpfull` mentions `flag`.
