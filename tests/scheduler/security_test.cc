@@ -11,6 +11,8 @@
 #include <fstream>
 #include <string>
 
+#include "proto/error_details.h"
+#include "proto/rpc_status.h"
 #include "proto/security/auth.h"
 #include "proto/security/paths.h"
 #include "proto/security/tls.h"
@@ -352,6 +354,7 @@ TEST_F(SecurityTest, MessageSizeWatchersAndStreamsAreLimited) {
   s = r2->Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(s.error_message(), HasSubstr("--max-watchers-per-job=1"));
+  EXPECT_EQ(RetryDelay(FromGrpcCall(s, *c2)), absl::Seconds(1));  // --retry-after's default
   // Streams per client: alice has 1 open; a 2nd on another job is fine, a 3rd not.
   ASSERT_TRUE(Submit(kAlice, "b", &resp).ok());
   ASSERT_TRUE(Submit(kAlice, "c", &resp).ok());
@@ -367,6 +370,7 @@ TEST_F(SecurityTest, MessageSizeWatchersAndStreamsAreLimited) {
   s = r4->Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(s.error_message(), HasSubstr("--max-streams-per-client=2"));
+  EXPECT_EQ(RetryDelay(FromGrpcCall(s, *c4)), absl::Seconds(1));
   c1->TryCancel();
   c3->TryCancel();
   r1->Finish();
