@@ -696,6 +696,64 @@ void Journal::TEST_FailWrites(int writes, absl::Status error) {
   fail_error_ = std::move(error);
 }
 
+sqlite3_stmt* Journal::BindOp(const Op& op, std::string* blob) {
+  sqlite3_stmt* st = nullptr;
+  switch (op.kind) {
+    case Op::Kind::kPutJob: {
+      st = put_job_;
+      const JobRecord& r = op.job;
+      blob->clear();
+      r.job.SerializeToString(blob);
+      sqlite3_bind_text(st, 1, r.job.job_id().data(), r.job.job_id().size(), SQLITE_STATIC);
+      sqlite3_bind_int(st, 2, r.job.state());
+      sqlite3_bind_text(st, 3, r.job.batch_id().data(), r.job.batch_id().size(), SQLITE_STATIC);
+      sqlite3_bind_int64(st, 4, static_cast<int64_t>(r.seq));
+      sqlite3_bind_int(st, 5, r.runs);
+      sqlite3_bind_int64(st, 6, r.min_memory_bytes);
+      sqlite3_bind_int(st, 7, r.commit_pending);
+      sqlite3_bind_int(st, 8, r.cancel_requested);
+      sqlite3_bind_text(st, 9, r.fingerprint.data(), r.fingerprint.size(), SQLITE_STATIC);
+      sqlite3_bind_blob(st, 10, blob->data(), blob->size(), SQLITE_STATIC);
+      sqlite3_bind_int64(st, 11, JobCrc(r, *blob));
+      break;
+    }
+    case Op::Kind::kDeleteJob:
+      st = del_job_;
+      sqlite3_bind_text(st, 1, op.job.job.job_id().data(), op.job.job.job_id().size(),
+                        SQLITE_STATIC);
+      break;
+    case Op::Kind::kPutRequest:
+      st = put_req_;
+      sqlite3_bind_text(st, 1, op.request.request_id.data(), op.request.request_id.size(),
+                        SQLITE_STATIC);
+      sqlite3_bind_text(st, 2, op.request.job_id.data(), op.request.job_id.size(),
+                        SQLITE_STATIC);
+      sqlite3_bind_text(st, 3, op.request.fingerprint.data(), op.request.fingerprint.size(),
+                        SQLITE_STATIC);
+      sqlite3_bind_int64(st, 4, ToMicros(op.request.create_time));
+      sqlite3_bind_int64(st, 5, RequestCrc(op.request));
+      sqlite3_bind_text(st, 6, op.request.owner.data(), op.request.owner.size(),
+                        SQLITE_STATIC);
+      break;
+    case Op::Kind::kDeleteRequest:
+      st = del_req_;
+      sqlite3_bind_text(st, 1, op.request.request_id.data(), op.request.request_id.size(),
+                        SQLITE_STATIC);
+      sqlite3_bind_text(st, 2, op.request.owner.data(), op.request.owner.size(),
+                        SQLITE_STATIC);
+      break;
+    case Op::Kind::kPutWorker:
+      st = put_worker_;
+      sqlite3_bind_text(st, 1, op.worker.worker_name.data(), op.worker.worker_name.size(),
+                        SQLITE_STATIC);
+      sqlite3_bind_text(st, 2, op.worker.principal.data(), op.worker.principal.size(),
+                        SQLITE_STATIC);
+      sqlite3_bind_int64(st, 3, WorkerCrc(op.worker));
+      break;
+  }
+  return st;
+}
+
 absl::Status Journal::WriteOps(const std::vector<Batch>& batches) {
   bool any = false;
   for (const Batch& b : batches) any |= !b.ops.empty();
@@ -720,60 +778,7 @@ absl::Status Journal::WriteOps(const std::vector<Batch>& batches) {
   std::string blob;
   for (const Batch& b : batches) {
     for (const Op& op : b.ops) {
-      sqlite3_stmt* st = nullptr;
-      switch (op.kind) {
-        case Op::Kind::kPutJob: {
-          st = put_job_;
-          const JobRecord& r = op.job;
-          blob.clear();
-          r.job.SerializeToString(&blob);
-          sqlite3_bind_text(st, 1, r.job.job_id().data(), r.job.job_id().size(), SQLITE_STATIC);
-          sqlite3_bind_int(st, 2, r.job.state());
-          sqlite3_bind_text(st, 3, r.job.batch_id().data(), r.job.batch_id().size(), SQLITE_STATIC);
-          sqlite3_bind_int64(st, 4, static_cast<int64_t>(r.seq));
-          sqlite3_bind_int(st, 5, r.runs);
-          sqlite3_bind_int64(st, 6, r.min_memory_bytes);
-          sqlite3_bind_int(st, 7, r.commit_pending);
-          sqlite3_bind_int(st, 8, r.cancel_requested);
-          sqlite3_bind_text(st, 9, r.fingerprint.data(), r.fingerprint.size(), SQLITE_STATIC);
-          sqlite3_bind_blob(st, 10, blob.data(), blob.size(), SQLITE_STATIC);
-          sqlite3_bind_int64(st, 11, JobCrc(r, blob));
-          break;
-        }
-        case Op::Kind::kDeleteJob:
-          st = del_job_;
-          sqlite3_bind_text(st, 1, op.job.job.job_id().data(), op.job.job.job_id().size(),
-                            SQLITE_STATIC);
-          break;
-        case Op::Kind::kPutRequest:
-          st = put_req_;
-          sqlite3_bind_text(st, 1, op.request.request_id.data(), op.request.request_id.size(),
-                            SQLITE_STATIC);
-          sqlite3_bind_text(st, 2, op.request.job_id.data(), op.request.job_id.size(),
-                            SQLITE_STATIC);
-          sqlite3_bind_text(st, 3, op.request.fingerprint.data(), op.request.fingerprint.size(),
-                            SQLITE_STATIC);
-          sqlite3_bind_int64(st, 4, ToMicros(op.request.create_time));
-          sqlite3_bind_int64(st, 5, RequestCrc(op.request));
-          sqlite3_bind_text(st, 6, op.request.owner.data(), op.request.owner.size(),
-                            SQLITE_STATIC);
-          break;
-        case Op::Kind::kDeleteRequest:
-          st = del_req_;
-          sqlite3_bind_text(st, 1, op.request.request_id.data(), op.request.request_id.size(),
-                            SQLITE_STATIC);
-          sqlite3_bind_text(st, 2, op.request.owner.data(), op.request.owner.size(),
-                            SQLITE_STATIC);
-          break;
-        case Op::Kind::kPutWorker:
-          st = put_worker_;
-          sqlite3_bind_text(st, 1, op.worker.worker_name.data(), op.worker.worker_name.size(),
-                            SQLITE_STATIC);
-          sqlite3_bind_text(st, 2, op.worker.principal.data(), op.worker.principal.size(),
-                            SQLITE_STATIC);
-          sqlite3_bind_int64(st, 3, WorkerCrc(op.worker));
-          break;
-      }
+      sqlite3_stmt* st = BindOp(op, &blob);
       int rc = sqlite3_step(st);
       sqlite3_reset(st);
       sqlite3_clear_bindings(st);

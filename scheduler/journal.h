@@ -171,6 +171,9 @@ class Journal {
   absl::Status WriteCommitRecord(uint64_t seq);
   absl::Status Migrate();
   absl::Status Prepare();
+  // The prepared statement of `op` with its values bound (`blob` keeps a job's
+  // serialized bytes alive until the statement has run).
+  sqlite3_stmt* BindOp(const Op& op, std::string* blob);
   absl::Status WriteOps(const std::vector<Batch>& batches);
   void WriterLoop();
 
