@@ -145,6 +145,13 @@ class WorkerTest : public ::testing::Test {
     s.pause_after_step = step;
   }
 
+  // The output root's folder of a job's result (its UTC submit date).
+  std::filesystem::path DateFolder(const std::string& id) {
+    return std::filesystem::path(farm_->output_root()) /
+           absl::FormatTime("%Y-%m-%d", absl::FromUnixSeconds(GetJob(id).create_time().seconds()),
+                            absl::UTCTimeZone());
+  }
+
   // Every regular file under the output root, relative.
   std::vector<std::string> Files() {
     std::vector<std::string> out;
@@ -200,11 +207,7 @@ TEST_F(WorkerTest, AnExistingResultIsNeverReplacedAndAPlantedTempLinkIsNotFollow
   w->Start();
   const std::string id = Submit(2, "a cat", [](v1::JobSpec& s) { s.set_output_name("same"); });
   ASSERT_TRUE(script->WaitPaused());
-  const fs::path dir =
-      fs::path(farm_->output_root()) /
-      absl::FormatTime("%Y-%m-%d",
-                       absl::FromUnixSeconds(GetJob(id).create_time().seconds()),
-                       absl::UTCTimeZone());
+  const fs::path dir = DateFolder(id);
   fs::create_directories(dir);
   std::ofstream(dir / "same.png") << "the earlier job's result";
   std::ofstream(fs::path(farm_->output_root()) / "victim") << "secret";
@@ -238,11 +241,7 @@ TEST_F(WorkerTest, AnOutputFolderLinkedOutOfTheRootIsRefused) {
   ASSERT_TRUE(script->WaitPaused());
   const fs::path outside = farm_->output_root() + "-outside";
   fs::create_directories(outside);
-  const fs::path dir =
-      fs::path(farm_->output_root()) /
-      absl::FormatTime("%Y-%m-%d",
-                       absl::FromUnixSeconds(GetJob(id).create_time().seconds()),
-                       absl::UTCTimeZone());
+  const fs::path dir = DateFolder(id);
   fs::create_symlink(outside, dir);
   script->Release();
   v1::Job j = WaitFinal(id);
