@@ -32,8 +32,6 @@ TORCH = ("torch/", "ATen/", "c10/", "caffe2/")
 # The scheduler's domain core (zfarm_scheduler_core): no gRPC.
 SCHEDULER_CORE = ("clock", "validation", "job_queue", "job_store", "journal", "scheduler",
                   "worker_registry")
-# worker/runtime files of zfarm_worker_device, the one runtime library that links torch.
-RUNTIME_DEVICE = ("device_info", "pipeline_renderer")
 # proto/ top-level files of the contract library (zfarm_proto); the rest is zfarm_base /
 # zfarm_files, which every component (the worker's io and text included) may use.
 PROTO_CONTRACT = ("rpc_status", "error_details", "contract", "failure_policy")
@@ -90,8 +88,9 @@ def rules_for(rel):
         return [no_grpc, no_contract], PROTO_BASE_ZFARM + (
             "worker/io/", "worker/model/", "worker/sampling/", "worker/text/", "worker/pipeline/")
     if d == "worker/runtime":
-        if stem not in RUNTIME_DEVICE:
-            rules.append(("worker/runtime links no torch (only zfarm_worker_device)", TORCH))
+        rules = []
+        rules.append(("worker/runtime links no torch (it renders through worker/pipeline's "
+                      "Renderer)", TORCH))
         return rules, ("proto/", "worker/io/", "worker/text/", "worker/pipeline/",
                        "worker/runtime/")
     if d.startswith("worker"):
