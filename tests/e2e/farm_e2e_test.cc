@@ -231,9 +231,13 @@ TEST_F(FarmTest, CancelARunningJob) {
 TEST_F(FarmTest, KillNineAWorkerMidJobAnotherFinishesItOnce) {
   StartScheduler();
   Subprocess* w1 = StartWorker("w1");
-  const std::string id = Submit(30);
+  const std::string id = Submit(50, 512);
   ASSERT_TRUE(WaitFor([&] { return GetJob(id).progress().step() >= 1; }));
   ASSERT_EQ(GetJob(id).worker(), "w1");
+  // Frozen mid-job while w2 starts (on a loaded machine the tiny model's 30 steps can end
+  // before a second worker is READY), then killed: the job is never finished by w1.
+  w1->Signal(SIGSTOP);
+  ASSERT_NE(GetJob(id).state(), v1::JOB_STATE_SUCCEEDED);
   StartWorker("w2");
   w1->Stop(SIGKILL);
   v1::Job j = WaitFinal(id);
