@@ -90,6 +90,19 @@ struct ModelConfig {
   std::string tokenizer_json_path;  // <root>/tokenizer/tokenizer.json
 };
 
+// A Z-Image-Turbo-Fun-Controlnet-Union (diffusers' ZImageControlNetModel config; the sizes it
+// shares with the DiT must equal the DiT's). Layouts: worker/model/controlnet.h.
+struct ControlNetConfig {
+  enum class Layout { kUnion, kUnion20, kUnion21 };  // 1.0, 2.0, 2.1
+  Layout layout = Layout::kUnion21;
+  std::vector<int64_t> control_layers_places;          // main DiT layers that get a hint
+  std::vector<int64_t> control_refiner_layers_places;  // noise refiner blocks (2.x)
+  int64_t control_in_dim = 33;   // channels of the control context
+  int64_t n_refiner_layers = 2;  // control_noise_refiner blocks (1.0 and 2.1)
+  // Where the config came from: "<dir>/config.json" or "<file> (layout from its keys)".
+  std::string source;
+};
+
 }  // namespace zfarm::worker
 
 #endif  // ZFARM_WORKER_IO_MODEL_CONFIG_H_

@@ -1,10 +1,14 @@
 #include "worker/io/model_folder.h"
 
+#include <algorithm>
+#include <filesystem>
 #include <numeric>
+#include <set>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
@@ -403,6 +407,232 @@ absl::StatusOr<TensorView> GetTextEncoderTensor(const WeightSet& weights, std::s
   auto p = weights.Get(absl::StrCat("model.", Sv(name)));
   if (p.ok()) return p;
   return absl::NotFoundError(absl::StrCat(v.status().message(), " (nor 'model.", Sv(name), "')"));
+}
+
+namespace {
+
+std::string Join(const std::vector<int64_t>& v) { return absl::StrCat("[", absl::StrJoin(v, ", "), "]"); }
+
+// Indices N of the keys "<prefix>N.<anything>" (sorted).
+std::vector<int64_t> BlockIndices(const WeightSet& ws, std::string_view prefix) {
+  std::set<int64_t> found;
+  for (const std::string& name : ws.Names()) {
+    if (!absl::StartsWith(name, Sv(prefix))) continue;
+    const std::string_view rest = std::string_view(name).substr(prefix.size());
+    const size_t dot = rest.find('.');
+    int64_t i = 0;
+    if (dot != std::string_view::npos && absl::SimpleAtoi(Sv(rest.substr(0, dot)), &i)) {
+      found.insert(i);
+    }
+  }
+  return std::vector<int64_t>(found.begin(), found.end());
+}
+
+bool AllZero(const TensorView& v) {
+  std::vector<float> buf(static_cast<size_t>(v.info->numel()));
+  ConvertToF32(v, buf.data());
+  for (float x : buf) {
+    if (x != 0.0f) return false;
+  }
+  return true;
+}
+
+// The parts of a ControlNet config that the weights and the DiT must agree with.
+absl::Status CheckControlNet(const ControlNetConfig& c, const TransformerConfig& dit,
+                             const std::string& where) {
+  auto bad = [&](std::string_view key, const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": key '", Sv(key), "': ", what));
+  };
+  if (c.control_layers_places.empty() || c.control_layers_places[0] != 0) {
+    return bad("control_layers_places",
+               absl::StrCat(Join(c.control_layers_places), " must start with layer 0"));
+  }
+  for (int64_t p : c.control_layers_places) {
+    if (p < 0 || p >= dit.n_layers) {
+      return bad("control_layers_places", absl::StrCat("place ", p, " is outside the DiT's ",
+                                                       dit.n_layers, " layers"));
+    }
+  }
+  for (int64_t p : c.control_refiner_layers_places) {
+    if (p < 0 || p >= dit.n_refiner_layers) {
+      return bad("control_refiner_layers_places",
+                 absl::StrCat("place ", p, " is outside the DiT's ", dit.n_refiner_layers,
+                              " noise refiner blocks"));
+    }
+  }
+  if (c.control_in_dim < 1 || c.control_in_dim > 4 * dit.in_channels) {
+    return bad("control_in_dim", absl::StrCat(c.control_in_dim, " is outside 1..",
+                                              4 * dit.in_channels));
+  }
+  const int64_t hints = c.layout == ControlNetConfig::Layout::kUnion20
+                            ? static_cast<int64_t>(c.control_layers_places.size())
+                            : c.n_refiner_layers;
+  if (c.layout != ControlNetConfig::Layout::kUnion &&
+      static_cast<int64_t>(c.control_refiner_layers_places.size()) > hints) {
+    return bad("control_refiner_layers_places",
+               absl::StrCat(Join(c.control_refiner_layers_places), " needs more hints than the ",
+                            hints, " the ", ControlNetLayoutName(c.layout), " layout makes"));
+  }
+  if (c.layout != ControlNetConfig::Layout::kUnion20 && c.n_refiner_layers < 1) {
+    return bad("n_refiner_layers", absl::StrCat(c.n_refiner_layers, " must be >= 1"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ControlNetConfig> ControlNetFromFolder(const std::string& dir,
+                                                      const TransformerConfig& dit) {
+  ZFARM_ASSIGN_OR_RETURN(JsonFile f, JsonFile::Load(dir + "/config.json"));
+  ZFARM_RETURN_IF_ERROR(f.ExpectString("_class_name", "ZImageControlNetModel"));
+  static const std::set<std::string> kKnown = {
+      "control_layers_places", "control_refiner_layers_places", "control_in_dim",
+      "add_control_noise_refiner", "all_patch_size", "all_f_patch_size", "dim",
+      "n_refiner_layers", "n_heads", "n_kv_heads", "norm_eps", "qk_norm"};
+  for (auto it = f.json().begin(); it != f.json().end(); ++it) {
+    if (!absl::StartsWith(it.key(), "_") && kKnown.count(it.key()) == 0) {
+      return f.Error(it.key(), "unknown ZImageControlNetModel setting");
+    }
+  }
+  ControlNetConfig c;
+  c.source = f.path();
+  ZFARM_RETURN_IF_ERROR(f.IntArray("control_layers_places", &c.control_layers_places));
+  ZFARM_ASSIGN_OR_RETURN(const Json* rp, f.Find("control_refiner_layers_places", false));
+  if (rp != nullptr && !(rp->is_array() && rp->empty())) {
+    ZFARM_RETURN_IF_ERROR(
+        f.IntArray("control_refiner_layers_places", &c.control_refiner_layers_places));
+  }
+  ZFARM_RETURN_IF_ERROR(f.Int("control_in_dim", &c.control_in_dim));
+  ZFARM_RETURN_IF_ERROR(f.Int("n_refiner_layers", &c.n_refiner_layers, false));
+  ZFARM_ASSIGN_OR_RETURN(const Json* mode, f.Find("add_control_noise_refiner", false));
+  if (mode == nullptr) {
+    c.layout = ControlNetConfig::Layout::kUnion;
+  } else if (*mode == "control_layers") {
+    c.layout = ControlNetConfig::Layout::kUnion20;
+  } else if (*mode == "control_noise_refiner") {
+    c.layout = ControlNetConfig::Layout::kUnion21;
+  } else {
+    return f.Error("add_control_noise_refiner",
+                   absl::StrCat("unknown value ", mode->dump(),
+                                " (expected null, \"control_layers\" or \"control_noise_refiner\")"));
+  }
+  // The sizes it shares with the DiT (the base model's transformer/config.json).
+  auto same_int = [&](std::string_view key, int64_t want) -> absl::Status {
+    int64_t got = want;
+    ZFARM_RETURN_IF_ERROR(f.Int(key, &got, false));
+    if (got != want) {
+      return f.Error(key, absl::StrCat(got, " differs from the DiT's ", want,
+                                       " (a ControlNet for another base model)"));
+    }
+    return absl::OkStatus();
+  };
+  ZFARM_RETURN_IF_ERROR(same_int("dim", dit.dim));
+  ZFARM_RETURN_IF_ERROR(same_int("n_heads", dit.n_heads));
+  ZFARM_RETURN_IF_ERROR(same_int("n_kv_heads", dit.n_kv_heads));
+  double eps = dit.norm_eps;
+  ZFARM_RETURN_IF_ERROR(f.Double("norm_eps", &eps, false));
+  if (eps != dit.norm_eps) {
+    return f.Error("norm_eps", absl::StrCat(eps, " differs from the DiT's ", dit.norm_eps));
+  }
+  bool qk = dit.qk_norm;
+  ZFARM_RETURN_IF_ERROR(f.Bool("qk_norm", &qk, false));
+  if (qk != dit.qk_norm) return f.Error("qk_norm", "differs from the DiT's");
+  for (const auto& [key, want] : {std::pair<const char*, int64_t>{"all_patch_size", dit.patch_size},
+                                  {"all_f_patch_size", dit.f_patch_size}}) {
+    std::vector<int64_t> v = {want};
+    ZFARM_RETURN_IF_ERROR(f.IntArray(key, &v, false));
+    if (v.size() != 1 || v[0] != want) {
+      return f.Error(key, absl::StrCat(Join(v), " differs from the DiT's [", want, "]"));
+    }
+  }
+  ZFARM_RETURN_IF_ERROR(CheckControlNet(c, dit, f.path()));
+  return c;
+}
+
+absl::StatusOr<ControlNetConfig> ControlNetFromFile(const std::string& path,
+                                                    const TransformerConfig& dit) {
+  ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::OpenFile(path));
+  ControlNetConfig c;
+  c.source = absl::StrCat(path, " (layout from its keys)");
+  const std::string embed =
+      absl::StrCat("control_all_x_embedder.", dit.patch_size, "-", dit.f_patch_size, ".weight");
+  const TensorInfo* e = ws->Find(embed);
+  const int64_t patch = dit.patch_size * dit.patch_size * dit.f_patch_size;
+  if (e == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": no tensor '", embed, "': not a Z-Image ControlNet for this model's patch size"));
+  }
+  if (e->shape.size() != 2 || e->shape[0] != dit.dim || e->shape[1] % patch != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": tensor '", embed, "' has shape ", Join(e->shape), ", expected [",
+                     dit.dim, ", ", patch, " x channels] (a ControlNet for another base model)"));
+  }
+  c.control_in_dim = e->shape[1] / patch;
+  const std::vector<int64_t> layers = BlockIndices(*ws, "control_layers.");
+  const std::vector<int64_t> refiner = BlockIndices(*ws, "control_noise_refiner.");
+  const int64_t k = static_cast<int64_t>(layers.size());
+  if (k == 0 || layers.back() != k - 1 || dit.n_layers % k != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": control_layers.N blocks ", Join(layers), " are not 0..K-1 with K dividing the DiT's ",
+        dit.n_layers, " layers"));
+  }
+  for (int64_t i = 0; i < k; ++i) c.control_layers_places.push_back(i * (dit.n_layers / k));
+  const bool two = c.control_in_dim != dit.in_channels ||
+                   ws->Find("control_layers.14.adaLN_modulation.0.weight") != nullptr;
+  if (!two) {
+    c.layout = ControlNetConfig::Layout::kUnion;
+    c.n_refiner_layers = static_cast<int64_t>(refiner.size());
+  } else {
+    for (int64_t i = 0; i < dit.n_refiner_layers; ++i) c.control_refiner_layers_places.push_back(i);
+    auto before = ws->Get("control_noise_refiner.0.before_proj.weight");
+    if (!before.ok() || AllZero(*before)) {
+      c.layout = ControlNetConfig::Layout::kUnion20;
+      c.n_refiner_layers = dit.n_refiner_layers;
+    } else {
+      c.layout = ControlNetConfig::Layout::kUnion21;
+      c.n_refiner_layers = static_cast<int64_t>(refiner.size());
+      c.control_refiner_layers_places.resize(
+          std::min<size_t>(c.control_refiner_layers_places.size(), refiner.size()));
+    }
+  }
+  ZFARM_RETURN_IF_ERROR(CheckControlNet(c, dit, path));
+  return c;
+}
+
+}  // namespace
+
+const char* ControlNetLayoutName(ControlNetConfig::Layout layout) {
+  switch (layout) {
+    case ControlNetConfig::Layout::kUnion:
+      return "1.0";
+    case ControlNetConfig::Layout::kUnion20:
+      return "2.0";
+    case ControlNetConfig::Layout::kUnion21:
+      return "2.1";
+  }
+  return "?";
+}
+
+absl::StatusOr<ControlNetConfig> ReadControlNetConfig(const std::string& path,
+                                                      const TransformerConfig& dit) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return ControlNetFromFolder(path, dit);
+  if (!std::filesystem::exists(path, ec)) {
+    return absl::NotFoundError(absl::StrCat("controlnet ", path, ": no such file or folder"));
+  }
+  return ControlNetFromFile(path, dit);
+}
+
+std::string ControlNetName(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  std::string name = std::filesystem::path(p).filename().string();
+  if (absl::EndsWith(name, ".safetensors")) name.resize(name.size() - 12);
+  return name;
+}
+
+absl::StatusOr<std::unique_ptr<WeightSet>> OpenControlNetWeights(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return WeightSet::Open(path);
+  return WeightSet::OpenFile(path);
 }
 
 }  // namespace zfarm::worker

@@ -7,6 +7,7 @@
 // into ModelConfig. Errors name the file and the key:
 //   "/m/transformer/config.json: key 'n_heads': expected an integer, got string"
 
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -30,6 +31,31 @@ absl::Status ValidateModelConfig(const ModelConfig& config);
 std::string_view StripModelPrefix(std::string_view name);
 const TensorInfo* FindTextEncoderTensor(const WeightSet& weights, std::string_view name);
 absl::StatusOr<TensorView> GetTextEncoderTensor(const WeightSet& weights, std::string_view name);
+
+// The configuration of a Z-Image ControlNet at `path` (worker/model/controlnet.h): a diffusers
+// folder (config.json with _class_name ZImageControlNetModel plus
+// diffusion_pytorch_model*.safetensors) or a single .safetensors file, whose layout is read
+// from its keys as diffusers' single-file loader does: 2.x when the control context is wider
+// than the latent or control_layers.14 exists, then 2.0 when
+// control_noise_refiner.0.before_proj.weight is missing or all zero, else 2.1; 1.0 otherwise.
+// A file's main-layer places spread evenly over the DiT's layers ([0, 5, ..., 25] and
+// [0, 2, ..., 28] for the published files), its refiner places are [0, 1, ...]. The
+// ControlNet must fit `dit`: INVALID_ARGUMENT naming the key (or tensor) and both values
+// otherwise (a ControlNet for another base model), and for an unknown config key or a place
+// outside the DiT's layers. NOT_FOUND when the path does not exist.
+absl::StatusOr<ControlNetConfig> ReadControlNetConfig(const std::string& path,
+                                                      const TransformerConfig& dit);
+
+// The weights of the ControlNet at `path` (folder or single file).
+absl::StatusOr<std::unique_ptr<WeightSet>> OpenControlNetWeights(const std::string& path);
+
+// "1.0", "2.0", "2.1".
+const char* ControlNetLayoutName(ControlNetConfig::Layout layout);
+
+// The name a ControlNet goes by in image metadata and the worker's hello: the last path
+// component without ".safetensors" ("/m/Z-Image-Turbo-Fun-Controlnet-Union-2.1/" ->
+// "Z-Image-Turbo-Fun-Controlnet-Union-2.1").
+std::string ControlNetName(const std::string& path);
 
 }  // namespace zfarm::worker
 

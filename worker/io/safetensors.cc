@@ -367,7 +367,13 @@ absl::StatusOr<std::unique_ptr<WeightSet>> WeightSet::Open(const std::string& co
         absl::StrCat(component_dir, ": several .safetensors files but no index.json (",
                      absl::StrJoin(singles, ", "), ")"));
   }
-  ZFARM_ASSIGN_OR_RETURN(auto f, SafetensorsFile::Open(component_dir + "/" + singles[0]));
+  return OpenFile(component_dir + "/" + singles[0]);
+}
+
+absl::StatusOr<std::unique_ptr<WeightSet>> WeightSet::OpenFile(const std::string& path) {
+  ZFARM_ASSIGN_OR_RETURN(auto f, SafetensorsFile::Open(path));
+  std::unique_ptr<WeightSet> ws(new WeightSet());
+  ws->dir_ = path;
   ws->files_.push_back(std::move(f));
   for (const TensorInfo& t : ws->files_[0]->tensors()) {
     ws->entries_[t.name] = {ws->files_[0].get(), &t};

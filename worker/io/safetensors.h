@@ -94,6 +94,8 @@ class SafetensorsFile {
 class WeightSet {
  public:
   static absl::StatusOr<std::unique_ptr<WeightSet>> Open(const std::string& component_dir);
+  // One .safetensors file on its own (a single-file checkpoint).
+  static absl::StatusOr<std::unique_ptr<WeightSet>> OpenFile(const std::string& path);
   std::vector<std::string> Names() const;                       // sorted
   absl::StatusOr<TensorView> Get(std::string_view name) const;  // NOT_FOUND naming the key
   const TensorInfo* Find(std::string_view name) const;          // nullptr if absent

@@ -15,11 +15,12 @@
 #include "worker/model/torch_compat.h"
 
 namespace zfarm::worker::model {
-namespace {
 
 std::shared_ptr<torch::nn::Module> Sub(torch::nn::Module& parent, const std::string& name) {
   return parent.register_module(name, std::make_shared<torch::nn::Module>());
 }
+
+namespace {
 
 int64_t PadTo32(int64_t n) { return (32 - n % 32) % 32; }
 
@@ -341,25 +342,37 @@ at::Tensor TransformerImpl::forward(const at::Tensor& latent, float t_in, const 
   return Forward(latent, at::full({1}, t_in, options_.dtype(at::kFloat)), padded, valid, trace);
 }
 
+at::Tensor Patchify(const at::Tensor& latent, int64_t p, int64_t pf) {
+  const int64_t C = latent.size(0), F = latent.size(1), h = latent.size(2), w = latent.size(3);
+  const int64_t ft = F / pf, ht = h / p, wt = w / p;
+  return latent.view({C, ft, pf, ht, p, wt, p})
+      .permute({1, 3, 5, 2, 4, 6, 0})
+      .reshape({ft * ht * wt, pf * p * p * C});
+}
+
 at::Tensor TransformerImpl::Forward(const at::Tensor& latent, const at::Tensor& t_in,
                                     const at::Tensor& cap, const at::Tensor& cap_valid,
                                     DitTrace* trace) {
-  const int64_t C = c_.in_channels, p = c_.patch_size, pf = c_.f_patch_size, D = c_.dim;
+  DitTokens tok = Embed(latent, t_in, cap, cap_valid);
+  if (trace != nullptr) trace->t_emb = tok.c;
+  return Finish(tok, RefineImage(tok, nullptr), nullptr);
+}
+
+DitTokens TransformerImpl::Embed(const at::Tensor& latent, const at::Tensor& t_in,
+                                 const at::Tensor& cap, const at::Tensor& cap_valid) {
+  const int64_t p = c_.patch_size, pf = c_.f_patch_size, D = c_.dim;
   const int64_t F = latent.size(1), h = latent.size(2), w = latent.size(3);
   const int64_t ft = F / pf, ht = h / p, wt = w / p;
   const int64_t N = ft * ht * wt, Np = N + PadTo32(N);
   const int64_t Lp = cap.size(0);
   auto dev = options_.device();
   auto i64 = at::TensorOptions().dtype(at::kLong).device(dev);
+  DitTokens tok;
+  tok.n = N;
+  tok.latent_shape = latent.sizes().vec();
+  tok.c = TimestepEmbedding(t_in);
 
-  at::Tensor c = TimestepEmbedding(t_in);
-  if (trace != nullptr) trace->t_emb = c;
-
-  // Patchify: [C, F, h, w] -> [N, pf*p*p*C], feature = ((pf_i*p + ph)*p + pw)*C + c.
-  at::Tensor tokens = latent.view({C, ft, pf, ht, p, wt, p})
-                          .permute({1, 3, 5, 2, 4, 6, 0})
-                          .reshape({N, pf * p * p * C});
-  at::Tensor xi = x_embedder(tokens);
+  at::Tensor xi = x_embedder(Patchify(latent, p, pf));
   if (Np > N) xi = at::cat({xi, x_pad_token.expand({Np - N, D})}, 0);
   // Image positions (Lp+1+f, row, col); pad tokens (0, 0, 0).
   at::Tensor grid =
@@ -369,7 +382,8 @@ at::Tensor TransformerImpl::Forward(const at::Tensor& latent, const at::Tensor& 
           -1)
           .reshape({N, 3});
   if (Np > N) grid = at::cat({grid, at::zeros({Np - N, 3}, i64)}, 0);
-  RopeTable img_rope = Rope(grid);
+  tok.img_rope = Rope(grid);
+  tok.x = xi.unsqueeze(0);
 
   // Caption: the L real rows embedded, then Lp-L learned pad tokens; positions (i+1, 0, 0).
   at::Tensor ci = cap_linear(cap_norm(cap.to(options_.dtype())));
@@ -377,22 +391,40 @@ at::Tensor TransformerImpl::Forward(const at::Tensor& latent, const at::Tensor& 
   at::Tensor cap_ids = at::zeros({Lp, 3}, i64);
   cap_ids.select(1, 0).copy_(at::arange(1, Lp + 1, i64));
   RopeTable cap_rope = Rope(cap_ids);
-
-  at::Tensor x = xi.unsqueeze(0);
-  for (auto& b : noise_refiner_) x = b(x, img_rope, c);
   at::Tensor y = ci.unsqueeze(0);
-  for (auto& b : context_refiner_) y = b(y, cap_rope, c);
+  for (auto& b : context_refiner_) y = b(y, cap_rope, tok.c);
+  tok.y = y;
+  tok.rope = {at::cat({tok.img_rope.cos, cap_rope.cos}, 0),
+              at::cat({tok.img_rope.sin, cap_rope.sin}, 0)};
+  return tok;
+}
 
-  at::Tensor u = at::cat({x, y}, 1);
-  RopeTable rope{at::cat({img_rope.cos, cap_rope.cos}, 0),
-                 at::cat({img_rope.sin, cap_rope.sin}, 0)};
-  for (auto& b : layers_) u = b(u, rope, c);
+at::Tensor TransformerImpl::RefineImage(const DitTokens& tok, const std::vector<at::Tensor>* hints) {
+  at::Tensor x = tok.x;
+  for (size_t i = 0; i < noise_refiner_.size(); ++i) {
+    x = noise_refiner_[i](x, tok.img_rope, tok.c);
+    if (hints != nullptr && i < hints->size() && (*hints)[i].defined()) x = x + (*hints)[i];
+  }
+  return x;
+}
 
-  at::Tensor scale = 1.0 + final_ada(at::silu(c));
+at::Tensor TransformerImpl::Finish(const DitTokens& tok, const at::Tensor& x,
+                                   const std::vector<at::Tensor>* layer_hints) {
+  const int64_t C = c_.in_channels, p = c_.patch_size, pf = c_.f_patch_size, D = c_.dim;
+  const int64_t F = tok.latent_shape[1], h = tok.latent_shape[2], w = tok.latent_shape[3];
+  const int64_t ft = F / pf, ht = h / p, wt = w / p;
+  at::Tensor u = at::cat({x, tok.y}, 1);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    u = layers_[i](u, tok.rope, tok.c);
+    if (layer_hints != nullptr && i < layer_hints->size() && (*layer_hints)[i].defined()) {
+      u = u + (*layer_hints)[i];
+    }
+  }
+  at::Tensor scale = 1.0 + final_ada(at::silu(tok.c));
   const std::vector<int64_t> norm_shape = {D};
   u = at::layer_norm(u, at::IntArrayRef(norm_shape), {}, {}, 1e-6) * scale.unsqueeze(1);
-  at::Tensor out = final_linear(u).squeeze(0).slice(0, 0, N);
-  // Unpatchify (inverse of the view/permute above).
+  at::Tensor out = final_linear(u).squeeze(0).slice(0, 0, tok.n);
+  // Unpatchify (inverse of Patchify).
   return out.view({ft, ht, wt, pf, p, p, C}).permute({6, 0, 3, 1, 4, 2, 5}).reshape({C, F, h, w});
 }
 

@@ -50,6 +50,10 @@ class RmsNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RmsNorm);
 
+// Registers an empty container module `name` under `parent`: a key segment
+// ("attention", "all_x_embedder") whose children hold the parameters.
+std::shared_ptr<torch::nn::Module> Sub(torch::nn::Module& parent, const std::string& name);
+
 // A container whose children are named "0", "1", ... (nn.ModuleList / nn.Sequential keys).
 class ListImpl : public torch::nn::Module {
  public:
@@ -125,7 +129,11 @@ class DitBlockImpl : public torch::nn::Module {
 
  private:
   at::Tensor Attention(const at::Tensor& x, const RopeTable& rope);
+
+ protected:
   TransformerConfig c_;
+
+ private:
   bool modulated_;
   bool kernels_ = true;
   at::Tensor qkv_weight_, w13_weight_;  // defined after FuseProjections()
@@ -143,6 +151,22 @@ struct DitTrace {
   at::Tensor t_emb;  // [1, adaln_dim]
 };
 
+// The DiT's inputs after embedding (TransformerImpl::Embed), shared by the ControlNet
+// (controlnet.h), which reads the same tokens, and the rest of the DiT.
+struct DitTokens {
+  at::Tensor c;        // adaLN conditioning [1, adaln_dim]
+  at::Tensor x;        // image tokens before the noise refiner [1, Np, dim] (pads = x_pad_token)
+  at::Tensor y;        // caption tokens after the context refiner [1, Lp, dim]
+  RopeTable img_rope;  // [Np, head_dim/2]
+  RopeTable rope;      // unified [image, caption]: [Np + Lp, head_dim/2]
+  int64_t n = 0;       // real image tokens (N <= Np)
+  std::vector<int64_t> latent_shape;  // [C, F, h, w]
+};
+
+// [C, F, h, w] -> [N, pf*p*p*C] patch tokens, feature = ((pf_i*p + ph)*p + pw)*C + c (the
+// DiT's patchify; the ControlNet's control context uses the same one).
+at::Tensor Patchify(const at::Tensor& latent, int64_t p, int64_t pf);
+
 class TransformerImpl : public torch::nn::Module {
  public:
   TransformerImpl(const TransformerConfig& c, const at::TensorOptions& options);
@@ -157,6 +181,20 @@ class TransformerImpl : public torch::nn::Module {
   // caption rows first (PadCaption); cap_valid: bool [Lp, 1], true for caption rows.
   at::Tensor Forward(const at::Tensor& latent, const at::Tensor& t, const at::Tensor& cap,
                      const at::Tensor& cap_valid, DitTrace* trace = nullptr);
+  // Forward() in three parts, for the ControlNet (controlnet.h), which reads the embedded
+  // tokens, runs the noise refiner with its own hints, and adds hints after main layers:
+  // Embed = timestep embedding, patchify + x_embedder (pads = x_pad_token), caption embedder
+  // + context refiner, RoPE tables. RefineImage = the noise refiner on tok.x, adding
+  // hints[i] after refiner block i where hints is given and hints[i] defined. Finish = the
+  // main layers on [x, caption] (layer_hints[i] added after layer i where defined), the
+  // final layer and unpatchify: [C, F, h, w].
+  DitTokens Embed(const at::Tensor& latent, const at::Tensor& t, const at::Tensor& cap,
+                  const at::Tensor& cap_valid);
+  at::Tensor RefineImage(const DitTokens& tok, const std::vector<at::Tensor>* hints);
+  at::Tensor Finish(const DitTokens& tok, const at::Tensor& x,
+                    const std::vector<at::Tensor>* layer_hints);
+  // The learned pad token of image sequences [1, dim].
+  const at::Tensor& image_pad_token() const { return x_pad_token; }
   // cap [L, cap_feat_dim] padded with zero rows to Lp = L rounded up to 32, and its
   // row mask: {cap padded, cap_valid}.
   static std::pair<at::Tensor, at::Tensor> PadCaption(const at::Tensor& cap);
