@@ -35,6 +35,11 @@ constexpr char kUsage[] =
     "  [--init-image FILE.png|.jpg [--strength 0.6] [--mask FILE]]   (image-to-image;\n"
     "                          with --mask inpainting, white = repaint; the size defaults\n"
     "                          to the picture's, rounded down to multiples of 16)\n"
+    "  [--controlnet DIR|FILE --control-image FILE [--control-scale 0.75]\n"
+    "   [--control-start 0] [--control-end 1]]   (Z-Image-Turbo-Fun-Controlnet-Union 1.0/2.0/2.1;\n"
+    "                          the control picture is resized to the render size (1024x1024\n"
+    "                          or --width/--height, as diffusers); with --init-image and\n"
+    "                          --mask: ControlNet inpainting, 2.x only)\n"
     "Steps are transformer evaluations: the model card's \"9 steps\" are 8 here.\n";
 
 const std::vector<std::string> kBoolFlags = {"vae-fp32",       "offload-text-encoder",
@@ -45,7 +50,9 @@ const std::vector<std::string> kValueFlags = {"model",   "prompt",   "prompts", 
                                               "seed",    "guidance", "negative-prompt", "device",
                                               "weights-cache", "lora", "lora-dir",
                                               "output-format", "quality",
-                                              "init-image", "strength", "mask"};
+                                              "init-image", "strength", "mask",
+                                              "controlnet", "control-image", "control-scale",
+                                              "control-start", "control-end"};
 
 // The largest input picture file read (the scheduler's default --max-input-bytes).
 constexpr uint64_t kMaxPictureBytes = 16u << 20;
@@ -141,6 +148,28 @@ int ParsePictures(const ParsedFlags& f, GenerateRequest* req) {
   return 0;
 }
 
+// --controlnet with --control-image, --control-scale, --control-start, --control-end;
+// 0 or the exit status.
+int ParseControl(const ParsedFlags& f, GenerateRequest* req) {
+  const bool control_flags = f.Has("control-image") || f.Has("control-scale") ||
+                             f.Has("control-start") || f.Has("control-end");
+  if (control_flags != f.Has("controlnet") || (control_flags && !f.Has("control-image"))) {
+    return Usage("--controlnet and --control-image go together (with --control-scale/-start/-end)");
+  }
+  if (!f.Has("control-image")) return 0;
+  ControlRequest c;
+  if ((f.Has("control-scale") && !absl::SimpleAtof(f.Get("control-scale"), &c.scale)) ||
+      (f.Has("control-start") && !absl::SimpleAtof(f.Get("control-start"), &c.start)) ||
+      (f.Has("control-end") && !absl::SimpleAtof(f.Get("control-end"), &c.end))) {
+    return Usage("--control-scale, --control-start and --control-end take numbers");
+  }
+  absl::StatusOr<InputPicture> pic = ReadPicture("--control-image", f.Get("control-image"));
+  if (!pic.ok()) return Fail(std::string(pic.status().message()));
+  c.image = *std::move(pic);
+  req->control = std::move(c);
+  return 0;
+}
+
 // The --prompts file's non-empty lines; 0 or 1 after printing why.
 int ReadPrompts(const std::string& path, std::vector<std::string>* prompts) {
   std::ifstream in(path);
@@ -163,6 +192,7 @@ PipelineOptions OptionsFromFlags(const ParsedFlags& f) {
   opts.cuda_graphs = !f.True("no-cuda-graphs");
   opts.fused_ops = !f.True("reference-ops");
   if (f.Has("weights-cache")) opts.weights_cache_dir = f.Get("weights-cache");
+  if (f.Has("controlnet")) opts.controlnet = f.Get("controlnet");
   return opts;
 }
 
@@ -174,7 +204,12 @@ void PrintTimings(const GenerateRequest& r, const Image& img) {
                 l.sha256.c_str());
   }
   if (!img.loras.empty()) std::printf("loras applied in %.3f s\n", t.lora_s);
-  if (r.init_image.has_value()) {
+  if (r.control.has_value()) {
+    std::printf("controlnet %s x%g on %dx%d control picture%s, image encode %.3f s\n",
+                img.controlnet.c_str(), r.control->scale, r.control->image.width,
+                r.control->image.height, r.mask_image.has_value() ? ", inpainting" : "",
+                t.encode_image_s);
+  } else if (r.init_image.has_value()) {
     std::printf("%s from %dx%d, strength %g: %d of %d steps, image encode %.3f s\n",
                 r.mask_image.has_value() ? "inpainting" : "image-to-image", r.init_image->width,
                 r.init_image->height, r.strength, img.steps_run, r.steps, t.encode_image_s);
@@ -232,6 +267,7 @@ int RunGenerate(int argc, char** argv) {
   if (int rc = ParseRequest(f, &req, &random_seed); rc != 0) return rc;
   if (int rc = ParseOutputFormat(f, &format, &quality); rc != 0) return rc;
   if (int rc = ParsePictures(f, &req); rc != 0) return rc;
+  if (int rc = ParseControl(f, &req); rc != 0) return rc;
   std::vector<std::string> prompts;
   if (single) {
     prompts.push_back(f.Get("prompt"));

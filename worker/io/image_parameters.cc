@@ -31,6 +31,14 @@ std::string A1111Parameters(const ImageParameters& p) {
                     ", Init image sha256: ", p.init_image_sha256);
   }
   if (!p.mask_sha256.empty()) absl::StrAppend(&s, ", Mask sha256: ", p.mask_sha256);
+  if (!p.control_image_sha256.empty()) {
+    absl::StrAppend(&s, ", ControlNet: ", p.controlnet, ", Control image sha256: ",
+                    p.control_image_sha256, ", Control weight: ", FormatFloat(p.control_scale));
+    if (p.control_start != 0.0f || p.control_end != 1.0f) {
+      absl::StrAppend(&s, ", Control start: ", FormatFloat(p.control_start),
+                      ", Control end: ", FormatFloat(p.control_end));
+    }
+  }
   return s;
 }
 
@@ -62,6 +70,14 @@ std::string ParametersJson(const ImageParameters& p) {
     j["init_image_sha256"] = p.init_image_sha256;
   }
   if (!p.mask_sha256.empty()) j["mask_sha256"] = p.mask_sha256;
+  if (!p.control_image_sha256.empty()) {
+    auto num = [](float v) { return std::strtod(FormatFloat(v).c_str(), nullptr); };
+    j["control"] = {{"controlnet", p.controlnet},
+                    {"image_sha256", p.control_image_sha256},
+                    {"scale", num(p.control_scale)},
+                    {"start", num(p.control_start)},
+                    {"end", num(p.control_end)}};
+  }
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

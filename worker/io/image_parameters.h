@@ -37,6 +37,11 @@ struct ImageParameters {
   float strength = 0.0f;
   std::string init_image_sha256;
   std::string mask_sha256;
+  // ControlNet: the lower-case hex sha256 of the control picture file (empty = none), the
+  // ControlNet's name (its file or folder name), conditioning scale and start/end fractions.
+  std::string control_image_sha256;
+  std::string controlnet;
+  float control_scale = 0.0f, control_start = 0.0f, control_end = 1.0f;
 };
 
 // "prompt\nNegative prompt: ...\nSteps: 8, Sampler: Euler, CFG scale: 0, Seed: 42,
@@ -44,10 +49,13 @@ struct ImageParameters {
 // With LoRAs, as AUTOMATIC1111 writes them: " <lora:NAME:SCALE>" after the prompt and
 // `, Lora hashes: "NAME: SHA12, ..."` (the first 12 hex digits of each file's sha256).
 // Image-to-image appends `, Denoising strength: S, Init image sha256: HEX` (A1111's
-// name for the strength) and inpainting `, Mask sha256: HEX` (full digests).
+// name for the strength) and inpainting `, Mask sha256: HEX` (full digests); ControlNet
+// `, ControlNet: NAME, Control image sha256: HEX, Control weight: S` (A1111's word for the
+// scale) and `, Control start: A, Control end: B` unless 0 and 1.
 std::string A1111Parameters(const ImageParameters& p);
 // The JSON object stored in the "zfarm" chunk ("loras": [{name, sha256, scale}] with LoRAs;
-// "strength", "init_image_sha256" and "mask_sha256" when set).
+// "strength", "init_image_sha256" and "mask_sha256" when set; "control": {controlnet,
+// image_sha256, scale, start, end} with a ControlNet).
 std::string ParametersJson(const ImageParameters& p);
 
 }  // namespace zfarm::worker

@@ -27,6 +27,7 @@
 #include "worker/io/model_folder.h"
 #include "worker/io/safetensors.h"
 #include "worker/io/weights_cache.h"
+#include "worker/model/controlnet.h"
 #include "worker/model/fused_ops.h"
 #include "worker/model/lora.h"
 #include "worker/model/modules.h"
@@ -148,13 +149,27 @@ void ReleaseCache(const at::Device& device) {
   (void)device;
 }
 
-// One DiT evaluation captured as a CUDA graph, with its static inputs and output.
+// The ControlNet's inputs for one DiT evaluation (undefined context = no ControlNet).
+struct ControlInput {
+  at::Tensor context;  // [control_in_dim, 1, h, w] in the DiT dtype
+  at::Tensor scale;    // 0-dim float32 on the device
+};
+
+// One DiT evaluation (with the ControlNet when `control` is set) captured as a CUDA graph,
+// with its static inputs and output.
 struct DitGraph {
 #ifdef ZFARM_TORCH_CUDA
   at::cuda::CUDAGraph graph;
 #endif
   at::Tensor latent, t, cap, cap_valid, out;
+  ControlInput control;
 };
+
+// Whether the ControlNet runs on step i of n (control_guidance_start/end).
+bool ControlKept(int i, int n, float start, float end) {
+  const double a = static_cast<double>(i) / n, b = static_cast<double>(i + 1) / n;
+  return !(a < start || b > end);
+}
 
 // Marks the end of each denoising step on the device so that progress is
 // reported when a step has finished while the next one is already queued (the
@@ -204,15 +219,16 @@ class Pipeline::Impl {
   model::Transformer transformer{nullptr};
   model::VaeDecoder vae{nullptr};
   model::VaeEncoder vae_encoder{nullptr};  // image-to-image and inpainting
+  model::ControlNet controlnet{nullptr};    // PipelineOptions::controlnet
   std::unique_ptr<model::LoraApplier> loras;  // after Specialise()
   double load_seconds = 0;
   bool cache_hit = false;  // the DiT came from the bf16 weights cache
   bool time_steps = false;
   // Recently encoded captions (token ids -> [L, cap_feat_dim] on the device), newest last.
   std::deque<std::pair<std::vector<int32_t>, at::Tensor>> captions;
-  // Captured DiT graphs by (latent h, latent w, padded caption length), newest last,
-  // and the shapes whose capture failed (they run eagerly).
-  using GraphKey = std::tuple<int64_t, int64_t, int64_t>;
+  // Captured DiT graphs by (latent h, latent w, padded caption length, with the ControlNet),
+  // newest last, and the shapes whose capture failed (they run eagerly).
+  using GraphKey = std::tuple<int64_t, int64_t, int64_t, bool>;
   std::list<std::pair<GraphKey, std::unique_ptr<DitGraph>>> graphs;
   std::set<GraphKey> graph_failed;
 
@@ -226,6 +242,7 @@ class Pipeline::Impl {
   absl::Status LoadTextEncoderWeights();
   absl::Status LoadTransformerWeights();
   absl::Status LoadVaeWeights();
+  absl::Status LoadControlNetWeights();  // PipelineOptions::controlnet, when set
   // After the weights are in: fused projections, kernels, cuDNN and layout choices.
   absl::Status Specialise();
   absl::StatusOr<Image> Run(const GenerateRequest& r, const StepCallback& on_step,
@@ -248,9 +265,13 @@ class Pipeline::Impl {
   // and noised to the first kept step (with the noise and mask inpainting re-applies).
   struct Latents {
     at::Tensor x, noise, image_latents, mask;
+    ControlInput ctl;  // ControlNet jobs: the control context and scale (StartControl)
   };
   Latents StartLatents(const GenerateRequest& r, const Schedule& sc, GenerateTrace* trace,
                        Image* img);
+  // ControlNet jobs: the control context into l->ctl (ControlContext), timed as the image
+  // encode; a no-op without r.control.
+  absl::Status StartControl(const GenerateRequest& r, Latents* l, GenerateTrace* trace, Image* img);
   // The captions padded for the DiT (the negative one only when guidance runs).
   struct Captions {
     at::Tensor cap, cap_valid, neg, neg_valid;
@@ -271,32 +292,54 @@ class Pipeline::Impl {
   // cap/cap_valid from TransformerImpl::PadCaption. The result may be a static
   // buffer overwritten by the next call: consume it before.
   at::Tensor Dit(const at::Tensor& xin, float t_in, const at::Tensor& cap,
-                 const at::Tensor& cap_valid);
+                 const at::Tensor& cap_valid, const ControlInput& control);
+  // The eager evaluation Dit() replays: the DiT alone, or the ControlNet's hints added to it.
+  at::Tensor Step(const at::Tensor& xin, const at::Tensor& t, const at::Tensor& cap,
+                  const at::Tensor& cap_valid, const ControlInput& control);
   // The graph for this shape, captured now if new; nullptr if capture failed.
-  DitGraph* Graph(const at::Tensor& xin, const at::Tensor& cap, const at::Tensor& cap_valid);
+  DitGraph* Graph(const at::Tensor& xin, const at::Tensor& cap, const at::Tensor& cap_valid,
+                  const ControlInput& control);
+  // ControlNet: the control context of `r` ([1, control_in_dim, h, w] in the DiT dtype).
+  absl::StatusOr<at::Tensor> ControlContext(const GenerateRequest& r, int64_t lh, int64_t lw);
+  // VAE-encoded latent mean of a preprocessed picture, shifted and scaled (retrieve_latents
+  // with sample_mode="argmax"), in the VAE dtype.
+  at::Tensor EncodeMean(const at::Tensor& pre);
 };
 
 at::Tensor Pipeline::Impl::Dit(const at::Tensor& xin, float t_in, const at::Tensor& cap,
-                               const at::Tensor& cap_valid) {
+                               const at::Tensor& cap_valid, const ControlInput& control) {
   if (options.cuda_graphs && device.is_cuda()) {
-    if (DitGraph* g = Graph(xin, cap, cap_valid); g != nullptr) {
+    if (DitGraph* g = Graph(xin, cap, cap_valid, control); g != nullptr) {
       g->latent.copy_(xin);
       g->t.fill_(t_in);
       g->cap.copy_(cap);
       g->cap_valid.copy_(cap_valid);
+      if (control.context.defined()) {
+        g->control.context.copy_(control.context);
+        g->control.scale.copy_(control.scale);
+      }
 #ifdef ZFARM_TORCH_CUDA
       g->graph.replay();
 #endif
       return g->out;
     }
   }
-  return transformer->Forward(xin, at::full({1}, t_in, xin.options().dtype(at::kFloat)), cap,
-                              cap_valid);
+  return Step(xin, at::full({1}, t_in, xin.options().dtype(at::kFloat)), cap, cap_valid, control);
+}
+
+at::Tensor Pipeline::Impl::Step(const at::Tensor& xin, const at::Tensor& t, const at::Tensor& cap,
+                                const at::Tensor& cap_valid, const ControlInput& control) {
+  if (!control.context.defined()) return transformer->Forward(xin, t, cap, cap_valid);
+  model::DitTokens tok = transformer->Embed(xin, t, cap, cap_valid);
+  at::Tensor x = transformer->RefineImage(tok, nullptr);
+  std::vector<at::Tensor> hints =
+      controlnet->forward(*transformer, tok, x, control.context, control.scale);
+  return transformer->Finish(tok, x, &hints);
 }
 
 DitGraph* Pipeline::Impl::Graph(const at::Tensor& xin, const at::Tensor& cap,
-                                const at::Tensor& cap_valid) {
-  const GraphKey key{xin.size(2), xin.size(3), cap.size(0)};
+                                const at::Tensor& cap_valid, const ControlInput& control) {
+  const GraphKey key{xin.size(2), xin.size(3), cap.size(0), control.context.defined()};
   for (auto it = graphs.begin(); it != graphs.end(); ++it) {
     if (it->first == key) {
       graphs.splice(graphs.end(), graphs, it);
@@ -311,16 +354,20 @@ DitGraph* Pipeline::Impl::Graph(const at::Tensor& xin, const at::Tensor& cap,
   g->t = at::full({1}, 0.5f, xin.options().dtype(at::kFloat));
   g->cap = cap.clone();
   g->cap_valid = cap_valid.clone();
+  if (control.context.defined()) {
+    g->control.context = control.context.clone();
+    g->control.scale = control.scale.clone();
+  }
   c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, device.index());
   try {
     c10::cuda::getCurrentCUDAStream(device.index()).synchronize();
     {
       c10::cuda::CUDAStreamGuard guard(side);
       // Warm-up on the capture stream: cuBLAS workspaces, cuDNN plans.
-      (void)transformer->Forward(g->latent, g->t, g->cap, g->cap_valid);
+      (void)Step(g->latent, g->t, g->cap, g->cap_valid, g->control);
       side.synchronize();
       g->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-      g->out = transformer->Forward(g->latent, g->t, g->cap, g->cap_valid);
+      g->out = Step(g->latent, g->t, g->cap, g->cap_valid, g->control);
       g->graph.capture_end();
     }
     side.synchronize();
@@ -340,7 +387,7 @@ DitGraph* Pipeline::Impl::Graph(const at::Tensor& xin, const at::Tensor& cap,
     return nullptr;
   }
   LOG(INFO) << "event=cuda_graph_captured latent=" << std::get<0>(key) << "x" << std::get<1>(key)
-            << " caption_rows=" << std::get<2>(key)
+            << " caption_rows=" << std::get<2>(key) << " controlnet=" << std::get<3>(key)
             << " ms=" << static_cast<int64_t>(Seconds(t0, Clock::now()) * 1000)
             << " cached=" << graphs.size() + 1;
   graphs.emplace_back(key, std::move(g));
@@ -350,6 +397,7 @@ DitGraph* Pipeline::Impl::Graph(const at::Tensor& xin, const at::Tensor& cap,
   return graphs.back().second.get();
 #else
   (void)cap_valid;
+  (void)control;
   graph_failed.insert(key);
   return nullptr;
 #endif
@@ -363,6 +411,7 @@ absl::Status Pipeline::Impl::Load() {
     ZFARM_RETURN_IF_ERROR(LoadTextEncoderWeights());
     ZFARM_RETURN_IF_ERROR(LoadTransformerWeights());
     ZFARM_RETURN_IF_ERROR(LoadVaeWeights());
+    ZFARM_RETURN_IF_ERROR(LoadControlNetWeights());
   }
   return Specialise();
 }
@@ -442,6 +491,11 @@ absl::Status Pipeline::Impl::CreateModules() {
       model::InitRandom(*transformer, options.random_weights_seed + 1);
       model::InitRandom(*vae, options.random_weights_seed + 2);
       model::InitRandom(*vae_encoder, options.random_weights_seed + 3);
+      if (options.random_controlnet.has_value()) {
+        controlnet = model::ControlNet(*options.random_controlnet, config.transformer,
+                                       at::TensorOptions().dtype(dtype).device(device));
+        model::InitRandom(*controlnet, options.random_weights_seed + 4);
+      }
     }
   } catch (const c10::OutOfMemoryError& e) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -509,6 +563,26 @@ absl::Status Pipeline::Impl::LoadVaeWeights() {
   return model::LoadWeights(*vae_encoder, *ws, spec);
 }
 
+absl::Status Pipeline::Impl::LoadControlNetWeights() {
+  if (options.controlnet.empty()) return absl::OkStatus();
+  ZFARM_ASSIGN_OR_RETURN(ControlNetConfig cc,
+                         ReadControlNetConfig(options.controlnet, config.transformer));
+  try {
+    at::NoGradGuard no_grad;
+    controlnet = model::ControlNet(cc, config.transformer,
+                                   at::TensorOptions().dtype(dtype).device(device));
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "out of memory allocating the ControlNet on ", options.device,
+        "; try --offload-text-encoder"));
+  }
+  ZFARM_RETURN_IF_ERROR(model::LoadControlNet(*controlnet, options.controlnet));
+  LOG(INFO) << "event=controlnet_loaded path=" << options.controlnet
+            << " layout=" << ControlNetLayoutName(cc.layout) << " config=\"" << cc.source
+            << "\" control_layers=" << cc.control_layers_places.size();
+  return absl::OkStatus();
+}
+
 absl::Status Pipeline::Impl::Specialise() {
   try {
     at::NoGradGuard no_grad;
@@ -516,6 +590,10 @@ absl::Status Pipeline::Impl::Specialise() {
     vae->set_kernels(options.fused_ops);
     vae_encoder->set_kernels(options.fused_ops);
     if (options.fused_ops) transformer->FuseProjections();
+    if (controlnet) {
+      controlnet->set_kernels(options.fused_ops);
+      if (options.fused_ops) controlnet->FuseProjections();
+    }
     loras = std::make_unique<model::LoraApplier>(*transformer);
     if (device.is_cuda()) {
       at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
@@ -580,6 +658,42 @@ at::Tensor Pipeline::Impl::CachedEncode(const std::vector<int32_t>& ids) {
   return cap;
 }
 
+at::Tensor Pipeline::Impl::EncodeMean(const at::Tensor& pre) {
+  at::Tensor mean = vae_encoder(pre.to(device, vae_dtype)).chunk(2, 1)[0];
+  return (mean - config.vae.shift_factor) * config.vae.scaling_factor;
+}
+
+absl::StatusOr<at::Tensor> Pipeline::Impl::ControlContext(const GenerateRequest& r, int64_t lh,
+                                                          int64_t lw) {
+  // ZImageControlNetPipeline / ZImageControlNetInpaintPipeline: the control picture resized to
+  // the request's size and VAE-encoded (argmax), kept in the VAE dtype as diffusers does.
+  const int64_t c = config.transformer.in_channels, want = controlnet->config().control_in_dim;
+  at::Tensor ctl = EncodeMean(PreprocessImage(r.control->image, r.width, r.height));
+  if (r.mask_image.has_value()) {
+    if (want != 2 * c + 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "control: inpainting with a ControlNet needs a Union 2.x ControlNet (control_in_dim ",
+          2 * c + 1, "); the loaded one is ", ControlNetLayoutName(controlnet->config().layout),
+          " with control_in_dim ", want));
+    }
+    // The mask processor's binarised mask; the init picture with the repainted region
+    // blanked (0 in [-1, 1]), encoded; the kept region (1 - mask) at latent size.
+    at::Tensor m = PreprocessMask(*r.mask_image, r.width, r.height);
+    at::Tensor init = PreprocessImage(*r.init_image, r.width, r.height) * m.lt(0.5);
+    at::Tensor init_lat = EncodeMean(init);
+    const std::vector<int64_t> size = {lh, lw};
+    at::Tensor keep = at::upsample_nearest2d(1 - m, at::IntArrayRef(size)).to(device, vae_dtype);
+    ctl = at::cat({ctl, keep, init_lat}, 1);
+  } else if (want > c) {
+    // Union 2.x without inpainting: the missing channels are zeros.
+    ctl = at::cat({ctl, at::zeros({1, want - c, lh, lw}, ctl.options())}, 1);
+  } else if (want != c) {
+    return absl::InvalidArgumentError(absl::StrCat("control: the ControlNet's control_in_dim ",
+                                                   want, " is below the latent channels ", c));
+  }
+  return ctl.to(dtype);
+}
+
 absl::Status Pipeline::Impl::ApplyLoras(const GenerateRequest& r, Image* img) {
   std::vector<model::LoraApplier::Entry> set;
   for (const LoraRequest& l : r.loras) set.push_back({l.name, l.path, l.sha256, l.scale});
@@ -595,8 +709,9 @@ absl::Status Pipeline::Impl::ApplyLoras(const GenerateRequest& r, Image* img) {
 absl::StatusOr<Pipeline::Impl::Schedule> Pipeline::Impl::MakeSchedule(const GenerateRequest& r) {
   Schedule sc;
   ZFARM_ASSIGN_OR_RETURN(sc.sigmas, sampling::FlowMatchSigmas(r.steps, config.scheduler));
-  // Image-to-image runs the last steps_run steps of the schedule (get_timesteps).
-  if (r.init_image.has_value()) {
+  // Image-to-image runs the last steps_run steps of the schedule (get_timesteps); ControlNet
+  // inpainting starts from noise.
+  if (r.init_image.has_value() && !r.control.has_value()) {
     ZFARM_ASSIGN_OR_RETURN(sc.t_start, sampling::ImageToImageStart(r.steps, r.strength));
   }
   sc.steps = r.steps;
@@ -613,7 +728,9 @@ Pipeline::Impl::Latents Pipeline::Impl::StartLatents(const GenerateRequest& r, c
   const std::vector<int64_t> latent_shape = {1, config.transformer.in_channels, lh, lw};
   const at::Device noise_device = r.cpu_noise ? at::Device(at::kCPU) : device;
   Latents l;
-  if (!r.init_image.has_value()) {
+  // ControlNet jobs (inpainting too) start from the seed's noise as text-to-image does: the
+  // VAE encodes of ControlContext() draw no random numbers.
+  if (!r.init_image.has_value() || r.control.has_value()) {
     l.x = DrawNoise(r.seed, latent_shape, noise_device).to(device);
     if (trace != nullptr) trace->noise = ToVector(l.x);
     return l;
@@ -648,6 +765,21 @@ Pipeline::Impl::Latents Pipeline::Impl::StartLatents(const GenerateRequest& r, c
   return l;
 }
 
+absl::Status Pipeline::Impl::StartControl(const GenerateRequest& r, Latents* l,
+                                          GenerateTrace* trace, Image* img) {
+  if (!r.control.has_value()) return absl::OkStatus();
+  const auto te = Clock::now();
+  const int64_t lh = 2 * (r.height / 16), lw = 2 * (r.width / 16);
+  ZFARM_ASSIGN_OR_RETURN(at::Tensor context, ControlContext(r, lh, lw));
+  l->ctl.context = context.squeeze(0).unsqueeze(1);  // [control_in_dim, 1, h, w]
+  l->ctl.scale =
+      at::full({}, r.control->scale, at::TensorOptions().dtype(at::kFloat).device(device));
+  if (trace != nullptr) trace->control_context = ToVector(context);
+  if (device.is_cuda()) (void)l->ctl.context.sum().item<float>();  // finish the encode to time it
+  img->timings.encode_image_s = Seconds(te, Clock::now());
+  return absl::OkStatus();
+}
+
 // One straight story: a step of the schedule per iteration (DiT, guidance, Euler,
 // inpainting blend, progress), in the order diffusers runs them.
 absl::Status Pipeline::Impl::Denoise(const GenerateRequest& r, const Schedule& sc,
@@ -668,13 +800,25 @@ absl::Status Pipeline::Impl::Denoise(const GenerateRequest& r, const Schedule& s
     const float t_in = sampling::TimestepInput(sigmas[k]);
     const float g = sampling::GuidanceForStep(sc.cfg, t_in);
     at::Tensor xin = l.x.to(dtype).squeeze(0).unsqueeze(1);  // [C, 1, h, w]
-    at::Tensor pred = Dit(xin, t_in, caps.cap, caps.cap_valid).to(at::kFloat);
+    const ControlInput step_ctl =
+        l.ctl.context.defined() && ControlKept(i, steps_run, r.control->start, r.control->end)
+            ? l.ctl
+            : ControlInput{};
+    at::Tensor pred = Dit(xin, t_in, caps.cap, caps.cap_valid, step_ctl).to(at::kFloat);
     if (trace != nullptr) {
       trace->t_emb.push_back(ToVector(transformer->TimestepEmbedding(t_in)));
       if (i == 0) trace->dit_out0 = ToVector(pred);
+      if (i == 0 && step_ctl.context.defined()) {
+        const at::Tensor tt = at::full({1}, t_in, xin.options().dtype(at::kFloat));
+        model::DitTokens tok = transformer->Embed(xin, tt, caps.cap, caps.cap_valid);
+        std::vector<at::Tensor> hints = controlnet->forward(
+            *transformer, tok, transformer->RefineImage(tok, nullptr), l.ctl.context,
+            l.ctl.scale);
+        trace->control_hint0 = ToVector(hints[controlnet->config().control_layers_places[0]]);
+      }
     }
     if (g > 0) {
-      at::Tensor negp = Dit(xin, t_in, caps.neg, caps.neg_valid).to(at::kFloat);
+      at::Tensor negp = Dit(xin, t_in, caps.neg, caps.neg_valid, step_ctl).to(at::kFloat);
       at::Tensor combined = sampling::CfgGuide(pred, negp, g);
       if (r.cfg_normalization > 0) {  // the norms stay on the device: no host sync
         combined = combined * sampling::CfgNormalizationScale(r.cfg_normalization, pred.norm(),
@@ -769,6 +913,8 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
 
   c10::InferenceMode guard;
   Latents latents = StartLatents(r, sc, trace, &img);
+  ZFARM_RETURN_IF_ERROR(StartControl(r, &latents, trace, &img));
+  if (r.control.has_value()) img.controlnet = ControlNetName(options.controlnet);
   Captions caps;
   std::tie(caps.cap, caps.cap_valid) = model::TransformerImpl::PadCaption(cap);
   if (sc.any_cfg) std::tie(caps.neg, caps.neg_valid) = model::TransformerImpl::PadCaption(neg_cap);
@@ -807,6 +953,32 @@ absl::Status CheckPicture(const InputPicture& p, const char* field) {
     return absl::InvalidArgumentError(absl::StrCat(
         field, ": ", p.width, "x", p.height, " with ", p.rgb.size(),
         " RGB bytes; need 1..", kMaxImageSide, " pixels a side and width*height*3 bytes"));
+  }
+  return absl::OkStatus();
+}
+
+// Generate's checks of control: INVALID_ARGUMENT naming the field and the limit.
+absl::Status CheckControl(const GenerateRequest& r, const model::ControlNet& net) {
+  if (!r.control.has_value()) return absl::OkStatus();
+  const ControlRequest& c = *r.control;
+  if (!net) {
+    return absl::InvalidArgumentError(
+        "control: this pipeline has no ControlNet (load one with --controlnet DIR|FILE)");
+  }
+  ZFARM_RETURN_IF_ERROR(CheckPicture(c.image, "control.image"));
+  if (!(c.scale >= 0.0f && c.scale <= 2.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("control.conditioning_scale must be within [0, 2], got ", c.scale));
+  }
+  if (!(c.start >= 0.0f && c.start < c.end && c.end <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "control.start and control.end must satisfy 0 <= start < end <= 1, got start ", c.start,
+        " end ", c.end));
+  }
+  if (r.init_image.has_value() && !r.mask_image.has_value()) {
+    return absl::InvalidArgumentError(
+        "control: with init_image a ControlNet needs mask_image (ControlNet inpainting); "
+        "image-to-image with a ControlNet is not supported");
   }
   return absl::OkStatus();
 }
@@ -853,6 +1025,7 @@ absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCal
     return absl::InvalidArgumentError(absl::StrCat("guidance must be >= 0, got ", r.guidance));
   }
   ZFARM_RETURN_IF_ERROR(CheckPictures(r));
+  ZFARM_RETURN_IF_ERROR(CheckControl(r, impl_->controlnet));
   try {
     // Kernel launches, events and graph capture use the current device: make it ours
     // (a worker on cuda:1 otherwise launches fused kernels on device 0).
@@ -904,6 +1077,9 @@ PipelineOptions::Precision Pipeline::compute_dtype() const {
 const ModelConfig& Pipeline::config() const { return impl_->config; }
 void Pipeline::set_time_steps(bool on) { impl_->time_steps = on; }
 std::vector<std::string> Pipeline::active_loras() const { return impl_->loras->active(); }
+const ControlNetConfig* Pipeline::controlnet() const {
+  return impl_->controlnet ? &impl_->controlnet->config() : nullptr;
+}
 std::string Pipeline::Describe() const {
   const PipelineOptions& o = impl_->options;
   const bool cuda = impl_->device.is_cuda();
@@ -914,6 +1090,10 @@ std::string Pipeline::Describe() const {
                       o.vae_channels_last && cuda ? ", vae channels-last" : "",
                       impl_->options.offload_text_encoder ? ", text encoder offloaded" : "",
                       impl_->options.vae_tiling ? ", tiled vae" : "",
+                      impl_->controlnet
+                          ? absl::StrCat(", controlnet ",
+                                         ControlNetLayoutName(impl_->controlnet->config().layout))
+                          : "",
                       impl_->cache_hit ? ", DiT from the bf16 weights cache" : "");
 }
 

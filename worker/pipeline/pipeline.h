@@ -75,6 +75,12 @@ struct PipelineOptions {
   double max_device_memory_fraction = 0;
   std::optional<ModelConfig> config;
   uint64_t random_weights_seed = 0;
+  // A Z-Image-Turbo-Fun-Controlnet-Union (1.0, 2.0 or 2.1; a diffusers folder or the single
+  // .safetensors file) kept resident beside the DiT for requests with `control`. Empty = none.
+  std::string controlnet;
+  // Benchmarks/tests with random_weights: a ControlNet of this configuration with random
+  // weights instead of reading `controlnet`.
+  std::optional<ControlNetConfig> random_controlnet;
 };
 
 // Optional intermediate tensors (float32, flattened) for parity tests.
@@ -90,6 +96,8 @@ struct GenerateTrace {
   std::vector<float> dit_out0;              // first DiT output (positive branch) [C, 1, h, w]
   std::vector<std::vector<float>> latents;  // after every step
   std::vector<float> decoded;               // VAE output [3, H, W] before post-processing
+  std::vector<float> control_context;       // ControlNet: [1, control_in_dim, 1, h, w]
+  std::vector<float> control_hint0;         // ControlNet: first step's first hint [1, S, dim]
 };
 
 class Pipeline {
@@ -103,7 +111,10 @@ class Pipeline {
   // Renders one image. INVALID_ARGUMENT for sizes not multiples of 16 or
   // outside 16..8192, steps outside 1..50, an empty prompt without ids, an init picture
   // whose rounded size differs from width x height, a mask without an init picture, a
-  // strength outside (0, 1] (each message names the field and the limit), a bad
+  // strength outside (0, 1], a control request without a loaded ControlNet, with a bad
+  // picture, a scale outside [0, 2], start/end outside 0 <= start < end <= 1, with
+  // init_image but no mask_image, or inpainting with a 1.0 ControlNet (each message names
+  // the field and the limit), a bad
   // LoRA (count, scale, unreadable or damaged file, a key or shape that does not
   // fit the model: the message names the file and key; the weights stay as they were);
   // CANCELLED if `cancel` fires (checked between steps); RESOURCE_EXHAUSTED on
@@ -138,6 +149,8 @@ class Pipeline {
 
   // Names of the LoRAs applied to the DiT now (those of the last request), in order.
   std::vector<std::string> active_loras() const;
+  // The resident ControlNet's configuration; nullptr without one.
+  const ControlNetConfig* controlnet() const;
 
   class Impl;
 

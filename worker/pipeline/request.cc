@@ -19,6 +19,14 @@ ImageParameters ImageParametersOf(const GenerateRequest& request, const Image& i
     p.init_image_sha256 = request.init_image->sha256;
     if (request.mask_image.has_value()) p.mask_sha256 = request.mask_image->sha256;
   }
+  if (request.control.has_value()) {
+    if (request.init_image.has_value()) p.strength = 1.0f;  // ControlNet inpainting: from noise
+    p.control_image_sha256 = request.control->image.sha256;
+    p.controlnet = image.controlnet;
+    p.control_scale = request.control->scale;
+    p.control_start = request.control->start;
+    p.control_end = request.control->end;
+  }
   return p;
 }
 

@@ -36,6 +36,20 @@ struct InputPicture {
   std::string sha256;        // of the encoded file (image metadata); may be empty
 };
 
+// ControlNet conditioning (diffusers' ZImageControlNetPipeline; with init_image and
+// mask_image, ZImageControlNetInpaintPipeline).
+struct ControlRequest {
+  // The control picture as the ControlNet expects it (canny edges, depth, pose... made by the
+  // caller), Lanczos-resized to the request's width x height, VAE-encoded (the latent mean).
+  InputPicture image;
+  // conditioning_scale: the hints are multiplied by it, within [0, 2] (diffusers' default).
+  float scale = 0.75f;
+  // The ControlNet runs on step i of N when start <= i/N and (i+1)/N <= end (the
+  // control_guidance_start/end rule of diffusers' other ControlNet pipelines;
+  // ZImageControlNetPipeline has none, which 0 and 1 reproduce). 0 <= start < end <= 1.
+  float start = 0.0f, end = 1.0f;
+};
+
 struct GenerateRequest {
   std::string prompt;
   std::string negative_prompt;  // used only when guidance > 0
@@ -67,8 +81,14 @@ struct GenerateRequest {
   // image's size, made grey, binarised at 0.5; after every step the kept region is reset
   // to the init latents noised to the next step's level.
   std::optional<InputPicture> mask_image;
-  // How far to move away from init_image, in (0, 1]; ignored without it.
+  // How far to move away from init_image, in (0, 1]; ignored without it (and with control).
   float strength = 0.6f;
+  // ControlNet (needs PipelineOptions::controlnet). With init_image and mask_image it is
+  // ControlNet inpainting (Union 2.x only): no strength, no blending; the control context is
+  // [control latents, latent-size mask of the kept region, latents of the init picture with
+  // the repainted region blanked], and the render starts from pure noise. init_image without
+  // mask_image is refused (diffusers has no ControlNet image-to-image for Z-Image).
+  std::optional<ControlRequest> control;
 };
 
 // Wall-clock seconds per stage of one Generate call.
@@ -89,6 +109,9 @@ struct Image {
   int64_t peak_device_bytes = 0;   // CUDA: peak allocated during the call; CPU: process max RSS
   std::vector<LoraRequest> loras;  // the request's LoRAs, sha256 filled in
   int steps_run = 0;               // DiT steps evaluated (fewer than steps for image-to-image)
+  // ControlNet renders: the ControlNet's name (the last component of its path without
+  // ".safetensors"); empty otherwise.
+  std::string controlnet;
 };
 
 // Set by any thread; the pipeline checks it at step boundaries.
