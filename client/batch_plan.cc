@@ -169,13 +169,26 @@ absl::Status ApplyJsonLine(const json& obj, zfarm::v1::JobSpec* spec,
       spec->set_strength(v.get<float>());
     } else if (key == "loras") {
       ZFARM_RETURN_IF_ERROR(JsonLoras(v, spec));
+    } else if (key == "control_image" || key == "control_image_path") {
+      ZFARM_RETURN_IF_ERROR(JsonImage(v, key, key == "control_image", read_file,
+                                      spec->mutable_control()->mutable_image()));
+    } else if (key == "control_scale" || key == "control_start" || key == "control_end") {
+      if (!v.is_number()) {
+        return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a number"));
+      }
+      zfarm::v1::ControlInput* c = spec->mutable_control();
+      const float x = v.get<float>();
+      if (key == "control_scale") c->set_conditioning_scale(x);
+      if (key == "control_start") c->set_start(x);
+      if (key == "control_end") c->set_end(x);
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown key \"", key,
                        "\" (known: prompt, negative_prompt, width, height, steps, "
                        "guidance, seed, seeds, priority, output_name, model, labels, "
                        "webhook_url, output_format, quality, init_image, init_image_path, mask, "
-                       "mask_path, strength, loras)"));
+                       "mask_path, strength, loras, control_image, control_image_path, "
+                       "control_scale, control_start, control_end)"));
     }
   }
   if (!has_prompt) return absl::InvalidArgumentError("missing \"prompt\"");

@@ -14,7 +14,9 @@
 // files, relative to the current folder, sent as bytes), "init_image_path" and
 // "mask_path" (paths under the scheduler's --input-root), "strength" (a number in
 // (0, 1]) and "loras" (an array of "NAME[:SCALE]" strings, e.g. ["ink:0.8",
-// "detail"]; {name, scale} objects are refused). Any other line is a plain
+// "detail"]; {name, scale} objects are refused); for ControlNet "control_image" (a local
+// file, sent) or "control_image_path" (under --input-root), "control_scale" ([0, 2]),
+// "control_start" and "control_end" (fractions of the steps). Any other line is a plain
 // prompt. An empty line, invalid JSON
 // or a bad key is an error naming the line: the whole file is rejected
 // (nothing is submitted).

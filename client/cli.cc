@@ -321,6 +321,11 @@ struct SpecFlags {
   std::string init_image, init_image_path, mask, mask_path;
   double strength = std::numeric_limits<double>::quiet_NaN();  // NaN = not given
   std::vector<std::string> loras;  // NAME[:SCALE]
+  // ControlNet: the control picture (sent or under --input-root), scale and step fractions.
+  std::string control_image, control_image_path;
+  double control_scale = std::numeric_limits<double>::quiet_NaN();
+  double control_start = std::numeric_limits<double>::quiet_NaN();
+  double control_end = std::numeric_limits<double>::quiet_NaN();
 };
 
 void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
@@ -360,6 +365,13 @@ void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
             "PATH");
   f->Repeated("lora", &s->loras, "apply a LoRA of the workers' --lora-dir (repeatable)",
               "NAME[:SCALE]");
+  f->String("control-image", &s->control_image,
+            "ControlNet: the control picture (canny, depth, pose...; sent)", "FILE");
+  f->String("control-image-path", &s->control_image_path,
+            "ControlNet: a control picture under the scheduler's --input-root", "PATH");
+  f->Double("control-scale", &s->control_scale, "ControlNet conditioning scale, [0, 2] (0.75)");
+  f->Double("control-start", &s->control_start, "ControlNet from this fraction of the steps (0)");
+  f->Double("control-end", &s->control_end, "ControlNet up to this fraction of the steps (1)");
 }
 
 // One picture flag pair: --NAME FILE (read here, sent as bytes) or --NAME-path.
@@ -431,6 +443,19 @@ absl::StatusOr<JobSpec> BuildSpec(const SpecFlags& s) {
     ZFARM_RETURN_IF_ERROR(ImageFlag(s.mask, s.mask_path, "mask", spec.mutable_mask_image()));
   }
   if (!std::isnan(s.strength)) spec.set_strength(static_cast<float>(s.strength));
+  const bool control_picture = !s.control_image.empty() || !s.control_image_path.empty();
+  if (control_picture) {
+    zfarm::v1::ControlInput* c = spec.mutable_control();
+    ZFARM_RETURN_IF_ERROR(
+        ImageFlag(s.control_image, s.control_image_path, "control-image", c->mutable_image()));
+    if (!std::isnan(s.control_scale)) c->set_conditioning_scale(static_cast<float>(s.control_scale));
+    if (!std::isnan(s.control_start)) c->set_start(static_cast<float>(s.control_start));
+    if (!std::isnan(s.control_end)) c->set_end(static_cast<float>(s.control_end));
+  } else if (!std::isnan(s.control_scale) || !std::isnan(s.control_start) ||
+             !std::isnan(s.control_end)) {
+    return absl::InvalidArgumentError(
+        "--control-scale, --control-start and --control-end need --control-image");
+  }
   for (const std::string& l : s.loras) {
     absl::StatusOr<zfarm::v1::LoraRef> ref = ParseLoraRef(l);
     if (!ref.ok()) return absl::InvalidArgumentError(absl::StrCat("--lora ", ref.status().message()));

@@ -223,6 +223,12 @@ absl::Status InputStore::Intern(const std::string& field, v1::JobSpec* spec) con
     ZFARM_ASSIGN_OR_RETURN(Loaded mask, Load(field + ".mask_image", spec->mutable_mask_image()));
     loaded.emplace_back(spec->mutable_mask_image(), std::move(mask));
   }
+  if (spec->has_control() && spec->control().has_image()) {
+    // Resized by the worker to the job's size (as diffusers does).
+    v1::ImageInput* in = spec->mutable_control()->mutable_image();
+    ZFARM_ASSIGN_OR_RETURN(Loaded control, Load(field + ".control.image", in));
+    loaded.emplace_back(in, std::move(control));
+  }
   for (auto& [in, l] : loaded) {
     ZFARM_RETURN_IF_ERROR(Store(l.sha256, l.bytes));
     in->set_sha256(l.sha256);
@@ -231,8 +237,10 @@ absl::Status InputStore::Intern(const std::string& field, v1::JobSpec* spec) con
 }
 
 absl::Status InputStore::Fill(v1::JobSpec* spec) const {
-  for (v1::ImageInput* in : {spec->has_init_image() ? spec->mutable_init_image() : nullptr,
-                             spec->has_mask_image() ? spec->mutable_mask_image() : nullptr}) {
+  for (v1::ImageInput* in :
+       {spec->has_init_image() ? spec->mutable_init_image() : nullptr,
+        spec->has_mask_image() ? spec->mutable_mask_image() : nullptr,
+        spec->has_control() ? spec->mutable_control()->mutable_image() : nullptr}) {
     if (in == nullptr || in->source_case() != v1::ImageInput::kSha256) continue;
     const std::string sha = in->sha256();
     if (!IsSha256Name(sha)) {
@@ -256,6 +264,9 @@ void InputStore::AddReferences(const v1::JobSpec& spec, absl::flat_hash_set<std:
   }
   if (spec.mask_image().source_case() == v1::ImageInput::kSha256) {
     out->insert(spec.mask_image().sha256());
+  }
+  if (spec.control().image().source_case() == v1::ImageInput::kSha256) {
+    out->insert(spec.control().image().sha256());
   }
 }
 

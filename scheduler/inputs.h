@@ -3,7 +3,7 @@
 
 // File: inputs.h
 // The scheduler's input store: the pictures of image-to-image and inpainting jobs
-// (JobSpec.init_image, JobSpec.mask_image), kept content-addressed as
+// (JobSpec.init_image, JobSpec.mask_image, JobSpec.control.image), kept content-addressed as
 // <dir>/<sha256> so the journal holds a 64-hex reference instead of up to
 // --max-input-bytes per picture.
 //
@@ -51,7 +51,7 @@ class InputStore {
 
   static absl::StatusOr<std::unique_ptr<InputStore>> Open(Options options);
 
-  // For spec.init_image and spec.mask_image (when set): refuses a client-set
+  // For spec.init_image, spec.mask_image and spec.control.image (when set): refuses a client-set
   // sha256, reads a path under input_root, checks bytes <= max_input_bytes, that
   // the header is PNG or JPEG (worker/io/image_decode.h) and that neither side exceeds max_size_px, stores
   // the bytes and sets the ImageInput to their sha256. A width_px / height_px of 0

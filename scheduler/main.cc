@@ -29,6 +29,7 @@
 #include "scheduler/http/rest_gateway.h"
 #include "scheduler/http/webhook_sender.h"
 #include "scheduler/server.h"
+#include "scheduler/validation.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC address HOST:PORT (port 0 = any free port)");
@@ -116,10 +117,11 @@ ABSL_FLAG(int64_t, max_watch_backlog_bytes, 1 << 20,
           "Unsent events (bytes) a watch stream may hold for a client that reads too slowly; "
           "beyond, the stream ends with RESOURCE_EXHAUSTED (0 = unbounded)");
 ABSL_FLAG(int32_t, max_message_bytes, 0,
-          "Largest gRPC request message accepted; 0 = 2 x --max-input-bytes + 1 MiB (a submit "
-          "with an init image and a mask)");
+          "Largest gRPC request message accepted; 0 = 3 x --max-input-bytes + 1 MiB (a submit "
+          "with an init image, a mask and a control picture)");
 ABSL_FLAG(int64_t, max_input_bytes, 16 << 20,
-          "Largest init_image / mask_image in bytes (in the request or read from --input-root)");
+          "Largest init_image / mask_image / control.image in bytes (in the request or read "
+          "from --input-root)");
 ABSL_FLAG(std::string, input_root, "",
           "Read-only folder that ImageInput.path is relative to (confined like --output-root); "
           "empty = path inputs are refused");
@@ -134,6 +136,7 @@ ABSL_FLAG(bool, version, false, "Print the version and exit");
 namespace {
 
 namespace http = ::zfarm::scheduler::http;
+using zfarm::scheduler::kMaxPicturesPerJob;
 using zfarm::scheduler::ServerOptions;
 
 std::string VersionString() { return std::string("zfarm-scheduler ") + ZFARM_VERSION; }
@@ -323,10 +326,10 @@ std::optional<Failure> StartGateway(const zfarm::security::TlsFlags& tls,
   go.http.request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
   go.images_timeout = absl::GetFlag(FLAGS_http_images_timeout);
   go.thumbnail_dir = absl::GetFlag(FLAGS_state_dir) + "/thumbnails";
-  // POST /v1/jobs carries pictures in base64 (4/3 of their size): room for two.
+  // POST /v1/jobs carries pictures in base64 (4/3 of their size): room for every one.
   go.http.max_body_bytes = std::max<size_t>(
       go.http.max_body_bytes,
-      static_cast<size_t>(2 * ((limits.max_input_bytes + 2) / 3 * 4) + (1 << 20)));
+      static_cast<size_t>(kMaxPicturesPerJob * ((limits.max_input_bytes + 2) / 3 * 4) + (1 << 20)));
   for (const auto& [flag, ok] :
        {std::pair{"--http-max-connections", go.http.max_connections >= 1},
         std::pair{"--http-max-connections-per-ip", go.http.max_connections_per_ip >= 1},

@@ -362,7 +362,8 @@ class ConnectReactor final
       if (inputs_ == nullptr) return false;
       for (const v1::Lease& l : a.leases()) {
         if (l.spec().init_image().source_case() == v1::ImageInput::kSha256 ||
-            l.spec().mask_image().source_case() == v1::ImageInput::kSha256) {
+            l.spec().mask_image().source_case() == v1::ImageInput::kSha256 ||
+            l.spec().control().image().source_case() == v1::ImageInput::kSha256) {
           return true;
         }
       }
@@ -689,7 +690,9 @@ class SchedulerServer::Services {
     // InputStore::Intern), after the checks that need no I/O (so a spec refused
     // anyway stores nothing). Specs without pictures are left alone.
     absl::Status InternInputs(const std::string& field, v1::JobSpec* spec) {
-      if (!spec->has_init_image() && !spec->has_mask_image()) return absl::OkStatus();
+      if (!spec->has_init_image() && !spec->has_mask_image() && !spec->has_control()) {
+        return absl::OkStatus();
+      }
       if (inputs_ == nullptr) return absl::InternalError("no input store");
       {
         v1::JobSpec check = *spec;
@@ -962,7 +965,8 @@ absl::StatusOr<int> SchedulerServer::SweepInputs() {
 }
 
 int MaxMessageBytesFor(int64_t max_input_bytes) {
-  return static_cast<int>(std::min<int64_t>(2 * max_input_bytes + (1 << 20), INT32_MAX));
+  return static_cast<int>(
+      std::min<int64_t>(kMaxPicturesPerJob * max_input_bytes + (1 << 20), INT32_MAX));
 }
 
 void SchedulerServer::Shutdown(absl::Duration grace) {

@@ -63,6 +63,32 @@ absl::Status CheckImageInput(const Limits& l, const std::string& f,
   return Invalid(f, "set data (PNG or JPEG bytes) or path (under --input-root)");
 }
 
+// JobSpec.control: the picture like init_image's, the scale and the step fractions.
+absl::Status CheckControl(const Limits& l, const std::string& f, const zfarm::v1::JobSpec& spec) {
+  const zfarm::v1::ControlInput& c = spec.control();
+  if (!c.has_image()) {
+    return Invalid(f + ".image", "is required (the control picture: PNG or JPEG data or a path)");
+  }
+  ZFARM_RETURN_IF_ERROR(CheckImageInput(l, f + ".image", c.image()));
+  if (c.has_conditioning_scale()) {
+    const float s = c.conditioning_scale();
+    if (!std::isfinite(s) || s < 0 || s > kMaxControlScale) {
+      return Invalid(f + ".conditioning_scale",
+                     absl::StrCat(s, " is outside [0, ", kMaxControlScale, "]"));
+    }
+  }
+  const float start = c.has_start() ? c.start() : 0.0f, end = c.has_end() ? c.end() : 1.0f;
+  if (!std::isfinite(start) || !std::isfinite(end) || start < 0 || end > 1 || start >= end) {
+    return Invalid(f + ".start", absl::StrCat("start ", start, " and end ", end,
+                                              " must satisfy 0 <= start < end <= 1"));
+  }
+  if (spec.has_init_image() && !spec.has_mask_image()) {
+    return Invalid(f, "with init_image needs mask_image (ControlNet inpainting); image-to-image "
+                      "with a ControlNet is not supported");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckLoras(const Limits& l, const std::string& f, zfarm::v1::JobSpec* spec) {
   if (spec->loras_size() > l.max_loras) {
     return Invalid(f + ".loras", absl::StrCat(spec->loras_size(), " LoRAs exceeds the limit of ",
@@ -244,6 +270,7 @@ absl::Status ValidateAndNormalizeSpec(const Limits& l, const std::string& f,
   } else if (spec->has_init_image()) {
     spec->set_strength(kDefaultStrength);
   }
+  if (spec->has_control()) ZFARM_RETURN_IF_ERROR(CheckControl(l, f + ".control", *spec));
   return CheckLoras(l, f, spec);
 }
 

@@ -16,6 +16,12 @@
 
 namespace zfarm::scheduler {
 
+// Largest JobSpec.control.conditioning_scale.
+inline constexpr float kMaxControlScale = 2.0f;
+// Pictures one job can carry (init_image, mask_image, control.image): request and lease
+// size limits leave room for this many at --max-input-bytes.
+inline constexpr int kMaxPicturesPerJob = 3;
+
 // Limits applied at the edge (defaults: README "Bad input").
 struct Limits {
   int max_prompt_bytes = 4000;

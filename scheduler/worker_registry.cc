@@ -32,6 +32,7 @@ bool WorkerRegistry::CanRun(const Worker& w, const v1::JobSpec& s, int64_t min_m
   };
   if (s.has_init_image() && !has_feature(kFeatureImg2Img)) return false;
   if (s.has_mask_image() && !has_feature(kFeatureInpaint)) return false;
+  if (s.has_control() && !has_feature(kFeatureControlNet)) return false;
   if (s.loras_size() > 0) {
     if (!has_feature(kFeatureLora)) return false;
     for (const v1::LoraRef& l : s.loras()) {

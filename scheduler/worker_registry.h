@@ -65,12 +65,14 @@ class WorkerRegistry {
   // ---- Capabilities. A job runs only on a worker that has everything it needs: its
   // model (if named), its size (within max_width/height_px), the memory an earlier
   // OUT_OF_MEMORY showed it needs, the features its inputs need (init_image ->
-  // "img2img", mask_image -> "inpaint", loras -> "lora") and every LoRA it names.
+  // "img2img", mask_image -> "inpaint", loras -> "lora", control -> "controlnet") and
+  // every LoRA it names.
   // A job no connected worker can run stays QUEUED until one connects (or its
   // deadline passes), whatever the reason.
   static constexpr char kFeatureImg2Img[] = "img2img";
   static constexpr char kFeatureInpaint[] = "inpaint";
   static constexpr char kFeatureLora[] = "lora";
+  static constexpr char kFeatureControlNet[] = "controlnet";
   static bool CanRun(const Worker& w, const zfarm::v1::JobSpec& spec, int64_t min_memory_bytes);
   // The set of LoRA names, canonical (sorted, unique), as one comparable key.
   static std::string LoraSetKey(std::vector<std::string> names);

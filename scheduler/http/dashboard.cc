@@ -61,6 +61,7 @@ std::string WorkerStateKey(zfarm::v1::WorkerState s) {
 json JobJson(zfarm::v1::Job job) {
   job.mutable_spec()->clear_init_image();
   job.mutable_spec()->clear_mask_image();
+  if (job.spec().has_control()) job.mutable_spec()->mutable_control()->clear_image();
   return json::parse(ToJson(job), nullptr, false);
 }
 

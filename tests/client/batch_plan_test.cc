@@ -272,6 +272,37 @@ TEST(ParsePromptsFileTest, ImageKeysAndLoras) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("local files")));
 }
 
+TEST(PromptsFileTest, ControlNetKeys) {
+  FileReader read = [](const std::string& p) -> absl::StatusOr<std::string> {
+    if (p == "pose.png") return std::string("POSE");
+    return absl::InvalidArgumentError("cannot read '" + p + "'");
+  };
+  zfarm::v1::JobSpec defaults;
+  ASSERT_OK_AND_ASSIGN(
+      auto jobs,
+      ParsePromptsFile("{\"prompt\": \"a\", \"control_image\": \"pose.png\", "
+                       "\"control_scale\": 0.8, \"control_start\": 0.1, \"control_end\": 0.9}\n"
+                       "{\"prompt\": \"b\", \"control_image_path\": \"poses/b.png\"}\n",
+                       "p.jsonl", defaults, {}, read));
+  ASSERT_THAT(jobs, SizeIs(2));
+  const zfarm::v1::ControlInput& a = jobs[0].spec.control();
+  EXPECT_EQ(a.image().data(), "POSE");
+  EXPECT_FLOAT_EQ(a.conditioning_scale(), 0.8f);
+  EXPECT_FLOAT_EQ(a.start(), 0.1f);
+  EXPECT_FLOAT_EQ(a.end(), 0.9f);
+  EXPECT_EQ(jobs[0].spec.width_px(), 1024);  // no init picture: 1024, as diffusers
+  EXPECT_EQ(jobs[1].spec.control().image().path(), "poses/b.png");
+  EXPECT_FALSE(jobs[1].spec.control().has_conditioning_scale());
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"control_scale\": \"high\"}", "f", defaults,
+                               {}, read),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("\"control_scale\" must be a number")));
+  EXPECT_THAT(ParsePromptsFile("{\"prompt\": \"a\", \"control_image\": \"nope.png\"}", "f",
+                               defaults, {}, read),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("f:1: \"control_image\": cannot read 'nope.png'")));
+}
+
 TEST(RequestIdTest, ChangesWhenAPictureChanges) {
   auto id_for = [](const std::string& bytes) {
     PlannedJob j;

@@ -356,8 +356,8 @@ TEST_F(InputsTest, SweepKeepsRecentlySubmittedFiles) {
   EXPECT_TRUE(fs::exists(Stored(std::string(64, 'e'))));
 }
 
-TEST(MaxMessageBytesTest, FitsTwoPicturesAndASpec) {
-  EXPECT_EQ(MaxMessageBytesFor(16 << 20), (33 << 20));
+TEST(MaxMessageBytesTest, FitsThreePicturesAndASpec) {
+  EXPECT_EQ(MaxMessageBytesFor(16 << 20), (49 << 20));
   EXPECT_EQ(MaxMessageBytesFor(int64_t{1} << 40), INT32_MAX);
 }
 

@@ -626,6 +626,26 @@ class CapabilityTest : public SchedulerCoreTest {
   }
 };
 
+TEST_F(CapabilityTest, ControlJobsGoOnlyToWorkersWithAControlNet) {
+  Open();
+  auto plain = std::make_shared<RecordingSink>();
+  ConnectWith(CapableHello("plain", {"img2img", "inpaint", "lora"}, {}), plain);
+  const std::string control = SubmitSpec("control", [](v1::JobSpec& s) {
+    s.mutable_control()->mutable_image()->set_path("pose.png");
+    s.mutable_control()->set_conditioning_scale(0.8f);
+  });
+  // No worker with a ControlNet: QUEUED (as a size no worker renders), nothing leased.
+  EXPECT_TRUE(plain->TakeLeases().empty());
+  EXPECT_EQ(Get(control).state(), v1::JOB_STATE_QUEUED);
+  auto cn = std::make_shared<RecordingSink>();
+  ConnectWith(CapableHello("cn", {"img2img", "inpaint", "controlnet"}, {}), cn);
+  auto got = cn->TakeLeases();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].lease().job_id(), control);
+  EXPECT_FLOAT_EQ(got[0].spec().control().conditioning_scale(), 0.8f);
+  EXPECT_TRUE(plain->TakeLeases().empty());
+}
+
 TEST_F(CapabilityTest, JobsGoOnlyToWorkersWithTheirFeaturesAndLoras) {
   options_.lora_affinity_wait = absl::ZeroDuration();
   Open();

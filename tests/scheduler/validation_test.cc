@@ -191,6 +191,47 @@ TEST(ValidationTest, ImageInputsStrengthAndLorasNameFieldAndLimit) {
       s.set_strength(st);
     }));
   }
+  // control: an image like init_image's, scale in [0, 2], 0 <= start < end <= 1, and with
+  // init_image a mask (ControlNet inpainting).
+  EXPECT_THAT(bad([](JobSpec& s) { s.mutable_control()->set_conditioning_scale(1.0f); }),
+              StatusIs(kInvalid, HasSubstr("spec.control.image: is required")));
+  EXPECT_THAT(bad([](JobSpec& s) { s.mutable_control()->mutable_image()->set_data(""); }),
+              StatusIs(kInvalid, HasSubstr("spec.control.image.data: must not be empty")));
+  EXPECT_THAT(bad([](JobSpec& s) {
+                s.mutable_control()->mutable_image()->set_data(std::string((16 << 20) + 1, 'x'));
+              }),
+              StatusIs(kInvalid, HasSubstr("spec.control.image.data: 16.0 MiB is over")));
+  for (float sc : {-0.1f, 2.01f, std::nanf("")}) {
+    EXPECT_THAT(bad([sc](JobSpec& s) {
+                  s.mutable_control()->mutable_image()->set_data("x");
+                  s.mutable_control()->set_conditioning_scale(sc);
+                }),
+                StatusIs(kInvalid, AllOf(HasSubstr("spec.control.conditioning_scale"),
+                                         HasSubstr("outside [0, 2]"))))
+        << sc;
+  }
+  for (auto [a, b] : {std::pair{0.5f, 0.5f}, std::pair{-0.1f, 1.0f}, std::pair{0.0f, 1.5f}}) {
+    EXPECT_THAT(bad([a = a, b = b](JobSpec& s) {
+                  s.mutable_control()->mutable_image()->set_data("x");
+                  s.mutable_control()->set_start(a);
+                  s.mutable_control()->set_end(b);
+                }),
+                StatusIs(kInvalid, HasSubstr("0 <= start < end <= 1")))
+        << a << " " << b;
+  }
+  EXPECT_THAT(bad([](JobSpec& s) {
+                s.mutable_control()->mutable_image()->set_data("x");
+                s.mutable_init_image()->set_data("x");
+              }),
+              StatusIs(kInvalid, HasSubstr("spec.control: with init_image needs mask_image")));
+  EXPECT_OK(bad([](JobSpec& s) {
+    s.mutable_control()->mutable_image()->set_data("x");
+    s.mutable_control()->set_conditioning_scale(2.0f);
+    s.mutable_control()->set_start(0.2f);
+    s.mutable_control()->set_end(0.9f);
+    s.mutable_init_image()->set_data("x");
+    s.mutable_mask_image()->set_data("x");
+  }));
   // LoRAs: at most 8, each once, plain names, scale in [-4, 4].
   EXPECT_THAT(bad([](JobSpec& s) {
                 for (int i = 0; i < 9; ++i) s.add_loras()->set_name(absl::StrCat("l", i));

@@ -358,13 +358,14 @@ TEST_F(BadInputTest, InvalidUtf8AndOversizedMessagesOverGrpc) {
   std::cout << "invalid UTF-8 over gRPC: code " << st.error_code() << " \"" << st.error_message()
             << "\"" << std::endl;
 
-  // Over --max-message-bytes (by default 2 x --max-input-bytes + 1 MiB = 33 MiB, room
-  // for an init image and a mask): refused by gRPC, the limit in the message.
+  // Over --max-message-bytes (by default 3 x --max-input-bytes + 1 MiB = 49 MiB, room
+  // for an init image, a mask and a control picture): refused by gRPC, the limit in the
+  // message.
   v1::SubmitJobRequest huge = Good();
-  huge.mutable_spec()->set_prompt(std::string((33 << 20) + 1024, 'x'));
+  huge.mutable_spec()->set_prompt(std::string((49 << 20) + 1024, 'x'));
   grpc::Status s = Submit(huge);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
-  EXPECT_THAT(s.error_message(), HasSubstr("34603008"));
+  EXPECT_THAT(s.error_message(), HasSubstr("51380224"));
   EXPECT_TRUE(Submit(Good()).ok());  // and the scheduler is still fine
 }
 
@@ -433,16 +434,16 @@ TEST_F(BadInputTest, RestMalformedBodiesAreRefusedNamingWhatIsWrong) {
 
 TEST_F(BadInputTest, RestHugeBodiesAreRefusedWithTheLimit) {
   // Over the gateway's body limit, with a Content-Length and chunked. The binary's
-  // limit leaves room for two base64 pictures of --max-input-bytes (16 MiB):
-  // 2 * 22369624 + 1 MiB = 45787824 bytes.
-  const std::string huge = R"({"spec":{"prompt":")" + std::string(46 << 20, 'x') + R"("}})";
+  // limit leaves room for three base64 pictures of --max-input-bytes (16 MiB: an init
+  // image, a mask and a control picture): 3 * 22369624 + 1 MiB = 68157448 bytes.
+  const std::string huge = R"({"spec":{"prompt":")" + std::string(66 << 20, 'x') + R"("}})";
   Http h = Curl("POST", "/v1/jobs", huge);
   EXPECT_EQ(h.status, 413) << h.body.substr(0, 300);
-  EXPECT_THAT(h.Json().value("message", ""), HasSubstr("45787824"));
+  EXPECT_THAT(h.Json().value("message", ""), HasSubstr("68157448"));
   h = Curl("POST", "/v1/jobs", huge,
            "-H 'Content-Type: application/json' -H 'Transfer-Encoding: chunked'");
   EXPECT_EQ(h.status, 413) << h.body.substr(0, 300);
-  EXPECT_THAT(h.Json().value("message", ""), HasSubstr("45787824"));
+  EXPECT_THAT(h.Json().value("message", ""), HasSubstr("68157448"));
   // A 2 MiB body (over the HTTP server's own 1 MiB default) is read now: the
   // field's limit is named.
   const std::string two = R"({"spec":{"prompt":")" + std::string(2 << 20, 'x') + R"("}})";

@@ -24,6 +24,7 @@
 #include "proto/status_macros.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
+#include "worker/io/model_folder.h"
 #include "worker/io/model_fingerprint.h"
 #include "worker/pipeline/device_info.h"
 #include "worker/pipeline/pipeline.h"
@@ -65,6 +66,9 @@ constexpr char kUsage[] =
     "                            by `zfarm-worker cache-weights`; half the bytes of a cold start)\n"
     "  --lora-dir DIR            LoRAs jobs may name: DIR/NAME.safetensors (catalogued with their\n"
     "                            sha256 for the scheduler; rescanned at every heartbeat)\n"
+    "  --controlnet DIR|FILE     a Z-Image-Turbo-Fun-Controlnet-Union (1.0/2.0/2.1, folder or\n"
+    "                            .safetensors) kept resident for jobs with spec.control\n"
+    "                            (announced as feature \"controlnet\")\n"
     "  --tls-ca FILE             CA that signed the scheduler's certificate (TLS to --scheduler)\n"
     "  --tls-cert/--tls-key FILE client certificate for mutual TLS with the scheduler\n"
     "  --token-file FILE         bearer token (role worker) for the scheduler; default $ZFARM_TOKEN\n"
@@ -83,7 +87,7 @@ const std::vector<std::string> kValueFlags = {
     "health-listen",  "metrics-listen", "prefetch",     "max-size",
     "min-free-disk-mb", "shutdown-grace", "tls-ca",         "tls-cert",
     "tls-key",          "token-file",     "health-tls-cert", "health-tls-key",
-    "health-tls-client-ca", "weights-cache", "lora-dir"};
+    "health-tls-client-ca", "weights-cache", "lora-dir", "controlnet"};
 
 int Usage(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker serve: %s\n%s", why.c_str(), kUsage);
@@ -193,6 +197,7 @@ PipelineOptions PipelineOptionsFrom(const ParsedFlags& f, const std::string& dev
   popts.fused_ops = !f.True("reference-ops");
   popts.vae_fp32 = f.True("vae-fp32");
   if (f.Has("weights-cache")) popts.weights_cache_dir = f.Get("weights-cache");
+  if (f.Has("controlnet")) popts.controlnet = f.Get("controlnet");
   return popts;
 }
 
@@ -343,6 +348,7 @@ int RunServe(int argc, char** argv) {
   Worker::Options wo =
       WorkerOptionsFrom(f, *settings, *info, *fingerprint, *loaded.pipeline, warmup);
   wo.loras = loras;
+  if (f.Has("controlnet")) wo.controlnet = ControlNetName(f.Get("controlnet"));
   const SchedulerLink::Options lo = LinkOptionsFrom(f, creds);
   auto worker = Worker::Create(
       wo, std::make_unique<PipelineRenderer>(std::move(loaded.pipeline), device), lo);

@@ -105,6 +105,15 @@ absl::Status ResolvePictures(const v1::JobSpec& spec, GenerateRequest* req) {
     ZFARM_ASSIGN_OR_RETURN(req->mask_image, DecodeInput(spec.mask_image(), "spec.mask_image"));
   }
   if (spec.has_strength()) req->strength = spec.strength();
+  if (spec.has_control()) {
+    const v1::ControlInput& c = spec.control();
+    ControlRequest cr;
+    ZFARM_ASSIGN_OR_RETURN(cr.image, DecodeInput(c.image(), "spec.control.image"));
+    if (c.has_conditioning_scale()) cr.scale = c.conditioning_scale();
+    if (c.has_start()) cr.start = c.start();
+    if (c.has_end()) cr.end = c.end();
+    req->control = std::move(cr);
+  }
   return absl::OkStatus();
 }
 
@@ -242,6 +251,7 @@ v1::WorkerHello Worker::MakeHello() {
   h.add_features("img2img");
   h.add_features("inpaint");
   if (options_.loras != nullptr) h.add_features("lora");
+  if (!options_.controlnet.empty()) h.add_features("controlnet");
   if (running_) *h.add_held_leases() = *running_;
   for (const auto& [id, c] : commits_) *h.add_held_leases() = c.request.lease();
   return h;

@@ -81,6 +81,9 @@ class Worker : public SchedulerLink::Handler {
     // --lora-dir: the LoRAs jobs may name (sent in the hello, and in a heartbeat whenever
     // the directory changed). Null = none; a job naming a LoRA then fails INVALID_REQUEST.
     std::shared_ptr<LoraCatalog> loras;
+    // --controlnet: the name of the resident ControlNet (ControlNetName of its path), sent
+    // in the hello as feature "controlnet" and written into results. Empty = none.
+    std::string controlnet;
   };
 
   // Counters for /metrics, tests and benchmarks.

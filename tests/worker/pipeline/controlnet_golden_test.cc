@@ -36,6 +36,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::RelErr;
+using testing::WorstLevel;
+constexpr auto Picture = testing::GoldenPicture;
 
 const std::string kTestdata = std::string(ZFARM_SOURCE_DIR) + "/tests/testdata/";
 const std::string kGoldenDir = kTestdata + "golden/";
@@ -43,24 +45,7 @@ const std::string kWeights = "/diffusion_pytorch_model.safetensors";
 
 std::string Folder(const std::string& layout) { return kTestdata + "controlnet/" + layout; }
 
-InputPicture Picture(const std::string& file) {
-  auto bytes = ReadSmallFile(kGoldenDir + file, 1 << 20);
-  EXPECT_TRUE(bytes.ok()) << bytes.status();
-  if (!bytes.ok()) return {};
-  auto img = DecodeImage(*bytes, file);
-  EXPECT_TRUE(img.ok()) << img.status();
-  if (!img.ok()) return {};
-  return {img->width, img->height, std::move(img->rgb), Sha256Hex(*bytes)};
-}
 
-int WorstLevel(const std::vector<uint8_t>& got, const std::vector<float>& want) {
-  if (got.size() != want.size()) return 256;
-  int worst = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    worst = std::max(worst, std::abs(static_cast<int>(got[i]) - static_cast<int>(want[i])));
-  }
-  return worst;
-}
 
 // A scratch folder for this test binary, removed at exit by the suites' teardown.
 std::string Scratch() {

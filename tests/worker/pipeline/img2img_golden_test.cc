@@ -23,27 +23,12 @@ namespace zfarm::worker {
 namespace {
 
 using testing::RelErr;
+using testing::WorstLevel;
+constexpr auto Picture = testing::GoldenPicture;
 
 const std::string kGoldenDir = std::string(ZFARM_SOURCE_DIR) + "/tests/testdata/golden/";
 
-InputPicture Picture(const std::string& file) {
-  auto bytes = ReadSmallFile(kGoldenDir + file, 1 << 20);
-  EXPECT_TRUE(bytes.ok()) << bytes.status();
-  if (!bytes.ok()) return {};
-  auto img = DecodeImage(*bytes, file);
-  EXPECT_TRUE(img.ok()) << img.status();
-  if (!img.ok()) return {};
-  return {img->width, img->height, std::move(img->rgb), Sha256Hex(*bytes)};
-}
 
-int WorstLevel(const std::vector<uint8_t>& got, const std::vector<float>& want) {
-  if (got.size() != want.size()) return 256;
-  int worst = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    worst = std::max(worst, std::abs(static_cast<int>(got[i]) - static_cast<int>(want[i])));
-  }
-  return worst;
-}
 
 double MaxAbs(const std::vector<float>& a, const std::vector<float>& b) {
   if (a.size() != b.size()) return 1e9;

@@ -5,10 +5,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "gtest/gtest.h"
+#include "worker/io/file_util.h"
+#include "worker/io/image_decode.h"
 #include "worker/io/safetensors.h"
 #include "worker/pipeline/pipeline.h"
 
@@ -21,6 +26,30 @@ inline std::vector<float> GoldenTensor(const SafetensorsFile& f, const std::stri
   std::vector<float> v(t->numel());
   ConvertToF32(f.View(*t), v.data());
   return v;
+}
+
+// An input picture of tests/testdata/golden, decoded as the pipeline gets it (with the file's
+// sha256); empty (and a test failure) if it does not read or decode.
+inline InputPicture GoldenPicture(const std::string& file) {
+  const std::string dir = std::string(ZFARM_SOURCE_DIR) + "/tests/testdata/golden/";
+  auto bytes = ReadSmallFile(dir + file, 1 << 20);
+  EXPECT_TRUE(bytes.ok()) << bytes.status();
+  if (!bytes.ok()) return {};
+  auto img = DecodeImage(*bytes, file);
+  EXPECT_TRUE(img.ok()) << img.status();
+  if (!img.ok()) return {};
+  return {img->width, img->height, std::move(img->rgb), Sha256Hex(*bytes)};
+}
+
+// The largest difference in levels between 8-bit pixels and a golden's values; 256 for a
+// size mismatch.
+inline int WorstLevel(const std::vector<uint8_t>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return 256;
+  int worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    worst = std::max(worst, std::abs(static_cast<int>(got[i]) - static_cast<int>(want[i])));
+  }
+  return worst;
 }
 
 // max |a - b| relative to max |b| (the output scale); 1e9 for a size mismatch.

@@ -14,6 +14,7 @@
 #include "tests/testing/farm_client.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/worker/runtime/picture_jobs.h"
 #include "worker/io/file_util.h"
 #include "worker/io/png.h"
 #include "worker/pipeline/pipeline_renderer.h"
@@ -29,57 +30,14 @@ using ::zfarm::testing::FarmClient;
 using ::zfarm::testing::Spec;
 using ::zfarm::testing::TestScheduler;
 
-// A w x h PNG: a smooth picture, or (mask) a white disc on black.
-std::string Picture(int w, int h, bool mask) {
-  std::vector<uint8_t> rgb(static_cast<size_t>(w) * h * 3);
-  for (int y = 0; y < h; ++y) {
-    for (int x = 0; x < w; ++x) {
-      uint8_t* p = &rgb[(static_cast<size_t>(y) * w + x) * 3];
-      if (mask) {
-        const bool in = std::hypot(x - w / 2.0, y - h / 2.0) < w / 4.0;
-        p[0] = p[1] = p[2] = in ? 255 : 0;
-      } else {
-        p[0] = static_cast<uint8_t>(x);
-        p[1] = static_cast<uint8_t>(y);
-        p[2] = static_cast<uint8_t>(128 + 100 * std::sin(x * 0.05));
-      }
-    }
-  }
-  auto png = EncodePng(rgb, w, h, {});
-  EXPECT_OK(png.status());
-  return png.ok() ? *png : "";
-}
-
-std::string ParametersOf(const std::string& png_path) {
-  auto bytes = ReadSmallFile(png_path, 64 << 20);
-  if (!bytes.ok()) return "";
-  auto png = DecodePng(*bytes);
-  if (!png.ok()) return "";
-  std::string all;
-  for (const auto& [k, v] : png->text) all += k + "=" + v + "\n";
-  return all;
-}
+using testing::ParametersOf;
+using testing::Picture;
 
 std::unique_ptr<Worker> MakeWorker(const std::string& address, const std::string& output_root) {
   PipelineOptions po;
-  po.model_dir = ZFARM_TINY_MODEL_DIR;
-  auto p = Pipeline::Create(po);
-  EXPECT_OK(p.status());
-  if (!p.ok()) return nullptr;
   Worker::Options o;
   o.name = "img2img-worker";
-  o.output_root = output_root;
-  o.min_free_disk_bytes = 0;
-  o.self_test.width = o.self_test.height = 64;
-  o.self_test.steps = 1;
-  o.self_test.prompt = "self-test";
-  SchedulerLink::Options l;
-  l.target = address;
-  l.initial_backoff = absl::Milliseconds(20);
-  l.max_backoff = absl::Milliseconds(200);
-  auto w = Worker::Create(o, std::make_unique<PipelineRenderer>(*std::move(p), "cpu"), l);
-  EXPECT_OK(w.status());
-  return w.ok() ? *std::move(w) : nullptr;
+  return testing::MakeTinyWorker(address, output_root, po, o);
 }
 
 v1::JobSpec PictureSpec(const std::string& init, const std::string& mask, float strength) {
@@ -192,7 +150,9 @@ TEST(WorkerImg2ImgTest, PictureJobsRenderAndBadOnesFailInvalidRequestWhileTheWor
     EXPECT_THAT(j.error().message(), HasSubstr(b.message)) << b.what;
     EXPECT_TRUE(w->Serving()) << b.what;
   }
-  EXPECT_GE(reached_worker, 3);
+  // The truncated picture at least (the scheduler refuses sizes other than the picture's at
+  // submit, so "size" and "big" stop there).
+  EXPECT_GE(reached_worker, 1);
   const v1::Job again = render(PictureSpec("", "", 0));
   ASSERT_EQ(again.state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(pixels(again), before);

@@ -20,6 +20,7 @@
 #include "tests/testing/farm_client.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/worker/runtime/picture_jobs.h"
 #include "worker/io/file_util.h"
 #include "worker/io/safetensors.h"
 #include "worker/io/png.h"
@@ -71,15 +72,7 @@ std::string MakeLoraDir() {
   return dir;
 }
 
-std::string ParametersOf(const std::string& png_path) {
-  auto bytes = ReadSmallFile(png_path, 64 << 20);
-  if (!bytes.ok()) return "";
-  auto png = DecodePng(*bytes);
-  if (!png.ok()) return "";
-  std::string all;
-  for (const auto& [k, v] : png->text) all += k + "=" + v + "\n";
-  return all;
-}
+using testing::ParametersOf;
 
 int RemoveEntry(const char* path, const struct stat*, int, struct FTW*) { return std::remove(path); }
 
@@ -95,29 +88,13 @@ class WorkerLoraTest : public ::testing::Test {
 
   std::unique_ptr<Worker> MakeWorker(const std::string& address, const std::string& output_root,
                                      bool lora_dir = true) {
-    PipelineOptions po;
-    po.model_dir = ZFARM_TINY_MODEL_DIR;
-    auto p = Pipeline::Create(po);
-    EXPECT_OK(p.status());
-    if (!p.ok()) return nullptr;
     auto catalog = LoraCatalog::Open(dir_);
     EXPECT_OK(catalog.status());
     if (!catalog.ok()) return nullptr;
     Worker::Options o;
     o.name = "lora-worker";
-    o.output_root = output_root;
-    o.min_free_disk_bytes = 0;
-    o.self_test.width = o.self_test.height = 64;
-    o.self_test.steps = 1;
-    o.self_test.prompt = "self-test";
     if (lora_dir) o.loras = *std::move(catalog);
-    SchedulerLink::Options l;
-    l.target = address;
-    l.initial_backoff = absl::Milliseconds(20);
-    l.max_backoff = absl::Milliseconds(200);
-    auto w = Worker::Create(o, std::make_unique<PipelineRenderer>(*std::move(p), "cpu"), l);
-    EXPECT_OK(w.status());
-    return w.ok() ? *std::move(w) : nullptr;
+    return testing::MakeTinyWorker(address, output_root, PipelineOptions{}, o);
   }
 
   std::string dir_;

@@ -1,0 +1,82 @@
+#ifndef ZFARM_TESTS_WORKER_RUNTIME_PICTURE_JOBS_H_
+#define ZFARM_TESTS_WORKER_RUNTIME_PICTURE_JOBS_H_
+
+// Helpers of the worker tests that render on the tiny model (ZFARM_TINY_MODEL_DIR): input
+// pictures, the parameters written into a result, a worker connected to a test scheduler.
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+#include "worker/io/file_util.h"
+#include "worker/io/png.h"
+#include "worker/pipeline/pipeline.h"
+#include "worker/runtime/pipeline_renderer.h"
+#include "worker/runtime/worker.h"
+
+namespace zfarm::worker::testing {
+
+// A w x h PNG: a smooth picture, or (mask) a white disc on black.
+inline std::string Picture(int w, int h, bool mask) {
+  std::vector<uint8_t> rgb(static_cast<size_t>(w) * h * 3);
+  for (int y = 0; y < h; ++y) {
+    for (int x = 0; x < w; ++x) {
+      uint8_t* p = &rgb[(static_cast<size_t>(y) * w + x) * 3];
+      if (mask) {
+        const bool in = std::hypot(x - w / 2.0, y - h / 2.0) < w / 4.0;
+        p[0] = p[1] = p[2] = in ? 255 : 0;
+      } else {
+        p[0] = static_cast<uint8_t>(x);
+        p[1] = static_cast<uint8_t>(y);
+        p[2] = static_cast<uint8_t>(128 + 100 * std::sin(x * 0.05));
+      }
+    }
+  }
+  auto png = EncodePng(rgb, w, h, {});
+  EXPECT_OK(png.status());
+  return png.ok() ? *png : "";
+}
+
+// Every text chunk of a PNG result as "key=value\n" lines.
+inline std::string ParametersOf(const std::string& png_path) {
+  auto bytes = ReadSmallFile(png_path, 64 << 20);
+  if (!bytes.ok()) return "";
+  auto png = DecodePng(*bytes);
+  if (!png.ok()) return "";
+  std::string all;
+  for (const auto& [k, v] : png->text) all += k + "=" + v + "\n";
+  return all;
+}
+
+// A CPU worker on the tiny model for `address` writing under `output_root`: `po` and `o` as
+// given (name, LoRAs, ControlNet...) with the model folder, a 64x64 one-step self-test, no
+// free-disk reserve and fast reconnects filled in. nullptr (and a test failure) on error.
+inline std::unique_ptr<Worker> MakeTinyWorker(const std::string& address,
+                                              const std::string& output_root, PipelineOptions po,
+                                              Worker::Options o) {
+  po.model_dir = ZFARM_TINY_MODEL_DIR;
+  auto p = Pipeline::Create(po);
+  EXPECT_OK(p.status());
+  if (!p.ok()) return nullptr;
+  o.output_root = output_root;
+  o.min_free_disk_bytes = 0;
+  o.self_test.width = o.self_test.height = 64;
+  o.self_test.steps = 1;
+  o.self_test.prompt = "self-test";
+  SchedulerLink::Options l;
+  l.target = address;
+  l.initial_backoff = absl::Milliseconds(20);
+  l.max_backoff = absl::Milliseconds(200);
+  auto w = Worker::Create(o, std::make_unique<PipelineRenderer>(*std::move(p), "cpu"), l);
+  EXPECT_OK(w.status());
+  return w.ok() ? *std::move(w) : nullptr;
+}
+
+}  // namespace zfarm::worker::testing
+
+#endif  // ZFARM_TESTS_WORKER_RUNTIME_PICTURE_JOBS_H_
