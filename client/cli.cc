@@ -40,6 +40,9 @@
 #include "proto/rpc_status.h"
 #include "proto/status_macros.h"
 #include "proto/version.h"
+#include "worker/io/canny.h"
+#include "worker/io/image_decode.h"
+#include "worker/io/png.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 
@@ -326,6 +329,7 @@ struct SpecFlags {
   double control_scale = std::numeric_limits<double>::quiet_NaN();
   double control_start = std::numeric_limits<double>::quiet_NaN();
   double control_end = std::numeric_limits<double>::quiet_NaN();
+  bool canny = false;  // send the Canny edges of --control-image instead of the picture
 };
 
 void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
@@ -372,9 +376,19 @@ void AddSpecFlags(FlagSet* f, SpecFlags* s, bool with_prompt) {
   f->Double("control-scale", &s->control_scale, "ControlNet conditioning scale, [0, 2] (0.75)");
   f->Double("control-start", &s->control_start, "ControlNet from this fraction of the steps (0)");
   f->Double("control-end", &s->control_end, "ControlNet up to this fraction of the steps (1)");
+  f->Bool("canny", &s->canny,
+          "send the Canny edge map of --control-image (OpenCV, thresholds 100/200) instead");
 }
 
 // One picture flag pair: --NAME FILE (read here, sent as bytes) or --NAME-path.
+// The Canny edge map (worker/io/canny.h) of a PNG/JPEG file's bytes, as a PNG.
+absl::StatusOr<std::string> CannyPng(const std::string& bytes, const std::string& what) {
+  ZFARM_ASSIGN_OR_RETURN(zfarm::worker::DecodedImage img, zfarm::worker::DecodeImage(bytes, what));
+  ZFARM_ASSIGN_OR_RETURN(std::vector<uint8_t> edges,
+                         zfarm::worker::CannyRgb(img.rgb, img.width, img.height));
+  return zfarm::worker::EncodePng(edges, img.width, img.height, {});
+}
+
 absl::Status ImageFlag(const std::string& file, const std::string& path, absl::string_view flag,
                        zfarm::v1::ImageInput* out) {
   if (!file.empty() && !path.empty()) {
@@ -448,13 +462,22 @@ absl::StatusOr<JobSpec> BuildSpec(const SpecFlags& s) {
     zfarm::v1::ControlInput* c = spec.mutable_control();
     ZFARM_RETURN_IF_ERROR(
         ImageFlag(s.control_image, s.control_image_path, "control-image", c->mutable_image()));
+    if (s.canny) {
+      if (!s.control_image_path.empty()) {
+        return absl::InvalidArgumentError(
+            "--canny needs --control-image (a local file; the scheduler's files are not read here)");
+      }
+      ZFARM_ASSIGN_OR_RETURN(std::string edges,
+                             CannyPng(c->image().data(), "--control-image " + s.control_image));
+      c->mutable_image()->set_data(std::move(edges));
+    }
     if (!std::isnan(s.control_scale)) c->set_conditioning_scale(static_cast<float>(s.control_scale));
     if (!std::isnan(s.control_start)) c->set_start(static_cast<float>(s.control_start));
     if (!std::isnan(s.control_end)) c->set_end(static_cast<float>(s.control_end));
   } else if (!std::isnan(s.control_scale) || !std::isnan(s.control_start) ||
-             !std::isnan(s.control_end)) {
+             !std::isnan(s.control_end) || s.canny) {
     return absl::InvalidArgumentError(
-        "--control-scale, --control-start and --control-end need --control-image");
+        "--control-scale, --control-start, --control-end and --canny need --control-image");
   }
   for (const std::string& l : s.loras) {
     absl::StatusOr<zfarm::v1::LoraRef> ref = ParseLoraRef(l);

@@ -33,6 +33,8 @@ pkgs=(
   # results libwebp + libwebpmux.
   libboost1.74-dev libcpp-httplib-dev libcpp-httplib0.11 libbrotli-dev libbrotli1
   libjpeg62-turbo-dev libjpeg62-turbo libwebp-dev libwebp7 libwebpmux3 libwebpdemux2
+  # OpenCV (the canny ControlNet preprocessor) is left out: its core, imgproc and TBB
+  # packages would not fit the GPU tool's carry limit; GPU builds have --canny off.
 )
 (cd "$dir" && apt-get download -qq "${pkgs[@]}" 2>&1 | grep -vE "^(W: Download is performed unsandboxed|Get:|Fetched)" || true)
 # libicu-dev carries 44 MB of static archives (libicudata.a alone is 31 MB) that nothing here

@@ -17,6 +17,8 @@ build_pkgs=(
   # WebP results (libwebp + libwebpmux for the EXIF/XMP chunks; JPEG uses libjpeg62-turbo-dev)
   libwebp-dev
   libgoogle-glog-dev libgflags-dev nlohmann-json3-dev libicu-dev libssl-dev zlib1g-dev
+  # the built-in canny ControlNet preprocessor (OpenCV imgproc; optional at build time)
+  libopencv-imgproc-dev
   # the worker's model runtime (CPU libtorch 1.13)
   libtorch-dev
 )

@@ -23,6 +23,8 @@
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/test_images.h"
+#include "worker/io/canny.h"
+#include "worker/io/file_util.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 
 namespace zfarm::client {
@@ -294,6 +296,52 @@ TEST_F(CliSchedulerTest, SubmitAndBatchWithPicturesAndLoras) {
   Result bad = Run({"batch", "--prompts", p});
   EXPECT_EQ(bad.rc, 2);
   EXPECT_THAT(bad.err, HasSubstr("objects are not accepted"));
+}
+
+// ControlNet from `zfarm submit`: the control picture travels as bytes (or as its Canny edge
+// map with --canny), with the scale and the step fractions; bad values exit 2 naming the field.
+TEST_F(CliSchedulerTest, SubmitWithAControlPicture) {
+  const std::string pose = dir_ + "/pose.png";
+  const std::string png = zfarm::testing::MakeTestPng(64, 48);
+  std::ofstream(pose, std::ios::binary) << png;
+  auto get = [this](const std::string& id) {
+    auto stub = zfarm::v1::JobService::NewStub(channel_);
+    zfarm::v1::GetJobRequest req;
+    req.set_job_id(id);
+    zfarm::v1::Job job;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub->GetJob(&ctx, req, &job).ok());
+    return job;
+  };
+  Result r = Run({"submit", "--prompt", "a dancer", "--control-image", pose, "--control-scale",
+                  "0.8", "--control-start", "0.1", "--control-end", "0.9", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const zfarm::v1::Job job = get(r.lines()[0]["job"]);
+  EXPECT_EQ(job.spec().control().image().sha256(), zfarm::worker::Sha256Hex(png));
+  EXPECT_FLOAT_EQ(job.spec().control().conditioning_scale(), 0.8f);
+  EXPECT_FLOAT_EQ(job.spec().control().start(), 0.1f);
+  EXPECT_FLOAT_EQ(job.spec().control().end(), 0.9f);
+  EXPECT_EQ(job.spec().width_px(), 1024);  // not the control picture's size (as diffusers)
+  Result canny = Run({"submit", "--prompt", "a dancer", "--control-image", pose, "--canny",
+                      "--json"});
+  if (zfarm::worker::CannyAvailable()) {
+    ASSERT_EQ(canny.rc, 0) << canny.err;
+    const zfarm::v1::Job edges = get(canny.lines()[0]["job"]);
+    EXPECT_EQ(edges.spec().control().image().sha256().size(), 64u);
+    EXPECT_NE(edges.spec().control().image().sha256(), zfarm::worker::Sha256Hex(png));
+  } else {
+    EXPECT_EQ(canny.rc, 2);
+    EXPECT_THAT(canny.err, HasSubstr("no OpenCV"));
+  }
+  Result scale = Run({"submit", "--prompt", "x", "--control-image", pose, "--control-scale", "3"});
+  EXPECT_EQ(scale.rc, 2);
+  EXPECT_THAT(scale.err, HasSubstr("spec.control.conditioning_scale: 3 is outside [0, 2]"));
+  Result alone = Run({"submit", "--prompt", "x", "--control-scale", "0.5"});
+  EXPECT_EQ(alone.rc, 2);
+  EXPECT_THAT(alone.err, HasSubstr("need --control-image"));
+  Result path = Run({"submit", "--prompt", "x", "--control-image-path", "p.png", "--canny"});
+  EXPECT_EQ(path.rc, 2);
+  EXPECT_THAT(path.err, HasSubstr("--canny needs --control-image"));
 }
 
 // 200 prompts; the scheduler is stopped and restarted on its journal while the

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
+#include "worker/io/canny.h"
 #include "worker/io/file_util.h"
 #include "worker/io/image_decode.h"
 #include "worker/io/image_file.h"
@@ -36,7 +37,8 @@ constexpr char kUsage[] =
     "                          with --mask inpainting, white = repaint; the size defaults\n"
     "                          to the picture's, rounded down to multiples of 16)\n"
     "  [--controlnet DIR|FILE --control-image FILE [--control-scale 0.75]\n"
-    "   [--control-start 0] [--control-end 1]]   (Z-Image-Turbo-Fun-Controlnet-Union 1.0/2.0/2.1;\n"
+    "   [--control-start 0] [--control-end 1] [--canny]]   (Z-Image-Turbo-Fun-Controlnet-Union\n"
+    "                          1.0/2.0/2.1; --canny: use the picture's Canny edges;\n"
     "                          the control picture is resized to the render size (1024x1024\n"
     "                          or --width/--height, as diffusers); with --init-image and\n"
     "                          --mask: ControlNet inpainting, 2.x only)\n"
@@ -44,7 +46,7 @@ constexpr char kUsage[] =
 
 const std::vector<std::string> kBoolFlags = {"vae-fp32",       "offload-text-encoder",
                                              "vae-tiling",     "no-cuda-graphs",
-                                             "reference-ops",  "help"};
+                                             "reference-ops",  "help", "canny"};
 const std::vector<std::string> kValueFlags = {"model",   "prompt",   "prompts",         "out",
                                               "out-dir", "width",    "height",          "steps",
                                               "seed",    "guidance", "negative-prompt", "device",
@@ -152,7 +154,7 @@ int ParsePictures(const ParsedFlags& f, GenerateRequest* req) {
 // 0 or the exit status.
 int ParseControl(const ParsedFlags& f, GenerateRequest* req) {
   const bool control_flags = f.Has("control-image") || f.Has("control-scale") ||
-                             f.Has("control-start") || f.Has("control-end");
+                             f.Has("control-start") || f.Has("control-end") || f.Has("canny");
   if (control_flags != f.Has("controlnet") || (control_flags && !f.Has("control-image"))) {
     return Usage("--controlnet and --control-image go together (with --control-scale/-start/-end)");
   }
@@ -165,6 +167,11 @@ int ParseControl(const ParsedFlags& f, GenerateRequest* req) {
   }
   absl::StatusOr<InputPicture> pic = ReadPicture("--control-image", f.Get("control-image"));
   if (!pic.ok()) return Fail(std::string(pic.status().message()));
+  if (f.True("canny")) {
+    absl::StatusOr<std::vector<uint8_t>> edges = CannyRgb(pic->rgb, pic->width, pic->height);
+    if (!edges.ok()) return Fail(std::string(edges.status().message()));
+    pic->rgb = *std::move(edges);
+  }
   c.image = *std::move(pic);
   req->control = std::move(c);
   return 0;
