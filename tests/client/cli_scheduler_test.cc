@@ -51,6 +51,16 @@ struct Result {
 
 class CliSchedulerTest : public ::testing::Test {
  protected:
+  // The job as GetJob returns it (a test failure if the call fails).
+  zfarm::v1::Job GetJob(const std::string& id) {
+    auto stub = zfarm::v1::JobService::NewStub(channel_);
+    zfarm::v1::GetJobRequest req;
+    req.set_job_id(id);
+    zfarm::v1::Job job;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub->GetJob(&ctx, req, &job).ok());
+    return job;
+  }
   void SetUp() override {
     std::string t = ::testing::TempDir() + "/zfarm_cli_sched_XXXXXX";
     dir_ = mkdtemp(t.data());
@@ -222,15 +232,7 @@ TEST_F(CliSchedulerTest, SubmitAndBatchWithPicturesAndLoras) {
   std::ofstream(dir_ + "/inputs/shots/a.png", std::ios::binary)
       << zfarm::testing::MakeTestPng(256, 512);
   env_["BUILD_TAG"] = "img";
-  auto get = [this](const std::string& id) {
-    auto stub = zfarm::v1::JobService::NewStub(channel_);
-    zfarm::v1::GetJobRequest req;
-    req.set_job_id(id);
-    zfarm::v1::Job job;
-    grpc::ClientContext ctx;
-    EXPECT_TRUE(stub->GetJob(&ctx, req, &job).ok());
-    return job;
-  };
+  auto get = [this](const std::string& id) { return GetJob(id); };
   Result r = Run({"submit", "--prompt", "a fox", "--init-image", in, "--strength", "0.6", "--mask",
                   mask, "--lora", "ink:0.8", "--lora", "detail", "--json"});
   ASSERT_EQ(r.rc, 0) << r.err;
@@ -304,15 +306,7 @@ TEST_F(CliSchedulerTest, SubmitWithAControlPicture) {
   const std::string pose = dir_ + "/pose.png";
   const std::string png = zfarm::testing::MakeTestPng(64, 48);
   std::ofstream(pose, std::ios::binary) << png;
-  auto get = [this](const std::string& id) {
-    auto stub = zfarm::v1::JobService::NewStub(channel_);
-    zfarm::v1::GetJobRequest req;
-    req.set_job_id(id);
-    zfarm::v1::Job job;
-    grpc::ClientContext ctx;
-    EXPECT_TRUE(stub->GetJob(&ctx, req, &job).ok());
-    return job;
-  };
+  auto get = [this](const std::string& id) { return GetJob(id); };
   Result r = Run({"submit", "--prompt", "a dancer", "--control-image", pose, "--control-scale",
                   "0.8", "--control-start", "0.1", "--control-end", "0.9", "--json"});
   ASSERT_EQ(r.rc, 0) << r.err;

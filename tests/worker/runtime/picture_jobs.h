@@ -11,7 +11,9 @@
 #include <utility>
 #include <vector>
 
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/testing/farm_client.h"
 #include "tests/testing/status_matchers.h"
 #include "worker/io/file_util.h"
 #include "worker/io/png.h"
@@ -51,6 +53,27 @@ inline std::string ParametersOf(const std::string& png_path) {
   std::string all;
   for (const auto& [k, v] : png->text) all += k + "=" + v + "\n";
   return all;
+}
+
+// A channel to `address` that takes answers up to 64 MiB (the scheduler echoes specs with
+// their pictures; gRPC's default is 4 MiB).
+inline std::shared_ptr<grpc::Channel> BigMessageChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+// Submits `spec` and waits (60 s) for its final state.
+inline zfarm::v1::Job Render(zfarm::testing::FarmClient& client, const zfarm::v1::JobSpec& spec) {
+  return client.WaitFinal(client.Submit(spec), absl::Seconds(60));
+}
+
+// The RGB pixels of a finished job's PNG under `output_root` (empty if unreadable).
+inline std::vector<uint8_t> ResultPixels(const std::string& output_root, const zfarm::v1::Job& j) {
+  auto bytes = ReadSmallFile(output_root + "/" + j.result().path(), 64 << 20);
+  if (!bytes.ok()) return {};
+  auto png = DecodePng(*bytes);
+  return png.ok() ? png->rgb : std::vector<uint8_t>();
 }
 
 // A CPU worker on the tiny model for `address` writing under `output_root`: `po` and `o` as

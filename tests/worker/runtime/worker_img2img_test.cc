@@ -53,12 +53,7 @@ TEST(WorkerImg2ImgTest, PictureJobsRenderAndBadOnesFailInvalidRequestWhileTheWor
   zfarm::scheduler::ServerOptions so;
   so.scheduler.heartbeat_interval = absl::Milliseconds(200);
   ASSERT_OK_AND_ASSIGN(auto farm, TestScheduler::Start(so));
-  // The scheduler echoes the spec (pictures included) in its answers: a client for large
-  // pictures needs more than gRPC's 4 MiB default too.
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);
-  FarmClient client(
-      grpc::CreateCustomChannel(farm->address(), grpc::InsecureChannelCredentials(), args));
+  FarmClient client(testing::BigMessageChannel(farm->address()));
   auto w = MakeWorker(farm->address(), farm->output_root());
   ASSERT_NE(w, nullptr);
   const v1::WorkerHello hello = w->MakeHello();
@@ -66,15 +61,8 @@ TEST(WorkerImg2ImgTest, PictureJobsRenderAndBadOnesFailInvalidRequestWhileTheWor
               ::testing::ElementsAre("img2img", "inpaint"));  // no --lora-dir: no "lora"
   w->Start();
   ASSERT_TRUE(zfarm::testing::WaitFor([&] { return w->Serving(); }, absl::Seconds(20)));
-  auto render = [&](const v1::JobSpec& spec) {
-    return client.WaitFinal(client.Submit(spec), absl::Seconds(60));
-  };
-  auto pixels = [&](const v1::Job& j) -> std::vector<uint8_t> {
-    auto bytes = ReadSmallFile(farm->output_root() + "/" + j.result().path(), 64 << 20);
-    if (!bytes.ok()) return {};
-    auto png = DecodePng(*bytes);
-    return png.ok() ? png->rgb : std::vector<uint8_t>();
-  };
+  auto render = [&](const v1::JobSpec& spec) { return testing::Render(client, spec); };
+  auto pixels = [&](const v1::Job& j) { return testing::ResultPixels(farm->output_root(), j); };
 
   const v1::Job plain = render(PictureSpec("", "", 0));
   ASSERT_EQ(plain.state(), v1::JOB_STATE_SUCCEEDED) << plain.DebugString();
