@@ -18,7 +18,7 @@
 #include "worker/io/file_util.h"
 #include "worker/io/png.h"
 #include "worker/pipeline/pipeline.h"
-#include "worker/runtime/pipeline_renderer.h"
+#include "worker/pipeline/pipeline_renderer.h"
 #include "worker/runtime/worker.h"
 
 namespace zfarm::worker::testing {

@@ -17,7 +17,7 @@
 #include "tests/worker/runtime/picture_jobs.h"
 #include "worker/io/file_util.h"
 #include "worker/io/png.h"
-#include "worker/runtime/pipeline_renderer.h"
+#include "worker/pipeline/pipeline_renderer.h"
 #include "worker/runtime/worker.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 
