@@ -76,7 +76,8 @@ def rules_for(rel):
             return rules, ("proto/", "scheduler/")
         return rules, ("proto/", "scheduler/", "worker/io/")
     if d == "client":
-        return [no_torch], ("proto/", "client/")
+        # worker/io: the torch-free picture decoders and canny the CLI runs on local files.
+        return [no_torch], ("proto/", "client/", "worker/io/")
     if d in ("worker/io", "worker/text"):
         return [no_grpc, no_contract, no_torch], PROTO_BASE_ZFARM + tuple(
             sorted({"worker/io/", d + "/"}))

@@ -2,7 +2,8 @@
 #define ZFARM_TESTS_WORKER_RUNTIME_PICTURE_JOBS_H_
 
 // Helpers of the worker tests that render on the tiny model (ZFARM_TINY_MODEL_DIR): input
-// pictures, the parameters written into a result, a worker connected to a test scheduler.
+// pictures, the parameters written into a result, a worker connected to a test scheduler
+// (PictureFarm: the frame of the picture-job tests).
 
 #include <cmath>
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/testing/farm_client.h"
+#include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
 #include "worker/io/file_util.h"
 #include "worker/io/png.h"
@@ -98,6 +100,48 @@ inline std::unique_ptr<Worker> MakeTinyWorker(const std::string& address,
   auto w = Worker::Create(o, std::make_unique<PipelineRenderer>(*std::move(p), "cpu"), l);
   EXPECT_OK(w.status());
   return w.ok() ? *std::move(w) : nullptr;
+}
+
+// An in-process scheduler (200 ms heartbeats), a client that takes large answers, and one
+// tiny-model worker (MakeTinyWorker(po, o)) started on it and serving.
+struct PictureFarm {
+  std::unique_ptr<zfarm::testing::TestScheduler> scheduler;
+  std::unique_ptr<zfarm::testing::FarmClient> client;
+  std::unique_ptr<Worker> worker;
+  std::vector<std::string> features;  // what the worker's hello advertised
+
+  // Submits `spec` and waits (60 s) for its final state.
+  zfarm::v1::Job Render(const zfarm::v1::JobSpec& spec) { return testing::Render(*client, spec); }
+  // The RGB pixels of a finished job's PNG (empty if unreadable).
+  std::vector<uint8_t> Pixels(const zfarm::v1::Job& j) {
+    return ResultPixels(scheduler->output_root(), j);
+  }
+  // Every text chunk of a finished job's PNG as "key=value\n" lines.
+  std::string Parameters(const zfarm::v1::Job& j) {
+    return ParametersOf(scheduler->output_root() + "/" + j.result().path());
+  }
+};
+
+// Starts a PictureFarm; nullptr (and a test failure) when any part does not come up.
+inline std::unique_ptr<PictureFarm> StartPictureFarm(PipelineOptions po, Worker::Options o) {
+  auto f = std::make_unique<PictureFarm>();
+  zfarm::scheduler::ServerOptions so;
+  so.scheduler.heartbeat_interval = absl::Milliseconds(200);
+  auto scheduler = zfarm::testing::TestScheduler::Start(so);
+  EXPECT_OK(scheduler.status());
+  if (!scheduler.ok()) return nullptr;
+  f->scheduler = *std::move(scheduler);
+  f->client =
+      std::make_unique<zfarm::testing::FarmClient>(BigMessageChannel(f->scheduler->address()));
+  f->worker = MakeTinyWorker(f->scheduler->address(), f->scheduler->output_root(), po, o);
+  if (f->worker == nullptr) return nullptr;
+  const zfarm::v1::WorkerHello hello = f->worker->MakeHello();
+  f->features.assign(hello.features().begin(), hello.features().end());
+  f->worker->Start();
+  const bool serving =
+      zfarm::testing::WaitFor([&] { return f->worker->Serving(); }, absl::Seconds(20));
+  EXPECT_TRUE(serving) << "the tiny worker did not start serving in 20 s";
+  return serving ? std::move(f) : nullptr;
 }
 
 }  // namespace zfarm::worker::testing

@@ -26,23 +26,11 @@ namespace {
 
 namespace v1 = ::zfarm::v1;
 using ::testing::HasSubstr;
-using ::zfarm::testing::FarmClient;
 using ::zfarm::testing::Spec;
-using ::zfarm::testing::TestScheduler;
 
 const std::string kControlNet = std::string(ZFARM_SOURCE_DIR) + "/tests/testdata/controlnet/2.1";
 
-using testing::ParametersOf;
 using testing::Picture;
-
-std::unique_ptr<Worker> MakeWorker(const std::string& address, const std::string& output_root) {
-  PipelineOptions po;
-  Worker::Options o;
-  o.name = "controlnet-worker";
-  po.controlnet = kControlNet;
-  o.controlnet = "2.1";  // ControlNetName(kControlNet), as serve sets it
-  return testing::MakeTinyWorker(address, output_root, po, o);
-}
 
 v1::JobSpec ControlSpec(const std::string& control, float scale) {
   v1::JobSpec s = Spec("a red fox", 256, 2);
@@ -55,19 +43,16 @@ v1::JobSpec ControlSpec(const std::string& control, float scale) {
 }
 
 TEST(WorkerControlNetTest, ControlJobsRenderAndBadPicturesFailInvalidRequestWhileTheWorkerServes) {
-  zfarm::scheduler::ServerOptions so;
-  so.scheduler.heartbeat_interval = absl::Milliseconds(200);
-  ASSERT_OK_AND_ASSIGN(auto farm, TestScheduler::Start(so));
-  FarmClient client(testing::BigMessageChannel(farm->address()));
-  auto w = MakeWorker(farm->address(), farm->output_root());
-  ASSERT_NE(w, nullptr);
-  const v1::WorkerHello hello = w->MakeHello();
-  EXPECT_THAT(std::vector<std::string>(hello.features().begin(), hello.features().end()),
-              ::testing::ElementsAre("img2img", "inpaint", "controlnet"));
-  w->Start();
-  ASSERT_TRUE(zfarm::testing::WaitFor([&] { return w->Serving(); }, absl::Seconds(20)));
-  auto render = [&](const v1::JobSpec& spec) { return testing::Render(client, spec); };
-  auto pixels = [&](const v1::Job& j) { return testing::ResultPixels(farm->output_root(), j); };
+  PipelineOptions po;
+  po.controlnet = kControlNet;
+  Worker::Options o;
+  o.name = "controlnet-worker";
+  o.controlnet = "2.1";  // ControlNetName(kControlNet), as serve sets it
+  auto farm = testing::StartPictureFarm(po, o);
+  ASSERT_NE(farm, nullptr);
+  EXPECT_THAT(farm->features, ::testing::ElementsAre("img2img", "inpaint", "controlnet"));
+  auto render = [&](const v1::JobSpec& spec) { return farm->Render(spec); };
+  auto pixels = [&](const v1::Job& j) { return farm->Pixels(j); };
 
   const v1::Job plain = render(ControlSpec("", 0));
   ASSERT_EQ(plain.state(), v1::JOB_STATE_SUCCEEDED) << plain.DebugString();
@@ -79,30 +64,30 @@ TEST(WorkerControlNetTest, ControlJobsRenderAndBadPicturesFailInvalidRequestWhil
   const v1::Job ctl = render(ControlSpec(control, 0.8f));
   ASSERT_EQ(ctl.state(), v1::JOB_STATE_SUCCEEDED) << ctl.DebugString();
   EXPECT_NE(pixels(ctl), before);
-  std::string params = ParametersOf(farm->output_root() + "/" + ctl.result().path());
-  EXPECT_THAT(params, HasSubstr(", ControlNet: 2.1, Control image sha256: " +
-                                Sha256Hex(control) + ", Control weight: 0.8"));
+  std::string params = farm->Parameters(ctl);
+  EXPECT_THAT(params, HasSubstr(", ControlNet: 2.1, Control image sha256: " + Sha256Hex(control) +
+                                ", Control weight: 0.8"));
   EXPECT_THAT(params, HasSubstr("\"control\":{\"controlnet\":\"2.1\""));
   // Absent scale: diffusers' 0.75.
   const v1::Job def = render(ControlSpec(control, -1));
   ASSERT_EQ(def.state(), v1::JOB_STATE_SUCCEEDED) << def.DebugString();
-  EXPECT_THAT(ParametersOf(farm->output_root() + "/" + def.result().path()),
-              HasSubstr("Control weight: 0.75"));
+  EXPECT_THAT(farm->Parameters(def), HasSubstr("Control weight: 0.75"));
 
   // Truncated: the header passes the scheduler's probe, the worker's decode fails.
   std::string id;
-  ASSERT_TRUE(client.TrySubmit(ControlSpec(control.substr(0, control.size() / 2), 0.8f), &id).ok());
-  const v1::Job bad = client.WaitFinal(id, absl::Seconds(30));
+  ASSERT_TRUE(
+      farm->client->TrySubmit(ControlSpec(control.substr(0, control.size() / 2), 0.8f), &id).ok());
+  const v1::Job bad = farm->client->WaitFinal(id, absl::Seconds(30));
   EXPECT_EQ(bad.state(), v1::JOB_STATE_FAILED) << bad.DebugString();
   EXPECT_EQ(bad.error().reason(), v1::FAILURE_REASON_INVALID_REQUEST);
   EXPECT_THAT(bad.error().message(), HasSubstr("spec.control.image: PNG does not decode"));
-  EXPECT_TRUE(w->Serving());
+  EXPECT_TRUE(farm->worker->Serving());
 
   const v1::Job again = render(ControlSpec("", 0));
   ASSERT_EQ(again.state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(pixels(again), before);
-  EXPECT_TRUE(w->stats().healthy);
-  w->Shutdown();
+  EXPECT_TRUE(farm->worker->stats().healthy);
+  farm->worker->Shutdown();
 }
 
 }  // namespace

@@ -26,19 +26,9 @@ namespace {
 
 namespace v1 = ::zfarm::v1;
 using ::testing::HasSubstr;
-using ::zfarm::testing::FarmClient;
 using ::zfarm::testing::Spec;
-using ::zfarm::testing::TestScheduler;
 
-using testing::ParametersOf;
 using testing::Picture;
-
-std::unique_ptr<Worker> MakeWorker(const std::string& address, const std::string& output_root) {
-  PipelineOptions po;
-  Worker::Options o;
-  o.name = "img2img-worker";
-  return testing::MakeTinyWorker(address, output_root, po, o);
-}
 
 v1::JobSpec PictureSpec(const std::string& init, const std::string& mask, float strength) {
   v1::JobSpec s = Spec("a red fox", 256, 2);
@@ -50,19 +40,14 @@ v1::JobSpec PictureSpec(const std::string& init, const std::string& mask, float 
 }
 
 TEST(WorkerImg2ImgTest, PictureJobsRenderAndBadOnesFailInvalidRequestWhileTheWorkerServes) {
-  zfarm::scheduler::ServerOptions so;
-  so.scheduler.heartbeat_interval = absl::Milliseconds(200);
-  ASSERT_OK_AND_ASSIGN(auto farm, TestScheduler::Start(so));
-  FarmClient client(testing::BigMessageChannel(farm->address()));
-  auto w = MakeWorker(farm->address(), farm->output_root());
-  ASSERT_NE(w, nullptr);
-  const v1::WorkerHello hello = w->MakeHello();
-  EXPECT_THAT(std::vector<std::string>(hello.features().begin(), hello.features().end()),
+  Worker::Options o;
+  o.name = "img2img-worker";
+  auto farm = testing::StartPictureFarm(PipelineOptions{}, o);
+  ASSERT_NE(farm, nullptr);
+  EXPECT_THAT(farm->features,
               ::testing::ElementsAre("img2img", "inpaint"));  // no --lora-dir: no "lora"
-  w->Start();
-  ASSERT_TRUE(zfarm::testing::WaitFor([&] { return w->Serving(); }, absl::Seconds(20)));
-  auto render = [&](const v1::JobSpec& spec) { return testing::Render(client, spec); };
-  auto pixels = [&](const v1::Job& j) { return testing::ResultPixels(farm->output_root(), j); };
+  auto render = [&](const v1::JobSpec& spec) { return farm->Render(spec); };
+  auto pixels = [&](const v1::Job& j) { return farm->Pixels(j); };
 
   const v1::Job plain = render(PictureSpec("", "", 0));
   ASSERT_EQ(plain.state(), v1::JOB_STATE_SUCCEEDED) << plain.DebugString();
@@ -74,15 +59,16 @@ TEST(WorkerImg2ImgTest, PictureJobsRenderAndBadOnesFailInvalidRequestWhileTheWor
   const v1::Job i2i = render(PictureSpec(init, "", 0.5f));
   ASSERT_EQ(i2i.state(), v1::JOB_STATE_SUCCEEDED) << i2i.DebugString();
   EXPECT_NE(pixels(i2i), before);
-  std::string params = ParametersOf(farm->output_root() + "/" + i2i.result().path());
-  EXPECT_THAT(params, HasSubstr(", Denoising strength: 0.5, Init image sha256: " + Sha256Hex(init)));
+  std::string params = farm->Parameters(i2i);
+  EXPECT_THAT(params,
+              HasSubstr(", Denoising strength: 0.5, Init image sha256: " + Sha256Hex(init)));
   EXPECT_THAT(params, HasSubstr("\"init_image_sha256\":\"" + Sha256Hex(init) + "\""));
   EXPECT_THAT(params, ::testing::Not(HasSubstr("Mask sha256")));
 
   const v1::Job inpaint = render(PictureSpec(init, mask, 0));  // strength absent: 0.6
   ASSERT_EQ(inpaint.state(), v1::JOB_STATE_SUCCEEDED) << inpaint.DebugString();
   EXPECT_NE(pixels(inpaint), pixels(i2i));
-  params = ParametersOf(farm->output_root() + "/" + inpaint.result().path());
+  params = farm->Parameters(inpaint);
   EXPECT_THAT(params, HasSubstr("Denoising strength: 0.6, Init image sha256: " + Sha256Hex(init) +
                                 ", Mask sha256: " + Sha256Hex(mask)));
 
@@ -126,17 +112,17 @@ TEST(WorkerImg2ImgTest, PictureJobsRenderAndBadOnesFailInvalidRequestWhileTheWor
   int reached_worker = 0;
   for (const Bad& b : bad) {
     std::string id;
-    grpc::Status s = client.TrySubmit(b.spec, &id);
+    grpc::Status s = farm->client->TrySubmit(b.spec, &id);
     if (!s.ok()) {
       EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << b.what;
       continue;
     }
     ++reached_worker;
-    const v1::Job j = client.WaitFinal(id, absl::Seconds(30));
+    const v1::Job j = farm->client->WaitFinal(id, absl::Seconds(30));
     EXPECT_EQ(j.state(), v1::JOB_STATE_FAILED) << b.what << ": " << j.DebugString();
     EXPECT_EQ(j.error().reason(), v1::FAILURE_REASON_INVALID_REQUEST) << b.what;
     EXPECT_THAT(j.error().message(), HasSubstr(b.message)) << b.what;
-    EXPECT_TRUE(w->Serving()) << b.what;
+    EXPECT_TRUE(farm->worker->Serving()) << b.what;
   }
   // The truncated picture at least (the scheduler refuses sizes other than the picture's at
   // submit, so "size" and "big" stop there).
@@ -144,8 +130,8 @@ TEST(WorkerImg2ImgTest, PictureJobsRenderAndBadOnesFailInvalidRequestWhileTheWor
   const v1::Job again = render(PictureSpec("", "", 0));
   ASSERT_EQ(again.state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(pixels(again), before);
-  EXPECT_TRUE(w->stats().healthy);
-  w->Shutdown();
+  EXPECT_TRUE(farm->worker->stats().healthy);
+  farm->worker->Shutdown();
 }
 
 }  // namespace
