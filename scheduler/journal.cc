@@ -696,6 +696,13 @@ void Journal::TEST_FailWrites(int writes, absl::Status error) {
   fail_error_ = std::move(error);
 }
 
+namespace {
+// Binds `s` as text parameter `i`; `s` must outlive the statement's step (SQLITE_STATIC).
+void BindText(sqlite3_stmt* st, int i, const std::string& s) {
+  sqlite3_bind_text(st, i, s.data(), static_cast<int>(s.size()), SQLITE_STATIC);
+}
+}  // namespace
+
 sqlite3_stmt* Journal::BindOp(const Op& op, std::string* blob) {
   sqlite3_stmt* st = nullptr;
   switch (op.kind) {
@@ -704,50 +711,41 @@ sqlite3_stmt* Journal::BindOp(const Op& op, std::string* blob) {
       const JobRecord& r = op.job;
       blob->clear();
       r.job.SerializeToString(blob);
-      sqlite3_bind_text(st, 1, r.job.job_id().data(), r.job.job_id().size(), SQLITE_STATIC);
+      BindText(st, 1, r.job.job_id());
       sqlite3_bind_int(st, 2, r.job.state());
-      sqlite3_bind_text(st, 3, r.job.batch_id().data(), r.job.batch_id().size(), SQLITE_STATIC);
+      BindText(st, 3, r.job.batch_id());
       sqlite3_bind_int64(st, 4, static_cast<int64_t>(r.seq));
       sqlite3_bind_int(st, 5, r.runs);
       sqlite3_bind_int64(st, 6, r.min_memory_bytes);
       sqlite3_bind_int(st, 7, r.commit_pending);
       sqlite3_bind_int(st, 8, r.cancel_requested);
-      sqlite3_bind_text(st, 9, r.fingerprint.data(), r.fingerprint.size(), SQLITE_STATIC);
+      BindText(st, 9, r.fingerprint);
       sqlite3_bind_blob(st, 10, blob->data(), blob->size(), SQLITE_STATIC);
       sqlite3_bind_int64(st, 11, JobCrc(r, *blob));
       break;
     }
     case Op::Kind::kDeleteJob:
       st = del_job_;
-      sqlite3_bind_text(st, 1, op.job.job.job_id().data(), op.job.job.job_id().size(),
-                        SQLITE_STATIC);
+      BindText(st, 1, op.job.job.job_id());
       break;
     case Op::Kind::kPutRequest:
       st = put_req_;
-      sqlite3_bind_text(st, 1, op.request.request_id.data(), op.request.request_id.size(),
-                        SQLITE_STATIC);
-      sqlite3_bind_text(st, 2, op.request.job_id.data(), op.request.job_id.size(),
-                        SQLITE_STATIC);
-      sqlite3_bind_text(st, 3, op.request.fingerprint.data(), op.request.fingerprint.size(),
-                        SQLITE_STATIC);
+      BindText(st, 1, op.request.request_id);
+      BindText(st, 2, op.request.job_id);
+      BindText(st, 3, op.request.fingerprint);
       sqlite3_bind_int64(st, 4, ToMicros(op.request.create_time));
       sqlite3_bind_int64(st, 5, RequestCrc(op.request));
-      sqlite3_bind_text(st, 6, op.request.owner.data(), op.request.owner.size(),
-                        SQLITE_STATIC);
+      BindText(st, 6, op.request.owner);
       break;
     case Op::Kind::kDeleteRequest:
       st = del_req_;
-      sqlite3_bind_text(st, 1, op.request.request_id.data(), op.request.request_id.size(),
-                        SQLITE_STATIC);
-      sqlite3_bind_text(st, 2, op.request.owner.data(), op.request.owner.size(),
-                        SQLITE_STATIC);
+      BindText(st, 1, op.request.request_id);
+      BindText(st, 2, op.request.owner);
       break;
     case Op::Kind::kPutWorker:
       st = put_worker_;
-      sqlite3_bind_text(st, 1, op.worker.worker_name.data(), op.worker.worker_name.size(),
-                        SQLITE_STATIC);
-      sqlite3_bind_text(st, 2, op.worker.principal.data(), op.worker.principal.size(),
-                        SQLITE_STATIC);
+      BindText(st, 1, op.worker.worker_name);
+      BindText(st, 2, op.worker.principal);
       sqlite3_bind_int64(st, 3, WorkerCrc(op.worker));
       break;
   }
