@@ -26,12 +26,17 @@ class SchedulerLink::Session final
     for (const auto& [k, v] : link->options_.metadata) ctx_.AddMetadata(k, v);
     link->stub_->async()->Connect(&ctx_, this);
     *cur_.mutable_hello() = hello;
+    // The hello is the write in flight from the start: a Close() before Start()
+    // only marks the session closing, and the hello's OnWriteDone half-closes it.
+    absl::MutexLock lock(&mu_);
+    writing_ = true;
+  }
+
+  // Starts the call. Run() publishes the session as the link's current one first:
+  // the Welcome may arrive at once, and what OnWelcome sends goes through the link.
+  void Start() {
     StartRead(&in_);
     AddHold();  // writes are started from outside reactions; released on close
-    {
-      absl::MutexLock lock(&mu_);
-      writing_ = true;
-    }
     StartWrite(&cur_);
     StartCall();
   }
@@ -245,6 +250,7 @@ void SchedulerLink::Run() {
       session_ = session.get();
       if (stopping_) session_->Close();
     }
+    session->Start();
     // Heartbeats at the Welcome's interval (re-read every wake-up: the Welcome
     // arrives after this loop starts).
     auto last_beat = std::chrono::steady_clock::now();  // monotonic: immune to clock steps
