@@ -38,6 +38,7 @@
 #include "proto/error_details.h"
 #include "proto/job_defaults.h"
 #include "proto/rpc_status.h"
+#include "proto/scheduler_addresses.h"
 #include "proto/status_macros.h"
 #include "proto/version.h"
 #include "worker/io/canny.h"
@@ -93,9 +94,9 @@ void AddSecurity(FlagSet* flags, Common* c) {
 
 void AddCommon(FlagSet* flags, Common* c) {
   flags->String("scheduler", &c->scheduler,
-                "scheduler address (default $ZFARM_SCHEDULER, else "
-                "localhost:50051)",
-                "HOST:PORT");
+                "scheduler address, or an active one and its standbys tried in turn "
+                "(default $ZFARM_SCHEDULER, else localhost:50051)",
+                "HOST:PORT[,HOST:PORT...]");
   flags->Duration("timeout", &c->timeout,
                   "give up after this long (exit 4); default 30s, no limit "
                   "while waiting with --wait");
@@ -148,15 +149,39 @@ class Session {
     } else if (io.getenv) {
       if (const char* env = io.getenv("ZFARM_TOKEN"); env && *env) token_ = env;
     }
-    channel_ = grpc::CreateCustomChannel(address_, creds, args);
-    jobs_ = zfarm::v1::JobService::NewStub(channel_);
-    admin_ = zfarm::v1::AdminService::NewStub(channel_);
+    // One channel per address (an active scheduler and its standbys).
+    absl::StatusOr<std::vector<std::string>> addresses =
+        ParseSchedulerAddresses("--scheduler", address_);
+    if (!addresses.ok()) {
+      if (init_.ok()) init_ = addresses.status();
+      addresses = std::vector<std::string>{address_};  // never dialled: init_ fails first
+    }
+    for (const std::string& a : *addresses) {
+      Endpoint e;
+      e.address = a;
+      e.channel = grpc::CreateCustomChannel(a, creds, args);
+      e.jobs = zfarm::v1::JobService::NewStub(e.channel);
+      e.admin = zfarm::v1::AdminService::NewStub(e.channel);
+      endpoints_.push_back(std::move(e));
+    }
   }
 
+  // --scheduler as given (one address or the list).
   const std::string& address() const { return address_; }
   absl::Time deadline() const { return deadline_; }
-  zfarm::v1::JobService::Stub* jobs() { return jobs_.get(); }
-  zfarm::v1::AdminService::Stub* admin() { return admin_.get(); }
+  // The stubs of the current address.
+  zfarm::v1::JobService::Stub* jobs() { return endpoints_[current_].jobs.get(); }
+  zfarm::v1::AdminService::Stub* admin() { return endpoints_[current_].admin.get(); }
+  // After UNAVAILABLE from the current address (down, or a standby): moves on to the
+  // next one. True once every address has failed in a row, i.e. when the caller
+  // should back off before the next try.
+  bool MoveToNextAddress() {
+    ++unavailable_in_row_;
+    current_ = (current_ + 1) % endpoints_.size();
+    return unavailable_in_row_ % endpoints_.size() == 0;
+  }
+  // A call went through: the current address is the one to stay with.
+  void Reached() { unavailable_in_row_ = 0; }
   bool json() const { return json_; }
   std::ostream& out() { return *io_.out; }
   std::ostream& err() { return *io_.err; }
@@ -178,9 +203,13 @@ class Session {
       Prepare(&ctx);
       ctx.set_deadline(absl::ToChronoTime(std::min(deadline_, absl::Now() + kPerCallDeadline)));
       grpc::Status s = fn(&ctx);
-      if (s.ok()) return absl::OkStatus();
+      if (s.ok()) {
+        Reached();
+        return absl::OkStatus();
+      }
       if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
-          channel_->GetState(false) != GRPC_CHANNEL_READY && absl::Now() < outage_end) {
+          endpoints_[current_].channel->GetState(false) != GRPC_CHANNEL_READY &&
+          absl::Now() < outage_end) {
         // Deadline hit while connecting: treat as an outage.
         s = grpc::Status(grpc::StatusCode::UNAVAILABLE, "connect timed out");
       }
@@ -199,8 +228,14 @@ class Session {
       if (absl::Now() + backoff >= outage_end) {
         return Annotate(what, absl::UnavailableError(s.error_message()));
       }
-      LOG(INFO) << "event=retry rpc=" << what
-                << " code=UNAVAILABLE backoff_ms=" << absl::ToInt64Milliseconds(backoff);
+      const std::string tried = endpoints_[current_].address;
+      if (!MoveToNextAddress()) {
+        LOG(INFO) << "event=retry rpc=" << what << " code=UNAVAILABLE address=" << tried
+                  << " next=" << endpoints_[current_].address;
+        continue;
+      }
+      LOG(INFO) << "event=retry rpc=" << what << " code=UNAVAILABLE address=" << tried
+                << " backoff_ms=" << absl::ToInt64Milliseconds(backoff);
       absl::SleepFor(backoff);
       backoff = std::min(backoff * 2, absl::Seconds(2));
     }
@@ -267,9 +302,15 @@ class Session {
   absl::Time deadline_;
   const bool quiet_;
   ProgressLog progress_log_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<zfarm::v1::JobService::Stub> jobs_;
-  std::unique_ptr<zfarm::v1::AdminService::Stub> admin_;
+  struct Endpoint {
+    std::string address;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<zfarm::v1::JobService::Stub> jobs;
+    std::unique_ptr<zfarm::v1::AdminService::Stub> admin;
+  };
+  std::vector<Endpoint> endpoints_;  // at least one
+  size_t current_ = 0;
+  size_t unavailable_in_row_ = 0;
   bool progress_shown_ = false;
 };
 
@@ -612,6 +653,7 @@ absl::Status WaitForJobs(Session& session, const std::string& batch_id,
       reader = session.jobs()->WatchJob(&ctx, req);
     }
     const bool got_any = ReadEvents(session, *reader, job_ids, &pending, jobs, &last_done);
+    if (got_any) session.Reached();
     if (pending.empty()) {
       ctx.TryCancel();
       reader->Finish();
@@ -633,6 +675,7 @@ absl::Status WaitForJobs(Session& session, const std::string& batch_id,
       return session.Annotate("WatchJobs", absl::UnavailableError(s.error_message()));
     }
     LOG(INFO) << "event=watch_reconnect batch=" << batch_id << " pending=" << pending.size();
+    if (!session.MoveToNextAddress()) continue;  // the next address at once
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(2));
   }
@@ -1148,32 +1191,12 @@ int RunUndrain(const std::vector<std::string>& args, const CliIo& io, const Comm
   return RunDrainOrUndrain(false, args, io, cmd);
 }
 
-// One straight story: flags, the health rpc, then the report and its exit status.
-int RunHealth(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
-  Common common;
-  std::string service;
-  FlagSet flags(cmd.usage);
-  flags.String("service", &service, "service name to check (default: server)", "NAME");
-  flags.Duration("timeout", &common.timeout, "give up after this long (5s)");
-  flags.String("scheduler", &common.scheduler,
-               "address when ADDR is not given (default $ZFARM_SCHEDULER)", "HOST:PORT");
-  AddSecurity(&flags, &common);
-  std::vector<std::string> pos;
-  if (int rc = ParseOrExit(flags, cmd, args, io, &pos, 0, 1); rc >= 0) return rc;
-  if (pos.empty()) {
-    if (common.scheduler.empty() && io.getenv) {
-      if (const char* env = io.getenv("ZFARM_SCHEDULER"); env && *env) {
-        common.scheduler = env;
-      }
-    }
-    if (common.scheduler.empty()) return Usage(io, flags, "missing ADDR");
-    pos.push_back(common.scheduler);
-  }
-  const absl::Duration timeout =
-      common.timeout == absl::ZeroDuration() ? absl::Seconds(5) : common.timeout;
-  auto creds = security::ClientCredentials(common.tls);
-  if (!creds.ok()) return Usage(io, flags, std::string(creds.status().message()));
-  auto channel = grpc::CreateChannel(pos[0], *creds);
+// grpc.health.v1.Health/Check on one address: its serving status (1 = SERVING,
+// 2 = NOT_SERVING, ...), or the call's error.
+absl::StatusOr<int> CheckHealth(const std::string& address,
+                                const std::shared_ptr<grpc::ChannelCredentials>& creds,
+                                const std::string& service, absl::Duration timeout) {
+  auto channel = grpc::CreateChannel(address, creds);
   grpc::GenericStub stub(channel);
   // grpc.health.v1.HealthCheckRequest{service = 1} by hand: no generated code
   // for health.proto ships with Debian's gRPC.
@@ -1196,26 +1219,67 @@ int RunHealth(const std::vector<std::string>& args, const CliIo& io, const Comma
                    done.Notify();
                  });
   done.WaitForNotification();
-  if (!status.ok()) {
-    int code = status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED
-                   ? kExitUnavailable
-                   : ExitCodeForStatus(FromGrpcStatus(status));
-    *io.err << "zfarm: health " << pos[0] << ": " << status.error_message() << "\n";
-    return code;
-  }
+  if (!status.ok()) return FromGrpcStatus(status);
   std::vector<grpc::Slice> slices;
   resp_buf.Dump(&slices);
   std::string bytes;
   for (const grpc::Slice& s : slices) {
     bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   }
-  // HealthCheckResponse{status = 1}: SERVING = 1.
-  int serving = 0;
-  if (bytes.size() >= 2 && bytes[0] == 0x08) serving = bytes[1];
-  const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
-  const char* name = serving >= 0 && serving <= 3 ? names[serving] : "UNKNOWN";
-  *io.out << pos[0] << " " << name << "\n";
-  return serving == 1 ? kExitOk : kExitJobFailed;
+  // HealthCheckResponse{status = 1}.
+  return bytes.size() >= 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+}
+
+// One straight story: flags, the health rpc per address, then the report and its
+// exit status (0 when one address is SERVING: the active scheduler of a list).
+int RunHealth(const std::vector<std::string>& args, const CliIo& io, const Command& cmd) {
+  Common common;
+  std::string service;
+  FlagSet flags(cmd.usage);
+  flags.String("service", &service, "service name to check (default: server)", "NAME");
+  flags.Duration("timeout", &common.timeout, "give up after this long (5s)");
+  flags.String("scheduler", &common.scheduler,
+               "address(es) when ADDR is not given (default $ZFARM_SCHEDULER)",
+               "HOST:PORT[,HOST:PORT...]");
+  AddSecurity(&flags, &common);
+  std::vector<std::string> pos;
+  if (int rc = ParseOrExit(flags, cmd, args, io, &pos, 0, 1); rc >= 0) return rc;
+  if (pos.empty()) {
+    if (common.scheduler.empty() && io.getenv) {
+      if (const char* env = io.getenv("ZFARM_SCHEDULER"); env && *env) {
+        common.scheduler = env;
+      }
+    }
+    if (common.scheduler.empty()) return Usage(io, flags, "missing ADDR");
+    pos.push_back(common.scheduler);
+  }
+  absl::StatusOr<std::vector<std::string>> addresses = ParseSchedulerAddresses("ADDR", pos[0]);
+  if (!addresses.ok()) return Usage(io, flags, std::string(addresses.status().message()));
+  const absl::Duration timeout =
+      common.timeout == absl::ZeroDuration() ? absl::Seconds(5) : common.timeout;
+  auto creds = security::ClientCredentials(common.tls);
+  if (!creds.ok()) return Usage(io, flags, std::string(creds.status().message()));
+  int code = kExitJobFailed;
+  for (const std::string& address : *addresses) {
+    absl::StatusOr<int> serving = CheckHealth(address, *creds, service, timeout);
+    if (!serving.ok()) {
+      *io.err << "zfarm: health " << address << ": " << serving.status().message() << "\n";
+      if (code != kExitOk) {
+        code = absl::IsDeadlineExceeded(serving.status()) ? kExitUnavailable
+                                                         : ExitCodeForStatus(serving.status());
+      }
+      continue;
+    }
+    const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+    *io.out << address << " " << (*serving >= 0 && *serving <= 3 ? names[*serving] : "UNKNOWN")
+            << "\n";
+    if (*serving == 1) {
+      code = kExitOk;
+    } else if (code != kExitOk) {
+      code = kExitJobFailed;
+    }
+  }
+  return code;
 }
 
 const Command kCommands[] = {
@@ -1267,7 +1331,7 @@ const Command kCommands[] = {
     {"undrain", "zfarm undrain WORKER [flags]",
      "Give a drained worker jobs again (undoes drain).", "  zfarm undrain gpu-host-3/cuda:1\n",
      RunUndrain},
-    {"health", "zfarm health [HOST:PORT] [--service NAME] [--timeout D]",
+    {"health", "zfarm health [HOST:PORT[,HOST:PORT...]] [--service NAME] [--timeout D]",
      "Exit 0 when the grpc.health.v1 check says SERVING (1 not serving, 3 "
      "unreachable).",
      "  zfarm health localhost:50051\n"

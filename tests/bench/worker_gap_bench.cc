@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
   wo.output_root = (*farm)->output_root();
   wo.min_free_disk_bytes = 0;
   zfarm::worker::SchedulerLink::Options lo;
-  lo.target = (*farm)->address();
+  lo.targets = {(*farm)->address()};
   auto worker = Worker::Create(
       wo, std::make_unique<zfarm::worker::PipelineRenderer>(*std::move(pipeline), po.device), lo);
   if (!worker.ok()) return 1;

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/sha256.h"
@@ -18,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/client/fake_scheduler.h"
+#include "tests/testing/standby_scheduler.h"
 
 namespace zfarm::client {
 namespace {
@@ -332,6 +334,35 @@ TEST_F(CliTest, HealthServing) {
   Result h = Run({"health", address_});
   EXPECT_EQ(h.rc, 0) << h.err;
   EXPECT_THAT(h.out, HasSubstr("SERVING"));
+}
+
+TEST_F(CliTest, AnAddressListPassesADownSchedulerAndAStandbyToTheActiveOne) {
+  StartFake();
+  testing::FakeScheduler down(root_, true);
+  const std::string dead = down.Start();
+  down.Stop();
+  testing::StandbyScheduler standby;
+  const std::string list = absl::StrCat(dead, ",", standby.address(), ",", address_);
+  Result r = Run({"--json", "submit", "--prompt", "fox", "--wait", "--scheduler", list});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  ASSERT_THAT(r.lines(), SizeIs(1));
+  EXPECT_EQ(r.lines()[0]["state"], "succeeded");
+  EXPECT_EQ(fake_->jobs_created(), 1);
+  EXPECT_GE(standby.refused(), 1);  // tried, refused, passed by
+  // health: one line per address, exit 0 because one of them serves.
+  Result h = Run({"health", list, "--timeout", "2s"});
+  EXPECT_EQ(h.rc, 0) << h.err;
+  EXPECT_THAT(h.out, HasSubstr(standby.address() + " NOT_SERVING"));
+  EXPECT_THAT(h.out, HasSubstr(address_ + " SERVING"));
+  // Only standbys: unavailable (exit 3) within the timeout, naming the list.
+  Result s = Run({"status", "j-1", "--scheduler", standby.address(), "--timeout", "1s"});
+  EXPECT_EQ(s.rc, 3);
+  EXPECT_THAT(s.err, HasSubstr(standby.address()));
+  EXPECT_THAT(s.err, HasSubstr("standby"));
+  // A malformed list is a usage error naming the flag.
+  Result bad = Run({"status", "j-1", "--scheduler", absl::StrCat(address_, ",,", address_)});
+  EXPECT_EQ(bad.rc, 2) << bad.err;
+  EXPECT_THAT(bad.err, HasSubstr("--scheduler"));
 }
 
 TEST_F(CliTest, BadPromptsFileSubmitsNothing) {

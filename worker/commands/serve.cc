@@ -15,10 +15,12 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "glog/logging.h"
 #include "prometheus/registry.h"
 #include "proto/http/metrics_server.h"
+#include "proto/scheduler_addresses.h"
 #include "proto/security/auth.h"
 #include "proto/security/tls.h"
 #include "proto/status_macros.h"
@@ -41,7 +43,9 @@ constexpr char kUsage[] =
     "usage: zfarm-worker serve --scheduler HOST:PORT --model DIR --output-root DIR\n"
     "                          [--device cpu|cuda:N] [--name NAME] [--warmup WxH]\n"
     "                          [--health-listen HOST:PORT] [--metrics-listen HOST:PORT]\n"
-    "  --scheduler HOST:PORT     the zfarm-scheduler to take jobs from (the only address dialled)\n"
+    "  --scheduler HOST:PORT[,HOST:PORT...]\n"
+    "                            the zfarm-scheduler to take jobs from, or an active one and its\n"
+    "                            standbys, tried in turn (the only addresses dialled)\n"
     "  --model DIR               model folder (diffusers layout)\n"
     "  --output-root DIR         where PNGs go: the mount the scheduler reads\n"
     "  --device D                cpu (default) or cuda:N; one worker process per GPU\n"
@@ -103,6 +107,7 @@ int Fatal(const std::string& what, const absl::Status& s) {
 // The flags that are numbers, sizes and durations, checked.
 struct ServeSettings {
   std::string device;
+  std::vector<std::string> schedulers;
   std::pair<int, int> warm, max_size;
   int warmup_steps = 2, prefetch = 1;
   int64_t min_free_mb = 512;
@@ -112,6 +117,7 @@ struct ServeSettings {
 // INVALID_ARGUMENT with the usage error to print.
 absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& f) {
   ServeSettings s;
+  ZFARM_ASSIGN_OR_RETURN(s.schedulers, ParseSchedulerAddresses("--scheduler", f.Get("scheduler")));
   s.device = f.Get("device", "cpu");
   const bool cuda = s.device != "cpu";
   ZFARM_ASSIGN_OR_RETURN(s.warm,
@@ -257,9 +263,9 @@ Worker::Options WorkerOptionsFrom(const ParsedFlags& f, const ServeSettings& s,
   return wo;
 }
 
-SchedulerLink::Options LinkOptionsFrom(const ParsedFlags& f, const Credentials& creds) {
+SchedulerLink::Options LinkOptionsFrom(const ServeSettings& s, const Credentials& creds) {
   SchedulerLink::Options lo;
-  lo.target = f.Get("scheduler");
+  lo.targets = s.schedulers;
   lo.credentials = creds.channel;
   if (!creds.token.empty()) lo.metadata.emplace_back("authorization", "Bearer " + creds.token);
   return lo;
@@ -349,7 +355,7 @@ int RunServe(int argc, char** argv) {
       WorkerOptionsFrom(f, *settings, *info, *fingerprint, *loaded.pipeline, warmup);
   wo.loras = loras;
   if (f.Has("controlnet")) wo.controlnet = ControlNetName(f.Get("controlnet"));
-  const SchedulerLink::Options lo = LinkOptionsFrom(f, creds);
+  const SchedulerLink::Options lo = LinkOptionsFrom(*settings, creds);
   auto worker = Worker::Create(
       wo, std::make_unique<PipelineRenderer>(std::move(loaded.pipeline), device), lo);
   if (!worker.ok()) return Fatal("worker", worker.status());
@@ -358,7 +364,7 @@ int RunServe(int argc, char** argv) {
       "worker %s: loaded in %.2f s (%s), warm-up %dx%d in %.2f s, model %s; "
       "connecting to %s\n",
       wo.name.c_str(), loaded.load_s, loaded.describe.c_str(), warmup.width, warmup.height,
-      loaded.warm_s, wo.model_fingerprint.c_str(), lo.target.c_str());
+      loaded.warm_s, wo.model_fingerprint.c_str(), absl::StrJoin(lo.targets, ",").c_str());
   std::fflush(stdout);
   LOG(INFO) << "event=worker_ready worker=" << wo.name << " device=" << device
             << " load_s=" << loaded.load_s << " warmup_s=" << loaded.warm_s

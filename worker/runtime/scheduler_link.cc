@@ -22,9 +22,10 @@ namespace v1 = ::zfarm::v1;
 class SchedulerLink::Session final
     : public grpc::ClientBidiReactor<v1::WorkerMessage, v1::SchedulerMessage> {
  public:
-  Session(SchedulerLink* link, const v1::WorkerHello& hello) : link_(link) {
+  Session(SchedulerLink* link, v1::WorkerService::Stub* stub, const v1::WorkerHello& hello)
+      : link_(link) {
     for (const auto& [k, v] : link->options_.metadata) ctx_.AddMetadata(k, v);
-    link->stub_->async()->Connect(&ctx_, this);
+    stub->async()->Connect(&ctx_, this);
     *cur_.mutable_hello() = hello;
     // The hello is the write in flight from the start: a Close() before Start()
     // only marks the session closing, and the hello's OnWriteDone half-closes it.
@@ -174,10 +175,11 @@ SchedulerLink::SchedulerLink(Options options, Handler* handler)
   // A lease carries its job's pictures (init image and mask, up to the scheduler's
   // --max-input-bytes each, 16 MiB by default): gRPC's 4 MiB default would drop the stream.
   args.SetMaxReceiveMessageSize(kMaxLeaseBytes);
-  channel_ = grpc::CreateCustomChannel(
-      options_.target,
-      options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args);
-  stub_ = v1::WorkerService::NewStub(channel_);
+  for (const std::string& target : options_.targets) {
+    stubs_.push_back(v1::WorkerService::NewStub(grpc::CreateCustomChannel(
+        target,
+        options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args)));
+  }
   heartbeat_ = options_.default_heartbeat;
 }
 
@@ -204,6 +206,11 @@ bool SchedulerLink::connected() {
 int SchedulerLink::sessions_welcomed() {
   absl::MutexLock lock(&mu_);
   return sessions_welcomed_;
+}
+
+std::string SchedulerLink::current_target() {
+  absl::MutexLock lock(&mu_);
+  return options_.targets[current_];
 }
 
 void SchedulerLink::DropSessionForTesting() {
@@ -235,16 +242,19 @@ void SchedulerLink::Stop(absl::Duration timeout) {
 }
 
 // The session loop as one story: connect, hello, read until the stream ends (with
-// heartbeats), back off, reconnect.
+// heartbeats), move on to the next address or back off, reconnect.
 void SchedulerLink::Run() {
   std::mt19937_64 rng(std::random_device{}());
-  int failures = 0;
+  const int addresses = static_cast<int>(stubs_.size());
+  int failures = 0;  // sessions in a row that ended without a Welcome
   for (;;) {
+    size_t current;
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
+      current = current_;
     }
-    auto session = std::make_unique<Session>(this, handler_->MakeHello());
+    auto session = std::make_unique<Session>(this, stubs_[current].get(), handler_->MakeHello());
     {
       absl::MutexLock lock(&mu_);
       session_ = session.get();
@@ -271,22 +281,29 @@ void SchedulerLink::Run() {
     }
     const bool welcomed = session->welcomed();
     absl::Status why = FromGrpcStatus(session->status());
+    failures = welcomed ? 0 : failures + 1;
     {
       absl::MutexLock lock(&mu_);
       session_ = nullptr;
+      // Never welcomed here: the next address (a standby, or a dead host, is passed by).
+      if (!welcomed) current_ = (current_ + 1) % stubs_.size();
     }
     session.reset();
     if (welcomed || !why.ok()) {
-      LOG(WARNING) << "event=scheduler_disconnected target=" << options_.target
+      LOG(WARNING) << "event=scheduler_disconnected target=" << options_.targets[current]
                    << " welcomed=" << welcomed << " status=\"" << why.ToString() << "\"";
     }
     handler_->OnDisconnected(why);
-    failures = welcomed ? 0 : failures + 1;
-    const double cap = std::min(absl::ToDoubleSeconds(options_.max_backoff),
-                                absl::ToDoubleSeconds(options_.initial_backoff) *
-                                    std::pow(2.0, std::min(failures, 30)));
-    const absl::Duration wait =
-        absl::Seconds(std::uniform_real_distribution<double>(0.0, cap)(rng));
+    // Waits only after a whole round of addresses failed (or after a welcomed session).
+    const int rounds = failures / addresses;
+    const bool round_done = failures % addresses == 0;
+    absl::Duration wait = absl::ZeroDuration();
+    if (round_done) {
+      const double cap = std::min(absl::ToDoubleSeconds(options_.max_backoff),
+                                  absl::ToDoubleSeconds(options_.initial_backoff) *
+                                      std::pow(2.0, std::min(rounds, 30)));
+      wait = absl::Seconds(std::uniform_real_distribution<double>(0.0, cap)(rng));
+    }
     PollFor(wait, [this] {
       absl::MutexLock lock(&mu_);
       return stopping_;

@@ -5,7 +5,13 @@
 // stream (gRPC callback API), re-opened with exponential backoff and full
 // jitter whenever it ends, heartbeats at the interval the scheduler asks for.
 //
-//   SchedulerLink link({.target = "sched:50051"}, &handler);
+// With several scheduler addresses (an active scheduler and its standbys), a
+// session that ends without a Welcome (refused, unreachable, a standby's
+// UNAVAILABLE) moves on to the next address at once; the backoff applies once
+// every address has failed in a row. A welcomed session that ends is retried on
+// the same address first (a quick reconnect keeps the running job's lease).
+//
+//   SchedulerLink link({.targets = {"sched-0:50051", "sched-1:50051"}}, &handler);
 //   link.Start();                 // connects in the background, forever
 //   link.Send(progress_message);  // false while disconnected
 //   link.Stop();                  // flushes queued messages, half-closes
@@ -20,6 +26,8 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
@@ -52,14 +60,15 @@ class SchedulerLink {
   };
 
   struct Options {
-    // Scheduler address, HOST:PORT.
-    std::string target;
+    // Scheduler addresses, HOST:PORT, tried in this order (at least one).
+    std::vector<std::string> targets;
     // Channel credentials; null = plaintext.
     std::shared_ptr<grpc::ChannelCredentials> credentials;
     // Extra per-call metadata (e.g. {"authorization", "Bearer ..."}).
     std::vector<std::pair<std::string, std::string>> metadata;
-    // Reconnect backoff: the n-th consecutive failure waits a uniformly random
-    // time in [0, min(max_backoff, initial_backoff * 2^n)] (full jitter).
+    // Reconnect backoff: after the n-th consecutive round in which every address
+    // failed, a uniformly random wait in [0, min(max_backoff, initial_backoff * 2^n)]
+    // (full jitter).
     absl::Duration initial_backoff = absl::Milliseconds(250);
     absl::Duration max_backoff = absl::Seconds(15);
     // Heartbeat interval until the Welcome says otherwise.
@@ -89,6 +98,8 @@ class SchedulerLink {
   void PauseReconnectsForTesting(bool paused);
   // Sessions welcomed so far.
   int sessions_welcomed();
+  // The address of the current (or the next) session.
+  std::string current_target();
 
  private:
   class Session;
@@ -97,8 +108,8 @@ class SchedulerLink {
   // Constant after construction.
   const Options options_;
   Handler* const handler_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<zfarm::v1::WorkerService::Stub> stub_;
+  // One channel per address, in options_.targets' order.
+  std::vector<std::unique_ptr<zfarm::v1::WorkerService::Stub>> stubs_;
 
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -106,6 +117,7 @@ class SchedulerLink {
   bool reconnect_paused_ ABSL_GUARDED_BY(mu_) = false;
   Session* session_ ABSL_GUARDED_BY(mu_) = nullptr;  // the live one, owned by Run()
   int sessions_welcomed_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t current_ ABSL_GUARDED_BY(mu_) = 0;  // index into options_.targets
   absl::Duration heartbeat_ ABSL_GUARDED_BY(mu_);
 
   std::thread thread_;

@@ -183,7 +183,7 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(Options options,
         absl::StrCat("--prefetch: ", options.prefetch, " is outside [0, 8]"));
   }
   if (renderer == nullptr) return absl::InvalidArgumentError("renderer: null");
-  if (link.target.empty()) return absl::InvalidArgumentError("--scheduler: required");
+  if (link.targets.empty()) return absl::InvalidArgumentError("--scheduler: required");
   std::unique_ptr<Worker> w(new Worker(std::move(options), std::move(renderer)));
   w->link_ = std::make_unique<SchedulerLink>(std::move(link), w.get());
   return w;

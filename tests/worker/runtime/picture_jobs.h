@@ -94,7 +94,7 @@ inline std::unique_ptr<Worker> MakeTinyWorker(const std::string& address,
   o.self_test.steps = 1;
   o.self_test.prompt = "self-test";
   SchedulerLink::Options l;
-  l.target = address;
+  l.targets = {address};
   l.initial_backoff = absl::Milliseconds(20);
   l.max_backoff = absl::Milliseconds(200);
   auto w = Worker::Create(o, std::make_unique<PipelineRenderer>(*std::move(p), "cpu"), l);

@@ -18,6 +18,7 @@
 #include "tests/testing/farm_client.h"
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/scheduler_fixture.h"
+#include "tests/testing/standby_scheduler.h"
 #include "tests/testing/status_matchers.h"
 #include "worker/io/png.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
@@ -106,8 +107,10 @@ class WorkerTest : public ::testing::Test {
     client_ = std::make_unique<FarmClient>(farm_->channel());
   }
 
+  // `before`: scheduler addresses the worker tries before the farm's.
   std::unique_ptr<Worker> MakeWorker(const std::string& name, std::shared_ptr<ScriptedRenderer::Script> s,
-                                     std::function<void(Worker::Options&)> tweak = nullptr) {
+                                     std::function<void(Worker::Options&)> tweak = nullptr,
+                                     std::vector<std::string> before = {}) {
     Worker::Options o;
     o.name = name;
     o.output_root = farm_->output_root();
@@ -119,7 +122,8 @@ class WorkerTest : public ::testing::Test {
     o.self_test.prompt = "self-test";
     if (tweak) tweak(o);
     SchedulerLink::Options l;
-    l.target = farm_->address();
+    l.targets = std::move(before);
+    l.targets.push_back(farm_->address());
     l.initial_backoff = absl::Milliseconds(20);
     l.max_backoff = absl::Milliseconds(200);
     auto w = Worker::Create(o, std::make_unique<ScriptedRenderer>(s), l);
@@ -381,6 +385,24 @@ TEST_F(WorkerTest, ShortDisconnectMidJobIsReadoptedAndCommitsOnce) {
   v1::Job j = WaitFinal(id);
   EXPECT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(Files(), std::vector<std::string>{j.result().path()});
+  w->Shutdown();
+}
+
+TEST_F(WorkerTest, AWorkerGivenADownSchedulerAndAStandbyFirstServesTheActiveOne) {
+  // A port nothing listens on, then a standby (UNAVAILABLE to everything), then the farm.
+  std::string dead;
+  {
+    zfarm::testing::StandbyScheduler gone;
+    dead = gone.address();
+  }
+  zfarm::testing::StandbyScheduler standby;
+  auto script = std::make_shared<ScriptedRenderer::Script>();
+  auto w = MakeWorker("w1", script, nullptr, {dead, standby.address()});
+  w->Start();
+  EXPECT_EQ(WaitFinal(Submit(2)).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(w->link()->current_target(), farm_->address());
+  EXPECT_GE(standby.refused(), 1);
+  EXPECT_EQ(w->link()->sessions_welcomed(), 1);
   w->Shutdown();
 }
 
