@@ -193,6 +193,8 @@ struct Options {
   std::vector<std::pair<int64_t, int64_t>> ablation_sizes = {{1024, 1024}, {512, 512}};
   bool lora = false, lora_only = false;
   std::vector<std::pair<int64_t, int64_t>> lora_sizes = {{1024, 1024}};
+  bool controlnet = false, controlnet_only = false;
+  std::vector<std::pair<int64_t, int64_t>> controlnet_sizes = {{1024, 1024}};
 };
 
 // Image tokens of one size plus the caption padded to a multiple of 32 (spec: SEQ_MULTI_OF).
@@ -512,12 +514,19 @@ int Main(int argc, char** argv) {
       opt.lora = opt.lora_only = true;
     else if (a == "--lora-sizes")
       opt.lora_sizes = ParseSizes(next());
+    else if (a == "--controlnet")
+      opt.controlnet = true;
+    else if (a == "--controlnet-only")
+      opt.controlnet = opt.controlnet_only = true;
+    else if (a == "--controlnet-sizes")
+      opt.controlnet_sizes = ParseSizes(next());
     else {
       std::cerr << "usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] "
                    "[--tmpdir DIR]"
                    " [--sizes HxW,...] [--steps N] [--reps N] [--tokenizer tokenizer.json]"
                    " [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]"
-                   " [--ablation [--ablation-sizes HxW,...]] [--lora [--lora-sizes HxW,...]] [--lora-only]\n";
+                   " [--ablation [--ablation-sizes HxW,...]] [--lora [--lora-sizes HxW,...]] [--lora-only]"
+                   " [--controlnet [--controlnet-sizes HxW,...]] [--controlnet-only]\n";
       return 2;
     }
   }
@@ -541,6 +550,11 @@ int Main(int argc, char** argv) {
   if (opt.lora_only) {
     popt.sizes = opt.lora_sizes;
     RunLoraSection(dev, rep, popt);
+    return WriteReport(rep, opt.out);
+  }
+  if (opt.controlnet_only) {
+    popt.sizes = opt.controlnet_sizes;
+    RunControlNetSection(dev, rep, popt);
     return WriteReport(rep, opt.out);
   }
   if (opt.memory_modes || opt.png_sweep) {
@@ -572,6 +586,10 @@ int Main(int argc, char** argv) {
   if (opt.lora) {
     popt.sizes = opt.lora_sizes;
     RunLoraSection(dev, rep, popt);
+  }
+  if (opt.controlnet) {
+    popt.sizes = opt.controlnet_sizes;
+    RunControlNetSection(dev, rep, popt);
   }
   return WriteReport(rep, opt.out);
 }

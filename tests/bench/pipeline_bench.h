@@ -71,6 +71,10 @@ void RunAblationSection(const BenchDevice& dev, Report& rep, const PipelineBench
 // applied, the first-use (cold) apply time and the time to switch sets between two jobs.
 void RunLoraSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
 
+// --controlnet: the pipeline with and without a resident ControlNet (Union 2.1 layout, random
+// weights): DiT step, end to end, the memory it adds.
+void RunControlNetSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
+
 // --memory-modes: peak device memory (allocated and reserved) and s/image of each memory mode
 // (default, offloaded text encoder, tiled VAE, both) at each size, full Turbo config.
 void RunMemoryModesSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);

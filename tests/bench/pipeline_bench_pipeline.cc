@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <tuple>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -131,10 +132,14 @@ double MedianEndToEnd(zfarm::worker::Pipeline& pipe, zfarm::worker::GenerateRequ
 
 // Columns: kPipelineHeader. The end to end with a new prompt per image is the headline;
 // the cached-prompt one (the caption served from the pipeline's cache) stays beside it.
-std::vector<std::string> MeasureSize(zfarm::worker::Pipeline& pipe, int64_t h, int64_t w,
-                                     const PipelineBenchOptions& opt, bool have_tokenizer) {
+// `tweak` (optional) changes the request before the runs (e.g. adds a ControlNet input).
+std::vector<std::string> MeasureSize(
+    zfarm::worker::Pipeline& pipe, int64_t h, int64_t w, const PipelineBenchOptions& opt,
+    bool have_tokenizer,
+    const std::function<void(zfarm::worker::GenerateRequest&)>& tweak = nullptr) {
   const zfarm::worker::TransformerConfig cfg;
   zfarm::worker::GenerateRequest req = BenchRequest(h, w, opt, have_tokenizer);
+  if (tweak) tweak(req);
   req.seed = 1;
   const std::string label = std::to_string(h) + "x" + std::to_string(w);
   pipe.set_time_steps(false);
@@ -513,6 +518,87 @@ void RunLoraSection(const BenchDevice& dev, Report& rep, const PipelineBenchOpti
   rep.Line("");
   rep.Table({"image (HxW)", "no LoRA s", "LoRA A+B s", "added", "cold apply ms (A / B)",
              "switch ms (median)", "switch ms (worst)", "to none ms", "peak GiB"},
+            rows);
+#else
+  (void)dev;
+  (void)opt;
+  rep.Line("not built: worker/pipeline is not available in this build");
+#endif
+  rep.Line("");
+}
+
+void RunControlNetSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt) {
+  rep.Line("### ControlNet (full Turbo config + Union 2.1 layout, random weights)");
+  rep.Line("");
+#ifdef ZFARM_BENCH_WITH_PIPELINE
+  if (!dev.cuda) {
+    rep.Line("skipped: needs a CUDA device");
+    rep.Line("");
+    return;
+  }
+  const bool have_tokenizer =
+      !opt.tokenizer_json.empty() && std::filesystem::exists(opt.tokenizer_json);
+  const zfarm::worker::TransformerConfig dit;
+  // Z-Image-Turbo-Fun-Controlnet-Union-2.1 as its single file reads: 15 control blocks on
+  // every other DiT layer, control context of 2 x 16 + 1 channels, 2 control refiner blocks.
+  zfarm::worker::ControlNetConfig cc;
+  cc.layout = zfarm::worker::ControlNetConfig::Layout::kUnion21;
+  for (int64_t i = 0; i < 15; ++i) cc.control_layers_places.push_back(i * (dit.n_layers / 15));
+  cc.control_refiner_layers_places = {0, 1};
+  cc.control_in_dim = 2 * dit.in_channels + 1;
+  cc.n_refiner_layers = 2;
+  // A control picture of the image's size: a grid of edges, as canny would give.
+  auto control = [](int64_t h, int64_t w) {
+    return [h, w](zfarm::worker::GenerateRequest& req) {
+      zfarm::worker::ControlRequest c;
+      c.image.width = static_cast<int>(w);
+      c.image.height = static_cast<int>(h);
+      c.image.rgb.assign(static_cast<size_t>(h) * w * 3, 0);
+      for (int64_t y = 0; y < h; ++y) {
+        for (int64_t x = 0; x < w; ++x) {
+          if (x % 64 == 0 || y % 48 == 0) {
+            for (int k = 0; k < 3; ++k) c.image.rgb[(static_cast<size_t>(y) * w + x) * 3 + k] = 255;
+          }
+        }
+      }
+      req.control = std::move(c);
+    };
+  };
+  std::vector<std::vector<std::string>> rows;
+  for (bool with_control : {false, true}) {
+    dev.EmptyCache();
+    const double before = dev.AllocatedGiB();
+    zfarm::worker::PipelineOptions po = FullSizeRandomOptions(opt);
+    if (with_control) po.random_controlnet = cc;
+    auto created = zfarm::worker::Pipeline::Create(po);
+    if (!created.ok()) {
+      rep.Line("pipeline: Create failed: " + std::string(created.status().message()));
+      return;
+    }
+    dev.Sync();
+    const double resident = dev.AllocatedGiB() - before;
+    for (auto [h, w] : opt.sizes) {
+      std::vector<std::string> m =
+          MeasureSize(**created, h, w, opt, have_tokenizer,
+                      with_control ? control(h, w) : std::function<void(zfarm::worker::GenerateRequest&)>());
+      if (m.size() < kPipelineHeader.size()) {
+        rows.push_back({m[0], with_control ? "ControlNet 2.1" : "plain", m.size() > 1 ? m[1] : "error"});
+        continue;
+      }
+      // image, pipeline, DiT step, end to end (new / cached prompt), resident, peak
+      rows.push_back({m[0], with_control ? "ControlNet 2.1, scale 0.75" : "plain", m[3], m[6], m[7],
+                      Fmt(resident, 1), m[8]});
+    }
+  }
+  rep.Line("The same full-size random-weight pipeline without and with a resident ControlNet "
+           "(Union 2.1 layout: 15 control blocks + 2 control refiner blocks, bf16), " +
+           std::to_string(opt.steps) + " steps, the ControlNet on every step; DiT step = the "
+           "transformer plus the ControlNet's hints; resident GiB = device memory the pipeline "
+           "holds after loading (weights); peak = the largest device peak of a job.");
+  rep.Line("");
+  rep.Table({"image (HxW)", "pipeline", "DiT step ms (mean / min / max)",
+             "end to end s, new prompt", "end to end s, cached prompt", "resident GiB",
+             "peak GiB"},
             rows);
 #else
   (void)dev;
