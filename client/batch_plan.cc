@@ -11,10 +11,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "client/sha256.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "nlohmann/json.hpp"
+#include "proto/files.h"
 #include "proto/job_defaults.h"
 #include "proto/status_macros.h"
 
@@ -355,7 +355,7 @@ std::string CanonicalSpecHash(const zfarm::v1::JobSpec& spec) {
     coded.SetSerializationDeterministic(true);
     canonical.SerializeToCodedStream(&coded);
   }
-  return Sha256Hex(bytes);
+  return files::Sha256Hex(bytes);
 }
 
 std::string DeriveRequestId(absl::string_view prefix, const PlannedJob& job) {
@@ -379,7 +379,7 @@ std::string DefaultRequestIdPrefix(const char* build_tag, absl::string_view fall
 std::string DeriveBatchId(absl::string_view prefix, const std::vector<PlannedJob>& jobs) {
   std::string all;
   for (const PlannedJob& job : jobs) absl::StrAppend(&all, job.request_id, "\n");
-  return absl::StrCat(prefix, "-batch-", Sha256Hex(all).substr(0, 16));
+  return absl::StrCat(prefix, "-batch-", files::Sha256Hex(all).substr(0, 16));
 }
 
 }  // namespace zfarm::client

@@ -27,7 +27,7 @@
 #include "client/exit_codes.h"
 #include "client/flags.h"
 #include "client/output.h"
-#include "client/sha256.h"
+#include "proto/files.h"
 #include "proto/security/auth.h"
 #include "proto/security/tls.h"
 #include "glog/logging.h"
@@ -551,8 +551,8 @@ absl::StatusOr<std::string> FetchResult(Session& session, const Job& job,
     std::string src = absl::StrCat(output_root, "/", job.result().path());
     struct stat st;
     if (stat(src.c_str(), &st) == 0) {
-      ZFARM_RETURN_IF_ERROR(CopyFileAtomically(src, dest));
-      ZFARM_ASSIGN_OR_RETURN(std::string got, Sha256File(dest));
+      ZFARM_RETURN_IF_ERROR(files::CopyFileAtomically(src, dest));
+      ZFARM_ASSIGN_OR_RETURN(std::string got, files::Sha256OfFile(dest));
       if (!expected.empty() && got != expected) {
         std::remove(dest.c_str());
         return absl::DataLossError(absl::StrCat("sha256 mismatch for ", src));
@@ -578,12 +578,12 @@ absl::StatusOr<std::string> FetchResult(Session& session, const Job& job,
     return reader->Finish();
   });
   ZFARM_RETURN_IF_ERROR(s);
-  std::string got = Sha256Hex(data);
+  std::string got = files::Sha256Hex(data);
   const std::string& want = expected.empty() ? sha_from_server : expected;
   if (!want.empty() && got != want) {
     return absl::DataLossError(absl::StrCat("sha256 mismatch for job ", job.job_id()));
   }
-  ZFARM_RETURN_IF_ERROR(WriteFileAtomically(dest, data));
+  ZFARM_RETURN_IF_ERROR(files::WriteFileAtomically(dest, data));
   return got;
 }
 

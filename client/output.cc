@@ -5,8 +5,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "client/sha256.h"
 #include "nlohmann/json.hpp"
+#include "proto/files.h"
 
 namespace zfarm::client {
 namespace {
@@ -126,7 +126,7 @@ absl::Status WriteManifest(const std::string& dir, const std::vector<ManifestEnt
     jobs.push_back(std::move(j));
   }
   json manifest{{"version", 1}, {"jobs", jobs}};
-  return WriteFileAtomically(absl::StrCat(dir, "/manifest.json"),
+  return files::WriteFileAtomically(absl::StrCat(dir, "/manifest.json"),
                              manifest.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
 }
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -131,8 +132,47 @@ absl::Status RenameNoReplace(const std::string& from, const std::string& to) {
 
 void TEST_ForceLinkRename(bool force) { force_link_rename.store(force); }
 
-absl::StatusOr<FileDigest> DigestFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+absl::Status CopyFileAtomically(const std::string& from, const std::string& to) {
+  int fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "cannot open", from);
+  std::string data;
+  std::string buf(1 << 16, '\0');
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      absl::Status s = ErrnoStatus(errno, "cannot read", from);
+      ::close(fd);
+      return s;
+    }
+    if (n == 0) break;
+    data.append(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return WriteFileAtomically(to, data);
+}
+
+std::string LowerHex(const unsigned char* bytes, size_t n) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back(kHex[bytes[i] >> 4]);
+    out.push_back(kHex[bytes[i] & 15]);
+  }
+  return out;
+}
+
+std::string Sha256Hex(absl::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
+  return LowerHex(md, n);
+}
+
+absl::StatusOr<FileDigest> DigestFile(const std::string& path, Links links) {
+  const int flags = O_RDONLY | O_CLOEXEC | (links == Links::kRefuse ? O_NOFOLLOW : 0);
+  int fd = ::open(path.c_str(), flags);
   if (fd < 0) return ErrnoStatus(errno, "cannot open", path);
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -142,7 +182,7 @@ absl::StatusOr<FileDigest> DigestFile(const std::string& path) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
   EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
   FileDigest out;
-  std::string buf(1 << 16, '\0');
+  std::string buf(1 << 20, '\0');
   for (;;) {
     ssize_t n = ::read(fd, buf.data(), buf.size());
     if (n < 0 && errno == EINTR) continue;
@@ -159,9 +199,14 @@ absl::StatusOr<FileDigest> DigestFile(const std::string& path) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(ctx.get(), md, &len);
-  out.sha256.reserve(2 * len);
-  for (unsigned int i = 0; i < len; ++i) absl::StrAppendFormat(&out.sha256, "%02x", md[i]);
+  out.sha256 = LowerHex(md, len);
   return out;
+}
+
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
+  absl::StatusOr<FileDigest> d = DigestFile(path, Links::kFollow);
+  if (!d.ok()) return d.status();
+  return std::move(d->sha256);
 }
 
 }  // namespace zfarm::files

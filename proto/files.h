@@ -6,7 +6,8 @@
 // O_CREAT | O_EXCL | O_NOFOLLOW, so a symlink or file planted at its name is never
 // followed, truncated or written through; all-or-nothing writes (temporary file +
 // fsync + rename + directory fsync); a rename that never replaces an existing file;
-// and the SHA-256 of a file. Used by zfarm-scheduler and zfarm-worker.
+// and SHA-256 digests in lower-case hex. The one implementation of each, used by
+// zfarm-scheduler, zfarm-worker and the zfarm CLI.
 
 #include <sys/types.h>
 
@@ -53,13 +54,28 @@ absl::Status RenameNoReplace(const std::string& from, const std::string& to);
 // Tests only: makes RenameNoReplace() take the link() + unlink() path.
 void TEST_ForceLinkRename(bool force);
 
+// Copies the file `from` to `to` all or nothing (WriteFileAtomically); for files that fit
+// in memory (a rendered image). NOT_FOUND naming `from` when it cannot be opened.
+absl::Status CopyFileAtomically(const std::string& from, const std::string& to);
+
+// Lower-case hex of `n` bytes.
+std::string LowerHex(const unsigned char* bytes, size_t n);
+
+// Lower-case hex SHA-256 of `data`.
+std::string Sha256Hex(absl::string_view data);
+
 struct FileDigest {
   int64_t size_bytes = 0;
   std::string sha256;  // lower-case hex
 };
-// Size and SHA-256 of the regular file at `path` (O_NOFOLLOW: a symlink is refused).
+enum class Links { kRefuse, kFollow };
+// Size and SHA-256 of the regular file at `path`. With Links::kRefuse (O_NOFOLLOW) a
+// symlink is refused: for files in folders others can write to (the output root).
 // NOT_FOUND / FAILED_PRECONDITION / INTERNAL naming the path.
-absl::StatusOr<FileDigest> DigestFile(const std::string& path);
+absl::StatusOr<FileDigest> DigestFile(const std::string& path, Links links = Links::kRefuse);
+
+// DigestFile(path, Links::kFollow).sha256: a file the caller chose (a LoRA, a picture).
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
 
 }  // namespace zfarm::files
 

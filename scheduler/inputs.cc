@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <openssl/sha.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,13 +28,6 @@ namespace v1 = ::zfarm::v1;
 
 absl::Status Invalid(const std::string& field, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
-}
-
-std::string Sha256Hex(absl::string_view bytes) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
 }
 
 bool IsSha256Name(absl::string_view name) {
@@ -182,7 +174,7 @@ absl::StatusOr<InputStore::Loaded> InputStore::Load(const std::string& field,
       worker::ProbeImage(out.bytes, f, {.max_side = l.max_size_px, .max_pixels = 0}));
   out.width = info.width;
   out.height = info.height;
-  out.sha256 = Sha256Hex(out.bytes);
+  out.sha256 = files::Sha256Hex(out.bytes);
   return out;
 }
 
@@ -249,7 +241,7 @@ absl::Status InputStore::Fill(v1::JobSpec* spec) const {
     const std::string path = options_.dir + "/" + sha;
     ZFARM_ASSIGN_OR_RETURN(std::string bytes,
                            ReadBounded(path, int64_t{1} << 40, "stored input " + path));
-    if (Sha256Hex(bytes) != sha) {
+    if (files::Sha256Hex(bytes) != sha) {
       return absl::DataLossError(
           absl::StrCat("stored input ", path, " no longer has its sha256 (damaged)"));
     }

@@ -1,7 +1,5 @@
 #include "scheduler/validation.h"
 
-#include <openssl/sha.h>
-
 #include <cmath>
 #include <set>
 #include <string>
@@ -11,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "proto/files.h"
 #include "proto/plain_name.h"
 #include "proto/status_macros.h"
 
@@ -299,10 +298,7 @@ std::string SpecFingerprint(const zfarm::v1::JobSpec& spec) {
     out.SetSerializationDeterministic(true);
     spec.SerializeToCodedStream(&out);
   }
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
+  return files::Sha256Hex(bytes);
 }
 
 }  // namespace zfarm::scheduler

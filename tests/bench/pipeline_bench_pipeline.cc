@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "proto/files.h"
 #include "tests/bench/pipeline_bench.h"
 #include "worker/io/model_config.h"
 
@@ -453,8 +454,8 @@ void RunLoraSection(const BenchDevice& dev, Report& rep, const PipelineBenchOpti
   const bool have_tokenizer =
       !opt.tokenizer_json.empty() && std::filesystem::exists(opt.tokenizer_json);
   // With their sha256s, as the worker's catalogue passes them (no hashing per job).
-  absl::StatusOr<std::string> a_sha = zfarm::worker::Sha256OfFile(a_path);
-  absl::StatusOr<std::string> b_sha = zfarm::worker::Sha256OfFile(b_path);
+  absl::StatusOr<std::string> a_sha = zfarm::files::Sha256OfFile(a_path);
+  absl::StatusOr<std::string> b_sha = zfarm::files::Sha256OfFile(b_path);
   if (!a_sha.ok() || !b_sha.ok()) {
     rep.Line("hashing the bench LoRAs failed");
     return;

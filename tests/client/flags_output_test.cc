@@ -6,10 +6,10 @@
 
 #include "client/flags.h"
 #include "client/output.h"
-#include "client/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "proto/files.h"
 #include "tests/testing/status_matchers.h"
 
 namespace zfarm::client {
@@ -208,17 +208,29 @@ TEST(OutputTest, ManifestIsWrittenAtomically) {
   }
   EXPECT_EQ(files, 1);
   EXPECT_THAT(WriteManifest("/nonexistent/dir", entries),
-              StatusIs(absl::StatusCode::kInternal, HasSubstr("/nonexistent/dir")));
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("/nonexistent/dir")));
 }
 
-TEST(Sha256Test, KnownVectors) {
-  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+TEST(Sha256Test, KnownVectorsOfTheSharedFileHelpers) {
+  EXPECT_EQ(files::Sha256Hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   const std::string dir = TempDir();
-  ASSERT_OK(WriteFileAtomically(dir + "/f", "abc"));
-  ASSERT_OK_AND_ASSIGN(std::string sha, Sha256File(dir + "/f"));
-  EXPECT_EQ(sha, Sha256Hex("abc"));
-  EXPECT_THAT(Sha256File(dir + "/missing"),
+  ASSERT_OK(files::WriteFileAtomically(dir + "/f", "abc"));
+  ASSERT_OK_AND_ASSIGN(std::string sha, files::Sha256OfFile(dir + "/f"));
+  EXPECT_EQ(sha, files::Sha256Hex("abc"));
+  ASSERT_OK(files::CopyFileAtomically(dir + "/f", dir + "/g"));
+  ASSERT_OK_AND_ASSIGN(files::FileDigest g, files::DigestFile(dir + "/g"));
+  EXPECT_EQ(g.sha256, sha);
+  EXPECT_EQ(g.size_bytes, 3);
+  EXPECT_THAT(files::Sha256OfFile(dir + "/missing"),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
+  EXPECT_THAT(files::CopyFileAtomically(dir + "/missing", dir + "/h"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
+  // A chosen file may be a symlink; a file in a shared folder may not (DigestFile's default).
+  ASSERT_EQ(::symlink((dir + "/f").c_str(), (dir + "/link").c_str()), 0);
+  EXPECT_TRUE(files::Sha256OfFile(dir + "/link").ok());
+  EXPECT_THAT(files::DigestFile(dir + "/link"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("link")));
 }
 
 }  // namespace

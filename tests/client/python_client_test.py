@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -177,7 +178,7 @@ class PythonClientTest(FarmFixture):
         # A spec with every default left at 0: the scheduler's answer shows what it filled.
         req = job_service_pb2.SubmitJobRequest(
             request_id="py-defaults", spec=job_pb2.JobSpec(prompt="the scheduler's defaults"))
-        filled = self.farm._call(self.farm._stub.SubmitJob, req).job
+        filled = self.farm._call("SubmitJob", req).job
         self.farm.cancel(filled)
         ours = zfarm.farm.build_spec("the scheduler's defaults")
         self.assertEqual((ours.width_px, ours.height_px, ours.steps),
@@ -223,6 +224,54 @@ class WatchReconnectTest(FarmFixture):
         self.assertGreater(len(rest), 0)
         self.assertEqual(rest[-1].job.state, job_pb2.JOB_STATE_CANCELLED)
         self.assertEqual(rest[-1].job.job_id, job.job_id)
+
+
+class StandbyStandIn(grpc.GenericRpcHandler):
+    """Answers every RPC UNAVAILABLE as a standby scheduler does; counts them."""
+
+    def __init__(self):
+        self.refused = 0
+
+    def service(self, handler_call_details):
+        def refuse(request, context):
+            self.refused += 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "scheduler s-1 is a standby")
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class AddressListTest(FarmFixture):
+    with_worker = False  # jobs stay QUEUED: the calls are what is tested
+
+    def test_a_dead_address_and_a_standby_are_passed_by(self):
+        from concurrent import futures
+        standby = StandbyStandIn()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                             handlers=[standby])
+        standby_address = "127.0.0.1:%d" % server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            dead = "127.0.0.1:%d" % probe.getsockname()[1]
+        try:
+            farm = zfarm.Farm(",".join([dead, standby_address, self.address]), timeout=10)
+            job = farm.submit("through the list", width=256, height=256, steps=1, seed=3)
+            self.assertEqual(farm.address, self.address)
+            self.assertGreaterEqual(standby.refused, 1)
+            self.assertEqual(farm.get(job).job_id, job.job_id)
+            self.assertEqual(farm.cancel(job), [job.job_id])
+            farm.close()
+            # Only a standby: the UNAVAILABLE comes through, typed.
+            only = zfarm.Farm(standby_address, timeout=5)
+            with self.assertRaises(zfarm.FarmError) as e:
+                only.get(job)
+            self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE)
+            only.close()
+        finally:
+            server.stop(0)
+        for bad in ("a:1,,b:2", "a:1,a:1", ""):
+            with self.assertRaises(ValueError) as e:
+                zfarm.Farm(bad)
+            self.assertIn("address", str(e.exception))
 
 
 class QueueFullTest(FarmFixture):

@@ -4,7 +4,6 @@
 // the lease timeout) whose late commit is refused; a scheduler restart mid-job;
 // a wrong model folder; SIGTERM drain. The offline guarantee (the worker dials
 // nothing but the scheduler) is offline_test.cc.
-#include <openssl/evp.h>
 #include <signal.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
@@ -24,6 +23,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "proto/files.h"
 #include "scheduler/server.h"
 #include "tests/testing/farm_client.h"
 #include "tests/testing/farm_processes.h"
@@ -44,15 +44,9 @@ using ::zfarm::testing::Spec;
 using ::zfarm::testing::Subprocess;
 using ::zfarm::testing::WaitFor;
 
+// The file's sha256 ("" when it cannot be read: the comparison then fails).
 std::string Sha256File(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::string bytes((std::istreambuf_iterator<char>(in)), {});
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest(bytes.data(), bytes.size(), md, &n, EVP_sha256(), nullptr);
-  std::string hex;
-  for (unsigned int i = 0; i < n; ++i) absl::StrAppend(&hex, absl::Hex(md[i], absl::kZeroPad2));
-  return hex;
+  return zfarm::files::Sha256OfFile(path).value_or("");
 }
 
 // Runs a command, returns its stdout; *status gets the exit code.

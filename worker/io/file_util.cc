@@ -1,13 +1,13 @@
 #include "worker/io/file_util.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "proto/files.h"
@@ -53,56 +53,6 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t max_
   }
   ::close(fd);
   return out;
-}
-
-absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError("cannot open", path, errno);
-  EVP_MD_CTX* md = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(md, EVP_sha256(), nullptr);
-  std::string buf(size_t{1} << 20, '\0');
-  for (;;) {
-    ssize_t r = ::read(fd, buf.data(), buf.size());
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      const int err = errno;
-      EVP_MD_CTX_free(md);
-      ::close(fd);
-      return ErrnoError("read failed", path, err);
-    }
-    if (r == 0) break;
-    EVP_DigestUpdate(md, buf.data(), static_cast<size_t>(r));
-  }
-  ::close(fd);
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(md, digest, &len);
-  EVP_MD_CTX_free(md);
-  return LowerHex(digest, len);
-}
-
-std::string LowerHex(const unsigned char* bytes, size_t n) {
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(2 * n);
-  for (size_t i = 0; i < n; ++i) {
-    out.push_back(kHex[bytes[i] >> 4]);
-    out.push_back(kHex[bytes[i] & 15]);
-  }
-  return out;
-}
-
-std::string Sha256Hex(std::string_view bytes) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest(bytes.data(), bytes.size(), md, &n, EVP_sha256(), nullptr);
-  return LowerHex(md, n);
-}
-
-absl::Status WriteFileAtomically(const std::string& path, std::string_view contents) {
-  ZFARM_ASSIGN_OR_RETURN(auto f, AtomicFile::Create(path));
-  ZFARM_RETURN_IF_ERROR(f->Write(contents));
-  return f->Commit();
 }
 
 absl::StatusOr<std::unique_ptr<AtomicFile>> AtomicFile::Create(const std::string& path) {
@@ -158,7 +108,9 @@ absl::Status AtomicFile::Commit() {
     ::unlink(tmp_.c_str());
     return ErrnoError("rename", path_, err);
   }
-  return absl::OkStatus();
+  return files::SyncDir(std::filesystem::path(path_).parent_path().empty()
+                            ? std::string(".")
+                            : std::filesystem::path(path_).parent_path().string());
 }
 
 }  // namespace zfarm::worker

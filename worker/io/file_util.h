@@ -1,8 +1,9 @@
 #ifndef ZFARM_WORKER_IO_FILE_UTIL_H_
 #define ZFARM_WORKER_IO_FILE_UTIL_H_
 
-// Small file helpers for worker/io: bounded whole-file reads and all-or-nothing writes
-// (temporary file + fsync + rename).
+// Small file helpers for worker/io: bounded whole-file reads and a streaming all-or-nothing
+// writer (temporary file + fsync + rename). Whole-buffer atomic writes, hex and SHA-256 are
+// proto/files.h's (files::WriteFileAtomically, files::Sha256Hex, files::Sha256OfFile).
 
 #include <cstdint>
 #include <memory>
@@ -21,16 +22,6 @@ inline absl::string_view Sv(std::string_view s) { return absl::string_view(s.dat
 // Reads a whole file of at most `max_bytes`; NOT_FOUND / INVALID_ARGUMENT name the path.
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t max_bytes);
 
-// Writes `contents` to `path` via a temporary file in the same folder and rename().
-absl::Status WriteFileAtomically(const std::string& path, std::string_view contents);
-
-// Lower-case hex of `n` bytes (digests).
-std::string LowerHex(const unsigned char* bytes, size_t n);
-// The sha256 of `bytes` as lower-case hex.
-std::string Sha256Hex(std::string_view bytes);
-// The sha256 of a whole file as lower-case hex, read in chunks (bounded memory).
-absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
-
 // A file written under a temporary name and renamed into place by Commit(); the temporary
 // file (files::TempNameFor, created exclusively: a planted symlink is never followed) is
 // removed if the object is destroyed without Commit().
@@ -42,7 +33,7 @@ class AtomicFile {
   AtomicFile& operator=(const AtomicFile&) = delete;
   absl::Status Write(std::string_view bytes);
   absl::Status Truncate(uint64_t size);  // flushes, then ftruncate()
-  absl::Status Commit();                 // flush, fsync, close, rename
+  absl::Status Commit();                 // flush, fsync, close, rename, fsync the folder
 
  private:
   AtomicFile() = default;

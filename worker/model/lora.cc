@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
+#include "proto/files.h"
 #include "proto/status_macros.h"
 #include "worker/io/file_util.h"
 
@@ -129,7 +130,7 @@ absl::StatusOr<std::vector<std::string>> LoraApplier::Apply(const std::vector<En
     }
     std::string sha = e.sha256;
     if (sha.empty()) {
-      absl::StatusOr<std::string> computed = Sha256OfFile(e.path);
+      absl::StatusOr<std::string> computed = files::Sha256OfFile(e.path);
       if (!computed.ok()) return BadLora(computed.status(), e.name);
       sha = *computed;
     }

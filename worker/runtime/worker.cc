@@ -92,7 +92,7 @@ absl::StatusOr<InputPicture> DecodeInput(const v1::ImageInput& in, const std::st
         ".path is resolved by the scheduler; workers only decode ", field, ".data)"));
   }
   ZFARM_ASSIGN_OR_RETURN(DecodedImage d, DecodeImage(in.data(), field));
-  return InputPicture{d.width, d.height, std::move(d.rgb), Sha256Hex(in.data())};
+  return InputPicture{d.width, d.height, std::move(d.rgb), files::Sha256Hex(in.data())};
 }
 
 // The job's init_image / mask_image / strength. Size, strength and mask rules are the
@@ -151,7 +151,7 @@ v1::CommitRequest CommitRequestFor(const v1::Lease& lease, const std::string& te
   // result.path stays empty: the path is the lease's, which the scheduler decided.
   auto* r = req.mutable_result();
   r->set_size_bytes(static_cast<int64_t>(file.size()));
-  r->set_sha256(Sha256Hex(file));
+  r->set_sha256(files::Sha256Hex(file));
   r->set_media_type(std::string(ImageMediaType(format)));
   r->set_device_class(o.device_class);
   r->set_dtype(o.dtype);

@@ -124,30 +124,67 @@ def build_spec(prompt, negative_prompt="", width=1024, height=1024, steps=8, gui
     return spec
 
 
+_MAX_ADDRESSES = 16  # as the CLI's --scheduler list
+
+
+def _parse_addresses(address):
+    """"a:1" or "a:1,b:2" (an active scheduler and its standbys) -> ["a:1", "b:2"]."""
+    out = [a.strip() for a in address.split(",")]
+    if any(not a for a in out):
+        raise ValueError("address: %r has an empty address (expected HOST:PORT[,HOST:PORT...])"
+                         % address)
+    if len(set(out)) != len(out):
+        raise ValueError("address: %r lists an address twice" % address)
+    if len(out) > _MAX_ADDRESSES:
+        raise ValueError("address: %d addresses exceeds the limit of %d"
+                         % (len(out), _MAX_ADDRESSES))
+    return out
+
+
 class Farm:
-    """A connection to one zfarm scheduler.
+    """A connection to a zfarm scheduler, or to an active one and its standbys.
 
         farm = Farm("sched:50051", token=open("/run/secrets/zfarm").read().strip())
         job = farm.submit("a lighthouse at dusk", seed=7, output_format="webp")
         farm.result(job, "lighthouse.webp")   # waits until it is final
+
+    `address` may list several schedulers, "sched-0:50051,sched-1:50051": a call
+    that finds one down or a standby (UNAVAILABLE) is tried on the next at once,
+    as the CLI's --scheduler list is.
     """
 
     def __init__(self, address, token=None, tls_ca=None, timeout=30.0, request_id_prefix=None):
         """`tls_ca`: PEM file of the CA that signed the scheduler (enables TLS).
         `request_id_prefix`: default prefix of derived request ids ($BUILD_TAG,
         else random per Farm)."""
+        self._addresses = _parse_addresses(address)
+        creds = None
         if tls_ca:
             with open(tls_ca, "rb") as f:
-                self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(f.read()))
-        else:
-            self._channel = grpc.insecure_channel(address)
-        self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+                creds = grpc.ssl_channel_credentials(f.read())
+        self._channels = [grpc.secure_channel(a, creds) if creds else grpc.insecure_channel(a)
+                          for a in self._addresses]
+        self._stubs = [job_service_pb2_grpc.JobServiceStub(c) for c in self._channels]
+        self._current = 0
         self._metadata = (("authorization", "Bearer " + token),) if token else ()
         self._timeout = timeout
         self._prefix = request_id_prefix or request_ids.default_prefix()
 
+    @property
+    def address(self):
+        """The address calls go to now (the last one that answered)."""
+        return self._addresses[self._current]
+
+    @property
+    def _stub(self):
+        return self._stubs[self._current]
+
+    def _next_address(self):
+        self._current = (self._current + 1) % len(self._stubs)
+
     def close(self):
-        self._channel.close()
+        for c in self._channels:
+            c.close()
 
     def __enter__(self):
         return self
@@ -156,10 +193,16 @@ class Farm:
         self.close()
 
     def _call(self, method, request, timeout=None):
-        try:
-            return method(request, timeout=timeout or self._timeout, metadata=self._metadata)
-        except grpc.RpcError as e:
-            raise FarmError.from_rpc(e) from None
+        """Runs JobService.`method`; UNAVAILABLE moves on to the next address, one round at most."""
+        for tried in range(len(self._stubs)):
+            try:
+                return getattr(self._stub, method)(request, timeout=timeout or self._timeout,
+                                                   metadata=self._metadata)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and tried + 1 < len(self._stubs):
+                    self._next_address()
+                    continue
+                raise FarmError.from_rpc(e) from None
 
     def submit(self, prompt, request_id=None, request_id_prefix=None, **spec_args):
         """Submits one job; returns the zfarm.v1.Job (its job_id, the seed used).
@@ -174,7 +217,7 @@ class Farm:
         if request_id is None:
             request_id = request_ids.derive_request_id(request_id_prefix or self._prefix, spec)
         req = job_service_pb2.SubmitJobRequest(request_id=request_id, spec=spec)
-        return self._call(self._stub.SubmitJob, req).job
+        return self._call("SubmitJob", req).job
 
     def batch(self, items, batch_id=None, request_id_prefix=None, **defaults):
         """Submits several jobs as one batch; returns (batch_id, [zfarm.v1.Job]).
@@ -221,19 +264,19 @@ class Farm:
             req = job_service_pb2.SubmitJobsRequest(batch_id=batch_id)
             for rid, spec in planned[start:start + _MAX_BATCH]:
                 req.jobs.add(request_id=rid, spec=spec)
-            resp = self._call(self._stub.SubmitJobs, req)
+            resp = self._call("SubmitJobs", req)
             batch_id = resp.batch_id or batch_id
             jobs.extend(r.job for r in resp.jobs)
         return batch_id, jobs
 
     def get(self, job):
         """The job's current state (a zfarm.v1.Job)."""
-        return self._call(self._stub.GetJob, job_service_pb2.GetJobRequest(job_id=_job_id(job)))
+        return self._call("GetJob", job_service_pb2.GetJobRequest(job_id=_job_id(job)))
 
     def cancel(self, job):
         """Cancels a job that is not final; returns the ids cancelled."""
         req = job_service_pb2.CancelJobRequest(job_id=_job_id(job))
-        return list(self._call(self._stub.CancelJob, req).job_ids)
+        return list(self._call("CancelJob", req).job_ids)
 
     def watch(self, job, timeout=None, max_outage=30.0):
         """Yields the job's zfarm.v1.JobEvent s (its current state first, then every
@@ -262,6 +305,9 @@ class Farm:
                 outage_start = outage_start or time.monotonic()
                 if time.monotonic() - outage_start > max_outage:
                     raise FarmError.from_rpc(e) from None
+                self._next_address()
+                if self._current != 0:
+                    continue  # the next address at once; back off after a whole round
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 

@@ -29,7 +29,9 @@ TEST(AtomicFileTest, APlantedSymlinkAtATemporaryNameIsNotWrittenThrough) {
   const fs::path target = dir / "config.json", victim = dir / "victim";
   std::ofstream(victim) << "secret";
   fs::create_symlink(victim, absl::StrCat(target.string(), ".tmp.", getpid()));
-  ASSERT_OK(WriteFileAtomically(target.string(), "{}"));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<AtomicFile> f, AtomicFile::Create(target.string()));
+  ASSERT_OK(f->Write("{}"));
+  ASSERT_OK(f->Commit());
   EXPECT_EQ(Slurp(victim), "secret");
   EXPECT_EQ(Slurp(target), "{}");
   EXPECT_FALSE(fs::is_symlink(fs::symlink_status(target)));

@@ -7,6 +7,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/files.h"
 #include "tests/worker/io/io_test_util.h"
 
 namespace zfarm::worker {
@@ -16,13 +17,12 @@ namespace fs = std::filesystem;
 using ::zfarm::worker::testing::FreshDir;
 using ::zfarm::worker::testing::MakeTinyModel;
 using ::zfarm::worker::testing::ReadAll;
-using ::zfarm::worker::testing::Sha256Hex;
 
 std::map<std::string, std::string> HashFolder(const std::string& dir) {
   std::map<std::string, std::string> out;
   for (const auto& e : fs::recursive_directory_iterator(dir)) {
     if (e.is_regular_file()) {
-      out[fs::relative(e.path(), dir).string()] = Sha256Hex(ReadAll(e.path().string()));
+      out[fs::relative(e.path(), dir).string()] = files::Sha256Hex(ReadAll(e.path().string()));
     }
   }
   return out;
