@@ -57,18 +57,32 @@ std::string_view DTypeName(DType dtype) {
       return "BF16";
     case DType::kF16:
       return "F16";
+    case DType::kF8E4M3:
+      return "F8_E4M3";
   }
   return "?";
 }
 
-size_t DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
+size_t DTypeSize(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return 4;
+    case DType::kF8E4M3:
+      return 1;
+    case DType::kBF16:
+    case DType::kF16:
+      return 2;
+  }
+  return 4;
+}
 
 absl::StatusOr<DType> ParseDType(std::string_view s) {
   if (s == "F32") return DType::kF32;
   if (s == "BF16") return DType::kBF16;
   if (s == "F16") return DType::kF16;
+  if (s == "F8_E4M3") return DType::kF8E4M3;
   return absl::InvalidArgumentError(
-      absl::StrCat("unsupported dtype '", Sv(s), "' (supported: F32, BF16, F16)"));
+      absl::StrCat("unsupported dtype '", Sv(s), "' (supported: F32, BF16, F16, F8_E4M3)"));
 }
 
 int64_t TensorInfo::numel() const {
@@ -436,6 +450,15 @@ float F16ToF32(uint16_t h) {
   return f;
 }
 
+float F8E4M3ToF32(uint8_t v) {
+  const int exp = (v >> 3) & 0xf, mant = v & 0x7;
+  if (exp == 0xf && mant == 0x7) return std::numeric_limits<float>::quiet_NaN();
+  // Subnormals: mant * 2^-9; normals: (8 + mant) * 2^(exp - 10), i.e. 1.mant * 2^(exp - 7).
+  const float mag = exp == 0 ? std::ldexp(static_cast<float>(mant), -9)
+                             : std::ldexp(static_cast<float>(8 + mant), exp - 10);
+  return (v & 0x80) != 0 ? -mag : mag;
+}
+
 uint16_t F32ToBF16(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, 4);
@@ -487,6 +510,9 @@ void ConvertToF32(const TensorView& v, float* out) {
         out[i] = F16ToF32(h);
       }
       return;
+    case DType::kF8E4M3:
+      for (size_t i = 0; i < n; ++i) out[i] = F8E4M3ToF32(v.data[i]);
+      return;
   }
 }
 
@@ -510,6 +536,9 @@ void ConvertToBF16(const TensorView& v, uint16_t* out) {
         std::memcpy(&h, v.data + 2 * i, 2);
         out[i] = F32ToBF16(F16ToF32(h));
       }
+      return;
+    case DType::kF8E4M3:  // every e4m3 value is a bf16 value: exact
+      for (size_t i = 0; i < n; ++i) out[i] = F32ToBF16(F8E4M3ToF32(v.data[i]));
       return;
   }
 }

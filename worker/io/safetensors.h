@@ -28,10 +28,12 @@
 namespace zfarm::worker {
 
 // Element types accepted on disk; every other safetensors dtype is rejected by name.
-enum class DType { kF32, kBF16, kF16 };
-std::string_view DTypeName(DType dtype);  // "F32", "BF16", "F16"
+// kF8E4M3 ("F8_E4M3", e4m3fn: 1 sign, 4 exponent bits of bias 7, 3 mantissa bits, no
+// infinities, 0x7F/0xFF NaN) holds the FP8 weights cache's quantized weights.
+enum class DType { kF32, kBF16, kF16, kF8E4M3 };
+std::string_view DTypeName(DType dtype);  // "F32", "BF16", "F16", "F8_E4M3"
 size_t DTypeSize(DType dtype);            // bytes per element
-// Parses "F32" / "BF16" / "F16"; INVALID_ARGUMENT naming `s` otherwise.
+// Parses "F32" / "BF16" / "F16" / "F8_E4M3"; INVALID_ARGUMENT naming `s` otherwise.
 absl::StatusOr<DType> ParseDType(std::string_view s);
 
 // One entry of a safetensors header.
@@ -118,6 +120,7 @@ void ConvertToBF16(const TensorView& v, uint16_t* out);  // round to nearest eve
 // Scalar conversions (exposed for tests and the generator).
 float BF16ToF32(uint16_t v);
 float F16ToF32(uint16_t v);
+float F8E4M3ToF32(uint8_t v);  // exact; 0x7F and 0xFF give NaN
 uint16_t F32ToBF16(float f);  // round to nearest even, NaN stays NaN
 uint16_t F32ToF16(float f);   // round to nearest even
 

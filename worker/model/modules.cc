@@ -11,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "worker/model/fp8.h"
 #include "worker/model/fused_ops.h"
 #include "worker/model/torch_compat.h"
 
@@ -24,6 +25,11 @@ namespace {
 
 int64_t PadTo32(int64_t n) { return (32 - n % 32) % 32; }
 
+// x W^T through a fused projection: FP8 when it has scales.
+at::Tensor Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  return scale.defined() ? Fp8Linear(x, w, scale, {}) : at::linear(x, w);
+}
+
 }  // namespace
 
 // ------------------------------------------------------------- building blocks
@@ -33,7 +39,28 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool has_bias, const at::TensorO
   if (has_bias) bias = register_parameter("bias", at::empty({out}, options), false);
 }
 
-at::Tensor LinearImpl::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+at::Tensor LinearImpl::forward(const at::Tensor& x) {
+  return fp8() ? Fp8Linear(x, weight, weight_scale, bias) : at::linear(x, weight, bias);
+}
+
+void LinearImpl::SetFp8(at::Tensor data, at::Tensor scale) {
+  // The registered "weight" entry is replaced (its dtype changes), not re-registered.
+  parameters_["weight"] = data;
+  weight = std::move(data);
+  weight_scale = register_parameter("weight_scale", std::move(scale), /*requires_grad=*/false);
+}
+
+void LinearImpl::ToFp8() {
+  if (fp8()) return;
+  QuantizedWeight q = QuantizeWeight(weight);
+  SetFp8(std::move(q.data), std::move(q.scale));
+}
+
+void LinearImpl::PrepareFp8() {
+  if (fp8()) return;
+  SetFp8(at::empty(weight.sizes(), weight.options().dtype(at::kByte)),
+         at::empty({weight.size(0)}, weight.options().dtype(at::kFloat)));
+}
 
 RmsNormImpl::RmsNormImpl(int64_t dim, double eps_in, const at::TensorOptions& options)
     : eps(eps_in) {
@@ -188,30 +215,44 @@ DitBlockImpl::DitBlockImpl(const TransformerConfig& c, bool modulated, const at:
 }
 
 void DitBlockImpl::FuseProjections() {
-  if (qkv_weight_.defined()) return;
+  if (qkv_weight_.defined() || w13_weight_.defined()) return;
   // Parameters become views into the fused weight (set_ keeps the registered
   // TensorImpl, so named_parameters() still names them).
+  // Rows of weights [rows, cols] or of scales [rows].
   auto fuse = [](std::initializer_list<at::Tensor*> parts) {
     std::vector<at::Tensor> ws;
     for (at::Tensor* p : parts) ws.push_back(*p);
     at::Tensor fused = at::cat(ws, 0);
     int64_t row = 0;
     for (at::Tensor* p : parts) {
-      const int64_t rows = p->size(0), cols = p->size(1);
-      p->set_(fused.storage(), fused.storage_offset() + row * cols, {rows, cols}, {cols, 1});
+      const int64_t rows = p->size(0), cols = p->dim() == 2 ? p->size(1) : 1;
+      if (p->dim() == 2) {
+        p->set_(fused.storage(), fused.storage_offset() + row * cols, {rows, cols}, {cols, 1});
+      } else {
+        p->set_(fused.storage(), fused.storage_offset() + row, {rows}, {1});
+      }
       row += rows;
     }
     return fused;
   };
-  qkv_weight_ = fuse({&to_q->weight, &to_k->weight, &to_v->weight});
-  w13_weight_ = fuse({&w1->weight, &w3->weight});
+  // Only layers of one precision fuse (the recipe keeps q/k/v and w1/w3 together).
+  if (to_q->fp8() == to_k->fp8() && to_k->fp8() == to_v->fp8()) {
+    qkv_weight_ = fuse({&to_q->weight, &to_k->weight, &to_v->weight});
+    if (to_q->fp8()) {
+      qkv_scale_ = fuse({&to_q->weight_scale, &to_k->weight_scale, &to_v->weight_scale});
+    }
+  }
+  if (w1->fp8() == w3->fp8()) {
+    w13_weight_ = fuse({&w1->weight, &w3->weight});
+    if (w1->fp8()) w13_scale_ = fuse({&w1->weight_scale, &w3->weight_scale});
+  }
 }
 
 at::Tensor DitBlockImpl::Attention(const at::Tensor& x, const RopeTable& rope) {
   const int64_t S = x.size(1), H = c_.n_heads, Dh = c_.head_dim(), D = H * Dh;
   at::Tensor q, k, v;
   if (qkv_weight_.defined()) {
-    at::Tensor qkv = at::linear(x, qkv_weight_);  // [1, S, 3D]
+    at::Tensor qkv = Project(x, qkv_weight_, qkv_scale_);  // [1, S, 3D]
     q = qkv.narrow(-1, 0, D);
     k = qkv.narrow(-1, D, D);
     v = qkv.narrow(-1, 2 * D, D);
@@ -245,7 +286,7 @@ at::Tensor DitBlockImpl::forward(const at::Tensor& x_in, const RopeTable& rope,
   at::Tensor x = GatedResidualRmsNorm(x_in, Attention(h, rope), attention_norm2->weight, gate_msa,
                                       eps, kernels_);
   h = RmsNormMod(x, ffn_norm1->weight, scale_mlp, eps, kernels_);
-  at::Tensor f = w13_weight_.defined() ? SwiGlu(at::linear(h, w13_weight_), kernels_)
+  at::Tensor f = w13_weight_.defined() ? SwiGlu(Project(h, w13_weight_, w13_scale_), kernels_)
                                        : at::silu(w1(h)) * w3(h);
   return GatedResidualRmsNorm(x, w2(f), ffn_norm2->weight, gate_mlp, eps, kernels_);
 }

@@ -31,12 +31,24 @@
 
 namespace zfarm::worker::model {
 
-// y = x W^T + b with W [out, in].
+// y = x W^T + b with W [out, in]. An FP8 layer (fp8.h) holds W's e4m3fn bytes (uint8) in
+// `weight` and its per-output-channel float32 scales in `weight_scale`, both registered
+// parameters ("weight", "weight_scale": the FP8 weights cache's keys), and forward() runs
+// Fp8Linear; `weight_scale` is undefined otherwise.
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in, int64_t out, bool bias, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x);
-  at::Tensor weight, bias;
+  // Quantizes the loaded weight in place (a no-op when already FP8).
+  void ToFp8();
+  // Gives the layer FP8 parameters of the right shapes, uninitialised, for LoadWeights
+  // from an FP8 weights cache (a no-op when already FP8).
+  void PrepareFp8();
+  bool fp8() const { return weight_scale.defined(); }
+  at::Tensor weight, bias, weight_scale;
+
+ private:
+  void SetFp8(at::Tensor data, at::Tensor scale);
 };
 TORCH_MODULE(Linear);
 
@@ -122,7 +134,9 @@ class DitBlockImpl : public torch::nn::Module {
 
   // Concatenates to_q/to_k/to_v and w1/w3 into one weight each (one GEMM instead
   // of three / two) and makes the original parameters views into it, so
-  // named_parameters() and memory stay the same. Call after the weights are loaded.
+  // named_parameters() and memory stay the same (FP8 layers: their scales too; the
+  // per-output-channel scales make the fused quantization equal the separate ones).
+  // Call after the weights are loaded (and quantized).
   void FuseProjections();
   // Use the CUDA kernels of fused_ops.h where they apply (default true).
   void set_kernels(bool on) { kernels_ = on; }
@@ -137,6 +151,7 @@ class DitBlockImpl : public torch::nn::Module {
   bool modulated_;
   bool kernels_ = true;
   at::Tensor qkv_weight_, w13_weight_;  // defined after FuseProjections()
+  at::Tensor qkv_scale_, w13_scale_;    // FP8 layers: their fused scales, else undefined
   Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
   RmsNorm norm_q{nullptr}, norm_k{nullptr};
   Linear w1{nullptr}, w2{nullptr}, w3{nullptr};

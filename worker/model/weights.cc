@@ -25,6 +25,8 @@ at::ScalarType TorchDType(DType d) {
       return at::kBFloat16;
     case DType::kF16:
       return at::kHalf;
+    case DType::kF8E4M3:
+      return at::kByte;  // e4m3fn bytes: FP8 parameters are uint8 (fp8.h)
   }
   return at::kFloat;
 }
@@ -50,6 +52,14 @@ absl::Status LoadImpl(torch::nn::Module& module, const WeightSet& weights, const
       return absl::InvalidArgumentError(
           absl::StrCat(spec.component, ": key '", ckpt_name, "': expected shape ",
                        ShapeString(param->sizes()), ", found ", ShapeString(info->shape)));
+    }
+    // FP8 bytes go only into FP8 parameters (uint8, fp8.h) and nothing else does: a
+    // numeric cast between them would be silently wrong.
+    if ((info->dtype == DType::kF8E4M3) != (param->scalar_type() == at::kByte)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          spec.component, ": key '", ckpt_name, "': stored as ", std::string(DTypeName(info->dtype)),
+          " but the module holds ", c10::toString(param->scalar_type()),
+          " (FP8 weights load only with --precision fp8, into the layers of its recipe)"));
     }
     at::Tensor src = at::from_blob(const_cast<uint8_t*>(view.data), info->shape,
                                    at::TensorOptions().dtype(TorchDType(info->dtype)));

@@ -30,7 +30,8 @@ struct LoadSpec {
 // mmapped bytes (no whole-model host copy). Strict: INVALID_ARGUMENT naming the
 // component and key for an unexpected key, a missing key, or a shape mismatch
 // ("transformer: key 'layers.0.attention.to_q.weight': expected shape [64, 64],
-// found [64, 32]"). Accepted storage dtypes: F32, BF16, F16.
+// found [64, 32]"). Accepted storage dtypes: F32, BF16, F16, and F8_E4M3 exactly for the
+// uint8 parameters of FP8 layers (fp8.h); a mismatch either way is INVALID_ARGUMENT.
 // Third-party failures: c10::OutOfMemoryError -> RESOURCE_EXHAUSTED, other
 // c10::Error -> INTERNAL.
 absl::Status LoadWeights(torch::nn::Module& module, const WeightSet& weights, const LoadSpec& spec);

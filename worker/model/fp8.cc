@@ -1,0 +1,187 @@
+#include "worker/model/fp8.h"
+
+#include <torch/version.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "worker/io/safetensors.h"
+#include "worker/model/modules.h"
+
+// at::_scaled_mm(a, b, scale_a, scale_b, bias, scale_result, out_dtype, use_fast_accum) with
+// row-wise scales and a Tensor (not tuple) result: torch 2.5 and later.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+#define ZFARM_FP8_NATIVE 1
+#endif
+
+namespace zfarm::worker::model {
+namespace {
+
+bool Matches(std::string_view pattern, std::string_view key) {
+  if (pattern.starts_with('*')) return key.ends_with(pattern.substr(1));
+  if (pattern.ends_with('*')) return key.starts_with(pattern.substr(0, pattern.size() - 1));
+  return key == pattern;
+}
+
+// 2^e as float32 tensors, exactly (built from the exponent bits; e within [-126, 127]).
+at::Tensor PowerOfTwo(const at::Tensor& e) {
+  return ((e.to(at::kInt) + 127) * (1 << 23)).view(at::kFloat);
+}
+
+// floor(log2 |a|) for a > 0 (exact, from frexp: a = m * 2^e with m in [0.5, 1)).
+at::Tensor FloorLog2(const at::Tensor& a) { return std::get<1>(at::frexp(a)).to(at::kInt) - 1; }
+
+}  // namespace
+
+const Fp8RecipeRow* Fp8RecipeRowOf(std::string_view module_key) {
+  for (const Fp8RecipeRow& row : kZImageFp8Recipe) {
+    if (Matches(row.pattern, module_key)) return &row;
+  }
+  return nullptr;
+}
+
+bool Fp8Selected(std::string_view module_key) {
+  const Fp8RecipeRow* row = Fp8RecipeRowOf(module_key);
+  return row != nullptr && row->fp8;
+}
+
+namespace {
+
+// The Linear layers of `module` the recipe selects, in module order.
+std::vector<std::pair<std::string, LinearImpl*>> SelectedLinears(torch::nn::Module& module) {
+  std::vector<std::pair<std::string, LinearImpl*>> out;
+  for (const auto& m : module.named_modules("", /*include_self=*/false)) {
+    auto* linear = dynamic_cast<LinearImpl*>(m.value().get());
+    if (linear != nullptr && Fp8Selected(m.key())) out.emplace_back(m.key(), linear);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> Fp8Layers(torch::nn::Module& module) {
+  std::vector<std::string> keys;
+  for (const auto& [key, linear] : SelectedLinears(module)) keys.push_back(key);
+  return keys;
+}
+
+int QuantizeFp8Layers(torch::nn::Module& module) {
+  at::NoGradGuard no_grad;
+  auto layers = SelectedLinears(module);
+  for (const auto& [key, linear] : layers) linear->ToFp8();
+  return static_cast<int>(layers.size());
+}
+
+int PrepareFp8Layers(torch::nn::Module& module) {
+  at::NoGradGuard no_grad;
+  auto layers = SelectedLinears(module);
+  for (const auto& [key, linear] : layers) linear->PrepareFp8();
+  return static_cast<int>(layers.size());
+}
+
+at::Tensor RoundToE4m3(const at::Tensor& x_in) {
+  at::Tensor x = x_in.to(at::kFloat).clamp(-kE4m3Max, kE4m3Max);
+  at::Tensor a = x.abs();
+  // The spacing of e4m3 values around a: 2^(floor(log2 a) - 3) for normals (3 mantissa
+  // bits), 2^-9 for the subnormals below 2^-6. round() is half-to-even.
+  at::Tensor quantum = PowerOfTwo(FloorLog2(a).clamp_min(-6) - 3);
+  return at::copysign(at::round(a / quantum) * quantum, x);
+}
+
+at::Tensor EncodeE4m3(const at::Tensor& on_grid) {
+  at::Tensor x = on_grid.to(at::kFloat);
+  at::Tensor a = x.abs();
+  at::Tensor normal = a.ge(std::ldexp(1.0, -6));
+  at::Tensor e = FloorLog2(a).clamp(-6, 8);
+  // Normals: exponent field e + 7, mantissa (a / 2^e - 1) * 8; subnormals: field 0,
+  // mantissa a / 2^-9. Both are exact integers for values on the grid.
+  at::Tensor mant = at::where(normal, (a / PowerOfTwo(e) - 1.0) * 8.0, a * 512.0);
+  at::Tensor field = at::where(normal, e + 7, at::zeros_like(e));
+  at::Tensor bits = field.to(at::kInt) * 8 + mant.round().to(at::kInt) +
+                    at::signbit(x).to(at::kInt) * 128;
+  bits = at::where(at::isnan(x), at::full_like(bits, 0x7f), bits);
+  return bits.to(at::kByte);
+}
+
+at::Tensor DecodeE4m3(const at::Tensor& bytes) {
+  // The value table comes from the file format's owner (worker/io), once per process.
+  static const at::Tensor table = [] {
+    at::Tensor t = at::empty({256}, at::kFloat);
+    for (int i = 0; i < 256; ++i) t[i] = F8E4M3ToF32(static_cast<uint8_t>(i));
+    return t;
+  }();
+  const at::Tensor flat = bytes.reshape({-1}).to(at::kLong);
+  return table.to(bytes.device()).index_select(0, flat).view(bytes.sizes());
+}
+
+QuantizedWeight QuantizeWeight(const at::Tensor& w) {
+  at::Tensor wf = w.to(at::kFloat);
+  at::Tensor amax = wf.abs().amax({1}, /*keepdim=*/true);
+  at::Tensor scale = at::where(amax.gt(0), amax / kE4m3Max, at::ones_like(amax));
+  return {EncodeE4m3(RoundToE4m3(wf / scale)), scale.reshape({-1}).contiguous()};
+}
+
+at::Tensor TokenScales(const at::Tensor& x2d) {
+  return x2d.abs().amax({-1}, /*keepdim=*/true).to(at::kFloat).clamp_min(1e-12) / kE4m3Max;
+}
+
+at::Tensor Fp8Linear(const at::Tensor& x, const at::Tensor& data, const at::Tensor& scale,
+                     const at::Tensor& bias) {
+  const int64_t k = x.size(-1), n = data.size(0);
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = n;
+  const at::Tensor x2 = x.reshape({-1, k});
+  const at::Tensor sx = TokenScales(x2);
+#ifdef ZFARM_FP8_NATIVE
+  if (x.is_cuda()) {
+    // Row-major activations [M, K] and the column-major weight (w^T of the row-major
+    // [N, K] bytes), row-wise scales [M, 1] and [1, N], fp32 accumulation, x's dtype out.
+    at::Tensor xq = (x2.to(at::kFloat) / sx).clamp(-kE4m3Max, kE4m3Max).to(at::kFloat8_e4m3fn);
+    std::optional<at::Tensor> b;
+    if (bias.defined()) b = bias.to(x.scalar_type());
+    at::Tensor y = at::_scaled_mm(xq, data.view(at::kFloat8_e4m3fn).t(), sx,
+                                  scale.view({1, n}), b, std::nullopt, x.scalar_type(),
+                                  /*use_fast_accum=*/false);
+    return y.view(out_shape);
+  }
+#endif
+  // Reference: the same quantized operands, multiplied in float32.
+  at::Tensor xq = RoundToE4m3(x2.to(at::kFloat) / sx);
+  at::Tensor y = at::matmul(xq, DecodeE4m3(data).t()) * sx * scale.view({1, n}).to(at::kFloat);
+  if (bias.defined()) y = y + bias.to(at::kFloat);
+  return y.to(x.scalar_type()).view(out_shape);
+}
+
+bool Fp8NativeBuild() {
+#ifdef ZFARM_FP8_NATIVE
+  return true;
+#else
+  return false;
+#endif
+}
+
+absl::Status CheckFp8Device(const std::string& device, const std::string& name, int cc_major,
+                            int cc_minor) {
+  constexpr char kNeed[] =
+      "--precision fp8 needs FP8 tensor cores (CUDA compute capability 8.9 or later)";
+  if (!std::string_view(device).starts_with("cuda")) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(kNeed, "; device ", device, " is a CPU (no compute capability)"));
+  }
+  if (cc_major * 10 + cc_minor < 89) {
+    return absl::FailedPreconditionError(absl::StrCat(kNeed, "; ", device, " (", name,
+                                                      ") has compute capability ", cc_major,
+                                                      ".", cc_minor));
+  }
+  if (!Fp8NativeBuild()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--precision fp8 needs libtorch 2.5 or later (at::_scaled_mm); this build has ",
+        TORCH_VERSION));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace zfarm::worker::model
