@@ -30,7 +30,9 @@ constexpr char kUsage[] =
     "  [--guidance 0] [--negative-prompt TEXT] [--device cpu|cuda:N]\n"
     "  [--vae-fp32] [--offload-text-encoder] [--vae-tiling]\n"
     "  [--no-cuda-graphs] [--reference-ops]   (speed paths off: less memory / debugging)\n"
-    "  [--weights-cache DIR]   (the bf16 DiT copy of `zfarm-worker cache-weights`)\n"
+    "  [--precision fp8|bf16|fp32]  (default bf16 on CUDA, fp32 on cpu; fp8: the DiT's\n"
+    "                          attention and FFN matmuls in e4m3, compute capability >= 8.9)\n"
+    "  [--weights-cache DIR]   (the bf16 or fp8 DiT copy of `zfarm-worker cache-weights`)\n"
     "  [--lora FILE[:SCALE]]... (repeatable, at most 8, scale in [-4, 4], default 1)\n"
     "  [--lora-dir DIR]        (--lora NAME[:SCALE] then means DIR/NAME.safetensors)\n"
     "  [--output-format png|jpeg|webp] [--quality 1-100 (jpeg/webp, default 90)]\n"
@@ -55,7 +57,7 @@ const std::vector<std::string> kValueFlags = {"model",   "prompt",   "prompts", 
                                               "output-format", "quality",
                                               "init-image", "strength", "mask",
                                               "controlnet", "control-image", "control-scale",
-                                              "control-start", "control-end"};
+                                              "control-start", "control-end", "precision"};
 
 // The largest input picture file read (the scheduler's default --max-input-bytes).
 constexpr uint64_t kMaxPictureBytes = 16u << 20;
@@ -283,7 +285,12 @@ int RunGenerate(int argc, char** argv) {
     return rc;
   }
 
-  const PipelineOptions opts = OptionsFromFlags(f);
+  PipelineOptions opts = OptionsFromFlags(f);
+  if (f.Has("precision")) {
+    absl::StatusOr<PipelineOptions::Precision> precision = ParsePrecision(f.Get("precision"));
+    if (!precision.ok()) return Usage(std::string(precision.status().message()));
+    opts.precision = *precision;
+  }
   auto pipeline = Pipeline::Create(opts);
   if (!pipeline.ok()) return Fail(pipeline.status().ToString());
   std::printf("loaded %s in %.2f s (%s)\n", opts.model_dir.c_str(), (*pipeline)->load_seconds(),

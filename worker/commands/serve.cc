@@ -66,8 +66,12 @@ constexpr char kUsage[] =
     "  --reference-ops           the reference ATen ops instead of the fused kernels\n"
     "  --vae-tiling              decode in tiles (less memory at large sizes)\n"
     "  --vae-fp32                run the VAE in float32\n"
-    "  --weights-cache DIR       read the DiT from its bf16 copy there when current (written\n"
-    "                            by `zfarm-worker cache-weights`; half the bytes of a cold start)\n"
+    "  --precision fp8|bf16|fp32 compute precision (default bf16 on CUDA, fp32 on cpu); fp8:\n"
+    "                            the DiT's attention and FFN matmuls in e4m3 (needs compute\n"
+    "                            capability >= 8.9; no --lora-dir), reported in every result\n"
+    "  --weights-cache DIR       read the DiT from its bf16 (with fp8: its FP8) copy there when\n"
+    "                            current (written by `zfarm-worker cache-weights [--precision\n"
+    "                            fp8]`; half / a quarter of the bytes of a cold start)\n"
     "  --lora-dir DIR            LoRAs jobs may name: DIR/NAME.safetensors (catalogued with their\n"
     "                            sha256 for the scheduler; rescanned at every heartbeat)\n"
     "  --controlnet DIR|FILE     a Z-Image-Turbo-Fun-Controlnet-Union (1.0/2.0/2.1, folder or\n"
@@ -91,7 +95,7 @@ const std::vector<std::string> kValueFlags = {
     "health-listen",  "metrics-listen", "prefetch",     "max-size",
     "min-free-disk-mb", "shutdown-grace", "tls-ca",         "tls-cert",
     "tls-key",          "token-file",     "health-tls-cert", "health-tls-key",
-    "health-tls-client-ca", "weights-cache", "lora-dir", "controlnet"};
+    "health-tls-client-ca", "weights-cache", "lora-dir", "controlnet", "precision"};
 
 int Usage(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker serve: %s\n%s", why.c_str(), kUsage);
@@ -112,6 +116,7 @@ struct ServeSettings {
   int warmup_steps = 2, prefetch = 1;
   int64_t min_free_mb = 512;
   absl::Duration grace = absl::Minutes(10);
+  PipelineOptions::Precision precision = PipelineOptions::Precision::kAuto;
 };
 
 // INVALID_ARGUMENT with the usage error to print.
@@ -135,6 +140,13 @@ absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& f) {
   }
   if (f.Has("shutdown-grace") && !absl::ParseDuration(f.Get("shutdown-grace"), &s.grace)) {
     return absl::InvalidArgumentError("--shutdown-grace: a duration such as 90s or 10m");
+  }
+  if (f.Has("precision")) {
+    ZFARM_ASSIGN_OR_RETURN(s.precision, ParsePrecision(f.Get("precision")));
+    if (s.precision == PipelineOptions::Precision::kFp8 && f.Has("lora-dir")) {
+      return absl::InvalidArgumentError(
+          "--precision fp8 cannot serve --lora-dir (LoRAs apply to bf16 weights only)");
+    }
   }
   return s;
 }
@@ -193,10 +205,11 @@ int StartEndpoints(const ParsedFlags& f, const Credentials& creds,
   return 0;
 }
 
-PipelineOptions PipelineOptionsFrom(const ParsedFlags& f, const std::string& device) {
+PipelineOptions PipelineOptionsFrom(const ParsedFlags& f, const ServeSettings& s) {
   PipelineOptions popts;
   popts.model_dir = f.Get("model");
-  popts.device = device;
+  popts.device = s.device;
+  popts.precision = s.precision;
   popts.offload_text_encoder = f.True("offload-text-encoder");
   popts.vae_tiling = f.True("vae-tiling");
   popts.cuda_graphs = !f.True("no-cuda-graphs");
@@ -343,7 +356,7 @@ int RunServe(int argc, char** argv) {
     loras = *std::move(c);
     std::printf("loras: %zu in %s\n", loras->List().size(), loras->dir().c_str());
   }
-  const PipelineOptions popts = PipelineOptionsFrom(f, device);
+  const PipelineOptions popts = PipelineOptionsFrom(f, *settings);
   std::printf("loading %s on %s (%s)...\n", popts.model_dir.c_str(), device.c_str(),
               info->name.c_str());
   std::fflush(stdout);

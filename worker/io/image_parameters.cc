@@ -31,6 +31,7 @@ std::string A1111Parameters(const ImageParameters& p) {
                     ", Init image sha256: ", p.init_image_sha256);
   }
   if (!p.mask_sha256.empty()) absl::StrAppend(&s, ", Mask sha256: ", p.mask_sha256);
+  if (p.precision == "fp8") absl::StrAppend(&s, ", Precision: fp8");
   if (!p.control_image_sha256.empty()) {
     absl::StrAppend(&s, ", ControlNet: ", p.controlnet, ", Control image sha256: ",
                     p.control_image_sha256, ", Control weight: ", FormatFloat(p.control_scale));
@@ -54,6 +55,7 @@ std::string ParametersJson(const ImageParameters& p) {
   j["sampler"] = "euler";
   j["model"] = p.model;
   j["device"] = p.device;
+  if (!p.precision.empty()) j["precision"] = p.precision;
   j["prompt_tokens"] = p.prompt_tokens;
   j["prompt_truncated"] = p.prompt_truncated;
   if (!p.loras.empty()) {

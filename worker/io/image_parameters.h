@@ -29,6 +29,8 @@ struct ImageParameters {
   int width = 0, height = 0;
   std::string model = "z-image-turbo";
   std::string device;
+  // What the model computed in ("float32", "bfloat16", "fp8"; empty = not recorded).
+  std::string precision;
   bool prompt_truncated = false;
   int prompt_tokens = 0;
   std::vector<LoraUse> loras;  // in the order applied
@@ -51,11 +53,12 @@ struct ImageParameters {
 // Image-to-image appends `, Denoising strength: S, Init image sha256: HEX` (A1111's
 // name for the strength) and inpainting `, Mask sha256: HEX` (full digests); ControlNet
 // `, ControlNet: NAME, Control image sha256: HEX, Control weight: S` (A1111's word for the
-// scale) and `, Control start: A, Control end: B` unless 0 and 1.
+// scale) and `, Control start: A, Control end: B` unless 0 and 1. An FP8 render appends
+// `, Precision: fp8` (bf16 on CUDA and fp32 on the CPU are the defaults, left unsaid).
 std::string A1111Parameters(const ImageParameters& p);
 // The JSON object stored in the "zfarm" chunk ("loras": [{name, sha256, scale}] with LoRAs;
 // "strength", "init_image_sha256" and "mask_sha256" when set; "control": {controlnet,
-// image_sha256, scale, start, end} with a ControlNet).
+// image_sha256, scale, start, end} with a ControlNet; "precision" when recorded).
 std::string ParametersJson(const ImageParameters& p);
 
 }  // namespace zfarm::worker

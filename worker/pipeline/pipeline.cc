@@ -28,6 +28,7 @@
 #include "worker/io/safetensors.h"
 #include "worker/io/weights_cache.h"
 #include "worker/model/controlnet.h"
+#include "worker/model/fp8.h"
 #include "worker/model/fused_ops.h"
 #include "worker/model/lora.h"
 #include "worker/model/modules.h"
@@ -36,6 +37,7 @@
 #include "worker/text/tokenizer.h"
 
 #ifdef ZFARM_TORCH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -222,7 +224,9 @@ class Pipeline::Impl {
   model::ControlNet controlnet{nullptr};    // PipelineOptions::controlnet
   std::unique_ptr<model::LoraApplier> loras;  // after Specialise()
   double load_seconds = 0;
-  bool cache_hit = false;  // the DiT came from the bf16 weights cache
+  bool cache_hit = false;  // the DiT came from the bf16 (or, with fp8, the FP8) weights cache
+  bool fp8 = false;        // PipelineOptions::Precision::kFp8
+  int fp8_layers = 0;      // Linear layers in FP8 (the recipe's)
   bool time_steps = false;
   // Recently encoded captions (token ids -> [L, cap_feat_dim] on the device), newest last.
   std::deque<std::pair<std::vector<int32_t>, at::Tensor>> captions;
@@ -233,10 +237,14 @@ class Pipeline::Impl {
   std::set<GraphKey> graph_failed;
 
   absl::Status Load();
+  // compute_dtype(): kFp8 with fp8, else the dtype's.
+  PipelineOptions::Precision Precision() const;
   // Load's steps: the device, dtypes and memory cap; the options, configs and tokenizer
   // checked; the modules allocated (random weights filled in); the weights read
   // strictly, component by component (the DiT from the bf16 cache when current).
   absl::Status ConfigureDevice();
+  // kFp8: OK where the device runs FP8 GEMMs (or the CPU with fp8_reference).
+  absl::Status CheckFp8();
   absl::Status LoadConfig();
   absl::Status CreateModules();
   absl::Status LoadTextEncoderWeights();
@@ -428,6 +436,11 @@ absl::Status Pipeline::Impl::ConfigureDevice() {
     case PipelineOptions::Precision::kBFloat16:
       dtype = at::kBFloat16;
       break;
+    case PipelineOptions::Precision::kFp8:
+      fp8 = true;
+      dtype = device.is_cuda() ? at::kBFloat16 : at::kFloat;
+      ZFARM_RETURN_IF_ERROR(CheckFp8());
+      break;
   }
   vae_dtype = options.vae_fp32 ? at::kFloat : dtype;
   if (options.max_device_memory_fraction < 0 || options.max_device_memory_fraction > 1) {
@@ -449,6 +462,27 @@ absl::Status Pipeline::Impl::ConfigureDevice() {
   }
 #endif
   return absl::OkStatus();
+}
+
+absl::Status Pipeline::Impl::CheckFp8() {
+  if (!device.is_cuda()) {
+    if (options.fp8_reference) return absl::OkStatus();
+    return model::CheckFp8Device(options.device, "", 0, 0);
+  }
+  std::string name;
+  int major = 0, minor = 0;
+#ifdef ZFARM_TORCH_CUDA
+  try {
+    const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
+    name = prop->name;
+    major = prop->major;
+    minor = prop->minor;
+  } catch (const c10::Error& e) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--precision fp8: cannot query ", options.device, ": ", e.what_without_backtrace()));
+  }
+#endif
+  return model::CheckFp8Device(options.device, name, major, minor);
 }
 
 absl::Status Pipeline::Impl::LoadConfig() {
@@ -586,6 +620,8 @@ absl::Status Pipeline::Impl::LoadControlNetWeights() {
 absl::Status Pipeline::Impl::Specialise() {
   try {
     at::NoGradGuard no_grad;
+    // FP8: the recipe's layers quantized now, unless they came quantized from the cache.
+    if (fp8) fp8_layers = model::QuantizeFp8Layers(*transformer);
     transformer->set_kernels(options.fused_ops);
     vae->set_kernels(options.fused_ops);
     vae_encoder->set_kernels(options.fused_ops);
@@ -695,6 +731,11 @@ absl::StatusOr<at::Tensor> Pipeline::Impl::ControlContext(const GenerateRequest&
 }
 
 absl::Status Pipeline::Impl::ApplyLoras(const GenerateRequest& r, Image* img) {
+  if (fp8 && !r.loras.empty()) {
+    // The applier merges into bf16 weights; the FP8 layers hold e4m3 bytes.
+    return absl::InvalidArgumentError(
+        "loras: not supported with --precision fp8 (render LoRA jobs with bf16)");
+  }
   std::vector<model::LoraApplier::Entry> set;
   for (const LoraRequest& l : r.loras) set.push_back({l.name, l.path, l.sha256, l.scale});
   ZFARM_ASSIGN_OR_RETURN(std::vector<std::string> shas, loras->Apply(set));
@@ -884,6 +925,7 @@ absl::StatusOr<Image> Pipeline::Impl::Run(const GenerateRequest& r, const StepCa
   Image img;
   img.width = r.width;
   img.height = r.height;
+  img.precision = PrecisionName(Precision());
   ZFARM_RETURN_IF_ERROR(ApplyLoras(r, &img));
   const auto tl = Clock::now();
   img.timings.lora_s = Seconds(t0, tl);
@@ -941,7 +983,9 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Create(const PipelineOptions
   impl->load_seconds = Seconds(t0, Clock::now());
   LOG(INFO) << "event=pipeline_loaded device=" << options.device
             << " dtype=" << c10::toString(impl->dtype)
-            << " vae_dtype=" << c10::toString(impl->vae_dtype) << " seconds=" << impl->load_seconds;
+            << " vae_dtype=" << c10::toString(impl->vae_dtype)
+            << " precision=" << PrecisionName(impl->Precision()) << " fp8_layers=" << impl->fp8_layers
+            << " seconds=" << impl->load_seconds;
   return std::unique_ptr<Pipeline>(new Pipeline(std::move(impl)));
 }
 
@@ -1070,10 +1114,12 @@ absl::Status Pipeline::PrepareCaption(const GenerateRequest& r) {
 }
 
 double Pipeline::load_seconds() const { return impl_->load_seconds; }
-PipelineOptions::Precision Pipeline::compute_dtype() const {
-  return impl_->dtype == at::kBFloat16 ? PipelineOptions::Precision::kBFloat16
-                                       : PipelineOptions::Precision::kFloat32;
+PipelineOptions::Precision Pipeline::Impl::Precision() const {
+  if (fp8) return PipelineOptions::Precision::kFp8;
+  return dtype == at::kBFloat16 ? PipelineOptions::Precision::kBFloat16
+                                : PipelineOptions::Precision::kFloat32;
 }
+PipelineOptions::Precision Pipeline::compute_dtype() const { return impl_->Precision(); }
 const ModelConfig& Pipeline::config() const { return impl_->config; }
 void Pipeline::set_time_steps(bool on) { impl_->time_steps = on; }
 std::vector<std::string> Pipeline::active_loras() const { return impl_->loras->active(); }
@@ -1094,7 +1140,14 @@ std::string Pipeline::Describe() const {
                           ? absl::StrCat(", controlnet ",
                                          ControlNetLayoutName(impl_->controlnet->config().layout))
                           : "",
-                      impl_->cache_hit ? ", DiT from the bf16 weights cache" : "");
+                      impl_->fp8 ? absl::StrCat(", fp8 e4m3 DiT matmuls (", impl_->fp8_layers,
+                                                " layers", impl_->device.is_cuda()
+                                                               ? ")"
+                                                               : ", float32 reference path)")
+                                 : "",
+                      impl_->cache_hit ? (impl_->fp8 ? ", DiT from the fp8 weights cache"
+                                                     : ", DiT from the bf16 weights cache")
+                                       : "");
 }
 
 const char* PrecisionName(PipelineOptions::Precision precision) {
@@ -1103,10 +1156,20 @@ const char* PrecisionName(PipelineOptions::Precision precision) {
       return "float32";
     case PipelineOptions::Precision::kBFloat16:
       return "bfloat16";
+    case PipelineOptions::Precision::kFp8:
+      return "fp8";
     case PipelineOptions::Precision::kAuto:
       break;
   }
   return "auto";
+}
+
+absl::StatusOr<PipelineOptions::Precision> ParsePrecision(const std::string& value) {
+  if (value == "fp8") return PipelineOptions::Precision::kFp8;
+  if (value == "bf16") return PipelineOptions::Precision::kBFloat16;
+  if (value == "fp32") return PipelineOptions::Precision::kFloat32;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--precision '", value, "': expected fp8, bf16 or fp32"));
 }
 
 std::vector<uint8_t> ToRgb8(const float* chw, int height, int width) {

@@ -36,17 +36,24 @@ struct PipelineOptions {
   std::string model_dir;
   // "cpu" or "cuda:N".
   std::string device = "cpu";
-  // Compute precision: kAuto = float32 on CPU, bfloat16 on CUDA.
-  enum class Precision { kAuto, kFloat32, kBFloat16 };
+  // Compute precision: kAuto = float32 on CPU, bfloat16 on CUDA. kFp8 (`--precision fp8`):
+  // the DiT's attention and FFN matmuls in e4m3 FP8 (the recipe of worker/model/fp8.h),
+  // everything else bfloat16; only on CUDA devices of compute capability >= 8.9 (Create()
+  // fails naming the flag and the capability elsewhere) unless fp8_reference.
+  enum class Precision { kAuto, kFloat32, kBFloat16, kFp8 };
   Precision precision = Precision::kAuto;
+  // kFp8 on the CPU for tests and `zfarm-worker compare`: the same quantized weights and
+  // activations through fp8.h's float32 reference matmul (slow; activations float32).
+  bool fp8_reference = false;
   // Run the VAE in float32 even when the rest runs in bf16 (the official repo's choice).
   bool vae_fp32 = false;
   // Keep the text encoder on the CPU and run it there (the device holds only the
   // DiT and the VAE; a new prompt costs a CPU encode, a cached one nothing).
   bool offload_text_encoder = false;
-  // Folder of bf16 weight copies (zfarm-worker cache-weights, worker/io/weights_cache.h):
-  // when the compute dtype is bf16 and a current copy of the DiT is there, it is
-  // read instead of the float32 shards (half the bytes). Empty = off.
+  // Folder of weight copies (zfarm-worker cache-weights, worker/io/weights_cache.h):
+  // when the compute dtype is bf16 and a current bf16 copy of the DiT is there, it is
+  // read instead of the float32 shards (half the bytes); with kFp8 its FP8 copy (about a
+  // quarter). A damaged copy falls back to the source with a warning. Empty = off.
   std::string weights_cache_dir;
   // Decode the VAE in overlapping latent tiles (diffusers' tiled_decode blending).
   bool vae_tiling = false;
@@ -132,8 +139,8 @@ class Pipeline {
   // A short description of the device, dtypes and speed paths for people
   // ("cuda:0 BFloat16, vae BFloat16, fused projections"); programs read compute_dtype().
   std::string Describe() const;
-  // The dtype the text encoder and the DiT compute in: kFloat32 or kBFloat16, never
-  // kAuto (resolved for the device at Create()).
+  // The precision the text encoder and the DiT compute in: kFloat32, kBFloat16 or kFp8,
+  // never kAuto (resolved for the device at Create()).
   PipelineOptions::Precision compute_dtype() const;
   // Synchronise device work after each step to time it (slower; off by default).
   void set_time_steps(bool on);
@@ -159,9 +166,11 @@ class Pipeline {
   std::unique_ptr<Impl> impl_;
 };
 
-// The dtype's name as the worker reports it to the scheduler: "float32", "bfloat16"
-// ("auto" for kAuto).
+// The precision's name as results, the worker's hello and image metadata report it:
+// "float32", "bfloat16", "fp8" ("auto" for kAuto).
 const char* PrecisionName(PipelineOptions::Precision precision);
+// A `--precision` value: "fp8", "bf16" or "fp32"; INVALID_ARGUMENT naming the flag otherwise.
+absl::StatusOr<PipelineOptions::Precision> ParsePrecision(const std::string& value);
 
 // Post-processing on float32 CHW values in [-1, 1]:
 // round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255) -> uint8 HWC.

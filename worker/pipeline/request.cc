@@ -13,6 +13,7 @@ ImageParameters ImageParametersOf(const GenerateRequest& request, const Image& i
   p.height = image.height;
   p.prompt_tokens = image.prompt_tokens;
   p.prompt_truncated = image.prompt_truncated;
+  p.precision = image.precision;
   for (const LoraRequest& l : image.loras) p.loras.push_back({l.name, l.sha256, l.scale});
   if (request.init_image.has_value()) {
     p.strength = request.strength;

@@ -112,6 +112,8 @@ struct Image {
   // ControlNet renders: the ControlNet's name (the last component of its path without
   // ".safetensors"); empty otherwise.
   std::string controlnet;
+  // The pipeline's precision (PrecisionName: "float32", "bfloat16", "fp8").
+  std::string precision;
 };
 
 // Set by any thread; the pipeline checks it at step boundaries.

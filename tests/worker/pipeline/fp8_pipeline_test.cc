@@ -1,0 +1,118 @@
+// The FP8 mode through the pipeline on the tiny model, on the CPU: refused at start-up
+// without FP8 tensor cores; with the reference path, the render says "fp8" in its result
+// and metadata, stays close to float32 and refuses LoRAs.
+
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/worker/model/tiny_folder.h"
+#include "worker/io/image_parameters.h"
+#include "worker/pipeline/pipeline.h"
+
+namespace zfarm::worker {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::zfarm::testing::StatusIs;
+
+double Cosine(const std::vector<float>& a, const std::vector<float>& b) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ab += static_cast<double>(a[i]) * b[i];
+    aa += static_cast<double>(a[i]) * a[i];
+    bb += static_cast<double>(b[i]) * b[i];
+  }
+  return ab / std::sqrt(aa * bb);
+}
+
+class Fp8PipelineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { dir_ = new std::string(testing::MakeTinyFolder()); }
+  static void TearDownTestSuite() {
+    delete dir_;
+    testing::RemoveTinyFolder();
+  }
+  PipelineOptions Options(PipelineOptions::Precision p) const {
+    PipelineOptions o;
+    o.model_dir = *dir_;
+    o.precision = p;
+    return o;
+  }
+  static GenerateRequest Request() {
+    GenerateRequest r;
+    r.prompt = "a lighthouse at dusk";
+    r.width = r.height = 64;
+    r.steps = 4;
+    r.seed = 5;
+    return r;
+  }
+  static inline std::string* dir_ = nullptr;
+};
+
+TEST_F(Fp8PipelineTest, CpuIsRefusedAtStartNamingTheFlagAndTheDevice) {
+  ASSERT_FALSE(dir_->empty());
+  EXPECT_THAT(Pipeline::Create(Options(PipelineOptions::Precision::kFp8)).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("--precision fp8 needs FP8 tensor cores"),
+                             HasSubstr("compute capability 8.9"), HasSubstr("cpu is a CPU"))));
+}
+
+TEST_F(Fp8PipelineTest, ReferencePathRendersCloseToFloat32AndSaysFp8) {
+  ASSERT_FALSE(dir_->empty());
+  PipelineOptions o = Options(PipelineOptions::Precision::kFp8);
+  o.fp8_reference = true;
+  ASSERT_OK_AND_ASSIGN(auto fp8, Pipeline::Create(o));
+  EXPECT_EQ(fp8->compute_dtype(), PipelineOptions::Precision::kFp8);
+  EXPECT_STREQ(PrecisionName(fp8->compute_dtype()), "fp8");
+  EXPECT_THAT(fp8->Describe(), HasSubstr("fp8 e4m3 DiT matmuls (42 layers, float32 reference"));
+  ASSERT_OK_AND_ASSIGN(auto fp32, Pipeline::Create(Options(PipelineOptions::Precision::kAuto)));
+
+  GenerateTrace t8, t32;
+  ASSERT_OK_AND_ASSIGN(Image a, fp8->Generate(Request(), nullptr, nullptr, &t8));
+  ASSERT_OK_AND_ASSIGN(Image b, fp32->Generate(Request(), nullptr, nullptr, &t32));
+  EXPECT_EQ(a.precision, "fp8");
+  EXPECT_EQ(b.precision, "float32");
+  ASSERT_FALSE(t8.latents.empty());
+  ASSERT_EQ(t8.latents.back().size(), t32.latents.back().size());
+  EXPECT_GT(Cosine(t8.latents.back(), t32.latents.back()), 0.99);
+  EXPECT_NE(t8.latents.back(), t32.latents.back());  // the FP8 layers ran
+  // The same caption: only the DiT is quantized.
+  EXPECT_EQ(t8.caption, t32.caption);
+
+  // The metadata says so (the A1111 text only for fp8, the JSON always).
+  const ImageParameters p = ImageParametersOf(Request(), a);
+  EXPECT_EQ(p.precision, "fp8");
+  EXPECT_THAT(A1111Parameters(p), HasSubstr(", Precision: fp8"));
+  EXPECT_THAT(ParametersJson(p), HasSubstr("\"precision\":\"fp8\""));
+  const ImageParameters q = ImageParametersOf(Request(), b);
+  EXPECT_THAT(A1111Parameters(q), ::testing::Not(HasSubstr("Precision")));
+  EXPECT_THAT(ParametersJson(q), HasSubstr("\"precision\":\"float32\""));
+
+  GenerateRequest with_lora = Request();
+  with_lora.loras.push_back({"ink", "/nonexistent/ink.safetensors", "", 0.8f});
+  EXPECT_THAT(fp8->Generate(with_lora, nullptr, nullptr).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("loras: not supported with --precision fp8")));
+}
+
+TEST(ParsePrecisionTest, NamesTheFlagForBadValues) {
+  ASSERT_OK_AND_ASSIGN(auto p, ParsePrecision("fp8"));
+  EXPECT_EQ(p, PipelineOptions::Precision::kFp8);
+  ASSERT_OK_AND_ASSIGN(p, ParsePrecision("bf16"));
+  EXPECT_EQ(p, PipelineOptions::Precision::kBFloat16);
+  ASSERT_OK_AND_ASSIGN(p, ParsePrecision("fp32"));
+  EXPECT_EQ(p, PipelineOptions::Precision::kFloat32);
+  EXPECT_THAT(ParsePrecision("int8").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("--precision 'int8': expected fp8, bf16 or fp32")));
+}
+
+}  // namespace
+}  // namespace zfarm::worker
