@@ -21,12 +21,14 @@ namespace zfarm::worker {
 namespace {
 
 namespace fs = std::filesystem;
-constexpr char kFormat[] = "zfarm-bf16-cache-v1";
 constexpr char kFile[] = "model.safetensors";
+
+// "zfarm-bf16-cache-v1": part of the key and the file's metadata.
+std::string Format(std::string_view kind) { return absl::StrCat("zfarm-", Sv(kind), "-cache-v1"); }
 
 // sha256 over the format and, per file (sorted): name, size, mtime (ns), and for
 // JSON files their text, for .safetensors files their header.
-absl::StatusOr<std::string> CacheKey(const std::string& component_dir) {
+absl::StatusOr<std::string> CacheKey(const std::string& component_dir, const std::string& format) {
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(component_dir, ec)) {
@@ -41,7 +43,7 @@ absl::StatusOr<std::string> CacheKey(const std::string& component_dir) {
     EVP_DigestUpdate(md, &n, sizeof(n));
     EVP_DigestUpdate(md, s.data(), s.size());
   };
-  add(kFormat);
+  add(format);
   absl::Status status;
   for (const std::string& name : names) {
     const std::string path = component_dir + "/" + name;
@@ -81,17 +83,26 @@ absl::StatusOr<std::string> CacheKey(const std::string& component_dir) {
 
 }  // namespace
 
-absl::StatusOr<std::string> Bf16CacheDir(const std::string& cache_root,
-                                         const std::string& component_dir) {
-  ZFARM_ASSIGN_OR_RETURN(std::string key, CacheKey(component_dir));
+absl::StatusOr<std::string> WeightsCacheDir(const std::string& cache_root,
+                                            const std::string& component_dir,
+                                            std::string_view kind) {
+  ZFARM_ASSIGN_OR_RETURN(std::string key, CacheKey(component_dir, Format(kind)));
   const std::string component = fs::path(component_dir).lexically_normal().filename().string();
-  return absl::StrCat(cache_root, "/", component.empty() ? "weights" : component, "-bf16-", key);
+  return absl::StrCat(cache_root, "/", component.empty() ? "weights" : component, "-", Sv(kind),
+                      "-", key);
 }
 
-bool Bf16CachePresent(const std::string& cache_dir) {
+bool WeightsCachePresent(const std::string& cache_dir) {
   std::error_code ec;
   return fs::exists(cache_dir + "/" + kFile, ec);  // renamed into place only when complete
 }
+
+absl::StatusOr<std::string> Bf16CacheDir(const std::string& cache_root,
+                                         const std::string& component_dir) {
+  return WeightsCacheDir(cache_root, component_dir, "bf16");
+}
+
+bool Bf16CachePresent(const std::string& cache_dir) { return WeightsCachePresent(cache_dir); }
 
 absl::StatusOr<bool> Bf16CacheUseful(const std::string& component_dir) {
   ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(component_dir));
@@ -101,10 +112,12 @@ absl::StatusOr<bool> Bf16CacheUseful(const std::string& component_dir) {
   return false;
 }
 
-absl::StatusOr<std::string> WriteBf16Cache(const std::string& cache_root,
-                                           const std::string& component_dir) {
-  ZFARM_ASSIGN_OR_RETURN(std::string dir, Bf16CacheDir(cache_root, component_dir));
-  if (Bf16CachePresent(dir)) return dir;
+absl::StatusOr<std::string> WriteWeightsCache(const std::string& cache_root,
+                                              const std::string& component_dir,
+                                              std::string_view kind,
+                                              const WeightsCacheContent& content) {
+  ZFARM_ASSIGN_OR_RETURN(std::string dir, WeightsCacheDir(cache_root, component_dir, kind));
+  if (WeightsCachePresent(dir)) return dir;
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) {
@@ -123,26 +136,41 @@ absl::StatusOr<std::string> WriteBf16Cache(const std::string& cache_root,
     int fd;
     ~Unlock() { ::close(fd); }  // releases the flock
   } unlock{lock};
-  if (Bf16CachePresent(dir)) return dir;
+  if (WeightsCachePresent(dir)) return dir;
   ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(component_dir));
-  std::vector<TensorSpec> specs;
-  for (const std::string& name : ws->Names()) {
-    specs.push_back({name, DType::kBF16, ws->Find(name)->shape});
-  }
+  ZFARM_ASSIGN_OR_RETURN(std::vector<TensorSpec> specs, content.plan(*ws));
   ZFARM_ASSIGN_OR_RETURN(
-      auto writer, SafetensorsStreamWriter::Create(
-                       dir + "/" + kFile, specs,
-                       {{"format", "pt"}, {"zfarm_cache", kFormat}, {"source", component_dir}}));
-  std::vector<uint16_t> buf;
+      auto writer,
+      SafetensorsStreamWriter::Create(
+          dir + "/" + kFile, specs,
+          {{"format", "pt"}, {"zfarm_cache", Format(kind)}, {"source", component_dir}}));
   for (const TensorSpec& spec : specs) {
-    ZFARM_ASSIGN_OR_RETURN(TensorView v, ws->Get(spec.name));
-    buf.resize(static_cast<size_t>(v.info->numel()));
-    ConvertToBF16(v, buf.data());
-    ZFARM_RETURN_IF_ERROR(writer->Append(std::string_view(reinterpret_cast<const char*>(buf.data()),
-                                                          buf.size() * sizeof(uint16_t))));
+    ZFARM_RETURN_IF_ERROR(content.write(*ws, spec, *writer));
   }
   ZFARM_RETURN_IF_ERROR(writer->Finish());
   return dir;
+}
+
+absl::StatusOr<std::string> WriteBf16Cache(const std::string& cache_root,
+                                           const std::string& component_dir) {
+  WeightsCacheContent bf16;
+  bf16.plan = [](const WeightSet& ws) -> absl::StatusOr<std::vector<TensorSpec>> {
+    std::vector<TensorSpec> specs;
+    for (const std::string& name : ws.Names()) {
+      specs.push_back({name, DType::kBF16, ws.Find(name)->shape});
+    }
+    return specs;
+  };
+  std::vector<uint16_t> buf;
+  bf16.write = [&buf](const WeightSet& ws, const TensorSpec& spec,
+                      SafetensorsStreamWriter& out) -> absl::Status {
+    ZFARM_ASSIGN_OR_RETURN(TensorView v, ws.Get(spec.name));
+    buf.resize(static_cast<size_t>(v.info->numel()));
+    ConvertToBF16(v, buf.data());
+    return out.Append(std::string_view(reinterpret_cast<const char*>(buf.data()),
+                                       buf.size() * sizeof(uint16_t)));
+  };
+  return WriteWeightsCache(cache_root, component_dir, "bf16", bf16);
 }
 
 }  // namespace zfarm::worker

@@ -18,12 +18,40 @@
 // the source); bf16 rounding is round-to-nearest-even, as the source loader's.
 // Torch-free. Thread-compatible.
 
+#include <functional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "worker/io/safetensors.h"
 
 namespace zfarm::worker {
+
+// Any kind of copy ("bf16" here; "fp8", the FP8 mode's quantized DiT, in
+// worker/model/fp8_cache.h): C/<component>-<kind>-<key>/model.safetensors, the key
+// over "zfarm-<kind>-cache-v1" and the source files as above.
+absl::StatusOr<std::string> WeightsCacheDir(const std::string& cache_root,
+                                            const std::string& component_dir,
+                                            std::string_view kind);
+bool WeightsCachePresent(const std::string& cache_dir);
+
+// What a copy holds: its tensors in file order (computed from the source), and a
+// writer that appends one tensor's bytes (called once per spec, in that order).
+struct WeightsCacheContent {
+  std::function<absl::StatusOr<std::vector<TensorSpec>>(const WeightSet& source)> plan;
+  std::function<absl::Status(const WeightSet& source, const TensorSpec& spec,
+                             SafetensorsStreamWriter& out)>
+      write;
+};
+
+// Writes the `kind` copy of `component_dir` (locked, temporary file + rename, as
+// WriteBf16Cache) and returns its folder; OK without writing when it is there.
+absl::StatusOr<std::string> WriteWeightsCache(const std::string& cache_root,
+                                              const std::string& component_dir,
+                                              std::string_view kind,
+                                              const WeightsCacheContent& content);
 
 // The cache folder of `component_dir` under `cache_root` (it may not exist).
 absl::StatusOr<std::string> Bf16CacheDir(const std::string& cache_root,

@@ -29,6 +29,7 @@
 #include "worker/io/weights_cache.h"
 #include "worker/model/controlnet.h"
 #include "worker/model/fp8.h"
+#include "worker/model/fp8_cache.h"
 #include "worker/model/fused_ops.h"
 #include "worker/model/lora.h"
 #include "worker/model/modules.h"
@@ -249,6 +250,8 @@ class Pipeline::Impl {
   absl::Status CreateModules();
   absl::Status LoadTextEncoderWeights();
   absl::Status LoadTransformerWeights();
+  // A fresh, unloaded DiT module in place of `transformer`.
+  absl::Status NewTransformer();
   absl::Status LoadVaeWeights();
   absl::Status LoadControlNetWeights();  // PipelineOptions::controlnet, when set
   // After the weights are in: fused projections, kernels, cuDNN and layout choices.
@@ -438,7 +441,7 @@ absl::Status Pipeline::Impl::ConfigureDevice() {
       break;
     case PipelineOptions::Precision::kFp8:
       fp8 = true;
-      dtype = device.is_cuda() ? at::kBFloat16 : at::kFloat;
+      dtype = at::kBFloat16;  // everything outside the FP8 layers, on every device
       ZFARM_RETURN_IF_ERROR(CheckFp8());
       break;
   }
@@ -515,8 +518,7 @@ absl::Status Pipeline::Impl::CreateModules() {
     const at::Device te_device = options.offload_text_encoder ? at::Device(at::kCPU) : device;
     text_encoder =
         model::TextEncoder(config.text_encoder, at::TensorOptions().dtype(dtype).device(te_device));
-    transformer =
-        model::Transformer(config.transformer, at::TensorOptions().dtype(dtype).device(device));
+    ZFARM_RETURN_IF_ERROR(NewTransformer());
     vae = model::VaeDecoder(config.vae, at::TensorOptions().dtype(vae_dtype).device(device));
     vae_encoder =
         model::VaeEncoder(config.vae, at::TensorOptions().dtype(vae_dtype).device(device));
@@ -556,30 +558,48 @@ absl::Status Pipeline::Impl::LoadTransformerWeights() {
   model::LoadSpec spec;
   spec.component = "transformer";
   const std::string source = dir + "/transformer";
-  // A current bf16 copy (--weights-cache) when computing in bf16; anything wrong
-  // with it (damaged, incomplete) falls back to the source with a warning.
+  // A current copy (--weights-cache) when computing in bf16 (the bf16 copy) or fp8 (the
+  // FP8 copy); anything wrong with it (damaged, incomplete) falls back to the source
+  // with a warning.
   if (!options.weights_cache_dir.empty() && dtype == at::kBFloat16) {
-    absl::StatusOr<std::string> cached = Bf16CacheDir(options.weights_cache_dir, source);
-    const bool present = cached.ok() && Bf16CachePresent(*cached);
+    const char* kind = fp8 ? model::kFp8CacheKind : "bf16";
+    absl::StatusOr<std::string> cached = WeightsCacheDir(options.weights_cache_dir, source, kind);
+    const bool present = cached.ok() && WeightsCachePresent(*cached);
     absl::Status s = cached.status();
     if (present) {
+      if (fp8) model::PrepareFp8Layers(*transformer);
       auto ws = WeightSet::Open(*cached);
       s = ws.ok() ? model::LoadWeights(*transformer, **ws, spec) : ws.status();
       cache_hit = s.ok();
+      // The FP8 layers hold bytes now: the source needs the module as created.
+      if (!cache_hit && fp8) ZFARM_RETURN_IF_ERROR(NewTransformer());
     }
-    LOG(INFO) << "event=weights_cache component=transformer dir="
-              << (cached.ok() ? *cached : options.weights_cache_dir) << " result="
+    LOG(INFO) << "event=weights_cache component=transformer kind=" << kind
+              << " dir=" << (cached.ok() ? *cached : options.weights_cache_dir) << " result="
               << (cache_hit ? "hit"
                   : present ? "unusable"
                             : "miss");
     if (present && !cache_hit) {
-      LOG(WARNING) << "event=weights_cache_unusable error=\"" << s.message()
-                   << "\" (loading the source; rerun zfarm-worker cache-weights)";
+      LOG(WARNING) << "event=weights_cache_unusable kind=" << kind << " error=\"" << s.message()
+                   << "\" (loading the source; rerun zfarm-worker cache-weights"
+                   << (fp8 ? " --precision fp8" : "") << ")";
     }
   }
   if (!cache_hit) {
     ZFARM_ASSIGN_OR_RETURN(auto ws, WeightSet::Open(source));
     ZFARM_RETURN_IF_ERROR(model::LoadWeights(*transformer, *ws, spec));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::Impl::NewTransformer() {
+  try {
+    at::NoGradGuard no_grad;
+    transformer = model::Transformer(config.transformer,
+                                     at::TensorOptions().dtype(dtype).device(device));
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of memory allocating the DiT on ", options.device));
   }
   return absl::OkStatus();
 }

@@ -43,7 +43,7 @@ struct PipelineOptions {
   enum class Precision { kAuto, kFloat32, kBFloat16, kFp8 };
   Precision precision = Precision::kAuto;
   // kFp8 on the CPU for tests and `zfarm-worker compare`: the same quantized weights and
-  // activations through fp8.h's float32 reference matmul (slow; activations float32).
+  // activations through fp8.h's float32 reference matmul, bf16 elsewhere (slow).
   bool fp8_reference = false;
   // Run the VAE in float32 even when the rest runs in bf16 (the official repo's choice).
   bool vae_fp32 = false;

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <string>
@@ -14,8 +15,13 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/worker/model/tiny_folder.h"
+#include "worker/io/model_folder.h"
 #include "worker/io/safetensors.h"
+#include "worker/io/weights_cache.h"
+#include "worker/model/fp8_cache.h"
 #include "worker/model/modules.h"
+#include "worker/model/weights.h"
 
 namespace zfarm::worker::model {
 namespace {
@@ -280,6 +286,69 @@ TEST(Fp8DeviceTest, RefusesCpuOldGpusAndOldTorchNamingFlagAndCapability) {
     EXPECT_THAT(hopper, StatusIs(absl::StatusCode::kFailedPrecondition,
                                  HasSubstr("libtorch 2.5 or later")));
   }
+}
+
+// The FP8 weights cache holds exactly what the pipeline makes of the source at load (bf16
+// DiT, recipe layers quantized): every parameter bit for bit. Its bytes only load into a
+// module prepared for FP8.
+TEST(Fp8CacheTest, CacheLoadsToTheSameModuleAsQuantizingTheSource) {
+  const std::string dir = testing::MakeTinyFolder();
+  ASSERT_FALSE(dir.empty());
+  const std::string cache = dir + "/../fp8-cache";
+  std::filesystem::remove_all(cache);
+  ASSERT_OK_AND_ASSIGN(ModelConfig config, LoadModelConfig(dir));
+  ASSERT_OK_AND_ASSIGN(std::string cached, WriteFp8Cache(cache, dir + "/transformer"));
+  ASSERT_OK_AND_ASSIGN(std::string again, WeightsCacheDir(cache, dir + "/transformer", "fp8"));
+  EXPECT_EQ(cached, again);
+  EXPECT_TRUE(WeightsCachePresent(cached));
+  ASSERT_OK_AND_ASSIGN(std::string bf16_dir, Bf16CacheDir(cache, dir + "/transformer"));
+  EXPECT_NE(bf16_dir, cached);  // its own folder beside the bf16 copy
+
+  ASSERT_OK_AND_ASSIGN(auto file, SafetensorsFile::Open(cached + "/model.safetensors"));
+  int f8 = 0, scales = 0;
+  for (const TensorInfo& t : file->tensors()) {
+    if (t.dtype == DType::kF8E4M3) ++f8;
+    if (t.name.ends_with(".weight_scale")) {
+      ++scales;
+      EXPECT_EQ(t.dtype, DType::kF32) << t.name;
+    }
+    if (t.dtype == DType::kBF16) {
+      EXPECT_FALSE(Fp8Selected(t.name.substr(0, t.name.rfind('.')))) << t.name;
+    }
+  }
+  EXPECT_EQ(f8, 42);
+  EXPECT_EQ(scales, 42);
+
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+  LoadSpec spec;
+  spec.component = "transformer";
+  Transformer from_source(config.transformer, bf16);
+  ASSERT_OK_AND_ASSIGN(auto source, WeightSet::Open(dir + "/transformer"));
+  ASSERT_OK(LoadWeights(*from_source, *source, spec));
+  EXPECT_EQ(QuantizeFp8Layers(*from_source), 42);
+  Transformer from_cache(config.transformer, bf16);
+  ASSERT_OK_AND_ASSIGN(auto ws, WeightSet::Open(cached));
+  // Without PrepareFp8Layers the FP8 bytes are refused, naming the key.
+  EXPECT_THAT(LoadWeights(*from_cache, *ws, spec),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("stored as F8_E4M3 but the module holds BFloat16"),
+                             HasSubstr("transformer: key '"))));
+  EXPECT_EQ(PrepareFp8Layers(*from_cache), 42);
+  ASSERT_OK(LoadWeights(*from_cache, *ws, spec));
+  auto a = from_source->named_parameters(), b = from_cache->named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& p : a) {
+    const at::Tensor* q = b.find(p.key());
+    ASSERT_NE(q, nullptr) << p.key();
+    EXPECT_TRUE(at::equal(p.value(), *q)) << p.key();
+  }
+  // The reverse: a float32 source tensor into a prepared FP8 layer is refused too.
+  Transformer prepared(config.transformer, bf16);
+  PrepareFp8Layers(*prepared);
+  EXPECT_THAT(LoadWeights(*prepared, *source, spec),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("stored as F32 but the module holds Byte")));
+  std::filesystem::remove_all(cache);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <sys/stat.h>
 
+#include <cstdio>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -22,6 +23,7 @@ std::string Worker(const std::string& args) {
 
 TEST(Fp8CommandTest, GenerateRefusesFp8OnTheCpuAndBadValues) {
   const std::string out = ::testing::TempDir() + "/fp8_command_out.png";
+  std::remove(out.c_str());
   const std::string base =
       std::string("generate --model ") + ZFARM_TINY_MODEL_DIR + " --prompt x --steps 1 --width 32 --height 32";
   auto r = RunCommand(Worker(base + " --precision fp8 --out " + out));
@@ -48,6 +50,19 @@ TEST(Fp8CommandTest, ServeRefusesFp8OnTheCpuBeforeConnecting) {
   r = RunCommand(Worker(base + " --precision fp8 --lora-dir " + ::testing::TempDir()));
   EXPECT_EQ(r.exit_code, 2) << r.out;
   EXPECT_THAT(r.out, HasSubstr("--precision fp8 cannot serve --lora-dir"));
+}
+
+TEST(Fp8CommandTest, CacheWeightsWritesTheFp8Copy) {
+  const std::string cache = ::testing::TempDir() + "/fp8_command_cache";
+  auto r = RunCommand(Worker(std::string("cache-weights --model ") + ZFARM_TINY_MODEL_DIR +
+                             " --weights-cache " + cache + " --precision fp8"));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("fp8 cache of "));
+  EXPECT_THAT(r.out, HasSubstr(cache + "/transformer-fp8-"));
+  r = RunCommand(Worker(std::string("cache-weights --model ") + ZFARM_TINY_MODEL_DIR +
+                        " --weights-cache " + cache + " --precision int4"));
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("--precision 'int4': expected bf16 or fp8"));
 }
 
 }  // namespace

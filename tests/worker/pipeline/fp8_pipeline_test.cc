@@ -3,6 +3,8 @@
 // and metadata, stays close to float32 and refuses LoRAs.
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -13,6 +15,8 @@
 #include "tests/testing/status_matchers.h"
 #include "tests/worker/model/tiny_folder.h"
 #include "worker/io/image_parameters.h"
+#include "worker/io/weights_cache.h"
+#include "worker/model/fp8_cache.h"
 #include "worker/pipeline/pipeline.h"
 
 namespace zfarm::worker {
@@ -20,6 +24,7 @@ namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::zfarm::testing::StatusIs;
 
 double Cosine(const std::vector<float>& a, const std::vector<float>& b) {
@@ -73,18 +78,22 @@ TEST_F(Fp8PipelineTest, ReferencePathRendersCloseToFloat32AndSaysFp8) {
   EXPECT_STREQ(PrecisionName(fp8->compute_dtype()), "fp8");
   EXPECT_THAT(fp8->Describe(), HasSubstr("fp8 e4m3 DiT matmuls (42 layers, float32 reference"));
   ASSERT_OK_AND_ASSIGN(auto fp32, Pipeline::Create(Options(PipelineOptions::Precision::kAuto)));
+  ASSERT_OK_AND_ASSIGN(auto bf16,
+                       Pipeline::Create(Options(PipelineOptions::Precision::kBFloat16)));
 
-  GenerateTrace t8, t32;
+  GenerateTrace t8, t32, t16;
   ASSERT_OK_AND_ASSIGN(Image a, fp8->Generate(Request(), nullptr, nullptr, &t8));
   ASSERT_OK_AND_ASSIGN(Image b, fp32->Generate(Request(), nullptr, nullptr, &t32));
+  ASSERT_OK(bf16->Generate(Request(), nullptr, nullptr, &t16).status());
   EXPECT_EQ(a.precision, "fp8");
   EXPECT_EQ(b.precision, "float32");
   ASSERT_FALSE(t8.latents.empty());
   ASSERT_EQ(t8.latents.back().size(), t32.latents.back().size());
   EXPECT_GT(Cosine(t8.latents.back(), t32.latents.back()), 0.99);
-  EXPECT_NE(t8.latents.back(), t32.latents.back());  // the FP8 layers ran
-  // The same caption: only the DiT is quantized.
-  EXPECT_EQ(t8.caption, t32.caption);
+  EXPECT_GT(Cosine(t8.latents.back(), t16.latents.back()), 0.99);
+  EXPECT_NE(t8.latents.back(), t16.latents.back());  // the FP8 layers ran
+  // The same caption as bf16: only the DiT's recipe layers are quantized.
+  EXPECT_EQ(t8.caption, t16.caption);
 
   // The metadata says so (the A1111 text only for fp8, the JSON always).
   const ImageParameters p = ImageParametersOf(Request(), a);
@@ -100,6 +109,55 @@ TEST_F(Fp8PipelineTest, ReferencePathRendersCloseToFloat32AndSaysFp8) {
   EXPECT_THAT(fp8->Generate(with_lora, nullptr, nullptr).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("loras: not supported with --precision fp8")));
+}
+
+// The FP8 weights cache: a render from it equals the render from the source bit for bit;
+// a damaged copy falls back to the source (same picture); bf16 runs never read it.
+TEST_F(Fp8PipelineTest, Fp8CacheRendersLikeTheSourceAndFallsBack) {
+  ASSERT_FALSE(dir_->empty());
+  const std::string cache = *dir_ + "/../fp8-weights-cache";
+  std::filesystem::remove_all(cache);
+  ASSERT_OK_AND_ASSIGN(std::string cached, model::WriteFp8Cache(cache, *dir_ + "/transformer"));
+  ASSERT_OK_AND_ASSIGN(std::string bf16_copy, WriteBf16Cache(cache, *dir_ + "/transformer"));
+  // Smaller than the bf16 copy (the tiny DiT is mostly its bf16 timestep embedder).
+  EXPECT_LT(std::filesystem::file_size(cached + "/model.safetensors"),
+            std::filesystem::file_size(bf16_copy + "/model.safetensors"));
+  auto render = [&](PipelineOptions o) -> std::pair<std::string, std::vector<uint8_t>> {
+    o.fp8_reference = true;
+    auto p = Pipeline::Create(o);
+    EXPECT_OK(p.status());
+    if (!p.ok()) return {};
+    auto img = (*p)->Generate(Request(), nullptr, nullptr);
+    EXPECT_OK(img.status());
+    return {(*p)->Describe(), img.ok() ? img->rgb : std::vector<uint8_t>()};
+  };
+  PipelineOptions o = Options(PipelineOptions::Precision::kFp8);
+  const auto source = render(o);
+  EXPECT_THAT(source.first, Not(HasSubstr("weights cache")));
+  o.weights_cache_dir = cache;
+  const auto from_cache = render(o);
+  EXPECT_THAT(from_cache.first, HasSubstr("DiT from the fp8 weights cache"));
+  ASSERT_FALSE(source.second.empty());
+  EXPECT_EQ(from_cache.second, source.second);
+
+  // bf16 reads its own copy, never the FP8 one.
+  PipelineOptions bf16 = Options(PipelineOptions::Precision::kBFloat16);
+  bf16.weights_cache_dir = cache;
+  EXPECT_THAT(render(bf16).first, HasSubstr("DiT from the bf16 weights cache"));
+
+  // Damaged copies (cut short; a header of garbage) are not used: the source is.
+  std::filesystem::resize_file(cached + "/model.safetensors", 1000);
+  auto fallback = render(o);
+  EXPECT_THAT(fallback.first, Not(HasSubstr("weights cache")));
+  EXPECT_EQ(fallback.second, source.second);
+  {
+    std::ofstream junk(cached + "/model.safetensors", std::ios::binary | std::ios::trunc);
+    junk << std::string(64, '\x7f');
+  }
+  fallback = render(o);
+  EXPECT_THAT(fallback.first, Not(HasSubstr("weights cache")));
+  EXPECT_EQ(fallback.second, source.second);
+  std::filesystem::remove_all(cache);
 }
 
 TEST(ParsePrecisionTest, NamesTheFlagForBadValues) {
