@@ -22,11 +22,13 @@ constexpr Command kCommands[] = {
     {"tokenize", zfarm::worker::RunTokenize, "JSON Lines prompts on stdin -> token ids"},
     {"doctor", zfarm::worker::RunDoctor, "pre-flight checks: files, device, load test"},
     {"cache-weights", zfarm::worker::RunCacheWeights,
-     "write the bf16 DiT copy that serve --weights-cache loads (faster cold starts)"},
+     "write the bf16 (or --precision fp8) DiT copy that --weights-cache loads (faster cold starts)"},
     {"info", zfarm::worker::RunInfo,
      "the format, size and generation parameters of a PNG, JPEG or WebP result"},
     {"lora-inspect", zfarm::worker::RunLoraInspect,
      "a LoRA file's format, modules, rank and alpha; --model: does it fit"},
+    {"compare", zfarm::worker::RunCompare,
+     "render prompts with two precisions (--a bf16 --b fp8): PSNR, SSIM, side by side"},
 };
 
 void PrintUsage(FILE* out) {

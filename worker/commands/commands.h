@@ -17,12 +17,14 @@ int RunVerify(int argc, char** argv);
 int RunTokenize(int argc, char** argv);
 // doctor: pre-flight checks of files, device and a load test.
 int RunDoctor(int argc, char** argv);
-// cache-weights: write the bf16 DiT copy that serve --weights-cache reads.
+// cache-weights: write the bf16 (or fp8) DiT copy that serve --weights-cache reads.
 int RunCacheWeights(int argc, char** argv);
 // info: the format, size and generation parameters of a PNG/JPEG/WebP result.
 int RunInfo(int argc, char** argv);
 // lora-inspect: a LoRA file's layout, modules, rank and alpha, and whether it fits a model.
 int RunLoraInspect(int argc, char** argv);
+// compare: render prompts with two precisions (e.g. bf16 and fp8), PSNR/SSIM per pair.
+int RunCompare(int argc, char** argv);
 
 }  // namespace zfarm::worker
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -87,6 +88,18 @@ absl::StatusOr<LoraFlag> ParseLoraFlag(const std::string& value, const std::stri
   if (absl::EndsWith(stem, ".safetensors")) stem.resize(stem.size() - 12);
   l.name = stem;
   return l;
+}
+
+absl::StatusOr<std::vector<std::string>> ReadPromptsFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::vector<std::string> prompts;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) prompts.push_back(line);
+  }
+  if (prompts.empty()) return absl::InvalidArgumentError(absl::StrCat(path, " has no prompts"));
+  return prompts;
 }
 
 absl::StatusOr<std::pair<int, int>> ParseSize(const std::string& flag, const std::string& value) {

@@ -56,6 +56,10 @@ struct LoraFlag {
 };
 absl::StatusOr<LoraFlag> ParseLoraFlag(const std::string& value, const std::string& lora_dir);
 
+// The non-empty lines of a --prompts file (CR LF or LF). NOT_FOUND "cannot read PATH",
+// INVALID_ARGUMENT "PATH has no prompts".
+absl::StatusOr<std::vector<std::string>> ReadPromptsFile(const std::string& path);
+
 // "WxH" -> {W, H}; INVALID_ARGUMENT naming `flag` otherwise.
 absl::StatusOr<std::pair<int, int>> ParseSize(const std::string& flag, const std::string& value);
 

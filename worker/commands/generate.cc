@@ -2,7 +2,6 @@
 // run_z_image.py). Parses its own argv (no global flags).
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <optional>
 #include <random>
 #include <string>
@@ -180,18 +179,6 @@ int ParseControl(const ParsedFlags& f, GenerateRequest* req) {
   return 0;
 }
 
-// The --prompts file's non-empty lines; 0 or 1 after printing why.
-int ReadPrompts(const std::string& path, std::vector<std::string>* prompts) {
-  std::ifstream in(path);
-  if (!in) return Fail(absl::StrCat("cannot read ", path));
-  for (std::string line; std::getline(in, line);) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (!line.empty()) prompts->push_back(line);
-  }
-  if (prompts->empty()) return Fail(absl::StrCat(path, " has no prompts"));
-  return 0;
-}
-
 PipelineOptions OptionsFromFlags(const ParsedFlags& f) {
   PipelineOptions opts;
   opts.model_dir = f.Get("model");
@@ -281,8 +268,10 @@ int RunGenerate(int argc, char** argv) {
   std::vector<std::string> prompts;
   if (single) {
     prompts.push_back(f.Get("prompt"));
-  } else if (int rc = ReadPrompts(f.Get("prompts"), &prompts); rc != 0) {
-    return rc;
+  } else {
+    absl::StatusOr<std::vector<std::string>> lines = ReadPromptsFile(f.Get("prompts"));
+    if (!lines.ok()) return Fail(std::string(lines.status().message()));
+    prompts = *std::move(lines);
   }
 
   PipelineOptions opts = OptionsFromFlags(f);

@@ -4,12 +4,20 @@
 
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "absl/strings/str_split.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
+#include "worker/io/file_util.h"
+#include "worker/io/image_file.h"
 
 namespace zfarm::worker {
 namespace {
@@ -63,6 +71,54 @@ TEST(Fp8CommandTest, CacheWeightsWritesTheFp8Copy) {
                         " --weights-cache " + cache + " --precision int4"));
   EXPECT_EQ(r.exit_code, 2) << r.out;
   EXPECT_THAT(r.out, HasSubstr("--precision 'int4': expected bf16 or fp8"));
+}
+
+// compare on the CPU: fp32 against the fp8 reference path of the tiny model, and a
+// precision against itself (identical: PSNR inf, SSIM 1).
+TEST(Fp8CommandTest, CompareReportsPsnrSsimAndWritesSideBySide) {
+  const std::string dir = ::testing::TempDir() + "/fp8_compare";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream p(dir + "/prompts.txt");
+    p << "a lighthouse at dusk\n\na red fox in the snow\n";
+  }
+  const std::string base = std::string("compare --model ") + ZFARM_TINY_MODEL_DIR +
+                           " --prompts " + dir + "/prompts.txt --width 48 --height 32 --steps 2";
+  auto r = RunCommand(Worker(base + " --a fp32 --b fp8 --out-dir " + dir + "/out"));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("fp8 e4m3 DiT matmuls (42 layers, float32 reference path)"));
+  EXPECT_THAT(r.out, HasSubstr("fp32 (A) vs fp8 (B), 48x32, 2 steps:"));
+  EXPECT_THAT(r.out, HasSubstr("[2] PSNR "));
+  std::ifstream tsv(dir + "/out/compare.tsv");
+  std::string header, row;
+  std::getline(tsv, header);
+  EXPECT_EQ(header, "index\tprompt\tseed\tpsnr_db\tssim");
+  int rows = 0;
+  while (std::getline(tsv, row)) {
+    ++rows;
+    std::vector<std::string> cols = absl::StrSplit(row, '\t');
+    ASSERT_EQ(cols.size(), 5u) << row;
+    const double psnr = std::stod(cols[3]), ssim = std::stod(cols[4]);
+    EXPECT_GT(psnr, 15.0) << row;  // close, but not the same picture
+    EXPECT_TRUE(std::isfinite(psnr)) << row;
+    EXPECT_GT(ssim, 0.5) << row;
+    EXPECT_LT(ssim, 1.0) << row;
+  }
+  EXPECT_EQ(rows, 2);
+  ASSERT_OK_AND_ASSIGN(std::string png, ReadSmallFile(dir + "/out/00002.png", 1 << 20));
+  ASSERT_OK_AND_ASSIGN(ImageInfo info, ReadImageInfo(png));
+  EXPECT_EQ(info.width, 96);
+  EXPECT_EQ(info.height, 32);
+  EXPECT_THAT(info.parameters, HasSubstr("(left: fp32, right: fp8)"));
+
+  r = RunCommand(Worker(base + " --a fp32 --b fp32 --out-dir " + dir + "/same"));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("[1] PSNR inf dB, SSIM 1.0000"));
+  r = RunCommand(Worker(base + " --a fp32 --b fp16 --out-dir " + dir + "/bad"));
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("--b: --precision 'fp16': expected fp8, bf16 or fp32"));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
