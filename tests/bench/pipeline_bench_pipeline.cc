@@ -177,6 +177,48 @@ std::vector<std::string> MeasureSize(
           Fmt(static_cast<double>(peak) / (1024.0 * 1024.0 * 1024.0), 1), Fmt(frac, 2)};
 }
 
+// --precision fp8 beside bf16: the same table on an FP8 pipeline of the same random weights
+// (made after the bf16 one is released, so each peak is its own), then new-prompt /
+// cached-prompt end to end and the DiT step side by side with `bf16_rows`. A device or
+// build without FP8 GEMMs gets the reason instead of rows.
+void MeasureFp8(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt,
+                bool have_tokenizer, const std::vector<std::vector<std::string>>& bf16_rows) {
+  using zfarm::worker::Pipeline;
+  using zfarm::worker::PipelineOptions;
+  rep.Line("### zfarm pipeline, --precision fp8 (same weights; DiT attention and FFN in e4m3)");
+  rep.Line("");
+  dev.EmptyCache();
+  PipelineOptions po = FullSizeRandomOptions(opt);
+  po.precision = PipelineOptions::Precision::kFp8;
+  auto created = Pipeline::Create(po);
+  if (!created.ok()) {
+    rep.Line("fp8: Create failed: " + std::string(created.status().message()));
+    rep.Line("");
+  } else {
+    std::unique_ptr<Pipeline> fp8 = std::move(*created);
+    std::vector<std::vector<std::string>> rows;
+    for (auto [h, w] : opt.sizes) rows.push_back(MeasureSize(*fp8, h, w, opt, have_tokenizer));
+    rep.Line(fp8->Describe() + ", load " + Fmt(fp8->load_seconds(), 1) +
+             " s (quantized at load); columns as above; \"DiT of matmul peak\" is against the "
+             "bf16 peak measured above");
+    rep.Line("");
+    rep.Table(kPipelineHeader, rows);
+    std::vector<std::vector<std::string>> side;
+    for (size_t i = 0; i < rows.size() && i < bf16_rows.size(); ++i) {
+      const auto& b = bf16_rows[i];
+      const auto& f = rows[i];
+      if (b.size() <= kCachedEndToEndColumn || f.size() <= kCachedEndToEndColumn) continue;
+      side.push_back({b[0], b[kCachedEndToEndColumn - 1], f[kCachedEndToEndColumn - 1],
+                      b[kCachedEndToEndColumn], f[kCachedEndToEndColumn], b[3], f[3]});
+    }
+    rep.Line("### bf16 vs fp8, end to end s (new prompt / cached prompt) and DiT step ms");
+    rep.Line("");
+    rep.Table({"image (HxW)", "bf16 new prompt", "fp8 new prompt", "bf16 cached prompt",
+               "fp8 cached prompt", "bf16 DiT step ms", "fp8 DiT step ms"},
+              side);
+  }
+}
+
 // Image-to-image at strength 0.5 (steps / 2 DiT steps) from a synthetic picture of the same
 // size: {label, steps run, VAE encode ms (median), end to end s (median), plain s, ratio}.
 std::vector<std::string> MeasureImg2Img(zfarm::worker::Pipeline& pipe, int64_t h, int64_t w,
@@ -282,6 +324,8 @@ void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBench
   rep.Table({"image (HxW)", "DiT steps run", "VAE encode ms", "end to end s", "plain end to end s",
              "ratio"},
             irows);
+  pipe.reset();  // the FP8 pipeline's peak is its own
+  MeasureFp8(dev, rep, opt, have_tokenizer, mrows);
 #else
   (void)dev;
   rep.Line(

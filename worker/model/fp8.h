@@ -96,8 +96,8 @@ QuantizedWeight QuantizeWeight(const at::Tensor& w);
 at::Tensor TokenScales(const at::Tensor& x2d);
 
 // y = x W^T (+ bias) for W = data ⊙ scale (QuantizeWeight's form), x [..., in]. Returns
-// [..., out] in x's dtype; the native FP8 GEMM where Fp8NativeAvailable(x.device()), else
-// the float32 reference.
+// [..., out] in x's dtype: the native FP8 GEMM on CUDA in a native build (Fp8NativeBuild)
+// when in and out are multiples of 16, else the float32 reference (on x's device).
 at::Tensor Fp8Linear(const at::Tensor& x, const at::Tensor& data, const at::Tensor& scale,
                      const at::Tensor& bias);
 
