@@ -24,6 +24,7 @@
 #include "worker/io/manifest.h"
 #include "worker/io/model_folder.h"
 #include "worker/io/weights_cache.h"
+#include "worker/model/fp8_cache.h"
 #include "worker/pipeline/device_info.h"
 #include "worker/pipeline/pipeline.h"
 
@@ -39,8 +40,10 @@ constexpr char kUsage[] =
     "  --no-load       skip the load test\n"
     "  --size WxH      load-test image size (default 1024x1024 on CUDA, 256x256 on cpu)\n"
     "  --steps N       load-test steps (default 8)\n"
-    "  --weights-cache DIR  check that DIR holds a current bf16 copy of the DiT (and load\n"
-    "                  from it in the load test), as serve --weights-cache would\n"
+    "  --weights-cache DIR  check that DIR holds a current bf16 (with --precision fp8: FP8)\n"
+    "                  copy of the DiT (and load from it in the load test), as serve would\n"
+    "  --precision P   fp8, bf16 or fp32: the load test's precision, as serve --precision\n"
+    "                  (fp8 fails here where the device has no FP8 tensor cores)\n"
     "  --manifest FILE md5sum-format manifest (default: DIR/manifest.md5 if present, else the\n"
     "                  official Z-Image-Turbo manifest)\n"
     "Exit status: 0 all checks passed, 1 a check failed, 2 usage error.\n";
@@ -154,21 +157,21 @@ Check CheckOutputRoot(const std::string& root) {
   return c;
 }
 
-// 3b. Weights cache: a current bf16 copy of the DiT (else serve reads the fp32 shards).
-Check CheckWeightsCache(const std::string& model, const std::string& cache) {
+// 3b. Weights cache: a current bf16 (or FP8) copy of the DiT (else serve reads the fp32 shards).
+Check CheckWeightsCache(const std::string& model, const std::string& cache, bool fp8) {
   Check c{"weights_cache"};
   const std::string component = model + "/transformer";
-  auto dir = Bf16CacheDir(cache, component);
-  auto useful = Bf16CacheUseful(component);
+  auto dir = WeightsCacheDir(cache, component, fp8 ? model::kFp8CacheKind : "bf16");
+  absl::StatusOr<bool> useful = fp8 ? absl::StatusOr<bool>(true) : Bf16CacheUseful(component);
   if (!dir.ok() || !useful.ok()) {
     c.ok = false;
     c.detail = (!dir.ok() ? dir.status() : useful.status()).ToString();
   } else if (!*useful) {
     c.detail = "the DiT is already bfloat16: no copy needed";
-  } else if (!Bf16CachePresent(*dir)) {
+  } else if (!WeightsCachePresent(*dir)) {
     c.ok = false;
     c.detail = absl::StrCat("no current copy (", *dir, "): run zfarm-worker cache-weights --model ",
-                            model, " --weights-cache ", cache);
+                            model, " --weights-cache ", cache, fp8 ? " --precision fp8" : "");
   } else {
     c.detail = absl::StrCat(*dir, ": current");
     c.data = {{"dir", *dir}};
@@ -247,7 +250,9 @@ int RunDoctor(int argc, char** argv) {
   ParsedFlags f;
   if (std::optional<int> rc = ParseCommandFlags(
           "doctor", kUsage, argc, argv, {"fast", "json", "no-load", "help"},
-          {"model", "device", "output-root", "size", "steps", "manifest", "weights-cache"}, &f)) {
+          {"model", "device", "output-root", "size", "steps", "manifest", "weights-cache",
+           "precision"},
+          &f)) {
     return *rc;
   }
   if (!f.Has("model")) {
@@ -261,19 +266,31 @@ int RunDoctor(int argc, char** argv) {
     std::fprintf(stderr, "zfarm-worker doctor: --size WxH and --steps 1..50\n%s", kUsage);
     return 2;
   }
+  PipelineOptions::Precision precision = PipelineOptions::Precision::kAuto;
+  if (f.Has("precision")) {
+    absl::StatusOr<PipelineOptions::Precision> p = ParsePrecision(f.Get("precision"));
+    if (!p.ok()) {
+      std::fprintf(stderr, "zfarm-worker doctor: %s\n%s", std::string(p.status().message()).c_str(),
+                   kUsage);
+      return 2;
+    }
+    precision = *p;
+  }
+  const bool fp8 = precision == PipelineOptions::Precision::kFp8;
   std::vector<Check> checks;
   checks.push_back(CheckFiles(model, f.Get("manifest"), f.True("fast")));
   absl::StatusOr<DeviceInfo> info = QueryDevice(device);
   checks.push_back(CheckDevice(device, info));
   if (f.Has("output-root")) checks.push_back(CheckOutputRoot(f.Get("output-root")));
   if (f.Has("weights-cache")) {
-    checks.push_back(CheckWeightsCache(model, f.Get("weights-cache")));
+    checks.push_back(CheckWeightsCache(model, f.Get("weights-cache"), fp8));
   }
   if (!f.True("no-load") && info.ok()) {
     PipelineOptions po;
     po.model_dir = model;
     po.device = device;
     po.weights_cache_dir = f.Get("weights-cache");
+    po.precision = precision;
     checks.push_back(CheckLoad(po, *size, steps));
   }
   return PrintReport(checks, f.True("json"), model, device) ? 0 : 1;

@@ -60,6 +60,25 @@ TEST(Fp8CommandTest, ServeRefusesFp8OnTheCpuBeforeConnecting) {
   EXPECT_THAT(r.out, HasSubstr("--precision fp8 cannot serve --lora-dir"));
 }
 
+TEST(Fp8CommandTest, DoctorChecksTheFp8CopyAndTheDevice) {
+  const std::string cache = ::testing::TempDir() + "/fp8_doctor_cache";
+  std::filesystem::remove_all(cache);
+  const std::string base = std::string("doctor --fast --model ") + ZFARM_TINY_MODEL_DIR +
+                           " --manifest /dev/null --weights-cache " + cache + " --precision fp8";
+  auto r = RunCommand(Worker(base));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_THAT(r.out, HasSubstr(" --weights-cache " + cache + " --precision fp8"));
+  EXPECT_THAT(r.out, HasSubstr("--precision fp8 needs FP8 tensor cores"));
+  ASSERT_EQ(RunCommand(Worker(std::string("cache-weights --model ") + ZFARM_TINY_MODEL_DIR +
+                              " --weights-cache " + cache + " --precision fp8"))
+                .exit_code,
+            0);
+  r = RunCommand(Worker(base + " --no-load"));
+  EXPECT_THAT(r.out, HasSubstr("transformer-fp8-"));
+  EXPECT_THAT(r.out, HasSubstr(": current"));
+  std::filesystem::remove_all(cache);
+}
+
 TEST(Fp8CommandTest, CacheWeightsWritesTheFp8Copy) {
   const std::string cache = ::testing::TempDir() + "/fp8_command_cache";
   auto r = RunCommand(Worker(std::string("cache-weights --model ") + ZFARM_TINY_MODEL_DIR +
