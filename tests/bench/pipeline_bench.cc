@@ -26,6 +26,9 @@
 //                       [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]
 //                       [--ablation [--ablation-sizes 1024x1024,512x512]]
 //                       [--lora [--lora-sizes 1024x1024]] [--lora-only]
+//                       [--fp8-sizes 512x512,1024x1024 | --no-fp8]
+// Section 5 ends with the pipeline table in --precision fp8 at --fp8-sizes and a bf16-vs-fp8
+// side-by-side (new and cached prompt, DiT step); --no-fp8 leaves it out.
 // --lora adds the LoRA table (rank 32 on every attention and FFN module: added time per
 // image, cold apply, switch between sets) after section 5; --lora-only runs just that table.
 // --ablation adds, after section 5, the pipeline table once per speed path
@@ -195,6 +198,7 @@ struct Options {
   std::vector<std::pair<int64_t, int64_t>> lora_sizes = {{1024, 1024}};
   bool controlnet = false, controlnet_only = false;
   std::vector<std::pair<int64_t, int64_t>> controlnet_sizes = {{1024, 1024}};
+  std::vector<std::pair<int64_t, int64_t>> fp8_sizes = {{512, 512}, {1024, 1024}};
 };
 
 // Image tokens of one size plus the caption padded to a multiple of 32 (spec: SEQ_MULTI_OF).
@@ -520,13 +524,18 @@ int Main(int argc, char** argv) {
       opt.controlnet = opt.controlnet_only = true;
     else if (a == "--controlnet-sizes")
       opt.controlnet_sizes = ParseSizes(next());
+    else if (a == "--fp8-sizes")
+      opt.fp8_sizes = ParseSizes(next());
+    else if (a == "--no-fp8")
+      opt.fp8_sizes.clear();
     else {
       std::cerr << "usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] "
                    "[--tmpdir DIR]"
                    " [--sizes HxW,...] [--steps N] [--reps N] [--tokenizer tokenizer.json]"
                    " [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]"
                    " [--ablation [--ablation-sizes HxW,...]] [--lora [--lora-sizes HxW,...]] [--lora-only]"
-                   " [--controlnet [--controlnet-sizes HxW,...]] [--controlnet-only]\n";
+                   " [--controlnet [--controlnet-sizes HxW,...]] [--controlnet-only]"
+                   " [--fp8-sizes HxW,... | --no-fp8]\n";
       return 2;
     }
   }
@@ -547,6 +556,7 @@ int Main(int argc, char** argv) {
   popt.tokenizer_json = opt.tokenizer;
   popt.modes = opt.modes;
   popt.tmpdir = opt.tmpdir;
+  popt.fp8_sizes = opt.fp8_sizes;
   if (opt.lora_only) {
     popt.sizes = opt.lora_sizes;
     RunLoraSection(dev, rep, popt);

@@ -58,6 +58,9 @@ struct PipelineBenchOptions {
   std::string tokenizer_json;     // Qwen3 tokenizer.json; empty: fixed token ids
   std::string modes;              // --memory-modes: "default,offload,tiling,both" (empty: all)
   std::string tmpdir = "/tmp";    // --lora: where the generated LoRA files go
+  // Section 5's --precision fp8 table and its bf16-vs-fp8 side-by-side (--fp8-sizes; empty
+  // with --no-fp8).
+  std::vector<std::pair<int64_t, int64_t>> fp8_sizes;
 };
 
 // Section 5: the pipeline per stage and end to end (pipeline_bench_pipeline.cc).

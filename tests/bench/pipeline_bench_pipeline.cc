@@ -197,19 +197,20 @@ void MeasureFp8(const BenchDevice& dev, Report& rep, const PipelineBenchOptions&
   } else {
     std::unique_ptr<Pipeline> fp8 = std::move(*created);
     std::vector<std::vector<std::string>> rows;
-    for (auto [h, w] : opt.sizes) rows.push_back(MeasureSize(*fp8, h, w, opt, have_tokenizer));
+    for (auto [h, w] : opt.fp8_sizes) rows.push_back(MeasureSize(*fp8, h, w, opt, have_tokenizer));
     rep.Line(fp8->Describe() + ", load " + Fmt(fp8->load_seconds(), 1) +
              " s (quantized at load); columns as above; \"DiT of matmul peak\" is against the "
              "bf16 peak measured above");
     rep.Line("");
     rep.Table(kPipelineHeader, rows);
     std::vector<std::vector<std::string>> side;
-    for (size_t i = 0; i < rows.size() && i < bf16_rows.size(); ++i) {
-      const auto& b = bf16_rows[i];
-      const auto& f = rows[i];
-      if (b.size() <= kCachedEndToEndColumn || f.size() <= kCachedEndToEndColumn) continue;
-      side.push_back({b[0], b[kCachedEndToEndColumn - 1], f[kCachedEndToEndColumn - 1],
-                      b[kCachedEndToEndColumn], f[kCachedEndToEndColumn], b[3], f[3]});
+    for (const auto& f : rows) {  // beside the bf16 row of the same size
+      for (const auto& b : bf16_rows) {
+        if (b.empty() || b[0] != f[0]) continue;
+        if (b.size() <= kCachedEndToEndColumn || f.size() <= kCachedEndToEndColumn) continue;
+        side.push_back({b[0], b[kCachedEndToEndColumn - 1], f[kCachedEndToEndColumn - 1],
+                        b[kCachedEndToEndColumn], f[kCachedEndToEndColumn], b[3], f[3]});
+      }
     }
     rep.Line("### bf16 vs fp8, end to end s (new prompt / cached prompt) and DiT step ms");
     rep.Line("");
@@ -325,7 +326,7 @@ void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBench
              "ratio"},
             irows);
   pipe.reset();  // the FP8 pipeline's peak is its own
-  MeasureFp8(dev, rep, opt, have_tokenizer, mrows);
+  if (!opt.fp8_sizes.empty()) MeasureFp8(dev, rep, opt, have_tokenizer, mrows);
 #else
   (void)dev;
   rep.Line(

@@ -10,7 +10,8 @@
 #      pipeline once per speed path, from the reference ops up; ZFARM_BENCH_LORA=1, the
 #      default — rank-32 LoRAs: added time per image, cold apply, switching sets;
 #      ZFARM_BENCH_CONTROLNET=1, the default — the pipeline without and with a resident
-#      Union 2.1 ControlNet at 1024²: DiT step, end to end, the memory it adds);
+#      Union 2.1 ControlNet at 1024²: DiT step, end to end, the memory it adds; the
+#      --precision fp8 pipeline table at 512² and 1024² beside bf16 unless ZFARM_BENCH_FP8=0);
 #   4. tests/bench/diffusers_baseline.py when a diffusers source tarball is there
 #      (.carry/diffusers-src.tar.xz, its commit in .carry/diffusers-commit.txt, the tokenizer in
 #      .carry/qwen3-tokenizer.json.xz or ZFARM_TOKENIZER); ZFARM_DIFFUSERS_COMPILE=1 adds the
@@ -134,6 +135,7 @@ elif [ -x "$build/tests/bench/pipeline_bench" ]; then
   [ "${ZFARM_BENCH_ABLATION:-1}" = 1 ] && ablation=(--ablation)
   [ "${ZFARM_BENCH_LORA:-1}" = 1 ] && ablation+=(--lora)
   [ "${ZFARM_BENCH_CONTROLNET:-1}" = 1 ] && ablation+=(--controlnet)
+  [ "${ZFARM_BENCH_FP8:-1}" = 1 ] || ablation+=(--no-fp8)
   timeout "$(box 330)" "$build/tests/bench/pipeline_bench" --out "$logs/pipeline_bench.md" \
     --tmpdir "${TMPDIR:-/tmp}" ${tok:+--tokenizer "$tok"} "${ablation[@]}" > "$logs/pipeline_bench.log" 2>&1
   note "pipeline_bench: exit $? in $(( $(date +%s) - t )) s"
