@@ -122,6 +122,10 @@ if [ -f "$build/CTestTestfile.cmake" ]; then
   note "ctest -L gpu: exit $rc in $(( $(date +%s) - t )) s: ${result:-no result}; ${skipped} skipped"
   bad=$(grep -E '\((Failed|Timeout|Subprocess|Not Run)' "$logs/ctest-gpu.log" | head -10 | tr -s ' ' | tr '\n' ';')
   [ -n "$bad" ] && note "not passed: $bad"
+  # What fp8_gpu_test measured (ctest keeps passing tests' output only in LastTest.log).
+  while IFS= read -r line; do note "fp8_gpu_test: $line"; done < <(
+    grep -hE 'FP8 linear|FP8 vs bf16 linear|final latents cosine fp8 vs bf16' \
+      "$build/Testing/Temporary/LastTest.log" 2>/dev/null | head -8)
 else
   note "ctest -L gpu: not run (no build)"
 fi
