@@ -160,6 +160,60 @@ TEST_F(Fp8PipelineTest, Fp8CacheRendersLikeTheSourceAndFallsBack) {
   std::filesystem::remove_all(cache);
 }
 
+// With a resident ControlNet (its blocks stay bf16; it reads the FP8 DiT's tokens) an fp8
+// render stays close to bf16 and the hints still act.
+TEST(Fp8ControlNetTest, ControlNetJobsRenderCloseToBf16) {
+  PipelineOptions o;
+  o.random_weights = true;
+  o.random_weights_seed = 3;
+  ModelConfig c;
+  c.transformer.dim = 64;
+  c.transformer.n_heads = 2;
+  c.transformer.n_layers = 2;
+  c.transformer.n_refiner_layers = 1;
+  c.transformer.axes_dims = {8, 12, 12};
+  c.transformer.cap_feat_dim = 32;
+  c.text_encoder.vocab_size = 256;
+  c.text_encoder.hidden_size = 32;
+  c.text_encoder.num_hidden_layers = 2;
+  c.text_encoder.num_attention_heads = 2;
+  c.text_encoder.num_key_value_heads = 1;
+  c.text_encoder.head_dim = 16;
+  c.text_encoder.intermediate_size = 64;
+  c.vae.block_out_channels = {16, 16, 32, 32};
+  c.vae.norm_num_groups = 8;
+  o.config = c;
+  ControlNetConfig cc;
+  cc.layout = ControlNetConfig::Layout::kUnion21;
+  cc.control_layers_places = {0, 1};
+  cc.control_refiner_layers_places = {0};
+  cc.control_in_dim = 2 * c.transformer.in_channels + 1;
+  cc.n_refiner_layers = 1;
+  o.random_controlnet = cc;
+  o.precision = PipelineOptions::Precision::kBFloat16;
+  ASSERT_OK_AND_ASSIGN(auto bf16, Pipeline::Create(o));
+  o.precision = PipelineOptions::Precision::kFp8;
+  o.fp8_reference = true;
+  ASSERT_OK_AND_ASSIGN(auto fp8, Pipeline::Create(o));
+  GenerateRequest r;
+  r.prompt_ids = {5, 17, 99, 3};
+  r.width = r.height = 64;
+  r.steps = 3;
+  r.seed = 8;
+  GenerateTrace plain;
+  ASSERT_OK(fp8->Generate(r, nullptr, nullptr, &plain).status());
+  ControlRequest control;
+  control.image.width = control.image.height = 64;
+  control.image.rgb.assign(64 * 64 * 3, 0);
+  for (size_t i = 0; i < control.image.rgb.size(); i += 7) control.image.rgb[i] = 255;
+  r.control = control;
+  GenerateTrace a, b;
+  ASSERT_OK(bf16->Generate(r, nullptr, nullptr, &a).status());
+  ASSERT_OK(fp8->Generate(r, nullptr, nullptr, &b).status());
+  EXPECT_GT(Cosine(a.latents.back(), b.latents.back()), 0.99);
+  EXPECT_NE(b.latents.back(), plain.latents.back());  // the hints changed the fp8 render
+}
+
 TEST(ParsePrecisionTest, NamesTheFlagForBadValues) {
   ASSERT_OK_AND_ASSIGN(auto p, ParsePrecision("fp8"));
   EXPECT_EQ(p, PipelineOptions::Precision::kFp8);
