@@ -1,38 +1,20 @@
 #ifndef ZFARM_SCHEDULER_JOURNAL_H_
 #define ZFARM_SCHEDULER_JOURNAL_H_
 
-// The durable job journal: SQLite in <state_dir>/journal.db, WAL mode,
-// synchronous=FULL, schema versioned with PRAGMA user_version and forward
-// migrations.
+// The durable job journal the scheduler talks to: the stored records and the
+// operations on them, group commit and the latch-on-failure rule. Two backends
+// implement the storage: SqliteJournal (sqlite_journal.h: <state_dir>/journal.db,
+// the default, one host) and PostgresJournal (postgres_journal.h: --journal
+// postgres://..., shared by active/standby schedulers, every write fenced by the
+// leader epoch). OpenJournal() (journal_open.h) picks one from the flags.
 //
 // Group commit: Append() only queues operations; one writer thread takes every
-// queued batch, writes them in ONE transaction (one fsync) and then runs each
-// batch's `done` callback in append order. So N concurrent submits share one fsync,
-// and a caller acknowledges only from its callback, i.e. after durability.
-// Callbacks run on the writer thread: they must be short and must not call
-// Flush(). Append() is thread-safe; ordering = order of Append() calls.
-//
-// Open() refuses a state dir on a network filesystem (NFS, SMB/CIFS, ...):
-// SQLite's WAL needs shared memory that those filesystems do not provide.
-//
-// Damage is refused, never papered over (FAILED_PRECONDITION / DATA_LOSS naming
-// the file and the recovery, see README "Journal recovery"): a side file
-// <state_dir>/journal.db.state ("open" while a scheduler runs, "closed" after a
-// clean Close) detects a journal.db that was deleted or emptied and a WAL that
-// vanished after a crash; the main file's header is checked against its size
-// (truncation); the WAL is scanned so that a damaged frame followed by frames of
-// the same generation (which SQLite would silently cut off) is refused;
-// PRAGMA integrity_check runs at open; every row carries a checksum of all its
-// columns (schema v2), checked by Load(). Every write transaction also bumps a
-// commit counter inside the journal (schema v3, table meta) and, once committed
-// and before any caller is told, records it in <state_dir>/journal.db.commits
-// (16 bytes, fdatasync'ed): a journal found BEHIND that record at open lost
-// acknowledged transactions (its last WAL frames damaged or cut at a frame
-// boundary, which SQLite cannot tell from a torn write and drops) and is
-// refused (DATA_LOSS). The cost is one more fdatasync per group commit.
-//
-// Schema v4: idempotency tombstones keyed by (owner, request_id), and the worker
-// name -> principal bindings (table workers).
+// queued batch, has the backend write them in ONE transaction (one fsync / one
+// PostgreSQL commit) and then runs each batch's `done` callback in append order.
+// So N concurrent submits share one commit, and a caller acknowledges only from
+// its callback, i.e. after durability. Callbacks run on the writer thread: they
+// must be short and must not call Flush(). Append() is thread-safe; ordering =
+// order of Append() calls.
 
 #include <cstdint>
 #include <deque>
@@ -47,9 +29,6 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "zfarm/v1/job.pb.h"
-
-struct sqlite3;
-struct sqlite3_stmt;
 
 namespace zfarm::scheduler {
 
@@ -89,16 +68,8 @@ struct WorkerRecord {
   std::string principal;
 };
 
-// Returns FAILED_PRECONDITION if `f_type` (statfs) is a network filesystem.
-absl::Status CheckLocalFilesystemType(const std::string& path, int64_t f_type);
-
 class Journal {
  public:
-  struct Options {
-    std::string state_dir;
-    // Tests only: pretend the state dir has this statfs f_type.
-    int64_t fake_fs_type = 0;
-  };
   struct Op {
     enum class Kind { kPutJob, kDeleteJob, kPutRequest, kDeleteRequest, kPutWorker };
     Kind kind;
@@ -113,15 +84,17 @@ class Journal {
   };
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
 
-  // Opens (creating if needed) and migrates the journal, then starts the writer.
-  static absl::StatusOr<std::unique_ptr<Journal>> Open(const Options& options);
-  ~Journal();  // Flushes and closes.
+  // A backend's destructor calls Close() first (the writer calls into it).
+  virtual ~Journal();
   Journal(const Journal&) = delete;
   Journal& operator=(const Journal&) = delete;
 
   // Reads everything (call before appending, or after Flush() while nothing is
   // appended).
-  absl::StatusOr<Contents> Load();
+  virtual absl::StatusOr<Contents> Load() = 0;
+  // Where the journal lives, for messages and logs: a file path, or a PostgreSQL
+  // URL with its password masked.
+  virtual std::string path() const = 0;
 
   // Queues `ops` (may be empty: a barrier); `done` runs on the writer thread once
   // they are durable (or failed). `done` may be null.
@@ -143,54 +116,27 @@ class Journal {
   // Flushes and stops the writer; further Append()s fail with UNAVAILABLE.
   void Close();
 
-  // For tests and diagnostics: runs "PRAGMA <name>" and returns the first column.
-  absl::StatusOr<std::string> Pragma(const std::string& name);
-  static constexpr int kSchemaVersion = 4;
-  std::string path() const { return path_; }
   // Commits (transactions) and batches written so far.
   int64_t commits() const;
   int64_t batches() const;
 
- private:
+ protected:
   struct Batch {
     std::vector<Op> ops;
     Done done;
     uint64_t id;
   };
-  Journal(sqlite3* db, std::string path);
-  // Open's checks of the SQLite file: WAL mode, synchronous=FULL, integrity_check,
-  // then the migrations, the statements and the commit record; damage is refused
-  // naming the file and the recovery.
-  absl::Status CheckAndMigrate();
-  // Writes journal.db.state atomically (files::WriteFileAtomically).
-  absl::Status WriteStateFile(const char* state);
-  // Compares the journal's commit counter with journal.db.commits (refusing a
-  // journal behind it) and opens that file for WriteCommitRecord().
-  absl::Status CheckCommitRecord();
-  // Overwrites journal.db.commits with `seq` and fdatasyncs it.
-  absl::Status WriteCommitRecord(uint64_t seq);
-  absl::Status Migrate();
-  absl::Status Prepare();
-  // The prepared statement of `op` with its values bound (`blob` keeps a job's
-  // serialized bytes alive until the statement has run).
-  sqlite3_stmt* BindOp(const Op& op, std::string* blob);
+  Journal() = default;
+  // Starts the writer thread: the backend calls it last in its Open().
+  void StartWriter();
+  // Writes the operations of `batches` (at least one) in one transaction, all or
+  // nothing; called on the writer thread only. Errors start with "journal".
+  virtual absl::Status Write(const std::vector<Batch>& batches) = 0;
+
+ private:
+  // The latch and TEST_FailWrites, then Write() when any batch has operations.
   absl::Status WriteOps(const std::vector<Batch>& batches);
   void WriterLoop();
-
-  // Constant after construction.
-  sqlite3* db_;
-  const std::string path_;
-  bool mark_closed_ = false;  // journal.db.state was set to "open" by this Journal
-  sqlite3_stmt* put_job_ = nullptr;
-  sqlite3_stmt* del_job_ = nullptr;
-  sqlite3_stmt* put_req_ = nullptr;
-  sqlite3_stmt* del_req_ = nullptr;
-  sqlite3_stmt* put_worker_ = nullptr;
-  sqlite3_stmt* bump_commits_ = nullptr;
-  int commits_fd_ = -1;  // journal.db.commits
-  // The journal's commit counter: set in Open() before the writer starts, then
-  // advanced only by the writer thread (no lock needed).
-  uint64_t commit_seq_ = 0;
 
   mutable absl::Mutex mu_;
   std::deque<Batch> pending_ ABSL_GUARDED_BY(mu_);

@@ -25,6 +25,7 @@
 #include "proto/files.h"
 #include "proto/security/paths.h"
 #include "proto/status_macros.h"
+#include "scheduler/sqlite_journal.h"
 
 namespace zfarm::scheduler {
 
@@ -148,10 +149,13 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
   if (options.max_queued_jobs < 1) {
     return absl::InvalidArgumentError("--max-queued-jobs must be >= 1");
   }
-  Journal::Options jo;
-  jo.state_dir = options.state_dir;
-  jo.fake_fs_type = options.fake_fs_type;
-  ZFARM_ASSIGN_OR_RETURN(std::unique_ptr<Journal> journal, Journal::Open(jo));
+  std::unique_ptr<Journal> journal;
+  if (options.open_journal) {
+    ZFARM_ASSIGN_OR_RETURN(journal, options.open_journal());
+  } else {
+    ZFARM_ASSIGN_OR_RETURN(journal, SqliteJournal::Open({.state_dir = options.state_dir,
+                                                         .fake_fs_type = options.fake_fs_type}));
+  }
   std::unique_ptr<Scheduler> s(new Scheduler(options, clock, std::move(journal)));
   s->metrics_ = std::make_unique<Metrics>(std::move(registry));
   ZFARM_RETURN_IF_ERROR(s->Recover());

@@ -107,7 +107,10 @@ class Scheduler {
     // capable worker takes it (--lora-affinity-wait). Jobs behind it are not held
     // up. 0 = no affinity.
     absl::Duration lora_affinity_wait = absl::Seconds(10);
-    int64_t fake_fs_type = 0;  // tests: see Journal::Options
+    int64_t fake_fs_type = 0;  // tests: see SqliteJournal::Options
+    // Opens the journal (e.g. a PostgresJournal, journal_open.h); empty = the
+    // SQLite journal in state_dir.
+    std::function<absl::StatusOr<std::unique_ptr<Journal>>()> open_journal;
     // Called with the job's final view once a SUCCEEDED/FAILED/CANCELLED
     // transition is durable, on the journal thread: must not block (the
     // scheduler binds WebhookSender::Enqueue here). May be empty.

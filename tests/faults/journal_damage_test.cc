@@ -25,6 +25,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "scheduler/scheduler.h"
+#include "scheduler/sqlite_journal.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/status_matchers.h"
 
@@ -59,7 +60,7 @@ std::map<std::string, std::string> Dump(const Journal::Contents& c) {
 
 // Opens a journal copy the way the scheduler does at startup (Open + Load).
 absl::StatusOr<std::map<std::string, std::string>> OpenAndLoad(const std::string& state_dir) {
-  auto j = Journal::Open({.state_dir = state_dir});
+  auto j = SqliteJournal::Open({.state_dir = state_dir});
   if (!j.ok()) return j.status();
   auto c = (*j)->Load();
   if (!c.ok()) return c.status();
@@ -430,7 +431,7 @@ TEST_F(JournalDamageTest, DocumentedRecoveryWithTheSqlite3Shell) {
   fs::create_directories(salvaged);
   ASSERT_EQ(Shell(absl::StrCat("sqlite3 ", state, "/journal.db .dump | sqlite3 ", salvaged,
                                "/journal.db && sqlite3 ", salvaged,
-                               "/journal.db 'PRAGMA user_version=", Journal::kSchemaVersion,
+                               "/journal.db 'PRAGMA user_version=", SqliteJournal::kSchemaVersion,
                                "'")),
             0);
   auto again = OpenAndLoad(salvaged);

@@ -13,7 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/files.h"
-#include "scheduler/journal.h"
+#include "scheduler/sqlite_journal.h"
 #include "tests/scheduler/core_fixture.h"
 #include "tests/testing/status_matchers.h"
 
@@ -86,7 +86,7 @@ TEST_F(FilesTest, JournalStateFileDoesNotFollowAPlantedSymlink) {
   std::ofstream(victim) << "secret";
   // The temporary name an older scheduler used for journal.db.state.
   fs::create_symlink(victim, state / "journal.db.state.tmp");
-  ASSERT_OK_AND_ASSIGN(auto j, Journal::Open({.state_dir = state.string()}));
+  ASSERT_OK_AND_ASSIGN(auto j, SqliteJournal::Open({.state_dir = state.string()}));
   j.reset();
   EXPECT_EQ(Slurp(victim), "secret");
   EXPECT_EQ(Slurp(state / "journal.db.state"), "closed\n");

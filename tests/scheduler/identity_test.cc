@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "proto/security/auth.h"
 #include "scheduler/server.h"
+#include "scheduler/sqlite_journal.h"
 #include "tests/scheduler/core_fixture.h"
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/scheduler_fixture.h"
@@ -91,7 +92,7 @@ TEST_F(IdentityTest, SchemaV3TombstonesAreScopedToTheirJobsOwner) {
   sched_.reset();
   DowngradeToV3(options_.state_dir);
   Open();  // migrates v3 -> v4 and scopes r1 to alice, its job's owner
-  ASSERT_OK_AND_ASSIGN(std::string version, sched_->journal()->Pragma("user_version"));
+  ASSERT_OK_AND_ASSIGN(std::string version, static_cast<SqliteJournal*>(sched_->journal())->Pragma("user_version"));
   EXPECT_EQ(version, "4");
   for (int round = 0; round < 2; ++round) {
     ASSERT_OK_AND_ASSIGN(auto a, SubmitAs("alice", Request("r1")));

@@ -1,4 +1,4 @@
-#include "scheduler/journal.h"
+#include "scheduler/sqlite_journal.h"
 
 #include <filesystem>
 #include <thread>
@@ -33,17 +33,17 @@ Journal::Op PutJob(const std::string& id, v1::JobState state, uint64_t seq) {
 }
 
 TEST(JournalTest, OpensWithWalAndSynchronousFull) {
-  ASSERT_OK_AND_ASSIGN(auto j, Journal::Open({.state_dir = TempDir("pragmas")}));
+  ASSERT_OK_AND_ASSIGN(auto j, SqliteJournal::Open({.state_dir = TempDir("pragmas")}));
   ASSERT_OK_AND_ASSIGN(std::string mode, j->Pragma("journal_mode"));
   EXPECT_EQ(mode, "wal");
   ASSERT_OK_AND_ASSIGN(std::string sync, j->Pragma("synchronous"));
   EXPECT_EQ(sync, "2");  // FULL
   ASSERT_OK_AND_ASSIGN(std::string version, j->Pragma("user_version"));
-  EXPECT_EQ(version, std::to_string(Journal::kSchemaVersion));
+  EXPECT_EQ(version, std::to_string(SqliteJournal::kSchemaVersion));
 }
 
 TEST(JournalTest, RefusesNetworkFilesystem) {
-  EXPECT_THAT(Journal::Open({.state_dir = TempDir("nfs"), .fake_fs_type = 0x6969}),
+  EXPECT_THAT(SqliteJournal::Open({.state_dir = TempDir("nfs"), .fake_fs_type = 0x6969}),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr("--state-dir"), HasSubstr("NFS"))));
   EXPECT_OK(CheckLocalFilesystemType("/x", 0xEF53));  // ext4
@@ -52,17 +52,17 @@ TEST(JournalTest, RefusesNetworkFilesystem) {
 TEST(JournalTest, RefusesNewerSchema) {
   std::string dir = TempDir("newer");
   {
-    ASSERT_OK_AND_ASSIGN(auto j, Journal::Open({.state_dir = dir}));
+    ASSERT_OK_AND_ASSIGN(auto j, SqliteJournal::Open({.state_dir = dir}));
     ASSERT_OK(j->Pragma("user_version=99").status());
   }
-  EXPECT_THAT(Journal::Open({.state_dir = dir}),
+  EXPECT_THAT(SqliteJournal::Open({.state_dir = dir}),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("newer")));
 }
 
 TEST(JournalTest, PersistsAcrossReopen) {
   std::string dir = TempDir("reopen");
   {
-    ASSERT_OK_AND_ASSIGN(auto j, Journal::Open({.state_dir = dir}));
+    ASSERT_OK_AND_ASSIGN(auto j, SqliteJournal::Open({.state_dir = dir}));
     Journal::Op req{Journal::Op::Kind::kPutRequest, {}, {}, {}};
     req.request = {"alice", "r1", "j1", "fp", absl::FromUnixSeconds(100)};
     j->Append({PutJob("j1", v1::JOB_STATE_QUEUED, 1), PutJob("j2", v1::JOB_STATE_RUNNING, 2), req},
@@ -72,7 +72,7 @@ TEST(JournalTest, PersistsAcrossReopen) {
     j->Append({del}, nullptr);
     ASSERT_OK(j->Flush());
   }
-  ASSERT_OK_AND_ASSIGN(auto j, Journal::Open({.state_dir = dir}));
+  ASSERT_OK_AND_ASSIGN(auto j, SqliteJournal::Open({.state_dir = dir}));
   ASSERT_OK_AND_ASSIGN(auto c, j->Load());
   ASSERT_EQ(c.jobs.size(), 1u);
   EXPECT_EQ(c.jobs[0].job.job_id(), "j1");
@@ -83,7 +83,7 @@ TEST(JournalTest, PersistsAcrossReopen) {
 }
 
 TEST(JournalTest, GroupCommitSharesTransactions) {
-  ASSERT_OK_AND_ASSIGN(auto j, Journal::Open({.state_dir = TempDir("group")}));
+  ASSERT_OK_AND_ASSIGN(auto j, SqliteJournal::Open({.state_dir = TempDir("group")}));
   constexpr int kThreads = 8, kPer = 50;
   std::vector<std::thread> threads;
   absl::BlockingCounter done(kThreads * kPer);
@@ -108,7 +108,7 @@ TEST(JournalTest, GroupCommitSharesTransactions) {
 }
 
 TEST(JournalTest, CallbacksRunInAppendOrder) {
-  ASSERT_OK_AND_ASSIGN(auto j, Journal::Open({.state_dir = TempDir("order")}));
+  ASSERT_OK_AND_ASSIGN(auto j, SqliteJournal::Open({.state_dir = TempDir("order")}));
   std::vector<int> order;
   absl::Mutex mu;
   for (int i = 0; i < 100; ++i) {
