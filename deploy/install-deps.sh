@@ -13,6 +13,8 @@ build_pkgs=(
   # RPC, storage, images, metrics, logging, JSON, Unicode, crypto
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libsqlite3-dev libpng-dev libjpeg62-turbo-dev prometheus-cpp-dev libcivetweb-dev
+  # the PostgreSQL journal of active/standby schedulers (libpq, PostgreSQL's C client)
+  libpq-dev
   libboost-dev
   # WebP results (libwebp + libwebpmux for the EXIF/XMP chunks; JPEG uses libjpeg62-turbo-dev)
   libwebp-dev
@@ -31,6 +33,8 @@ test_pkgs=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   # test prerequisites: the tokenizer reference (node), clock faults, netns, loop-mounted ext4
   faketime iproute2 e2fsprogs util-linux openssl curl procps python3 python3-yaml systemd sqlite3
+  # the `ha` tests start their own PostgreSQL 15 server (initdb + pg_ctl in a temp dir)
+  postgresql
   # deploy checks: `docker-compose config` of the compose files (Debian's compose 1.29)
   docker-compose
   # the Python client's runtime (client/python; its stubs are generated with protoc at build time)

@@ -1,7 +1,11 @@
 // zfarm-scheduler: parses flags and runs SchedulerServer until SIGTERM/SIGINT.
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -9,6 +13,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -18,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "proto/security/auth.h"
 #include "proto/security/tls.h"
@@ -28,13 +34,36 @@
 #include "proto/version.h"
 #include "scheduler/http/rest_gateway.h"
 #include "scheduler/http/webhook_sender.h"
+#include "scheduler/leader_lease.h"
+#include "scheduler/pg_conn.h"
+#include "scheduler/postgres_journal.h"
 #include "scheduler/server.h"
+#include "scheduler/standby_server.h"
 #include "scheduler/validation.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC address HOST:PORT (port 0 = any free port)");
 ABSL_FLAG(std::string, state_dir, "",
-          "Directory of the job journal (journal.db); must be on a local disk (required)");
+          "Directory of the job journal (journal.db); must be on a local disk (required unless "
+          "--journal names PostgreSQL; with it, only the input pictures and thumbnails live here, "
+          "and a private temporary folder is used when empty)");
+ABSL_FLAG(std::string, journal, "",
+          "Where the journal lives: empty = SQLite in --state-dir (one scheduler); "
+          "postgres://USER@HOST:PORT/DB?sslmode=verify-full&... = a PostgreSQL database shared by "
+          "active/standby schedulers (libpq URL parameters; no password in it)");
+ABSL_FLAG(std::string, journal_password_file, "",
+          "File holding the PostgreSQL password of --journal (surrounding whitespace ignored); "
+          "empty = libpq's PGPASSFILE / ~/.pgpass");
+ABSL_FLAG(std::string, name, "",
+          "This scheduler's name in the leader lease and in a standby's answers (PostgreSQL "
+          "journal); empty = HOSTNAME:PORT of --listen");
+ABSL_FLAG(absl::Duration, leader_lease, absl::Seconds(6),
+          "PostgreSQL journal: how long the active scheduler's lease lasts without a renewal; a "
+          "standby takes over within about --leader-lease + --leader-renew of the active one's "
+          "death");
+ABSL_FLAG(absl::Duration, leader_renew, absl::Seconds(2),
+          "PostgreSQL journal: how often the active scheduler renews its lease, and how often a "
+          "standby tries to take it");
 ABSL_FLAG(std::string, output_root, "",
           "Shared output root where workers write PNGs; read-only here, used by GetResult and "
           "commit checks (required)");
@@ -315,7 +344,7 @@ std::optional<Failure> StartMetrics(const zfarm::security::TlsFlags& tls,
 // so it shares validation and auth.
 std::optional<Failure> StartGateway(const zfarm::security::TlsFlags& tls,
                                     const zfarm::scheduler::Limits& limits,
-                                    zfarm::scheduler::SchedulerServer* server,
+                                    const std::string& state_dir, grpc::Server* server,
                                     std::unique_ptr<http::RestGateway>* out) {
   if (absl::GetFlag(FLAGS_http_listen).empty()) return std::nullopt;
   http::RestGateway::Options go;
@@ -325,7 +354,7 @@ std::optional<Failure> StartGateway(const zfarm::security::TlsFlags& tls,
   go.http.max_connections_per_ip = absl::GetFlag(FLAGS_http_max_connections_per_ip);
   go.http.request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
   go.images_timeout = absl::GetFlag(FLAGS_http_images_timeout);
-  go.thumbnail_dir = absl::GetFlag(FLAGS_state_dir) + "/thumbnails";
+  go.thumbnail_dir = state_dir + "/thumbnails";
   // POST /v1/jobs carries pictures in base64 (4/3 of their size): room for every one.
   go.http.max_body_bytes = std::max<size_t>(
       go.http.max_body_bytes,
@@ -338,7 +367,7 @@ std::optional<Failure> StartGateway(const zfarm::security::TlsFlags& tls,
     if (!ok) return BadFlag(absl::StrCat(flag, ": must be positive"));
   }
   auto g = http::RestGateway::Start(
-      go, server->grpc_server()->InProcessChannel(grpc::ChannelArguments()));
+      go, server->InProcessChannel(grpc::ChannelArguments()));
   if (!g.ok()) {
     return Failure{1, absl::StrCat("--http-listen ", go.http.listen, ": ", g.status().message())};
   }
@@ -350,6 +379,110 @@ std::optional<Failure> StartGateway(const zfarm::security::TlsFlags& tls,
 int Exit(const Failure& f) {
   std::cerr << "zfarm-scheduler: " << f.message << "\n";
   return f.exit_code;
+}
+
+// --journal postgres://...: the journal, the lease and the standby phase. Null
+// members when the journal is SQLite.
+struct HaState {
+  std::unique_ptr<zfarm::scheduler::PostgresJournal> journal;
+  std::unique_ptr<zfarm::scheduler::LeaderLease> lease;
+  int64_t epoch = 0;
+  std::string state_dir;  // --state-dir, or a private temporary folder
+};
+
+// Set (before SIGTERM is raised at ourselves) when leadership is lost.
+std::atomic<bool> leadership_lost{false};
+void StepDown() {
+  leadership_lost = true;
+  kill(getpid(), SIGTERM);
+}
+
+// Opens the PostgreSQL journal and the lease (start-up fails naming --journal),
+// then serves as a standby (StandbyServer; the REST gateway on it) until this
+// scheduler takes the lease or a stop signal comes (then *stopped).
+std::optional<Failure> RunStandby(const zfarm::security::TlsFlags& tls,
+                                  const ServerOptions& o, const sigset_t& stop_signals,
+                                  HaState* ha, int* port, bool* stopped) {
+  namespace zs = ::zfarm::scheduler;
+  zs::pg::ConnectOptions connect;
+  connect.url = absl::GetFlag(FLAGS_journal);
+  connect.password_file = absl::GetFlag(FLAGS_journal_password_file);
+  const absl::Duration lease = absl::GetFlag(FLAGS_leader_lease);
+  const absl::Duration renew = absl::GetFlag(FLAGS_leader_renew);
+  if (lease < absl::Seconds(1)) return BadFlag("--leader-lease: must be at least 1s");
+  if (renew <= absl::ZeroDuration() || renew * 2 > lease) {
+    return BadFlag("--leader-renew: must be positive and at most half of --leader-lease");
+  }
+  if (absl::Status s = zs::pg::CheckUrl(connect.url); !s.ok()) {
+    return BadFlag(std::string(s.message()));
+  }
+  // A transaction left open by a paused scheduler must not hold the lease row
+  // past a takeover; lock waits are bounded.
+  connect.settings = {
+      {"idle_in_transaction_session_timeout",
+       absl::StrCat(absl::ToInt64Milliseconds(lease), "ms")},
+      {"lock_timeout", absl::StrCat(absl::ToInt64Milliseconds(lease), "ms")}};
+  auto journal = zs::PostgresJournal::Open({.connect = connect});
+  if (!journal.ok()) {
+    const int code = journal.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+    return Failure{code, std::string(journal.status().message())};
+  }
+  ha->journal = *std::move(journal);
+  auto standby = zs::StandbyServer::Start(o.listen, o.security.credentials());
+  if (!standby.ok()) return Failure{1, std::string(standby.status().message())};
+  *port = (*standby)->port();
+  std::string name = absl::GetFlag(FLAGS_name);
+  if (name.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    name = absl::StrCat(host, ":", *port);
+  }
+  (*standby)->SetName(name);
+  auto l = zs::LeaderLease::Open({.connect = connect, .holder = name, .duration = lease});
+  if (!l.ok()) return Failure{1, std::string(l.status().message())};
+  ha->lease = *std::move(l);
+  std::unique_ptr<http::RestGateway> gateway;
+  if (std::optional<Failure> f = StartGateway(tls, o.scheduler.limits, ha->state_dir,
+                                              (*standby)->grpc_server(), &gateway)) {
+    return f;
+  }
+  std::cout << "zfarm-scheduler " << name << " standby on " << (*standby)->port() << std::endl;
+  for (;;) {
+    absl::StatusOr<zs::LeaderLease::State> st = ha->lease->TryAcquire();
+    if (!st.ok()) {
+      LOG(WARNING) << "event=lease_acquire_failed error=\"" << st.status().message() << "\"";
+    } else if (st->held) {
+      ha->epoch = st->epoch;
+      LOG(INFO) << "event=leadership_acquired name=" << name << " epoch=" << st->epoch;
+      break;
+    } else {
+      (*standby)->SetActive(st->holder);
+    }
+    const timespec wait = absl::ToTimespec(renew);
+    if (sigtimedwait(&stop_signals, nullptr, &wait) > 0) {
+      *stopped = true;
+      return std::nullopt;
+    }
+  }
+  // From now on a write after losing the lease is refused and makes us step down.
+  ha->journal->Fence(ha->lease->options().name, ha->epoch, StepDown);
+  gateway.reset();
+  (*standby)->Shutdown();
+  return std::nullopt;
+}
+
+// Renews the lease every --leader-renew until `stop`; steps down when it is lost.
+void RenewLoop(zfarm::scheduler::LeaderLease* lease, int64_t epoch, absl::Notification* stop) {
+  const absl::Duration every = absl::GetFlag(FLAGS_leader_renew);
+  while (!stop->WaitForNotificationWithTimeout(every)) {
+    absl::Status s = lease->Renew(epoch);
+    if (s.code() == absl::StatusCode::kFailedPrecondition) {
+      LOG(ERROR) << "event=leadership_lost error=\"" << s.message() << "\"";
+      StepDown();
+      return;
+    }
+    if (!s.ok()) LOG(WARNING) << "event=lease_renew_failed error=\"" << s.message() << "\"";
+  }
 }
 
 }  // namespace
@@ -366,8 +499,11 @@ int main(int argc, char** argv) {
 
   const zfarm::security::TlsFlags tls = TlsFromFlags();
   if (!absl::GetFlag(FLAGS_probe).empty()) return Probe(tls);
-  if (absl::GetFlag(FLAGS_state_dir).empty() || absl::GetFlag(FLAGS_output_root).empty()) {
-    std::cerr << "zfarm-scheduler: --state-dir and --output-root are required (see --help)\n";
+  const bool postgres = !absl::GetFlag(FLAGS_journal).empty();
+  if ((!postgres && absl::GetFlag(FLAGS_state_dir).empty()) ||
+      absl::GetFlag(FLAGS_output_root).empty()) {
+    std::cerr << "zfarm-scheduler: --state-dir (unless --journal postgres://...) and "
+                 "--output-root are required (see --help)\n";
     return 2;
   }
 
@@ -380,10 +516,39 @@ int main(int argc, char** argv) {
 
   ServerOptions o;
   if (std::optional<Failure> f = ServerOptionsFromFlags(tls, &o)) return Exit(*f);
+  HaState ha;
+  ha.state_dir = absl::GetFlag(FLAGS_state_dir);
+  if (postgres && ha.state_dir.empty()) {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "zfarm-scheduler-XXXXXX").string();
+    if (!mkdtemp(tmpl.data())) return Exit(Failure{1, "cannot create a temporary state folder"});
+    ha.state_dir = tmpl;
+    o.scheduler.state_dir = tmpl;
+    LOG(WARNING) << "event=private_state_dir dir=" << tmpl
+                 << " note=\"input pictures of queued jobs do not survive a failover; give every "
+                    "replica one shared --state-dir\"";
+  }
   std::unique_ptr<http::WebhookSender> webhooks;
   if (std::optional<Failure> f = StartWebhooks(&o.scheduler, &webhooks)) return Exit(*f);
   std::unique_ptr<zfarm::http::HttpServer> metrics;
   if (std::optional<Failure> f = StartMetrics(tls, o.registry, &metrics)) return Exit(*f);
+
+  if (postgres) {
+    int port = 0;
+    bool stopped = false;
+    if (std::optional<Failure> f = RunStandby(tls, o, stop_signals, &ha, &port, &stopped)) {
+      LOG(ERROR) << "event=startup_failed error=\"" << f->message << "\"";
+      return Exit(*f);
+    }
+    if (stopped) return 0;
+    o.listen = absl::StrCat(o.listen.substr(0, o.listen.rfind(':')), ":", port);
+    auto handed = std::make_shared<std::unique_ptr<zfarm::scheduler::Journal>>(
+        std::move(ha.journal));
+    o.scheduler.open_journal =
+        [handed]() -> absl::StatusOr<std::unique_ptr<zfarm::scheduler::Journal>> {
+      if (!*handed) return absl::FailedPreconditionError("journal: already handed over");
+      return std::move(*handed);
+    };
+  }
 
   const zfarm::scheduler::Limits limits = o.scheduler.limits;
   auto server = zfarm::scheduler::SchedulerServer::Start(std::move(o));
@@ -391,23 +556,43 @@ int main(int argc, char** argv) {
     LOG(ERROR) << "event=startup_failed error=\"" << server.status() << "\"";
     return Exit(Failure{1, std::string(server.status().message())});
   }
+  absl::Notification stop_renew;
+  std::thread renew;
+  if (ha.lease) renew = std::thread(RenewLoop, ha.lease.get(), ha.epoch, &stop_renew);
   std::cout << "zfarm-scheduler listening on " << (*server)->address() << std::endl;
   LOG(INFO) << "event=security tls="
             << (tls.server_enabled() ? (tls.ca.empty() ? "server" : "mutual") : "off")
             << " tokens=" << (absl::GetFlag(FLAGS_token_file).empty() ? "off" : "on");
 
   std::unique_ptr<http::RestGateway> gateway;
-  if (std::optional<Failure> f = StartGateway(tls, limits, server->get(), &gateway)) {
+  if (std::optional<Failure> f =
+          StartGateway(tls, limits, ha.state_dir, (*server)->grpc_server(), &gateway)) {
     (*server)->Shutdown();
     return Exit(*f);
   }
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
+  if (leadership_lost) {
+    // Another scheduler is active: stop serving at once. Nothing here is needed
+    // (every acknowledged transition is in PostgreSQL); the supervisor restarts
+    // this process, which comes back as a standby.
+    LOG(ERROR) << "event=stepped_down exit=3";
+    std::cerr << "zfarm-scheduler: lost leadership; stepping down (exit 3)" << std::endl;
+    std::_Exit(3);
+  }
   LOG(INFO) << "event=signal signal=" << sig;
   gateway.reset();  // stop HTTP first: it calls into the gRPC server
   (*server)->Shutdown();
   server->reset();  // no more final transitions, then stop the webhook thread
   webhooks.reset();
+  if (renew.joinable()) {
+    stop_renew.Notify();
+    renew.join();
+    // A clean stop hands over at once instead of after --leader-lease.
+    if (absl::Status s = ha.lease->Release(ha.epoch); !s.ok()) {
+      LOG(WARNING) << "event=lease_release_failed error=\"" << s.message() << "\"";
+    }
+  }
   return 0;
 }
