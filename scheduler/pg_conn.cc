@@ -138,6 +138,7 @@ absl::Status Connection::Connect() {
     const std::string msg = absl::StrCat("--journal ", masked_url_, ": cannot connect: ", e);
     return refused ? absl::FailedPreconditionError(msg) : absl::UnavailableError(msg);
   }
+  ++generation_;
   ZFARM_ASSIGN_OR_RETURN(Result quiet, Exec("SET client_min_messages = warning"));
   for (const auto& [name, value] : options_.settings) {
     ZFARM_ASSIGN_OR_RETURN(Result r, Exec(absl::StrCat("SET ", name, " = '", value, "'")));

@@ -11,6 +11,7 @@
 // be on the command line); every message names the URL with "****" for any
 // password and never contains the password itself.
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -60,6 +61,8 @@ class Connection {
   const std::string& masked_url() const { return masked_url_; }
   // Reconnects when the connection is broken (after a server restart).
   absl::Status EnsureConnected();
+  // Counts successful connects: session state (prepared statements) belongs to one.
+  uint64_t generation() const { return generation_; }
   // Runs `sql` with text parameters (without any: several statements may be
   // given); OK for a command or rows. Errors start with
   // "journal <masked url>: " and are UNAVAILABLE when the connection broke,
@@ -80,6 +83,7 @@ class Connection {
   const std::string password_;  // from --journal-password-file; never logged
   const std::string masked_url_;
   pg_conn* conn_ = nullptr;
+  uint64_t generation_ = 0;
 };
 
 }  // namespace zfarm::scheduler::pg

@@ -170,7 +170,7 @@ absl::Status PostgresJournal::Prepare() {
     pg::Result r(PQprepare(conn_->get(), s.name, s.sql, 0, nullptr), ClearResult);
     ZFARM_RETURN_IF_ERROR(conn_->Check(r.get(), s.sql));
   }
-  prepared_ = true;
+  prepared_ = conn_->generation();
   return absl::OkStatus();
 }
 
@@ -244,11 +244,10 @@ absl::Status PostgresJournal::Write(const std::vector<Batch>& batches) {
     fence_name = fence_name_;
     fence_epoch = fence_epoch_;
   }
-  if (PQstatus(conn_->get()) != CONNECTION_OK) prepared_ = false;
   if (absl::Status s = conn_->EnsureConnected(); !s.ok()) {
     return absl::UnavailableError(absl::StrCat("journal ", path(), ": ", s.message()));
   }
-  if (!prepared_) ZFARM_RETURN_IF_ERROR(Prepare());
+  if (prepared_ != conn_->generation()) ZFARM_RETURN_IF_ERROR(Prepare());
   PGconn* db = conn_->get();
   if (PQenterPipelineMode(db) != 1) {
     return absl::InternalError(absl::StrCat("journal ", path(), ": cannot enter pipeline mode"));
@@ -362,7 +361,6 @@ absl::Status PostgresJournal::Write(const std::vector<Batch>& batches) {
   }
   PQexitPipelineMode(db);
   if (send_failed || PQstatus(db) != CONNECTION_OK) {
-    prepared_ = false;
     return absl::UnavailableError(absl::StrCat(
         "journal ", path(), ": connection lost during the write (not acknowledged): ",
         conn_->LastError()));

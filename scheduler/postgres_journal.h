@@ -68,7 +68,8 @@ class PostgresJournal final : public Journal {
 
   // Used by the writer thread, and by Load()/Open() while nothing is appended.
   const std::unique_ptr<pg::Connection> conn_;
-  bool prepared_ = false;  // the statements exist on conn_'s current session
+  // The statements exist on this connection generation of conn_ (0 = none).
+  uint64_t prepared_ = 0;
 
   mutable absl::Mutex mu_;
   std::string fence_name_ ABSL_GUARDED_BY(mu_);

@@ -2,7 +2,8 @@
 #define ZFARM_TESTS_TESTING_POSTGRES_SERVER_H_
 
 // A throw-away PostgreSQL server for the `ha` tests: initdb in a folder of the
-// test, pg_ctl on a free loopback port with its unix socket in that folder,
+// test, pg_ctl on a free loopback port with its unix socket in a short private
+// folder (/tmp/zpg-XXXXXX: socket paths are limited to 107 bytes),
 // stopped (immediate) by the destructor. Debian's postgresql package
 // (/usr/lib/postgresql/<15>/bin, or $ZFARM_PG_BIN); run as the `postgres` user
 // when the test runs as root (initdb refuses root).
@@ -54,11 +55,16 @@ class PostgresServer {
     if (s->bin_.empty()) return absl::NotFoundError("PostgreSQL server binaries not found");
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
+    std::string sock = "/tmp/zpg-XXXXXX";
+    if (mkdtemp(sock.data()) == nullptr) return absl::InternalError("mkdtemp " + sock);
+    s->sock_ = sock;
     if (geteuid() == 0) {
       const passwd* pw = getpwnam("postgres");
       if (pw == nullptr) return absl::NotFoundError("running as root and no user postgres");
-      if (chown(dir.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
-        return absl::InternalError("chown " + dir);
+      for (const std::string& d : {dir, sock}) {
+        if (chown(d.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
+          return absl::InternalError("chown " + d);
+        }
       }
       s->as_ = "runuser -u postgres -- ";
     }
@@ -81,13 +87,15 @@ class PostgresServer {
 
   ~PostgresServer() {
     RunCommand(absl::StrCat(as_, bin_, "/pg_ctl -D ", dir_, "/data -m immediate stop >/dev/null 2>&1"));
+    std::error_code ec;
+    std::filesystem::remove_all(sock_, ec);
   }
 
   // pg_ctl start (again, after Stop()) on the same port; waits until it accepts.
   absl::Status StartServer() {
     auto r = RunCommand(absl::StrCat(
         as_, bin_, "/pg_ctl -D ", dir_, "/data -l ", dir_, "/server.log -w -t 60 -o \"-p ",
-        port_, " -k ", dir_, " -c listen_addresses=127.0.0.1 -c max_connections=100\" start 2>&1"));
+        port_, " -k ", sock_, " -c listen_addresses=127.0.0.1 -c max_connections=100\" start 2>&1"));
     if (r.exit_code != 0) {
       return absl::InternalError(absl::StrCat("pg_ctl start failed: ", r.out, ReadLog()));
     }
@@ -102,7 +110,7 @@ class PostgresServer {
   // psql as the superuser over the unix socket, on database `db`.
   CommandResult Psql(const std::string& sql, const std::string& db = "postgres") {
     std::ofstream(dir_ + "/query.sql") << sql << "\n";
-    return RunCommand(absl::StrCat(as_, bin_, "/psql -X -q -t -A -v ON_ERROR_STOP=1 -h ", dir_,
+    return RunCommand(absl::StrCat(as_, bin_, "/psql -X -q -t -A -v ON_ERROR_STOP=1 -h ", sock_,
                                    " -p ", port_, " -U postgres -d ", db, " -f ", dir_,
                                    "/query.sql 2>&1"));
   }
@@ -138,7 +146,7 @@ class PostgresServer {
 
  private:
   PostgresServer() = default;
-  std::string dir_, bin_, as_;
+  std::string dir_, sock_, bin_, as_;
   int port_ = 0;
 };
 
