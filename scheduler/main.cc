@@ -340,15 +340,20 @@ std::optional<Failure> StartMetrics(const zfarm::security::TlsFlags& tls,
   return std::nullopt;
 }
 
-// The REST gateway (--http-listen; null when off). It calls JobService in process,
-// so it shares validation and auth.
+// The REST gateway (--http-listen; null when off) on `server`, on `http_port`
+// when positive. It calls JobService in process, so it shares validation and auth.
 std::optional<Failure> StartGateway(const zfarm::security::TlsFlags& tls,
                                     const zfarm::scheduler::Limits& limits,
                                     const std::string& state_dir, grpc::Server* server,
-                                    std::unique_ptr<http::RestGateway>* out) {
+                                    int http_port, std::unique_ptr<http::RestGateway>* out) {
   if (absl::GetFlag(FLAGS_http_listen).empty()) return std::nullopt;
   http::RestGateway::Options go;
   go.http.listen = absl::GetFlag(FLAGS_http_listen);
+  // After a takeover: the port the standby's gateway had (--http-listen may say 0).
+  if (http_port > 0) {
+    go.http.listen = absl::StrCat(go.http.listen.substr(0, go.http.listen.rfind(':')), ":",
+                                  http_port);
+  }
   go.http.tls = tls;
   go.http.max_connections = absl::GetFlag(FLAGS_http_max_connections);
   go.http.max_connections_per_ip = absl::GetFlag(FLAGS_http_max_connections_per_ip);
@@ -388,6 +393,7 @@ struct HaState {
   std::unique_ptr<zfarm::scheduler::LeaderLease> lease;
   int64_t epoch = 0;
   std::string state_dir;  // --state-dir, or a private temporary folder
+  int http_port = 0;      // the standby's REST gateway port, kept by the active one
 };
 
 // Set (before SIGTERM is raised at ourselves) when leadership is lost.
@@ -443,9 +449,10 @@ std::optional<Failure> RunStandby(const zfarm::security::TlsFlags& tls,
   ha->lease = *std::move(l);
   std::unique_ptr<http::RestGateway> gateway;
   if (std::optional<Failure> f = StartGateway(tls, o.scheduler.limits, ha->state_dir,
-                                              (*standby)->grpc_server(), &gateway)) {
+                                              (*standby)->grpc_server(), 0, &gateway)) {
     return f;
   }
+  if (gateway) ha->http_port = gateway->port();
   std::cout << "zfarm-scheduler " << name << " standby on " << (*standby)->port() << std::endl;
   for (;;) {
     absl::StatusOr<zs::LeaderLease::State> st = ha->lease->TryAcquire();
@@ -566,7 +573,8 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<http::RestGateway> gateway;
   if (std::optional<Failure> f =
-          StartGateway(tls, limits, ha.state_dir, (*server)->grpc_server(), &gateway)) {
+          StartGateway(tls, limits, ha.state_dir, (*server)->grpc_server(), ha.http_port,
+                       &gateway)) {
     (*server)->Shutdown();
     return Exit(*f);
   }

@@ -204,12 +204,18 @@ TEST_F(HaFailoverTest, Kill9OfTheActiveWithQueuedAnd2RunningStandbyTakesOverEach
   Subprocess* a = Start("sched-a");
   const std::string addr_a = ActiveAddress(*a);
   ASSERT_FALSE(addr_a.empty()) << a->ReadLog();
-  Subprocess* b = Start("sched-b");
+  Subprocess* b = Start("sched-b", {"--http-listen=127.0.0.1:0"});
   const std::string addr_b = StandbyAddress(*b);
   ASSERT_FALSE(addr_b.empty()) << b->ReadLog();
+  const std::string rest = b->WaitForLine("REST gateway on port ", absl::Seconds(10));
+  ASSERT_FALSE(rest.empty()) << b->ReadLog();
+  const std::string readyz = absl::StrCat(
+      "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:", rest.substr(21), "/readyz");
 
-  // The standby: NOT_SERVING, and every job/worker call UNAVAILABLE naming the active one.
+  // The standby: NOT_SERVING (REST /readyz 503), and every job/worker call
+  // UNAVAILABLE naming the active one.
   EXPECT_FALSE(ProbeHealth(addr_b, absl::Seconds(2), grpc::InsecureChannelCredentials()).ok());
+  EXPECT_EQ(zfarm::testing::RunCommand(readyz).out, "503");
   {
     v1::SubmitJobRequest r;
     r.mutable_spec()->set_prompt("to the standby");
@@ -257,6 +263,7 @@ TEST_F(HaFailoverTest, Kill9OfTheActiveWithQueuedAnd2RunningStandbyTakesOverEach
     absl::SleepFor(absl::Milliseconds(20));
   }
   const absl::Duration serving = absl::Now() - killed;
+  EXPECT_EQ(zfarm::testing::RunCommand(readyz).out, "200");  // the same REST port, now ready
 
   std::map<std::string, int> accepted;
   // w0 comes back (to the next address) holding its lease and finishes it there.
