@@ -1,10 +1,13 @@
 // scheduler_bench: the scheduler's speed targets, in-process server on
-// 127.0.0.1 with a durable journal (WAL, synchronous=FULL) and FakeWorkers.
+// 127.0.0.1 with a durable journal and FakeWorkers, for each journal backend of
+// --journals: sqlite (WAL, synchronous=FULL) and postgres (a PostgreSQL server
+// the bench starts on loopback, fsync and synchronous_commit on; skipped when
+// PostgreSQL is not installed).
 //
-//   scheduler_bench --state_parent=/var/tmp [--submits=20000] [--clients=16]
+//   scheduler_bench [--journals=sqlite,postgres] [--submits=20000] [--clients=16]
 //                   [--latency_samples=1000] [--workers=1000] [--queued=100000]
 //
-// Prints one line per measurement. Not a ctest test.
+// Prints one line per measurement, each starting with the backend. Not a ctest test.
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -15,9 +18,12 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "glog/logging.h"
+#include "scheduler/postgres_journal.h"
 #include "tests/testing/fake_worker.h"
+#include "tests/testing/postgres_server.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
@@ -30,12 +36,18 @@ ABSL_FLAG(int, workers, 1000, "Fake workers connected at once");
 ABSL_FLAG(int, queued, 100000, "Jobs held in the queue for the RSS measurement");
 ABSL_FLAG(int, many_queued, 10000, "Jobs queued in the `many` run");
 ABSL_FLAG(std::string, only, "", "Run one part: submit, latency, workers, queued, many");
+ABSL_FLAG(std::string, journals, "sqlite,postgres", "Journal backends to run, in turn");
 
 namespace v1 = zfarm::v1;
 using zfarm::testing::FakeWorker;
+using zfarm::testing::PostgresServer;
 using zfarm::testing::TestScheduler;
 
 namespace {
+
+// The backend of this run: "sqlite", or "postgres" with its server.
+std::string backend = "sqlite";
+PostgresServer* pg = nullptr;
 
 double RssMiB() {
   std::ifstream f("/proc/self/status");
@@ -55,6 +67,19 @@ std::unique_ptr<grpc::ClientContext> Ctx() {
 std::unique_ptr<TestScheduler> StartFarm(int max_queued) {
   zfarm::scheduler::ServerOptions o;
   o.scheduler.max_queued_jobs = max_queued;
+  if (backend == "postgres") {
+    static int databases = 0;
+    auto url = pg->CreateDatabase("bench" + std::to_string(++databases));
+    CHECK(url.ok()) << url.status();
+    zfarm::scheduler::PostgresJournal::Options jo;
+    jo.connect.url = *url;
+    jo.connect.password_file = pg->password_file();
+    o.scheduler.open_journal = [jo]() -> absl::StatusOr<std::unique_ptr<zfarm::scheduler::Journal>> {
+      auto j = zfarm::scheduler::PostgresJournal::Open(jo);
+      if (!j.ok()) return j.status();
+      return std::unique_ptr<zfarm::scheduler::Journal>(*std::move(j));
+    };
+  }
   auto farm = TestScheduler::Start(o);
   CHECK(farm.ok()) << farm.status();
   return *std::move(farm);
@@ -109,10 +134,10 @@ void Submit() {
   double s = absl::ToDoubleSeconds(absl::Now() - t0);
   auto* j = farm->scheduler()->journal();
   printf(
-      "submit: %d jobs from %d clients x %d in flight in %.2f s = %.0f jobs/s (durable; %ld "
+      "%s submit: %d jobs from %d clients x %d in flight in %.2f s = %.0f jobs/s (durable; %ld "
       "fsync'd "
       "transactions, %.1f submits each; %d failed)\n",
-      n, clients, absl::GetFlag(FLAGS_inflight), s, n / s, static_cast<long>(j->commits()),
+      backend.c_str(), n, clients, absl::GetFlag(FLAGS_inflight), s, n / s, static_cast<long>(j->commits()),
       static_cast<double>(j->batches()) / std::max<int64_t>(1, j->commits()), failed.load());
 }
 
@@ -149,9 +174,9 @@ void Latency() {
   }
   std::sort(us.begin(), us.end());
   printf(
-      "slot->assignment: %d samples p50 %.3f ms p99 %.3f ms max %.3f ms (includes the durable "
+      "%s slot->assignment: %d samples p50 %.3f ms p99 %.3f ms max %.3f ms (includes the durable "
       "SUCCEEDED+ASSIGNED transaction)\n",
-      n, us[n / 2] / 1000, us[n * 99 / 100] / 1000, us.back() / 1000);
+      backend.c_str(), n, us[n / 2] / 1000, us[n * 99 / 100] / 1000, us.back() / 1000);
 }
 
 void Workers() {
@@ -184,9 +209,9 @@ void Workers() {
   for (auto& w : ws) leased += w->NextLease(absl::Seconds(30)).ok();
   double dispatch_s = absl::ToDoubleSeconds(absl::Now() - t0);
   printf(
-      "workers: %d connected in %.2f s, %d READY in ListWorkers; %d jobs dispatched to %d "
+      "%s workers: %d connected in %.2f s, %d READY in ListWorkers; %d jobs dispatched to %d "
       "workers in %.3f s; RSS +%.0f MiB (client+server in one process)\n",
-      n, connect_s, ready, b.jobs_size(), leased, dispatch_s, RssMiB() - rss0);
+      backend.c_str(), n, connect_s, ready, b.jobs_size(), leased, dispatch_s, RssMiB() - rss0);
 }
 
 // Dispatch latency in a big farm — `workers` fake workers connected (all
@@ -239,9 +264,9 @@ void Many() {
   }
   std::sort(us.begin(), us.end());
   printf(
-      "many: %d workers (%d busy), %d jobs queued: free slot -> assignment p50 %.3f ms p99 %.3f "
-      "ms max %.3f ms over %d samples\n",
-      n, n - 1, static_cast<int>(farm->scheduler()->QueuedJobs()), us[us.size() / 2] / 1000,
+      "%s many: %d workers (%d busy), %d jobs queued: free slot -> assignment p50 %.3f ms p99 "
+      "%.3f ms max %.3f ms over %d samples\n",
+      backend.c_str(), n, n - 1, static_cast<int>(farm->scheduler()->QueuedJobs()), us[us.size() / 2] / 1000,
       us[us.size() * 99 / 100] / 1000, us.back() / 1000, samples);
 }
 
@@ -267,9 +292,10 @@ void Queued() {
   }
   double s = absl::ToDoubleSeconds(absl::Now() - t0);
   printf(
-      "queued: %d jobs held (batches of 1000 in %.1f s), queue=%ld, process RSS %.0f MiB "
+      "%s queued: %d jobs held (batches of 1000 in %.1f s), queue=%ld, process RSS %.0f MiB "
       "(+%.0f MiB for the jobs)\n",
-      n, s, static_cast<long>(farm->scheduler()->QueuedJobs()), RssMiB(), RssMiB() - rss0);
+      backend.c_str(), n, s, static_cast<long>(farm->scheduler()->QueuedJobs()), RssMiB(), RssMiB() - rss0);
+  if (backend != "sqlite") return;  // the recovery below reopens the SQLite file
   // Restart cost: recovery of n jobs from the journal.
   std::string state = farm->state_dir();
   farm->Stop();
@@ -279,7 +305,7 @@ void Queued() {
   t0 = absl::Now();
   auto again = zfarm::scheduler::Scheduler::Create(so, zfarm::scheduler::Clock::Real(), nullptr);
   CHECK(again.ok());
-  printf("recovery: %ld queued jobs reloaded in %.2f s\n",
+  printf("sqlite recovery: %ld queued jobs reloaded in %.2f s\n",
          static_cast<long>((*again)->QueuedJobs()), absl::ToDoubleSeconds(absl::Now() - t0));
 }
 
@@ -290,10 +316,25 @@ int main(int argc, char** argv) {
   FLAGS_minloglevel = 2;  // quiet: the scheduler logs every transition at INFO
   google::InitGoogleLogging(argv[0]);
   std::string only = absl::GetFlag(FLAGS_only);
-  if (only.empty() || only == "submit") Submit();
-  if (only.empty() || only == "latency") Latency();
-  if (only.empty() || only == "workers") Workers();
-  if (only.empty() || only == "queued") Queued();
-  if (only.empty() || only == "many") Many();
+  std::unique_ptr<PostgresServer> server;
+  for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_journals), ',')) {
+    backend = std::string(b);
+    if (backend == "postgres") {
+      auto s = PostgresServer::Start("/tmp/zfarm-bench-pg-" + std::to_string(getpid()));
+      if (!s.ok()) {
+        printf("postgres: skipped (%s)\n", std::string(s.status().message()).c_str());
+        continue;
+      }
+      server = *std::move(s);
+      pg = server.get();
+    } else {
+      CHECK_EQ(backend, "sqlite") << "--journals: sqlite or postgres";
+    }
+    if (only.empty() || only == "submit") Submit();
+    if (only.empty() || only == "latency") Latency();
+    if (only.empty() || only == "workers") Workers();
+    if (only.empty() || only == "queued") Queued();
+    if (only.empty() || only == "many") Many();
+  }
   return 0;
 }

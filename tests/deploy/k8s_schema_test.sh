@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# ctest deploy_k8s_schema_test (label deploy): every object in deploy/k8s/*.yaml validated
+# ctest deploy_k8s_schema_test (label deploy): every object in deploy/k8s/*.yaml and
+# deploy/k8s-ha/*.yaml validated
 # against the Kubernetes schemas by a real validator, the npm package kubernetes-models@5.1.0
 # (installed into BUILD_DIR/npm-k8s), then two planted errors that must each be reported by
 # it: a gRPC probe port given by name (the schema wants an integer) and a Job whose
@@ -27,7 +28,9 @@ for r in kust["resources"]:
     if not os.path.exists(os.path.join(k8s, r)):
         sys.exit(f"kustomization.yaml lists {r}, which does not exist")
 objs = []
-for f in sorted(glob.glob(os.path.join(k8s, "*.yaml"))):
+# deploy/k8s-ha: the overlay with active/standby schedulers on PostgreSQL.
+for f in sorted(glob.glob(os.path.join(k8s, "*.yaml"))) + sorted(
+        glob.glob(os.path.join(repo, "deploy", "k8s-ha", "*.yaml"))):
     if os.path.basename(f) == "kustomization.yaml":
         continue
     for d in yaml.safe_load_all(open(f)):
