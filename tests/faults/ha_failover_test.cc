@@ -7,7 +7,8 @@
 //     exactly once (one PNG each). ZFARM_HA_JOBS sets the queued count (CI: 200;
 //     the campaign: 1000);
 //   - SIGSTOP of the active one past its lease, then SIGCONT: its writes are
-//     fenced, it exits 3 (steps down), nothing is duplicated;
+//     fenced, it exits 3 (steps down), nothing is duplicated; the CLI with an
+//     address list (`--scheduler b,a` / `a,b`) reaches the active one either way;
 //   - PostgreSQL restarted under load: submits fail with UNAVAILABLE while it is
 //     down, every acknowledged job is in the journal, submits work again after;
 //   - an unreachable or misconfigured --journal fails start-up naming the flag,
@@ -331,6 +332,12 @@ TEST_F(HaFailoverTest, PausedActivePastItsLeaseIsFencedStepsDownAndNothingIsDupl
   auto stub_a = Jobs(addr_a);
   std::set<std::string> acked = SubmitMany(*stub_a, 20, "paused");
   ASSERT_EQ(acked.size(), 20u);
+  // The CLI with an address list, the standby first: refused there, accepted by a.
+  auto cli = [](const std::string& args) {
+    return zfarm::testing::RunCommand(absl::StrCat(ZFARM_CLI_BIN, " ", args, " 2>&1"));
+  };
+  auto r = cli("submit --prompt 'via the list, standby first' --scheduler " + addr_b + "," + addr_a);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
 
   a->Signal(SIGSTOP);
   ASSERT_EQ(ActiveAddress(*b), addr_b) << b->ReadLog();  // b took the expired lease
@@ -346,6 +353,12 @@ TEST_F(HaFailoverTest, PausedActivePastItsLeaseIsFencedStepsDownAndNothingIsDupl
   const int status = a->Wait(absl::Seconds(20));
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 3) << status << a->ReadLog();
   EXPECT_THAT(a->ReadLog(), HasSubstr("stepping down"));
+  // The same list after the failover: a is gone, b takes the submit.
+  r = cli("submit --prompt 'via the list, after the failover' --scheduler " + addr_a + "," + addr_b);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  r = cli("health " + addr_a + "," + addr_b + " --timeout 2s");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr(addr_b + " SERVING"));
 
   std::vector<std::unique_ptr<FakeWorker>> fleet;
   for (int i = 0; i < 3; ++i) {
@@ -361,9 +374,11 @@ TEST_F(HaFailoverTest, PausedActivePastItsLeaseIsFencedStepsDownAndNothingIsDupl
     EXPECT_NE(j.spec().prompt(), late.spec().prompt()) << "the fenced write reached the journal";
     seen.insert(j.job_id());
   }
-  EXPECT_EQ(seen, acked);
+  for (const std::string& id : acked) EXPECT_TRUE(seen.count(id)) << id;
+  EXPECT_EQ(seen.size(), 22u);  // the 20 and the two CLI submits, not the fenced one
+  EXPECT_EQ(accepted.size(), 22u);
   for (const auto& [id, n] : accepted) EXPECT_EQ(n, 1) << id;
-  EXPECT_EQ(CountOutputs(), std::make_pair(20, 0));
+  EXPECT_EQ(CountOutputs(), std::make_pair(22, 0));
 }
 
 TEST_F(HaFailoverTest, PostgresRestartUnderLoadFailsSubmitsUnavailableAndNeverAcknowledgesFalsely) {
