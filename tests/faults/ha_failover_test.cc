@@ -35,6 +35,7 @@
 #include "gtest/gtest.h"
 #include "scheduler/server.h"
 #include "tests/testing/fake_worker.h"
+#include "tests/testing/farm_checks.h"
 #include "tests/testing/postgres_server.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
@@ -48,22 +49,15 @@ namespace fs = std::filesystem;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
+using ::zfarm::testing::AllJobs;
+using ::zfarm::testing::CountOutputs;
+using ::zfarm::testing::DeadlineContext;
+using ::zfarm::testing::DrainQueue;
 using ::zfarm::testing::FakeWorker;
+using ::zfarm::testing::OutputCount;
 using ::zfarm::testing::PostgresServer;
 using ::zfarm::testing::Subprocess;
-
-std::unique_ptr<grpc::ClientContext> Ctx(int seconds = 20) {
-  auto c = std::make_unique<grpc::ClientContext>();
-  c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
-  return c;
-}
-
-FakeWorker::Options WorkerOpts(const std::string& name, int capacity = 1) {
-  FakeWorker::Options o;
-  o.name = name;
-  o.capacity = capacity;
-  return o;
-}
+using ::zfarm::testing::WorkerOpts;
 
 class HaFailoverTest : public ::testing::Test {
  protected:
@@ -130,7 +124,7 @@ class HaFailoverTest : public ::testing::Test {
         r->mutable_spec()->set_steps(1);
       }
       v1::SubmitJobsResponse resp;
-      grpc::Status s = stub.SubmitJobs(Ctx().get(), req, &resp);
+      grpc::Status s = stub.SubmitJobs(DeadlineContext().get(), req, &resp);
       EXPECT_TRUE(s.ok()) << s.error_message();
       if (!s.ok()) return acked;
       for (const auto& j : resp.jobs()) acked.insert(j.job().job_id());
@@ -138,60 +132,6 @@ class HaFailoverTest : public ::testing::Test {
     }
     return acked;
   }
-  static std::vector<v1::Job> AllJobs(v1::JobService::Stub& stub) {
-    std::vector<v1::Job> out;
-    v1::ListJobsRequest r;
-    r.set_page_size(500);
-    for (;;) {
-      v1::ListJobsResponse resp;
-      grpc::Status s = stub.ListJobs(Ctx().get(), r, &resp);
-      EXPECT_TRUE(s.ok()) << s.error_message();
-      if (!s.ok()) return out;
-      out.insert(out.end(), resp.jobs().begin(), resp.jobs().end());
-      if (resp.next_page_token().empty()) return out;
-      r.set_page_token(resp.next_page_token());
-    }
-  }
-  // Workers that take and finish leases until the queue stays empty for 3 s;
-  // job id -> accepted commits added to `accepted`.
-  void Drain(std::vector<std::unique_ptr<FakeWorker>>& fleet, std::map<std::string, int>* accepted) {
-    absl::Mutex mu;
-    std::atomic<int> errors{0};
-    std::vector<std::thread> threads;
-    for (auto& w : fleet) {
-      threads.emplace_back([&, w = w.get()] {
-        for (;;) {
-          auto lease = w->NextLease(absl::Seconds(3));
-          if (!lease.ok()) return;
-          if (!w->RunToSuccess(*lease, dir_ + "/out").ok()) {
-            ++errors;
-            continue;
-          }
-          absl::MutexLock l(&mu);
-          ++(*accepted)[lease->lease().job_id()];
-        }
-      });
-    }
-    for (auto& t : threads) t.join();
-    EXPECT_EQ(errors.load(), 0);
-  }
-  // PNGs under the output root (each holding its job's bytes), and other files.
-  std::pair<int, int> CountOutputs() {
-    int pngs = 0, others = 0;
-    for (const auto& e : fs::recursive_directory_iterator(dir_ + "/out")) {
-      if (!e.is_regular_file()) continue;
-      if (e.path().extension() == ".png") {
-        ++pngs;
-        std::ifstream f(e.path(), std::ios::binary);
-        std::string bytes((std::istreambuf_iterator<char>(f)), {});
-        EXPECT_EQ(bytes.substr(8), e.path().stem().string()) << e.path();
-      } else {
-        ++others;
-      }
-    }
-    return {pngs, others};
-  }
-
   std::string dir_;
   std::unique_ptr<PostgresServer> pg_;
   std::vector<std::unique_ptr<Subprocess>> procs_;
@@ -224,7 +164,7 @@ TEST_F(HaFailoverTest, Kill9OfTheActiveWithQueuedAnd2RunningStandbyTakesOverEach
     v1::SubmitJobRequest r;
     r.mutable_spec()->set_prompt("to the standby");
     v1::SubmitJobResponse resp;
-    grpc::Status s = Jobs(addr_b)->SubmitJob(Ctx().get(), r, &resp);
+    grpc::Status s = Jobs(addr_b)->SubmitJob(DeadlineContext().get(), r, &resp);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
     EXPECT_THAT(s.error_message(),
                 HasSubstr("scheduler sched-b is a standby; the active one is sched-a"));
@@ -295,7 +235,7 @@ TEST_F(HaFailoverTest, Kill9OfTheActiveWithQueuedAnd2RunningStandbyTakesOverEach
     ASSERT_OK_AND_ASSIGN(auto w, FakeWorker::Connect(Channel(addr_b), WorkerOpts(absl::StrCat("x", i), 2)));
     fleet.push_back(std::move(w));
   }
-  Drain(fleet, &accepted);
+  EXPECT_EQ(DrainQueue(fleet, dir_ + "/out", &accepted), 0);
 
   auto stub_b = Jobs(addr_b);
   std::map<v1::JobState, int> by_state;
@@ -308,7 +248,7 @@ TEST_F(HaFailoverTest, Kill9OfTheActiveWithQueuedAnd2RunningStandbyTakesOverEach
   EXPECT_EQ(seen, acked);
   EXPECT_EQ(accepted.size(), static_cast<size_t>(total));
   for (const auto& [id, n] : accepted) EXPECT_EQ(n, 1) << id << " committed " << n << " times";
-  EXPECT_EQ(CountOutputs(), std::make_pair(total, 0));
+  EXPECT_EQ(CountOutputs(dir_ + "/out"), (OutputCount{total, 0}));
   // The bound, 10 s (flag-tunable: --leader-lease 2s + --leader-renew 0.5s here).
   EXPECT_LT(serving, absl::Seconds(10));
   EXPECT_LT(dispatching, absl::Seconds(10));
@@ -347,7 +287,7 @@ TEST_F(HaFailoverTest, PausedActivePastItsLeaseIsFencedStepsDownAndNothingIsDupl
   late.set_request_id("late");
   late.mutable_spec()->set_prompt("late write of the old leader");
   v1::SubmitJobResponse resp;
-  grpc::Status s = stub_a->SubmitJob(Ctx(5).get(), late, &resp);
+  grpc::Status s = stub_a->SubmitJob(DeadlineContext(5).get(), late, &resp);
   EXPECT_FALSE(s.ok()) << "the paused leader acknowledged " << resp.job().job_id();
   // It steps down: exit status 3.
   const int status = a->Wait(absl::Seconds(20));
@@ -366,7 +306,7 @@ TEST_F(HaFailoverTest, PausedActivePastItsLeaseIsFencedStepsDownAndNothingIsDupl
     fleet.push_back(std::move(w));
   }
   std::map<std::string, int> accepted;
-  Drain(fleet, &accepted);
+  EXPECT_EQ(DrainQueue(fleet, dir_ + "/out", &accepted), 0);
   auto stub_b = Jobs(addr_b);
   std::set<std::string> seen;
   for (const v1::Job& j : AllJobs(*stub_b)) {
@@ -378,7 +318,7 @@ TEST_F(HaFailoverTest, PausedActivePastItsLeaseIsFencedStepsDownAndNothingIsDupl
   EXPECT_EQ(seen.size(), 22u);  // the 20 and the two CLI submits, not the fenced one
   EXPECT_EQ(accepted.size(), 22u);
   for (const auto& [id, n] : accepted) EXPECT_EQ(n, 1) << id;
-  EXPECT_EQ(CountOutputs(), std::make_pair(22, 0));
+  EXPECT_EQ(CountOutputs(dir_ + "/out"), (OutputCount{22, 0}));
 }
 
 TEST_F(HaFailoverTest, PostgresRestartUnderLoadFailsSubmitsUnavailableAndNeverAcknowledgesFalsely) {
@@ -398,7 +338,7 @@ TEST_F(HaFailoverTest, PostgresRestartUnderLoadFailsSubmitsUnavailableAndNeverAc
         r.set_request_id(absl::StrCat("load-", c, "-", i));
         r.mutable_spec()->set_prompt(absl::StrCat("load ", c, "/", i));
         v1::SubmitJobResponse resp;
-        grpc::Status s = stub->SubmitJob(Ctx(5).get(), r, &resp);
+        grpc::Status s = stub->SubmitJob(DeadlineContext(5).get(), r, &resp);
         absl::MutexLock l(&mu);
         ++codes[s.error_code()];
         if (s.ok()) acked.insert(resp.job().job_id());

@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "scheduler/server.h"
 #include "tests/testing/fake_worker.h"
+#include "tests/testing/farm_checks.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
@@ -35,21 +36,14 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::zfarm::testing::AllJobs;
+using ::zfarm::testing::CountOutputs;
+using ::zfarm::testing::DeadlineContext;
+using ::zfarm::testing::DrainQueue;
 using ::zfarm::testing::FakeWorker;
+using ::zfarm::testing::OutputCount;
 using ::zfarm::testing::Subprocess;
-
-FakeWorker::Options WorkerOpts(const std::string& name, int capacity = 1) {
-  FakeWorker::Options o;
-  o.name = name;
-  o.capacity = capacity;
-  return o;
-}
-
-std::unique_ptr<grpc::ClientContext> Ctx(int seconds = 20) {
-  auto c = std::make_unique<grpc::ClientContext>();
-  c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
-  return c;
-}
+using ::zfarm::testing::WorkerOpts;
 
 class SchedulerKillTest : public ::testing::Test {
  protected:
@@ -75,22 +69,6 @@ class SchedulerKillTest : public ::testing::Test {
     return line.empty() ? "" : line.substr(13);
   }
 
-  // Every job, all pages.
-  static std::vector<v1::Job> AllJobs(v1::JobService::Stub& stub) {
-    std::vector<v1::Job> out;
-    v1::ListJobsRequest r;
-    r.set_page_size(500);
-    for (;;) {
-      v1::ListJobsResponse resp;
-      grpc::Status s = stub.ListJobs(Ctx().get(), r, &resp);
-      EXPECT_TRUE(s.ok()) << s.error_message();
-      if (!s.ok()) return out;
-      out.insert(out.end(), resp.jobs().begin(), resp.jobs().end());
-      if (resp.next_page_token().empty()) return out;
-      r.set_page_token(resp.next_page_token());
-    }
-  }
-
   std::string dir_;
 };
 
@@ -114,7 +92,7 @@ TEST_F(SchedulerKillTest, Sigkill1000QueuedAnd2RunningThenRestartFinishesEachJob
         r->mutable_spec()->set_steps(1);
       }
       v1::SubmitJobsResponse resp;
-      grpc::Status s = stub->SubmitJobs(Ctx().get(), req, &resp);
+      grpc::Status s = stub->SubmitJobs(DeadlineContext().get(), req, &resp);
       ASSERT_TRUE(s.ok()) << s.error_message();
       for (const auto& j : resp.jobs()) acked.insert(j.job().job_id());
     }
@@ -146,18 +124,13 @@ TEST_F(SchedulerKillTest, Sigkill1000QueuedAnd2RunningThenRestartFinishesEachJob
   auto channel = grpc::CreateChannel(addr, grpc::InsecureChannelCredentials());
   auto stub = v1::JobService::NewStub(channel);
 
-  absl::Mutex mu;
   std::map<std::string, int> accepted;  // job id -> accepted commits
-  auto record = [&](const std::string& id) {
-    absl::MutexLock l(&mu);
-    ++accepted[id];
-  };
   // w0 comes back holding its lease (what `zfarm-worker serve` does) and finishes it.
   FakeWorker::Options o0 = WorkerOpts("w0", 1);
   o0.held_leases.push_back(running[0].lease());
   ASSERT_OK_AND_ASSIGN(auto w0, FakeWorker::Connect(channel, o0));
   ASSERT_OK(w0->RunToSuccess(running[0], dir_ + "/out"));
-  record(running[0].lease().job_id());
+  ++accepted[running[0].lease().job_id()];
   // w1 comes back without it (lost its state); its late commit must be refused.
   ASSERT_OK_AND_ASSIGN(auto w1, FakeWorker::Connect(channel, WorkerOpts("w1", 1)));
   ASSERT_OK_AND_ASSIGN(bool late, w1->Commit(running[1], dir_ + "/out"));
@@ -171,23 +144,7 @@ TEST_F(SchedulerKillTest, Sigkill1000QueuedAnd2RunningThenRestartFinishesEachJob
     ASSERT_OK_AND_ASSIGN(auto w, FakeWorker::Connect(channel, WorkerOpts(absl::StrCat("x", i), 2)));
     fleet.push_back(std::move(w));
   }
-  std::atomic<int> errors{0};
-  std::vector<std::thread> threads;
-  for (auto& w : fleet) {
-    threads.emplace_back([&, w = w.get()] {
-      for (;;) {
-        auto lease = w->NextLease(absl::Seconds(3));
-        if (!lease.ok()) return;  // queue drained
-        if (!w->RunToSuccess(*lease, dir_ + "/out").ok()) {
-          ++errors;
-          continue;
-        }
-        record(lease->lease().job_id());
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(DrainQueue(fleet, dir_ + "/out", &accepted), 0);
 
   // Exactly once: every acknowledged job SUCCEEDED, one accepted commit each.
   std::map<v1::JobState, int> by_state;
@@ -202,20 +159,7 @@ TEST_F(SchedulerKillTest, Sigkill1000QueuedAnd2RunningThenRestartFinishesEachJob
   EXPECT_EQ(accepted.size(), static_cast<size_t>(kJobs));
   for (const auto& [id, n] : accepted) EXPECT_EQ(n, 1) << id << " committed " << n << " times";
   // One final file per job, holding that job's bytes; no temp file left.
-  int pngs = 0, temps = 0;
-  for (const auto& e : fs::recursive_directory_iterator(dir_ + "/out")) {
-    if (!e.is_regular_file()) continue;
-    if (e.path().extension() == ".png") {
-      ++pngs;
-      std::ifstream f(e.path(), std::ios::binary);
-      std::string bytes((std::istreambuf_iterator<char>(f)), {});
-      EXPECT_EQ(bytes.substr(8), e.path().stem().string()) << e.path();
-    } else {
-      ++temps;
-    }
-  }
-  EXPECT_EQ(pngs, kJobs);
-  EXPECT_EQ(temps, 0);
+  EXPECT_EQ(CountOutputs(dir_ + "/out"), (OutputCount{kJobs, 0}));
   RecordProperty("succeeded", by_state[v1::JOB_STATE_SUCCEEDED]);
   fleet.clear();
   int status = p->Stop(SIGTERM);
@@ -233,7 +177,7 @@ TEST_F(SchedulerKillTest, DamagedJournalStopsTheBinaryWithFileAndRecovery) {
       v1::SubmitJobRequest r;
       r.mutable_spec()->set_prompt(absl::StrCat("p", i));
       v1::SubmitJobResponse resp;
-      ASSERT_TRUE(stub->SubmitJob(Ctx().get(), r, &resp).ok());
+      ASSERT_TRUE(stub->SubmitJob(DeadlineContext().get(), r, &resp).ok());
     }
     p->Stop(SIGKILL);
   }
@@ -258,7 +202,7 @@ TEST_F(SchedulerKillTest, DamagedJournalStopsTheBinaryWithFileAndRecovery) {
   v1::ListJobsRequest r;
   r.set_page_size(100);
   v1::ListJobsResponse resp;
-  ASSERT_TRUE(stub->ListJobs(Ctx().get(), r, &resp).ok());
+  ASSERT_TRUE(stub->ListJobs(DeadlineContext().get(), r, &resp).ok());
   EXPECT_EQ(resp.jobs_size(), 20);
 }
 

@@ -1,12 +1,11 @@
 #include "scheduler/sqlite_journal.h"
 
 #include <filesystem>
-#include <thread>
 #include <vector>
 
-#include "absl/synchronization/blocking_counter.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/scheduler/journal_contract.h"
 #include "tests/testing/status_matchers.h"
 
 namespace zfarm::scheduler {
@@ -20,16 +19,6 @@ std::string TempDir(const char* name) {
            (std::string(name) + "-" + std::to_string(::getpid()));
   std::filesystem::remove_all(p);
   return p.string();
-}
-
-Journal::Op PutJob(const std::string& id, v1::JobState state, uint64_t seq) {
-  Journal::Op op{Journal::Op::Kind::kPutJob, {}, {}, {}};
-  op.job.job.set_job_id(id);
-  op.job.job.set_state(state);
-  op.job.seq = seq;
-  op.job.runs = 2;
-  op.job.fingerprint = "fp";
-  return op;
 }
 
 TEST(JournalTest, OpensWithWalAndSynchronousFull) {
@@ -84,27 +73,7 @@ TEST(JournalTest, PersistsAcrossReopen) {
 
 TEST(JournalTest, GroupCommitSharesTransactions) {
   ASSERT_OK_AND_ASSIGN(auto j, SqliteJournal::Open({.state_dir = TempDir("group")}));
-  constexpr int kThreads = 8, kPer = 50;
-  std::vector<std::thread> threads;
-  absl::BlockingCounter done(kThreads * kPer);
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < kPer; ++i) {
-        j->Append({PutJob("j" + std::to_string(t * 1000 + i), v1::JOB_STATE_QUEUED, t * 1000 + i)},
-                  [&](absl::Status s) {
-                    EXPECT_OK(s);
-                    done.DecrementCount();
-                  });
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  done.Wait();
-  ASSERT_OK(j->Flush());
-  EXPECT_EQ(j->batches(), kThreads * kPer);
-  EXPECT_LT(j->commits(), j->batches());  // batching happened
-  ASSERT_OK_AND_ASSIGN(auto c, j->Load());
-  EXPECT_EQ(c.jobs.size(), static_cast<size_t>(kThreads * kPer));
+  ExpectGroupCommitSharesTransactions(*j);
 }
 
 TEST(JournalTest, CallbacksRunInAppendOrder) {

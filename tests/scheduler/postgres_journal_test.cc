@@ -12,12 +12,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "scheduler/leader_lease.h"
 #include "scheduler/pg_conn.h"
+#include "tests/scheduler/journal_contract.h"
 #include "tests/testing/postgres_server.h"
 #include "tests/testing/status_matchers.h"
 
@@ -37,13 +37,11 @@ PostgresJournal::Options At(const std::string& url, const std::string& password_
   return o;
 }
 
-Journal::Op PutJob(const std::string& id, v1::JobState state, uint64_t seq) {
-  Journal::Op op{Journal::Op::Kind::kPutJob, {}, {}, {}};
-  op.job.job.set_job_id(id);
-  op.job.job.set_state(state);
+// A job with a spec and a batch (round trip of every column).
+Journal::Op FullJob(const std::string& id, v1::JobState state, uint64_t seq) {
+  Journal::Op op = PutJob(id, state, seq);
   op.job.job.set_batch_id("b");
   op.job.job.mutable_spec()->set_prompt("prompt of " + id);
-  op.job.seq = seq;
   op.job.fingerprint = "fp-" + id;
   return op;
 }
@@ -100,7 +98,7 @@ TEST_F(PostgresJournalTest, RoundTripOfEveryRecordAcrossReopen) {
   {
     ASSERT_OK_AND_ASSIGN(auto j, PostgresJournal::Open(Options()));
     EXPECT_THAT(j->path(), AllOf(HasSubstr("127.0.0.1"), Not(HasSubstr("Secr3t"))));
-    Journal::Op job = PutJob("j1", v1::JOB_STATE_QUEUED, 7);
+    Journal::Op job = FullJob("j1", v1::JOB_STATE_QUEUED, 7);
     job.job.runs = 2;
     job.job.min_memory_bytes = int64_t{40} << 30;
     job.job.commit_pending = true;
@@ -108,11 +106,11 @@ TEST_F(PostgresJournalTest, RoundTripOfEveryRecordAcrossReopen) {
     req.request = {"alice", "r1", "j1", "fp-j1", absl::FromUnixMicros(1234567)};
     Journal::Op worker{Journal::Op::Kind::kPutWorker, {}, {}, {}};
     worker.worker = {"gpu-1", "farm"};
-    ASSERT_OK(AppendAndWait(*j, {job, PutJob("j2", v1::JOB_STATE_RUNNING, 8), req, worker}));
+    ASSERT_OK(AppendAndWait(*j, {job, FullJob("j2", v1::JOB_STATE_RUNNING, 8), req, worker}));
     Journal::Op del{Journal::Op::Kind::kDeleteJob, {}, {}, {}};
     del.job.job.set_job_id("j2");
     // The same job twice in one transaction: the last write wins.
-    Journal::Op again = PutJob("j1", v1::JOB_STATE_SUCCEEDED, 7);
+    Journal::Op again = FullJob("j1", v1::JOB_STATE_SUCCEEDED, 7);
     again.job.runs = 3;
     ASSERT_OK(AppendAndWait(*j, {del, again}));
   }
@@ -137,27 +135,7 @@ TEST_F(PostgresJournalTest, RoundTripOfEveryRecordAcrossReopen) {
 
 TEST_F(PostgresJournalTest, GroupCommitSharesTransactions) {
   ASSERT_OK_AND_ASSIGN(auto j, PostgresJournal::Open(Options()));
-  constexpr int kThreads = 8, kPer = 50;
-  std::vector<std::thread> threads;
-  absl::BlockingCounter done(kThreads * kPer);
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < kPer; ++i) {
-        j->Append({PutJob(absl::StrCat("j", t * 1000 + i), v1::JOB_STATE_QUEUED, t * 1000 + i)},
-                  [&](absl::Status s) {
-                    EXPECT_OK(s);
-                    done.DecrementCount();
-                  });
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  done.Wait();
-  ASSERT_OK(j->Flush());
-  EXPECT_EQ(j->batches(), kThreads * kPer);
-  EXPECT_LT(j->commits(), j->batches());  // batching happened
-  ASSERT_OK_AND_ASSIGN(auto c, j->Load());
-  EXPECT_EQ(c.jobs.size(), static_cast<size_t>(kThreads * kPer));
+  ExpectGroupCommitSharesTransactions(*j);
 }
 
 TEST_F(PostgresJournalTest, NewerSchemaIsRefusedNamingTheVersions) {
