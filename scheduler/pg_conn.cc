@@ -104,7 +104,7 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectOption
 }
 
 std::string Connection::LastError() const {
-  std::string e = conn_ ? PQerrorMessage(conn_) : "out of memory";
+  std::string e = conn_ ? PQerrorMessage(conn_) : "not connected";
   if (!password_.empty()) absl::StrReplaceAll({{password_, "****"}}, &e);
   absl::StrReplaceAll({{"\n", " "}}, &e);
   return std::string(absl::StripAsciiWhitespace(e));
@@ -144,6 +144,11 @@ absl::Status Connection::Connect() {
     ZFARM_ASSIGN_OR_RETURN(Result r, Exec(absl::StrCat("SET ", name, " = '", value, "'")));
   }
   return absl::OkStatus();
+}
+
+void Connection::Drop() {
+  if (conn_) PQfinish(conn_);
+  conn_ = nullptr;
 }
 
 absl::Status Connection::EnsureConnected() {

@@ -61,6 +61,8 @@ class Connection {
   const std::string& masked_url() const { return masked_url_; }
   // Reconnects when the connection is broken (after a server restart).
   absl::Status EnsureConnected();
+  // Closes the connection; the next EnsureConnected() opens a new one.
+  void Drop();
   // Counts successful connects: session state (prepared statements) belongs to one.
   uint64_t generation() const { return generation_; }
   // Runs `sql` with text parameters (without any: several statements may be

@@ -183,6 +183,15 @@ void PostgresJournal::Fence(const std::string& name, int64_t epoch,
 }
 
 absl::StatusOr<Journal::Contents> PostgresJournal::Load() {
+  // A connection that idled through a server restart (a standby's, until it takes
+  // over) fails its first query: reading is safe to repeat on a new one.
+  absl::StatusOr<Contents> c = LoadOnce();
+  if (c.status().code() != absl::StatusCode::kUnavailable) return c;
+  conn_->Drop();
+  return LoadOnce();
+}
+
+absl::StatusOr<Journal::Contents> PostgresJournal::LoadOnce() {
   Contents c;
   auto damaged = [&](const std::string& what) {
     return absl::DataLossError(absl::StrCat("journal ", path(), ": ", what));
@@ -252,9 +261,44 @@ absl::Status PostgresJournal::Write(const std::vector<Batch>& batches) {
   if (PQenterPipelineMode(db) != 1) {
     return absl::InternalError(absl::StrCat("journal ", path(), ": cannot enter pipeline mode"));
   }
-  // Sends every statement, then reads every result: one round trip.
-  int sent = 0;
-  bool send_failed = false;
+  // Sends every statement, then reads every result: one round trip. Results are
+  // read every kChunk statements too (after a flush request), so that a huge
+  // transaction never fills both sockets' buffers (blocking mode would deadlock).
+  constexpr int kChunk = 500;
+  absl::Status first;
+  bool fenced = false, lost = false;
+  int sent = 0, read = 0;
+  auto drain = [&] {
+    for (; read < sent && !lost; ++read) {
+      bool got = false;
+      for (PGresult* res; (res = PQgetResult(db)) != nullptr;) {
+        got = true;
+        const ExecStatusType st = PQresultStatus(res);
+        if (first.ok() && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+          if (st == PGRES_PIPELINE_ABORTED) {
+            first = absl::InternalError(absl::StrCat("journal ", path(), ": transaction aborted"));
+          } else {
+            const char* code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            fenced = code && std::strcmp(code, "ZF001") == 0;
+            first = conn_->Check(res, read == 0 ? "BEGIN" : "write");
+          }
+        }
+        PQclear(res);
+      }
+      if (!got) lost = true;  // the connection went away
+    }
+  };
+  auto sent_one = [&](int ok) {
+    if (ok != 1) lost = true;
+    ++sent;
+    if (!lost && sent - read >= kChunk) {
+      if (PQsendFlushRequest(db) != 1 || PQflush(db) != 0) {
+        lost = true;
+      } else {
+        drain();
+      }
+    }
+  };
   auto send = [&](const char* stmt, const Params& p) {
     std::vector<const char*> values;
     std::vector<int> lengths, formats;
@@ -263,17 +307,11 @@ absl::Status PostgresJournal::Write(const std::vector<Batch>& batches) {
       lengths.push_back(static_cast<int>(p.values[i].size()));
       formats.push_back(static_cast<int>(i) == p.binary_index ? 1 : 0);
     }
-    if (PQsendQueryPrepared(db, stmt, static_cast<int>(values.size()), values.data(),
-                            lengths.data(), formats.data(), 0) != 1) {
-      send_failed = true;
-    }
-    ++sent;
+    sent_one(PQsendQueryPrepared(db, stmt, static_cast<int>(values.size()), values.data(),
+                                 lengths.data(), formats.data(), 0));
   };
   auto send_plain = [&](const char* sql) {
-    if (PQsendQueryParams(db, sql, 0, nullptr, nullptr, nullptr, nullptr, 0) != 1) {
-      send_failed = true;
-    }
-    ++sent;
+    sent_one(PQsendQueryParams(db, sql, 0, nullptr, nullptr, nullptr, nullptr, 0));
   };
   send_plain("BEGIN");
   if (fence_epoch != 0) {
@@ -284,6 +322,7 @@ absl::Status PostgresJournal::Write(const std::vector<Batch>& batches) {
   }
   for (const Batch& b : batches) {
     for (const Op& op : b.ops) {
+      if (lost) break;
       Params p;
       switch (op.kind) {
         case Op::Kind::kPutJob: {
@@ -327,31 +366,10 @@ absl::Status PostgresJournal::Write(const std::vector<Batch>& batches) {
       }
     }
   }
-  send_plain("COMMIT");
-  if (PQpipelineSync(db) != 1) send_failed = true;
-  // Every result, then the sync point; the first error wins.
-  absl::Status first;
-  bool fenced = false;
-  for (int i = 0; i < sent && !send_failed; ++i) {
-    PGresult* res;
-    bool got = false;
-    while ((res = PQgetResult(db)) != nullptr) {
-      got = true;
-      const ExecStatusType st = PQresultStatus(res);
-      if (first.ok() && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        if (st == PGRES_PIPELINE_ABORTED) {
-          first = absl::InternalError(absl::StrCat("journal ", path(), ": transaction aborted"));
-        } else {
-          const char* code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-          fenced = code && std::strcmp(code, "ZF001") == 0;
-          first = conn_->Check(res, i == 0 ? "BEGIN" : "write");
-        }
-      }
-      PQclear(res);
-    }
-    if (!got) break;  // connection lost
-  }
-  if (!send_failed && PQstatus(db) == CONNECTION_OK) {
+  if (!lost) send_plain("COMMIT");
+  if (!lost && PQpipelineSync(db) != 1) lost = true;
+  drain();
+  if (!lost && PQstatus(db) == CONNECTION_OK) {
     // The sync point.
     for (PGresult* res; (res = PQgetResult(db)) != nullptr;) {
       const bool sync = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
@@ -359,11 +377,11 @@ absl::Status PostgresJournal::Write(const std::vector<Batch>& batches) {
       if (sync) break;
     }
   }
-  PQexitPipelineMode(db);
-  if (send_failed || PQstatus(db) != CONNECTION_OK) {
+  if (lost || PQstatus(db) != CONNECTION_OK || PQexitPipelineMode(db) != 1) {
+    const std::string why = conn_->LastError();
+    conn_->Drop();  // whatever state it is in, the next write starts afresh
     return absl::UnavailableError(absl::StrCat(
-        "journal ", path(), ": connection lost during the write (not acknowledged): ",
-        conn_->LastError()));
+        "journal ", path(), ": connection lost during the write (not acknowledged): ", why));
   }
   if (PQtransactionStatus(db) != PQTRANS_IDLE) conn_->Exec("ROLLBACK").IgnoreError();
   if (fenced) {

@@ -64,6 +64,7 @@ class PostgresJournal final : public Journal {
   explicit PostgresJournal(std::unique_ptr<pg::Connection> conn);
   absl::Status Migrate();
   absl::Status Prepare();
+  absl::StatusOr<Contents> LoadOnce();
   absl::Status Write(const std::vector<Batch>& batches) override;
 
   // Used by the writer thread, and by Load()/Open() while nothing is appended.

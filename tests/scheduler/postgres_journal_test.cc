@@ -138,6 +138,17 @@ TEST_F(PostgresJournalTest, GroupCommitSharesTransactions) {
   ExpectGroupCommitSharesTransactions(*j);
 }
 
+TEST_F(PostgresJournalTest, OneHugeTransactionIsWrittenInChunksOfResults) {
+  ASSERT_OK_AND_ASSIGN(auto j, PostgresJournal::Open(Options()));
+  std::vector<Journal::Op> ops;
+  for (int i = 0; i < 5000; ++i) ops.push_back(FullJob(absl::StrCat("big", i), v1::JOB_STATE_QUEUED, i));
+  ASSERT_OK(AppendAndWait(*j, std::move(ops)));
+  ASSERT_OK_AND_ASSIGN(Journal::Contents c, j->Load());
+  ASSERT_EQ(c.jobs.size(), 5000u);
+  EXPECT_EQ(c.jobs[4999].job.job_id(), "big4999");
+  EXPECT_EQ(j->commits(), 1);
+}
+
 TEST_F(PostgresJournalTest, NewerSchemaIsRefusedNamingTheVersions) {
   { ASSERT_OK_AND_ASSIGN(auto j, PostgresJournal::Open(Options())); }
   const std::string db = url_.substr(url_.rfind('/') + 1, url_.find('?') - url_.rfind('/') - 1);
@@ -245,12 +256,23 @@ TEST_F(PostgresJournalTest, WritesFailWhileTheServerRestartsAndWorkAfter) {
   EXPECT_THAT(j->Load(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("journal")));
   ASSERT_OK(pg_->StartServer());
   j->Flush().IgnoreError();  // the failure above, latched
+  ASSERT_OK(j->Load().status());
   j->ClearFailure();
   ASSERT_OK(AppendAndWait(*j, {PutJob("c", v1::JOB_STATE_QUEUED, 3)}));
   ASSERT_OK_AND_ASSIGN(Journal::Contents c, j->Load());
   ASSERT_EQ(c.jobs.size(), 2u);
   EXPECT_EQ(c.jobs[0].job.job_id(), "a");
   EXPECT_EQ(c.jobs[1].job.job_id(), "c");
+}
+
+TEST_F(PostgresJournalTest, AConnectionThatIdledThroughARestartStillLoads) {
+  // A standby opens its journal at start and loads it only when it takes over.
+  ASSERT_OK_AND_ASSIGN(auto j, PostgresJournal::Open(Options()));
+  ASSERT_OK(AppendAndWait(*j, {PutJob("a", v1::JOB_STATE_QUEUED, 1)}));
+  ASSERT_OK(pg_->Stop());
+  ASSERT_OK(pg_->StartServer());
+  ASSERT_OK_AND_ASSIGN(Journal::Contents c, j->Load());
+  ASSERT_EQ(c.jobs.size(), 1u);
 }
 
 }  // namespace
