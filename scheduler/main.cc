@@ -34,12 +34,14 @@
 #include "proto/version.h"
 #include "scheduler/http/rest_gateway.h"
 #include "scheduler/http/webhook_sender.h"
+#include "scheduler/server.h"
+#include "scheduler/validation.h"
+#if ZFARM_HAVE_LIBPQ
 #include "scheduler/leader_lease.h"
 #include "scheduler/pg_conn.h"
 #include "scheduler/postgres_journal.h"
-#include "scheduler/server.h"
 #include "scheduler/standby_server.h"
-#include "scheduler/validation.h"
+#endif
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC address HOST:PORT (port 0 = any free port)");
@@ -386,6 +388,7 @@ int Exit(const Failure& f) {
   return f.exit_code;
 }
 
+#if ZFARM_HAVE_LIBPQ
 // --journal postgres://...: the journal, the lease and the standby phase. Null
 // members when the journal is SQLite.
 struct HaState {
@@ -492,6 +495,41 @@ void RenewLoop(zfarm::scheduler::LeaderLease* lease, int64_t epoch, absl::Notifi
   }
 }
 
+// After RunStandby() won the lease: the active server listens on the standby's
+// port and opens the journal RunStandby() opened (already fenced).
+void HandOverJournal(int port, HaState* ha, ServerOptions* o) {
+  o->listen = absl::StrCat(o->listen.substr(0, o->listen.rfind(':')), ":", port);
+  auto handed =
+      std::make_shared<std::unique_ptr<zfarm::scheduler::Journal>>(std::move(ha->journal));
+  o->scheduler.open_journal =
+      [handed]() -> absl::StatusOr<std::unique_ptr<zfarm::scheduler::Journal>> {
+    if (!*handed) return absl::FailedPreconditionError("journal: already handed over");
+    return std::move(*handed);
+  };
+}
+
+#else
+// A build without libpq (Debian libpq-dev): --journal postgres:// is refused.
+struct HaState {
+  std::string state_dir;
+  int http_port = 0;
+  struct NoLease {
+    absl::Status Release(int64_t) { return absl::OkStatus(); }
+  };
+  std::unique_ptr<NoLease> lease;
+  int64_t epoch = 0;
+};
+bool leadership_lost = false;
+std::optional<Failure> RunStandby(const zfarm::security::TlsFlags&, const ServerOptions&,
+                                  const sigset_t&, HaState*, int*, bool*) {
+  return BadFlag(
+      "--journal: this zfarm-scheduler was built without libpq (Debian libpq-dev), so it has no "
+      "PostgreSQL journal");
+}
+void RenewLoop(HaState::NoLease*, int64_t, absl::Notification*) {}
+void HandOverJournal(int, HaState*, ServerOptions*) {}
+#endif  // ZFARM_HAVE_LIBPQ
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -547,14 +585,7 @@ int main(int argc, char** argv) {
       return Exit(*f);
     }
     if (stopped) return 0;
-    o.listen = absl::StrCat(o.listen.substr(0, o.listen.rfind(':')), ":", port);
-    auto handed = std::make_shared<std::unique_ptr<zfarm::scheduler::Journal>>(
-        std::move(ha.journal));
-    o.scheduler.open_journal =
-        [handed]() -> absl::StatusOr<std::unique_ptr<zfarm::scheduler::Journal>> {
-      if (!*handed) return absl::FailedPreconditionError("journal: already handed over");
-      return std::move(*handed);
-    };
+    HandOverJournal(port, &ha, &o);
   }
 
   const zfarm::scheduler::Limits limits = o.scheduler.limits;

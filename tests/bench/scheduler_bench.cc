@@ -21,7 +21,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "glog/logging.h"
+#if ZFARM_HAVE_LIBPQ
 #include "scheduler/postgres_journal.h"
+#endif
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/postgres_server.h"
 #include "tests/testing/scheduler_fixture.h"
@@ -67,6 +69,7 @@ std::unique_ptr<grpc::ClientContext> Ctx() {
 std::unique_ptr<TestScheduler> StartFarm(int max_queued) {
   zfarm::scheduler::ServerOptions o;
   o.scheduler.max_queued_jobs = max_queued;
+#if ZFARM_HAVE_LIBPQ
   if (backend == "postgres") {
     static int databases = 0;
     auto url = pg->CreateDatabase("bench" + std::to_string(++databases));
@@ -80,6 +83,7 @@ std::unique_ptr<TestScheduler> StartFarm(int max_queued) {
       return std::unique_ptr<zfarm::scheduler::Journal>(*std::move(j));
     };
   }
+#endif
   auto farm = TestScheduler::Start(o);
   CHECK(farm.ok()) << farm.status();
   return *std::move(farm);
@@ -320,6 +324,10 @@ int main(int argc, char** argv) {
   for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_journals), ',')) {
     backend = std::string(b);
     if (backend == "postgres") {
+#if !ZFARM_HAVE_LIBPQ
+      printf("postgres: skipped (built without libpq)\n");
+      continue;
+#endif
       auto s = PostgresServer::Start("/tmp/zfarm-bench-pg-" + std::to_string(getpid()));
       if (!s.ok()) {
         printf("postgres: skipped (%s)\n", std::string(s.status().message()).c_str());
