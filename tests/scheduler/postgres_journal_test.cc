@@ -185,6 +185,23 @@ TEST_F(PostgresJournalTest, BadUrlsAndPasswordsAreRefusedWithThePasswordMasked) 
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--journal-password-file")));
 }
 
+TEST_F(PostgresJournalTest, WithoutAPasswordFileLibpqsPgpassfileIsUsed) {
+  const std::string pgpass = pg_->password_file() + ".pgpass";
+  std::ofstream(pgpass) << "127.0.0.1:" << pg_->port() << ":*:zfarm:" << PostgresServer::kPassword
+                        << "\n";
+  std::filesystem::permissions(pgpass, std::filesystem::perms::owner_read |
+                                           std::filesystem::perms::owner_write);
+  // No password anywhere: refused.
+  setenv("PGPASSFILE", (pgpass + ".none").c_str(), 1);
+  EXPECT_THAT(PostgresJournal::Open(At(url_)),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("--journal")));
+  setenv("PGPASSFILE", pgpass.c_str(), 1);
+  auto j = PostgresJournal::Open(At(url_));
+  unsetenv("PGPASSFILE");
+  ASSERT_OK(j.status());
+  EXPECT_OK((*j)->Load().status());
+}
+
 TEST_F(PostgresJournalTest, UnreachableServerIsUnavailableNamingTheFlag) {
   const std::string url =
       absl::StrCat("postgres://zfarm@127.0.0.1:", PostgresServer::FreePort(), "/zfarm");
