@@ -31,6 +31,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "prometheus/registry.h"
 #include "proto/http/metrics_server.h"
+#include "proto/monotonic_wait.h"
 #include "proto/version.h"
 #include "scheduler/http/rest_gateway.h"
 #include "scheduler/http/webhook_sender.h"
@@ -484,7 +485,7 @@ std::optional<Failure> RunStandby(const zfarm::security::TlsFlags& tls,
 // Renews the lease every --leader-renew until `stop`; steps down when it is lost.
 void RenewLoop(zfarm::scheduler::LeaderLease* lease, int64_t epoch, absl::Notification* stop) {
   const absl::Duration every = absl::GetFlag(FLAGS_leader_renew);
-  while (!stop->WaitForNotificationWithTimeout(every)) {
+  while (!zfarm::PollFor(every, [&] { return stop->HasBeenNotified(); })) {
     absl::Status s = lease->Renew(epoch);
     if (s.code() == absl::StatusCode::kFailedPrecondition) {
       LOG(ERROR) << "event=leadership_lost error=\"" << s.message() << "\"";
