@@ -29,6 +29,7 @@
 #include "proto/security/tls.h"
 #include "glog/logging.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "prometheus/gauge.h"
 #include "prometheus/registry.h"
 #include "proto/http/metrics_server.h"
 #include "proto/monotonic_wait.h"
@@ -578,6 +579,12 @@ int main(int argc, char** argv) {
   std::unique_ptr<zfarm::http::HttpServer> metrics;
   if (std::optional<Failure> f = StartMetrics(tls, o.registry, &metrics)) return Exit(*f);
 
+  // 1 while this scheduler serves (SQLite: always), 0 while it is a standby.
+  prometheus::Gauge& active = prometheus::BuildGauge()
+                                  .Name("zfarm_scheduler_active")
+                                  .Help("1 while this scheduler is the active one, 0 as a standby")
+                                  .Register(*o.registry)
+                                  .Add({});
   if (postgres) {
     int port = 0;
     bool stopped = false;
@@ -595,6 +602,7 @@ int main(int argc, char** argv) {
     LOG(ERROR) << "event=startup_failed error=\"" << server.status() << "\"";
     return Exit(Failure{1, std::string(server.status().message())});
   }
+  active.Set(1);
   absl::Notification stop_renew;
   std::thread renew;
   if (ha.lease) renew = std::thread(RenewLoop, ha.lease.get(), ha.epoch, &stop_renew);

@@ -148,13 +148,19 @@ TEST_F(HaFailoverTest, Kill9OfTheActiveWithQueuedAnd2RunningStandbyTakesOverEach
   Subprocess* a = Start("sched-a");
   const std::string addr_a = ActiveAddress(*a);
   ASSERT_FALSE(addr_a.empty()) << a->ReadLog();
-  Subprocess* b = Start("sched-b", {"--http-listen=127.0.0.1:0"});
+  Subprocess* b = Start("sched-b", {"--http-listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0"});
   const std::string addr_b = StandbyAddress(*b);
   ASSERT_FALSE(addr_b.empty()) << b->ReadLog();
   const std::string rest = b->WaitForLine("REST gateway on port ", absl::Seconds(10));
   ASSERT_FALSE(rest.empty()) << b->ReadLog();
   const std::string readyz = absl::StrCat(
       "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:", rest.substr(21), "/readyz");
+  const std::string metrics_line = b->WaitForLine("metrics on port ", absl::Seconds(10));
+  ASSERT_FALSE(metrics_line.empty()) << b->ReadLog();
+  const std::string active_metric =
+      absl::StrCat("curl -s http://127.0.0.1:", metrics_line.substr(16),
+                   "/metrics | grep '^zfarm_scheduler_active '");
+  EXPECT_EQ(zfarm::testing::RunCommand(active_metric).out, "zfarm_scheduler_active 0\n");
 
   // The standby: NOT_SERVING (REST /readyz 503), and every job/worker call
   // UNAVAILABLE naming the active one.
@@ -208,6 +214,7 @@ TEST_F(HaFailoverTest, Kill9OfTheActiveWithQueuedAnd2RunningStandbyTakesOverEach
   }
   const absl::Duration serving = absl::Now() - killed;
   EXPECT_EQ(zfarm::testing::RunCommand(readyz).out, "200");  // the same REST port, now ready
+  EXPECT_EQ(zfarm::testing::RunCommand(active_metric).out, "zfarm_scheduler_active 1\n");
 
   std::map<std::string, int> accepted;
   // w0 comes back (to the next address) holding its lease and finishes it there.
