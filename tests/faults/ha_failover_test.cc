@@ -54,6 +54,7 @@ using ::zfarm::testing::CountOutputs;
 using ::zfarm::testing::DeadlineContext;
 using ::zfarm::testing::DrainQueue;
 using ::zfarm::testing::FakeWorker;
+using ::zfarm::testing::JobsByStateOnceRunning;
 using ::zfarm::testing::OutputCount;
 using ::zfarm::testing::PostgresServer;
 using ::zfarm::testing::Subprocess;
@@ -193,13 +194,7 @@ TEST_F(HaFailoverTest, Kill9OfTheActiveWithQueuedAnd2RunningStandbyTakesOverEach
       ASSERT_OK_AND_ASSIGN(running[i], w[i]->NextLease());
       ASSERT_OK(w[i]->Started(running[i].lease()));
     }
-    std::map<v1::JobState, int> by_state;
-    for (int tries = 0; tries < 200; ++tries) {
-      by_state.clear();
-      for (const v1::Job& j : AllJobs(*stub_a)) ++by_state[j.state()];
-      if (by_state[v1::JOB_STATE_RUNNING] == 2) break;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
+    std::map<v1::JobState, int> by_state = JobsByStateOnceRunning(*stub_a, 2);
     ASSERT_EQ(by_state[v1::JOB_STATE_QUEUED], queued);
     ASSERT_EQ(by_state[v1::JOB_STATE_RUNNING], 2);
     const int status = a->Stop(SIGKILL);

@@ -41,6 +41,7 @@ using ::zfarm::testing::CountOutputs;
 using ::zfarm::testing::DeadlineContext;
 using ::zfarm::testing::DrainQueue;
 using ::zfarm::testing::FakeWorker;
+using ::zfarm::testing::JobsByStateOnceRunning;
 using ::zfarm::testing::OutputCount;
 using ::zfarm::testing::Subprocess;
 using ::zfarm::testing::WorkerOpts;
@@ -104,13 +105,7 @@ TEST_F(SchedulerKillTest, Sigkill1000QueuedAnd2RunningThenRestartFinishesEachJob
       ASSERT_OK_AND_ASSIGN(running[i], w[i]->NextLease());
       ASSERT_OK(w[i]->Started(running[i].lease()));
     }
-    std::map<v1::JobState, int> by_state;
-    for (int tries = 0; tries < 200; ++tries) {
-      by_state.clear();
-      for (const v1::Job& j : AllJobs(*stub)) ++by_state[j.state()];
-      if (by_state[v1::JOB_STATE_RUNNING] == 2) break;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
+    std::map<v1::JobState, int> by_state = JobsByStateOnceRunning(*stub, 2);
     ASSERT_EQ(by_state[v1::JOB_STATE_QUEUED], 1000);
     ASSERT_EQ(by_state[v1::JOB_STATE_RUNNING], 2);
     int status = p->Stop(SIGKILL);

@@ -58,6 +58,18 @@ inline std::vector<v1::Job> AllJobs(v1::JobService::Stub& stub) {
   }
 }
 
+// Jobs by state, read until `running` of them are RUNNING (or 4 s passed).
+inline std::map<v1::JobState, int> JobsByStateOnceRunning(v1::JobService::Stub& stub, int running) {
+  std::map<v1::JobState, int> by_state;
+  for (int tries = 0; tries < 200; ++tries) {
+    by_state.clear();
+    for (const v1::Job& j : AllJobs(stub)) ++by_state[j.state()];
+    if (by_state[v1::JOB_STATE_RUNNING] == running) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return by_state;
+}
+
 // Each worker takes and finishes leases (FakeWorker::RunToSuccess) until none
 // comes for 3 s; adds one to (*accepted)[job id] per accepted commit. Returns the
 // leases that did not finish.
