@@ -598,6 +598,13 @@ int main(int argc, char** argv) {
 
   const zfarm::scheduler::Limits limits = o.scheduler.limits;
   auto server = zfarm::scheduler::SchedulerServer::Start(std::move(o));
+  if (!server.ok() && leadership_lost) {
+    // Fenced during recovery: another scheduler took over meanwhile.
+    std::cerr << "zfarm-scheduler: lost leadership while loading the journal; stepping down "
+                 "(exit 3)"
+              << std::endl;
+    return 3;
+  }
   if (!server.ok()) {
     LOG(ERROR) << "event=startup_failed error=\"" << server.status() << "\"";
     return Exit(Failure{1, std::string(server.status().message())});
