@@ -381,6 +381,53 @@ def check_compose(path, docs, known, images, version, gpu=True):
 
 
 # ----------------------------------------------------------------------------- Kubernetes
+def check_k8s_ha(hdir, docs, known, images, version):
+    """deploy/k8s-ha: the active/standby scheduler Deployment on the PostgreSQL journal."""
+    deployments = []
+    for path, ds in docs.items():
+        if os.path.dirname(path) != hdir:
+            continue
+        for d in ds:
+            if os.path.basename(path) == "kustomization.yaml":
+                for r in d.get("resources", []):
+                    if not os.path.exists(os.path.join(hdir, r)):
+                        bad(path, f"resource {r} does not exist")
+            elif d.get("kind") == "Deployment":
+                deployments.append((path, d))
+    if not deployments:
+        bad(hdir, "no scheduler Deployment")
+    for path, d in deployments:
+        where = f"{path} Deployment {d['metadata']['name']}"
+        spec = d["spec"]
+        if (spec.get("replicas") or 1) < 2:
+            bad(where, "an active/standby scheduler needs at least 2 replicas")
+        if spec.get("strategy", {}).get("type") != "Recreate":
+            bad(where, "strategy must be Recreate (a standby never becomes ready for a rolling update)")
+        pod = spec["template"]["spec"]
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod["containers"]:
+            cw = f"{where} container {c['name']}"
+            img, _, tag = c.get("image", "").partition(":")
+            if img not in images:
+                bad(cw, f"image {img} is not built by any Dockerfile")
+            if tag != version:
+                bad(cw, f"image tag {tag} != {version}")
+            _, flags = check_command(cw, ["zfarm-scheduler"] + c.get("args", []), known)
+            journal = flags.get("journal") or ""
+            if not re.match(r"postgres(ql)?://[^:@/]+@", journal):
+                bad(cw, "--journal must be a postgres://USER@HOST... URL without a password")
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+            pwfile = flags.get("journal-password-file") or ""
+            secret = [m for mp, m in mounts.items() if pwfile.startswith(mp + "/")]
+            if not secret or "secret" not in vols.get(secret[0]["name"], {}):
+                bad(cw, "--journal-password-file must be on a mounted Secret")
+            ready, live = c.get("readinessProbe", {}), c.get("livenessProbe", {})
+            if ready.get("grpc", {}).get("port") != port_of(flags.get("listen")):
+                bad(cw, "readinessProbe must be the gRPC health of --listen (leadership)")
+            if "grpc" in live or "grpc" in c.get("startupProbe", {}):
+                bad(cw, "liveness/startup must not be gRPC health: a standby is NOT_SERVING and alive")
+
+
 def check_k8s(kdir, docs, known, images, version):
     objs = []
     for path, ds in docs.items():
@@ -678,6 +725,8 @@ def main():
     else:
         bad(root, "no docker/compose.yaml")
     check_k8s(os.path.join(root, "k8s"), docs, known, images, version)
+    check_k8s_ha(os.path.join(root, "k8s-ha"), docs, known, images, version)
+    ran.append("validated deploy/k8s-ha (active/standby scheduler Deployment)")
     check_systemd(os.path.join(root, "systemd"), known)
     for sh in sorted(os.listdir(root)):
         if sh.endswith(".sh"):

@@ -20,6 +20,8 @@ MUTATIONS = [
     ("k8s/worker.yaml", "terminationGracePeriodSeconds: 660", "terminationGracePeriodSeconds: 30", "must exceed --shutdown-grace"),
     ("k8s/worker.yaml", "nvidia.com/gpu: 1\n            limits", "nvidia.com/gpu: 2\n            limits", "exactly nvidia.com/gpu: 1"),
     ("k8s/scheduler.yaml", "  replicas: 1", "  replicas: [1", "does not parse"),
+    ("k8s-ha/scheduler-ha.yaml", "          livenessProbe:\n            tcpSocket:", "          livenessProbe:\n            grpc:", "liveness/startup must not be gRPC health"),
+    ("k8s-ha/scheduler-ha.yaml", "- --journal-password-file=", "- --journal-passwd-file=", "--journal-passwd-file is not a flag"),
     ("k8s/scheduler.yaml", "              readOnly: true", "              readOnly: false", "mounts --output-root read-only"),
     ("docker/Dockerfile.cpu", "COPY . .\n", "COPY . .\nCOPY clients /x\n", "COPY source clients does not exist"),
     ("docker/Dockerfile.cpu.dockerignore", ".git\n", ".git\nworker\n", "COPY source worker is excluded"),
