@@ -12,7 +12,9 @@
 //   - PostgreSQL restarted under load: submits fail with UNAVAILABLE while it is
 //     down, every acknowledged job is in the journal, submits work again after;
 //   - an unreachable or misconfigured --journal fails start-up naming the flag,
-//     never printing the password.
+//     never printing the password;
+//   - (with the worker built) the real zfarm-worker with `--scheduler b,a`
+//     follows a kill -9 failover and every job renders once.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -411,6 +413,70 @@ TEST_F(HaFailoverTest, BadJournalFailsStartupNamingTheFlagWithThePasswordMasked)
                                   HasSubstr("password authentication failed"),
                                   Not(HasSubstr("not-the-Passw0rd"))));
 }
+
+#ifdef ZFARM_WORKER_BIN
+// The real `zfarm-worker serve` (tiny model, CPU) with an address list, the
+// standby first: it passes the standby to the active one, and after kill -9 of
+// the active one it moves on, is welcomed by the new active one with the job it
+// holds, and every job renders once.
+TEST_F(HaFailoverTest, RealWorkerWithAnAddressListFollowsTheFailoverEachJobOnce) {
+  constexpr int kJobs = 12;
+  Subprocess* a = Start("sched-a");
+  const std::string addr_a = ActiveAddress(*a);
+  ASSERT_FALSE(addr_a.empty()) << a->ReadLog();
+  Subprocess* b = Start("sched-b");
+  const std::string addr_b = StandbyAddress(*b);
+  ASSERT_FALSE(addr_b.empty()) << b->ReadLog();
+  Subprocess worker({ZFARM_WORKER_BIN, "serve", "--scheduler", addr_b + "," + addr_a, "--model",
+                     ZFARM_TINY_MODEL_DIR, "--output-root", dir_ + "/out", "--name", "real-w",
+                     "--device", "cpu"},
+                    dir_ + "/worker.log");
+  auto stub_a = Jobs(addr_a);
+  for (int i = 0; i < kJobs; ++i) {
+    v1::SubmitJobRequest r;
+    r.set_request_id(absl::StrCat("real-", i));
+    r.mutable_spec()->set_prompt(absl::StrCat("a lighthouse, variant ", i));
+    r.mutable_spec()->set_width_px(256);
+    r.mutable_spec()->set_height_px(256);
+    r.mutable_spec()->set_steps(2);
+    v1::SubmitJobResponse resp;
+    grpc::Status s = stub_a->SubmitJob(DeadlineContext().get(), r, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  auto pngs = [&] {
+    int n = 0;
+    for (const auto& e : fs::recursive_directory_iterator(dir_ + "/out")) {
+      n += e.is_regular_file() && e.path().extension() == ".png";
+    }
+    return n;
+  };
+  auto wait_until = [&](auto done, absl::Duration timeout) {
+    for (absl::Time end = absl::Now() + timeout; absl::Now() < end;) {
+      if (done()) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return done();
+  };
+  ASSERT_TRUE(wait_until([&] { return pngs() >= 3; }, absl::Seconds(120))) << worker.ReadLog();
+  ASSERT_LT(pngs(), kJobs) << "the queue drained before the failover; raise kJobs";
+  a->Stop(SIGKILL);
+  ASSERT_EQ(ActiveAddress(*b), addr_b) << b->ReadLog();
+  auto stub_b = Jobs(addr_b);
+  auto succeeded = [&] {
+    int n = 0;
+    for (const v1::Job& j : AllJobs(*stub_b)) n += j.state() == v1::JOB_STATE_SUCCEEDED;
+    return n;
+  };
+  EXPECT_TRUE(wait_until([&] { return succeeded() == kJobs; }, absl::Seconds(120)))
+      << worker.ReadLog();
+  EXPECT_EQ(pngs(), kJobs);  // one file per job: nothing rendered twice into a second file
+  const std::string log = worker.ReadLog();
+  EXPECT_THAT(log, HasSubstr("is a standby; the active one is sched-a"));  // passed b first
+  EXPECT_THAT(log, HasSubstr("target=" + addr_a));
+  int status = worker.Stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+#endif  // ZFARM_WORKER_BIN
 
 }  // namespace
 }  // namespace zfarm::scheduler
