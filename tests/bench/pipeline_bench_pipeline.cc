@@ -58,6 +58,14 @@ double DitStepFlops(const zfarm::worker::TransformerConfig& c, int64_t h, int64_
 }
 
 #ifdef ZFARM_BENCH_WITH_PIPELINE
+// The full-size sections need a GPU: on the CPU the report says so and the section ends.
+bool SkippedWithoutCuda(const BenchDevice& dev, Report& rep) {
+  if (dev.cuda) return false;
+  rep.Line("skipped: needs a CUDA device");
+  rep.Line("");
+  return true;
+}
+
 // Options for the full-size Turbo architecture with random weights on cuda:0.
 zfarm::worker::PipelineOptions FullSizeRandomOptions(const PipelineBenchOptions& opt) {
   zfarm::worker::PipelineOptions po;
@@ -373,11 +381,7 @@ void RunAblationSection(const BenchDevice& dev, Report& rep, const PipelineBench
   rep.Line("### speed paths, one at a time (full Turbo config, random weights)");
   rep.Line("");
 #ifdef ZFARM_BENCH_WITH_PIPELINE
-  if (!dev.cuda) {
-    rep.Line("skipped: needs a CUDA device");
-    rep.Line("");
-    return;
-  }
+  if (SkippedWithoutCuda(dev, rep)) return;
   struct Config {
     const char* name;
     bool fused, graphs, cudnn_benchmark, channels_last;
@@ -473,11 +477,7 @@ void RunLoraSection(const BenchDevice& dev, Report& rep, const PipelineBenchOpti
   rep.Line("### LoRA (full Turbo config, random weights)");
   rep.Line("");
 #ifdef ZFARM_BENCH_WITH_PIPELINE
-  if (!dev.cuda) {
-    rep.Line("skipped: needs a CUDA device");
-    rep.Line("");
-    return;
-  }
+  if (SkippedWithoutCuda(dev, rep)) return;
   using zfarm::worker::GenerateRequest;
   using zfarm::worker::LoraRequest;
   const int64_t rank = 32;
@@ -577,11 +577,7 @@ void RunControlNetSection(const BenchDevice& dev, Report& rep, const PipelineBen
   rep.Line("### ControlNet (full Turbo config + Union 2.1 layout, random weights)");
   rep.Line("");
 #ifdef ZFARM_BENCH_WITH_PIPELINE
-  if (!dev.cuda) {
-    rep.Line("skipped: needs a CUDA device");
-    rep.Line("");
-    return;
-  }
+  if (SkippedWithoutCuda(dev, rep)) return;
   const bool have_tokenizer =
       !opt.tokenizer_json.empty() && std::filesystem::exists(opt.tokenizer_json);
   const zfarm::worker::TransformerConfig dit;
@@ -658,11 +654,7 @@ void RunMemoryModesSection(const BenchDevice& dev, Report& rep, const PipelineBe
   rep.Line("### memory modes (full Turbo config, random weights)");
   rep.Line("");
 #ifdef ZFARM_BENCH_WITH_PIPELINE
-  if (!dev.cuda) {
-    rep.Line("skipped: needs a CUDA device");
-    rep.Line("");
-    return;
-  }
+  if (SkippedWithoutCuda(dev, rep)) return;
   using zfarm::worker::GenerateRequest;
   using zfarm::worker::Pipeline;
   using zfarm::worker::PipelineOptions;

@@ -17,6 +17,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/worker/pipeline/parity_util.h"
 #include "worker/model/fp8.h"
 #include "worker/pipeline/pipeline.h"
 
@@ -25,15 +26,7 @@ namespace {
 
 bool Cuda() { return at::hasCUDA() && at::globalContext().hasCUDA(); }
 
-double Cosine(const std::vector<float>& a, const std::vector<float>& b) {
-  double ab = 0, aa = 0, bb = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    ab += static_cast<double>(a[i]) * b[i];
-    aa += static_cast<double>(a[i]) * a[i];
-    bb += static_cast<double>(b[i]) * b[i];
-  }
-  return ab / std::sqrt(aa * bb);
-}
+using ::zfarm::worker::testing::Cosine;
 
 TEST(Fp8GpuTest, NativeLinearEqualsTheReference) {
   if (!Cuda()) GTEST_SKIP() << "no CUDA";

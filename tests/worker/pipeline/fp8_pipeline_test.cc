@@ -14,6 +14,8 @@
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/worker/model/tiny_folder.h"
+#include "tests/worker/pipeline/parity_util.h"
+#include "tests/worker/pipeline/tiny_pipeline_fixture.h"
 #include "worker/io/image_parameters.h"
 #include "worker/io/weights_cache.h"
 #include "worker/model/fp8_cache.h"
@@ -27,15 +29,7 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using ::zfarm::testing::StatusIs;
 
-double Cosine(const std::vector<float>& a, const std::vector<float>& b) {
-  double ab = 0, aa = 0, bb = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    ab += static_cast<double>(a[i]) * b[i];
-    aa += static_cast<double>(a[i]) * a[i];
-    bb += static_cast<double>(b[i]) * b[i];
-  }
-  return ab / std::sqrt(aa * bb);
-}
+using ::zfarm::worker::testing::Cosine;
 
 class Fp8PipelineTest : public ::testing::Test {
  protected:
@@ -166,22 +160,7 @@ TEST(Fp8ControlNetTest, ControlNetJobsRenderCloseToBf16) {
   PipelineOptions o;
   o.random_weights = true;
   o.random_weights_seed = 3;
-  ModelConfig c;
-  c.transformer.dim = 64;
-  c.transformer.n_heads = 2;
-  c.transformer.n_layers = 2;
-  c.transformer.n_refiner_layers = 1;
-  c.transformer.axes_dims = {8, 12, 12};
-  c.transformer.cap_feat_dim = 32;
-  c.text_encoder.vocab_size = 256;
-  c.text_encoder.hidden_size = 32;
-  c.text_encoder.num_hidden_layers = 2;
-  c.text_encoder.num_attention_heads = 2;
-  c.text_encoder.num_key_value_heads = 1;
-  c.text_encoder.head_dim = 16;
-  c.text_encoder.intermediate_size = 64;
-  c.vae.block_out_channels = {16, 16, 32, 32};
-  c.vae.norm_num_groups = 8;
+  const ModelConfig c = SmallRandomConfig(/*n_layers=*/2);
   o.config = c;
   ControlNetConfig cc;
   cc.layout = ControlNetConfig::Layout::kUnion21;

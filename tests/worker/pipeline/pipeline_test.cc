@@ -169,26 +169,6 @@ TEST(PipelineCreateTest, MissingFolderAndBadOptions) {
   testing::RemoveTinyFolder();
 }
 
-// A configuration small enough for random-weight pipelines in unit tests.
-ModelConfig SmallRandomConfig() {
-  ModelConfig c;
-  c.transformer.dim = 64;
-  c.transformer.n_heads = 2;
-  c.transformer.n_layers = 1;
-  c.transformer.n_refiner_layers = 1;
-  c.transformer.axes_dims = {8, 12, 12};
-  c.transformer.cap_feat_dim = 32;
-  c.text_encoder.vocab_size = 256;
-  c.text_encoder.hidden_size = 32;
-  c.text_encoder.num_hidden_layers = 2;
-  c.text_encoder.num_attention_heads = 2;
-  c.text_encoder.num_key_value_heads = 1;
-  c.text_encoder.head_dim = 16;
-  c.text_encoder.intermediate_size = 64;
-  c.vae.block_out_channels = {16, 16, 32, 32};
-  c.vae.norm_num_groups = 8;
-  return c;
-}
 
 // The compute dtype is a field the worker reports as is (its hello's dtype), resolved
 // from the options for the device: auto is float32 on the CPU, bf16 when asked for.
