@@ -13,12 +13,14 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/worker/pipeline/parity_util.h"
 #include "worker/model/fp8.h"
+#include "worker/model/fused_ops.h"
 #include "worker/pipeline/pipeline.h"
 
 namespace zfarm::worker {
@@ -57,6 +59,37 @@ TEST(Fp8GpuTest, NativeLinearEqualsTheReference) {
   at::Tensor ours = model::EncodeE4m3(model::RoundToE4m3(v)).cpu();
   EXPECT_TRUE(at::equal(torch_bytes, ours));
 #endif
+}
+
+// The one-pass quantization kernel gives the ATen sequence's bytes and scales exactly:
+// the DiT's K of 3840 and 10240 (vector kernel), a strided slice of a fused projection,
+// a K that is not a multiple of 8 (scalar kernel), an all-zero row and values past ±448.
+TEST(Fp8GpuTest, QuantizationKernelEqualsTheAtenSequence) {
+  if (!Cuda()) GTEST_SKIP() << "no CUDA";
+  ASSERT_TRUE(model::FusedKernelsBuilt()) << "CUDA device present but no fused kernels built";
+  at::manual_seed(3);
+  const auto cuda = at::TensorOptions().device(at::kCUDA);
+  at::Tensor wide = (at::randn({77, 3 * 3840}, cuda) * 3).to(at::kBFloat16);
+  at::Tensor with_zero = (at::randn({5, 3840}, cuda) * 1000).to(at::kBFloat16);
+  with_zero[2].zero_();
+  const std::vector<std::pair<std::string, at::Tensor>> cases = {
+      {"333x3840", (at::randn({333, 3840}, cuda) * 2).to(at::kBFloat16)},
+      {"129x10240", (at::randn({129, 10240}, cuda) / 7).to(at::kBFloat16)},
+      {"strided slice", wide.narrow(1, 3840, 3840)},
+      {"K 170", at::randn({40, 170}, cuda).to(at::kBFloat16)},
+      {"zero row, large values", with_zero},
+  };
+  for (const auto& [what, x] : cases) {
+    const model::QuantizedActivations k = model::QuantizeActivations(x, /*kernel=*/true);
+    const model::QuantizedActivations r = model::QuantizeActivations(x, /*kernel=*/false);
+    ASSERT_EQ(k.data.scalar_type(), at::kByte) << what;
+    ASSERT_EQ(k.data.sizes(), r.data.sizes()) << what;
+    ASSERT_EQ(k.scale.sizes(), r.scale.sizes()) << what;
+    EXPECT_TRUE(at::equal(k.scale, r.scale)) << what << ": scales differ";
+    const int64_t differing = k.data.ne(r.data).sum().item<int64_t>();
+    EXPECT_EQ(differing, 0) << what << ": bytes differ";
+    EXPECT_GT(r.data.ne(0).sum().item<int64_t>(), 0) << what << ": all zero";
+  }
 }
 
 // A small DiT whose every FP8 layer runs natively (dim 768, FFN 2048, q/k/v 2304, w1/w3 4096).

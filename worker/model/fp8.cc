@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "worker/io/safetensors.h"
+#include "worker/model/fused_ops.h"
 #include "worker/model/modules.h"
 
 // at::_scaled_mm(a, b, scale_a, scale_b, bias, scale_result, out_dtype, use_fast_accum) with
@@ -125,7 +126,21 @@ QuantizedWeight QuantizeWeight(const at::Tensor& w) {
 }
 
 at::Tensor TokenScales(const at::Tensor& x2d) {
-  return x2d.abs().amax({-1}, /*keepdim=*/true).to(at::kFloat).clamp_min(1e-12) / kE4m3Max;
+  return x2d.abs().amax({-1}, /*keepdim=*/true).to(at::kFloat).clamp_min(kE4m3MinAmax) *
+         kE4m3InvMax;
+}
+
+QuantizedActivations QuantizeActivations(const at::Tensor& x2d, bool kernel) {
+  QuantizedActivations out;
+  if (kernel && QuantizeE4m3Rows(x2d, &out.data, &out.scale)) return out;
+  out.scale = TokenScales(x2d);
+  const at::Tensor v = x2d.to(at::kFloat) / out.scale;
+#ifdef ZFARM_FP8_NATIVE
+  out.data = v.clamp(-kE4m3Max, kE4m3Max).to(at::kFloat8_e4m3fn).view(at::kByte);
+#else
+  out.data = EncodeE4m3(RoundToE4m3(v));
+#endif
+  return out;
 }
 
 at::Tensor Fp8Linear(const at::Tensor& x, const at::Tensor& data, const at::Tensor& scale,
@@ -134,23 +149,24 @@ at::Tensor Fp8Linear(const at::Tensor& x, const at::Tensor& data, const at::Tens
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = n;
   const at::Tensor x2 = x.reshape({-1, k});
-  const at::Tensor sx = TokenScales(x2);
 #ifdef ZFARM_FP8_NATIVE
   // The FP8 GEMMs need K and N multiples of 16 (every layer of the real model; not the
   // tiny test model's FFN of 170): other shapes take the reference path on the device.
   if (x.is_cuda() && k % 16 == 0 && n % 16 == 0) {
     // Row-major activations [M, K] and the column-major weight (w^T of the row-major
     // [N, K] bytes), row-wise scales [M, 1] and [1, N], fp32 accumulation, x's dtype out.
-    at::Tensor xq = (x2.to(at::kFloat) / sx).clamp(-kE4m3Max, kE4m3Max).to(at::kFloat8_e4m3fn);
+    const QuantizedActivations xq = QuantizeActivations(x2, /*kernel=*/true);
     std::optional<at::Tensor> b;
     if (bias.defined()) b = bias.to(x.scalar_type());
-    at::Tensor y = at::_scaled_mm(xq, data.view(at::kFloat8_e4m3fn).t(), sx,
+    at::Tensor y = at::_scaled_mm(xq.data.view(at::kFloat8_e4m3fn),
+                                  data.view(at::kFloat8_e4m3fn).t(), xq.scale,
                                   scale.view({1, n}), b, std::nullopt, x.scalar_type(),
                                   /*use_fast_accum=*/false);
     return y.view(out_shape);
   }
 #endif
   // Reference: the same quantized operands, multiplied in float32.
+  const at::Tensor sx = TokenScales(x2);
   at::Tensor xq = RoundToE4m3(x2.to(at::kFloat) / sx);
   at::Tensor y = at::matmul(xq, DecodeE4m3(data).t()) * sx * scale.view({1, n}).to(at::kFloat);
   if (bias.defined()) y = y + bias.to(at::kFloat);

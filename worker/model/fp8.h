@@ -32,10 +32,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "worker/model/e4m3.h"
 
 namespace zfarm::worker::model {
-
-inline constexpr double kE4m3Max = 448.0;
 
 // The recipe: one row per kind of Linear layer of the DiT (module keys as named_modules()
 // names them). `pattern` is "*SUFFIX" (any block) or "PREFIX*" (a top-level component).
@@ -92,8 +91,16 @@ struct QuantizedWeight {
 };
 // Per-output-channel quantization of w [out, in] (any float dtype; computed in float32).
 QuantizedWeight QuantizeWeight(const at::Tensor& w);
-// Per-token scales of x2d [M, K]: float32 [M, 1].
+// Per-token scales of x2d [M, K] (e4m3.h's formula): float32 [M, 1].
 at::Tensor TokenScales(const at::Tensor& x2d);
+
+struct QuantizedActivations {
+  at::Tensor data;   // uint8 [M, K]: e4m3fn bytes
+  at::Tensor scale;  // float32 [M, 1]: TokenScales
+};
+// x2d [M, K] quantized per token (e4m3.h): one CUDA kernel (fused_ops.h) for bf16 CUDA
+// x2d when `kernel`, else the ATen sequence; both give the same bytes and scales.
+QuantizedActivations QuantizeActivations(const at::Tensor& x2d, bool kernel);
 
 // y = x W^T (+ bias) for W = data ⊙ scale (QuantizeWeight's form), x [..., in]. Returns
 // [..., out] in x's dtype: the native FP8 GEMM on CUDA in a native build (Fp8NativeBuild)

@@ -3,11 +3,13 @@
 // reference ATen sequence stores a bf16 tensor.
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <initializer_list>
 
+#include "worker/model/e4m3.h"
 #include "worker/model/fused_kernels.h"
 
 namespace zfarm::worker::model::cuda {
@@ -249,6 +251,90 @@ int VecThreads(int64_t cols, int64_t stride, std::initializer_list<const void*> 
 }
 
 
+// ---- Per-row e4m3 quantization (the FP8 GEMMs' activations).
+
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Max over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ float BlockMax(float v) {
+  __shared__ float partial[32];
+  __shared__ float total;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = WarpMax(v);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float p = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0f;
+    p = WarpMax(p);
+    if (lane == 0) total = p;
+  }
+  __syncthreads();
+  return total;
+}
+
+__device__ __forceinline__ float RowScale(float amax) {
+  return __fmul_rn(fmaxf(amax, kE4m3MinAmax), kE4m3InvMax);
+}
+
+__device__ __forceinline__ uint8_t E4m3(float v, float scale) {
+  const float q = fminf(fmaxf(__fdiv_rn(v, scale), -kE4m3Max), kE4m3Max);
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(q, __NV_SATFINITE, __NV_E4M3));
+}
+
+__device__ __forceinline__ float ChunkAbsMax(const uint4& u) {
+  const bf16* v = reinterpret_cast<const bf16*>(&u);
+  float m = 0.0f;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(F(v[e])));
+  return m;
+}
+
+// One block per row; the row stays in registers between the max and the quantization.
+__global__ void QuantizeE4m3VecKernel(const bf16* x, int64_t x_stride, uint8_t* q, float* scale,
+                                      int64_t cols) {
+  const int64_t chunks = cols / 8;
+  const uint4* xr = reinterpret_cast<const uint4*>(x + blockIdx.x * x_stride);
+  uint4 buf[kChunks];
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (c < chunks) {
+      buf[i] = xr[c];
+      m = fmaxf(m, ChunkAbsMax(buf[i]));
+    }
+  }
+  const float s = RowScale(BlockMax(m));
+  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+  uint2* qr = reinterpret_cast<uint2*>(q + blockIdx.x * cols);
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (c < chunks) {
+      const bf16* v = reinterpret_cast<const bf16*>(&buf[i]);
+      uint2 o;
+      uint8_t* ob = reinterpret_cast<uint8_t*>(&o);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ob[e] = E4m3(F(v[e]), s);
+      qr[c] = o;
+    }
+  }
+}
+
+__global__ void QuantizeE4m3Kernel(const bf16* x, int64_t x_stride, uint8_t* q, float* scale,
+                                   int64_t cols) {
+  const bf16* xr = x + blockIdx.x * x_stride;
+  float m = 0.0f;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) m = fmaxf(m, fabsf(F(xr[i])));
+  const float s = RowScale(BlockMax(m));
+  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) q[blockIdx.x * cols + i] = E4m3(F(xr[i]), s);
+}
+
+
 // ---- GroupNorm (+ SiLU), NCHW: each group is one contiguous run of cg * hw elements.
 
 // Partial statistics of one slice of one group: (count, mean, M2) via per-thread
@@ -476,6 +562,21 @@ int GroupNormAct(const void* x, const void* gamma, const void* beta, void* y, fl
                     static_cast<unsigned>(n * c));
     GroupApplyKernel<false><<<grid, threads, 0, st>>>(xb, gb, bb, stats, yb, c, hw, cg, silu);
   }
+  return Done();
+}
+
+int QuantizeE4m3Rows(const void* x, int64_t x_stride, void* q, float* scale, int64_t rows,
+                     int64_t cols, void* stream) {
+  if (rows == 0) return 0;
+  auto* st = static_cast<cudaStream_t>(stream);
+  const auto* xb = static_cast<const bf16*>(x);
+  auto* qb = static_cast<uint8_t*>(q);
+  // 8-byte stores of the quantized chunks: q aligned to 8 (cols % 8 == 0 keeps rows so).
+  if (const int t = VecThreads(cols, x_stride, {x}); t > 0 && reinterpret_cast<uintptr_t>(q) % 8 == 0) {
+    QuantizeE4m3VecKernel<<<static_cast<unsigned>(rows), t, 0, st>>>(xb, x_stride, qb, scale, cols);
+    return Done();
+  }
+  QuantizeE4m3Kernel<<<static_cast<unsigned>(rows), 256, 0, st>>>(xb, x_stride, qb, scale, cols);
   return Done();
 }
 

@@ -44,6 +44,11 @@ int GroupNormAct(const void* x, const void* gamma, const void* beta, void* y, fl
                  int64_t n, int64_t c, int64_t hw, int64_t groups, float eps, bool silu,
                  void* stream);
 
+// Row-wise e4m3 quantization (the formula of e4m3.h): scale[r] float32, q[r, i] e4m3fn
+// bytes. x rows are `x_stride` elements apart; q is contiguous [rows, cols], scale [rows].
+int QuantizeE4m3Rows(const void* x, int64_t x_stride, void* q, float* scale, int64_t rows,
+                     int64_t cols, void* stream);
+
 }  // namespace zfarm::worker::model::cuda
 
 #endif  // ZFARM_WORKER_MODEL_FUSED_KERNELS_H_

@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #ifdef ZFARM_CUDA_KERNELS
@@ -166,6 +167,26 @@ at::Tensor GroupNormAct(const at::Tensor& x, int64_t groups, const at::Tensor& w
   (void)kernel;
   at::Tensor y = at::group_norm(x, groups, w, b, eps);
   return silu ? at::silu(y) : y;
+}
+
+bool QuantizeE4m3Rows(const at::Tensor& x2d, at::Tensor* q, at::Tensor* scale) {
+#ifdef ZFARM_CUDA_KERNELS
+  if (x2d.dim() == 2 && x2d.is_cuda() && x2d.scalar_type() == at::kBFloat16) {
+    const c10::cuda::CUDAGuard device_guard(x2d.device());
+    at::Tensor xs = RowStride(x2d) < 0 ? x2d.contiguous() : x2d;
+    const int64_t rows = x2d.size(0), cols = x2d.size(1);
+    at::Tensor out = at::empty({rows, cols}, x2d.options().dtype(at::kByte));
+    at::Tensor s = at::empty({rows, 1}, x2d.options().dtype(at::kFloat));
+    Check(cuda::QuantizeE4m3Rows(xs.data_ptr(), RowStride(xs), out.data_ptr(), s.data_ptr<float>(),
+                                 rows, cols, Stream(x2d)),
+          "QuantizeE4m3Rows");
+    *q = std::move(out);
+    *scale = std::move(s);
+    return true;
+  }
+#endif
+  (void)x2d, (void)q, (void)scale;
+  return false;
 }
 
 }  // namespace zfarm::worker::model

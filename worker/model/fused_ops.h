@@ -44,6 +44,13 @@ at::Tensor SwiGlu(const at::Tensor& h, bool kernel);
 at::Tensor GroupNormAct(const at::Tensor& x, int64_t groups, const at::Tensor& w,
                         const at::Tensor& b, double eps, bool silu, bool kernel);
 
+// The FP8 GEMMs' per-row activation quantization (e4m3.h's formula) in one pass over x:
+// for bf16 CUDA x2d [rows, K] with a unit last stride, sets *q (uint8 [rows, K] e4m3fn
+// bytes, contiguous) and *scale (float32 [rows, 1]) and returns true. Returns false, with
+// nothing set, where the kernel does not apply (not built, not bf16 CUDA); the caller
+// (fp8.h's QuantizeActivations) then runs the ATen sequence, which it equals bit for bit.
+bool QuantizeE4m3Rows(const at::Tensor& x2d, at::Tensor* q, at::Tensor* scale);
+
 }  // namespace zfarm::worker::model
 
 #endif  // ZFARM_WORKER_MODEL_FUSED_OPS_H_
