@@ -92,6 +92,44 @@ TEST(Fp8GpuTest, QuantizationKernelEqualsTheAtenSequence) {
   }
 }
 
+// The kernels that normalise (or gate) and quantize in one pass give the bytes and scales
+// of the bf16 op followed by the quantization kernel: RmsNormMod with and without a scale,
+// on contiguous and strided rows, and SwiGlu at the DiT's F of 10240.
+TEST(Fp8GpuTest, FusedNormAndSwiGluQuantizationEqualTheirTwoStepForms) {
+  if (!Cuda()) GTEST_SKIP() << "no CUDA";
+  ASSERT_TRUE(model::FusedKernelsBuilt()) << "CUDA device present but no fused kernels built";
+  at::manual_seed(4);
+  const auto cuda = at::TensorOptions().device(at::kCUDA);
+  auto expect_equal = [](const std::string& what, const at::Tensor& q, const at::Tensor& scale,
+                         const at::Tensor& two_step) {
+    const model::QuantizedActivations r = model::QuantizeActivations(two_step, /*kernel=*/true);
+    ASSERT_EQ(q.sizes(), r.data.sizes()) << what;
+    EXPECT_TRUE(at::equal(scale, r.scale)) << what << ": scales differ";
+    EXPECT_EQ(q.ne(r.data).sum().item<int64_t>(), 0) << what << ": bytes differ";
+    EXPECT_GT(r.data.ne(0).sum().item<int64_t>(), 0) << what << ": all zero";
+  };
+  at::Tensor x = (at::randn({1, 333, 3840}, cuda) * 3).to(at::kBFloat16);
+  at::Tensor w = at::randn({3840}, cuda).to(at::kBFloat16);
+  at::Tensor s = (1 + at::randn({3840}, cuda) / 4).to(at::kBFloat16);
+  at::Tensor wide = (at::randn({1, 77, 3 * 3840}, cuda) * 3).to(at::kBFloat16);
+  const std::vector<std::pair<std::string, at::Tensor>> scales = {{"scale", s}, {"no scale", {}}};
+  for (const auto& [what, sc] : scales) {
+    for (const at::Tensor& in : {x, wide.narrow(-1, 3840, 3840)}) {
+      at::Tensor q, qs;
+      ASSERT_TRUE(model::RmsNormModE4m3(in, w, sc, 1e-5, &q, &qs)) << what;
+      const at::Tensor h = model::RmsNormMod(in, w, sc, 1e-5, true);
+      expect_equal("RmsNormMod, " + what, q, qs, h.reshape({-1, 3840}));
+    }
+  }
+  at::Tensor h13 = (at::randn({1, 129, 2 * 10240}, cuda) * 2).to(at::kBFloat16);
+  at::Tensor q, qs;
+  ASSERT_TRUE(model::SwiGluE4m3(h13, &q, &qs));
+  expect_equal("SwiGlu", q, qs, model::SwiGlu(h13, true).reshape({-1, 10240}));
+  // Rows the vector kernel cannot take are declined, not mis-read.
+  at::Tensor odd = at::randn({1, 9, 2 * 170}, cuda).to(at::kBFloat16);
+  EXPECT_FALSE(model::SwiGluE4m3(odd, &q, &qs));
+}
+
 // A small DiT whose every FP8 layer runs natively (dim 768, FFN 2048, q/k/v 2304, w1/w3 4096).
 ModelConfig SmallFp8Config() {
   ModelConfig c;

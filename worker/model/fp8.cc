@@ -143,34 +143,41 @@ QuantizedActivations QuantizeActivations(const at::Tensor& x2d, bool kernel) {
   return out;
 }
 
-at::Tensor Fp8Linear(const at::Tensor& x, const at::Tensor& data, const at::Tensor& scale,
-                     const at::Tensor& bias) {
-  const int64_t k = x.size(-1), n = data.size(0);
-  std::vector<int64_t> out_shape = x.sizes().vec();
-  out_shape.back() = n;
-  const at::Tensor x2 = x.reshape({-1, k});
+at::Tensor Fp8Gemm(const QuantizedActivations& xq, const at::Tensor& data, const at::Tensor& scale,
+                   const at::Tensor& bias, at::ScalarType out_dtype) {
+  const int64_t k = xq.data.size(-1), n = data.size(0);
 #ifdef ZFARM_FP8_NATIVE
   // The FP8 GEMMs need K and N multiples of 16 (every layer of the real model; not the
   // tiny test model's FFN of 170): other shapes take the reference path on the device.
-  if (x.is_cuda() && k % 16 == 0 && n % 16 == 0) {
+  if (xq.data.is_cuda() && k % 16 == 0 && n % 16 == 0) {
     // Row-major activations [M, K] and the column-major weight (w^T of the row-major
-    // [N, K] bytes), row-wise scales [M, 1] and [1, N], fp32 accumulation, x's dtype out.
-    const QuantizedActivations xq = QuantizeActivations(x2, /*kernel=*/true);
+    // [N, K] bytes), row-wise scales [M, 1] and [1, N]. Fast accumulation (the tensor
+    // cores' own accumulator, without cuBLASLt's periodic promotion to fp32): measured on
+    // the H200 at 1024^2, the DiT step 69.4 -> 65.6 ms with the final latents' cosine
+    // against bf16 unchanged (0.99960 / 0.99956) and the GEMMs' error unchanged (3.75e-2,
+    // the e4m3 rounding itself, at K = 10240).
     std::optional<at::Tensor> b;
-    if (bias.defined()) b = bias.to(x.scalar_type());
-    at::Tensor y = at::_scaled_mm(xq.data.view(at::kFloat8_e4m3fn),
-                                  data.view(at::kFloat8_e4m3fn).t(), xq.scale,
-                                  scale.view({1, n}), b, std::nullopt, x.scalar_type(),
-                                  /*use_fast_accum=*/false);
-    return y.view(out_shape);
+    if (bias.defined()) b = bias.to(out_dtype);
+    return at::_scaled_mm(xq.data.view(at::kFloat8_e4m3fn), data.view(at::kFloat8_e4m3fn).t(),
+                          xq.scale, scale.view({1, n}), b, std::nullopt, out_dtype,
+                          /*use_fast_accum=*/true);
   }
 #endif
+  (void)k;
   // Reference: the same quantized operands, multiplied in float32.
-  const at::Tensor sx = TokenScales(x2);
-  at::Tensor xq = RoundToE4m3(x2.to(at::kFloat) / sx);
-  at::Tensor y = at::matmul(xq, DecodeE4m3(data).t()) * sx * scale.view({1, n}).to(at::kFloat);
+  at::Tensor y = at::matmul(DecodeE4m3(xq.data), DecodeE4m3(data).t()) * xq.scale *
+                 scale.view({1, n}).to(at::kFloat);
   if (bias.defined()) y = y + bias.to(at::kFloat);
-  return y.to(x.scalar_type()).view(out_shape);
+  return y.to(out_dtype);
+}
+
+at::Tensor Fp8Linear(const at::Tensor& x, const at::Tensor& data, const at::Tensor& scale,
+                     const at::Tensor& bias) {
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = data.size(0);
+  const QuantizedActivations xq =
+      QuantizeActivations(x.reshape({-1, x.size(-1)}), /*kernel=*/true);
+  return Fp8Gemm(xq, data, scale, bias, x.scalar_type()).view(out_shape);
 }
 
 bool Fp8NativeBuild() {

@@ -107,6 +107,10 @@ QuantizedActivations QuantizeActivations(const at::Tensor& x2d, bool kernel);
 // when in and out are multiples of 16, else the float32 reference (on x's device).
 at::Tensor Fp8Linear(const at::Tensor& x, const at::Tensor& data, const at::Tensor& scale,
                      const at::Tensor& bias);
+// Fp8Linear's product for activations already quantized (QuantizeActivations, or a fused
+// kernel of fused_ops.h that quantizes as it normalises): [M, out] in `out_dtype`.
+at::Tensor Fp8Gemm(const QuantizedActivations& xq, const at::Tensor& data, const at::Tensor& scale,
+                   const at::Tensor& bias, at::ScalarType out_dtype);
 
 // True when this build has the native FP8 GEMM (libtorch >= 2.5 with its at::_scaled_mm).
 bool Fp8NativeBuild();

@@ -292,6 +292,27 @@ __device__ __forceinline__ float ChunkAbsMax(const uint4& u) {
   return m;
 }
 
+// Writes this block's row, held as bf16 chunks in `buf` (QuantizeE4m3VecKernel's layout),
+// as e4m3 bytes with the row's scale; `m` is this thread's max |value|.
+__device__ __forceinline__ void StoreE4m3Row(const uint4 (&buf)[kChunks], float m, int64_t chunks,
+                                             uint8_t* q_row, float* scale) {
+  const float s = RowScale(BlockMax(m));
+  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+  uint2* qr = reinterpret_cast<uint2*>(q_row);
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (c < chunks) {
+      const bf16* v = reinterpret_cast<const bf16*>(&buf[i]);
+      uint2 o;
+      uint8_t* ob = reinterpret_cast<uint8_t*>(&o);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ob[e] = E4m3(F(v[e]), s);
+      qr[c] = o;
+    }
+  }
+}
+
 // One block per row; the row stays in registers between the max and the quantization.
 __global__ void QuantizeE4m3VecKernel(const bf16* x, int64_t x_stride, uint8_t* q, float* scale,
                                       int64_t cols) {
@@ -307,21 +328,59 @@ __global__ void QuantizeE4m3VecKernel(const bf16* x, int64_t x_stride, uint8_t* 
       m = fmaxf(m, ChunkAbsMax(buf[i]));
     }
   }
-  const float s = RowScale(BlockMax(m));
-  if (threadIdx.x == 0) scale[blockIdx.x] = s;
-  uint2* qr = reinterpret_cast<uint2*>(q + blockIdx.x * cols);
+  StoreE4m3Row(buf, m, chunks, q + blockIdx.x * cols, scale);
+}
+
+// RmsNormModVecKernel's row, quantized instead of stored.
+__global__ void RmsNormModE4m3Kernel(const bf16* x, int64_t x_stride, const bf16* w, const bf16* s,
+                                     uint8_t* q, float* scale, int64_t cols, float eps) {
+  const int64_t chunks = cols / 8;
+  uint4 buf[kChunks];
+  const float rstd = LoadRowRstd(x + blockIdx.x * x_stride, cols, eps, buf);
+  float m = 0.0f;
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
     const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
     if (c < chunks) {
-      const bf16* v = reinterpret_cast<const bf16*>(&buf[i]);
-      uint2 o;
-      uint8_t* ob = reinterpret_cast<uint8_t*>(&o);
+      bf16* v = reinterpret_cast<bf16*>(&buf[i]);
+      const uint4 wu = reinterpret_cast<const uint4*>(w)[c];
+      const bf16* wv = reinterpret_cast<const bf16*>(&wu);
+      uint4 su{};
+      if (s != nullptr) su = reinterpret_cast<const uint4*>(s)[c];
+      const bf16* sv = reinterpret_cast<const bf16*>(&su);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) ob[e] = E4m3(F(v[e]), s);
-      qr[c] = o;
+      for (int e = 0; e < 8; ++e) {
+        float r = R(__fmul_rn(R(__fmul_rn(F(v[e]), rstd)), F(wv[e])));
+        if (s != nullptr) r = R(__fmul_rn(r, F(sv[e])));
+        v[e] = B(r);
+      }
+      m = fmaxf(m, ChunkAbsMax(buf[i]));
     }
   }
+  StoreE4m3Row(buf, m, chunks, q + blockIdx.x * cols, scale);
+}
+
+// SwiGluVecKernel's row (F outputs of h's [2F] row), quantized instead of stored.
+__global__ void SwiGluE4m3Kernel(const bf16* h, uint8_t* q, float* scale, int64_t f) {
+  const int64_t chunks = f / 8;
+  const uint4* a = reinterpret_cast<const uint4*>(h + blockIdx.x * 2 * f);
+  const uint4* b = reinterpret_cast<const uint4*>(h + blockIdx.x * 2 * f + f);
+  uint4 buf[kChunks];
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (c < chunks) {
+      const uint4 ua = a[c], ub = b[c];
+      const bf16* av = reinterpret_cast<const bf16*>(&ua);
+      const bf16* bv = reinterpret_cast<const bf16*>(&ub);
+      bf16* ov = reinterpret_cast<bf16*>(&buf[i]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ov[e] = SwiGluOne(av[e], bv[e]);
+      m = fmaxf(m, ChunkAbsMax(buf[i]));
+    }
+  }
+  StoreE4m3Row(buf, m, chunks, q + blockIdx.x * f, scale);
 }
 
 __global__ void QuantizeE4m3Kernel(const bf16* x, int64_t x_stride, uint8_t* q, float* scale,
@@ -579,5 +638,27 @@ int QuantizeE4m3Rows(const void* x, int64_t x_stride, void* q, float* scale, int
   QuantizeE4m3Kernel<<<static_cast<unsigned>(rows), 256, 0, st>>>(xb, x_stride, qb, scale, cols);
   return Done();
 }
+
+int RmsNormModE4m3(const void* x, int64_t x_stride, const void* w, const void* s, void* q,
+                   float* scale, int64_t rows, int64_t cols, float eps, void* stream) {
+  if (rows == 0) return 0;
+  const int t = VecThreads(cols, x_stride, {x, w, s});
+  if (t == 0 || reinterpret_cast<uintptr_t>(q) % 8 != 0) return static_cast<int>(cudaErrorInvalidValue);
+  RmsNormModE4m3Kernel<<<static_cast<unsigned>(rows), t, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const bf16*>(x), x_stride, static_cast<const bf16*>(w),
+      static_cast<const bf16*>(s), static_cast<uint8_t*>(q), scale, cols, eps);
+  return Done();
+}
+
+int SwiGluE4m3(const void* h, void* q, float* scale, int64_t rows, int64_t f, void* stream) {
+  if (rows == 0) return 0;
+  const int t = VecThreads(f, 2 * f, {h});
+  if (t == 0 || reinterpret_cast<uintptr_t>(q) % 8 != 0) return static_cast<int>(cudaErrorInvalidValue);
+  SwiGluE4m3Kernel<<<static_cast<unsigned>(rows), t, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const bf16*>(h), static_cast<uint8_t*>(q), scale, f);
+  return Done();
+}
+
+bool E4m3RowKernelApplies(int64_t cols, int64_t stride) { return VecThreads(cols, stride, {}) > 0; }
 
 }  // namespace zfarm::worker::model::cuda

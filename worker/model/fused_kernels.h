@@ -49,6 +49,19 @@ int GroupNormAct(const void* x, const void* gamma, const void* beta, void* y, fl
 int QuantizeE4m3Rows(const void* x, int64_t x_stride, void* q, float* scale, int64_t rows,
                      int64_t cols, void* stream);
 
+// RmsNormMod's rows (x as there), quantized as QuantizeE4m3Rows would quantize RmsNormMod's
+// output, without storing it. Vector rows only (E4m3RowKernelApplies(cols, x_stride));
+// cudaErrorInvalidValue otherwise.
+int RmsNormModE4m3(const void* x, int64_t x_stride, const void* w, const void* s, void* q,
+                   float* scale, int64_t rows, int64_t cols, float eps, void* stream);
+// SwiGlu's rows (h contiguous [rows, 2F]), quantized as QuantizeE4m3Rows would quantize
+// SwiGlu's output, without storing it. E4m3RowKernelApplies(f, 2 * f) only.
+int SwiGluE4m3(const void* h, void* q, float* scale, int64_t rows, int64_t f, void* stream);
+// True when rows of `cols` elements `stride` apart fit the one-block-per-row vector kernels
+// (cols % 8 == 0, stride % 8 == 0, at most 4 * 8 * 1024 elements); 16-byte aligned
+// pointers are the caller's to check.
+bool E4m3RowKernelApplies(int64_t cols, int64_t stride);
+
 }  // namespace zfarm::worker::model::cuda
 
 #endif  // ZFARM_WORKER_MODEL_FUSED_KERNELS_H_

@@ -50,6 +50,13 @@ at::Tensor GroupNormAct(const at::Tensor& x, int64_t groups, const at::Tensor& w
 // nothing set, where the kernel does not apply (not built, not bf16 CUDA); the caller
 // (fp8.h's QuantizeActivations) then runs the ATen sequence, which it equals bit for bit.
 bool QuantizeE4m3Rows(const at::Tensor& x2d, at::Tensor* q, at::Tensor* scale);
+// QuantizeE4m3Rows(RmsNormMod(x, w, s, eps, true)) and QuantizeE4m3Rows(SwiGlu(h, true))
+// in one pass each, without storing the bf16 intermediate (rows [x.numel() / D, D] and
+// [h.numel() / 2F, F]); the same bytes and scales. False, nothing set, where the vector
+// kernel does not apply (also D or F not a multiple of 8, misaligned or strided data).
+bool RmsNormModE4m3(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, double eps,
+                    at::Tensor* q, at::Tensor* scale);
+bool SwiGluE4m3(const at::Tensor& h, at::Tensor* q, at::Tensor* scale);
 
 }  // namespace zfarm::worker::model
 

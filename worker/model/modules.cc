@@ -248,24 +248,51 @@ void DitBlockImpl::FuseProjections() {
   }
 }
 
-at::Tensor DitBlockImpl::Attention(const at::Tensor& x, const RopeTable& rope) {
+at::Tensor DitBlockImpl::NormProject(const at::Tensor& x, const at::Tensor& norm_w,
+                                     const at::Tensor& s, const at::Tensor& w,
+                                     const at::Tensor& w_scale) {
+  const double eps = attention_norm1->eps;
+  QuantizedActivations hq;
+  if (w_scale.defined() && kernels_ && RmsNormModE4m3(x, norm_w, s, eps, &hq.data, &hq.scale)) {
+    return Fp8Gemm(hq, w, w_scale, {}, x.scalar_type()).view({1, x.size(1), w.size(0)});
+  }
+  return Project(RmsNormMod(x, norm_w, s, eps, kernels_), w, w_scale);
+}
+
+at::Tensor DitBlockImpl::Attention(const at::Tensor& x, const at::Tensor& scale,
+                                   const RopeTable& rope) {
   const int64_t S = x.size(1), H = c_.n_heads, Dh = c_.head_dim(), D = H * Dh;
   at::Tensor q, k, v;
   if (qkv_weight_.defined()) {
-    at::Tensor qkv = Project(x, qkv_weight_, qkv_scale_);  // [1, S, 3D]
-    q = qkv.narrow(-1, 0, D);
+    at::Tensor qkv = NormProject(x, attention_norm1->weight, scale, qkv_weight_, qkv_scale_);
+    q = qkv.narrow(-1, 0, D);  // [1, S, 3D]
     k = qkv.narrow(-1, D, D);
     v = qkv.narrow(-1, 2 * D, D);
   } else {
-    q = to_q(x);
-    k = to_k(x);
-    v = to_v(x);
+    const at::Tensor h = RmsNormMod(x, attention_norm1->weight, scale, attention_norm1->eps, kernels_);
+    q = to_q(h);
+    k = to_k(h);
+    v = to_v(h);
   }
   q = QkNormRope(q, H, norm_q->weight, rope.cos, rope.sin, norm_q->eps, kernels_);
   k = QkNormRope(k, H, norm_k->weight, rope.cos, rope.sin, norm_k->eps, kernels_);
   v = v.view({1, S, H, Dh});
   at::Tensor o = Sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), false);
   return to_out(o.transpose(1, 2).reshape({1, S, D}));
+}
+
+at::Tensor DitBlockImpl::FeedForward(const at::Tensor& x, const at::Tensor& scale) {
+  if (!w13_weight_.defined()) {
+    const at::Tensor h = RmsNormMod(x, ffn_norm1->weight, scale, ffn_norm1->eps, kernels_);
+    return w2(at::silu(w1(h)) * w3(h));
+  }
+  const at::Tensor h13 = NormProject(x, ffn_norm1->weight, scale, w13_weight_, w13_scale_);
+  QuantizedActivations fq;
+  if (w2->fp8() && kernels_ && SwiGluE4m3(h13, &fq.data, &fq.scale)) {
+    return Fp8Gemm(fq, w2->weight, w2->weight_scale, w2->bias, x.scalar_type())
+        .view({1, x.size(1), w2->weight.size(0)});
+  }
+  return w2(SwiGlu(h13, kernels_));
 }
 
 at::Tensor DitBlockImpl::forward(const at::Tensor& x_in, const RopeTable& rope,
@@ -282,13 +309,10 @@ at::Tensor DitBlockImpl::forward(const at::Tensor& x_in, const RopeTable& rope,
     gate_mlp = m[3].tanh();
   }
   const double eps = attention_norm1->eps;
-  at::Tensor h = RmsNormMod(x_in, attention_norm1->weight, scale_msa, eps, kernels_);
-  at::Tensor x = GatedResidualRmsNorm(x_in, Attention(h, rope), attention_norm2->weight, gate_msa,
-                                      eps, kernels_);
-  h = RmsNormMod(x, ffn_norm1->weight, scale_mlp, eps, kernels_);
-  at::Tensor f = w13_weight_.defined() ? SwiGlu(Project(h, w13_weight_, w13_scale_), kernels_)
-                                       : at::silu(w1(h)) * w3(h);
-  return GatedResidualRmsNorm(x, w2(f), ffn_norm2->weight, gate_mlp, eps, kernels_);
+  at::Tensor x = GatedResidualRmsNorm(x_in, Attention(x_in, scale_msa, rope),
+                                      attention_norm2->weight, gate_msa, eps, kernels_);
+  return GatedResidualRmsNorm(x, FeedForward(x, scale_mlp), ffn_norm2->weight, gate_mlp, eps,
+                              kernels_);
 }
 
 TransformerImpl::TransformerImpl(const TransformerConfig& c, const at::TensorOptions& o)

@@ -142,7 +142,14 @@ class DitBlockImpl : public torch::nn::Module {
   void set_kernels(bool on) { kernels_ = on; }
 
  private:
-  at::Tensor Attention(const at::Tensor& x, const RopeTable& rope);
+  // The block's two halves on x (the residual stream): attention on norm(x) * scale, and
+  // the FFN on norm(x) * scale (scale undefined: unmodulated).
+  at::Tensor Attention(const at::Tensor& x, const at::Tensor& scale, const RopeTable& rope);
+  at::Tensor FeedForward(const at::Tensor& x, const at::Tensor& scale);
+  // norm(x) * s projected by the fused weight w (FP8 when w_scale is defined: then one
+  // kernel normalises and quantizes, and the bf16 activations are never stored).
+  at::Tensor NormProject(const at::Tensor& x, const at::Tensor& norm_w, const at::Tensor& s,
+                         const at::Tensor& w, const at::Tensor& w_scale);
 
  protected:
   TransformerConfig c_;
