@@ -11,8 +11,18 @@
 #      model) + `zfarm submit --wait`; the PNG exists and its sha256 is the reported one; both
 #      processes exit 0 on SIGTERM.
 # Usage: bundle_test.sh REPO BUILD_DIR TINY_MODEL_DIR
+# Environment (the same test for a CUDA build, run by hand on a GPU host):
+#   ZFARM_BUNDLE_DEVICE      the worker's --device (default cpu; e.g. cuda:0)
+#   ZFARM_BUNDLE_EXTRA_LIBS  folders passed to make-bundle.sh as --extra-libs, ':'-separated
+#                            (a CUDA libtorch's lib/ and the CUDA libraries it dlopens)
+#   With a cuda device the NVIDIA driver's libraries (libcuda, libnvidia-*) join the system set
+#   that may resolve outside the bundle: they always come from the host.
 set -euo pipefail
 repo=$1 build=$2 model=$3
+device=${ZFARM_BUNDLE_DEVICE:-cpu}
+extra=()
+IFS=: read -r -a extra_dirs <<< "${ZFARM_BUNDLE_EXTRA_LIBS:-}"
+for d in "${extra_dirs[@]+"${extra_dirs[@]}"}"; do [ -n "$d" ] && extra+=(--extra-libs "$d"); done
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/zfarm-bundle-test.XXXXXX")
 pids=()
 cleanup() {
@@ -28,7 +38,7 @@ t0=$(date +%s)
 # Uncompressed (.tar) to keep CI short on 2 shared cores: gzip of ~500 MB of libtorch and its
 # dependencies costs more than the rest of the test; .tar.gz differs only in the pipe.
 "$repo/deploy/make-bundle.sh" --build-dir "$build" --model "$model" \
-  --model-name tiny --out "$tmp/zfarm.tar" > "$tmp/make-bundle.log" 2>&1 || fail "make-bundle.sh failed"
+  --model-name tiny "${extra[@]+"${extra[@]}"}" --out "$tmp/zfarm.tar" > "$tmp/make-bundle.log" 2>&1 || fail "make-bundle.sh failed"
 (cd "$tmp" && sha256sum --quiet -c zfarm.tar.sha256) || fail "the tarball does not match its .sha256"
 mkdir "$tmp/unpack"
 tar -C "$tmp/unpack" -xf "$tmp/zfarm.tar"
@@ -83,6 +93,7 @@ say "installed: $(ls "$prefix/lib" | wc -l) libraries ($(( $(date +%s) - t0 )) s
 
 # 4. Self-contained: every resolved library is in PREFIX/lib or in the documented system set.
 system_re='/(ld-linux[^/]*|libc|libm|libdl|libpthread|librt|libresolv|libutil|libanl|libmvec|libstdc\+\+|libgcc_s)\.so[.0-9]*$'
+[ "$device" = cpu ] || system_re='/(ld-linux[^/]*|libc|libm|libdl|libpthread|librt|libresolv|libutil|libanl|libmvec|libstdc\+\+|libgcc_s|libcuda|libnvidia-[^/]*)\.so[.0-9]*$'
 for b in "$prefix"/libexec/*; do
   out=$(LD_LIBRARY_PATH="$prefix/lib" ldd "$b")
   ! grep -q 'not found' <<<"$out" || fail "$b: unresolved libraries: $(grep 'not found' <<<"$out")"
@@ -108,7 +119,7 @@ sched=$!; pids+=("$sched")
 addr=$(wait_line "$tmp/scheduler.log" "listening on " "$sched" 60 | sed 's/.*listening on //; s/ .*//')
 "${clean_env[@]}" "$prefix/bin/zfarm" health "$addr" --timeout 10s > /dev/null || fail "scheduler at $addr is not SERVING"
 "${clean_env[@]}" "$prefix/bin/zfarm-worker" serve --scheduler="$addr" --model="$prefix/models/tiny" \
-  --output-root="$tmp/out" --device=cpu --name=bundle-test --warmup=64x64 --warmup-steps=1 \
+  --output-root="$tmp/out" --device="$device" --name=bundle-test --warmup=64x64 --warmup-steps=1 \
   --min-free-disk-mb=1 --health-listen=127.0.0.1:0 > "$tmp/worker.log" 2>&1 &
 worker=$!; pids+=("$worker")
 haddr=$(wait_line "$tmp/worker.log" "grpc.health.v1 on " "$worker" 60 | sed 's/.*grpc.health.v1 on //; s/ .*//')
