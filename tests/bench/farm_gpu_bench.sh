@@ -23,6 +23,8 @@
 #      ZFARM_FARM_JOBS (64), ZFARM_MODEL_DIR (where to write the weights; default /var/tmp),
 #      ZFARM_SKIP_BUILD=1 (reuse build-gpu), ZFARM_SOURCE_TARBALL (build this snapshot),
 #      ZFARM_FARM_CACHE=0 (skip the second cold start from the bf16 weights cache),
+#      ZFARM_FARM_FP8=1 (also: one worker with --precision fp8, its images per minute on the same
+#      prompts, and the cold start from the FP8 weights cache, `cache-weights --precision fp8`),
 #      ZFARM_FARM_DRY=1 (a dry run of the script on a CPU host: ZFARM_BUILD_DIR's binaries and
 #      tiny model, cpu workers, 256²).
 set -uo pipefail
@@ -165,6 +167,17 @@ stop_workers
 for i in $(seq 0 $((ngpu - 1))); do
   log "cuda:$i: $(grep -o 'stopped after.*' "$out/worker-cuda$i.log")"
 done
+fp8=${ZFARM_FARM_FP8:-0}
+if [ "$fp8" = 1 ] && [ "$dry" != 1 ]; then
+  worker_extra="--precision fp8"
+  s8=$(start_worker 0 "$model") || { log "fp8 worker cuda:0 failed to start"; exit 1; }
+  worker_extra=
+  log "fp8 worker $(dev 0): $s8 s to SERVING, page cache warm ($(loaded 0))"
+  one8=$(run_batch fp8) || exit 1
+  log "1 worker, --precision fp8: $jobs images at ${size}² in $one8 s = $(calc "$jobs * 60 / $one8") images/min ($(calc "$one / $one8")x the bf16 worker)"
+  stop_workers
+  log "fp8 cuda:0: $(grep -o 'stopped after.*' "$out/worker-cuda0.log")"
+fi
 
 # 4. Cold start from the random weights, page cache dropped.
 if [ "$dry" != 1 ]; then
@@ -189,6 +202,19 @@ if [ "$dry" != 1 ]; then
     worker_extra=
     log "cold start cuda:0 with --weights-cache (page cache dropped by $how): $cold s to SERVING ($(loaded 0); $(grep -o 'result=[a-z]*' "$out/worker-cuda0.log" | head -1))"
     stop_workers
+    if [ "$fp8" = 1 ]; then
+      t0=$(now)
+      "$bin/zfarm-worker" cache-weights --model "$model" --weights-cache "$cache" --precision fp8 \
+        > "$out/cache-weights-fp8.log" 2>&1 || { tail -5 "$out/cache-weights-fp8.log"; exit 1; }
+      log "cache-weights --precision fp8: $(calc "$(now) - $t0") s, $(du -sh "$cache"/transformer-fp8-* | cut -f1)"
+      sync
+      drop_page_cache "$model" "$cache"
+      worker_extra="--weights-cache $cache --precision fp8"
+      cold=$(start_worker 0 "$model") || { log "cold start with the fp8 cache failed"; exit 1; }
+      worker_extra=
+      log "cold start cuda:0 --precision fp8 with --weights-cache (page cache dropped by $how): $cold s to SERVING ($(loaded 0); $(grep -o 'result=[a-z]*' "$out/worker-cuda0.log" | head -1))"
+      stop_workers
+    fi
   fi
 fi
 
