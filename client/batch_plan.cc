@@ -14,13 +14,14 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
-#include "proto/job_defaults.h"
-#include "proto/status_macros.h"
+#include "proto/base/files.h"
+#include "proto/base/job_defaults.h"
+#include "proto/base/status_macros.h"
 
 namespace zfarm::client {
 namespace {
 
+using ::zfarm::base::kDefaultSizePx;
 using json = nlohmann::json;
 
 absl::Status LineError(absl::string_view file, int line, absl::string_view message) {
@@ -355,7 +356,7 @@ std::string CanonicalSpecHash(const zfarm::v1::JobSpec& spec) {
     coded.SetSerializationDeterministic(true);
     canonical.SerializeToCodedStream(&coded);
   }
-  return files::Sha256Hex(bytes);
+  return base::Sha256Hex(bytes);
 }
 
 std::string DeriveRequestId(absl::string_view prefix, const PlannedJob& job) {
@@ -379,7 +380,7 @@ std::string DefaultRequestIdPrefix(const char* build_tag, absl::string_view fall
 std::string DeriveBatchId(absl::string_view prefix, const std::vector<PlannedJob>& jobs) {
   std::string all;
   for (const PlannedJob& job : jobs) absl::StrAppend(&all, job.request_id, "\n");
-  return absl::StrCat(prefix, "-batch-", files::Sha256Hex(all).substr(0, 16));
+  return absl::StrCat(prefix, "-batch-", base::Sha256Hex(all).substr(0, 16));
 }
 
 }  // namespace zfarm::client

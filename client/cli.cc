@@ -27,20 +27,21 @@
 #include "client/exit_codes.h"
 #include "client/flags.h"
 #include "client/output.h"
-#include "proto/files.h"
-#include "proto/security/auth.h"
-#include "proto/security/tls.h"
 #include "glog/logging.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
-#include "proto/error_details.h"
-#include "proto/job_defaults.h"
-#include "proto/rpc_status.h"
-#include "proto/scheduler_addresses.h"
-#include "proto/status_macros.h"
-#include "proto/version.h"
+#include "proto/base/files.h"
+#include "proto/base/job_defaults.h"
+#include "proto/base/scheduler_addresses.h"
+#include "proto/base/status_macros.h"
+#include "proto/base/version.h"
+#include "proto/contract/contract.h"
+#include "proto/contract/error_details.h"
+#include "proto/contract/rpc_status.h"
+#include "proto/security/auth.h"
+#include "proto/security/tls.h"
 #include "worker/io/canny.h"
 #include "worker/io/image_decode.h"
 #include "worker/io/png.h"
@@ -50,6 +51,16 @@
 namespace zfarm::client {
 namespace {
 
+using ::zfarm::base::kDefaultQuality;
+using ::zfarm::base::kDefaultSizePx;
+using ::zfarm::base::kDefaultSteps;
+using ::zfarm::base::kDefaultStrength;
+using ::zfarm::base::ParseSchedulerAddresses;
+using ::zfarm::contract::CopyErrorDetails;
+using ::zfarm::contract::FromGrpcCall;
+using ::zfarm::contract::FromGrpcStatus;
+using ::zfarm::contract::IsFinal;
+using ::zfarm::contract::RetryDelay;
 using zfarm::v1::Job;
 using zfarm::v1::JobEvent;
 using zfarm::v1::JobSpec;
@@ -551,8 +562,8 @@ absl::StatusOr<std::string> FetchResult(Session& session, const Job& job,
     std::string src = absl::StrCat(output_root, "/", job.result().path());
     struct stat st;
     if (stat(src.c_str(), &st) == 0) {
-      ZFARM_RETURN_IF_ERROR(files::CopyFileAtomically(src, dest));
-      ZFARM_ASSIGN_OR_RETURN(std::string got, files::Sha256OfFile(dest));
+      ZFARM_RETURN_IF_ERROR(base::CopyFileAtomically(src, dest));
+      ZFARM_ASSIGN_OR_RETURN(std::string got, base::Sha256OfFile(dest));
       if (!expected.empty() && got != expected) {
         std::remove(dest.c_str());
         return absl::DataLossError(absl::StrCat("sha256 mismatch for ", src));
@@ -578,12 +589,12 @@ absl::StatusOr<std::string> FetchResult(Session& session, const Job& job,
     return reader->Finish();
   });
   ZFARM_RETURN_IF_ERROR(s);
-  std::string got = files::Sha256Hex(data);
+  std::string got = base::Sha256Hex(data);
   const std::string& want = expected.empty() ? sha_from_server : expected;
   if (!want.empty() && got != want) {
     return absl::DataLossError(absl::StrCat("sha256 mismatch for job ", job.job_id()));
   }
-  ZFARM_RETURN_IF_ERROR(files::WriteFileAtomically(dest, data));
+  ZFARM_RETURN_IF_ERROR(base::WriteFileAtomically(dest, data));
   return got;
 }
 

@@ -6,11 +6,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
+#include "proto/base/files.h"
+#include "proto/contract/contract.h"
 
 namespace zfarm::client {
 namespace {
 
+using ::zfarm::contract::IsFinal;
 using json = nlohmann::json;
 using zfarm::v1::Job;
 using zfarm::v1::JobState;
@@ -126,8 +128,9 @@ absl::Status WriteManifest(const std::string& dir, const std::vector<ManifestEnt
     jobs.push_back(std::move(j));
   }
   json manifest{{"version", 1}, {"jobs", jobs}};
-  return files::WriteFileAtomically(absl::StrCat(dir, "/manifest.json"),
-                             manifest.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+  return base::WriteFileAtomically(
+      absl::StrCat(dir, "/manifest.json"),
+      manifest.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
 }
 
 }  // namespace zfarm::client

@@ -11,7 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "proto/contract.h"
+#include "proto/contract/contract.h"
 #include "zfarm/v1/job.pb.h"
 
 namespace zfarm::client {

@@ -16,9 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "glog/logging.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
+#include "proto/base/status_macros.h"
 #include "proto/security/paths.h"
-#include "proto/status_macros.h"
 #include "worker/io/image_decode.h"
 
 namespace zfarm::scheduler {
@@ -137,7 +137,7 @@ absl::Status InputStore::Store(const std::string& sha256, const std::string& byt
       return absl::OkStatus();
     }
   }
-  absl::Status s = files::WriteFileAtomically(path, bytes);
+  absl::Status s = base::WriteFileAtomically(path, bytes);
   if (!s.ok()) {
     return absl::InternalError(absl::StrCat("input store: ", s.message()));
   }
@@ -174,7 +174,7 @@ absl::StatusOr<InputStore::Loaded> InputStore::Load(const std::string& field,
       worker::ProbeImage(out.bytes, f, {.max_side = l.max_size_px, .max_pixels = 0}));
   out.width = info.width;
   out.height = info.height;
-  out.sha256 = files::Sha256Hex(out.bytes);
+  out.sha256 = base::Sha256Hex(out.bytes);
   return out;
 }
 
@@ -241,7 +241,7 @@ absl::Status InputStore::Fill(v1::JobSpec* spec) const {
     const std::string path = options_.dir + "/" + sha;
     ZFARM_ASSIGN_OR_RETURN(std::string bytes,
                            ReadBounded(path, int64_t{1} << 40, "stored input " + path));
-    if (files::Sha256Hex(bytes) != sha) {
+    if (base::Sha256Hex(bytes) != sha) {
       return absl::DataLossError(
           absl::StrCat("stored input ", path, " no longer has its sha256 (damaged)"));
     }

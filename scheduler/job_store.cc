@@ -4,10 +4,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "proto/contract/contract.h"
 
 namespace zfarm::scheduler {
 
 namespace v1 = ::zfarm::v1;
+using ::zfarm::contract::FromProto;
+using ::zfarm::contract::IsFinal;
+using ::zfarm::contract::ToProto;
 
 namespace {
 

@@ -32,7 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "proto/contract.h"
+#include "proto/contract/contract.h"
 #include "scheduler/job_queue.h"
 #include "scheduler/journal.h"
 #include "zfarm/v1/job.pb.h"

@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -25,15 +25,15 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "proto/security/auth.h"
-#include "proto/security/tls.h"
 #include "glog/logging.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
+#include "proto/base/monotonic_wait.h"
+#include "proto/base/version.h"
 #include "proto/http/metrics_server.h"
-#include "proto/monotonic_wait.h"
-#include "proto/version.h"
+#include "proto/security/auth.h"
+#include "proto/security/tls.h"
 #include "scheduler/http/rest_gateway.h"
 #include "scheduler/http/webhook_sender.h"
 #include "scheduler/server.h"
@@ -486,7 +486,7 @@ std::optional<Failure> RunStandby(const zfarm::security::TlsFlags& tls,
 // Renews the lease every --leader-renew until `stop`; steps down when it is lost.
 void RenewLoop(zfarm::scheduler::LeaderLease* lease, int64_t epoch, absl::Notification* stop) {
   const absl::Duration every = absl::GetFlag(FLAGS_leader_renew);
-  while (!zfarm::PollFor(every, [&] { return stop->HasBeenNotified(); })) {
+  while (!zfarm::base::PollFor(every, [&] { return stop->HasBeenNotified(); })) {
     absl::Status s = lease->Renew(epoch);
     if (s.code() == absl::StatusCode::kFailedPrecondition) {
       LOG(ERROR) << "event=leadership_lost error=\"" << s.message() << "\"";

@@ -10,7 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
 
 namespace zfarm::scheduler::pg {
 namespace {

@@ -8,7 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
 
 namespace zfarm::scheduler {
 namespace {

@@ -19,17 +19,25 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
-#include "proto/contract.h"
-#include "proto/error_details.h"
-#include "proto/failure_policy.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
+#include "proto/base/status_macros.h"
+#include "proto/contract/contract.h"
+#include "proto/contract/error_details.h"
+#include "proto/contract/failure_policy.h"
 #include "proto/security/paths.h"
-#include "proto/status_macros.h"
 #include "scheduler/sqlite_journal.h"
 
 namespace zfarm::scheduler {
 
 namespace v1 = ::zfarm::v1;
+using ::zfarm::contract::CountsAgainstDevice;
+using ::zfarm::contract::FindRequestIdConflict;
+using ::zfarm::contract::FromProto;
+using ::zfarm::contract::IsFinal;
+using ::zfarm::contract::IsRetryable;
+using ::zfarm::contract::RequestIdConflictError;
+using ::zfarm::contract::RetryLater;
+using ::zfarm::contract::ToProto;
 
 namespace {
 
@@ -351,7 +359,7 @@ absl::Status Scheduler::VerifyResult(const v1::JobResult& result) const {
   // Only a regular file inside the output root counts (a symlink out of it does not).
   ZFARM_ASSIGN_OR_RETURN(std::string path,
                          security::ResolveBeneath(options_.output_root, result.path()));
-  ZFARM_ASSIGN_OR_RETURN(files::FileDigest d, files::DigestFile(path));
+  ZFARM_ASSIGN_OR_RETURN(base::FileDigest d, base::DigestFile(path));
   if (d.size_bytes != result.size_bytes()) {
     return absl::FailedPreconditionError(absl::StrCat(result.path(), " has ", d.size_bytes,
                                                       " bytes, the worker reported ",

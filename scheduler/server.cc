@@ -6,21 +6,21 @@
 #include <fstream>
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "proto/security/paths.h"
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "proto/contract.h"
-#include "proto/error_details.h"
-#include "proto/rpc_status.h"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
+#include "proto/contract/contract.h"
+#include "proto/contract/error_details.h"
+#include "proto/contract/rpc_status.h"
+#include "proto/security/paths.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
 #include "zfarm/v1/worker_service.grpc.pb.h"
@@ -28,6 +28,13 @@
 namespace zfarm::scheduler {
 
 namespace v1 = ::zfarm::v1;
+using ::zfarm::contract::AddErrorTrailers;
+using ::zfarm::contract::FromGrpcStatus;
+using ::zfarm::contract::IsFinal;
+using ::zfarm::contract::RetryDelay;
+using ::zfarm::contract::RetryLater;
+using ::zfarm::contract::ToGrpcStatus;
+using ::zfarm::contract::WithRetryDelay;
 
 namespace {
 

@@ -18,8 +18,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
-#include "proto/files.h"
-#include "proto/status_macros.h"
+#include "proto/base/files.h"
+#include "proto/base/status_macros.h"
 
 namespace zfarm::scheduler {
 namespace {
@@ -416,7 +416,7 @@ SqliteJournal::~SqliteJournal() {
 
 absl::Status SqliteJournal::WriteStateFile(const char* state) {
   const std::string target = path_ + ".state";
-  if (absl::Status s = files::WriteFileAtomically(target, std::string(state) + "\n"); !s.ok()) {
+  if (absl::Status s = base::WriteFileAtomically(target, std::string(state) + "\n"); !s.ok()) {
     return absl::FailedPreconditionError(absl::StrCat("journal: cannot write ", target, ": ",
                                                       s.message()));
   }

@@ -69,7 +69,7 @@ class SqliteJournal final : public Journal {
   // then the migrations, the statements and the commit record; damage is refused
   // naming the file and the recovery.
   absl::Status CheckAndMigrate();
-  // Writes journal.db.state atomically (files::WriteFileAtomically).
+  // Writes journal.db.state atomically (base::WriteFileAtomically).
   absl::Status WriteStateFile(const char* state);
   // Compares the journal's commit counter with journal.db.commits (refusing a
   // journal behind it) and opens that file for WriteCommitRecord().

@@ -9,12 +9,18 @@
 #include "absl/strings/str_format.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
-#include "proto/files.h"
-#include "proto/plain_name.h"
-#include "proto/status_macros.h"
+#include "proto/base/files.h"
+#include "proto/base/job_defaults.h"
+#include "proto/base/plain_name.h"
+#include "proto/base/status_macros.h"
 
 namespace zfarm::scheduler {
 namespace {
+
+using ::zfarm::base::kDefaultSizePx;
+using ::zfarm::base::kDefaultSteps;
+using ::zfarm::base::kDefaultStrength;
+using ::zfarm::base::PlainNameProblem;
 
 absl::Status Invalid(const std::string& field, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
@@ -298,7 +304,7 @@ std::string SpecFingerprint(const zfarm::v1::JobSpec& spec) {
     out.SetSerializationDeterministic(true);
     spec.SerializeToCodedStream(&out);
   }
-  return files::Sha256Hex(bytes);
+  return base::Sha256Hex(bytes);
 }
 
 }  // namespace zfarm::scheduler

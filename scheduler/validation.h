@@ -11,7 +11,7 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "proto/job_defaults.h"
+#include "proto/base/job_defaults.h"
 #include "zfarm/v1/job.pb.h"
 
 namespace zfarm::scheduler {

@@ -7,11 +7,14 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "glog/logging.h"
-#include "proto/contract.h"
+#include "proto/contract/contract.h"
+#include "proto/contract/failure_policy.h"
 
 namespace zfarm::scheduler {
 
 namespace v1 = ::zfarm::v1;
+using ::zfarm::contract::kUnhealthyAfterFailures;
+using ::zfarm::contract::ToProto;
 
 namespace {
 absl::Status UnknownWorker(const std::string& name) {

@@ -28,7 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "proto/failure_policy.h"
+#include "proto/contract/failure_policy.h"
 #include "scheduler/journal.h"
 #include "zfarm/v1/admin_service.pb.h"
 #include "zfarm/v1/worker_service.pb.h"

@@ -4,7 +4,7 @@
 #include <string_view>
 
 #include "glog/logging.h"
-#include "proto/version.h"
+#include "proto/base/version.h"
 #include "worker/commands/commands.h"
 
 namespace {

@@ -11,7 +11,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "proto/version.h"
+#include "proto/base/version.h"
 
 namespace zfarm::http {
 namespace {

@@ -13,7 +13,7 @@
 #include "absl/strings/strip.h"
 #include "glog/logging.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "scheduler/http/embedded_assets.h"
 #include "scheduler/http/rest_common.h"
 #include "scheduler/http/thumbnail.h"
@@ -345,7 +345,7 @@ Response Dashboard::Thumbnail(const Request& req) {
       memory_thumbs_.erase(memory_thumbs_.begin());
     }
     memory_thumbs_[sha] = *small;
-  } else if (absl::Status s = zfarm::files::WriteFileAtomically(path, *small); !s.ok()) {
+  } else if (absl::Status s = zfarm::base::WriteFileAtomically(path, *small); !s.ok()) {
     LOG(WARNING) << "event=thumbnail_write_failed path=" << path << " error=\"" << s.message()
                  << "\"";
   }

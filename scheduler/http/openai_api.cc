@@ -17,8 +17,8 @@
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
 #include "nlohmann/json.hpp"
+#include "proto/base/status_macros.h"
 #include "scheduler/http/job_streams.h"
-#include "proto/status_macros.h"
 #include "scheduler/http/rest_common.h"
 
 namespace zfarm::scheduler::http {

@@ -7,10 +7,13 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/json_util.h"
-#include "proto/error_details.h"
-#include "proto/rpc_status.h"
+#include "proto/contract/error_details.h"
+#include "proto/contract/rpc_status.h"
 
 namespace zfarm::scheduler::http {
+
+using ::zfarm::contract::FromGrpcCall;
+using ::zfarm::contract::RetryDelay;
 
 std::unique_ptr<grpc::ClientContext> CallContext(const std::string& authorization,
                                                  absl::Duration timeout) {

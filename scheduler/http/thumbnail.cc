@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
 #include "worker/io/image_file.h"
 #include "worker/io/jpeg.h"
 #include "worker/io/png.h"

@@ -16,9 +16,11 @@
 #include "absl/strings/strip.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/json_util.h"
-#include "proto/monotonic_wait.h"
+#include "proto/base/monotonic_wait.h"
 
 namespace zfarm::scheduler::http {
+
+using ::zfarm::base::AwaitMonotonic;
 
 absl::StatusOr<WebhookUrl> ParseWebhookUrl(absl::string_view url) {
   absl::string_view rest = url;

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "worker/io/file_util.h"
 #include "worker/io/manifest.h"
 #include "worker/io/model_folder.h"
@@ -111,7 +111,7 @@ BENCHMARK(BM_MmapReadConvert)->Unit(benchmark::kMillisecond);
 void BM_Md5(benchmark::State& state) {
   const std::string path = TmpRoot() + "/md5.bin";
   fs::create_directories(TmpRoot());
-  if (!files::WriteFileAtomically(path, std::string(128 << 20, 'z')).ok()) std::abort();
+  if (!base::WriteFileAtomically(path, std::string(128 << 20, 'z')).ok()) std::abort();
   for (auto _ : state) {
     auto md5 = Md5File(path);
     benchmark::DoNotOptimize(md5);

@@ -8,19 +8,19 @@
 // step, VAE decode, PNG and end to end, with the device synchronized at stage borders.
 
 #include <algorithm>
-#include <iostream>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <tuple>
 #include <filesystem>
 #include <functional>
+#include <iostream>
 #include <memory>
 #include <numeric>
 #include <string>
+#include <tuple>
 #include <vector>
 
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/bench/pipeline_bench.h"
 #include "worker/io/model_config.h"
 
@@ -499,8 +499,8 @@ void RunLoraSection(const BenchDevice& dev, Report& rep, const PipelineBenchOpti
   const bool have_tokenizer =
       !opt.tokenizer_json.empty() && std::filesystem::exists(opt.tokenizer_json);
   // With their sha256s, as the worker's catalogue passes them (no hashing per job).
-  absl::StatusOr<std::string> a_sha = zfarm::files::Sha256OfFile(a_path);
-  absl::StatusOr<std::string> b_sha = zfarm::files::Sha256OfFile(b_path);
+  absl::StatusOr<std::string> a_sha = zfarm::base::Sha256OfFile(a_path);
+  absl::StatusOr<std::string> b_sha = zfarm::base::Sha256OfFile(b_path);
   if (!a_sha.ok() || !b_sha.ok()) {
     rep.Line("hashing the bench LoRAs failed");
     return;

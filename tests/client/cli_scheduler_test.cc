@@ -18,7 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "scheduler/server.h"
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/status_matchers.h"
@@ -156,7 +156,7 @@ TEST_F(CliSchedulerTest, SubmitWaitStatusGetWithAWorker) {
   EXPECT_EQ(j["steps"], 2);
   EXPECT_FALSE(j["path"].get<std::string>().empty());
   // The fake worker reports no sha256: the CLI fills it from the local copy.
-  ASSERT_OK_AND_ASSIGN(std::string fox_sha, files::Sha256OfFile(png));
+  ASSERT_OK_AND_ASSIGN(std::string fox_sha, base::Sha256OfFile(png));
   EXPECT_EQ(j["sha256"], fox_sha);
   Result st = Run({"status", j["job"], "--json"});
   ASSERT_EQ(st.rc, 0) << st.err;
@@ -167,9 +167,9 @@ TEST_F(CliSchedulerTest, SubmitWaitStatusGetWithAWorker) {
   env_["ZFARM_OUTPUT_ROOT"] = options_.scheduler.output_root;
   Result g2 = Run({"get", j["job"], "--out", dir_ + "/g2.png"});
   ASSERT_EQ(g2.rc, 0) << g2.err;
-  ASSERT_OK_AND_ASSIGN(std::string sha, files::Sha256OfFile(dir_ + "/g.png"));
+  ASSERT_OK_AND_ASSIGN(std::string sha, base::Sha256OfFile(dir_ + "/g.png"));
   EXPECT_EQ(sha, j["sha256"].get<std::string>());
-  ASSERT_OK_AND_ASSIGN(std::string sha2, files::Sha256OfFile(dir_ + "/g2.png"));
+  ASSERT_OK_AND_ASSIGN(std::string sha2, base::Sha256OfFile(dir_ + "/g2.png"));
   EXPECT_EQ(sha2, j["sha256"].get<std::string>());
   Result w = Run({"workers", "--json"});
   ASSERT_EQ(w.rc, 0) << w.err;
@@ -311,7 +311,7 @@ TEST_F(CliSchedulerTest, SubmitWithAControlPicture) {
                   "0.8", "--control-start", "0.1", "--control-end", "0.9", "--json"});
   ASSERT_EQ(r.rc, 0) << r.err;
   const zfarm::v1::Job job = get(r.lines()[0]["job"]);
-  EXPECT_EQ(job.spec().control().image().sha256(), zfarm::files::Sha256Hex(png));
+  EXPECT_EQ(job.spec().control().image().sha256(), zfarm::base::Sha256Hex(png));
   EXPECT_FLOAT_EQ(job.spec().control().conditioning_scale(), 0.8f);
   EXPECT_FLOAT_EQ(job.spec().control().start(), 0.1f);
   EXPECT_FLOAT_EQ(job.spec().control().end(), 0.9f);
@@ -322,7 +322,7 @@ TEST_F(CliSchedulerTest, SubmitWithAControlPicture) {
     ASSERT_EQ(canny.rc, 0) << canny.err;
     const zfarm::v1::Job edges = get(canny.lines()[0]["job"]);
     EXPECT_EQ(edges.spec().control().image().sha256().size(), 64u);
-    EXPECT_NE(edges.spec().control().image().sha256(), zfarm::files::Sha256Hex(png));
+    EXPECT_NE(edges.spec().control().image().sha256(), zfarm::base::Sha256Hex(png));
   } else {
     EXPECT_EQ(canny.rc, 2);
     EXPECT_THAT(canny.err, HasSubstr("no OpenCV"));
@@ -376,7 +376,7 @@ TEST_F(CliSchedulerTest, Batch200AcrossRestartThenRerunSubmitsNothing) {
   std::ifstream in(out + "/manifest.json");
   json m = json::parse(in);
   ASSERT_EQ(m["jobs"].size(), 200u);
-  ASSERT_OK_AND_ASSIGN(std::string sha, files::Sha256OfFile(out + "/0200.png"));
+  ASSERT_OK_AND_ASSIGN(std::string sha, base::Sha256OfFile(out + "/0200.png"));
   EXPECT_EQ(m["jobs"][199]["sha256"], sha);
 
   Result again =

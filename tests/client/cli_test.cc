@@ -17,7 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/client/fake_scheduler.h"
 #include "tests/testing/standby_scheduler.h"
 
@@ -185,7 +185,7 @@ TEST_F(CliTest, SubmitWaitExitCodesFollowTheFinalState) {
   Result ok = RunAt({"submit", "--prompt", "fine", "--wait", "--out", out});
   EXPECT_EQ(ok.rc, 0) << ok.err;
   EXPECT_THAT(ok.out, HasSubstr("state=succeeded"));
-  EXPECT_EQ(*files::Sha256OfFile(out), fake_->jobs()[0].result().sha256());
+  EXPECT_EQ(*base::Sha256OfFile(out), fake_->jobs()[0].result().sha256());
   EXPECT_EQ(RunAt({"submit", "--prompt", "please FAIL", "--wait"}).rc, 1);
   EXPECT_EQ(RunAt({"submit", "--prompt", "please CANCEL", "--wait"}).rc, 5);
 }
@@ -289,12 +289,12 @@ TEST_F(CliTest, GetCopiesFromTheMountOrStreams) {
   // Streamed through GetResult (no output root known).
   Result g1 = RunAt({"get", id, "--out", work_ + "/a.png"});
   ASSERT_EQ(g1.rc, 0) << g1.err;
-  EXPECT_EQ(*files::Sha256OfFile(work_ + "/a.png"), sha);
+  EXPECT_EQ(*base::Sha256OfFile(work_ + "/a.png"), sha);
   // From the shared mount via ZFARM_OUTPUT_ROOT.
   env_["ZFARM_OUTPUT_ROOT"] = root_;
   Result g2 = RunAt({"get", id, "--out", work_ + "/b.png", "--json"});
   ASSERT_EQ(g2.rc, 0) << g2.err;
-  EXPECT_EQ(*files::Sha256OfFile(work_ + "/b.png"), sha);
+  EXPECT_EQ(*base::Sha256OfFile(work_ + "/b.png"), sha);
   EXPECT_EQ(g2.lines()[0]["local_path"], work_ + "/b.png");
   // A tampered file on the mount is refused (sha256 check).
   std::ofstream(root_ + "/" + fake_->jobs()[0].result().path()) << "tampered";
@@ -396,7 +396,7 @@ TEST_F(CliTest, BatchOutDirWritesNumberedPngsAndManifest) {
   EXPECT_EQ(m["jobs"][2]["prompt"], "a dog");
   for (int i = 0; i < 3; ++i) {
     std::string f = out + "/" + m["jobs"][i]["path"].get<std::string>();
-    EXPECT_EQ(*files::Sha256OfFile(f), m["jobs"][i]["sha256"].get<std::string>()) << f;
+    EXPECT_EQ(*base::Sha256OfFile(f), m["jobs"][i]["sha256"].get<std::string>()) << f;
     EXPECT_EQ(m["jobs"][i]["sha256"], lines[i]["sha256"]);
   }
 }

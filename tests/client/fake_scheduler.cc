@@ -10,7 +10,7 @@
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 
 namespace zfarm::testing {
 
@@ -150,7 +150,7 @@ class FakeScheduler::JobServiceImpl final : public zfarm::v1::JobService::Servic
     w->Write(c);
     c.set_offset(static_cast<int64_t>(half));
     c.set_data(data.substr(half));
-    c.set_sha256(files::Sha256Hex(data));
+    c.set_sha256(base::Sha256Hex(data));
     w->Write(c);
     return grpc::Status::OK;
   }
@@ -304,7 +304,7 @@ void FakeScheduler::FinishLocked(Job* job) {
   std::ofstream(output_root_ + "/" + rel, std::ios::binary) << data;
   job->set_state(zfarm::v1::JOB_STATE_SUCCEEDED);
   job->mutable_result()->set_path(rel);
-  job->mutable_result()->set_sha256(files::Sha256Hex(data));
+  job->mutable_result()->set_sha256(base::Sha256Hex(data));
   job->mutable_result()->set_size_bytes(static_cast<int64_t>(data.size()));
   job->mutable_progress()->set_step(job->spec().steps());
   job->mutable_progress()->set_total_steps(job->spec().steps());

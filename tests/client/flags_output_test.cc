@@ -9,7 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/testing/status_matchers.h"
 
 namespace zfarm::client {
@@ -212,24 +212,24 @@ TEST(OutputTest, ManifestIsWrittenAtomically) {
 }
 
 TEST(Sha256Test, KnownVectorsOfTheSharedFileHelpers) {
-  EXPECT_EQ(files::Sha256Hex("abc"),
+  EXPECT_EQ(base::Sha256Hex("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   const std::string dir = TempDir();
-  ASSERT_OK(files::WriteFileAtomically(dir + "/f", "abc"));
-  ASSERT_OK_AND_ASSIGN(std::string sha, files::Sha256OfFile(dir + "/f"));
-  EXPECT_EQ(sha, files::Sha256Hex("abc"));
-  ASSERT_OK(files::CopyFileAtomically(dir + "/f", dir + "/g"));
-  ASSERT_OK_AND_ASSIGN(files::FileDigest g, files::DigestFile(dir + "/g"));
+  ASSERT_OK(base::WriteFileAtomically(dir + "/f", "abc"));
+  ASSERT_OK_AND_ASSIGN(std::string sha, base::Sha256OfFile(dir + "/f"));
+  EXPECT_EQ(sha, base::Sha256Hex("abc"));
+  ASSERT_OK(base::CopyFileAtomically(dir + "/f", dir + "/g"));
+  ASSERT_OK_AND_ASSIGN(base::FileDigest g, base::DigestFile(dir + "/g"));
   EXPECT_EQ(g.sha256, sha);
   EXPECT_EQ(g.size_bytes, 3);
-  EXPECT_THAT(files::Sha256OfFile(dir + "/missing"),
+  EXPECT_THAT(base::Sha256OfFile(dir + "/missing"),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
-  EXPECT_THAT(files::CopyFileAtomically(dir + "/missing", dir + "/h"),
+  EXPECT_THAT(base::CopyFileAtomically(dir + "/missing", dir + "/h"),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
   // A chosen file may be a symlink; a file in a shared folder may not (DigestFile's default).
   ASSERT_EQ(::symlink((dir + "/f").c_str(), (dir + "/link").c_str()), 0);
-  EXPECT_TRUE(files::Sha256OfFile(dir + "/link").ok());
-  EXPECT_THAT(files::DigestFile(dir + "/link"),
+  EXPECT_TRUE(base::Sha256OfFile(dir + "/link").ok());
+  EXPECT_THAT(base::DigestFile(dir + "/link"),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("link")));
 }
 

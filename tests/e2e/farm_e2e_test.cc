@@ -23,7 +23,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "scheduler/server.h"
 #include "tests/testing/farm_client.h"
 #include "tests/testing/farm_processes.h"
@@ -46,7 +46,7 @@ using ::zfarm::testing::WaitFor;
 
 // The file's sha256 ("" when it cannot be read: the comparison then fails).
 std::string Sha256File(const std::string& path) {
-  return zfarm::files::Sha256OfFile(path).value_or("");
+  return zfarm::base::Sha256OfFile(path).value_or("");
 }
 
 // Runs a command, returns its stdout; *status gets the exit code.

@@ -40,13 +40,14 @@
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
 #include "google/protobuf/stubs/logging.h"
+#include "proto/contract/contract.h"
 #include "scheduler/scheduler.h"
 #include "tests/testing/fake_clock.h"
 
 namespace {
 
 namespace v1 = ::zfarm::v1;
-using ::zfarm::IsFinal;
+using ::zfarm::contract::IsFinal;
 using ::zfarm::scheduler::Scheduler;
 
 void Die(const std::string& what) {

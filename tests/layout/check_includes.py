@@ -25,19 +25,16 @@ GRPC = ("grpc/", "grpcpp/", "grpc++/")
 CONTRACT = ("zfarm/v1/",)
 # zfarm headers that stand for gRPC or the contract: including them is including those.
 GRPC_HEADERS = ("proto/security/tls.h", "proto/security/auth.h", "proto/http/")
-CONTRACT_HEADERS = ("proto/rpc_status.h", "proto/error_details.h", "proto/contract.h",
-                    "proto/failure_policy.h")
+CONTRACT_HEADERS = ("proto/contract/",)
 TORCH = ("torch/", "ATen/", "c10/", "caffe2/")
 
 # The scheduler's domain core (zfarm_scheduler_core): no gRPC.
 SCHEDULER_CORE = ("clock", "validation", "job_queue", "job_store", "journal", "scheduler",
                   "worker_registry")
-# proto/ top-level files of the contract library (zfarm_proto); the rest is zfarm_base /
-# zfarm_files, which every component (the worker's io and text included) may use.
-PROTO_CONTRACT = ("rpc_status", "error_details", "contract", "failure_policy")
-
-PROTO_BASE_ZFARM = ("proto/status_macros.h", "proto/monotonic_wait.h", "proto/plain_name.h",
-                    "proto/version.h", "proto/files.h", "proto/job_defaults.h")
+# zfarm_base / zfarm_files, which every component (the worker's io and text included) may use.
+PROTO_BASE = ("proto/base/",)
+# proto/ itself holds only these library folders (each its own namespace, zfarm::<folder>).
+PROTO_FOLDERS = ("base", "contract", "security", "http", "zfarm/v1")
 
 
 def folder_of(rel):
@@ -53,19 +50,18 @@ def rules_for(rel):
     d, stem = folder_of(rel), stem_of(rel)
     rules = []
     no_grpc = ("no gRPC", GRPC + GRPC_HEADERS)
-    no_contract = ("no contract (zfarm/v1/*.pb.h or the zfarm_proto glue)",
+    no_contract = ("no contract (zfarm/v1/*.pb.h or proto/contract)",
                    CONTRACT + CONTRACT_HEADERS)
     no_torch = ("no torch", TORCH)
-    if d == "proto":
-        rules.append(no_torch)
-        if stem not in PROTO_CONTRACT:
-            rules += [no_grpc, no_contract]
-        return rules, ("proto/",)
+    if d == "proto/base":
+        return [no_grpc, no_contract, no_torch], PROTO_BASE
+    if d == "proto/contract":
+        return [no_torch], PROTO_BASE + ("proto/contract/",)
     if d == "proto/security":
         rules.append(no_torch)
         if stem == "paths":
             rules += [no_grpc, no_contract]
-            return rules, PROTO_BASE_ZFARM + ("proto/security/paths.h",)
+            return rules, PROTO_BASE + ("proto/security/paths.h",)
         return rules, ("proto/",)
     if d == "proto/http":
         return [no_torch], ("proto/",)
@@ -79,14 +75,14 @@ def rules_for(rel):
         # worker/io: the torch-free picture decoders and canny the CLI runs on local files.
         return [no_torch], ("proto/", "client/", "worker/io/")
     if d in ("worker/io", "worker/text"):
-        return [no_grpc, no_contract, no_torch], PROTO_BASE_ZFARM + tuple(
+        return [no_grpc, no_contract, no_torch], PROTO_BASE + tuple(
             sorted({"worker/io/", d + "/"}))
     if d == "worker/sampling":
-        return [no_grpc, no_contract], PROTO_BASE_ZFARM + ("worker/io/", "worker/sampling/")
+        return [no_grpc, no_contract], PROTO_BASE + ("worker/io/", "worker/sampling/")
     if d == "worker/model":
-        return [no_grpc, no_contract], PROTO_BASE_ZFARM + ("worker/io/", "worker/model/")
+        return [no_grpc, no_contract], PROTO_BASE + ("worker/io/", "worker/model/")
     if d == "worker/pipeline":
-        return [no_grpc, no_contract], PROTO_BASE_ZFARM + (
+        return [no_grpc, no_contract], PROTO_BASE + (
             "worker/io/", "worker/model/", "worker/sampling/", "worker/text/", "worker/pipeline/")
     if d == "worker/runtime":
         rules = []
@@ -103,10 +99,13 @@ ZFARM_TOP = ("proto/", "scheduler/", "client/", "worker/", "tests/")
 
 
 def check_file(repo, rel):
+    problems = []
+    if folder_of(rel) == "proto":
+        problems.append("%s:1: proto/ holds library folders only (%s): move it into one" %
+                        (rel, ", ".join(f + "/" for f in PROTO_FOLDERS)))
     rules, allowed = rules_for(rel)
     if rules is None:
-        return []
-    problems = []
+        return problems
     with open(os.path.join(repo, rel), encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, start=1):
             m = INCLUDE.match(line)
@@ -139,11 +138,18 @@ def check(repo):
     return count, problems
 
 
-# One planted include per rule: (file it goes into, the include, text the report must name).
+# One planted include per rule: (file it goes into, the include, text the report must name);
+# an include of None plants the file alone (reported on its line 1).
 PLANTS = [
+    ("proto/stray.cc", None, "proto/ holds library folders only"),
     ("worker/io/png.cc", "grpcpp/grpcpp.h", "no gRPC"),
     ("worker/text/tokenizer.cc", "zfarm/v1/job.pb.h", "no contract"),
-    ("worker/model/modules.cc", "proto/rpc_status.h", "no contract"),
+    ("worker/model/modules.cc", "proto/contract/rpc_status.h", "no contract"),
+    ("proto/base/files.cc", "proto/contract/error_details.h", "no contract"),
+    ("proto/base/files.cc", "grpcpp/grpcpp.h", "no gRPC"),
+    ("proto/contract/contract.cc", "torch/torch.h", "no torch"),
+    ("proto/contract/contract.cc", "proto/security/tls.h", "proto/contract may include only"),
+    ("proto/security/paths.cc", "proto/contract/contract.h", "no contract"),
     ("worker/io/png.cc", "torch/torch.h", "no torch"),
     ("scheduler/server.cc", "torch/torch.h", "no torch"),
     ("client/cli.cc", "ATen/ATen.h", "no torch"),
@@ -166,14 +172,17 @@ def self_test(repo):
             if os.path.exists(path):  # else a new file in that folder (renamed sources)
                 with open(path, encoding="utf-8") as f:
                     lines = f.read().splitlines() or lines
-            lines.insert(1, '#include "%s"' % inc)  # becomes line 2
+            if inc is not None:
+                lines.insert(1, '#include "%s"' % inc)  # becomes line 2
             with open(path, "w", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
             _, problems = check(tmp)
-            expected = '%s:2: #include "%s": %s' % (target, inc, want)
+            line = 1 if inc is None else 2
+            expected = ('%s:1: %s' % (target, want) if inc is None else
+                        '%s:2: #include "%s": %s' % (target, inc, want))
             hit = [p for p in problems if p.startswith(expected)]
             # Only the planted line is reported (a rule and the folder's list may both name it).
-            if not hit or any(not p.startswith("%s:2: " % target) for p in problems):
+            if not hit or any(not p.startswith("%s:%d: " % (target, line)) for p in problems):
                 failures += 1
                 print("self-test: planting %s in %s: expected '%s...' and nothing else, got %r" %
                       (inc, target, expected, problems))

@@ -32,7 +32,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
-#include "proto/contract.h"
+#include "proto/contract/contract.h"
 #include "tests/testing/fake_worker.h"
 #include "tests/testing/subprocess.h"
 #include "zfarm/v1/job_service.grpc.pb.h"
@@ -64,7 +64,7 @@ namespace {
 
 namespace v1 = ::zfarm::v1;
 namespace fs = std::filesystem;
-using ::zfarm::IsFinal;
+using ::zfarm::contract::IsFinal;
 using ::zfarm::testing::FakeWorker;
 using ::zfarm::testing::Subprocess;
 

@@ -8,13 +8,13 @@
 
 #include <cerrno>
 #include <cstring>
-#include <string>
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "proto/version.h"
+#include "proto/base/version.h"
 
 namespace zfarm::http {
 namespace {

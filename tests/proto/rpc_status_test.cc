@@ -1,8 +1,8 @@
-#include "proto/rpc_status.h"
+#include "proto/contract/rpc_status.h"
 
 #include "gtest/gtest.h"
-#include "proto/error_details.h"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
+#include "proto/contract/error_details.h"
 #include "tests/testing/status_matchers.h"
 #include "zfarm/v1/job_service.pb.h"
 
@@ -10,6 +10,17 @@ namespace zfarm {
 namespace {
 
 using ::testing::HasSubstr;
+using ::zfarm::contract::CopyErrorDetails;
+using ::zfarm::contract::FindRequestIdConflict;
+using ::zfarm::contract::FromGrpcStatus;
+using ::zfarm::contract::RequestIdConflict;
+using ::zfarm::contract::RequestIdConflictError;
+using ::zfarm::contract::RetryDelay;
+using ::zfarm::contract::RetryLater;
+using ::zfarm::contract::SerializeErrorDetails;
+using ::zfarm::contract::ToGrpcStatus;
+using ::zfarm::contract::WithRetryDelay;
+using ::zfarm::contract::WithSerializedErrorDetails;
 using ::zfarm::testing::StatusIs;
 
 TEST(RpcStatusTest, RoundTripsEveryCanonicalCode) {

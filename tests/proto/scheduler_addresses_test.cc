@@ -1,5 +1,5 @@
 // The `--scheduler` address list that the CLI and the worker share.
-#include "proto/scheduler_addresses.h"
+#include "proto/base/scheduler_addresses.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -9,6 +9,8 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::zfarm::base::kMaxSchedulerAddresses;
+using ::zfarm::base::ParseSchedulerAddresses;
 
 TEST(SchedulerAddressesTest, OneAddressOrAListInOrderWithBlanksTrimmed) {
   absl::StatusOr<std::vector<std::string>> one = ParseSchedulerAddresses("--scheduler", "a:1");

@@ -12,7 +12,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "scheduler/sqlite_journal.h"
 #include "tests/scheduler/core_fixture.h"
 #include "tests/testing/status_matchers.h"
@@ -45,7 +45,7 @@ class FilesTest : public ::testing::Test {
     fs::create_directories(dir_);
   }
   void TearDown() override {
-    files::TEST_ForceLinkRename(false);
+    base::TEST_ForceLinkRename(false);
     fs::remove_all(dir_);
   }
   fs::path dir_;
@@ -55,7 +55,7 @@ TEST_F(FilesTest, TempFileNeverWritesThroughAPlantedSymlink) {
   const fs::path victim = dir_ / "victim", tmp = dir_ / "job.1.tmp";
   std::ofstream(victim) << "secret";
   fs::create_symlink(victim, tmp);
-  ASSERT_OK(files::WriteNewFileSynced(tmp.string(), "rendered"));
+  ASSERT_OK(base::WriteNewFileSynced(tmp.string(), "rendered"));
   EXPECT_EQ(Slurp(victim), "secret");
   EXPECT_FALSE(fs::is_symlink(fs::symlink_status(tmp)));
   EXPECT_EQ(Slurp(tmp), "rendered");
@@ -64,17 +64,17 @@ TEST_F(FilesTest, TempFileNeverWritesThroughAPlantedSymlink) {
 TEST_F(FilesTest, RenameNoReplaceKeepsTheExistingFileWithAndWithoutRenameat2) {
   for (bool link_fallback : {false, true}) {
     SCOPED_TRACE(link_fallback ? "link + unlink" : "renameat2");
-    files::TEST_ForceLinkRename(link_fallback);
+    base::TEST_ForceLinkRename(link_fallback);
     const fs::path from = dir_ / "a.tmp", to = dir_ / "same.png";
     fs::remove(to);
     std::ofstream(from) << "second";
     std::ofstream(to) << "first";
-    EXPECT_THAT(files::RenameNoReplace(from.string(), to.string()),
+    EXPECT_THAT(base::RenameNoReplace(from.string(), to.string()),
                 StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr(to.string())));
     EXPECT_EQ(Slurp(to), "first");
     EXPECT_TRUE(fs::exists(from));
     fs::remove(to);
-    ASSERT_OK(files::RenameNoReplace(from.string(), to.string()));
+    ASSERT_OK(base::RenameNoReplace(from.string(), to.string()));
     EXPECT_EQ(Slurp(to), "second");
     EXPECT_FALSE(fs::exists(from));
   }

@@ -11,15 +11,17 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/contract/contract.h"
 #include "tests/testing/status_matchers.h"
 
 namespace zfarm::scheduler {
 namespace {
 
 namespace v1 = ::zfarm::v1;
-using Event = JobStore::Event;
 using ::testing::HasSubstr;
+using ::zfarm::contract::IsFinal;
 using ::zfarm::testing::StatusIs;
+using Event = JobStore::Event;
 
 const absl::Time kT0 = absl::FromUnixSeconds(1'800'000'000);
 

@@ -1,8 +1,8 @@
 // The Scheduler core with a FakeClock and in-memory worker/event sinks (no gRPC;
 // fixture in core_fixture.h).
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,16 +12,19 @@
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
-#include "proto/error_details.h"
+#include "proto/contract/error_details.h"
 #include "scheduler/scheduler.h"
+#include "tests/scheduler/core_fixture.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/status_matchers.h"
-#include "tests/scheduler/core_fixture.h"
 
 namespace zfarm::scheduler {
 namespace {
 
 using ::testing::HasSubstr;
+using ::zfarm::contract::FindRequestIdConflict;
+using ::zfarm::contract::RequestIdConflict;
+using ::zfarm::contract::RetryDelay;
 using ::zfarm::testing::FakeClock;
 using ::zfarm::testing::StatusIs;
 

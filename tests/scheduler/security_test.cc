@@ -11,13 +11,13 @@
 #include <fstream>
 #include <string>
 
-#include "proto/error_details.h"
-#include "proto/rpc_status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "proto/contract/error_details.h"
+#include "proto/contract/rpc_status.h"
 #include "proto/security/auth.h"
 #include "proto/security/paths.h"
 #include "proto/security/tls.h"
-#include "gmock/gmock.h"
-#include "gtest/gtest.h"
 #include "scheduler/server.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/fake_worker.h"
@@ -32,6 +32,8 @@ namespace {
 
 namespace v1 = ::zfarm::v1;
 using ::testing::HasSubstr;
+using ::zfarm::contract::FromGrpcCall;
+using ::zfarm::contract::RetryDelay;
 using ::zfarm::testing::FakeClock;
 using ::zfarm::testing::FakeWorker;
 using ::zfarm::testing::StatusIs;

@@ -9,12 +9,12 @@
 #include "gmock/gmock.h"
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
-#include "proto/error_details.h"
-#include "proto/rpc_status.h"
+#include "proto/contract/error_details.h"
+#include "proto/contract/rpc_status.h"
 #include "scheduler/server.h"
 #include "tests/testing/fake_clock.h"
-#include "tests/testing/farm_client.h"
 #include "tests/testing/fake_worker.h"
+#include "tests/testing/farm_client.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
 #include "zfarm/v1/admin_service.grpc.pb.h"
@@ -24,6 +24,10 @@ namespace zfarm::scheduler {
 namespace {
 
 using ::testing::HasSubstr;
+using ::zfarm::contract::FindRequestIdConflict;
+using ::zfarm::contract::FromGrpcCall;
+using ::zfarm::contract::RequestIdConflict;
+using ::zfarm::contract::RetryDelay;
 using ::zfarm::testing::FakeClock;
 using ::zfarm::testing::FakeWorker;
 using ::zfarm::testing::TestScheduler;

@@ -6,12 +6,14 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/base/job_defaults.h"
 #include "tests/testing/status_matchers.h"
 
 namespace zfarm::scheduler {
 namespace {
 
 using ::testing::HasSubstr;
+using ::zfarm::base::kDefaultStrength;
 using ::zfarm::testing::StatusIs;
 
 v1::JobSpec Good() {

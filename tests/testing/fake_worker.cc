@@ -5,8 +5,8 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "proto/files.h"
-#include "proto/rpc_status.h"
+#include "proto/base/files.h"
+#include "proto/contract/rpc_status.h"
 #include "proto/security/auth.h"
 
 namespace zfarm::testing {
@@ -166,7 +166,7 @@ absl::StatusOr<bool> FakeWorker::Commit(const v1::Lease& lease, const std::strin
   v1::WorkerMessage m;
   *m.mutable_commit()->mutable_lease() = lease.lease();
   m.mutable_commit()->set_temp_path(tmp_rel);
-  absl::StatusOr<files::FileDigest> digest = files::DigestFile(tmp.string());
+  absl::StatusOr<base::FileDigest> digest = base::DigestFile(tmp.string());
   if (!digest.ok()) return digest.status();
   m.mutable_commit()->mutable_result()->set_size_bytes(digest->size_bytes);
   m.mutable_commit()->mutable_result()->set_sha256(digest->sha256);

@@ -33,8 +33,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
-#include "proto/status_macros.h"
+#include "proto/base/files.h"
+#include "proto/base/status_macros.h"
 #include "worker/io/file_util.h"
 #include "worker/io/manifest.h"
 #include "worker/io/model_config.h"
@@ -399,7 +399,7 @@ ModelConfig TinyConfig() {
 // ---------------------------------------------------------------- writing
 
 absl::Status WriteJson(const fs::path& path, const OJson& j) {
-  return files::WriteFileAtomically(path.string(), j.dump(2) + "\n");
+  return base::WriteFileAtomically(path.string(), j.dump(2) + "\n");
 }
 
 // Writes `tensors` (in the given order) as one file `single` or as `shards` files named
@@ -449,7 +449,7 @@ absl::Status WriteWeights(const fs::path& dir, std::vector<TensorSpec> tensors, 
 
 absl::Status CopyFile(const fs::path& from, const fs::path& to) {
   ZFARM_ASSIGN_OR_RETURN(std::string bytes, ReadSmallFile(from.string(), 256 << 20));
-  return files::WriteFileAtomically(to.string(), bytes);
+  return base::WriteFileAtomically(to.string(), bytes);
 }
 
 struct Options {
@@ -517,7 +517,7 @@ absl::Status Make(const Options& o) {
       ZFARM_ASSIGN_OR_RETURN(me.md5, Md5File((tmp / me.path).string()));
     }
     ZFARM_RETURN_IF_ERROR(
-        files::WriteFileAtomically((tmp / "manifest.md5").string(), FormatMd5Manifest(entries)));
+        base::WriteFileAtomically((tmp / "manifest.md5").string(), FormatMd5Manifest(entries)));
   }
   if (fs::exists(out, ec)) fs::remove_all(out, ec);
   fs::rename(tmp, out, ec);

@@ -13,7 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/testing/farm_processes.h"
 #include "tests/testing/subprocess.h"
 
@@ -80,7 +80,7 @@ TEST_F(DashboardTest, LiveQueueJobPageAndFormInChromium) {
   EXPECT_EQ(rep["params"]["sha256"], job.result().sha256());
   EXPECT_THAT(rep["metadata"].get<std::string>(), HasSubstr("Seed: 5"));
   EXPECT_EQ(rep["imageWidth"], 256);
-  auto digest = zfarm::files::DigestFile(rep["download"]["file"].get<std::string>());
+  auto digest = zfarm::base::DigestFile(rep["download"]["file"].get<std::string>());
   ASSERT_TRUE(digest.ok()) << digest.status();
   EXPECT_EQ(digest->sha256, job.result().sha256());
 

@@ -12,7 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/testing/farm_processes.h"
 #include "tests/testing/subprocess.h"
 
@@ -74,7 +74,7 @@ TEST_F(OpenAiClientTest, OfficialClientGeneratesOnTheFarm) {
     if (i == 0) batch = job.batch_id();
     EXPECT_FALSE(job.batch_id().empty());
     EXPECT_EQ(job.batch_id(), batch);  // one batch
-    auto digest = zfarm::files::DigestFile(item["file"].get<std::string>());
+    auto digest = zfarm::base::DigestFile(item["file"].get<std::string>());
     ASSERT_TRUE(digest.ok()) << digest.status();
     EXPECT_EQ(digest->sha256, job.result().sha256());
     EXPECT_EQ(digest->size_bytes, job.result().size_bytes());

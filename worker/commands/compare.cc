@@ -21,7 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/commands/image_quality.h"
@@ -170,7 +170,7 @@ int RunCompare(int argc, char** argv) {
   std::printf("mean: PSNR %.2f dB over %d differing pair(s), SSIM %.4f over %zu\n",
               finite > 0 ? psnr_sum / finite : std::numeric_limits<double>::infinity(), finite,
               ssim_sum / prompts.size(), prompts.size());
-  if (absl::Status s = files::WriteFileAtomically(out_dir + "/compare.tsv", tsv); !s.ok()) {
+  if (absl::Status s = base::WriteFileAtomically(out_dir + "/compare.tsv", tsv); !s.ok()) {
     return Fail(s.ToString());
   }
   return 0;

@@ -18,7 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/io/manifest.h"

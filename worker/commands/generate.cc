@@ -10,7 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/io/canny.h"
@@ -66,7 +66,7 @@ absl::StatusOr<InputPicture> ReadPicture(const std::string& flag, const std::str
   if (!bytes.ok()) return bytes.status();
   absl::StatusOr<DecodedImage> d = DecodeImage(*bytes, absl::StrCat(flag, " ", path));
   if (!d.ok()) return d.status();
-  return InputPicture{d->width, d->height, std::move(d->rgb), files::Sha256Hex(*bytes)};
+  return InputPicture{d->width, d->height, std::move(d->rgb), base::Sha256Hex(*bytes)};
 }
 
 int Usage(const std::string& why) {
@@ -105,7 +105,7 @@ int ParseRequest(const ParsedFlags& f, GenerateRequest* req, bool* random_seed) 
     absl::StatusOr<LoraFlag> l = ParseLoraFlag(v, f.Get("lora-dir"));
     if (!l.ok()) return Usage(std::string(l.status().message()));
     // Hashed once here, not for every image.
-    absl::StatusOr<std::string> sha = files::Sha256OfFile(l->path);
+    absl::StatusOr<std::string> sha = base::Sha256OfFile(l->path);
     if (!sha.ok()) return Fail(std::string(sha.status().message()));
     req->loras.push_back({l->name, l->path, *sha, l->scale});
   }

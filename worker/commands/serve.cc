@@ -19,15 +19,15 @@
 #include "absl/time/time.h"
 #include "glog/logging.h"
 #include "prometheus/registry.h"
+#include "proto/base/scheduler_addresses.h"
+#include "proto/base/status_macros.h"
 #include "proto/http/metrics_server.h"
-#include "proto/scheduler_addresses.h"
 #include "proto/security/auth.h"
 #include "proto/security/tls.h"
-#include "proto/status_macros.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
-#include "worker/io/model_folder.h"
 #include "worker/io/model_fingerprint.h"
+#include "worker/io/model_folder.h"
 #include "worker/pipeline/device_info.h"
 #include "worker/pipeline/pipeline.h"
 #include "worker/pipeline/pipeline_renderer.h"
@@ -38,6 +38,8 @@
 
 namespace zfarm::worker {
 namespace {
+
+using ::zfarm::base::ParseSchedulerAddresses;
 
 constexpr char kUsage[] =
     "usage: zfarm-worker serve --scheduler HOST:PORT --model DIR --output-root DIR\n"

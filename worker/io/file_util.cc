@@ -10,8 +10,8 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "proto/files.h"
-#include "proto/status_macros.h"
+#include "proto/base/files.h"
+#include "proto/base/status_macros.h"
 
 namespace zfarm::worker {
 namespace {
@@ -58,8 +58,8 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t max_
 absl::StatusOr<std::unique_ptr<AtomicFile>> AtomicFile::Create(const std::string& path) {
   std::unique_ptr<AtomicFile> f(new AtomicFile());
   f->path_ = path;
-  f->tmp_ = files::TempNameFor(path);
-  ZFARM_ASSIGN_OR_RETURN(f->fd_, files::CreateExclusive(f->tmp_));
+  f->tmp_ = base::TempNameFor(path);
+  ZFARM_ASSIGN_OR_RETURN(f->fd_, base::CreateExclusive(f->tmp_));
   return f;
 }
 
@@ -108,9 +108,9 @@ absl::Status AtomicFile::Commit() {
     ::unlink(tmp_.c_str());
     return ErrnoError("rename", path_, err);
   }
-  return files::SyncDir(std::filesystem::path(path_).parent_path().empty()
-                            ? std::string(".")
-                            : std::filesystem::path(path_).parent_path().string());
+  return base::SyncDir(std::filesystem::path(path_).parent_path().empty()
+                           ? std::string(".")
+                           : std::filesystem::path(path_).parent_path().string());
 }
 
 }  // namespace zfarm::worker

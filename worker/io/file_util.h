@@ -3,7 +3,7 @@
 
 // Small file helpers for worker/io: bounded whole-file reads and a streaming all-or-nothing
 // writer (temporary file + fsync + rename). Whole-buffer atomic writes, hex and SHA-256 are
-// proto/files.h's (files::WriteFileAtomically, files::Sha256Hex, files::Sha256OfFile).
+// proto/base/files.h's (base::WriteFileAtomically, base::Sha256Hex, base::Sha256OfFile).
 
 #include <cstdint>
 #include <memory>
@@ -23,7 +23,7 @@ inline absl::string_view Sv(std::string_view s) { return absl::string_view(s.dat
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t max_bytes);
 
 // A file written under a temporary name and renamed into place by Commit(); the temporary
-// file (files::TempNameFor, created exclusively: a planted symlink is never followed) is
+// file (base::TempNameFor, created exclusively: a planted symlink is never followed) is
 // removed if the object is destroyed without Commit().
 class AtomicFile {
  public:

@@ -3,7 +3,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
+#include "proto/base/job_defaults.h"
 #include "worker/io/image_metadata.h"
 #include "worker/io/jpeg.h"
 #include "worker/io/png.h"
@@ -11,6 +12,8 @@
 
 namespace zfarm::worker {
 namespace {
+
+using ::zfarm::base::kDefaultQuality;
 
 // Fills info->parameters / json from EXIF and XMP blocks: the EXIF UserComment
 // wins for the text (that is what A1111 reads), XMP supplies the JSON.
@@ -87,7 +90,7 @@ absl::Status WriteImage(const std::string& path, const std::vector<uint8_t>& rgb
                         const ImageParameters& p, ImageFormat format, int quality) {
   absl::StatusOr<std::string> bytes = EncodeImage(rgb, p, format, quality);
   if (!bytes.ok()) return bytes.status();
-  return files::WriteFileAtomically(path, *bytes);
+  return base::WriteFileAtomically(path, *bytes);
 }
 
 absl::StatusOr<ImageFormat> SniffImageFormat(absl::string_view bytes) {

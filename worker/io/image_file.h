@@ -24,7 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "proto/job_defaults.h"
+#include "proto/base/job_defaults.h"
 #include "worker/io/image_parameters.h"
 
 namespace zfarm::worker {
@@ -49,7 +49,7 @@ absl::string_view ImageMediaType(ImageFormat f);
 absl::StatusOr<std::string> EncodeImage(const std::vector<uint8_t>& rgb, const ImageParameters& p,
                                         ImageFormat format, int quality);
 
-// EncodeImage, written to `path` all or nothing (files::WriteFileAtomically:
+// EncodeImage, written to `path` all or nothing (base::WriteFileAtomically:
 // an exclusive temp file in the same folder, fsync, rename, folder fsync).
 absl::Status WriteImage(const std::string& path, const std::vector<uint8_t>& rgb,
                         const ImageParameters& p, ImageFormat format, int quality);

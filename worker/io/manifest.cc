@@ -15,8 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "proto/files.h"
-#include "proto/status_macros.h"
+#include "proto/base/files.h"
+#include "proto/base/status_macros.h"
 #include "worker/io/file_util.h"
 #include "worker/io/safetensors.h"
 
@@ -109,7 +109,7 @@ std::string Md5Hex(std::string_view bytes) {
   EVP_DigestInit_ex(ctx.get(), EVP_md5(), nullptr);
   EVP_DigestUpdate(ctx.get(), bytes.data(), bytes.size());
   EVP_DigestFinal_ex(ctx.get(), d, &n);
-  return files::LowerHex(d, n);
+  return base::LowerHex(d, n);
 }
 
 absl::StatusOr<std::string> Md5File(const std::string& path,
@@ -146,7 +146,7 @@ absl::StatusOr<std::string> Md5File(const std::string& path,
   unsigned char d[EVP_MAX_MD_SIZE];
   unsigned n = 0;
   EVP_DigestFinal_ex(ctx.get(), d, &n);
-  return files::LowerHex(d, n);
+  return base::LowerHex(d, n);
 }
 
 std::string_view FileCheckName(FileCheck c) {

@@ -11,7 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "worker/io/file_util.h"
 
 namespace zfarm::worker {
@@ -53,7 +53,7 @@ absl::StatusOr<std::string> ModelFingerprint(const std::string& dir) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
   EVP_DigestFinal_ex(ctx.get(), md, &n);
-  return "sha256:" + files::LowerHex(md, 8);
+  return "sha256:" + base::LowerHex(md, 8);
 }
 
 }  // namespace zfarm::worker

@@ -18,7 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
 #include "worker/io/file_util.h"
 
 namespace zfarm::worker {

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
 #include "worker/io/safetensors.h"
 #include "worker/io/weights_cache.h"
 #include "worker/model/fp8.h"

@@ -9,8 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
-#include "proto/files.h"
-#include "proto/status_macros.h"
+#include "proto/base/files.h"
+#include "proto/base/status_macros.h"
 #include "worker/io/file_util.h"
 
 namespace zfarm::worker::model {
@@ -130,7 +130,7 @@ absl::StatusOr<std::vector<std::string>> LoraApplier::Apply(const std::vector<En
     }
     std::string sha = e.sha256;
     if (sha.empty()) {
-      absl::StatusOr<std::string> computed = files::Sha256OfFile(e.path);
+      absl::StatusOr<std::string> computed = base::Sha256OfFile(e.path);
       if (!computed.ok()) return BadLora(computed.status(), e.name);
       sha = *computed;
     }

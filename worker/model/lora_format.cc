@@ -13,8 +13,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
-#include "proto/files.h"
-#include "proto/status_macros.h"
+#include "proto/base/files.h"
+#include "proto/base/status_macros.h"
 #include "worker/io/file_util.h"
 #include "worker/io/safetensors.h"
 
@@ -381,7 +381,7 @@ absl::StatusOr<LoraFile> ReadLoraFile(const std::string& path) {
     }
     out.modules.push_back(std::move(m));
   }
-  ZFARM_ASSIGN_OR_RETURN(out.sha256, files::Sha256OfFile(path));
+  ZFARM_ASSIGN_OR_RETURN(out.sha256, base::Sha256OfFile(path));
   return out;
 }
 

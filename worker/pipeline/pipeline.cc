@@ -22,7 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
 #include "worker/io/image_ops.h"
 #include "worker/io/model_folder.h"
 #include "worker/io/safetensors.h"

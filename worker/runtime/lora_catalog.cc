@@ -8,14 +8,17 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
-#include "proto/files.h"
-#include "proto/plain_name.h"
+#include "proto/base/files.h"
+#include "proto/base/plain_name.h"
 #include "worker/io/file_util.h"
 #include "worker/text/utf8.h"
 
 namespace zfarm::worker {
 
 namespace {
+
+using ::zfarm::base::PlainNameProblem;
+
 constexpr char kSuffix[] = ".safetensors";
 }  // namespace
 
@@ -60,7 +63,7 @@ bool LoraCatalog::ScanLocked() {
           old->second.inode == f.inode) {
         f.sha256 = old->second.sha256;
       } else {
-        absl::StatusOr<std::string> sha = files::Sha256OfFile(f.path);
+        absl::StatusOr<std::string> sha = base::Sha256OfFile(f.path);
         if (!sha.ok()) {
           if (warned_.insert(f.path).second) {
             LOG(WARNING) << "event=lora_unreadable file=" << f.path << " error=\""

@@ -2,7 +2,7 @@
 #define ZFARM_WORKER_RUNTIME_LORA_CATALOG_H_
 
 // The LoRAs a worker can load: the files NAME.safetensors directly in its --lora-dir,
-// NAME following the output-name rules (proto/plain_name.h) and valid UTF-8 (other files
+// NAME following the output-name rules (proto/base/plain_name.h) and valid UTF-8 (other files
 // are skipped with a warning), each with the sha256 of its contents. Torch-free.
 //
 //   ZFARM_ASSIGN_OR_RETURN(auto catalog, LoraCatalog::Open("/srv/loras"));

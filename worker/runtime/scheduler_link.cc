@@ -9,13 +9,15 @@
 
 #include "absl/synchronization/notification.h"
 #include "glog/logging.h"
-#include "proto/monotonic_wait.h"
-#include "proto/rpc_status.h"
+#include "proto/base/monotonic_wait.h"
+#include "proto/contract/rpc_status.h"
 
 namespace zfarm::worker {
 
 namespace v1 = ::zfarm::v1;
-
+using ::zfarm::base::AwaitMonotonic;
+using ::zfarm::base::PollFor;
+using ::zfarm::contract::FromGrpcStatus;
 
 // One Connect call. Created and destroyed by SchedulerLink::Run(); the reactor's
 // last act (OnDone) notifies `done_`, after which Run() deletes it.

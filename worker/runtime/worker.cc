@@ -17,12 +17,13 @@
 #include "absl/strings/str_format.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/time_util.h"
-#include "proto/files.h"
-#include "proto/monotonic_wait.h"
-#include "proto/plain_name.h"
+#include "proto/base/files.h"
+#include "proto/base/monotonic_wait.h"
+#include "proto/base/plain_name.h"
+#include "proto/base/status_macros.h"
+#include "proto/base/version.h"
+#include "proto/contract/failure_policy.h"
 #include "proto/security/paths.h"
-#include "proto/status_macros.h"
-#include "proto/version.h"
 #include "worker/io/file_util.h"
 #include "worker/io/image_decode.h"
 #include "worker/io/image_file.h"
@@ -31,6 +32,10 @@
 namespace zfarm::worker {
 
 namespace v1 = ::zfarm::v1;
+using ::zfarm::base::AwaitMonotonic;
+using ::zfarm::base::PlainNameProblem;
+using ::zfarm::contract::CountsAgainstDevice;
+using ::zfarm::contract::IsRetryable;
 
 struct Worker::Output {
   v1::Lease lease;
@@ -92,7 +97,7 @@ absl::StatusOr<InputPicture> DecodeInput(const v1::ImageInput& in, const std::st
         ".path is resolved by the scheduler; workers only decode ", field, ".data)"));
   }
   ZFARM_ASSIGN_OR_RETURN(DecodedImage d, DecodeImage(in.data(), field));
-  return InputPicture{d.width, d.height, std::move(d.rgb), files::Sha256Hex(in.data())};
+  return InputPicture{d.width, d.height, std::move(d.rgb), base::Sha256Hex(in.data())};
 }
 
 // The job's init_image / mask_image / strength. Size, strength and mask rules are the
@@ -151,7 +156,7 @@ v1::CommitRequest CommitRequestFor(const v1::Lease& lease, const std::string& te
   // result.path stays empty: the path is the lease's, which the scheduler decided.
   auto* r = req.mutable_result();
   r->set_size_bytes(static_cast<int64_t>(file.size()));
-  r->set_sha256(files::Sha256Hex(file));
+  r->set_sha256(base::Sha256Hex(file));
   r->set_media_type(std::string(ImageMediaType(format)));
   r->set_device_class(o.device_class);
   r->set_dtype(o.dtype);
@@ -754,14 +759,14 @@ void Worker::WriteAndCommit(Output out) {
     // The folder as it is now: a symlink in the output root must not lead out of it.
     w = security::ResolveBeneath(options_.output_root, rel_dir).status();
   }
-  if (w.ok()) w = files::WriteNewFileSynced(temp_abs.string(), *png);
+  if (w.ok()) w = base::WriteNewFileSynced(temp_abs.string(), *png);
   if (!w.ok()) {
     ::unlink(temp_abs.string().c_str());
     FailLease(id, v1::FAILURE_REASON_OUTPUT_ERROR, true, std::string(w.message()));
     done();
     return;
   }
-  files::SyncDir(dir.string()).IgnoreError();  // best effort: the rename is synced too
+  base::SyncDir(dir.string()).IgnoreError();  // best effort: the rename is synced too
   const double render_s = absl::ToDoubleSeconds(absl::Now() - out.render_start);
   PendingCommit c;
   c.request = CommitRequestFor(out.lease, temp_name, *png, format, render_s, options_);
@@ -804,7 +809,7 @@ void Worker::HandleCommitReply(const v1::CommitReply& reply) {
   }
   // Never replaces a file: another job's result at this path survives, and this job
   // fails (not retried: every attempt would find the path taken).
-  if (absl::Status s = files::RenameNoReplace(c.temp_abs, c.final_abs); !s.ok()) {
+  if (absl::Status s = base::RenameNoReplace(c.temp_abs, c.final_abs); !s.ok()) {
     ::unlink(c.temp_abs.c_str());
     const bool taken = absl::IsAlreadyExists(s);
     const std::string why =
@@ -816,7 +821,7 @@ void Worker::HandleCommitReply(const v1::CommitReply& reply) {
     FailLease(id, v1::FAILURE_REASON_OUTPUT_ERROR, !taken, why);
     return;
   }
-  files::SyncDir(std::filesystem::path(c.final_abs).parent_path().string()).IgnoreError();
+  base::SyncDir(std::filesystem::path(c.final_abs).parent_path().string()).IgnoreError();
   v1::WorkerMessage m;
   *m.mutable_finalized()->mutable_lease() = id;
   link_->Send(m);  // if lost, the scheduler sees the final file when it loses us

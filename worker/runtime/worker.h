@@ -41,7 +41,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "proto/failure_policy.h"
+#include "proto/contract/failure_policy.h"
 #include "worker/pipeline/renderer.h"
 #include "worker/runtime/lora_catalog.h"
 #include "worker/runtime/scheduler_link.h"
@@ -72,7 +72,7 @@ class Worker : public SchedulerLink::Handler {
     int64_t min_free_disk_bytes = int64_t{512} << 20;
     // Failures in a row that make the worker report itself unhealthy (only those
     // that count against the device, failure_policy.h).
-    int unhealthy_after_failures = kUnhealthyAfterFailures;
+    int unhealthy_after_failures = contract::kUnhealthyAfterFailures;
     // While unhealthy, a self-test render runs after this delay (doubling up to
     // 32x); success makes the worker healthy again.
     absl::Duration self_test_delay = absl::Seconds(10);

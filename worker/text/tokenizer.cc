@@ -16,7 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "nlohmann/json.hpp"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
 #include "unicode/bytestream.h"
 #include "unicode/normalizer2.h"
 #include "unicode/uchar.h"

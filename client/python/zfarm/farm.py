@@ -102,7 +102,7 @@ def build_spec(prompt, negative_prompt="", width=1024, height=1024, steps=8, gui
                output_format=None, quality=0, deadline=None):
     """A zfarm.v1.JobSpec with the CLI's defaults, so derived request ids match it.
 
-    The defaults are the scheduler's for fields left at 0 (proto/job_defaults.h;
+    The defaults are the scheduler's for fields left at 0 (proto/base/job_defaults.h;
     python_client_test checks them against what the scheduler fills in).
 
     `deadline`: seconds from now (a number) or None. `output_format`: "png",

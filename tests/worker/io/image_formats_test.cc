@@ -10,7 +10,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "proto/status_macros.h"
+#include "proto/base/job_defaults.h"
+#include "proto/base/status_macros.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 #include "worker/io/image_file.h"
@@ -23,6 +24,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
+using ::zfarm::base::kDefaultQuality;
 using ::zfarm::testing::StatusIs;
 
 // A smooth gradient with a little texture: lossy codecs keep it close.

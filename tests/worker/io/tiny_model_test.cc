@@ -7,7 +7,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/worker/io/io_test_util.h"
 
 namespace zfarm::worker {
@@ -22,7 +22,7 @@ std::map<std::string, std::string> HashFolder(const std::string& dir) {
   std::map<std::string, std::string> out;
   for (const auto& e : fs::recursive_directory_iterator(dir)) {
     if (e.is_regular_file()) {
-      out[fs::relative(e.path(), dir).string()] = files::Sha256Hex(ReadAll(e.path().string()));
+      out[fs::relative(e.path(), dir).string()] = base::Sha256Hex(ReadAll(e.path().string()));
     }
   }
   return out;

@@ -1,7 +1,6 @@
 // LoRA format detection and key conversion (pure, on key lists), and reading the tiny
 // LoRA files of tests/testdata/lora (make_tiny_loras.py) including damaged copies.
 
-#include "proto/files.h"
 #include "worker/model/lora_format.h"
 
 #include <fstream>
@@ -11,6 +10,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/base/files.h"
 #include "tests/testing/status_matchers.h"
 #include "worker/io/file_util.h"
 
@@ -196,7 +196,7 @@ TEST(LoraFileTest, ReadsEveryTinyFormat) {
     EXPECT_EQ(f.layout.format, w.first) << stem;
     EXPECT_EQ(f.modules.size(), w.second) << stem;
     EXPECT_EQ(f.sha256.size(), 64u);
-    ASSERT_OK_AND_ASSIGN(std::string sha, files::Sha256OfFile(LoraPath(stem)));
+    ASSERT_OK_AND_ASSIGN(std::string sha, base::Sha256OfFile(LoraPath(stem)));
     EXPECT_EQ(f.sha256, sha);
   }
 }

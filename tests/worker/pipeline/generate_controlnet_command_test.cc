@@ -8,7 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 #include "tests/worker/pipeline/parity_util.h"
@@ -45,7 +45,7 @@ TEST(GenerateControlNetCommandTest, ControlImageAndScaleRenderDiffusersImage) {
     ASSERT_OK_AND_ASSIGN(DecodedPng png, DecodePng(bytes));
     ASSERT_OK_AND_ASSIGN(auto golden, SafetensorsFile::Open(kGolden + "control21_32x48.safetensors"));
     EXPECT_LE(testing::WorstLevel(png.rgb, testing::GoldenTensor(*golden, "image_u8")), 1);
-    ASSERT_OK_AND_ASSIGN(std::string sha, files::Sha256OfFile(control));
+    ASSERT_OK_AND_ASSIGN(std::string sha, base::Sha256OfFile(control));
     ASSERT_FALSE(png.text.empty());
     EXPECT_THAT(png.text[0].second,
                 HasSubstr(", ControlNet: " + std::string(cn.back() == '1' ? "2.1" : "diffusion_pytorch_model") +
@@ -73,7 +73,7 @@ TEST(GenerateControlNetCommandTest, InpaintingAndBadFlags) {
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_THAT(r.out, HasSubstr("control.conditioning_scale must be within [0, 2], got 3"));
   const std::string junk = ::testing::TempDir() + "/controlnet_junk.png";
-  ASSERT_OK(files::WriteFileAtomically(junk, "not a picture"));
+  ASSERT_OK(base::WriteFileAtomically(junk, "not a picture"));
   r = RunCommand(Generate("--prompt x --controlnet " + cn + " --control-image " + junk +
                           " --out /dev/null"));
   EXPECT_EQ(r.exit_code, 1) << r.out;

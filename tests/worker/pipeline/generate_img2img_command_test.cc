@@ -6,7 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 #include "worker/io/file_util.h"
@@ -35,8 +35,8 @@ TEST(GenerateImg2ImgCommandTest, InitImageStrengthMaskAndLoraTogether) {
   ASSERT_OK_AND_ASSIGN(DecodedPng png, DecodePng(bytes));
   EXPECT_EQ(png.width, 48);
   EXPECT_EQ(png.height, 48);
-  ASSERT_OK_AND_ASSIGN(std::string init_sha, files::Sha256OfFile(init));
-  ASSERT_OK_AND_ASSIGN(std::string mask_sha, files::Sha256OfFile(mask));
+  ASSERT_OK_AND_ASSIGN(std::string init_sha, base::Sha256OfFile(init));
+  ASSERT_OK_AND_ASSIGN(std::string mask_sha, base::Sha256OfFile(mask));
   ASSERT_FALSE(png.text.empty());
   EXPECT_EQ(png.text[0].first, "parameters");
   EXPECT_THAT(png.text[0].second, HasSubstr("a cat <lora:tiny_diffusers:0.8>\n"));
@@ -46,7 +46,7 @@ TEST(GenerateImg2ImgCommandTest, InitImageStrengthMaskAndLoraTogether) {
 
 TEST(GenerateImg2ImgCommandTest, BadPicturesAndFlagsAreRefused) {
   const std::string junk = ::testing::TempDir() + "/img2img_command_junk.png";
-  ASSERT_OK(files::WriteFileAtomically(junk, "this is not a picture"));
+  ASSERT_OK(base::WriteFileAtomically(junk, "this is not a picture"));
   auto r = RunCommand(std::string(ZFARM_WORKER_BIN) + " generate --model " + ZFARM_TINY_MODEL_DIR +
                       " --prompt x --init-image " + junk + " --out /dev/null 2>&1");
   EXPECT_EQ(r.exit_code, 1) << r.out;

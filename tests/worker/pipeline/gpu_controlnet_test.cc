@@ -13,7 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "gtest/gtest.h"
-#include "proto/status_macros.h"
+#include "proto/base/status_macros.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/worker/model/tiny_folder.h"
 #include "tests/worker/pipeline/parity_util.h"

@@ -15,7 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/worker/pipeline/parity_util.h"
 #include "tests/worker/pipeline/tiny_pipeline_fixture.h"
@@ -107,7 +107,7 @@ TEST_P(LoraPipelineTest, MatchesDiffusersStackedAdapters) {
   const int lora_effect = MaxDiff(base.rgb, Get(*g, "image_u8"));
   EXPECT_GT(lora_effect, 10);
   ASSERT_EQ(img.loras.size(), 2u);
-  ASSERT_OK_AND_ASSIGN(std::string sha, files::Sha256OfFile(r.loras[0].path));
+  ASSERT_OK_AND_ASSIGN(std::string sha, base::Sha256OfFile(r.loras[0].path));
   EXPECT_EQ(img.loras[0].sha256, sha);
   std::printf("%s: dit %.2e final latents %.2e image max diff %d (without the LoRAs: %d)\n",
               GetParam().c_str(), dit, lat_err, worst, lora_effect);

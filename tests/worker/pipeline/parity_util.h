@@ -12,7 +12,7 @@
 
 #include "absl/strings/numbers.h"
 #include "gtest/gtest.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "worker/io/file_util.h"
 #include "worker/io/image_decode.h"
 #include "worker/io/safetensors.h"
@@ -39,7 +39,7 @@ inline InputPicture GoldenPicture(const std::string& file) {
   auto img = DecodeImage(*bytes, file);
   EXPECT_TRUE(img.ok()) << img.status();
   if (!img.ok()) return {};
-  return {img->width, img->height, std::move(img->rgb), files::Sha256Hex(*bytes)};
+  return {img->width, img->height, std::move(img->rgb), base::Sha256Hex(*bytes)};
 }
 
 // The largest difference in levels between 8-bit pixels and a golden's values; 256 for a

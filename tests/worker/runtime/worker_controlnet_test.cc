@@ -11,7 +11,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/testing/farm_client.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
@@ -66,8 +66,8 @@ TEST(WorkerControlNetTest, ControlJobsRenderAndBadPicturesFailInvalidRequestWhil
   ASSERT_EQ(ctl.state(), v1::JOB_STATE_SUCCEEDED) << ctl.DebugString();
   EXPECT_NE(pixels(ctl), before);
   std::string params = farm->Parameters(ctl);
-  EXPECT_THAT(params, HasSubstr(", ControlNet: 2.1, Control image sha256: " + files::Sha256Hex(control) +
-                                ", Control weight: 0.8"));
+  EXPECT_THAT(params, HasSubstr(", ControlNet: 2.1, Control image sha256: " +
+                                base::Sha256Hex(control) + ", Control weight: 0.8"));
   EXPECT_THAT(params, HasSubstr("\"control\":{\"controlnet\":\"2.1\""));
   // Absent scale: diffusers' 0.75.
   const v1::Job def = render(ControlSpec(control, -1));

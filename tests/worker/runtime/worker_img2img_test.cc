@@ -11,7 +11,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/testing/farm_client.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
@@ -62,16 +62,16 @@ TEST(WorkerImg2ImgTest, PictureJobsRenderAndBadOnesFailInvalidRequestWhileTheWor
   EXPECT_NE(pixels(i2i), before);
   std::string params = farm->Parameters(i2i);
   EXPECT_THAT(params,
-              HasSubstr(", Denoising strength: 0.5, Init image sha256: " + files::Sha256Hex(init)));
-  EXPECT_THAT(params, HasSubstr("\"init_image_sha256\":\"" + files::Sha256Hex(init) + "\""));
+              HasSubstr(", Denoising strength: 0.5, Init image sha256: " + base::Sha256Hex(init)));
+  EXPECT_THAT(params, HasSubstr("\"init_image_sha256\":\"" + base::Sha256Hex(init) + "\""));
   EXPECT_THAT(params, ::testing::Not(HasSubstr("Mask sha256")));
 
   const v1::Job inpaint = render(PictureSpec(init, mask, 0));  // strength absent: 0.6
   ASSERT_EQ(inpaint.state(), v1::JOB_STATE_SUCCEEDED) << inpaint.DebugString();
   EXPECT_NE(pixels(inpaint), pixels(i2i));
   params = farm->Parameters(inpaint);
-  EXPECT_THAT(params, HasSubstr("Denoising strength: 0.6, Init image sha256: " + files::Sha256Hex(init) +
-                                ", Mask sha256: " + files::Sha256Hex(mask)));
+  EXPECT_THAT(params, HasSubstr("Denoising strength: 0.6, Init image sha256: " +
+                                base::Sha256Hex(init) + ", Mask sha256: " + base::Sha256Hex(mask)));
 
   struct Bad {
     std::string what;

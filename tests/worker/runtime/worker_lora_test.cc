@@ -17,14 +17,14 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "proto/files.h"
+#include "proto/base/files.h"
 #include "tests/testing/farm_client.h"
 #include "tests/testing/scheduler_fixture.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/worker/runtime/picture_jobs.h"
 #include "worker/io/file_util.h"
-#include "worker/io/safetensors.h"
 #include "worker/io/png.h"
+#include "worker/io/safetensors.h"
 #include "worker/pipeline/pipeline_renderer.h"
 #include "worker/runtime/lora_catalog.h"
 #include "worker/runtime/worker.h"
@@ -140,7 +140,7 @@ TEST_F(WorkerLoraTest, LoraJobsRenderAndBadOnesFailInvalidRequestWhileTheWorkerS
   const v1::Job with = render(LoraSpec({{"tiny_kohya", 0.8f}, {"tiny_dot", -1.5f}}));
   ASSERT_EQ(with.state(), v1::JOB_STATE_SUCCEEDED) << with.DebugString();
   EXPECT_NE(pixels(with), before);
-  ASSERT_OK_AND_ASSIGN(std::string kohya_sha, files::Sha256OfFile(Testdata("tiny_kohya")));
+  ASSERT_OK_AND_ASSIGN(std::string kohya_sha, base::Sha256OfFile(Testdata("tiny_kohya")));
   const std::string params = ParametersOf(farm->output_root() + "/" + with.result().path());
   EXPECT_THAT(params, HasSubstr("a red fox <lora:tiny_kohya:0.8> <lora:tiny_dot:-1.5>\n"));
   EXPECT_THAT(params, HasSubstr("Lora hashes: \"tiny_kohya: " + kohya_sha.substr(0, 12) + ", tiny_dot: "));
@@ -194,7 +194,7 @@ TEST_F(WorkerLoraTest, CatalogueInTheHelloAndOnceInAHeartbeatWhenTheDirectoryCha
   }
   // a..b breaks the name rule, bad\xff is no UTF-8, notes.txt no .safetensors: left out.
   EXPECT_THAT(names, ::testing::ElementsAre("broken", "damaged", "other_arch", "tiny_dot", "tiny_kohya"));
-  ASSERT_OK_AND_ASSIGN(std::string dot_sha, files::Sha256OfFile(Testdata("tiny_dot")));
+  ASSERT_OK_AND_ASSIGN(std::string dot_sha, base::Sha256OfFile(Testdata("tiny_dot")));
   EXPECT_EQ(h.loras(3).sha256(), dot_sha);
   EXPECT_FALSE(w->MakeHeartbeat().has_lora_catalog());
 
@@ -211,7 +211,7 @@ TEST_F(WorkerLoraTest, CatalogueInTheHelloAndOnceInAHeartbeatWhenTheDirectoryCha
   ASSERT_TRUE(hb.has_lora_catalog());
   for (const auto& l : hb.lora_catalog().loras()) {
     if (l.name() == "tiny_comfy") {
-      ASSERT_OK_AND_ASSIGN(std::string sha, files::Sha256OfFile(dir_ + "/tiny_comfy.safetensors"));
+      ASSERT_OK_AND_ASSIGN(std::string sha, base::Sha256OfFile(dir_ + "/tiny_comfy.safetensors"));
       EXPECT_EQ(l.sha256(), sha);
     }
   }

@@ -1,4 +1,4 @@
-#include "proto/files.h"
+#include "proto/base/files.h"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace zfarm::files {
+namespace zfarm::base {
 namespace {
 
 std::atomic<bool> force_link_rename{false};
@@ -209,4 +209,4 @@ absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
   return std::move(d->sha256);
 }
 
-}  // namespace zfarm::files
+}  // namespace zfarm::base

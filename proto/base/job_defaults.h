@@ -1,5 +1,5 @@
-#ifndef ZFARM_PROTO_JOB_DEFAULTS_H_
-#define ZFARM_PROTO_JOB_DEFAULTS_H_
+#ifndef ZFARM_PROTO_BASE_JOB_DEFAULTS_H_
+#define ZFARM_PROTO_BASE_JOB_DEFAULTS_H_
 
 // File: job_defaults.h
 // What a zfarm.v1.JobSpec field left at 0 (or unset) means. The scheduler fills
@@ -10,13 +10,13 @@
 
 #include <cstdint>
 
-namespace zfarm {
+namespace zfarm::base {
 
 inline constexpr int32_t kDefaultSizePx = 1024;  // width_px, height_px (no init image)
 inline constexpr int32_t kDefaultSteps = 8;      // steps
 inline constexpr float kDefaultStrength = 0.6f;  // strength (image-to-image)
 inline constexpr int kDefaultQuality = 90;       // quality (JPEG / WebP)
 
-}  // namespace zfarm
+}  // namespace zfarm::base
 
-#endif  // ZFARM_PROTO_JOB_DEFAULTS_H_
+#endif  // ZFARM_PROTO_BASE_JOB_DEFAULTS_H_

@@ -1,12 +1,12 @@
-#include "proto/rpc_status.h"
+#include "proto/contract/rpc_status.h"
 
 #include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "proto/error_details.h"
+#include "proto/contract/error_details.h"
 
-namespace zfarm {
+namespace zfarm::contract {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -39,4 +39,4 @@ absl::Status FromGrpcCall(const grpc::Status& status, const grpc::ClientContext&
                                     absl::string_view(it->second.data(), it->second.size()));
 }
 
-}  // namespace zfarm
+}  // namespace zfarm::contract

@@ -1,5 +1,5 @@
-#ifndef ZFARM_PROTO_STATUS_MACROS_H_
-#define ZFARM_PROTO_STATUS_MACROS_H_
+#ifndef ZFARM_PROTO_BASE_STATUS_MACROS_H_
+#define ZFARM_PROTO_BASE_STATUS_MACROS_H_
 
 // Propagation macros for absl::Status / absl::StatusOr (Abseil 20220623 has none).
 //
@@ -34,4 +34,4 @@
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()
 
-#endif  // ZFARM_PROTO_STATUS_MACROS_H_
+#endif  // ZFARM_PROTO_BASE_STATUS_MACROS_H_

@@ -1,5 +1,5 @@
-#ifndef ZFARM_PROTO_SCHEDULER_ADDRESSES_H_
-#define ZFARM_PROTO_SCHEDULER_ADDRESSES_H_
+#ifndef ZFARM_PROTO_BASE_SCHEDULER_ADDRESSES_H_
+#define ZFARM_PROTO_BASE_SCHEDULER_ADDRESSES_H_
 
 // The value of `--scheduler` (CLI, worker): one gRPC address or a comma-separated
 // list of them, "a:50051,b:50051", for an active scheduler and its standbys. A
@@ -19,7 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 
-namespace zfarm {
+namespace zfarm::base {
 
 inline constexpr size_t kMaxSchedulerAddresses = 16;
 
@@ -50,6 +50,6 @@ inline absl::StatusOr<std::vector<std::string>> ParseSchedulerAddresses(absl::st
   return out;
 }
 
-}  // namespace zfarm
+}  // namespace zfarm::base
 
-#endif  // ZFARM_PROTO_SCHEDULER_ADDRESSES_H_
+#endif  // ZFARM_PROTO_BASE_SCHEDULER_ADDRESSES_H_

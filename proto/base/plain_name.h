@@ -1,5 +1,5 @@
-#ifndef ZFARM_PROTO_PLAIN_NAME_H_
-#define ZFARM_PROTO_PLAIN_NAME_H_
+#ifndef ZFARM_PROTO_BASE_PLAIN_NAME_H_
+#define ZFARM_PROTO_BASE_PLAIN_NAME_H_
 
 // The rule for names that become one file name under a folder the farm controls
 // (JobSpec.output_name, LoRA names = <name>.safetensors in --lora-dir): at most
@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace zfarm {
+namespace zfarm::base {
 
 inline constexpr size_t kMaxPlainNameBytes = 128;
 
@@ -30,6 +30,6 @@ inline std::string PlainNameProblem(std::string_view name, size_t max_bytes = kM
   return "";
 }
 
-}  // namespace zfarm
+}  // namespace zfarm::base
 
-#endif  // ZFARM_PROTO_PLAIN_NAME_H_
+#endif  // ZFARM_PROTO_BASE_PLAIN_NAME_H_

@@ -1,5 +1,5 @@
-#ifndef ZFARM_PROTO_FAILURE_POLICY_H_
-#define ZFARM_PROTO_FAILURE_POLICY_H_
+#ifndef ZFARM_PROTO_CONTRACT_FAILURE_POLICY_H_
+#define ZFARM_PROTO_CONTRACT_FAILURE_POLICY_H_
 
 // File: failure_policy.h
 // How the farm treats a failed render, one rule each for both sides of the wire:
@@ -10,7 +10,7 @@
 
 #include "zfarm/v1/job.pb.h"
 
-namespace zfarm {
+namespace zfarm::contract {
 
 // Failures in a row that count against a device (CountsAgainstDevice) after which
 // its worker is UNHEALTHY: the scheduler marks it so, the worker reports itself so.
@@ -25,6 +25,6 @@ bool CountsAgainstDevice(v1::FailureReason reason);
 // of memory (a worker with more may fit it), else as the worker said (`reported`).
 bool IsRetryable(v1::FailureReason reason, bool reported);
 
-}  // namespace zfarm
+}  // namespace zfarm::contract
 
-#endif  // ZFARM_PROTO_FAILURE_POLICY_H_
+#endif  // ZFARM_PROTO_CONTRACT_FAILURE_POLICY_H_

@@ -1,5 +1,5 @@
-#ifndef ZFARM_PROTO_CONTRACT_H_
-#define ZFARM_PROTO_CONTRACT_H_
+#ifndef ZFARM_PROTO_CONTRACT_CONTRACT_H_
+#define ZFARM_PROTO_CONTRACT_CONTRACT_H_
 
 // File: contract.h
 // Small facts about the contract's types, each defined once for the scheduler,
@@ -11,7 +11,7 @@
 #include "google/protobuf/timestamp.pb.h"
 #include "zfarm/v1/job.pb.h"
 
-namespace zfarm {
+namespace zfarm::contract {
 
 // SUCCEEDED, FAILED or CANCELLED: the job will not change again.
 bool IsFinal(v1::JobState state);
@@ -19,6 +19,6 @@ bool IsFinal(v1::JobState state);
 google::protobuf::Timestamp ToProto(absl::Time t);
 absl::Time FromProto(const google::protobuf::Timestamp& t);
 
-}  // namespace zfarm
+}  // namespace zfarm::contract
 
-#endif  // ZFARM_PROTO_CONTRACT_H_
+#endif  // ZFARM_PROTO_CONTRACT_CONTRACT_H_

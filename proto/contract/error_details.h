@@ -1,5 +1,5 @@
-#ifndef ZFARM_PROTO_ERROR_DETAILS_H_
-#define ZFARM_PROTO_ERROR_DETAILS_H_
+#ifndef ZFARM_PROTO_CONTRACT_ERROR_DETAILS_H_
+#define ZFARM_PROTO_CONTRACT_ERROR_DETAILS_H_
 
 // File: error_details.h
 // Typed details of a failed call, carried as absl::Status payloads inside a
@@ -22,7 +22,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
-namespace zfarm {
+namespace zfarm::contract {
 
 // RESOURCE_EXHAUSTED "<what>; retry after <N> ms" carrying `delay` (rounded
 // down to ms) as its retry delay.
@@ -61,6 +61,6 @@ std::string SerializeErrorDetails(const absl::Status& status);
 // an OK status or a value that does not parse).
 absl::Status WithSerializedErrorDetails(absl::Status status, absl::string_view serialized);
 
-}  // namespace zfarm
+}  // namespace zfarm::contract
 
-#endif  // ZFARM_PROTO_ERROR_DETAILS_H_
+#endif  // ZFARM_PROTO_CONTRACT_ERROR_DETAILS_H_

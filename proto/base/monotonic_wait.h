@@ -1,5 +1,5 @@
-#ifndef ZFARM_PROTO_MONOTONIC_WAIT_H_
-#define ZFARM_PROTO_MONOTONIC_WAIT_H_
+#ifndef ZFARM_PROTO_BASE_MONOTONIC_WAIT_H_
+#define ZFARM_PROTO_BASE_MONOTONIC_WAIT_H_
 
 // File: monotonic_wait.h
 // Timed waits that a wall-clock step cannot stretch or cut short.
@@ -28,7 +28,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
-namespace zfarm {
+namespace zfarm::base {
 
 inline constexpr absl::Duration kMonotonicWaitSlice = absl::Milliseconds(10);
 
@@ -64,6 +64,6 @@ inline bool AwaitMonotonic(absl::Mutex* mu, const absl::Condition& cond, absl::D
   }
 }
 
-}  // namespace zfarm
+}  // namespace zfarm::base
 
-#endif  // ZFARM_PROTO_MONOTONIC_WAIT_H_
+#endif  // ZFARM_PROTO_BASE_MONOTONIC_WAIT_H_

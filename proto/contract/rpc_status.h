@@ -1,5 +1,5 @@
-#ifndef ZFARM_PROTO_RPC_STATUS_H_
-#define ZFARM_PROTO_RPC_STATUS_H_
+#ifndef ZFARM_PROTO_CONTRACT_RPC_STATUS_H_
+#define ZFARM_PROTO_CONTRACT_RPC_STATUS_H_
 
 // absl::Status <-> grpc::Status. The canonical codes are numbered identically, so
 // the mapping is 1:1; messages are kept verbatim. A status's typed details
@@ -12,7 +12,7 @@
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/status.h"
 
-namespace zfarm {
+namespace zfarm::contract {
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 absl::Status FromGrpcStatus(const grpc::Status& status);
@@ -25,6 +25,6 @@ void AddErrorTrailers(grpc::ServerContextBase* ctx, const absl::Status& status);
 // FromGrpcStatus plus the details of the call's "zfarm-error-details-bin" trailer.
 absl::Status FromGrpcCall(const grpc::Status& status, const grpc::ClientContext& ctx);
 
-}  // namespace zfarm
+}  // namespace zfarm::contract
 
-#endif  // ZFARM_PROTO_RPC_STATUS_H_
+#endif  // ZFARM_PROTO_CONTRACT_RPC_STATUS_H_

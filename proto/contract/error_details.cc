@@ -1,4 +1,4 @@
-#include "proto/error_details.h"
+#include "proto/contract/error_details.h"
 
 #include <cstdint>
 #include <utility>
@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "zfarm/v1/error_details.pb.h"
 
-namespace zfarm {
+namespace zfarm::contract {
 namespace {
 
 // Payload type URLs: each payload is the serialized message the URL names.
@@ -100,4 +100,4 @@ absl::Status WithSerializedErrorDetails(absl::Status status, absl::string_view s
   return status;
 }
 
-}  // namespace zfarm
+}  // namespace zfarm::contract

@@ -1,8 +1,8 @@
-#include "proto/contract.h"
+#include "proto/contract/contract.h"
 
 #include "google/protobuf/util/time_util.h"
 
-namespace zfarm {
+namespace zfarm::contract {
 
 using google::protobuf::util::TimeUtil;
 
@@ -19,4 +19,4 @@ absl::Time FromProto(const google::protobuf::Timestamp& t) {
   return absl::FromUnixMicros(TimeUtil::TimestampToMicroseconds(t));
 }
 
-}  // namespace zfarm
+}  // namespace zfarm::contract

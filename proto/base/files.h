@@ -1,5 +1,5 @@
-#ifndef ZFARM_PROTO_FILES_H_
-#define ZFARM_PROTO_FILES_H_
+#ifndef ZFARM_PROTO_BASE_FILES_H_
+#define ZFARM_PROTO_BASE_FILES_H_
 
 // Files written safely in folders other users or processes can also write to (the
 // shared output root, a state dir, a cache): every temporary file is created with
@@ -18,7 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace zfarm::files {
+namespace zfarm::base {
 
 // Creates `path` for writing with O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC and
 // returns the descriptor. Whatever already occupies the name (a temporary file
@@ -77,6 +77,6 @@ absl::StatusOr<FileDigest> DigestFile(const std::string& path, Links links = Lin
 // DigestFile(path, Links::kFollow).sha256: a file the caller chose (a LoRA, a picture).
 absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
 
-}  // namespace zfarm::files
+}  // namespace zfarm::base
 
-#endif  // ZFARM_PROTO_FILES_H_
+#endif  // ZFARM_PROTO_BASE_FILES_H_

@@ -1,6 +1,6 @@
-#include "proto/failure_policy.h"
+#include "proto/contract/failure_policy.h"
 
-namespace zfarm {
+namespace zfarm::contract {
 
 bool CountsAgainstDevice(v1::FailureReason reason) {
   switch (reason) {
@@ -26,4 +26,4 @@ bool IsRetryable(v1::FailureReason reason, bool reported) {
   }
 }
 
-}  // namespace zfarm
+}  // namespace zfarm::contract
