@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "glog/logging.h"
 #include "proto/base/files.h"
+#include "proto/base/picture_size.h"
 #include "proto/base/status_macros.h"
 #include "proto/security/paths.h"
 #include "worker/io/image_decode.h"
@@ -184,10 +185,10 @@ absl::Status InputStore::Intern(const std::string& field, v1::JobSpec* spec) con
   if (spec->has_init_image()) {
     ZFARM_ASSIGN_OR_RETURN(Loaded img, Load(field + ".init_image", spec->mutable_init_image()));
     const Limits& l = options_.limits;
-    // The size is the picture's, rounded down to multiples of 16 (what the worker's
-    // resize gives, as in diffusers' image-to-image pipelines, which refuse any other).
+    // The size is the picture's, rounded down to multiples of 16 (picture_size.h: what the
+    // worker's resize gives, as in diffusers' image-to-image pipelines, which refuse any other).
     auto derive = [&](int side, const char* name, int32_t current) -> absl::StatusOr<int32_t> {
-      const int32_t v = side / 16 * 16;
+      const int32_t v = base::RoundDownPictureSide(side);
       if (current != 0 && current != v) {
         return Invalid(absl::StrCat(field, ".", name),
                        absl::StrCat(current, " differs from the init image's ", name, " ", v,

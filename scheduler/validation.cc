@@ -11,6 +11,7 @@
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "proto/base/files.h"
 #include "proto/base/job_defaults.h"
+#include "proto/base/picture_size.h"
 #include "proto/base/plain_name.h"
 #include "proto/base/status_macros.h"
 
@@ -28,7 +29,7 @@ absl::Status Invalid(const std::string& field, const std::string& what) {
 
 absl::Status CheckSize(const Limits& l, const std::string& field, int32_t* v) {
   if (*v == 0) *v = kDefaultSizePx;
-  if (*v < l.min_size_px || *v > l.max_size_px || *v % 16 != 0) {
+  if (*v < l.min_size_px || *v > l.max_size_px || *v % base::kPictureSideMultiple != 0) {
     return Invalid(field, absl::StrCat(*v, " is outside the allowed sizes (multiples of 16 in [",
                                        l.min_size_px, ", ", l.max_size_px, "])"));
   }

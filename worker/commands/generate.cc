@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "proto/base/files.h"
+#include "proto/base/picture_size.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/io/canny.h"
@@ -141,8 +142,8 @@ int ParsePictures(const ParsedFlags& f, GenerateRequest* req) {
   absl::StatusOr<InputPicture> init = ReadPicture("--init-image", f.Get("init-image"));
   if (!init.ok()) return Fail(std::string(init.status().message()));
   // diffusers' default: the picture's own size rounded down to multiples of 16.
-  if (!f.Has("width")) req->width = init->width - init->width % 16;
-  if (!f.Has("height")) req->height = init->height - init->height % 16;
+  if (!f.Has("width")) req->width = base::RoundDownPictureSide(init->width);
+  if (!f.Has("height")) req->height = base::RoundDownPictureSide(init->height);
   req->init_image = *std::move(init);
   if (f.Has("mask")) {
     absl::StatusOr<InputPicture> mask = ReadPicture("--mask", f.Get("mask"));

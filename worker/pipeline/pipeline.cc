@@ -22,6 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "proto/base/picture_size.h"
 #include "proto/base/status_macros.h"
 #include "worker/io/image_ops.h"
 #include "worker/io/model_folder.h"
@@ -1061,7 +1062,7 @@ absl::Status CheckPictures(const GenerateRequest& r) {
     return absl::InvalidArgumentError(
         absl::StrCat("strength must be within (0, 1], got ", r.strength));
   }
-  const int w = p.width - p.width % 16, h = p.height - p.height % 16;
+  const int w = base::RoundDownPictureSide(p.width), h = base::RoundDownPictureSide(p.height);
   if (w != r.width || h != r.height) {
     return absl::InvalidArgumentError(absl::StrCat(
         "init_image: ", p.width, "x", p.height, " is ", w, "x", h,
@@ -1075,8 +1076,9 @@ absl::Status CheckPictures(const GenerateRequest& r) {
 
 absl::StatusOr<Image> Pipeline::Generate(const GenerateRequest& r, const StepCallback& on_step,
                                          const CancelToken* cancel, GenerateTrace* trace) {
-  if (r.width % 16 != 0 || r.height % 16 != 0 || r.width < kMinImageSide ||
-      r.height < kMinImageSide || r.width > kMaxImageSide || r.height > kMaxImageSide) {
+  if (r.width % base::kPictureSideMultiple != 0 || r.height % base::kPictureSideMultiple != 0 ||
+      r.width < kMinImageSide || r.height < kMinImageSide || r.width > kMaxImageSide ||
+      r.height > kMaxImageSide) {
     return absl::InvalidArgumentError(absl::StrCat(
         "size ", r.width, "x", r.height, ": width and height must be multiples of 16 within ",
         kMinImageSide, "..", kMaxImageSide, " pixels"));
