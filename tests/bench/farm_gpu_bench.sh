@@ -188,33 +188,27 @@ if [ "$dry" != 1 ]; then
   cold=$(start_worker 0 "$model") || { log "cold start failed"; exit 1; }
   log "cold start cuda:0 (page cache dropped by $how): $cold s to SERVING ($(loaded 0))"
   stop_workers
-  # 4b. The same with the bf16 DiT copy (zfarm-worker cache-weights, serve --weights-cache).
-  if [ "${ZFARM_FARM_CACHE:-1}" = 1 ]; then
-    cache=$(dirname "$model")/weights-cache
+  # 4b. The same with the DiT's weights copy (zfarm-worker cache-weights [--precision fp8],
+  # serve --weights-cache [--precision fp8]).
+  cache=$(dirname "$model")/weights-cache
+  cold_start_from_cache() {  # PRECISION (bf16 | fp8)
+    local p=$1 args=() t0
+    [ "$p" = bf16 ] || args=(--precision "$p")
     t0=$(now)
-    "$bin/zfarm-worker" cache-weights --model "$model" --weights-cache "$cache" > "$out/cache-weights.log" 2>&1 ||
-      { tail -5 "$out/cache-weights.log"; exit 1; }
-    log "cache-weights: $(calc "$(now) - $t0") s, $(du -sh "$cache" | cut -f1)"
+    "$bin/zfarm-worker" cache-weights --model "$model" --weights-cache "$cache" "${args[@]+"${args[@]}"}" \
+      > "$out/cache-weights-$p.log" 2>&1 || { tail -5 "$out/cache-weights-$p.log"; exit 1; }
+    log "cache-weights ($p): $(calc "$(now) - $t0") s, $(du -sh "$cache" | cut -f1) in the cache folder"
     sync
     drop_page_cache "$model" "$cache"
-    worker_extra="--weights-cache $cache"
-    cold=$(start_worker 0 "$model") || { log "cold start with the cache failed"; exit 1; }
+    worker_extra="--weights-cache $cache ${args[*]:-}"
+    cold=$(start_worker 0 "$model") || { log "cold start with the $p cache failed"; exit 1; }
     worker_extra=
-    log "cold start cuda:0 with --weights-cache (page cache dropped by $how): $cold s to SERVING ($(loaded 0); $(grep -o 'result=[a-z]*' "$out/worker-cuda0.log" | head -1))"
+    log "cold start cuda:0 ($p) with --weights-cache (page cache dropped by $how): $cold s to SERVING ($(loaded 0); $(grep -o 'result=[a-z]*' "$out/worker-cuda0.log" | head -1))"
     stop_workers
-    if [ "$fp8" = 1 ]; then
-      t0=$(now)
-      "$bin/zfarm-worker" cache-weights --model "$model" --weights-cache "$cache" --precision fp8 \
-        > "$out/cache-weights-fp8.log" 2>&1 || { tail -5 "$out/cache-weights-fp8.log"; exit 1; }
-      log "cache-weights --precision fp8: $(calc "$(now) - $t0") s, $(du -sh "$cache"/transformer-fp8-* | cut -f1)"
-      sync
-      drop_page_cache "$model" "$cache"
-      worker_extra="--weights-cache $cache --precision fp8"
-      cold=$(start_worker 0 "$model") || { log "cold start with the fp8 cache failed"; exit 1; }
-      worker_extra=
-      log "cold start cuda:0 --precision fp8 with --weights-cache (page cache dropped by $how): $cold s to SERVING ($(loaded 0); $(grep -o 'result=[a-z]*' "$out/worker-cuda0.log" | head -1))"
-      stop_workers
-    fi
+  }
+  if [ "${ZFARM_FARM_CACHE:-1}" = 1 ]; then
+    cold_start_from_cache bf16
+    [ "$fp8" = 1 ] && cold_start_from_cache fp8
   fi
 fi
 

@@ -22,27 +22,39 @@ __device__ __forceinline__ bf16 B(float v) { return __float2bfloat16_rn(v); }
 // bf16 round trip: the value a bf16 tensor would hold.
 __device__ __forceinline__ float R(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+struct SumOp {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename Op>
+__device__ __forceinline__ float WarpReduce(float v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+__device__ __forceinline__ float WarpSum(float v) { return WarpReduce(v, SumOp()); }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ float BlockSum(float v) {
+// `op` over the block (blockDim.x a multiple of 32, at most 1024; absent warps count as 0, the
+// identity of a sum and of a max of magnitudes); every thread gets the result.
+template <typename Op>
+__device__ float BlockReduce(float v, Op op) {
   __shared__ float partial[32];
   __shared__ float total;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = WarpSum(v);
+  v = WarpReduce(v, op);
   if (lane == 0) partial[warp] = v;
   __syncthreads();
   if (warp == 0) {
     float p = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0f;
-    p = WarpSum(p);
+    p = WarpReduce(p, op);
     if (lane == 0) total = p;
   }
   __syncthreads();
   return total;
 }
+__device__ float BlockSum(float v) { return BlockReduce(v, SumOp()); }
 
 __device__ __forceinline__ float RowRstd(const bf16* row, int64_t cols, float eps) {
   float ss = 0.0f;
@@ -253,27 +265,8 @@ int VecThreads(int64_t cols, int64_t stride, std::initializer_list<const void*> 
 
 // ---- Per-row e4m3 quantization (the FP8 GEMMs' activations).
 
-__device__ __forceinline__ float WarpMax(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Max over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ float BlockMax(float v) {
-  __shared__ float partial[32];
-  __shared__ float total;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = WarpMax(v);
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    float p = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0f;
-    p = WarpMax(p);
-    if (lane == 0) total = p;
-  }
-  __syncthreads();
-  return total;
-}
+// Max |value| over the block (BlockReduce's conditions).
+__device__ float BlockMax(float v) { return BlockReduce(v, MaxOp()); }
 
 __device__ __forceinline__ float RowScale(float amax) {
   return __fmul_rn(fmaxf(amax, kE4m3MinAmax), kE4m3InvMax);
