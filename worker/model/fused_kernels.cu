@@ -23,7 +23,7 @@ __device__ __forceinline__ bf16 B(float v) { return __float2bfloat16_rn(v); }
 __device__ __forceinline__ float R(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
 struct SumOp {
-  __device__ float operator()(float a, float b) const { return a + b; }
+  __device__ float operator()(float a, float b) const { return __fadd_rn(a, b); }
 };
 struct MaxOp {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
@@ -168,23 +168,30 @@ __device__ __forceinline__ float ChunkSumSq(const uint4& u) {
   return ss;
 }
 
-// The vector kernels' shared prologue: loads this block's row (`cols` bf16,
-// 16-byte chunks spread over the block's threads) into `buf` and returns its
-// RMSNorm scale 1/sqrt(mean(x^2) + eps), summed in the reference's order.
-__device__ __forceinline__ float LoadRowRstd(const bf16* row, int64_t cols, float eps,
-                                             uint4 (&buf)[kChunks]) {
+// Loads this block's row (`cols` bf16, 16-byte chunks spread over the block's threads) into
+// `buf` and returns this thread's fold, in chunk order, of per_chunk(chunk) with `op`.
+template <typename Op, typename PerChunk>
+__device__ __forceinline__ float LoadRow(const bf16* row, int64_t cols, uint4 (&buf)[kChunks],
+                                         Op op, PerChunk per_chunk) {
   const int64_t chunks = cols / 8;
   const uint4* r = reinterpret_cast<const uint4*>(row);
-  float ss = 0.0f;
+  float acc = 0.0f;
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
     const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
     if (c < chunks) {
       buf[i] = r[c];
-      ss = __fadd_rn(ss, ChunkSumSq(buf[i]));
+      acc = op(acc, per_chunk(buf[i]));
     }
   }
-  ss = BlockSum(ss);
+  return acc;
+}
+
+// The vector kernels' shared prologue: loads this block's row into `buf` and returns its
+// RMSNorm scale 1/sqrt(mean(x^2) + eps), summed in the reference's order.
+__device__ __forceinline__ float LoadRowRstd(const bf16* row, int64_t cols, float eps,
+                                             uint4 (&buf)[kChunks]) {
+  const float ss = BlockSum(LoadRow(row, cols, buf, SumOp(), ChunkSumSq));
   return rsqrtf(__fadd_rn(__fdiv_rn(ss, static_cast<float>(cols)), eps));
 }
 
@@ -309,18 +316,9 @@ __device__ __forceinline__ void StoreE4m3Row(const uint4 (&buf)[kChunks], float 
 // One block per row; the row stays in registers between the max and the quantization.
 __global__ void QuantizeE4m3VecKernel(const bf16* x, int64_t x_stride, uint8_t* q, float* scale,
                                       int64_t cols) {
-  const int64_t chunks = cols / 8;
-  const uint4* xr = reinterpret_cast<const uint4*>(x + blockIdx.x * x_stride);
   uint4 buf[kChunks];
-  float m = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
-    const int64_t c = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-    if (c < chunks) {
-      buf[i] = xr[c];
-      m = fmaxf(m, ChunkAbsMax(buf[i]));
-    }
-  }
+  const float m = LoadRow(x + blockIdx.x * x_stride, cols, buf, MaxOp(), ChunkAbsMax);
+  const int64_t chunks = cols / 8;
   StoreE4m3Row(buf, m, chunks, q + blockIdx.x * cols, scale);
 }
 
