@@ -24,8 +24,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/batch_plan.h"
+#include "client/deadline.h"
 #include "client/exit_codes.h"
-#include "client/flags.h"
 #include "client/output.h"
 #include "glog/logging.h"
 #include "grpcpp/create_channel.h"
@@ -40,6 +40,7 @@
 #include "proto/contract/contract.h"
 #include "proto/contract/error_details.h"
 #include "proto/contract/rpc_status.h"
+#include "proto/flags/flags.h"
 #include "proto/security/auth.h"
 #include "proto/security/tls.h"
 #include "worker/io/canny.h"
@@ -61,6 +62,7 @@ using ::zfarm::contract::FromGrpcCall;
 using ::zfarm::contract::FromGrpcStatus;
 using ::zfarm::contract::IsFinal;
 using ::zfarm::contract::RetryDelay;
+using ::zfarm::flags::FlagSet;
 using zfarm::v1::Job;
 using zfarm::v1::JobEvent;
 using zfarm::v1::JobSpec;

@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <fstream>
 
-#include "client/flags.h"
+#include "client/deadline.h"
 #include "client/output.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -15,68 +15,8 @@
 namespace zfarm::client {
 namespace {
 
-using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::zfarm::testing::StatusIs;
-
-TEST(FlagSetTest, ParsesAllForms) {
-  FlagSet flags("t");
-  std::string s;
-  int64_t n = 0;
-  bool b = false;
-  double d = 0;
-  absl::Duration dur;
-  std::vector<std::string> rep;
-  flags.String("name", &s, "");
-  flags.Int("n", &n, "");
-  flags.Bool("b", &b, "");
-  flags.Double("d", &d, "");
-  flags.Duration("t", &dur, "");
-  flags.Repeated("l", &rep, "");
-  bool help = false;
-  ASSERT_OK_AND_ASSIGN(
-      auto pos, flags.Parse({"pos1", "--name=x y", "--n", "-5", "--b", "--d=2.5", "--t", "1m30s",
-                             "--l", "a=1", "--l=b=2", "--", "--not-a-flag"},
-                            &help));
-  EXPECT_FALSE(help);
-  EXPECT_THAT(pos, ElementsAre("pos1", "--not-a-flag"));
-  EXPECT_EQ(s, "x y");
-  EXPECT_EQ(n, -5);
-  EXPECT_TRUE(b);
-  EXPECT_EQ(d, 2.5);
-  EXPECT_EQ(dur, absl::Seconds(90));
-  EXPECT_THAT(rep, ElementsAre("a=1", "b=2"));
-  ASSERT_OK(flags.Parse({"--b=false", "--help"}, &help).status());
-  EXPECT_FALSE(b);
-  EXPECT_TRUE(help);
-}
-
-TEST(FlagSetTest, Errors) {
-  FlagSet flags("t");
-  int64_t n = 0;
-  std::string s;
-  flags.Int("n", &n, "");
-  flags.String("s", &s, "");
-  bool help = false;
-  EXPECT_THAT(flags.Parse({"--bogus"}, &help),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--bogus")));
-  EXPECT_THAT(flags.Parse({"-x"}, &help),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("-x")));
-  EXPECT_THAT(
-      flags.Parse({"--n", "abc"}, &help),
-      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--n: 'abc' is not an integer")));
-  EXPECT_THAT(flags.Parse({"--s"}, &help),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'--s' needs a value")));
-  EXPECT_THAT(flags.Help(), HasSubstr("--n N"));
-}
-
-TEST(FlagSetTest, Durations) {
-  EXPECT_EQ(*ParseDurationFlag("30"), absl::Seconds(30));
-  EXPECT_EQ(*ParseDurationFlag("250ms"), absl::Milliseconds(250));
-  EXPECT_THAT(ParseDurationFlag("soon"),
-              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
-  EXPECT_THAT(ParseDurationFlag("-5s"), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::_));
-}
 
 zfarm::v1::Job SampleJob() {
   zfarm::v1::Job job;

@@ -34,7 +34,7 @@ SCHEDULER_CORE = ("clock", "validation", "job_queue", "job_store", "journal", "s
 # zfarm_base / zfarm_files, which every component (the worker's io and text included) may use.
 PROTO_BASE = ("proto/base/",)
 # proto/ itself holds only these library folders (each its own namespace, zfarm::<folder>).
-PROTO_FOLDERS = ("base", "contract", "security", "http", "zfarm/v1")
+PROTO_FOLDERS = ("base", "contract", "flags", "security", "http", "zfarm/v1")
 
 
 def folder_of(rel):
@@ -65,6 +65,9 @@ def rules_for(rel):
         return rules, ("proto/",)
     if d == "proto/http":
         return [no_torch], ("proto/",)
+    if d == "proto/flags":
+        # The flag parser of all three binaries: absl only.
+        return [no_grpc, no_contract, no_torch], ("proto/flags/",)
     if d in ("scheduler", "scheduler/http"):
         rules.append(no_torch)
         if d == "scheduler" and stem in SCHEDULER_CORE:
@@ -157,6 +160,8 @@ PLANTS = [
     ("worker/runtime/worker.cc", "torch/torch.h", "worker/runtime links no torch"),
     ("worker/io/png.cc", "worker/pipeline/pipeline.h", "worker/io may include only"),
     ("client/cli.cc", "scheduler/scheduler.h", "client may include only"),
+    ("proto/flags/flags.cc", "grpcpp/grpcpp.h", "no gRPC"),
+    ("proto/flags/flags.cc", "proto/base/files.h", "proto/flags may include only"),
 ]
 
 
