@@ -10,54 +10,54 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "proto/flags/flags.h"
 #include "worker/commands/commands.h"
+#include "worker/commands/flags.h"
 #include "worker/io/weights_cache.h"
 #include "worker/model/fp8_cache.h"
 
 namespace zfarm::worker {
 namespace {
 
-void Usage() {
-  std::fprintf(stderr,
-               "usage: zfarm-worker cache-weights --model DIR --weights-cache DIR "
-               "[--precision bf16|fp8]\n"
-               "  --model DIR          model folder (diffusers layout)\n"
-               "  --weights-cache DIR  where the copy goes (local disk; ~12 GB bf16, ~6 GB fp8\n"
-               "                       for Z-Image-Turbo); pass the same DIR to serve\n"
-               "  --precision P        bf16 (default) or fp8 (e4m3 attention/FFN weights with\n"
-               "                       per-channel scales, for --precision fp8)\n");
+constexpr char kCommand[] = "cache-weights";
+
+// The text around the flag list in --help.
+void Describe(flags::FlagSet* fs) {
+  fs->set_description(
+      "Writes the copy of the model's DiT that serve --weights-cache reads "
+      "instead of the float32 shards.");
+  fs->set_footer(
+      "Exit status: 0 the cache is current (written now, already there, or not "
+      "useful: the DiT is\nalready bf16), 1 an error, 2 usage error.\n");
+  fs->set_show_defaults(true);
 }
 
 }  // namespace
 
 int RunCacheWeights(int argc, char** argv) {
   std::string model, cache, precision = "bf16";
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if ((a == "--model" || a == "--weights-cache" || a == "--precision") && i + 1 < argc) {
-      (a == "--model" ? model : a == "--precision" ? precision : cache) = argv[++i];
-    } else if (a == "--help" || a == "-h") {
-      Usage();
-      return 0;
-    } else {
-      std::fprintf(stderr, "zfarm-worker cache-weights: unknown or incomplete argument '%s'\n",
-                   a.c_str());
-      Usage();
-      return 2;
-    }
-  }
+  flags::FlagSet fs(
+      "zfarm-worker cache-weights --model DIR --weights-cache DIR [--precision bf16|fp8]");
+  Describe(&fs);
+  fs.String("model", &model, "model folder (diffusers layout)", "DIR");
+  fs.String("weights-cache", &cache,
+            "where the copy goes (local disk; ~12 GB bf16, ~6 GB fp8 for Z-Image-Turbo); pass the "
+            "same DIR to serve",
+            "DIR");
+  fs.String("precision", &precision,
+            "bf16 or fp8 (e4m3 attention/FFN weights with per-channel scales, for --precision fp8)",
+            "P");
+  if (std::optional<int> rc = ParseCommandFlags(kCommand, fs, argc, argv)) return *rc;
   if (model.empty() || cache.empty()) {
-    std::fprintf(stderr, "zfarm-worker cache-weights: --model and --weights-cache are required\n");
-    Usage();
-    return 2;
+    return UsageError(kCommand, fs, "--model and --weights-cache are required");
   }
   if (precision != "bf16" && precision != "fp8") {
-    std::fprintf(stderr, "zfarm-worker cache-weights: --precision '%s': expected bf16 or fp8\n",
-                 precision.c_str());
-    Usage();
-    return 2;
+    return UsageError(kCommand, fs,
+                      absl::StrCat("--precision '", precision, "': expected bf16 or fp8"));
   }
   const std::string component = model + "/transformer";
   const bool fp8 = precision == "fp8";

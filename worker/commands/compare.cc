@@ -18,10 +18,10 @@
 #include <system_error>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "proto/base/files.h"
+#include "proto/flags/flags.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/commands/image_quality.h"
@@ -31,24 +31,50 @@
 namespace zfarm::worker {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: zfarm-worker compare --model DIR --a PRECISION --b PRECISION --prompts FILE\n"
-    "                            --out-dir DIR [--device cpu|cuda:N] [--width 1024]\n"
-    "                            [--height 1024] [--steps 8] [--seed 42] [--weights-cache DIR]\n"
-    "  --a, --b        fp8, bf16 or fp32 (e.g. --a bf16 --b fp8)\n"
-    "  --prompts FILE  one prompt per line; prompt i renders with seed SEED + i on both sides\n"
-    "  --out-dir DIR   NNNNN.png side by side (A left, B right) and compare.tsv\n"
-    "Prints PSNR (dB, 8-bit RGB) and SSIM (11x11 Gaussian, per channel) per prompt and\n"
-    "their means. fp8 on the CPU uses the reference path (slow; the tiny model).\n";
+constexpr char kCommand[] = "compare";
+
+// Every flag of compare, with its default.
+struct CompareFlags {
+  std::string model, a, b, prompts, out_dir, device = "cpu", weights_cache;
+  int32_t width = 1024, height = 1024, steps = 8, seed = 42;
+};
+
+void DefineFlags(flags::FlagSet* fs, CompareFlags* f) {
+  fs->String("model", &f->model, "model folder (diffusers layout; required)", "DIR");
+  fs->String("a", &f->a, "side A's precision: fp8, bf16 or fp32 (required)", "PRECISION");
+  fs->String("b", &f->b, "side B's precision, as --a (required)", "PRECISION");
+  fs->String("prompts", &f->prompts,
+             "one prompt per line; prompt i renders with seed SEED + i on both sides (required)",
+             "FILE");
+  fs->String("out-dir", &f->out_dir,
+             "NNNNN.png side by side (A left, B right) and compare.tsv (required)", "DIR");
+  fs->String("device", &f->device, "cpu or cuda:N", "D");
+  fs->Int("width", &f->width, "image width, 16..8192");
+  fs->Int("height", &f->height, "image height, 16..8192");
+  fs->Int("steps", &f->steps, "steps, 1..50");
+  fs->Int("seed", &f->seed, "the first prompt's seed");
+  fs->String("weights-cache", &f->weights_cache,
+             "the bf16 or fp8 DiT copy of `zfarm-worker cache-weights`", "DIR");
+}
+
+// The text around the flag list in --help.
+void Describe(flags::FlagSet* fs) {
+  fs->set_description(
+      "Renders every prompt with two precisions (same seed, size and steps), "
+      "one pipeline at a time.");
+  fs->set_footer(
+      "Prints PSNR (dB, 8-bit RGB) and SSIM (11x11 Gaussian, per channel) per "
+      "prompt and\ntheir means. fp8 on the CPU uses the reference path (slow; the "
+      "tiny model).\n\n"
+      "example:\n"
+      "  zfarm-worker compare --model M --device cuda:0 --a bf16 --b fp8 "
+      "--prompts prompts.txt --out-dir cmp/\n");
+  fs->set_show_defaults(true);
+}
 
 int Fail(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker compare: %s\n", why.c_str());
   return 1;
-}
-
-int Usage(const std::string& why) {
-  std::fprintf(stderr, "zfarm-worker compare: %s\n%s", why.c_str(), kUsage);
-  return 2;
 }
 
 struct Side {
@@ -80,56 +106,60 @@ int RenderAll(PipelineOptions opts, const std::vector<std::string>& prompts,
   return 0;
 }
 
-int ParseInt(const ParsedFlags& f, const std::string& flag, int def, int lo, int hi, int* out) {
-  *out = def;
-  if (f.Has(flag) && (!absl::SimpleAtoi(f.Get(flag), out) || *out < lo || *out > hi)) {
-    return Usage(absl::StrCat("--", flag, " '", f.Get(flag), "': an integer in [", lo, ", ", hi,
-                              "]"));
-  }
-  return 0;
+// 0, or 2 after printing that --`flag`'s `value` is outside [lo, hi].
+int CheckRange(const flags::FlagSet& fs, const char* flag, int value, int lo, int hi) {
+  if (value >= lo && value <= hi) return 0;
+  return UsageError(kCommand, fs,
+                    absl::StrCat("--", flag, " '", value, "': an integer in [", lo, ", ", hi, "]"));
 }
 
 }  // namespace
 
 int RunCompare(int argc, char** argv) {
-  ParsedFlags f;
-  if (std::optional<int> rc = ParseCommandFlags(
-          "compare", kUsage, argc, argv, {"help"},
-          {"model", "a", "b", "prompts", "out-dir", "device", "width", "height", "steps", "seed",
-           "weights-cache"},
-          &f)) {
-    return *rc;
-  }
+  CompareFlags f;
+  flags::FlagSet fs(
+      "zfarm-worker compare --model DIR --a PRECISION --b PRECISION --prompts FILE "
+      "--out-dir DIR [flags]");
+  Describe(&fs);
+  DefineFlags(&fs, &f);
+  if (std::optional<int> rc = ParseCommandFlags(kCommand, fs, argc, argv)) return *rc;
   for (const char* required : {"model", "a", "b", "prompts", "out-dir"}) {
-    if (!f.Has(required)) return Usage(absl::StrCat("--", required, " is required"));
+    if (!fs.Given(required)) {
+      return UsageError(kCommand, fs, absl::StrCat("--", required, " is required"));
+    }
   }
   Side a, b;
-  a.flag = f.Get("a");
-  b.flag = f.Get("b");
+  a.flag = f.a;
+  b.flag = f.b;
   for (Side* s : {&a, &b}) {
     absl::StatusOr<PipelineOptions::Precision> p = ParsePrecision(s->flag);
-    if (!p.ok()) return Usage(absl::StrCat(s == &a ? "--a: " : "--b: ", p.status().message()));
+    if (!p.ok()) {
+      return UsageError(kCommand, fs,
+                        absl::StrCat(s == &a ? "--a: " : "--b: ", p.status().message()));
+    }
     s->precision = *p;
   }
+  if (int rc = CheckRange(fs, "width", f.width, 16, 8192); rc != 0) return rc;
+  if (int rc = CheckRange(fs, "height", f.height, 16, 8192); rc != 0) return rc;
+  if (int rc = CheckRange(fs, "steps", f.steps, 1, 50); rc != 0) return rc;
+  if (int rc = CheckRange(fs, "seed", f.seed, 0, 2147483647); rc != 0) return rc;
   GenerateRequest base;
-  int seed = 42;
-  if (int rc = ParseInt(f, "width", 1024, 16, 8192, &base.width); rc != 0) return rc;
-  if (int rc = ParseInt(f, "height", 1024, 16, 8192, &base.height); rc != 0) return rc;
-  if (int rc = ParseInt(f, "steps", 8, 1, 50, &base.steps); rc != 0) return rc;
-  if (int rc = ParseInt(f, "seed", 42, 0, 2147483647, &seed); rc != 0) return rc;
-  base.seed = static_cast<uint64_t>(seed);
-  absl::StatusOr<std::vector<std::string>> lines = ReadPromptsFile(f.Get("prompts"));
+  base.width = f.width;
+  base.height = f.height;
+  base.steps = f.steps;
+  base.seed = static_cast<uint64_t>(f.seed);
+  absl::StatusOr<std::vector<std::string>> lines = ReadPromptsFile(f.prompts);
   if (!lines.ok()) return Fail(absl::StrCat("--prompts: ", lines.status().message()));
   const std::vector<std::string> prompts = *std::move(lines);
-  const std::string out_dir = f.Get("out-dir");
+  const std::string out_dir = f.out_dir;
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   if (ec) return Fail(absl::StrCat("--out-dir ", out_dir, ": ", ec.message()));
 
   PipelineOptions opts;
-  opts.model_dir = f.Get("model");
-  opts.device = f.Get("device", "cpu");
-  if (f.Has("weights-cache")) opts.weights_cache_dir = f.Get("weights-cache");
+  opts.model_dir = f.model;
+  opts.device = f.device;
+  if (!f.weights_cache.empty()) opts.weights_cache_dir = f.weights_cache;
   for (Side* s : {&a, &b}) {
     if (int rc = RenderAll(opts, prompts, base, s); rc != 0) return rc;
   }

@@ -13,12 +13,12 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "proto/base/status_macros.h"
+#include "proto/flags/flags.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/io/manifest.h"
@@ -31,22 +31,53 @@
 namespace zfarm::worker {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: zfarm-worker doctor --model DIR [--device cpu|cuda:N] [--fast] [--json]\n"
-    "                           [--output-root DIR] [--no-load] [--size WxH] [--steps N]\n"
-    "  --fast          check presence, sizes and safetensors headers instead of full md5\n"
-    "  --json          machine-readable report on stdout\n"
-    "  --output-root   also check that this folder is writable and has free space\n"
-    "  --no-load       skip the load test\n"
-    "  --size WxH      load-test image size (default 1024x1024 on CUDA, 256x256 on cpu)\n"
-    "  --steps N       load-test steps (default 8)\n"
-    "  --weights-cache DIR  check that DIR holds a current bf16 (with --precision fp8: FP8)\n"
-    "                  copy of the DiT (and load from it in the load test), as serve would\n"
-    "  --precision P   fp8, bf16 or fp32: the load test's precision, as serve --precision\n"
-    "                  (fp8 fails here where the device has no FP8 tensor cores)\n"
-    "  --manifest FILE md5sum-format manifest (default: DIR/manifest.md5 if present, else the\n"
-    "                  official Z-Image-Turbo manifest)\n"
-    "Exit status: 0 all checks passed, 1 a check failed, 2 usage error.\n";
+constexpr char kCommand[] = "doctor";
+
+// Every flag of doctor, with its default.
+struct DoctorFlags {
+  std::string model, device = "cpu", output_root, manifest, weights_cache, precision;
+  std::string size;  // empty: 1024x1024 on CUDA, 256x256 on the CPU
+  int32_t steps = 8;
+  bool fast = false, json = false, no_load = false;
+};
+
+void DefineFlags(flags::FlagSet* fs, DoctorFlags* f) {
+  fs->String("model", &f->model, "model folder (diffusers layout; required)", "DIR");
+  fs->String("device", &f->device, "cpu or cuda:N", "D");
+  fs->Bool("fast", &f->fast, "check presence, sizes and safetensors headers instead of full md5");
+  fs->Bool("json", &f->json, "machine-readable report on stdout");
+  fs->String("output-root", &f->output_root,
+             "also check that this folder is writable and has free space", "DIR");
+  fs->Bool("no-load", &f->no_load, "skip the load test");
+  fs->String("size", &f->size, "load-test image size (default 1024x1024 on CUDA, 256x256 on cpu)",
+             "WxH");
+  fs->Int("steps", &f->steps, "load-test steps, 1..50");
+  fs->String("weights-cache", &f->weights_cache,
+             "check that DIR holds a current bf16 (with --precision fp8: FP8) copy of the DiT "
+             "(and load from it in the load test), as serve would",
+             "DIR");
+  fs->String("precision", &f->precision,
+             "the load test's precision, as serve --precision (fp8 fails here where the device has "
+             "no FP8 tensor cores)",
+             "fp8|bf16|fp32");
+  fs->String("manifest", &f->manifest,
+             "md5sum-format manifest (default: DIR/manifest.md5 if present, else the official "
+             "Z-Image-Turbo manifest)",
+             "FILE");
+}
+
+// The text around the flag list in --help.
+void Describe(flags::FlagSet* fs) {
+  fs->set_description(
+      "Pre-flight checks of a GPU host: model files, device, output root and a "
+      "load test.");
+  fs->set_footer(
+      "Exit status: 0 all checks passed, 1 a check failed, 2 usage error.\n\n"
+      "example:\n"
+      "  zfarm-worker doctor --model /models/Z-Image-Turbo --device cuda:0 --fast "
+      "--output-root /mnt/renders\n");
+  fs->set_show_defaults(true);
+}
 
 struct Check {
   explicit Check(std::string n) : name(std::move(n)) {}
@@ -247,53 +278,42 @@ bool PrintReport(const std::vector<Check>& checks, bool json, const std::string&
 }  // namespace
 
 int RunDoctor(int argc, char** argv) {
-  ParsedFlags f;
-  if (std::optional<int> rc = ParseCommandFlags(
-          "doctor", kUsage, argc, argv, {"fast", "json", "no-load", "help"},
-          {"model", "device", "output-root", "size", "steps", "manifest", "weights-cache",
-           "precision"},
-          &f)) {
-    return *rc;
-  }
-  if (!f.Has("model")) {
-    std::fprintf(stderr, "zfarm-worker doctor: --model DIR is required\n%s", kUsage);
-    return 2;
-  }
-  const std::string model = f.Get("model"), device = f.Get("device", "cpu");
-  auto size = ParseSize("size", f.Get("size", device == "cpu" ? "256x256" : "1024x1024"));
-  int steps = 8;
-  if (!size.ok() || !absl::SimpleAtoi(f.Get("steps", "8"), &steps) || steps < 1 || steps > 50) {
-    std::fprintf(stderr, "zfarm-worker doctor: --size WxH and --steps 1..50\n%s", kUsage);
-    return 2;
+  DoctorFlags f;
+  flags::FlagSet fs("zfarm-worker doctor --model DIR [flags]");
+  Describe(&fs);
+  DefineFlags(&fs, &f);
+  if (std::optional<int> rc = ParseCommandFlags(kCommand, fs, argc, argv)) return *rc;
+  if (!fs.Given("model")) return UsageError(kCommand, fs, "--model DIR is required");
+  const std::string& model = f.model;
+  const std::string& device = f.device;
+  auto size = ParseSize("size", !f.size.empty()   ? f.size
+                                : device == "cpu" ? "256x256"
+                                                  : "1024x1024");
+  if (!size.ok() || f.steps < 1 || f.steps > 50) {
+    return UsageError(kCommand, fs, "--size WxH and --steps 1..50");
   }
   PipelineOptions::Precision precision = PipelineOptions::Precision::kAuto;
-  if (f.Has("precision")) {
-    absl::StatusOr<PipelineOptions::Precision> p = ParsePrecision(f.Get("precision"));
-    if (!p.ok()) {
-      std::fprintf(stderr, "zfarm-worker doctor: %s\n%s", std::string(p.status().message()).c_str(),
-                   kUsage);
-      return 2;
-    }
+  if (!f.precision.empty()) {
+    absl::StatusOr<PipelineOptions::Precision> p = ParsePrecision(f.precision);
+    if (!p.ok()) return UsageError(kCommand, fs, p.status().message());
     precision = *p;
   }
   const bool fp8 = precision == PipelineOptions::Precision::kFp8;
   std::vector<Check> checks;
-  checks.push_back(CheckFiles(model, f.Get("manifest"), f.True("fast")));
+  checks.push_back(CheckFiles(model, f.manifest, f.fast));
   absl::StatusOr<DeviceInfo> info = QueryDevice(device);
   checks.push_back(CheckDevice(device, info));
-  if (f.Has("output-root")) checks.push_back(CheckOutputRoot(f.Get("output-root")));
-  if (f.Has("weights-cache")) {
-    checks.push_back(CheckWeightsCache(model, f.Get("weights-cache"), fp8));
-  }
-  if (!f.True("no-load") && info.ok()) {
+  if (fs.Given("output-root")) checks.push_back(CheckOutputRoot(f.output_root));
+  if (fs.Given("weights-cache")) checks.push_back(CheckWeightsCache(model, f.weights_cache, fp8));
+  if (!f.no_load && info.ok()) {
     PipelineOptions po;
     po.model_dir = model;
     po.device = device;
-    po.weights_cache_dir = f.Get("weights-cache");
+    po.weights_cache_dir = f.weights_cache;
     po.precision = precision;
-    checks.push_back(CheckLoad(po, *size, steps));
+    checks.push_back(CheckLoad(po, *size, f.steps));
   }
-  return PrintReport(checks, f.True("json"), model, device) ? 0 : 1;
+  return PrintReport(checks, f.json, model, device) ? 0 : 1;
 }
 
 }  // namespace zfarm::worker

@@ -13,58 +13,29 @@
 
 namespace zfarm::worker {
 
-absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv,
-                                       const std::vector<std::string>& bool_flags,
-                                       const std::vector<std::string>& value_flags) {
-  ParsedFlags f;
-  auto known = [](const std::vector<std::string>& v, const std::string& k) {
-    return std::find(v.begin(), v.end(), k) != v.end();
-  };
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--", 0) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", a, "'"));
-    }
-    a = a.substr(2);
-    std::string value;
-    bool has_value = false;
-    if (auto eq = a.find('='); eq != std::string::npos) {
-      value = a.substr(eq + 1);
-      a = a.substr(0, eq);
-      has_value = true;
-    }
-    if (known(bool_flags, a)) {
-      f.values[a] = has_value ? value : "true";
-      f.all[a].push_back(f.values[a]);
-      continue;
-    }
-    if (!known(value_flags, a)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", a));
-    if (!has_value) {
-      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", a, " needs a value"));
-      value = argv[++i];
-    }
-    f.values[a] = value;
-    f.all[a].push_back(value);
-  }
-  return f;
-}
-
-std::optional<int> ParseCommandFlags(const char* command, const char* usage, int argc, char** argv,
-                                     const std::vector<std::string>& bool_flags,
-                                     const std::vector<std::string>& value_flags,
-                                     ParsedFlags* out) {
-  absl::StatusOr<ParsedFlags> parsed = ParseFlags(argc, argv, bool_flags, value_flags);
-  if (!parsed.ok()) {
-    std::fprintf(stderr, "zfarm-worker %s: %s\n%s", command,
-                 std::string(parsed.status().message()).c_str(), usage);
-    return 2;
-  }
-  if (parsed->Has("help")) {
-    std::fputs(usage, stdout);
+std::optional<int> ParseCommandFlags(const char* command, flags::FlagSet& flags, int argc,
+                                     char** argv, std::vector<std::string>* positional,
+                                     size_t max_positional) {
+  bool help = false;
+  absl::StatusOr<std::vector<std::string>> args =
+      flags.Parse(std::vector<std::string>(argv + std::min(argc, 1), argv + argc), &help);
+  if (help) {
+    std::fputs(flags.Help().c_str(), stdout);
     return 0;
   }
-  *out = *std::move(parsed);
+  if (!args.ok()) return UsageError(command, flags, args.status().message());
+  if (args->size() > max_positional) {
+    return UsageError(command, flags,
+                      absl::StrCat("unexpected argument '", (*args)[max_positional], "'"));
+  }
+  if (positional != nullptr) *positional = *std::move(args);
   return std::nullopt;
+}
+
+int UsageError(const char* command, const flags::FlagSet& flags, absl::string_view why) {
+  std::fprintf(stderr, "zfarm-worker %s: %s\n%s", command, std::string(why).c_str(),
+               flags.Help().c_str());
+  return 2;
 }
 
 absl::StatusOr<LoraFlag> ParseLoraFlag(const std::string& value, const std::string& lora_dir) {

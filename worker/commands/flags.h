@@ -1,51 +1,35 @@
 #ifndef ZFARM_WORKER_COMMANDS_FLAGS_H_
 #define ZFARM_WORKER_COMMANDS_FLAGS_H_
 
-// The subcommands' own argv parsing: "--name value", "--name=value" and boolean
-// "--flag" (or "--flag=false"). No globals, so every subcommand has exactly the
-// flags its --help lists.
+// The subcommands' flag handling over zfarm::flags::FlagSet (proto/flags/flags.h):
+// every subcommand defines its own typed flags, so each has exactly the flags its
+// --help lists; and the value parsers several subcommands share.
 
-#include <map>
+#include <cstddef>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "proto/flags/flags.h"
 
 namespace zfarm::worker {
 
-struct ParsedFlags {
-  std::map<std::string, std::string> values;  // the last value of each flag
-  std::map<std::string, std::vector<std::string>> all;  // every value, in order (repeatable flags)
+// Parses a subcommand's arguments (argv[0] is the subcommand's name) into the
+// variables `flags` binds, with the answers every subcommand gives: --help
+// prints flags.Help() on stdout (returns 0); an unknown flag, a missing or bad
+// value, or more than `max_positional` positional arguments print
+// "zfarm-worker COMMAND: why" and the help on stderr (returns 2); nullopt =
+// parsed, go on. The positional arguments go to *positional when given.
+std::optional<int> ParseCommandFlags(const char* command, flags::FlagSet& flags, int argc,
+                                     char** argv, std::vector<std::string>* positional = nullptr,
+                                     size_t max_positional = 0);
 
-  bool Has(const std::string& k) const { return values.count(k) > 0; }
-  std::string Get(const std::string& k, const std::string& def = "") const {
-    auto it = values.find(k);
-    return it == values.end() ? def : it->second;
-  }
-  std::vector<std::string> GetAll(const std::string& k) const {
-    auto it = all.find(k);
-    return it == all.end() ? std::vector<std::string>() : it->second;
-  }
-  // A boolean flag: present and not "false"/"0".
-  bool True(const std::string& k) const {
-    auto it = values.find(k);
-    return it != values.end() && it->second != "false" && it->second != "0";
-  }
-};
-
-// INVALID_ARGUMENT naming the flag for unknown flags, positional arguments and
-// value flags without a value.
-absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv,
-                                       const std::vector<std::string>& bool_flags,
-                                       const std::vector<std::string>& value_flags);
-
-// ParseFlags for a subcommand, with the usual answers: --help prints `usage` on stdout
-// (returns 0); an unknown flag or missing value prints "zfarm-worker COMMAND: why" and
-// `usage` on stderr (returns 2); nullopt = parsed into *out, go on.
-std::optional<int> ParseCommandFlags(const char* command, const char* usage, int argc, char** argv,
-                                     const std::vector<std::string>& bool_flags,
-                                     const std::vector<std::string>& value_flags, ParsedFlags* out);
+// A usage error found after parsing (a required flag missing, values that do not
+// go together): "zfarm-worker COMMAND: why" and the help on stderr. Returns 2.
+int UsageError(const char* command, const flags::FlagSet& flags, absl::string_view why);
 
 // "--lora PATH[:SCALE]" (scale 1 when absent). A value that is not a file but a bare name
 // resolves to LORA_DIR/NAME.safetensors when `lora_dir` is set. The name is the file's stem.

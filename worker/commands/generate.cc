@@ -7,11 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "proto/base/files.h"
 #include "proto/base/picture_size.h"
+#include "proto/flags/flags.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/io/canny.h"
@@ -23,41 +23,97 @@
 namespace zfarm::worker {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: zfarm-worker generate --model DIR (--prompt TEXT --out FILE.png |\n"
-    "                             --prompts FILE --out-dir DIR)\n"
-    "  [--width 1024] [--height 1024] [--steps 8] [--seed N (random if absent)]\n"
-    "  [--guidance 0] [--negative-prompt TEXT] [--device cpu|cuda:N]\n"
-    "  [--vae-fp32] [--offload-text-encoder] [--vae-tiling]\n"
-    "  [--no-cuda-graphs] [--reference-ops]   (speed paths off: less memory / debugging)\n"
-    "  [--precision fp8|bf16|fp32]  (default bf16 on CUDA, fp32 on cpu; fp8: the DiT's\n"
-    "                          attention and FFN matmuls in e4m3, compute capability >= 8.9)\n"
-    "  [--weights-cache DIR]   (the bf16 or fp8 DiT copy of `zfarm-worker cache-weights`)\n"
-    "  [--lora FILE[:SCALE]]... (repeatable, at most 8, scale in [-4, 4], default 1)\n"
-    "  [--lora-dir DIR]        (--lora NAME[:SCALE] then means DIR/NAME.safetensors)\n"
-    "  [--output-format png|jpeg|webp] [--quality 1-100 (jpeg/webp, default 90)]\n"
-    "  [--init-image FILE.png|.jpg [--strength 0.6] [--mask FILE]]   (image-to-image;\n"
-    "                          with --mask inpainting, white = repaint; the size defaults\n"
-    "                          to the picture's, rounded down to multiples of 16)\n"
-    "  [--controlnet DIR|FILE --control-image FILE [--control-scale 0.75]\n"
-    "   [--control-start 0] [--control-end 1] [--canny]]   (Z-Image-Turbo-Fun-Controlnet-Union\n"
-    "                          1.0/2.0/2.1; --canny: use the picture's Canny edges;\n"
-    "                          the control picture is resized to the render size (1024x1024\n"
-    "                          or --width/--height, as diffusers); with --init-image and\n"
-    "                          --mask: ControlNet inpainting, 2.x only)\n"
-    "Steps are transformer evaluations: the model card's \"9 steps\" are 8 here.\n";
+constexpr char kCommand[] = "generate";
 
-const std::vector<std::string> kBoolFlags = {"vae-fp32",       "offload-text-encoder",
-                                             "vae-tiling",     "no-cuda-graphs",
-                                             "reference-ops",  "help", "canny"};
-const std::vector<std::string> kValueFlags = {"model",   "prompt",   "prompts",         "out",
-                                              "out-dir", "width",    "height",          "steps",
-                                              "seed",    "guidance", "negative-prompt", "device",
-                                              "weights-cache", "lora", "lora-dir",
-                                              "output-format", "quality",
-                                              "init-image", "strength", "mask",
-                                              "controlnet", "control-image", "control-scale",
-                                              "control-start", "control-end", "precision"};
+// Every flag of generate. The request's size, steps, guidance, strength and the
+// control scale and step range are bound to `req` and `control` directly, so their
+// defaults are the pipeline's.
+struct GenerateFlags {
+  std::string model, prompt, prompts, out, out_dir, device = "cpu";
+  int64_t seed = 0;  // random when --seed is absent
+  bool vae_fp32 = false, offload_text_encoder = false, vae_tiling = false;
+  bool no_cuda_graphs = false, reference_ops = false;
+  std::string precision, weights_cache, lora_dir;
+  std::vector<std::string> loras;
+  std::string output_format;
+  int32_t quality = 0;  // 0: the format's default
+  std::string init_image, mask;
+  std::string controlnet, control_image;
+  bool canny = false;
+  GenerateRequest req;
+  ControlRequest control;
+};
+
+// The flag list is the help text: one definition per flag.
+void DefineFlags(flags::FlagSet* fs, GenerateFlags* f) {
+  fs->String("model", &f->model, "model folder (diffusers layout; required)", "DIR");
+  fs->String("prompt", &f->prompt, "the prompt of one image (with --out)");
+  fs->String("out", &f->out, "where --prompt's image goes", "FILE.png");
+  fs->String("prompts", &f->prompts, "one prompt per line, one image each (with --out-dir)",
+             "FILE");
+  fs->String("out-dir", &f->out_dir, "where --prompts' images go: NNNNN.png", "DIR");
+  fs->Int("width", &f->req.width,
+          "image width (with --init-image: the picture's, rounded down to a multiple of 16)");
+  fs->Int("height", &f->req.height, "image height (as --width)");
+  fs->Int("steps", &f->req.steps, "transformer evaluations (see below)");
+  fs->Int("seed", &f->seed, "noise seed (random if absent; each --prompts line its own)");
+  fs->Float("guidance", &f->req.guidance, "classifier-free guidance scale (0 = off)");
+  fs->String("negative-prompt", &f->req.negative_prompt, "negative prompt (with --guidance)");
+  fs->String("device", &f->device, "cpu or cuda:N", "D");
+  fs->Bool("vae-fp32", &f->vae_fp32, "run the VAE in float32");
+  fs->Bool("offload-text-encoder", &f->offload_text_encoder,
+           "keep the text encoder on the CPU and run it there");
+  fs->Bool("vae-tiling", &f->vae_tiling, "decode in tiles (less memory at large sizes)");
+  fs->Bool("no-cuda-graphs", &f->no_cuda_graphs,
+           "run each DiT step eagerly (speed path off: less memory / debugging)");
+  fs->Bool("reference-ops", &f->reference_ops,
+           "the reference ATen ops instead of the fused kernels (speed path off)");
+  fs->String("precision", &f->precision,
+             "compute precision (default bf16 on CUDA, fp32 on cpu); fp8: the DiT's attention and "
+             "FFN matmuls in e4m3, compute capability >= 8.9",
+             "fp8|bf16|fp32");
+  fs->String("weights-cache", &f->weights_cache,
+             "the bf16 or fp8 DiT copy of `zfarm-worker cache-weights`", "DIR");
+  fs->Repeated("lora", &f->loras,
+               "a LoRA on the DiT; repeatable, at most 8, scale in [-4, 4], default 1",
+               "FILE[:SCALE]");
+  fs->String("lora-dir", &f->lora_dir, "--lora NAME[:SCALE] then means DIR/NAME.safetensors",
+             "DIR");
+  fs->String("output-format", &f->output_format, "the file format (default png)", "png|jpeg|webp");
+  fs->Int("quality", &f->quality, "jpeg/webp quality, 1-100 (default 90)");
+  fs->String("init-image", &f->init_image,
+             "image-to-image: start from this picture (with --mask: inpainting)", "FILE.png|.jpg");
+  fs->Float("strength", &f->req.strength,
+            "with --init-image: how far to move away from it, (0, 1]");
+  fs->String("mask", &f->mask, "with --init-image: inpainting, white = repaint", "FILE");
+  fs->String("controlnet", &f->controlnet,
+             "a Z-Image-Turbo-Fun-Controlnet-Union 1.0/2.0/2.1 (folder or .safetensors; with "
+             "--control-image)",
+             "DIR|FILE");
+  fs->String("control-image", &f->control_image,
+             "the control picture, resized to the render size (1024x1024 or --width/--height, as "
+             "diffusers); with --init-image and --mask: ControlNet inpainting, 2.x only",
+             "FILE");
+  fs->Float("control-scale", &f->control.scale, "the ControlNet's conditioning scale");
+  fs->Float("control-start", &f->control.start,
+            "the fraction of the steps where the ControlNet starts");
+  fs->Float("control-end", &f->control.end, "the fraction of the steps where it ends");
+  fs->Bool("canny", &f->canny, "use --control-image's Canny edges");
+}
+
+// The text around the flag list in --help.
+void Describe(flags::FlagSet* fs) {
+  fs->set_description("Renders images with no scheduler.");
+  fs->set_footer(
+      "Steps are transformer evaluations: the model card's \"9 steps\" are 8 here.\n\n"
+      "examples:\n"
+      "  zfarm-worker generate --model /models/Z-Image-Turbo "
+      "--prompt \"a red fox in fresh snow\" --out fox.png\n"
+      "  zfarm-worker generate --model DIR --prompts prompts.txt --out-dir renders/\n"
+      "  zfarm-worker generate ... --lora-dir /loras --lora ink:0.8 "
+      "--lora detail:-0.5\n");
+  fs->set_show_defaults(true);
+}
 
 // The largest input picture file read (the scheduler's default --max-input-bytes).
 constexpr uint64_t kMaxPictureBytes = 16u << 20;
@@ -70,127 +126,105 @@ absl::StatusOr<InputPicture> ReadPicture(const std::string& flag, const std::str
   return InputPicture{d->width, d->height, std::move(d->rgb), base::Sha256Hex(*bytes)};
 }
 
-int Usage(const std::string& why) {
-  std::fprintf(stderr, "zfarm-worker generate: %s\n%s", why.c_str(), kUsage);
-  return 2;
-}
-
 // A failure after the flags were understood: exit status 1.
 int Fail(const std::string& why) {
   std::fprintf(stderr, "zfarm-worker generate: %s\n", why.c_str());
   return 1;
 }
 
-// An integer flag into *out when given; false when it does not parse.
-bool GetInt(const ParsedFlags& f, const std::string& k, int* out) {
-  return !f.Has(k) || absl::SimpleAtoi(f.Get(k), out);
-}
-
-// Size, steps, guidance, seed (random when absent: *random_seed), negative prompt, LoRAs.
+// The seed (random when absent: *random_seed) and the LoRAs into f->req.
 // 0, or the exit status after printing why.
-int ParseRequest(const ParsedFlags& f, GenerateRequest* req, bool* random_seed) {
-  if (!GetInt(f, "width", &req->width) || !GetInt(f, "height", &req->height) ||
-      !GetInt(f, "steps", &req->steps)) {
-    return Usage("--width, --height and --steps take integers");
+int ParseRequest(const flags::FlagSet& fs, GenerateFlags* f, bool* random_seed) {
+  GenerateRequest& req = f->req;
+  *random_seed = !fs.Given("seed");
+  if (!*random_seed && f->seed < 0) {
+    return UsageError(kCommand, fs, "--seed takes a non-negative integer");
   }
-  if (f.Has("guidance") && !absl::SimpleAtof(f.Get("guidance"), &req->guidance)) {
-    return Usage("--guidance takes a number");
-  }
-  *random_seed = !f.Has("seed");
-  if (!*random_seed && !absl::SimpleAtoi(f.Get("seed"), &req->seed)) {
-    return Usage("--seed takes a non-negative integer");
-  }
-  if (*random_seed) req->seed = std::random_device{}() & 0xffffffffu;
-  req->negative_prompt = f.Get("negative-prompt");
-  for (const std::string& v : f.GetAll("lora")) {
-    absl::StatusOr<LoraFlag> l = ParseLoraFlag(v, f.Get("lora-dir"));
-    if (!l.ok()) return Usage(std::string(l.status().message()));
+  req.seed = *random_seed ? std::random_device{}() & 0xffffffffu : static_cast<uint64_t>(f->seed);
+  for (const std::string& v : f->loras) {
+    absl::StatusOr<LoraFlag> l = ParseLoraFlag(v, f->lora_dir);
+    if (!l.ok()) return UsageError(kCommand, fs, l.status().message());
     // Hashed once here, not for every image.
     absl::StatusOr<std::string> sha = base::Sha256OfFile(l->path);
     if (!sha.ok()) return Fail(std::string(sha.status().message()));
-    req->loras.push_back({l->name, l->path, *sha, l->scale});
+    req.loras.push_back({l->name, l->path, *sha, l->scale});
   }
   return 0;
 }
 
 // --output-format and --quality; 0 or 2 after printing why.
-int ParseOutputFormat(const ParsedFlags& f, ImageFormat* format, int* quality) {
-  if (f.Has("output-format")) {
-    absl::StatusOr<ImageFormat> parsed =
-        ParseImageFormat(f.Get("output-format"), "--output-format");
-    if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
+int ParseOutputFormat(const flags::FlagSet& fs, const GenerateFlags& f, ImageFormat* format) {
+  if (!f.output_format.empty()) {
+    absl::StatusOr<ImageFormat> parsed = ParseImageFormat(f.output_format, "--output-format");
+    if (!parsed.ok()) return UsageError(kCommand, fs, parsed.status().message());
     *format = *parsed;
   }
-  if (!GetInt(f, "quality", quality) || (*quality != 0 && (*quality < 1 || *quality > 100))) {
-    return Usage("--quality takes an integer in [1, 100]");
+  if (f.quality != 0 && (f.quality < 1 || f.quality > 100)) {
+    return UsageError(kCommand, fs, "--quality takes an integer in [1, 100]");
   }
-  if (*quality != 0 && *format == ImageFormat::kPng) {
-    return Usage("--quality needs --output-format jpeg or webp (png is lossless)");
+  if (f.quality != 0 && *format == ImageFormat::kPng) {
+    return UsageError(kCommand, fs,
+                      "--quality needs --output-format jpeg or webp (png is lossless)");
   }
   return 0;
 }
 
 // --init-image, --mask and --strength (image-to-image, inpainting); 0 or the exit status.
-int ParsePictures(const ParsedFlags& f, GenerateRequest* req) {
-  if (!f.Has("init-image") && (f.Has("mask") || f.Has("strength"))) {
-    return Usage("--mask and --strength need --init-image");
+int ParsePictures(const flags::FlagSet& fs, GenerateFlags* f) {
+  GenerateRequest& req = f->req;
+  if (!fs.Given("init-image") && (fs.Given("mask") || fs.Given("strength"))) {
+    return UsageError(kCommand, fs, "--mask and --strength need --init-image");
   }
-  if (f.Has("strength") && !absl::SimpleAtof(f.Get("strength"), &req->strength)) {
-    return Usage("--strength takes a number in (0, 1]");
-  }
-  if (!f.Has("init-image")) return 0;
-  absl::StatusOr<InputPicture> init = ReadPicture("--init-image", f.Get("init-image"));
+  if (!fs.Given("init-image")) return 0;
+  absl::StatusOr<InputPicture> init = ReadPicture("--init-image", f->init_image);
   if (!init.ok()) return Fail(std::string(init.status().message()));
   // diffusers' default: the picture's own size rounded down to multiples of 16.
-  if (!f.Has("width")) req->width = base::RoundDownPictureSide(init->width);
-  if (!f.Has("height")) req->height = base::RoundDownPictureSide(init->height);
-  req->init_image = *std::move(init);
-  if (f.Has("mask")) {
-    absl::StatusOr<InputPicture> mask = ReadPicture("--mask", f.Get("mask"));
+  if (!fs.Given("width")) req.width = base::RoundDownPictureSide(init->width);
+  if (!fs.Given("height")) req.height = base::RoundDownPictureSide(init->height);
+  req.init_image = *std::move(init);
+  if (fs.Given("mask")) {
+    absl::StatusOr<InputPicture> mask = ReadPicture("--mask", f->mask);
     if (!mask.ok()) return Fail(std::string(mask.status().message()));
-    req->mask_image = *std::move(mask);
+    req.mask_image = *std::move(mask);
   }
   return 0;
 }
 
 // --controlnet with --control-image, --control-scale, --control-start, --control-end;
 // 0 or the exit status.
-int ParseControl(const ParsedFlags& f, GenerateRequest* req) {
-  const bool control_flags = f.Has("control-image") || f.Has("control-scale") ||
-                             f.Has("control-start") || f.Has("control-end") || f.Has("canny");
-  if (control_flags != f.Has("controlnet") || (control_flags && !f.Has("control-image"))) {
-    return Usage("--controlnet and --control-image go together (with --control-scale/-start/-end)");
+int ParseControl(const flags::FlagSet& fs, GenerateFlags* f) {
+  const bool control_flags = fs.Given("control-image") || fs.Given("control-scale") ||
+                             fs.Given("control-start") || fs.Given("control-end") ||
+                             fs.Given("canny");
+  if (control_flags != fs.Given("controlnet") || (control_flags && !fs.Given("control-image"))) {
+    return UsageError(kCommand, fs,
+                      "--controlnet and --control-image go together (with "
+                      "--control-scale/-start/-end)");
   }
-  if (!f.Has("control-image")) return 0;
-  ControlRequest c;
-  if ((f.Has("control-scale") && !absl::SimpleAtof(f.Get("control-scale"), &c.scale)) ||
-      (f.Has("control-start") && !absl::SimpleAtof(f.Get("control-start"), &c.start)) ||
-      (f.Has("control-end") && !absl::SimpleAtof(f.Get("control-end"), &c.end))) {
-    return Usage("--control-scale, --control-start and --control-end take numbers");
-  }
-  absl::StatusOr<InputPicture> pic = ReadPicture("--control-image", f.Get("control-image"));
+  if (!fs.Given("control-image")) return 0;
+  absl::StatusOr<InputPicture> pic = ReadPicture("--control-image", f->control_image);
   if (!pic.ok()) return Fail(std::string(pic.status().message()));
-  if (f.True("canny")) {
+  if (f->canny) {
     absl::StatusOr<std::vector<uint8_t>> edges = CannyRgb(pic->rgb, pic->width, pic->height);
     if (!edges.ok()) return Fail(std::string(edges.status().message()));
     pic->rgb = *std::move(edges);
   }
-  c.image = *std::move(pic);
-  req->control = std::move(c);
+  f->control.image = *std::move(pic);
+  f->req.control = std::move(f->control);
   return 0;
 }
 
-PipelineOptions OptionsFromFlags(const ParsedFlags& f) {
+PipelineOptions OptionsFromFlags(const GenerateFlags& f) {
   PipelineOptions opts;
-  opts.model_dir = f.Get("model");
-  opts.device = f.Get("device", "cpu");
-  opts.vae_fp32 = f.True("vae-fp32");
-  opts.offload_text_encoder = f.True("offload-text-encoder");
-  opts.vae_tiling = f.True("vae-tiling");
-  opts.cuda_graphs = !f.True("no-cuda-graphs");
-  opts.fused_ops = !f.True("reference-ops");
-  if (f.Has("weights-cache")) opts.weights_cache_dir = f.Get("weights-cache");
-  if (f.Has("controlnet")) opts.controlnet = f.Get("controlnet");
+  opts.model_dir = f.model;
+  opts.device = f.device;
+  opts.vae_fp32 = f.vae_fp32;
+  opts.offload_text_encoder = f.offload_text_encoder;
+  opts.vae_tiling = f.vae_tiling;
+  opts.cuda_graphs = !f.no_cuda_graphs;
+  opts.fused_ops = !f.reference_ops;
+  if (!f.weights_cache.empty()) opts.weights_cache_dir = f.weights_cache;
+  if (!f.controlnet.empty()) opts.controlnet = f.controlnet;
   return opts;
 }
 
@@ -247,38 +281,42 @@ int RenderOne(Pipeline& pipeline, const GenerateRequest& r, const std::string& d
 }  // namespace
 
 int RunGenerate(int argc, char** argv) {
-  ParsedFlags f;
-  if (std::optional<int> rc =
-          ParseCommandFlags("generate", kUsage, argc, argv, kBoolFlags, kValueFlags, &f)) {
-    return *rc;
+  GenerateFlags f;
+  flags::FlagSet fs(
+      "zfarm-worker generate --model DIR (--prompt TEXT --out FILE.png | --prompts FILE "
+      "--out-dir DIR) [flags]");
+  Describe(&fs);
+  DefineFlags(&fs, &f);
+  if (std::optional<int> rc = ParseCommandFlags(kCommand, fs, argc, argv)) return *rc;
+  if (!fs.Given("model")) return UsageError(kCommand, fs, "--model is required");
+  const bool single = fs.Given("prompt");
+  if (single == fs.Given("prompts")) {
+    return UsageError(kCommand, fs, "give exactly one of --prompt and --prompts");
   }
-  if (!f.Has("model")) return Usage("--model is required");
-  const bool single = f.Has("prompt");
-  if (single == f.Has("prompts")) return Usage("give exactly one of --prompt and --prompts");
-  if (single && !f.Has("out")) return Usage("--prompt needs --out FILE.png");
-  if (!single && !f.Has("out-dir")) return Usage("--prompts needs --out-dir DIR");
+  if (single && !fs.Given("out")) return UsageError(kCommand, fs, "--prompt needs --out FILE.png");
+  if (!single && !fs.Given("out-dir")) {
+    return UsageError(kCommand, fs, "--prompts needs --out-dir DIR");
+  }
 
-  GenerateRequest req;
   bool random_seed = false;
   ImageFormat format = ImageFormat::kPng;
-  int quality = 0;
-  if (int rc = ParseRequest(f, &req, &random_seed); rc != 0) return rc;
-  if (int rc = ParseOutputFormat(f, &format, &quality); rc != 0) return rc;
-  if (int rc = ParsePictures(f, &req); rc != 0) return rc;
-  if (int rc = ParseControl(f, &req); rc != 0) return rc;
+  if (int rc = ParseRequest(fs, &f, &random_seed); rc != 0) return rc;
+  if (int rc = ParseOutputFormat(fs, f, &format); rc != 0) return rc;
+  if (int rc = ParsePictures(fs, &f); rc != 0) return rc;
+  if (int rc = ParseControl(fs, &f); rc != 0) return rc;
   std::vector<std::string> prompts;
   if (single) {
-    prompts.push_back(f.Get("prompt"));
+    prompts.push_back(f.prompt);
   } else {
-    absl::StatusOr<std::vector<std::string>> lines = ReadPromptsFile(f.Get("prompts"));
+    absl::StatusOr<std::vector<std::string>> lines = ReadPromptsFile(f.prompts);
     if (!lines.ok()) return Fail(std::string(lines.status().message()));
     prompts = *std::move(lines);
   }
 
   PipelineOptions opts = OptionsFromFlags(f);
-  if (f.Has("precision")) {
-    absl::StatusOr<PipelineOptions::Precision> precision = ParsePrecision(f.Get("precision"));
-    if (!precision.ok()) return Usage(std::string(precision.status().message()));
+  if (!f.precision.empty()) {
+    absl::StatusOr<PipelineOptions::Precision> precision = ParsePrecision(f.precision);
+    if (!precision.ok()) return UsageError(kCommand, fs, precision.status().message());
     opts.precision = *precision;
   }
   auto pipeline = Pipeline::Create(opts);
@@ -286,17 +324,19 @@ int RunGenerate(int argc, char** argv) {
   std::printf("loaded %s in %.2f s (%s)\n", opts.model_dir.c_str(), (*pipeline)->load_seconds(),
               (*pipeline)->Describe().c_str());
   for (size_t i = 0; i < prompts.size(); ++i) {
-    GenerateRequest r = req;
+    GenerateRequest r = f.req;
     r.prompt = prompts[i];
     if (i > 0 && random_seed) r.seed = std::random_device{}() & 0xffffffffu;
-    const std::string out =
-        single ? f.Get("out")
-               : absl::StrFormat("%s/%05d%s", f.Get("out-dir"), static_cast<int>(i + 1),
-                                 ImageFormatExtension(format));
+    const std::string out = single
+                                ? f.out
+                                : absl::StrFormat("%s/%05d%s", f.out_dir, static_cast<int>(i + 1),
+                                                  ImageFormatExtension(format));
     std::printf("[%zu/%zu] seed %llu -> %s\n", i + 1, prompts.size(),
                 static_cast<unsigned long long>(r.seed), out.c_str());
     std::fflush(stdout);
-    if (int rc = RenderOne(**pipeline, r, opts.device, out, format, quality); rc != 0) return rc;
+    if (int rc = RenderOne(**pipeline, r, opts.device, out, format, f.quality); rc != 0) {
+      return rc;
+    }
   }
   return 0;
 }

@@ -8,43 +8,34 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "nlohmann/json.hpp"
+#include "proto/flags/flags.h"
 #include "worker/commands/commands.h"
+#include "worker/commands/flags.h"
 #include "worker/io/image_file.h"
 
 namespace zfarm::worker {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: zfarm-worker info FILE [--json]\n"
-    "  prints the format, size and generation parameters of a PNG, JPEG or WebP result\n"
-    "  --json  one JSON object: file, format, media_type, width, height, parameters, zfarm\n";
+constexpr char kCommand[] = "info";
 
 }  // namespace
 
 int RunInfo(int argc, char** argv) {
-  std::string path;
   bool json = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--json") {
-      json = true;
-    } else if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (!a.empty() && a[0] != '-' && path.empty()) {
-      path = a;
-    } else {
-      std::fprintf(stderr, "zfarm-worker info: unexpected argument '%s'\n%s", a.c_str(), kUsage);
-      return 2;
-    }
-  }
-  if (path.empty()) {
-    std::fprintf(stderr, "zfarm-worker info: FILE is required\n%s", kUsage);
-    return 2;
-  }
+  flags::FlagSet fs("zfarm-worker info FILE [--json]");
+  fs.set_description(
+      "Prints the format, size and generation parameters of a PNG, JPEG or WebP result.");
+  fs.Bool("json", &json,
+          "one JSON object: file, format, media_type, width, height, parameters, zfarm");
+  std::vector<std::string> args;
+  if (std::optional<int> rc = ParseCommandFlags(kCommand, fs, argc, argv, &args, 1)) return *rc;
+  if (args.empty()) return UsageError(kCommand, fs, "FILE is required");
+  const std::string& path = args[0];
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     std::fprintf(stderr, "zfarm-worker info: cannot read %s\n", path.c_str());

@@ -2,12 +2,14 @@
 // with --model, whether every key fits that model's DiT (read from its headers only).
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
+#include "proto/flags/flags.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
 #include "worker/io/safetensors.h"
@@ -16,16 +18,18 @@
 namespace zfarm::worker {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: zfarm-worker lora-inspect FILE.safetensors [--model DIR] [--json]\n"
-    "Prints the file's layout (diffusers, kohya, comfyui, dot), every module it targets with\n"
-    "rank, alpha and the effective multiplier (alpha / rank), the keys it skips as duplicates,\n"
-    "and with --model whether every key matches that model's transformer (names and shapes).\n"
-    "Exit status: 0 readable (and matching, with --model), 1 unreadable or not matching, 2 usage.\n";
+constexpr char kCommand[] = "lora-inspect";
 
-int Usage(const std::string& why) {
-  std::fprintf(stderr, "zfarm-worker lora-inspect: %s\n%s", why.c_str(), kUsage);
-  return 2;
+// The text around the flag list in --help.
+void Describe(flags::FlagSet* fs) {
+  fs->set_description(
+      "Prints the file's layout (diffusers, kohya, comfyui, dot), every module it targets "
+      "with\nrank, alpha and the effective multiplier (alpha / rank), the keys it skips "
+      "as duplicates,\nand with --model whether every key matches that model's "
+      "transformer (names and shapes).");
+  fs->set_footer(
+      "Exit status: 0 readable (and matching, with --model), 1 unreadable or not "
+      "matching, 2 usage.\n");
 }
 
 }  // namespace
@@ -33,15 +37,16 @@ int Usage(const std::string& why) {
 // One straight story: flags, read the file, optionally check it against a model, then
 // print the report (text or --json).
 int RunLoraInspect(int argc, char** argv) {
-  if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  if (argc < 2 || std::string(argv[1]).rfind("--", 0) == 0) return Usage("FILE is required");
-  const std::string path = argv[1];
-  absl::StatusOr<ParsedFlags> f = ParseFlags(argc - 1, argv + 1, {"json"}, {"model"});
-  if (!f.ok()) return Usage(std::string(f.status().message()));
-  const bool json = f->True("json");
+  std::string model;
+  bool json = false;
+  flags::FlagSet fs("zfarm-worker lora-inspect FILE.safetensors [--model DIR] [--json]");
+  Describe(&fs);
+  fs.String("model", &model, "also check every key against this model's transformer", "DIR");
+  fs.Bool("json", &json, "the report as one JSON object");
+  std::vector<std::string> args;
+  if (std::optional<int> rc = ParseCommandFlags(kCommand, fs, argc, argv, &args, 1)) return *rc;
+  if (args.empty()) return UsageError(kCommand, fs, "FILE is required");
+  const std::string& path = args[0];
 
   absl::StatusOr<LoraFile> lora = ReadLoraFile(path);
   if (!lora.ok()) {
@@ -49,8 +54,8 @@ int RunLoraInspect(int argc, char** argv) {
     return 1;
   }
   absl::Status match = absl::OkStatus();
-  if (f->Has("model")) {
-    absl::StatusOr<std::unique_ptr<WeightSet>> ws = WeightSet::Open(f->Get("model") + "/transformer");
+  if (fs.Given("model")) {
+    absl::StatusOr<std::unique_ptr<WeightSet>> ws = WeightSet::Open(model + "/transformer");
     if (!ws.ok()) {
       match = ws.status();
     } else {
@@ -75,8 +80,8 @@ int RunLoraInspect(int argc, char** argv) {
       j["modules"].push_back(e);
     }
     j["skipped"] = lora->layout.skipped;
-    if (f->Has("model")) {
-      j["model"] = f->Get("model");
+    if (fs.Given("model")) {
+      j["model"] = model;
       j["matches_model"] = match.ok();
       if (!match.ok()) j["error"] = std::string(match.message());
     }
@@ -93,12 +98,11 @@ int RunLoraInspect(int argc, char** argv) {
     for (const std::string& k : lora->layout.skipped) {
       std::printf("  skipped (duplicate of the per-projection keys): %s\n", k.c_str());
     }
-    if (f->Has("model")) {
+    if (fs.Given("model")) {
       if (match.ok()) {
-        std::printf("every key matches %s\n", f->Get("model").c_str());
+        std::printf("every key matches %s\n", model.c_str());
       } else {
-        std::printf("does not match %s: %s\n", f->Get("model").c_str(),
-                    std::string(match.message()).c_str());
+        std::printf("does not match %s: %s\n", model.c_str(), std::string(match.message()).c_str());
       }
     }
   }

@@ -13,7 +13,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
@@ -21,6 +20,7 @@
 #include "prometheus/registry.h"
 #include "proto/base/scheduler_addresses.h"
 #include "proto/base/status_macros.h"
+#include "proto/flags/flags.h"
 #include "proto/http/metrics_server.h"
 #include "proto/security/auth.h"
 #include "proto/security/tls.h"
@@ -41,67 +41,110 @@ namespace {
 
 using ::zfarm::base::ParseSchedulerAddresses;
 
-constexpr char kUsage[] =
-    "usage: zfarm-worker serve --scheduler HOST:PORT --model DIR --output-root DIR\n"
-    "                          [--device cpu|cuda:N] [--name NAME] [--warmup WxH]\n"
-    "                          [--health-listen HOST:PORT] [--metrics-listen HOST:PORT]\n"
-    "  --scheduler HOST:PORT[,HOST:PORT...]\n"
-    "                            the zfarm-scheduler to take jobs from, or an active one and its\n"
-    "                            standbys, tried in turn (the only addresses dialled)\n"
-    "  --model DIR               model folder (diffusers layout)\n"
-    "  --output-root DIR         where PNGs go: the mount the scheduler reads\n"
-    "  --device D                cpu (default) or cuda:N; one worker process per GPU\n"
-    "  --name NAME               unique worker name (default HOSTNAME/DEVICE)\n"
-    "  --model-name NAME         model name jobs may ask for (default z-image-turbo)\n"
-    "  --warmup WxH              warm-up image size (default 1024x1024 on CUDA, 256x256 on cpu)\n"
-    "  --warmup-steps N          steps of the warm-up and self-test render (default 2)\n"
-    "  --health-listen HOST:PORT grpc.health.v1: SERVING when warm, connected and healthy\n"
-    "  --metrics-listen HOST:PORT Prometheus /metrics (HTTPS with --health-tls-cert, unless\n"
-    "                            --metrics-plaintext)\n"
-    "  --prefetch N              leases held beyond the running one (default 1)\n"
-    "  --max-size WxH            largest image accepted (default 2048x2048)\n"
-    "  --min-free-disk-mb N      fail a job before rendering when the output root has less\n"
-    "                            free space than N MiB plus the image (default 512)\n"
-    "  --shutdown-grace DUR      on SIGTERM, wait this long for the current job (default 10m)\n"
-    "  --offload-text-encoder    keep the text encoder on the CPU and run it there\n"
-    "  --no-cuda-graphs          run each DiT step eagerly (no graph memory pools)\n"
-    "  --reference-ops           the reference ATen ops instead of the fused kernels\n"
-    "  --vae-tiling              decode in tiles (less memory at large sizes)\n"
-    "  --vae-fp32                run the VAE in float32\n"
-    "  --precision fp8|bf16|fp32 compute precision (default bf16 on CUDA, fp32 on cpu); fp8:\n"
-    "                            the DiT's attention and FFN matmuls in e4m3 (needs compute\n"
-    "                            capability >= 8.9; no --lora-dir), reported in every result\n"
-    "  --weights-cache DIR       read the DiT from its bf16 (with fp8: its FP8) copy there when\n"
-    "                            current (written by `zfarm-worker cache-weights [--precision\n"
-    "                            fp8]`; half / a quarter of the bytes of a cold start)\n"
-    "  --lora-dir DIR            LoRAs jobs may name: DIR/NAME.safetensors (catalogued with their\n"
-    "                            sha256 for the scheduler; rescanned at every heartbeat)\n"
-    "  --controlnet DIR|FILE     a Z-Image-Turbo-Fun-Controlnet-Union (1.0/2.0/2.1, folder or\n"
-    "                            .safetensors) kept resident for jobs with spec.control\n"
-    "                            (announced as feature \"controlnet\")\n"
-    "  --tls-ca FILE             CA that signed the scheduler's certificate (TLS to --scheduler)\n"
-    "  --tls-cert/--tls-key FILE client certificate for mutual TLS with the scheduler\n"
-    "  --token-file FILE         bearer token (role worker) for the scheduler; default $ZFARM_TOKEN\n"
-    "  --health-tls-cert/--health-tls-key FILE  serve --health-listen and --metrics-listen\n"
-    "                                           over TLS\n"
-    "  --health-tls-client-ca FILE              and require client certificates signed by it\n"
-    "Exit status: 0 after a clean SIGTERM/SIGINT shutdown, 1 when loading or warm-up fails\n"
-    "(the worker then never connects), 2 on usage errors.\n";
+constexpr char kCommand[] = "serve";
 
-const std::vector<std::string> kBoolFlags = {"offload-text-encoder", "vae-tiling", "vae-fp32",
-                                             "no-cuda-graphs", "reference-ops",
-                                             "metrics-plaintext", "help"};
-const std::vector<std::string> kValueFlags = {
-    "scheduler",      "model",         "output-root",   "device",
-    "name",           "model-name",    "warmup",        "warmup-steps",
-    "health-listen",  "metrics-listen", "prefetch",     "max-size",
-    "min-free-disk-mb", "shutdown-grace", "tls-ca",         "tls-cert",
-    "tls-key",          "token-file",     "health-tls-cert", "health-tls-key",
-    "health-tls-client-ca", "weights-cache", "lora-dir", "controlnet", "precision"};
+// Every flag of serve, with its default.
+struct ServeFlags {
+  std::string scheduler, model, output_root, device = "cpu", name;
+  std::string model_name = "z-image-turbo";
+  std::string warmup;  // empty: 1024x1024 on CUDA, 256x256 on the CPU
+  std::string max_size = "2048x2048";
+  int32_t warmup_steps = 2, prefetch = 1;
+  int64_t min_free_disk_mb = 512;
+  absl::Duration shutdown_grace = absl::Minutes(10);
+  std::string health_listen, metrics_listen;
+  bool metrics_plaintext = false;
+  bool offload_text_encoder = false, no_cuda_graphs = false, reference_ops = false;
+  bool vae_tiling = false, vae_fp32 = false;
+  std::string precision, weights_cache, lora_dir, controlnet;
+  std::string tls_ca, tls_cert, tls_key, token_file;
+  std::string health_tls_cert, health_tls_key, health_tls_client_ca;
+};
 
-int Usage(const std::string& why) {
-  std::fprintf(stderr, "zfarm-worker serve: %s\n%s", why.c_str(), kUsage);
-  return 2;
+// The flag list is the help text: one definition per flag.
+void DefineFlags(flags::FlagSet* fs, ServeFlags* f) {
+  fs->String("scheduler", &f->scheduler,
+             "the zfarm-scheduler to take jobs from, or an active one and its standbys, tried in "
+             "turn (the only addresses dialled; required)",
+             "HOST:PORT[,HOST:PORT...]");
+  fs->String("model", &f->model, "model folder (diffusers layout; required)", "DIR");
+  fs->String("output-root", &f->output_root,
+             "where results go: the mount the scheduler reads (required)", "DIR");
+  fs->String("device", &f->device, "cpu or cuda:N; one worker process per GPU", "D");
+  fs->String("name", &f->name, "unique worker name (default HOSTNAME/DEVICE)", "NAME");
+  fs->String("model-name", &f->model_name, "model name jobs may ask for", "NAME");
+  fs->String("warmup", &f->warmup, "warm-up image size (default 1024x1024 on CUDA, 256x256 on cpu)",
+             "WxH");
+  fs->Int("warmup-steps", &f->warmup_steps, "steps of the warm-up and self-test render (1..50)");
+  fs->String("health-listen", &f->health_listen,
+             "grpc.health.v1: SERVING when warm, connected and healthy", "HOST:PORT");
+  fs->String("metrics-listen", &f->metrics_listen,
+             "Prometheus /metrics (HTTPS with --health-tls-cert, unless --metrics-plaintext)",
+             "HOST:PORT");
+  fs->Bool("metrics-plaintext", &f->metrics_plaintext,
+           "serve --metrics-listen over plain HTTP even with --health-tls-cert");
+  fs->Int("prefetch", &f->prefetch, "leases held beyond the running one");
+  fs->String("max-size", &f->max_size, "largest image accepted", "WxH");
+  fs->Int("min-free-disk-mb", &f->min_free_disk_mb,
+          "fail a job before rendering when the output root has less free space than N MiB plus "
+          "the image");
+  fs->Duration("shutdown-grace", &f->shutdown_grace,
+               "on SIGTERM, wait this long for the current job");
+  fs->Bool("offload-text-encoder", &f->offload_text_encoder,
+           "keep the text encoder on the CPU and run it there");
+  fs->Bool("no-cuda-graphs", &f->no_cuda_graphs,
+           "run each DiT step eagerly (no graph memory pools)");
+  fs->Bool("reference-ops", &f->reference_ops,
+           "the reference ATen ops instead of the fused kernels");
+  fs->Bool("vae-tiling", &f->vae_tiling, "decode in tiles (less memory at large sizes)");
+  fs->Bool("vae-fp32", &f->vae_fp32, "run the VAE in float32");
+  fs->String("precision", &f->precision,
+             "compute precision (default bf16 on CUDA, fp32 on cpu); fp8: the DiT's attention and "
+             "FFN matmuls in e4m3 (needs compute capability >= 8.9; no --lora-dir), reported in "
+             "every result",
+             "fp8|bf16|fp32");
+  fs->String("weights-cache", &f->weights_cache,
+             "read the DiT from its bf16 (with fp8: its FP8) copy there when current (written by "
+             "`zfarm-worker cache-weights [--precision fp8]`; half / a quarter of the bytes of a "
+             "cold start)",
+             "DIR");
+  fs->String("lora-dir", &f->lora_dir,
+             "LoRAs jobs may name: DIR/NAME.safetensors (catalogued with their sha256 for the "
+             "scheduler; rescanned at every heartbeat)",
+             "DIR");
+  fs->String("controlnet", &f->controlnet,
+             "a Z-Image-Turbo-Fun-Controlnet-Union (1.0/2.0/2.1, folder or .safetensors) kept "
+             "resident for jobs with spec.control (announced as feature \"controlnet\")",
+             "DIR|FILE");
+  fs->String("tls-ca", &f->tls_ca,
+             "CA that signed the scheduler's certificate (TLS to --scheduler)", "FILE");
+  fs->String("tls-cert", &f->tls_cert, "client certificate for mutual TLS with the scheduler",
+             "FILE");
+  fs->String("tls-key", &f->tls_key, "private key of --tls-cert", "FILE");
+  fs->String("token-file", &f->token_file,
+             "bearer token (role worker) for the scheduler; default $ZFARM_TOKEN", "FILE");
+  fs->String("health-tls-cert", &f->health_tls_cert,
+             "serve --health-listen and --metrics-listen over TLS (with --health-tls-key)", "FILE");
+  fs->String("health-tls-key", &f->health_tls_key, "private key of --health-tls-cert", "FILE");
+  fs->String("health-tls-client-ca", &f->health_tls_client_ca,
+             "require client certificates signed by it on --health-listen and --metrics-listen",
+             "FILE");
+}
+
+// The text around the flag list in --help.
+void Describe(flags::FlagSet* fs) {
+  fs->set_description(
+      "Loads and warms the model on one device, then takes jobs from the scheduler until "
+      "SIGTERM/SIGINT\n(finishes the current job, hands back the rest, exits 0).");
+  fs->set_footer(
+      "Exit status: 0 after a clean SIGTERM/SIGINT shutdown, 1 when loading or warm-up "
+      "fails\n(the worker then never connects), 2 on usage errors.\n\n"
+      "example:\n"
+      "  zfarm-worker serve --scheduler sched:50051 --device cuda:0 "
+      "--model /models/Z-Image-Turbo \\\n"
+      "    --output-root /mnt/renders --health-listen 0.0.0.0:8081 "
+      "--metrics-listen 0.0.0.0:9465\n");
+  fs->set_show_defaults(true);
 }
 
 int Fatal(const std::string& what, const absl::Status& s) {
@@ -110,42 +153,31 @@ int Fatal(const std::string& what, const absl::Status& s) {
   return 1;
 }
 
-// The flags that are numbers, sizes and durations, checked.
+// What the flags mean once checked: the addresses, the sizes, the precision.
 struct ServeSettings {
-  std::string device;
   std::vector<std::string> schedulers;
   std::pair<int, int> warm, max_size;
-  int warmup_steps = 2, prefetch = 1;
-  int64_t min_free_mb = 512;
-  absl::Duration grace = absl::Minutes(10);
   PipelineOptions::Precision precision = PipelineOptions::Precision::kAuto;
 };
 
 // INVALID_ARGUMENT with the usage error to print.
-absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& f) {
+absl::StatusOr<ServeSettings> ParseSettings(const ServeFlags& f) {
   ServeSettings s;
-  ZFARM_ASSIGN_OR_RETURN(s.schedulers, ParseSchedulerAddresses("--scheduler", f.Get("scheduler")));
-  s.device = f.Get("device", "cpu");
-  const bool cuda = s.device != "cpu";
-  ZFARM_ASSIGN_OR_RETURN(s.warm,
-                         ParseSize("warmup", f.Get("warmup", cuda ? "1024x1024" : "256x256")));
-  ZFARM_ASSIGN_OR_RETURN(s.max_size, ParseSize("max-size", f.Get("max-size", "2048x2048")));
-  if (!absl::SimpleAtoi(f.Get("warmup-steps", "2"), &s.warmup_steps) || s.warmup_steps < 1 ||
-      s.warmup_steps > 50) {
+  ZFARM_ASSIGN_OR_RETURN(s.schedulers, ParseSchedulerAddresses("--scheduler", f.scheduler));
+  const bool cuda = f.device != "cpu";
+  ZFARM_ASSIGN_OR_RETURN(s.warm, ParseSize("warmup", !f.warmup.empty() ? f.warmup
+                                                     : cuda            ? "1024x1024"
+                                                                       : "256x256"));
+  ZFARM_ASSIGN_OR_RETURN(s.max_size, ParseSize("max-size", f.max_size));
+  if (f.warmup_steps < 1 || f.warmup_steps > 50) {
     return absl::InvalidArgumentError("--warmup-steps: an integer in [1, 50]");
   }
-  if (!absl::SimpleAtoi(f.Get("prefetch", "1"), &s.prefetch)) {
-    return absl::InvalidArgumentError("--prefetch: an integer");
-  }
-  if (!absl::SimpleAtoi(f.Get("min-free-disk-mb", "512"), &s.min_free_mb) || s.min_free_mb < 0) {
+  if (f.min_free_disk_mb < 0) {
     return absl::InvalidArgumentError("--min-free-disk-mb: a non-negative integer");
   }
-  if (f.Has("shutdown-grace") && !absl::ParseDuration(f.Get("shutdown-grace"), &s.grace)) {
-    return absl::InvalidArgumentError("--shutdown-grace: a duration such as 90s or 10m");
-  }
-  if (f.Has("precision")) {
-    ZFARM_ASSIGN_OR_RETURN(s.precision, ParsePrecision(f.Get("precision")));
-    if (s.precision == PipelineOptions::Precision::kFp8 && f.Has("lora-dir")) {
+  if (!f.precision.empty()) {
+    ZFARM_ASSIGN_OR_RETURN(s.precision, ParsePrecision(f.precision));
+    if (s.precision == PipelineOptions::Precision::kFp8 && !f.lora_dir.empty()) {
       return absl::InvalidArgumentError(
           "--precision fp8 cannot serve --lora-dir (LoRAs apply to bf16 weights only)");
     }
@@ -162,17 +194,16 @@ struct Credentials {
 };
 
 // 0, or 1 after printing what failed (Fatal).
-int LoadCredentials(const ParsedFlags& f, Credentials* out) {
-  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel = security::ClientCredentials(
-      {.cert = f.Get("tls-cert"), .key = f.Get("tls-key"), .ca = f.Get("tls-ca")});
+int LoadCredentials(const ServeFlags& f, Credentials* out) {
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel =
+      security::ClientCredentials({.cert = f.tls_cert, .key = f.tls_key, .ca = f.tls_ca});
   if (!channel.ok()) return Fatal("TLS to the scheduler", channel.status());
-  absl::StatusOr<std::string> token = security::LoadClientToken(f.Get("token-file"));
+  absl::StatusOr<std::string> token = security::LoadClientToken(f.token_file);
   if (!token.ok()) return Fatal("--token-file", token.status());
   out->channel = *std::move(channel);
   out->token = *std::move(token);
-  out->health_tls = {.cert = f.Get("health-tls-cert"),
-                     .key = f.Get("health-tls-key"),
-                     .ca = f.Get("health-tls-client-ca")};
+  out->health_tls = {
+      .cert = f.health_tls_cert, .key = f.health_tls_key, .ca = f.health_tls_client_ca};
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> health =
       security::ServerCredentials(out->health_tls);
   if (!health.ok()) return Fatal("TLS on --health-listen", health.status());
@@ -187,19 +218,18 @@ struct Endpoints {
 };
 
 // --health-listen and --metrics-listen; 0, or 1 after printing what failed.
-int StartEndpoints(const ParsedFlags& f, const Credentials& creds,
+int StartEndpoints(const ServeFlags& f, const Credentials& creds,
                    std::shared_ptr<prometheus::Registry> registry, Endpoints* out) {
-  if (f.Has("health-listen")) {
-    auto h = HealthServer::Start(f.Get("health-listen"), creds.health);
+  if (!f.health_listen.empty()) {
+    auto h = HealthServer::Start(f.health_listen, creds.health);
     if (!h.ok()) return Fatal("health endpoint", h.status());
     out->health = *std::move(h);
     std::printf("health: grpc.health.v1 on %s (NOT_SERVING until warm and connected)\n",
                 out->health->address().c_str());
   }
-  if (f.Has("metrics-listen")) {
+  if (!f.metrics_listen.empty()) {
     auto m = http::StartMetricsServer(
-        f.Get("metrics-listen"),
-        f.True("metrics-plaintext") ? security::TlsFlags() : creds.health_tls, registry);
+        f.metrics_listen, f.metrics_plaintext ? security::TlsFlags() : creds.health_tls, registry);
     if (!m.ok()) return Fatal("metrics endpoint", m.status());
     out->metrics = *std::move(m);
     std::printf("metrics: /metrics on port %d\n", out->metrics->port());
@@ -207,28 +237,28 @@ int StartEndpoints(const ParsedFlags& f, const Credentials& creds,
   return 0;
 }
 
-PipelineOptions PipelineOptionsFrom(const ParsedFlags& f, const ServeSettings& s) {
+PipelineOptions PipelineOptionsFrom(const ServeFlags& f, const ServeSettings& s) {
   PipelineOptions popts;
-  popts.model_dir = f.Get("model");
-  popts.device = s.device;
+  popts.model_dir = f.model;
+  popts.device = f.device;
   popts.precision = s.precision;
-  popts.offload_text_encoder = f.True("offload-text-encoder");
-  popts.vae_tiling = f.True("vae-tiling");
-  popts.cuda_graphs = !f.True("no-cuda-graphs");
-  popts.fused_ops = !f.True("reference-ops");
-  popts.vae_fp32 = f.True("vae-fp32");
-  if (f.Has("weights-cache")) popts.weights_cache_dir = f.Get("weights-cache");
-  if (f.Has("controlnet")) popts.controlnet = f.Get("controlnet");
+  popts.offload_text_encoder = f.offload_text_encoder;
+  popts.vae_tiling = f.vae_tiling;
+  popts.cuda_graphs = !f.no_cuda_graphs;
+  popts.fused_ops = !f.reference_ops;
+  popts.vae_fp32 = f.vae_fp32;
+  if (!f.weights_cache.empty()) popts.weights_cache_dir = f.weights_cache;
+  if (!f.controlnet.empty()) popts.controlnet = f.controlnet;
   return popts;
 }
 
 // The warm-up render, which is also the self-test of an unhealthy worker.
-GenerateRequest WarmupRequest(const ServeSettings& s) {
+GenerateRequest WarmupRequest(const ServeFlags& f, const ServeSettings& s) {
   GenerateRequest warmup;
   warmup.prompt = "a warm-up render";
   warmup.width = s.warm.first;
   warmup.height = s.warm.second;
-  warmup.steps = s.warmup_steps;
+  warmup.steps = f.warmup_steps;
   warmup.seed = 0;
   return warmup;
 }
@@ -256,24 +286,24 @@ int LoadAndWarm(const PipelineOptions& popts, const GenerateRequest& warmup, Loa
   return 0;
 }
 
-Worker::Options WorkerOptionsFrom(const ParsedFlags& f, const ServeSettings& s,
+Worker::Options WorkerOptionsFrom(const ServeFlags& f, const ServeSettings& s,
                                   const DeviceInfo& info, const std::string& fingerprint,
                                   const Pipeline& pipeline, const GenerateRequest& warmup) {
   Worker::Options wo;
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
-  wo.name = f.Get("name", absl::StrCat(host, "/", s.device));
-  wo.device = s.device;
+  wo.name = !f.name.empty() ? f.name : absl::StrCat(host, "/", f.device);
+  wo.device = f.device;
   wo.device_class = info.device_class;
   wo.device_name = info.name;
-  wo.model = f.Get("model-name", "z-image-turbo");
+  wo.model = f.model_name;
   wo.model_fingerprint = fingerprint;
   wo.dtype = PrecisionName(pipeline.compute_dtype());
-  wo.output_root = f.Get("output-root");
+  wo.output_root = f.output_root;
   wo.max_width_px = s.max_size.first;
   wo.max_height_px = s.max_size.second;
-  wo.prefetch = s.prefetch;
-  wo.min_free_disk_bytes = s.min_free_mb << 20;
+  wo.prefetch = f.prefetch;
+  wo.min_free_disk_bytes = f.min_free_disk_mb << 20;
   wo.self_test = warmup;
   return wo;
 }
@@ -318,17 +348,20 @@ void PrintStats(const std::string& name, const Worker::Stats& st) {
 // The start-up reads as the order it must happen in: flags, signals blocked before
 // any thread, device, model, credentials, ports, load + warm-up, connect, wait, drain.
 int RunServe(int argc, char** argv) {
-  ParsedFlags f;
-  if (std::optional<int> rc =
-          ParseCommandFlags("serve", kUsage, argc, argv, kBoolFlags, kValueFlags, &f)) {
-    return *rc;
-  }
+  ServeFlags f;
+  flags::FlagSet fs(
+      "zfarm-worker serve --scheduler HOST:PORT --model DIR --output-root DIR [flags]");
+  Describe(&fs);
+  DefineFlags(&fs, &f);
+  if (std::optional<int> rc = ParseCommandFlags(kCommand, fs, argc, argv)) return *rc;
   for (const char* required : {"scheduler", "model", "output-root"}) {
-    if (!f.Has(required)) return Usage(absl::StrCat("--", required, " is required"));
+    if (!fs.Given(required)) {
+      return UsageError(kCommand, fs, absl::StrCat("--", required, " is required"));
+    }
   }
   absl::StatusOr<ServeSettings> settings = ParseSettings(f);
-  if (!settings.ok()) return Usage(std::string(settings.status().message()));
-  const std::string& device = settings->device;
+  if (!settings.ok()) return UsageError(kCommand, fs, settings.status().message());
+  const std::string& device = f.device;
 
   // Signals are taken synchronously by this thread (sigtimedwait); block them
   // before any other thread starts so they all inherit the mask.
@@ -340,9 +373,9 @@ int RunServe(int argc, char** argv) {
 
   absl::StatusOr<DeviceInfo> info = QueryDevice(device);
   if (!info.ok()) return Fatal("device", info.status());
-  absl::StatusOr<std::string> fingerprint = ModelFingerprint(f.Get("model"));
+  absl::StatusOr<std::string> fingerprint = ModelFingerprint(f.model);
   if (!fingerprint.ok()) {
-    return Fatal(absl::StrCat("--model ", f.Get("model")), fingerprint.status());
+    return Fatal(absl::StrCat("--model ", f.model), fingerprint.status());
   }
   Credentials creds;
   if (int rc = LoadCredentials(f, &creds); rc != 0) return rc;
@@ -352,8 +385,8 @@ int RunServe(int argc, char** argv) {
   if (int rc = StartEndpoints(f, creds, registry, &endpoints); rc != 0) return rc;
 
   std::shared_ptr<LoraCatalog> loras;
-  if (f.Has("lora-dir")) {
-    absl::StatusOr<std::unique_ptr<LoraCatalog>> c = LoraCatalog::Open(f.Get("lora-dir"));
+  if (!f.lora_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<LoraCatalog>> c = LoraCatalog::Open(f.lora_dir);
     if (!c.ok()) return Fatal("--lora-dir", c.status());
     loras = *std::move(c);
     std::printf("loras: %zu in %s\n", loras->List().size(), loras->dir().c_str());
@@ -362,14 +395,14 @@ int RunServe(int argc, char** argv) {
   std::printf("loading %s on %s (%s)...\n", popts.model_dir.c_str(), device.c_str(),
               info->name.c_str());
   std::fflush(stdout);
-  const GenerateRequest warmup = WarmupRequest(*settings);
+  const GenerateRequest warmup = WarmupRequest(f, *settings);
   Loaded loaded;
   if (int rc = LoadAndWarm(popts, warmup, &loaded); rc != 0) return rc;
 
   Worker::Options wo =
       WorkerOptionsFrom(f, *settings, *info, *fingerprint, *loaded.pipeline, warmup);
   wo.loras = loras;
-  if (f.Has("controlnet")) wo.controlnet = ControlNetName(f.Get("controlnet"));
+  if (!f.controlnet.empty()) wo.controlnet = ControlNetName(f.controlnet);
   const SchedulerLink::Options lo = LinkOptionsFrom(*settings, creds);
   auto worker = Worker::Create(
       wo, std::make_unique<PipelineRenderer>(std::move(loaded.pipeline), device), lo);
@@ -388,11 +421,11 @@ int RunServe(int argc, char** argv) {
 
   const int sig = WaitForSignal(signals, **worker, endpoints.health.get(), metrics);
   std::printf("worker %s: signal %d: finishing the current job (grace %s)\n", wo.name.c_str(), sig,
-              absl::FormatDuration(settings->grace).c_str());
+              absl::FormatDuration(f.shutdown_grace).c_str());
   std::fflush(stdout);
   LOG(INFO) << "event=worker_shutdown worker=" << wo.name << " signal=" << sig;
   if (endpoints.health) endpoints.health->SetServing(false);
-  (*worker)->Shutdown(settings->grace);
+  (*worker)->Shutdown(f.shutdown_grace);
   PrintStats(wo.name, (*worker)->stats());
   return 0;
 }

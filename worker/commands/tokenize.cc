@@ -10,32 +10,24 @@
 // Exit codes: 0 all lines done; 1 a line was not a JSON string or not valid
 // UTF-8 (stderr names the line, 1-based; lines before it were already written),
 // or the tokenizer could not be loaded; 2 usage error.
+#include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <string>
-#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "proto/flags/flags.h"
 #include "worker/commands/commands.h"
+#include "worker/commands/flags.h"
 #include "worker/text/tokenizer.h"
 
 namespace zfarm::worker {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: zfarm-worker tokenize --tokenizer FILE [--chat-template] [--max-tokens N]\n"
-    "\n"
-    "Reads JSON Lines on stdin (each line one JSON string) and writes one JSON\n"
-    "array of token ids per line on stdout.\n"
-    "  --tokenizer FILE   tokenizer.json (e.g. MODEL/tokenizer/tokenizer.json)\n"
-    "  --chat-template    wrap each prompt in the Z-Image chat template and cut it\n"
-    "                     to --max-tokens ids, as the pipeline does; truncations\n"
-    "                     are reported on stderr\n"
-    "  --max-tokens N     with --chat-template: the limit (default 512)\n"
-    "Exit: 0 ok, 1 bad input line (stderr names the line) or bad tokenizer, 2 usage.\n";
+constexpr char kCommand[] = "tokenize";
 
 void WriteIds(const std::vector<int32_t>& ids, std::string* out) {
   out->clear();
@@ -54,43 +46,38 @@ namespace {
 struct TokenizeFlags {
   std::string tokenizer_path;
   bool chat_template = false;
-  int max_tokens = text::kMaxPromptTokens;
+  int32_t max_tokens = text::kMaxPromptTokens;
 };
+
+// The text around the flag list in --help.
+void Describe(flags::FlagSet* fs) {
+  fs->set_description(
+      "Reads JSON Lines on stdin (each line one JSON string) and writes one "
+      "JSON\narray of token ids per line on stdout.");
+  fs->set_footer(
+      "Exit: 0 ok, 1 bad input line (stderr names the line) or bad tokenizer, 2 "
+      "usage.\n\n"
+      "example:\n"
+      "  echo '\"a red fox\"' | zfarm-worker tokenize --tokenizer "
+      "MODEL/tokenizer/tokenizer.json --chat-template\n");
+  fs->set_show_defaults(true);
+}
 
 // -1 to go on, else the exit status (0 after --help, 2 after a usage error).
 int ParseTokenizeFlags(int argc, char** argv, TokenizeFlags* f) {
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (arg == "--chat-template") {
-      f->chat_template = true;
-    } else if ((arg == "--tokenizer" || arg == "--max-tokens") && i + 1 < argc) {
-      std::string_view value = argv[++i];
-      if (arg == "--tokenizer") {
-        f->tokenizer_path = std::string(value);
-      } else {
-        char* end = nullptr;
-        const long v = std::strtol(argv[i], &end, 10);
-        if (value.empty() || *end != '\0' || v < 1 || v > 1000000) {
-          std::fprintf(stderr, "zfarm-worker tokenize: --max-tokens must be in [1, 1000000]\n");
-          return 2;
-        }
-        f->max_tokens = static_cast<int>(v);
-      }
-    } else if (arg.rfind("--tokenizer=", 0) == 0) {
-      f->tokenizer_path = std::string(arg.substr(12));
-    } else {
-      std::fprintf(stderr, "zfarm-worker tokenize: unknown or incomplete flag '%s'\n\n%s", argv[i],
-                   kUsage);
-      return 2;
-    }
+  flags::FlagSet fs("zfarm-worker tokenize --tokenizer FILE [--chat-template] [--max-tokens N]");
+  Describe(&fs);
+  fs.String("tokenizer", &f->tokenizer_path,
+            "tokenizer.json (e.g. MODEL/tokenizer/tokenizer.json; required)", "FILE");
+  fs.Bool("chat-template", &f->chat_template,
+          "wrap each prompt in the Z-Image chat template and cut it to --max-tokens ids, as the "
+          "pipeline does; truncations are reported on stderr");
+  fs.Int("max-tokens", &f->max_tokens, "with --chat-template: the limit, 1..1000000");
+  if (std::optional<int> rc = ParseCommandFlags(kCommand, fs, argc, argv)) return *rc;
+  if (f->max_tokens < 1 || f->max_tokens > 1000000) {
+    return UsageError(kCommand, fs, "--max-tokens must be in [1, 1000000]");
   }
-  if (f->tokenizer_path.empty()) {
-    std::fprintf(stderr, "zfarm-worker tokenize: --tokenizer FILE is required\n\n%s", kUsage);
-    return 2;
-  }
+  if (f->tokenizer_path.empty()) return UsageError(kCommand, fs, "--tokenizer FILE is required");
   return -1;
 }
 

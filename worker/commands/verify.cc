@@ -7,23 +7,20 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "nlohmann/json.hpp"
+#include "proto/flags/flags.h"
 #include "worker/commands/commands.h"
+#include "worker/commands/flags.h"
 #include "worker/io/manifest.h"
 
 namespace zfarm::worker {
 namespace {
 
-void Usage() {
-  std::fprintf(stderr,
-               "usage: zfarm-worker verify --model DIR [--fast] [--json] [--manifest FILE]\n"
-               "  --fast           presence, sizes and safetensors headers only (no md5)\n"
-               "  --json           machine-readable report on stdout\n"
-               "  --manifest FILE  md5sum-format manifest instead of the official one\n");
-}
+constexpr char kCommand[] = "verify";
 
 struct VerifyFlags {
   std::string model, manifest_path;
@@ -32,28 +29,16 @@ struct VerifyFlags {
 
 // -1 to go on, else the exit status (0 after --help, 2 after a usage error).
 int ParseVerifyFlags(int argc, char** argv, VerifyFlags* f) {
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if ((a == "--model" || a == "--manifest") && i + 1 < argc) {
-      (a == "--model" ? f->model : f->manifest_path) = argv[++i];
-    } else if (a == "--fast") {
-      f->fast = true;
-    } else if (a == "--json") {
-      f->json = true;
-    } else if (a == "--help" || a == "-h") {
-      Usage();
-      return 0;
-    } else {
-      std::fprintf(stderr, "zfarm-worker verify: unknown or incomplete argument '%s'\n", a.c_str());
-      Usage();
-      return 2;
-    }
-  }
-  if (f->model.empty()) {
-    std::fprintf(stderr, "zfarm-worker verify: --model DIR is required\n");
-    Usage();
-    return 2;
-  }
+  flags::FlagSet fs("zfarm-worker verify --model DIR [--fast] [--json] [--manifest FILE]");
+  fs.set_description("Checks a model folder against the official Z-Image-Turbo md5 manifest.");
+  fs.set_footer("Exit status: 0 every file is OK, 1 one is missing or wrong, 2 usage error.\n");
+  fs.String("model", &f->model, "model folder (diffusers layout; required)", "DIR");
+  fs.Bool("fast", &f->fast, "presence, sizes and safetensors headers only (no md5)");
+  fs.Bool("json", &f->json, "machine-readable report on stdout");
+  fs.String("manifest", &f->manifest_path, "md5sum-format manifest instead of the official one",
+            "FILE");
+  if (std::optional<int> rc = ParseCommandFlags(kCommand, fs, argc, argv)) return *rc;
+  if (f->model.empty()) return UsageError(kCommand, fs, "--model DIR is required");
   return -1;
 }
 
