@@ -16,10 +16,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -31,6 +27,7 @@
 #include "prometheus/registry.h"
 #include "proto/base/monotonic_wait.h"
 #include "proto/base/version.h"
+#include "proto/flags/flags.h"
 #include "proto/http/metrics_server.h"
 #include "proto/security/auth.h"
 #include "proto/security/tls.h"
@@ -44,127 +41,6 @@
 #include "scheduler/postgres_journal.h"
 #include "scheduler/standby_server.h"
 #endif
-
-ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
-          "gRPC address HOST:PORT (port 0 = any free port)");
-ABSL_FLAG(std::string, state_dir, "",
-          "Directory of the job journal (journal.db); must be on a local disk (required unless "
-          "--journal names PostgreSQL; with it, only the input pictures and thumbnails live here, "
-          "and a private temporary folder is used when empty)");
-ABSL_FLAG(std::string, journal, "",
-          "Where the journal lives: empty = SQLite in --state-dir (one scheduler); "
-          "postgres://USER@HOST:PORT/DB?sslmode=verify-full&... = a PostgreSQL database shared by "
-          "active/standby schedulers (libpq URL parameters; no password in it)");
-ABSL_FLAG(std::string, journal_password_file, "",
-          "File holding the PostgreSQL password of --journal (surrounding whitespace ignored); "
-          "empty = libpq's PGPASSFILE / ~/.pgpass");
-ABSL_FLAG(std::string, name, "",
-          "This scheduler's name in the leader lease and in a standby's answers (PostgreSQL "
-          "journal); empty = HOSTNAME:PORT of --listen");
-ABSL_FLAG(absl::Duration, leader_lease, absl::Seconds(6),
-          "PostgreSQL journal: how long the active scheduler's lease lasts without a renewal; a "
-          "standby takes over within about --leader-lease + --leader-renew of the active one's "
-          "death");
-ABSL_FLAG(absl::Duration, leader_renew, absl::Seconds(2),
-          "PostgreSQL journal: how often the active scheduler renews its lease, and how often a "
-          "standby tries to take it");
-ABSL_FLAG(std::string, output_root, "",
-          "Shared output root where workers write PNGs; read-only here, used by GetResult and "
-          "commit checks (required)");
-ABSL_FLAG(std::string, metrics_listen, "",
-          "HOST:PORT for Prometheus /metrics (empty = no metrics endpoint); HTTPS with "
-          "--tls-cert unless --metrics-plaintext");
-ABSL_FLAG(bool, metrics_plaintext, false,
-          "Serve --metrics-listen over plain HTTP even with --tls-cert (scrapers without TLS)");
-ABSL_FLAG(std::string, http_listen, "",
-          "HOST:PORT for the REST/JSON gateway (/v1/jobs...); HTTPS (mutual TLS with "
-          "--tls-client-ca) with --tls-cert; empty = no gateway");
-ABSL_FLAG(absl::Duration, http_images_timeout, absl::Minutes(10),
-          "How long POST /v1/images/generations waits for its images before 504 (the jobs go "
-          "on; a retry with the same Idempotency-Key waits for them again)");
-ABSL_FLAG(int32_t, http_max_connections, 1024,
-          "Open connections the REST gateway accepts; beyond it new ones are closed (plain "
-          "HTTP: after a 503 answer)");
-ABSL_FLAG(int32_t, http_max_connections_per_ip, 128,
-          "Open REST gateway connections per client address; beyond it as --http-max-connections");
-ABSL_FLAG(absl::Duration, http_request_timeout, absl::Seconds(10),
-          "Time a REST client has for a whole request (TLS handshake, headers and body), from "
-          "its first byte; slower connections are closed");
-ABSL_FLAG(int32_t, max_queued_jobs, 100000,
-          "QUEUED jobs beyond which submits fail with RESOURCE_EXHAUSTED");
-ABSL_FLAG(absl::Duration, retry_after, absl::Seconds(1),
-          "Retry delay sent with RESOURCE_EXHAUSTED (typed zfarm-error-details-bin and "
-          "retry-after-ms trailers, the message; REST: Retry-After)");
-ABSL_FLAG(int32_t, max_attempts, 3,
-          "Attempts (leases that reached RUNNING) before a job is FAILED");
-ABSL_FLAG(absl::Duration, retention, absl::Hours(24 * 7),
-          "Finished jobs are pruned from the journal after this long (PNGs are never deleted)");
-ABSL_FLAG(int64_t, max_finished_jobs, 100000,
-          "Finished jobs kept for status/list (about 4.5 KB of memory each); beyond it the "
-          "oldest-ended are pruned before --retention (request ids stay idempotent); 0 = no cap");
-ABSL_FLAG(int64_t, max_tombstones, 1000000,
-          "Idempotency tombstones of pruned jobs kept (about 1 KB each); beyond it the oldest "
-          "go before --tombstone-ttl; 0 = no cap");
-ABSL_FLAG(absl::Duration, tombstone_ttl, absl::Hours(24),
-          "Minimum time a request_id stays deduplicated (at least 24h recommended)");
-ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(5),
-          "Heartbeat interval asked of workers");
-ABSL_FLAG(absl::Duration, lease_timeout, absl::Seconds(30),
-          "A worker silent this long is lost and its leases expire");
-ABSL_FLAG(double, aging_per_minute, 1.0,
-          "Priority points a queued job gains per minute of waiting (anti-starvation)");
-ABSL_FLAG(int32_t, min_size_px, 256, "Smallest accepted width/height");
-ABSL_FLAG(int32_t, max_size_px, 2048, "Largest accepted width/height");
-ABSL_FLAG(int32_t, max_prompt_bytes, 4000, "Largest prompt / negative prompt in UTF-8 bytes");
-ABSL_FLAG(int32_t, max_steps, 50, "Largest accepted steps");
-ABSL_FLAG(int32_t, max_batch_jobs, 1000, "Largest SubmitJobs batch");
-ABSL_FLAG(int32_t, max_labels, 32, "Most labels per job");
-ABSL_FLAG(std::string, webhook_allow, "",
-          "Comma-separated webhook allow-list: host:port entries (exact) or URL prefixes "
-          "(http://host:port/path); a job's webhook_url must match one. Empty = webhooks off");
-ABSL_FLAG(std::string, webhook_secret_file, "",
-          "File holding the HMAC-SHA256 key for X-Zfarm-Signature (required with "
-          "--webhook-allow; surrounding whitespace is ignored)");
-ABSL_FLAG(std::string, tls_cert, "",
-          "PEM certificate chain: serve TLS on --listen, --http-listen (HTTPS) and "
-          "--metrics-listen (with --tls-key)");
-ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
-ABSL_FLAG(std::string, tls_client_ca, "",
-          "PEM CA bundle: require client certificates signed by it (mutual TLS) on --listen, "
-          "--http-listen and --metrics-listen; "
-          "with --probe: the CA of the probed server");
-ABSL_FLAG(std::string, token_file, "",
-          "Bearer tokens, one per line: '<token> <principal> <role>' (role submitter|admin|"
-          "worker); reloaded when the file changes. Empty = no authentication (everyone admin)");
-ABSL_FLAG(int32_t, max_queued_per_principal, 0,
-          "QUEUED jobs per principal beyond which its submits get RESOURCE_EXHAUSTED (0 = off)");
-ABSL_FLAG(double, submit_rate_per_principal, 0,
-          "Submit calls per second per principal (token bucket; 0 = off)");
-ABSL_FLAG(int32_t, submit_burst_per_principal, 0,
-          "Burst of --submit-rate-per-principal (0 = max(1, rate))");
-ABSL_FLAG(int32_t, max_watchers_per_job, 256,
-          "Concurrent watch streams per job, batch or label selector");
-ABSL_FLAG(int32_t, max_streams_per_client, 1024,
-          "Concurrent watch/result streams per client (principal, or IP when anonymous); 0 = off");
-ABSL_FLAG(int64_t, max_watch_backlog_bytes, 1 << 20,
-          "Unsent events (bytes) a watch stream may hold for a client that reads too slowly; "
-          "beyond, the stream ends with RESOURCE_EXHAUSTED (0 = unbounded)");
-ABSL_FLAG(int32_t, max_message_bytes, 0,
-          "Largest gRPC request message accepted; 0 = 3 x --max-input-bytes + 1 MiB (a submit "
-          "with an init image, a mask and a control picture)");
-ABSL_FLAG(int64_t, max_input_bytes, 16 << 20,
-          "Largest init_image / mask_image / control.image in bytes (in the request or read "
-          "from --input-root)");
-ABSL_FLAG(std::string, input_root, "",
-          "Read-only folder that ImageInput.path is relative to (confined like --output-root); "
-          "empty = path inputs are refused");
-ABSL_FLAG(absl::Duration, lora_affinity_wait, absl::Seconds(10),
-          "How long a job may wait for a worker that already has its LoRA set applied before "
-          "any capable worker takes it");
-ABSL_FLAG(std::string, probe, "",
-          "Do not serve: check grpc.health.v1 at this HOST:PORT, exit 0 if SERVING, 1 otherwise");
-ABSL_FLAG(absl::Duration, probe_timeout, absl::Seconds(2), "Timeout of --probe");
-ABSL_FLAG(bool, version, false, "Print the version and exit");
 
 namespace {
 
@@ -182,114 +58,311 @@ struct Failure {
 };
 Failure BadFlag(std::string message) { return Failure{2, std::move(message)}; }
 
-void SetUsage() {
-  absl::FlagsUsageConfig uc;
-  uc.version_string = [] { return VersionString() + "\n"; };
-  uc.contains_help_flags = [](absl::string_view f) {
-    return f.find("scheduler/main.cc") != absl::string_view::npos;
-  };
-  absl::SetFlagsUsageConfig(uc);
-  absl::SetProgramUsageMessage(
-      "zfarm-scheduler: the zfarm job scheduler (JobService, WorkerService, AdminService,\n"
-      "grpc.health.v1, reflection).\n"
-      "  zfarm-scheduler --listen 127.0.0.1:50051 --state-dir DIR --output-root DIR "
-      "[--metrics-listen 127.0.0.1:9464]\n"
-      "SIGTERM/SIGINT: stop accepting, flush the journal, exit 0.\n"
+// Every flag of zfarm-scheduler, with its default.
+struct SchedulerFlags {
+  std::string listen = "127.0.0.1:50051";
+  std::string state_dir;
+  std::string journal;
+  std::string journal_password_file;
+  std::string name;
+  absl::Duration leader_lease = absl::Seconds(6);
+  absl::Duration leader_renew = absl::Seconds(2);
+  std::string output_root;
+  std::string metrics_listen;
+  bool metrics_plaintext = false;
+  std::string http_listen;
+  absl::Duration http_images_timeout = absl::Minutes(10);
+  int32_t http_max_connections = 1024;
+  int32_t http_max_connections_per_ip = 128;
+  absl::Duration http_request_timeout = absl::Seconds(10);
+  int32_t max_queued_jobs = 100000;
+  absl::Duration retry_after = absl::Seconds(1);
+  int32_t max_attempts = 3;
+  absl::Duration retention = absl::Hours(24 * 7);
+  int64_t max_finished_jobs = 100000;
+  int64_t max_tombstones = 1000000;
+  absl::Duration tombstone_ttl = absl::Hours(24);
+  absl::Duration heartbeat_interval = absl::Seconds(5);
+  absl::Duration lease_timeout = absl::Seconds(30);
+  double aging_per_minute = 1.0;
+  int32_t min_size_px = 256;
+  int32_t max_size_px = 2048;
+  int32_t max_prompt_bytes = 4000;
+  int32_t max_steps = 50;
+  int32_t max_batch_jobs = 1000;
+  int32_t max_labels = 32;
+  std::string webhook_allow;
+  std::string webhook_secret_file;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  std::string token_file;
+  int32_t max_queued_per_principal = 0;
+  double submit_rate_per_principal = 0;
+  int32_t submit_burst_per_principal = 0;
+  int32_t max_watchers_per_job = 256;
+  int32_t max_streams_per_client = 1024;
+  int64_t max_watch_backlog_bytes = 1 << 20;
+  int32_t max_message_bytes = 0;
+  int64_t max_input_bytes = 16 << 20;
+  std::string input_root;
+  absl::Duration lora_affinity_wait = absl::Seconds(10);
+  std::string probe;
+  absl::Duration probe_timeout = absl::Seconds(2);
+  bool version = false;
+};
+
+// The flag list is the help text: one definition per flag.
+void DefineFlags(zfarm::flags::FlagSet* fs, SchedulerFlags* f) {
+  fs->String("listen", &f->listen, "gRPC address HOST:PORT (port 0 = any free port)", "HOST:PORT");
+  fs->String(
+      "state-dir", &f->state_dir,
+      "Directory of the job journal (journal.db); must be on a local disk (required unless "
+      "--journal names PostgreSQL; with it, only the input pictures and thumbnails live here, "
+      "and a private temporary folder is used when empty)",
+      "DIR");
+  fs->String(
+      "journal", &f->journal,
+      "Where the journal lives: empty = SQLite in --state-dir (one scheduler); "
+      "postgres://USER@HOST:PORT/DB?sslmode=verify-full&... = a PostgreSQL database shared by "
+      "active/standby schedulers (libpq URL parameters; no password in it)",
+      "URL");
+  fs->String("journal-password-file", &f->journal_password_file,
+             "File holding the PostgreSQL password of --journal (surrounding whitespace ignored); "
+             "empty = libpq's PGPASSFILE / ~/.pgpass",
+             "FILE");
+  fs->String("name", &f->name,
+             "This scheduler's name in the leader lease and in a standby's answers (PostgreSQL "
+             "journal); empty = HOSTNAME:PORT of --listen",
+             "NAME");
+  fs->Duration(
+      "leader-lease", &f->leader_lease,
+      "PostgreSQL journal: how long the active scheduler's lease lasts without a renewal; a "
+      "standby takes over within about --leader-lease + --leader-renew of the active one's "
+      "death");
+  fs->Duration(
+      "leader-renew", &f->leader_renew,
+      "PostgreSQL journal: how often the active scheduler renews its lease, and how often a "
+      "standby tries to take it");
+  fs->String("output-root", &f->output_root,
+             "Shared output root where workers write PNGs; read-only here, used by GetResult and "
+             "commit checks (required)",
+             "DIR");
+  fs->String("metrics-listen", &f->metrics_listen,
+             "HOST:PORT for Prometheus /metrics (empty = no metrics endpoint); HTTPS with "
+             "--tls-cert unless --metrics-plaintext",
+             "HOST:PORT");
+  fs->Bool("metrics-plaintext", &f->metrics_plaintext,
+           "Serve --metrics-listen over plain HTTP even with --tls-cert (scrapers without TLS)");
+  fs->String("http-listen", &f->http_listen,
+             "HOST:PORT for the REST/JSON gateway (/v1/jobs...); HTTPS (mutual TLS with "
+             "--tls-client-ca) with --tls-cert; empty = no gateway",
+             "HOST:PORT");
+  fs->Duration("http-images-timeout", &f->http_images_timeout,
+               "How long POST /v1/images/generations waits for its images before 504 (the jobs go "
+               "on; a retry with the same Idempotency-Key waits for them again)");
+  fs->Int("http-max-connections", &f->http_max_connections,
+          "Open connections the REST gateway accepts; beyond it new ones are closed (plain "
+          "HTTP: after a 503 answer)");
+  fs->Int("http-max-connections-per-ip", &f->http_max_connections_per_ip,
+          "Open REST gateway connections per client address; beyond it as --http-max-connections");
+  fs->Duration("http-request-timeout", &f->http_request_timeout,
+               "Time a REST client has for a whole request (TLS handshake, headers and body), from "
+               "its first byte; slower connections are closed");
+  fs->Int("max-queued-jobs", &f->max_queued_jobs,
+          "QUEUED jobs beyond which submits fail with RESOURCE_EXHAUSTED");
+  fs->Duration("retry-after", &f->retry_after,
+               "Retry delay sent with RESOURCE_EXHAUSTED (typed zfarm-error-details-bin and "
+               "retry-after-ms trailers, the message; REST: Retry-After)");
+  fs->Int("max-attempts", &f->max_attempts,
+          "Attempts (leases that reached RUNNING) before a job is FAILED");
+  fs->Duration(
+      "retention", &f->retention,
+      "Finished jobs are pruned from the journal after this long (PNGs are never deleted)");
+  fs->Int("max-finished-jobs", &f->max_finished_jobs,
+          "Finished jobs kept for status/list (about 4.5 KB of memory each); beyond it the "
+          "oldest-ended are pruned before --retention (request ids stay idempotent); 0 = no cap");
+  fs->Int("max-tombstones", &f->max_tombstones,
+          "Idempotency tombstones of pruned jobs kept (about 1 KB each); beyond it the oldest "
+          "go before --tombstone-ttl; 0 = no cap");
+  fs->Duration("tombstone-ttl", &f->tombstone_ttl,
+               "Minimum time a request_id stays deduplicated (at least 24h recommended)");
+  fs->Duration("heartbeat-interval", &f->heartbeat_interval, "Heartbeat interval asked of workers");
+  fs->Duration("lease-timeout", &f->lease_timeout,
+               "A worker silent this long is lost and its leases expire");
+  fs->Double("aging-per-minute", &f->aging_per_minute,
+             "Priority points a queued job gains per minute of waiting (anti-starvation)");
+  fs->Int("min-size-px", &f->min_size_px, "Smallest accepted width/height");
+  fs->Int("max-size-px", &f->max_size_px, "Largest accepted width/height");
+  fs->Int("max-prompt-bytes", &f->max_prompt_bytes,
+          "Largest prompt / negative prompt in UTF-8 bytes");
+  fs->Int("max-steps", &f->max_steps, "Largest accepted steps");
+  fs->Int("max-batch-jobs", &f->max_batch_jobs, "Largest SubmitJobs batch");
+  fs->Int("max-labels", &f->max_labels, "Most labels per job");
+  fs->String("webhook-allow", &f->webhook_allow,
+             "Comma-separated webhook allow-list: host:port entries (exact) or URL prefixes "
+             "(http://host:port/path); a job's webhook_url must match one. Empty = webhooks off",
+             "LIST");
+  fs->String("webhook-secret-file", &f->webhook_secret_file,
+             "File holding the HMAC-SHA256 key for X-Zfarm-Signature (required with "
+             "--webhook-allow; surrounding whitespace is ignored)",
+             "FILE");
+  fs->String("tls-cert", &f->tls_cert,
+             "PEM certificate chain: serve TLS on --listen, --http-listen (HTTPS) and "
+             "--metrics-listen (with --tls-key)",
+             "FILE");
+  fs->String("tls-key", &f->tls_key, "PEM private key of --tls-cert", "FILE");
+  fs->String("tls-client-ca", &f->tls_client_ca,
+             "PEM CA bundle: require client certificates signed by it (mutual TLS) on --listen, "
+             "--http-listen and --metrics-listen; "
+             "with --probe: the CA of the probed server",
+             "FILE");
+  fs->String("token-file", &f->token_file,
+             "Bearer tokens, one per line: '<token> <principal> <role>' (role submitter|admin|"
+             "worker); reloaded when the file changes. Empty = no authentication (everyone admin)",
+             "FILE");
+  fs->Int("max-queued-per-principal", &f->max_queued_per_principal,
+          "QUEUED jobs per principal beyond which its submits get RESOURCE_EXHAUSTED (0 = off)");
+  fs->Double("submit-rate-per-principal", &f->submit_rate_per_principal,
+             "Submit calls per second per principal (token bucket; 0 = off)");
+  fs->Int("submit-burst-per-principal", &f->submit_burst_per_principal,
+          "Burst of --submit-rate-per-principal (0 = max(1, rate))");
+  fs->Int("max-watchers-per-job", &f->max_watchers_per_job,
+          "Concurrent watch streams per job, batch or label selector");
+  fs->Int("max-streams-per-client", &f->max_streams_per_client,
+          "Concurrent watch/result streams per client (principal, or IP when anonymous); 0 = off");
+  fs->Int("max-watch-backlog-bytes", &f->max_watch_backlog_bytes,
+          "Unsent events (bytes) a watch stream may hold for a client that reads too slowly; "
+          "beyond, the stream ends with RESOURCE_EXHAUSTED (0 = unbounded)");
+  fs->Int("max-message-bytes", &f->max_message_bytes,
+          "Largest gRPC request message accepted; 0 = 3 x --max-input-bytes + 1 MiB (a submit "
+          "with an init image, a mask and a control picture)");
+  fs->Int("max-input-bytes", &f->max_input_bytes,
+          "Largest init_image / mask_image / control.image in bytes (in the request or read "
+          "from --input-root)");
+  fs->String("input-root", &f->input_root,
+             "Read-only folder that ImageInput.path is relative to (confined like --output-root); "
+             "empty = path inputs are refused",
+             "DIR");
+  fs->Duration("lora-affinity-wait", &f->lora_affinity_wait,
+               "How long a job may wait for a worker that already has its LoRA set applied before "
+               "any capable worker takes it");
+  fs->String("probe", &f->probe,
+             "Do not serve: check grpc.health.v1 at this HOST:PORT, exit 0 if SERVING, 1 otherwise",
+             "HOST:PORT");
+  fs->Duration("probe-timeout", &f->probe_timeout, "Timeout of --probe");
+  fs->Bool("version", &f->version, "Print the version and exit");
+}
+
+// Parses argv into *f. The exit status when the process stops here: 0 after
+// --help, 2 for an unknown flag, a bad value or a positional argument.
+std::optional<int> ParseFlags(int argc, char** argv, SchedulerFlags* f) {
+  zfarm::flags::FlagSet fs(
+      "zfarm-scheduler --listen 127.0.0.1:50051 --state-dir DIR --output-root DIR "
+      "[--metrics-listen 127.0.0.1:9464] [flags]");
+  fs.set_description(
+      "The zfarm job scheduler (JobService, WorkerService, AdminService,\n"
+      "grpc.health.v1, reflection).");
+  fs.set_footer(
+      "SIGTERM/SIGINT: stop accepting, flush the journal, exit 0. Exit status 1: the server "
+      "could not\nstart; 2: bad flags; 3: leadership lost (PostgreSQL journal).\n"
       "Flags may be spelled with dashes or underscores (--state-dir = --state_dir).");
-}
-
-// Flags are spelled with dashes (--state-dir); absl names use underscores.
-void ParseFlags(int argc, char** argv) {
-  std::vector<std::string> args(argv, argv + argc);
-  std::vector<char*> fixed;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string& a = args[i];
-    if (i > 0 && a.rfind("--", 0) == 0) {
-      for (size_t k = 2; k < a.size() && a[k] != '='; ++k) {
-        if (a[k] == '-') a[k] = '_';
-      }
-    }
-    fixed.push_back(a.data());
+  fs.set_show_defaults(true);
+  fs.set_underscores_as_dashes(true);
+  DefineFlags(&fs, f);
+  bool help = false;
+  absl::StatusOr<std::vector<std::string>> args =
+      fs.Parse(std::vector<std::string>(argv + std::min(argc, 1), argv + argc), &help);
+  if (help) {
+    std::cout << fs.Help();
+    return 0;
   }
-  absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+  std::string why;
+  if (!args.ok()) {
+    why = std::string(args.status().message());
+  } else if (!args->empty()) {
+    why = absl::StrCat("unexpected argument '", (*args)[0], "'");
+  } else {
+    return std::nullopt;
+  }
+  std::cerr << "zfarm-scheduler: " << why << " (see --help)\n";
+  return 2;
 }
 
-zfarm::security::TlsFlags TlsFromFlags() {
+zfarm::security::TlsFlags TlsFromFlags(const SchedulerFlags& f) {
   zfarm::security::TlsFlags tls;
-  tls.cert = absl::GetFlag(FLAGS_tls_cert);
-  tls.key = absl::GetFlag(FLAGS_tls_key);
-  tls.ca = absl::GetFlag(FLAGS_tls_client_ca);
+  tls.cert = f.tls_cert;
+  tls.key = f.tls_key;
+  tls.ca = f.tls_client_ca;
   return tls;
 }
 
 // --probe: a client of another scheduler's health service (--tls-client-ca names
 // its CA here). The exit status.
-int Probe(const zfarm::security::TlsFlags& tls) {
+int Probe(const SchedulerFlags& f, const zfarm::security::TlsFlags& tls) {
   auto creds = zfarm::security::ClientCredentials(tls);
   if (!creds.ok()) {
     std::cerr << "zfarm-scheduler: " << creds.status().message() << "\n";
     return 2;
   }
-  absl::Status s = zfarm::scheduler::ProbeHealth(absl::GetFlag(FLAGS_probe),
-                                                 absl::GetFlag(FLAGS_probe_timeout), *creds);
+  absl::Status s = zfarm::scheduler::ProbeHealth(f.probe, f.probe_timeout, *creds);
   std::cout << (s.ok() ? "SERVING" : std::string(s.ToString())) << "\n";
   return s.ok() ? 0 : 1;
 }
 
 // Scheduler::Options from the flags, checked.
-std::optional<Failure> SchedulerOptionsFromFlags(zfarm::scheduler::Scheduler::Options* so) {
-  so->state_dir = absl::GetFlag(FLAGS_state_dir);
-  so->output_root = absl::GetFlag(FLAGS_output_root);
-  so->max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
-  so->retry_after = absl::GetFlag(FLAGS_retry_after);
-  so->max_attempts = absl::GetFlag(FLAGS_max_attempts);
-  so->retention = absl::GetFlag(FLAGS_retention);
-  so->tombstone_ttl = absl::GetFlag(FLAGS_tombstone_ttl);
-  so->max_finished_jobs = absl::GetFlag(FLAGS_max_finished_jobs);
-  so->max_tombstones = absl::GetFlag(FLAGS_max_tombstones);
-  so->heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
-  so->lease_timeout = absl::GetFlag(FLAGS_lease_timeout);
-  so->aging_per_minute = absl::GetFlag(FLAGS_aging_per_minute);
-  so->max_queued_per_principal = absl::GetFlag(FLAGS_max_queued_per_principal);
-  so->submit_rate_per_principal = absl::GetFlag(FLAGS_submit_rate_per_principal);
-  so->submit_burst_per_principal = absl::GetFlag(FLAGS_submit_burst_per_principal);
-  so->max_watchers_per_job = absl::GetFlag(FLAGS_max_watchers_per_job);
-  so->limits.min_size_px = absl::GetFlag(FLAGS_min_size_px);
-  so->limits.max_size_px = absl::GetFlag(FLAGS_max_size_px);
-  so->limits.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
-  so->limits.max_steps = absl::GetFlag(FLAGS_max_steps);
-  so->limits.max_batch_jobs = absl::GetFlag(FLAGS_max_batch_jobs);
-  so->limits.max_labels = absl::GetFlag(FLAGS_max_labels);
-  so->limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
-  so->lora_affinity_wait = absl::GetFlag(FLAGS_lora_affinity_wait);
+std::optional<Failure> SchedulerOptionsFromFlags(const SchedulerFlags& f,
+                                                 zfarm::scheduler::Scheduler::Options* so) {
+  so->state_dir = f.state_dir;
+  so->output_root = f.output_root;
+  so->max_queued_jobs = f.max_queued_jobs;
+  so->retry_after = f.retry_after;
+  so->max_attempts = f.max_attempts;
+  so->retention = f.retention;
+  so->tombstone_ttl = f.tombstone_ttl;
+  so->max_finished_jobs = f.max_finished_jobs;
+  so->max_tombstones = f.max_tombstones;
+  so->heartbeat_interval = f.heartbeat_interval;
+  so->lease_timeout = f.lease_timeout;
+  so->aging_per_minute = f.aging_per_minute;
+  so->max_queued_per_principal = f.max_queued_per_principal;
+  so->submit_rate_per_principal = f.submit_rate_per_principal;
+  so->submit_burst_per_principal = f.submit_burst_per_principal;
+  so->max_watchers_per_job = f.max_watchers_per_job;
+  so->limits.min_size_px = f.min_size_px;
+  so->limits.max_size_px = f.max_size_px;
+  so->limits.max_prompt_bytes = f.max_prompt_bytes;
+  so->limits.max_steps = f.max_steps;
+  so->limits.max_batch_jobs = f.max_batch_jobs;
+  so->limits.max_labels = f.max_labels;
+  so->limits.max_input_bytes = f.max_input_bytes;
+  so->lora_affinity_wait = f.lora_affinity_wait;
   if (so->limits.max_input_bytes < 1 || so->limits.max_input_bytes > (int64_t{1} << 30)) {
     return BadFlag(absl::StrCat("--max-input-bytes: ", so->limits.max_input_bytes,
                                 " is outside [1, 1073741824]"));
-  }
-  if (so->lora_affinity_wait < absl::ZeroDuration()) {
-    return BadFlag("--lora-affinity-wait: must not be negative");
   }
   return std::nullopt;
 }
 
 // ServerOptions from the flags: credentials, tokens, limits, the scheduler's options.
-std::optional<Failure> ServerOptionsFromFlags(const zfarm::security::TlsFlags& tls,
+std::optional<Failure> ServerOptionsFromFlags(const SchedulerFlags& f,
+                                              const zfarm::security::TlsFlags& tls,
                                               ServerOptions* o) {
-  o->listen = absl::GetFlag(FLAGS_listen);
+  o->listen = f.listen;
   auto creds = zfarm::security::ServerCredentials(tls);
   if (!creds.ok()) return BadFlag(std::string(creds.status().message()));
   o->security.credentials = [c = *creds] { return c; };
-  if (!absl::GetFlag(FLAGS_token_file).empty()) {
-    auto store = zfarm::security::TokenStore::Open(absl::GetFlag(FLAGS_token_file));
+  if (!f.token_file.empty()) {
+    auto store = zfarm::security::TokenStore::Open(f.token_file);
     if (!store.ok()) return BadFlag(std::string(store.status().message()));
     o->security.authorizer = std::make_shared<zfarm::scheduler::TokenAuthorizer>(
         std::shared_ptr<zfarm::security::TokenStore>(*std::move(store)));
   }
-  o->max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  o->max_streams_per_client = absl::GetFlag(FLAGS_max_streams_per_client);
-  o->max_watch_backlog_bytes = absl::GetFlag(FLAGS_max_watch_backlog_bytes);
-  o->input_root = absl::GetFlag(FLAGS_input_root);
-  if (std::optional<Failure> f = SchedulerOptionsFromFlags(&o->scheduler)) return f;
+  o->max_message_bytes = f.max_message_bytes;
+  o->max_streams_per_client = f.max_streams_per_client;
+  o->max_watch_backlog_bytes = f.max_watch_backlog_bytes;
+  o->input_root = f.input_root;
+  if (std::optional<Failure> failed = SchedulerOptionsFromFlags(f, &o->scheduler)) return failed;
   o->registry = std::make_shared<prometheus::Registry>();
   return std::nullopt;
 }
@@ -297,15 +370,15 @@ std::optional<Failure> ServerOptionsFromFlags(const zfarm::security::TlsFlags& t
 // Webhooks (--webhook-allow; null when off): validated at submit against the
 // allow-list, sent after the final transition is durable (Scheduler::Options::
 // on_final), never under its lock. Hooks them into `so`.
-std::optional<Failure> StartWebhooks(zfarm::scheduler::Scheduler::Options* so,
+std::optional<Failure> StartWebhooks(const SchedulerFlags& f,
+                                     zfarm::scheduler::Scheduler::Options* so,
                                      std::unique_ptr<http::WebhookSender>* out) {
-  if (absl::GetFlag(FLAGS_webhook_allow).empty()) return std::nullopt;
+  if (f.webhook_allow.empty()) return std::nullopt;
   http::WebhookSender::Options wo;
-  for (absl::string_view a :
-       absl::StrSplit(absl::GetFlag(FLAGS_webhook_allow), ',', absl::SkipWhitespace())) {
+  for (absl::string_view a : absl::StrSplit(f.webhook_allow, ',', absl::SkipWhitespace())) {
     wo.allow.emplace_back(absl::StripAsciiWhitespace(a));
   }
-  const std::string secret_file = absl::GetFlag(FLAGS_webhook_secret_file);
+  const std::string secret_file = f.webhook_secret_file;
   if (!secret_file.empty()) {
     std::ifstream f(secret_file);
     std::stringstream ss;
@@ -327,14 +400,13 @@ std::optional<Failure> StartWebhooks(zfarm::scheduler::Scheduler::Options* so,
 }
 
 // Prometheus /metrics (--metrics-listen; null when off).
-std::optional<Failure> StartMetrics(const zfarm::security::TlsFlags& tls,
+std::optional<Failure> StartMetrics(const SchedulerFlags& f, const zfarm::security::TlsFlags& tls,
                                     std::shared_ptr<prometheus::Registry> registry,
                                     std::unique_ptr<zfarm::http::HttpServer>* out) {
-  if (absl::GetFlag(FLAGS_metrics_listen).empty()) return std::nullopt;
-  auto m = zfarm::http::StartMetricsServer(
-      absl::GetFlag(FLAGS_metrics_listen),
-      absl::GetFlag(FLAGS_metrics_plaintext) ? zfarm::security::TlsFlags() : tls,
-      std::move(registry));
+  if (f.metrics_listen.empty()) return std::nullopt;
+  auto m = zfarm::http::StartMetricsServer(f.metrics_listen,
+                                           f.metrics_plaintext ? zfarm::security::TlsFlags() : tls,
+                                           std::move(registry));
   if (!m.ok()) {
     LOG(ERROR) << "event=startup_failed error=\"" << m.status().message() << "\"";
     return Failure{1, std::string(m.status().message())};
@@ -346,23 +418,23 @@ std::optional<Failure> StartMetrics(const zfarm::security::TlsFlags& tls,
 
 // The REST gateway (--http-listen; null when off) on `server`, on `http_port`
 // when positive. It calls JobService in process, so it shares validation and auth.
-std::optional<Failure> StartGateway(const zfarm::security::TlsFlags& tls,
+std::optional<Failure> StartGateway(const SchedulerFlags& f, const zfarm::security::TlsFlags& tls,
                                     const zfarm::scheduler::Limits& limits,
                                     const std::string& state_dir, grpc::Server* server,
                                     int http_port, std::unique_ptr<http::RestGateway>* out) {
-  if (absl::GetFlag(FLAGS_http_listen).empty()) return std::nullopt;
+  if (f.http_listen.empty()) return std::nullopt;
   http::RestGateway::Options go;
-  go.http.listen = absl::GetFlag(FLAGS_http_listen);
+  go.http.listen = f.http_listen;
   // After a takeover: the port the standby's gateway had (--http-listen may say 0).
   if (http_port > 0) {
     go.http.listen = absl::StrCat(go.http.listen.substr(0, go.http.listen.rfind(':')), ":",
                                   http_port);
   }
   go.http.tls = tls;
-  go.http.max_connections = absl::GetFlag(FLAGS_http_max_connections);
-  go.http.max_connections_per_ip = absl::GetFlag(FLAGS_http_max_connections_per_ip);
-  go.http.request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
-  go.images_timeout = absl::GetFlag(FLAGS_http_images_timeout);
+  go.http.max_connections = f.http_max_connections;
+  go.http.max_connections_per_ip = f.http_max_connections_per_ip;
+  go.http.request_timeout = f.http_request_timeout;
+  go.images_timeout = f.http_images_timeout;
   go.thumbnail_dir = state_dir + "/thumbnails";
   // POST /v1/jobs carries pictures in base64 (4/3 of their size): room for every one.
   go.http.max_body_bytes = std::max<size_t>(
@@ -411,15 +483,15 @@ void StepDown() {
 // Opens the PostgreSQL journal and the lease (start-up fails naming --journal),
 // then serves as a standby (StandbyServer; the REST gateway on it) until this
 // scheduler takes the lease or a stop signal comes (then *stopped).
-std::optional<Failure> RunStandby(const zfarm::security::TlsFlags& tls,
-                                  const ServerOptions& o, const sigset_t& stop_signals,
-                                  HaState* ha, int* port, bool* stopped) {
+std::optional<Failure> RunStandby(const SchedulerFlags& f, const zfarm::security::TlsFlags& tls,
+                                  const ServerOptions& o, const sigset_t& stop_signals, HaState* ha,
+                                  int* port, bool* stopped) {
   namespace zs = ::zfarm::scheduler;
   zs::pg::ConnectOptions connect;
-  connect.url = absl::GetFlag(FLAGS_journal);
-  connect.password_file = absl::GetFlag(FLAGS_journal_password_file);
-  const absl::Duration lease = absl::GetFlag(FLAGS_leader_lease);
-  const absl::Duration renew = absl::GetFlag(FLAGS_leader_renew);
+  connect.url = f.journal;
+  connect.password_file = f.journal_password_file;
+  const absl::Duration lease = f.leader_lease;
+  const absl::Duration renew = f.leader_renew;
   if (lease < absl::Seconds(1)) return BadFlag("--leader-lease: must be at least 1s");
   if (renew <= absl::ZeroDuration() || renew * 2 > lease) {
     return BadFlag("--leader-renew: must be positive and at most half of --leader-lease");
@@ -442,7 +514,7 @@ std::optional<Failure> RunStandby(const zfarm::security::TlsFlags& tls,
   auto standby = zs::StandbyServer::Start(o.listen, o.security.credentials());
   if (!standby.ok()) return Failure{1, std::string(standby.status().message())};
   *port = (*standby)->port();
-  std::string name = absl::GetFlag(FLAGS_name);
+  std::string name = f.name;
   if (name.empty()) {
     char host[256] = {};
     gethostname(host, sizeof(host) - 1);
@@ -453,9 +525,9 @@ std::optional<Failure> RunStandby(const zfarm::security::TlsFlags& tls,
   if (!l.ok()) return Failure{1, std::string(l.status().message())};
   ha->lease = *std::move(l);
   std::unique_ptr<http::RestGateway> gateway;
-  if (std::optional<Failure> f = StartGateway(tls, o.scheduler.limits, ha->state_dir,
-                                              (*standby)->grpc_server(), 0, &gateway)) {
-    return f;
+  if (std::optional<Failure> failed = StartGateway(f, tls, o.scheduler.limits, ha->state_dir,
+                                                   (*standby)->grpc_server(), 0, &gateway)) {
+    return failed;
   }
   if (gateway) ha->http_port = gateway->port();
   std::cout << "zfarm-scheduler " << name << " standby on " << (*standby)->port() << std::endl;
@@ -484,8 +556,8 @@ std::optional<Failure> RunStandby(const zfarm::security::TlsFlags& tls,
 }
 
 // Renews the lease every --leader-renew until `stop`; steps down when it is lost.
-void RenewLoop(zfarm::scheduler::LeaderLease* lease, int64_t epoch, absl::Notification* stop) {
-  const absl::Duration every = absl::GetFlag(FLAGS_leader_renew);
+void RenewLoop(zfarm::scheduler::LeaderLease* lease, int64_t epoch, absl::Duration every,
+               absl::Notification* stop) {
   while (!zfarm::base::PollFor(every, [&] { return stop->HasBeenNotified(); })) {
     absl::Status s = lease->Renew(epoch);
     if (s.code() == absl::StatusCode::kFailedPrecondition) {
@@ -522,33 +594,32 @@ struct HaState {
   int64_t epoch = 0;
 };
 bool leadership_lost = false;
-std::optional<Failure> RunStandby(const zfarm::security::TlsFlags&, const ServerOptions&,
-                                  const sigset_t&, HaState*, int*, bool*) {
+std::optional<Failure> RunStandby(const SchedulerFlags&, const zfarm::security::TlsFlags&,
+                                  const ServerOptions&, const sigset_t&, HaState*, int*, bool*) {
   return BadFlag(
       "--journal: this zfarm-scheduler was built without libpq (Debian libpq-dev), so it has no "
       "PostgreSQL journal");
 }
-void RenewLoop(HaState::NoLease*, int64_t, absl::Notification*) {}
+void RenewLoop(HaState::NoLease*, int64_t, absl::Duration, absl::Notification*) {}
 void HandOverJournal(int, HaState*, ServerOptions*) {}
 #endif  // ZFARM_HAVE_LIBPQ
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  SetUsage();
-  ParseFlags(argc, argv);
-  if (absl::GetFlag(FLAGS_version)) {
+  SchedulerFlags f;
+  if (std::optional<int> rc = ParseFlags(argc, argv, &f)) return *rc;
+  if (f.version) {
     std::cout << VersionString() << "\n";
     return 0;
   }
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
 
-  const zfarm::security::TlsFlags tls = TlsFromFlags();
-  if (!absl::GetFlag(FLAGS_probe).empty()) return Probe(tls);
-  const bool postgres = !absl::GetFlag(FLAGS_journal).empty();
-  if ((!postgres && absl::GetFlag(FLAGS_state_dir).empty()) ||
-      absl::GetFlag(FLAGS_output_root).empty()) {
+  const zfarm::security::TlsFlags tls = TlsFromFlags(f);
+  if (!f.probe.empty()) return Probe(f, tls);
+  const bool postgres = !f.journal.empty();
+  if ((!postgres && f.state_dir.empty()) || f.output_root.empty()) {
     std::cerr << "zfarm-scheduler: --state-dir (unless --journal postgres://...) and "
                  "--output-root are required (see --help)\n";
     return 2;
@@ -562,9 +633,9 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   ServerOptions o;
-  if (std::optional<Failure> f = ServerOptionsFromFlags(tls, &o)) return Exit(*f);
+  if (std::optional<Failure> failed = ServerOptionsFromFlags(f, tls, &o)) return Exit(*failed);
   HaState ha;
-  ha.state_dir = absl::GetFlag(FLAGS_state_dir);
+  ha.state_dir = f.state_dir;
   if (postgres && ha.state_dir.empty()) {
     std::string tmpl = (std::filesystem::temp_directory_path() / "zfarm-scheduler-XXXXXX").string();
     if (!mkdtemp(tmpl.data())) return Exit(Failure{1, "cannot create a temporary state folder"});
@@ -575,9 +646,13 @@ int main(int argc, char** argv) {
                     "replica one shared --state-dir\"";
   }
   std::unique_ptr<http::WebhookSender> webhooks;
-  if (std::optional<Failure> f = StartWebhooks(&o.scheduler, &webhooks)) return Exit(*f);
+  if (std::optional<Failure> failed = StartWebhooks(f, &o.scheduler, &webhooks)) {
+    return Exit(*failed);
+  }
   std::unique_ptr<zfarm::http::HttpServer> metrics;
-  if (std::optional<Failure> f = StartMetrics(tls, o.registry, &metrics)) return Exit(*f);
+  if (std::optional<Failure> failed = StartMetrics(f, tls, o.registry, &metrics)) {
+    return Exit(*failed);
+  }
 
   // 1 while this scheduler serves (SQLite: always), 0 while it is a standby.
   prometheus::Gauge& active = prometheus::BuildGauge()
@@ -588,9 +663,9 @@ int main(int argc, char** argv) {
   if (postgres) {
     int port = 0;
     bool stopped = false;
-    if (std::optional<Failure> f = RunStandby(tls, o, stop_signals, &ha, &port, &stopped)) {
-      LOG(ERROR) << "event=startup_failed error=\"" << f->message << "\"";
-      return Exit(*f);
+    if (std::optional<Failure> failed = RunStandby(f, tls, o, stop_signals, &ha, &port, &stopped)) {
+      LOG(ERROR) << "event=startup_failed error=\"" << failed->message << "\"";
+      return Exit(*failed);
     }
     if (stopped) return 0;
     HandOverJournal(port, &ha, &o);
@@ -612,18 +687,19 @@ int main(int argc, char** argv) {
   active.Set(1);
   absl::Notification stop_renew;
   std::thread renew;
-  if (ha.lease) renew = std::thread(RenewLoop, ha.lease.get(), ha.epoch, &stop_renew);
+  if (ha.lease) {
+    renew = std::thread(RenewLoop, ha.lease.get(), ha.epoch, f.leader_renew, &stop_renew);
+  }
   std::cout << "zfarm-scheduler listening on " << (*server)->address() << std::endl;
   LOG(INFO) << "event=security tls="
             << (tls.server_enabled() ? (tls.ca.empty() ? "server" : "mutual") : "off")
-            << " tokens=" << (absl::GetFlag(FLAGS_token_file).empty() ? "off" : "on");
+            << " tokens=" << (f.token_file.empty() ? "off" : "on");
 
   std::unique_ptr<http::RestGateway> gateway;
-  if (std::optional<Failure> f =
-          StartGateway(tls, limits, ha.state_dir, (*server)->grpc_server(), ha.http_port,
-                       &gateway)) {
+  if (std::optional<Failure> failed = StartGateway(
+          f, tls, limits, ha.state_dir, (*server)->grpc_server(), ha.http_port, &gateway)) {
     (*server)->Shutdown();
-    return Exit(*f);
+    return Exit(*failed);
   }
 
   int sig = 0;

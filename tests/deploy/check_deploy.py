@@ -44,13 +44,15 @@ def help_text(cmd):
 
 
 def load_flags(args):
-    sched = set(re.findall(r"^\s+--([a-z0-9_]+) \(", help_text([args.scheduler, "--help"]), re.M))
+    # One entry per flag, two spaces in (wrapped text lines are indented further).
+    sched = {f.replace("_", "-") for f in
+             re.findall(r"^  --([a-z0-9][a-z0-9_-]*)", help_text([args.scheduler, "--help"]), re.M)}
     serve = set(re.findall(r"--([a-z][a-z0-9-]+)", help_text([args.worker, "serve", "--help"])))
     health = set(re.findall(r"--([a-z][a-z0-9-]+)", help_text([args.cli, "health", "--help"])))
-    assert "listen" in sched and "state_dir" in sched, "zfarm-scheduler --help lists no --listen/--state-dir"
+    assert "listen" in sched and "state-dir" in sched, "zfarm-scheduler --help lists no --listen/--state-dir"
     assert "health-listen" in serve, "zfarm-worker serve --help lists no --health-listen"
     return {
-        "scheduler": {f.replace("_", "-") for f in sched},
+        "scheduler": sched,
         "serve": serve,
         "health": health,
     }

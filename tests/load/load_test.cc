@@ -89,15 +89,18 @@ std::unique_ptr<grpc::ClientContext> Ctx(int seconds = 30) {
   return c;
 }
 
-// Whether `bin --helpfull` mentions `flag`.
-bool HelpMentions(const std::string& bin, const std::string& flag) {
-  std::string cmd = bin + " --helpfull 2>&1";
+// Whether `bin --help` mentions `flag` (spelled with dashes or, as older binaries
+// list it, with underscores).
+bool HelpMentions(const std::string& bin, std::string flag) {
+  std::string cmd = bin + " --help 2>&1";
   FILE* f = popen(cmd.c_str(), "r");
   if (!f) return false;
   std::string out;
   char buf[4096];
   for (size_t n; (n = fread(buf, 1, sizeof(buf), f)) > 0;) out.append(buf, n);
   pclose(f);
+  if (out.find(flag) != std::string::npos) return true;
+  std::replace(flag.begin(), flag.end(), '-', '_');
   return out.find(flag) != std::string::npos;
 }
 
@@ -126,7 +129,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> sargv = {absl::GetFlag(FLAGS_scheduler_bin), "--listen=127.0.0.1:0",
                                     "--state-dir=" + dir + "/state",
                                     "--output-root=" + dir + "/out"};
-  if (HelpMentions(sargv[0], "max_streams_per_client")) {
+  if (HelpMentions(sargv[0], "max-streams-per-client")) {
     sargv.push_back("--max-streams-per-client=10000");
   } else if (watchers > 24) {
     // 64 streams per client IP = workers' Connect streams + in-flight submits + watchers.
