@@ -69,6 +69,33 @@ TEST_F(LoraInspectTest, ExitCodes) {
   EXPECT_EQ(Inspect({Lora("tiny_kohya"), "--bogus"}).rc, 2);
 }
 
+// The answers every zfarm-worker subcommand gives (ParseCommandFlags), seen through this one.
+TEST_F(LoraInspectTest, HelpOnStdoutUsageErrorsOnStderr) {
+  Result help = Inspect({"--help"});
+  EXPECT_EQ(help.rc, 0);
+  EXPECT_THAT(help.out, HasSubstr("usage: zfarm-worker lora-inspect FILE.safetensors"));
+  EXPECT_THAT(help.out, HasSubstr("--model DIR"));
+  EXPECT_THAT(help.out, HasSubstr("--json"));
+  EXPECT_EQ(help.err, "");
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{Lora("tiny_kohya"), "--bogus"},
+        std::vector<std::string>{Lora("tiny_kohya"), "--model"},
+        std::vector<std::string>{Lora("tiny_kohya"), "--json=maybe"},
+        std::vector<std::string>{Lora("tiny_kohya"), Lora("tiny_dot")}}) {
+    Result r = Inspect(args);
+    EXPECT_EQ(r.rc, 2) << args.back();
+    EXPECT_EQ(r.out, "") << args.back();
+    EXPECT_THAT(r.err, HasSubstr("zfarm-worker lora-inspect: ")) << args.back();
+    EXPECT_THAT(r.err, HasSubstr("\nusage: zfarm-worker lora-inspect")) << args.back();
+  }
+  EXPECT_THAT(Inspect({Lora("tiny_kohya"), "--bogus"}).err, HasSubstr("unknown flag '--bogus'"));
+  EXPECT_THAT(Inspect({Lora("tiny_kohya"), "--model"}).err, HasSubstr("'--model' needs a value"));
+  // The flags may come before the file, in both forms.
+  Result r = Inspect({"--json=true", Lora("tiny_kohya")});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"format\": \"kohya\""));
+}
+
 TEST(LoraFlagTest, FileScaleAndNamesInTheLoraDir) {
   ASSERT_OK_AND_ASSIGN(LoraFlag a, ParseLoraFlag(Lora("tiny_kohya") + ":-0.5", ""));
   EXPECT_EQ(a.name, "tiny_kohya");
