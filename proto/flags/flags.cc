@@ -21,6 +21,24 @@ absl::Status NotA(absl::string_view name, absl::string_view value, absl::string_
   return absl::InvalidArgumentError(absl::StrCat("--", name, ": '", value, "' is not ", what));
 }
 
+// Help()'s default of a number flag: none for zero.
+template <typename T>
+std::string NumberDefault(T value) {
+  return value == 0 ? "" : absl::StrCat(value);
+}
+
+// Parses a number flag's value with `parse` into *out; the error names the flag and
+// says what the value is not (`what`: "an integer").
+template <typename T>
+std::function<absl::Status(absl::string_view)> NumberSetter(std::string name, T* out,
+                                                            bool (*parse)(absl::string_view, T*),
+                                                            absl::string_view what) {
+  return [name = std::move(name), out, parse, what](absl::string_view v) {
+    if (!parse(v, out)) return NotA(name, v, what);
+    return absl::OkStatus();
+  };
+}
+
 // Appends `text` to *out, which ends in a line whose length is `column`: words
 // fill lines up to kHelpWidth, continuation lines start at `indent`; a newline
 // in `text` starts a new line.
@@ -92,16 +110,14 @@ void FlagSet::String(std::string name, std::string* out, std::string help, std::
 }
 
 void FlagSet::Int(std::string name, int64_t* out, std::string help, std::string value_name) {
-  Add({name, std::move(value_name), std::move(help), *out == 0 ? "" : absl::StrCat(*out),
-       [out, name](absl::string_view v) {
-         if (!absl::SimpleAtoi(v, out)) return NotA(name, v, "an integer");
-         return absl::OkStatus();
-       }});
+  Add({name, std::move(value_name), std::move(help), NumberDefault(*out),
+       NumberSetter(name, out, &absl::SimpleAtoi<int64_t>, "an integer")});
 }
 
 void FlagSet::Int(std::string name, int32_t* out, std::string help, std::string value_name) {
-  Add({name, std::move(value_name), std::move(help), *out == 0 ? "" : absl::StrCat(*out),
+  Add({name, std::move(value_name), std::move(help), NumberDefault(*out),
        [out, name](absl::string_view v) {
+         // Parsed wide, so that a value out of range is told from one that is no number.
          int64_t wide = 0;
          if (!absl::SimpleAtoi(v, &wide)) return NotA(name, v, "an integer");
          if (wide < std::numeric_limits<int32_t>::min() ||
@@ -116,19 +132,13 @@ void FlagSet::Int(std::string name, int32_t* out, std::string help, std::string 
 }
 
 void FlagSet::Double(std::string name, double* out, std::string help, std::string value_name) {
-  Add({name, std::move(value_name), std::move(help), *out == 0 ? "" : absl::StrCat(*out),
-       [out, name](absl::string_view v) {
-         if (!absl::SimpleAtod(v, out)) return NotA(name, v, "a number");
-         return absl::OkStatus();
-       }});
+  Add({name, std::move(value_name), std::move(help), NumberDefault(*out),
+       NumberSetter(name, out, &absl::SimpleAtod, "a number")});
 }
 
 void FlagSet::Float(std::string name, float* out, std::string help, std::string value_name) {
-  Add({name, std::move(value_name), std::move(help), *out == 0 ? "" : absl::StrCat(*out),
-       [out, name](absl::string_view v) {
-         if (!absl::SimpleAtof(v, out)) return NotA(name, v, "a number");
-         return absl::OkStatus();
-       }});
+  Add({name, std::move(value_name), std::move(help), NumberDefault(*out),
+       NumberSetter(name, out, &absl::SimpleAtof, "a number")});
 }
 
 void FlagSet::Bool(std::string name, bool* out, std::string help) {
