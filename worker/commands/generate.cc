@@ -14,6 +14,7 @@
 #include "proto/flags/flags.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
+#include "worker/commands/pipeline_flags.h"
 #include "worker/io/canny.h"
 #include "worker/io/file_util.h"
 #include "worker/io/image_decode.h"
@@ -31,8 +32,7 @@ constexpr char kCommand[] = "generate";
 struct GenerateFlags {
   std::string model, prompt, prompts, out, out_dir, device = "cpu";
   int64_t seed = 0;  // random when --seed is absent
-  bool vae_fp32 = false, offload_text_encoder = false, vae_tiling = false;
-  bool no_cuda_graphs = false, reference_ops = false;
+  PipelineFlags pipeline;
   std::string precision, weights_cache, lora_dir;
   std::vector<std::string> loras;
   std::string output_format;
@@ -60,14 +60,7 @@ void DefineFlags(flags::FlagSet* fs, GenerateFlags* f) {
   fs->Float("guidance", &f->req.guidance, "classifier-free guidance scale (0 = off)");
   fs->String("negative-prompt", &f->req.negative_prompt, "negative prompt (with --guidance)");
   fs->String("device", &f->device, "cpu or cuda:N", "D");
-  fs->Bool("vae-fp32", &f->vae_fp32, "run the VAE in float32");
-  fs->Bool("offload-text-encoder", &f->offload_text_encoder,
-           "keep the text encoder on the CPU and run it there");
-  fs->Bool("vae-tiling", &f->vae_tiling, "decode in tiles (less memory at large sizes)");
-  fs->Bool("no-cuda-graphs", &f->no_cuda_graphs,
-           "run each DiT step eagerly (speed path off: less memory / debugging)");
-  fs->Bool("reference-ops", &f->reference_ops,
-           "the reference ATen ops instead of the fused kernels (speed path off)");
+  DefinePipelineFlags(fs, &f->pipeline);
   fs->String("precision", &f->precision,
              "compute precision (default bf16 on CUDA, fp32 on cpu); fp8: the DiT's attention and "
              "FFN matmuls in e4m3, compute capability >= 8.9",
@@ -218,11 +211,7 @@ PipelineOptions OptionsFromFlags(const GenerateFlags& f) {
   PipelineOptions opts;
   opts.model_dir = f.model;
   opts.device = f.device;
-  opts.vae_fp32 = f.vae_fp32;
-  opts.offload_text_encoder = f.offload_text_encoder;
-  opts.vae_tiling = f.vae_tiling;
-  opts.cuda_graphs = !f.no_cuda_graphs;
-  opts.fused_ops = !f.reference_ops;
+  ApplyPipelineFlags(f.pipeline, &opts);
   if (!f.weights_cache.empty()) opts.weights_cache_dir = f.weights_cache;
   if (!f.controlnet.empty()) opts.controlnet = f.controlnet;
   return opts;

@@ -26,6 +26,7 @@
 #include "proto/security/tls.h"
 #include "worker/commands/commands.h"
 #include "worker/commands/flags.h"
+#include "worker/commands/pipeline_flags.h"
 #include "worker/io/model_fingerprint.h"
 #include "worker/io/model_folder.h"
 #include "worker/pipeline/device_info.h"
@@ -54,8 +55,7 @@ struct ServeFlags {
   absl::Duration shutdown_grace = absl::Minutes(10);
   std::string health_listen, metrics_listen;
   bool metrics_plaintext = false;
-  bool offload_text_encoder = false, no_cuda_graphs = false, reference_ops = false;
-  bool vae_tiling = false, vae_fp32 = false;
+  PipelineFlags pipeline;
   std::string precision, weights_cache, lora_dir, controlnet;
   std::string tls_ca, tls_cert, tls_key, token_file;
   std::string health_tls_cert, health_tls_key, health_tls_client_ca;
@@ -90,14 +90,7 @@ void DefineFlags(flags::FlagSet* fs, ServeFlags* f) {
           "the image");
   fs->Duration("shutdown-grace", &f->shutdown_grace,
                "on SIGTERM, wait this long for the current job");
-  fs->Bool("offload-text-encoder", &f->offload_text_encoder,
-           "keep the text encoder on the CPU and run it there");
-  fs->Bool("no-cuda-graphs", &f->no_cuda_graphs,
-           "run each DiT step eagerly (no graph memory pools)");
-  fs->Bool("reference-ops", &f->reference_ops,
-           "the reference ATen ops instead of the fused kernels");
-  fs->Bool("vae-tiling", &f->vae_tiling, "decode in tiles (less memory at large sizes)");
-  fs->Bool("vae-fp32", &f->vae_fp32, "run the VAE in float32");
+  DefinePipelineFlags(fs, &f->pipeline);
   fs->String("precision", &f->precision,
              "compute precision (default bf16 on CUDA, fp32 on cpu); fp8: the DiT's attention and "
              "FFN matmuls in e4m3 (needs compute capability >= 8.9; no --lora-dir), reported in "
@@ -242,11 +235,7 @@ PipelineOptions PipelineOptionsFrom(const ServeFlags& f, const ServeSettings& s)
   popts.model_dir = f.model;
   popts.device = f.device;
   popts.precision = s.precision;
-  popts.offload_text_encoder = f.offload_text_encoder;
-  popts.vae_tiling = f.vae_tiling;
-  popts.cuda_graphs = !f.no_cuda_graphs;
-  popts.fused_ops = !f.reference_ops;
-  popts.vae_fp32 = f.vae_fp32;
+  ApplyPipelineFlags(f.pipeline, &popts);
   if (!f.weights_cache.empty()) popts.weights_cache_dir = f.weights_cache;
   if (!f.controlnet.empty()) popts.controlnet = f.controlnet;
   return popts;
