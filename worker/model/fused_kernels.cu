@@ -650,6 +650,8 @@ int SwiGluE4m3(const void* h, void* q, float* scale, int64_t rows, int64_t f, vo
   return Done();
 }
 
-bool E4m3RowKernelApplies(int64_t cols, int64_t stride) { return VecThreads(cols, stride, {}) > 0; }
+bool E4m3RowKernelApplies(int64_t cols, int64_t stride, std::initializer_list<const void*> ptrs) {
+  return VecThreads(cols, stride, ptrs) > 0;
+}
 
 }  // namespace zfarm::worker::model::cuda

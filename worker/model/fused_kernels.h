@@ -10,6 +10,7 @@
 // Built only when the CUDA compiler is available (ZFARM_CUDA_KERNELS).
 
 #include <cstdint>
+#include <initializer_list>
 
 namespace zfarm::worker::model::cuda {
 
@@ -57,10 +58,10 @@ int RmsNormModE4m3(const void* x, int64_t x_stride, const void* w, const void* s
 // SwiGlu's rows (h contiguous [rows, 2F]), quantized as QuantizeE4m3Rows would quantize
 // SwiGlu's output, without storing it. E4m3RowKernelApplies(f, 2 * f) only.
 int SwiGluE4m3(const void* h, void* q, float* scale, int64_t rows, int64_t f, void* stream);
-// True when rows of `cols` elements `stride` apart fit the one-block-per-row vector kernels
-// (cols % 8 == 0, stride % 8 == 0, at most 4 * 8 * 1024 elements); 16-byte aligned
-// pointers are the caller's to check.
-bool E4m3RowKernelApplies(int64_t cols, int64_t stride);
+// True when rows of `cols` elements `stride` apart, read through `ptrs`, fit the
+// one-block-per-row vector kernels (cols % 8 == 0, stride % 8 == 0, at most 4 * 8 * 1024
+// elements, every non-null pointer 16-byte aligned): the launchers' own test.
+bool E4m3RowKernelApplies(int64_t cols, int64_t stride, std::initializer_list<const void*> ptrs);
 
 }  // namespace zfarm::worker::model::cuda
 

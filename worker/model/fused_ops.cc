@@ -2,7 +2,6 @@
 
 #include <c10/util/Exception.h>
 
-#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -190,21 +189,13 @@ bool QuantizeE4m3Rows(const at::Tensor& x2d, at::Tensor* q, at::Tensor* scale) {
   return false;
 }
 
-#ifdef ZFARM_CUDA_KERNELS
-namespace {
-bool Aligned16(const at::Tensor& t) {
-  return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-}
-}  // namespace
-#endif
-
 bool RmsNormModE4m3(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, double eps,
                     at::Tensor* q, at::Tensor* scale) {
 #ifdef ZFARM_CUDA_KERNELS
   const int64_t D = x.size(-1), rows = x.numel() / D, stride = RowStride(x);
   at::Tensor wc = w.contiguous(), sc = s.defined() ? s.reshape({D}).contiguous() : s;
   if (x.is_cuda() && Bf16Cuda(x) && Bf16Cuda(w) && Bf16Cuda(s) && stride >= 0 &&
-      cuda::E4m3RowKernelApplies(D, stride) && Aligned16(x) && Aligned16(wc) && Aligned16(sc)) {
+      cuda::E4m3RowKernelApplies(D, stride, {x.data_ptr(), wc.data_ptr(), Ptr(sc)})) {
     const c10::cuda::CUDAGuard device_guard(x.device());
     at::Tensor out = at::empty({rows, D}, x.options().dtype(at::kByte));
     at::Tensor sx = at::empty({rows, 1}, x.options().dtype(at::kFloat));
@@ -223,8 +214,8 @@ bool RmsNormModE4m3(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
 bool SwiGluE4m3(const at::Tensor& h, at::Tensor* q, at::Tensor* scale) {
 #ifdef ZFARM_CUDA_KERNELS
   const int64_t F = h.size(-1) / 2, rows = h.numel() / (2 * F);
-  if (h.is_cuda() && Bf16Cuda(h) && h.is_contiguous() && cuda::E4m3RowKernelApplies(F, 2 * F) &&
-      Aligned16(h)) {
+  if (h.is_cuda() && Bf16Cuda(h) && h.is_contiguous() &&
+      cuda::E4m3RowKernelApplies(F, 2 * F, {h.data_ptr()})) {
     const c10::cuda::CUDAGuard device_guard(h.device());
     at::Tensor out = at::empty({rows, F}, h.options().dtype(at::kByte));
     at::Tensor sx = at::empty({rows, 1}, h.options().dtype(at::kFloat));
