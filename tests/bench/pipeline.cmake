@@ -7,7 +7,8 @@ endif()
 option(ZFARM_BENCH_WITH_IO "pipeline_bench: measure safetensors loading (needs zfarm_worker_io)" ON)
 add_executable(pipeline_bench
   ${CMAKE_CURRENT_SOURCE_DIR}/pipeline_bench.cc
-  ${CMAKE_CURRENT_SOURCE_DIR}/pipeline_bench_pipeline.cc)
+  ${CMAKE_CURRENT_SOURCE_DIR}/pipeline_bench_pipeline.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/pipeline_bench_profile.cc)
 target_include_directories(pipeline_bench PRIVATE ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
 target_link_libraries(pipeline_bench PRIVATE ${TORCH_LIBRARIES})
 if(ZFARM_BENCH_WITH_IO AND TARGET zfarm_worker_io)

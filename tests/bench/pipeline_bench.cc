@@ -27,12 +27,16 @@
 //                       [--ablation [--ablation-sizes 1024x1024,512x512]]
 //                       [--lora [--lora-sizes 1024x1024]] [--lora-only]
 //                       [--fp8-sizes 512x512,1024x1024 | --no-fp8]
+//                       [--profile DIR [--profile-size 1024x1024] [--profile-only]]
 // Section 5 ends with the pipeline table in --precision fp8 at --fp8-sizes and a bf16-vs-fp8
 // side-by-side (new and cached prompt, DiT step); --no-fp8 leaves it out.
 // --lora adds the LoRA table (rank 32 on every attention and FFN module: added time per
 // image, cold apply, switch between sets) after section 5; --lora-only runs just that table.
 // --ablation adds, after section 5, the pipeline table once per speed path
 // switched on one after the other, starting from the reference ops.
+// --profile DIR saves one torch-profiler trace per precision (bf16, and fp8 unless --no-fp8)
+// of a new-prompt Generate at --profile-size, last (--profile-only: just that);
+// tests/bench/profile_summary.py turns a trace into the per-step kernel table.
 // --memory-modes and --png-sweep run only their own section (instead of sections 1-5): the
 // memory-mode table (peak allocated / reserved and s/image per mode and size) and the PNG
 // encoder's time and size per zlib level and row filter at 1024^2.
@@ -199,6 +203,9 @@ struct Options {
   bool controlnet = false, controlnet_only = false;
   std::vector<std::pair<int64_t, int64_t>> controlnet_sizes = {{1024, 1024}};
   std::vector<std::pair<int64_t, int64_t>> fp8_sizes = {{512, 512}, {1024, 1024}};
+  std::string profile_dir;  // --profile
+  std::pair<int64_t, int64_t> profile_size = {1024, 1024};
+  bool profile_only = false;
 };
 
 // Image tokens of one size plus the caption padded to a multiple of 32 (spec: SEQ_MULTI_OF).
@@ -528,6 +535,18 @@ int Main(int argc, char** argv) {
       opt.fp8_sizes = ParseSizes(next());
     else if (a == "--no-fp8")
       opt.fp8_sizes.clear();
+    else if (a == "--profile")
+      opt.profile_dir = next();
+    else if (a == "--profile-only")
+      opt.profile_only = true;
+    else if (a == "--profile-size") {
+      const auto sizes = ParseSizes(next());
+      if (sizes.size() != 1) {
+        std::cerr << "pipeline_bench: --profile-size takes one HxW\n";
+        return 2;
+      }
+      opt.profile_size = sizes[0];
+    }
     else {
       std::cerr << "usage: pipeline_bench [--out FILE.md] [--quick] [--skip-io] [--io-mb N] "
                    "[--tmpdir DIR]"
@@ -535,7 +554,8 @@ int Main(int argc, char** argv) {
                    " [--memory-modes [--modes default,offload,tiling,both]] [--png-sweep]"
                    " [--ablation [--ablation-sizes HxW,...]] [--lora [--lora-sizes HxW,...]] [--lora-only]"
                    " [--controlnet [--controlnet-sizes HxW,...]] [--controlnet-only]"
-                   " [--fp8-sizes HxW,... | --no-fp8]\n";
+                   " [--fp8-sizes HxW,... | --no-fp8]"
+                   " [--profile DIR [--profile-size HxW] [--profile-only]]\n";
       return 2;
     }
   }
@@ -557,6 +577,12 @@ int Main(int argc, char** argv) {
   popt.modes = opt.modes;
   popt.tmpdir = opt.tmpdir;
   popt.fp8_sizes = opt.fp8_sizes;
+  popt.profile_dir = opt.profile_dir;
+  popt.profile_size = opt.profile_size;
+  if (opt.profile_only && !opt.profile_dir.empty()) {
+    RunProfileSection(dev, rep, popt);
+    return WriteReport(rep, opt.out);
+  }
   if (opt.lora_only) {
     popt.sizes = opt.lora_sizes;
     RunLoraSection(dev, rep, popt);
@@ -601,6 +627,7 @@ int Main(int argc, char** argv) {
     popt.sizes = opt.controlnet_sizes;
     RunControlNetSection(dev, rep, popt);
   }
+  if (!opt.profile_dir.empty()) RunProfileSection(dev, rep, popt);
   return WriteReport(rep, opt.out);
 }
 

@@ -61,10 +61,17 @@ struct PipelineBenchOptions {
   // Section 5's --precision fp8 table and its bf16-vs-fp8 side-by-side (--fp8-sizes; empty
   // with --no-fp8).
   std::vector<std::pair<int64_t, int64_t>> fp8_sizes;
+  // --profile DIR: where the profiler traces go (pipeline_bench_profile.cc), at this size.
+  std::string profile_dir;
+  std::pair<int64_t, int64_t> profile_size = {1024, 1024};
 };
 
 // Section 5: the pipeline per stage and end to end (pipeline_bench_pipeline.cc).
 void RunPipelineSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
+
+// --profile DIR: one profiled Generate per precision, saved as Chrome-trace JSON in
+// opt.profile_dir (pipeline_bench_profile.cc; summarised by tests/bench/profile_summary.py).
+void RunProfileSection(const BenchDevice& dev, Report& rep, const PipelineBenchOptions& opt);
 
 // --ablation: the pipeline table once per speed path, switched on one after
 // the other from the reference ops, each on a fresh full-size pipeline.

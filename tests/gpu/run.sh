@@ -12,6 +12,10 @@
 #      ZFARM_BENCH_CONTROLNET=1, the default — the pipeline without and with a resident
 #      Union 2.1 ControlNet at 1024²: DiT step, end to end, the memory it adds; the
 #      --precision fp8 pipeline table at 512² and 1024² beside bf16 unless ZFARM_BENCH_FP8=0);
+#      ZFARM_BENCH_PROFILE=1, the default — one torch-profiler trace per precision at 1024²,
+#      summarised per DiT step by tests/bench/profile_summary.py (profile.md);
+#   3b. tests/bench/batching_ceiling.py (ZFARM_BENCH_BATCHING=1, the default): one DiT block on
+#      1, 2 and 4 images at once — the gain per image and whether batching is bit-exact;
 #   4. tests/bench/diffusers_baseline.py when a diffusers source tarball is there
 #      (.carry/diffusers-src.tar.xz, its commit in .carry/diffusers-commit.txt, the tokenizer in
 #      .carry/qwen3-tokenizer.json.xz or ZFARM_TOKENIZER); ZFARM_DIFFUSERS_COMPILE=1 adds the
@@ -140,11 +144,25 @@ elif [ -x "$build/tests/bench/pipeline_bench" ]; then
   [ "${ZFARM_BENCH_LORA:-1}" = 1 ] && ablation+=(--lora)
   [ "${ZFARM_BENCH_CONTROLNET:-1}" = 1 ] && ablation+=(--controlnet)
   [ "${ZFARM_BENCH_FP8:-1}" = 1 ] || ablation+=(--no-fp8)
+  profile_dir=${TMPDIR:-/tmp}/zfarm-profile
+  [ "${ZFARM_BENCH_PROFILE:-1}" = 1 ] && ablation+=(--profile "$profile_dir")
   timeout "$(box 330)" "$build/tests/bench/pipeline_bench" --out "$logs/pipeline_bench.md" \
     --tmpdir "${TMPDIR:-/tmp}" ${tok:+--tokenizer "$tok"} "${ablation[@]}" > "$logs/pipeline_bench.log" 2>&1
   note "pipeline_bench: exit $? in $(( $(date +%s) - t )) s"
+  # Where a DiT step's time goes (the traces stay on the host; their summary comes back).
+  if ls "$profile_dir"/profile-*.json > /dev/null 2>&1; then
+    python3 "$src/tests/bench/profile_summary.py" "$profile_dir"/profile-*.json > "$logs/profile.md" 2>&1
+    note "profile_summary: exit $?"
+  fi
 else
   note "pipeline_bench: not built"
+fi
+
+# 3b. Would batching same-size jobs pay, and would it be bit-exact? (one DiT block, B = 1/2/4)
+if [ "${ZFARM_GPU_SKIP_BENCH:-0}" != 1 ] && [ "${ZFARM_BENCH_BATCHING:-1}" = 1 ] && [ "$(left)" -gt 120 ]; then
+  t=$(date +%s)
+  timeout "$(box 90)" python3 "$src/tests/bench/batching_ceiling.py" > "$logs/batching.md" 2>&1
+  note "batching_ceiling: exit $? in $(( $(date +%s) - t )) s"
 fi
 
 # 4. diffusers baseline.
@@ -171,7 +189,7 @@ fi
   for l in "${summary[@]}"; do echo "- $l"; done
   echo "- total wall time: $(elapsed) s"
   echo
-  for f in pipeline_bench.md diffusers_baseline.md; do [ -f "$logs/$f" ] && cat "$logs/$f" && echo; done
+  for f in pipeline_bench.md profile.md batching.md diffusers_baseline.md; do [ -f "$logs/$f" ] && cat "$logs/$f" && echo; done
 } > "$logs/summary.md"
 echo
 echo "================ summary ================"
