@@ -2,9 +2,10 @@
 #define ZFARM_PROTO_SECURITY_PATHS_H_
 
 // File: paths.h
-// Root confinement, one rule for the scheduler (output and input roots) and the
-// worker (the lease's output path): a path is relative to its root and must stay
-// inside it, whatever symlinks the root contains.
+// Root confinement, one rule for the scheduler (output and input roots), the
+// worker (the lease's output path) and model folders (the paths of an md5
+// manifest): a path is relative to its root and must stay inside it, whatever
+// symlinks the root contains.
 //
 //   ZFARM_RETURN_IF_ERROR(CheckRelativePath("lease.output_path", rel));   // no I/O
 //   ZFARM_ASSIGN_OR_RETURN(std::string abs, ResolveBeneath(root, "2026-11-28/x.png"));

@@ -77,9 +77,12 @@ def rules_for(rel):
     if d == "client":
         # worker/io: the torch-free picture decoders and canny the CLI runs on local files.
         return [no_torch], ("proto/", "client/", "worker/io/")
-    if d in ("worker/io", "worker/text"):
-        return [no_grpc, no_contract, no_torch], PROTO_BASE + tuple(
-            sorted({"worker/io/", d + "/"}))
+    if d == "worker/io":
+        # paths.h: the root-confinement rule (absl only) for the md5 manifest's paths.
+        return [no_grpc, no_contract, no_torch], PROTO_BASE + ("proto/security/paths.h",
+                                                               "worker/io/")
+    if d == "worker/text":
+        return [no_grpc, no_contract, no_torch], PROTO_BASE + ("worker/io/", "worker/text/")
     if d == "worker/sampling":
         return [no_grpc, no_contract], PROTO_BASE + ("worker/io/", "worker/sampling/")
     if d == "worker/model":

@@ -17,6 +17,7 @@
 #include "absl/strings/strip.h"
 #include "proto/base/files.h"
 #include "proto/base/status_macros.h"
+#include "proto/security/paths.h"
 #include "worker/io/file_util.h"
 #include "worker/io/safetensors.h"
 
@@ -85,11 +86,13 @@ absl::StatusOr<std::vector<ManifestEntry>> ParseMd5Manifest(std::string_view tex
     }
     ManifestEntry e;
     e.md5 = absl::AsciiStrToLower(line.substr(0, sp));
-    e.path = std::string(line.substr(sp + 2));
-    if (e.path.empty() || e.path[0] == '/' || absl::StrContains(e.path, "..")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": line ", line_no, ": path '", e.path, "' must be relative"));
-    }
+    // `md5sum ./x` writes "./x": the same file as "x". Otherwise the path is confined to
+    // the model folder by the rule every root-relative path follows.
+    absl::string_view rel = line.substr(sp + 2);
+    absl::ConsumePrefix(&rel, "./");
+    ZFARM_RETURN_IF_ERROR(zfarm::security::CheckRelativePath(
+        absl::StrCat(source, ": line ", line_no, ": relative path"), rel));
+    e.path = std::string(rel);
     out.push_back(std::move(e));
   }
   if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": no entries"));

@@ -125,6 +125,18 @@ TEST(ManifestTest, ParseAndFormat) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("m.md5: line 1")));
   EXPECT_THAT(ParseMd5Manifest("0123456789abcdef0123456789abcdef  ../x\n", "m.md5"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("relative")));
+  // Paths follow the root-confinement rule: "./x" (as `md5sum ./x` writes it) is "x", a
+  // name with two dots in it is a name, and no component may be empty, "." or "..".
+  ASSERT_OK_AND_ASSIGN(auto dotted, ParseMd5Manifest("0123456789abcdef0123456789abcdef  ./a/b..c\n",
+                                                     "m.md5"));
+  ASSERT_EQ(dotted.size(), 1u);
+  EXPECT_EQ(dotted[0].path, "a/b..c");
+  for (const char* bad : {"a/../b", "/abs", "a//b", "a/./b", "./"}) {
+    EXPECT_THAT(ParseMd5Manifest(std::string("0123456789abcdef0123456789abcdef  ") + bad + "\n",
+                                 "m.md5"),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("m.md5: line 1")))
+        << bad;
+  }
   EXPECT_EQ(Md5Hex("abc"), "900150983cd24fb0d6963f7d28e17f72");
 }
 
